@@ -1,0 +1,145 @@
+//! Child processes that cannot outlive their owner.
+//!
+//! Each component runs under a small `sh` lifeline whose stdin is a pipe from this process. The
+//! lifeline starts the component, and when the pipe closes — because the handle was dropped,
+//! the test panicked, or this process died, even by SIGKILL — it sends the component SIGTERM,
+//! then SIGKILL after 3 s (test data is disposable), and removes the component's scratch directory. When the
+//! component exits by itself, the lifeline exits with its status, so early crashes are visible.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Error;
+
+/// `$1` is the directory to remove afterwards (or empty), the rest is the command.
+const LIFELINE: &str = r#"
+cleanup_dir=$1; shift
+exec 3<&0
+"$@" </dev/null 3<&- &
+child=$!
+( read -r _ <&3
+  kill -TERM "$child" 2>/dev/null
+  i=0
+  while kill -0 "$child" 2>/dev/null && [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done
+  kill -KILL "$child" 2>/dev/null ) &
+watcher=$!
+exec 3<&-
+wait "$child"
+status=$?
+kill "$watcher" 2>/dev/null
+[ -n "$cleanup_dir" ] && rm -rf "$cleanup_dir"
+exit $status
+"#;
+
+/// A running component. Dropping it stops the component and waits for it.
+#[derive(Debug)]
+pub struct ManagedProcess {
+    name: String,
+    log: PathBuf,
+    lifeline: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl ManagedProcess {
+    /// Start `program args` with stdout and stderr appended to `log`. `cleanup_dir`, if given,
+    /// is removed once the component has exited.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        cleanup_dir: Option<&Path>,
+    ) -> Result<Self, Error> {
+        let out = File::create(log).map_err(Error::io(format!("creating {}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(Error::io(format!("opening {}", log.display())))?;
+        let mut lifeline = Command::new("sh")
+            .arg("-c")
+            .arg(LIFELINE)
+            .arg("lifeline")
+            .arg(cleanup_dir.map(Path::as_os_str).unwrap_or_default())
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(out)
+            .stderr(err)
+            // Its own process group: a Ctrl-C aimed at the test runner reaches the runner, whose
+            // exit then stops every component through the lifeline, in order.
+            .process_group(0)
+            .spawn()
+            .map_err(Error::io(format!("starting {}", program.display())))?;
+        let stdin = lifeline.stdin.take();
+        Ok(ManagedProcess {
+            name: name.to_owned(),
+            log: log.to_path_buf(),
+            lifeline,
+            stdin,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The lifeline's pid (the component itself is its only child).
+    pub fn pid(&self) -> u32 {
+        self.lifeline.id()
+    }
+
+    /// `Err(ProcessExited)` with the log's tail if the component has already exited.
+    pub fn check_running(&mut self) -> Result<(), Error> {
+        match self.lifeline.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(Error::ProcessExited {
+                name: self.name.clone(),
+                status: status.to_string(),
+                log: self.log.clone(),
+                tail: tail(&self.log, 30),
+            }),
+            Err(e) => Err(Error::io(format!("checking {}", self.name))(e)),
+        }
+    }
+
+    /// Stop the component and wait for it to exit (at most ~15 s).
+    pub fn stop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if !matches!(self.lifeline.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.lifeline.kill();
+        let _ = self.lifeline.wait();
+    }
+}
+
+impl Drop for ManagedProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The last `n` lines of a log file, for error messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A free TCP port on 127.0.0.1. The port is released before returning, so a component that
+/// fails to bind it (a rare race with another process) is restarted by the caller.
+pub fn free_port() -> Result<u16, Error> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(Error::Port)?;
+    listener.local_addr().map(|a| a.port()).map_err(Error::Port)
+}

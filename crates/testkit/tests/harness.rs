@@ -1,6 +1,7 @@
 //! Proves the local control plane: real etcd + kube-apiserver + Cluster API core manager.
 //! All tests in this binary share one control plane (testkit::shared) and isolate themselves by
 //! namespace; the side-by-side and lifecycle tests start their own.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
 
 use std::path::Path;
 use std::time::Duration;

@@ -29,19 +29,32 @@ enum Command {
         #[arg(long)]
         no_cluster_api: bool,
     },
+    /// Measure startup: start and stop a control plane N times, print per-phase medians.
+    Bench {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Also install Cluster API's CRDs and start its manager.
+        #[arg(long)]
+        cluster_api: bool,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
-    let Command::Up {
-        dir,
-        crds,
-        no_cluster_api,
-    } = Cli::parse().command;
-    match up(dir, crds, no_cluster_api).await {
+    // The readiness probe's expected failures are not worth an ERROR line each.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,kube_client::client::builder=off")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let result = match Cli::parse().command {
+        Command::Up {
+            dir,
+            crds,
+            no_cluster_api,
+        } => up(dir, crds, no_cluster_api).await,
+        Command::Bench { runs, cluster_api } => bench(runs, cluster_api).await,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("local-control-plane: {e}");
@@ -93,5 +106,43 @@ async fn up(dir: PathBuf, crds: Vec<PathBuf>, no_cluster_api: bool) -> Result<()
     let _ = std::fs::remove_file(&ready_marker);
     println!("stopping local control plane");
     drop(cp);
+    Ok(())
+}
+
+async fn bench(runs: usize, cluster_api: bool) -> Result<(), testkit::Error> {
+    let mut samples: Vec<(f64, f64, f64, f64, f64)> = Vec::new();
+    for _ in 0..runs.max(1) {
+        let started = std::time::Instant::now();
+        let builder = LocalControlPlane::builder().name("bench");
+        let builder = if cluster_api {
+            builder.cluster_api()
+        } else {
+            builder.cluster_api_crds()
+        };
+        let cp = builder.start().await?;
+        let total = started.elapsed().as_secs_f64();
+        let t = cp.startup_times().clone();
+        samples.push((
+            t.etcd.as_secs_f64(),
+            t.apiserver.as_secs_f64(),
+            t.crds.as_secs_f64(),
+            t.cluster_api.as_secs_f64(),
+            total,
+        ));
+        drop(cp);
+    }
+    let median = |f: fn(&(f64, f64, f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = samples.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("runs: {}", samples.len());
+    println!("median etcd ready:            {:.2} s", median(|s| s.0));
+    println!("median kube-apiserver ready:  {:.2} s", median(|s| s.1));
+    println!("median CRDs established:      {:.2} s", median(|s| s.2));
+    if cluster_api {
+        println!("median Cluster API ready:     {:.2} s", median(|s| s.3));
+    }
+    println!("median total:                 {:.2} s", median(|s| s.4));
     Ok(())
 }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# For users' CI (needs a container engine): create a kind cluster, install Cluster API core
+# with clusterctl, and run the same e2e suite that `make e2e` runs against the local control plane.
+set -euo pipefail
+name=${KIND_CLUSTER_NAME:-talos-capi-e2e}
+. "$(dirname "$0")/tools/versions.env"
+for bin in kind clusterctl kubectl docker; do
+  command -v "$bin" >/dev/null || { echo "e2e-kind needs $bin on PATH" >&2; exit 1; }
+done
+kubeconfig=$(mktemp)
+cleanup() { [ "${KEEP_KIND:-}" = 1 ] || kind delete cluster --name "$name"; rm -f "$kubeconfig"; }
+trap cleanup EXIT
+kind create cluster --name "$name" --kubeconfig "$kubeconfig" --wait 120s
+KUBECONFIG=$kubeconfig clusterctl init --core "cluster-api:$CLUSTER_API_VERSION" --wait-providers
+KUBECONFIG=$kubeconfig cargo test --locked -p talos-capi-e2e

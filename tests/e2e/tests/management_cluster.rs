@@ -1,0 +1,96 @@
+//! The management cluster is fit for talos-capi: Cluster API core CRDs are served and its
+//! controllers reconcile. Later scenarios (bootstrap, control plane, upgrades) build on this.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
+use kube::runtime::conditions::is_crd_established;
+use kube::runtime::wait::{Condition, await_condition};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn client() -> kube::Client {
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "the e2e suite needs KUBECONFIG; run it with `make e2e` (local control plane) or `make e2e-kind`"
+    );
+    kube::Client::try_default()
+        .await
+        .expect("KUBECONFIG names a reachable cluster")
+}
+
+#[tokio::test]
+async fn cluster_api_core_crds_are_established() {
+    let crds: Api<CustomResourceDefinition> = Api::all(client().await);
+    for name in [
+        "clusters.cluster.x-k8s.io",
+        "machines.cluster.x-k8s.io",
+        "machinesets.cluster.x-k8s.io",
+        "machinedeployments.cluster.x-k8s.io",
+        "clusterclasses.cluster.x-k8s.io",
+    ] {
+        let crd = crds
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            is_crd_established().matches_object(Some(&crd)),
+            "{name} is Established"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cluster_api_core_reconciles_a_cluster() {
+    let client = client().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"generateName": "e2e-capi-"}})).unwrap();
+    let ns = namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let ns_name = ns.metadata.name.clone().unwrap();
+
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "cluster.x-k8s.io",
+        "v1beta1",
+        "Cluster",
+    ));
+    let clusters: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns_name, &ar);
+    let cluster: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
+        "metadata": {"name": "e2e"},
+        "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["10.244.0.0/16"]}}}
+    }))
+    .unwrap();
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .unwrap();
+    let reconciled =
+        |c: Option<&DynamicObject>| c.is_some_and(|c| c.data["status"]["phase"].is_string());
+    tokio::time::timeout(WAIT, await_condition(clusters.clone(), "e2e", reconciled))
+        .await
+        .expect("Cluster API reconciles the Cluster")
+        .unwrap();
+
+    // Cleanup goes through Cluster API's finalizer, proving the deletion path works too.
+    clusters
+        .delete("e2e", &DeleteParams::default())
+        .await
+        .unwrap();
+    let gone = |c: Option<&DynamicObject>| c.is_none();
+    tokio::time::timeout(WAIT, await_condition(clusters, "e2e", gone))
+        .await
+        .expect("Cluster API removes its finalizer and the Cluster is deleted")
+        .unwrap();
+    namespaces
+        .delete(&ns_name, &DeleteParams::default())
+        .await
+        .unwrap();
+}

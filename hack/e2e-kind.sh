@@ -12,4 +12,6 @@ cleanup() { [ "${KEEP_KIND:-}" = 1 ] || kind delete cluster --name "$name"; rm -
 trap cleanup EXIT
 kind create cluster --name "$name" --kubeconfig "$kubeconfig" --wait 120s
 KUBECONFIG=$kubeconfig clusterctl init --core "cluster-api:$CLUSTER_API_VERSION" --wait-providers
+kubectl --kubeconfig "$kubeconfig" apply --server-side -f config/crd/bases
+kubectl --kubeconfig "$kubeconfig" wait --for=condition=Established crd --all --timeout=60s
 KUBECONFIG=$kubeconfig cargo test --locked -p talos-capi-e2e

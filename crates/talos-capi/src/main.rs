@@ -1,6 +1,9 @@
-//! The talos-capi binary. Later capabilities add their subcommands here (manager, crds, gen,
-//! validate, render); each lives in its own crate and this file only dispatches.
+//! The talos-capi binary. Each capability lives in its own crate; this file only parses the
+//! command line and dispatches.
 #![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -16,16 +19,55 @@ struct Cli {
 enum Command {
     /// Print the version and the API contracts this build implements.
     Version,
+    /// Print every CustomResourceDefinition as YAML, or write one file per CRD.
+    Crds {
+        /// Write `<group>_<plural>.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Also write the Markdown API reference to this file.
+        #[arg(long)]
+        docs: Option<PathBuf>,
+    },
 }
 
-fn main() {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
         Command::Version => {
             println!("talos-capi {}", env!("CARGO_PKG_VERSION"));
             println!(
                 "api groups: bootstrap.cluster.x-k8s.io/v1alpha3, controlplane.cluster.x-k8s.io/v1alpha3"
             );
             println!("cluster api contracts: v1beta1, v1beta2");
+            Ok(())
+        }
+        Command::Crds { out_dir, docs } => crds(out_dir.as_deref(), docs.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("talos-capi: {message}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn crds(out_dir: Option<&Path>, docs: Option<&Path>) -> Result<(), String> {
+    let crds = api::all_crds();
+    if let Some(path) = docs {
+        std::fs::write(path, api::docs::markdown(&crds))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    for crd in crds {
+        let yaml = api::to_yaml(&crd).map_err(|e| format!("serializing CRDs: {e}"))?;
+        match out_dir {
+            None => print!("{yaml}"),
+            Some(dir) => {
+                let path = dir.join(api::crds::file_name(&crd));
+                std::fs::create_dir_all(dir)
+                    .and_then(|()| std::fs::write(&path, yaml))
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -94,3 +94,67 @@ async fn cluster_api_core_reconciles_a_cluster() {
         .await
         .unwrap();
 }
+
+/// Our CRDs are installed and Cluster API resolves our control-plane kind through their
+/// contract labels (it adopts a TalosControlPlane referenced by a Cluster).
+#[tokio::test]
+async fn cluster_api_adopts_a_talos_control_plane() {
+    let client = client().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"generateName": "e2e-tcp-"}})).unwrap();
+    let ns_name = namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap()
+        .metadata
+        .name
+        .unwrap();
+
+    let tcp_ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "controlplane.cluster.x-k8s.io",
+        "v1alpha3",
+        "TalosControlPlane",
+    ));
+    let tcps: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns_name, &tcp_ar);
+    let tcp: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
+        "metadata": {"name": "e2e-cp"},
+        "spec": {
+            "version": "v1.33.2", "replicas": 3,
+            "infrastructureTemplate": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "ProxmoxMachineTemplate", "name": "cp"},
+            "controlPlaneConfig": {"controlplane": {"generateType": "controlplane"}}
+        }
+    }))
+    .unwrap();
+    tcps.create(&PostParams::default(), &tcp).await.unwrap();
+
+    let cluster_ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "cluster.x-k8s.io",
+        "v1beta1",
+        "Cluster",
+    ));
+    let clusters: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns_name, &cluster_ar);
+    let cluster: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster", "metadata": {"name": "e2e"},
+        "spec": {"controlPlaneRef": {"apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane", "name": "e2e-cp"}}
+    }))
+    .unwrap();
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .unwrap();
+
+    let adopted = |o: Option<&DynamicObject>| {
+        o.and_then(|o| o.metadata.owner_references.as_ref())
+            .is_some_and(|refs| refs.iter().any(|r| r.kind == "Cluster" && r.name == "e2e"))
+    };
+    tokio::time::timeout(WAIT, await_condition(tcps, "e2e-cp", adopted))
+        .await
+        .expect("Cluster API adopts the TalosControlPlane")
+        .unwrap();
+    namespaces
+        .delete(&ns_name, &DeleteParams::default())
+        .await
+        .unwrap();
+}

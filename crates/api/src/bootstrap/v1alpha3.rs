@@ -1,0 +1,238 @@
+//! bootstrap.cluster.x-k8s.io/v1alpha3, schema-compatible with CABPT v0.6.
+// Repeated `printcolumn(type_ = ...)` keys are separate columns, not duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::conditions::{Condition, MetaCondition};
+
+/// Which Talos machine configuration to generate.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GenerateType {
+    /// A control-plane node (joins or, on the first node, bootstraps etcd).
+    Controlplane,
+    /// A worker node.
+    Worker,
+    /// Accepted as a synonym of `worker`, as CABPT does.
+    Join,
+    /// Deprecated: the first control-plane node. Treated as `controlplane`; the control-plane
+    /// provider bootstraps etcd through the Talos API instead.
+    Init,
+    /// Generate nothing: use `data` verbatim as the machine configuration.
+    None,
+}
+
+impl GenerateType {
+    /// The machine type the configuration is rendered for.
+    pub fn machine_type(self) -> Option<&'static str> {
+        match self {
+            GenerateType::Controlplane | GenerateType::Init => Some("controlplane"),
+            GenerateType::Worker | GenerateType::Join => Some("worker"),
+            GenerateType::None => None,
+        }
+    }
+}
+
+/// A JSON 6902 operation.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchOp {
+    Add,
+    Remove,
+    Replace,
+    Move,
+    Copy,
+    Test,
+}
+
+/// One RFC 6902 (JSON Patch) operation applied to the generated machine configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+// "value is required for add, replace and test" is added by crate::crds (CEL cannot see an
+// untyped property, and an anyOf here would be flattened by kube's schema rewriter).
+#[x_kube(validation = kube::core::Rule::new("!(self.op in ['move', 'copy']) || has(self.from)").message("from is required for move and copy operations"))]
+pub struct ConfigPatch {
+    /// The operation: add, remove, replace, move, copy or test.
+    pub op: PatchOp,
+    /// JSON pointer to the target location, e.g. /machine/install/disk. Use `-` to append to a
+    /// list (/machine/network/interfaces/-) and ~1 for a '/' inside a key.
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('/') && !self.matches('~([^01]|$)')").message("path must be a JSON pointer starting with '/' (for example /machine/install/disk); escape '~' as ~0 and '/' inside a key as ~1"))]
+    pub path: String,
+    /// The value for add, replace and test: any JSON (object, list, string, number, bool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::any_json")]
+    pub value: Option<Value>,
+    /// The source location for move and copy, as a JSON pointer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('/')").message("from must be a JSON pointer starting with '/'"))]
+    pub from: Option<String>,
+}
+
+/// Where a machine's hostname comes from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum HostnameSource {
+    /// The name of the Cluster API Machine.
+    MachineName,
+    /// The name of the infrastructure machine (e.g. the ProxmoxMachine).
+    InfrastructureName,
+}
+
+/// How the machine's hostname is set in the generated configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct HostnameSpec {
+    /// Source of the hostname: MachineName or InfrastructureName. Unset leaves the hostname to
+    /// Talos (DHCP or a generated name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<HostnameSource>,
+}
+
+/// What to generate for a machine and how to patch it. TalosConfig is the bootstrap
+/// configuration of one Talos machine; the provider renders it into the Secret named in
+/// status.dataSecretName.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[kube(
+    group = "bootstrap.cluster.x-k8s.io",
+    version = "v1alpha3",
+    kind = "TalosConfig",
+    namespaced,
+    status = "TalosConfigStatus",
+    category = "cluster-api",
+    derive = "PartialEq",
+    doc = "TalosConfig is the bootstrap configuration of one Talos machine: what to generate and how to patch it.",
+    validation = kube::core::Rule::new("has(self.spec.generateType)").message("spec.generateType is required: one of controlplane, worker (or join), init, none"),
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".metadata.labels['cluster\\.x-k8s\\.io/cluster-name']", description = "Cluster this config belongs to"),
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.generateType", description = "Which machine configuration is generated"),
+    printcolumn(name = "Ready", type_ = "boolean", json_path = ".status.ready", description = "Bootstrap data Secret is written"),
+    printcolumn(name = "Data Secret", type_ = "string", json_path = ".status.dataSecretName", description = "Secret holding the machine configuration"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.generateType) || self.generateType != 'none' || (has(self.data) && size(self.data) > 0)").message("data is required when generateType is none"))]
+pub struct TalosConfigSpec {
+    /// Which configuration to generate: controlplane, worker (join is a synonym), init
+    /// (deprecated; treated as controlplane) or none (use data verbatim). Required on
+    /// TalosConfig and TalosConfigTemplate; inside a TalosControlPlane the provider sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate_type: Option<GenerateType>,
+    /// Talos version whose configuration format (contract) to generate, e.g. v1.13 or v1.13.0.
+    /// Empty means the newest contract this provider knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = kube::core::Rule::new("self == '' || self.matches('^v?[0-9]+\\\\.[0-9]+(\\\\.[0-9]+)?([-+][0-9A-Za-z.+-]*)?$')").message("talosVersion must look like v1.13 or v1.13.0"))]
+    pub talos_version: Option<String>,
+    /// A complete machine configuration, used when generateType is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// RFC 6902 JSON patches applied to the generated configuration, in order, before the
+    /// strategic merge patches. Only valid for single-document configurations (Talos refuses
+    /// JSON patches on multi-document configs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub config_patches: Option<Vec<ConfigPatch>>,
+    /// Talos strategic merge patches (YAML, possibly multi-document) applied after configPatches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategic_patches: Option<Vec<String>>,
+    /// How the machine's hostname is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<HostnameSpec>,
+}
+
+/// Observed state of a TalosConfig, for both Cluster API contracts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TalosConfigStatus {
+    /// v1beta1 contract: the bootstrap data Secret is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// Name of the Secret (key `value`) holding the machine configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_secret_name: Option<String>,
+    /// v1beta2 contract: initialization progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initialization: Option<BootstrapInitialization>,
+    /// Deprecated and never written: older providers stored a client configuration here. Use
+    /// the `<cluster>-talosconfig` Secret instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub talos_config: Option<String>,
+    /// A token for a terminal problem (v1beta1 contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    /// A human-readable terminal problem (v1beta1 contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_message: Option<String>,
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions: Ready, DataSecretAvailable, ClientConfigAvailable, Paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<Condition>>,
+    /// Conditions in metav1 shape for Cluster API v1.10, which reads them here first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v1beta2: Option<V1Beta2Conditions>,
+}
+
+/// v1beta2 contract: `dataSecretCreated` once the bootstrap data Secret exists.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("minProperties" = 1))]
+pub struct BootstrapInitialization {
+    /// The bootstrap data Secret is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_secret_created: Option<bool>,
+}
+
+/// metav1 conditions, under status.v1beta2.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct V1Beta2Conditions {
+    /// Conditions in metav1.Condition shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<MetaCondition>>,
+}
+
+/// Labels and annotations copied to objects created from a template.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ObjectMetaTemplate {
+    /// Labels to add.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Annotations to add.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// The TalosConfig a template stamps out.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct TalosConfigTemplateResource {
+    /// Labels and annotations for the generated TalosConfigs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMetaTemplate>,
+    /// The TalosConfig spec every generated TalosConfig gets.
+    pub spec: TalosConfigSpec,
+}
+
+/// TalosConfigTemplate is the TalosConfig blueprint for MachineDeployments, MachinePools and
+/// ClusterClass worker classes.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "bootstrap.cluster.x-k8s.io",
+    version = "v1alpha3",
+    kind = "TalosConfigTemplate",
+    namespaced,
+    category = "cluster-api",
+    derive = "PartialEq",
+    doc = "TalosConfigTemplate is the blueprint of the TalosConfigs of a MachineDeployment, MachinePool or ClusterClass worker class.",
+    validation = kube::core::Rule::new("has(self.spec.template.spec.generateType)").message("spec.template.spec.generateType is required: one of controlplane, worker (or join), init, none"),
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.template.spec.generateType"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+pub struct TalosConfigTemplateSpec {
+    /// The TalosConfig to stamp out for each machine.
+    pub template: TalosConfigTemplateResource,
+}

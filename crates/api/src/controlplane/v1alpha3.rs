@@ -1,0 +1,474 @@
+//! controlplane.cluster.x-k8s.io/v1alpha3: CACPPT v0.5's schema plus what Cluster API's
+//! contracts and ClusterClass need (machineTemplate, both status shapes) and what we add
+//! (maxUnavailable, in-place Talos OS upgrades, TalosControlPlaneTemplate).
+// Repeated `printcolumn(type_ = ...)` keys are separate columns, not duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::bootstrap::v1alpha3::{ObjectMetaTemplate, TalosConfigSpec};
+use crate::conditions::{Condition, MetaCondition};
+
+/// The TalosConfig specs used for control-plane machines.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+pub struct ControlPlaneConfig {
+    /// The configuration of every control-plane machine. generateType may be omitted (it is
+    /// always controlplane).
+    pub controlplane: TalosConfigSpec,
+    /// Deprecated and ignored, as in CACPPT v0.4+: every control-plane machine uses
+    /// `controlplane`, and etcd is bootstrapped through the Talos API on the first one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<TalosConfigSpec>,
+}
+
+/// How machines are replaced when their spec changes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RolloutStrategyType {
+    /// Replace outdated machines automatically, within maxSurge and maxUnavailable.
+    #[default]
+    RollingUpdate,
+    /// Replace an outdated machine only after someone deletes it.
+    OnDelete,
+}
+
+/// Bounds of a rolling update. Whatever the bounds, etcd quorum is never broken: a machine is
+/// only removed while the remaining etcd members keep quorum.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.maxSurge) && has(self.maxUnavailable) && (type(self.maxSurge) == string ? self.maxSurge == '0%' : self.maxSurge == 0) && (type(self.maxUnavailable) == string ? self.maxUnavailable == '0%' : self.maxUnavailable == 0))").message("maxSurge and maxUnavailable cannot both be zero: the rollout could never replace a machine"))]
+pub struct RollingUpdate {
+    /// How many machines may exist above the desired replicas during a rollout: a number or a
+    /// percentage of replicas (rounded up). Defaults to 1. With 0, a machine is removed before its
+    /// replacement is created (needs maxUnavailable >= 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::int_or_percent")]
+    pub max_surge: Option<IntOrString>,
+    /// How many desired machines may be unavailable during a rollout: a number or a percentage
+    /// of replicas (rounded down). When unset: 0 if maxSurge is above 0, else 1 (CACPPT's
+    /// delete-first behaviour). The provider never goes below etcd quorum, whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::int_or_percent")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+/// How control-plane machines are replaced.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStrategy {
+    /// RollingUpdate (default) or OnDelete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "RollingUpdate"))]
+    pub r#type: Option<RolloutStrategyType>,
+    /// Bounds for RollingUpdate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+/// In-place Talos OS upgrades: nodes are upgraded over the Talos API (LifecycleService.Upgrade)
+/// and keep their machines, etcd data and identity, instead of being replaced.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TalosUpgrade {
+    /// The Talos installer image to upgrade to, with a tag or digest, e.g.
+    /// ghcr.io/siderolabs/installer:v1.13.0 or a factory image with extensions.
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[^\\\\s]+(:[0-9A-Za-z_.-]+|@sha256:[0-9a-f]{64})$')").message("image must name a tag or digest, for example ghcr.io/siderolabs/installer:v1.13.0"))]
+    pub image: String,
+    /// The Talos version the image installs (v-prefixed), used to tell upgraded nodes from
+    /// outdated ones. Defaults to the image tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^v[0-9]+\\\\.[0-9]+\\\\.[0-9]+([-+][0-9A-Za-z.+-]*)?$')").message("version must look like v1.13.0"))]
+    pub version: Option<String>,
+    /// How many control-plane nodes may upgrade at the same time. Defaults to 1. The provider
+    /// never takes down more etcd members than quorum allows, whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1), extend("default" = 1))]
+    pub max_parallel: Option<i32>,
+    /// Stage the upgrade and apply it on the next reboot (talosctl upgrade --stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<bool>,
+}
+
+/// A reference to a template, as Cluster API's v1beta2 contract writes it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContractVersionedObjectReference {
+    /// API group of the referenced object, e.g. infrastructure.cluster.x-k8s.io.
+    pub api_group: String,
+    /// Kind of the referenced object.
+    pub kind: String,
+    /// Name of the referenced object, in the same namespace.
+    pub name: String,
+}
+
+/// Deletion timeouts in the v1beta2 contract's shape.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineDeletionSpec {
+    /// Seconds to wait for a node drain; 0 waits forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_drain_timeout_seconds: Option<i32>,
+    /// Seconds to wait for volumes to detach; 0 waits forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_volume_detach_timeout_seconds: Option<i32>,
+    /// Seconds to wait before deleting the Node once the Machine is marked for deletion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_deletion_timeout_seconds: Option<i32>,
+}
+
+/// machineTemplate.spec, as Cluster API's v1beta2 contract (ClusterClass topology) writes it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineTemplateSpec {
+    /// The infrastructure machine template to clone (v1beta2 contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infrastructure_ref: Option<ContractVersionedObjectReference>,
+    /// Deletion timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<MachineDeletionSpec>,
+}
+
+/// The machines' template, at the paths Cluster API's contracts and ClusterClass write.
+/// Metadata and timeouts propagate to existing machines in place, without a rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineTemplate {
+    /// Labels and annotations for the control-plane Machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMetaTemplate>,
+    /// The infrastructure machine template to clone (v1beta1 contract). Alternative to
+    /// spec.infrastructureTemplate and machineTemplate.spec.infrastructureRef.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infrastructure_ref: Option<ObjectReference>,
+    /// How long to drain a node before deleting its machine (e.g. 10m); unset waits forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_drain_timeout: Option<String>,
+    /// How long to wait for volumes to detach (e.g. 5m); unset waits forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_volume_detach_timeout: Option<String>,
+    /// How long to wait before deleting the Node of a deleted machine (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_deletion_timeout: Option<String>,
+    /// The v1beta2 contract's shape of the same template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<MachineTemplateSpec>,
+}
+
+/// TalosControlPlane manages the control-plane Machines of one Cluster: it creates them from
+/// an infrastructure template with a TalosConfig each, bootstraps etcd through the Talos API,
+/// keeps etcd membership in step with the machines, and rolls out changes.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[kube(
+    group = "controlplane.cluster.x-k8s.io",
+    version = "v1alpha3",
+    kind = "TalosControlPlane",
+    namespaced,
+    status = "TalosControlPlaneStatus",
+    shortname = "tcp",
+    category = "cluster-api",
+    derive = "PartialEq",
+    doc = "TalosControlPlane manages the Talos control-plane machines of one Cluster: creation, etcd bootstrap and membership, health, rolling updates and in-place Talos upgrades.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Cluster",
+        type_ = "string",
+        json_path = ".metadata.labels['cluster\\.x-k8s\\.io/cluster-name']",
+        description = "Cluster this control plane belongs to"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "boolean",
+        json_path = ".status.ready",
+        description = "The control plane's API server is ready to receive requests"
+    ),
+    printcolumn(
+        name = "Initialized",
+        type_ = "boolean",
+        json_path = ".status.initialized",
+        description = "etcd is bootstrapped and the control plane answers"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.replicas",
+        description = "Non-terminated control-plane machines"
+    ),
+    printcolumn(
+        name = "Ready Replicas",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Control-plane machines whose node is Ready"
+    ),
+    printcolumn(
+        name = "Updated",
+        type_ = "integer",
+        json_path = ".status.updatedReplicas",
+        description = "Control-plane machines with the desired spec"
+    ),
+    printcolumn(
+        name = "Unavailable",
+        type_ = "integer",
+        json_path = ".status.unavailableReplicas",
+        description = "Desired machines not yet available"
+    ),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".spec.version",
+        description = "Desired Kubernetes version"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("[has(self.infrastructureTemplate), has(self.machineTemplate) && has(self.machineTemplate.infrastructureRef), has(self.machineTemplate) && has(self.machineTemplate.spec) && has(self.machineTemplate.spec.infrastructureRef)].filter(x, x).size() == 1").message("exactly one infrastructure reference is required: spec.infrastructureTemplate, spec.machineTemplate.infrastructureRef or spec.machineTemplate.spec.infrastructureRef"))]
+pub struct TalosControlPlaneSpec {
+    /// Number of control-plane machines. Defaults to 1. Use an odd number: etcd keeps quorum
+    /// with (n-1)/2 members down, so 3 tolerates one failure and 4 still only one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1), extend("default" = 1))]
+    pub replicas: Option<i32>,
+    /// Kubernetes version of the control plane, with a leading v, e.g. v1.33.2.
+    #[schemars(length(min = 2, max = 64))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^v(0|[1-9][0-9]*)\\\\.(0|[1-9][0-9]*)\\\\.(0|[1-9][0-9]*)([-0-9a-zA-Z_\\\\.+]*)?$')").message("version must be a Kubernetes version with a leading v, for example v1.33.2"))]
+    pub version: String,
+    /// The infrastructure machine template to clone for control-plane machines (CACPPT's
+    /// field). Alternative to machineTemplate.infrastructureRef.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infrastructure_template: Option<ObjectReference>,
+    /// Machine template at Cluster API's contract paths, written by ClusterClass topology.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_template: Option<MachineTemplate>,
+    /// Talos configuration of the control-plane machines.
+    pub control_plane_config: ControlPlaneConfig,
+    /// How machines are replaced on changes. Defaults to RollingUpdate with maxSurge 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}))]
+    pub rollout_strategy: Option<RolloutStrategy>,
+    /// Optional in-place Talos OS upgrades of the control-plane nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub talos_upgrade: Option<TalosUpgrade>,
+}
+
+/// v1beta2 contract: `controlPlaneInitialized` once the control plane answers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("minProperties" = 1))]
+pub struct ControlPlaneInitialization {
+    /// etcd is bootstrapped and the API server answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane_initialized: Option<bool>,
+}
+
+/// The v1beta2 status block Cluster API v1.10 reads.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneV1Beta2Status {
+    /// Conditions in metav1.Condition shape (Available, RollingOut, ScalingUp, ScalingDown, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<MetaCondition>>,
+    /// Machines whose Ready condition is True.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Machines whose Available condition is True.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_replicas: Option<i32>,
+    /// Machines whose UpToDate condition is True.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_to_date_replicas: Option<i32>,
+}
+
+/// Observed state of a TalosControlPlane, for both Cluster API contracts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TalosControlPlaneStatus {
+    /// Label selector of the control-plane Machines, in query-parameter form (scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Non-terminated control-plane machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Control-plane machines whose node is Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Control-plane machines with the desired spec (v1beta1 contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_replicas: Option<i32>,
+    /// Desired machines not available yet: not ready or not created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable_replicas: Option<i32>,
+    /// Machines whose Available condition is True (v1beta2 contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_replicas: Option<i32>,
+    /// Machines whose UpToDate condition is True (v1beta2 contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_to_date_replicas: Option<i32>,
+    /// etcd is bootstrapped and the control plane answers (v1beta1 contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initialized: Option<bool>,
+    /// The control plane's API server is ready to receive requests (v1beta1 contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// The Talos Bootstrap call succeeded on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrapped: Option<bool>,
+    /// v1beta2 contract: initialization progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initialization: Option<ControlPlaneInitialization>,
+    /// The lowest Kubernetes version among the control-plane machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// A token for a terminal problem (v1beta1 contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    /// A human-readable terminal problem (v1beta1 contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_message: Option<String>,
+    /// Conditions: Ready, Available, MachinesReady, EtcdClusterHealthy, RollingOut, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<Condition>>,
+    /// The v1beta2 block Cluster API v1.10 reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v1beta2: Option<ControlPlaneV1Beta2Status>,
+}
+
+/// machineTemplate of a TalosControlPlaneTemplate: ClusterClass supplies the infrastructure
+/// reference, so the template carries only metadata and timeouts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMachineTemplate {
+    /// Labels and annotations for the control-plane Machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMetaTemplate>,
+    /// How long to drain a node before deleting its machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_drain_timeout: Option<String>,
+    /// How long to wait for volumes to detach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_volume_detach_timeout: Option<String>,
+    /// How long to wait before deleting the Node of a deleted machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_deletion_timeout: Option<String>,
+}
+
+/// The TalosControlPlane spec a ClusterClass stamps out (replicas and version come from the
+/// Cluster's topology).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TalosControlPlaneTemplateResourceSpec {
+    /// Machine metadata and timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_template: Option<TemplateMachineTemplate>,
+    /// Talos configuration of the control-plane machines.
+    pub control_plane_config: ControlPlaneConfig,
+    /// How machines are replaced on changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_strategy: Option<RolloutStrategy>,
+    /// Optional in-place Talos OS upgrades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub talos_upgrade: Option<TalosUpgrade>,
+}
+
+/// The TalosControlPlane a template stamps out.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+pub struct TalosControlPlaneTemplateResource {
+    /// Labels and annotations for the generated TalosControlPlane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMetaTemplate>,
+    /// The generated TalosControlPlane's spec, without replicas and version.
+    pub spec: TalosControlPlaneTemplateResourceSpec,
+}
+
+/// TalosControlPlaneTemplate is the control-plane blueprint of a ClusterClass.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[kube(
+    group = "controlplane.cluster.x-k8s.io",
+    version = "v1alpha3",
+    kind = "TalosControlPlaneTemplate",
+    namespaced,
+    category = "cluster-api",
+    derive = "PartialEq",
+    doc = "TalosControlPlaneTemplate is the control-plane blueprint of a ClusterClass.",
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct TalosControlPlaneTemplateSpec {
+    /// The TalosControlPlane to stamp out.
+    pub template: TalosControlPlaneTemplateResource,
+}
+
+/// The effective rollout bounds for `replicas`, applying the defaults documented on
+/// [`RollingUpdate`]: maxSurge 1; maxUnavailable 0 unless maxSurge is 0, then 1. Percentages
+/// round up for surge and down for unavailability, as Deployments do.
+pub fn rollout_bounds(strategy: Option<&RolloutStrategy>, replicas: i32) -> (i32, i32) {
+    let rolling = strategy.and_then(|s| s.rolling_update.as_ref());
+    let resolve = |v: Option<&IntOrString>, round_up: bool| -> Option<i32> {
+        v.map(|v| match v {
+            IntOrString::Int(n) => *n,
+            IntOrString::String(s) => {
+                let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
+                let scaled = pct * i64::from(replicas);
+                let n = if round_up {
+                    (scaled + 99) / 100
+                } else {
+                    scaled / 100
+                };
+                i32::try_from(n).unwrap_or(i32::MAX)
+            }
+        })
+    };
+    let surge = resolve(rolling.and_then(|r| r.max_surge.as_ref()), true).unwrap_or(1);
+    let unavailable = resolve(rolling.and_then(|r| r.max_unavailable.as_ref()), false)
+        .unwrap_or(if surge > 0 { 0 } else { 1 });
+    (surge.max(0), unavailable.max(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strategy(surge: Option<IntOrString>, unavailable: Option<IntOrString>) -> RolloutStrategy {
+        RolloutStrategy {
+            r#type: None,
+            rolling_update: Some(RollingUpdate {
+                max_surge: surge,
+                max_unavailable: unavailable,
+            }),
+        }
+    }
+
+    #[test]
+    fn defaults_match_cacppt() {
+        assert_eq!(rollout_bounds(None, 3), (1, 0));
+        let delete_first = strategy(Some(IntOrString::Int(0)), None);
+        assert_eq!(rollout_bounds(Some(&delete_first), 3), (0, 1));
+    }
+
+    #[test]
+    fn percentages_round_like_deployments() {
+        let s = strategy(
+            Some(IntOrString::String("34%".into())),
+            Some(IntOrString::String("34%".into())),
+        );
+        assert_eq!(rollout_bounds(Some(&s), 3), (2, 1));
+        assert_eq!(rollout_bounds(Some(&s), 5), (2, 1));
+    }
+}

@@ -1,0 +1,90 @@
+//! The CustomResourceDefinitions of every kind, labelled for Cluster API's contracts and for
+//! clusterctl, as `talos-capi crds` prints them and `make crds` writes them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSON, JSONSchemaProps, JSONSchemaPropsOrArray,
+};
+use kube::CustomResourceExt;
+
+use crate::bootstrap::v1alpha3::{TalosConfig, TalosConfigTemplate};
+use crate::controlplane::v1alpha3::{TalosControlPlane, TalosControlPlaneTemplate};
+
+/// The API version each Cluster API contract reads (`_`-separated list, newest last).
+const CONTRACT_VERSIONS: &[(&str, &str)] = &[
+    ("cluster.x-k8s.io/v1beta1", "v1alpha3"),
+    ("cluster.x-k8s.io/v1beta2", "v1alpha3"),
+];
+
+/// Every CRD, in a stable order.
+pub fn all() -> Vec<CustomResourceDefinition> {
+    vec![
+        labelled(TalosConfig::crd(), "bootstrap-talos"),
+        labelled(TalosConfigTemplate::crd(), "bootstrap-talos"),
+        labelled(TalosControlPlane::crd(), "control-plane-talos"),
+        labelled(TalosControlPlaneTemplate::crd(), "control-plane-talos"),
+    ]
+}
+
+fn labelled(mut crd: CustomResourceDefinition, provider: &str) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            require_patch_values(schema);
+        }
+    }
+    let labels = crd.metadata.labels.get_or_insert_with(BTreeMap::new);
+    for (contract, versions) in CONTRACT_VERSIONS {
+        labels.insert((*contract).to_owned(), (*versions).to_owned());
+    }
+    labels.insert("cluster.x-k8s.io/provider".to_owned(), provider.to_owned());
+    crd
+}
+
+/// The file name kubebuilder would give a CRD: `<group>_<plural>.yaml`.
+pub fn file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural)
+}
+
+/// One CRD as YAML, starting with a document separator.
+pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml_ng::Error> {
+    Ok(format!("---\n{}", serde_yaml_ng::to_string(crd)?))
+}
+
+/// JSON 6902 `add`, `replace` and `test` need a `value`. CEL cannot see `value` (an untyped,
+/// preserve-unknown-fields property), so every ConfigPatch item schema gets an OpenAPI anyOf:
+/// either the op needs no value, or value is present.
+fn require_patch_values(schema: &mut JSONSchemaProps) {
+    let is_patch = schema.properties.as_ref().is_some_and(|p| {
+        ["op", "path", "value", "from"]
+            .iter()
+            .all(|k| p.contains_key(*k))
+    });
+    if is_patch {
+        let no_value_ops = JSONSchemaProps {
+            properties: Some(BTreeMap::from([(
+                "op".to_owned(),
+                JSONSchemaProps {
+                    enum_: Some(["remove", "move", "copy"].map(|o| JSON(o.into())).to_vec()),
+                    ..JSONSchemaProps::default()
+                },
+            )])),
+            ..JSONSchemaProps::default()
+        };
+        let has_value = JSONSchemaProps {
+            required: Some(vec!["value".to_owned()]),
+            ..JSONSchemaProps::default()
+        };
+        schema.any_of = Some(vec![has_value, no_value_ops]);
+    }
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        require_patch_values(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        require_patch_values(items);
+    }
+}

@@ -1,0 +1,32 @@
+//! Talos machine configuration, done in Rust: the secrets bundle, rendering of init /
+//! controlplane / worker configurations per version contract, RFC 6902 and strategic merge
+//! patches, validation, and talosconfig generation. Pure: no Kubernetes client, no network.
+#![forbid(unsafe_code)]
+
+mod contract;
+mod error;
+pub mod patch;
+pub mod render;
+pub mod secrets;
+pub mod talosconfig;
+pub mod validate;
+
+pub use contract::Contract;
+pub use error::{Error, Problems};
+pub use patch::Patch;
+pub use render::{Input, MachineType, render};
+pub use secrets::SecretsBundle;
+pub use validate::{Mode, Report, validate};
+
+/// Render, patch (in the order given; the bootstrap provider passes JSON 6902 patches before
+/// strategic merge patches, as Talos's providers do) and serialize one configuration.
+pub fn generate(
+    machine_type: MachineType,
+    input: &Input,
+    bundle: &SecretsBundle,
+    patches: &[Patch],
+) -> Result<String, Error> {
+    let docs = render(machine_type, input, bundle)?;
+    let docs = patch::apply(docs, patches)?;
+    render::to_yaml(&docs)
+}

@@ -1,0 +1,349 @@
+//! Rendering of controlplane and worker configurations, field for field what
+//! `talosctl gen config` writes for each version contract (checked against talosctl in tests).
+
+use serde_json::{Map, Value, json};
+
+use crate::secrets::{SecretsBundle, decode_pem};
+use crate::{Contract, Error};
+
+/// The Talos release whose installer image and defaults we use when none is given.
+pub const DEFAULT_TALOS_VERSION: &str = "v1.13.0";
+/// The Kubernetes version talosctl v1.13 defaults to.
+pub const DEFAULT_KUBERNETES_VERSION: &str = "1.36.0";
+
+/// The role a configuration is rendered for. `init` is rendered as controlplane: the
+/// control-plane provider bootstraps etcd through the Talos API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineType {
+    Controlplane,
+    Worker,
+}
+
+impl MachineType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineType::Controlplane => "controlplane",
+            MachineType::Worker => "worker",
+        }
+    }
+}
+
+/// What a configuration is rendered from (besides the secrets bundle).
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub cluster_name: String,
+    /// `https://host:port`
+    pub endpoint: String,
+    /// Without the leading `v` (it is stripped if present).
+    pub kubernetes_version: String,
+    pub contract: Contract,
+    pub dns_domain: String,
+    pub pod_subnets: Vec<String>,
+    pub service_subnets: Vec<String>,
+    pub install_disk: String,
+    pub install_image: String,
+    pub hostname: Option<String>,
+}
+
+impl Input {
+    /// Defaults as `talosctl gen config <cluster> <endpoint>` uses them.
+    pub fn new(cluster_name: &str, endpoint: &str) -> Input {
+        Input {
+            cluster_name: cluster_name.to_owned(),
+            endpoint: endpoint.to_owned(),
+            kubernetes_version: DEFAULT_KUBERNETES_VERSION.to_owned(),
+            contract: Contract::NEWEST,
+            dns_domain: "cluster.local".to_owned(),
+            pod_subnets: vec!["10.244.0.0/16".to_owned()],
+            service_subnets: vec!["10.96.0.0/12".to_owned()],
+            install_disk: "/dev/sda".to_owned(),
+            install_image: format!("ghcr.io/siderolabs/installer:{DEFAULT_TALOS_VERSION}"),
+            hostname: None,
+        }
+    }
+
+    fn check(&self) -> Result<Endpoint, Error> {
+        let input = |field: &'static str, value: &str, reason: &str| Error::Input {
+            field,
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if self.cluster_name.is_empty() {
+            return Err(input("cluster name", "", "must not be empty"));
+        }
+        for cidr in self.pod_subnets.iter().chain(&self.service_subnets) {
+            crate::validate::parse_cidr(cidr).map_err(|r| input("CIDR", cidr, &r))?;
+        }
+        let k8s = self.kubernetes_version.trim_start_matches('v');
+        if k8s.split('.').count() != 3 || k8s.split('.').any(|p| p.is_empty()) {
+            return Err(input(
+                "Kubernetes version",
+                &self.kubernetes_version,
+                "expected 1.33.2",
+            ));
+        }
+        Endpoint::parse(&self.endpoint)
+    }
+}
+
+/// A control-plane endpoint as talosctl accepts it: https, a host, an explicit port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn parse(endpoint: &str) -> Result<Endpoint, Error> {
+        let bad = |reason: &str| Error::Endpoint {
+            endpoint: endpoint.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let rest = endpoint
+            .strip_prefix("https://")
+            .ok_or_else(|| bad("must start with https:// (for example https://10.0.0.1:6443)"))?;
+        let hostport = rest.trim_end_matches('/');
+        if hostport.contains('/') {
+            return Err(bad("must not contain a path"));
+        }
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !p.contains(']') => (h, p),
+            _ => {
+                return Err(bad(
+                    "must include a port (for example https://10.0.0.1:6443)",
+                ));
+            }
+        };
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| bad("port must be a number from 1 to 65535"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("host is empty"));
+        }
+        Ok(Endpoint {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// Render the configuration documents for `machine_type`: the v1alpha1 document, then (contracts
+/// v1.12 and later) a HostnameConfig document.
+pub fn render(
+    machine_type: MachineType,
+    input: &Input,
+    bundle: &SecretsBundle,
+) -> Result<Vec<Value>, Error> {
+    let endpoint = input.check()?;
+    let c = input.contract;
+    let cp = machine_type == MachineType::Controlplane;
+    let k8s = input.kubernetes_version.trim_start_matches('v');
+    // Contract gates, as talosctl v1.13 applies them.
+    let v112 = c.at_least(1, 12);
+    let v113 = c.at_least(1, 13);
+
+    let mut machine = Map::new();
+    machine.insert("type".into(), json!(machine_type.as_str()));
+    machine.insert("token".into(), json!(bundle.trustdinfo.token));
+    machine.insert(
+        "ca".into(),
+        ca(
+            &bundle.certs.os.crt,
+            cp.then_some(bundle.certs.os.key.as_str()),
+        ),
+    );
+    machine.insert("certSANs".into(), json!([]));
+    machine.insert(
+        "kubelet".into(),
+        json!({
+            "image": format!("ghcr.io/siderolabs/kubelet:v{k8s}"),
+            "defaultRuntimeSeccompProfileEnabled": true,
+            "disableManifestsDirectory": true,
+        }),
+    );
+    if !v113 {
+        machine.insert("network".into(), json!({}));
+    }
+    let mut install =
+        json!({"disk": input.install_disk, "image": input.install_image, "wipe": false});
+    if v112 {
+        install["grubUseUKICmdline"] = json!(true);
+    }
+    machine.insert("install".into(), install);
+    if !(v112 && cp) {
+        machine.insert("registries".into(), json!({}));
+    }
+    let mut features = Map::new();
+    if !v112 {
+        features.insert("rbac".into(), json!(true));
+        features.insert("stableHostname".into(), json!(true));
+        features.insert("apidCheckExtKeyUsage".into(), json!(true));
+    }
+    features.insert("diskQuotaSupport".into(), json!(true));
+    features.insert("kubePrism".into(), json!({"enabled": true, "port": 7445}));
+    features.insert(
+        "hostDNS".into(),
+        json!({"enabled": true, "forwardKubeDNSToHost": true}),
+    );
+    machine.insert("features".into(), Value::Object(features));
+    if cp {
+        machine.insert(
+            "nodeLabels".into(),
+            json!({"node.kubernetes.io/exclude-from-external-load-balancers": ""}),
+        );
+    }
+    if let (Some(hostname), false) = (&input.hostname, v112) {
+        machine
+            .entry("network")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .map(|n| n.insert("hostname".into(), json!(hostname)));
+    }
+
+    let mut cluster = Map::new();
+    cluster.insert("id".into(), json!(bundle.cluster.id));
+    cluster.insert("secret".into(), json!(bundle.cluster.secret));
+    cluster.insert("controlPlane".into(), json!({"endpoint": input.endpoint}));
+    cluster.insert("clusterName".into(), json!(input.cluster_name));
+    cluster.insert(
+        "network".into(),
+        json!({
+            "dnsDomain": input.dns_domain,
+            "podSubnets": input.pod_subnets,
+            "serviceSubnets": input.service_subnets,
+        }),
+    );
+    cluster.insert("token".into(), json!(bundle.secrets.bootstraptoken));
+    if cp {
+        let (field, secret) = bundle.encryption_secret();
+        cluster.insert(field.into(), json!(secret));
+    }
+    cluster.insert(
+        "ca".into(),
+        ca(
+            &bundle.certs.k8s.crt,
+            cp.then_some(bundle.certs.k8s.key.as_str()),
+        ),
+    );
+    if cp {
+        cluster.insert(
+            "aggregatorCA".into(),
+            json!({"crt": bundle.certs.k8saggregator.crt, "key": bundle.certs.k8saggregator.key}),
+        );
+        cluster.insert(
+            "serviceAccount".into(),
+            json!({"key": bundle.certs.k8sserviceaccount.key}),
+        );
+        let mut api_server = Map::new();
+        api_server.insert(
+            "image".into(),
+            json!(format!("registry.k8s.io/kube-apiserver:v{k8s}")),
+        );
+        if !v112 {
+            api_server.insert("certSANs".into(), json!([endpoint.host]));
+            api_server.insert("disablePodSecurityPolicy".into(), json!(true));
+        }
+        api_server.insert("admissionControl".into(), pod_security_admission());
+        api_server.insert(
+            "auditPolicy".into(),
+            json!({"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "rules": [{"level": "Metadata"}]}),
+        );
+        cluster.insert("apiServer".into(), Value::Object(api_server));
+        for (field, image) in [
+            ("controllerManager", "kube-controller-manager"),
+            ("proxy", "kube-proxy"),
+            ("scheduler", "kube-scheduler"),
+        ] {
+            cluster.insert(
+                field.into(),
+                json!({"image": format!("registry.k8s.io/{image}:v{k8s}")}),
+            );
+        }
+    }
+    cluster.insert(
+        "discovery".into(),
+        json!({"enabled": true, "registries": {"kubernetes": {"disabled": true}, "service": {}}}),
+    );
+    if cp {
+        cluster.insert(
+            "etcd".into(),
+            json!({"ca": {"crt": bundle.certs.etcd.crt, "key": bundle.certs.etcd.key}}),
+        );
+        cluster.insert("extraManifests".into(), json!([]));
+        cluster.insert("inlineManifests".into(), json!([]));
+    }
+
+    let mut docs = vec![json!({
+        "version": "v1alpha1",
+        "debug": false,
+        "persist": true,
+        "machine": Value::Object(machine),
+        "cluster": Value::Object(cluster),
+    })];
+    if v112 {
+        docs.push(match &input.hostname {
+            // Talos refuses `auto` together with `hostname`.
+            Some(h) => json!({"apiVersion": "v1alpha1", "kind": "HostnameConfig", "hostname": h}),
+            None => json!({"apiVersion": "v1alpha1", "kind": "HostnameConfig", "auto": "stable"}),
+        });
+    }
+    // Fail early on a bundle whose PEM fields are unreadable, naming the field.
+    decode_pem(&bundle.certs.os.crt)
+        .map_err(|_| Error::Bundle("certs.os.crt is not base64-encoded PEM".into()))?;
+    Ok(docs)
+}
+
+/// `{crt, key}`; workers get an empty key, as talosctl writes it.
+fn ca(crt: &str, key: Option<&str>) -> Value {
+    json!({"crt": crt, "key": key.unwrap_or("")})
+}
+
+fn pod_security_admission() -> Value {
+    json!([{
+        "name": "PodSecurity",
+        "configuration": {
+            "apiVersion": "pod-security.admission.config.k8s.io/v1alpha1",
+            "defaults": {
+                "audit": "restricted", "audit-version": "latest",
+                "enforce": "baseline", "enforce-version": "latest",
+                "warn": "restricted", "warn-version": "latest",
+            },
+            "exemptions": {"namespaces": ["kube-system"], "runtimeClasses": [], "usernames": []},
+            "kind": "PodSecurityConfiguration",
+        },
+    }])
+}
+
+/// Documents as one YAML stream (`---` between documents), as Talos reads it.
+pub fn to_yaml(docs: &[Value]) -> Result<String, Error> {
+    let mut out = String::new();
+    for (i, doc) in docs.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_yaml_ng::to_string(doc).map_err(|e| Error::Parse {
+            what: "rendered configuration".into(),
+            message: e.to_string(),
+        })?);
+    }
+    Ok(out)
+}
+
+/// Parse a YAML stream of configuration documents.
+pub fn from_yaml(text: &str) -> Result<Vec<Value>, Error> {
+    use serde::Deserialize;
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = Value::deserialize(doc).map_err(|e| Error::Parse {
+            what: "machine configuration".into(),
+            message: e.to_string(),
+        })?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}

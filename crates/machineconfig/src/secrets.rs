@@ -1,0 +1,404 @@
+//! The cluster's secrets bundle, in the YAML shape of `talosctl gen secrets`, so bundles move
+//! freely between talosctl, CABPT's `<cluster>-talos` Secret and us.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use p256::pkcs8::{DecodePrivateKey, LineEnding};
+
+use rand::{Rng, RngCore};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, PKCS_ED25519,
+};
+use rsa::pkcs1::EncodeRsaPrivateKey;
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+use crate::{Contract, Error};
+
+/// A certificate and its private key, each a base64-encoded PEM block (Talos's encoding).
+#[derive(Serialize, Deserialize, Clone, Default, PartialEq, Eq)]
+pub struct CertAndKey {
+    #[serde(default)]
+    pub crt: String,
+    #[serde(default)]
+    pub key: String,
+}
+
+/// A private key alone, base64-encoded PEM.
+#[derive(Serialize, Deserialize, Clone, Default, PartialEq, Eq)]
+pub struct KeyOnly {
+    #[serde(default)]
+    pub key: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Default, PartialEq, Eq)]
+pub struct ClusterSecrets {
+    pub id: String,
+    pub secret: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Default, PartialEq, Eq)]
+pub struct Secrets {
+    pub bootstraptoken: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secretboxencryptionsecret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aescbcencryptionsecret: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Default, PartialEq, Eq)]
+pub struct TrustdInfo {
+    pub token: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Default, PartialEq, Eq)]
+pub struct Certs {
+    pub etcd: CertAndKey,
+    pub k8s: CertAndKey,
+    pub k8saggregator: CertAndKey,
+    pub k8sserviceaccount: KeyOnly,
+    pub os: CertAndKey,
+}
+
+/// Everything secret a cluster shares: identities, tokens, encryption secret and CAs.
+#[derive(Serialize, Deserialize, Clone, Default, PartialEq, Eq)]
+pub struct SecretsBundle {
+    pub cluster: ClusterSecrets,
+    pub secrets: Secrets,
+    pub trustdinfo: TrustdInfo,
+    pub certs: Certs,
+}
+
+/// Debug output that names the type and nothing else: these types hold secret material.
+macro_rules! redacted_debug {
+    ($($t:ty),*) => {$(
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($t)).finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+redacted_debug!(
+    SecretsBundle,
+    CertAndKey,
+    KeyOnly,
+    ClusterSecrets,
+    Secrets,
+    TrustdInfo,
+    Certs
+);
+
+impl SecretsBundle {
+    /// A new bundle with fresh keys, shaped for `contract` (RSA 4096 service-account key).
+    pub fn generate(contract: Contract) -> Result<SecretsBundle, Error> {
+        let _ = contract; // every contract we render (>= 1.10) uses the same bundle shape
+        let mut rng = rand::thread_rng();
+        Ok(SecretsBundle {
+            cluster: ClusterSecrets {
+                id: URL_SAFE.encode(random_bytes(&mut rng)),
+                secret: STANDARD.encode(random_bytes(&mut rng)),
+            },
+            secrets: Secrets {
+                bootstraptoken: token(&mut rng),
+                secretboxencryptionsecret: Some(STANDARD.encode(random_bytes(&mut rng))),
+                aescbcencryptionsecret: None,
+            },
+            trustdinfo: TrustdInfo {
+                token: token(&mut rng),
+            },
+            certs: Certs {
+                etcd: ecdsa_ca(Some("etcd"))?,
+                k8s: ecdsa_ca(Some("kubernetes"))?,
+                k8saggregator: ecdsa_ca(None)?,
+                k8sserviceaccount: KeyOnly {
+                    key: b64(&rsa_key(&mut rng)?),
+                },
+                os: ed25519_ca("talos")?,
+            },
+        })
+    }
+
+    /// Parse a bundle as `talosctl gen secrets` writes it.
+    pub fn from_yaml(text: &str) -> Result<SecretsBundle, Error> {
+        let bundle: SecretsBundle = serde_yaml_ng::from_str(text).map_err(|e| Error::Parse {
+            what: "secrets bundle".into(),
+            message: e.to_string(),
+        })?;
+        bundle.check()?;
+        Ok(bundle)
+    }
+
+    pub fn to_yaml(&self) -> Result<String, Error> {
+        serde_yaml_ng::to_string(self).map_err(|e| Error::Bundle(e.to_string()))
+    }
+
+    /// The secretbox secret, or the legacy aescbc one.
+    pub fn encryption_secret(&self) -> (&'static str, &str) {
+        match (
+            &self.secrets.secretboxencryptionsecret,
+            &self.secrets.aescbcencryptionsecret,
+        ) {
+            (Some(s), _) => ("secretboxEncryptionSecret", s),
+            (None, Some(s)) => ("aescbcEncryptionSecret", s),
+            (None, None) => ("secretboxEncryptionSecret", ""),
+        }
+    }
+
+    /// Structural checks: every field present and every PEM decodable. Names the field, never
+    /// its content.
+    fn check(&self) -> Result<(), Error> {
+        let missing = |field: &str| Error::Bundle(format!("{field} is missing"));
+        if self.cluster.id.is_empty() {
+            return Err(missing("cluster.id"));
+        }
+        if self.cluster.secret.is_empty() {
+            return Err(missing("cluster.secret"));
+        }
+        if self.secrets.bootstraptoken.is_empty() {
+            return Err(missing("secrets.bootstraptoken"));
+        }
+        if self.trustdinfo.token.is_empty() {
+            return Err(missing("trustdinfo.token"));
+        }
+        for (name, pair) in [
+            ("certs.etcd", &self.certs.etcd),
+            ("certs.k8s", &self.certs.k8s),
+            ("certs.k8saggregator", &self.certs.k8saggregator),
+            ("certs.os", &self.certs.os),
+        ] {
+            for (part, value) in [("crt", &pair.crt), ("key", &pair.key)] {
+                decode_pem(value).map_err(|_| {
+                    Error::Bundle(format!("{name}.{part} is not base64-encoded PEM"))
+                })?;
+            }
+        }
+        decode_pem(&self.certs.k8sserviceaccount.key).map_err(|_| {
+            Error::Bundle("certs.k8sserviceaccount.key is not base64-encoded PEM".into())
+        })?;
+        Ok(())
+    }
+}
+
+fn random_bytes(rng: &mut impl RngCore) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    rng.fill_bytes(&mut b);
+    b
+}
+
+/// A token in Kubernetes bootstrap-token form: `[a-z0-9]{6}.[a-z0-9]{16}`.
+fn token(rng: &mut impl Rng) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut pick = |n: usize| -> String {
+        (0..n)
+            .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+            .collect()
+    };
+    format!("{}.{}", pick(6), pick(16))
+}
+
+pub(crate) fn b64(pem: &str) -> String {
+    STANDARD.encode(pem.as_bytes())
+}
+
+/// The PEM text inside a base64 field.
+pub fn decode_pem(b64_pem: &str) -> Result<String, Error> {
+    let bytes = STANDARD.decode(b64_pem.trim()).map_err(|e| Error::Parse {
+        what: "base64 PEM".into(),
+        message: e.to_string(),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| Error::Parse {
+        what: "base64 PEM".into(),
+        message: e.to_string(),
+    })?;
+    if !text.contains("-----BEGIN ") {
+        return Err(Error::Parse {
+            what: "base64 PEM".into(),
+            message: "no PEM block".into(),
+        });
+    }
+    Ok(text)
+}
+
+/// Talos's CA template: 10 years, CertSign + DigitalSignature, server and client auth.
+fn ca_params(organization: Option<&str>) -> Result<CertificateParams, Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    if let Some(o) = organization {
+        params.distinguished_name.push(DnType::OrganizationName, o);
+    }
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now;
+    params.not_after = now + Duration::hours(87600);
+    params.use_authority_key_identifier_extension = false;
+    Ok(params)
+}
+
+/// An ECDSA P-256 CA with its key as SEC1 ("EC PRIVATE KEY"), as Talos writes them.
+fn ecdsa_ca(organization: Option<&str>) -> Result<CertAndKey, Error> {
+    let key = KeyPair::generate()?;
+    let cert = ca_params(organization)?.self_signed(&key)?;
+    let secret = p256::SecretKey::from_pkcs8_der(&key.serialize_der())
+        .map_err(|e| Error::Crypto(e.to_string()))?;
+    Ok(CertAndKey {
+        crt: b64(&cert.pem()),
+        key: b64(&sec1_pem(&secret)),
+    })
+}
+
+/// RFC 5915 ECPrivateKey with the named-curve parameters Go's x509 parser requires (the p256
+/// crate's SEC1 encoding omits them): version 1, the scalar, prime256v1, the public point.
+fn sec1_pem(secret: &p256::SecretKey) -> String {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    const CURVE: [u8; 12] = [
+        0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+    ];
+    let point = secret.public_key().to_encoded_point(false);
+    let mut der = vec![0x30, 0x77, 0x02, 0x01, 0x01, 0x04, 0x20];
+    der.extend_from_slice(&secret.to_bytes());
+    der.extend_from_slice(&CURVE);
+    der.extend_from_slice(&[0xa1, 0x44, 0x03, 0x42, 0x00]);
+    der.extend_from_slice(point.as_bytes());
+    pem("EC PRIVATE KEY", &der)
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let body = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in body.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// An Ed25519 CA with its key as PKCS#8 in an "ED25519 PRIVATE KEY" block, as Talos writes it.
+fn ed25519_ca(organization: &str) -> Result<CertAndKey, Error> {
+    let key = KeyPair::generate_for(&PKCS_ED25519)?;
+    let cert = ca_params(Some(organization))?.self_signed(&key)?;
+    Ok(CertAndKey {
+        crt: b64(&cert.pem()),
+        key: b64(&ed25519_pem(&key)?),
+    })
+}
+
+/// PKCS#8 v1 (seed only) Ed25519 key in Talos's "ED25519 PRIVATE KEY" PEM block. ring emits
+/// PKCS#8 v2 (seed + public key); the 32-byte seed sits at offset 16 of that document.
+pub(crate) fn ed25519_pem(key: &KeyPair) -> Result<String, Error> {
+    const V1_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let der = key.serialize_der();
+    let seed = der
+        .get(16..48)
+        .ok_or_else(|| Error::Crypto("unexpected Ed25519 PKCS#8 layout".into()))?;
+    let mut v1 = V1_PREFIX.to_vec();
+    v1.extend_from_slice(seed);
+    Ok(pem("ED25519 PRIVATE KEY", &v1))
+}
+
+/// The rcgen key for a PEM private key in any form Talos writes: "ED25519 PRIVATE KEY",
+/// "EC PRIVATE KEY" (SEC1) or "PRIVATE KEY" (PKCS#8).
+pub(crate) fn signing_key(pem: &str) -> Result<KeyPair, Error> {
+    let bad = |m: String| Error::Bundle(format!("unreadable CA key: {m}"));
+    let (label, body) = pem_block(pem).ok_or_else(|| bad("no PEM block".into()))?;
+    let der = STANDARD.decode(body).map_err(|e| bad(e.to_string()))?;
+    let pkcs8 = match label.as_str() {
+        "EC PRIVATE KEY" => {
+            use p256::pkcs8::EncodePrivateKey;
+            p256::SecretKey::from_sec1_der(&der)
+                .map_err(|e| bad(e.to_string()))?
+                .to_pkcs8_der()
+                .map_err(|e| bad(e.to_string()))?
+                .as_bytes()
+                .to_vec()
+        }
+        _ => der,
+    };
+    KeyPair::try_from(pkcs8.as_slice()).map_err(|e| bad(e.to_string()))
+}
+
+/// The label and base64 body of the first PEM block.
+fn pem_block(pem: &str) -> Option<(String, String)> {
+    let start = pem.find("-----BEGIN ")?;
+    let rest = &pem[start + 11..];
+    let label_end = rest.find("-----")?;
+    let label = rest[..label_end].to_owned();
+    let body_start = label_end + 5;
+    let end = rest.find("-----END ")?;
+    let body: String = rest[body_start..end]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    Some((label, body))
+}
+
+fn rsa_key(rng: &mut (impl rand::CryptoRng + RngCore)) -> Result<String, Error> {
+    let key = rsa::RsaPrivateKey::new(rng, 4096).map_err(|e| Error::Crypto(e.to_string()))?;
+    Ok(key
+        .to_pkcs1_pem(LineEnding::LF)
+        .map_err(|e| Error::Crypto(e.to_string()))?
+        .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_bundle_round_trips_and_has_talos_shapes() {
+        let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+        let back = SecretsBundle::from_yaml(&bundle.to_yaml().unwrap()).unwrap();
+        assert!(back == bundle);
+        let tok = &bundle.secrets.bootstraptoken;
+        assert_eq!(tok.len(), 23);
+        assert_eq!(tok.as_bytes()[6], b'.');
+        assert!(
+            decode_pem(&bundle.certs.etcd.key)
+                .unwrap()
+                .starts_with("-----BEGIN EC PRIVATE KEY-----")
+        );
+        assert!(
+            decode_pem(&bundle.certs.os.key)
+                .unwrap()
+                .starts_with("-----BEGIN ED25519 PRIVATE KEY-----")
+        );
+        assert!(
+            decode_pem(&bundle.certs.k8sserviceaccount.key)
+                .unwrap()
+                .starts_with("-----BEGIN RSA PRIVATE KEY-----")
+        );
+        // The CA keys load back for signing.
+        signing_key(&decode_pem(&bundle.certs.os.key).unwrap()).unwrap();
+        signing_key(&decode_pem(&bundle.certs.k8s.key).unwrap()).unwrap();
+        assert_eq!(format!("{bundle:?}"), "SecretsBundle { .. }");
+    }
+
+    #[test]
+    fn broken_bundles_name_the_field_not_the_secret() {
+        let mut bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+        bundle.certs.os.crt = "not base64 pem".into();
+        let err = SecretsBundle::from_yaml(&bundle.to_yaml().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("certs.os.crt"), "{err}");
+        assert!(!err.contains(&bundle.cluster.secret));
+        let err = SecretsBundle::from_yaml("cluster: [")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("secrets bundle"), "{err}");
+    }
+}

@@ -99,6 +99,11 @@ impl Endpoint {
             endpoint: endpoint.to_owned(),
             reason: reason.to_owned(),
         };
+        if let Some(inner) = markdown_link_target(endpoint) {
+            return Err(bad(&format!(
+                "looks like a Markdown link; pass just {inner}"
+            )));
+        }
         let rest = endpoint
             .strip_prefix("https://")
             .ok_or_else(|| bad("must start with https:// (for example https://10.0.0.1:6443)"))?;
@@ -128,6 +133,13 @@ impl Endpoint {
             port,
         })
     }
+}
+
+/// `[text](target)` as copied from a rendered document: the target.
+fn markdown_link_target(s: &str) -> Option<&str> {
+    let rest = s.strip_prefix('[')?;
+    let (_, after) = rest.split_once("](")?;
+    after.strip_suffix(')')
 }
 
 /// Render the configuration documents for `machine_type`: the v1alpha1 document, then (contracts
@@ -346,4 +358,62 @@ pub fn from_yaml(text: &str) -> Result<Vec<Value>, Error> {
         }
     }
     Ok(docs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked_like_talosctl() {
+        assert_eq!(
+            Endpoint::parse("https://10.0.0.1:6443").unwrap(),
+            Endpoint {
+                host: "10.0.0.1".into(),
+                port: 6443
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("https://[fd00::1]:6443").unwrap().host,
+            "fd00::1"
+        );
+        for (bad, why) in [
+            ("10.0.0.1:6443", "https://"),
+            ("http://10.0.0.1:6443", "https://"),
+            ("https://10.0.0.1", "port"),
+            ("https://10.0.0.1:99999", "port must be"),
+            ("https://10.0.0.1:6443/api", "path"),
+            (
+                "[https://192.168.1.41:6443](https://192.168.1.41:6443)",
+                "Markdown link; pass just https://192.168.1.41:6443",
+            ),
+        ] {
+            let err = Endpoint::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_typed_errors() {
+        let bundle = SecretsBundle::default();
+        let mut input = Input::new("demo", "https://10.0.0.1:6443");
+        input.pod_subnets = vec!["10.244.0.0/99".into()];
+        let err = render(MachineType::Worker, &input, &bundle)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CIDR") && err.contains("10.244.0.0/99"),
+            "{err}"
+        );
+        let mut input = Input::new("", "https://10.0.0.1:6443");
+        assert!(render(MachineType::Worker, &input, &bundle).is_err());
+        input.cluster_name = "demo".into();
+        input.kubernetes_version = "latest".into();
+        assert!(
+            render(MachineType::Worker, &input, &bundle)
+                .unwrap_err()
+                .to_string()
+                .contains("Kubernetes version")
+        );
+    }
 }

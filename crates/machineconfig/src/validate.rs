@@ -32,6 +32,16 @@ impl std::str::FromStr for Mode {
     }
 }
 
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Metal => "metal",
+            Mode::Cloud => "cloud",
+            Mode::Container => "container",
+        })
+    }
+}
+
 /// One validation finding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -639,7 +649,11 @@ fn validate_cluster(cluster: &Value, control_plane: bool, r: &mut Report) {
         }
     }
     // Talos checks the CNI only on control planes, which install it.
-    if let Some(cni) = cluster.get("network").and_then(|n| n.get("cni")).filter(|_| control_plane) {
+    if let Some(cni) = cluster
+        .get("network")
+        .and_then(|n| n.get("cni"))
+        .filter(|_| control_plane)
+    {
         match cni.get("name").and_then(Value::as_str) {
             Some("flannel" | "none") => {}
             Some("custom") => {

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod generate;
+
 /// Cluster API bootstrap and control-plane provider for Talos Linux.
 #[derive(Parser)]
 #[command(name = "talos-capi", version)]
@@ -28,6 +30,11 @@ enum Command {
         #[arg(long)]
         docs: Option<PathBuf>,
     },
+    /// Generate Talos secrets bundles and machine configurations.
+    #[command(subcommand)]
+    Gen(generate::Gen),
+    /// Validate a Talos machine configuration.
+    Validate(generate::ValidateArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,11 +48,13 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Crds { out_dir, docs } => crds(out_dir.as_deref(), docs.as_deref()),
+        Command::Gen(g) => generate::run(g).map_err(|generate::Failure(m)| m),
+        Command::Validate(v) => generate::validate(v).map_err(|generate::Failure(m)| m),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("talos-capi: {message}");
+            eprintln!("{message}");
             ExitCode::FAILURE
         }
     }

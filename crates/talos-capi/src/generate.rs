@@ -1,0 +1,214 @@
+//! `talos-capi gen secrets`, `talos-capi gen config` and `talos-capi validate`: the
+//! talosctl workflow of the seed walkthrough, on our configuration engine.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use machineconfig::talosconfig::{self, ClientOptions};
+use machineconfig::{Contract, Input, MachineType, Mode, Patch, SecretsBundle};
+
+#[derive(Subcommand)]
+pub enum Gen {
+    /// Generate a secrets bundle (as `talosctl gen secrets` does).
+    Secrets {
+        /// Where to write the bundle.
+        #[arg(short = 'o', long = "output-file", default_value = "secrets.yaml")]
+        output: PathBuf,
+        /// Version contract the bundle is for.
+        #[arg(long)]
+        talos_version: Option<String>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Generate controlplane.yaml, worker.yaml and talosconfig for a cluster.
+    Config(ConfigArgs),
+}
+
+#[derive(Args)]
+pub struct ConfigArgs {
+    /// Cluster name.
+    cluster_name: String,
+    /// Control-plane endpoint, e.g. https://192.168.1.41:6443 (or a VIP).
+    endpoint: String,
+    /// Use this secrets bundle instead of generating one.
+    #[arg(long)]
+    with_secrets: Option<PathBuf>,
+    /// Patch for both machine types: @file or inline YAML/JSON (repeatable).
+    #[arg(long = "config-patch", allow_hyphen_values = true)]
+    config_patch: Vec<String>,
+    /// Patch for the control-plane configuration only (repeatable).
+    #[arg(long = "config-patch-control-plane", allow_hyphen_values = true)]
+    config_patch_control_plane: Vec<String>,
+    /// Patch for the worker configuration only (repeatable).
+    #[arg(long = "config-patch-worker", allow_hyphen_values = true)]
+    config_patch_worker: Vec<String>,
+    /// Kubernetes version, e.g. 1.33.2.
+    #[arg(long)]
+    kubernetes_version: Option<String>,
+    /// Version contract to render, e.g. v1.12 (default: the newest known).
+    #[arg(long)]
+    talos_version: Option<String>,
+    /// Install disk.
+    #[arg(long)]
+    install_disk: Option<String>,
+    /// Installer image.
+    #[arg(long)]
+    install_image: Option<String>,
+    /// Kubernetes DNS domain.
+    #[arg(long)]
+    dns_domain: Option<String>,
+    /// Output directory.
+    #[arg(short = 'o', long = "output", default_value = ".")]
+    output: PathBuf,
+    /// Overwrite existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+pub struct ValidateArgs {
+    /// The configuration file to validate.
+    #[arg(short = 'c', long)]
+    config: PathBuf,
+    /// metal, cloud or container.
+    #[arg(short = 'm', long)]
+    mode: Mode,
+    /// Treat unknown fields as errors.
+    #[arg(long)]
+    strict: bool,
+}
+
+/// A command failure: the message to print (exit code 1; clap exits 2 on usage errors).
+pub struct Failure(pub String);
+
+fn fail(message: impl std::fmt::Display) -> Failure {
+    Failure(message.to_string())
+}
+
+pub fn run(command: Gen) -> Result<(), Failure> {
+    match command {
+        Gen::Secrets {
+            output,
+            talos_version,
+            force,
+        } => {
+            let contract = Contract::parse(talos_version.as_deref().unwrap_or("")).map_err(fail)?;
+            let bundle = SecretsBundle::generate(contract).map_err(fail)?;
+            write_new(&output, &bundle.to_yaml().map_err(fail)?, force)
+        }
+        Gen::Config(args) => gen_config(args),
+    }
+}
+
+fn read(path: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| fail(format!("reading {}: {e}", path.display())))
+}
+
+fn write_new(path: &Path, content: &str, force: bool) -> Result<(), Failure> {
+    if path.exists() && !force {
+        return Err(fail(format!(
+            "{} already exists, use --force to overwrite",
+            path.display()
+        )));
+    }
+    std::fs::write(path, content).map_err(|e| fail(format!("writing {}: {e}", path.display())))?;
+    println!("Created {}", path.display());
+    Ok(())
+}
+
+/// `@file` or inline text, as talosctl takes patches.
+fn load_patch(spec: &str) -> Result<Patch, Failure> {
+    let text = match spec.strip_prefix('@') {
+        Some(file) => read(Path::new(file))?,
+        None => spec.to_owned(),
+    };
+    Patch::parse(&text).map_err(|e| fail(format!("patch {spec:?}: {e}")))
+}
+
+fn gen_config(a: ConfigArgs) -> Result<(), Failure> {
+    let mut input = Input::new(&a.cluster_name, &a.endpoint);
+    if let Some(v) = a.kubernetes_version {
+        input.kubernetes_version = v;
+    }
+    if let Some(v) = a.talos_version {
+        input.contract = Contract::parse(&v).map_err(fail)?;
+    }
+    if let Some(v) = a.install_disk {
+        input.install_disk = v;
+    }
+    if let Some(v) = a.install_image {
+        input.install_image = v;
+    }
+    if let Some(v) = a.dns_domain {
+        input.dns_domain = v;
+    }
+    machineconfig::render::Endpoint::parse(&input.endpoint).map_err(fail)?;
+    let bundle = match &a.with_secrets {
+        Some(path) => SecretsBundle::from_yaml(&read(path)?).map_err(fail)?,
+        None => SecretsBundle::generate(input.contract).map_err(fail)?,
+    };
+    let common = a
+        .config_patch
+        .iter()
+        .map(|p| load_patch(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut outputs = Vec::new();
+    for (machine_type, specific, file) in [
+        (
+            MachineType::Controlplane,
+            &a.config_patch_control_plane,
+            "controlplane.yaml",
+        ),
+        (MachineType::Worker, &a.config_patch_worker, "worker.yaml"),
+    ] {
+        let mut patches = common.clone();
+        for p in specific {
+            patches.push(load_patch(p)?);
+        }
+        let yaml = machineconfig::generate(machine_type, &input, &bundle, &patches)
+            .map_err(|e| fail(format!("generating {file}: {e}")))?;
+        outputs.push((file, yaml));
+    }
+    let talosconfig = talosconfig::generate(&a.cluster_name, &bundle, &ClientOptions::default())
+        .and_then(|t| t.to_yaml())
+        .map_err(fail)?;
+    outputs.push(("talosconfig", talosconfig));
+
+    std::fs::create_dir_all(&a.output)
+        .map_err(|e| fail(format!("creating {}: {e}", a.output.display())))?;
+    // Check every target before writing any, so a refusal leaves nothing half-written.
+    if !a.force {
+        for (file, _) in &outputs {
+            let path = a.output.join(file);
+            if path.exists() {
+                return Err(fail(format!(
+                    "{} already exists, use --force to overwrite",
+                    path.display()
+                )));
+            }
+        }
+    }
+    for (file, content) in outputs {
+        write_new(&a.output.join(file), &content, true)?;
+    }
+    Ok(())
+}
+
+pub fn validate(a: ValidateArgs) -> Result<(), Failure> {
+    let docs = machineconfig::render::from_yaml(&read(&a.config)?).map_err(fail)?;
+    let report = machineconfig::validate(&docs, a.mode, a.strict);
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    if report.is_valid() {
+        println!("{} is valid for {} mode", a.config.display(), a.mode);
+        return Ok(());
+    }
+    let n = report.errors.len();
+    let mut message = format!("{n} error{} occurred:", if n == 1 { "" } else { "s" });
+    for e in &report.errors {
+        message.push_str(&format!("\n\t* {e}"));
+    }
+    Err(fail(message))
+}

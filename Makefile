@@ -69,8 +69,14 @@ demo: tools $(LOCAL_CP_BIN) ## Bring up the local management cluster with Cluste
 	@hack/demo.sh $(LOCAL_CP_DIR)
 
 .PHONY: bench
-bench: tools ## Measure local control plane startup (tools cached).
+bench: tools ## Benchmarks: config rendering and bundle generation (criterion), local control plane startup.
+	$(CARGO) bench --locked -p machineconfig
 	$(CARGO) run --locked --release -p testkit --bin local-control-plane -- bench --runs 5 --cluster-api
+
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz: ## Run the cargo-fuzz targets (patch application, config parsing) for FUZZ_SECONDS each.
+	hack/fuzz.sh $(FUZZ_SECONDS)
 
 .PHONY: clean
 clean: down ## Remove build output (not the tool cache).

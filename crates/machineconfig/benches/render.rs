@@ -1,1 +1,40 @@
-fn main() {}
+//! `cargo bench -p machineconfig`: render + patch + serialize one controlplane configuration
+//! from an existing bundle, and secrets bundle generation (dominated by RSA 4096).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark setup: a panic is a failure
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use machineconfig::{Contract, Input, MachineType, Patch, SecretsBundle};
+
+fn render_patch_serialize(c: &mut Criterion) {
+    let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+    let input = Input::new("bench", "https://10.0.0.1:6443");
+    let patches = vec![
+        Patch::parse("machine:\n  install:\n    disk: /dev/vda\n  network:\n    interfaces:\n      - interface: eth0\n        dhcp: true\n        vip:\n          ip: 10.0.0.1\n").unwrap(),
+        Patch::parse("cluster:\n  network:\n    podSubnets: [10.32.0.0/12]\n").unwrap(),
+    ];
+    c.bench_function("render+patch+serialize controlplane (v1.13)", |b| {
+        b.iter(|| {
+            machineconfig::generate(
+                MachineType::Controlplane,
+                black_box(&input),
+                &bundle,
+                &patches,
+            )
+            .unwrap()
+        })
+    });
+}
+
+fn bundle_generation(c: &mut Criterion) {
+    let mut group = c.benchmark_group("secrets bundle");
+    group.sample_size(10);
+    group.bench_function("generate (RSA 4096 + 3 ECDSA CAs + Ed25519 CA)", |b| {
+        b.iter(|| SecretsBundle::generate(Contract::NEWEST).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, render_patch_serialize, bundle_generation);
+criterion_main!(benches);

@@ -132,6 +132,76 @@ impl SecretsBundle {
         Ok(bundle)
     }
 
+    /// The bundle held by a CABPT `<cluster>-talos` Secret: its `bundle` key, or the legacy
+    /// keys older CABPT releases wrote (`certs`, `kubeSecrets`, `trustdInfo`). Legacy Secrets
+    /// carry no cluster id and secret; fresh ones are generated, as CABPT does when it upgrades
+    /// such a Secret.
+    pub fn from_cabpt_secret(
+        data: &std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> Result<SecretsBundle, Error> {
+        let text = |key: &str| -> Result<String, Error> {
+            let bytes = data
+                .get(key)
+                .ok_or_else(|| Error::Bundle(format!("the Secret has no {key:?} key")))?;
+            String::from_utf8(bytes.clone())
+                .map_err(|_| Error::Bundle(format!("the Secret's {key:?} key is not UTF-8")))
+        };
+        if data.contains_key("bundle") {
+            return SecretsBundle::from_yaml(&text("bundle")?);
+        }
+        let parse = |key: &str, body: String| -> Result<serde_json::Value, Error> {
+            serde_yaml_ng::from_str(&body).map_err(|e| Error::Parse {
+                what: format!("legacy Secret key {key:?}"),
+                message: e.to_string(),
+            })
+        };
+        let certs = parse("certs", text("certs")?)?;
+        let kube = parse("kubeSecrets", text("kubeSecrets")?)?;
+        let trustd = parse("trustdInfo", text("trustdInfo")?)?;
+        let pair = |name: &str| -> CertAndKey {
+            let get = |part: &str| {
+                certs
+                    .get(name)
+                    .and_then(|c| c.get(part))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            CertAndKey {
+                crt: get("crt"),
+                key: get("key"),
+            }
+        };
+        let mut rng = rand::thread_rng();
+        let str_of =
+            |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+        let bundle = SecretsBundle {
+            cluster: ClusterSecrets {
+                id: URL_SAFE.encode(random_bytes(&mut rng)),
+                secret: STANDARD.encode(random_bytes(&mut rng)),
+            },
+            secrets: Secrets {
+                bootstraptoken: str_of(&kube, "bootstraptoken").unwrap_or_default(),
+                secretboxencryptionsecret: str_of(&kube, "secretboxencryptionsecret"),
+                aescbcencryptionsecret: str_of(&kube, "aescbcencryptionsecret"),
+            },
+            trustdinfo: TrustdInfo {
+                token: str_of(&trustd, "token").unwrap_or_default(),
+            },
+            certs: Certs {
+                etcd: pair("etcd"),
+                k8s: pair("k8s"),
+                k8saggregator: pair("k8saggregator"),
+                k8sserviceaccount: KeyOnly {
+                    key: pair("k8sserviceaccount").key,
+                },
+                os: pair("os"),
+            },
+        };
+        bundle.check()?;
+        Ok(bundle)
+    }
+
     pub fn to_yaml(&self) -> Result<String, Error> {
         serde_yaml_ng::to_string(self).map_err(|e| Error::Bundle(e.to_string()))
     }
@@ -385,6 +455,57 @@ mod tests {
         signing_key(&decode_pem(&bundle.certs.os.key).unwrap()).unwrap();
         signing_key(&decode_pem(&bundle.certs.k8s.key).unwrap()).unwrap();
         assert_eq!(format!("{bundle:?}"), "SecretsBundle { .. }");
+    }
+
+    #[test]
+    fn cabpt_secrets_load_in_both_shapes() {
+        use std::collections::BTreeMap;
+        let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+        let current =
+            BTreeMap::from([("bundle".to_owned(), bundle.to_yaml().unwrap().into_bytes())]);
+        assert!(SecretsBundle::from_cabpt_secret(&current).unwrap() == bundle);
+
+        let c = &bundle.certs;
+        let certs = format!(
+            "admin:\n  crt: {}\n  key: {}\netcd:\n  crt: {}\n  key: {}\nk8s:\n  crt: {}\n  key: {}\nk8saggregator:\n  crt: {}\n  key: {}\nk8sserviceaccount:\n  key: {}\nos:\n  crt: {}\n  key: {}\n",
+            c.os.crt,
+            c.os.key,
+            c.etcd.crt,
+            c.etcd.key,
+            c.k8s.crt,
+            c.k8s.key,
+            c.k8saggregator.crt,
+            c.k8saggregator.key,
+            c.k8sserviceaccount.key,
+            c.os.crt,
+            c.os.key
+        );
+        let legacy = BTreeMap::from([
+            ("certs".to_owned(), certs.into_bytes()),
+            (
+                "kubeSecrets".to_owned(),
+                b"bootstraptoken: abcdef.0123456789abcdef\naescbcencryptionsecret: c2VjcmV0\n"
+                    .to_vec(),
+            ),
+            (
+                "trustdInfo".to_owned(),
+                b"token: ghijkl.0123456789abcdef\n".to_vec(),
+            ),
+        ]);
+        let loaded = SecretsBundle::from_cabpt_secret(&legacy).unwrap();
+        assert!(loaded.certs == bundle.certs);
+        assert_eq!(loaded.secrets.bootstraptoken, "abcdef.0123456789abcdef");
+        assert_eq!(
+            loaded.encryption_secret(),
+            ("aescbcEncryptionSecret", "c2VjcmV0")
+        );
+        assert_eq!(loaded.trustdinfo.token, "ghijkl.0123456789abcdef");
+        assert!(!loaded.cluster.id.is_empty());
+
+        let err = SecretsBundle::from_cabpt_secret(&BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("certs"), "{err}");
     }
 
     #[test]

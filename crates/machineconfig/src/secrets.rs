@@ -382,7 +382,7 @@ pub(crate) fn ed25519_pem(key: &KeyPair) -> Result<String, Error> {
 
 /// The rcgen key for a PEM private key in any form Talos writes: "ED25519 PRIVATE KEY",
 /// "EC PRIVATE KEY" (SEC1) or "PRIVATE KEY" (PKCS#8).
-pub(crate) fn signing_key(pem: &str) -> Result<KeyPair, Error> {
+pub fn signing_key(pem: &str) -> Result<KeyPair, Error> {
     let bad = |m: String| Error::Bundle(format!("unreadable CA key: {m}"));
     let (label, body) = pem_block(pem).ok_or_else(|| bad("no PEM block".into()))?;
     let der = STANDARD.decode(body).map_err(|e| bad(e.to_string()))?;

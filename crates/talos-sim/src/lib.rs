@@ -1,0 +1,135 @@
+//! Simulated Talos nodes that real Talos tooling cannot tell from real ones: they speak the
+//! Talos gRPC API (our talos-api definitions) over TLS on loopback addresses, boot into
+//! maintenance mode or straight into a configuration, enforce Talos's roles, share a simulated
+//! etcd per cluster, upgrade and roll back, and proxy calls between nodes as apid does.
+#![forbid(unsafe_code)]
+
+pub mod etcd;
+mod node;
+mod service;
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+pub use node::{Configured, Failures, NodeSpec, Phase, SimEvent, Timing};
+use node::{Shared, lock, new_node, spawn_node};
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("node {0} already exists")]
+    Duplicate(String),
+    #[error("invalid configuration for node {node}: {message}")]
+    Config { node: String, message: String },
+    #[error("no node {0}")]
+    NoSuchNode(String),
+}
+
+/// Many clusters of simulated nodes in one process.
+#[derive(Debug, Clone)]
+pub struct Simulator {
+    shared: Arc<Shared>,
+}
+
+impl Simulator {
+    pub fn new(timing: Timing) -> Simulator {
+        let (events, _) = broadcast::channel(4096);
+        Simulator {
+            shared: Arc::new(Shared {
+                nodes: Default::default(),
+                clusters: Default::default(),
+                events,
+                timing,
+            }),
+        }
+    }
+
+    /// Start a node (it boots in the background; watch [`Simulator::events`] for NodeUp).
+    pub fn start(&self, spec: NodeSpec) -> Result<(), Error> {
+        let address = spec.address.to_string();
+        let config = match &spec.config {
+            Some(data) => Some(Configured::parse(data).map_err(|message| Error::Config {
+                node: address.clone(),
+                message,
+            })?),
+            None => None,
+        };
+        let node = Arc::new(new_node(spec, config));
+        {
+            let mut nodes = lock(&self.shared.nodes);
+            if nodes.contains_key(&address) {
+                return Err(Error::Duplicate(address));
+            }
+            nodes.insert(address, node.clone());
+        }
+        spawn_node(self.shared.clone(), node);
+        Ok(())
+    }
+
+    /// Stop and forget a node.
+    pub fn remove(&self, address: &str) -> Result<(), Error> {
+        let node = lock(&self.shared.nodes)
+            .remove(address)
+            .ok_or_else(|| Error::NoSuchNode(address.to_owned()))?;
+        self.shared
+            .restart(&node, std::time::Duration::ZERO, |_| {});
+        Ok(())
+    }
+
+    /// Events: nodes up and down, clusters bootstrapped.
+    pub fn events(&self) -> broadcast::Receiver<SimEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Change a node's injected failures.
+    pub fn set_failures(
+        &self,
+        address: &str,
+        update: impl FnOnce(&mut Failures),
+    ) -> Result<(), Error> {
+        let node = self
+            .shared
+            .node(address)
+            .ok_or_else(|| Error::NoSuchNode(address.to_owned()))?;
+        update(&mut node.state().failures);
+        Ok(())
+    }
+
+    /// A node's phase and running version.
+    pub fn status(&self, address: &str) -> Option<(Phase, String)> {
+        let node = self.shared.node(address)?;
+        let s = node.state();
+        Some((s.phase, s.version.clone()))
+    }
+
+    /// etcd members (address, id, learner) of a cluster.
+    pub fn etcd_members(&self, cluster_id: &str) -> Vec<(String, u64, bool)> {
+        lock(&self.shared.clusters)
+            .get(cluster_id)
+            .map(|e| {
+                e.members
+                    .iter()
+                    .map(|m| (m.node.clone(), m.id, m.learner))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Addresses of all nodes.
+    pub fn nodes(&self) -> Vec<String> {
+        lock(&self.shared.nodes).keys().cloned().collect()
+    }
+}
+
+/// A unique loopback address for the `n`th node of this process, e.g. 127.13.0.2: tests in
+/// parallel processes get different second octets.
+pub fn loopback_address(n: u32) -> std::net::IpAddr {
+    let b = (std::process::id() % 200 + 20) as u8;
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+        127,
+        b,
+        (n / 250) as u8,
+        (n % 250 + 2) as u8,
+    ))
+}

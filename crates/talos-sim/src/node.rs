@@ -1,0 +1,389 @@
+//! Simulated nodes: their lifecycle (maintenance, install, boot, reboot, upgrade, reset), TLS
+//! material, and the registry shared by all nodes and clusters of one simulator.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
+use serde_json::Value;
+use tokio::sync::{broadcast, oneshot};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::etcd::Etcd;
+
+/// How long simulated transitions take.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// From "install" (config applied in maintenance) or power-on to the API answering.
+    pub boot: Duration,
+    /// A reboot: the API is down this long.
+    pub reboot: Duration,
+    /// From an upgrade request to the reboot into the new version.
+    pub upgrade: Duration,
+    /// From joining etcd as a learner to promotion.
+    pub promote: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            boot: Duration::from_millis(200),
+            reboot: Duration::from_millis(300),
+            upgrade: Duration::from_millis(300),
+            promote: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Failures to inject into one node.
+#[derive(Debug, Clone, Default)]
+pub struct Failures {
+    /// The node is powered off / unreachable: its API does not listen.
+    pub down: bool,
+    /// Extra boot time.
+    pub slow_boot: Duration,
+    /// The next upgrade fails and the node rolls back to its previous version.
+    pub upgrade_fails: bool,
+    /// etcd on this node reports unhealthy.
+    pub etcd_unhealthy: bool,
+    /// gRPC method name (e.g. "EtcdMemberList") -> the error code it returns.
+    pub api_errors: HashMap<String, tonic::Code>,
+}
+
+/// Where a simulated node listens and what it runs.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// A loopback address, e.g. 127.0.0.2.
+    pub address: IpAddr,
+    pub port: u16,
+    pub hostname: String,
+    /// Talos version tag it runs, e.g. v1.13.0.
+    pub version: String,
+    /// A machine configuration to start with (cloud userdata); None boots into maintenance.
+    pub config: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Maintenance,
+    Running,
+    /// Rebooting, upgrading or powered off: the API does not answer.
+    Down,
+}
+
+/// A node's applied configuration, as far as the simulation needs it.
+#[derive(Clone)]
+pub struct Configured {
+    pub docs: Vec<Value>,
+    pub control_plane: bool,
+    pub cluster_id: String,
+    pub os_ca_crt: String,
+    pub os_ca_key: Option<String>,
+}
+
+impl std::fmt::Debug for Configured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Configured")
+            .field("control_plane", &self.control_plane)
+            .field("cluster_id", &self.cluster_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Configured {
+    /// Validate and interpret a machine configuration (the checks Talos runs on apply).
+    pub fn parse(data: &str) -> Result<Configured, String> {
+        let docs = machineconfig::render::from_yaml(data).map_err(|e| e.to_string())?;
+        let report = machineconfig::validate(&docs, machineconfig::Mode::Metal, false);
+        if !report.is_valid() {
+            let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "{} error(s) occurred: {}",
+                errors.len(),
+                errors.join("; ")
+            ));
+        }
+        let v1 = docs
+            .iter()
+            .find(|d| d.get("kind").is_none())
+            .ok_or("no v1alpha1 document")?;
+        let s = |path: &[&str]| {
+            path.iter()
+                .try_fold(v1, |v, k| v.get(*k))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let pem = |b64: String| machineconfig::secrets::decode_pem(&b64).ok();
+        Ok(Configured {
+            control_plane: matches!(
+                s(&["machine", "type"]).as_deref(),
+                Some("controlplane" | "init")
+            ),
+            cluster_id: s(&["cluster", "id"]).unwrap_or_default(),
+            os_ca_crt: s(&["machine", "ca", "crt"])
+                .and_then(pem)
+                .ok_or("machine.ca.crt is not a certificate")?,
+            os_ca_key: s(&["machine", "ca", "key"])
+                .filter(|k| !k.is_empty())
+                .and_then(pem),
+            docs,
+        })
+    }
+}
+
+/// Mutable state of one node.
+pub struct NodeState {
+    pub phase: Phase,
+    pub config: Option<Configured>,
+    pub version: String,
+    /// A version an upgrade staged for the next reboot.
+    pub staged: Option<String>,
+    pub failures: Failures,
+    pub boot_count: u64,
+    shutdown: Option<oneshot::Sender<()>>,
+    /// What the next boot does to the state, and how long the node stays down before it.
+    pending: Option<(Duration, Box<dyn FnOnce(&mut NodeState) + Send>)>,
+}
+
+impl std::fmt::Debug for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeState")
+            .field("phase", &self.phase)
+            .field("version", &self.version)
+            .field("staged", &self.staged)
+            .field("boot_count", &self.boot_count)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One simulated node.
+#[derive(Debug)]
+pub struct Node {
+    pub spec: NodeSpec,
+    state: Mutex<NodeState>,
+}
+
+impl Node {
+    pub fn address(&self) -> String {
+        self.spec.address.to_string()
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, NodeState> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// Something the test harness wants to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimEvent {
+    /// The node's API answers (after boot or reboot).
+    NodeUp {
+        address: String,
+        hostname: String,
+        version: String,
+        configured: bool,
+    },
+    /// The node's API went down (reboot, upgrade, reset, power off).
+    NodeDown { address: String },
+    /// A cluster's etcd was bootstrapped.
+    Bootstrapped { cluster_id: String, address: String },
+}
+
+/// State shared by every node of one simulator.
+#[derive(Debug)]
+pub struct Shared {
+    pub nodes: Mutex<BTreeMap<String, Arc<Node>>>,
+    pub clusters: Mutex<HashMap<String, Etcd>>,
+    pub events: broadcast::Sender<SimEvent>,
+    pub timing: Timing,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Shared {
+    pub fn node(&self, key: &str) -> Option<Arc<Node>> {
+        let nodes = lock(&self.nodes);
+        nodes
+            .get(key)
+            .cloned()
+            .or_else(|| nodes.values().find(|n| n.spec.hostname == key).cloned())
+    }
+
+    /// Addresses of nodes whose etcd can serve (running, not failing).
+    pub fn healthy_etcd_nodes(&self) -> BTreeSet<String> {
+        lock(&self.nodes)
+            .values()
+            .filter(|n| {
+                let s = n.state();
+                s.phase == Phase::Running && !s.failures.etcd_unhealthy
+            })
+            .map(|n| n.address())
+            .collect()
+    }
+
+    fn emit(&self, event: SimEvent) {
+        // Nobody listening is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Take a node down for `down_for`, then apply `then` and bring it up again.
+    pub fn restart(
+        &self,
+        node: &Node,
+        down_for: Duration,
+        then: impl FnOnce(&mut NodeState) + Send + 'static,
+    ) {
+        let mut s = node.state();
+        s.pending = Some((down_for, Box::new(then)));
+        s.phase = Phase::Down;
+        if let Some(tx) = s.shutdown.take() {
+            let _ = tx.send(());
+        }
+        drop(s);
+        self.emit(SimEvent::NodeDown {
+            address: node.address(),
+        });
+    }
+}
+
+/// Start serving `node` until it is removed from the registry.
+pub(crate) fn spawn_node(shared: Arc<Shared>, node: Arc<Node>) {
+    tokio::spawn(async move {
+        loop {
+            if !lock(&shared.nodes).contains_key(&node.address()) {
+                return;
+            }
+            let pending = node.state().pending.take();
+            if let Some((down_for, then)) = pending {
+                let slow = node.state().failures.slow_boot;
+                tokio::time::sleep(down_for + slow).await;
+                let mut s = node.state();
+                then(&mut s);
+                s.boot_count += 1;
+            }
+            if node.state().failures.down {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let (tls, phase) = {
+                let mut s = node.state();
+                if s.phase == Phase::Down {
+                    s.phase = if s.config.is_some() {
+                        Phase::Running
+                    } else {
+                        Phase::Maintenance
+                    };
+                }
+                (tls_for(&node.spec, &s), s.phase)
+            };
+            let tls = match tls {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(node = %node.address(), "no TLS material: {e}");
+                    return;
+                }
+            };
+            let listener = match tokio::net::TcpListener::bind(SocketAddr::new(
+                node.spec.address,
+                node.spec.port,
+            ))
+            .await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(node = %node.address(), "bind failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (tx, rx) = oneshot::channel();
+            node.state().shutdown = Some(tx);
+            crate::service::after_boot(&shared, &node);
+            let version = node.state().version.clone();
+            shared.emit(SimEvent::NodeUp {
+                address: node.address(),
+                hostname: node.spec.hostname.clone(),
+                version,
+                configured: phase == Phase::Running,
+            });
+            let served =
+                crate::service::serve(shared.clone(), node.clone(), tls, listener, async {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(node = %node.address(), "server stopped: {e}");
+            }
+        }
+    });
+}
+
+/// Maintenance: a per-boot self-signed certificate, no client certificates. Configured: an apid
+/// certificate signed by the cluster's OS CA, client certificates required and verified.
+fn tls_for(spec: &NodeSpec, state: &NodeState) -> Result<ServerTlsConfig, String> {
+    let err = |e: rcgen::Error| e.to_string();
+    let key = KeyPair::generate().map_err(err)?;
+    let mut params = CertificateParams::new(vec![spec.hostname.clone()]).map_err(err)?;
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(spec.address));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, spec.hostname.as_str());
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::hours(24);
+    match &state.config {
+        None => {
+            let cert = params.self_signed(&key).map_err(err)?;
+            Ok(
+                ServerTlsConfig::new()
+                    .identity(Identity::from_pem(cert.pem(), key.serialize_pem())),
+            )
+        }
+        Some(c) => {
+            let ca_key = c
+                .os_ca_key
+                .clone()
+                .ok_or("workers need the cluster's OS CA (simulated trustd)")?;
+            let ca_key = machineconfig::secrets::signing_key(&ca_key).map_err(|e| e.to_string())?;
+            let issuer = Issuer::from_ca_cert_pem(&c.os_ca_crt, ca_key).map_err(err)?;
+            let cert = params.signed_by(&key, &issuer).map_err(err)?;
+            Ok(ServerTlsConfig::new()
+                .identity(Identity::from_pem(cert.pem(), key.serialize_pem()))
+                .client_ca_root(Certificate::from_pem(&c.os_ca_crt)))
+        }
+    }
+}
+
+pub(crate) fn new_node(spec: NodeSpec, config: Option<Configured>) -> Node {
+    let phase = if config.is_some() {
+        Phase::Down
+    } else {
+        Phase::Maintenance
+    };
+    Node {
+        state: Mutex::new(NodeState {
+            phase,
+            config,
+            version: spec.version.clone(),
+            staged: None,
+            failures: Failures::default(),
+            boot_count: 0,
+            shutdown: None,
+            pending: None,
+        }),
+        spec,
+    }
+}

@@ -1,0 +1,802 @@
+//! The Talos API served by each simulated node: MachineService (the subset talosctl and
+//! talos-capi use), LifecycleService.Upgrade and ImageService.Pull, with Talos's per-method
+//! roles and apid's `node` / `nodes` proxying.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use talos_api::common::Metadata;
+use talos_api::machine::image_service_server::{ImageService, ImageServiceServer};
+use talos_api::machine::lifecycle_service_server::{LifecycleService, LifecycleServiceServer};
+use talos_api::machine::machine_service_server::{MachineService, MachineServiceServer};
+use talos_api::machine::*;
+use tonic::transport::{Server, ServerTlsConfig};
+use tonic::{Code, Request, Response, Status};
+
+use crate::etcd::EtcdError;
+use crate::node::{Configured, Node, Phase, Shared, SimEvent, lock};
+
+/// Talos roles, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Role {
+    None,
+    Reader,
+    Operator,
+    Admin,
+}
+
+/// The API of one node.
+#[derive(Debug, Clone)]
+pub(crate) struct Api {
+    shared: Arc<Shared>,
+    node: Arc<Node>,
+}
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    node: Arc<Node>,
+    tls: ServerTlsConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let api = Api { shared, node };
+    Server::builder()
+        .tls_config(tls)?
+        .add_service(MachineServiceServer::new(api.clone()))
+        .add_service(LifecycleServiceServer::new(api.clone()))
+        .add_service(ImageServiceServer::new(api))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}
+
+/// A control-plane node that boots into a bootstrapped cluster joins etcd as a learner, and is
+/// promoted a moment later.
+pub(crate) fn after_boot(shared: &Arc<Shared>, node: &Arc<Node>) {
+    let Some(cfg) = node.state().config.clone().filter(|c| c.control_plane) else {
+        return;
+    };
+    let joined = lock(&shared.clusters)
+        .get_mut(&cfg.cluster_id)
+        .and_then(|etcd| etcd.join(&node.address(), &node.spec.hostname));
+    if let Some(id) = joined {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(shared.timing.promote).await;
+            if let Some(etcd) = lock(&shared.clusters).get_mut(&cfg.cluster_id) {
+                etcd.promote(id);
+            }
+        });
+    }
+}
+
+fn role_of<T>(req: &Request<T>) -> Role {
+    let Some(certs) = req.peer_certs() else {
+        return Role::None;
+    };
+    let Some(cert) = certs.first() else {
+        return Role::None;
+    };
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return Role::None;
+    };
+    parsed
+        .subject()
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok())
+        .map(|o| match o {
+            "os:admin" => Role::Admin,
+            "os:operator" => Role::Operator,
+            "os:reader" | "os:etcd:backup" | "os:image:verifier" => Role::Reader,
+            _ => Role::None,
+        })
+        .max()
+        .unwrap_or(Role::None)
+}
+
+/// Where a call goes, from apid's `node` / `nodes` metadata.
+enum Targets {
+    Local,
+    One(String),
+    Many(Vec<String>),
+}
+
+fn targets<T>(req: &Request<T>) -> Targets {
+    let md = req.metadata();
+    let many: Vec<String> = md
+        .get_all("nodes")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !many.is_empty() {
+        return Targets::Many(many);
+    }
+    match md.get("node").and_then(|v| v.to_str().ok()) {
+        Some(n) if !n.is_empty() => Targets::One(n.to_owned()),
+        _ => Targets::Local,
+    }
+}
+
+/// A unary reply: `{ repeated Msg messages = 1; }`.
+trait Reply: Sized {
+    type Msg: Default;
+    fn into_msgs(self) -> Vec<Self::Msg>;
+    fn from_msgs(msgs: Vec<Self::Msg>) -> Self;
+    fn set_metadata(msg: &mut Self::Msg, md: Metadata);
+}
+
+macro_rules! reply {
+    ($($resp:ty => $msg:ty),* $(,)?) => {$(
+        impl Reply for $resp {
+            type Msg = $msg;
+            fn into_msgs(self) -> Vec<$msg> { self.messages }
+            fn from_msgs(messages: Vec<$msg>) -> Self { Self { messages } }
+            fn set_metadata(msg: &mut $msg, md: Metadata) { msg.metadata = Some(md); }
+        }
+    )*};
+}
+
+reply!(
+    VersionResponse => Version,
+    ApplyConfigurationResponse => ApplyConfiguration,
+    BootstrapResponse => Bootstrap,
+    ServiceListResponse => ServiceList,
+    EtcdMemberListResponse => EtcdMembers,
+    EtcdRemoveMemberByIdResponse => EtcdRemoveMemberById,
+    EtcdLeaveClusterResponse => EtcdLeaveCluster,
+    EtcdForfeitLeadershipResponse => EtcdForfeitLeadership,
+    EtcdStatusResponse => EtcdStatus,
+    HostnameResponse => Hostname,
+    RebootResponse => Reboot,
+    ResetResponse => Reset,
+    UpgradeResponse => Upgrade,
+);
+
+fn one<R: Reply>(msg: R::Msg) -> R {
+    R::from_msgs(vec![msg])
+}
+
+impl Api {
+    /// Authorize at the entry node, then run `f` on the target node(s).
+    async fn dispatch<T, R, F, Fut>(
+        &self,
+        req: Request<T>,
+        need: Role,
+        f: F,
+    ) -> Result<Response<R>, Status>
+    where
+        R: Reply,
+        F: Fn(Arc<Node>) -> Fut,
+        Fut: Future<Output = Result<R, Status>>,
+    {
+        let maintenance = self.node.state().phase == Phase::Maintenance;
+        let role = if maintenance {
+            Role::Reader
+        } else {
+            role_of(&req)
+        };
+        if role < need && !(maintenance && need == Role::None) {
+            return Err(Status::permission_denied("not authorized"));
+        }
+        match targets(&req) {
+            Targets::Local => f(self.node.clone()).await.map(Response::new),
+            Targets::One(t) => {
+                let node = self.shared.node(&t).ok_or_else(|| unreachable(&t))?;
+                f(node).await.map(Response::new)
+            }
+            Targets::Many(ts) => {
+                let mut out = Vec::new();
+                for t in ts {
+                    let result = match self.shared.node(&t) {
+                        Some(node) => f(node).await,
+                        None => Err(unreachable(&t)),
+                    };
+                    match result {
+                        Ok(r) => out.extend(r.into_msgs().into_iter().map(|mut m| {
+                            R::set_metadata(
+                                &mut m,
+                                Metadata {
+                                    hostname: t.clone(),
+                                    ..Metadata::default()
+                                },
+                            );
+                            m
+                        })),
+                        Err(s) => {
+                            let mut m = R::Msg::default();
+                            R::set_metadata(
+                                &mut m,
+                                Metadata {
+                                    hostname: t.clone(),
+                                    error: s.message().to_owned(),
+                                    status: Some(talos_api::google::rpc::Status {
+                                        code: s.code() as i32,
+                                        message: s.message().to_owned(),
+                                        details: Vec::new(),
+                                    }),
+                                },
+                            );
+                            out.push(m);
+                        }
+                    }
+                }
+                Ok(Response::new(R::from_msgs(out)))
+            }
+        }
+    }
+}
+
+fn unreachable(target: &str) -> Status {
+    Status::unavailable(format!(
+        "connection error: desc = \"transport: Error while dialing: dial tcp {target}:50000: connect: connection refused\""
+    ))
+}
+
+/// Per-node preconditions: the node answers, the method exists in its phase, no injected error.
+fn guard(node: &Node, method: &str, in_maintenance: bool) -> Result<Option<Configured>, Status> {
+    let s = node.state();
+    if s.phase == Phase::Down || s.failures.down {
+        return Err(unreachable(&node.address()));
+    }
+    if let Some(code) = s.failures.api_errors.get(method) {
+        return Err(Status::new(*code, format!("injected failure of {method}")));
+    }
+    if s.phase == Phase::Maintenance && !in_maintenance {
+        return Err(Status::unimplemented(format!(
+            "{method} is not available in maintenance mode"
+        )));
+    }
+    Ok(s.config.clone())
+}
+
+fn control_plane(cfg: &Option<Configured>, method: &str) -> Result<Configured, Status> {
+    match cfg {
+        Some(c) if c.control_plane => Ok(c.clone()),
+        _ => Err(Status::unimplemented(format!(
+            "{method} is only available on control plane nodes"
+        ))),
+    }
+}
+
+fn etcd_status(e: EtcdError) -> Status {
+    match e {
+        EtcdError::AlreadyBootstrapped => Status::already_exists(e.to_string()),
+        EtcdError::NoSuchMember(_) => Status::not_found(e.to_string()),
+        EtcdError::NotMember => Status::failed_precondition(e.to_string()),
+    }
+}
+
+/// The target Talos version of an installer image: its tag.
+fn version_of_image(image: &str) -> Option<String> {
+    let name = image.split('@').next().unwrap_or(image);
+    let (_, tag) = name.rsplit_once(':')?;
+    (!tag.contains('/')).then(|| tag.to_owned())
+}
+
+impl Api {
+    fn services(&self, node: &Node) -> Vec<ServiceInfo> {
+        let s = node.state();
+        let cfg = s.config.clone();
+        drop(s);
+        let now = std::time::SystemTime::now();
+        let ts = Some(prost_types::Timestamp::from(now));
+        let svc = |id: &str, state: &str, healthy: bool| ServiceInfo {
+            id: id.to_owned(),
+            state: state.to_owned(),
+            events: Some(ServiceEvents {
+                events: vec![ServiceEvent {
+                    msg: format!("Service {state}"),
+                    state: state.to_owned(),
+                    ts: ts.clone(),
+                }],
+            }),
+            health: Some(ServiceHealth {
+                unknown: false,
+                healthy,
+                last_message: if healthy {
+                    String::new()
+                } else {
+                    "not healthy".to_owned()
+                },
+                last_change: ts.clone(),
+            }),
+        };
+        let mut list = vec![
+            svc("apid", "Running", true),
+            svc("machined", "Running", true),
+            svc("containerd", "Running", true),
+        ];
+        let Some(cfg) = cfg else { return list };
+        list.push(svc("cri", "Running", true));
+        list.push(svc("kubelet", "Running", true));
+        if cfg.control_plane {
+            list.push(svc("trustd", "Running", true));
+            let healthy_nodes = self.shared.healthy_etcd_nodes();
+            let clusters = lock(&self.shared.clusters);
+            let etcd = clusters.get(&cfg.cluster_id);
+            let member = etcd.and_then(|e| e.member_of(&node.address())).is_some();
+            let quorum = etcd.is_some_and(|e| e.has_quorum(&healthy_nodes));
+            let unhealthy = node.state().failures.etcd_unhealthy;
+            list.push(match (member, quorum && !unhealthy) {
+                (false, _) => svc("etcd", "Preparing", false),
+                (true, healthy) => svc("etcd", "Running", healthy),
+            });
+        }
+        list
+    }
+}
+
+type ApiResult<T> = Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MachineService for Api {
+    async fn version(&self, req: Request<()>) -> ApiResult<VersionResponse> {
+        self.dispatch(req, Role::Reader, |node| async move {
+            guard(&node, "Version", true)?;
+            let s = node.state();
+            let maintenance = s.phase == Phase::Maintenance;
+            Ok(one::<VersionResponse>(Version {
+                metadata: None,
+                version: Some(VersionInfo {
+                    tag: s.version.clone(),
+                    sha: "simulated".into(),
+                    built: String::new(),
+                    go_version: "talos-sim".into(),
+                    os: "linux".into(),
+                    arch: "amd64".into(),
+                }),
+                platform: Some(PlatformInfo {
+                    name: "metal".into(),
+                    mode: if maintenance { "maintenance" } else { "metal" }.into(),
+                }),
+                features: Some(FeaturesInfo { rbac: true }),
+            }))
+        })
+        .await
+    }
+
+    async fn apply_configuration(
+        &self,
+        req: Request<ApplyConfigurationRequest>,
+    ) -> ApiResult<ApplyConfigurationResponse> {
+        let body = req.get_ref().clone();
+        let need = if self.node.state().phase == Phase::Maintenance {
+            Role::None
+        } else {
+            Role::Admin
+        };
+        let shared = self.shared.clone();
+        self.dispatch(req, need, |node| {
+            let body = body.clone();
+            let shared = shared.clone();
+            async move {
+                guard(&node, "ApplyConfiguration", true)?;
+                let data = String::from_utf8(body.data)
+                    .map_err(|_| Status::invalid_argument("configuration is not UTF-8"))?;
+                let cfg = Configured::parse(&data).map_err(|e| {
+                    Status::invalid_argument(format!("configuration validation failed: {e}"))
+                })?;
+                let maintenance = node.state().phase == Phase::Maintenance;
+                if body.dry_run {
+                    return Ok(one::<ApplyConfigurationResponse>(ApplyConfiguration {
+                        mode_details: "Dry run: no changes".into(),
+                        ..Default::default()
+                    }));
+                }
+                let mode = apply_configuration_request::Mode::try_from(body.mode)
+                    .unwrap_or(apply_configuration_request::Mode::Reboot);
+                let reboots = maintenance || mode == apply_configuration_request::Mode::Reboot;
+                if reboots {
+                    // Maintenance: install, then reboot into the configured system.
+                    let delay = if maintenance {
+                        shared.timing.boot
+                    } else {
+                        shared.timing.reboot
+                    };
+                    shared.restart(&node, delay, move |s| s.config = Some(cfg));
+                } else {
+                    node.state().config = Some(cfg);
+                }
+                let reported = if maintenance {
+                    apply_configuration_request::Mode::Reboot
+                } else {
+                    mode
+                };
+                Ok(one::<ApplyConfigurationResponse>(ApplyConfiguration {
+                    metadata: None,
+                    warnings: Vec::new(),
+                    mode: reported as i32,
+                    mode_details: "Applied configuration".into(),
+                }))
+            }
+        })
+        .await
+    }
+
+    async fn bootstrap(&self, req: Request<BootstrapRequest>) -> ApiResult<BootstrapResponse> {
+        let shared = self.shared.clone();
+        self.dispatch(req, Role::Admin, |node| {
+            let shared = shared.clone();
+            async move {
+                let cfg = control_plane(&guard(&node, "Bootstrap", false)?, "Bootstrap")?;
+                let id = lock(&shared.clusters)
+                    .entry(cfg.cluster_id.clone())
+                    .or_default()
+                    .bootstrap(&node.address(), &node.spec.hostname)
+                    .map_err(etcd_status)?;
+                let _ = id;
+                let _ = shared.events.send(SimEvent::Bootstrapped {
+                    cluster_id: cfg.cluster_id.clone(),
+                    address: node.address(),
+                });
+                // Other running control planes of the cluster join now.
+                let peers: Vec<Arc<Node>> = lock(&shared.nodes).values().cloned().collect();
+                for peer in peers {
+                    let same = peer
+                        .state()
+                        .config
+                        .as_ref()
+                        .is_some_and(|c| c.control_plane && c.cluster_id == cfg.cluster_id);
+                    if same
+                        && peer.state().phase == Phase::Running
+                        && peer.address() != node.address()
+                    {
+                        after_boot(&shared, &peer);
+                    }
+                }
+                Ok(one::<BootstrapResponse>(Bootstrap::default()))
+            }
+        })
+        .await
+    }
+
+    async fn etcd_member_list(
+        &self,
+        req: Request<EtcdMemberListRequest>,
+    ) -> ApiResult<EtcdMemberListResponse> {
+        let shared = self.shared.clone();
+        self.dispatch(req, Role::Reader, |node| {
+            let shared = shared.clone();
+            async move {
+                let cfg = control_plane(&guard(&node, "EtcdMemberList", false)?, "EtcdMemberList")?;
+                let healthy = shared.healthy_etcd_nodes();
+                let clusters = lock(&shared.clusters);
+                let etcd = clusters
+                    .get(&cfg.cluster_id)
+                    .filter(|e| e.member_of(&node.address()).is_some());
+                let etcd = etcd.ok_or_else(|| {
+                    Status::failed_precondition("etcd is not running on this node")
+                })?;
+                if !etcd.has_quorum(&healthy) || node.state().failures.etcd_unhealthy {
+                    return Err(Status::unavailable(
+                        "etcdserver: request timed out (no quorum)",
+                    ));
+                }
+                let members = etcd
+                    .members
+                    .iter()
+                    .map(|m| EtcdMember {
+                        id: m.id,
+                        hostname: m.hostname.clone(),
+                        peer_urls: vec![format!("https://{}:2380", m.node)],
+                        client_urls: vec![format!("https://{}:2379", m.node)],
+                        is_learner: m.learner,
+                    })
+                    .collect();
+                Ok(one::<EtcdMemberListResponse>(EtcdMembers {
+                    metadata: None,
+                    legacy_members: Vec::new(),
+                    members,
+                }))
+            }
+        })
+        .await
+    }
+
+    async fn etcd_remove_member_by_id(
+        &self,
+        req: Request<EtcdRemoveMemberByIdRequest>,
+    ) -> ApiResult<EtcdRemoveMemberByIdResponse> {
+        let id = req.get_ref().member_id;
+        let shared = self.shared.clone();
+        self.dispatch(req, Role::Admin, |node| {
+            let shared = shared.clone();
+            async move {
+                let cfg = control_plane(
+                    &guard(&node, "EtcdRemoveMemberByID", false)?,
+                    "EtcdRemoveMemberByID",
+                )?;
+                let mut clusters = lock(&shared.clusters);
+                let etcd = clusters
+                    .get_mut(&cfg.cluster_id)
+                    .ok_or_else(|| Status::failed_precondition("etcd is not running"))?;
+                etcd.remove(id).map_err(etcd_status)?;
+                Ok(one::<EtcdRemoveMemberByIdResponse>(
+                    EtcdRemoveMemberById::default(),
+                ))
+            }
+        })
+        .await
+    }
+
+    async fn etcd_leave_cluster(
+        &self,
+        req: Request<EtcdLeaveClusterRequest>,
+    ) -> ApiResult<EtcdLeaveClusterResponse> {
+        let shared = self.shared.clone();
+        self.dispatch(req, Role::Admin, |node| {
+            let shared = shared.clone();
+            async move {
+                let cfg = control_plane(
+                    &guard(&node, "EtcdLeaveCluster", false)?,
+                    "EtcdLeaveCluster",
+                )?;
+                let mut clusters = lock(&shared.clusters);
+                let etcd = clusters
+                    .get_mut(&cfg.cluster_id)
+                    .ok_or_else(|| Status::failed_precondition("etcd is not running"))?;
+                etcd.leave(&node.address()).map_err(etcd_status)?;
+                Ok(one::<EtcdLeaveClusterResponse>(EtcdLeaveCluster::default()))
+            }
+        })
+        .await
+    }
+
+    async fn etcd_forfeit_leadership(
+        &self,
+        req: Request<EtcdForfeitLeadershipRequest>,
+    ) -> ApiResult<EtcdForfeitLeadershipResponse> {
+        let shared = self.shared.clone();
+        self.dispatch(req, Role::Admin, |node| {
+            let shared = shared.clone();
+            async move {
+                let cfg = control_plane(
+                    &guard(&node, "EtcdForfeitLeadership", false)?,
+                    "EtcdForfeitLeadership",
+                )?;
+                let healthy = shared.healthy_etcd_nodes();
+                let mut clusters = lock(&shared.clusters);
+                let etcd = clusters
+                    .get_mut(&cfg.cluster_id)
+                    .ok_or_else(|| Status::failed_precondition("etcd is not running"))?;
+                let leader = etcd
+                    .forfeit(&node.address(), &healthy)
+                    .map_err(etcd_status)?;
+                let member = leader
+                    .and_then(|id| etcd.members.iter().find(|m| m.id == id))
+                    .map(|m| m.hostname.clone())
+                    .unwrap_or_default();
+                Ok(one::<EtcdForfeitLeadershipResponse>(
+                    EtcdForfeitLeadership {
+                        metadata: None,
+                        member,
+                    },
+                ))
+            }
+        })
+        .await
+    }
+
+    async fn etcd_status(&self, req: Request<()>) -> ApiResult<EtcdStatusResponse> {
+        let shared = self.shared.clone();
+        self.dispatch(req, Role::Reader, |node| {
+            let shared = shared.clone();
+            async move {
+                let cfg = control_plane(&guard(&node, "EtcdStatus", false)?, "EtcdStatus")?;
+                let clusters = lock(&shared.clusters);
+                let etcd = clusters
+                    .get(&cfg.cluster_id)
+                    .ok_or_else(|| Status::failed_precondition("etcd is not running"))?;
+                let me = etcd.member_of(&node.address()).ok_or_else(|| {
+                    Status::failed_precondition("etcd is not running on this node")
+                })?;
+                Ok(one::<EtcdStatusResponse>(EtcdStatus {
+                    metadata: None,
+                    member_status: Some(EtcdMemberStatus {
+                        member_id: me.id,
+                        leader: etcd.leader.unwrap_or_default(),
+                        is_learner: me.learner,
+                        protocol_version: "3.5.0".into(),
+                        storage_version: "3.5.0".into(),
+                        ..Default::default()
+                    }),
+                }))
+            }
+        })
+        .await
+    }
+
+    async fn hostname(&self, req: Request<()>) -> ApiResult<HostnameResponse> {
+        self.dispatch(req, Role::Reader, |node| async move {
+            guard(&node, "Hostname", true)?;
+            Ok(one::<HostnameResponse>(Hostname {
+                metadata: None,
+                hostname: node.spec.hostname.clone(),
+            }))
+        })
+        .await
+    }
+
+    async fn reboot(&self, req: Request<RebootRequest>) -> ApiResult<RebootResponse> {
+        let shared = self.shared.clone();
+        self.dispatch(req, Role::Operator, |node| {
+            let shared = shared.clone();
+            async move {
+                guard(&node, "Reboot", false)?;
+                let delay = shared.timing.reboot;
+                schedule(move || {
+                    shared.restart(&node, delay, |s| {
+                        if let Some(v) = s.staged.take() {
+                            if std::mem::take(&mut s.failures.upgrade_fails) {
+                                return; // the new version fails to boot: A/B rollback
+                            }
+                            s.version = v;
+                        }
+                    })
+                });
+                Ok(one::<RebootResponse>(Reboot {
+                    metadata: None,
+                    actor_id: "sim-reboot".into(),
+                }))
+            }
+        })
+        .await
+    }
+
+    async fn reset(&self, req: Request<ResetRequest>) -> ApiResult<ResetResponse> {
+        let shared = self.shared.clone();
+        self.dispatch(req, Role::Admin, |node| {
+            let shared = shared.clone();
+            async move {
+                let cfg = guard(&node, "Reset", false)?;
+                if let Some(cfg) = cfg.filter(|c| c.control_plane)
+                    && let Some(etcd) = lock(&shared.clusters).get_mut(&cfg.cluster_id)
+                {
+                    // A graceful reset leaves etcd first.
+                    let _ = etcd.leave(&node.address());
+                }
+                let delay = shared.timing.reboot;
+                schedule(move || shared.restart(&node, delay, |s| s.config = None));
+                Ok(one::<ResetResponse>(Reset {
+                    metadata: None,
+                    actor_id: "sim-reset".into(),
+                }))
+            }
+        })
+        .await
+    }
+
+    async fn service_list(&self, req: Request<()>) -> ApiResult<ServiceListResponse> {
+        let api = self.clone();
+        self.dispatch(req, Role::Reader, |node| {
+            let api = api.clone();
+            async move {
+                guard(&node, "ServiceList", false)?;
+                Ok(one::<ServiceListResponse>(ServiceList {
+                    metadata: None,
+                    services: api.services(&node),
+                }))
+            }
+        })
+        .await
+    }
+
+    async fn upgrade(&self, req: Request<UpgradeRequest>) -> ApiResult<UpgradeResponse> {
+        let image = req.get_ref().image.clone();
+        let shared = self.shared.clone();
+        self.dispatch(req, Role::Admin, |node| {
+            let shared = shared.clone();
+            let image = image.clone();
+            async move {
+                guard(&node, "Upgrade", false)?;
+                let version = version_of_image(&image).ok_or_else(|| {
+                    Status::invalid_argument(format!("image {image:?} has no tag"))
+                })?;
+                let delay = shared.timing.upgrade;
+                schedule(move || {
+                    shared.restart(&node, delay, move |s| {
+                        if !std::mem::take(&mut s.failures.upgrade_fails) {
+                            s.version = version;
+                        }
+                    })
+                });
+                Ok(one::<UpgradeResponse>(Upgrade {
+                    metadata: None,
+                    ack: "Upgrade request received".into(),
+                    actor_id: "sim-upgrade".into(),
+                }))
+            }
+        })
+        .await
+    }
+}
+
+/// Run `f` after the current reply is sent (a reboot must not cut the call that asked for it).
+fn schedule(f: impl FnOnce() + Send + 'static) {
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        f();
+    });
+}
+
+impl Api {
+    /// Streaming calls go to one node: this one, or the one named by `node` metadata.
+    fn stream_target<T>(&self, req: &Request<T>, method: &str) -> Result<Arc<Node>, Status> {
+        if self.node.state().phase != Phase::Maintenance && role_of(req) < Role::Admin {
+            return Err(Status::permission_denied("not authorized"));
+        }
+        let node = match targets(req) {
+            Targets::Local => self.node.clone(),
+            Targets::One(t) => self.shared.node(&t).ok_or_else(|| unreachable(&t))?,
+            Targets::Many(_) => {
+                return Err(Status::invalid_argument(
+                    "one-2-many proxying is not supported",
+                ));
+            }
+        };
+        guard(&node, method, false)?;
+        Ok(node)
+    }
+}
+
+#[tonic::async_trait]
+impl LifecycleService for Api {
+    type UpgradeStream = BoxStream<LifecycleServiceUpgradeResponse>;
+
+    async fn upgrade(
+        &self,
+        req: Request<LifecycleServiceUpgradeRequest>,
+    ) -> ApiResult<Self::UpgradeStream> {
+        let node = self.stream_target(&req, "LifecycleService.Upgrade")?;
+        let image = req
+            .get_ref()
+            .source
+            .as_ref()
+            .map(|s| s.image_name.clone())
+            .unwrap_or_default();
+        let version = version_of_image(&image)
+            .ok_or_else(|| Status::invalid_argument(format!("image {image:?} has no tag")))?;
+        // Staged: the next reboot boots the new version (or rolls back if it fails).
+        node.state().staged = Some(version.clone());
+        let progress = |r| LifecycleServiceUpgradeResponse {
+            progress: Some(LifecycleServiceInstallProgress { response: Some(r) }),
+        };
+        use lifecycle_service_install_progress::Response as P;
+        let items = vec![
+            Ok(progress(P::Message(format!("installing {image}")))),
+            Ok(progress(P::Message(format!(
+                "staged Talos {version} for the next boot"
+            )))),
+            Ok(progress(P::ExitCode(0))),
+        ];
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for Api {
+    type PullStream = BoxStream<ImageServicePullResponse>;
+
+    async fn pull(&self, req: Request<ImageServicePullRequest>) -> ApiResult<Self::PullStream> {
+        self.stream_target(&req, "ImageService.Pull")?;
+        let image = req.get_ref().image_ref.clone();
+        if version_of_image(&image).is_none() && !image.contains('@') {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                format!("invalid reference {image:?}"),
+            ));
+        }
+        let item = ImageServicePullResponse {
+            response: Some(image_service_pull_response::Response::Name(image)),
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(item)]))))
+    }
+}

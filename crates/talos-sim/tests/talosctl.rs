@@ -1,0 +1,345 @@
+//! The real talosctl (v1.13, built by hack/tools) drives the simulator end to end: if talosctl
+//! cannot tell the simulator from Talos for these commands, neither can our client.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use machineconfig::talosconfig::{self, ClientOptions};
+use machineconfig::{Contract, Input, MachineType, SecretsBundle};
+use talos_sim::{NodeSpec, Phase, SimEvent, Simulator, Timing, loopback_address};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+struct Cluster {
+    sim: Simulator,
+    nodes: Vec<String>,
+    dir: tempfile::TempDir,
+    talosctl: PathBuf,
+    bundle: SecretsBundle,
+}
+
+impl Cluster {
+    async fn maintenance(n: usize) -> Cluster {
+        let sim = Simulator::new(Timing::default());
+        let mut events = sim.events();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let address = loopback_address(NEXT.fetch_add(1, Ordering::SeqCst));
+            nodes.push(address.to_string());
+            let spec = NodeSpec {
+                address,
+                port: 50000,
+                hostname: format!("node-{i}"),
+                version: "v1.13.0".into(),
+                config: None,
+            };
+            sim.start(spec).unwrap();
+        }
+        wait_up(&mut events, &nodes, false).await;
+        Cluster {
+            sim,
+            nodes,
+            dir: tempfile::tempdir().unwrap(),
+            talosctl: testkit::tools::locate(testkit::tools::Tool::Talosctl).unwrap(),
+            bundle: SecretsBundle::generate(Contract::NEWEST).unwrap(),
+        }
+    }
+
+    fn talosctl(&self, args: &[&str]) -> Output {
+        Command::new(&self.talosctl)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.talosctl(args);
+        assert!(
+            o.status.success(),
+            "talosctl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.talosctl(args);
+        assert!(
+            !o.status.success(),
+            "talosctl {args:?} should fail: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    fn write(&self, name: &str, content: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p.display().to_string()
+    }
+
+    fn talosconfig(&self, name: &str, role: &str) -> String {
+        let options = ClientOptions {
+            role: role.into(),
+            endpoints: vec![self.nodes[0].clone()],
+            ..ClientOptions::default()
+        };
+        let cfg = talosconfig::generate("sim", &self.bundle, &options).unwrap();
+        self.write(name, &cfg.to_yaml().unwrap())
+    }
+
+    fn controlplane_config(&self) -> String {
+        let input = Input::new("sim", &format!("https://{}:6443", self.nodes[0]));
+        let yaml =
+            machineconfig::generate(MachineType::Controlplane, &input, &self.bundle, &[]).unwrap();
+        self.write("controlplane.yaml", &yaml)
+    }
+}
+
+async fn wait_up(
+    events: &mut tokio::sync::broadcast::Receiver<SimEvent>,
+    nodes: &[String],
+    configured: bool,
+) {
+    let mut pending: Vec<&String> = nodes.iter().collect();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !pending.is_empty() {
+            if let Ok(SimEvent::NodeUp {
+                address,
+                configured: c,
+                ..
+            }) = events.recv().await
+                && c == configured
+            {
+                pending.retain(|n| **n != address);
+            }
+        }
+    })
+    .await
+    .expect("nodes come up");
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn member_count(out: &str) -> usize {
+    out.lines().skip(1).filter(|l| !l.trim().is_empty()).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talosctl_drives_a_three_node_control_plane() {
+    let c = Cluster::maintenance(3).await;
+    let [a, b, n3] = [&c.nodes[0], &c.nodes[1], &c.nodes[2]];
+    let mut events = c.sim.events();
+
+    // Maintenance mode: server-only TLS, talosctl --insecure.
+    let out = c.ok(&["-e", a, "-n", a, "version", "--insecure"]);
+    assert!(out.contains("v1.13.0"), "{out}");
+    let bad = c.write(
+        "bad.yaml",
+        "version: v1alpha1\nmachine:\n  type: controlplane\n",
+    );
+    let err = c.fails(&[
+        "-e",
+        a,
+        "-n",
+        a,
+        "apply-config",
+        "--insecure",
+        "--file",
+        &bad,
+    ]);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("cluster"),
+        "{err}"
+    );
+
+    let config = c.controlplane_config();
+    for n in &c.nodes {
+        c.ok(&[
+            "-e",
+            n,
+            "-n",
+            n,
+            "apply-config",
+            "--insecure",
+            "--file",
+            &config,
+        ]);
+    }
+    wait_up(&mut events, &c.nodes, true).await;
+
+    // Configured: mTLS with a client certificate signed by the cluster's OS CA.
+    let tc = c.talosconfig("talosconfig", "os:admin");
+    let all = format!("{a},{b},{n3}");
+    let out = c.ok(&["--talosconfig", &tc, "-e", a, "-n", &all, "version"]);
+    assert_eq!(
+        out.matches("NODE:").count(),
+        3,
+        "one entry per node:\n{out}"
+    );
+
+    let reader = c.talosconfig("reader", "os:reader");
+    let err = c.fails(&["--talosconfig", &reader, "-e", a, "-n", a, "bootstrap"]);
+    assert!(err.contains("PermissionDenied"), "{err}");
+    c.ok(&["--talosconfig", &reader, "-e", a, "-n", a, "version"]);
+
+    c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "bootstrap"]);
+    let err = c.fails(&["--talosconfig", &tc, "-e", a, "-n", a, "bootstrap"]);
+    assert!(err.contains("AlreadyExists"), "{err}");
+
+    eventually("three promoted etcd members", || {
+        let out = c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "etcd", "members"]);
+        member_count(&out) == 3 && !out.contains("true")
+    })
+    .await;
+    let services = c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "service"]);
+    assert!(
+        services.contains("etcd") && services.contains("Running") && services.contains("kubelet"),
+        "{services}"
+    );
+
+    c.ok(&[
+        "--talosconfig",
+        &tc,
+        "-e",
+        a,
+        "-n",
+        a,
+        "etcd",
+        "forfeit-leadership",
+    ]);
+
+    // Remove the third node's member by id, then let the second leave.
+    let members = c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "etcd", "members"]);
+    let id = members
+        .lines()
+        .find(|l| l.contains("node-2"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .to_owned();
+    c.ok(&[
+        "--talosconfig",
+        &tc,
+        "-e",
+        a,
+        "-n",
+        a,
+        "etcd",
+        "remove-member",
+        &id,
+    ]);
+    c.ok(&["--talosconfig", &tc, "-e", b, "-n", b, "etcd", "leave"]);
+    let members = c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "etcd", "members"]);
+    assert_eq!(member_count(&members), 1, "{members}");
+
+    // Upgrade through ImageService.Pull + LifecycleService.Upgrade + Reboot, as talosctl 1.13 does.
+    c.ok(&[
+        "--talosconfig",
+        &tc,
+        "-e",
+        a,
+        "-n",
+        a,
+        "upgrade",
+        "--image",
+        "ghcr.io/siderolabs/installer:v1.13.1",
+        "--wait=false",
+        "--drain=false",
+    ]);
+    eventually("node a runs v1.13.1", || {
+        c.sim.status(a) == Some((Phase::Running, "v1.13.1".into()))
+    })
+    .await;
+    let out = c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "version"]);
+    assert!(out.contains("v1.13.1"), "{out}");
+
+    // A failing upgrade rolls back.
+    c.sim.set_failures(a, |f| f.upgrade_fails = true).unwrap();
+    c.ok(&[
+        "--talosconfig",
+        &tc,
+        "-e",
+        a,
+        "-n",
+        a,
+        "upgrade",
+        "--image",
+        "ghcr.io/siderolabs/installer:v1.13.2",
+        "--wait=false",
+        "--drain=false",
+    ]);
+    eventually("node a back on v1.13.1", || {
+        c.sim.status(a) == Some((Phase::Running, "v1.13.1".into()))
+            && !c
+                .ok(&["--talosconfig", &tc, "-e", a, "-n", a, "version"])
+                .contains("v1.13.2")
+    })
+    .await;
+
+    c.ok(&[
+        "--talosconfig",
+        &tc,
+        "-e",
+        b,
+        "-n",
+        b,
+        "reboot",
+        "--wait=false",
+    ]);
+    eventually("node b rebooted", || {
+        c.sim.status(b).is_some_and(|(p, _)| p == Phase::Running)
+    })
+    .await;
+
+    c.ok(&[
+        "--talosconfig",
+        &tc,
+        "-e",
+        n3,
+        "-n",
+        n3,
+        "reset",
+        "--wait=false",
+        "--graceful=false",
+    ]);
+    eventually("node 3 back in maintenance", || {
+        c.sim
+            .status(n3)
+            .is_some_and(|(p, _)| p == Phase::Maintenance)
+    })
+    .await;
+    c.ok(&["-e", n3, "-n", n3, "version", "--insecure"]);
+
+    // A node that is down shows up as an error entry in a multi-node reply.
+    c.sim.set_failures(n3, |f| f.down = true).unwrap();
+    let o = c.talosctl(&[
+        "--talosconfig",
+        &tc,
+        "-e",
+        a,
+        "-n",
+        &format!("{a},{n3}"),
+        "version",
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        text.contains("v1.13.1") && text.contains("connection refused"),
+        "{text}"
+    );
+}

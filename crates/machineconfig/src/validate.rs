@@ -588,10 +588,7 @@ fn validate_network(machine: &Value, control_plane: bool, r: &mut Report) {
             }
         }
         if iface.get("interface").is_none() && iface.get("deviceSelector").is_none() {
-            r.error(
-                &format!("{path}"),
-                "an interface name or deviceSelector is required",
-            );
+            r.error(&path, "an interface name or deviceSelector is required");
         }
     }
     for (i, ns) in network

@@ -2,6 +2,11 @@
 //! service and message names and field numbers — and a client for it.
 #![forbid(unsafe_code)]
 
+pub mod client;
+mod insecure;
+
+pub use client::{Client, Error, NodeResult, Nodes};
+
 /// Generated from proto/common/common.proto.
 #[allow(clippy::all, missing_debug_implementations)]
 pub mod common {

@@ -22,7 +22,7 @@ pub enum Gen {
         force: bool,
     },
     /// Generate controlplane.yaml, worker.yaml and talosconfig for a cluster.
-    Config(ConfigArgs),
+    Config(Box<ConfigArgs>),
 }
 
 #[derive(Args)]
@@ -97,7 +97,7 @@ pub fn run(command: Gen) -> Result<(), Failure> {
             let bundle = SecretsBundle::generate(contract).map_err(fail)?;
             write_new(&output, &bundle.to_yaml().map_err(fail)?, force)
         }
-        Gen::Config(args) => gen_config(args),
+        Gen::Config(args) => gen_config(*args),
     }
 }
 

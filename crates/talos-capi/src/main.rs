@@ -32,7 +32,7 @@ enum Command {
     },
     /// Generate Talos secrets bundles and machine configurations.
     #[command(subcommand)]
-    Gen(generate::Gen),
+    Gen(Box<generate::Gen>),
     /// Validate a Talos machine configuration.
     Validate(generate::ValidateArgs),
 }
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Crds { out_dir, docs } => crds(out_dir.as_deref(), docs.as_deref()),
-        Command::Gen(g) => generate::run(g).map_err(|generate::Failure(m)| m),
+        Command::Gen(g) => generate::run(*g).map_err(|generate::Failure(m)| m),
         Command::Validate(v) => generate::validate(v).map_err(|generate::Failure(m)| m),
     };
     match result {

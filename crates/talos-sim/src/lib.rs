@@ -92,7 +92,13 @@ impl Simulator {
             .shared
             .node(address)
             .ok_or_else(|| Error::NoSuchNode(address.to_owned()))?;
+        let was_down = node.state().failures.down;
         update(&mut node.state().failures);
+        if node.state().failures.down && !was_down {
+            // Power off: the API stops listening until `down` is cleared.
+            self.shared
+                .restart(&node, std::time::Duration::ZERO, |_| {});
+        }
         Ok(())
     }
 

@@ -133,6 +133,9 @@ impl Configured {
     }
 }
 
+/// What a boot does to a node's state (install a configuration, switch versions, wipe).
+type Transition = Box<dyn FnOnce(&mut NodeState) + Send>;
+
 /// Mutable state of one node.
 pub struct NodeState {
     pub phase: Phase,
@@ -144,7 +147,7 @@ pub struct NodeState {
     pub boot_count: u64,
     shutdown: Option<oneshot::Sender<()>>,
     /// What the next boot does to the state, and how long the node stays down before it.
-    pending: Option<(Duration, Box<dyn FnOnce(&mut NodeState) + Send>)>,
+    pending: Option<(Duration, Transition)>,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -275,6 +278,35 @@ pub(crate) fn spawn_node(shared: Arc<Shared>, node: Arc<Node>) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+            // Simulated trustd: a worker gets its apid certificate from the cluster's control
+            // planes, so it can only come up once one of them is known.
+            let missing_ca = node
+                .state()
+                .config
+                .as_ref()
+                .filter(|c| c.os_ca_key.is_none())
+                .map(|c| c.cluster_id.clone());
+            if let Some(cluster_id) = missing_ca {
+                let key = lock(&shared.nodes).values().find_map(|n| {
+                    n.state()
+                        .config
+                        .as_ref()
+                        .filter(|c| c.cluster_id == cluster_id)
+                        .and_then(|c| c.os_ca_key.clone())
+                });
+                match key {
+                    Some(k) => node
+                        .state()
+                        .config
+                        .as_mut()
+                        .into_iter()
+                        .for_each(|c| c.os_ca_key = Some(k.clone())),
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+            }
             let (tls, phase) = {
                 let mut s = node.state();
                 if s.phase == Phase::Down {
@@ -316,11 +348,19 @@ pub(crate) fn spawn_node(shared: Arc<Shared>, node: Arc<Node>) {
                 version,
                 configured: phase == Phase::Running,
             });
-            let served =
-                crate::service::serve(shared.clone(), node.clone(), tls, listener, async {
-                    let _ = rx.await;
-                })
-                .await;
+            // A reboot or power-off cuts every connection at once, as on a real machine: the
+            // server future is dropped rather than shut down gracefully.
+            let server = crate::service::serve(
+                shared.clone(),
+                node.clone(),
+                tls,
+                listener,
+                std::future::pending(),
+            );
+            let served = tokio::select! {
+                r = server => r,
+                _ = rx => Ok(()),
+            };
             if let Err(e) = served {
                 tracing::warn!(node = %node.address(), "server stopped: {e}");
             }

@@ -294,7 +294,7 @@ impl Api {
                 events: vec![ServiceEvent {
                     msg: format!("Service {state}"),
                     state: state.to_owned(),
-                    ts: ts.clone(),
+                    ts,
                 }],
             }),
             health: Some(ServiceHealth {
@@ -305,7 +305,7 @@ impl Api {
                 } else {
                     "not healthy".to_owned()
                 },
-                last_change: ts.clone(),
+                last_change: ts,
             }),
         };
         let mut list = vec![

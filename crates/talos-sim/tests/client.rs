@@ -1,0 +1,252 @@
+//! Our Talos client against the simulator: the same scenario talosctl runs, through
+//! talos_api::Client.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use machineconfig::talosconfig::{self, ClientOptions};
+use machineconfig::{Contract, Input, MachineType, SecretsBundle};
+use talos_api::machine::apply_configuration_request::Mode;
+use talos_api::{Client, Error, Nodes};
+use talos_sim::{NodeSpec, Phase, SimEvent, Simulator, Timing, loopback_address};
+
+static NEXT: AtomicU32 = AtomicU32::new(1000);
+
+async fn wait_configured(events: &mut tokio::sync::broadcast::Receiver<SimEvent>, n: usize) {
+    let mut seen = std::collections::BTreeSet::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while seen.len() < n {
+            if let Ok(SimEvent::NodeUp {
+                address,
+                configured: true,
+                ..
+            }) = events.recv().await
+            {
+                seen.insert(address);
+            }
+        }
+    })
+    .await
+    .expect("nodes come up configured");
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_drives_the_simulator() {
+    let sim = Simulator::new(Timing::default());
+    let mut events = sim.events();
+    let nodes: Vec<String> = (0..4)
+        .map(|_| loopback_address(NEXT.fetch_add(1, Ordering::SeqCst)).to_string())
+        .collect();
+    for (i, address) in nodes.iter().enumerate() {
+        let spec = NodeSpec {
+            address: address.parse().unwrap(),
+            port: 50000,
+            hostname: format!("n{i}"),
+            version: "v1.13.0".into(),
+            config: None,
+        };
+        sim.start(spec).unwrap();
+    }
+    let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+    let input = Input::new("c", &format!("https://{}:6443", nodes[0]));
+    let cp = machineconfig::generate(MachineType::Controlplane, &input, &bundle, &[]).unwrap();
+    let worker = machineconfig::generate(MachineType::Worker, &input, &bundle, &[]).unwrap();
+
+    // Maintenance: server-only TLS; an invalid configuration is refused with the reason.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = Client::maintenance(vec![nodes[0].clone()]);
+    let bad = m
+        .apply_configuration(
+            &Nodes::Endpoint,
+            b"version: v1alpha1\n".to_vec(),
+            Mode::Auto,
+        )
+        .await;
+    assert!(
+        matches!(bad, Err(Error::InvalidArgument(ref msg)) if msg.contains("machine")),
+        "{bad:?}"
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        let data = if i < 3 { cp.clone() } else { worker.clone() };
+        Client::maintenance(vec![n.clone()])
+            .apply_configuration(&Nodes::Endpoint, data.into_bytes(), Mode::Auto)
+            .await
+            .unwrap();
+    }
+    wait_configured(&mut events, 4).await;
+
+    let admin_cfg = talosconfig::generate(
+        "c",
+        &bundle,
+        &ClientOptions {
+            endpoints: nodes.clone(),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let admin = Client::from_talosconfig(&admin_cfg.to_yaml().unwrap(), None).unwrap();
+    let versions = admin.version(&Nodes::Many(nodes.clone())).await.unwrap();
+    assert_eq!(versions.len(), 4);
+    for v in &versions {
+        assert!(nodes.contains(&v.node));
+        assert_eq!(
+            v.result.as_ref().unwrap().version.as_ref().unwrap().tag,
+            "v1.13.0"
+        );
+    }
+
+    let reader_cfg = talosconfig::generate(
+        "c",
+        &bundle,
+        &ClientOptions {
+            role: "os:reader".into(),
+            endpoints: nodes.clone(),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let reader = Client::from_talosconfig(&reader_cfg.to_yaml().unwrap(), None).unwrap();
+    assert!(matches!(
+        reader.bootstrap(&Nodes::Endpoint).await,
+        Err(Error::PermissionDenied(_))
+    ));
+
+    let worker_node = Nodes::One(nodes[3].clone());
+    assert!(
+        matches!(
+            admin.bootstrap(&worker_node).await,
+            Err(Error::Unimplemented(_))
+        ),
+        "no Bootstrap on workers"
+    );
+    admin
+        .bootstrap(&Nodes::One(nodes[0].clone()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        admin.bootstrap(&Nodes::One(nodes[1].clone())).await,
+        Err(Error::AlreadyExists(_))
+    ));
+
+    let first = Nodes::One(nodes[0].clone());
+    eventually("three voting members", async || {
+        admin.etcd_member_list(&first).await.is_ok_and(|r| {
+            r[0].result
+                .as_ref()
+                .is_ok_and(|m| m.members.len() == 3 && m.members.iter().all(|m| !m.is_learner))
+        })
+    })
+    .await;
+    let members = admin
+        .etcd_member_list(&first)
+        .await
+        .unwrap()
+        .remove(0)
+        .result
+        .unwrap()
+        .members;
+    let third = members.iter().find(|m| m.hostname == "n2").unwrap().id;
+    admin.etcd_forfeit_leadership(&first).await.unwrap();
+    assert!(matches!(
+        admin.etcd_remove_member(&first, 42).await,
+        Err(Error::NotFound(_))
+    ));
+    admin.etcd_remove_member(&first, third).await.unwrap();
+    admin
+        .etcd_leave_cluster(&Nodes::One(nodes[1].clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.etcd_member_list(&first).await.unwrap()[0]
+            .result
+            .as_ref()
+            .unwrap()
+            .members
+            .len(),
+        1
+    );
+    let services = admin
+        .service_list(&first)
+        .await
+        .unwrap()
+        .remove(0)
+        .result
+        .unwrap()
+        .services;
+    assert!(
+        services
+            .iter()
+            .any(|s| s.id == "etcd" && s.health.as_ref().is_some_and(|h| h.healthy))
+    );
+
+    admin
+        .upgrade(&first, "ghcr.io/siderolabs/installer:v1.13.1".into())
+        .await
+        .unwrap();
+    eventually("upgraded", async || {
+        sim.status(&nodes[0]) == Some((Phase::Running, "v1.13.1".into()))
+    })
+    .await;
+
+    // Failover: the first endpoint is down, the second answers.
+    sim.set_failures(&nodes[2], |f| f.down = true).unwrap();
+    let down = format!("{}:50000", nodes[2]);
+    eventually("node 2 stops listening", async || {
+        tokio::net::TcpStream::connect(&down).await.is_err()
+    })
+    .await;
+    let failover = admin
+        .with_endpoints(vec![nodes[2].clone(), nodes[0].clone()])
+        .with_timeout(Duration::from_secs(2));
+    let v = failover.version(&Nodes::Endpoint).await.unwrap();
+    assert_eq!(
+        v[0].result.as_ref().unwrap().version.as_ref().unwrap().tag,
+        "v1.13.1"
+    );
+    // The down node is an error entry of a multi-node reply, not a failed call.
+    let mixed = failover
+        .version(&Nodes::Many(vec![nodes[0].clone(), nodes[2].clone()]))
+        .await
+        .unwrap();
+    assert!(mixed[0].result.is_ok());
+    assert!(
+        matches!(mixed[1].result, Err(Error::Unavailable(_))),
+        "{:?}",
+        mixed[1]
+    );
+
+    sim.set_failures(&nodes[1], |f| {
+        f.api_errors
+            .insert("ServiceList".into(), tonic::Code::FailedPrecondition);
+    })
+    .unwrap();
+    assert!(matches!(
+        failover.service_list(&Nodes::One(nodes[1].clone())).await,
+        Err(Error::FailedPrecondition(_))
+    ));
+
+    failover
+        .reboot(&Nodes::One(nodes[1].clone()))
+        .await
+        .unwrap();
+    failover
+        .reset(&Nodes::One(nodes[3].clone()), true)
+        .await
+        .unwrap();
+    eventually("worker reset to maintenance", async || {
+        sim.status(&nodes[3])
+            .is_some_and(|(p, _)| p == Phase::Maintenance)
+    })
+    .await;
+}

@@ -71,6 +71,7 @@ demo: tools $(LOCAL_CP_BIN) ## Bring up the local management cluster with Cluste
 .PHONY: bench
 bench: tools ## Benchmarks: config rendering and bundle generation (criterion), local control plane startup.
 	$(CARGO) bench --locked -p machineconfig
+	$(CARGO) bench --locked -p talos-sim --bench scale
 	$(CARGO) run --locked --release -p testkit --bin local-control-plane -- bench --runs 5 --cluster-api
 
 FUZZ_SECONDS ?= 60

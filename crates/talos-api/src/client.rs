@@ -119,6 +119,9 @@ pub struct Client {
     endpoints: Vec<String>,
     security: Arc<Security>,
     timeout: Duration,
+    /// The connection in use, reused across calls; dropped (and failed over) when the endpoint
+    /// becomes unavailable.
+    connected: tokio::sync::Mutex<Option<Channel>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -157,6 +160,7 @@ impl Client {
             endpoints: ctx.endpoints.clone(),
             security: Arc::new(Security::Mutual(tls)),
             timeout: Duration::from_secs(5),
+            connected: Default::default(),
         })
     }
 
@@ -167,18 +171,21 @@ impl Client {
             endpoints,
             security: Arc::new(Security::Maintenance),
             timeout: Duration::from_secs(5),
+            connected: Default::default(),
         }
     }
 
     /// Use these endpoints (tried in order) instead of the talosconfig's.
     pub fn with_endpoints(mut self, endpoints: Vec<String>) -> Client {
         self.endpoints = endpoints;
+        self.connected = Default::default();
         self
     }
 
     /// The deadline of every call (default 5 s).
     pub fn with_timeout(mut self, timeout: Duration) -> Client {
         self.timeout = timeout;
+        self.connected = Default::default();
         self
     }
 
@@ -242,8 +249,16 @@ impl Client {
     }
 
     async fn machine(&self) -> Result<MachineServiceClient<Channel>, Error> {
-        Ok(MachineServiceClient::new(self.channel().await?)
-            .max_decoding_message_size(32 * 1024 * 1024))
+        let mut connected = self.connected.lock().await;
+        let channel = match connected.as_ref() {
+            Some(c) => c.clone(),
+            None => {
+                let c = self.channel().await?;
+                *connected = Some(c.clone());
+                c
+            }
+        };
+        Ok(MachineServiceClient::new(channel).max_decoding_message_size(32 * 1024 * 1024))
     }
 
     /// Run a call under the client's deadline, mapping the gRPC status.
@@ -251,11 +266,16 @@ impl Client {
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        match tokio::time::timeout(self.timeout, fut).await {
+        let result = match tokio::time::timeout(self.timeout, fut).await {
             Err(_) => Err(Error::Timeout(self.timeout)),
             Ok(Err(s)) if s.code() == Code::DeadlineExceeded => Err(Error::Timeout(self.timeout)),
             Ok(r) => r.map(tonic::Response::into_inner).map_err(Error::from),
+        };
+        if matches!(result, Err(Error::Timeout(_) | Error::Unavailable(_))) {
+            // Reconnect (and fail over) on the next call.
+            *self.connected.lock().await = None;
         }
+        result
     }
 }
 

@@ -265,6 +265,21 @@ fn control_plane(cfg: &Option<Configured>, method: &str) -> Result<Configured, S
     }
 }
 
+/// Run an etcd operation of `method` on `node`'s cluster: control planes only, etcd running.
+fn in_etcd<T>(
+    shared: &Shared,
+    node: &Node,
+    method: &str,
+    op: impl FnOnce(&mut crate::etcd::Etcd, &str) -> Result<T, EtcdError>,
+) -> Result<T, Status> {
+    let cfg = control_plane(&guard(node, method, false)?, method)?;
+    let mut clusters = lock(&shared.clusters);
+    let etcd = clusters
+        .get_mut(&cfg.cluster_id)
+        .ok_or_else(|| Status::failed_precondition("etcd is not running"))?;
+    op(etcd, &node.address()).map_err(etcd_status)
+}
+
 fn etcd_status(e: EtcdError) -> Status {
     match e {
         EtcdError::AlreadyBootstrapped => Status::already_exists(e.to_string()),
@@ -510,15 +525,9 @@ impl MachineService for Api {
         self.dispatch(req, Role::Admin, |node| {
             let shared = shared.clone();
             async move {
-                let cfg = control_plane(
-                    &guard(&node, "EtcdRemoveMemberByID", false)?,
-                    "EtcdRemoveMemberByID",
-                )?;
-                let mut clusters = lock(&shared.clusters);
-                let etcd = clusters
-                    .get_mut(&cfg.cluster_id)
-                    .ok_or_else(|| Status::failed_precondition("etcd is not running"))?;
-                etcd.remove(id).map_err(etcd_status)?;
+                in_etcd(&shared, &node, "EtcdRemoveMemberByID", |etcd, _| {
+                    etcd.remove(id)
+                })?;
                 Ok(one::<EtcdRemoveMemberByIdResponse>(
                     EtcdRemoveMemberById::default(),
                 ))
@@ -535,15 +544,9 @@ impl MachineService for Api {
         self.dispatch(req, Role::Admin, |node| {
             let shared = shared.clone();
             async move {
-                let cfg = control_plane(
-                    &guard(&node, "EtcdLeaveCluster", false)?,
-                    "EtcdLeaveCluster",
-                )?;
-                let mut clusters = lock(&shared.clusters);
-                let etcd = clusters
-                    .get_mut(&cfg.cluster_id)
-                    .ok_or_else(|| Status::failed_precondition("etcd is not running"))?;
-                etcd.leave(&node.address()).map_err(etcd_status)?;
+                in_etcd(&shared, &node, "EtcdLeaveCluster", |etcd, me| {
+                    etcd.leave(me)
+                })?;
                 Ok(one::<EtcdLeaveClusterResponse>(EtcdLeaveCluster::default()))
             }
         })
@@ -558,22 +561,14 @@ impl MachineService for Api {
         self.dispatch(req, Role::Admin, |node| {
             let shared = shared.clone();
             async move {
-                let cfg = control_plane(
-                    &guard(&node, "EtcdForfeitLeadership", false)?,
-                    "EtcdForfeitLeadership",
-                )?;
                 let healthy = shared.healthy_etcd_nodes();
-                let mut clusters = lock(&shared.clusters);
-                let etcd = clusters
-                    .get_mut(&cfg.cluster_id)
-                    .ok_or_else(|| Status::failed_precondition("etcd is not running"))?;
-                let leader = etcd
-                    .forfeit(&node.address(), &healthy)
-                    .map_err(etcd_status)?;
-                let member = leader
-                    .and_then(|id| etcd.members.iter().find(|m| m.id == id))
-                    .map(|m| m.hostname.clone())
-                    .unwrap_or_default();
+                let member = in_etcd(&shared, &node, "EtcdForfeitLeadership", |etcd, me| {
+                    let leader = etcd.forfeit(me, &healthy)?;
+                    Ok(leader
+                        .and_then(|id| etcd.members.iter().find(|m| m.id == id))
+                        .map(|m| m.hostname.clone())
+                        .unwrap_or_default())
+                })?;
                 Ok(one::<EtcdForfeitLeadershipResponse>(
                     EtcdForfeitLeadership {
                         metadata: None,

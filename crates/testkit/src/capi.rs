@@ -1,5 +1,4 @@
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
@@ -26,7 +25,7 @@ const WEBHOOK_PREFIX: &str = "capi-";
 /// validated exactly as in a real management cluster.
 #[derive(Debug)]
 pub struct ClusterApiManager {
-    process: Mutex<ManagedProcess>,
+    process: ManagedProcess,
     webhook_port: u16,
     health_port: u16,
 }
@@ -72,7 +71,7 @@ impl ClusterApiManager {
         let log = cp.dir().join(format!("cluster-api-{webhook_port}.log"));
         let process = ManagedProcess::spawn("cluster-api", binary, &args, &log, None)?;
         let manager = ClusterApiManager {
-            process: Mutex::new(process),
+            process,
             webhook_port,
             health_port,
         };
@@ -152,17 +151,11 @@ impl ClusterApiManager {
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        match self.process.lock() {
-            Ok(p) => p.pid(),
-            Err(poisoned) => poisoned.into_inner().pid(),
-        }
+        self.process.pid()
     }
 
     pub fn check_running(&self) -> Result<(), Error> {
-        match self.process.lock() {
-            Ok(mut p) => p.check_running(),
-            Err(poisoned) => poisoned.into_inner().check_running(),
-        }
+        self.process.check_running()
     }
 
     pub fn webhook_port(&self) -> u16 {

@@ -1,5 +1,5 @@
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::Client;
@@ -80,7 +80,7 @@ pub struct StartupTimes {
 pub struct LocalControlPlane {
     // Field order is drop order: the manager goes before the API server, which goes before etcd.
     cluster_api: Option<ClusterApiManager>,
-    apiserver: Mutex<ManagedProcess>,
+    apiserver: ManagedProcess,
     etcd: Arc<Etcd>,
     ca: Ca,
     name: String,
@@ -132,7 +132,7 @@ impl LocalControlPlane {
 
         let mut cp = LocalControlPlane {
             cluster_api: None,
-            apiserver: Mutex::new(apiserver),
+            apiserver,
             etcd,
             ca,
             name,
@@ -225,10 +225,7 @@ impl LocalControlPlane {
     /// Pids of the lifelines of this control plane's processes (etcd, kube-apiserver, Cluster
     /// API manager); each component is the only child of its lifeline.
     pub fn lifeline_pids(&self) -> Vec<u32> {
-        let apiserver = match self.apiserver.lock() {
-            Ok(p) => p.pid(),
-            Err(poisoned) => poisoned.into_inner().pid(),
-        };
+        let apiserver = self.apiserver.pid();
         let mut pids = vec![self.etcd.pid(), apiserver];
         pids.extend(self.cluster_api.as_ref().map(ClusterApiManager::pid));
         pids
@@ -237,10 +234,7 @@ impl LocalControlPlane {
     /// `Err` with the log tail if the API server or its etcd has exited.
     pub fn check_running(&self) -> Result<(), Error> {
         self.etcd.check_running()?;
-        match self.apiserver.lock() {
-            Ok(mut p) => p.check_running(),
-            Err(poisoned) => poisoned.into_inner().check_running(),
-        }
+        self.apiserver.check_running()
     }
 }
 
@@ -294,35 +288,29 @@ async fn start_apiserver(
         "--disable-admission-plugins=ServiceAccount".into(),
     ];
     let log = dir.join(format!("kube-apiserver-{port}.log"));
-    let mut process = ManagedProcess::spawn("kube-apiserver", binary, &args, &log, cleanup)?;
+    let process = ManagedProcess::spawn("kube-apiserver", binary, &args, &log, cleanup)?;
 
     let kubeconfig = kubeconfig::render(name, &url, ca.cert_pem(), &admin);
     write_private(&dir.join("kubeconfig"), &kubeconfig)?;
     let config = kubeconfig::config(&kubeconfig).await?;
     let client = Client::try_from(config.clone())?;
-    let process_ref = &mut process;
-    let client_ref = &client;
-    let ready = poll_until(
+    poll_until(
         "kube-apiserver /readyz",
         Duration::from_secs(60),
         Duration::from_millis(100),
-        move || {
-            let status = process_ref.check_running();
-            async move {
-                status?;
-                let req = http::Request::get("/readyz")
-                    .body(Vec::new())
-                    .map_err(|e| Error::Kubeconfig(e.to_string()))?;
-                Ok(client_ref
-                    .request_text(req)
-                    .await
-                    .ok()
-                    .filter(|body| body.trim() == "ok"))
-            }
+        || async {
+            process.check_running()?;
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+            Ok(client
+                .request_text(req)
+                .await
+                .ok()
+                .filter(|body| body.trim() == "ok"))
         },
     )
-    .await;
-    ready?;
+    .await?;
     Ok((process, url, kubeconfig, config))
 }
 

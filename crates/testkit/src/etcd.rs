@@ -1,5 +1,4 @@
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::process::{ManagedProcess, free_port};
@@ -11,7 +10,7 @@ use crate::{Error, poll_until, retry_port_race};
 #[derive(Debug)]
 pub struct Etcd {
     url: String,
-    process: Mutex<ManagedProcess>,
+    process: ManagedProcess,
 }
 
 impl Etcd {
@@ -46,10 +45,7 @@ impl Etcd {
         let log = dir.join("etcd.log");
         let remove = if cleanup { dir } else { &data };
         let process = ManagedProcess::spawn("etcd", binary, &args, &log, Some(remove))?;
-        let etcd = Etcd {
-            url,
-            process: Mutex::new(process),
-        };
+        let etcd = Etcd { url, process };
         etcd.wait_ready(client_port).await?;
         Ok(etcd)
     }
@@ -71,17 +67,11 @@ impl Etcd {
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        match self.process.lock() {
-            Ok(p) => p.pid(),
-            Err(poisoned) => poisoned.into_inner().pid(),
-        }
+        self.process.pid()
     }
 
     pub(crate) fn check_running(&self) -> Result<(), Error> {
-        match self.process.lock() {
-            Ok(mut p) => p.check_running(),
-            Err(poisoned) => poisoned.into_inner().check_running(),
-        }
+        self.process.check_running()
     }
 
     /// The client URL, e.g. `http://127.0.0.1:40123`.

@@ -11,6 +11,7 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::Error;
@@ -35,13 +36,19 @@ kill "$watcher" 2>/dev/null
 exit $status
 "#;
 
-/// A running component. Dropping it stops the component and waits for it.
+/// A running component. Dropping it stops the component and waits for it. Shared freely:
+/// every method takes `&self`.
 #[derive(Debug)]
 pub struct ManagedProcess {
     name: String,
     log: PathBuf,
-    lifeline: Child,
-    stdin: Option<ChildStdin>,
+    pid: u32,
+    lifeline: Mutex<Child>,
+    stdin: Mutex<Option<ChildStdin>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ManagedProcess {
@@ -77,8 +84,9 @@ impl ManagedProcess {
         Ok(ManagedProcess {
             name: name.to_owned(),
             log: log.to_path_buf(),
-            lifeline,
-            stdin,
+            pid: lifeline.id(),
+            lifeline: Mutex::new(lifeline),
+            stdin: Mutex::new(stdin),
         })
     }
 
@@ -92,12 +100,12 @@ impl ManagedProcess {
 
     /// The lifeline's pid (the component itself is its only child).
     pub fn pid(&self) -> u32 {
-        self.lifeline.id()
+        self.pid
     }
 
     /// `Err(ProcessExited)` with the log's tail if the component has already exited.
-    pub fn check_running(&mut self) -> Result<(), Error> {
-        match self.lifeline.try_wait() {
+    pub fn check_running(&self) -> Result<(), Error> {
+        match locked(&self.lifeline).try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(Error::ProcessExited {
                 name: self.name.clone(),
@@ -110,17 +118,18 @@ impl ManagedProcess {
     }
 
     /// Stop the component and wait for it to exit (at most ~15 s).
-    pub fn stop(&mut self) {
-        drop(self.stdin.take());
+    pub fn stop(&self) {
+        drop(locked(&self.stdin).take());
+        let mut lifeline = locked(&self.lifeline);
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if !matches!(self.lifeline.try_wait(), Ok(None)) {
+            if !matches!(lifeline.try_wait(), Ok(None)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.lifeline.kill();
-        let _ = self.lifeline.wait();
+        let _ = lifeline.kill();
+        let _ = lifeline.wait();
     }
 }
 

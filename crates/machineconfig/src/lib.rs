@@ -5,6 +5,7 @@
 
 mod contract;
 mod error;
+pub mod model;
 pub mod patch;
 pub mod render;
 pub mod secrets;

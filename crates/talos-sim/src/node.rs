@@ -105,29 +105,27 @@ impl Configured {
                 errors.join("; ")
             ));
         }
-        let v1 = docs
-            .iter()
-            .find(|d| d.get("kind").is_none())
+        let v1 = machineconfig::model::v1alpha1(&docs)
+            .map_err(|e| e.to_string())?
             .ok_or("no v1alpha1 document")?;
-        let s = |path: &[&str]| {
-            path.iter()
-                .try_fold(v1, |v, k| v.get(*k))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
+        let ca = v1
+            .machine
+            .as_ref()
+            .and_then(|m| m.ca.clone())
+            .unwrap_or_default();
         let pem = |b64: String| machineconfig::secrets::decode_pem(&b64).ok();
         Ok(Configured {
-            control_plane: matches!(
-                s(&["machine", "type"]).as_deref(),
-                Some("controlplane" | "init")
-            ),
-            cluster_id: s(&["cluster", "id"]).unwrap_or_default(),
-            os_ca_crt: s(&["machine", "ca", "crt"])
+            control_plane: v1.is_control_plane(),
+            cluster_id: v1
+                .cluster
+                .as_ref()
+                .and_then(|c| c.id.clone())
+                .unwrap_or_default(),
+            os_ca_crt: ca
+                .crt
                 .and_then(pem)
                 .ok_or("machine.ca.crt is not a certificate")?,
-            os_ca_key: s(&["machine", "ca", "key"])
-                .filter(|k| !k.is_empty())
-                .and_then(pem),
+            os_ca_key: ca.key.filter(|k| !k.is_empty()).and_then(pem),
             docs,
         })
     }

@@ -1,0 +1,242 @@
+//! Typed views of the configuration documents. Every struct keeps the fields it does not model
+//! in `extra`, so a document read and written again is unchanged (user patches may set any
+//! Talos field); every modelled field is optional, so absent stays absent.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::Error;
+
+/// A certificate and key, base64-encoded PEM.
+#[derive(Serialize, Deserialize, Clone, Default, PartialEq, Eq)]
+pub struct CertAndKey {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl std::fmt::Debug for CertAndKey {
+    // Never print key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertAndKey")
+            .field(
+                "has_key",
+                &self.key.as_deref().is_some_and(|k| !k.is_empty()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// `machine.install`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Install {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wipe: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `machine`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Machine {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub machine_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CertAndKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_sans: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<Install>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `cluster.controlPlane`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlane {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `cluster.network`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNetwork {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_subnets: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_subnets: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `cluster`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlane>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<ClusterNetwork>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CertAndKey>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The v1alpha1 document.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct V1Alpha1 {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persist: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl V1Alpha1 {
+    pub fn is_control_plane(&self) -> bool {
+        let t = self
+            .machine
+            .as_ref()
+            .and_then(|m| m.machine_type.as_deref());
+        matches!(t, Some("controlplane" | "init"))
+    }
+}
+
+/// The HostnameConfig document (contracts v1.12+).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostnameConfig {
+    pub api_version: String,
+    pub kind: String,
+    /// `stable` or `off`; exclusive with `hostname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One document of a configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Document {
+    V1Alpha1(Box<V1Alpha1>),
+    Hostname(HostnameConfig),
+    /// Any other kind, kept as written.
+    Other(Value),
+}
+
+impl Document {
+    pub fn from_value(v: &Value) -> Result<Document, Error> {
+        let bad = |e: serde_json::Error| Error::Parse {
+            what: "configuration document".into(),
+            message: e.to_string(),
+        };
+        Ok(match v.get("kind").and_then(Value::as_str) {
+            None => Document::V1Alpha1(Box::new(serde_json::from_value(v.clone()).map_err(bad)?)),
+            Some("HostnameConfig") => {
+                Document::Hostname(serde_json::from_value(v.clone()).map_err(bad)?)
+            }
+            Some(_) => Document::Other(v.clone()),
+        })
+    }
+
+    pub fn to_value(&self) -> Result<Value, Error> {
+        let bad = |e: serde_json::Error| Error::Parse {
+            what: "configuration document".into(),
+            message: e.to_string(),
+        };
+        match self {
+            Document::V1Alpha1(c) => serde_json::to_value(c).map_err(bad),
+            Document::Hostname(h) => serde_json::to_value(h).map_err(bad),
+            Document::Other(v) => Ok(v.clone()),
+        }
+    }
+}
+
+/// Typed documents of a configuration.
+pub fn documents(docs: &[Value]) -> Result<Vec<Document>, Error> {
+    docs.iter().map(Document::from_value).collect()
+}
+
+/// The v1alpha1 document of a configuration, if any.
+pub fn v1alpha1(docs: &[Value]) -> Result<Option<V1Alpha1>, Error> {
+    Ok(documents(docs)?.into_iter().find_map(|d| match d {
+        Document::V1Alpha1(c) => Some(*c),
+        _ => None,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Contract, Input, MachineType, SecretsBundle, render};
+
+    #[test]
+    fn every_rendered_document_round_trips_unchanged() {
+        let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+        for contract in Contract::all() {
+            for t in [MachineType::Controlplane, MachineType::Worker] {
+                let mut input = Input::new("demo", "https://10.0.0.1:6443");
+                input.contract = contract;
+                let docs = render(t, &input, &bundle).unwrap();
+                for doc in &docs {
+                    assert_eq!(
+                        &Document::from_value(doc).unwrap().to_value().unwrap(),
+                        doc,
+                        "{contract} {t:?}"
+                    );
+                }
+                let typed = v1alpha1(&docs).unwrap().unwrap();
+                assert_eq!(typed.is_control_plane(), t == MachineType::Controlplane);
+                assert_eq!(
+                    typed
+                        .cluster
+                        .unwrap()
+                        .control_plane
+                        .unwrap()
+                        .endpoint
+                        .unwrap(),
+                    "https://10.0.0.1:6443"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_fields_survive() {
+        let doc = serde_json::json!({
+            "version": "v1alpha1",
+            "machine": {"type": "worker", "futureField": {"a": 1}, "install": {"disk": "/dev/sda", "newOption": true}},
+            "cluster": {"network": {"cni": {"name": "none"}}}
+        });
+        assert_eq!(Document::from_value(&doc).unwrap().to_value().unwrap(), doc);
+    }
+}

@@ -305,16 +305,15 @@ pub(crate) fn spawn_node(shared: Arc<Shared>, node: Arc<Node>) {
                     }
                 }
             }
+            // The phase the node boots into; it is entered once the API listens.
             let (tls, phase) = {
-                let mut s = node.state();
-                if s.phase == Phase::Down {
-                    s.phase = if s.config.is_some() {
-                        Phase::Running
-                    } else {
-                        Phase::Maintenance
-                    };
-                }
-                (tls_for(&node.spec, &s), s.phase)
+                let s = node.state();
+                let phase = if s.config.is_some() {
+                    Phase::Running
+                } else {
+                    Phase::Maintenance
+                };
+                (tls_for(&node.spec, &s), phase)
             };
             let tls = match tls {
                 Ok(t) => t,
@@ -337,7 +336,11 @@ pub(crate) fn spawn_node(shared: Arc<Shared>, node: Arc<Node>) {
                 }
             };
             let (tx, rx) = oneshot::channel();
-            node.state().shutdown = Some(tx);
+            {
+                let mut s = node.state();
+                s.shutdown = Some(tx);
+                s.phase = phase;
+            }
             crate::service::after_boot(&shared, &node);
             let version = node.state().version.clone();
             shared.emit(SimEvent::NodeUp {

@@ -267,6 +267,7 @@ async fn talosctl_drives_a_three_node_control_plane() {
 
     // A failing upgrade rolls back.
     c.sim.set_failures(a, |f| f.upgrade_fails = true).unwrap();
+    let mut rebooted = c.sim.events();
     c.ok(&[
         "--talosconfig",
         &tc,
@@ -280,13 +281,21 @@ async fn talosctl_drives_a_three_node_control_plane() {
         "--wait=false",
         "--drain=false",
     ]);
-    eventually("node a back on v1.13.1", || {
-        c.sim.status(a) == Some((Phase::Running, "v1.13.1".into()))
-            && !c
-                .ok(&["--talosconfig", &tc, "-e", a, "-n", a, "version"])
-                .contains("v1.13.2")
+    // Wait for the reboot into the new version, which fails and comes back on the old one.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(SimEvent::NodeUp { address, .. }) = rebooted.recv().await
+                && address == *a
+            {
+                break;
+            }
+        }
     })
-    .await;
+    .await
+    .expect("node a reboots");
+    assert_eq!(c.sim.status(a), Some((Phase::Running, "v1.13.1".into())));
+    let out = c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "version"]);
+    assert!(out.contains("v1.13.1") && !out.contains("v1.13.2"), "{out}");
 
     c.ok(&[
         "--talosconfig",

@@ -29,8 +29,9 @@ lint: ## cargo fmt --check, clippy with warnings denied, and shell syntax checks
 	for f in .ci/run hack/*.sh hack/tools/*.sh; do bash -n "$$f"; done
 
 .PHONY: crds
-crds: ## Regenerate config/crd/bases and docs/api.md from the API types (a test fails on drift).
+crds: ## Regenerate config/crd/bases, the chart's CRDs and docs/api.md from the API types (a test fails on drift).
 	$(CARGO) run -q --locked -p talos-capi -- crds --out-dir config/crd/bases --docs docs/api.md
+	$(CARGO) run -q --locked -p talos-capi -- crds --out-dir charts/talos-capi/crds
 
 .PHONY: unit
 unit: ## Unit and integration tests (integration tests start real etcd/kube-apiserver/Cluster API).

@@ -408,16 +408,18 @@ fn crds_carry_contract_and_provider_labels() {
 
 #[test]
 fn checked_in_crds_match_the_code() {
-    let dir = testkit::tools::repo_root().join("config/crd/bases");
-    for crd in api::all_crds() {
-        let path = dir.join(api::crds::file_name(&crd));
-        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(
-            on_disk,
-            api::to_yaml(&crd).unwrap(),
-            "{} is stale: run `make crds`",
-            path.display()
-        );
+    for dir in ["config/crd/bases", "charts/talos-capi/crds"] {
+        let dir = testkit::tools::repo_root().join(dir);
+        for crd in api::all_crds() {
+            let path = dir.join(api::crds::file_name(&crd));
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            assert_eq!(
+                on_disk,
+                api::to_yaml(&crd).unwrap(),
+                "{} is stale: run `make crds`",
+                path.display()
+            );
+        }
     }
 }
 

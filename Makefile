@@ -6,7 +6,7 @@ CARGO ?= cargo
 LOCAL_CP_DIR := target/local-cp
 LOCAL_KUBECONFIG := $(LOCAL_CP_DIR)/kubeconfig
 LOCAL_CP_BIN := target/debug/local-control-plane
-TOOLS := kube-apiserver etcd cluster-api cluster-api-config helm talosctl
+TOOLS := kube-apiserver kubectl etcd cluster-api cluster-api-config helm talosctl
 # Test binaries of the workspace that need no outside cluster (the e2e suite needs KUBECONFIG).
 UNIT_AND_INTEGRATION := --workspace --exclude talos-capi-e2e
 

@@ -6,7 +6,8 @@ set -euo pipefail
 dir=${1:-target/local-cp}
 hack/local-cp.sh up "$dir"
 kc=$(cd "$dir" && pwd)/kubeconfig
-k() { echo "+ kubectl $*"; kubectl --kubeconfig "$kc" "$@"; }
+kubectl=$(hack/tools/tool.sh kubectl)
+k() { echo "+ kubectl $*"; "$kubectl" --kubeconfig "$kc" "$@"; }
 
 echo
 echo "== Cluster API core CRDs served by the local kube-apiserver"
@@ -14,7 +15,7 @@ k get crds -l cluster.x-k8s.io/provider=cluster-api -o custom-columns=NAME:.meta
   k get crds
 echo
 echo "== A Cluster, reconciled by the real Cluster API manager"
-kubectl --kubeconfig "$kc" apply -f - <<'YAML'
+"$kubectl" --kubeconfig "$kc" apply -f - <<'YAML'
 apiVersion: cluster.x-k8s.io/v1beta1
 kind: Cluster
 metadata:

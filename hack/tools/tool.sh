@@ -10,6 +10,7 @@
 #   CLUSTER_API_CONFIG   Cluster API's config/ directory (crd/bases, webhook/manifests.yaml)
 #   HELM_BIN             helm binary
 #   TALOSCTL_BIN         talosctl binary
+#   KUBECTL_BIN          kubectl binary (default: the one on PATH, else built from k8s.io/kubernetes)
 # Built binaries are cached by tool and version under
 #   ${TALOS_CAPI_CACHE:-$HOME/.cache/talos-capi}/tools/<tool>-<version>/
 set -euo pipefail
@@ -66,6 +67,21 @@ case "$tool" in
       TAGS=selinux,notest go_build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$out" KUBEBUILDER_ASSETS "$ld"
     fi
     echo "$out" ;;
+  kubectl)
+    # The one on PATH if there is one (any recent kubectl talks to v1.33), else built from the
+    # same Kubernetes release as kube-apiserver.
+    if [ -n "${KUBECTL_BIN:-}" ]; then echo "$KUBECTL_BIN"; exit 0; fi
+    if command -v kubectl >/dev/null 2>&1; then command -v kubectl; exit 0; fi
+    out="$cache/kubectl-$KUBERNETES_VERSION/kubectl"
+    if [ ! -x "$out" ]; then
+      minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
+      ld=""
+      for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ld="$ld -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+      done
+      go_build kube-apiserver k8s.io/kubernetes/cmd/kubectl "$out" KUBECTL_BIN "$ld"
+    fi
+    echo "$out" ;;
   etcd)
     from_assets etcd && exit 0
     out="$cache/etcd-$ETCD_VERSION/etcd"
@@ -112,5 +128,5 @@ case "$tool" in
     [ -x "$out" ] || TAGS=grpcnotrace go_build talosctl github.com/siderolabs/talos/cmd/talosctl "$out" TALOSCTL_BIN
     echo "$out" ;;
   *)
-    die "usage: $0 kube-apiserver|etcd|cluster-api|cluster-api-config|helm|talosctl" ;;
+    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|helm|talosctl" ;;
 esac

@@ -182,12 +182,12 @@ async fn defaults_are_applied_by_the_api_server() {
 }
 
 fn kubectl(cp: &LocalControlPlane, args: &[&str]) -> String {
-    let out = Command::new("kubectl")
+    let out = Command::new(testkit::tools::locate(testkit::tools::Tool::Kubectl).unwrap())
         .arg("--kubeconfig")
         .arg(cp.kubeconfig_path())
         .args(args)
         .output()
-        .expect("kubectl is on PATH");
+        .expect("kubectl runs");
     assert!(
         out.status.success(),
         "kubectl {args:?}: {}",

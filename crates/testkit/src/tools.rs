@@ -15,6 +15,7 @@ pub enum Tool {
     ClusterApiConfig,
     Helm,
     Talosctl,
+    Kubectl,
 }
 
 impl Tool {
@@ -26,6 +27,7 @@ impl Tool {
             Tool::ClusterApiConfig => "cluster-api-config",
             Tool::Helm => "helm",
             Tool::Talosctl => "talosctl",
+            Tool::Kubectl => "kubectl",
         }
     }
 }

@@ -1,6 +1,9 @@
 //go:build tools
 
-// Package tools pins the main package this wrapper module builds.
+// Package tools pins the main packages this wrapper module builds.
 package tools
 
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)

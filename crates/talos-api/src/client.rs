@@ -279,6 +279,32 @@ impl Client {
     }
 }
 
+impl Client {
+    /// MachineService.Events of one node (or the endpoint): the last `tail` events (-1: all),
+    /// then live ones until the node goes down or the stream is dropped.
+    pub async fn events(&self, nodes: &Nodes, tail: i32) -> Result<tonic::Streaming<Event>, Error> {
+        let mut c = self.machine().await?;
+        let req = self.request(
+            EventsRequest {
+                tail_events: tail,
+                ..Default::default()
+            },
+            nodes,
+        )?;
+        self.call(c.events(req)).await
+    }
+}
+
+/// The MachineStatusEvent an event carries, if it is one.
+pub fn machine_status(event: &Event) -> Option<MachineStatusEvent> {
+    use prost::Message;
+    let any = event.data.as_ref()?;
+    any.type_url
+        .ends_with("machine.MachineStatusEvent")
+        .then(|| MachineStatusEvent::decode(any.value.as_slice()).ok())
+        .flatten()
+}
+
 /// Split a multi-node reply into per-node results (errors carried in `Metadata.error`).
 fn per_node<M>(messages: Vec<M>, metadata: impl Fn(&M) -> Option<&Metadata>) -> Vec<NodeResult<M>> {
     messages

@@ -5,7 +5,7 @@
 pub mod client;
 mod insecure;
 
-pub use client::{Client, Error, NodeResult, Nodes};
+pub use client::{Client, Error, NodeResult, Nodes, machine_status};
 
 /// Generated from proto/common/common.proto.
 #[allow(clippy::all, missing_debug_implementations)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-pub use node::{Configured, Failures, NodeSpec, Phase, SimEvent, Timing};
+pub use node::{Configured, Failures, NodeSpec, Phase, SimEvent, Stage, Timing};
 use node::{Shared, lock, new_node, spawn_node};
 
 /// Errors starting a node.
@@ -72,8 +72,12 @@ impl Simulator {
         let node = lock(&self.shared.nodes)
             .remove(address)
             .ok_or_else(|| Error::NoSuchNode(address.to_owned()))?;
-        self.shared
-            .restart(&node, std::time::Duration::ZERO, |_| {});
+        self.shared.restart(
+            &node,
+            Stage::ShuttingDown,
+            std::time::Duration::ZERO,
+            |_| {},
+        );
         Ok(())
     }
 
@@ -96,8 +100,12 @@ impl Simulator {
         update(&mut node.state().failures);
         if node.state().failures.down && !was_down {
             // Power off: the API stops listening until `down` is cleared.
-            self.shared
-                .restart(&node, std::time::Duration::ZERO, |_| {});
+            self.shared.restart(
+                &node,
+                Stage::ShuttingDown,
+                std::time::Duration::ZERO,
+                |_| {},
+            );
         }
         Ok(())
     }

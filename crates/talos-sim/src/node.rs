@@ -159,16 +159,59 @@ impl std::fmt::Debug for NodeState {
     }
 }
 
+pub use talos_api::machine::machine_status_event::MachineStage as Stage;
+
 /// One simulated node.
 #[derive(Debug)]
 pub struct Node {
     pub spec: NodeSpec,
     state: Mutex<NodeState>,
+    /// MachineStatusEvents so far, and their live feed (MachineService.Events).
+    log: Mutex<Vec<talos_api::machine::Event>>,
+    live: broadcast::Sender<talos_api::machine::Event>,
 }
 
 impl Node {
     pub fn address(&self) -> String {
         self.spec.address.to_string()
+    }
+
+    /// Record a MachineStatusEvent (stage, ready) in the node's event log.
+    pub fn machine_status(&self, stage: Stage, ready: bool) {
+        use prost::Message;
+        let status = talos_api::machine::MachineStatusEvent {
+            stage: stage as i32,
+            status: Some(talos_api::machine::machine_status_event::MachineStatus {
+                ready,
+                unmet_conditions: Vec::new(),
+            }),
+        };
+        let mut log = lock(&self.log);
+        let event = talos_api::machine::Event {
+            metadata: None,
+            data: Some(prost_types::Any {
+                type_url: "talos/runtime/machine.MachineStatusEvent".into(),
+                value: status.encode_to_vec(),
+            }),
+            id: format!("{:020}", log.len() + 1),
+            actor_id: String::new(),
+        };
+        log.push(event.clone());
+        // Nobody streaming is fine.
+        let _ = self.live.send(event);
+    }
+
+    /// The last `tail` events (all when negative) and a receiver for the ones to come.
+    pub fn events(
+        &self,
+        tail: i32,
+    ) -> (
+        Vec<talos_api::machine::Event>,
+        broadcast::Receiver<talos_api::machine::Event>,
+    ) {
+        let log = lock(&self.log);
+        let skip = usize::try_from(tail).map_or(0, |t| log.len().saturating_sub(t));
+        (log[skip..].to_vec(), self.live.subscribe())
     }
 
     pub fn state(&self) -> MutexGuard<'_, NodeState> {
@@ -237,13 +280,16 @@ impl Shared {
         let _ = self.events.send(event);
     }
 
-    /// Take a node down for `down_for`, then apply `then` and bring it up again.
+    /// Take a node down for `down_for` (announcing `stage`), then apply `then` and bring it up
+    /// again.
     pub fn restart(
         &self,
         node: &Node,
+        stage: Stage,
         down_for: Duration,
         then: impl FnOnce(&mut NodeState) + Send + 'static,
     ) {
+        node.machine_status(stage, false);
         let mut s = node.state();
         s.pending = Some((down_for, Box::new(then)));
         s.phase = Phase::Down;
@@ -341,6 +387,14 @@ pub(crate) fn spawn_node(shared: Arc<Shared>, node: Arc<Node>) {
                 s.shutdown = Some(tx);
                 s.phase = phase;
             }
+            node.machine_status(
+                if phase == Phase::Running {
+                    Stage::Running
+                } else {
+                    Stage::Maintenance
+                },
+                true,
+            );
             crate::service::after_boot(&shared, &node);
             let version = node.state().version.clone();
             shared.emit(SimEvent::NodeUp {
@@ -414,7 +468,10 @@ pub(crate) fn new_node(spec: NodeSpec, config: Option<Configured>) -> Node {
     } else {
         Phase::Maintenance
     };
+    let (live, _) = broadcast::channel(256);
     Node {
+        log: Mutex::new(Vec::new()),
+        live,
         state: Mutex::new(NodeState {
             phase,
             config,

@@ -12,11 +12,12 @@ use talos_api::machine::image_service_server::{ImageService, ImageServiceServer}
 use talos_api::machine::lifecycle_service_server::{LifecycleService, LifecycleServiceServer};
 use talos_api::machine::machine_service_server::{MachineService, MachineServiceServer};
 use talos_api::machine::*;
+use tokio_stream::StreamExt;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
 
 use crate::etcd::EtcdError;
-use crate::node::{Configured, Node, Phase, Shared, SimEvent, lock};
+use crate::node::{Configured, Node, Phase, Shared, SimEvent, Stage, lock};
 
 /// Talos roles, weakest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -416,7 +417,9 @@ impl MachineService for Api {
                     } else {
                         shared.timing.reboot
                     };
-                    shared.restart(&node, delay, move |s| s.config = Some(cfg));
+                    shared.restart(&node, Stage::Installing, delay, move |s| {
+                        s.config = Some(cfg)
+                    });
                 } else {
                     node.state().config = Some(cfg);
                 }
@@ -471,6 +474,52 @@ impl MachineService for Api {
             }
         })
         .await
+    }
+
+    type EventsStream = BoxStream<Event>;
+
+    async fn events(&self, req: Request<EventsRequest>) -> ApiResult<Self::EventsStream> {
+        if self.node.state().phase != Phase::Maintenance && role_of(&req) < Role::Reader {
+            return Err(Status::permission_denied("not authorized"));
+        }
+        // apid fans Events out to every target node, tagging each event with its node.
+        let tail = req.get_ref().tail_events;
+        let (nodes, tagged) = match targets(&req) {
+            Targets::Local => (vec![self.node.clone()], false),
+            Targets::One(t) => (
+                vec![self.shared.node(&t).ok_or_else(|| unreachable(&t))?],
+                false,
+            ),
+            Targets::Many(ts) => {
+                let nodes = ts
+                    .iter()
+                    .map(|t| self.shared.node(t).ok_or_else(|| unreachable(t)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (nodes, true)
+            }
+        };
+        let mut streams = Vec::new();
+        for node in nodes {
+            guard(&node, "Events", true)?;
+            let (past, live) = node.events(tail);
+            let host = node.address();
+            let live = tokio_stream::wrappers::BroadcastStream::new(live).filter_map(|e| e.ok());
+            let stream = tokio_stream::iter(past)
+                .chain(live)
+                .map(move |mut e: Event| {
+                    if tagged {
+                        e.metadata = Some(Metadata {
+                            hostname: host.clone(),
+                            ..Metadata::default()
+                        });
+                    }
+                    Ok(e)
+                });
+            streams.push(Box::pin(stream) as BoxStream<Event>);
+        }
+        Ok(Response::new(Box::pin(futures::stream::select_all(
+            streams,
+        ))))
     }
 
     async fn etcd_member_list(
@@ -628,7 +677,7 @@ impl MachineService for Api {
                 guard(&node, "Reboot", false)?;
                 let delay = shared.timing.reboot;
                 schedule(move || {
-                    shared.restart(&node, delay, |s| {
+                    shared.restart(&node, Stage::Rebooting, delay, |s| {
                         if let Some(v) = s.staged.take() {
                             if std::mem::take(&mut s.failures.upgrade_fails) {
                                 return; // the new version fails to boot: A/B rollback
@@ -659,7 +708,9 @@ impl MachineService for Api {
                     let _ = etcd.leave(&node.address());
                 }
                 let delay = shared.timing.reboot;
-                schedule(move || shared.restart(&node, delay, |s| s.config = None));
+                schedule(move || {
+                    shared.restart(&node, Stage::Resetting, delay, |s| s.config = None)
+                });
                 Ok(one::<ResetResponse>(Reset {
                     metadata: None,
                     actor_id: "sim-reset".into(),
@@ -697,7 +748,7 @@ impl MachineService for Api {
                 })?;
                 let delay = shared.timing.upgrade;
                 schedule(move || {
-                    shared.restart(&node, delay, move |s| {
+                    shared.restart(&node, Stage::Upgrading, delay, move |s| {
                         if !std::mem::take(&mut s.failures.upgrade_fails) {
                             s.version = version;
                         }

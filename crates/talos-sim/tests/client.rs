@@ -8,6 +8,7 @@ use std::time::Duration;
 use machineconfig::talosconfig::{self, ClientOptions};
 use machineconfig::{Contract, Input, MachineType, SecretsBundle};
 use talos_api::machine::apply_configuration_request::Mode;
+use talos_api::machine::machine_status_event::MachineStage;
 use talos_api::{Client, Error, Nodes};
 use talos_sim::{NodeSpec, Phase, SimEvent, Simulator, Timing, loopback_address};
 
@@ -240,6 +241,22 @@ async fn client_drives_the_simulator() {
         .reboot(&Nodes::One(nodes[1].clone()))
         .await
         .unwrap();
+    // The node's MachineStatusEvents record the reboot: REBOOTING, then RUNNING again.
+    let rebooted = Nodes::One(nodes[1].clone());
+    eventually("REBOOTING then RUNNING in the event log", async || {
+        let Ok(mut stream) = failover.events(&rebooted, -1).await else {
+            return false;
+        };
+        let mut stages = Vec::new();
+        while let Ok(Ok(Some(event))) =
+            tokio::time::timeout(Duration::from_millis(200), stream.message()).await
+        {
+            stages.extend(talos_api::machine_status(&event).map(|m| m.stage()));
+        }
+        let reboot = stages.iter().rposition(|s| *s == MachineStage::Rebooting);
+        reboot.is_some_and(|i| stages[i..].contains(&MachineStage::Running))
+    })
+    .await;
     failover
         .reset(&Nodes::One(nodes[3].clone()), true)
         .await

@@ -331,6 +331,30 @@ async fn talosctl_drives_a_three_node_control_plane() {
     .await;
     c.ok(&["-e", n3, "-n", n3, "version", "--insecure"]);
 
+    // `talosctl events` streams the machine stages (it runs until killed).
+    let mut events = Command::new(&c.talosctl)
+        .args([
+            "--talosconfig",
+            &tc,
+            "-e",
+            a,
+            "-n",
+            a,
+            "events",
+            "--tail",
+            "-1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    events.kill().unwrap();
+    let out = events.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for stage in ["MAINTENANCE", "INSTALLING", "REBOOTING", "RUNNING"] {
+        assert!(text.contains(stage), "{stage} in:\n{text}");
+    }
+
     // A node that is down shows up as an error entry in a multi-node reply.
     c.sim.set_failures(n3, |f| f.down = true).unwrap();
     let o = c.talosctl(&[

@@ -43,6 +43,17 @@ go_build() {
   mv "$tmp" "$out"
 }
 
+# Version ldflags for Kubernetes binaries, so that /version and `kubectl version` report the
+# release instead of v0.0.0-master.
+k8s_ldflags() {
+  local minor=${KUBERNETES_VERSION#v1.} p ld=""
+  minor=${minor%%.*}
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  echo "$ld"
+}
+
 from_assets() {
   local name=$1
   if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
@@ -58,14 +69,7 @@ case "$tool" in
   kube-apiserver)
     from_assets kube-apiserver && exit 0
     out="$cache/kube-apiserver-$KUBERNETES_VERSION/kube-apiserver"
-    if [ ! -x "$out" ]; then
-      minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
-      ld=""
-      for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        ld="$ld -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
-      done
-      TAGS=selinux,notest go_build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$out" KUBEBUILDER_ASSETS "$ld"
-    fi
+    [ -x "$out" ] || TAGS=selinux,notest go_build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$out" KUBEBUILDER_ASSETS "$(k8s_ldflags)"
     echo "$out" ;;
   kubectl)
     # The one on PATH if there is one (any recent kubectl talks to v1.33), else built from the
@@ -73,14 +77,7 @@ case "$tool" in
     if [ -n "${KUBECTL_BIN:-}" ]; then echo "$KUBECTL_BIN"; exit 0; fi
     if command -v kubectl >/dev/null 2>&1; then command -v kubectl; exit 0; fi
     out="$cache/kubectl-$KUBERNETES_VERSION/kubectl"
-    if [ ! -x "$out" ]; then
-      minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
-      ld=""
-      for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        ld="$ld -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
-      done
-      go_build kube-apiserver k8s.io/kubernetes/cmd/kubectl "$out" KUBECTL_BIN "$ld"
-    fi
+    [ -x "$out" ] || go_build kube-apiserver k8s.io/kubernetes/cmd/kubectl "$out" KUBECTL_BIN "$(k8s_ldflags)"
     echo "$out" ;;
   etcd)
     from_assets etcd && exit 0

@@ -72,12 +72,7 @@ impl Simulator {
         let node = lock(&self.shared.nodes)
             .remove(address)
             .ok_or_else(|| Error::NoSuchNode(address.to_owned()))?;
-        self.shared.restart(
-            &node,
-            Stage::ShuttingDown,
-            std::time::Duration::ZERO,
-            |_| {},
-        );
+        self.shared.power_off(&node);
         Ok(())
     }
 
@@ -100,12 +95,7 @@ impl Simulator {
         update(&mut node.state().failures);
         if node.state().failures.down && !was_down {
             // Power off: the API stops listening until `down` is cleared.
-            self.shared.restart(
-                &node,
-                Stage::ShuttingDown,
-                std::time::Duration::ZERO,
-                |_| {},
-            );
+            self.shared.power_off(&node);
         }
         Ok(())
     }

@@ -280,6 +280,11 @@ impl Shared {
         let _ = self.events.send(event);
     }
 
+    /// Stop a node's API at once (power off, or removal from the simulator).
+    pub fn power_off(&self, node: &Node) {
+        self.restart(node, Stage::ShuttingDown, Duration::ZERO, |_| {});
+    }
+
     /// Take a node down for `down_for` (announcing `stage`), then apply `then` and bring it up
     /// again.
     pub fn restart(

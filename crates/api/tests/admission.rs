@@ -44,6 +44,19 @@ fn api_for(client: &kube::Client, ns: &str, manifest: &Value) -> Api<DynamicObje
     Api::namespaced_with(client.clone(), ns, &ar)
 }
 
+/// Server-side apply `manifest` (any kind) in `ns`.
+async fn apply(client: &kube::Client, ns: &str, manifest: &Value) -> DynamicObject {
+    let name = manifest["metadata"]["name"].as_str().unwrap();
+    api_for(client, ns, manifest)
+        .patch(
+            name,
+            &PatchParams::apply("admission-test").force(),
+            &Patch::Apply(manifest),
+        )
+        .await
+        .unwrap()
+}
+
 /// `Err(path)` of the first field of `expected` that `actual` lacks or holds differently.
 fn contains(actual: &Value, expected: &Value, path: &str) -> Result<(), String> {
     match (actual, expected) {
@@ -214,11 +227,7 @@ async fn kubectl_scale_columns_and_explain() {
         "metadata": {"name": "w"}, "spec": {"generateType": "worker"}
     });
     for m in [&tcp, &tc] {
-        let name = m["metadata"]["name"].as_str().unwrap();
-        api_for(&client, &ns, m)
-            .patch(name, &PatchParams::apply("t"), &Patch::Apply(m))
-            .await
-            .unwrap();
+        apply(&client, &ns, m).await;
     }
 
     kubectl(cp, &["-n", &ns, "scale", "tcp/x", "--replicas=5"]);
@@ -265,11 +274,6 @@ async fn kubectl_scale_columns_and_explain() {
     assert!(explained.contains("JSON pointer"), "{explained}");
 }
 
-fn dynamic(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
-    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta1", kind));
-    Api::namespaced_with(client.clone(), ns, &ar)
-}
-
 fn owned_by(kind: &'static str, controller: bool) -> impl Fn(Option<&DynamicObject>) -> bool {
     move |o: Option<&DynamicObject>| {
         o.and_then(|o| o.metadata.owner_references.as_ref())
@@ -284,7 +288,6 @@ fn owned_by(kind: &'static str, controller: bool) -> impl Fn(Option<&DynamicObje
 async fn cluster_api_uses_our_kinds_through_the_contract_labels() {
     let (_, client) = control_plane().await;
     let ns = unique_namespace(&client, "capi-refs").await.unwrap();
-    let pp = PatchParams::apply("t");
     let tcp = json!({
         "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
         "metadata": {"name": "c1-cp"},
@@ -303,35 +306,23 @@ async fn cluster_api_uses_our_kinds_through_the_contract_labels() {
         "metadata": {"name": "c1-workers"}, "spec": {"template": {"spec": {"generateType": "worker"}}}
     });
     for m in [&tcp, &tc, &tct] {
-        let name = m["metadata"]["name"].as_str().unwrap();
-        api_for(&client, &ns, m)
-            .patch(name, &pp, &Patch::Apply(m))
-            .await
-            .unwrap();
+        apply(&client, &ns, m).await;
     }
-    let cluster: DynamicObject = serde_json::from_value(json!({
+    let cluster = json!({
         "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster", "metadata": {"name": "c1"},
         "spec": {"controlPlaneRef": {"apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane", "name": "c1-cp"}}
-    }))
-    .unwrap();
-    dynamic(&client, &ns, "Cluster")
-        .patch("c1", &pp, &Patch::Apply(&cluster))
-        .await
-        .unwrap();
-    let machine: DynamicObject = serde_json::from_value(json!({
+    });
+    apply(&client, &ns, &cluster).await;
+    let machine = json!({
         "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Machine", "metadata": {"name": "c1-worker-0"},
         "spec": {
             "clusterName": "c1", "version": "v1.33.2",
             "bootstrap": {"configRef": {"apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig", "name": "c1-worker-0"}},
             "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "X", "name": "x"}
         }
-    }))
-    .unwrap();
-    dynamic(&client, &ns, "Machine")
-        .patch("c1-worker-0", &pp, &Patch::Apply(&machine))
-        .await
-        .unwrap();
-    let md: DynamicObject = serde_json::from_value(json!({
+    });
+    apply(&client, &ns, &machine).await;
+    let md = json!({
         "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "MachineDeployment", "metadata": {"name": "c1-workers"},
         "spec": {
             "clusterName": "c1", "replicas": 0,
@@ -345,12 +336,8 @@ async fn cluster_api_uses_our_kinds_through_the_contract_labels() {
                 }
             }
         }
-    }))
-    .unwrap();
-    dynamic(&client, &ns, "MachineDeployment")
-        .patch("c1-workers", &pp, &Patch::Apply(&md))
-        .await
-        .unwrap();
+    });
+    apply(&client, &ns, &md).await;
 
     // Cluster API resolves our kinds through the CRDs' contract labels, then adopts them.
     let tcps = api_for(&client, &ns, &tcp);

@@ -66,7 +66,8 @@ e2e-kind: ## For users' CI: create a kind cluster, install Cluster API with clus
 	hack/e2e-kind.sh
 
 .PHONY: demo
-demo: tools $(LOCAL_CP_BIN) ## Bring up the local management cluster with Cluster API and show how to use it.
+demo: tools $(LOCAL_CP_BIN) ## Local management cluster + Cluster API adopting a TalosControlPlane; the seed walkthrough on simulated Talos nodes.
+	$(CARGO) build --locked -p talos-sim -p talos-capi
 	@hack/demo.sh $(LOCAL_CP_DIR)
 
 .PHONY: bench

@@ -37,6 +37,11 @@ case "$cmd" in
     echo "try:        kubectl --kubeconfig $dir/kubeconfig get crds"
     ;;
   down)
+    # The demo's simulated Talos nodes, if any.
+    if [ -f "$dir/talos-sim.pid" ]; then
+      kill "$(cat "$dir/talos-sim.pid")" 2>/dev/null || true
+      rm -f "$dir/talos-sim.pid"
+    fi
     if running; then
       pid=$(cat "$pidfile")
       kill -TERM "$pid"

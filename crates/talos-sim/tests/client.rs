@@ -267,3 +267,116 @@ async fn client_drives_the_simulator() {
     })
     .await;
 }
+
+/// Nodes that start configured (cloud userdata), the path control-plane tests use; a cluster
+/// that loses etcd quorum reports unhealthy etcd on every node until quorum returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_quorum_makes_etcd_unhealthy_everywhere() {
+    let sim = Simulator::new(Timing::default());
+    let mut events = sim.events();
+    let nodes: Vec<String> = (0..3)
+        .map(|_| loopback_address(NEXT.fetch_add(1, Ordering::SeqCst)).to_string())
+        .collect();
+    let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+    let input = Input::new("q", &format!("https://{}:6443", nodes[0]));
+    let cp = machineconfig::generate(MachineType::Controlplane, &input, &bundle, &[]).unwrap();
+    for (i, address) in nodes.iter().enumerate() {
+        let spec = NodeSpec {
+            address: address.parse().unwrap(),
+            port: 50000,
+            hostname: format!("q{i}"),
+            version: "v1.13.0".into(),
+            config: Some(cp.clone()),
+        };
+        sim.start(spec).unwrap();
+    }
+    wait_configured(&mut events, 3).await;
+    let cfg = talosconfig::generate(
+        "q",
+        &bundle,
+        &ClientOptions {
+            endpoints: vec![nodes[0].clone()],
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let client = Client::from_talosconfig(&cfg.to_yaml().unwrap(), None).unwrap();
+    let first = Nodes::One(nodes[0].clone());
+    client.bootstrap(&first).await.unwrap();
+    eventually("three voting members", async || {
+        client.etcd_member_list(&first).await.is_ok_and(|r| {
+            r[0].result
+                .as_ref()
+                .is_ok_and(|m| m.members.iter().filter(|m| !m.is_learner).count() == 3)
+        })
+    })
+    .await;
+
+    let etcd_healthy = async |client: &Client| {
+        let services = client
+            .service_list(&first)
+            .await
+            .unwrap()
+            .remove(0)
+            .result
+            .unwrap()
+            .services;
+        services
+            .iter()
+            .find(|s| s.id == "etcd")
+            .and_then(|s| s.health.as_ref())
+            .is_some_and(|h| h.healthy)
+    };
+    assert!(etcd_healthy(&client).await);
+
+    // Two of three members down: no quorum.
+    for n in &nodes[1..] {
+        sim.set_failures(n, |f| f.down = true).unwrap();
+    }
+    eventually("quorum lost", async || {
+        matches!(
+            client.etcd_member_list(&first).await,
+            Err(Error::Unavailable(_))
+        )
+    })
+    .await;
+    assert!(
+        !etcd_healthy(&client).await,
+        "etcd is unhealthy without quorum"
+    );
+
+    // One comes back: quorum again.
+    sim.set_failures(&nodes[1], |f| f.down = false).unwrap();
+    eventually("quorum regained", async || {
+        client.etcd_member_list(&first).await.is_ok()
+    })
+    .await;
+    assert!(etcd_healthy(&client).await);
+
+    // An etcd failure injected on one node is reported by that node only.
+    sim.set_failures(&nodes[0], |f| f.etcd_unhealthy = true)
+        .unwrap();
+    sim.set_failures(&nodes[2], |f| f.down = false).unwrap();
+    eventually("node 2 back", async || {
+        client.version(&Nodes::One(nodes[2].clone())).await.is_ok()
+    })
+    .await;
+    assert!(
+        !etcd_healthy(&client).await,
+        "node 0 reports its injected etcd failure"
+    );
+    let third = Nodes::One(nodes[2].clone());
+    let services = client
+        .service_list(&third)
+        .await
+        .unwrap()
+        .remove(0)
+        .result
+        .unwrap()
+        .services;
+    assert!(
+        services
+            .iter()
+            .any(|s| s.id == "etcd" && s.health.as_ref().is_some_and(|h| h.healthy))
+    );
+}

@@ -64,7 +64,15 @@ async fn client_drives_the_simulator() {
     let cp = machineconfig::generate(MachineType::Controlplane, &input, &bundle, &[]).unwrap();
     let worker = machineconfig::generate(MachineType::Worker, &input, &bundle, &[]).unwrap();
 
-    // Maintenance: server-only TLS; an invalid configuration is refused with the reason.
+    // Maintenance: server-only TLS; only the maintenance service's methods exist.
+    let unavailable = Client::maintenance(vec![nodes[0].clone()])
+        .bootstrap(&Nodes::Endpoint)
+        .await;
+    assert!(
+        matches!(unavailable, Err(Error::Unimplemented(_))),
+        "{unavailable:?}"
+    );
+    // An invalid configuration is refused with the reason.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let m = Client::maintenance(vec![nodes[0].clone()]);
     let bad = m

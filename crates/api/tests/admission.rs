@@ -44,6 +44,27 @@ fn api_for(client: &kube::Client, ns: &str, manifest: &Value) -> Api<DynamicObje
     Api::namespaced_with(client.clone(), ns, &ar)
 }
 
+/// A minimal valid TalosControlPlane with 3 replicas.
+fn tcp_manifest(name: &str) -> Value {
+    json!({
+        "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
+        "metadata": {"name": name},
+        "spec": {
+            "version": "v1.33.2", "replicas": 3,
+            "infrastructureTemplate": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "X", "name": "x"},
+            "controlPlaneConfig": {"controlplane": {}}
+        }
+    })
+}
+
+/// A worker TalosConfig.
+fn talosconfig_manifest(name: &str) -> Value {
+    json!({
+        "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
+        "metadata": {"name": name}, "spec": {"generateType": "worker"}
+    })
+}
+
 /// Server-side apply `manifest` (any kind) in `ns`.
 async fn apply(client: &kube::Client, ns: &str, manifest: &Value) -> DynamicObject {
     let name = manifest["metadata"]["name"].as_str().unwrap();
@@ -213,19 +234,9 @@ fn kubectl(cp: &LocalControlPlane, args: &[&str]) -> String {
 async fn kubectl_scale_columns_and_explain() {
     let (cp, client) = control_plane().await;
     let ns = unique_namespace(&client, "kubectl").await.unwrap();
-    let tcp = json!({
-        "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
-        "metadata": {"name": "x", "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
-        "spec": {
-            "version": "v1.33.2", "replicas": 3,
-            "infrastructureTemplate": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "X", "name": "x"},
-            "controlPlaneConfig": {"controlplane": {}}
-        }
-    });
-    let tc = json!({
-        "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
-        "metadata": {"name": "w"}, "spec": {"generateType": "worker"}
-    });
+    let mut tcp = tcp_manifest("x");
+    tcp["metadata"]["labels"] = json!({"cluster.x-k8s.io/cluster-name": "c1"});
+    let tc = talosconfig_manifest("w");
     for m in [&tcp, &tc] {
         apply(&client, &ns, m).await;
     }
@@ -288,19 +299,8 @@ fn owned_by(kind: &'static str, controller: bool) -> impl Fn(Option<&DynamicObje
 async fn cluster_api_uses_our_kinds_through_the_contract_labels() {
     let (_, client) = control_plane().await;
     let ns = unique_namespace(&client, "capi-refs").await.unwrap();
-    let tcp = json!({
-        "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
-        "metadata": {"name": "c1-cp"},
-        "spec": {
-            "version": "v1.33.2", "replicas": 3,
-            "infrastructureTemplate": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "X", "name": "x"},
-            "controlPlaneConfig": {"controlplane": {}}
-        }
-    });
-    let tc = json!({
-        "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
-        "metadata": {"name": "c1-worker-0"}, "spec": {"generateType": "worker"}
-    });
+    let tcp = tcp_manifest("c1-cp");
+    let tc = talosconfig_manifest("c1-worker-0");
     let tct = json!({
         "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfigTemplate",
         "metadata": {"name": "c1-workers"}, "spec": {"template": {"spec": {"generateType": "worker"}}}

@@ -42,6 +42,23 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Whether `node` reports its etcd service healthy.
+async fn etcd_healthy(client: &Client, node: &Nodes) -> bool {
+    let services = client
+        .service_list(node)
+        .await
+        .unwrap()
+        .remove(0)
+        .result
+        .unwrap()
+        .services;
+    services
+        .iter()
+        .find(|s| s.id == "etcd")
+        .and_then(|s| s.health.as_ref())
+        .is_some_and(|h| h.healthy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_drives_the_simulator() {
     let sim = Simulator::new(Timing::default());
@@ -185,19 +202,7 @@ async fn client_drives_the_simulator() {
             .len(),
         1
     );
-    let services = admin
-        .service_list(&first)
-        .await
-        .unwrap()
-        .remove(0)
-        .result
-        .unwrap()
-        .services;
-    assert!(
-        services
-            .iter()
-            .any(|s| s.id == "etcd" && s.health.as_ref().is_some_and(|h| h.healthy))
-    );
+    assert!(etcd_healthy(&admin, &first).await);
 
     admin
         .upgrade(&first, "ghcr.io/siderolabs/installer:v1.13.1".into())
@@ -320,22 +325,7 @@ async fn losing_quorum_makes_etcd_unhealthy_everywhere() {
     })
     .await;
 
-    let etcd_healthy = async |client: &Client| {
-        let services = client
-            .service_list(&first)
-            .await
-            .unwrap()
-            .remove(0)
-            .result
-            .unwrap()
-            .services;
-        services
-            .iter()
-            .find(|s| s.id == "etcd")
-            .and_then(|s| s.health.as_ref())
-            .is_some_and(|h| h.healthy)
-    };
-    assert!(etcd_healthy(&client).await);
+    assert!(etcd_healthy(&client, &first).await);
 
     // Two of three members down: no quorum.
     for n in &nodes[1..] {
@@ -349,7 +339,7 @@ async fn losing_quorum_makes_etcd_unhealthy_everywhere() {
     })
     .await;
     assert!(
-        !etcd_healthy(&client).await,
+        !etcd_healthy(&client, &first).await,
         "etcd is unhealthy without quorum"
     );
 
@@ -359,7 +349,7 @@ async fn losing_quorum_makes_etcd_unhealthy_everywhere() {
         client.etcd_member_list(&first).await.is_ok()
     })
     .await;
-    assert!(etcd_healthy(&client).await);
+    assert!(etcd_healthy(&client, &first).await);
 
     // An etcd failure injected on one node is reported by that node only.
     sim.set_failures(&nodes[0], |f| f.etcd_unhealthy = true)
@@ -370,21 +360,8 @@ async fn losing_quorum_makes_etcd_unhealthy_everywhere() {
     })
     .await;
     assert!(
-        !etcd_healthy(&client).await,
+        !etcd_healthy(&client, &first).await,
         "node 0 reports its injected etcd failure"
     );
-    let third = Nodes::One(nodes[2].clone());
-    let services = client
-        .service_list(&third)
-        .await
-        .unwrap()
-        .remove(0)
-        .result
-        .unwrap()
-        .services;
-    assert!(
-        services
-            .iter()
-            .any(|s| s.id == "etcd" && s.health.as_ref().is_some_and(|h| h.healthy))
-    );
+    assert!(etcd_healthy(&client, &Nodes::One(nodes[2].clone())).await);
 }

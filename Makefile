@@ -6,7 +6,9 @@ CARGO ?= cargo
 LOCAL_CP_DIR := target/local-cp
 LOCAL_KUBECONFIG := $(LOCAL_CP_DIR)/kubeconfig
 LOCAL_CP_BIN := target/debug/local-control-plane
-TOOLS := kube-apiserver kubectl etcd cluster-api cluster-api-config helm talosctl
+TOOLS := kube-apiserver kubectl etcd cluster-api cluster-api-config clusterctl helm talosctl
+# The Cluster API line of the floor lane (make test-capi-floor); the default lane is in versions.env.
+CLUSTER_API_FLOOR_VERSION := $(shell . hack/tools/versions.env && echo "$$CLUSTER_API_FLOOR_VERSION")
 # Test binaries of the workspace that need no outside cluster (the e2e suite needs KUBECONFIG).
 UNIT_AND_INTEGRATION := --workspace --exclude talos-capi-e2e
 
@@ -15,8 +17,8 @@ help: ## List the targets.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## Build (once per version, cached outside the repo) or locate the real components.
-	@for t in $(TOOLS); do printf '%-20s %s\n' "$$t" "$$(hack/tools/tool.sh $$t)"; done
+tools: ## Build (once per version, cached outside the repo) or locate the real components; fails if one can't be had.
+	@for t in $(TOOLS); do path=$$(hack/tools/tool.sh $$t) || exit 1; printf '%-20s %s\n' "$$t" "$$path"; done
 
 .PHONY: fmt
 fmt: ## Format the Rust code.
@@ -38,7 +40,16 @@ unit: ## Unit and integration tests (integration tests start real etcd/kube-apis
 	$(CARGO) test $(UNIT_AND_INTEGRATION) --locked
 
 .PHONY: test
-test: tools lint unit e2e no-orphans ## Everything CI runs (generated files are compared, not rewritten).
+test: ## Everything CI runs, on Cluster API v1.14 then the v1.12 floor lane; the orphan check runs even after a failure.
+	@status=0; $(MAKE) --no-print-directory tools lint unit e2e test-capi-floor || status=$$?; \
+	  hack/no-orphans.sh || status=1; exit $$status
+
+.PHONY: test-capi-floor
+test-capi-floor: ## The integration and e2e tests on the Cluster API floor lane (CLUSTER_API_FLOOR_VERSION, v1.12).
+	@echo "== Cluster API floor lane: $(CLUSTER_API_FLOOR_VERSION)"
+	@started=$$(date +%s); status=0; \
+	  CLUSTER_API_VERSION=$(CLUSTER_API_FLOOR_VERSION) $(MAKE) --no-print-directory tools unit e2e || status=$$?; \
+	  echo "floor lane took $$(( $$(date +%s) - started )) s"; exit $$status
 
 .PHONY: no-orphans
 no-orphans: ## Fail if a component started by the tests outlived them (waits up to 15 s).

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Fail if a component the tests started (anything run from the tool cache) is still running.
-# Components get a few seconds to finish shutting down; a `make up` control plane is ignored.
+# Fail if a process the tests started is still running: anything run from the tool cache, and
+# anything testkit started (its processes carry TALOS_CAPI_TESTKIT_CHILD=1 in their environment,
+# whatever binary they run: talos-sim, managers, peers, binaries given through the override
+# variables). Processes get a few seconds to finish shutting down; a `make up` / demo control
+# plane (target/local-cp) is ignored.
 set -euo pipefail
 cache=${TALOS_CAPI_CACHE:-$HOME/.cache/talos-capi}/tools
 keep=$(cd "$(dirname "$0")/.." && pwd)/target/local-cp
@@ -9,10 +12,14 @@ leftovers() {
   local pid exe
   for d in /proc/[0-9]*; do
     pid=${d#/proc/}
+    [ "$pid" = "$$" ] && continue
     exe=$(readlink "$d/exe" 2>/dev/null) || continue
-    [[ $exe == "$cache"/* ]] || continue
+    if [[ $exe != "$cache"/* ]] &&
+      ! tr '\0' '\n' <"$d/environ" 2>/dev/null | grep -qx 'TALOS_CAPI_TESTKIT_CHILD=1'; then
+      continue
+    fi
     tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -qF "$keep" && continue
-    echo "$pid $exe"
+    echo "$pid $exe $(tr '\0' ' ' <"$d/cmdline" 2>/dev/null | cut -c1-160)"
   done
 }
 

@@ -2,12 +2,16 @@
 # Locate or build one of the real components the tests and the demo run against,
 # and print the absolute path of what the caller asked for.
 #
-#   hack/tools/tool.sh kube-apiserver|etcd|cluster-api|cluster-api-config|helm|talosctl
+#   hack/tools/tool.sh kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|helm|talosctl
+#
+# CLUSTER_API_VERSION (default in versions.env) picks the Cluster API lane; each supported
+# line has its wrapper module under hack/tools/cluster-api/<line>/.
 #
 # Overrides (skip the build when you already have the binaries):
 #   KUBEBUILDER_ASSETS   directory holding kube-apiserver and etcd (envtest convention)
 #   CLUSTER_API_BIN      Cluster API core manager binary
 #   CLUSTER_API_CONFIG   Cluster API's config/ directory (crd/bases, webhook/manifests.yaml)
+#   CLUSTERCTL_BIN       clusterctl binary (same version as the core manager)
 #   HELM_BIN             helm binary
 #   TALOSCTL_BIN         talosctl binary
 #   KUBECTL_BIN          kubectl binary (default: the one on PATH, else built from k8s.io/kubernetes)
@@ -15,7 +19,9 @@
 #   ${TALOS_CAPI_CACHE:-$HOME/.cache/talos-capi}/tools/<tool>-<version>/
 set -euo pipefail
 
-here=$(cd "${BASH_SOURCE[0]%/*}" && pwd)
+src=${BASH_SOURCE[0]}
+[[ $src == */* ]] || src=./$src
+here=$(cd "${src%/*}" && pwd)
 # shellcheck source=versions.env
 . "$here/versions.env"
 cache=${TALOS_CAPI_CACHE:-$HOME/.cache/talos-capi}/tools
@@ -54,6 +60,12 @@ k8s_ldflags() {
   echo "$ld"
 }
 
+# The Cluster API minor line of CLUSTER_API_VERSION, e.g. v1.14.
+capi_line() {
+  local rest=${CLUSTER_API_VERSION#v1.}
+  echo "v1.${rest%%.*}"
+}
+
 from_assets() {
   local name=$1
   if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
@@ -85,25 +97,36 @@ case "$tool" in
     [ -x "$out" ] || go_build etcd go.etcd.io/etcd/server/v3 "$out" KUBEBUILDER_ASSETS \
       "-X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION"
     echo "$out" ;;
-  cluster-api)
-    if [ -n "${CLUSTER_API_BIN:-}" ]; then echo "$CLUSTER_API_BIN"; exit 0; fi
-    out="$cache/cluster-api-$CLUSTER_API_VERSION/cluster-api"
-    [ -x "$out" ] || go_build cluster-api sigs.k8s.io/cluster-api "$out" CLUSTER_API_BIN \
-      "-X sigs.k8s.io/cluster-api/version.gitVersion=$CLUSTER_API_VERSION"
+  cluster-api|clusterctl)
+    if [ "$tool" = cluster-api ] && [ -n "${CLUSTER_API_BIN:-}" ]; then echo "$CLUSTER_API_BIN"; exit 0; fi
+    if [ "$tool" = clusterctl ] && [ -n "${CLUSTERCTL_BIN:-}" ]; then echo "$CLUSTERCTL_BIN"; exit 0; fi
+    line=$(capi_line)
+    [ -d "$here/cluster-api/$line" ] ||
+      die "no wrapper module for Cluster API $line (CLUSTER_API_VERSION=$CLUSTER_API_VERSION); supported lines: $(ls "$here/cluster-api" | tr '\n' ' ')"
+    # The core manager's main package moved from the module root to ./core in v1.14.
+    case "$line" in v1.12|v1.13) core=sigs.k8s.io/cluster-api ;; *) core=sigs.k8s.io/cluster-api/core ;; esac
+    if [ "$tool" = cluster-api ]; then pkg=$core override=CLUSTER_API_BIN; else pkg=sigs.k8s.io/cluster-api/cmd/clusterctl override=CLUSTERCTL_BIN; fi
+    out="$cache/cluster-api-$CLUSTER_API_VERSION/$tool"
+    [ -x "$out" ] || go_build "cluster-api/$line" "$pkg" "$out" "$override" \
+      "-X sigs.k8s.io/cluster-api/version.gitVersion=$CLUSTER_API_VERSION -X sigs.k8s.io/cluster-api/version.gitMajor=1 -X sigs.k8s.io/cluster-api/version.gitMinor=${line#v1.}"
     echo "$out" ;;
   cluster-api-config)
-    # Cluster API's config/ directory: crd/bases (CRDs) and webhook/manifests.yaml.
+    # Cluster API's config directory: crd/bases (CRDs), crd/patches (conversion webhook wiring)
+    # and webhook/manifests.yaml. It moved from config/ to core/config/ in v1.14.
     if [ -n "${CLUSTER_API_CONFIG:-}" ]; then echo "$CLUSTER_API_CONFIG"; exit 0; fi
     out="$cache/cluster-api-$CLUSTER_API_VERSION/config"
     if [ ! -f "$out/.complete" ]; then
       need_go CLUSTER_API_CONFIG
       dir=$(go mod download -json "sigs.k8s.io/cluster-api@$CLUSTER_API_VERSION" |
-        sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') ||
-        die "could not download sigs.k8s.io/cluster-api@$CLUSTER_API_VERSION; set CLUSTER_API_CONFIG"
-      [ -d "$dir/config/crd/bases" ] || die "no config/crd/bases in $dir; set CLUSTER_API_CONFIG"
-      rm -rf "$out" && mkdir -p "$out/crd/bases" "$out/webhook"
-      cp "$dir"/config/crd/bases/*.yaml "$out/crd/bases/"
-      cp "$dir"/config/webhook/manifests.yaml "$out/webhook/"
+        sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') || true
+      [ -n "$dir" ] || die "could not download sigs.k8s.io/cluster-api@$CLUSTER_API_VERSION; set CLUSTER_API_CONFIG"
+      src="$dir/config"
+      [ -d "$dir/core/config/crd/bases" ] && src="$dir/core/config"
+      [ -d "$src/crd/bases" ] || die "no crd/bases in $src; set CLUSTER_API_CONFIG"
+      rm -rf "$out" && mkdir -p "$out/crd" "$out/webhook"
+      cp -r "$src/crd/bases" "$out/crd/"
+      [ ! -d "$src/crd/patches" ] || cp -r "$src/crd/patches" "$out/crd/"
+      cp "$src/webhook/manifests.yaml" "$out/webhook/"
       chmod -R u+w "$out"
       touch "$out/.complete"
     fi
@@ -125,5 +148,5 @@ case "$tool" in
     [ -x "$out" ] || TAGS=grpcnotrace go_build talosctl github.com/siderolabs/talos/cmd/talosctl "$out" TALOSCTL_BIN
     echo "$out" ;;
   *)
-    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|helm|talosctl" ;;
+    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|helm|talosctl" ;;
 esac

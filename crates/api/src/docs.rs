@@ -15,12 +15,28 @@ Every description here is also what `kubectl explain` prints.
 
 Every kind is served as v1alpha3, the version CABPT v0.6 and CACPPT v0.5 serve, so existing
 manifests apply unchanged. The CRDs carry `cluster.x-k8s.io/v1beta1: v1alpha3` and
-`cluster.x-k8s.io/v1beta2: v1alpha3`; status is written for both contracts at once (v1beta1
-`ready` / `initialized` / replica counts, v1beta2 `initialization` / available and up-to-date
-counts, `status.v1beta2` for Cluster API v1.10). The Rust types live in versioned modules
+`cluster.x-k8s.io/v1beta2: v1alpha3`; Cluster API v1.12 and later find the v1beta2 label first
+and read the v1beta2 contract's fields. The Rust types live in versioned modules
 (`bootstrap::v1alpha3`, `controlplane::v1alpha3`); a later v1beta1 (CABPT v0.7's storage
 version) is a sibling module plus `From` conversions served by a conversion webhook, with the
 contract labels pointing at it.
+
+## Which Cluster API reads which status field
+
+| field | written | read by |
+|---|---|---|
+| TalosConfig `status.initialization.dataSecretCreated`, `status.dataSecretName` | always | v1.12, v1.13, v1.14 (v1beta2 contract): the Machine copies them to `status.initialization.bootstrapDataSecretCreated` and `spec.bootstrap.dataSecretName` |
+| TalosConfig `status.ready` | always, mirrors dataSecretCreated | the v1beta1 contract; v1.12 to v1.15 still honour it, v1.16 drops it |
+| `status.conditions` (metav1.Condition) | always | v1.12+: `Ready` is mirrored to the Machine's `BootstrapConfigReady`; TalosControlPlane `Available` to the Cluster's `ControlPlaneAvailable`, `RollingOut`, `ScalingUp`, `ScalingDown` aggregated by the Cluster |
+| `status.deprecated.v1beta1.conditions` (with `severity`) | always | tools that still read v1beta1-shaped conditions (as KCP keeps them) |
+| `status.failureReason`, `status.failureMessage` | on terminal problems | v1beta1 contract: surfaced under the Machine's / Cluster's `status.deprecated.v1beta1`, informational only |
+| TalosControlPlane `status.initialization.controlPlaneInitialized` | always | v1.12+ (v1beta2 contract) |
+| TalosControlPlane `status.initialized`, `status.ready` | always | the v1beta1 contract and CACPPT-era tooling |
+| TalosControlPlane `status.replicas`, `readyReplicas`, `availableReplicas`, `upToDateReplicas`, `selector` | always | v1.12+ and the scale subresource |
+| TalosControlPlane `status.versions` | always | v1.14+ (preferred source of control-plane versions) |
+| TalosControlPlane `status.version` | always, the lowest version | v1.12, v1.13 (deprecated by the contract in v1.14) |
+| TalosControlPlane `status.updatedReplicas`, `status.unavailableReplicas` | always | the v1beta1 contract and CACPPT-era tooling |
+| TalosControlPlane `status.deprecated.v1beta1.readyReplicas` | always | readers of the v1beta1 meaning (Ready nodes) |
 
 ## Mutability
 

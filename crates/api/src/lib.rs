@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
+pub mod capi;
 pub mod conditions;
 pub mod controlplane;
 pub mod crds;

@@ -51,7 +51,7 @@ fn tcp_manifest(name: &str) -> Value {
         "metadata": {"name": name},
         "spec": {
             "version": "v1.33.2", "replicas": 3,
-            "infrastructureTemplate": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "X", "name": "x"},
+            "infrastructureTemplate": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachine", "name": "x"},
             "controlPlaneConfig": {"controlplane": {}}
         }
     })
@@ -199,7 +199,7 @@ async fn defaults_are_applied_by_the_api_server() {
         "metadata": {"name": "d"},
         "spec": {
             "version": "v1.33.2",
-            "infrastructureTemplate": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "X", "name": "x"},
+            "infrastructureTemplate": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachine", "name": "x"},
             "controlPlaneConfig": {"controlplane": {}}
         }
     });
@@ -256,8 +256,8 @@ async fn kubectl_scale_columns_and_explain() {
         "INITIALIZED",
         "REPLICAS",
         "READY REPLICAS",
-        "UPDATED",
-        "UNAVAILABLE",
+        "AVAILABLE",
+        "UP-TO-DATE",
         "VERSION",
         "AGE",
         "TYPE",
@@ -318,7 +318,7 @@ async fn cluster_api_uses_our_kinds_through_the_contract_labels() {
         "spec": {
             "clusterName": "c1", "version": "v1.33.2",
             "bootstrap": {"configRef": {"apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig", "name": "c1-worker-0"}},
-            "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "X", "name": "x"}
+            "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachine", "name": "x"}
         }
     });
     apply(&client, &ns, &machine).await;
@@ -332,7 +332,7 @@ async fn cluster_api_uses_our_kinds_through_the_contract_labels() {
                 "spec": {
                     "clusterName": "c1", "version": "v1.33.2",
                     "bootstrap": {"configRef": {"apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfigTemplate", "name": "c1-workers"}},
-                    "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "X", "name": "x"}
+                    "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachine", "name": "x"}
                 }
             }
         }

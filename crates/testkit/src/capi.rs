@@ -6,6 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde::Deserialize;
@@ -44,12 +45,12 @@ impl ClusterApiManager {
             .map_err(Error::io("writing the webhook serving certificate"))?;
 
         let manager = retry_port_race(|| Self::start_once(cp, &binary, &dir)).await?;
+        let client = cp.client().await?;
         manager
-            .register_webhooks(
-                &cp.client().await?,
-                &config.join("webhook/manifests.yaml"),
-                cp,
-            )
+            .register_webhooks(&client, &config.join("webhook/manifests.yaml"), cp)
+            .await?;
+        manager
+            .wire_conversion(&client, &config.join("crd/patches"), cp)
             .await?;
         Ok(manager)
     }
@@ -146,6 +147,67 @@ impl ClusterApiManager {
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Point the conversion of every CRD named in Cluster API's `crd/patches/webhook_in_*.yaml`
+    /// (the kustomize patches that upstream applies at install time) at this manager's
+    /// `/convert` endpoint, so v1beta1 and v1beta2 objects convert as in a real installation.
+    /// Lines without these patches (v1.10 serves one version) have nothing to wire.
+    async fn wire_conversion(
+        &self,
+        client: &Client,
+        patches: &Path,
+        cp: &LocalControlPlane,
+    ) -> Result<(), Error> {
+        let Ok(entries) = std::fs::read_dir(patches) else {
+            return Ok(());
+        };
+        let mut files: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("webhook_in_") && n.ends_with(".yaml"))
+            })
+            .collect();
+        files.sort();
+        let ca_bundle = STANDARD.encode(cp.ca().cert_pem());
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for path in files {
+            let text = std::fs::read_to_string(&path)
+                .map_err(Error::io(format!("reading {}", path.display())))?;
+            let patch: Value = serde_yaml_ng::from_str(&text).map_err(|e| Error::Manifest {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let (Some(name), Some(webhook)) = (
+                patch["metadata"]["name"].as_str(),
+                patch["spec"]["conversion"]["webhook"].as_object(),
+            ) else {
+                continue;
+            };
+            let service_path = webhook["clientConfig"]["service"]["path"]
+                .as_str()
+                .unwrap_or("/convert");
+            let review_versions = webhook
+                .get("conversionReviewVersions")
+                .cloned()
+                .unwrap_or_else(|| json!(["v1"]));
+            let conversion = json!({"spec": {"conversion": {
+                "strategy": "Webhook",
+                "webhook": {
+                    "conversionReviewVersions": review_versions,
+                    "clientConfig": {
+                        "url": format!("https://127.0.0.1:{}{service_path}", self.webhook_port),
+                        "caBundle": ca_bundle,
+                    },
+                },
+            }}});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&conversion))
+                .await?;
         }
         Ok(())
     }

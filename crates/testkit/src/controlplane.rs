@@ -47,7 +47,8 @@ impl Builder {
         self
     }
 
-    /// Install the Cluster API core CRDs.
+    /// Install the Cluster API core CRDs (and the test infrastructure provider's, see
+    /// [`crate::infra`]).
     pub fn cluster_api_crds(mut self) -> Self {
         self.cluster_api_crds = true;
         self
@@ -150,6 +151,10 @@ impl LocalControlPlane {
         }
         for crd_dir in &crd_dirs {
             cp.install_crds(crd_dir).await?;
+        }
+        if b.cluster_api_crds {
+            let client = cp.client().await?;
+            crds::install_crds(&client, &crate::infra::infrastructure_crds()?).await?;
         }
         cp.times.crds = started.elapsed();
 

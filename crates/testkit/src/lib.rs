@@ -19,6 +19,7 @@ mod controlplane;
 mod crds;
 mod error;
 mod etcd;
+pub mod infra;
 mod kubeconfig;
 pub mod pki;
 pub mod process;

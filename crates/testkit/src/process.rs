@@ -36,6 +36,10 @@ kill "$watcher" 2>/dev/null
 exit $status
 "#;
 
+/// Set in the environment of every process started here (the lifeline and the component), so
+/// that `hack/no-orphans.sh` finds leftovers whatever binary they run.
+pub const CHILD_MARKER: (&str, &str) = ("TALOS_CAPI_TESTKIT_CHILD", "1");
+
 /// A running component. Dropping it stops the component and waits for it. Shared freely:
 /// every method takes `&self`.
 #[derive(Debug)]
@@ -72,6 +76,7 @@ impl ManagedProcess {
             .arg(cleanup_dir.map(Path::as_os_str).unwrap_or_default())
             .arg(program)
             .args(args)
+            .env(CHILD_MARKER.0, CHILD_MARKER.1)
             .stdin(Stdio::piped())
             .stdout(out)
             .stderr(err)

@@ -156,7 +156,10 @@ fn cluster(name: &str) -> DynamicObject {
     object(json!({
         "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
         "metadata": {"name": name},
-        "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["10.244.0.0/16"]}}}
+        "spec": {
+            "clusterNetwork": {"pods": {"cidrBlocks": ["10.244.0.0/16"]}},
+            "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimCluster", "name": name}
+        }
     }))
 }
 
@@ -179,7 +182,7 @@ async fn cluster_api_crds_accept_cluster_and_machine() {
             "clusterName": "c1",
             "version": "v1.33.0",
             "bootstrap": {"dataSecretName": "m1-bootstrap"},
-            "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "DockerMachine", "name": "m1"}
+            "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachine", "name": "m1"}
         }
     }));
     let created = machines
@@ -205,7 +208,7 @@ async fn cluster_api_crds_accept_cluster_and_machine() {
             "clusterName": "c1",
             "version": "not-a-version",
             "bootstrap": {"dataSecretName": "x"},
-            "infrastructureRef": {"kind": "DockerMachine", "name": "m2"}
+            "infrastructureRef": {"kind": "SimMachine", "name": "m2"}
         }
     }));
     let err = machines
@@ -223,25 +226,48 @@ async fn cluster_api_manager_reconciles_a_cluster() {
     let cp = shared().await.unwrap();
     let client = cp.client().await.unwrap();
     let ns = unique_namespace(&client, "capi-reconcile").await.unwrap();
+    // The test infrastructure provider's cluster, already provisioned (v1beta2 contract).
+    let infra = dynamic(
+        &client,
+        &ns,
+        "infrastructure.cluster.x-k8s.io",
+        "v1alpha1",
+        "SimCluster",
+    );
+    let sim: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimCluster",
+        "metadata": {"name": "c2"}, "spec": {}
+    }))
+    .unwrap();
+    infra.create(&PostParams::default(), &sim).await.unwrap();
+    infra
+        .patch_status(
+            "c2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"initialization": {"provisioned": true}}})),
+        )
+        .await
+        .unwrap();
+
     let clusters = dynamic(&client, &ns, "cluster.x-k8s.io", "v1beta1", "Cluster");
     let created = clusters
         .create(&PostParams::default(), &cluster("c2"))
         .await
         .unwrap();
     assert!(
-        created.data.get("status").is_none(),
-        "no status before the manager acts"
+        created.data["status"]["phase"].is_null(),
+        "no phase before the manager acts"
     );
 
     let reconciled = |obj: Option<&DynamicObject>| {
         obj.is_some_and(|c| {
             c.data["status"]["observedGeneration"] == json!(1)
-                && c.data["status"]["phase"].is_string()
+                && c.data["status"]["infrastructureReady"] == json!(true)
         })
     };
     let c = tokio::time::timeout(WAIT, await_condition(clusters, "c2", reconciled))
         .await
-        .expect("Cluster API reconciles the Cluster")
+        .expect("Cluster API reads the infrastructure cluster's status.initialization.provisioned")
         .unwrap()
         .unwrap();
     assert!(
@@ -252,10 +278,15 @@ async fn cluster_api_manager_reconciles_a_cluster() {
             .any(|f| f == "cluster.cluster.x-k8s.io"),
         "the manager adds its finalizer"
     );
-    assert_eq!(
-        c.data["status"]["infrastructureReady"],
-        json!(true),
-        "no infrastructureRef means ready"
+    let owned = infra.get("c2").await.unwrap();
+    assert!(
+        owned
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o.kind == "Cluster" && o.name == "c2"),
+        "the Cluster adopts its infrastructure cluster"
     );
 }
 

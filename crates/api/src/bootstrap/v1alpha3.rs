@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::conditions::{Condition, MetaCondition};
+use crate::conditions::{Condition, HasConditions, V1Beta1Condition};
 
 /// Which Talos machine configuration to generate.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -148,34 +148,39 @@ pub struct TalosConfigSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TalosConfigStatus {
-    /// v1beta1 contract: the bootstrap data Secret is written.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready: Option<bool>,
-    /// Name of the Secret (key `value`) holding the machine configuration.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_secret_name: Option<String>,
-    /// v1beta2 contract: initialization progress.
+    /// v1beta2 contract: initialization progress (`dataSecretCreated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initialization: Option<BootstrapInitialization>,
+    /// Name of the Secret (key `value`) holding the machine configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub data_secret_name: Option<String>,
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions (metav1.Condition): Ready, DataSecretAvailable, ClientConfigAvailable,
+    /// ConfigUpToDate, Paused. Cluster API mirrors Ready to the Machine's BootstrapConfigReady.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub conditions: Option<Vec<Condition>>,
+    /// v1beta1 contract, read by Cluster API until the contract is removed: the bootstrap data
+    /// Secret is written. Mirrors initialization.dataSecretCreated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// v1beta1 contract: a token for a problem the machine cannot recover from (informational
+    /// since the v1beta2 contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    /// v1beta1 contract: a human-readable problem the machine cannot recover from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_message: Option<String>,
     /// Deprecated and never written: older providers stored a client configuration here. Use
     /// the `<cluster>-talosconfig` Secret instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub talos_config: Option<String>,
-    /// A token for a terminal problem (v1beta1 contract).
+    /// Status in the shapes of the deprecated v1beta1 contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_reason: Option<String>,
-    /// A human-readable terminal problem (v1beta1 contract).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_message: Option<String>,
-    /// The metadata.generation this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Conditions: Ready, DataSecretAvailable, ClientConfigAvailable, Paused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conditions: Option<Vec<Condition>>,
-    /// Conditions in metav1 shape for Cluster API v1.10, which reads them here first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub v1beta2: Option<V1Beta2Conditions>,
+    pub deprecated: Option<Deprecated>,
 }
 
 /// v1beta2 contract: `dataSecretCreated` once the bootstrap data Secret exists.
@@ -188,12 +193,37 @@ pub struct BootstrapInitialization {
     pub data_secret_created: Option<bool>,
 }
 
-/// metav1 conditions, under status.v1beta2.
+/// Fields kept for readers of the deprecated v1beta1 contract.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-pub struct V1Beta2Conditions {
-    /// Conditions in metav1.Condition shape.
+pub struct Deprecated {
+    /// The v1beta1-contract view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conditions: Option<Vec<MetaCondition>>,
+    pub v1beta1: Option<V1Beta1Status>,
+}
+
+/// The v1beta1-contract view of a TalosConfig's status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct V1Beta1Status {
+    /// Conditions in Cluster API's v1beta1 shape (with severity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub conditions: Option<Vec<V1Beta1Condition>>,
+}
+
+impl HasConditions for TalosConfigStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        self.conditions.get_or_insert_with(Vec::new)
+    }
+
+    fn v1beta1_conditions_mut(&mut self) -> &mut Vec<V1Beta1Condition> {
+        self.deprecated
+            .get_or_insert_with(Deprecated::default)
+            .v1beta1
+            .get_or_insert_with(V1Beta1Status::default)
+            .conditions
+            .get_or_insert_with(Vec::new)
+    }
 }
 
 /// Labels and annotations copied to objects created from a template.

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::bootstrap::v1alpha3::{ObjectMetaTemplate, TalosConfigSpec};
-use crate::conditions::{Condition, MetaCondition};
+use crate::conditions::{Condition, HasConditions, V1Beta1Condition};
 
 /// The TalosConfig specs used for control-plane machines.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
@@ -206,19 +206,19 @@ pub struct MachineTemplate {
         name = "Ready Replicas",
         type_ = "integer",
         json_path = ".status.readyReplicas",
-        description = "Control-plane machines whose node is Ready"
+        description = "Control-plane machines whose Ready condition is True"
     ),
     printcolumn(
-        name = "Updated",
+        name = "Available",
         type_ = "integer",
-        json_path = ".status.updatedReplicas",
+        json_path = ".status.availableReplicas",
+        description = "Control-plane machines whose Available condition is True"
+    ),
+    printcolumn(
+        name = "Up-to-date",
+        type_ = "integer",
+        json_path = ".status.upToDateReplicas",
         description = "Control-plane machines with the desired spec"
-    ),
-    printcolumn(
-        name = "Unavailable",
-        type_ = "integer",
-        json_path = ".status.unavailableReplicas",
-        description = "Desired machines not yet available"
     ),
     printcolumn(
         name = "Version",
@@ -272,22 +272,16 @@ pub struct ControlPlaneInitialization {
     pub control_plane_initialized: Option<bool>,
 }
 
-/// The v1beta2 status block Cluster API v1.10 reads.
+/// How many control-plane machines run one Kubernetes version (Cluster API's StatusVersion).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ControlPlaneV1Beta2Status {
-    /// Conditions in metav1.Condition shape (Available, RollingOut, ScalingUp, ScalingDown, ...).
+pub struct StatusVersion {
+    /// The Kubernetes version.
+    #[schemars(length(min = 1, max = 256))]
+    pub version: String,
+    /// Machines at this version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conditions: Option<Vec<MetaCondition>>,
-    /// Machines whose Ready condition is True.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready_replicas: Option<i32>,
-    /// Machines whose Available condition is True.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub available_replicas: Option<i32>,
-    /// Machines whose UpToDate condition is True.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub up_to_date_replicas: Option<i32>,
+    #[schemars(range(min = 1))]
+    pub replicas: Option<i32>,
 }
 
 /// Observed state of a TalosControlPlane, for both Cluster API contracts.
@@ -297,54 +291,100 @@ pub struct TalosControlPlaneStatus {
     /// Label selector of the control-plane Machines, in query-parameter form (scale subresource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// v1beta2 contract: initialization progress (`controlPlaneInitialized`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initialization: Option<ControlPlaneInitialization>,
     /// Non-terminated control-plane machines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
-    /// Control-plane machines whose node is Ready.
+    /// Control-plane machines whose Ready condition is True.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
-    /// Control-plane machines with the desired spec (v1beta1 contract).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub updated_replicas: Option<i32>,
-    /// Desired machines not available yet: not ready or not created.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unavailable_replicas: Option<i32>,
-    /// Machines whose Available condition is True (v1beta2 contract).
+    /// Control-plane machines whose Available condition is True.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available_replicas: Option<i32>,
-    /// Machines whose UpToDate condition is True (v1beta2 contract).
+    /// Control-plane machines whose UpToDate condition is True.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub up_to_date_replicas: Option<i32>,
-    /// etcd is bootstrapped and the control plane answers (v1beta1 contract).
+    /// The Kubernetes versions of the control-plane machines, oldest first, with how many
+    /// machines run each (read by Cluster API v1.14+).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub initialized: Option<bool>,
-    /// The control plane's API server is ready to receive requests (v1beta1 contract).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready: Option<bool>,
-    /// The Talos Bootstrap call succeeded on one node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bootstrapped: Option<bool>,
-    /// v1beta2 contract: initialization progress.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub initialization: Option<ControlPlaneInitialization>,
-    /// The lowest Kubernetes version among the control-plane machines.
+    #[schemars(length(min = 1, max = 100))]
+    pub versions: Option<Vec<StatusVersion>>,
+    /// Deprecated by the contract in favour of versions: the lowest Kubernetes version among
+    /// the control-plane machines (read by Cluster API v1.12 and v1.13).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// A token for a terminal problem (v1beta1 contract).
+    /// Conditions (metav1.Condition): Available (mirrored to Cluster ControlPlaneAvailable),
+    /// Initialized, EtcdClusterHealthy, MachinesReady, RollingOut, ScalingUp, ScalingDown, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub conditions: Option<Vec<Condition>>,
+    /// CACPPT and v1beta1 contract: etcd is bootstrapped and the control plane answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initialized: Option<bool>,
+    /// CACPPT and v1beta1 contract: the control plane's API server is ready to receive requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// CACPPT: the Talos Bootstrap call succeeded on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrapped: Option<bool>,
+    /// CACPPT and v1beta1 contract: control-plane machines with the desired spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_replicas: Option<i32>,
+    /// CACPPT and v1beta1 contract: desired machines not available yet (not ready or not
+    /// created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable_replicas: Option<i32>,
+    /// v1beta1 contract: a token for a problem the control plane cannot recover from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
-    /// A human-readable terminal problem (v1beta1 contract).
+    /// v1beta1 contract: a human-readable problem the control plane cannot recover from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_message: Option<String>,
-    /// Conditions: Ready, Available, MachinesReady, EtcdClusterHealthy, RollingOut, ...
+    /// Status in the shapes of the deprecated v1beta1 contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conditions: Option<Vec<Condition>>,
-    /// The v1beta2 block Cluster API v1.10 reads.
+    pub deprecated: Option<ControlPlaneDeprecated>,
+}
+
+/// Fields kept for readers of the deprecated v1beta1 contract.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ControlPlaneDeprecated {
+    /// The v1beta1-contract view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub v1beta2: Option<ControlPlaneV1Beta2Status>,
+    pub v1beta1: Option<ControlPlaneV1Beta1Status>,
+}
+
+/// The v1beta1-contract view of a TalosControlPlane's status where it differs from the fields
+/// above: conditions with severity, and readyReplicas counting Ready nodes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneV1Beta1Status {
+    /// Conditions in Cluster API's v1beta1 shape (with severity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub conditions: Option<Vec<V1Beta1Condition>>,
+    /// Control-plane machines whose node is Ready (the v1beta1 meaning of readyReplicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+}
+
+impl HasConditions for TalosControlPlaneStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        self.conditions.get_or_insert_with(Vec::new)
+    }
+
+    fn v1beta1_conditions_mut(&mut self) -> &mut Vec<V1Beta1Condition> {
+        self.deprecated
+            .get_or_insert_with(ControlPlaneDeprecated::default)
+            .v1beta1
+            .get_or_insert_with(ControlPlaneV1Beta1Status::default)
+            .conditions
+            .get_or_insert_with(Vec::new)
+    }
 }
 
 /// machineTemplate of a TalosControlPlaneTemplate: ClusterClass supplies the infrastructure

@@ -65,7 +65,11 @@ async fn cluster_api_core_reconciles_a_cluster() {
     let cluster: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
         "metadata": {"name": "e2e"},
-        "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["10.244.0.0/16"]}}}
+        "spec": {
+            "clusterNetwork": {"pods": {"cidrBlocks": ["10.244.0.0/16"]}},
+            // Cluster API v1.12+ requires a reference; our kind is what every install has.
+            "controlPlaneRef": {"apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane", "name": "e2e-cp"}
+        }
     }))
     .unwrap();
     clusters

@@ -453,3 +453,33 @@ fn a_missing_go_toolchain_names_the_override() {
         "{stderr}"
     );
 }
+
+/// clusterctl is built from the same Cluster API version as the core manager of the lane.
+#[test]
+fn clusterctl_matches_the_core_manager_version() {
+    let clusterctl = testkit::tools::locate(testkit::tools::Tool::Clusterctl).unwrap();
+    let manager = testkit::tools::locate(testkit::tools::Tool::ClusterApi).unwrap();
+    let out = std::process::Command::new(&clusterctl)
+        .args(["version", "-o", "short"])
+        .env("CLUSTERCTL_DISABLE_VERSIONCHECK", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(version.starts_with("v1."), "clusterctl version {version:?}");
+    // The cache directory of both binaries is named after the version they were built from.
+    let dir_of = |p: &Path| {
+        p.parent()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+    };
+    if std::env::var_os("CLUSTER_API_BIN").is_none() && std::env::var_os("CLUSTERCTL_BIN").is_none()
+    {
+        assert_eq!(dir_of(&clusterctl), dir_of(&manager));
+        assert_eq!(dir_of(&clusterctl), Some(format!("cluster-api-{version}")));
+    }
+}

@@ -14,6 +14,7 @@
 #   CLUSTERCTL_BIN       clusterctl binary (same version as the core manager)
 #   HELM_BIN             helm binary
 #   TALOSCTL_BIN         talosctl binary
+#   CABPT_BIN, CABPT_CONFIG  the CABPT peer binary and its config/ directory
 #   KUBECTL_BIN          kubectl binary (default: the one on PATH, else built from k8s.io/kubernetes)
 # Built binaries are cached by tool and version under
 #   ${TALOS_CAPI_CACHE:-$HOME/.cache/talos-capi}/tools/<tool>-<version>/
@@ -142,11 +143,25 @@ case "$tool" in
       go_build helm helm.sh/helm/v3/cmd/helm "$out" HELM_BIN "$ld"
     fi
     echo "$out" ;;
+  cabpt)
+    # Sidero's bootstrap provider (the peer we replace), for side-by-side tests and benchmarks.
+    if [ -n "${CABPT_BIN:-}" ]; then echo "$CABPT_BIN"; exit 0; fi
+    out="$cache/cabpt-$CABPT_VERSION/cabpt"
+    [ -x "$out" ] || go_build cabpt github.com/siderolabs/cluster-api-bootstrap-provider-talos "$out" CABPT_BIN
+    echo "$out" ;;
+  cabpt-config)
+    # CABPT's config/ directory (its CRDs), from the module cache.
+    if [ -n "${CABPT_CONFIG:-}" ]; then echo "$CABPT_CONFIG"; exit 0; fi
+    need_go CABPT_CONFIG
+    dir=$(cd "$here/cabpt" && go mod download -json "github.com/siderolabs/cluster-api-bootstrap-provider-talos@$CABPT_VERSION" |
+      sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') || true
+    [ -n "$dir" ] && [ -d "$dir/config/crd/bases" ] || die "no config/crd/bases for CABPT $CABPT_VERSION; set CABPT_CONFIG"
+    echo "$dir/config" ;;
   talosctl)
     if [ -n "${TALOSCTL_BIN:-}" ]; then echo "$TALOSCTL_BIN"; exit 0; fi
     out="$cache/talosctl-$TALOS_VERSION/talosctl"
     [ -x "$out" ] || TAGS=grpcnotrace go_build talosctl github.com/siderolabs/talos/cmd/talosctl "$out" TALOSCTL_BIN
     echo "$out" ;;
   *)
-    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|helm|talosctl" ;;
+    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|helm|talosctl" ;;
 esac

@@ -13,8 +13,8 @@ pub mod talosconfig;
 pub mod validate;
 
 pub use contract::Contract;
-pub use error::{Error, Problems};
-pub use patch::Patch;
+pub use error::{BoxError, DecodeError, EndpointProblem, Error, Problems};
+pub use patch::{Patch, PatchError};
 pub use render::{Input, MachineType, render};
 pub use secrets::SecretsBundle;
 pub use validate::{Mode, Report, validate};

@@ -155,27 +155,23 @@ pub enum Document {
 
 impl Document {
     pub fn from_value(v: &Value) -> Result<Document, Error> {
-        let bad = |e: serde_json::Error| Error::Parse {
-            what: "configuration document".into(),
-            message: e.to_string(),
-        };
+        let bad = |kind| move |source| Error::Document { kind, source };
         Ok(match v.get("kind").and_then(Value::as_str) {
-            None => Document::V1Alpha1(Box::new(serde_json::from_value(v.clone()).map_err(bad)?)),
-            Some("HostnameConfig") => {
-                Document::Hostname(serde_json::from_value(v.clone()).map_err(bad)?)
-            }
+            None => Document::V1Alpha1(Box::new(
+                serde_json::from_value(v.clone()).map_err(bad("v1alpha1"))?,
+            )),
+            Some("HostnameConfig") => Document::Hostname(
+                serde_json::from_value(v.clone()).map_err(bad("HostnameConfig"))?,
+            ),
             Some(_) => Document::Other(v.clone()),
         })
     }
 
     pub fn to_value(&self) -> Result<Value, Error> {
-        let bad = |e: serde_json::Error| Error::Parse {
-            what: "configuration document".into(),
-            message: e.to_string(),
-        };
+        let bad = |kind| move |source| Error::Document { kind, source };
         match self {
-            Document::V1Alpha1(c) => serde_json::to_value(c).map_err(bad),
-            Document::Hostname(h) => serde_json::to_value(h).map_err(bad),
+            Document::V1Alpha1(c) => serde_json::to_value(c).map_err(bad("v1alpha1")),
+            Document::Hostname(h) => serde_json::to_value(h).map_err(bad("HostnameConfig")),
             Document::Other(v) => Ok(v.clone()),
         }
     }

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::Error;
+use crate::{Error, Problems};
 
 /// The document kinds of Talos v1.13's multi-document configuration (besides v1alpha1).
 pub const KNOWN_KINDS: &[&str] = &[
@@ -67,34 +67,95 @@ pub enum Patch {
     Strategic(Vec<Value>),
 }
 
+/// The JSON 6902 operation names.
+const OPERATIONS: &[&str] = &["add", "remove", "replace", "move", "copy", "test"];
+
+/// Why a patch is refused, when it is parsed or when it is applied (see [`Error::Patch`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    #[error("{source}")]
+    Yaml {
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("the patch is empty")]
+    Empty,
+    #[error(
+        "a strategic merge patch must be a YAML mapping (a configuration document), not {found}"
+    )]
+    NotAMapping { found: &'static str },
+    #[error("a JSON 6902 patch must be a list of operations, not {found}")]
+    NotAList { found: &'static str },
+    #[error(
+        "operation {index}: unknown operation {op:?} (valid operations: add, remove, replace, move, copy, test)"
+    )]
+    UnknownOperation { index: usize, op: String },
+    #[error(
+        "operation {index}: {field} {pointer:?} is not a JSON pointer (a path is a JSON pointer such as /machine/install/disk)"
+    )]
+    NotAPointer {
+        index: usize,
+        field: &'static str,
+        pointer: String,
+    },
+    #[error("operation {index}: {source}")]
+    Operation {
+        index: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "unknown configuration document kind {kind:?} (apiVersion/kind must name a Talos document such as HostnameConfig)"
+    )]
+    UnknownKind { kind: String },
+    #[error("the configuration does not decode: {}", .0.joined("; "))]
+    Undecodable(Problems),
+    #[error("{0}")]
+    Apply(#[source] json_patch::PatchError),
+    #[error("{path} is a list; the patch gives {found}")]
+    NotAListField { path: String, found: &'static str },
+}
+
+/// What a JSON value is, for messages (never the value itself: patches may carry secrets).
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+fn parse_error(source: PatchError) -> Error {
+    Error::Patch {
+        index: None,
+        source,
+    }
+}
+
 impl Patch {
     /// Parse a patch the way talosctl does: a YAML/JSON list is a JSON patch, anything else is
-    /// a strategic merge patch (one or more documents).
+    /// a strategic merge patch (one or more documents, each a mapping).
     pub fn parse(text: &str) -> Result<Patch, Error> {
-        let docs = crate::render::from_yaml(text).map_err(|e| Error::Parse {
-            what: "patch".into(),
-            message: e.to_string().replace("parsing machine configuration: ", ""),
-        })?;
-        match docs.as_slice() {
-            [Value::Array(_)] => Self::json6902(docs.into_iter().next().unwrap_or_default()),
-            [] => Err(Error::Parse {
-                what: "patch".into(),
-                message: "the patch is empty".into(),
-            }),
-            _ => {
+        let docs = crate::render::documents(text)
+            .map_err(|source| parse_error(PatchError::Yaml { source }))?;
+        let mut docs = docs.into_iter();
+        match (docs.next(), docs.next()) {
+            (None, _) => Err(parse_error(PatchError::Empty)),
+            (Some(ops @ Value::Array(_)), None) => Self::json6902(ops),
+            (Some(first), second) => {
+                let docs: Vec<Value> = [first].into_iter().chain(second).chain(docs).collect();
                 for doc in &docs {
                     if !doc.is_object() {
-                        return Err(Error::Parse {
-                            what: "patch".into(),
-                            message: "a strategic merge patch must be a YAML mapping (a configuration document)".into(),
-                        });
+                        return Err(parse_error(PatchError::NotAMapping {
+                            found: kind_of(doc),
+                        }));
                     }
                     check_kind(doc)?;
                     if doc.get("kind").is_none() {
-                        strict_decode(doc).map_err(|message| Error::Parse {
-                            what: "patch".into(),
-                            message,
-                        })?;
+                        strict_decode(doc).map_err(parse_error)?;
                     }
                 }
                 Ok(Patch::Strategic(docs))
@@ -102,65 +163,81 @@ impl Patch {
         }
     }
 
-    /// RFC 6902 operations from a JSON value (a list of `{op, path, value, from}`).
+    /// RFC 6902 operations from a JSON value, which must be a list of `{op, path, value, from}`.
     pub fn json6902(ops: Value) -> Result<Patch, Error> {
-        let list = ops.as_array().cloned().unwrap_or_default();
+        let Value::Array(list) = ops else {
+            return Err(parse_error(PatchError::NotAList {
+                found: kind_of(&ops),
+            }));
+        };
         let mut parsed = Vec::with_capacity(list.len());
         for (index, op) in list.into_iter().enumerate() {
-            let op = json_patch::PatchOperation::deserialize(op).map_err(|e| Error::Patch {
-                index,
-                message: explain_op_error(&e.to_string()),
-            })?;
+            check_operation(index, &op).map_err(parse_error)?;
+            let op = json_patch::PatchOperation::deserialize(op)
+                .map_err(|source| parse_error(PatchError::Operation { index, source }))?;
             parsed.push(op);
         }
         Ok(Patch::Json6902(json_patch::Patch(parsed)))
     }
 }
 
-fn explain_op_error(message: &str) -> String {
-    if message.contains("unknown variant") {
-        format!("{message} (valid operations: add, remove, replace, move, copy, test)")
-    } else if message.contains("pointer") || message.contains("slash") {
-        format!("{message} (a path is a JSON pointer such as /machine/install/disk)")
-    } else {
-        message.to_owned()
+/// What talosctl's users get wrong most in an operation, explained: an unknown `op`, and a path
+/// that is not a JSON pointer. Anything else is left to the decoder.
+fn check_operation(index: usize, op: &Value) -> Result<(), PatchError> {
+    if let Some(name) = op.get("op").and_then(Value::as_str)
+        && !OPERATIONS.contains(&name)
+    {
+        return Err(PatchError::UnknownOperation {
+            index,
+            op: name.to_owned(),
+        });
     }
+    for field in ["path", "from"] {
+        if let Some(pointer) = op.get(field).and_then(Value::as_str)
+            && !pointer.is_empty()
+            && !pointer.starts_with('/')
+        {
+            return Err(PatchError::NotAPointer {
+                index,
+                field,
+                pointer: pointer.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_kind(doc: &Value) -> Result<(), Error> {
     match doc.get("kind").and_then(Value::as_str) {
         None => Ok(()),
         Some(kind) if KNOWN_KINDS.contains(&kind) => Ok(()),
-        Some(kind) => Err(Error::Parse {
-            what: "patch".into(),
-            message: format!(
-                "unknown configuration document kind {kind:?} (apiVersion/kind must name a Talos document such as HostnameConfig)"
-            ),
-        }),
+        Some(kind) => Err(parse_error(PatchError::UnknownKind {
+            kind: kind.to_owned(),
+        })),
     }
 }
 
 /// Apply `patches` in order to `docs`.
 pub fn apply(mut docs: Vec<Value>, patches: &[Patch]) -> Result<Vec<Value>, Error> {
     for (index, patch) in patches.iter().enumerate() {
+        let failed = |source| Error::Patch {
+            index: Some(index),
+            source,
+        };
         match patch {
             Patch::Json6902(ops) => {
-                if docs.len() != 1 {
+                let [doc] = docs.as_mut_slice() else {
                     return Err(Error::JsonPatchOnMultiDocument);
-                }
-                let doc = &mut docs[0];
-                json_patch::patch(doc, ops).map_err(|e| Error::Patch {
-                    index,
-                    message: e.to_string(),
-                })?;
+                };
+                json_patch::patch(doc, ops).map_err(|e| failed(PatchError::Apply(e)))?;
                 // Talos decodes the patched document into its typed config (refusing what does not
                 // decode) and encodes it again, dropping empty optional fields.
-                strict_decode(doc).map_err(|message| Error::Patch { index, message })?;
+                strict_decode(doc).map_err(failed)?;
                 drop_empty_optional_fields(doc);
             }
             Patch::Strategic(patch_docs) => {
                 for p in patch_docs {
-                    merge_document(&mut docs, p);
+                    merge_document(&mut docs, p).map_err(failed)?;
                 }
             }
         }
@@ -168,17 +245,13 @@ pub fn apply(mut docs: Vec<Value>, patches: &[Patch]) -> Result<Vec<Value>, Erro
     Ok(docs)
 }
 
-/// Talos's strict decoding of a v1alpha1 document, as one error message.
-fn strict_decode(doc: &Value) -> Result<(), String> {
+/// Talos's strict decoding of a v1alpha1 document.
+fn strict_decode(doc: &Value) -> Result<(), PatchError> {
     let problems = crate::validate::decode_problems(doc);
     if problems.is_empty() {
         return Ok(());
     }
-    let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    Err(format!(
-        "the configuration does not decode: {}",
-        list.join("; ")
-    ))
+    Err(PatchError::Undecodable(Problems(problems)))
 }
 
 /// Optional (omitempty) fields the renderer emits empty, which Talos's re-encoding drops.
@@ -211,7 +284,7 @@ fn is_delete(v: &Value) -> bool {
     v.get("$patch").and_then(Value::as_str) == Some("delete")
 }
 
-fn merge_document(docs: &mut Vec<Value>, patch: &Value) {
+fn merge_document(docs: &mut Vec<Value>, patch: &Value) -> Result<(), PatchError> {
     let id = identity(patch);
     let position = docs.iter().position(|d| identity(d) == id);
     if is_delete(patch) {
@@ -222,33 +295,39 @@ fn merge_document(docs: &mut Vec<Value>, patch: &Value) {
             // Talos leaves an empty document behind when the document to delete is absent.
             None => docs.push(Value::Object(Map::new())),
         }
-        return;
+        return Ok(());
     }
     match position {
-        Some(i) => merge_value(&mut docs[i], patch),
+        Some(i) => merge_value(&mut docs[i], patch, ""),
         None => {
             let mut new = patch.clone();
             strip_directives(&mut new);
             docs.push(new);
+            Ok(())
         }
     }
 }
 
-/// Merge `patch` into `target` in place.
-fn merge_value(target: &mut Value, patch: &Value) {
+/// Merge `patch` into `target` (at `path`, for messages) in place.
+fn merge_value(target: &mut Value, patch: &Value, path: &str) -> Result<(), PatchError> {
     match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => merge_map(t, p),
+        (Value::Object(t), Value::Object(p)) => merge_map(t, p, path),
         (t, p) => {
             if !is_zero(p) {
                 let mut p = p.clone();
                 strip_directives(&mut p);
                 *t = p;
             }
+            Ok(())
         }
     }
 }
 
-fn merge_map(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+fn merge_map(
+    target: &mut Map<String, Value>,
+    patch: &Map<String, Value>,
+    path: &str,
+) -> Result<(), PatchError> {
     for (key, pv) in patch {
         if key == "$patch" {
             continue;
@@ -257,6 +336,11 @@ fn merge_map(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
             target.remove(key);
             continue;
         }
+        let field = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
         match target.get_mut(key) {
             None => {
                 let mut v = pv.clone();
@@ -273,18 +357,33 @@ fn merge_map(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
             }
             Some(Value::Array(items)) => {
                 let key_field = KEYED_LISTS.iter().find(|(k, _)| k == key).map(|(_, f)| *f);
-                merge_list(
-                    items,
-                    pv.as_array().map(Vec::as_slice).unwrap_or_default(),
-                    key_field,
-                );
+                match pv {
+                    Value::Array(patch_items) => {
+                        merge_list(items, patch_items, key_field, &field)?;
+                    }
+                    // The zero value: Talos leaves the list as it is.
+                    Value::Null => {}
+                    // Talos's typed decoding refuses a scalar or mapping where a list belongs.
+                    other => {
+                        return Err(PatchError::NotAListField {
+                            path: field,
+                            found: kind_of(other),
+                        });
+                    }
+                }
             }
-            Some(tv) => merge_value(tv, pv),
+            Some(tv) => merge_value(tv, pv, &field)?,
         }
     }
+    Ok(())
 }
 
-fn merge_list(items: &mut Vec<Value>, patch: &[Value], key_field: Option<&str>) {
+fn merge_list(
+    items: &mut Vec<Value>,
+    patch: &[Value],
+    key_field: Option<&str>,
+    path: &str,
+) -> Result<(), PatchError> {
     for pv in patch {
         if is_delete(pv) {
             // The item's other key/value pairs select the elements to delete.
@@ -303,10 +402,10 @@ fn merge_list(items: &mut Vec<Value>, patch: &[Value], key_field: Option<&str>) 
         }
         let matching = key_field.and_then(|f| {
             let want = pv.get(f)?;
-            items.iter_mut().find(|i| i.get(f) == Some(want))
+            items.iter().position(|i| i.get(f) == Some(want))
         });
         match matching {
-            Some(existing) => merge_value(existing, pv),
+            Some(i) => merge_value(&mut items[i], pv, &format!("{path}[{i}]"))?,
             None => {
                 let mut v = pv.clone();
                 strip_directives(&mut v);
@@ -314,6 +413,7 @@ fn merge_list(items: &mut Vec<Value>, patch: &[Value], key_field: Option<&str>) 
             }
         }
     }
+    Ok(())
 }
 
 /// Zero values do not overwrite (Talos merges typed structs, where zero means unset); false
@@ -424,7 +524,169 @@ mod tests {
         let remove_missing = Patch::parse("- op: remove\n  path: /machine/nothing\n").unwrap();
         assert!(matches!(
             apply(vec![json!({"machine": {}})], &[remove_missing]),
-            Err(Error::Patch { index: 0, .. })
+            Err(Error::Patch { index: Some(0), .. })
         ));
+    }
+
+    fn parse_refusal(text: &str) -> PatchError {
+        match Patch::parse(text) {
+            Err(Error::Patch {
+                index: None,
+                source,
+            }) => source,
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_json_patch_must_be_a_list() {
+        for (ops, found) in [
+            (
+                json!({"op": "add", "path": "/machine", "value": {}}),
+                "a mapping",
+            ),
+            (json!("add /machine"), "a string"),
+            (json!(null), "null"),
+        ] {
+            let err = Patch::json6902(ops).unwrap_err();
+            assert!(err.is_patch_error(), "{err:?}");
+            assert!(
+                matches!(
+                    err,
+                    Error::Patch {
+                        index: None,
+                        source: PatchError::NotAList { found: f }
+                    } if f == found
+                ),
+                "{err:?}"
+            );
+            assert!(
+                err.to_string()
+                    .contains("a JSON 6902 patch must be a list of operations"),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            Patch::json6902(json!([])).unwrap(),
+            Patch::Json6902(json_patch::Patch(vec![]))
+        );
+    }
+
+    #[test]
+    fn a_strategic_patch_must_be_mappings() {
+        for (text, found) in [
+            ("just a scalar\n", "a string"),
+            ("42\n", "a number"),
+            ("machine: {}\n---\n- op: add\n  path: /x\n", "a list"),
+            ("---\n[1]\n---\n[2]\n", "a list"),
+        ] {
+            assert!(
+                matches!(parse_refusal(text), PatchError::NotAMapping { found: f } if f == found),
+                "{text:?}"
+            );
+        }
+        assert!(matches!(parse_refusal("# nothing\n"), PatchError::Empty));
+    }
+
+    #[test]
+    fn operation_errors_are_typed_and_explained() {
+        assert!(matches!(
+            parse_refusal("- op: merge\n  path: /machine\n"),
+            PatchError::UnknownOperation { index: 0, ref op } if op == "merge"
+        ));
+        let e =
+            parse_refusal("- op: add\n  path: /a\n  value: 1\n- op: move\n  from: a\n  path: /b\n");
+        assert!(
+            matches!(e, PatchError::NotAPointer { index: 1, field: "from", ref pointer } if pointer == "a"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("JSON pointer such as /machine/install/disk"),
+            "{e}"
+        );
+        // Anything else: the decoder's error, kept as the source.
+        let e = Patch::parse("- path: /machine\n").unwrap_err();
+        let source = std::error::Error::source(&e).and_then(std::error::Error::source);
+        assert!(
+            source.is_some_and(|s| s.downcast_ref::<serde_json::Error>().is_some()),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("operation 0: missing field `op`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn yaml_errors_are_kept_and_not_rewritten() {
+        let e = Patch::parse("machine: [").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Patch {
+                    index: None,
+                    source: PatchError::Yaml { .. }
+                }
+            ),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(text.starts_with("parsing patch: "), "{text}");
+        assert!(!text.contains("machine configuration"), "{text}");
+        let yaml = std::error::Error::source(&e).and_then(std::error::Error::source);
+        assert!(yaml.is_some_and(|s| s.downcast_ref::<serde_yaml_ng::Error>().is_some()));
+    }
+
+    #[test]
+    fn a_scalar_for_a_list_is_refused_not_ignored() {
+        let base = vec![json!({"cluster": {"extraManifests": ["a"], "network": {}}})];
+        let p = strategic("cluster:\n  extraManifests: https://example.com/b.yaml\n");
+        let err = apply(base.clone(), &[p]).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Patch {
+                    index: Some(0),
+                    source: PatchError::NotAListField { path, found: "a string" }
+                } if path == "cluster.extraManifests"
+            ),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains("example.com"), "{err}");
+        // null is the zero value: the list stays as it is.
+        let out = apply(
+            base.clone(),
+            &[strategic("cluster:\n  extraManifests: null\n")],
+        )
+        .unwrap();
+        assert_eq!(out, base);
+        // Inside keyed list items too, with the item's index in the path.
+        let base = vec![
+            json!({"machine": {"network": {"interfaces": [{"interface": "eth0", "addresses": ["10.0.0.2/24"]}]}}}),
+        ];
+        let p = strategic(
+            "machine:\n  network:\n    interfaces:\n      - interface: eth0\n        addresses: 10.0.0.3/24\n",
+        );
+        let err = apply(base, &[p]).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "machine.network.interfaces[0].addresses is a list; the patch gives a string"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn undecodable_patches_list_their_problems() {
+        let e = parse_refusal("machine:\n  installer: {}\n  certSANs: x\n");
+        assert!(
+            matches!(&e, PatchError::Undecodable(p) if p.0.len() == 2),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "the configuration does not decode: machine.installer: unknown field; machine.certSANs: must be a list"
+        );
     }
 }

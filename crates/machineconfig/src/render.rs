@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::secrets::{SecretsBundle, decode_pem};
-use crate::{Contract, Error};
+use crate::{Contract, EndpointProblem, Error};
 
 /// The Talos release whose installer image and defaults we use when none is given.
 pub const DEFAULT_TALOS_VERSION: &str = "v1.13.0";
@@ -95,44 +95,48 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn parse(endpoint: &str) -> Result<Endpoint, Error> {
-        let bad = |reason: &str| Error::Endpoint {
+        let bad = |reason: EndpointProblem| Error::Endpoint {
             endpoint: endpoint.to_owned(),
-            reason: reason.to_owned(),
+            reason,
         };
         if let Some(inner) = markdown_link_target(endpoint) {
-            return Err(bad(&format!(
-                "looks like a Markdown link; pass just {inner}"
-            )));
+            return Err(bad(EndpointProblem::MarkdownLink {
+                target: inner.to_owned(),
+            }));
         }
         let rest = endpoint
             .strip_prefix("https://")
-            .ok_or_else(|| bad("must start with https:// (for example https://10.0.0.1:6443)"))?;
+            .ok_or_else(|| bad(EndpointProblem::NotHttps))?;
         let hostport = rest.trim_end_matches('/');
         if hostport.contains('/') {
-            return Err(bad("must not contain a path"));
+            return Err(bad(EndpointProblem::HasPath));
         }
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) if !h.is_empty() && !p.contains(']') => (h, p),
-            _ => {
-                return Err(bad(
-                    "must include a port (for example https://10.0.0.1:6443)",
-                ));
-            }
+            _ => return Err(bad(EndpointProblem::NoPort)),
         };
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| bad("port must be a number from 1 to 65535"))?;
+        let port = parse_port(port).ok_or_else(|| {
+            bad(EndpointProblem::InvalidPort {
+                port: port.to_owned(),
+            })
+        })?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
-            return Err(bad("host is empty"));
+            return Err(bad(EndpointProblem::EmptyHost));
         }
         Ok(Endpoint {
             host: host.to_owned(),
             port,
         })
     }
+}
+
+/// A TCP port as written in a URL: decimal digits only (no sign, no spaces), 1 to 65535.
+pub fn parse_port(text: &str) -> Option<u16> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u16>().ok().filter(|p| *p > 0)
 }
 
 /// `[text](target)` as copied from a rendered document: the target.
@@ -303,8 +307,10 @@ pub fn render(
         });
     }
     // Fail early on a bundle whose PEM fields are unreadable, naming the field.
-    decode_pem(&bundle.certs.os.crt)
-        .map_err(|_| Error::Bundle("certs.os.crt is not base64-encoded PEM".into()))?;
+    decode_pem(&bundle.certs.os.crt).map_err(|source| Error::BundleField {
+        field: "certs.os.crt".into(),
+        source,
+    })?;
     Ok(docs)
 }
 
@@ -336,23 +342,30 @@ pub fn to_yaml(docs: &[Value]) -> Result<String, Error> {
         if i > 0 {
             out.push_str("---\n");
         }
-        out.push_str(&serde_yaml_ng::to_string(doc).map_err(|e| Error::Parse {
-            what: "rendered configuration".into(),
-            message: e.to_string(),
-        })?);
+        out.push_str(
+            &serde_yaml_ng::to_string(doc).map_err(|source| Error::Serialize {
+                what: "machine configuration",
+                source,
+            })?,
+        );
     }
     Ok(out)
 }
 
 /// Parse a YAML stream of configuration documents.
 pub fn from_yaml(text: &str) -> Result<Vec<Value>, Error> {
+    documents(text).map_err(|source| Error::Parse {
+        what: "machine configuration".into(),
+        source,
+    })
+}
+
+/// The non-empty documents of a YAML stream; the caller says what the stream is.
+pub(crate) fn documents(text: &str) -> Result<Vec<Value>, serde_yaml_ng::Error> {
     use serde::Deserialize;
     let mut docs = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
-        let value = Value::deserialize(doc).map_err(|e| Error::Parse {
-            what: "machine configuration".into(),
-            message: e.to_string(),
-        })?;
+        let value = Value::deserialize(doc)?;
         if !value.is_null() {
             docs.push(value);
         }
@@ -382,6 +395,15 @@ mod tests {
             ("http://10.0.0.1:6443", "https://"),
             ("https://10.0.0.1", "port"),
             ("https://10.0.0.1:99999", "port must be"),
+            ("https://10.0.0.1:99999", "\"99999\""),
+            (
+                "https://10.0.0.1:0",
+                "port must be a number from 1 to 65535, not \"0\"",
+            ),
+            ("https://10.0.0.1:http", "not \"http\""),
+            ("https://10.0.0.1:+6443", "not \"+6443\""),
+            ("https://10.0.0.1: 6443", "port must be"),
+            ("https://10.0.0.1:", "not \"\""),
             ("https://10.0.0.1:6443/api", "path"),
             (
                 "[https://192.168.1.41:6443](https://192.168.1.41:6443)",
@@ -391,6 +413,42 @@ mod tests {
             let err = Endpoint::parse(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn invalid_ports_are_refused_naming_the_port() {
+        for port in ["0", "65536", "99999", "http", "+6443", "-1", " 6443", ""] {
+            let endpoint = format!("https://10.0.0.1:{port}");
+            match Endpoint::parse(&endpoint) {
+                Err(Error::Endpoint {
+                    reason: EndpointProblem::InvalidPort { port: p },
+                    ..
+                }) => assert_eq!(p, port),
+                other => panic!("{endpoint}: {other:?}"),
+            }
+        }
+        assert_eq!(parse_port("65535"), Some(65535));
+        assert_eq!(parse_port("1"), Some(1));
+        assert_eq!(
+            Endpoint::parse("https://[fd00::1]:50000").unwrap().port,
+            50000
+        );
+    }
+
+    #[test]
+    fn a_bundle_with_an_unreadable_ca_is_refused_naming_the_field() {
+        let mut bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+        bundle.certs.os.crt = "%%%".into();
+        let err = render(
+            MachineType::Worker,
+            &Input::new("demo", "https://10.0.0.1:6443"),
+            &bundle,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::BundleField { field, .. } if field == "certs.os.crt"),
+            "{err:?}"
+        );
     }
 
     #[test]

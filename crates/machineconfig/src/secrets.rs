@@ -16,7 +16,7 @@ use rsa::pkcs1::EncodeRsaPrivateKey;
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
-use crate::{Contract, Error};
+use crate::{Contract, DecodeError, Error};
 
 /// A certificate and its private key, each a base64-encoded PEM block (Talos's encoding).
 #[derive(Serialize, Deserialize, Clone, Default, PartialEq, Eq)]
@@ -124,10 +124,11 @@ impl SecretsBundle {
 
     /// Parse a bundle as `talosctl gen secrets` writes it.
     pub fn from_yaml(text: &str) -> Result<SecretsBundle, Error> {
-        let bundle: SecretsBundle = serde_yaml_ng::from_str(text).map_err(|e| Error::Parse {
-            what: "secrets bundle".into(),
-            message: e.to_string(),
-        })?;
+        let bundle: SecretsBundle =
+            serde_yaml_ng::from_str(text).map_err(|source| Error::Parse {
+                what: "secrets bundle".into(),
+                source,
+            })?;
         bundle.check()?;
         Ok(bundle)
     }
@@ -140,19 +141,24 @@ impl SecretsBundle {
         data: &std::collections::BTreeMap<String, Vec<u8>>,
     ) -> Result<SecretsBundle, Error> {
         let text = |key: &str| -> Result<String, Error> {
+            let field = || format!("the Secret's {key:?} key");
             let bytes = data
                 .get(key)
-                .ok_or_else(|| Error::Bundle(format!("the Secret has no {key:?} key")))?;
-            String::from_utf8(bytes.clone())
-                .map_err(|_| Error::Bundle(format!("the Secret's {key:?} key is not UTF-8")))
+                .ok_or_else(|| Error::BundleMissing { field: field() })?;
+            std::str::from_utf8(bytes)
+                .map(str::to_owned)
+                .map_err(|e| Error::BundleField {
+                    field: field(),
+                    source: DecodeError::Utf8(e),
+                })
         };
         if data.contains_key("bundle") {
             return SecretsBundle::from_yaml(&text("bundle")?);
         }
         let parse = |key: &str, body: String| -> Result<serde_json::Value, Error> {
-            serde_yaml_ng::from_str(&body).map_err(|e| Error::Parse {
+            serde_yaml_ng::from_str(&body).map_err(|source| Error::Parse {
                 what: format!("legacy Secret key {key:?}"),
-                message: e.to_string(),
+                source,
             })
         };
         let certs = parse("certs", text("certs")?)?;
@@ -203,7 +209,10 @@ impl SecretsBundle {
     }
 
     pub fn to_yaml(&self) -> Result<String, Error> {
-        serde_yaml_ng::to_string(self).map_err(|e| Error::Bundle(e.to_string()))
+        serde_yaml_ng::to_string(self).map_err(|source| Error::Serialize {
+            what: "secrets bundle",
+            source,
+        })
     }
 
     /// The secretbox secret, or the legacy aescbc one.
@@ -221,7 +230,9 @@ impl SecretsBundle {
     /// Structural checks: every field present and every PEM decodable. Names the field, never
     /// its content.
     fn check(&self) -> Result<(), Error> {
-        let missing = |field: &str| Error::Bundle(format!("{field} is missing"));
+        let missing = |field: &str| Error::BundleMissing {
+            field: field.to_owned(),
+        };
         if self.cluster.id.is_empty() {
             return Err(missing("cluster.id"));
         }
@@ -241,16 +252,28 @@ impl SecretsBundle {
             ("certs.os", &self.certs.os),
         ] {
             for (part, value) in [("crt", &pair.crt), ("key", &pair.key)] {
-                decode_pem(value).map_err(|_| {
-                    Error::Bundle(format!("{name}.{part} is not base64-encoded PEM"))
-                })?;
+                check_pem(&format!("{name}.{part}"), value)?;
             }
         }
-        decode_pem(&self.certs.k8sserviceaccount.key).map_err(|_| {
-            Error::Bundle("certs.k8sserviceaccount.key is not base64-encoded PEM".into())
-        })?;
-        Ok(())
+        check_pem(
+            "certs.k8sserviceaccount.key",
+            &self.certs.k8sserviceaccount.key,
+        )
     }
+}
+
+/// A base64 PEM field of a bundle: present, and decodable.
+fn check_pem(field: &str, value: &str) -> Result<(), Error> {
+    if value.trim().is_empty() {
+        return Err(Error::BundleMissing {
+            field: field.to_owned(),
+        });
+    }
+    decode_pem(value).map_err(|source| Error::BundleField {
+        field: field.to_owned(),
+        source,
+    })?;
+    Ok(())
 }
 
 fn random_bytes(rng: &mut impl RngCore) -> [u8; 32] {
@@ -274,21 +297,12 @@ pub(crate) fn b64(pem: &str) -> String {
     STANDARD.encode(pem.as_bytes())
 }
 
-/// The PEM text inside a base64 field.
-pub fn decode_pem(b64_pem: &str) -> Result<String, Error> {
-    let bytes = STANDARD.decode(b64_pem.trim()).map_err(|e| Error::Parse {
-        what: "base64 PEM".into(),
-        message: e.to_string(),
-    })?;
-    let text = String::from_utf8(bytes).map_err(|e| Error::Parse {
-        what: "base64 PEM".into(),
-        message: e.to_string(),
-    })?;
+/// The PEM text inside a base64 field. The error says what is wrong without quoting the field.
+pub fn decode_pem(b64_pem: &str) -> Result<String, DecodeError> {
+    let bytes = STANDARD.decode(b64_pem.trim())?;
+    let text = String::from_utf8(bytes).map_err(|e| DecodeError::Utf8(e.utf8_error()))?;
     if !text.contains("-----BEGIN ") {
-        return Err(Error::Parse {
-            what: "base64 PEM".into(),
-            message: "no PEM block".into(),
-        });
+        return Err(DecodeError::NoPemBlock);
     }
     Ok(text)
 }
@@ -320,7 +334,7 @@ fn ecdsa_ca(organization: Option<&str>) -> Result<CertAndKey, Error> {
     let key = KeyPair::generate()?;
     let cert = ca_params(organization)?.self_signed(&key)?;
     let secret = p256::SecretKey::from_pkcs8_der(&key.serialize_der())
-        .map_err(|e| Error::Crypto(e.to_string()))?;
+        .map_err(|e| Error::Crypto(Box::new(e)))?;
     Ok(CertAndKey {
         crt: b64(&cert.pem()),
         key: b64(&sec1_pem(&secret)),
@@ -383,22 +397,28 @@ pub(crate) fn ed25519_pem(key: &KeyPair) -> Result<String, Error> {
 /// The rcgen key for a PEM private key in any form Talos writes: "ED25519 PRIVATE KEY",
 /// "EC PRIVATE KEY" (SEC1) or "PRIVATE KEY" (PKCS#8).
 pub fn signing_key(pem: &str) -> Result<KeyPair, Error> {
-    let bad = |m: String| Error::Bundle(format!("unreadable CA key: {m}"));
-    let (label, body) = pem_block(pem).ok_or_else(|| bad("no PEM block".into()))?;
-    let der = STANDARD.decode(body).map_err(|e| bad(e.to_string()))?;
+    fn bad(source: impl Into<crate::BoxError>) -> Error {
+        Error::CaKey {
+            source: source.into(),
+        }
+    }
+    let (label, body) = pem_block(pem).ok_or_else(|| bad(DecodeError::NoPemBlock))?;
+    let der = STANDARD
+        .decode(body)
+        .map_err(|e| bad(DecodeError::from(e)))?;
     let pkcs8 = match label.as_str() {
         "EC PRIVATE KEY" => {
             use p256::pkcs8::EncodePrivateKey;
             p256::SecretKey::from_sec1_der(&der)
-                .map_err(|e| bad(e.to_string()))?
+                .map_err(bad)?
                 .to_pkcs8_der()
-                .map_err(|e| bad(e.to_string()))?
+                .map_err(bad)?
                 .as_bytes()
                 .to_vec()
         }
         _ => der,
     };
-    KeyPair::try_from(pkcs8.as_slice()).map_err(|e| bad(e.to_string()))
+    KeyPair::try_from(pkcs8.as_slice()).map_err(bad)
 }
 
 /// The label and base64 body of the first PEM block.
@@ -417,10 +437,10 @@ fn pem_block(pem: &str) -> Option<(String, String)> {
 }
 
 fn rsa_key(rng: &mut (impl rand::CryptoRng + RngCore)) -> Result<String, Error> {
-    let key = rsa::RsaPrivateKey::new(rng, 4096).map_err(|e| Error::Crypto(e.to_string()))?;
+    let key = rsa::RsaPrivateKey::new(rng, 4096).map_err(|e| Error::Crypto(Box::new(e)))?;
     Ok(key
         .to_pkcs1_pem(LineEnding::LF)
-        .map_err(|e| Error::Crypto(e.to_string()))?
+        .map_err(|e| Error::Crypto(Box::new(e)))?
         .to_string())
 }
 
@@ -521,5 +541,108 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("secrets bundle"), "{err}");
+    }
+
+    #[test]
+    fn bundle_errors_keep_their_cause() {
+        use std::error::Error as _;
+        let mut bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+        let key = bundle.certs.etcd.key.clone();
+        // Valid base64 characters, cut short: the decoder's error would name a key byte.
+        bundle.certs.etcd.key = key[..key.len() - 3].to_owned();
+        let err = SecretsBundle::from_yaml(&bundle.to_yaml().unwrap()).unwrap_err();
+        assert!(
+            matches!(&err, Error::BundleField { field, .. } if field == "certs.etcd.key"),
+            "{err:?}"
+        );
+        assert!(
+            err.source()
+                .and_then(|s| s.downcast_ref::<DecodeError>())
+                .is_some(),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("not base64-encoded"), "{err}");
+
+        bundle.certs.etcd.key = b64("no pem here");
+        let err = SecretsBundle::from_yaml(&bundle.to_yaml().unwrap()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::BundleField {
+                    source: DecodeError::NoPemBlock,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+
+        let err = SecretsBundle::from_yaml("cluster: [").unwrap_err();
+        assert!(
+            err.source()
+                .and_then(|s| s.downcast_ref::<serde_yaml_ng::Error>())
+                .is_some(),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn cabpt_secret_keys_missing_or_not_text() {
+        use std::collections::BTreeMap;
+        let err = SecretsBundle::from_cabpt_secret(&BTreeMap::new()).unwrap_err();
+        assert!(
+            matches!(&err, Error::BundleMissing { field } if field.contains("\"certs\"")),
+            "{err:?}"
+        );
+        let not_text = BTreeMap::from([("bundle".to_owned(), vec![0xff, 0xfe])]);
+        let err = SecretsBundle::from_cabpt_secret(&not_text).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::BundleField {
+                    source: DecodeError::Utf8(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // A legacy Secret without an etcd CA: missing, not "not PEM".
+        let legacy = BTreeMap::from([
+            ("certs".to_owned(), b"os: {}\n".to_vec()),
+            ("kubeSecrets".to_owned(), b"bootstraptoken: a.b\n".to_vec()),
+            ("trustdInfo".to_owned(), b"token: c.d\n".to_vec()),
+        ]);
+        let err = SecretsBundle::from_cabpt_secret(&legacy).unwrap_err();
+        assert!(
+            matches!(&err, Error::BundleMissing { field } if field == "certs.etcd.crt"),
+            "{err:?}"
+        );
+        let err = SecretsBundle::from_cabpt_secret(&not_text).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::BundleField {
+                    source: DecodeError::Utf8(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn decode_pem_says_what_is_wrong() {
+        assert_eq!(
+            decode_pem("%%%%"),
+            Err(DecodeError::Base64Character { offset: 0 })
+        );
+        assert_eq!(
+            decode_pem(&STANDARD.encode([0xff])).map_err(|e| matches!(e, DecodeError::Utf8(_))),
+            Err(true)
+        );
+        assert_eq!(decode_pem(&b64("text")), Err(DecodeError::NoPemBlock));
+        assert!(matches!(
+            signing_key("-----BEGIN PRIVATE KEY-----\n%%%%\n-----END PRIVATE KEY-----\n"),
+            Err(Error::CaKey { .. })
+        ));
     }
 }

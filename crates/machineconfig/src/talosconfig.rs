@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use crate::secrets::{b64, decode_pem, ed25519_pem, signing_key};
-use crate::{Error, SecretsBundle};
+use crate::{DecodeError, Error, SecretsBundle};
 
 /// One talosconfig context.
 #[derive(Serialize, Deserialize, Clone, Default, PartialEq, Eq)]
@@ -38,6 +38,23 @@ impl std::fmt::Debug for Context {
             .field("endpoints", &self.endpoints)
             .field("nodes", &self.nodes)
             .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// The OS CA certificate (PEM) the Talos API's server certificates are checked against.
+    pub fn ca_pem(&self) -> Result<String, DecodeError> {
+        decode_pem(&self.ca)
+    }
+
+    /// The client certificate (PEM).
+    pub fn crt_pem(&self) -> Result<String, DecodeError> {
+        decode_pem(&self.crt)
+    }
+
+    /// The client key (PEM). Secret: never log it or put it in an error.
+    pub fn key_pem(&self) -> Result<String, DecodeError> {
+        decode_pem(&self.key)
     }
 }
 
@@ -76,14 +93,14 @@ pub fn generate(
     bundle: &SecretsBundle,
     options: &ClientOptions,
 ) -> Result<TalosConfig, Error> {
-    let ca_pem = decode_pem(&bundle.certs.os.crt)
-        .map_err(|_| Error::Bundle("certs.os.crt is not base64-encoded PEM".into()))?;
-    let ca_key = signing_key(
-        &decode_pem(&bundle.certs.os.key)
-            .map_err(|_| Error::Bundle("certs.os.key is not base64-encoded PEM".into()))?,
-    )?;
+    let field = |field: &str| {
+        let field = field.to_owned();
+        move |source| Error::BundleField { field, source }
+    };
+    let ca_pem = decode_pem(&bundle.certs.os.crt).map_err(field("certs.os.crt"))?;
+    let ca_key = signing_key(&decode_pem(&bundle.certs.os.key).map_err(field("certs.os.key"))?)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
-        .map_err(|e| Error::Bundle(format!("unreadable OS CA certificate: {e}")))?;
+        .map_err(|source| Error::CaCertificate { source })?;
 
     let key = KeyPair::generate_for(&PKCS_ED25519)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -112,18 +129,93 @@ pub fn generate(
 
 impl TalosConfig {
     pub fn to_yaml(&self) -> Result<String, Error> {
-        serde_yaml_ng::to_string(self).map_err(|e| Error::Bundle(e.to_string()))
+        serde_yaml_ng::to_string(self).map_err(|source| Error::Serialize {
+            what: "talosconfig",
+            source,
+        })
     }
 
+    /// Parse a talosconfig as talosctl writes it (fields we do not use are ignored).
     pub fn from_yaml(text: &str) -> Result<TalosConfig, Error> {
-        serde_yaml_ng::from_str(text).map_err(|e| Error::Parse {
+        serde_yaml_ng::from_str(text).map_err(|source| Error::Parse {
             what: "talosconfig".into(),
-            message: e.to_string(),
+            source,
         })
     }
 
     /// The current context.
     pub fn current(&self) -> Option<&Context> {
         self.contexts.get(&self.context)
+    }
+
+    /// The context called `name`, or the current one when `name` is `None`; with its name.
+    pub fn context_named<'a>(&'a self, name: Option<&'a str>) -> Option<(&'a str, &'a Context)> {
+        let name = name.unwrap_or(&self.context);
+        self.contexts.get(name).map(|c| (name, c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+    use crate::Contract;
+
+    #[test]
+    fn round_trips_and_never_shows_the_key() {
+        let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+        let options = ClientOptions {
+            endpoints: vec!["10.0.0.2".into()],
+            ..ClientOptions::default()
+        };
+        let config = generate("demo", &bundle, &options).unwrap();
+        let back = TalosConfig::from_yaml(&config.to_yaml().unwrap()).unwrap();
+        assert_eq!(back, config);
+        let (name, ctx) = back.context_named(None).unwrap();
+        assert_eq!(name, "demo");
+        assert!(back.context_named(Some("other")).is_none());
+        assert!(
+            ctx.key_pem()
+                .unwrap()
+                .starts_with("-----BEGIN ED25519 PRIVATE KEY-----")
+        );
+        assert!(
+            ctx.crt_pem()
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        assert!(
+            ctx.ca_pem()
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        let debug = format!("{back:?}");
+        assert!(
+            !debug.contains(&ctx.key) && !debug.contains(&ctx.crt),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn parse_errors_keep_the_yaml_error() {
+        let err = TalosConfig::from_yaml("context: [").unwrap_err();
+        assert!(
+            err.to_string().starts_with("parsing talosconfig: "),
+            "{err}"
+        );
+        assert!(
+            err.source()
+                .and_then(|s| s.downcast_ref::<serde_yaml_ng::Error>())
+                .is_some()
+        );
+        let bad = Context {
+            key: "%%".into(),
+            ..Context::default()
+        };
+        assert_eq!(
+            bad.key_pem(),
+            Err(DecodeError::Base64Character { offset: 0 })
+        );
     }
 }

@@ -10,6 +10,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::client::{AddressProblem, Error, authority};
+
 #[derive(Debug)]
 struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
 
@@ -58,18 +60,32 @@ impl ServerCertVerifier for AcceptAnyServer {
     }
 }
 
-pub(crate) async fn connect(host: &str, port: u16, timeout: Duration) -> Result<Channel, String> {
+/// A channel to `host:port` (the endpoint as written, for messages) without verifying the
+/// server.
+pub(crate) async fn connect(
+    endpoint: &str,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<Channel, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| Error::Tls {
+            endpoint: endpoint.to_owned(),
+            source: Arc::new(e),
+        })?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let addr = format!("{host}:{port}");
-    let server_name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+    let addr = authority(host, port);
+    let server_name =
+        ServerName::try_from(host.to_owned()).map_err(|e| Error::InvalidEndpoint {
+            endpoint: endpoint.to_owned(),
+            problem: AddressProblem::Address(Arc::new(e)),
+        })?;
     Endpoint::from_static("http://talos-maintenance")
         .connect_timeout(timeout)
         .timeout(timeout)
@@ -84,5 +100,8 @@ pub(crate) async fn connect(host: &str, port: u16, timeout: Duration) -> Result<
             }
         }))
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| Error::Connect {
+            endpoint: endpoint.to_owned(),
+            source: Arc::new(e),
+        })
 }

@@ -5,7 +5,10 @@
 pub mod client;
 mod insecure;
 
-pub use client::{Client, Error, NodeResult, Nodes, machine_status};
+pub use client::{
+    AddressProblem, Client, Error, HumanDuration, NodeResult, Nodes, Source, machine_status,
+};
+pub use machineconfig::talosconfig::{Context, TalosConfig};
 
 /// Generated from proto/common/common.proto.
 #[allow(clippy::all, missing_debug_implementations)]

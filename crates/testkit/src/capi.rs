@@ -226,7 +226,7 @@ impl ClusterApiManager {
 }
 
 /// A minimal HTTP/1.0 GET on loopback; true on a 200 answer.
-async fn http_get_ok(port: u16, path: &str) -> bool {
+pub(crate) async fn http_get_ok(port: u16, path: &str) -> bool {
     let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return false;
     };

@@ -21,6 +21,7 @@ mod error;
 mod etcd;
 pub mod infra;
 mod kubeconfig;
+pub mod peers;
 pub mod pki;
 pub mod process;
 mod shared;

@@ -1,0 +1,435 @@
+//! The TalosConfig controller: renders each TalosConfig into its Machine's bootstrap data
+//! Secret, keeps the cluster's secrets bundle, CA and talosconfig Secrets, and reports status
+//! for both Cluster API contracts. Event-driven: it reacts to its TalosConfigs, their Secrets,
+//! their Machines and their Clusters, never to a timer.
+
+pub mod plan;
+pub mod render;
+pub mod scope;
+pub mod secrets;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use api::bootstrap::v1alpha3::{TalosConfig, TalosConfigStatus};
+use api::capi::{Cluster, labels};
+use api::conditions::{ConditionType, Observation, Severity, Status, reason};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::{Context, Error};
+use plan::Gate;
+use secrets::DataOutcome;
+use status::Report;
+
+pub const CONTROLLER: &str = "talosconfig";
+
+fn resource(group: &str, version: &str, kind: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
+}
+
+fn talosconfig_resource() -> ApiResource {
+    resource("bootstrap.cluster.x-k8s.io", "v1alpha3", "TalosConfig")
+}
+
+fn api_for(ctx: &Context, ar: &ApiResource) -> Api<DynamicObject> {
+    match &ctx.options.namespace {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, ar),
+        None => Api::all_with(ctx.client.clone(), ar),
+    }
+}
+
+fn typed_api<K>(ctx: &Context) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match &ctx.options.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    }
+}
+
+fn watch_config(ctx: &Context) -> watcher::Config {
+    match &ctx.options.watch_filter {
+        Some(value) => {
+            watcher::Config::default().labels(&format!("{}={value}", labels::WATCH_FILTER))
+        }
+        None => watcher::Config::default(),
+    }
+}
+
+/// Run the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ar = talosconfig_resource();
+    let configs: Api<DynamicObject> = api_for(&ctx, &ar);
+    let machines: Api<DynamicObject> = api_for(
+        &ctx,
+        &resource(api::capi::GROUP, api::capi::VERSION, "Machine"),
+    );
+    let clusters: Api<Cluster> = typed_api(&ctx);
+    // Only the Secrets of Cluster API clusters: the bootstrap data Secrets we own carry the
+    // cluster-name label, so the cache never holds the rest of the management cluster's Secrets.
+    let secrets: Api<Secret> = typed_api(&ctx);
+    let secret_watch = watcher::Config::default().labels(labels::CLUSTER_NAME);
+
+    let controller = Controller::new_with(configs, watch_config(&ctx), ar.clone()).with_config(
+        kube::runtime::controller::Config::default().concurrency(ctx.options.concurrency),
+    );
+    let store = controller.store();
+    let machine_store = store.clone();
+    let cluster_store = store.clone();
+    controller
+        .owns_with(secrets, (), secret_watch)
+        .watches_with(
+            machines,
+            resource(api::capi::GROUP, api::capi::VERSION, "Machine"),
+            watch_config(&ctx),
+            move |machine| configs_for_machine(&machine_store, &machine),
+        )
+        .watches(clusters, watch_config(&ctx), move |cluster| {
+            configs_of_cluster(
+                &cluster_store,
+                &cluster.namespace().unwrap_or_default(),
+                &cluster.name_any(),
+                false,
+            )
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "talosconfig controller");
+            }
+        })
+        .await;
+}
+
+/// A Machine's own TalosConfig; for a control-plane Machine also every control-plane
+/// TalosConfig of its cluster (their talosconfig endpoints follow the machine's addresses).
+fn configs_for_machine(
+    store: &Store<DynamicObject>,
+    machine: &DynamicObject,
+) -> Vec<ObjectRef<DynamicObject>> {
+    let ns = machine.namespace().unwrap_or_default();
+    let spec = &machine.data["spec"];
+    let mut refs = Vec::new();
+    let config_ref = &spec["bootstrap"]["configRef"];
+    if config_ref["kind"] == "TalosConfig"
+        && let Some(name) = config_ref["name"].as_str()
+    {
+        refs.push(ObjectRef::new_with(name, talosconfig_resource()).within(&ns));
+    }
+    if machine.labels().contains_key(labels::CONTROL_PLANE)
+        && let Some(cluster) = spec["clusterName"].as_str()
+    {
+        refs.extend(configs_of_cluster(store, &ns, cluster, true));
+    }
+    refs
+}
+
+fn configs_of_cluster(
+    store: &Store<DynamicObject>,
+    ns: &str,
+    cluster: &str,
+    control_plane_only: bool,
+) -> Vec<ObjectRef<DynamicObject>> {
+    store
+        .state()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(ns))
+        .filter(|c| c.labels().get(labels::CLUSTER_NAME).map(String::as_str) == Some(cluster))
+        .filter(|c| {
+            !control_plane_only
+                || matches!(
+                    c.data["spec"]["generateType"].as_str(),
+                    Some("controlplane" | "init")
+                )
+        })
+        .map(|c| ObjectRef::from_obj_with(c.as_ref(), talosconfig_resource()))
+        .collect()
+}
+
+fn key(obj: &DynamicObject) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&obj, &ctx).await;
+    ctx.metrics.observe(
+        CONTROLLER,
+        started.elapsed(),
+        result.as_ref().err().map(Error::category),
+    );
+    if result.is_ok() {
+        ctx.succeeded(&key(&obj));
+    }
+    result
+}
+
+fn error_policy(obj: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_transient() {
+        let wait = ctx.backoff(&key(&obj));
+        tracing::warn!(talosconfig = %key(&obj), error = %error, retry_in = ?wait, "transient error");
+        Action::requeue(wait)
+    } else {
+        // Reported in status and as an Event; a change to the object triggers the next try.
+        tracing::info!(talosconfig = %key(&obj), error = %error, "waiting for a change");
+        Action::await_change()
+    }
+}
+
+async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
+    let config: TalosConfig = match serde_json::to_value(obj).and_then(serde_json::from_value) {
+        Ok(c) => c,
+        Err(source) => {
+            report_undecodable(obj, ctx, &source).await?;
+            return Err(Error::Decode {
+                kind: "TalosConfig",
+                source,
+            });
+        }
+    };
+    if config.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let scope = scope::observe(ctx, config).await?;
+    let mut report = Report::default();
+    let outcome = act(ctx, &scope, &mut report).await;
+    if let Err(e) = &outcome {
+        report.data.get_or_insert_with(|| failure_observation(e));
+    }
+    write_status(ctx, &scope.config, &report).await?;
+    outcome.map(|()| Action::await_change())
+}
+
+fn failure_observation(e: &Error) -> Observation {
+    let (r, severity) = match e {
+        Error::Spec(spec) => (spec.reason(), Severity::Error),
+        Error::InvalidSecret { .. } => (reason::INVALID_SECRET, Severity::Error),
+        Error::Kube { .. } | Error::Decode { .. } => (reason::INTERNAL_ERROR, Severity::Warning),
+    };
+    Observation::new(ConditionType::DataSecretAvailable, Status::False, r)
+        .message(e.to_string())
+        .severity(severity)
+}
+
+/// Observe → gate → render → write; fills `report` as it goes.
+async fn act(ctx: &Context, scope: &scope::Scope, report: &mut Report) -> Result<(), Error> {
+    let gate = plan::gate(scope);
+    let (machine, cluster, cluster_name) =
+        match (&gate, &scope.machine, &scope.cluster, &scope.cluster_name) {
+            (Gate::Paused(source), ..) => {
+                report.paused = Some(source.clone());
+                return Ok(());
+            }
+            (Gate::Wait { reason, message }, ..) => {
+                report.data = Some(
+                    Observation::new(ConditionType::DataSecretAvailable, Status::False, reason)
+                        .message(message.clone()),
+                );
+                return Ok(());
+            }
+            (Gate::Reuse(name), ..) => {
+                report.data_secret_name = Some(name.clone());
+                report.data = Some(
+                    Observation::new(
+                        ConditionType::DataSecretAvailable,
+                        Status::True,
+                        reason::AVAILABLE,
+                    )
+                    .message(format!("reusing Secret {name} named by the Machine")),
+                );
+                return Ok(());
+            }
+            (Gate::Render, Some(m), Some(c), Some(n)) => (m, c, n),
+            // plan::gate only renders once the machine, the cluster and its name are known.
+            (Gate::Render, ..) => {
+                return Err(Error::Spec(crate::SpecError::Invalid(
+                    "the owner Machine or its Cluster is not known yet".into(),
+                )));
+            }
+        };
+    let ns = scope.namespace();
+    let bundle = secrets::bundle(ctx, &ns, cluster).await?;
+    let value =
+        render::machine_config(&scope.config.spec, machine, cluster, cluster_name, &bundle)?;
+    let name = scope
+        .config
+        .status
+        .as_ref()
+        .and_then(|s| s.data_secret_name.clone())
+        .unwrap_or_else(|| plan::data_secret_name(&machine.name_any()));
+    let outcome = secrets::data(ctx, &scope.config, machine, cluster_name, &name, &value).await?;
+    report.data_secret_name = Some(name.clone());
+    report.data = Some(
+        Observation::new(
+            ConditionType::DataSecretAvailable,
+            Status::True,
+            reason::AVAILABLE,
+        )
+        .message(format!("bootstrap data in Secret {name}")),
+    );
+    report.config_up_to_date = Some(match outcome {
+        DataOutcome::Differs => Observation::new(ConditionType::ConfigUpToDate, Status::False, reason::RUNNING_CONFIG_DIFFERS)
+            .message(format!(
+                "the spec renders a configuration that differs from Secret {name}, which machine {} has already consumed; \
+                 the running machine keeps its configuration (replace the machine, or apply the change through the control plane)",
+                machine.name_any()
+            ))
+            .severity(Severity::Warning),
+        _ => Observation::new(ConditionType::ConfigUpToDate, Status::True, reason::UP_TO_DATE),
+    });
+
+    let client_config = async {
+        secrets::ca(ctx, &ns, cluster, &bundle).await?;
+        let control_plane = scope::control_plane_machines(ctx, &ns, cluster_name).await?;
+        let endpoints = secrets::talosconfig_endpoints(cluster, &control_plane);
+        secrets::talosconfig(ctx, &ns, cluster, &bundle, endpoints).await
+    }
+    .await;
+    report.client_config = Some(match &client_config {
+        Ok(()) => Observation::new(
+            ConditionType::ClientConfigAvailable,
+            Status::True,
+            reason::AVAILABLE,
+        )
+        .message(format!(
+            "talosconfig in Secret {}",
+            secrets::talosconfig_name(cluster_name)
+        )),
+        Err(e) => Observation::new(
+            ConditionType::ClientConfigAvailable,
+            Status::False,
+            reason::NOT_AVAILABLE,
+        )
+        .message(e.to_string())
+        .severity(Severity::Warning),
+    });
+    client_config
+}
+
+async fn write_status(ctx: &Context, config: &TalosConfig, report: &Report) -> Result<(), Error> {
+    let old = config.status.clone().unwrap_or_default();
+    let now = ctx.clock.now();
+    let new: TalosConfigStatus = status::status(&old, report, config.meta().generation, &now);
+    if api::conditions::equal_ignoring_time(&old, &new) {
+        return Ok(());
+    }
+    let ns = config.namespace().unwrap_or_default();
+    let name = config.name_any();
+    let api: Api<TalosConfig> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = json!({
+        "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3",
+        "kind": "TalosConfig",
+        "status": new,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(&ctx.options.manager_name).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube(format!(
+        "writing the status of TalosConfig {ns}/{name}"
+    )))?;
+    publish(ctx, config, status::transitions(&old, &new)).await;
+    Ok(())
+}
+
+/// One Event per changed condition. Events are best effort: a failure is logged, not retried.
+async fn publish(ctx: &Context, config: &TalosConfig, changed: Vec<&api::conditions::Condition>) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let reference = config.object_ref(&());
+    for c in changed {
+        if c.type_ == ConditionType::Paused.as_str()
+            && c.status == "False"
+            && c.reason == reason::NOT_PAUSED
+        {
+            continue; // the default state is not news
+        }
+        let warning = c.status == "False" && status::is_error_reason(&c.reason);
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: c.reason.clone(),
+            note: Some(
+                format!("{} is {}: {}", c.type_, c.status, c.message)
+                    .chars()
+                    .take(1024)
+                    .collect(),
+            ),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %e, "publishing an Event");
+        }
+    }
+}
+
+/// A TalosConfig that does not decode (a hand-edited object the schema let through): say so in
+/// its status and an Event; other objects keep reconciling.
+async fn report_undecodable(
+    obj: &DynamicObject,
+    ctx: &Context,
+    source: &serde_json::Error,
+) -> Result<(), Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let message = format!("the object cannot be read as a TalosConfig: {source}");
+    let mut status = TalosConfigStatus::default();
+    let observation = Observation::new(
+        ConditionType::DataSecretAvailable,
+        Status::False,
+        reason::INVALID_SPEC,
+    )
+    .message(message.clone())
+    .severity(Severity::Error);
+    let now = ctx.clock.now();
+    api::conditions::set(&mut status, &observation, obj.metadata.generation, &now);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &talosconfig_resource());
+    let patch = json!({
+        "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
+        "status": {"conditions": status.conditions, "observedGeneration": obj.metadata.generation},
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(&ctx.options.manager_name).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube(format!(
+        "writing the status of TalosConfig {ns}/{name}"
+    )))?;
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason::INVALID_SPEC.into(),
+        note: Some(message.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder
+        .publish(&event, &obj.object_ref(&talosconfig_resource()))
+        .await
+    {
+        tracing::debug!(error = %e, "publishing an Event");
+    }
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! Decide, without I/O: the machine configuration a TalosConfig renders to, given its Machine,
+//! its Cluster and the cluster's secrets bundle.
+
+use api::bootstrap::v1alpha3::{GenerateType, HostnameSource, TalosConfigSpec};
+use api::capi::{Cluster, Machine};
+use machineconfig::render::DEFAULT_KUBERNETES_VERSION;
+use machineconfig::{Contract, Input, MachineType, Patch, SecretsBundle};
+
+use crate::SpecError;
+
+/// A Kubernetes Secret holds at most 1 MiB; Talos reads its configuration from user data.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+/// Strategic patches and `data` together: generous for real configs, bounded for hostile ones.
+pub const MAX_INPUT_BYTES: usize = 512 * 1024;
+
+/// The one place generateType maps to a machine type: `None` means "use spec.data".
+pub fn machine_type(generate: GenerateType) -> Option<MachineType> {
+    match generate {
+        GenerateType::Controlplane | GenerateType::Init => Some(MachineType::Controlplane),
+        GenerateType::Worker | GenerateType::Join => Some(MachineType::Worker),
+        GenerateType::None => None,
+    }
+}
+
+/// The configuration for `spec`, owned by `machine` in `cluster`.
+pub fn machine_config(
+    spec: &TalosConfigSpec,
+    machine: &Machine,
+    cluster: &Cluster,
+    cluster_name: &str,
+    bundle: &SecretsBundle,
+) -> Result<String, SpecError> {
+    let input_size = spec.data.as_ref().map_or(0, String::len)
+        + spec
+            .strategic_patches
+            .iter()
+            .flatten()
+            .map(String::len)
+            .sum::<usize>();
+    if input_size > MAX_INPUT_BYTES {
+        return Err(SpecError::TooLarge {
+            what: "spec.data and spec.strategicPatches".into(),
+            size: input_size,
+            limit: MAX_INPUT_BYTES,
+        });
+    }
+    let patches = patches(spec)?;
+    let generate = spec.generate_type.ok_or_else(|| {
+        SpecError::Invalid(
+            "spec.generateType is required: controlplane, worker, init or none".into(),
+        )
+    })?;
+    let text = match machine_type(generate) {
+        Some(machine_type) => {
+            let input = input(spec, machine, cluster, cluster_name)?;
+            machineconfig::generate(machine_type, &input, bundle, &patches)
+                .map_err(SpecError::Render)?
+        }
+        None => {
+            let data = spec.data.as_deref().unwrap_or_default();
+            let docs = machineconfig::render::from_yaml(data).map_err(SpecError::Render)?;
+            let docs = machineconfig::patch::apply(docs, &patches).map_err(SpecError::Render)?;
+            machineconfig::render::to_yaml(&docs).map_err(SpecError::Render)?
+        }
+    };
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(SpecError::TooLarge {
+            what: "the rendered machine configuration".into(),
+            size: text.len(),
+            limit: MAX_CONFIG_BYTES,
+        });
+    }
+    Ok(text)
+}
+
+/// configPatches (JSON 6902) first, then strategicPatches, as CABPT applies them.
+fn patches(spec: &TalosConfigSpec) -> Result<Vec<Patch>, SpecError> {
+    let mut out = Vec::new();
+    if let Some(ops) = spec.config_patches.as_ref().filter(|o| !o.is_empty()) {
+        let value = serde_json::to_value(ops)
+            .map_err(|source| SpecError::PatchEncoding { index: 0, source })?;
+        out.push(Patch::json6902(value).map_err(SpecError::Render)?);
+    }
+    for text in spec.strategic_patches.iter().flatten() {
+        out.push(Patch::parse(text).map_err(SpecError::Render)?);
+    }
+    Ok(out)
+}
+
+fn input(
+    spec: &TalosConfigSpec,
+    machine: &Machine,
+    cluster: &Cluster,
+    cluster_name: &str,
+) -> Result<Input, SpecError> {
+    let endpoint = cluster
+        .endpoint()
+        .ok_or_else(|| SpecError::Invalid("the Cluster has no spec.controlPlaneEndpoint".into()))?;
+    let host = if endpoint.host.contains(':') {
+        format!("[{}]", endpoint.host)
+    } else {
+        endpoint.host.clone()
+    };
+    let mut input = Input::new(cluster_name, &format!("https://{host}:{}", endpoint.port));
+    input.contract = Contract::parse(spec.talos_version.as_deref().unwrap_or_default())
+        .map_err(SpecError::Render)?;
+    input.kubernetes_version = machine
+        .spec
+        .version
+        .as_deref()
+        .map(|v| v.trim_start_matches('v').to_owned())
+        .unwrap_or_else(|| DEFAULT_KUBERNETES_VERSION.to_owned());
+    if let Some(network) = &cluster.spec.cluster_network {
+        if let Some(domain) = network.service_domain.as_ref().filter(|d| !d.is_empty()) {
+            input.dns_domain = domain.clone();
+        }
+        if let Some(pods) = network.pods.as_ref().filter(|p| !p.cidr_blocks.is_empty()) {
+            input.pod_subnets = pods.cidr_blocks.clone();
+        }
+        if let Some(services) = network
+            .services
+            .as_ref()
+            .filter(|s| !s.cidr_blocks.is_empty())
+        {
+            input.service_subnets = services.cidr_blocks.clone();
+        }
+    }
+    input.hostname = match spec.hostname.as_ref().and_then(|h| h.source) {
+        Some(HostnameSource::MachineName) => machine.metadata.name.clone(),
+        Some(HostnameSource::InfrastructureName) => {
+            Some(machine.spec.infrastructure_ref.name.clone()).filter(|n| !n.is_empty())
+        }
+        None => None,
+    };
+    Ok(input)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::bootstrap::v1alpha3::{ConfigPatch, HostnameSpec, PatchOp};
+    use api::capi::{ApiEndpoint, ClusterNetwork, ClusterSpec, MachineSpec, NetworkRanges};
+    use serde_json::Value;
+    use std::sync::OnceLock;
+
+    fn bundle() -> &'static SecretsBundle {
+        static B: OnceLock<SecretsBundle> = OnceLock::new();
+        B.get_or_init(|| SecretsBundle::generate(Contract::NEWEST).expect("bundle"))
+    }
+
+    fn cluster() -> Cluster {
+        Cluster::new(
+            "c",
+            ClusterSpec {
+                control_plane_endpoint: Some(ApiEndpoint {
+                    host: "192.168.1.100".into(),
+                    port: 6443,
+                }),
+                cluster_network: Some(ClusterNetwork {
+                    service_domain: Some("corp.local".into()),
+                    pods: Some(NetworkRanges {
+                        cidr_blocks: vec!["10.244.0.0/16".into(), "fd00:10:244::/56".into()],
+                    }),
+                    services: Some(NetworkRanges {
+                        cidr_blocks: vec!["10.96.0.0/12".into(), "fd00:10:96::/112".into()],
+                    }),
+                    api_server_port: None,
+                }),
+                ..ClusterSpec::default()
+            },
+        )
+    }
+
+    fn machine() -> Machine {
+        let mut m = Machine::new(
+            "c-cp-0",
+            MachineSpec {
+                cluster_name: "c".into(),
+                version: Some("v1.35.0".into()),
+                ..MachineSpec::default()
+            },
+        );
+        m.spec.infrastructure_ref.name = "proxmox-vm-17".into();
+        m
+    }
+
+    fn docs(text: &str) -> Vec<Value> {
+        machineconfig::render::from_yaml(text).expect("rendered YAML parses")
+    }
+
+    fn spec(generate: GenerateType) -> TalosConfigSpec {
+        TalosConfigSpec {
+            generate_type: Some(generate),
+            talos_version: Some("v1.11".into()),
+            ..TalosConfigSpec::default()
+        }
+    }
+
+    #[test]
+    fn cluster_network_version_and_endpoint_propagate() {
+        let text = machine_config(
+            &spec(GenerateType::Controlplane),
+            &machine(),
+            &cluster(),
+            "c",
+            bundle(),
+        )
+        .expect("renders");
+        let d = &docs(&text)[0];
+        assert_eq!(
+            d["cluster"]["controlPlane"]["endpoint"],
+            "https://192.168.1.100:6443"
+        );
+        assert_eq!(d["cluster"]["clusterName"], "c");
+        assert_eq!(d["cluster"]["network"]["dnsDomain"], "corp.local");
+        assert_eq!(
+            d["cluster"]["network"]["podSubnets"],
+            serde_json::json!(["10.244.0.0/16", "fd00:10:244::/56"])
+        );
+        assert_eq!(
+            d["cluster"]["network"]["serviceSubnets"],
+            serde_json::json!(["10.96.0.0/12", "fd00:10:96::/112"])
+        );
+        assert!(
+            d["cluster"]["apiServer"]["image"]
+                .as_str()
+                .is_some_and(|i| i.ends_with(":v1.35.0")),
+            "{}",
+            d["cluster"]["apiServer"]["image"]
+        );
+    }
+
+    #[test]
+    fn workers_carry_no_ca_keys() {
+        let text = machine_config(
+            &spec(GenerateType::Worker),
+            &machine(),
+            &cluster(),
+            "c",
+            bundle(),
+        )
+        .expect("renders");
+        let d = &docs(&text)[0];
+        assert_eq!(d["machine"]["type"], "worker");
+        assert!(
+            d["cluster"]["ca"]["key"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+        );
+        assert!(
+            d["machine"]["ca"]["key"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn hostname_from_either_source() {
+        for (source, expected) in [
+            (HostnameSource::MachineName, "c-cp-0"),
+            (HostnameSource::InfrastructureName, "proxmox-vm-17"),
+        ] {
+            let mut s = spec(GenerateType::Worker);
+            s.talos_version = Some("v1.13".into());
+            s.hostname = Some(HostnameSpec {
+                source: Some(source),
+            });
+            let text = machine_config(&s, &machine(), &cluster(), "c", bundle()).expect("renders");
+            assert!(
+                docs(&text)
+                    .iter()
+                    .any(|d| d["kind"] == "HostnameConfig" && d["hostname"] == expected),
+                "{expected} in {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_patches_then_strategic_patches() {
+        let mut s = spec(GenerateType::Worker);
+        s.config_patches = Some(vec![ConfigPatch {
+            op: PatchOp::Replace,
+            path: "/machine/install/disk".into(),
+            value: Some("/dev/vda".into()),
+            from: None,
+        }]);
+        s.strategic_patches = Some(vec![
+            "machine:\n  install:\n    disk: /dev/nvme0n1\n".into(),
+        ]);
+        let text = machine_config(&s, &machine(), &cluster(), "c", bundle()).expect("renders");
+        assert_eq!(docs(&text)[0]["machine"]["install"]["disk"], "/dev/nvme0n1");
+    }
+
+    #[test]
+    fn a_bad_patch_is_a_spec_error_naming_the_problem() {
+        let mut s = spec(GenerateType::Worker);
+        s.talos_version = Some("v1.13".into());
+        s.config_patches = Some(vec![ConfigPatch {
+            op: PatchOp::Add,
+            path: "/machine/network/hostname".into(),
+            value: Some("x".into()),
+            from: None,
+        }]);
+        let err = machine_config(&s, &machine(), &cluster(), "c", bundle()).unwrap_err();
+        assert_eq!(err.reason(), api::conditions::reason::PATCH_FAILED);
+        assert!(err.to_string().contains("JSON6902"), "{err}");
+    }
+
+    #[test]
+    fn generate_type_none_uses_data_and_still_patches_it() {
+        let mut s = spec(GenerateType::None);
+        s.data = Some("version: v1alpha1\nmachine:\n  type: worker\n  token: t\ncluster:\n  clusterName: own\n".into());
+        s.strategic_patches = Some(vec!["machine:\n  install:\n    disk: /dev/vdb\n".into()]);
+        let text = machine_config(&s, &machine(), &cluster(), "c", bundle()).expect("renders");
+        let d = &docs(&text)[0];
+        assert_eq!(d["cluster"]["clusterName"], "own");
+        assert_eq!(d["machine"]["install"]["disk"], "/dev/vdb");
+    }
+
+    #[test]
+    fn oversized_input_is_refused_before_parsing() {
+        let mut s = spec(GenerateType::Worker);
+        s.strategic_patches = Some(vec!["#".repeat(MAX_INPUT_BYTES + 1)]);
+        let err = machine_config(&s, &machine(), &cluster(), "c", bundle()).unwrap_err();
+        assert!(matches!(err, SpecError::TooLarge { .. }), "{err}");
+    }
+}

@@ -1,0 +1,399 @@
+//! Act: the Secrets a TalosConfig needs, named, labelled and owned as CABPT's are, so that
+//! clusters CABPT built are adopted as they are. Every write is create-if-absent or an update
+//! guarded by resourceVersion; nothing is written twice that must be written once.
+
+use std::collections::BTreeMap;
+
+use api::bootstrap::v1alpha3::TalosConfig;
+use api::capi::{Cluster, Machine, labels};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::{Resource, ResourceExt};
+use machineconfig::talosconfig::ClientOptions;
+use machineconfig::{Contract, SecretsBundle};
+
+use crate::{Context, Error};
+
+/// Cluster API's Secret type for bootstrap data and kubeconfigs.
+pub const CLUSTER_SECRET_TYPE: &str = "cluster.x-k8s.io/secret";
+/// Cluster annotation pinning the talosconfig endpoints (comma-separated), for clusters whose
+/// API is reached through a VIP or load balancer rather than the machines' addresses.
+pub const TALOSCONFIG_ENDPOINTS: &str = "talos.cluster.x-k8s.io/talosconfig-endpoints";
+
+pub fn bundle_name(cluster: &str) -> String {
+    format!("{cluster}-talos")
+}
+pub fn ca_name(cluster: &str) -> String {
+    format!("{cluster}-ca")
+}
+pub fn talosconfig_name(cluster: &str) -> String {
+    format!("{cluster}-talosconfig")
+}
+
+fn meta(
+    name: &str,
+    ns: &str,
+    cluster: &str,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(ns.to_owned()),
+        labels: Some(BTreeMap::from([(
+            labels::CLUSTER_NAME.to_owned(),
+            cluster.to_owned(),
+        )])),
+        owner_references: owner.map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn cluster_owner(
+    cluster: &Cluster,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    let mut owner = cluster.controller_owner_ref(&())?;
+    owner.controller = None;
+    owner.block_owner_deletion = None;
+    Some(owner)
+}
+
+/// Create `secret` unless a Secret of that name exists; either way return what is stored.
+async fn create_if_absent(api: &Api<Secret>, secret: &Secret) -> Result<Secret, Error> {
+    let name = secret.name_any();
+    match api.create(&PostParams::default(), secret).await {
+        Ok(created) => Ok(created),
+        Err(kube::Error::Api(e)) if e.code == 409 => api
+            .get(&name)
+            .await
+            .map_err(Error::kube(format!("reading Secret {name}"))),
+        Err(e) => Err(Error::kube(format!("creating Secret {name}"))(e)),
+    }
+}
+
+fn text(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()?
+        .get(key)
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+/// The cluster's secrets bundle (`<cluster>-talos`, key `bundle`; CABPT's legacy keys are read
+/// too), generated and stored exactly once however many reconciles race for it.
+pub async fn bundle(ctx: &Context, ns: &str, cluster: &Cluster) -> Result<SecretsBundle, Error> {
+    let cluster_name = cluster.name_any();
+    let name = bundle_name(&cluster_name);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    // One generation per cluster in this process; other processes race through create.
+    let lock = ctx.bundle_lock(&format!("{ns}/{cluster_name}"));
+    let _guard = lock.lock().await;
+    let stored = match api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube(format!("reading Secret {name}")))?
+    {
+        Some(s) => s,
+        None => {
+            let generated =
+                tokio::task::spawn_blocking(|| SecretsBundle::generate(Contract::NEWEST))
+                    .await
+                    .map_err(|e| Error::InvalidSecret {
+                        name: name.clone(),
+                        reason: format!("generating the secrets bundle stopped: {e}"),
+                    })?
+                    .map_err(|e| Error::InvalidSecret {
+                        name: name.clone(),
+                        reason: format!("generating the secrets bundle: {e}"),
+                    })?;
+            let yaml = generated.to_yaml().map_err(|e| Error::InvalidSecret {
+                name: name.clone(),
+                reason: format!("serializing the secrets bundle: {e}"),
+            })?;
+            let secret = Secret {
+                metadata: meta(&name, ns, &cluster_name, cluster_owner(cluster)),
+                data: Some(BTreeMap::from([(
+                    "bundle".to_owned(),
+                    ByteString(yaml.into_bytes()),
+                )])),
+                ..Secret::default()
+            };
+            create_if_absent(&api, &secret).await?
+        }
+    };
+    let data: BTreeMap<String, Vec<u8>> = stored
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    SecretsBundle::from_cabpt_secret(&data).map_err(|e| Error::InvalidSecret {
+        name,
+        reason: e.to_string(),
+    })
+}
+
+/// `<cluster>-ca`: the Kubernetes CA (tls.crt, tls.key), as CABPT writes it; created once.
+pub async fn ca(
+    ctx: &Context,
+    ns: &str,
+    cluster: &Cluster,
+    bundle: &SecretsBundle,
+) -> Result<(), Error> {
+    let cluster_name = cluster.name_any();
+    let name = ca_name(&cluster_name);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    if api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube(format!("reading Secret {name}")))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let pem = |b64: &str, what: &str| {
+        machineconfig::secrets::decode_pem(b64).map_err(|_| Error::InvalidSecret {
+            name: bundle_name(&cluster_name),
+            reason: format!("certs.k8s.{what} is not base64-encoded PEM"),
+        })
+    };
+    let secret = Secret {
+        metadata: meta(&name, ns, &cluster_name, cluster_owner(cluster)),
+        data: Some(BTreeMap::from([
+            (
+                "tls.crt".to_owned(),
+                ByteString(pem(&bundle.certs.k8s.crt, "crt")?.into_bytes()),
+            ),
+            (
+                "tls.key".to_owned(),
+                ByteString(pem(&bundle.certs.k8s.key, "key")?.into_bytes()),
+            ),
+        ])),
+        ..Secret::default()
+    };
+    create_if_absent(&api, &secret).await.map(drop)
+}
+
+/// The talosconfig endpoints: pinned by the Cluster annotation, else the control-plane
+/// Machines' external and internal IPs, sorted.
+pub fn talosconfig_endpoints(cluster: &Cluster, control_plane: &[Machine]) -> Vec<String> {
+    if let Some(pinned) = cluster.annotations().get(TALOSCONFIG_ENDPOINTS) {
+        let mut v: Vec<String> = pinned
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v.dedup();
+        return v;
+    }
+    let mut v: Vec<String> = control_plane
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .flat_map(|m| m.addresses())
+        .filter(|a| a.type_ == "ExternalIP" || a.type_ == "InternalIP")
+        .map(|a| a.address.clone())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// `<cluster>-talosconfig` (key `talosconfig`): created once with an os:admin client
+/// certificate; afterwards only its endpoints follow `endpoints`.
+pub async fn talosconfig(
+    ctx: &Context,
+    ns: &str,
+    cluster: &Cluster,
+    bundle: &SecretsBundle,
+    endpoints: Vec<String>,
+) -> Result<(), Error> {
+    let cluster_name = cluster.name_any();
+    let name = talosconfig_name(&cluster_name);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let invalid = |reason: String| Error::InvalidSecret {
+        name: name.clone(),
+        reason,
+    };
+    match api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube(format!("reading Secret {name}")))?
+    {
+        None => {
+            let options = ClientOptions {
+                endpoints,
+                ..ClientOptions::default()
+            };
+            let config = machineconfig::talosconfig::generate(&cluster_name, bundle, &options)
+                .and_then(|c| c.to_yaml())
+                .map_err(|e| invalid(format!("generating the talosconfig: {e}")))?;
+            let secret = Secret {
+                metadata: meta(&name, ns, &cluster_name, cluster_owner(cluster)),
+                data: Some(BTreeMap::from([(
+                    "talosconfig".to_owned(),
+                    ByteString(config.into_bytes()),
+                )])),
+                ..Secret::default()
+            };
+            create_if_absent(&api, &secret).await.map(drop)
+        }
+        Some(mut existing) => {
+            let current = text(&existing, "talosconfig")
+                .ok_or_else(|| invalid("has no talosconfig key".into()))?;
+            let mut config = machineconfig::talosconfig::TalosConfig::from_yaml(&current)
+                .map_err(|e| invalid(e.to_string()))?;
+            let context = config.context.clone();
+            let Some(ctx_entry) = config.contexts.get_mut(&context) else {
+                return Err(invalid(format!("has no context {context:?}")));
+            };
+            if ctx_entry.endpoints == endpoints {
+                return Ok(());
+            }
+            ctx_entry.endpoints = endpoints;
+            let yaml = config.to_yaml().map_err(|e| invalid(e.to_string()))?;
+            existing
+                .data
+                .get_or_insert_with(BTreeMap::new)
+                .insert("talosconfig".to_owned(), ByteString(yaml.into_bytes()));
+            existing.metadata.managed_fields = None;
+            api.replace(&name, &PostParams::default(), &existing)
+                .await
+                .map(drop)
+                .map_err(Error::kube(format!(
+                    "updating the endpoints of Secret {name}"
+                )))
+        }
+    }
+}
+
+/// What happened to a machine's bootstrap data Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataOutcome {
+    Created,
+    Unchanged,
+    /// Re-rendered for a machine that has not booted yet.
+    Updated,
+    /// The Secret differs from the spec, but its machine has consumed it (or someone else owns
+    /// it): left as it is.
+    Differs,
+}
+
+/// Whether a machine has consumed its bootstrap data: its infrastructure exists or it has a Node.
+pub fn booted(machine: &Machine) -> bool {
+    machine.has_node()
+        || machine
+            .status
+            .as_ref()
+            .and_then(|s| s.initialization.as_ref())
+            .and_then(|i| i.infrastructure_provisioned)
+            .unwrap_or(false)
+}
+
+/// Write `<machine>-bootstrap-data` (type cluster.x-k8s.io/secret, single key `value`,
+/// controller-owned by the TalosConfig). An existing Secret — ours or CABPT's — is reused; it is
+/// only rewritten while its machine has not booted.
+pub async fn data(
+    ctx: &Context,
+    config: &TalosConfig,
+    machine: &Machine,
+    cluster: &str,
+    name: &str,
+    value: &str,
+) -> Result<DataOutcome, Error> {
+    let ns = config.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let owner = config.controller_owner_ref(&());
+    let desired = Secret {
+        metadata: meta(name, &ns, cluster, owner),
+        type_: Some(CLUSTER_SECRET_TYPE.to_owned()),
+        data: Some(BTreeMap::from([(
+            "value".to_owned(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    };
+    let existing = match api.create(&PostParams::default(), &desired).await {
+        Ok(_) => return Ok(DataOutcome::Created),
+        Err(kube::Error::Api(e)) if e.code == 409 => api
+            .get(name)
+            .await
+            .map_err(Error::kube(format!("reading Secret {name}")))?,
+        Err(e) => return Err(Error::kube(format!("creating Secret {name}"))(e)),
+    };
+    if text(&existing, "value").as_deref() == Some(value) {
+        return Ok(DataOutcome::Unchanged);
+    }
+    let ours = existing
+        .owner_references()
+        .iter()
+        .any(|o| o.kind == "TalosConfig" && Some(&o.uid) == config.metadata.uid.as_ref());
+    if !ours || booted(machine) {
+        return Ok(DataOutcome::Differs);
+    }
+    let mut updated = existing;
+    updated.data = desired.data;
+    updated.metadata.managed_fields = None;
+    api.replace(name, &PostParams::default(), &updated)
+        .await
+        .map_err(Error::kube(format!("updating Secret {name}")))?;
+    Ok(DataOutcome::Updated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::capi::{ClusterSpec, MachineAddress, MachineSpec, MachineStatus};
+
+    fn cp(name: &str, addresses: &[(&str, &str)]) -> Machine {
+        let mut m = Machine::new(
+            name,
+            MachineSpec {
+                cluster_name: "c".into(),
+                ..MachineSpec::default()
+            },
+        );
+        m.status = Some(MachineStatus {
+            addresses: Some(
+                addresses
+                    .iter()
+                    .map(|(t, a)| MachineAddress {
+                        type_: (*t).into(),
+                        address: (*a).into(),
+                    })
+                    .collect(),
+            ),
+            ..MachineStatus::default()
+        });
+        m
+    }
+
+    #[test]
+    fn endpoints_follow_control_plane_ips_unless_pinned() {
+        let mut cluster = Cluster::new("c", ClusterSpec::default());
+        let machines = [
+            cp("b", &[("InternalIP", "10.0.0.12"), ("Hostname", "b")]),
+            cp(
+                "a",
+                &[("ExternalIP", "192.168.1.11"), ("InternalIP", "10.0.0.11")],
+            ),
+        ];
+        assert_eq!(
+            talosconfig_endpoints(&cluster, &machines),
+            vec!["10.0.0.11", "10.0.0.12", "192.168.1.11"]
+        );
+        cluster
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                TALOSCONFIG_ENDPOINTS.into(),
+                "192.168.1.41, 192.168.1.40".into(),
+            );
+        assert_eq!(
+            talosconfig_endpoints(&cluster, &machines),
+            vec!["192.168.1.40", "192.168.1.41"]
+        );
+    }
+}

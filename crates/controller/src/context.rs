@@ -1,0 +1,107 @@
+//! What every reconcile shares: the client, the Event reporter, metrics, a clock and options.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::Reporter;
+
+use crate::metrics::Metrics;
+
+/// The time source; tests may fix it.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now(&self) -> Time;
+}
+
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Time {
+        Time(Timestamp::now())
+    }
+}
+
+/// How the controllers run (the manager's flags).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Watch one namespace only (Cluster API's `--namespace`).
+    pub namespace: Option<String>,
+    /// Only objects carrying `cluster.x-k8s.io/watch-filter=<value>` (Cluster API's
+    /// `--watch-filter`).
+    pub watch_filter: Option<String>,
+    /// Reconciles running at once, per controller.
+    pub concurrency: u16,
+    /// The field manager and Event reporter name.
+    pub manager_name: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            namespace: None,
+            watch_filter: None,
+            concurrency: 10,
+            manager_name: "talos-capi".into(),
+        }
+    }
+}
+
+/// Shared by every reconcile of every controller.
+pub struct Context {
+    pub client: kube::Client,
+    pub reporter: Reporter,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    pub options: Options,
+    failures: Mutex<HashMap<String, u32>>,
+    bundle_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn new(client: kube::Client, options: Options) -> Context {
+        Context {
+            client,
+            reporter: Reporter {
+                controller: options.manager_name.clone(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+            metrics: Metrics::default(),
+            clock: Arc::new(SystemClock),
+            options,
+            failures: Mutex::new(HashMap::new()),
+            bundle_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Exponential backoff per object for transient errors: 1 s doubling to 5 min.
+    pub(crate) fn backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    /// The lock that serialises secrets-bundle generation for one cluster in this process.
+    pub(crate) fn bundle_lock(&self, cluster: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.bundle_locks.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(locks.entry(cluster.to_owned()).or_default())
+    }
+
+    pub(crate) fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}

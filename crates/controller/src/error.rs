@@ -1,0 +1,81 @@
+//! Reconcile errors, by category: transient ones (the API server, conflicts) requeue with
+//! backoff; spec errors (what the user wrote cannot be rendered) become a condition and wait for
+//! the object to change.
+
+/// What the user must fix in the object (or its inputs); never retried on a timer.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{0}")]
+    Render(#[source] machineconfig::Error),
+    #[error("configPatches[{index}] cannot be encoded as a JSON patch: {source}")]
+    PatchEncoding {
+        index: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        what: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl SpecError {
+    /// The condition reason for this error.
+    pub fn reason(&self) -> &'static str {
+        use api::conditions::reason;
+        match self {
+            SpecError::Render(machineconfig::Error::Patch { .. })
+            | SpecError::Render(machineconfig::Error::JsonPatchOnMultiDocument)
+            | SpecError::PatchEncoding { .. } => reason::PATCH_FAILED,
+            SpecError::Render(_) => reason::RENDER_FAILED,
+            SpecError::TooLarge { .. } | SpecError::Invalid(_) => reason::INVALID_SPEC,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A Secret we depend on exists but cannot be used; fixing it is up to a person.
+    #[error("Secret {name}: {reason}")]
+    InvalidSecret { name: String, reason: String },
+    #[error("the object cannot be read as {kind}: {source}")]
+    Decode {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    pub fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Kube { action, source }
+    }
+
+    /// A label for metrics and Events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kubernetes",
+            Error::Spec(_) => "spec",
+            Error::InvalidSecret { .. } => "secret",
+            Error::Decode { .. } => "decode",
+        }
+    }
+
+    /// Transient errors are retried with backoff; the others wait for a change.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Kube { .. })
+    }
+}

@@ -1,0 +1,78 @@
+//! Per-controller metrics (prometheus-client): reconcile totals, errors by category, durations.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabel {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: &'static str,
+    pub category: &'static str,
+}
+
+/// The metrics every controller reports.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub reconciles: Family<ControllerLabel, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub duration: Family<ControllerLabel, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            reconciles: Family::default(),
+            errors: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+        }
+    }
+}
+
+impl Metrics {
+    /// Register under `talos_capi_*` in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let sub = registry.sub_registry_with_prefix("talos_capi");
+        sub.register(
+            "reconciles",
+            "Reconciles run, per controller",
+            self.reconciles.clone(),
+        );
+        sub.register(
+            "reconcile_errors",
+            "Reconciles that failed, per controller and error category",
+            self.errors.clone(),
+        );
+        sub.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration, per controller",
+            self.duration.clone(),
+        );
+    }
+
+    pub fn observe(&self, controller: &'static str, took: Duration, error: Option<&'static str>) {
+        let label = ControllerLabel { controller };
+        self.reconciles.get_or_create(&label).inc();
+        self.duration
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+        if let Some(category) = error {
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    controller,
+                    category,
+                })
+                .inc();
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! The TalosConfig controller on the local control plane with the real Cluster API core: real
+//! Machine and MachineSet controllers own our TalosConfigs and read our status; we render
+//! bootstrap data into Secrets the real talosctl validates.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use api::bootstrap::v1alpha3::TalosConfig;
+use api::capi::Machine;
+use api::conditions::{self, ConditionType};
+use common::*;
+use controller::bootstrap::secrets;
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+#[tokio::test]
+async fn control_planes_and_workers_share_one_bundle_and_machines_get_their_data() {
+    let (client, ns, _controller) = setup("bootstrap-ha").await;
+    cluster(&client, &ns, "ha", false).await;
+    let cp_spec = json!({"generateType": "controlplane", "talosVersion": "v1.13", "hostname": {"source": "MachineName"}});
+    for i in 0..3 {
+        machine(
+            &client,
+            &ns,
+            "ha",
+            &format!("ha-cp-{i}"),
+            cp_spec.clone(),
+            true,
+        )
+        .await;
+    }
+    // Workers through a MachineDeployment and a TalosConfigTemplate: the real MachineSet
+    // controller stamps out Machines and TalosConfigs from the templates.
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfigTemplate",
+            "metadata": {"name": "ha-workers"},
+            "spec": {"template": {"spec": {"generateType": "worker", "talosVersion": "v1.13"}}}
+        }),
+    )
+    .await;
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachineTemplate",
+            "metadata": {"name": "ha-workers"}, "spec": {"template": {"spec": {}}}
+        }),
+    )
+    .await;
+    apply(&client, &ns, json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineDeployment",
+        "metadata": {"name": "ha-workers"},
+        "spec": {
+            "clusterName": "ha", "replicas": 4,
+            "selector": {"matchLabels": {"pool": "ha-workers"}},
+            "template": {
+                "metadata": {"labels": {"pool": "ha-workers"}},
+                "spec": {
+                    "clusterName": "ha", "version": "v1.35.0",
+                    "bootstrap": {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "TalosConfigTemplate", "name": "ha-workers"}},
+                    "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "SimMachineTemplate", "name": "ha-workers"}
+                }
+            }
+        }
+    }))
+    .await;
+
+    let mut configs = Vec::new();
+    for i in 0..3 {
+        configs.push(
+            wait_config(
+                &client,
+                &ns,
+                &format!("ha-cp-{i}"),
+                ConditionType::Ready,
+                "True",
+            )
+            .await,
+        );
+    }
+    let machines: Api<Machine> = Api::namespaced(client.clone(), &ns);
+    let workers = tokio::time::timeout(WAIT, async {
+        loop {
+            let list = machines
+                .list(&ListParams::default().labels("pool=ha-workers"))
+                .await
+                .unwrap();
+            if list.items.len() == 4
+                && list
+                    .items
+                    .iter()
+                    .all(|m| m.spec.bootstrap.data_secret_name.is_some())
+            {
+                return list.items;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("the MachineSet's 4 Machines get bootstrap data through our TalosConfigs");
+
+    let mut docs_by_machine = BTreeMap::new();
+    for config in &configs {
+        let status = config.status.as_ref().unwrap();
+        assert_eq!(status.ready, Some(true));
+        assert_eq!(
+            status
+                .initialization
+                .as_ref()
+                .and_then(|i| i.data_secret_created),
+            Some(true)
+        );
+        let name = status.data_secret_name.clone().unwrap();
+        let (secret, docs) = secret_value(&client, &ns, &name).await;
+        assert_eq!(secret.type_.as_deref(), Some("cluster.x-k8s.io/secret"));
+        assert_eq!(
+            secret.data.as_ref().map(BTreeMap::len),
+            Some(1),
+            "a single key, value"
+        );
+        assert!(
+            secret
+                .metadata
+                .owner_references
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o.kind == "TalosConfig" && o.controller == Some(true)),
+            "controller-owned by its TalosConfig"
+        );
+        docs_by_machine.insert(config.metadata.name.clone().unwrap(), docs);
+    }
+    for worker in &workers {
+        let name = worker.spec.bootstrap.data_secret_name.clone().unwrap();
+        let (_, docs) = secret_value(&client, &ns, &name).await;
+        docs_by_machine.insert(worker.metadata.name.clone().unwrap(), docs);
+    }
+    // The real Machine controller read our v1beta2 status.
+    for m in machines.list(&ListParams::default()).await.unwrap().items {
+        assert_eq!(
+            m.status
+                .and_then(|s| s.initialization)
+                .and_then(|i| i.bootstrap_data_secret_created),
+            Some(true),
+            "Machine {:?}",
+            m.metadata.name
+        );
+    }
+
+    let first = &docs_by_machine["ha-cp-0"][0];
+    for (machine, docs) in &docs_by_machine {
+        let d = &docs[0];
+        assert_eq!(
+            d["cluster"]["ca"]["crt"], first["cluster"]["ca"]["crt"],
+            "{machine}: one cluster CA"
+        );
+        assert_eq!(
+            d["machine"]["token"], first["machine"]["token"],
+            "{machine}: one token"
+        );
+        assert_eq!(
+            d["cluster"]["controlPlane"]["endpoint"],
+            "https://192.168.1.100:6443"
+        );
+        assert_eq!(d["cluster"]["network"]["dnsDomain"], "corp.local");
+        assert_eq!(
+            d["cluster"]["network"]["podSubnets"],
+            json!(["10.244.0.0/16", "fd00:10:244::/56"])
+        );
+        if machine.starts_with("ha-cp-") {
+            assert_eq!(d["machine"]["type"], "controlplane");
+            assert!(
+                docs.iter()
+                    .any(|d| d["kind"] == "HostnameConfig" && d["hostname"] == machine.as_str()),
+                "{machine}: hostname from the machine name"
+            );
+        } else {
+            assert_eq!(d["machine"]["type"], "worker");
+            assert!(
+                d["cluster"]["ca"]["key"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .is_empty(),
+                "{machine}: no CA key"
+            );
+            assert!(
+                d["machine"]["ca"]["key"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .is_empty(),
+                "{machine}: no OS CA key"
+            );
+        }
+        talosctl_validate(docs);
+    }
+
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let bundles = secrets_api
+        .list(&ListParams::default().labels("cluster.x-k8s.io/cluster-name=ha"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|s| s.metadata.name.as_deref() == Some("ha-talos"))
+        .count();
+    assert_eq!(bundles, 1);
+    assert!(
+        secrets_api
+            .get_opt(&secrets::ca_name("ha"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let talosconfig = secrets_api
+        .get(&secrets::talosconfig_name("ha"))
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        talosconfig.data.unwrap_or_default()["talosconfig"]
+            .0
+            .clone(),
+    )
+    .unwrap();
+    let parsed = machineconfig::talosconfig::TalosConfig::from_yaml(&text).unwrap();
+    assert_eq!(parsed.context, "ha");
+}
+
+#[tokio::test]
+async fn a_bad_patch_is_reported_and_the_other_configs_still_become_ready() {
+    let (client, ns, _controller) = setup("bootstrap-bad").await;
+    cluster(&client, &ns, "bad", false).await;
+    // Talos refuses JSON 6902 patches on multi-document configurations (contract v1.12+).
+    machine(
+        &client,
+        &ns,
+        "bad",
+        "bad-0",
+        json!({
+            "generateType": "worker", "talosVersion": "v1.13",
+            "configPatches": [{"op": "add", "path": "/machine/network/hostname", "value": "x"}]
+        }),
+        false,
+    )
+    .await;
+    machine(
+        &client,
+        &ns,
+        "bad",
+        "good-0",
+        json!({"generateType": "worker", "talosVersion": "v1.13"}),
+        false,
+    )
+    .await;
+
+    let bad = wait_config(
+        &client,
+        &ns,
+        "bad-0",
+        ConditionType::DataSecretAvailable,
+        "False",
+    )
+    .await;
+    let bad = tokio::time::timeout(WAIT, async {
+        let api: Api<TalosConfig> = Api::namespaced(client.clone(), &ns);
+        let mut c = bad;
+        loop {
+            let cond = conditions::get(
+                c.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_deref())
+                    .unwrap_or_default(),
+                ConditionType::DataSecretAvailable,
+            )
+            .cloned()
+            .unwrap_or_default();
+            if cond.reason == "PatchFailed" {
+                return cond;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            c = api.get("bad-0").await.unwrap();
+        }
+    })
+    .await
+    .expect("the patch failure is the reason");
+    assert!(bad.message.contains("JSON6902"), "{}", bad.message);
+    wait_config(&client, &ns, "good-0", ConditionType::Ready, "True").await;
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        secrets_api
+            .get_opt("bad-0-bootstrap-data")
+            .await
+            .unwrap()
+            .is_none(),
+        "no partial write"
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            let list = events.list(&ListParams::default()).await.unwrap().items;
+            if list.iter().any(|e| {
+                e.involved_object.name.as_deref() == Some("bad-0")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.reason.as_deref() == Some("PatchFailed")
+            }) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "a Warning Event names the patch failure");
+}
+
+#[tokio::test]
+async fn pause_holds_everything_until_lifted() {
+    let (client, ns, _controller) = setup("bootstrap-pause").await;
+    cluster(&client, &ns, "p", true).await;
+    // Cluster API does not adopt objects of a paused Cluster; the label names it.
+    let label = json!({"cluster.x-k8s.io/cluster-name": "p"});
+    machine_labelled(
+        &client,
+        &ns,
+        "p",
+        "p-0",
+        json!({"generateType": "worker"}),
+        false,
+        label,
+    )
+    .await;
+    let paused = wait_config(&client, &ns, "p-0", ConditionType::Paused, "True").await;
+    let cond = conditions::get(
+        paused
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .as_deref()
+            .unwrap(),
+        ConditionType::Paused,
+    )
+    .cloned()
+    .unwrap();
+    assert!(cond.message.contains("spec.paused"), "{}", cond.message);
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        secrets_api
+            .get_opt("p-0-bootstrap-data")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(secrets_api.get_opt("p-talos").await.unwrap().is_none());
+
+    dynamic(&client, &ns, "cluster.x-k8s.io/v1beta2", "Cluster")
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": false}})),
+        )
+        .await
+        .unwrap();
+    wait_config(&client, &ns, "p-0", ConditionType::Ready, "True").await;
+    wait_config(&client, &ns, "p-0", ConditionType::Paused, "False").await;
+}
+
+#[tokio::test]
+async fn a_legacy_bundle_secret_is_reused() {
+    let (client, ns, _controller) = setup("bootstrap-legacy").await;
+    let bundle = machineconfig::SecretsBundle::generate(machineconfig::Contract::NEWEST).unwrap();
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    // What CABPT writes: the bundle under key `bundle`.
+    let existing: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "legacy-talos", "labels": {"cluster.x-k8s.io/cluster-name": "legacy"}},
+        "stringData": {"bundle": bundle.to_yaml().unwrap()}
+    }))
+    .unwrap();
+    secrets_api
+        .create(&PostParams::default(), &existing)
+        .await
+        .unwrap();
+    cluster(&client, &ns, "legacy", false).await;
+    machine(
+        &client,
+        &ns,
+        "legacy",
+        "legacy-0",
+        json!({"generateType": "controlplane"}),
+        true,
+    )
+    .await;
+    wait_config(&client, &ns, "legacy-0", ConditionType::Ready, "True").await;
+    let (_, docs) = secret_value(&client, &ns, "legacy-0-bootstrap-data").await;
+    assert_eq!(
+        docs[0]["cluster"]["ca"]["crt"],
+        json!(bundle.certs.k8s.crt),
+        "the existing CA is used"
+    );
+    assert_eq!(docs[0]["machine"]["token"], json!(bundle.trustdinfo.token));
+}
+
+#[tokio::test]
+async fn a_hundred_configs_of_one_cluster_create_exactly_one_bundle() {
+    let (client, ns, _controller) = setup("bootstrap-race").await;
+    cluster(&client, &ns, "race", false).await;
+    let n = 100;
+    join_all((0..n).map(|i| {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            machine(
+                &client,
+                &ns,
+                "race",
+                &format!("race-{i}"),
+                json!({"generateType": "worker", "talosVersion": "v1.13"}),
+                false,
+            )
+            .await;
+        }
+    }))
+    .await;
+    let api: Api<TalosConfig> = Api::namespaced(client.clone(), &ns);
+    tokio::time::timeout(Duration::from_secs(240), async {
+        loop {
+            let ready = api
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .filter(|c| c.status.as_ref().and_then(|s| s.ready) == Some(true))
+                .count();
+            if ready == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .expect("all 100 TalosConfigs become ready");
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let all = secrets_api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let bundles: Vec<_> = all
+        .iter()
+        .filter(|s| s.metadata.name.as_deref() == Some("race-talos"))
+        .collect();
+    assert_eq!(bundles.len(), 1);
+    // Every machine's config carries that one bundle's token.
+    let token = {
+        let data = bundles[0].data.clone().unwrap_or_default();
+        let bundle = machineconfig::SecretsBundle::from_yaml(
+            &String::from_utf8(data["bundle"].0.clone()).unwrap(),
+        )
+        .unwrap();
+        bundle.trustdinfo.token
+    };
+    for i in [0, 42, 99] {
+        let (_, docs) = secret_value(&client, &ns, &format!("race-{i}-bootstrap-data")).await;
+        assert_eq!(docs[0]["machine"]["token"], json!(token));
+    }
+}

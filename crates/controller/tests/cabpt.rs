@@ -1,0 +1,229 @@
+//! Side by side with the real CABPT v0.6.12 (built from its Go module) on the same control plane
+//! and Cluster API core: the same TalosConfigs, Clusters and secrets bundle give the same
+//! bootstrap documents, and a cluster CABPT brought up is adopted without rewriting a booted
+//! machine's data.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+mod common;
+
+use api::bootstrap::v1alpha3::TalosConfig;
+use api::conditions::ConditionType;
+use common::*;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use serde_json::{Value, json};
+use testkit::{shared, unique_namespace};
+
+const FILTER: &str = "cabpt-peer";
+
+/// The machines both providers render: a control plane and a worker with both patch kinds.
+fn specs() -> Vec<(&'static str, Value, bool)> {
+    vec![
+        (
+            "cp-0",
+            json!({
+                "generateType": "controlplane", "talosVersion": "v1.11",
+                "configPatches": [{"op": "add", "path": "/machine/install/extraKernelArgs", "value": ["console=ttyS0"]}],
+                "strategicPatches": ["machine:\n  kubelet:\n    extraArgs:\n      rotate-server-certificates: \"true\"\n"]
+            }),
+            true,
+        ),
+        (
+            "w-0",
+            json!({"generateType": "worker", "talosVersion": "v1.11"}),
+            false,
+        ),
+    ]
+}
+
+async fn bring_up(client: &kube::Client, ns: &str, bundle: &str, labels: Value) {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "peer-talos", "labels": {"cluster.x-k8s.io/cluster-name": "peer"}},
+        "stringData": {"bundle": bundle}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    cluster_labelled(client, ns, "peer", false, labels.clone()).await;
+    for (name, spec, cp) in specs() {
+        machine_labelled(client, ns, "peer", name, spec, cp, labels.clone()).await;
+    }
+}
+
+async fn wait_ready(client: &kube::Client, ns: &str, name: &str) -> TalosConfig {
+    let api: Api<TalosConfig> = Api::namespaced(client.clone(), ns);
+    tokio::time::timeout(
+        WAIT,
+        await_condition(api, name, |c: Option<&TalosConfig>| {
+            c.and_then(|c| c.status.as_ref())
+                .is_some_and(|s| s.ready == Some(true) && s.data_secret_name.is_some())
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("TalosConfig {ns}/{name} did not become ready"))
+    .unwrap()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
+    let cp = shared().await.unwrap();
+    let client = cp.client().await.unwrap();
+    testkit::install_crds(&client, &api::all_crds())
+        .await
+        .unwrap();
+    let bundle = machineconfig::SecretsBundle::generate(machineconfig::Contract::NEWEST)
+        .unwrap()
+        .to_yaml()
+        .unwrap();
+
+    let theirs = unique_namespace(&client, "cabpt-theirs").await.unwrap();
+    let ours = unique_namespace(&client, "cabpt-ours").await.unwrap();
+    let cabpt = testkit::peers::start_cabpt(cp, FILTER).await.unwrap();
+    let _controller = start_controller(&client, &ours);
+    bring_up(
+        &client,
+        &theirs,
+        &bundle,
+        json!({"cluster.x-k8s.io/watch-filter": FILTER}),
+    )
+    .await;
+    bring_up(&client, &ours, &bundle, json!({})).await;
+
+    for (name, _, _) in specs() {
+        let a = wait_ready(&client, &theirs, name).await;
+        let b = wait_ready(&client, &ours, name).await;
+        let (_, theirs_docs) = secret_value(
+            &client,
+            &theirs,
+            a.status
+                .as_ref()
+                .unwrap()
+                .data_secret_name
+                .as_deref()
+                .unwrap(),
+        )
+        .await;
+        let (_, ours_docs) = secret_value(
+            &client,
+            &ours,
+            b.status
+                .as_ref()
+                .unwrap()
+                .data_secret_name
+                .as_deref()
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            ours_docs, theirs_docs,
+            "{name}: CABPT's and our bootstrap documents, field for field"
+        );
+    }
+
+    // Adoption: CABPT stops, the machines have booted (their infrastructure is provisioned),
+    // and our controller takes over the namespace CABPT reconciled.
+    let before: Vec<Secret> = {
+        let api: Api<Secret> = Api::namespaced(client.clone(), &theirs);
+        let mut v = Vec::new();
+        for (name, _, _) in specs() {
+            v.push(api.get(&format!("{name}-bootstrap-data")).await.unwrap());
+        }
+        v
+    };
+    drop(cabpt);
+    for (name, _, _) in specs() {
+        dynamic(
+            &client,
+            &theirs,
+            "infrastructure.cluster.x-k8s.io/v1alpha1",
+            "SimMachine",
+        )
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"providerID": format!("sim://{name}")}})),
+        )
+        .await
+        .unwrap();
+        dynamic(
+            &client,
+            &theirs,
+            "infrastructure.cluster.x-k8s.io/v1alpha1",
+            "SimMachine",
+        )
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"initialization": {"provisioned": true}}})),
+        )
+        .await
+        .unwrap();
+    }
+    // An edit after boot must not reach the booted machine.
+    dynamic(
+        &client,
+        &theirs,
+        "bootstrap.cluster.x-k8s.io/v1alpha3",
+        "TalosConfig",
+    )
+    .patch(
+        "w-0",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"strategicPatches": ["machine:\n  install:\n    disk: /dev/vdb\n"]}}),
+        ),
+    )
+    .await
+    .unwrap();
+    // Cluster API sees the provisioned infrastructure before we take over.
+    let machines: Api<api::capi::Machine> = Api::namespaced(client.clone(), &theirs);
+    for (name, _, _) in specs() {
+        tokio::time::timeout(
+            WAIT,
+            await_condition(machines.clone(), name, |m: Option<&api::capi::Machine>| {
+                m.and_then(|m| m.status.as_ref())
+                    .and_then(|s| s.initialization.as_ref())
+                    .and_then(|i| i.infrastructure_provisioned)
+                    == Some(true)
+            }),
+        )
+        .await
+        .expect("Cluster API marks the machine's infrastructure provisioned")
+        .unwrap();
+    }
+    let _adopting = start_controller(&client, &theirs);
+    for (name, _, _) in specs() {
+        let c = wait_config(&client, &theirs, name, ConditionType::Ready, "True").await;
+        let s = c.status.unwrap();
+        assert_eq!(
+            s.initialization.and_then(|i| i.data_secret_created),
+            Some(true),
+            "{name}: statuses converge"
+        );
+    }
+    wait_config(
+        &client,
+        &theirs,
+        "w-0",
+        ConditionType::ConfigUpToDate,
+        "False",
+    )
+    .await;
+    let api: Api<Secret> = Api::namespaced(client.clone(), &theirs);
+    for old in before {
+        let now = api
+            .get(old.metadata.name.as_deref().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            now.metadata.resource_version, old.metadata.resource_version,
+            "{:?} is not rewritten",
+            old.metadata.name
+        );
+        assert_eq!(now.data, old.data);
+    }
+}

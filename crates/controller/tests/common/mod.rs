@@ -1,0 +1,280 @@
+//! Fixtures shared by the controller integration tests: a namespace-scoped controller, a
+//! provisioned Cluster of the test infrastructure provider, Machines with their TalosConfigs.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test code; not every test uses every fixture
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::bootstrap::v1alpha3::TalosConfig;
+use api::conditions::{self, ConditionType};
+use controller::{Context, Options};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::wait::await_condition;
+use serde_json::{Value, json};
+use testkit::{shared, unique_namespace};
+use tokio::sync::oneshot;
+
+pub const WAIT: Duration = Duration::from_secs(90);
+
+/// A controller scoped to one test namespace, stopped when dropped.
+pub struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+pub async fn setup(prefix: &str) -> (kube::Client, String, Running) {
+    let cp = shared().await.unwrap();
+    let client = cp.client().await.unwrap();
+    testkit::install_crds(&client, &api::all_crds())
+        .await
+        .unwrap();
+    let ns = unique_namespace(&client, prefix).await.unwrap();
+    let running = start_controller(&client, &ns);
+    (client, ns, running)
+}
+
+/// Our TalosConfig controller, watching only `ns`.
+pub fn start_controller(client: &kube::Client, ns: &str) -> Running {
+    let ns = ns.to_owned();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Options {
+            namespace: Some(ns.clone()),
+            ..Options::default()
+        },
+    ));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(controller::bootstrap::run(ctx, async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+pub fn dynamic(
+    client: &kube::Client,
+    ns: &str,
+    api_version: &str,
+    kind: &str,
+) -> Api<DynamicObject> {
+    let (group, version) = api_version.split_once('/').unwrap();
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+pub async fn apply(client: &kube::Client, ns: &str, manifest: Value) {
+    let api = dynamic(
+        client,
+        ns,
+        manifest["apiVersion"].as_str().unwrap(),
+        manifest["kind"].as_str().unwrap(),
+    );
+    let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
+    api.patch(
+        &name,
+        &PatchParams::apply("bootstrap-test").force(),
+        &Patch::Apply(&manifest),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {} {name}: {e}", manifest["kind"]));
+}
+
+/// A provisioned test infrastructure cluster and a Cluster with an endpoint and networks.
+pub async fn cluster(client: &kube::Client, ns: &str, name: &str, paused: bool) {
+    cluster_labelled(client, ns, name, paused, json!({})).await;
+}
+
+/// [`cluster`], with extra labels on the Cluster (e.g. a watch filter).
+pub async fn cluster_labelled(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    paused: bool,
+    labels: Value,
+) {
+    apply(
+        client,
+        ns,
+        json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimCluster",
+            "metadata": {"name": name}, "spec": {}
+        }),
+    )
+    .await;
+    dynamic(
+        client,
+        ns,
+        "infrastructure.cluster.x-k8s.io/v1alpha1",
+        "SimCluster",
+    )
+    .patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"initialization": {"provisioned": true}}})),
+    )
+    .await
+    .unwrap();
+    apply(client, ns, json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "paused": paused,
+            "controlPlaneEndpoint": {"host": "192.168.1.100", "port": 6443},
+            "clusterNetwork": {
+                "pods": {"cidrBlocks": ["10.244.0.0/16", "fd00:10:244::/56"]},
+                "services": {"cidrBlocks": ["10.96.0.0/12", "fd00:10:96::/112"]},
+                "serviceDomain": "corp.local"
+            },
+            "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "SimCluster", "name": name}
+        }
+    }))
+    .await;
+}
+
+/// A TalosConfig and the Machine (with its infrastructure machine) that uses it.
+pub async fn machine(
+    client: &kube::Client,
+    ns: &str,
+    cluster: &str,
+    name: &str,
+    spec: Value,
+    control_plane: bool,
+) {
+    machine_labelled(client, ns, cluster, name, spec, control_plane, json!({})).await;
+}
+
+/// [`machine`], with extra labels on the TalosConfig and the Machine.
+pub async fn machine_labelled(
+    client: &kube::Client,
+    ns: &str,
+    cluster: &str,
+    name: &str,
+    spec: Value,
+    control_plane: bool,
+    extra: Value,
+) {
+    let mut labels = json!({"cluster.x-k8s.io/cluster-name": cluster});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        labels[k] = v.clone();
+    }
+    if control_plane {
+        labels["cluster.x-k8s.io/control-plane"] = json!("");
+    }
+    apply(
+        client,
+        ns,
+        json!({
+            "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
+            "metadata": {"name": name, "labels": extra}, "spec": spec
+        }),
+    )
+    .await;
+    apply(
+        client,
+        ns,
+        json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachine",
+            "metadata": {"name": name}, "spec": {}
+        }),
+    )
+    .await;
+    apply(client, ns, json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "clusterName": cluster, "version": "v1.35.0",
+            "bootstrap": {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "TalosConfig", "name": name}},
+            "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "SimMachine", "name": name}
+        }
+    }))
+    .await;
+}
+
+pub async fn wait_config(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    cond: ConditionType,
+    status: &'static str,
+) -> TalosConfig {
+    let api: Api<TalosConfig> = Api::namespaced(client.clone(), ns);
+    let waited = tokio::time::timeout(
+        WAIT,
+        await_condition(api.clone(), name, move |c: Option<&TalosConfig>| {
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.conditions.as_deref())
+                .and_then(|cs| conditions::get(cs, cond))
+                .is_some_and(|c| c.status == status)
+        }),
+    )
+    .await;
+    match waited {
+        Ok(Ok(Some(config))) => config,
+        _ => {
+            let last = api.get_opt(name).await.ok().flatten();
+            panic!(
+                "TalosConfig {ns}/{name}: {cond} did not become {status}; last seen: {}",
+                serde_json::to_string_pretty(&last).unwrap_or_default()
+            )
+        }
+    }
+}
+
+pub async fn secret_value(client: &kube::Client, ns: &str, name: &str) -> (Secret, Vec<Value>) {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    let data = secret.data.clone().unwrap_or_default();
+    let value = String::from_utf8(data.get("value").unwrap().0.clone()).unwrap();
+    (secret, machineconfig::render::from_yaml(&value).unwrap())
+}
+
+pub fn talosctl_validate(docs: &[Value]) {
+    let talosctl = testkit::tools::locate(testkit::tools::Tool::Talosctl).unwrap();
+    let dir = tempfile_dir();
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, machineconfig::render::to_yaml(docs).unwrap()).unwrap();
+    // Our configs set an install disk, so they are checked as bare-metal configs.
+    let out = std::process::Command::new(talosctl)
+        .args(["validate", "--strict", "--mode", "metal", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "talosctl validate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "talos-capi-bootstrap-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}

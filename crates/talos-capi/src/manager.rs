@@ -1,0 +1,79 @@
+//! `talos-capi manager`: runs the controllers against the cluster of the current kubeconfig
+//! (or the in-cluster service account) until SIGTERM or SIGINT.
+
+use std::sync::Arc;
+
+use clap::Args;
+use controller::{Context, Options};
+
+#[derive(Args, Debug)]
+pub struct ManagerArgs {
+    /// Watch only this namespace (Cluster API's --namespace).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Only reconcile objects labelled cluster.x-k8s.io/watch-filter=<value> (Cluster API's
+    /// --watch-filter).
+    #[arg(long)]
+    watch_filter: Option<String>,
+    /// TalosConfig reconciles running at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    talosconfig_concurrency: u16,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or controller=debug.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log_level: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn run(args: ManagerArgs) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .map_err(|e| format!("--log-level {:?}: {e}", args.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("connecting to the management cluster: {e}"))?;
+        let options = Options {
+            namespace: args.namespace,
+            watch_filter: args.watch_filter,
+            concurrency: args.talosconfig_concurrency,
+            ..Options::default()
+        };
+        let ctx = Arc::new(Context::new(client, options));
+        tracing::info!(options = ?ctx.options, "talos-capi manager starting");
+        controller::bootstrap::run(ctx, shutdown_signal()).await;
+        tracing::info!("talos-capi manager stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; stopping");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

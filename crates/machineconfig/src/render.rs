@@ -40,7 +40,9 @@ pub struct Input {
     pub dns_domain: String,
     pub pod_subnets: Vec<String>,
     pub service_subnets: Vec<String>,
+    /// Empty leaves `machine.install.disk` out (platforms that install from an image).
     pub install_disk: String,
+    /// Empty leaves `machine.install.image` out.
     pub install_image: String,
     pub hostname: Option<String>,
 }
@@ -183,8 +185,14 @@ pub fn render(
     if !v113 {
         machine.insert("network".into(), json!({}));
     }
-    let mut install =
-        json!({"disk": input.install_disk, "image": input.install_image, "wipe": false});
+    // Empty means "not set" (as CABPT renders for cloud platforms): the key is left out.
+    let mut install = json!({"wipe": false});
+    if !input.install_disk.is_empty() {
+        install["disk"] = json!(input.install_disk);
+    }
+    if !input.install_image.is_empty() {
+        install["image"] = json!(input.install_image);
+    }
     if v112 {
         install["grubUseUKICmdline"] = json!(true);
     }

@@ -8,7 +8,7 @@ use crate::tools::{Tool, locate};
 use crate::{Error, LocalControlPlane, poll_until};
 
 /// CABPT's manager, reconciling only objects labelled `cluster.x-k8s.io/watch-filter=<filter>`
-/// (so that it shares a control plane with other tests), with its webhook server off.
+/// (so that it shares a control plane with other tests).
 pub async fn start_cabpt(
     cp: &LocalControlPlane,
     watch_filter: &str,
@@ -16,10 +16,21 @@ pub async fn start_cabpt(
     let binary = locate(Tool::Cabpt)?;
     let health = free_port()?;
     let diagnostics = free_port()?;
+    let webhook = free_port()?;
+    // CABPT always starts its webhook server (which needs a certificate); its webhooks are not
+    // registered with the API server: only its reconcilers are compared.
+    let dir = cp.dir().join(format!("cabpt-{webhook}"));
+    std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    let serving = cp
+        .ca()
+        .serving("cabpt-webhook", &["127.0.0.1", "localhost"])?;
+    std::fs::write(dir.join("tls.crt"), &serving.cert_pem)
+        .and_then(|()| std::fs::write(dir.join("tls.key"), &serving.key_pem))
+        .map_err(Error::io("writing CABPT's webhook serving certificate"))?;
     let args = vec![
         format!("--kubeconfig={}", cp.kubeconfig_path().display()),
-        // A webhook port turns CABPT into a webhook-only server; 0 runs its reconcilers.
-        "--webhook-port=0".into(),
+        format!("--webhook-port={webhook}"),
+        format!("--webhook-cert-dir={}", dir.display()),
         format!("--health-addr=127.0.0.1:{health}"),
         format!("--diagnostics-address=127.0.0.1:{diagnostics}"),
         "--insecure-diagnostics".into(),

@@ -102,6 +102,9 @@ fn input(
         endpoint.host.clone()
     };
     let mut input = Input::new(cluster_name, &format!("https://{host}:{}", endpoint.port));
+    // As CABPT renders: no install disk or image, which the platform (or a patch) provides.
+    input.install_disk = String::new();
+    input.install_image = String::new();
     input.contract = Contract::parse(spec.talos_version.as_deref().unwrap_or_default())
         .map_err(SpecError::Render)?;
     input.kubernetes_version = machine
@@ -280,8 +283,9 @@ mod tests {
     #[test]
     fn json_patches_then_strategic_patches() {
         let mut s = spec(GenerateType::Worker);
+        // No install disk is rendered (as CABPT), so the JSON patch adds one.
         s.config_patches = Some(vec![ConfigPatch {
-            op: PatchOp::Replace,
+            op: PatchOp::Add,
             path: "/machine/install/disk".into(),
             value: Some("/dev/vda".into()),
             from: None,

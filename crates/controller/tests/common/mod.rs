@@ -247,9 +247,15 @@ pub fn talosctl_validate(docs: &[Value]) {
     let dir = tempfile_dir();
     let path = dir.join("config.yaml");
     std::fs::write(&path, machineconfig::render::to_yaml(docs).unwrap()).unwrap();
-    // Our configs set an install disk, so they are checked as bare-metal configs.
+    // Without an install disk (as CABPT renders them) a config is for a cloud platform; with one,
+    // for bare metal.
+    let mode = if docs[0]["machine"]["install"]["disk"].is_string() {
+        "metal"
+    } else {
+        "cloud"
+    };
     let out = std::process::Command::new(talosctl)
-        .args(["validate", "--strict", "--mode", "metal", "--config"])
+        .args(["validate", "--strict", "--mode", mode, "--config"])
         .arg(&path)
         .output()
         .unwrap();

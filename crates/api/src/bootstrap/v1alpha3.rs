@@ -243,7 +243,9 @@ pub struct TalosConfigTemplateResource {
     /// Labels and annotations for the generated TalosConfigs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<ObjectMetaTemplate>,
-    /// The TalosConfig spec every generated TalosConfig gets.
+    /// The TalosConfig spec every generated TalosConfig gets (optional, as in CABPT's schema;
+    /// the TalosConfigs stamped out still need a generateType).
+    #[serde(default)]
     pub spec: TalosConfigSpec,
 }
 
@@ -258,7 +260,7 @@ pub struct TalosConfigTemplateResource {
     category = "cluster-api",
     derive = "PartialEq",
     doc = "TalosConfigTemplate is the blueprint of the TalosConfigs of a MachineDeployment, MachinePool or ClusterClass worker class.",
-    validation = kube::core::Rule::new("has(self.spec.template.spec.generateType)").message("spec.template.spec.generateType is required: one of controlplane, worker (or join), init, none"),
+    validation = kube::core::Rule::new("!has(self.spec.template.spec) || has(self.spec.template.spec.generateType)").message("spec.template.spec.generateType is required: one of controlplane, worker (or join), init, none"),
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.template.spec.generateType"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]

@@ -6,7 +6,7 @@ CARGO ?= cargo
 LOCAL_CP_DIR := target/local-cp
 LOCAL_KUBECONFIG := $(LOCAL_CP_DIR)/kubeconfig
 LOCAL_CP_BIN := target/debug/local-control-plane
-TOOLS := kube-apiserver kubectl etcd cluster-api cluster-api-config clusterctl helm talosctl
+TOOLS := kube-apiserver kubectl etcd cluster-api cluster-api-config clusterctl cabpt cabpt-config helm talosctl
 # The Cluster API line of the floor lane (make test-capi-floor); the default lane is in versions.env.
 CLUSTER_API_FLOOR_VERSION := $(shell . hack/tools/versions.env && echo "$$CLUSTER_API_FLOOR_VERSION")
 # Test binaries of the workspace that need no outside cluster (the e2e suite needs KUBECONFIG).
@@ -86,6 +86,10 @@ bench: tools ## Benchmarks: config rendering and bundle generation (criterion), 
 	$(CARGO) bench --locked -p machineconfig
 	$(CARGO) bench --locked -p talos-sim --bench scale
 	$(CARGO) run --locked --release -p testkit --bin local-control-plane -- bench --runs 5 --cluster-api
+
+.PHONY: bench-bootstrap
+bench-bootstrap: tools ## 1,000 TalosConfigs through the real CABPT and through talos-capi, side by side (BENCH_CLUSTERS, BENCH_MACHINES).
+	$(CARGO) bench --locked -p talos-capi --bench bootstrap_vs_cabpt
 
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz

@@ -239,9 +239,18 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
             }),
         )
         .await
-        .unwrap_or_else(|_| panic!("{name}: our controller reports the adopted Secret"))
-        .unwrap()
-        .unwrap();
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+        let Some(c) = c else {
+            let last = configs
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|c| c.status);
+            panic!("{name}: our controller reports the adopted Secret; status: {last:#?}");
+        };
         let s = c.status.unwrap();
         assert_eq!(s.ready, Some(true), "{name}: statuses converge");
         assert_eq!(

@@ -8,6 +8,10 @@ use controller::{Context, Options};
 
 #[derive(Args, Debug)]
 pub struct ManagerArgs {
+    /// Kubeconfig of the management cluster (default: $KUBECONFIG, ~/.kube/config, or the
+    /// in-cluster service account).
+    #[arg(long)]
+    kubeconfig: Option<std::path::PathBuf>,
     /// Watch only this namespace (Cluster API's --namespace).
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
@@ -45,8 +49,25 @@ pub fn run(args: ManagerArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
     runtime.block_on(async move {
-        let client = kube::Client::try_default()
-            .await
+        let config = match &args.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .map_err(|e| format!("using {}: {e}", path.display()))?
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| format!("finding the management cluster: {e}"))?,
+        };
+        let mut config = config;
+        // Identifies our requests in the API server's audit log and metrics.
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(concat!("talos-capi/", env!("CARGO_PKG_VERSION"))),
+        ));
+        let client = kube::Client::try_from(config)
             .map_err(|e| format!("connecting to the management cluster: {e}"))?;
         let options = Options {
             namespace: args.namespace,

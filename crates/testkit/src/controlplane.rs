@@ -11,6 +11,8 @@ use crate::process::{ManagedProcess, free_port};
 use crate::tools::{Tool, locate};
 use crate::{Error, crds, kubeconfig, poll_until, retry_port_race};
 
+const AUDIT_LOG: &str = "audit.log";
+
 /// How a [`LocalControlPlane`] is started.
 #[derive(Debug, Default)]
 pub struct Builder {
@@ -20,6 +22,7 @@ pub struct Builder {
     crd_dirs: Vec<PathBuf>,
     cluster_api_crds: bool,
     cluster_api_manager: bool,
+    audit_log: bool,
 }
 
 impl Builder {
@@ -58,6 +61,13 @@ impl Builder {
     pub fn cluster_api(mut self) -> Self {
         self.cluster_api_crds = true;
         self.cluster_api_manager = true;
+        self
+    }
+
+    /// Write an audit log of every request (Metadata level, JSON lines) to
+    /// [`LocalControlPlane::audit_log_path`], e.g. to count a controller's API requests.
+    pub fn audit_log(mut self) -> Self {
+        self.audit_log = true;
         self
     }
 
@@ -126,9 +136,19 @@ impl LocalControlPlane {
         let ca = Ca::new(&format!("{name}-ca"))?;
         let binary = locate(Tool::KubeApiserver)?;
         let cleanup = temporary.then_some(dir.as_path());
-        let (apiserver, url, kubeconfig, config) =
-            retry_port_race(|| start_apiserver(&binary, &dir, cleanup, &name, &ca, &etcd, &prefix))
-                .await?;
+        let (apiserver, url, kubeconfig, config) = retry_port_race(|| {
+            start_apiserver(
+                &binary,
+                &dir,
+                cleanup,
+                &name,
+                &ca,
+                &etcd,
+                &prefix,
+                b.audit_log,
+            )
+        })
+        .await?;
         times.apiserver = started.elapsed();
 
         let mut cp = LocalControlPlane {
@@ -179,6 +199,11 @@ impl LocalControlPlane {
     /// The admin kubeconfig as YAML (embedded certificates).
     pub fn kubeconfig_yaml(&self) -> &str {
         &self.kubeconfig
+    }
+
+    /// The audit log of a control plane started with [`Builder::audit_log`].
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.dir.join(AUDIT_LOG)
     }
 
     /// Where the admin kubeconfig is written.
@@ -251,6 +276,7 @@ async fn start_apiserver(
     ca: &Ca,
     etcd: &Etcd,
     prefix: &str,
+    audit: bool,
 ) -> Result<(ManagedProcess, String, String, kube::Config), Error> {
     let port = free_port()?;
     let url = format!("https://127.0.0.1:{port}");
@@ -292,6 +318,21 @@ async fn start_apiserver(
         // No controller-manager runs, so nothing would create service-account tokens.
         "--disable-admission-plugins=ServiceAccount".into(),
     ];
+    let mut args = args;
+    if audit {
+        let policy = dir.join("audit-policy.yaml");
+        write_private(
+            &policy,
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived, ResponseStarted]\nrules:\n- level: Metadata\n",
+        )?;
+        args.push(format!("--audit-policy-file={}", policy.display()));
+        args.push(format!(
+            "--audit-log-path={}",
+            dir.join(AUDIT_LOG).display()
+        ));
+        args.push("--audit-log-format=json".into());
+        args.push("--audit-log-mode=blocking".into());
+    }
     let log = dir.join(format!("kube-apiserver-{port}.log"));
     let process = ManagedProcess::spawn("kube-apiserver", binary, &args, &log, cleanup)?;
 

@@ -348,37 +348,56 @@ async fn write_status(ctx: &Context, config: &TalosConfig, report: &Report) -> R
     Ok(())
 }
 
-/// One Event per changed condition. Events are best effort: a failure is logged, not retried.
+/// One Event per status change, listing the conditions that changed (Warning when one of them
+/// needs a person). Events are best effort: a failure is logged, not retried.
 async fn publish(ctx: &Context, config: &TalosConfig, changed: Vec<&api::conditions::Condition>) {
+    let news: Vec<_> = changed
+        .into_iter()
+        .filter(|c| !(c.type_ == ConditionType::Paused.as_str() && c.reason == reason::NOT_PAUSED))
+        .collect();
+    let Some(headline) = news
+        .iter()
+        .find(|c| c.status == "False" && status::is_error_reason(&c.reason))
+        .or_else(|| {
+            news.iter()
+                .find(|c| c.type_ == ConditionType::Ready.as_str())
+        })
+        .or_else(|| news.first())
+    else {
+        return;
+    };
+    let warning = headline.status == "False" && status::is_error_reason(&headline.reason);
+    let note: String = news
+        .iter()
+        .map(|c| {
+            format!(
+                "{} is {} ({}){}",
+                c.type_,
+                c.status,
+                c.reason,
+                if c.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", c.message)
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: headline.reason.clone(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    let reference = config.object_ref(&());
-    for c in changed {
-        if c.type_ == ConditionType::Paused.as_str()
-            && c.status == "False"
-            && c.reason == reason::NOT_PAUSED
-        {
-            continue; // the default state is not news
-        }
-        let warning = c.status == "False" && status::is_error_reason(&c.reason);
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: c.reason.clone(),
-            note: Some(
-                format!("{} is {}: {}", c.type_, c.status, c.message)
-                    .chars()
-                    .take(1024)
-                    .collect(),
-            ),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&event, &reference).await {
-            tracing::debug!(error = %e, "publishing an Event");
-        }
+    if let Err(e) = recorder.publish(&event, &config.object_ref(&())).await {
+        tracing::debug!(error = %e, "publishing an Event");
     }
 }
 

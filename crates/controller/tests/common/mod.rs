@@ -43,8 +43,13 @@ pub async fn setup(prefix: &str) -> (kube::Client, String, Running) {
     (client, ns, running)
 }
 
-/// Our TalosConfig controller, watching only `ns`.
+/// Our TalosConfig controller, watching only `ns`. Its logs go to the test output
+/// (RUST_LOG=controller=debug to see them).
 pub fn start_controller(client: &kube::Client, ns: &str) -> Running {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let ns = ns.to_owned();
     let ctx = Arc::new(Context::new(
         client.clone(),

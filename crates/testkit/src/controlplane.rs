@@ -143,8 +143,7 @@ impl LocalControlPlane {
                 cleanup,
                 &name,
                 &ca,
-                &etcd,
-                &prefix,
+                (&etcd, &prefix),
                 b.audit_log,
             )
         })
@@ -274,8 +273,7 @@ async fn start_apiserver(
     cleanup: Option<&Path>,
     name: &str,
     ca: &Ca,
-    etcd: &Etcd,
-    prefix: &str,
+    (etcd, prefix): (&Etcd, &str),
     audit: bool,
 ) -> Result<(ManagedProcess, String, String, kube::Config), Error> {
     let port = free_port()?;

@@ -370,3 +370,136 @@ async fn the_machine_controller_reads_our_v1beta2_bootstrap_status() {
             .any(|o| o.kind == "Machine" && o.controller == Some(true))
     );
 }
+
+/// ClusterClass with our templates: Cluster API's topology controller server-side-applies
+/// (dry-run first) a TalosControlPlane from our TalosControlPlaneTemplate and MachineDeployment
+/// TalosConfigs from our TalosConfigTemplate, writing the contract's machineTemplate paths.
+#[tokio::test]
+async fn a_cluster_class_with_our_templates_stamps_out_a_talos_control_plane() {
+    let client = client().await;
+    let ns = unique_namespace(&client, "clusterclass").await.unwrap();
+    let apply = |manifest: Value| {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            let (group, version) = manifest["apiVersion"]
+                .as_str()
+                .unwrap()
+                .split_once('/')
+                .unwrap();
+            let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+                group,
+                version,
+                manifest["kind"].as_str().unwrap(),
+            ));
+            let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &ar);
+            let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
+            api.patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&manifest),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("applying {} {name}: {e}", manifest["kind"]));
+        }
+    };
+    let sim = "infrastructure.cluster.x-k8s.io/v1alpha1";
+    apply(json!({"apiVersion": sim, "kind": "SimClusterTemplate", "metadata": {"name": "talos"}, "spec": {"template": {"spec": {}}}})).await;
+    apply(json!({"apiVersion": sim, "kind": "SimMachineTemplate", "metadata": {"name": "talos-cp"}, "spec": {"template": {"spec": {}}}})).await;
+    apply(json!({"apiVersion": sim, "kind": "SimMachineTemplate", "metadata": {"name": "talos-workers"}, "spec": {"template": {"spec": {}}}})).await;
+    apply(json!({
+        "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlaneTemplate",
+        "metadata": {"name": "talos"},
+        "spec": {"template": {"spec": {"controlPlaneConfig": {"controlplane": {"generateType": "controlplane", "talosVersion": "v1.13"}}}}}
+    }))
+    .await;
+    apply(json!({
+        "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfigTemplate",
+        "metadata": {"name": "talos-workers"},
+        "spec": {"template": {"spec": {"generateType": "worker", "talosVersion": "v1.13"}}}
+    }))
+    .await;
+    apply(json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "ClusterClass", "metadata": {"name": "talos"},
+        "spec": {
+            "infrastructure": {"ref": {"apiVersion": sim, "kind": "SimClusterTemplate", "name": "talos"}},
+            "controlPlane": {
+                "ref": {"apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlaneTemplate", "name": "talos"},
+                "machineInfrastructure": {"ref": {"apiVersion": sim, "kind": "SimMachineTemplate", "name": "talos-cp"}}
+            },
+            "workers": {"machineDeployments": [{
+                "class": "default",
+                "template": {
+                    "bootstrap": {"ref": {"apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfigTemplate", "name": "talos-workers"}},
+                    "infrastructure": {"ref": {"apiVersion": sim, "kind": "SimMachineTemplate", "name": "talos-workers"}}
+                }
+            }]}
+        }
+    }))
+    .await;
+    apply(json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster", "metadata": {"name": "cc"},
+        "spec": {"topology": {
+            "class": "talos", "version": "v1.35.0",
+            "controlPlane": {"replicas": 3},
+            "workers": {"machineDeployments": [{"class": "default", "name": "md-0", "replicas": 0}]}
+        }}
+    }))
+    .await;
+
+    let tcps: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "controlplane.cluster.x-k8s.io",
+            "v1alpha3",
+            "TalosControlPlane",
+        )),
+    );
+    let tcp = tokio::time::timeout(WAIT, async {
+        loop {
+            let list = tcps.list(&Default::default()).await.unwrap().items;
+            if let Some(t) = list.into_iter().next() {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("the topology controller creates a TalosControlPlane from our template");
+    let spec = &tcp.data["spec"];
+    assert_eq!(spec["version"], "v1.35.0");
+    assert_eq!(spec["replicas"], 3);
+    assert_eq!(
+        spec["controlPlaneConfig"]["controlplane"]["generateType"],
+        "controlplane"
+    );
+    let infra = if spec["machineTemplate"]["spec"]["infrastructureRef"].is_object() {
+        &spec["machineTemplate"]["spec"]["infrastructureRef"]
+    } else {
+        &spec["machineTemplate"]["infrastructureRef"]
+    };
+    assert_eq!(infra["kind"], "SimMachineTemplate", "{spec}");
+    let mds = capi(&client, &ns, "v1beta2", "MachineDeployment");
+    let md = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(md) = mds
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .next()
+            {
+                return md;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("the topology controller creates the MachineDeployment with our bootstrap template");
+    assert_eq!(
+        md.data["spec"]["template"]["spec"]["bootstrap"]["configRef"]["kind"],
+        "TalosConfigTemplate"
+    );
+}

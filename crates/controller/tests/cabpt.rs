@@ -179,19 +179,9 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
         )
         .await
         .unwrap();
-        dynamic(
-            &client,
-            &theirs,
-            "infrastructure.cluster.x-k8s.io/v1alpha1",
-            "SimMachine",
-        )
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"initialization": {"provisioned": true}}})),
-        )
-        .await
-        .unwrap();
+        testkit::infra::mark_provisioned(&client, &theirs, "SimMachine", name)
+            .await
+            .unwrap();
     }
     // An edit after boot must not reach the booted machine.
     dynamic(

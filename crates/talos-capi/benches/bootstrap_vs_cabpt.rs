@@ -55,19 +55,9 @@ async fn apply(client: &kube::Client, ns: &str, manifest: Value) {
 async fn cluster(client: &kube::Client, ns: &str, name: &str, machines: usize, filter: &str) {
     let labels = json!({"cluster.x-k8s.io/watch-filter": filter});
     apply(client, ns, json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimCluster", "metadata": {"name": name}, "spec": {}})).await;
-    dynamic(
-        client,
-        ns,
-        "infrastructure.cluster.x-k8s.io/v1alpha1",
-        "SimCluster",
-    )
-    .patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"initialization": {"provisioned": true}}})),
-    )
-    .await
-    .unwrap();
+    testkit::infra::mark_provisioned(client, ns, "SimCluster", name)
+        .await
+        .unwrap();
     apply(client, ns, json!({
         "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster", "metadata": {"name": name, "labels": labels},
         "spec": {

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::json;
 
 use crate::Error;
@@ -57,4 +58,23 @@ fn crd(kind: &str) -> Result<CustomResourceDefinition, Error> {
         },
     }))
     .map_err(|e| Error::Kubeconfig(format!("building the {kind} CRD: {e}")))
+}
+
+/// Mark a test infrastructure object (`SimCluster` or `SimMachine`) provisioned, as an
+/// infrastructure provider does (`status.initialization.provisioned`, v1beta2 contract).
+pub async fn mark_provisioned(
+    client: &kube::Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+) -> Result<(), Error> {
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(GROUP, VERSION, kind));
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"initialization": {"provisioned": true}}})),
+        )
+        .await?;
+    Ok(())
 }

@@ -327,25 +327,46 @@ async fn write_status(ctx: &Context, config: &TalosConfig, report: &Report) -> R
     if api::conditions::equal_ignoring_time(&old, &new) {
         return Ok(());
     }
-    let ns = config.namespace().unwrap_or_default();
-    let name = config.name_any();
-    let api: Api<TalosConfig> = Api::namespaced(ctx.client.clone(), &ns);
+    let status = serde_json::to_value(&new).map_err(|source| Error::Decode {
+        kind: "TalosConfigStatus",
+        source,
+    })?;
+    apply_status(
+        ctx,
+        &config.namespace().unwrap_or_default(),
+        &config.name_any(),
+        status,
+    )
+    .await?;
+    publish(ctx, config, status::transitions(&old, &new)).await;
+    Ok(())
+}
+
+/// Server-side apply `status` to a TalosConfig's status subresource, as this controller's
+/// field manager.
+async fn apply_status(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    status: serde_json::Value,
+) -> Result<(), Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &talosconfig_resource());
     let patch = json!({
         "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3",
         "kind": "TalosConfig",
-        "status": new,
+        "status": status,
     });
     api.patch_status(
-        &name,
+        name,
         &PatchParams::apply(&ctx.options.manager_name).force(),
         &Patch::Apply(&patch),
     )
     .await
+    .map(drop)
     .map_err(Error::kube(format!(
         "writing the status of TalosConfig {ns}/{name}"
-    )))?;
-    publish(ctx, config, status::transitions(&old, &new)).await;
-    Ok(())
+    )))
 }
 
 /// One Event per status change, listing the conditions that changed (Warning when one of them
@@ -421,21 +442,13 @@ async fn report_undecodable(
     .severity(Severity::Error);
     let now = ctx.clock.now();
     api::conditions::set(&mut status, &observation, obj.metadata.generation, &now);
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &ns, &talosconfig_resource());
-    let patch = json!({
-        "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
-        "status": {"conditions": status.conditions, "observedGeneration": obj.metadata.generation},
-    });
-    api.patch_status(
+    apply_status(
+        ctx,
+        &ns,
         &name,
-        &PatchParams::apply(&ctx.options.manager_name).force(),
-        &Patch::Apply(&patch),
+        json!({"conditions": status.conditions, "observedGeneration": obj.metadata.generation}),
     )
-    .await
-    .map_err(Error::kube(format!(
-        "writing the status of TalosConfig {ns}/{name}"
-    )))?;
+    .await?;
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let event = Event {
         type_: EventType::Warning,

@@ -118,19 +118,9 @@ pub async fn cluster_labelled(
         }),
     )
     .await;
-    dynamic(
-        client,
-        ns,
-        "infrastructure.cluster.x-k8s.io/v1alpha1",
-        "SimCluster",
-    )
-    .patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"initialization": {"provisioned": true}}})),
-    )
-    .await
-    .unwrap();
+    testkit::infra::mark_provisioned(client, ns, "SimCluster", name)
+        .await
+        .unwrap();
     apply(client, ns, json!({
         "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
         "metadata": {"name": name, "labels": labels},

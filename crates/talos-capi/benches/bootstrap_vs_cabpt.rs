@@ -123,18 +123,26 @@ async fn wait_for(
     }
 }
 
-/// The component under a lifeline: its child that is not the lifeline's own shell watcher.
-fn component_pid(lifeline: u32, binary: &str) -> u32 {
-    let children = std::fs::read_to_string(format!("/proc/{lifeline}/task/{lifeline}/children"))
-        .unwrap_or_default();
-    children
-        .split_whitespace()
-        .filter_map(|p| p.parse::<u32>().ok())
-        .find(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/exe"))
-                .is_ok_and(|exe| exe.to_string_lossy().ends_with(binary))
-        })
-        .unwrap_or(lifeline)
+/// The component under a lifeline: its child that runs `binary` (not the lifeline's own shell
+/// watcher), once the lifeline has started it.
+async fn component_pid(lifeline: u32, binary: &str) -> u32 {
+    for _ in 0..100 {
+        let children =
+            std::fs::read_to_string(format!("/proc/{lifeline}/task/{lifeline}/children"))
+                .unwrap_or_default();
+        let found = children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .find(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|exe| exe.to_string_lossy().ends_with(binary))
+            });
+        if let Some(pid) = found {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {binary} process under lifeline {lifeline}")
 }
 
 /// (CPU seconds, peak RSS in MiB) of a running process.
@@ -229,7 +237,8 @@ async fn run(cp: &LocalControlPlane, provider: &str, clusters: usize, machines: 
         } else {
             "/talos-capi"
         },
-    );
+    )
+    .await;
     let sampler = tokio::spawn(async move {
         let mut last = (0.0, 0.0);
         loop {

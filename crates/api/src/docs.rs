@@ -23,20 +23,20 @@ contract labels pointing at it.
 
 ## Which Cluster API reads which status field
 
-| field | written | read by |
+| field | written by our controllers | read by |
 |---|---|---|
-| TalosConfig `status.initialization.dataSecretCreated`, `status.dataSecretName` | always | v1.12, v1.13, v1.14 (v1beta2 contract): the Machine copies them to `status.initialization.bootstrapDataSecretCreated` and `spec.bootstrap.dataSecretName` |
-| TalosConfig `status.ready` | always, mirrors dataSecretCreated | the v1beta1 contract; v1.12 to v1.15 still honour it, v1.16 drops it |
-| `status.conditions` (metav1.Condition) | always | v1.12+: `Ready` is mirrored to the Machine's `BootstrapConfigReady`; TalosControlPlane `Available` to the Cluster's `ControlPlaneAvailable`, `RollingOut`, `ScalingUp`, `ScalingDown` aggregated by the Cluster |
-| `status.deprecated.v1beta1.conditions` (with `severity`) | always | tools that still read v1beta1-shaped conditions (as KCP keeps them) |
-| `status.failureReason`, `status.failureMessage` | on terminal problems | v1beta1 contract: surfaced under the Machine's / Cluster's `status.deprecated.v1beta1`, informational only |
-| TalosControlPlane `status.initialization.controlPlaneInitialized` | always | v1.12+ (v1beta2 contract) |
-| TalosControlPlane `status.initialized`, `status.ready` | always | the v1beta1 contract and CACPPT-era tooling |
-| TalosControlPlane `status.replicas`, `readyReplicas`, `availableReplicas`, `upToDateReplicas`, `selector` | always | v1.12+ and the scale subresource |
-| TalosControlPlane `status.versions` | always | v1.14+ (preferred source of control-plane versions) |
-| TalosControlPlane `status.version` | always, the lowest version | v1.12, v1.13 (deprecated by the contract in v1.14) |
-| TalosControlPlane `status.updatedReplicas`, `status.unavailableReplicas` | always | the v1beta1 contract and CACPPT-era tooling |
-| TalosControlPlane `status.deprecated.v1beta1.readyReplicas` | always | readers of the v1beta1 meaning (Ready nodes) |
+| TalosConfig `status.initialization.dataSecretCreated`, `status.dataSecretName` | once the data Secret exists | v1.12, v1.13, v1.14 (v1beta2 contract): the Machine copies them to `status.initialization.bootstrapDataSecretCreated` and `spec.bootstrap.dataSecretName` |
+| TalosConfig `status.ready` | mirrors dataSecretCreated | the v1beta1 contract; v1.12 to v1.15 still honour it, v1.16 drops it |
+| `status.conditions` (metav1.Condition) | every reconcile (TalosConfig) | v1.12+: `Ready` is mirrored to the Machine's `BootstrapConfigReady`; TalosControlPlane `Available` to the Cluster's `ControlPlaneAvailable`, `RollingOut`, `ScalingUp`, `ScalingDown` aggregated by the Cluster |
+| `status.deprecated.v1beta1.conditions` (with `severity`) | with every condition (TalosConfig) | tools that still read v1beta1-shaped conditions (as KCP keeps them) |
+| `status.failureReason`, `status.failureMessage` | never: problems are conditions; values left by another provider are cleared | v1beta1 contract: surfaced under the Machine's / Cluster's `status.deprecated.v1beta1`, informational only |
+| TalosControlPlane `status.initialization.controlPlaneInitialized` | by the control-plane controller (not built yet); the schema carries it | v1.12+ (v1beta2 contract) |
+| TalosControlPlane `status.initialized`, `status.ready` | by the control-plane controller (not built yet); the schema carries it | the v1beta1 contract and CACPPT-era tooling |
+| TalosControlPlane `status.replicas`, `readyReplicas`, `availableReplicas`, `upToDateReplicas`, `selector` | by the control-plane controller (not built yet); the schema carries it | v1.12+ and the scale subresource |
+| TalosControlPlane `status.versions` | by the control-plane controller (not built yet); the schema carries it | v1.14+ (preferred source of control-plane versions) |
+| TalosControlPlane `status.version` | by the control-plane controller (not built yet); the schema carries it | v1.12, v1.13 (deprecated by the contract in v1.14) |
+| TalosControlPlane `status.updatedReplicas`, `status.unavailableReplicas` | by the control-plane controller (not built yet); the schema carries it | the v1beta1 contract and CACPPT-era tooling |
+| TalosControlPlane `status.deprecated.v1beta1.readyReplicas` | by the control-plane controller (not built yet); the schema carries it | readers of the v1beta1 meaning (Ready nodes) |
 
 ## Mutability
 

@@ -382,25 +382,9 @@ async fn a_cluster_class_with_our_templates_stamps_out_a_talos_control_plane() {
         let client = client.clone();
         let ns = ns.clone();
         async move {
-            let (group, version) = manifest["apiVersion"]
-                .as_str()
-                .unwrap()
-                .split_once('/')
-                .unwrap();
-            let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
-                group,
-                version,
-                manifest["kind"].as_str().unwrap(),
-            ));
-            let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &ar);
-            let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
-            api.patch(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&manifest),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("applying {} {name}: {e}", manifest["kind"]));
+            testkit::apply_manifest(&client, &ns, MANAGER, &manifest)
+                .await
+                .unwrap_or_else(|e| panic!("applying {}: {e}", manifest["kind"]));
         }
     };
     let sim = "infrastructure.cluster.x-k8s.io/v1alpha1";

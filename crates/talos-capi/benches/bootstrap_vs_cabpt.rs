@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-};
+use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::{Value, json};
 use testkit::process::ManagedProcess;
 use testkit::{LocalControlPlane, unique_namespace};
@@ -26,29 +24,13 @@ fn env_number(name: &str, default: usize) -> usize {
 }
 
 fn dynamic(client: &kube::Client, ns: &str, api_version: &str, kind: &str) -> Api<DynamicObject> {
-    let (group, version) = api_version.split_once('/').unwrap();
-    Api::namespaced_with(
-        client.clone(),
-        ns,
-        &ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind)),
-    )
+    testkit::dynamic_api(client, ns, api_version, kind)
 }
 
 async fn apply(client: &kube::Client, ns: &str, manifest: Value) {
-    let api = dynamic(
-        client,
-        ns,
-        manifest["apiVersion"].as_str().unwrap(),
-        manifest["kind"].as_str().unwrap(),
-    );
-    let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
-    api.patch(
-        &name,
-        &PatchParams::apply("bench").force(),
-        &Patch::Apply(&manifest),
-    )
-    .await
-    .unwrap();
+    testkit::apply_manifest(client, ns, "bench", &manifest)
+        .await
+        .unwrap();
 }
 
 /// One cluster of `machines` TalosConfigs (the first a control plane), labelled for `filter`.

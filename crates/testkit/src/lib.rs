@@ -21,6 +21,7 @@ mod error;
 mod etcd;
 pub mod infra;
 mod kubeconfig;
+mod manifest;
 pub mod peers;
 pub mod pki;
 pub mod process;
@@ -32,6 +33,7 @@ pub use controlplane::{Builder, LocalControlPlane};
 pub use crds::{crds_from_dir, install_crds, wait_established};
 pub use error::Error;
 pub use etcd::Etcd;
+pub use manifest::{apply_manifest, dynamic_api};
 pub use shared::{shared, unique_namespace};
 
 /// Poll `check` every `every` until it returns `Ok(Some(_))` or `timeout` passes.

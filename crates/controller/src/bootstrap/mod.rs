@@ -214,6 +214,15 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     outcome.map(|()| Action::await_change())
 }
 
+fn data_available(message: String) -> Observation {
+    Observation::new(
+        ConditionType::DataSecretAvailable,
+        Status::True,
+        reason::AVAILABLE,
+    )
+    .message(message)
+}
+
 fn failure_observation(e: &Error) -> Observation {
     let (r, severity) = match e {
         Error::Spec(spec) => (spec.reason(), Severity::Error),
@@ -243,14 +252,9 @@ async fn act(ctx: &Context, scope: &scope::Scope, report: &mut Report) -> Result
             }
             (Gate::Reuse(name), ..) => {
                 report.data_secret_name = Some(name.clone());
-                report.data = Some(
-                    Observation::new(
-                        ConditionType::DataSecretAvailable,
-                        Status::True,
-                        reason::AVAILABLE,
-                    )
-                    .message(format!("reusing Secret {name} named by the Machine")),
-                );
+                report.data = Some(data_available(format!(
+                    "reusing Secret {name} named by the Machine"
+                )));
                 return Ok(());
             }
             (Gate::Render, Some(m), Some(c), Some(n)) => (m, c, n),
@@ -273,14 +277,7 @@ async fn act(ctx: &Context, scope: &scope::Scope, report: &mut Report) -> Result
         .unwrap_or_else(|| plan::data_secret_name(&machine.name_any()));
     let outcome = secrets::data(ctx, &scope.config, machine, cluster_name, &name, &value).await?;
     report.data_secret_name = Some(name.clone());
-    report.data = Some(
-        Observation::new(
-            ConditionType::DataSecretAvailable,
-            Status::True,
-            reason::AVAILABLE,
-        )
-        .message(format!("bootstrap data in Secret {name}")),
-    );
+    report.data = Some(data_available(format!("bootstrap data in Secret {name}")));
     report.config_up_to_date = Some(match outcome {
         DataOutcome::Differs => Observation::new(ConditionType::ConfigUpToDate, Status::False, reason::RUNNING_CONFIG_DIFFERS)
             .message(format!(

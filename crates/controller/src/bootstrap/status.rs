@@ -14,8 +14,6 @@ pub struct Report {
     pub client_config: Option<Observation>,
     pub config_up_to_date: Option<Observation>,
     pub paused: Option<String>,
-    /// A problem with the object itself (it could not be decoded or rendered).
-    pub failure: Option<(String, String)>,
 }
 
 /// The new status: `old` with this report applied. Conditions keep their transition times.
@@ -68,16 +66,10 @@ pub fn status(
         None => Observation::new(ConditionType::Ready, Status::False, reason::NOT_READY),
     };
     conditions::set(&mut s, &ready, generation, now);
-    match &report.failure {
-        Some((reason, message)) => {
-            s.failure_reason = Some(reason.clone());
-            s.failure_message = Some(message.clone());
-        }
-        None => {
-            s.failure_reason = None;
-            s.failure_message = None;
-        }
-    }
+    // Terminal failures are a v1beta1 notion (informational since v1beta2): problems are
+    // conditions here, and values another provider left behind are cleared.
+    s.failure_reason = None;
+    s.failure_message = None;
     s
 }
 

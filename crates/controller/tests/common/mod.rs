@@ -9,7 +9,7 @@ use api::bootstrap::v1alpha3::TalosConfig;
 use api::conditions::{self, ConditionType};
 use controller::{Context, Options};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::wait::await_condition;
 use serde_json::{Value, json};
 use testkit::{shared, unique_namespace};
@@ -74,26 +74,13 @@ pub fn dynamic(
     api_version: &str,
     kind: &str,
 ) -> Api<DynamicObject> {
-    let (group, version) = api_version.split_once('/').unwrap();
-    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
-    Api::namespaced_with(client.clone(), ns, &ar)
+    testkit::dynamic_api(client, ns, api_version, kind)
 }
 
 pub async fn apply(client: &kube::Client, ns: &str, manifest: Value) {
-    let api = dynamic(
-        client,
-        ns,
-        manifest["apiVersion"].as_str().unwrap(),
-        manifest["kind"].as_str().unwrap(),
-    );
-    let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
-    api.patch(
-        &name,
-        &PatchParams::apply("bootstrap-test").force(),
-        &Patch::Apply(&manifest),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("applying {} {name}: {e}", manifest["kind"]));
+    testkit::apply_manifest(client, ns, "bootstrap-test", &manifest)
+        .await
+        .unwrap_or_else(|e| panic!("applying {}: {e}", manifest["metadata"]["name"]));
 }
 
 /// A provisioned test infrastructure cluster and a Cluster with an endpoint and networks.

@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::Reporter;
 
+use crate::cache::Caches;
 use crate::metrics::Metrics;
 
 /// The time source; tests may fix it.
@@ -56,6 +57,8 @@ pub struct Context {
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
     pub options: Options,
+    /// Watch-fed Machines, Clusters and cluster Secrets, shared by every controller.
+    pub caches: Caches,
     failures: Mutex<HashMap<String, u32>>,
     bundle_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -79,6 +82,7 @@ impl Context {
             metrics: Metrics::default(),
             clock: Arc::new(SystemClock),
             options,
+            caches: Caches::default(),
             failures: Mutex::new(HashMap::new()),
             bundle_locks: Mutex::new(HashMap::new()),
         }

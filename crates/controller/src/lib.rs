@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
+pub mod cache;
 mod context;
 mod error;
 pub mod metrics;
@@ -11,3 +12,25 @@ pub mod rollout;
 
 pub use context::{Clock, Context, Options, SystemClock};
 pub use error::{Error, SpecError};
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+
+/// Run every controller and the caches they share until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let shutdown = shutdown.shared();
+    // Controllers subscribe to the caches' streams before the watches start.
+    let Some(bootstrap) = bootstrap::controller(Arc::clone(&ctx), shutdown.clone()) else {
+        tracing::error!("the shared caches are already running; a Context serves one run");
+        return;
+    };
+    let caches = ctx.caches.run(ctx.client.clone(), ctx.options.clone());
+    tokio::select! {
+        () = bootstrap => {}
+        () = caches => {}
+    }
+}

@@ -115,7 +115,7 @@ impl SecretsBundle {
                 k8s: ecdsa_ca(Some("kubernetes"))?,
                 k8saggregator: ecdsa_ca(None)?,
                 k8sserviceaccount: KeyOnly {
-                    key: b64(&rsa_key(&mut rng)?),
+                    key: b64(&rsa_key()?),
                 },
                 os: ed25519_ca("talos")?,
             },
@@ -436,8 +436,16 @@ fn pem_block(pem: &str) -> Option<(String, String)> {
     Some((label, body))
 }
 
-fn rsa_key(rng: &mut (impl rand::CryptoRng + RngCore)) -> Result<String, Error> {
-    let key = rsa::RsaPrivateKey::new(rng, 4096).map_err(|e| Error::Crypto(Box::new(e)))?;
+/// A new RSA-4096 key as the PKCS#1 PEM talosctl writes. aws-lc generates it (about 3.5 times
+/// faster than the pure-Rust prime search here); the `rsa` crate re-encodes its PKCS#8 output.
+fn rsa_key() -> Result<String, Error> {
+    use aws_lc_rs::encoding::AsDer;
+    use rsa::pkcs8::DecodePrivateKey;
+    let generated = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa4096)
+        .map_err(|e| Error::Crypto(Box::new(e)))?;
+    let pkcs8 = generated.as_der().map_err(|e| Error::Crypto(Box::new(e)))?;
+    let key = rsa::RsaPrivateKey::from_pkcs8_der(pkcs8.as_ref())
+        .map_err(|e| Error::Crypto(Box::new(e)))?;
     Ok(key
         .to_pkcs1_pem(LineEnding::LF)
         .map_err(|e| Error::Crypto(Box::new(e)))?

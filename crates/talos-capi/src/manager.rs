@@ -77,7 +77,7 @@ pub fn run(args: ManagerArgs) -> Result<(), String> {
         };
         let ctx = Arc::new(Context::new(client, options));
         tracing::info!(options = ?ctx.options, "talos-capi manager starting");
-        controller::bootstrap::run(ctx, shutdown_signal()).await;
+        controller::run(ctx, shutdown_signal()).await;
         tracing::info!("talos-capi manager stopped");
         Ok(())
     })

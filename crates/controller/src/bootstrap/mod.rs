@@ -13,19 +13,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use api::bootstrap::v1alpha3::{TalosConfig, TalosConfigStatus};
-use api::capi::{Cluster, labels};
+use api::capi::labels;
 use api::conditions::{ConditionType, Observation, Severity, Status, reason};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::{Context, Error};
+use crate::{Context, Error, cache};
 use plan::Gate;
 use secrets::DataOutcome;
 use status::Report;
@@ -47,72 +45,54 @@ fn api_for(ctx: &Context, ar: &ApiResource) -> Api<DynamicObject> {
     }
 }
 
-fn typed_api<K>(ctx: &Context) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match &ctx.options.namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    }
-}
-
-fn watch_config(ctx: &Context) -> watcher::Config {
-    match &ctx.options.watch_filter {
-        Some(value) => {
-            watcher::Config::default().labels(&format!("{}={value}", labels::WATCH_FILTER))
-        }
-        None => watcher::Config::default(),
-    }
-}
-
-/// Run the controller until `shutdown` resolves.
-pub async fn run(
+/// The controller, subscribed to the shared caches; it runs when awaited, until `shutdown`
+/// resolves. `None` when the caches' watches have already started.
+pub fn controller(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
+) -> Option<impl std::future::Future<Output = ()>> {
     let ar = talosconfig_resource();
     let configs: Api<DynamicObject> = api_for(&ctx, &ar);
-    let machines: Api<DynamicObject> = api_for(
-        &ctx,
-        &resource(api::capi::GROUP, api::capi::VERSION, "Machine"),
-    );
-    let clusters: Api<Cluster> = typed_api(&ctx);
-    // Only the Secrets of Cluster API clusters: the bootstrap data Secrets we own carry the
-    // cluster-name label, so the cache never holds the rest of the management cluster's Secrets.
-    let secrets: Api<Secret> = typed_api(&ctx);
-    let secret_watch = watcher::Config::default().labels(labels::CLUSTER_NAME);
+    let secrets = ctx.caches.subscribe_secrets()?;
+    let machines = ctx.caches.subscribe_machines()?;
+    let clusters = ctx.caches.subscribe_clusters()?;
 
-    let controller = Controller::new_with(configs, watch_config(&ctx), ar.clone()).with_config(
-        kube::runtime::controller::Config::default().concurrency(ctx.options.concurrency),
-    );
+    let controller = Controller::new_with(configs, cache::filtered(&ctx.options), ar.clone())
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(ctx.options.concurrency),
+        );
     let store = controller.store();
     let machine_store = store.clone();
     let cluster_store = store.clone();
-    controller
-        .owns_with(secrets, (), secret_watch)
-        .watches_with(
+    let controller = controller
+        .owns_shared_stream(secrets)
+        .watches_shared_stream_with(
             machines,
-            resource(api::capi::GROUP, api::capi::VERSION, "Machine"),
-            watch_config(&ctx),
             move |machine| configs_for_machine(&machine_store, &machine),
+            cache::capi_resource("Machine"),
         )
-        .watches(clusters, watch_config(&ctx), move |cluster| {
-            configs_of_cluster(
-                &cluster_store,
-                &cluster.namespace().unwrap_or_default(),
-                &cluster.name_any(),
-                false,
-            )
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "talosconfig controller");
-            }
-        })
-        .await;
+        .watches_shared_stream_with(
+            clusters,
+            move |cluster| {
+                configs_of_cluster(
+                    &cluster_store,
+                    &cluster.namespace().unwrap_or_default(),
+                    &cluster.name_any(),
+                    false,
+                )
+            },
+            cache::capi_resource("Cluster"),
+        )
+        .graceful_shutdown_on(shutdown);
+    Some(
+        controller
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "talosconfig controller");
+                }
+            }),
+    )
 }
 
 /// A Machine's own TalosConfig; for a control-plane Machine also every control-plane
@@ -165,8 +145,11 @@ fn key(obj: &DynamicObject) -> String {
 }
 
 async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Reads come from the shared caches: never from one that has not listed yet.
+    ctx.caches.ready().await;
     let started = Instant::now();
     let result = reconcile_inner(&obj, &ctx).await;
+    tracing::debug!(talosconfig = %key(&obj), ok = result.is_ok(), elapsed = ?started.elapsed(), "reconciled");
     ctx.metrics.observe(
         CONTROLLER,
         started.elapsed(),
@@ -204,7 +187,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     if config.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let scope = scope::observe(ctx, config).await?;
+    let scope = scope::observe(ctx, config)?;
     let mut report = Report::default();
     let outcome = act(ctx, &scope, &mut report).await;
     if let Err(e) = &outcome {
@@ -291,7 +274,7 @@ async fn act(ctx: &Context, scope: &scope::Scope, report: &mut Report) -> Result
 
     let client_config = async {
         secrets::ca(ctx, &ns, cluster, &bundle).await?;
-        let control_plane = scope::control_plane_machines(ctx, &ns, cluster_name).await?;
+        let control_plane = ctx.caches.machines_of(&ns, cluster_name, true);
         let endpoints = secrets::talosconfig_endpoints(cluster, &control_plane);
         secrets::talosconfig(ctx, &ns, cluster, &bundle, endpoints).await
     }

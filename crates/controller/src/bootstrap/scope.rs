@@ -3,7 +3,6 @@
 use api::bootstrap::v1alpha3::TalosConfig;
 use api::capi::{Cluster, GROUP as CAPI_GROUP, Machine, labels};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
 
 use crate::{Context, Error};
 
@@ -33,13 +32,11 @@ pub fn owner_machine(config: &TalosConfig) -> Option<String> {
     })
 }
 
-pub async fn observe(ctx: &Context, config: TalosConfig) -> Result<Scope, Error> {
+/// Everything comes from the shared caches, which the triggering change has already reached.
+pub fn observe(ctx: &Context, config: TalosConfig) -> Result<Scope, Error> {
     let ns = config.namespace().unwrap_or_default();
     let machine = match owner_machine(&config) {
-        Some(name) => Api::<Machine>::namespaced(ctx.client.clone(), &ns)
-            .get_opt(&name)
-            .await
-            .map_err(Error::kube(format!("reading Machine {ns}/{name}")))?,
+        Some(name) => ctx.caches.machine(&ns, &name)?,
         None => None,
     };
     let cluster_name = config
@@ -49,10 +46,7 @@ pub async fn observe(ctx: &Context, config: TalosConfig) -> Result<Scope, Error>
         .or_else(|| machine.as_ref().map(|m| m.spec.cluster_name.clone()))
         .filter(|n| !n.is_empty());
     let cluster = match &cluster_name {
-        Some(name) => Api::<Cluster>::namespaced(ctx.client.clone(), &ns)
-            .get_opt(name)
-            .await
-            .map_err(Error::kube(format!("reading Cluster {ns}/{name}")))?,
+        Some(name) => ctx.caches.cluster(&ns, name)?,
         None => None,
     };
     Ok(Scope {
@@ -61,24 +55,4 @@ pub async fn observe(ctx: &Context, config: TalosConfig) -> Result<Scope, Error>
         cluster_name,
         cluster,
     })
-}
-
-/// The control-plane Machines of a cluster, for the talosconfig endpoints.
-pub async fn control_plane_machines(
-    ctx: &Context,
-    ns: &str,
-    cluster: &str,
-) -> Result<Vec<Machine>, Error> {
-    let selector = format!(
-        "{}={cluster},{}",
-        labels::CLUSTER_NAME,
-        labels::CONTROL_PLANE
-    );
-    Api::<Machine>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map(|l| l.items)
-        .map_err(Error::kube(format!(
-            "listing the control-plane Machines of {ns}/{cluster}"
-        )))
 }

@@ -58,17 +58,35 @@ fn cluster_owner(
     Some(owner)
 }
 
-/// Create `secret` unless a Secret of that name exists; either way return what is stored.
-async fn create_if_absent(api: &Api<Secret>, secret: &Secret) -> Result<Secret, Error> {
+/// Create `secret` unless a Secret of that name exists; either way return what is stored, and
+/// whether it was there before.
+async fn create_if_absent(api: &Api<Secret>, secret: &Secret) -> Result<(Secret, bool), Error> {
     let name = secret.name_any();
     match api.create(&PostParams::default(), secret).await {
-        Ok(created) => Ok(created),
+        Ok(created) => Ok((created, false)),
         Err(kube::Error::Api(e)) if e.code == 409 => api
             .get(&name)
             .await
+            .map(|s| (s, true))
             .map_err(Error::kube(format!("reading Secret {name}"))),
         Err(e) => Err(Error::kube(format!("creating Secret {name}"))(e)),
     }
+}
+
+/// A Secret as the shared cache holds it, else (not labelled with its cluster, or not seen
+/// yet) as the API server does.
+async fn read(
+    ctx: &Context,
+    api: &Api<Secret>,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Secret>, Error> {
+    if let Some(cached) = ctx.caches.secret(ns, name) {
+        return Ok(Some(Secret::clone(&cached)));
+    }
+    api.get_opt(name)
+        .await
+        .map_err(Error::kube(format!("reading Secret {name}")))
 }
 
 fn text(secret: &Secret, key: &str) -> Option<String> {
@@ -88,11 +106,7 @@ pub async fn bundle(ctx: &Context, ns: &str, cluster: &Cluster) -> Result<Secret
     // One generation per cluster in this process; other processes race through create.
     let lock = ctx.bundle_lock(&format!("{ns}/{cluster_name}"));
     let _guard = lock.lock().await;
-    let stored = match api
-        .get_opt(&name)
-        .await
-        .map_err(Error::kube(format!("reading Secret {name}")))?
-    {
+    let stored = match read(ctx, &api, ns, &name).await? {
         Some(s) => s,
         None => {
             let generated =
@@ -118,7 +132,7 @@ pub async fn bundle(ctx: &Context, ns: &str, cluster: &Cluster) -> Result<Secret
                 )])),
                 ..Secret::default()
             };
-            create_if_absent(&api, &secret).await?
+            create_if_absent(&api, &secret).await?.0
         }
     };
     let data: BTreeMap<String, Vec<u8>> = stored
@@ -143,12 +157,9 @@ pub async fn ca(
     let cluster_name = cluster.name_any();
     let name = ca_name(&cluster_name);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    if api
-        .get_opt(&name)
-        .await
-        .map_err(Error::kube(format!("reading Secret {name}")))?
-        .is_some()
-    {
+    // Created once and never changed: the cache's word is enough, and a create that finds it
+    // (a Secret without our label) is harmless.
+    if ctx.caches.secret(ns, &name).is_some() {
         return Ok(());
     }
     let pem = |b64: &str, what: &str| {
@@ -216,14 +227,11 @@ pub async fn talosconfig(
         name: name.clone(),
         reason,
     };
-    match api
-        .get_opt(&name)
-        .await
-        .map_err(Error::kube(format!("reading Secret {name}")))?
-    {
+    let mut existing = match ctx.caches.secret(ns, &name) {
+        Some(cached) => Secret::clone(&cached),
         None => {
             let options = ClientOptions {
-                endpoints,
+                endpoints: endpoints.clone(),
                 ..ClientOptions::default()
             };
             let config = machineconfig::talosconfig::generate(&cluster_name, bundle, &options)
@@ -237,35 +245,37 @@ pub async fn talosconfig(
                 )])),
                 ..Secret::default()
             };
-            create_if_absent(&api, &secret).await.map(drop)
-        }
-        Some(mut existing) => {
-            let current = text(&existing, "talosconfig")
-                .ok_or_else(|| invalid("has no talosconfig key".into()))?;
-            let mut config = machineconfig::talosconfig::TalosConfig::from_yaml(&current)
-                .map_err(|e| invalid(e.to_string()))?;
-            let context = config.context.clone();
-            let Some(ctx_entry) = config.contexts.get_mut(&context) else {
-                return Err(invalid(format!("has no context {context:?}")));
-            };
-            if ctx_entry.endpoints == endpoints {
-                return Ok(());
+            match create_if_absent(&api, &secret).await? {
+                (_, false) => return Ok(()),
+                (stored, true) => stored,
             }
-            ctx_entry.endpoints = endpoints;
-            let yaml = config.to_yaml().map_err(|e| invalid(e.to_string()))?;
-            existing
-                .data
-                .get_or_insert_with(BTreeMap::new)
-                .insert("talosconfig".to_owned(), ByteString(yaml.into_bytes()));
-            existing.metadata.managed_fields = None;
-            api.replace(&name, &PostParams::default(), &existing)
-                .await
-                .map(drop)
-                .map_err(Error::kube(format!(
-                    "updating the endpoints of Secret {name}"
-                )))
         }
+    };
+    let current =
+        text(&existing, "talosconfig").ok_or_else(|| invalid("has no talosconfig key".into()))?;
+    let mut config = machineconfig::talosconfig::TalosConfig::from_yaml(&current)
+        .map_err(|e| invalid(e.to_string()))?;
+    let context = config.context.clone();
+    let Some(ctx_entry) = config.contexts.get_mut(&context) else {
+        return Err(invalid(format!("has no context {context:?}")));
+    };
+    if ctx_entry.endpoints == endpoints {
+        return Ok(());
     }
+    ctx_entry.endpoints = endpoints;
+    let yaml = config.to_yaml().map_err(|e| invalid(e.to_string()))?;
+    existing
+        .data
+        .get_or_insert_with(BTreeMap::new)
+        .insert("talosconfig".to_owned(), ByteString(yaml.into_bytes()));
+    existing.metadata.managed_fields = None;
+    // A stale cached copy fails here with a conflict and is retried with the fresh one.
+    api.replace(&name, &PostParams::default(), &existing)
+        .await
+        .map(drop)
+        .map_err(Error::kube(format!(
+            "updating the endpoints of Secret {name}"
+        )))
 }
 
 /// What happened to a machine's bootstrap data Secret.
@@ -314,13 +324,12 @@ pub async fn data(
         )])),
         ..Secret::default()
     };
-    let existing = match api.create(&PostParams::default(), &desired).await {
-        Ok(_) => return Ok(DataOutcome::Created),
-        Err(kube::Error::Api(e)) if e.code == 409 => api
-            .get(name)
-            .await
-            .map_err(Error::kube(format!("reading Secret {name}")))?,
-        Err(e) => return Err(Error::kube(format!("creating Secret {name}"))(e)),
+    let existing = match ctx.caches.secret(&ns, name) {
+        Some(cached) => Secret::clone(&cached),
+        None => match create_if_absent(&api, &desired).await? {
+            (_, false) => return Ok(DataOutcome::Created),
+            (stored, true) => stored,
+        },
     };
     if text(&existing, "value").as_deref() == Some(value) {
         return Ok(DataOutcome::Unchanged);

@@ -59,7 +59,7 @@ pub fn start_controller(client: &kube::Client, ns: &str) -> Running {
         },
     ));
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(controller::bootstrap::run(ctx, async move {
+    let task = tokio::spawn(controller::run(ctx, async move {
         let _ = stopped.await;
     }));
     Running {

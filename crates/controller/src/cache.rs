@@ -125,7 +125,12 @@ pub fn filtered(options: &Options) -> watcher::Config {
     }
 }
 
-fn dynamic_api(client: &kube::Client, options: &Options, ar: &ApiResource) -> Api<DynamicObject> {
+/// An Api over every watched namespace (`--namespace`) for a dynamic kind.
+pub fn dynamic_api(
+    client: &kube::Client,
+    options: &Options,
+    ar: &ApiResource,
+) -> Api<DynamicObject> {
     match &options.namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
         None => Api::all_with(client.clone(), ar),

@@ -37,6 +37,8 @@ pub struct Options {
     pub concurrency: u16,
     /// The field manager and Event reporter name.
     pub manager_name: String,
+    /// Also serve TalosConfigs owned by MachinePools (Cluster API's MachinePool feature).
+    pub machine_pools: bool,
 }
 
 impl Default for Options {
@@ -46,6 +48,7 @@ impl Default for Options {
             watch_filter: None,
             concurrency: 10,
             manager_name: "talos-capi".into(),
+            machine_pools: false,
         }
     }
 }

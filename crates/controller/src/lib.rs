@@ -6,6 +6,7 @@
 pub mod bootstrap;
 pub mod cache;
 mod context;
+pub mod controlplane;
 mod error;
 pub mod metrics;
 pub mod rollout;

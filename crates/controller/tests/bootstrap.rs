@@ -12,6 +12,7 @@ use api::bootstrap::v1alpha3::TalosConfig;
 use api::capi::Machine;
 use api::conditions::{self, ConditionType};
 use common::*;
+use controller::Options;
 use controller::bootstrap::secrets;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Event, Secret};
@@ -468,5 +469,178 @@ async fn a_hundred_configs_of_one_cluster_create_exactly_one_bundle() {
     for i in [0, 42, 99] {
         let (_, docs) = secret_value(&client, &ns, &format!("race-{i}-bootstrap-data")).await;
         assert_eq!(docs[0]["machine"]["token"], json!(token));
+    }
+}
+
+#[tokio::test]
+async fn strategic_patches_add_and_delete_and_generate_type_none_patches_given_data() {
+    let (client, ns, _controller) = setup("bootstrap-patches").await;
+    cluster(&client, &ns, "p", false).await;
+    let spec = json!({
+        "generateType": "worker", "talosVersion": "v1.13",
+        "strategicPatches": [
+            "machine:\n  nodeLabels:\n    tier: edge\n  network:\n    nameservers: [\"9.9.9.9\"]\n",
+            "apiVersion: v1alpha1\nkind: KmsgLogConfig\nname: remote-log\nurl: udp://127.0.0.1:3000/\n",
+            "machine:\n  network:\n    $patch: delete\n"
+        ]
+    });
+    machine(&client, &ns, "p", "p-w", spec, false).await;
+    wait_config(&client, &ns, "p-w", ConditionType::Ready, "True").await;
+    let (secret, docs) = secret_value(&client, &ns, "p-w-bootstrap-data").await;
+    assert_eq!(
+        docs[0]["machine"]["nodeLabels"]["tier"], "edge",
+        "a patch adds a map entry"
+    );
+    assert!(
+        docs[0]["machine"].get("network").is_none(),
+        "$patch: delete removes what an earlier patch added: {:?}",
+        docs[0]["machine"]["network"]
+    );
+    assert!(
+        docs.iter()
+            .any(|d| d["kind"] == "KmsgLogConfig" && d["name"] == "remote-log"),
+        "a patch adds a document"
+    );
+    talosctl_validate(&docs);
+
+    // generateType none: the given data, with the patches applied to it.
+    let given = String::from_utf8(secret.data.unwrap()["value"].0.clone()).unwrap();
+    machine(
+        &client,
+        &ns,
+        "p",
+        "p-none",
+        json!({
+            "generateType": "none", "data": given,
+            "configPatches": [{"op": "add", "path": "/machine/nodeLabels/pool", "value": "given"}]
+        }),
+        false,
+    )
+    .await;
+    // As in Talos, a JSON 6902 patch cannot apply to a multi-document configuration.
+    wait_config_where(
+        &client,
+        &ns,
+        "p-none",
+        ConditionType::DataSecretAvailable,
+        "False",
+        |c| {
+            c.reason == "PatchFailed"
+                && c.message
+                    .contains("JSON6902 patches are not supported for multi-document")
+        },
+    )
+    .await;
+    dynamic(
+        &client,
+        &ns,
+        "bootstrap.cluster.x-k8s.io/v1alpha3",
+        "TalosConfig",
+    )
+    .patch(
+        "p-none",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {
+            "configPatches": null,
+            "strategicPatches": ["machine:\n  nodeLabels:\n    pool: given\n"]
+        }})),
+    )
+    .await
+    .unwrap();
+    wait_config(&client, &ns, "p-none", ConditionType::Ready, "True").await;
+    let (_, none_docs) = secret_value(&client, &ns, "p-none-bootstrap-data").await;
+    let mut expected = docs.clone();
+    expected[0]["machine"]["nodeLabels"]["pool"] = json!("given");
+    assert_eq!(
+        none_docs, expected,
+        "nothing but the patch changes the given data"
+    );
+}
+
+#[tokio::test]
+async fn a_machine_pool_gets_its_data_only_with_machine_pools_on() {
+    for enabled in [false, true] {
+        let (client, ns, _controller) = setup_with(
+            "bootstrap-pool",
+            Options {
+                machine_pools: enabled,
+                ..Options::default()
+            },
+        )
+        .await;
+        cluster(&client, &ns, "mp", false).await;
+        apply(
+            &client,
+            &ns,
+            json!({
+                "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
+                "metadata": {"name": "mp-0", "labels": {"cluster.x-k8s.io/cluster-name": "mp"}},
+                "spec": {"generateType": "worker", "talosVersion": "v1.13"}
+            }),
+        )
+        .await;
+        let pools = dynamic(&client, &ns, "cluster.x-k8s.io/v1beta2", "MachinePool");
+        let pool: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachinePool",
+            "metadata": {"name": "mp"},
+            "spec": {
+                "clusterName": "mp", "replicas": 2,
+                "template": {"spec": {
+                    "clusterName": "mp", "version": "v1.34.2",
+                    "bootstrap": {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "TalosConfig", "name": "mp-0"}},
+                    "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "SimMachineTemplate", "name": "mp"}
+                }}
+            }
+        }))
+        .unwrap();
+        let pool = pools.create(&PostParams::default(), &pool).await.unwrap();
+        // Cluster API's MachinePool controller makes the pool the config's owner.
+        dynamic(
+            &client,
+            &ns,
+            "bootstrap.cluster.x-k8s.io/v1alpha3",
+            "TalosConfig",
+        )
+        .patch(
+            "mp-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"ownerReferences": [{
+                "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachinePool",
+                "name": "mp", "uid": pool.metadata.uid, "controller": true
+            }]}})),
+        )
+        .await
+        .unwrap();
+        if enabled {
+            let config = wait_config(&client, &ns, "mp-0", ConditionType::Ready, "True").await;
+            assert_eq!(
+                config.status.unwrap().data_secret_name.as_deref(),
+                Some("mp-bootstrap-data")
+            );
+            let (_, docs) = secret_value(&client, &ns, "mp-bootstrap-data").await;
+            assert!(
+                docs[0]["cluster"]["apiServer"]["image"]
+                    .as_str()
+                    .is_none_or(|i| i.ends_with(":v1.34.2")),
+                "the pool template's Kubernetes version"
+            );
+            assert_eq!(
+                docs[0]["machine"]["kubelet"]["image"]
+                    .as_str()
+                    .and_then(|i| i.rsplit(':').next()),
+                Some("v1.34.2")
+            );
+        } else {
+            // Without the flag the config waits and says which flag serves it.
+            wait_config_where(
+                &client,
+                &ns,
+                "mp-0",
+                ConditionType::DataSecretAvailable,
+                "False",
+                |c| c.reason == "WaitingForOwner" && c.message.contains("--machine-pools"),
+            )
+            .await;
+        }
     }
 }

@@ -22,6 +22,10 @@ pub struct ManagerArgs {
     /// TalosConfig reconciles running at once.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
     talosconfig_concurrency: u16,
+    /// Also serve TalosConfigs owned by MachinePools (needs Cluster API's MachinePool feature;
+    /// the manager then watches MachinePools too).
+    #[arg(long, env = "EXP_MACHINE_POOL")]
+    machine_pools: bool,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -73,6 +77,7 @@ pub fn run(args: ManagerArgs) -> Result<(), String> {
             namespace: args.namespace,
             watch_filter: args.watch_filter,
             concurrency: args.talosconfig_concurrency,
+            machine_pools: args.machine_pools,
             ..Options::default()
         };
         let ctx = Arc::new(Context::new(client, options));

@@ -30,19 +30,12 @@ use status::Report;
 
 pub const CONTROLLER: &str = "talosconfig";
 
-fn resource(group: &str, version: &str, kind: &str) -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
-}
-
 fn talosconfig_resource() -> ApiResource {
-    resource("bootstrap.cluster.x-k8s.io", "v1alpha3", "TalosConfig")
-}
-
-fn api_for(ctx: &Context, ar: &ApiResource) -> Api<DynamicObject> {
-    match &ctx.options.namespace {
-        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, ar),
-        None => Api::all_with(ctx.client.clone(), ar),
-    }
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "bootstrap.cluster.x-k8s.io",
+        "v1alpha3",
+        "TalosConfig",
+    ))
 }
 
 /// The controller, subscribed to the shared caches; it runs when awaited, until `shutdown`
@@ -52,7 +45,7 @@ pub fn controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Option<impl std::future::Future<Output = ()>> {
     let ar = talosconfig_resource();
-    let configs: Api<DynamicObject> = api_for(&ctx, &ar);
+    let configs: Api<DynamicObject> = cache::dynamic_api(&ctx.client, &ctx.options, &ar);
     let secrets = ctx.caches.subscribe_secrets()?;
     let machines = ctx.caches.subscribe_machines()?;
     let clusters = ctx.caches.subscribe_clusters()?;
@@ -84,6 +77,21 @@ pub fn controller(
             cache::capi_resource("Cluster"),
         )
         .graceful_shutdown_on(shutdown);
+    // MachinePools are few and only watched when asked for (Cluster API's MachinePool feature).
+    let controller = if ctx.options.machine_pools {
+        controller.watches_with(
+            cache::dynamic_api(
+                &ctx.client,
+                &ctx.options,
+                &cache::capi_resource("MachinePool"),
+            ),
+            cache::capi_resource("MachinePool"),
+            cache::filtered(&ctx.options),
+            |pool| config_of_pool(&pool),
+        )
+    } else {
+        controller
+    };
     Some(
         controller
             .run(reconcile, error_policy, ctx)
@@ -116,6 +124,15 @@ fn configs_for_machine(
         refs.extend(configs_of_cluster(store, &ns, cluster, true));
     }
     refs
+}
+
+/// The TalosConfig a MachinePool's template boots its instances with.
+fn config_of_pool(pool: &DynamicObject) -> Option<ObjectRef<DynamicObject>> {
+    let config_ref = &pool.data["spec"]["template"]["spec"]["bootstrap"]["configRef"];
+    let name = config_ref["name"]
+        .as_str()
+        .filter(|_| config_ref["kind"] == "TalosConfig")?;
+    Some(ObjectRef::new_with(name, talosconfig_resource()).within(&pool.namespace()?))
 }
 
 fn configs_of_cluster(
@@ -187,7 +204,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     if config.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let scope = scope::observe(ctx, config)?;
+    let scope = scope::observe(ctx, config).await?;
     let mut report = Report::default();
     let outcome = act(ctx, &scope, &mut report).await;
     if let Err(e) = &outcome {

@@ -36,6 +36,14 @@ pub fn gate(scope: &Scope) -> Gate {
     if let Some(source) = scope.cluster.as_ref().and_then(|c| c.paused_by()) {
         return Gate::Paused(source.to_owned());
     }
+    if let (None, Some(pool)) = (&scope.machine, &scope.unsupported_pool) {
+        return Gate::Wait {
+            reason: reason::WAITING_FOR_OWNER,
+            message: format!(
+                "owned by MachinePool {pool}, but MachinePool support is off (start the manager with --machine-pools)"
+            ),
+        };
+    }
     let Some(machine) = &scope.machine else {
         return Gate::Wait {
             reason: reason::WAITING_FOR_OWNER,
@@ -121,6 +129,7 @@ mod tests {
             )),
             cluster_name: Some("c".into()),
             cluster: Some(cluster),
+            unsupported_pool: None,
         }
     }
 

@@ -33,19 +33,29 @@ impl Drop for Running {
 }
 
 pub async fn setup(prefix: &str) -> (kube::Client, String, Running) {
+    setup_with(prefix, Options::default()).await
+}
+
+/// [`setup`] with a controller run with other `options`.
+pub async fn setup_with(prefix: &str, options: Options) -> (kube::Client, String, Running) {
     let cp = shared().await.unwrap();
     let client = cp.client().await.unwrap();
     testkit::install_crds(&client, &api::all_crds())
         .await
         .unwrap();
     let ns = unique_namespace(&client, prefix).await.unwrap();
-    let running = start_controller(&client, &ns);
+    let running = start_controller_with(&client, &ns, options);
     (client, ns, running)
 }
 
 /// Our TalosConfig controller, watching only `ns`. Its logs go to the test output
 /// (RUST_LOG=controller=debug to see them).
 pub fn start_controller(client: &kube::Client, ns: &str) -> Running {
+    start_controller_with(client, ns, Options::default())
+}
+
+/// [`start_controller`] with other options (its namespace is always `ns`).
+pub fn start_controller_with(client: &kube::Client, ns: &str, options: Options) -> Running {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -55,7 +65,7 @@ pub fn start_controller(client: &kube::Client, ns: &str) -> Running {
         client.clone(),
         Options {
             namespace: Some(ns.clone()),
-            ..Options::default()
+            ..options
         },
     ));
     let (stop, stopped) = oneshot::channel::<()>();
@@ -191,6 +201,18 @@ pub async fn wait_config(
     cond: ConditionType,
     status: &'static str,
 ) -> TalosConfig {
+    wait_config_where(client, ns, name, cond, status, |_| true).await
+}
+
+/// [`wait_config`], until the condition also satisfies `pred` (a reason, say).
+pub async fn wait_config_where(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    cond: ConditionType,
+    status: &'static str,
+    pred: impl Fn(&conditions::Condition) -> bool + Send + 'static,
+) -> TalosConfig {
     let api: Api<TalosConfig> = Api::namespaced(client.clone(), ns);
     let waited = tokio::time::timeout(
         WAIT,
@@ -198,7 +220,7 @@ pub async fn wait_config(
             c.and_then(|c| c.status.as_ref())
                 .and_then(|s| s.conditions.as_deref())
                 .and_then(|cs| conditions::get(cs, cond))
-                .is_some_and(|c| c.status == status)
+                .is_some_and(|c| c.status == status && pred(c))
         }),
     )
     .await;

@@ -1,0 +1,422 @@
+//! The control plane as one reconcile sees it, and the questions KubeadmControlPlane's
+//! `ControlPlane` answers, without I/O: where the next machine goes, which machine leaves on
+//! scale-down, whether a scale or rollout step may start, and which etcd members may go.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::jiff::Timestamp;
+
+/// A failure domain of the Cluster (`status.failureDomains`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureDomain {
+    pub name: String,
+    /// Only domains marked for control planes take control-plane machines.
+    pub control_plane: bool,
+}
+
+/// One control-plane Machine, reduced to what decisions need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineView {
+    pub name: String,
+    /// The hostname the node registers in etcd with.
+    pub hostname: String,
+    pub created: Timestamp,
+    pub failure_domain: Option<String>,
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// Carries `cluster.x-k8s.io/delete-machine`.
+    pub delete_annotated: bool,
+    /// Matches the desired spec (version, infrastructure, config); false means it must roll.
+    pub up_to_date: bool,
+    /// apiserver, controller-manager, scheduler and etcd report healthy on the node.
+    pub components_healthy: bool,
+}
+
+/// An etcd member as the cluster reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdMember {
+    pub id: u64,
+    /// The member name: the node's hostname.
+    pub name: String,
+    pub healthy: bool,
+    pub learner: bool,
+}
+
+/// Why a scale or rollout step may not start now (KubeadmControlPlane's preflight checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// A reason for conditions, e.g. `MachineDeleting`.
+    pub check: &'static str,
+    pub message: String,
+}
+
+/// The observed control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ControlPlane {
+    pub failure_domains: Vec<FailureDomain>,
+    pub machines: Vec<MachineView>,
+    /// The etcd members, or `None` when no node answered.
+    pub etcd: Option<Vec<EtcdMember>>,
+}
+
+/// The members needed for quorum among `members` voting members.
+pub fn quorum(members: usize) -> usize {
+    members / 2 + 1
+}
+
+impl ControlPlane {
+    fn live(&self) -> impl Iterator<Item = &MachineView> {
+        self.machines.iter().filter(|m| !m.deleting)
+    }
+
+    /// Live machines per failure domain (machines without one count under "").
+    fn per_domain(&self) -> BTreeMap<&str, usize> {
+        let mut counts = BTreeMap::new();
+        for m in self.live() {
+            *counts
+                .entry(m.failure_domain.as_deref().unwrap_or(""))
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Where the next machine goes: the control-plane failure domain with the fewest live
+    /// machines, ties broken by fewer up-to-date machines, then by name. Never random (CACPPT
+    /// chose at random and users found every control plane in one zone). `None` when the
+    /// Cluster has no control-plane failure domains.
+    pub fn next_failure_domain(&self) -> Option<String> {
+        let counts = self.per_domain();
+        let up_to_date = |fd: &str| {
+            self.live()
+                .filter(|m| m.up_to_date && m.failure_domain.as_deref() == Some(fd))
+                .count()
+        };
+        self.failure_domains
+            .iter()
+            .filter(|fd| fd.control_plane)
+            .min_by_key(|fd| {
+                (
+                    counts.get(fd.name.as_str()).copied().unwrap_or(0),
+                    up_to_date(&fd.name),
+                    fd.name.clone(),
+                )
+            })
+            .map(|fd| fd.name.clone())
+    }
+
+    /// The machine that leaves on scale-down, in KubeadmControlPlane's order: delete-annotated
+    /// outdated machines, then other delete-annotated machines, then outdated machines with
+    /// unhealthy components, then other outdated machines, then any machine. Within the first
+    /// non-empty class: the failure domain with the most live machines, then the oldest machine
+    /// there (ties by name).
+    pub fn machine_to_scale_down(&self) -> Option<&MachineView> {
+        let classes: [&dyn Fn(&MachineView) -> bool; 5] = [
+            &|m| m.delete_annotated && !m.up_to_date,
+            &|m| m.delete_annotated,
+            &|m| !m.up_to_date && !m.components_healthy,
+            &|m| !m.up_to_date,
+            &|_| true,
+        ];
+        let counts = self.per_domain();
+        classes.iter().find_map(|class| {
+            let candidates: Vec<&MachineView> = self.live().filter(|m| class(m)).collect();
+            let domain = candidates
+                .iter()
+                .map(|m| m.failure_domain.as_deref().unwrap_or(""))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                // Most machines first; among equals, the first name.
+                .min_by_key(|fd| (std::cmp::Reverse(counts.get(fd).copied().unwrap_or(0)), *fd))?;
+            candidates
+                .into_iter()
+                .filter(|m| m.failure_domain.as_deref().unwrap_or("") == domain)
+                .min_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)))
+        })
+    }
+
+    /// KubeadmControlPlane's preflight checks before a scale or rollout step: no machine is
+    /// being deleted, etcd answered with every machine a healthy voting member, and every
+    /// machine's control-plane components are healthy. The first failing check names what
+    /// blocks.
+    pub fn preflight(&self) -> Result<(), Blocked> {
+        if let Some(m) = self.machines.iter().find(|m| m.deleting) {
+            return Err(Blocked {
+                check: "MachineDeleting",
+                message: format!("waiting for machine {} to finish deleting", m.name),
+            });
+        }
+        let Some(members) = &self.etcd else {
+            return Err(Blocked {
+                check: "EtcdUnknown",
+                message: "no control-plane node answered for the etcd member list".into(),
+            });
+        };
+        for m in &self.machines {
+            match members.iter().find(|e| e.name == m.hostname) {
+                None => {
+                    return Err(Blocked {
+                        check: "EtcdMemberMissing",
+                        message: format!("machine {} has no etcd member", m.name),
+                    });
+                }
+                Some(e) if !e.healthy || e.learner => {
+                    return Err(Blocked {
+                        check: "EtcdMemberUnhealthy",
+                        message: format!(
+                            "the etcd member of machine {} (id {:x}) is {}",
+                            m.name,
+                            e.id,
+                            if e.learner {
+                                "still a learner"
+                            } else {
+                                "unhealthy"
+                            }
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(m) = self.machines.iter().find(|m| !m.components_healthy) {
+            return Err(Blocked {
+                check: "ControlPlaneComponentsUnhealthy",
+                message: format!(
+                    "the control-plane components of machine {} are not healthy",
+                    m.name
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Members that belong to no machine (by hostname): leftovers of machines that are gone.
+    pub fn orphan_members(&self) -> Vec<&EtcdMember> {
+        let hostnames: BTreeSet<&str> = self.machines.iter().map(|m| m.hostname.as_str()).collect();
+        self.etcd
+            .iter()
+            .flatten()
+            .filter(|e| !hostnames.contains(e.name.as_str()))
+            .collect()
+    }
+
+    /// Whether removing member `id` keeps a healthy quorum of the voting members that remain.
+    /// Unknown membership or an unknown id is never safe.
+    pub fn can_remove_member(&self, id: u64) -> bool {
+        let Some(members) = &self.etcd else {
+            return false;
+        };
+        let Some(leaving) = members.iter().find(|e| e.id == id) else {
+            return false;
+        };
+        let voting: Vec<&EtcdMember> = members
+            .iter()
+            .filter(|e| !e.learner && e.id != id)
+            .collect();
+        if leaving.learner {
+            // A learner has no vote: its removal changes nothing about quorum.
+            return true;
+        }
+        let healthy = voting.iter().filter(|e| e.healthy).count();
+        !voting.is_empty() && healthy >= quorum(voting.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    fn m(name: &str, fd: &str, age: i64) -> MachineView {
+        MachineView {
+            name: name.into(),
+            hostname: name.into(),
+            created: at(-age),
+            failure_domain: (!fd.is_empty()).then(|| fd.into()),
+            deleting: false,
+            delete_annotated: false,
+            up_to_date: true,
+            components_healthy: true,
+        }
+    }
+
+    fn member(id: u64, name: &str, healthy: bool) -> EtcdMember {
+        EtcdMember {
+            id,
+            name: name.into(),
+            healthy,
+            learner: false,
+        }
+    }
+
+    fn domains(names: &[(&str, bool)]) -> Vec<FailureDomain> {
+        names
+            .iter()
+            .map(|(n, cp)| FailureDomain {
+                name: (*n).into(),
+                control_plane: *cp,
+            })
+            .collect()
+    }
+
+    fn healthy(machines: Vec<MachineView>) -> ControlPlane {
+        let etcd = machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| member(i as u64 + 1, &m.hostname, true))
+            .collect();
+        ControlPlane {
+            failure_domains: domains(&[("a", true), ("b", true), ("c", true)]),
+            machines,
+            etcd: Some(etcd),
+        }
+    }
+
+    #[test]
+    fn scale_up_fills_the_emptiest_control_plane_domain_deterministically() {
+        let mut cp = healthy(vec![]);
+        let mut placed = Vec::new();
+        for i in 0..6 {
+            let fd = cp.next_failure_domain().expect("a domain");
+            placed.push(fd.clone());
+            cp.machines.push(m(&format!("m{i}"), &fd, 0));
+        }
+        assert_eq!(placed, ["a", "b", "c", "a", "b", "c"]);
+        // Domains not marked for control planes are never chosen.
+        let cp = ControlPlane {
+            failure_domains: domains(&[("a", false), ("z", true)]),
+            ..ControlPlane::default()
+        };
+        assert_eq!(cp.next_failure_domain().as_deref(), Some("z"));
+        assert_eq!(ControlPlane::default().next_failure_domain(), None);
+    }
+
+    #[test]
+    fn a_deleting_machine_does_not_hold_its_domain() {
+        let mut gone = m("m0", "a", 0);
+        gone.deleting = true;
+        let cp = healthy(vec![gone, m("m1", "b", 0), m("m2", "c", 0)]);
+        assert_eq!(cp.next_failure_domain().as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn scale_down_follows_kubeadm_control_plane_order() {
+        let mut machines = vec![
+            m("old-a", "a", 300),
+            m("a2", "a", 100),
+            m("b1", "b", 200),
+            m("c1", "c", 50),
+        ];
+        // Without outdated or annotated machines: the domain with the most machines, oldest first.
+        assert_eq!(
+            healthy(machines.clone())
+                .machine_to_scale_down()
+                .map(|m| m.name.as_str()),
+            Some("old-a")
+        );
+        // Outdated beats age.
+        machines[2].up_to_date = false;
+        assert_eq!(
+            healthy(machines.clone())
+                .machine_to_scale_down()
+                .map(|m| m.name.as_str()),
+            Some("b1")
+        );
+        // Outdated with unhealthy components beats outdated.
+        machines[3].up_to_date = false;
+        machines[3].components_healthy = false;
+        assert_eq!(
+            healthy(machines.clone())
+                .machine_to_scale_down()
+                .map(|m| m.name.as_str()),
+            Some("c1")
+        );
+        // A delete annotation beats all of that; an annotated outdated machine beats it.
+        machines[1].delete_annotated = true;
+        assert_eq!(
+            healthy(machines.clone())
+                .machine_to_scale_down()
+                .map(|m| m.name.as_str()),
+            Some("a2")
+        );
+        machines[2].delete_annotated = true;
+        assert_eq!(
+            healthy(machines.clone())
+                .machine_to_scale_down()
+                .map(|m| m.name.as_str()),
+            Some("b1")
+        );
+    }
+
+    #[test]
+    fn preflight_names_the_check_that_blocks() {
+        let ok = healthy(vec![m("m0", "a", 0), m("m1", "b", 0), m("m2", "c", 0)]);
+        assert_eq!(ok.preflight(), Ok(()));
+
+        let mut deleting = ok.clone();
+        deleting.machines[1].deleting = true;
+        assert_eq!(
+            deleting.preflight().map_err(|b| b.check),
+            Err("MachineDeleting")
+        );
+
+        let mut unknown = ok.clone();
+        unknown.etcd = None;
+        assert_eq!(unknown.preflight().map_err(|b| b.check), Err("EtcdUnknown"));
+
+        let mut missing = ok.clone();
+        if let Some(members) = &mut missing.etcd {
+            members.pop();
+        }
+        let blocked = missing.preflight().expect_err("a machine without a member");
+        assert_eq!(blocked.check, "EtcdMemberMissing");
+        assert!(blocked.message.contains("m2"), "{}", blocked.message);
+
+        let mut sick = ok.clone();
+        if let Some(members) = &mut sick.etcd {
+            members[0].healthy = false;
+        }
+        assert_eq!(
+            sick.preflight().map_err(|b| b.check),
+            Err("EtcdMemberUnhealthy")
+        );
+
+        let mut components = ok;
+        components.machines[2].components_healthy = false;
+        assert_eq!(
+            components.preflight().map_err(|b| b.check),
+            Err("ControlPlaneComponentsUnhealthy")
+        );
+    }
+
+    #[test]
+    fn orphans_are_members_without_a_machine() {
+        let mut cp = healthy(vec![m("m0", "a", 0), m("m1", "b", 0)]);
+        if let Some(members) = &mut cp.etcd {
+            members.push(member(9, "gone", false));
+        }
+        let orphans: Vec<u64> = cp.orphan_members().iter().map(|e| e.id).collect();
+        assert_eq!(orphans, [9]);
+    }
+
+    #[test]
+    fn a_member_goes_only_when_quorum_survives() {
+        let mut cp = healthy(vec![m("m0", "a", 0), m("m1", "b", 0), m("m2", "c", 0)]);
+        assert!(cp.can_remove_member(1), "3 healthy → 2 healthy of 2");
+        if let Some(members) = &mut cp.etcd {
+            members[1].healthy = false;
+        }
+        // Removing the unhealthy one leaves 2 healthy of 2; removing a healthy one, 1 of 2.
+        assert!(cp.can_remove_member(2));
+        assert!(!cp.can_remove_member(1));
+        // The last member, an unknown id and unknown membership are never removed.
+        let single = healthy(vec![m("m0", "a", 0)]);
+        assert!(!single.can_remove_member(1));
+        assert!(!cp.can_remove_member(42));
+        cp.etcd = None;
+        assert!(!cp.can_remove_member(1));
+        assert_eq!((quorum(1), quorum(2), quorum(3), quorum(5)), (1, 2, 2, 3));
+    }
+}

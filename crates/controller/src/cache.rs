@@ -31,6 +31,49 @@ fn first_list(listed: &tokio::sync::watch::Sender<u8>) -> impl Fn() + '_ {
     move || once.call_once(|| listed.send_modify(|n| *n += 1))
 }
 
+/// In cached bootstrap data Secrets, the SHA-256 (hex) of `value` replaces the value itself:
+/// a thousand machines' configurations need not sit in memory to be compared.
+pub const VALUE_DIGEST_KEY: &str = "talos-capi.internal/value-sha256";
+
+pub fn value_digest(value: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(value)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What the caches keep of an object: no managed fields, no last-applied annotation.
+fn slim_meta(meta: &mut kube::api::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+pub(crate) fn slim_dynamic(obj: &mut DynamicObject) {
+    slim_meta(&mut obj.metadata);
+}
+
+/// Bootstrap data Secrets (owned by a TalosConfig) keep only the digest of their value.
+fn slim_secret(secret: &mut Secret) {
+    slim_meta(&mut secret.metadata);
+    let bootstrap_data = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "TalosConfig");
+    if let (true, Some(data)) = (bootstrap_data, secret.data.as_mut())
+        && let Some(value) = data.remove("value")
+    {
+        data.insert(
+            VALUE_DIGEST_KEY.to_owned(),
+            k8s_openapi::ByteString(value_digest(&value.0).into_bytes()),
+        );
+    }
+}
+
 /// How many changes a slow subscriber may lag behind before the watch waits for it.
 const BUFFER: usize = 4096;
 
@@ -144,6 +187,7 @@ async fn drive<K>(
     config: watcher::Config,
     feed: &Feed<K>,
     what: &'static str,
+    slim: fn(&mut K),
     listed: impl Fn(),
 ) where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -156,6 +200,7 @@ async fn drive<K>(
     let subscribers = &subscribers;
     let listed = &listed;
     watcher(api, config)
+        .modify(slim)
         .default_backoff()
         .reflect(writer)
         .for_each(|event| async move {
@@ -210,6 +255,7 @@ impl Caches {
                 filtered(&options),
                 &self.machines,
                 "machines",
+                slim_dynamic,
                 first_list(&self.listed),
             ),
             drive(
@@ -217,6 +263,7 @@ impl Caches {
                 filtered(&options),
                 &self.clusters,
                 "clusters",
+                slim_dynamic,
                 first_list(&self.listed),
             ),
             drive(
@@ -224,6 +271,7 @@ impl Caches {
                 secret_watch,
                 &self.secrets,
                 "secrets",
+                slim_secret,
                 first_list(&self.listed),
             ),
         );
@@ -269,8 +317,9 @@ impl Caches {
         machines
     }
 
-    /// A Secret carrying the cluster-name label, as last seen by the watch. `None` may also
-    /// mean "not labelled": callers that must know fall back to a read.
+    /// A Secret carrying the cluster-name label, as last seen by the watch (a bootstrap data
+    /// Secret with [`VALUE_DIGEST_KEY`] instead of `value`). `None` may also mean "not
+    /// labelled": callers that must know fall back to a read.
     pub fn secret(&self, ns: &str, name: &str) -> Option<Arc<Secret>> {
         self.secrets.store.get(&ObjectRef::new(name).within(ns))
     }

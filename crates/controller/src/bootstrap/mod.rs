@@ -17,6 +17,7 @@ use api::capi::labels;
 use api::conditions::{ConditionType, Observation, Severity, Status, reason};
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -50,10 +51,17 @@ pub fn controller(
     let machines = ctx.caches.subscribe_machines()?;
     let clusters = ctx.caches.subscribe_clusters()?;
 
-    let controller = Controller::new_with(configs, cache::filtered(&ctx.options), ar.clone())
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(ctx.options.concurrency),
-        );
+    // The controller's own store keeps TalosConfigs without their managed fields.
+    let writer = kube::runtime::reflector::store::Writer::new(ar.clone());
+    let reader = writer.as_reader();
+    let own = kube::runtime::reflector(
+        writer,
+        kube::runtime::watcher(configs, cache::filtered(&ctx.options)).modify(cache::slim_dynamic),
+    )
+    .applied_objects();
+    let controller = Controller::for_stream_with(own, reader, ar.clone()).with_config(
+        kube::runtime::controller::Config::default().concurrency(ctx.options.concurrency),
+    );
     let store = controller.store();
     let machine_store = store.clone();
     let cluster_store = store.clone();

@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use machineconfig::talosconfig::ClientOptions;
 use machineconfig::{Contract, SecretsBundle};
 
-use crate::{Context, Error};
+use crate::{Context, Error, cache};
 
 /// Cluster API's Secret type for bootstrap data and kubeconfigs.
 pub const CLUSTER_SECRET_TYPE: &str = "cluster.x-k8s.io/secret";
@@ -331,7 +331,15 @@ pub async fn data(
             (stored, true) => stored,
         },
     };
-    if text(&existing, "value").as_deref() == Some(value) {
+    let unchanged = match existing
+        .data
+        .as_ref()
+        .and_then(|d| d.get(cache::VALUE_DIGEST_KEY))
+    {
+        Some(digest) => digest.0 == cache::value_digest(value.as_bytes()).into_bytes(),
+        None => text(&existing, "value").as_deref() == Some(value),
+    };
+    if unchanged {
         return Ok(DataOutcome::Unchanged);
     }
     let ours = existing

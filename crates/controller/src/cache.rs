@@ -51,8 +51,26 @@ fn slim_meta(meta: &mut kube::api::ObjectMeta) {
     }
 }
 
+/// The status fields of Machines and Clusters that `api::capi` reads; the rest (nodeInfo, the
+/// deprecated v1beta1 conditions, ...) is not kept in memory for every machine.
+const KEPT_STATUS: &[&str] = &[
+    "initialization",
+    "addresses",
+    "nodeRef",
+    "phase",
+    "conditions",
+    "failureDomains",
+];
+
 pub(crate) fn slim_dynamic(obj: &mut DynamicObject) {
     slim_meta(&mut obj.metadata);
+}
+
+fn slim_capi(obj: &mut DynamicObject) {
+    slim_dynamic(obj);
+    if let Some(status) = obj.data.get_mut("status").and_then(|s| s.as_object_mut()) {
+        status.retain(|k, _| KEPT_STATUS.contains(&k.as_str()));
+    }
 }
 
 /// Bootstrap data Secrets (owned by a TalosConfig) keep only the digest of their value.
@@ -255,7 +273,7 @@ impl Caches {
                 filtered(&options),
                 &self.machines,
                 "machines",
-                slim_dynamic,
+                slim_capi,
                 first_list(&self.listed),
             ),
             drive(
@@ -263,7 +281,7 @@ impl Caches {
                 filtered(&options),
                 &self.clusters,
                 "clusters",
-                slim_dynamic,
+                slim_capi,
                 first_list(&self.listed),
             ),
             drive(

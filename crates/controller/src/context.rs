@@ -8,6 +8,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::Reporter;
 
+use futures::channel::mpsc;
+use kube::api::DynamicObject;
+use kube::runtime::reflector::ObjectRef;
+
 use crate::cache::Caches;
 use crate::metrics::Metrics;
 
@@ -63,7 +67,11 @@ pub struct Context {
     /// Watch-fed Machines, Clusters and cluster Secrets, shared by every controller.
     pub caches: Caches,
     failures: Mutex<HashMap<String, u32>>,
-    bundle_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Secrets bundles being generated, per cluster, with the reconciles waiting for them.
+    generating: Mutex<HashMap<String, Vec<ObjectRef<DynamicObject>>>>,
+    /// Reconciles to run again (a bundle they waited for exists now).
+    wake_tx: mpsc::UnboundedSender<ObjectRef<DynamicObject>>,
+    wake_rx: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<DynamicObject>>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -76,6 +84,7 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     pub fn new(client: kube::Client, options: Options) -> Context {
+        let (wake_tx, wake_rx) = mpsc::unbounded();
         Context {
             client,
             reporter: Reporter {
@@ -87,7 +96,9 @@ impl Context {
             options,
             caches: Caches::default(),
             failures: Mutex::new(HashMap::new()),
-            bundle_locks: Mutex::new(HashMap::new()),
+            generating: Mutex::new(HashMap::new()),
+            wake_tx,
+            wake_rx: Mutex::new(Some(wake_rx)),
         }
     }
 
@@ -99,10 +110,42 @@ impl Context {
         Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
     }
 
-    /// The lock that serialises secrets-bundle generation for one cluster in this process.
-    pub(crate) fn bundle_lock(&self, cluster: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.bundle_locks.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(locks.entry(cluster.to_owned()).or_default())
+    /// Claim the generation of `cluster`'s secrets bundle. `false`: another reconcile is
+    /// generating it, and `waiter` is reconciled again once [`Context::generated`] is called.
+    pub(crate) fn claim_generation(&self, cluster: &str, waiter: ObjectRef<DynamicObject>) -> bool {
+        let mut generating = self.generating.lock().unwrap_or_else(|e| e.into_inner());
+        match generating.get_mut(cluster) {
+            Some(waiters) => {
+                waiters.push(waiter);
+                false
+            }
+            None => {
+                generating.insert(cluster.to_owned(), Vec::new());
+                true
+            }
+        }
+    }
+
+    /// The claimed generation ended (stored, or failed): wake whoever waited for it.
+    pub(crate) fn generated(&self, cluster: &str) {
+        let waiters = self
+            .generating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(cluster)
+            .unwrap_or_default();
+        for waiter in waiters {
+            // The receiver lives as long as the controller; once it is gone nobody waits.
+            let _ = self.wake_tx.unbounded_send(waiter);
+        }
+    }
+
+    /// The stream of reconciles to run again; the first caller gets it.
+    pub(crate) fn take_wakeups(&self) -> Option<mpsc::UnboundedReceiver<ObjectRef<DynamicObject>>> {
+        self.wake_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     pub(crate) fn succeeded(&self, key: &str) {

@@ -85,6 +85,10 @@ pub fn controller(
             cache::capi_resource("Cluster"),
         )
         .graceful_shutdown_on(shutdown);
+    let controller = match ctx.take_wakeups() {
+        Some(wakeups) => controller.reconcile_on(wakeups),
+        None => controller,
+    };
     // MachinePools are few and only watched when asked for (Cluster API's MachinePool feature).
     let controller = if ctx.options.machine_pools {
         controller.watches_with(
@@ -214,12 +218,25 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     }
     let scope = scope::observe(ctx, config).await?;
     let mut report = Report::default();
-    let outcome = act(ctx, &scope, &mut report).await;
-    if let Err(e) = &outcome {
-        report.data.get_or_insert_with(|| failure_observation(e));
+    let waiter = ObjectRef::from_obj_with(obj, talosconfig_resource());
+    let outcome = act(ctx, &scope, waiter, &mut report).await;
+    match &outcome {
+        // Nothing to report yet: the reconcile runs again once the bundle is stored.
+        Ok(Acted::Deferred) => return Ok(Action::await_change()),
+        Ok(Acted::Done) => {}
+        Err(e) => {
+            report.data.get_or_insert_with(|| failure_observation(e));
+        }
     }
     write_status(ctx, &scope.config, &report).await?;
-    outcome.map(|()| Action::await_change())
+    outcome.map(|_| Action::await_change())
+}
+
+/// Whether [`act`] got to the end.
+enum Acted {
+    Done,
+    /// Another reconcile is generating the cluster's secrets bundle; this one runs again after.
+    Deferred,
 }
 
 fn data_available(message: String) -> Observation {
@@ -243,27 +260,32 @@ fn failure_observation(e: &Error) -> Observation {
 }
 
 /// Observe → gate → render → write; fills `report` as it goes.
-async fn act(ctx: &Context, scope: &scope::Scope, report: &mut Report) -> Result<(), Error> {
+async fn act(
+    ctx: &Context,
+    scope: &scope::Scope,
+    waiter: ObjectRef<DynamicObject>,
+    report: &mut Report,
+) -> Result<Acted, Error> {
     let gate = plan::gate(scope);
     let (machine, cluster, cluster_name) =
         match (&gate, &scope.machine, &scope.cluster, &scope.cluster_name) {
             (Gate::Paused(source), ..) => {
                 report.paused = Some(source.clone());
-                return Ok(());
+                return Ok(Acted::Done);
             }
             (Gate::Wait { reason, message }, ..) => {
                 report.data = Some(
                     Observation::new(ConditionType::DataSecretAvailable, Status::False, reason)
                         .message(message.clone()),
                 );
-                return Ok(());
+                return Ok(Acted::Done);
             }
             (Gate::Reuse(name), ..) => {
                 report.data_secret_name = Some(name.clone());
                 report.data = Some(data_available(format!(
                     "reusing Secret {name} named by the Machine"
                 )));
-                return Ok(());
+                return Ok(Acted::Done);
             }
             (Gate::Render, Some(m), Some(c), Some(n)) => (m, c, n),
             // plan::gate only renders once the machine, the cluster and its name are known.
@@ -274,7 +296,9 @@ async fn act(ctx: &Context, scope: &scope::Scope, report: &mut Report) -> Result
             }
         };
     let ns = scope.namespace();
-    let bundle = secrets::bundle(ctx, &ns, cluster).await?;
+    let Some(bundle) = secrets::bundle(ctx, &ns, cluster, waiter).await? else {
+        return Ok(Acted::Deferred);
+    };
     let value =
         render::machine_config(&scope.config.spec, machine, cluster, cluster_name, &bundle)?;
     let name = scope
@@ -322,7 +346,7 @@ async fn act(ctx: &Context, scope: &scope::Scope, report: &mut Report) -> Result
         .message(e.to_string())
         .severity(Severity::Warning),
     });
-    client_config
+    client_config.map(|()| Acted::Done)
 }
 
 async fn write_status(ctx: &Context, config: &TalosConfig, report: &Report) -> Result<(), Error> {

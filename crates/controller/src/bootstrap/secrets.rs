@@ -8,7 +8,8 @@ use api::bootstrap::v1alpha3::TalosConfig;
 use api::capi::{Cluster, Machine, labels};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, DynamicObject, ObjectMeta, PostParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use machineconfig::talosconfig::ClientOptions;
 use machineconfig::{Contract, SecretsBundle};
@@ -73,22 +74,6 @@ async fn create_if_absent(api: &Api<Secret>, secret: &Secret) -> Result<(Secret,
     }
 }
 
-/// A Secret as the shared cache holds it, else (not labelled with its cluster, or not seen
-/// yet) as the API server does.
-async fn read(
-    ctx: &Context,
-    api: &Api<Secret>,
-    ns: &str,
-    name: &str,
-) -> Result<Option<Secret>, Error> {
-    if let Some(cached) = ctx.caches.secret(ns, name) {
-        return Ok(Some(Secret::clone(&cached)));
-    }
-    api.get_opt(name)
-        .await
-        .map_err(Error::kube(format!("reading Secret {name}")))
-}
-
 fn text(secret: &Secret, key: &str) -> Option<String> {
     secret
         .data
@@ -98,41 +83,28 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
 }
 
 /// The cluster's secrets bundle (`<cluster>-talos`, key `bundle`; CABPT's legacy keys are read
-/// too), generated and stored exactly once however many reconciles race for it.
-pub async fn bundle(ctx: &Context, ns: &str, cluster: &Cluster) -> Result<SecretsBundle, Error> {
+/// too), generated and stored exactly once however many reconciles race for it: one
+/// generation per cluster in this process, and a create that loses to another process re-reads.
+/// `None`: another reconcile is generating it and `waiter` runs again once it is stored, so
+/// the wait holds no reconcile slot.
+pub async fn bundle(
+    ctx: &Context,
+    ns: &str,
+    cluster: &Cluster,
+    waiter: ObjectRef<DynamicObject>,
+) -> Result<Option<SecretsBundle>, Error> {
     let cluster_name = cluster.name_any();
     let name = bundle_name(&cluster_name);
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    // One generation per cluster in this process; other processes race through create.
-    let lock = ctx.bundle_lock(&format!("{ns}/{cluster_name}"));
-    let _guard = lock.lock().await;
-    let stored = match read(ctx, &api, ns, &name).await? {
-        Some(s) => s,
+    let stored = match ctx.caches.secret(ns, &name) {
+        Some(cached) => Secret::clone(&cached),
         None => {
-            let generated =
-                tokio::task::spawn_blocking(|| SecretsBundle::generate(Contract::NEWEST))
-                    .await
-                    .map_err(|e| Error::InvalidSecret {
-                        name: name.clone(),
-                        reason: format!("generating the secrets bundle stopped: {e}"),
-                    })?
-                    .map_err(|e| Error::InvalidSecret {
-                        name: name.clone(),
-                        reason: format!("generating the secrets bundle: {e}"),
-                    })?;
-            let yaml = generated.to_yaml().map_err(|e| Error::InvalidSecret {
-                name: name.clone(),
-                reason: format!("serializing the secrets bundle: {e}"),
-            })?;
-            let secret = Secret {
-                metadata: meta(&name, ns, &cluster_name, cluster_owner(cluster)),
-                data: Some(BTreeMap::from([(
-                    "bundle".to_owned(),
-                    ByteString(yaml.into_bytes()),
-                )])),
-                ..Secret::default()
-            };
-            create_if_absent(&api, &secret).await?.0
+            let key = format!("{ns}/{cluster_name}");
+            if !ctx.claim_generation(&key, waiter) {
+                return Ok(None);
+            }
+            let stored = get_or_generate(ctx, ns, cluster, &name).await;
+            ctx.generated(&key);
+            stored?
         }
     };
     let data: BTreeMap<String, Vec<u8>> = stored
@@ -141,10 +113,49 @@ pub async fn bundle(ctx: &Context, ns: &str, cluster: &Cluster) -> Result<Secret
         .into_iter()
         .map(|(k, v)| (k, v.0))
         .collect();
-    SecretsBundle::from_cabpt_secret(&data).map_err(|e| Error::InvalidSecret {
-        name,
-        reason: e.to_string(),
-    })
+    SecretsBundle::from_cabpt_secret(&data)
+        .map(Some)
+        .map_err(|e| Error::InvalidSecret {
+            name,
+            reason: e.to_string(),
+        })
+}
+
+async fn get_or_generate(
+    ctx: &Context,
+    ns: &str,
+    cluster: &Cluster,
+    name: &str,
+) -> Result<Secret, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(existing) = api
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("reading Secret {name}")))?
+    {
+        return Ok(existing);
+    }
+    let invalid = |reason: String| Error::InvalidSecret {
+        name: name.to_owned(),
+        reason,
+    };
+    let generated = tokio::task::spawn_blocking(|| SecretsBundle::generate(Contract::NEWEST))
+        .await
+        .map_err(|e| invalid(format!("generating the secrets bundle stopped: {e}")))?
+        .map_err(|e| invalid(format!("generating the secrets bundle: {e}")))?;
+    let yaml = generated
+        .to_yaml()
+        .map_err(|e| invalid(format!("serializing the secrets bundle: {e}")))?;
+    let cluster_name = cluster.name_any();
+    let secret = Secret {
+        metadata: meta(name, ns, &cluster_name, cluster_owner(cluster)),
+        data: Some(BTreeMap::from([(
+            "bundle".to_owned(),
+            ByteString(yaml.into_bytes()),
+        )])),
+        ..Secret::default()
+    };
+    Ok(create_if_absent(&api, &secret).await?.0)
 }
 
 /// `<cluster>-ca`: the Kubernetes CA (tls.crt, tls.key), as CABPT writes it; created once.

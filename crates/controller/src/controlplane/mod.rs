@@ -2,4 +2,5 @@
 //! (KubeadmControlPlane's `ControlPlane`): failure-domain placement, scale-down order,
 //! preflight checks and quorum-safe etcd membership, all without I/O.
 
+pub mod plan;
 pub mod scope;

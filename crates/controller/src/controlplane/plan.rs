@@ -1,0 +1,278 @@
+//! The next step of a TalosControlPlane reconcile, decided without I/O from the observed
+//! [`ControlPlane`]. As in KubeadmControlPlane, a reconcile takes at most one step that
+//! changes the control plane and returns; the next event brings the next step.
+
+use super::scope::{Blocked, ControlPlane};
+
+/// One step, or why none is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Create a control-plane machine (with its TalosConfig and infrastructure), in this
+    /// failure domain when the Cluster has control-plane domains.
+    CreateMachine { failure_domain: Option<String> },
+    /// Bootstrap etcd on this machine's node: exactly once per cluster.
+    BootstrapEtcd { machine: String },
+    /// Remove an etcd member that belongs to no machine (quorum survives its removal).
+    RemoveOrphanMember { id: u64, name: String },
+    /// Move etcd leadership away if needed, leave etcd, then delete this machine.
+    ScaleDown { machine: String },
+    /// Nothing may change now; the reason and message say why, for a condition.
+    Wait {
+        reason: &'static str,
+        message: String,
+    },
+    /// The control plane has the desired shape.
+    Steady,
+}
+
+impl From<Blocked> for Step {
+    fn from(b: Blocked) -> Step {
+        Step::Wait {
+            reason: b.check,
+            message: b.message,
+        }
+    }
+}
+
+/// Decide the next step towards `replicas` machines. `bootstrapped` says whether etcd was
+/// bootstrapped (the control plane is initialized).
+pub fn next_step(replicas: i32, bootstrapped: bool, cp: &ControlPlane) -> Step {
+    if replicas < 1 {
+        return Step::Wait {
+            reason: "InvalidReplicas",
+            message: format!(
+                "refusing to scale to {replicas} replicas: a control plane keeps at least one machine"
+            ),
+        };
+    }
+    let live: Vec<_> = cp.machines.iter().filter(|m| !m.deleting).collect();
+    if !bootstrapped {
+        // One machine first; etcd is bootstrapped on it before any other joins.
+        return match live
+            .iter()
+            .min_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)))
+        {
+            None if cp.machines.is_empty() => Step::CreateMachine {
+                failure_domain: cp.next_failure_domain(),
+            },
+            None => Step::Wait {
+                reason: "MachineDeleting",
+                message: "waiting for deleting machines to go before creating the first one".into(),
+            },
+            Some(first) => Step::BootstrapEtcd {
+                machine: first.name.clone(),
+            },
+        };
+    }
+    // The etcd membership audit comes before any scaling, as in KubeadmControlPlane.
+    if let Some(orphan) = cp
+        .orphan_members()
+        .into_iter()
+        .find(|e| cp.can_remove_member(e.id))
+    {
+        return Step::RemoveOrphanMember {
+            id: orphan.id,
+            name: orphan.name.clone(),
+        };
+    }
+    let want = usize::try_from(replicas).unwrap_or(usize::MAX);
+    if live.len() == want {
+        return Step::Steady;
+    }
+    if let Err(blocked) = cp.preflight() {
+        return blocked.into();
+    }
+    if live.len() < want {
+        return Step::CreateMachine {
+            failure_domain: cp.next_failure_domain(),
+        };
+    }
+    match cp.machine_to_scale_down() {
+        Some(m) => Step::ScaleDown {
+            machine: m.name.clone(),
+        },
+        None => Step::Steady,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::scope::{EtcdMember, FailureDomain, MachineView};
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn machine(i: usize, fd: &str) -> MachineView {
+        MachineView {
+            name: format!("cp-{i}"),
+            hostname: format!("cp-{i}"),
+            created: Timestamp::from_second(1_800_000_000 + i as i64)
+                .unwrap_or(Timestamp::UNIX_EPOCH),
+            failure_domain: Some(fd.into()),
+            deleting: false,
+            delete_annotated: false,
+            up_to_date: true,
+            components_healthy: true,
+        }
+    }
+
+    /// Apply a step to the model as the world would once it completes.
+    fn apply(cp: &mut ControlPlane, bootstrapped: &mut bool, step: &Step) {
+        let members = cp.etcd.get_or_insert_with(Vec::new);
+        match step {
+            Step::CreateMachine { failure_domain } => {
+                let i = cp
+                    .machines
+                    .iter()
+                    .map(|m| m.name.clone())
+                    .max()
+                    .map_or(0, |n| {
+                        n.trim_start_matches("cp-").parse::<usize>().unwrap_or(0) + 1
+                    });
+                let m = machine(i, failure_domain.as_deref().unwrap_or(""));
+                if *bootstrapped {
+                    members.push(EtcdMember {
+                        id: i as u64 + 100,
+                        name: m.hostname.clone(),
+                        healthy: true,
+                        learner: false,
+                    });
+                }
+                cp.machines.push(m);
+            }
+            Step::BootstrapEtcd { machine } => {
+                *bootstrapped = true;
+                members.push(EtcdMember {
+                    id: 100,
+                    name: machine.clone(),
+                    healthy: true,
+                    learner: false,
+                });
+            }
+            Step::RemoveOrphanMember { id, .. } => members.retain(|e| e.id != *id),
+            Step::ScaleDown { machine } => {
+                members.retain(|e| &e.name != machine);
+                cp.machines.retain(|m| &m.name != machine);
+            }
+            Step::Wait { .. } | Step::Steady => {}
+        }
+    }
+
+    fn converge(cp: &mut ControlPlane, bootstrapped: &mut bool, replicas: i32) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for _ in 0..20 {
+            let step = next_step(replicas, *bootstrapped, cp);
+            if matches!(step, Step::Steady | Step::Wait { .. }) {
+                steps.push(step);
+                break;
+            }
+            apply(cp, bootstrapped, &step);
+            steps.push(step);
+        }
+        steps
+    }
+
+    fn three_zones() -> ControlPlane {
+        ControlPlane {
+            failure_domains: ["a", "b", "c"]
+                .iter()
+                .map(|n| FailureDomain {
+                    name: (*n).into(),
+                    control_plane: true,
+                })
+                .collect(),
+            ..ControlPlane::default()
+        }
+    }
+
+    #[test]
+    fn a_new_control_plane_bootstraps_once_then_spreads_over_zones() {
+        let mut cp = three_zones();
+        let mut bootstrapped = false;
+        let steps = converge(&mut cp, &mut bootstrapped, 3);
+        assert_eq!(
+            steps,
+            [
+                Step::CreateMachine {
+                    failure_domain: Some("a".into())
+                },
+                Step::BootstrapEtcd {
+                    machine: "cp-0".into()
+                },
+                Step::CreateMachine {
+                    failure_domain: Some("b".into())
+                },
+                Step::CreateMachine {
+                    failure_domain: Some("c".into())
+                },
+                Step::Steady,
+            ]
+        );
+        assert_eq!(cp.etcd.as_ref().map(Vec::len), Some(3));
+    }
+
+    #[test]
+    fn scale_down_to_one_leaves_no_orphan_members_and_never_goes_to_zero() {
+        let mut cp = three_zones();
+        let mut bootstrapped = false;
+        converge(&mut cp, &mut bootstrapped, 3);
+        let steps = converge(&mut cp, &mut bootstrapped, 1);
+        assert_eq!(
+            steps
+                .iter()
+                .filter(|s| matches!(s, Step::ScaleDown { .. }))
+                .count(),
+            2
+        );
+        assert_eq!(cp.machines.len(), 1);
+        assert_eq!(cp.etcd.as_ref().map(Vec::len), Some(1));
+        assert!(cp.orphan_members().is_empty());
+        let refused = next_step(0, bootstrapped, &cp);
+        assert!(
+            matches!(&refused, Step::Wait { reason: "InvalidReplicas", message } if message.contains("at least one")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn an_orphan_member_is_removed_before_scaling_and_a_sick_cluster_is_not_touched() {
+        let mut cp = three_zones();
+        let mut bootstrapped = false;
+        converge(&mut cp, &mut bootstrapped, 3);
+        // A machine vanished without leaving etcd (CACPPT #237: a crash during a graceful leave).
+        cp.machines.retain(|m| m.name != "cp-2");
+        assert_eq!(
+            next_step(3, bootstrapped, &cp),
+            Step::RemoveOrphanMember {
+                id: 102,
+                name: "cp-2".into()
+            }
+        );
+        apply(
+            &mut cp,
+            &mut bootstrapped,
+            &Step::RemoveOrphanMember {
+                id: 102,
+                name: "cp-2".into(),
+            },
+        );
+        assert!(matches!(
+            next_step(3, bootstrapped, &cp),
+            Step::CreateMachine { .. }
+        ));
+
+        // With one of three members unhealthy, scaling waits and says which member.
+        let mut sick = three_zones();
+        let mut b = false;
+        converge(&mut sick, &mut b, 3);
+        if let Some(members) = &mut sick.etcd {
+            members[1].healthy = false;
+        }
+        match next_step(1, b, &sick) {
+            Step::Wait { reason, message } => {
+                assert_eq!(reason, "EtcdMemberUnhealthy");
+                assert!(message.contains("cp-1"), "{message}");
+            }
+            other => panic!("expected a wait, got {other:?}"),
+        }
+    }
+}

@@ -14,6 +14,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use crate::cache::Caches;
 use crate::metrics::Metrics;
+use crate::nodes::{Grpc, TalosNodes};
 
 /// The time source; tests may fix it.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -66,6 +67,8 @@ pub struct Context {
     pub options: Options,
     /// Watch-fed Machines, Clusters and cluster Secrets, shared by every controller.
     pub caches: Caches,
+    /// How the control-plane controller reaches Talos nodes.
+    pub nodes: Arc<dyn TalosNodes>,
     failures: Mutex<HashMap<String, u32>>,
     /// Secrets bundles being generated, per cluster, with the reconciles waiting for them.
     generating: Mutex<HashMap<String, Vec<ObjectRef<DynamicObject>>>>,
@@ -95,6 +98,7 @@ impl Context {
             clock: Arc::new(SystemClock),
             options,
             caches: Caches::default(),
+            nodes: Arc::new(Grpc::default()),
             failures: Mutex::new(HashMap::new()),
             generating: Mutex::new(HashMap::new()),
             wake_tx,

@@ -9,6 +9,7 @@ mod context;
 pub mod controlplane;
 mod error;
 pub mod metrics;
+pub mod nodes;
 pub mod rollout;
 
 pub use context::{Clock, Context, Options, SystemClock};

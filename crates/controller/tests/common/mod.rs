@@ -2,6 +2,8 @@
 //! provisioned Cluster of the test infrastructure provider, Machines with their TalosConfigs.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test code; not every test uses every fixture
 
+pub mod sim_infra;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,0 +1,93 @@
+//! The chain from a TalosConfig to a running Talos node, on the local control plane with the
+//! real Cluster API core: our bootstrap data boots a simulated node (the test infrastructure
+//! provider starts it as a cloud node boots from userdata), Cluster API copies its address to
+//! the Machine, `<cluster>-talosconfig` follows that address, and the talosconfig's client
+//! certificate reaches the node over mTLS through `controller::nodes`, the seam the
+//! control-plane controller uses.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+mod common;
+
+use std::time::Duration;
+
+use api::capi::Machine;
+use common::*;
+use controller::nodes::{Grpc, TalosNodes};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use serde_json::json;
+use talos_api::Nodes;
+
+#[tokio::test]
+async fn bootstrap_data_boots_a_node_the_cluster_talosconfig_reaches() {
+    let (client, ns, _controller) = setup("nodes").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    cluster(&client, &ns, "n", false).await;
+    // The simulated node validates as bare metal (the seeds' platform): it needs an install disk.
+    let spec = json!({
+        "generateType": "controlplane", "talosVersion": "v1.13", "hostname": {"source": "MachineName"},
+        "strategicPatches": ["machine:\n  install:\n    disk: /dev/sda\n"]
+    });
+    machine(&client, &ns, "n", "n-cp-0", spec, true).await;
+
+    let machines: Api<Machine> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    // Cluster API copies the node's address to the Machine; the talosconfig follows it.
+    let (address, talosconfig) = tokio::time::timeout(WAIT, async {
+        loop {
+            let address = machines
+                .get("n-cp-0")
+                .await
+                .unwrap()
+                .addresses()
+                .first()
+                .map(|a| a.address.clone());
+            let talosconfig = secrets
+                .get_opt("n-talosconfig")
+                .await
+                .unwrap()
+                .and_then(|s| s.data)
+                .and_then(|d| {
+                    d.get("talosconfig")
+                        .map(|v| String::from_utf8(v.0.clone()).unwrap())
+                });
+            if let (Some(address), Some(talosconfig)) = (address, talosconfig)
+                && talosconfig.contains(&address)
+            {
+                return (address, talosconfig);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("the Machine gets its node's address and the talosconfig follows it");
+    assert!(
+        infra.sim.nodes().contains(&address),
+        "the node runs at the Machine's address"
+    );
+
+    let talos = Grpc::default()
+        .connect(&talosconfig, vec![address.clone()])
+        .unwrap();
+    let versions = tokio::time::timeout(WAIT, async {
+        loop {
+            match talos.version(&Nodes::Endpoint).await {
+                Ok(v) => return v,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await
+    .expect("the node answers the cluster's talosconfig over mTLS");
+    assert_eq!(versions.len(), 1);
+    let version = versions[0].result.as_ref().expect("a version");
+    assert_eq!(
+        version.version.as_ref().map(|v| v.tag.as_str()),
+        Some("v1.13.0")
+    );
+    assert_eq!(
+        infra.sim.status(&address).map(|(phase, _)| phase),
+        Some(talos_sim::Phase::Running),
+        "booted with the Machine's configuration, not into maintenance"
+    );
+}

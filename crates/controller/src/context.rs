@@ -114,34 +114,23 @@ impl Context {
         Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
     }
 
-    /// Claim the generation of `cluster`'s secrets bundle. `false`: another reconcile is
-    /// generating it, and `waiter` is reconciled again once [`Context::generated`] is called.
-    pub(crate) fn claim_generation(&self, cluster: &str, waiter: ObjectRef<DynamicObject>) -> bool {
+    /// Claim the generation of `cluster`'s secrets bundle. `None`: another reconcile is
+    /// generating it, and `waiter` is reconciled again when that claim is dropped.
+    pub(crate) fn claim_generation(
+        &self,
+        cluster: &str,
+        waiter: ObjectRef<DynamicObject>,
+    ) -> Option<GenerationClaim<'_>> {
         let mut generating = self.generating.lock().unwrap_or_else(|e| e.into_inner());
-        match generating.get_mut(cluster) {
-            Some(waiters) => {
-                waiters.push(waiter);
-                false
-            }
-            None => {
-                generating.insert(cluster.to_owned(), Vec::new());
-                true
-            }
+        if let Some(waiters) = generating.get_mut(cluster) {
+            waiters.push(waiter);
+            return None;
         }
-    }
-
-    /// The claimed generation ended (stored, or failed): wake whoever waited for it.
-    pub(crate) fn generated(&self, cluster: &str) {
-        let waiters = self
-            .generating
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(cluster)
-            .unwrap_or_default();
-        for waiter in waiters {
-            // The receiver lives as long as the controller; once it is gone nobody waits.
-            let _ = self.wake_tx.unbounded_send(waiter);
-        }
+        generating.insert(cluster.to_owned(), Vec::new());
+        Some(GenerationClaim {
+            ctx: self,
+            cluster: cluster.to_owned(),
+        })
     }
 
     /// The stream of reconciles to run again; the first caller gets it.
@@ -157,5 +146,28 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+    }
+}
+
+/// A claimed bundle generation; when it ends (stored, failed or cancelled) whoever waited for
+/// it is reconciled again.
+pub(crate) struct GenerationClaim<'a> {
+    ctx: &'a Context,
+    cluster: String,
+}
+
+impl Drop for GenerationClaim<'_> {
+    fn drop(&mut self) {
+        let waiters = self
+            .ctx
+            .generating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.cluster)
+            .unwrap_or_default();
+        for waiter in waiters {
+            // The receiver lives as long as the controller; once it is gone nobody waits.
+            let _ = self.ctx.wake_tx.unbounded_send(waiter);
+        }
     }
 }

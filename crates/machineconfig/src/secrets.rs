@@ -436,8 +436,9 @@ fn pem_block(pem: &str) -> Option<(String, String)> {
     Some((label, body))
 }
 
-/// A new RSA-4096 key as the PKCS#1 PEM talosctl writes. aws-lc generates it (about 3.5 times
-/// faster than the pure-Rust prime search here); the `rsa` crate re-encodes its PKCS#8 output.
+/// A new RSA-4096 key as the PKCS#1 PEM talosctl writes. aws-lc generates it (the bundle
+/// benchmark in docs/benchmarks.md: 0.81 s, against 2.4 s with the pure-Rust `rsa` crate); the
+/// `rsa` crate re-encodes its PKCS#8 output.
 fn rsa_key() -> Result<String, Error> {
     use aws_lc_rs::encoding::AsDer;
     use rsa::pkcs8::DecodePrivateKey;

@@ -99,12 +99,11 @@ pub async fn bundle(
         Some(cached) => Secret::clone(&cached),
         None => {
             let key = format!("{ns}/{cluster_name}");
-            if !ctx.claim_generation(&key, waiter) {
+            let Some(_claim) = ctx.claim_generation(&key, waiter) else {
                 return Ok(None);
-            }
-            let stored = get_or_generate(ctx, ns, cluster, &name).await;
-            ctx.generated(&key);
-            stored?
+            };
+            // Dropping the claim (done, failed or cancelled) wakes the waiters.
+            get_or_generate(ctx, ns, cluster, &name).await?
         }
     };
     let data: BTreeMap<String, Vec<u8>> = stored

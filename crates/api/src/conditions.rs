@@ -160,6 +160,22 @@ pub mod reason {
     pub const INVALID_SECRET: &str = "InvalidSecret";
     pub const UP_TO_DATE: &str = "UpToDate";
     pub const RUNNING_CONFIG_DIFFERS: &str = "RunningConfigDiffers";
+    // TalosControlPlane.
+    pub const INITIALIZED: &str = "Initialized";
+    pub const NOT_INITIALIZED: &str = "NotInitialized";
+    pub const HEALTHY: &str = "Healthy";
+    pub const NOT_HEALTHY: &str = "NotHealthy";
+    pub const HEALTH_UNKNOWN: &str = "HealthUnknown";
+    pub const NOT_UP_TO_DATE: &str = "NotUpToDate";
+    pub const SCALING_UP: &str = "ScalingUp";
+    pub const NOT_SCALING_UP: &str = "NotScalingUp";
+    pub const SCALING_DOWN: &str = "ScalingDown";
+    pub const NOT_SCALING_DOWN: &str = "NotScalingDown";
+    pub const ROLLING_OUT: &str = "RollingOut";
+    pub const NOT_ROLLING_OUT: &str = "NotRollingOut";
+    pub const NO_MACHINES: &str = "NoMachines";
+    pub const TALOS_API_UNREACHABLE: &str = "TalosApiUnreachable";
+    pub const WAITING_FOR_WORKERS: &str = "WaitingForWorkersDeletion";
 }
 
 /// What a controller observed for one condition type.

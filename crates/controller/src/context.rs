@@ -72,6 +72,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Secrets bundles being generated, per cluster, with the reconciles waiting for them.
     generating: Mutex<HashMap<String, Vec<ObjectRef<DynamicObject>>>>,
+    /// Infrastructure template kinds found through discovery, by `Kind.group`.
+    discovered: Mutex<HashMap<String, kube::api::ApiResource>>,
     /// Reconciles to run again (a bundle they waited for exists now).
     wake_tx: mpsc::UnboundedSender<ObjectRef<DynamicObject>>,
     wake_rx: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<DynamicObject>>>>,
@@ -101,6 +103,7 @@ impl Context {
             nodes: Arc::new(Grpc::default()),
             failures: Mutex::new(HashMap::new()),
             generating: Mutex::new(HashMap::new()),
+            discovered: Mutex::new(HashMap::new()),
             wake_tx,
             wake_rx: Mutex::new(Some(wake_rx)),
         }
@@ -139,6 +142,22 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
+    }
+
+    /// A kind found through discovery earlier.
+    pub(crate) fn discovered(&self, group_kind: &str) -> Option<kube::api::ApiResource> {
+        self.discovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group_kind)
+            .cloned()
+    }
+
+    pub(crate) fn remember(&self, group_kind: &str, ar: kube::api::ApiResource) {
+        self.discovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group_kind.to_owned(), ar);
     }
 
     pub(crate) fn succeeded(&self, key: &str) {

@@ -50,6 +50,17 @@ pub enum Error {
     /// A Secret we depend on exists but cannot be used; fixing it is up to a person.
     #[error("Secret {name}: {reason}")]
     InvalidSecret { name: String, reason: String },
+    /// A call to the Talos API of the cluster's nodes failed.
+    #[error("{action}: {source}")]
+    Talos {
+        action: String,
+        #[source]
+        source: talos_api::Error,
+    },
+    /// Something the object refers to does not exist yet (an infrastructure template, say);
+    /// retried with backoff, since its creation is not watched.
+    #[error("{0}")]
+    Missing(String),
     #[error("the object cannot be read as {kind}: {source}")]
     Decode {
         kind: &'static str,
@@ -59,6 +70,11 @@ pub enum Error {
 }
 
 impl Error {
+    pub fn talos(action: impl Into<String>) -> impl FnOnce(talos_api::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Talos { action, source }
+    }
+
     pub fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
         let action = action.into();
         move |source| Error::Kube { action, source }
@@ -71,11 +87,16 @@ impl Error {
             Error::Spec(_) => "spec",
             Error::InvalidSecret { .. } => "secret",
             Error::Decode { .. } => "decode",
+            Error::Talos { .. } => "talos",
+            Error::Missing(_) => "missing",
         }
     }
 
     /// Transient errors are retried with backoff; the others wait for a change.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Kube { .. })
+        matches!(
+            self,
+            Error::Kube { .. } | Error::Talos { .. } | Error::Missing(_)
+        )
     }
 }

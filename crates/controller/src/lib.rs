@@ -10,6 +10,7 @@ pub mod controlplane;
 mod error;
 pub mod metrics;
 pub mod nodes;
+pub mod report;
 pub mod rollout;
 
 pub use context::{Clock, Context, Options, SystemClock};
@@ -30,9 +31,14 @@ pub async fn run(
         tracing::error!("the shared caches are already running; a Context serves one run");
         return;
     };
+    let Some(control_plane) = controlplane::controller(Arc::clone(&ctx), shutdown.clone()) else {
+        tracing::error!("the shared caches are already running; a Context serves one run");
+        return;
+    };
     let caches = ctx.caches.run(ctx.client.clone(), ctx.options.clone());
     tokio::select! {
         () = bootstrap => {}
+        () = control_plane => {}
         () = caches => {}
     }
 }

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub reconciles: Family<ControllerLabel, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Family<ControllerLabel, Histogram>,
+    /// Talos API calls made to the nodes of workload clusters.
+    pub talos_requests: Counter,
 }
 
 impl Default for Metrics {
@@ -35,6 +37,7 @@ impl Default for Metrics {
             duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 16))
             }),
+            talos_requests: Counter::default(),
         }
     }
 }
@@ -58,6 +61,16 @@ impl Metrics {
             "Reconcile duration, per controller",
             self.duration.clone(),
         );
+        sub.register(
+            "talos_requests",
+            "Talos API calls made to workload cluster nodes",
+            self.talos_requests.clone(),
+        );
+    }
+
+    /// Count `n` Talos API calls.
+    pub fn talos_calls(&self, n: u64) {
+        self.talos_requests.inc_by(n);
     }
 
     pub fn observe(&self, controller: &'static str, took: Duration, error: Option<&'static str>) {

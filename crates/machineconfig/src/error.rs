@@ -38,9 +38,11 @@ pub enum Error {
         #[source]
         source: DecodeError,
     },
-    /// The bundle's OS CA certificate cannot be used to sign client certificates.
-    #[error("secrets bundle: unreadable OS CA certificate: {source}")]
+    /// A CA certificate of the bundle (OS or Kubernetes) cannot be used to sign client
+    /// certificates.
+    #[error("secrets bundle: unreadable {ca} CA certificate: {source}")]
     CaCertificate {
+        ca: &'static str,
         #[source]
         source: rcgen::Error,
     },

@@ -5,6 +5,7 @@
 
 mod contract;
 mod error;
+pub mod kubeconfig;
 pub mod model;
 pub mod patch;
 pub mod render;

@@ -100,7 +100,7 @@ pub fn generate(
     let ca_pem = decode_pem(&bundle.certs.os.crt).map_err(field("certs.os.crt"))?;
     let ca_key = signing_key(&decode_pem(&bundle.certs.os.key).map_err(field("certs.os.key"))?)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
-        .map_err(|source| Error::CaCertificate { source })?;
+        .map_err(|source| Error::CaCertificate { ca: "OS", source })?;
 
     let key = KeyPair::generate_for(&PKCS_ED25519)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;

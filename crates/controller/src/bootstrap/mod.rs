@@ -16,22 +16,20 @@ use api::bootstrap::v1alpha3::{TalosConfig, TalosConfigStatus};
 use api::capi::labels;
 use api::conditions::{ConditionType, Observation, Severity, Status, reason};
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
-use crate::{Context, Error, cache};
+use crate::{Context, Error, cache, report};
 use plan::Gate;
 use secrets::DataOutcome;
 use status::Report;
 
 pub const CONTROLLER: &str = "talosconfig";
 
-fn talosconfig_resource() -> ApiResource {
+pub(crate) fn talosconfig_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
         "bootstrap.cluster.x-k8s.io",
         "v1alpha3",
@@ -206,7 +204,9 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     let config: TalosConfig = match serde_json::to_value(obj).and_then(serde_json::from_value) {
         Ok(c) => c,
         Err(source) => {
-            report_undecodable(obj, ctx, &source).await?;
+            let ar = talosconfig_resource();
+            crate::report::undecodable(ctx, obj, &ar, ConditionType::DataSecretAvailable, &source)
+                .await?;
             return Err(Error::Decode {
                 kind: "TalosConfig",
                 source,
@@ -252,7 +252,9 @@ fn failure_observation(e: &Error) -> Observation {
     let (r, severity) = match e {
         Error::Spec(spec) => (spec.reason(), Severity::Error),
         Error::InvalidSecret { .. } => (reason::INVALID_SECRET, Severity::Error),
-        Error::Kube { .. } | Error::Decode { .. } => (reason::INTERNAL_ERROR, Severity::Warning),
+        Error::Kube { .. } | Error::Decode { .. } | Error::Talos { .. } | Error::Missing(_) => {
+            (reason::INTERNAL_ERROR, Severity::Warning)
+        }
     };
     Observation::new(ConditionType::DataSecretAvailable, Status::False, r)
         .message(e.to_string())
@@ -360,137 +362,17 @@ async fn write_status(ctx: &Context, config: &TalosConfig, report: &Report) -> R
         kind: "TalosConfigStatus",
         source,
     })?;
-    apply_status(
+    let ns = config.namespace().unwrap_or_default();
+    let ar = talosconfig_resource();
+    report::apply_status(ctx, &ar, &ns, &config.name_any(), status).await?;
+    let changed = report::transitions(old.conditions.as_deref(), new.conditions.as_deref());
+    report::publish(
         ctx,
-        &config.namespace().unwrap_or_default(),
-        &config.name_any(),
-        status,
+        &config.object_ref(&()),
+        changed,
+        ConditionType::Ready,
+        status::is_error_reason,
     )
-    .await?;
-    publish(ctx, config, status::transitions(&old, &new)).await;
-    Ok(())
-}
-
-/// Server-side apply `status` to a TalosConfig's status subresource, as this controller's
-/// field manager.
-async fn apply_status(
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-    status: serde_json::Value,
-) -> Result<(), Error> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), ns, &talosconfig_resource());
-    let patch = json!({
-        "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3",
-        "kind": "TalosConfig",
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(&ctx.options.manager_name).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(drop)
-    .map_err(Error::kube(format!(
-        "writing the status of TalosConfig {ns}/{name}"
-    )))
-}
-
-/// One Event per status change, listing the conditions that changed (Warning when one of them
-/// needs a person). Events are best effort: a failure is logged, not retried.
-async fn publish(ctx: &Context, config: &TalosConfig, changed: Vec<&api::conditions::Condition>) {
-    let news: Vec<_> = changed
-        .into_iter()
-        .filter(|c| !(c.type_ == ConditionType::Paused.as_str() && c.reason == reason::NOT_PAUSED))
-        .collect();
-    let Some(headline) = news
-        .iter()
-        .find(|c| c.status == "False" && status::is_error_reason(&c.reason))
-        .or_else(|| {
-            news.iter()
-                .find(|c| c.type_ == ConditionType::Ready.as_str())
-        })
-        .or_else(|| news.first())
-    else {
-        return;
-    };
-    let warning = headline.status == "False" && status::is_error_reason(&headline.reason);
-    let note: String = news
-        .iter()
-        .map(|c| {
-            format!(
-                "{} is {} ({}){}",
-                c.type_,
-                c.status,
-                c.reason,
-                if c.message.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", c.message)
-                }
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
-    let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: headline.reason.clone(),
-        note: Some(note.chars().take(1024).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    if let Err(e) = recorder.publish(&event, &config.object_ref(&())).await {
-        tracing::debug!(error = %e, "publishing an Event");
-    }
-}
-
-/// A TalosConfig that does not decode (a hand-edited object the schema let through): say so in
-/// its status and an Event; other objects keep reconciling.
-async fn report_undecodable(
-    obj: &DynamicObject,
-    ctx: &Context,
-    source: &serde_json::Error,
-) -> Result<(), Error> {
-    let ns = obj.namespace().unwrap_or_default();
-    let name = obj.name_any();
-    let message = format!("the object cannot be read as a TalosConfig: {source}");
-    let mut status = TalosConfigStatus::default();
-    let observation = Observation::new(
-        ConditionType::DataSecretAvailable,
-        Status::False,
-        reason::INVALID_SPEC,
-    )
-    .message(message.clone())
-    .severity(Severity::Error);
-    let now = ctx.clock.now();
-    api::conditions::set(&mut status, &observation, obj.metadata.generation, &now);
-    apply_status(
-        ctx,
-        &ns,
-        &name,
-        json!({"conditions": status.conditions, "observedGeneration": obj.metadata.generation}),
-    )
-    .await?;
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    let event = Event {
-        type_: EventType::Warning,
-        reason: reason::INVALID_SPEC.into(),
-        note: Some(message.chars().take(1024).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder
-        .publish(&event, &obj.object_ref(&talosconfig_resource()))
-        .await
-    {
-        tracing::debug!(error = %e, "publishing an Event");
-    }
+    .await;
     Ok(())
 }

@@ -94,21 +94,6 @@ pub fn is_error_reason(r: &str) -> bool {
     .contains(&r)
 }
 
-/// Conditions whose status or reason changed between `old` and `new`: one Event each.
-pub fn transitions<'a>(old: &TalosConfigStatus, new: &'a TalosConfigStatus) -> Vec<&'a Condition> {
-    let before = old.conditions.as_deref().unwrap_or_default();
-    new.conditions
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .filter(|c| {
-            !before
-                .iter()
-                .any(|b| b.type_ == c.type_ && b.status == c.status && b.reason == c.reason)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,13 +161,14 @@ mod tests {
         assert_eq!(ready.status, "False");
         assert!(ready.message.contains("JSON6902"));
         assert_eq!(
-            transitions(&old, &s).len(),
+            crate::report::transitions(old.conditions.as_deref(), s.conditions.as_deref()).len(),
             3,
             "Paused, DataSecretAvailable, Ready"
         );
         let again = status(&s, &report, Some(1), &now());
         assert!(
-            transitions(&s, &again).is_empty(),
+            crate::report::transitions(s.conditions.as_deref(), again.conditions.as_deref())
+                .is_empty(),
             "no Event without a change"
         );
         assert!(conditions::equal_ignoring_time(&s, &again));

@@ -1,6 +1,670 @@
-//! The TalosControlPlane controller's decisions. `scope` is the pure control-plane model
-//! (KubeadmControlPlane's `ControlPlane`): failure-domain placement, scale-down order,
-//! preflight checks and quorum-safe etcd membership, all without I/O.
+//! The TalosControlPlane controller: creates the control-plane Machines of a Cluster,
+//! bootstraps etcd through the Talos API exactly once, keeps etcd membership in step with the
+//! machines, scales in KubeadmControlPlane's order, writes the workload kubeconfig, and reports
+//! status for both Cluster API contracts.
+//!
+//! Each reconcile observes (caches, then the nodes' Talos API), decides one step without I/O
+//! ([`plan::next_step`] over the [`scope::ControlPlane`] model), takes it, and reports. It is
+//! driven by events on its objects, Machines, Clusters and cluster Secrets; the Talos API has
+//! no events to offer, so while something is in progress it looks again after a second, and
+//! otherwise only on a slow resync.
 
+pub mod kubeconfig;
+pub mod machines;
 pub mod plan;
 pub mod scope;
+pub mod status;
+pub mod talos;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::capi::{Machine, annotations, has_annotation, labels};
+use api::conditions::{ConditionType, Observation, Severity, Status, reason};
+use api::controlplane::v1alpha3::TalosControlPlane;
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::bootstrap::secrets::talosconfig_name;
+pub(crate) use crate::bootstrap::talosconfig_resource;
+use crate::{Context, Error, cache, report};
+use plan::Step;
+use scope::{ControlPlane, FailureDomain, MachineView};
+use status::{Counted, Report};
+
+pub const CONTROLLER: &str = "taloscontrolplane";
+/// CACPPT's finalizer, so that control planes it created are adopted as they are.
+pub const FINALIZER: &str = "talos.controlplane.cluster.x-k8s.io";
+/// How soon to look again while something is in progress (the Talos API has no events).
+const IN_PROGRESS: Duration = Duration::from_secs(1);
+/// How often a steady control plane is checked over the Talos API.
+const RESYNC: Duration = Duration::from_secs(300);
+
+pub fn resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "controlplane.cluster.x-k8s.io",
+        "v1alpha3",
+        "TalosControlPlane",
+    ))
+}
+
+fn own_ref(ns: &str, name: &str) -> ObjectRef<DynamicObject> {
+    ObjectRef::new_with(name, resource()).within(ns)
+}
+
+/// The TalosControlPlane a Cluster names as its control plane.
+fn of_cluster(cluster: &DynamicObject) -> Option<ObjectRef<DynamicObject>> {
+    let r = &cluster.data["spec"]["controlPlaneRef"];
+    let name = r["name"]
+        .as_str()
+        .filter(|_| r["kind"] == "TalosControlPlane")?;
+    Some(own_ref(&cluster.namespace()?, name))
+}
+
+/// The TalosControlPlane that controls a Machine.
+fn of_machine(machine: &DynamicObject) -> Option<ObjectRef<DynamicObject>> {
+    let owner = machine
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "TalosControlPlane")?;
+    Some(own_ref(&machine.namespace()?, &owner.name))
+}
+
+/// The controller, subscribed to the shared caches; it runs when awaited, until `shutdown`
+/// resolves. `None` when the caches' watches have already started.
+pub fn controller(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Option<impl std::future::Future<Output = ()>> {
+    let ar = resource();
+    let api: Api<DynamicObject> = cache::dynamic_api(&ctx.client, &ctx.options, &ar);
+    let machines = ctx.caches.subscribe_machines()?;
+    let clusters = ctx.caches.subscribe_clusters()?;
+    let secrets = ctx.caches.subscribe_secrets()?;
+    let writer = kube::runtime::reflector::store::Writer::new(ar.clone());
+    let reader = writer.as_reader();
+    let own = kube::runtime::reflector(
+        writer,
+        kube::runtime::watcher(api, cache::filtered(&ctx.options)).modify(cache::slim_dynamic),
+    )
+    .applied_objects();
+    let lookup = Arc::clone(&ctx);
+    let controller = Controller::for_stream_with(own, reader, ar)
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(ctx.options.concurrency),
+        )
+        .watches_shared_stream_with(
+            machines,
+            |m| of_machine(&m),
+            cache::capi_resource("Machine"),
+        )
+        .watches_shared_stream_with(
+            clusters,
+            |c| of_cluster(&c),
+            cache::capi_resource("Cluster"),
+        )
+        // A cluster Secret (its talosconfig, bundle or kubeconfig) concerns the cluster's
+        // control plane.
+        .watches_shared_stream_with(
+            secrets,
+            move |secret| {
+                let ns = secret.namespace()?;
+                let cluster = secret.labels().get(labels::CLUSTER_NAME)?;
+                let cluster = lookup.caches.cluster(&ns, cluster).ok()??;
+                let r = cluster.spec.control_plane_ref.as_ref()?;
+                (r.kind == "TalosControlPlane").then(|| own_ref(&ns, &r.name))
+            },
+            (),
+        )
+        .graceful_shutdown_on(shutdown);
+    Some(
+        controller
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "taloscontrolplane controller");
+                }
+            }),
+    )
+}
+
+fn key(obj: &DynamicObject) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.caches.ready().await;
+    let started = Instant::now();
+    let result = reconcile_inner(&obj, &ctx).await;
+    tracing::debug!(taloscontrolplane = %key(&obj), ok = result.is_ok(), elapsed = ?started.elapsed(), "reconciled");
+    ctx.metrics.observe(
+        CONTROLLER,
+        started.elapsed(),
+        result.as_ref().err().map(Error::category),
+    );
+    if result.is_ok() {
+        ctx.succeeded(&key(&obj));
+    }
+    result
+}
+
+fn error_policy(obj: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_transient() {
+        let wait = ctx.backoff(&key(&obj));
+        tracing::warn!(taloscontrolplane = %key(&obj), error = %error, retry_in = ?wait, "transient error");
+        Action::requeue(wait)
+    } else {
+        tracing::info!(taloscontrolplane = %key(&obj), error = %error, "waiting for a change");
+        Action::await_change()
+    }
+}
+
+/// The Cluster that owns a TalosControlPlane (Cluster API sets it from controlPlaneRef).
+fn owner_cluster(tcp: &TalosControlPlane) -> Option<String> {
+    tcp.owner_references()
+        .iter()
+        .find(|o| o.kind == "Cluster" && o.api_version.starts_with("cluster.x-k8s.io/"))
+        .map(|o| o.name.clone())
+}
+
+fn controlled_by(machine: &Machine, tcp: &TalosControlPlane) -> bool {
+    machine.owner_references().iter().any(|o| {
+        o.controller == Some(true) && o.kind == "TalosControlPlane" && o.name == tcp.name_any()
+    })
+}
+
+fn condition_true(machine: &Machine, type_: &str) -> bool {
+    machine
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
+    let tcp: TalosControlPlane = match serde_json::to_value(obj).and_then(serde_json::from_value) {
+        Ok(t) => t,
+        Err(source) => {
+            report::undecodable(ctx, obj, &resource(), ConditionType::Available, &source).await?;
+            return Err(Error::Decode {
+                kind: "TalosControlPlane",
+                source,
+            });
+        }
+    };
+    let ns = tcp.namespace().unwrap_or_default();
+    // Until Cluster API links it to its Cluster there is nothing to do (and nothing to say).
+    let Some(cluster_name) = owner_cluster(&tcp) else {
+        return Ok(Action::await_change());
+    };
+    let Some(cluster) = ctx.caches.cluster(&ns, &cluster_name)? else {
+        return Ok(Action::await_change());
+    };
+    let machines: Vec<Machine> = ctx
+        .caches
+        .machines_of(&ns, &cluster_name, true)
+        .into_iter()
+        .filter(|m| controlled_by(m, &tcp))
+        .collect();
+    let mut report = Report {
+        desired: tcp.spec.replicas.unwrap_or(1),
+        selector: Some(format!(
+            "{}={cluster_name},{}",
+            labels::CLUSTER_NAME,
+            labels::CONTROL_PLANE
+        )),
+        machines: machines.iter().map(counted).collect(),
+        bootstrapped: tcp.status.as_ref().and_then(|s| s.bootstrapped) == Some(true),
+        ..Report::default()
+    };
+    if tcp.meta().deletion_timestamp.is_some() {
+        return finalize(ctx, &tcp, &cluster_name, &machines, report).await;
+    }
+    ensure_finalizer(ctx, &tcp).await?;
+    let paused = cluster.paused_by().or_else(|| {
+        has_annotation(tcp.meta(), annotations::PAUSED)
+            .then_some("the TalosControlPlane has the cluster.x-k8s.io/paused annotation")
+    });
+    if let Some(why) = paused {
+        report.paused = Some(why.to_owned());
+        write_status(ctx, &tcp, &report).await?;
+        return Ok(Action::await_change());
+    }
+    if !cluster.infrastructure_provisioned() {
+        report.gate = Some((
+            reason::WAITING_FOR_CLUSTER_INFRASTRUCTURE,
+            format!("waiting for the infrastructure of Cluster {cluster_name}"),
+        ));
+    } else if cluster.endpoint().is_none() {
+        report.gate = Some((
+            reason::WAITING_FOR_CONTROL_PLANE_ENDPOINT,
+            format!("waiting for Cluster {cluster_name} to get a control-plane endpoint"),
+        ));
+    }
+    let Some(endpoint) = cluster
+        .endpoint()
+        .filter(|_| report.gate.is_none())
+        .cloned()
+    else {
+        write_status(ctx, &tcp, &report).await?;
+        return Ok(Action::await_change());
+    };
+
+    report.certificates = Some(
+        match kubeconfig::reconcile(ctx, &tcp, &cluster_name, &endpoint).await {
+            Ok(outcome) => certificates(ctx, &tcp, &cluster_name, outcome).await,
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => Observation::new(
+                ConditionType::CertificatesAvailable,
+                Status::False,
+                reason::INVALID_SECRET,
+            )
+            .message(e.to_string())
+            .severity(Severity::Error),
+        },
+    );
+
+    let talosconfig = ctx
+        .caches
+        .secret(&ns, &talosconfig_name(&cluster_name))
+        .and_then(|s| s.data.as_ref()?.get("talosconfig").cloned())
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+    let observed = match &talosconfig {
+        Some(tc) if machines.iter().any(|m| talos::address(m).is_some()) => {
+            talos::observe(ctx, tc, &machines).await
+        }
+        Some(_) => talos::Observed {
+            problem: Some("no control-plane machine has an address yet".into()),
+            ..talos::Observed::default()
+        },
+        None => talos::Observed {
+            problem: Some(format!(
+                "Secret {} does not exist yet",
+                talosconfig_name(&cluster_name)
+            )),
+            ..talos::Observed::default()
+        },
+    };
+    report.bootstrapped |= observed.members.as_ref().is_some_and(|m| !m.is_empty());
+    report.talos_problem = observed.problem.clone();
+    report.view = ControlPlane {
+        failure_domains: cluster
+            .status
+            .as_ref()
+            .and_then(|s| s.failure_domains.as_ref())
+            .map(|fds| {
+                fds.iter()
+                    .map(|fd| FailureDomain {
+                        name: fd.name.clone(),
+                        control_plane: fd.control_plane == Some(true),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        machines: machines.iter().map(|m| view(m, &tcp, &observed)).collect(),
+        etcd: observed.members.clone(),
+    };
+
+    let step = plan::next_step(report.desired, report.bootstrapped, &report.view);
+    let step = act(
+        ctx,
+        &tcp,
+        &cluster_name,
+        &machines,
+        talosconfig.as_deref(),
+        step,
+        &mut report,
+    )
+    .await?;
+    let settled = matches!(step, Step::Steady)
+        && report.talos_problem.is_none()
+        && report.view.machines.iter().all(|m| m.components_healthy);
+    report.step = Some(step);
+    write_status(ctx, &tcp, &report).await?;
+    Ok(Action::requeue(if settled { RESYNC } else { IN_PROGRESS }))
+}
+
+fn counted(m: &Machine) -> Counted {
+    Counted {
+        name: m.name_any(),
+        version: m.spec.version.clone(),
+        ready: condition_true(m, "Ready"),
+        available: condition_true(m, "Available"),
+    }
+}
+
+fn view(m: &Machine, tcp: &TalosControlPlane, observed: &talos::Observed) -> MachineView {
+    MachineView {
+        name: m.name_any(),
+        hostname: talos::hostname(m),
+        created: m
+            .meta()
+            .creation_timestamp
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+        failure_domain: m.spec.failure_domain.clone(),
+        deleting: m.meta().deletion_timestamp.is_some(),
+        delete_annotated: has_annotation(m.meta(), annotations::DELETE_MACHINE),
+        up_to_date: m.spec.version.as_deref() == Some(tcp.spec.version.as_str()),
+        components_healthy: observed
+            .health
+            .get(&m.name_any())
+            .is_some_and(|h| h.components),
+        cleanup_hook: has_annotation(m.meta(), &machines::cleanup_hook()),
+    }
+}
+
+/// The CertificatesAvailable condition for a kubeconfig outcome, with an Event when it was
+/// (re)issued.
+async fn certificates(
+    ctx: &Context,
+    tcp: &TalosControlPlane,
+    cluster: &str,
+    outcome: kubeconfig::Outcome,
+) -> Observation {
+    let name = kubeconfig::name(cluster);
+    let note = match &outcome {
+        kubeconfig::Outcome::NoBundle => {
+            return Observation::new(
+                ConditionType::CertificatesAvailable,
+                Status::False,
+                reason::NOT_AVAILABLE,
+            )
+            .message(format!(
+                "waiting for the cluster's secrets bundle ({}), created with the first machine's TalosConfig",
+                crate::bootstrap::secrets::bundle_name(cluster)
+            ));
+        }
+        kubeconfig::Outcome::Created => {
+            Some(format!("issued the admin kubeconfig in Secret {name}"))
+        }
+        kubeconfig::Outcome::Rotated(why) => Some(format!(
+            "issued the admin kubeconfig in Secret {name} again: {why}"
+        )),
+        kubeconfig::Outcome::Current => None,
+    };
+    if let Some(note) = note {
+        report::event(
+            ctx,
+            &tcp.object_ref(&()),
+            EventType::Normal,
+            "KubeconfigIssued",
+            &note,
+        )
+        .await;
+    }
+    Observation::new(
+        ConditionType::CertificatesAvailable,
+        Status::True,
+        reason::AVAILABLE,
+    )
+    .message(format!("admin kubeconfig in Secret {name}"))
+}
+
+/// Take `step`; returns the step as it ended up (a step that cannot start yet becomes a Wait).
+async fn act(
+    ctx: &Context,
+    tcp: &TalosControlPlane,
+    cluster: &str,
+    machines: &[Machine],
+    talosconfig: Option<&str>,
+    step: Step,
+    report: &mut Report,
+) -> Result<Step, Error> {
+    let ns = tcp.namespace().unwrap_or_default();
+    let by_name = |name: &str| machines.iter().find(|m| m.name_any() == name);
+    let event = |reason: &'static str, note: String| async move {
+        report::event(ctx, &tcp.object_ref(&()), EventType::Normal, reason, &note).await;
+    };
+    match &step {
+        Step::CreateMachine { failure_domain } => {
+            let name = machines::new_name(&tcp.name_any(), entropy(tcp));
+            machines::create(ctx, tcp, cluster, &name, failure_domain.as_deref()).await?;
+            event(
+                "MachineCreated",
+                format!(
+                    "created control-plane machine {name}{}",
+                    failure_domain
+                        .as_deref()
+                        .map(|fd| format!(" in failure domain {fd}"))
+                        .unwrap_or_default()
+                ),
+            )
+            .await;
+        }
+        Step::BootstrapEtcd { machine } => {
+            let address = by_name(machine).and_then(talos::address);
+            let (Some(address), Some(tc)) = (address, talosconfig) else {
+                return Ok(Step::Wait {
+                    reason: "WaitingForNode",
+                    message: format!(
+                        "waiting for machine {machine} to report its address and for the cluster talosconfig, to bootstrap etcd on it"
+                    ),
+                });
+            };
+            match talos::bootstrap(ctx, tc, machine, &address).await {
+                Ok(outcome) => {
+                    report.bootstrapped = true;
+                    // Recorded before anything else happens: bootstrap is asked for once.
+                    write_status(ctx, tcp, report).await?;
+                    if outcome == talos::Bootstrapped::Now {
+                        event(
+                            "EtcdBootstrapped",
+                            format!("bootstrapped etcd on machine {machine} ({address})"),
+                        )
+                        .await;
+                    }
+                }
+                Err(e) => {
+                    return Ok(Step::Wait {
+                        reason: "WaitingForNode",
+                        message: format!("waiting for the node of machine {machine}: {e}"),
+                    });
+                }
+            }
+        }
+        Step::RemoveOrphanMember { id, name } => {
+            let Some(tc) = talosconfig else {
+                return Ok(step);
+            };
+            let via = healthy_addresses(machines, report, None);
+            talos::remove_member(ctx, tc, via, *id).await?;
+            event(
+                "EtcdMemberRemoved",
+                format!("removed etcd member {name} ({id:x}), which belonged to no machine"),
+            )
+            .await;
+        }
+        Step::ReleaseMachine { machine, member } => {
+            if let (Some(id), Some(tc)) = (member, talosconfig) {
+                if let Some(address) = by_name(machine).and_then(talos::address) {
+                    talos::forfeit_leadership(ctx, tc, &address).await;
+                }
+                let via = healthy_addresses(machines, report, Some(machine));
+                talos::remove_member(ctx, tc, via, *id).await?;
+                event(
+                    "EtcdMemberRemoved",
+                    format!("machine {machine} is being deleted: removed its etcd member {id:x}"),
+                )
+                .await;
+            }
+            machines::release(ctx, &ns, machine).await?;
+        }
+        Step::ScaleDown { machine } => {
+            machines::delete(ctx, &ns, machine).await?;
+            event(
+                "MachineDeleted",
+                format!("scaling down: deleted control-plane machine {machine}"),
+            )
+            .await;
+        }
+        Step::Wait { .. } | Step::Steady => {}
+    }
+    Ok(step)
+}
+
+/// Addresses of machines whose etcd is healthy (other than `except`), to send etcd calls
+/// through.
+fn healthy_addresses(machines: &[Machine], report: &Report, except: Option<&str>) -> Vec<String> {
+    machines
+        .iter()
+        .filter(|m| Some(m.name_any().as_str()) != except)
+        .filter(|m| {
+            report
+                .view
+                .machines
+                .iter()
+                .any(|v| v.name == m.name_any() && v.components_healthy)
+        })
+        .filter_map(talos::address)
+        .collect()
+}
+
+/// Entropy for a machine name: the clock's nanoseconds mixed with the object's uid.
+fn entropy(tcp: &TalosControlPlane) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tcp.meta().uid.hash(&mut h);
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
+}
+
+async fn ensure_finalizer(ctx: &Context, tcp: &TalosControlPlane) -> Result<(), Error> {
+    if tcp.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let mut finalizers = tcp.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_owned());
+    patch_finalizers(ctx, tcp, finalizers).await
+}
+
+/// Set the finalizers, guarded by resourceVersion.
+async fn patch_finalizers(
+    ctx: &Context,
+    tcp: &TalosControlPlane,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    let ns = tcp.namespace().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &resource());
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": tcp.resource_version(),
+    }});
+    api.patch(
+        &tcp.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(Error::kube(format!(
+        "updating the finalizers of TalosControlPlane {ns}/{}",
+        tcp.name_any()
+    )))
+}
+
+/// A TalosControlPlane being deleted: once the cluster's worker machines are gone, delete every
+/// control-plane machine (releasing our hooks: etcd goes with the cluster), then let go.
+async fn finalize(
+    ctx: &Context,
+    tcp: &TalosControlPlane,
+    cluster: &str,
+    machines: &[Machine],
+    mut report: Report,
+) -> Result<Action, Error> {
+    if !tcp.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let ns = tcp.namespace().unwrap_or_default();
+    let workers = ctx
+        .caches
+        .machines_of(&ns, cluster, false)
+        .into_iter()
+        .filter(|m| !m.is_control_plane())
+        .count();
+    if workers > 0 {
+        report.deleting = Some(format!(
+            "waiting for the {workers} worker machines of Cluster {cluster} to be deleted first"
+        ));
+        write_status(ctx, tcp, &report).await?;
+        return Ok(Action::await_change());
+    }
+    if machines.is_empty() {
+        let finalizers = tcp
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        return patch_finalizers(ctx, tcp, finalizers)
+            .await
+            .map(|()| Action::await_change());
+    }
+    for m in machines {
+        let name = m.name_any();
+        if m.meta().deletion_timestamp.is_none() {
+            machines::delete(ctx, &ns, &name).await?;
+        }
+        if has_annotation(m.meta(), &machines::cleanup_hook()) {
+            machines::release(ctx, &ns, &name).await?;
+        }
+    }
+    report.deleting = Some(format!(
+        "deleting {} control-plane machines",
+        machines.len()
+    ));
+    write_status(ctx, tcp, &report).await?;
+    Ok(Action::await_change())
+}
+
+async fn write_status(
+    ctx: &Context,
+    tcp: &TalosControlPlane,
+    report: &Report,
+) -> Result<(), Error> {
+    let old = tcp.status.clone().unwrap_or_default();
+    let new = status::status(&old, report, tcp.meta().generation, &ctx.clock.now());
+    if api::conditions::equal_ignoring_time(&old, &new) {
+        return Ok(());
+    }
+    let value = serde_json::to_value(&new).map_err(|source| Error::Decode {
+        kind: "TalosControlPlaneStatus",
+        source,
+    })?;
+    report::apply_status(
+        ctx,
+        &resource(),
+        &tcp.namespace().unwrap_or_default(),
+        &tcp.name_any(),
+        value,
+    )
+    .await?;
+    let changed = report::transitions(old.conditions.as_deref(), new.conditions.as_deref());
+    report::publish(
+        ctx,
+        &tcp.object_ref(&()),
+        changed,
+        ConditionType::Available,
+        |r| {
+            [
+                reason::INVALID_SPEC,
+                reason::INVALID_SECRET,
+                reason::INTERNAL_ERROR,
+            ]
+            .contains(&r)
+        },
+    )
+    .await;
+    Ok(())
+}

@@ -14,7 +14,15 @@ pub enum Step {
     BootstrapEtcd { machine: String },
     /// Remove an etcd member that belongs to no machine (quorum survives its removal).
     RemoveOrphanMember { id: u64, name: String },
-    /// Move etcd leadership away if needed, leave etcd, then delete this machine.
+    /// A machine being deleted still carries our pre-terminate hook: move etcd leadership away
+    /// and remove its member (when `member` is set), then release the hook so Cluster API
+    /// can finish the deletion.
+    ReleaseMachine {
+        machine: String,
+        member: Option<u64>,
+    },
+    /// Delete this machine; its etcd member leaves through [`Step::ReleaseMachine`] before
+    /// Cluster API removes its infrastructure.
     ScaleDown { machine: String },
     /// Nothing may change now; the reason and message say why, for a condition.
     Wait {
@@ -64,6 +72,9 @@ pub fn next_step(replicas: i32, bootstrapped: bool, cp: &ControlPlane) -> Step {
             },
         };
     }
+    if let Some(step) = release_step(cp) {
+        return step;
+    }
     // The etcd membership audit comes before any scaling, as in KubeadmControlPlane.
     if let Some(orphan) = cp
         .orphan_members()
@@ -79,20 +90,60 @@ pub fn next_step(replicas: i32, bootstrapped: bool, cp: &ControlPlane) -> Step {
     if live.len() == want {
         return Step::Steady;
     }
-    if let Err(blocked) = cp.preflight() {
-        return blocked.into();
-    }
     if live.len() < want {
+        if let Err(blocked) = cp.preflight(None) {
+            return blocked.into();
+        }
         return Step::CreateMachine {
             failure_domain: cp.next_failure_domain(),
         };
     }
-    match cp.machine_to_scale_down() {
-        Some(m) => Step::ScaleDown {
-            machine: m.name.clone(),
-        },
-        None => Step::Steady,
+    let Some(victim) = cp.machine_to_scale_down() else {
+        return Step::Steady;
+    };
+    if let Err(blocked) = cp.preflight(Some(&victim.name)) {
+        return blocked.into();
     }
+    Step::ScaleDown {
+        machine: victim.name.clone(),
+    }
+}
+
+/// The first machine being deleted that still holds our hook, and what its release takes: its
+/// member leaves when quorum survives that; a machine whose member is gone, or whose member is
+/// the last voter (the cluster goes with it), is released at once. Unknown membership waits.
+fn release_step(cp: &ControlPlane) -> Option<Step> {
+    let m = cp.machines.iter().find(|m| m.deleting && m.cleanup_hook)?;
+    let release = |member| Step::ReleaseMachine {
+        machine: m.name.clone(),
+        member,
+    };
+    let Some(members) = &cp.etcd else {
+        return Some(Step::Wait {
+            reason: "EtcdUnknown",
+            message: format!(
+                "machine {} is being deleted; waiting for the etcd member list to remove its member first",
+                m.name
+            ),
+        });
+    };
+    let Some(member) = members.iter().find(|e| e.name == m.hostname) else {
+        return Some(release(None));
+    };
+    let last_voter = !member.learner && members.iter().all(|e| e.id == member.id || e.learner);
+    Some(if last_voter {
+        release(None)
+    } else if cp.can_remove_member(member.id) {
+        release(Some(member.id))
+    } else {
+        Step::Wait {
+            reason: "EtcdQuorumAtRisk",
+            message: format!(
+                "machine {} is being deleted, but removing its etcd member {:x} now would lose quorum; waiting for the other members to be healthy",
+                m.name, member.id
+            ),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -112,6 +163,7 @@ mod tests {
             delete_annotated: false,
             up_to_date: true,
             components_healthy: true,
+            cleanup_hook: true,
         }
     }
 
@@ -150,7 +202,15 @@ mod tests {
             }
             Step::RemoveOrphanMember { id, .. } => members.retain(|e| e.id != *id),
             Step::ScaleDown { machine } => {
-                members.retain(|e| &e.name != machine);
+                for m in cp.machines.iter_mut().filter(|m| &m.name == machine) {
+                    m.deleting = true;
+                }
+            }
+            Step::ReleaseMachine { machine, member } => {
+                if let Some(id) = member {
+                    members.retain(|e| e.id != *id);
+                }
+                // Cluster API finishes the deletion once the hook is gone.
                 cp.machines.retain(|m| &m.name != machine);
             }
             Step::Wait { .. } | Step::Steady => {}
@@ -222,6 +282,20 @@ mod tests {
                 .filter(|s| matches!(s, Step::ScaleDown { .. }))
                 .count(),
             2
+        );
+        assert_eq!(
+            steps
+                .iter()
+                .filter(|s| matches!(
+                    s,
+                    Step::ReleaseMachine {
+                        member: Some(_),
+                        ..
+                    }
+                ))
+                .count(),
+            2,
+            "each removed machine's member leaves etcd before the machine goes: {steps:?}"
         );
         assert_eq!(cp.machines.len(), 1);
         assert_eq!(cp.etcd.as_ref().map(Vec::len), Some(1));

@@ -30,6 +30,8 @@ pub struct MachineView {
     pub up_to_date: bool,
     /// apiserver, controller-manager, scheduler and etcd report healthy on the node.
     pub components_healthy: bool,
+    /// Carries our pre-terminate hook: its etcd member must leave before the machine goes.
+    pub cleanup_hook: bool,
 }
 
 /// An etcd member as the cluster reports it.
@@ -136,9 +138,10 @@ impl ControlPlane {
 
     /// KubeadmControlPlane's preflight checks before a scale or rollout step: no machine is
     /// being deleted, etcd answered with every machine a healthy voting member, and every
-    /// machine's control-plane components are healthy. The first failing check names what
-    /// blocks.
-    pub fn preflight(&self) -> Result<(), Blocked> {
+    /// machine's control-plane components are healthy. The machine `leaving` (the one a
+    /// scale-down removes) is exempt from the health checks, so an unhealthy machine can still
+    /// be scaled away. The first failing check names what blocks.
+    pub fn preflight(&self, leaving: Option<&str>) -> Result<(), Blocked> {
         if let Some(m) = self.machines.iter().find(|m| m.deleting) {
             return Err(Blocked {
                 check: "MachineDeleting",
@@ -151,7 +154,12 @@ impl ControlPlane {
                 message: "no control-plane node answered for the etcd member list".into(),
             });
         };
-        for m in &self.machines {
+        let staying = || {
+            self.machines
+                .iter()
+                .filter(move |m| Some(m.name.as_str()) != leaving)
+        };
+        for m in staying() {
             match members.iter().find(|e| e.name == m.hostname) {
                 None => {
                     return Err(Blocked {
@@ -177,7 +185,7 @@ impl ControlPlane {
                 Some(_) => {}
             }
         }
-        if let Some(m) = self.machines.iter().find(|m| !m.components_healthy) {
+        if let Some(m) = staying().find(|m| !m.components_healthy) {
             return Err(Blocked {
                 check: "ControlPlaneComponentsUnhealthy",
                 message: format!(
@@ -239,6 +247,7 @@ mod tests {
             delete_annotated: false,
             up_to_date: true,
             components_healthy: true,
+            cleanup_hook: true,
         }
     }
 
@@ -353,24 +362,29 @@ mod tests {
     #[test]
     fn preflight_names_the_check_that_blocks() {
         let ok = healthy(vec![m("m0", "a", 0), m("m1", "b", 0), m("m2", "c", 0)]);
-        assert_eq!(ok.preflight(), Ok(()));
+        assert_eq!(ok.preflight(None), Ok(()));
 
         let mut deleting = ok.clone();
         deleting.machines[1].deleting = true;
         assert_eq!(
-            deleting.preflight().map_err(|b| b.check),
+            deleting.preflight(None).map_err(|b| b.check),
             Err("MachineDeleting")
         );
 
         let mut unknown = ok.clone();
         unknown.etcd = None;
-        assert_eq!(unknown.preflight().map_err(|b| b.check), Err("EtcdUnknown"));
+        assert_eq!(
+            unknown.preflight(None).map_err(|b| b.check),
+            Err("EtcdUnknown")
+        );
 
         let mut missing = ok.clone();
         if let Some(members) = &mut missing.etcd {
             members.pop();
         }
-        let blocked = missing.preflight().expect_err("a machine without a member");
+        let blocked = missing
+            .preflight(None)
+            .expect_err("a machine without a member");
         assert_eq!(blocked.check, "EtcdMemberMissing");
         assert!(blocked.message.contains("m2"), "{}", blocked.message);
 
@@ -379,14 +393,14 @@ mod tests {
             members[0].healthy = false;
         }
         assert_eq!(
-            sick.preflight().map_err(|b| b.check),
+            sick.preflight(None).map_err(|b| b.check),
             Err("EtcdMemberUnhealthy")
         );
 
         let mut components = ok;
         components.machines[2].components_healthy = false;
         assert_eq!(
-            components.preflight().map_err(|b| b.check),
+            components.preflight(None).map_err(|b| b.check),
             Err("ControlPlaneComponentsUnhealthy")
         );
     }

@@ -290,3 +290,52 @@ pub fn rand_suffix() -> u128 {
         .map(|d| d.as_nanos())
         .unwrap_or_default()
 }
+
+/// A Cluster whose control plane is a TalosControlPlane of `replicas` machines cloned from a
+/// SimMachineTemplate, with its provisioned SimCluster. The TalosControlPlane is named after
+/// the cluster.
+pub async fn control_plane_cluster(client: &kube::Client, ns: &str, name: &str, replicas: i32) {
+    apply(
+        client,
+        ns,
+        json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachineTemplate",
+            "metadata": {"name": name}, "spec": {"template": {"spec": {}}}
+        }),
+    )
+    .await;
+    apply(client, ns, json!({
+        "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas, "version": "v1.35.0",
+            "infrastructureTemplate": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachineTemplate", "name": name},
+            "controlPlaneConfig": {"controlplane": {
+                "generateType": "controlplane", "talosVersion": "v1.13",
+                // The simulated nodes validate as bare metal: they need an install disk.
+                "strategicPatches": ["machine:\n  install:\n    disk: /dev/sda\n"]
+            }}
+        }
+    }))
+    .await;
+    apply(
+        client,
+        ns,
+        json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimCluster",
+            "metadata": {"name": name}, "spec": {}
+        }),
+    )
+    .await;
+    apply(client, ns, json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+        "metadata": {"name": name},
+        "spec": {
+            "controlPlaneEndpoint": {"host": "192.168.1.100", "port": 6443},
+            "clusterNetwork": {"pods": {"cidrBlocks": ["10.244.0.0/16"]}, "services": {"cidrBlocks": ["10.96.0.0/12"]}},
+            "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "SimCluster", "name": name},
+            "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io", "kind": "TalosControlPlane", "name": name}
+        }
+    }))
+    .await;
+}

@@ -41,9 +41,16 @@ pub fn start(client: &kube::Client, ns: &str, failure_domains: &[&str]) -> SimIn
     SimInfra { sim, task }
 }
 
+/// SimMachine name → the address its node got; and how many nodes were ever started (each
+/// gets a new address).
+#[derive(Default)]
+struct Nodes {
+    by_machine: BTreeMap<String, String>,
+    started: u32,
+}
+
 async fn serve(client: kube::Client, ns: String, sim: Simulator, domains: Vec<Value>) {
-    // Machine name → the address its node got.
-    let mut nodes: BTreeMap<String, String> = BTreeMap::new();
+    let mut nodes = Nodes::default();
     loop {
         if let Err(e) = pass(&client, &ns, &sim, &domains, &mut nodes).await {
             tracing::debug!(error = %e, "sim infrastructure: retrying");
@@ -57,7 +64,7 @@ async fn pass(
     ns: &str,
     sim: &Simulator,
     domains: &[Value],
-    nodes: &mut BTreeMap<String, String>,
+    nodes: &mut Nodes,
 ) -> Result<(), kube::Error> {
     let infra = "infrastructure.cluster.x-k8s.io/v1alpha1";
     let clusters = dynamic(client, ns, infra, "SimCluster");
@@ -78,9 +85,23 @@ async fn pass(
     let sim_machines = dynamic(client, ns, infra, "SimMachine");
     let machines: Api<DynamicObject> = dynamic(client, ns, "cluster.x-k8s.io/v1beta2", "Machine");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    for m in sim_machines.list(&ListParams::default()).await? {
+    let listed = sim_machines.list(&ListParams::default()).await?;
+    // A SimMachine that is gone or going takes its node with it (the instance is terminated).
+    let live: Vec<String> = listed
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .map(ResourceExt::name_any)
+        .collect();
+    nodes.by_machine.retain(|name, address| {
+        let keep = live.contains(name);
+        if !keep {
+            let _ = sim.remove(address);
+        }
+        keep
+    });
+    for m in listed {
         let name = m.name_any();
-        if nodes.contains_key(&name) {
+        if nodes.by_machine.contains_key(&name) || !live.contains(&name) {
             continue;
         }
         let Some(owner) = m
@@ -108,7 +129,8 @@ async fn pass(
         else {
             continue;
         };
-        let address = loopback_address(u32::try_from(nodes.len()).unwrap_or(0) + 1);
+        nodes.started += 1;
+        let address = loopback_address(nodes.started);
         let spec = NodeSpec {
             address,
             port: 50000,
@@ -120,7 +142,7 @@ async fn pass(
             tracing::warn!(machine = %owner, error = %e, "sim infrastructure: the node did not start");
             continue;
         }
-        nodes.insert(name.clone(), address.to_string());
+        nodes.by_machine.insert(name.clone(), address.to_string());
         sim_machines
             .patch(
                 &name,

@@ -1,0 +1,465 @@
+//! Act on control-plane Machines: create one (its infrastructure cloned from the template, its
+//! TalosConfig from controlPlaneConfig, then the Machine), release a deleting one's
+//! pre-terminate hook, delete one. Every name is generated once and used for all three objects,
+//! as KubeadmControlPlane does.
+
+use std::collections::BTreeMap;
+
+use api::capi::{annotations, labels};
+use api::controlplane::v1alpha3::TalosControlPlane;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::{Context, Error};
+
+/// Our pre-terminate hook on every control-plane Machine: Cluster API keeps the machine's
+/// infrastructure until we removed its etcd member and took the hook off.
+pub fn cleanup_hook() -> String {
+    format!(
+        "{}/talos-etcd-member",
+        annotations::PRE_TERMINATE_HOOK_PREFIX
+    )
+}
+
+/// The infrastructure template a TalosControlPlane clones, in whichever field it is named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRef {
+    /// `group/version`, when the reference names it (v1beta1 shapes).
+    pub api_version: Option<String>,
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+}
+
+impl TemplateRef {
+    pub fn of(tcp: &TalosControlPlane) -> Option<TemplateRef> {
+        let spec = &tcp.spec;
+        let template = spec.machine_template.as_ref();
+        let legacy = spec
+            .infrastructure_template
+            .as_ref()
+            .or_else(|| template.and_then(|t| t.infrastructure_ref.as_ref()));
+        if let Some(r) = legacy {
+            let api_version = r.api_version.clone().unwrap_or_default();
+            return Some(TemplateRef {
+                group: api_version.split('/').next().unwrap_or_default().to_owned(),
+                api_version: Some(api_version),
+                kind: r.kind.clone().unwrap_or_default(),
+                name: r.name.clone().unwrap_or_default(),
+                namespace: r.namespace.clone(),
+            });
+        }
+        let r = template?.spec.as_ref()?.infrastructure_ref.as_ref()?;
+        Some(TemplateRef {
+            api_version: None,
+            group: r.api_group.clone(),
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+            namespace: None,
+        })
+    }
+
+    /// `Kind.group`, as the cloned-from-groupkind annotation writes it.
+    pub fn group_kind(&self) -> String {
+        format!("{}.{}", self.kind, self.group)
+    }
+}
+
+/// The API resource of `template`'s kind: from its apiVersion, or discovered (and remembered)
+/// from its group.
+async fn resource_of(ctx: &Context, template: &TemplateRef) -> Result<ApiResource, Error> {
+    if let Some(av) = template.api_version.as_deref().filter(|v| v.contains('/')) {
+        let (group, version) = av.split_once('/').unwrap_or_default();
+        return Ok(ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            group,
+            version,
+            &template.kind,
+        )));
+    }
+    let key = template.group_kind();
+    if let Some(ar) = ctx.discovered(&key) {
+        return Ok(ar);
+    }
+    let group = kube::discovery::group(&ctx.client, &template.group)
+        .await
+        .map_err(Error::kube(format!(
+            "discovering API group {}",
+            template.group
+        )))?;
+    let (ar, _) = group.recommended_kind(&template.kind).ok_or_else(|| {
+        Error::Missing(format!(
+            "the infrastructure template kind {} is not served by the API server",
+            key
+        ))
+    })?;
+    ctx.remember(&key, ar.clone());
+    Ok(ar)
+}
+
+/// A name for a new machine: the TalosControlPlane's name and five random characters, as
+/// Kubernetes generates names.
+pub fn new_name(tcp: &str, entropy: u64) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut n = entropy;
+    let suffix: String = (0..5)
+        .map(|_| {
+            let c = ALPHABET[(n % ALPHABET.len() as u64) as usize] as char;
+            n /= ALPHABET.len() as u64;
+            c
+        })
+        .collect();
+    let base: String = tcp.chars().take(63 - 6).collect();
+    format!("{base}-{suffix}")
+}
+
+fn owner(tcp: &TalosControlPlane, controller: bool) -> Value {
+    json!({
+        "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3",
+        "kind": "TalosControlPlane",
+        "name": tcp.name_any(),
+        "uid": tcp.meta().uid,
+        "controller": controller,
+        "blockOwnerDeletion": controller,
+    })
+}
+
+fn merged(
+    base: BTreeMap<String, String>,
+    extra: Option<&BTreeMap<String, String>>,
+) -> BTreeMap<String, String> {
+    let mut out = extra.cloned().unwrap_or_default();
+    out.extend(base);
+    out
+}
+
+/// Seconds in a Go duration such as `10m`, `1h30m` or `90s`; `None` if it is not one.
+pub fn duration_seconds(text: &str) -> Option<i32> {
+    let mut total: i64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: i64 = number.parse().ok()?;
+        number.clear();
+        total += n * match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+    }
+    if !number.is_empty() || text.is_empty() {
+        return None;
+    }
+    i32::try_from(total).ok()
+}
+
+/// Machine deletion timeouts from the template, in the v1beta2 shape.
+fn deletion(tcp: &TalosControlPlane) -> Value {
+    let Some(t) = tcp.spec.machine_template.as_ref() else {
+        return json!({});
+    };
+    let from_spec = t.spec.as_ref().and_then(|s| s.deletion.as_ref());
+    let pick = |legacy: &Option<String>, v1beta2: Option<i32>| {
+        v1beta2.or_else(|| legacy.as_deref().and_then(duration_seconds))
+    };
+    let mut out = serde_json::Map::new();
+    for (key, legacy, v1beta2) in [
+        (
+            "nodeDrainTimeoutSeconds",
+            &t.node_drain_timeout,
+            from_spec.and_then(|d| d.node_drain_timeout_seconds),
+        ),
+        (
+            "nodeVolumeDetachTimeoutSeconds",
+            &t.node_volume_detach_timeout,
+            from_spec.and_then(|d| d.node_volume_detach_timeout_seconds),
+        ),
+        (
+            "nodeDeletionTimeoutSeconds",
+            &t.node_deletion_timeout,
+            from_spec.and_then(|d| d.node_deletion_timeout_seconds),
+        ),
+    ] {
+        if let Some(v) = pick(legacy, v1beta2) {
+            out.insert(key.into(), json!(v));
+        }
+    }
+    Value::Object(out)
+}
+
+/// Create machine `name` of `tcp` in `failure_domain`: the infrastructure machine, the
+/// TalosConfig, then the Machine. If the Machine cannot be created, the first two are deleted
+/// again (best effort), so a failed creation leaves nothing behind for long.
+pub async fn create(
+    ctx: &Context,
+    tcp: &TalosControlPlane,
+    cluster: &str,
+    name: &str,
+    failure_domain: Option<&str>,
+) -> Result<(), Error> {
+    let ns = tcp.namespace().unwrap_or_default();
+    let template_ref = TemplateRef::of(tcp).ok_or_else(|| {
+        Error::Spec(crate::SpecError::Invalid(
+            "no infrastructure template is named".into(),
+        ))
+    })?;
+    let template_ar = resource_of(ctx, &template_ref).await?;
+    let template_ns = template_ref.namespace.clone().unwrap_or_else(|| ns.clone());
+    let templates: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &template_ns, &template_ar);
+    let template = templates
+        .get_opt(&template_ref.name)
+        .await
+        .map_err(Error::kube(format!(
+            "reading {} {}",
+            template_ref.kind, template_ref.name
+        )))?
+        .ok_or_else(|| {
+            Error::Missing(format!(
+                "infrastructure template {} {template_ns}/{} not found",
+                template_ref.kind, template_ref.name
+            ))
+        })?;
+    let inner = &template.data["spec"]["template"];
+    let infra_kind = template_ref
+        .kind
+        .strip_suffix("Template")
+        .unwrap_or(&template_ref.kind)
+        .to_owned();
+    let infra_ar = ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        &template_ar.group,
+        &template_ar.version,
+        &infra_kind,
+    ));
+    let cluster_label = BTreeMap::from([(labels::CLUSTER_NAME.to_owned(), cluster.to_owned())]);
+    let inner_meta = |key: &str| -> Option<BTreeMap<String, String>> {
+        serde_json::from_value(inner["metadata"][key].clone()).ok()
+    };
+    let mut infra_annotations = inner_meta("annotations").unwrap_or_default();
+    infra_annotations.insert(
+        annotations::CLONED_FROM_NAME.into(),
+        template_ref.name.clone(),
+    );
+    infra_annotations.insert(
+        annotations::CLONED_FROM_GROUP_KIND.into(),
+        template_ref.group_kind(),
+    );
+    let infra = json!({
+        "apiVersion": template_ar.api_version,
+        "kind": infra_kind,
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": merged(cluster_label.clone(), inner_meta("labels").as_ref()),
+            "annotations": infra_annotations,
+            "ownerReferences": [owner(tcp, false)],
+        },
+        "spec": inner["spec"].clone(),
+    });
+    let mut created = Created::new(ctx, &ns);
+    created.post(&infra_ar, infra).await?;
+
+    let mut config_spec = serde_json::to_value(&tcp.spec.control_plane_config.controlplane)
+        .map_err(|source| Error::Decode {
+            kind: "TalosConfigSpec",
+            source,
+        })?;
+    // Every control-plane machine gets the controlplane type; etcd is bootstrapped over the API.
+    config_spec["generateType"] = json!("controlplane");
+    let mut cp_labels = cluster_label.clone();
+    cp_labels.insert(labels::CONTROL_PLANE.into(), String::new());
+    let config_ar = super::talosconfig_resource();
+    let config = json!({
+        "apiVersion": config_ar.api_version,
+        "kind": "TalosConfig",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": cp_labels,
+            "ownerReferences": [owner(tcp, false)],
+        },
+        "spec": config_spec,
+    });
+    if let Err(e) = created.post(&config_ar, config).await {
+        created.undo().await;
+        return Err(e);
+    }
+
+    let metadata = tcp
+        .spec
+        .machine_template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref());
+    let mut machine_labels = cp_labels;
+    machine_labels.insert(labels::CONTROL_PLANE_NAME.into(), tcp.name_any());
+    let mut machine_annotations = metadata
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    machine_annotations.insert(cleanup_hook(), String::new());
+    let machine = json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2",
+        "kind": "Machine",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": merged(machine_labels, metadata.and_then(|m| m.labels.as_ref())),
+            "annotations": machine_annotations,
+            "ownerReferences": [owner(tcp, true)],
+        },
+        "spec": {
+            "clusterName": cluster,
+            "version": tcp.spec.version,
+            "failureDomain": failure_domain,
+            "bootstrap": {"configRef": {
+                "apiGroup": config_ar.group, "kind": "TalosConfig", "name": name,
+            }},
+            "infrastructureRef": {
+                "apiGroup": infra_ar.group, "kind": infra_kind, "name": name,
+            },
+            "deletion": deletion(tcp),
+        },
+    });
+    if let Err(e) = created
+        .post(&crate::cache::capi_resource("Machine"), machine)
+        .await
+    {
+        created.undo().await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Objects created so far by one machine creation, to delete again if it fails.
+struct Created<'a> {
+    ctx: &'a Context,
+    ns: &'a str,
+    objects: Vec<(ApiResource, String)>,
+}
+
+impl<'a> Created<'a> {
+    fn new(ctx: &'a Context, ns: &'a str) -> Self {
+        Created {
+            ctx,
+            ns,
+            objects: Vec::new(),
+        }
+    }
+
+    async fn post(&mut self, ar: &ApiResource, object: Value) -> Result<(), Error> {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let obj: DynamicObject =
+            serde_json::from_value(object).map_err(|source| Error::Decode {
+                kind: "object",
+                source,
+            })?;
+        let api: Api<DynamicObject> = Api::namespaced_with(self.ctx.client.clone(), self.ns, ar);
+        api.create(&PostParams::default(), &obj)
+            .await
+            .map_err(Error::kube(format!(
+                "creating {} {}/{name}",
+                ar.kind, self.ns
+            )))?;
+        self.objects.push((ar.clone(), name));
+        Ok(())
+    }
+
+    async fn undo(self) {
+        for (ar, name) in self.objects {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.ctx.client.clone(), self.ns, &ar);
+            if let Err(e) = api.delete(&name, &DeleteParams::background()).await {
+                tracing::warn!(kind = %ar.kind, name, error = %e, "cleaning up after a failed machine creation");
+            }
+        }
+    }
+}
+
+/// Take our pre-terminate hook off `machine` so Cluster API finishes deleting it.
+pub async fn release(ctx: &Context, ns: &str, machine: &str) -> Result<(), Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        ns,
+        &crate::cache::capi_resource("Machine"),
+    );
+    let patch = json!({"metadata": {"annotations": {cleanup_hook(): null}}});
+    match api
+        .patch(machine, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(format!("releasing machine {ns}/{machine}"))(e)),
+    }
+}
+
+/// Delete `machine` (Cluster API drains and deletes its node and infrastructure).
+pub async fn delete(ctx: &Context, ns: &str, machine: &str) -> Result<(), Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        ns,
+        &crate::cache::capi_resource("Machine"),
+    );
+    match api.delete(machine, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(format!("deleting machine {ns}/{machine}"))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_durations() {
+        let a = new_name("cp", 0);
+        let b = new_name("cp", 123_456_789);
+        assert!(a.starts_with("cp-") && a.len() == 8, "{a}");
+        assert_ne!(a, b);
+        assert!(new_name(&"x".repeat(80), 1).len() <= 63);
+        assert_eq!(duration_seconds("10m"), Some(600));
+        assert_eq!(duration_seconds("1h30m15s"), Some(5415));
+        assert_eq!(duration_seconds("10"), None);
+        assert_eq!(duration_seconds("5d"), None);
+        assert_eq!(duration_seconds(""), None);
+    }
+
+    #[test]
+    fn the_template_is_found_in_any_of_its_three_fields() {
+        let tcp = |spec: Value| -> TalosControlPlane {
+            serde_json::from_value(json!({
+                "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
+                "metadata": {"name": "cp", "namespace": "ns"},
+                "spec": {"version": "v1.33.0", "controlPlaneConfig": {"controlplane": {"generateType": "controlplane"}}}
+            }).as_object().cloned().map(|mut o| {
+                for (k, v) in spec.as_object().into_iter().flatten() {
+                    o["spec"][k] = v.clone();
+                }
+                Value::Object(o)
+            }).unwrap_or_default()).expect("a TalosControlPlane")
+        };
+        let legacy = tcp(json!({"infrastructureTemplate": {
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachineTemplate", "name": "t"}}));
+        let r = TemplateRef::of(&legacy).expect("a reference");
+        assert_eq!(
+            r.group_kind(),
+            "SimMachineTemplate.infrastructure.cluster.x-k8s.io"
+        );
+        assert_eq!(
+            r.api_version.as_deref(),
+            Some("infrastructure.cluster.x-k8s.io/v1alpha1")
+        );
+        let v1beta2 = tcp(json!({"machineTemplate": {"spec": {"infrastructureRef": {
+            "apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "SimMachineTemplate", "name": "t2"}}}}));
+        let r = TemplateRef::of(&v1beta2).expect("a reference");
+        assert_eq!((r.api_version, r.name.as_str()), (None, "t2"));
+    }
+}

@@ -1,0 +1,546 @@
+//! Report: the TalosControlPlane's status for both Cluster API contracts, computed without I/O
+//! from what a reconcile observed and decided. Conditions follow KubeadmControlPlane's, each
+//! with a reason and a message that says what a person can do.
+
+use api::conditions::{self, ConditionType, Observation, Severity, Status, reason};
+use api::controlplane::v1alpha3::{
+    ControlPlaneDeprecated, ControlPlaneInitialization, ControlPlaneV1Beta1Status, StatusVersion,
+    TalosControlPlaneStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::plan::Step;
+use super::scope::{ControlPlane, quorum};
+
+/// One control-plane Machine as status counts it.
+#[derive(Debug, Clone, Default)]
+pub struct Counted {
+    pub name: String,
+    pub version: Option<String>,
+    /// The Machine's own Ready and Available conditions are True.
+    pub ready: bool,
+    pub available: bool,
+}
+
+/// What one reconcile observed and decided.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub paused: Option<String>,
+    pub deleting: Option<String>,
+    /// Nothing was done yet, and why (waiting for infrastructure, an endpoint, ...).
+    pub gate: Option<(&'static str, String)>,
+    pub selector: Option<String>,
+    pub desired: i32,
+    pub machines: Vec<Counted>,
+    pub view: ControlPlane,
+    pub bootstrapped: bool,
+    pub step: Option<Step>,
+    /// Why the Talos API told us nothing, when it did not.
+    pub talos_problem: Option<String>,
+    /// The kubeconfig's state (CertificatesAvailable).
+    pub certificates: Option<Observation>,
+}
+
+fn semver(v: &str) -> (u64, u64, u64, String) {
+    let v = v.trim_start_matches('v');
+    let (core, rest) = v.split_once(['-', '+']).unwrap_or((v, ""));
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        rest.to_owned(),
+    )
+}
+
+/// Machines per Kubernetes version, oldest first.
+pub fn versions(machines: &[Counted]) -> Vec<StatusVersion> {
+    let mut counts: Vec<(String, i32)> = Vec::new();
+    for v in machines.iter().filter_map(|m| m.version.as_deref()) {
+        match counts.iter_mut().find(|(known, _)| known == v) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((v.to_owned(), 1)),
+        }
+    }
+    counts.sort_by_key(|(v, _)| semver(v));
+    counts
+        .into_iter()
+        .map(|(version, n)| StatusVersion {
+            version,
+            replicas: Some(n),
+        })
+        .collect()
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn list(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut out = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        out.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    out
+}
+
+/// etcd's health: every machine a healthy voting member and no member without a machine.
+fn etcd_health(r: &Report) -> Observation {
+    let obs = |status, why: &'static str| {
+        Observation::new(ConditionType::EtcdClusterHealthy, status, why)
+    };
+    if !r.bootstrapped {
+        return obs(Status::Unknown, reason::HEALTH_UNKNOWN)
+            .message("etcd is not bootstrapped yet");
+    }
+    let Some(members) = &r.view.etcd else {
+        return obs(Status::Unknown, reason::HEALTH_UNKNOWN).message(format!(
+            "etcd did not answer: {}",
+            r.talos_problem.as_deref().unwrap_or("no node was asked")
+        ));
+    };
+    let mut problems = Vec::new();
+    for m in &r.view.machines {
+        match members.iter().find(|e| e.name == m.hostname) {
+            None if m.deleting => {}
+            None => problems.push(format!("machine {} has no etcd member yet", m.name)),
+            Some(e) if e.learner => problems.push(format!(
+                "the member of machine {} is still a learner",
+                m.name
+            )),
+            Some(e) if !e.healthy => problems.push(format!(
+                "the member of machine {} ({:x}) is not healthy",
+                m.name, e.id
+            )),
+            Some(_) => {}
+        }
+    }
+    for orphan in r.view.orphan_members() {
+        problems.push(format!(
+            "member {} ({:x}) belongs to no machine and is removed once quorum allows",
+            orphan.name, orphan.id
+        ));
+    }
+    if problems.is_empty() {
+        obs(Status::True, reason::HEALTHY).message(format!("{} healthy members", members.len()))
+    } else {
+        obs(Status::False, reason::NOT_HEALTHY)
+            .message(problems.join("; "))
+            .severity(Severity::Warning)
+    }
+}
+
+/// Whether the etcd members the machines run keep quorum.
+fn etcd_quorum(view: &ControlPlane) -> bool {
+    view.etcd.as_ref().is_some_and(|members| {
+        let voters: Vec<_> = members.iter().filter(|e| !e.learner).collect();
+        let healthy = voters.iter().filter(|e| e.healthy).count();
+        !voters.is_empty() && healthy >= quorum(voters.len())
+    })
+}
+
+fn scaling(r: &Report, up: bool) -> Observation {
+    let live = r.view.machines.iter().filter(|m| !m.deleting).count();
+    let want = usize::try_from(r.desired).unwrap_or(0);
+    let (type_, yes, no) = if up {
+        (
+            ConditionType::ScalingUp,
+            reason::SCALING_UP,
+            reason::NOT_SCALING_UP,
+        )
+    } else {
+        (
+            ConditionType::ScalingDown,
+            reason::SCALING_DOWN,
+            reason::NOT_SCALING_DOWN,
+        )
+    };
+    let active = if up {
+        live < want
+    } else {
+        live > want || r.view.machines.iter().any(|m| m.deleting)
+    };
+    if !active {
+        return Observation::new(type_, Status::False, no);
+    }
+    let mut message = format!(
+        "scaling {} from {live} to {want} replicas",
+        if up { "up" } else { "down" }
+    );
+    if let Some(Step::Wait { message: why, .. }) = &r.step {
+        message.push_str(&format!("; waiting: {why}"));
+    }
+    Observation::new(type_, Status::True, yes).message(message)
+}
+
+/// The status to write, from the `old` one and this reconcile's report.
+pub fn status(
+    old: &TalosControlPlaneStatus,
+    r: &Report,
+    generation: Option<i64>,
+    now: &Time,
+) -> TalosControlPlaneStatus {
+    let mut s = old.clone();
+    s.observed_generation = generation;
+    let mut set = |o: Observation| conditions::set(&mut s, &o, generation, now);
+    set(match &r.paused {
+        Some(why) => Observation::new(ConditionType::Paused, Status::True, reason::PAUSED)
+            .message(format!("reconciliation is paused: {why}")),
+        None => Observation::new(ConditionType::Paused, Status::False, reason::NOT_PAUSED),
+    });
+    set(match &r.deleting {
+        Some(why) => Observation::new(ConditionType::Deleting, Status::True, reason::DELETING)
+            .message(why.clone()),
+        None => Observation::new(ConditionType::Deleting, Status::False, reason::NOT_DELETING),
+    });
+    if r.paused.is_some() {
+        return s;
+    }
+    if let Some(selector) = &r.selector {
+        s.selector = Some(selector.clone());
+    }
+    let healthy_components: Vec<&str> = r
+        .view
+        .machines
+        .iter()
+        .filter(|m| m.components_healthy)
+        .map(|m| m.name.as_str())
+        .collect();
+    // Initialized never goes back (the contract reads it once).
+    let initialized = old.initialized == Some(true)
+        || (r.bootstrapped && r.view.etcd.is_some() && !healthy_components.is_empty());
+    let available = initialized && etcd_quorum(&r.view) && !healthy_components.is_empty();
+
+    let mut set = |o: Observation| conditions::set(&mut s, &o, generation, now);
+    set(if initialized {
+        Observation::new(
+            ConditionType::Initialized,
+            Status::True,
+            reason::INITIALIZED,
+        )
+        .message("etcd is bootstrapped and the control plane answers")
+    } else {
+        let why = match (&r.gate, &r.step) {
+            (Some((_, why)), _) => why.clone(),
+            (None, Some(Step::Wait { message, .. })) => message.clone(),
+            _ if !r.bootstrapped => {
+                "waiting for the first control-plane machine to bootstrap etcd".into()
+            }
+            _ => format!(
+                "waiting for the control plane to answer{}",
+                r.talos_problem
+                    .as_deref()
+                    .map(|p| format!(": {p}"))
+                    .unwrap_or_default()
+            ),
+        };
+        Observation::new(
+            ConditionType::Initialized,
+            Status::False,
+            reason::NOT_INITIALIZED,
+        )
+        .message(why)
+    });
+    set(etcd_health(r));
+    let sick: Vec<String> = r
+        .view
+        .machines
+        .iter()
+        .filter(|m| !m.components_healthy && !m.deleting)
+        .map(|m| m.name.clone())
+        .collect();
+    set(if r.view.machines.is_empty() {
+        Observation::new(
+            ConditionType::ControlPlaneComponentsHealthy,
+            Status::Unknown,
+            reason::NO_MACHINES,
+        )
+        .message("no control-plane machines yet")
+    } else if sick.is_empty() {
+        Observation::new(
+            ConditionType::ControlPlaneComponentsHealthy,
+            Status::True,
+            reason::HEALTHY,
+        )
+    } else {
+        Observation::new(
+            ConditionType::ControlPlaneComponentsHealthy,
+            Status::False,
+            reason::NOT_HEALTHY,
+        )
+        .message(format!(
+            "control-plane components not healthy on machines {}",
+            list(&sick)
+        ))
+        .severity(Severity::Warning)
+    });
+    let not_ready: Vec<String> = r
+        .machines
+        .iter()
+        .filter(|m| !m.ready)
+        .map(|m| m.name.clone())
+        .collect();
+    set(if r.machines.is_empty() {
+        Observation::new(
+            ConditionType::MachinesReady,
+            Status::Unknown,
+            reason::NO_MACHINES,
+        )
+    } else if not_ready.is_empty() {
+        Observation::new(ConditionType::MachinesReady, Status::True, reason::READY)
+    } else {
+        Observation::new(
+            ConditionType::MachinesReady,
+            Status::False,
+            reason::NOT_READY,
+        )
+        .message(format!("machines {} are not Ready", list(&not_ready)))
+        .severity(Severity::Info)
+    });
+    let outdated: Vec<String> = r
+        .view
+        .machines
+        .iter()
+        .filter(|m| !m.up_to_date)
+        .map(|m| m.name.clone())
+        .collect();
+    set(if outdated.is_empty() {
+        Observation::new(
+            ConditionType::MachinesUpToDate,
+            Status::True,
+            reason::UP_TO_DATE,
+        )
+    } else {
+        Observation::new(
+            ConditionType::MachinesUpToDate,
+            Status::False,
+            reason::NOT_UP_TO_DATE,
+        )
+        .message(format!(
+            "machines {} do not match the spec",
+            list(&outdated)
+        ))
+        .severity(Severity::Info)
+    });
+    set(if outdated.is_empty() {
+        Observation::new(
+            ConditionType::RollingOut,
+            Status::False,
+            reason::NOT_ROLLING_OUT,
+        )
+    } else {
+        Observation::new(ConditionType::RollingOut, Status::True, reason::ROLLING_OUT)
+            .message(format!("{} machines to replace", outdated.len()))
+    });
+    set(scaling(r, true));
+    set(scaling(r, false));
+    if let Some(c) = &r.certificates {
+        set(c.clone());
+    }
+    set(if available {
+        Observation::new(ConditionType::Available, Status::True, reason::AVAILABLE)
+    } else {
+        let why = if !initialized {
+            "the control plane is not initialized yet".to_owned()
+        } else if !etcd_quorum(&r.view) {
+            format!(
+                "etcd has no healthy quorum{}",
+                r.talos_problem
+                    .as_deref()
+                    .map(|p| format!(": {p}"))
+                    .unwrap_or_default()
+            )
+        } else {
+            "no control-plane machine has healthy components".to_owned()
+        };
+        Observation::new(
+            ConditionType::Available,
+            Status::False,
+            reason::NOT_AVAILABLE,
+        )
+        .message(why)
+        .severity(Severity::Warning)
+    });
+
+    let total = count(r.machines.len());
+    let ready = count(r.machines.iter().filter(|m| m.ready).count());
+    let avail = count(r.machines.iter().filter(|m| m.available).count());
+    let up_to_date = count(r.view.machines.iter().filter(|m| m.up_to_date).count());
+    s.replicas = Some(total);
+    s.ready_replicas = Some(ready);
+    s.available_replicas = Some(avail);
+    s.up_to_date_replicas = Some(up_to_date);
+    s.updated_replicas = Some(up_to_date);
+    s.unavailable_replicas = Some((r.desired.max(total) - avail).max(0));
+    let versions = versions(&r.machines);
+    s.version = versions.first().map(|v| v.version.clone());
+    s.versions = (!versions.is_empty()).then_some(versions);
+    s.bootstrapped = Some(r.bootstrapped);
+    s.initialized = Some(initialized);
+    s.initialization = Some(ControlPlaneInitialization {
+        control_plane_initialized: Some(initialized),
+    });
+    s.ready = Some(available);
+    s.deprecated
+        .get_or_insert_with(ControlPlaneDeprecated::default)
+        .v1beta1
+        .get_or_insert_with(ControlPlaneV1Beta1Status::default)
+        .ready_replicas = Some(ready);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::scope::{EtcdMember, MachineView};
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn view(name: &str, healthy: bool) -> MachineView {
+        MachineView {
+            name: name.into(),
+            hostname: name.into(),
+            created: Timestamp::UNIX_EPOCH,
+            failure_domain: None,
+            deleting: false,
+            delete_annotated: false,
+            up_to_date: true,
+            components_healthy: healthy,
+            cleanup_hook: true,
+        }
+    }
+
+    fn report(healthy: &[bool]) -> Report {
+        let machines: Vec<MachineView> = healthy
+            .iter()
+            .enumerate()
+            .map(|(i, h)| view(&format!("m{i}"), *h))
+            .collect();
+        let etcd = machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| EtcdMember {
+                id: i as u64 + 1,
+                name: m.name.clone(),
+                healthy: m.components_healthy,
+                learner: false,
+            })
+            .collect();
+        Report {
+            desired: 3,
+            machines: machines
+                .iter()
+                .map(|m| Counted {
+                    name: m.name.clone(),
+                    version: Some("v1.33.1".into()),
+                    ready: true,
+                    available: true,
+                })
+                .collect(),
+            view: ControlPlane {
+                machines,
+                etcd: Some(etcd),
+                ..ControlPlane::default()
+            },
+            bootstrapped: true,
+            step: Some(Step::Steady),
+            ..Report::default()
+        }
+    }
+
+    fn cond(s: &TalosControlPlaneStatus, t: ConditionType) -> &conditions::Condition {
+        conditions::get(s.conditions.as_deref().unwrap_or_default(), t).expect("the condition")
+    }
+
+    #[test]
+    fn a_healthy_control_plane_is_initialized_and_available() {
+        let now = Time(Timestamp::UNIX_EPOCH);
+        let s = status(
+            &TalosControlPlaneStatus::default(),
+            &report(&[true, true, true]),
+            Some(1),
+            &now,
+        );
+        assert_eq!(
+            s.initialization
+                .as_ref()
+                .and_then(|i| i.control_plane_initialized),
+            Some(true)
+        );
+        assert_eq!(cond(&s, ConditionType::Available).status, "True");
+        assert_eq!(cond(&s, ConditionType::EtcdClusterHealthy).status, "True");
+        assert_eq!(cond(&s, ConditionType::ScalingUp).status, "False");
+        assert_eq!((s.replicas, s.ready_replicas), (Some(3), Some(3)));
+        assert_eq!(s.version.as_deref(), Some("v1.33.1"));
+    }
+
+    #[test]
+    fn losing_quorum_makes_it_unavailable_but_never_uninitialized() {
+        let now = Time(Timestamp::UNIX_EPOCH);
+        let first = status(
+            &TalosControlPlaneStatus::default(),
+            &report(&[true, true, true]),
+            Some(1),
+            &now,
+        );
+        let s = status(&first, &report(&[true, false, false]), Some(1), &now);
+        assert_eq!(s.initialized, Some(true));
+        let available = cond(&s, ConditionType::Available);
+        assert_eq!(available.status, "False");
+        assert!(
+            available.message.contains("quorum"),
+            "{}",
+            available.message
+        );
+        let etcd = cond(&s, ConditionType::EtcdClusterHealthy);
+        assert!(
+            etcd.message.contains("m1") && etcd.message.contains("m2"),
+            "{}",
+            etcd.message
+        );
+        let components = cond(&s, ConditionType::ControlPlaneComponentsHealthy);
+        assert_eq!(components.status, "False");
+    }
+
+    #[test]
+    fn a_blocked_scale_up_says_why() {
+        let now = Time(Timestamp::UNIX_EPOCH);
+        let mut r = report(&[true]);
+        r.step = Some(Step::Wait {
+            reason: "EtcdMemberUnhealthy",
+            message: "the etcd member of machine m0 is unhealthy".into(),
+        });
+        let s = status(&TalosControlPlaneStatus::default(), &r, Some(1), &now);
+        let up = cond(&s, ConditionType::ScalingUp);
+        assert_eq!(up.status, "True");
+        assert!(
+            up.message.contains("from 1 to 3") && up.message.contains("m0 is unhealthy"),
+            "{}",
+            up.message
+        );
+    }
+
+    #[test]
+    fn versions_are_counted_oldest_first() {
+        let m = |v: &str| Counted {
+            version: Some(v.into()),
+            ..Counted::default()
+        };
+        let v = versions(&[m("v1.34.0"), m("v1.33.10"), m("v1.33.9"), m("v1.34.0")]);
+        let got: Vec<(&str, Option<i32>)> =
+            v.iter().map(|s| (s.version.as_str(), s.replicas)).collect();
+        assert_eq!(
+            got,
+            [
+                ("v1.33.9", Some(1)),
+                ("v1.33.10", Some(1)),
+                ("v1.34.0", Some(2))
+            ]
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! The control plane's nodes over the Talos API: what etcd and the services say (observe), and
+//! the few calls that change them (bootstrap, leadership, member removal). Every call goes
+//! through [`crate::nodes::TalosNodes`] with the cluster's talosconfig, aimed at the Machines'
+//! addresses, under the client's deadline.
+
+use std::collections::BTreeMap;
+
+use api::capi::Machine;
+use kube::ResourceExt;
+use talos_api::Nodes;
+
+use super::scope::EtcdMember;
+use crate::{Context, Error};
+
+/// The address the Talos API of `machine`'s node is reached at: the first InternalIP, else
+/// ExternalIP, else any address.
+pub fn address(machine: &Machine) -> Option<String> {
+    let addresses = machine.addresses();
+    ["InternalIP", "ExternalIP"]
+        .iter()
+        .find_map(|t| addresses.iter().find(|a| a.type_ == *t))
+        .or_else(|| addresses.first())
+        .map(|a| a.address.clone())
+}
+
+/// The name `machine`'s node registers in etcd with: its Node's name, else its Hostname or
+/// InternalDNS address, else the Machine's name.
+pub fn hostname(machine: &Machine) -> String {
+    let addresses = machine.addresses();
+    machine
+        .status
+        .as_ref()
+        .and_then(|s| s.node_ref.as_ref())
+        .map(|n| n.name.clone())
+        .or_else(|| {
+            ["Hostname", "InternalDNS"]
+                .iter()
+                .find_map(|t| addresses.iter().find(|a| a.type_ == *t))
+                .map(|a| a.address.clone())
+        })
+        .unwrap_or_else(|| machine.name_any())
+}
+
+/// One node's health, as its services report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeHealth {
+    /// The node answered.
+    pub reachable: bool,
+    /// Its etcd service runs and is healthy.
+    pub etcd: bool,
+    /// etcd, kubelet and apid are healthy (the components Talos runs the control plane with).
+    pub components: bool,
+    /// Why not, for conditions.
+    pub problem: Option<String>,
+}
+
+/// What the nodes said.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The etcd members, named after the machine they run on when one matches; `None` when no
+    /// node answered.
+    pub members: Option<Vec<EtcdMember>>,
+    /// Per machine name.
+    pub health: BTreeMap<String, NodeHealth>,
+    /// Why the member list is unknown.
+    pub problem: Option<String>,
+}
+
+/// Ask the nodes of `machines` for the etcd member list and their services: two calls, each
+/// fanned out by one node to all of them.
+pub async fn observe(ctx: &Context, talosconfig: &str, machines: &[Machine]) -> Observed {
+    let targets: Vec<(String, String)> = machines
+        .iter()
+        .filter_map(|m| address(m).map(|a| (m.name_any(), a)))
+        .collect();
+    if targets.is_empty() {
+        return Observed {
+            problem: Some("no control-plane machine has an address yet".into()),
+            ..Observed::default()
+        };
+    }
+    let addresses: Vec<String> = targets.iter().map(|(_, a)| a.clone()).collect();
+    let client = match ctx.nodes.connect(talosconfig, addresses.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            return Observed {
+                problem: Some(format!("the cluster's talosconfig cannot be used: {e}")),
+                ..Observed::default()
+            };
+        }
+    };
+    let many = Nodes::Many(addresses);
+    let (members, services) =
+        futures::join!(client.etcd_member_list(&many), client.service_list(&many));
+    ctx.metrics.talos_calls(2);
+
+    let mut observed = Observed::default();
+    let node_of = |node: &str| {
+        targets
+            .iter()
+            .find(|(_, a)| a == node)
+            .map(|(m, _)| m.clone())
+    };
+    match services {
+        Ok(replies) => {
+            for reply in replies {
+                let Some(machine) = node_of(&reply.node) else {
+                    continue;
+                };
+                let health = match reply.result {
+                    Ok(list) => {
+                        let healthy = |id: &str| {
+                            list.services
+                                .iter()
+                                .any(|s| s.id == id && s.health.as_ref().is_some_and(|h| h.healthy))
+                        };
+                        let etcd = healthy("etcd");
+                        let components = etcd && healthy("kubelet") && healthy("apid");
+                        NodeHealth {
+                            reachable: true,
+                            etcd,
+                            components,
+                            problem: (!components).then(|| {
+                                let sick: Vec<&str> = ["etcd", "kubelet", "apid"]
+                                    .into_iter()
+                                    .filter(|id| !healthy(id))
+                                    .collect();
+                                format!("{} not healthy", sick.join(", "))
+                            }),
+                        }
+                    }
+                    Err(e) => NodeHealth {
+                        problem: Some(format!("the Talos API does not answer: {e}")),
+                        ..NodeHealth::default()
+                    },
+                };
+                observed.health.insert(machine, health);
+            }
+        }
+        Err(e) => observed.problem = Some(format!("listing services: {e}")),
+    }
+    // Any node's view of the membership will do; the first that answers is taken.
+    let replies = match members {
+        Ok(replies) => replies,
+        Err(e) => {
+            observed.problem = Some(format!("listing etcd members: {e}"));
+            return observed;
+        }
+    };
+    let mut last_error = None;
+    for reply in replies {
+        match reply.result {
+            Ok(list) => {
+                let members =
+                    list.members
+                        .iter()
+                        .map(|m| {
+                            // The member's machine: by name, else by the address in its peer URLs.
+                            let owner = machines
+                                .iter()
+                                .find(|x| hostname(x) == m.hostname)
+                                .or_else(|| {
+                                    machines.iter().find(|x| {
+                                        address(x).is_some_and(|a| {
+                                            m.peer_urls
+                                                .iter()
+                                                .any(|u| peer_host(u) == Some(a.as_str()))
+                                        })
+                                    })
+                                });
+                            let healthy = owner
+                                .and_then(|x| observed.health.get(&x.name_any()))
+                                .is_some_and(|h| h.etcd);
+                            EtcdMember {
+                                id: m.id,
+                                name: owner.map(hostname).unwrap_or_else(|| m.hostname.clone()),
+                                healthy,
+                                learner: m.is_learner,
+                            }
+                        })
+                        .collect();
+                observed.members = Some(members);
+                observed.problem = None;
+                return observed;
+            }
+            Err(e) => last_error = Some(format!("{}: {e}", reply.node)),
+        }
+    }
+    observed.problem = Some(format!(
+        "no control-plane node answered for the etcd member list{}",
+        last_error
+            .map(|e| format!(" (last: {e})"))
+            .unwrap_or_default()
+    ));
+    observed
+}
+
+/// The host of an etcd peer URL such as `https://10.0.0.2:2380` or `https://[fd00::2]:2380`.
+fn peer_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next();
+    }
+    Some(authority.rsplit_once(':').map_or(authority, |(h, _)| h))
+}
+
+/// How a bootstrap call ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bootstrapped {
+    /// etcd was bootstrapped by this call.
+    Now,
+    /// etcd already existed (an earlier call, another manager, or a person with talosctl).
+    Already,
+}
+
+/// Bootstrap etcd on the node at `address`. Talos refuses a second bootstrap with
+/// AlreadyExists, which is success here.
+pub async fn bootstrap(
+    ctx: &Context,
+    talosconfig: &str,
+    machine: &str,
+    address: &str,
+) -> Result<Bootstrapped, Error> {
+    let action = format!("bootstrapping etcd on machine {machine} ({address})");
+    let client = ctx
+        .nodes
+        .connect(talosconfig, vec![address.to_owned()])
+        .map_err(Error::talos(action.clone()))?;
+    ctx.metrics.talos_calls(1);
+    let replies = client
+        .bootstrap(&Nodes::Endpoint)
+        .await
+        .map_err(Error::talos(action.clone()))?;
+    match replies.into_iter().next().map(|r| r.result) {
+        Some(Ok(_)) | None => Ok(Bootstrapped::Now),
+        Some(Err(talos_api::Error::AlreadyExists(_))) => Ok(Bootstrapped::Already),
+        Some(Err(e)) => Err(Error::talos(action)(e)),
+    }
+}
+
+/// Move etcd leadership away from the node at `address` if it leads. Best effort: a node that
+/// does not answer leads nothing the others could not take over.
+pub async fn forfeit_leadership(ctx: &Context, talosconfig: &str, address: &str) {
+    let Ok(client) = ctx.nodes.connect(talosconfig, vec![address.to_owned()]) else {
+        return;
+    };
+    ctx.metrics.talos_calls(1);
+    if let Err(e) = client.etcd_forfeit_leadership(&Nodes::Endpoint).await {
+        tracing::debug!(node = %address, error = %e, "forfeiting etcd leadership");
+    }
+}
+
+/// Remove etcd member `id` through the nodes at `via` (never through the leaving node itself).
+/// A member that is already gone is success.
+pub async fn remove_member(
+    ctx: &Context,
+    talosconfig: &str,
+    via: Vec<String>,
+    id: u64,
+) -> Result<(), Error> {
+    let action = format!("removing etcd member {id:x}");
+    let client = ctx
+        .nodes
+        .connect(talosconfig, via)
+        .map_err(Error::talos(action.clone()))?;
+    ctx.metrics.talos_calls(1);
+    let replies = client
+        .etcd_remove_member(&Nodes::Endpoint, id)
+        .await
+        .map_err(Error::talos(action.clone()))?;
+    match replies.into_iter().next().map(|r| r.result) {
+        Some(Ok(_)) | None | Some(Err(talos_api::Error::NotFound(_))) => Ok(()),
+        Some(Err(e)) => Err(Error::talos(action)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::capi::{MachineAddress, MachineStatus, NodeReference};
+
+    fn machine(name: &str, addresses: &[(&str, &str)], node: Option<&str>) -> Machine {
+        let mut m = Machine::new(name, Default::default());
+        m.status = Some(MachineStatus {
+            addresses: Some(
+                addresses
+                    .iter()
+                    .map(|(t, a)| MachineAddress {
+                        type_: (*t).into(),
+                        address: (*a).into(),
+                    })
+                    .collect(),
+            ),
+            node_ref: node.map(|n| NodeReference { name: n.into() }),
+            ..MachineStatus::default()
+        });
+        m
+    }
+
+    #[test]
+    fn addresses_and_hostnames_prefer_what_talos_and_etcd_use() {
+        let m = machine(
+            "cp-0",
+            &[
+                ("ExternalIP", "1.2.3.4"),
+                ("Hostname", "talos-abc"),
+                ("InternalIP", "10.0.0.2"),
+            ],
+            None,
+        );
+        assert_eq!(address(&m).as_deref(), Some("10.0.0.2"));
+        assert_eq!(hostname(&m), "talos-abc");
+        let with_node = machine("cp-1", &[("Hostname", "x")], Some("node-1"));
+        assert_eq!(hostname(&with_node), "node-1");
+        assert_eq!(address(&with_node).as_deref(), Some("x"));
+        let bare = machine("cp-2", &[], None);
+        assert_eq!(hostname(&bare), "cp-2");
+        assert_eq!(address(&bare), None);
+    }
+
+    #[test]
+    fn peer_urls_name_their_host() {
+        assert_eq!(peer_host("https://10.0.0.2:2380"), Some("10.0.0.2"));
+        assert_eq!(peer_host("https://[fd00::2]:2380"), Some("fd00::2"));
+        assert_eq!(peer_host("10.0.0.3"), Some("10.0.0.3"));
+    }
+}

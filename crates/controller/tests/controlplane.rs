@@ -18,7 +18,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
-use talos_sim::{SimEvent, Simulator};
+use talos_sim::Simulator;
+use talos_sim::etcd::Op;
 
 /// The cluster id Talos nodes of `cluster` carry (from its secrets bundle).
 async fn cluster_id(client: &kube::Client, ns: &str, cluster: &str) -> String {
@@ -114,6 +115,32 @@ async fn settled(
     .await
 }
 
+/// Invariants read from the simulator's own etcd history: bootstrapped once, quorum kept by
+/// every removal, and no member removed from a node that still runs (a removed member's node
+/// was terminated with its machine).
+async fn assert_etcd_invariants(client: &kube::Client, ns: &str, cluster: &str, sim: &Simulator) {
+    let id = cluster_id(client, ns, cluster).await;
+    let history = sim.etcd_history(&id);
+    let bootstraps = history.iter().filter(|c| c.op == Op::Bootstrap).count();
+    assert_eq!(bootstraps, 1, "{history:?}");
+    for change in history.iter().filter(|c| c.op == Op::Remove) {
+        assert_ne!(
+            change.quorum_after,
+            Some(false),
+            "a removal lost quorum: {history:?}"
+        );
+        // The node goes once Cluster API deletes the machine's infrastructure.
+        eventually(
+            client,
+            ns,
+            cluster,
+            "the removed member's node terminated",
+            async || (!sim.nodes().contains(&change.node)).then_some(()),
+        )
+        .await;
+    }
+}
+
 async fn scale(client: &kube::Client, ns: &str, name: &str, replicas: i32) {
     Api::<TalosControlPlane>::namespaced(client.clone(), ns)
         .patch(
@@ -129,7 +156,6 @@ async fn scale(client: &kube::Client, ns: &str, name: &str, replicas: i32) {
 async fn scales_one_to_three_over_zones_and_back_to_one_without_orphan_members() {
     let (client, ns, _controller) = setup("cp-scale").await;
     let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
-    let mut events = infra.sim.events();
     control_plane_cluster(&client, &ns, "s", 1).await;
     settled(&client, &ns, "s", &infra.sim, 1).await;
 
@@ -204,14 +230,7 @@ async fn scales_one_to_three_over_zones_and_back_to_one_without_orphan_members()
     assert_eq!(survivor.len(), 1);
     assert_eq!(members.len(), 1, "no orphan members: {members:?}");
 
-    // Exactly one bootstrap in the cluster's life.
-    let mut bootstraps = 0;
-    while let Ok(e) = events.try_recv() {
-        if matches!(e, SimEvent::Bootstrapped { .. }) {
-            bootstraps += 1;
-        }
-    }
-    assert_eq!(bootstraps, 1);
+    assert_etcd_invariants(&client, &ns, "s", &infra.sim).await;
 
     // Zero replicas is refused at admission, with a message that says why.
     let refused = Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
@@ -349,4 +368,278 @@ async fn pause_stops_changes_and_deletion_removes_every_machine() {
         },
     )
     .await;
+}
+
+/// The Talos API address of a machine's node.
+async fn node_of(client: &kube::Client, ns: &str, machine: &str) -> String {
+    Api::<Machine>::namespaced(client.clone(), ns)
+        .get(machine)
+        .await
+        .unwrap()
+        .addresses()
+        .first()
+        .map(|a| a.address.clone())
+        .expect("the machine has an address")
+}
+
+fn member_on(members: &[(String, u64, bool)], node: &str) -> Option<u64> {
+    members
+        .iter()
+        .find(|(n, _, _)| n == node)
+        .map(|(_, id, _)| *id)
+}
+
+async fn wait_condition(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    t: ConditionType,
+    status: &str,
+    contains: &str,
+) -> conditions::Condition {
+    let api = Api::<TalosControlPlane>::namespaced(client.clone(), ns);
+    eventually(
+        client,
+        ns,
+        name,
+        &format!("{t} {status} mentioning {contains:?}"),
+        async || {
+            let c = condition(&api.get(name).await.ok()?, t)?;
+            (c.status == status && c.message.contains(contains)).then_some(c)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_unreachable_node_keeps_its_member() {
+    let (client, ns, _controller) = setup("cp-unreachable").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "u", 3).await;
+    let before = settled(&client, &ns, "u", &infra.sim, 3).await;
+    let victim = machines(&client, &ns).await.remove(0).name_any();
+    let address = node_of(&client, &ns, &victim).await;
+    infra.sim.set_failures(&address, |f| f.down = true).unwrap();
+    wait_condition(
+        &client,
+        &ns,
+        "u",
+        ConditionType::EtcdClusterHealthy,
+        "False",
+        &victim,
+    )
+    .await;
+    // A while later the member is still there: the machine exists, it is only unreachable.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let id = cluster_id(&client, &ns, "u").await;
+    assert_eq!(
+        member_on(&infra.sim.etcd_members(&id), &address),
+        member_on(&before, &address)
+    );
+    infra
+        .sim
+        .set_failures(&address, |f| f.down = false)
+        .unwrap();
+    let after = settled(&client, &ns, "u", &infra.sim, 3).await;
+    assert_eq!(after, before, "the same members, the same ids");
+    assert!(
+        infra
+            .sim
+            .etcd_history(&id)
+            .iter()
+            .all(|c| c.op != Op::Remove)
+    );
+}
+
+#[tokio::test]
+async fn cacppt_225_scale_down_removes_a_machine_whose_node_is_down() {
+    let (client, ns, _controller) = setup("cp-225").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "d", 3).await;
+    settled(&client, &ns, "d", &infra.sim, 3).await;
+    let victim = machines(&client, &ns).await.remove(2).name_any();
+    Api::<Machine>::namespaced(client.clone(), &ns)
+        .patch(
+            &victim,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"cluster.x-k8s.io/delete-machine": ""}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let address = node_of(&client, &ns, &victim).await;
+    infra.sim.set_failures(&address, |f| f.down = true).unwrap();
+    scale(&client, &ns, "d", 2).await;
+    settled(&client, &ns, "d", &infra.sim, 2).await;
+    let names: Vec<String> = machines(&client, &ns)
+        .await
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    assert!(
+        !names.contains(&victim),
+        "the annotated machine with the dead node went: {names:?}"
+    );
+    assert_etcd_invariants(&client, &ns, "d", &infra.sim).await;
+}
+
+#[tokio::test]
+async fn cacppt_237_a_restart_between_member_removal_and_machine_deletion_resumes() {
+    let (client, ns, controller) = setup("cp-237").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "g", 3).await;
+    settled(&client, &ns, "g", &infra.sim, 3).await;
+    // The manager stops; the machine is being deleted and its member already left etcd.
+    drop(controller);
+    let all = machines(&client, &ns).await;
+    let victim = all[0].name_any();
+    let victim_node = node_of(&client, &ns, &victim).await;
+    let other_node = node_of(&client, &ns, &all[1].name_any()).await;
+    Api::<Machine>::namespaced(client.clone(), &ns)
+        .delete(&victim, &Default::default())
+        .await
+        .unwrap();
+    let id = cluster_id(&client, &ns, "g").await;
+    let member = member_on(&infra.sim.etcd_members(&id), &victim_node).unwrap();
+    let talosconfig = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("g-talosconfig")
+        .await
+        .unwrap();
+    let talosconfig =
+        String::from_utf8(talosconfig.data.unwrap()["talosconfig"].0.clone()).unwrap();
+    use controller::nodes::{Grpc, TalosNodes};
+    let talos = Grpc::default()
+        .connect(&talosconfig, vec![other_node])
+        .unwrap();
+    talos
+        .etcd_remove_member(&talos_api::Nodes::Endpoint, member)
+        .await
+        .unwrap();
+    // Still there: our pre-terminate hook holds it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        machines(&client, &ns)
+            .await
+            .iter()
+            .any(|m| m.name_any() == victim)
+    );
+
+    let _controller = start_controller(&client, &ns);
+    eventually(
+        &client,
+        &ns,
+        "g",
+        "the machine gone and replaced",
+        async || {
+            let names: Vec<String> = machines(&client, &ns)
+                .await
+                .iter()
+                .map(ResourceExt::name_any)
+                .collect();
+            (!names.contains(&victim)).then_some(())
+        },
+    )
+    .await;
+    settled(&client, &ns, "g", &infra.sim, 3).await;
+    assert_etcd_invariants(&client, &ns, "g", &infra.sim).await;
+}
+
+#[tokio::test]
+async fn cacppt_262_one_unhealthy_member_blocks_growth_but_not_its_own_removal() {
+    let (client, ns, _controller) = setup("cp-262").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "h", 3).await;
+    settled(&client, &ns, "h", &infra.sim, 3).await;
+    let sick = machines(&client, &ns).await.remove(1).name_any();
+    let address = node_of(&client, &ns, &sick).await;
+    infra
+        .sim
+        .set_failures(&address, |f| f.etcd_unhealthy = true)
+        .unwrap();
+    wait_condition(
+        &client,
+        &ns,
+        "h",
+        ConditionType::EtcdClusterHealthy,
+        "False",
+        &sick,
+    )
+    .await;
+    // Growing waits, and says for which member.
+    scale(&client, &ns, "h", 4).await;
+    wait_condition(&client, &ns, "h", ConditionType::ScalingUp, "True", &sick).await;
+    assert_eq!(machines(&client, &ns).await.len(), 3);
+    // Shrinking removes the sick machine rather than blocking on it.
+    scale(&client, &ns, "h", 2).await;
+    settled(&client, &ns, "h", &infra.sim, 2).await;
+    let names: Vec<String> = machines(&client, &ns)
+        .await
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    assert!(!names.contains(&sick), "{names:?}");
+    assert_etcd_invariants(&client, &ns, "h", &infra.sim).await;
+}
+
+#[tokio::test]
+async fn a_zone_outage_moves_the_replacement_to_a_surviving_zone() {
+    let (client, ns, _controller) = setup("cp-zones").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "z", 3).await;
+    settled(&client, &ns, "z", &infra.sim, 3).await;
+    let in_a = machines(&client, &ns)
+        .await
+        .into_iter()
+        .find(|m| m.spec.failure_domain.as_deref() == Some("a"))
+        .unwrap()
+        .name_any();
+    // Zone a fails: its node goes dark and the infrastructure stops offering it.
+    let address = node_of(&client, &ns, &in_a).await;
+    infra.sim.set_failures(&address, |f| f.down = true).unwrap();
+    dynamic(&client, &ns, "infrastructure.cluster.x-k8s.io/v1alpha1", "SimCluster")
+        .patch_status("z", &PatchParams::default(), &Patch::Merge(json!({"status": {"failureDomains": [
+            {"name": "a", "controlPlane": false}, {"name": "b", "controlPlane": true}, {"name": "c", "controlPlane": true}
+        ]}})))
+        .await
+        .unwrap();
+    let clusters = dynamic(&client, &ns, "cluster.x-k8s.io/v1beta2", "Cluster");
+    eventually(
+        &client,
+        &ns,
+        "z",
+        "Cluster API copies the failure domains",
+        async || {
+            let c = clusters.get("z").await.ok()?;
+            (c.data["status"]["failureDomains"][0]["controlPlane"] == json!(false)).then_some(())
+        },
+    )
+    .await;
+    Api::<Machine>::namespaced(client.clone(), &ns)
+        .delete(&in_a, &Default::default())
+        .await
+        .unwrap();
+    eventually(
+        &client,
+        &ns,
+        "z",
+        "the machine in zone a replaced",
+        async || {
+            let names: Vec<String> = machines(&client, &ns)
+                .await
+                .iter()
+                .map(ResourceExt::name_any)
+                .collect();
+            (!names.contains(&in_a)).then_some(())
+        },
+    )
+    .await;
+    settled(&client, &ns, "z", &infra.sim, 3).await;
+    let zones: Vec<String> = machines(&client, &ns)
+        .await
+        .iter()
+        .filter_map(|m| m.spec.failure_domain.clone())
+        .collect();
+    assert!(!zones.contains(&"a".to_owned()), "{zones:?}");
+    assert_etcd_invariants(&client, &ns, "z", &infra.sim).await;
 }

@@ -15,12 +15,35 @@ pub struct Member {
     pub learner: bool,
 }
 
+/// What happened to a cluster's membership, in order: the simulator's own record, for tests
+/// to check invariants against (never what a controller reports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub op: Op,
+    pub id: u64,
+    /// The node the member runs on.
+    pub node: String,
+    /// Right after a removal: whether the remaining voting members on healthy nodes still had
+    /// quorum (`None` for other changes).
+    pub quorum_after: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Bootstrap,
+    Join,
+    Promote,
+    Remove,
+}
+
 /// The etcd of one cluster.
 #[derive(Debug, Default)]
 pub struct Etcd {
     pub bootstrapped: bool,
     pub members: Vec<Member>,
     pub leader: Option<u64>,
+    /// Every membership change.
+    pub history: Vec<Change>,
     next_id: u64,
 }
 
@@ -60,7 +83,17 @@ impl Etcd {
             learner: false,
         });
         self.leader = Some(id);
+        self.record(Op::Bootstrap, id, node);
         Ok(id)
+    }
+
+    fn record(&mut self, op: Op, id: u64, node: &str) {
+        self.history.push(Change {
+            op,
+            id,
+            node: node.to_owned(),
+            quorum_after: None,
+        });
     }
 
     /// `node` joins as a learner (no-op if it is a member already).
@@ -78,13 +111,17 @@ impl Etcd {
             hostname: hostname.to_owned(),
             learner: true,
         });
+        self.record(Op::Join, id, node);
         Some(id)
     }
 
     pub fn promote(&mut self, id: u64) {
-        if let Some(m) = self.members.iter_mut().find(|m| m.id == id) {
-            m.learner = false;
-        }
+        let Some(m) = self.members.iter_mut().find(|m| m.id == id) else {
+            return;
+        };
+        m.learner = false;
+        let node = m.node.clone();
+        self.record(Op::Promote, id, &node);
     }
 
     pub fn member_of(&self, node: &str) -> Option<&Member> {
@@ -101,6 +138,7 @@ impl Etcd {
         if self.leader == Some(id) {
             self.leader = self.members.iter().find(|m| !m.learner).map(|m| m.id);
         }
+        self.record(Op::Remove, id, &removed.node);
         Ok(removed)
     }
 

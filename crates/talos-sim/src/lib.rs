@@ -120,6 +120,14 @@ impl Simulator {
             .unwrap_or_default()
     }
 
+    /// Every membership change of a cluster's etcd, in order.
+    pub fn etcd_history(&self, cluster_id: &str) -> Vec<etcd::Change> {
+        lock(&self.shared.clusters)
+            .get(cluster_id)
+            .map(|e| e.history.clone())
+            .unwrap_or_default()
+    }
+
     /// Addresses of all nodes.
     pub fn nodes(&self) -> Vec<String> {
         lock(&self.shared.nodes).keys().cloned().collect()

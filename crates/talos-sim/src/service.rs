@@ -271,11 +271,21 @@ fn in_etcd<T>(
     op: impl FnOnce(&mut crate::etcd::Etcd, &str) -> Result<T, EtcdError>,
 ) -> Result<T, Status> {
     let cfg = control_plane(&guard(node, method, false)?, method)?;
+    let healthy = shared.healthy_etcd_nodes();
     let mut clusters = lock(&shared.clusters);
     let etcd = clusters
         .get_mut(&cfg.cluster_id)
         .ok_or_else(|| Status::failed_precondition("etcd is not running"))?;
-    op(etcd, &node.address()).map_err(etcd_status)
+    let changes = etcd.history.len();
+    let result = op(etcd, &node.address()).map_err(etcd_status);
+    // A removal is recorded with whether the rest kept quorum.
+    let quorum = etcd.has_quorum(&healthy);
+    for change in etcd.history.iter_mut().skip(changes) {
+        if change.op == crate::etcd::Op::Remove {
+            change.quorum_after = Some(quorum);
+        }
+    }
+    result
 }
 
 fn etcd_status(e: EtcdError) -> Status {

@@ -108,15 +108,17 @@ impl ControlPlane {
 
     /// The machine that leaves on scale-down, in KubeadmControlPlane's order: delete-annotated
     /// outdated machines, then other delete-annotated machines, then outdated machines with
-    /// unhealthy components, then other outdated machines, then any machine. Within the first
-    /// non-empty class: the failure domain with the most live machines, then the oldest machine
-    /// there (ties by name).
+    /// unhealthy components, then other outdated machines, then (beyond KubeadmControlPlane,
+    /// which would pick a healthy machine and then block on the sick one: CACPPT #262) machines
+    /// with unhealthy components, then any machine. Within the first non-empty class: the
+    /// failure domain with the most live machines, then the oldest machine there (ties by name).
     pub fn machine_to_scale_down(&self) -> Option<&MachineView> {
-        let classes: [&dyn Fn(&MachineView) -> bool; 5] = [
+        let classes: [&dyn Fn(&MachineView) -> bool; 6] = [
             &|m| m.delete_annotated && !m.up_to_date,
             &|m| m.delete_annotated,
             &|m| !m.up_to_date && !m.components_healthy,
             &|m| !m.up_to_date,
+            &|m| !m.components_healthy,
             &|_| true,
         ];
         let counts = self.per_domain();
@@ -324,6 +326,15 @@ mod tests {
                 .machine_to_scale_down()
                 .map(|m| m.name.as_str()),
             Some("old-a")
+        );
+        // Unhealthy components beat age among up-to-date machines (CACPPT #262).
+        let mut sick = machines.clone();
+        sick[3].components_healthy = false;
+        assert_eq!(
+            healthy(sick)
+                .machine_to_scale_down()
+                .map(|m| m.name.as_str()),
+            Some("c1")
         );
         // Outdated beats age.
         machines[2].up_to_date = false;

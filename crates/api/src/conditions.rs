@@ -174,6 +174,8 @@ pub mod reason {
     pub const ROLLING_OUT: &str = "RollingOut";
     pub const NOT_ROLLING_OUT: &str = "NotRollingOut";
     pub const NO_MACHINES: &str = "NoMachines";
+    pub const REMEDIATING: &str = "Remediating";
+    pub const NOT_REMEDIATING: &str = "NotRemediating";
     pub const TALOS_API_UNREACHABLE: &str = "TalosApiUnreachable";
     pub const WAITING_FOR_WORKERS: &str = "WaitingForWorkersDeletion";
 }

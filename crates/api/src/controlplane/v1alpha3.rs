@@ -94,6 +94,42 @@ pub struct TalosUpgrade {
     pub stage: Option<bool>,
 }
 
+/// How control-plane machines that a MachineHealthCheck marks unhealthy are remediated
+/// (KubeadmControlPlane's knobs). Whatever these say, one machine at a time is remediated, only
+/// with at least two machines (or before initialization), and only when etcd keeps quorum.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationStrategy {
+    /// How many times in a row a machine is replaced when its replacements keep failing
+    /// (within minHealthyPeriodSeconds of each other). Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_retry: Option<i32>,
+    /// Seconds to wait after a remediation before remediating its replacement. Defaults to 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub retry_period_seconds: Option<i32>,
+    /// Seconds a replacement must stay healthy before its failure counts as a new problem
+    /// rather than a retry. Defaults to 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_healthy_period_seconds: Option<i32>,
+}
+
+/// The last remediation the control plane performed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastRemediationStatus {
+    /// The machine that was remediated (deleted to be replaced).
+    #[schemars(length(min = 1, max = 253))]
+    pub machine: String,
+    /// When.
+    pub time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// How many times in a row this failure was remediated before (0 the first time).
+    #[schemars(range(min = 0))]
+    pub retry_count: i32,
+}
+
 /// A reference to a template, as Cluster API's v1beta2 contract writes it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -260,6 +296,9 @@ pub struct TalosControlPlaneSpec {
     /// Optional in-place Talos OS upgrades of the control-plane nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub talos_upgrade: Option<TalosUpgrade>,
+    /// How machines marked unhealthy by a MachineHealthCheck are remediated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remediation_strategy: Option<RemediationStrategy>,
 }
 
 /// v1beta2 contract: `controlPlaneInitialized` once the control plane answers.
@@ -348,6 +387,9 @@ pub struct TalosControlPlaneStatus {
     /// Status in the shapes of the deprecated v1beta1 contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deprecated: Option<ControlPlaneDeprecated>,
+    /// The last remediation of a control-plane machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_remediation: Option<LastRemediationStatus>,
 }
 
 /// Fields kept for readers of the deprecated v1beta1 contract.
@@ -422,6 +464,9 @@ pub struct TalosControlPlaneTemplateResourceSpec {
     /// Optional in-place Talos OS upgrades.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub talos_upgrade: Option<TalosUpgrade>,
+    /// How machines marked unhealthy by a MachineHealthCheck are remediated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remediation_strategy: Option<RemediationStrategy>,
 }
 
 /// The TalosControlPlane a template stamps out.

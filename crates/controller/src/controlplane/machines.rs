@@ -192,7 +192,9 @@ fn deletion(tcp: &TalosControlPlane) -> Value {
     Value::Object(out)
 }
 
-/// Create machine `name` of `tcp` in `failure_domain`: the infrastructure machine, the
+/// Create machine `name` of `tcp` in `failure_domain` (answering the remediation
+/// `remediation_for`, an annotation value, if it replaces a remediated machine): the
+/// infrastructure machine, the
 /// TalosConfig, then the Machine. If the Machine cannot be created, the first two are deleted
 /// again (best effort), so a failed creation leaves nothing behind for long.
 pub async fn create(
@@ -201,6 +203,7 @@ pub async fn create(
     cluster: &str,
     name: &str,
     failure_domain: Option<&str>,
+    remediation_for: Option<&str>,
 ) -> Result<(), Error> {
     let ns = tcp.namespace().unwrap_or_default();
     let template_ref = TemplateRef::of(tcp).ok_or_else(|| {
@@ -301,6 +304,9 @@ pub async fn create(
         .and_then(|m| m.annotations.clone())
         .unwrap_or_default();
     machine_annotations.insert(cleanup_hook(), String::new());
+    if let Some(record) = remediation_for {
+        machine_annotations.insert(annotations::REMEDIATION_FOR.into(), record.to_owned());
+    }
     let machine = json!({
         "apiVersion": "cluster.x-k8s.io/v1beta2",
         "kind": "Machine",

@@ -12,6 +12,7 @@
 pub mod kubeconfig;
 pub mod machines;
 pub mod plan;
+pub mod remediation;
 pub mod scope;
 pub mod status;
 pub mod talos;
@@ -180,12 +181,12 @@ fn controlled_by(machine: &Machine, tcp: &TalosControlPlane) -> bool {
     })
 }
 
-fn condition_true(machine: &Machine, type_: &str) -> bool {
+fn condition_is(machine: &Machine, type_: &str, status: &str) -> bool {
     machine
         .status
         .as_ref()
         .and_then(|s| s.conditions.as_deref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == status))
 }
 
 async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
@@ -310,7 +311,10 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
             .unwrap_or_default(),
         machines: machines.iter().map(|m| view(m, &tcp, &observed)).collect(),
         etcd: observed.members.clone(),
+        remediation: remediation::Policy::of(tcp.spec.remediation_strategy.as_ref()),
+        now: ctx.clock.now().0,
     };
+    report.last_remediation = last_remediation(&tcp, &report.view);
 
     let step = plan::next_step(report.desired, report.bootstrapped, &report.view);
     let step = act(
@@ -335,8 +339,8 @@ fn counted(m: &Machine) -> Counted {
     Counted {
         name: m.name_any(),
         version: m.spec.version.clone(),
-        ready: condition_true(m, "Ready"),
-        available: condition_true(m, "Available"),
+        ready: condition_is(m, "Ready", "True"),
+        available: condition_is(m, "Available", "True"),
     }
 }
 
@@ -358,7 +362,26 @@ fn view(m: &Machine, tcp: &TalosControlPlane, observed: &talos::Observed) -> Mac
             .get(&m.name_any())
             .is_some_and(|h| h.components),
         cleanup_hook: has_annotation(m.meta(), &machines::cleanup_hook()),
+        unhealthy: condition_is(m, "HealthCheckSucceeded", "False")
+            && condition_is(m, "OwnerRemediated", "False"),
+        remediation_for: m
+            .annotations()
+            .get(remediation::FOR)
+            .and_then(|v| remediation::Record::parse(v)),
     }
+}
+
+/// The remediation in progress, else the newest one a machine answers.
+fn last_remediation(tcp: &TalosControlPlane, view: &ControlPlane) -> Option<remediation::Record> {
+    tcp.annotations()
+        .get(remediation::IN_PROGRESS)
+        .and_then(|v| remediation::Record::parse(v))
+        .or_else(|| {
+            view.machines
+                .iter()
+                .filter_map(|m| m.remediation_for.clone())
+                .max_by(|a, b| a.timestamp.cmp(&b.timestamp))
+        })
 }
 
 /// The CertificatesAvailable condition for a kubeconfig outcome, with an Event when it was
@@ -426,7 +449,20 @@ async fn act(
     match &step {
         Step::CreateMachine { failure_domain } => {
             let name = machines::new_name(&tcp.name_any(), entropy(tcp));
-            machines::create(ctx, tcp, cluster, &name, failure_domain.as_deref()).await?;
+            // A replacement for a remediated machine carries that remediation (retry counting).
+            let remediation = tcp.annotations().get(remediation::IN_PROGRESS).cloned();
+            machines::create(
+                ctx,
+                tcp,
+                cluster,
+                &name,
+                failure_domain.as_deref(),
+                remediation.as_deref(),
+            )
+            .await?;
+            if remediation.is_some() {
+                annotate(ctx, tcp, remediation::IN_PROGRESS, None).await?;
+            }
             event(
                 "MachineCreated",
                 format!(
@@ -497,6 +533,28 @@ async fn act(
             }
             machines::release(ctx, &ns, machine).await?;
         }
+        Step::Remediate {
+            machine,
+            retry_count,
+        } => {
+            let record = remediation::record(machine, *retry_count, ctx.clock.now().0);
+            annotate(
+                ctx,
+                tcp,
+                remediation::IN_PROGRESS,
+                Some(&record.to_annotation()),
+            )
+            .await?;
+            machines::delete(ctx, &ns, machine).await?;
+            report.last_remediation = Some(record);
+            event(
+                "MachineRemediating",
+                format!(
+                    "machine {machine} is unhealthy: deleted it to be replaced (retry {retry_count})"
+                ),
+            )
+            .await;
+        }
         Step::ScaleDown { machine } => {
             machines::delete(ctx, &ns, machine).await?;
             event(
@@ -538,6 +596,29 @@ fn entropy(tcp: &TalosControlPlane) -> u64 {
         .unwrap_or_default()
         .hash(&mut h);
     h.finish()
+}
+
+/// Set (or with `None` remove) an annotation of the TalosControlPlane.
+async fn annotate(
+    ctx: &Context,
+    tcp: &TalosControlPlane,
+    key: &str,
+    value: Option<&str>,
+) -> Result<(), Error> {
+    let ns = tcp.namespace().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &resource());
+    let patch = json!({"metadata": {"annotations": {key: value}}});
+    api.patch(
+        &tcp.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(Error::kube(format!(
+        "annotating TalosControlPlane {ns}/{}",
+        tcp.name_any()
+    )))
 }
 
 async fn ensure_finalizer(ctx: &Context, tcp: &TalosControlPlane) -> Result<(), Error> {

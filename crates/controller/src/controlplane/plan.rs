@@ -21,6 +21,9 @@ pub enum Step {
         machine: String,
         member: Option<u64>,
     },
+    /// Remediate this unhealthy machine: record the remediation, then delete it (its member
+    /// leaves through [`Step::ReleaseMachine`]); scaling up replaces it.
+    Remediate { machine: String, retry_count: i32 },
     /// Delete this machine; its etcd member leaves through [`Step::ReleaseMachine`] before
     /// Cluster API removes its infrastructure.
     ScaleDown { machine: String },
@@ -54,6 +57,12 @@ pub fn next_step(replicas: i32, bootstrapped: bool, cp: &ControlPlane) -> Step {
         };
     }
     let live: Vec<_> = cp.machines.iter().filter(|m| !m.deleting).collect();
+    if let Some(step) = release_step(cp, bootstrapped) {
+        return step;
+    }
+    if let Some(step) = super::remediation::step(cp, bootstrapped) {
+        return step;
+    }
     if !bootstrapped {
         // One machine first; etcd is bootstrapped on it before any other joins.
         return match live
@@ -71,9 +80,6 @@ pub fn next_step(replicas: i32, bootstrapped: bool, cp: &ControlPlane) -> Step {
                 machine: first.name.clone(),
             },
         };
-    }
-    if let Some(step) = release_step(cp) {
-        return step;
     }
     // The etcd membership audit comes before any scaling, as in KubeadmControlPlane.
     if let Some(orphan) = cp
@@ -111,13 +117,17 @@ pub fn next_step(replicas: i32, bootstrapped: bool, cp: &ControlPlane) -> Step {
 
 /// The first machine being deleted that still holds our hook, and what its release takes: its
 /// member leaves when quorum survives that; a machine whose member is gone, or whose member is
-/// the last voter (the cluster goes with it), is released at once. Unknown membership waits.
-fn release_step(cp: &ControlPlane) -> Option<Step> {
+/// the last voter (the cluster goes with it), is released at once, as is any machine before
+/// etcd exists. Unknown membership waits.
+fn release_step(cp: &ControlPlane, bootstrapped: bool) -> Option<Step> {
     let m = cp.machines.iter().find(|m| m.deleting && m.cleanup_hook)?;
     let release = |member| Step::ReleaseMachine {
         machine: m.name.clone(),
         member,
     };
+    if !bootstrapped {
+        return Some(release(None));
+    }
     let Some(members) = &cp.etcd else {
         return Some(Step::Wait {
             reason: "EtcdUnknown",
@@ -164,6 +174,8 @@ mod tests {
             up_to_date: true,
             components_healthy: true,
             cleanup_hook: true,
+            unhealthy: false,
+            remediation_for: None,
         }
     }
 
@@ -201,7 +213,7 @@ mod tests {
                 });
             }
             Step::RemoveOrphanMember { id, .. } => members.retain(|e| e.id != *id),
-            Step::ScaleDown { machine } => {
+            Step::ScaleDown { machine } | Step::Remediate { machine, .. } => {
                 for m in cp.machines.iter_mut().filter(|m| &m.name == machine) {
                     m.deleting = true;
                 }

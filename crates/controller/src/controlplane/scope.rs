@@ -32,6 +32,10 @@ pub struct MachineView {
     pub components_healthy: bool,
     /// Carries our pre-terminate hook: its etcd member must leave before the machine goes.
     pub cleanup_hook: bool,
+    /// A MachineHealthCheck marked it unhealthy and asks its owner to remediate it.
+    pub unhealthy: bool,
+    /// The remediation this machine replaced a machine for, if it did.
+    pub remediation_for: Option<super::remediation::Record>,
 }
 
 /// An etcd member as the cluster reports it.
@@ -59,6 +63,10 @@ pub struct ControlPlane {
     pub machines: Vec<MachineView>,
     /// The etcd members, or `None` when no node answered.
     pub etcd: Option<Vec<EtcdMember>>,
+    /// Remediation limits from the spec.
+    pub remediation: super::remediation::Policy,
+    /// The time of the observation.
+    pub now: Timestamp,
 }
 
 /// The members needed for quorum among `members` voting members.
@@ -250,6 +258,8 @@ mod tests {
             up_to_date: true,
             components_healthy: true,
             cleanup_hook: true,
+            unhealthy: false,
+            remediation_for: None,
         }
     }
 
@@ -282,6 +292,7 @@ mod tests {
             failure_domains: domains(&[("a", true), ("b", true), ("c", true)]),
             machines,
             etcd: Some(etcd),
+            ..ControlPlane::default()
         }
     }
 

@@ -39,6 +39,8 @@ pub struct Report {
     pub talos_problem: Option<String>,
     /// The kubeconfig's state (CertificatesAvailable).
     pub certificates: Option<Observation>,
+    /// The last remediation (in progress, or answered by a replacement).
+    pub last_remediation: Option<super::remediation::Record>,
 }
 
 fn semver(v: &str) -> (u64, u64, u64, String) {
@@ -143,6 +145,39 @@ fn etcd_quorum(view: &ControlPlane) -> bool {
         let healthy = voters.iter().filter(|e| e.healthy).count();
         !voters.is_empty() && healthy >= quorum(voters.len())
     })
+}
+
+fn remediating(r: &Report) -> Observation {
+    let unhealthy: Vec<String> = r
+        .view
+        .machines
+        .iter()
+        .filter(|m| m.unhealthy)
+        .map(|m| m.name.clone())
+        .collect();
+    if unhealthy.is_empty() {
+        return Observation::new(
+            ConditionType::Remediating,
+            Status::False,
+            reason::NOT_REMEDIATING,
+        );
+    }
+    let message = match &r.step {
+        Some(Step::Remediate {
+            machine,
+            retry_count,
+        }) => {
+            format!("remediating machine {machine} (retry {retry_count})")
+        }
+        Some(Step::Wait { message, .. }) => message.clone(),
+        _ => format!("machines {} are marked unhealthy", list(&unhealthy)),
+    };
+    Observation::new(
+        ConditionType::Remediating,
+        Status::True,
+        reason::REMEDIATING,
+    )
+    .message(message)
 }
 
 fn scaling(r: &Report, up: bool) -> Observation {
@@ -340,6 +375,7 @@ pub fn status(
     });
     set(scaling(r, true));
     set(scaling(r, false));
+    set(remediating(r));
     if let Some(c) = &r.certificates {
         set(c.clone());
     }
@@ -382,6 +418,13 @@ pub fn status(
     s.version = versions.first().map(|v| v.version.clone());
     s.versions = (!versions.is_empty()).then_some(versions);
     s.bootstrapped = Some(r.bootstrapped);
+    if let Some(last) = &r.last_remediation {
+        s.last_remediation = Some(api::controlplane::v1alpha3::LastRemediationStatus {
+            machine: last.machine.clone(),
+            time: last.timestamp.clone(),
+            retry_count: last.retry_count,
+        });
+    }
     s.initialized = Some(initialized);
     s.initialization = Some(ControlPlaneInitialization {
         control_plane_initialized: Some(initialized),
@@ -412,6 +455,8 @@ mod tests {
             up_to_date: true,
             components_healthy: healthy,
             cleanup_hook: true,
+            unhealthy: false,
+            remediation_for: None,
         }
     }
 

@@ -1,0 +1,321 @@
+//! Remediation of control-plane machines a MachineHealthCheck marked unhealthy, with
+//! KubeadmControlPlane's safety (`remediation.go`): one machine at a time, only with at least two
+//! machines (or before initialization), only when etcd keeps quorum without the machine, and
+//! within the TalosControlPlane's retry limits. Decided without I/O.
+
+use api::controlplane::v1alpha3::RemediationStrategy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::plan::Step;
+use super::scope::{ControlPlane, MachineView};
+
+/// On the TalosControlPlane while a remediated machine awaits its replacement (KCP's name).
+pub const IN_PROGRESS: &str = "controlplane.cluster.x-k8s.io/remediation-in-progress";
+/// On the replacement: the remediation it answers (KCP's name).
+pub use api::capi::annotations::REMEDIATION_FOR as FOR;
+
+/// One remediation, as both annotations carry it (KubeadmControlPlane's RemediationData).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub machine: String,
+    pub timestamp: Time,
+    pub retry_count: i32,
+}
+
+impl Record {
+    /// The record in an annotation value; `None` for anything else (a hand edit is ignored).
+    pub fn parse(value: &str) -> Option<Record> {
+        serde_json::from_str(value).ok()
+    }
+
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The retry limits, with KubeadmControlPlane's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub max_retry: Option<i32>,
+    pub retry_period: SignedDuration,
+    pub min_healthy_period: SignedDuration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_retry: None,
+            retry_period: SignedDuration::ZERO,
+            min_healthy_period: SignedDuration::from_secs(3600),
+        }
+    }
+}
+
+impl Policy {
+    pub fn of(strategy: Option<&RemediationStrategy>) -> Policy {
+        let default = Policy::default();
+        let Some(s) = strategy else { return default };
+        let secs = |v: Option<i32>, d: SignedDuration| {
+            v.map_or(d, |s| SignedDuration::from_secs(i64::from(s.max(0))))
+        };
+        Policy {
+            max_retry: s.max_retry,
+            retry_period: secs(s.retry_period_seconds, default.retry_period),
+            min_healthy_period: secs(s.min_healthy_period_seconds, default.min_healthy_period),
+        }
+    }
+}
+
+fn wait(reason: &'static str, message: String) -> Option<Step> {
+    Some(Step::Wait { reason, message })
+}
+
+/// The remediation step, if a machine is marked unhealthy: remediate it, or why not now.
+pub fn step(cp: &ControlPlane, initialized: bool) -> Option<Step> {
+    let unhealthy: Vec<&MachineView> = cp
+        .machines
+        .iter()
+        .filter(|m| m.unhealthy && !m.deleting)
+        .collect();
+    // Sick components first (their member is the one etcd can least rely on), then the oldest.
+    let target = unhealthy.iter().min_by(|a, b| {
+        (a.components_healthy, a.created, &a.name).cmp(&(b.components_healthy, b.created, &b.name))
+    })?;
+    if let Some(d) = cp.machines.iter().find(|m| m.deleting) {
+        return wait(
+            "RemediationWaiting",
+            format!(
+                "machine {} is unhealthy; waiting for machine {} to finish deleting first (one machine at a time)",
+                target.name, d.name
+            ),
+        );
+    }
+    let policy = &cp.remediation;
+    let retry_count = match &target.remediation_for {
+        // A replacement that failed before proving itself healthy: a retry of the same problem.
+        Some(r) if cp.now < r.timestamp.0 + policy.min_healthy_period => {
+            let count = r.retry_count + 1;
+            if let Some(max) = policy.max_retry.filter(|max| count > *max) {
+                return wait(
+                    "RemediationRetriesExhausted",
+                    format!(
+                        "machine {} replaced machine {}, which was remediated {} time(s) in a row; maxRetry is {max}, so it is not remediated again: fix the cause, then delete the machine",
+                        target.name,
+                        r.machine,
+                        r.retry_count + 1
+                    ),
+                );
+            }
+            let next = r.timestamp.0 + policy.retry_period;
+            if cp.now < next {
+                return wait(
+                    "RemediationRetryPeriod",
+                    format!(
+                        "machine {} is unhealthy; the last remediation was at {}, and retryPeriodSeconds allows the next at {next}",
+                        target.name, r.timestamp.0
+                    ),
+                );
+            }
+            count
+        }
+        _ => 0,
+    };
+    if initialized {
+        let live = cp.machines.iter().filter(|m| !m.deleting).count();
+        if live < 2 {
+            return wait(
+                "RemediationBlocked",
+                format!(
+                    "machine {} is unhealthy, but it is the only control-plane machine: remediating it would destroy the cluster; scale up first or replace it by hand",
+                    target.name
+                ),
+            );
+        }
+        let Some(members) = &cp.etcd else {
+            return wait(
+                "EtcdUnknown",
+                format!(
+                    "machine {} is unhealthy; waiting for the etcd member list to check that removing it keeps quorum",
+                    target.name
+                ),
+            );
+        };
+        if let Some(member) = members.iter().find(|e| e.name == target.hostname)
+            && !cp.can_remove_member(member.id)
+        {
+            return wait(
+                "EtcdQuorumAtRisk",
+                format!(
+                    "machine {} is unhealthy, but removing its etcd member would lose quorum; waiting for the other members to be healthy",
+                    target.name
+                ),
+            );
+        }
+    }
+    Some(Step::Remediate {
+        machine: target.name.clone(),
+        retry_count,
+    })
+}
+
+/// When the remediation step is due: `now`.
+pub fn record(machine: &str, retry_count: i32, now: Timestamp) -> Record {
+    Record {
+        machine: machine.to_owned(),
+        timestamp: Time(now),
+        retry_count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::scope::EtcdMember;
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    fn cp(n: usize) -> ControlPlane {
+        let machines: Vec<MachineView> = (0..n)
+            .map(|i| MachineView {
+                name: format!("m{i}"),
+                hostname: format!("m{i}"),
+                created: at(i as i64),
+                failure_domain: None,
+                deleting: false,
+                delete_annotated: false,
+                up_to_date: true,
+                components_healthy: true,
+                cleanup_hook: true,
+                unhealthy: false,
+                remediation_for: None,
+            })
+            .collect();
+        let etcd = machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| EtcdMember {
+                id: i as u64 + 1,
+                name: m.hostname.clone(),
+                healthy: true,
+                learner: false,
+            })
+            .collect();
+        ControlPlane {
+            machines,
+            etcd: Some(etcd),
+            now: at(10_000),
+            ..ControlPlane::default()
+        }
+    }
+
+    #[test]
+    fn one_unhealthy_machine_of_three_is_remediated_and_healthy_ones_never() {
+        let mut c = cp(3);
+        assert_eq!(step(&c, true), None);
+        c.machines[1].unhealthy = true;
+        assert_eq!(
+            step(&c, true),
+            Some(Step::Remediate {
+                machine: "m1".into(),
+                retry_count: 0
+            })
+        );
+        // Not while another machine is deleting.
+        c.machines[2].deleting = true;
+        assert!(matches!(
+            step(&c, true),
+            Some(Step::Wait {
+                reason: "RemediationWaiting",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn never_the_last_machine_nor_past_quorum() {
+        let mut one = cp(1);
+        one.machines[0].unhealthy = true;
+        assert!(matches!(
+            step(&one, true),
+            Some(Step::Wait {
+                reason: "RemediationBlocked",
+                ..
+            })
+        ));
+        // Before initialization the first machine may be replaced.
+        assert!(matches!(step(&one, false), Some(Step::Remediate { .. })));
+
+        let mut c = cp(3);
+        c.machines[0].unhealthy = true;
+        if let Some(members) = &mut c.etcd {
+            members[1].healthy = false;
+        }
+        assert!(matches!(
+            step(&c, true),
+            Some(Step::Wait {
+                reason: "EtcdQuorumAtRisk",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn retries_are_counted_limited_and_spaced() {
+        let mut c = cp(3);
+        c.remediation = Policy::of(Some(&RemediationStrategy {
+            max_retry: Some(1),
+            retry_period_seconds: Some(60),
+            min_healthy_period_seconds: Some(600),
+        }));
+        c.machines[2].unhealthy = true;
+        // m2 replaced m0 30 s ago: a retry, but inside the retry period.
+        c.machines[2].remediation_for = Some(record("m0", 0, at(10_000 - 30)));
+        assert!(matches!(
+            step(&c, true),
+            Some(Step::Wait {
+                reason: "RemediationRetryPeriod",
+                ..
+            })
+        ));
+        c.machines[2].remediation_for = Some(record("m0", 0, at(10_000 - 120)));
+        assert_eq!(
+            step(&c, true),
+            Some(Step::Remediate {
+                machine: "m2".into(),
+                retry_count: 1
+            })
+        );
+        // The second retry exceeds maxRetry 1.
+        c.machines[2].remediation_for = Some(record("m0", 1, at(10_000 - 120)));
+        match step(&c, true) {
+            Some(Step::Wait {
+                reason: "RemediationRetriesExhausted",
+                message,
+            }) => {
+                assert!(message.contains("maxRetry is 1"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Healthy for longer than minHealthyPeriod: a new problem, counted from zero.
+        c.machines[2].remediation_for = Some(record("m0", 5, at(10_000 - 601)));
+        assert_eq!(
+            step(&c, true),
+            Some(Step::Remediate {
+                machine: "m2".into(),
+                retry_count: 0
+            })
+        );
+    }
+
+    #[test]
+    fn records_survive_their_annotation() {
+        let r = record("m0", 2, at(5));
+        assert_eq!(Record::parse(&r.to_annotation()), Some(r));
+        assert_eq!(Record::parse("not json"), None);
+    }
+}

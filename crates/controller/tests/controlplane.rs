@@ -280,12 +280,29 @@ async fn a_deleted_machine_is_replaced_with_a_new_member() {
     assert_eq!(after.len(), 3);
 }
 
+/// A client for the workload cluster from a `<cluster>-kubeconfig` Secret.
+async fn workload_client(secret: &Secret) -> kube::Client {
+    let yaml = String::from_utf8(secret.data.as_ref().unwrap()["value"].0.clone()).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
 #[tokio::test]
-async fn kubeconfig_is_issued_and_rotated_on_request() {
+async fn kubeconfig_reaches_the_workload_api_server_and_is_rotated_on_request() {
     let (client, ns, _controller) = setup("cp-kubeconfig").await;
-    let infra = sim_infra::start(&client, &ns, &["a"]);
-    control_plane_cluster(&client, &ns, "k", 1).await;
+    // The workload cluster gets a real kube-apiserver at its endpoint, under its own CA.
+    let infra = sim_infra::start_with(&client, &ns, &["a"], true);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    control_plane_cluster_at(&client, &ns, "k", 1, ("127.0.0.1", port)).await;
     settled(&client, &ns, "k", &infra.sim, 1).await;
+    let machine = machines(&client, &ns).await.remove(0).name_any();
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
     let first = secrets.get("k-kubeconfig").await.unwrap();
     assert_eq!(first.type_.as_deref(), Some("cluster.x-k8s.io/secret"));
@@ -294,8 +311,44 @@ async fn kubeconfig_is_issued_and_rotated_on_request() {
     let doc: serde_json::Value = serde_yaml_ng::from_str(&value(&first)).unwrap();
     assert_eq!(
         doc["clusters"][0]["cluster"]["server"],
-        "https://192.168.1.100:6443"
+        format!("https://127.0.0.1:{port}")
     );
+
+    // Our kubeconfig lists the workload Nodes, and Cluster API, through the same Secret, links
+    // the Machine to its Node.
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(workload_client(&first).await);
+    eventually(
+        &client,
+        &ns,
+        "k",
+        "the node registered in the workload cluster",
+        async || {
+            let names: Vec<String> = nodes
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .map(ResourceExt::name_any)
+                .collect();
+            names.contains(&machine).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        &client,
+        &ns,
+        "k",
+        "Cluster API sets the Machine's nodeRef",
+        async || {
+            let m = Api::<Machine>::namespaced(client.clone(), &ns)
+                .get(&machine)
+                .await
+                .ok()?;
+            m.has_node().then_some(())
+        },
+    )
+    .await;
 
     Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
         .patch(
@@ -318,6 +371,11 @@ async fn kubeconfig_is_issued_and_rotated_on_request() {
             .get("talos.controlplane.cluster.x-k8s.io/kubeconfig-rotated-for")
             .map(String::as_str),
         Some("2026-11-23")
+    );
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(workload_client(&rotated).await);
+    assert!(
+        nodes.list(&ListParams::default()).await.is_ok(),
+        "the rotated kubeconfig works too"
     );
 }
 

@@ -90,4 +90,26 @@ async fn bootstrap_data_boots_a_node_the_cluster_talosconfig_reaches() {
         Some(talos_sim::Phase::Running),
         "booted with the Machine's configuration, not into maintenance"
     );
+
+    // Racing bootstrap calls (two managers during a leader hand-over, say): etcd is created
+    // once, every other call learns that it exists, and none fails.
+    let ctx = controller::Context::new(client.clone(), controller::Options::default());
+    let calls = (0..8).map(|_| {
+        controller::controlplane::talos::bootstrap(&ctx, &talosconfig, "n-cp-0", &address)
+    });
+    let outcomes = futures::future::join_all(calls).await;
+    let now = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(controller::controlplane::talos::Bootstrapped::Now)))
+        .count();
+    let already = outcomes
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Ok(controller::controlplane::talos::Bootstrapped::Already)
+            )
+        })
+        .count();
+    assert_eq!((now, already), (1, 7), "{outcomes:?}");
 }

@@ -106,12 +106,16 @@ impl ClusterApiManager {
             .map_err(Error::io(format!("reading {}", manifests.display())))?;
         let ca_bundle = STANDARD.encode(cp.ca().cert_pem());
         let params = PatchParams::apply("talos-capi-testkit").force();
-        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-            let bad = |e: &dyn std::fmt::Display| Error::Manifest {
-                path: manifests.to_path_buf(),
-                message: e.to_string(),
-            };
-            let mut value = Value::deserialize(doc).map_err(|e| bad(&e))?;
+        let bad = |e: &dyn std::fmt::Display| Error::Manifest {
+            path: manifests.to_path_buf(),
+            message: e.to_string(),
+        };
+        // Parsed before the first await: the YAML deserializer is not Send.
+        let docs = serde_yaml_ng::Deserializer::from_str(&text)
+            .map(Value::deserialize)
+            .collect::<Result<Vec<Value>, _>>()
+            .map_err(|e| bad(&e))?;
+        for mut value in docs {
             let kind = value["kind"].as_str().unwrap_or_default().to_owned();
             let name = format!(
                 "{WEBHOOK_PREFIX}{}",

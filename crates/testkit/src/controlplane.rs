@@ -23,6 +23,8 @@ pub struct Builder {
     cluster_api_crds: bool,
     cluster_api_manager: bool,
     audit_log: bool,
+    ca: Option<Ca>,
+    port: Option<u16>,
 }
 
 impl Builder {
@@ -68,6 +70,19 @@ impl Builder {
     /// [`LocalControlPlane::audit_log_path`], e.g. to count a controller's API requests.
     pub fn audit_log(mut self) -> Self {
         self.audit_log = true;
+        self
+    }
+
+    /// Serve with this CA (serving certificate, client CA) instead of a new one: e.g. a
+    /// workload cluster's own Kubernetes CA, so that kubeconfigs issued from it work.
+    pub fn ca(mut self, ca: Ca) -> Self {
+        self.ca = Some(ca);
+        self
+    }
+
+    /// Listen on this port of 127.0.0.1 instead of a free one (e.g. a Cluster's endpoint).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -133,7 +148,10 @@ impl LocalControlPlane {
         times.etcd = started.elapsed();
 
         let started = Instant::now();
-        let ca = Ca::new(&format!("{name}-ca"))?;
+        let ca = match b.ca {
+            Some(ca) => ca,
+            None => Ca::new(&format!("{name}-ca"))?,
+        };
         let binary = locate(Tool::KubeApiserver)?;
         let cleanup = temporary.then_some(dir.as_path());
         let (apiserver, url, kubeconfig, config) = retry_port_race(|| {
@@ -145,6 +163,7 @@ impl LocalControlPlane {
                 &ca,
                 (&etcd, &prefix),
                 b.audit_log,
+                b.port,
             )
         })
         .await?;
@@ -275,8 +294,12 @@ async fn start_apiserver(
     ca: &Ca,
     (etcd, prefix): (&Etcd, &str),
     audit: bool,
+    port: Option<u16>,
 ) -> Result<(ManagedProcess, String, String, kube::Config), Error> {
-    let port = free_port()?;
+    let port = match port {
+        Some(p) => p,
+        None => free_port()?,
+    };
     let url = format!("https://127.0.0.1:{port}");
     let serving = ca.serving("kube-apiserver", &["127.0.0.1", "localhost"])?;
     let admin = ca.client("admin", &["system:masters"])?;

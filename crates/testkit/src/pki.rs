@@ -62,6 +62,16 @@ impl Ca {
         })
     }
 
+    /// An existing CA from its PEM certificate and PKCS#8 PEM key (a workload cluster's own
+    /// Kubernetes CA, say).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, Error> {
+        let key = KeyPair::from_pem(key_pem)?;
+        Ok(Ca {
+            issuer: Issuer::from_ca_cert_pem(cert_pem, key)?,
+            cert_pem: cert_pem.to_owned(),
+        })
+    }
+
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }

@@ -228,14 +228,18 @@ pub async fn bootstrap(
         .connect(talosconfig, vec![address.to_owned()])
         .map_err(Error::talos(action.clone()))?;
     ctx.metrics.talos_calls(1);
-    let replies = client
+    // The refusal comes as the call's status, or as the node's part of a proxied reply.
+    let result = client
         .bootstrap(&Nodes::Endpoint)
         .await
-        .map_err(Error::talos(action.clone()))?;
-    match replies.into_iter().next().map(|r| r.result) {
-        Some(Ok(_)) | None => Ok(Bootstrapped::Now),
-        Some(Err(talos_api::Error::AlreadyExists(_))) => Ok(Bootstrapped::Already),
-        Some(Err(e)) => Err(Error::talos(action)(e)),
+        .and_then(|replies| match replies.into_iter().next() {
+            Some(reply) => reply.result.map(drop),
+            None => Ok(()),
+        });
+    match result {
+        Ok(()) => Ok(Bootstrapped::Now),
+        Err(talos_api::Error::AlreadyExists(_)) => Ok(Bootstrapped::Already),
+        Err(e) => Err(Error::talos(action)(e)),
     }
 }
 
@@ -265,13 +269,16 @@ pub async fn remove_member(
         .connect(talosconfig, via)
         .map_err(Error::talos(action.clone()))?;
     ctx.metrics.talos_calls(1);
-    let replies = client
+    let result = client
         .etcd_remove_member(&Nodes::Endpoint, id)
         .await
-        .map_err(Error::talos(action.clone()))?;
-    match replies.into_iter().next().map(|r| r.result) {
-        Some(Ok(_)) | None | Some(Err(talos_api::Error::NotFound(_))) => Ok(()),
-        Some(Err(e)) => Err(Error::talos(action)(e)),
+        .and_then(|replies| match replies.into_iter().next() {
+            Some(reply) => reply.result.map(drop),
+            None => Ok(()),
+        });
+    match result {
+        Ok(()) | Err(talos_api::Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(Error::talos(action)(e)),
     }
 }
 

@@ -295,6 +295,17 @@ pub fn rand_suffix() -> u128 {
 /// SimMachineTemplate, with its provisioned SimCluster. The TalosControlPlane is named after
 /// the cluster.
 pub async fn control_plane_cluster(client: &kube::Client, ns: &str, name: &str, replicas: i32) {
+    control_plane_cluster_at(client, ns, name, replicas, ("192.168.1.100", 6443)).await;
+}
+
+/// [`control_plane_cluster`] with its control-plane endpoint at `endpoint` (host, port).
+pub async fn control_plane_cluster_at(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    replicas: i32,
+    endpoint: (&str, u16),
+) {
     apply(
         client,
         ns,
@@ -331,7 +342,7 @@ pub async fn control_plane_cluster(client: &kube::Client, ns: &str, name: &str, 
         "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
         "metadata": {"name": name},
         "spec": {
-            "controlPlaneEndpoint": {"host": "192.168.1.100", "port": 6443},
+            "controlPlaneEndpoint": {"host": endpoint.0, "port": endpoint.1},
             "clusterNetwork": {"pods": {"cidrBlocks": ["10.244.0.0/16"]}, "services": {"cidrBlocks": ["10.96.0.0/12"]}},
             "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "SimCluster", "name": name},
             "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io", "kind": "TalosControlPlane", "name": name}

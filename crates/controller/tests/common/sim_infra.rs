@@ -32,31 +32,184 @@ impl Drop for SimInfra {
 
 /// Serve namespace `ns`; SimClusters get `failure_domains` (all for control planes).
 pub fn start(client: &kube::Client, ns: &str, failure_domains: &[&str]) -> SimInfra {
+    start_with(client, ns, failure_domains, false)
+}
+
+/// [`start`], and with `workloads` a real kube-apiserver for every Cluster whose endpoint is on
+/// 127.0.0.1, once its etcd is bootstrapped: the Cluster's own Kubernetes CA signs its serving
+/// certificate and is its client CA, and the simulated nodes register their Nodes there.
+pub fn start_with(
+    client: &kube::Client,
+    ns: &str,
+    failure_domains: &[&str],
+    workloads: bool,
+) -> SimInfra {
     let sim = Simulator::new(Timing::default());
     let domains: Vec<Value> = failure_domains
         .iter()
         .map(|name| json!({"name": name, "controlPlane": true}))
         .collect();
-    let task = tokio::spawn(serve(client.clone(), ns.to_owned(), sim.clone(), domains));
+    let task = tokio::spawn(serve(
+        client.clone(),
+        ns.to_owned(),
+        sim.clone(),
+        domains,
+        workloads,
+    ));
     SimInfra { sim, task }
 }
 
-/// SimMachine name → the address its node got; and how many nodes were ever started (each
-/// gets a new address).
-#[derive(Default)]
-struct Nodes {
-    by_machine: BTreeMap<String, String>,
-    started: u32,
+/// A node the infrastructure started for a SimMachine.
+struct Started {
+    address: String,
+    /// The owner Machine, whose name is the node's hostname.
+    machine: String,
+    cluster: String,
 }
 
-async fn serve(client: kube::Client, ns: String, sim: Simulator, domains: Vec<Value>) {
-    let mut nodes = Nodes::default();
+/// SimMachine name → its node; how many nodes were ever started (each gets a new address);
+/// and the workload API servers, per Cluster.
+#[derive(Default)]
+struct Nodes {
+    by_machine: BTreeMap<String, Started>,
+    started: u32,
+    workloads: Option<BTreeMap<String, Workload>>,
+}
+
+/// A workload cluster's real API server.
+struct Workload {
+    _apiserver: testkit::LocalControlPlane,
+    client: kube::Client,
+}
+
+async fn serve(
+    client: kube::Client,
+    ns: String,
+    sim: Simulator,
+    domains: Vec<Value>,
+    workloads: bool,
+) {
+    let mut nodes = Nodes {
+        workloads: workloads.then(BTreeMap::new),
+        ..Nodes::default()
+    };
     loop {
         if let Err(e) = pass(&client, &ns, &sim, &domains, &mut nodes).await {
             tracing::debug!(error = %e, "sim infrastructure: retrying");
         }
+        if nodes.workloads.is_some()
+            && let Err(e) = serve_workloads(&client, &ns, &sim, &mut nodes).await
+        {
+            tracing::debug!(error = %e, "sim workload clusters: retrying");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Start the API servers of bootstrapped clusters and keep their Nodes in step with the nodes.
+async fn serve_workloads(
+    client: &kube::Client,
+    ns: &str,
+    sim: &Simulator,
+    nodes: &mut Nodes,
+) -> Result<(), String> {
+    let clusters = dynamic(client, ns, "cluster.x-k8s.io/v1beta2", "Cluster");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let Some(workloads) = nodes.workloads.as_mut() else {
+        return Ok(());
+    };
+    for cluster in clusters.list(&ListParams::default()).await.map_err(text)? {
+        let name = cluster.name_any();
+        let endpoint = &cluster.data["spec"]["controlPlaneEndpoint"];
+        let Some(port) = endpoint["port"]
+            .as_u64()
+            .filter(|_| endpoint["host"] == "127.0.0.1")
+        else {
+            continue;
+        };
+        if workloads.contains_key(&name) {
+            continue;
+        }
+        let Some(bundle) = secrets
+            .get_opt(&format!("{name}-talos"))
+            .await
+            .map_err(text)?
+        else {
+            continue;
+        };
+        let data: BTreeMap<String, Vec<u8>> = bundle
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        let bundle = machineconfig::SecretsBundle::from_cabpt_secret(&data).map_err(text)?;
+        let bootstrapped = sim
+            .etcd_history(&bundle.cluster.id)
+            .iter()
+            .any(|c| c.op == talos_sim::etcd::Op::Bootstrap);
+        if !bootstrapped {
+            continue;
+        }
+        let crt = machineconfig::secrets::decode_pem(&bundle.certs.k8s.crt).map_err(text)?;
+        let key = machineconfig::secrets::decode_pem(&bundle.certs.k8s.key).map_err(text)?;
+        let key = machineconfig::secrets::signing_key(&key)
+            .map_err(text)?
+            .serialize_pem();
+        let shared = testkit::shared().await.map_err(text)?;
+        let builder = testkit::LocalControlPlane::builder()
+            .name(&name)
+            .etcd(shared.etcd(), &format!("/workload/{ns}/{name}"))
+            .ca(testkit::pki::Ca::from_pem(&crt, &key).map_err(text)?)
+            .port(u16::try_from(port).map_err(text)?);
+        let apiserver = builder.start().await.map_err(text)?;
+        let workload_client = apiserver.client().await.map_err(text)?;
+        workloads.insert(
+            name,
+            Workload {
+                _apiserver: apiserver,
+                client: workload_client,
+            },
+        );
+    }
+    // Every running node of a served cluster has its Node, Ready.
+    for started in nodes.by_machine.values() {
+        let Some(workload) = workloads.get(&started.cluster) else {
+            continue;
+        };
+        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(workload.client.clone());
+        if api.get_opt(&started.machine).await.map_err(text)?.is_some() {
+            continue;
+        }
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": started.machine, "labels": {"node-role.kubernetes.io/control-plane": ""}},
+            "spec": {"providerID": format!("sim://{ns}/{}", started.machine)},
+        });
+        api.create(
+            &Default::default(),
+            &serde_json::from_value(node).map_err(text)?,
+        )
+        .await
+        .map_err(text)?;
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        api.patch_status(
+            &started.machine,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                    "message": "simulated", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+                "addresses": [{"type": "InternalIP", "address": started.address}],
+            }})),
+        )
+        .await
+        .map_err(text)?;
+    }
+    Ok(())
 }
 
 async fn pass(
@@ -92,10 +245,10 @@ async fn pass(
         .filter(|m| m.metadata.deletion_timestamp.is_none())
         .map(ResourceExt::name_any)
         .collect();
-    nodes.by_machine.retain(|name, address| {
+    nodes.by_machine.retain(|name, started| {
         let keep = live.contains(name);
         if !keep {
-            let _ = sim.remove(address);
+            let _ = sim.remove(&started.address);
         }
         keep
     });
@@ -142,7 +295,17 @@ async fn pass(
             tracing::warn!(machine = %owner, error = %e, "sim infrastructure: the node did not start");
             continue;
         }
-        nodes.by_machine.insert(name.clone(), address.to_string());
+        nodes.by_machine.insert(
+            name.clone(),
+            Started {
+                address: address.to_string(),
+                machine: owner.clone(),
+                cluster: machine.data["spec"]["clusterName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            },
+        );
         sim_machines
             .patch(
                 &name,

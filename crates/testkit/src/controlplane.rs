@@ -162,8 +162,7 @@ impl LocalControlPlane {
                 &name,
                 &ca,
                 (&etcd, &prefix),
-                b.audit_log,
-                b.port,
+                (b.port, b.audit_log),
             )
         })
         .await?;
@@ -293,8 +292,7 @@ async fn start_apiserver(
     name: &str,
     ca: &Ca,
     (etcd, prefix): (&Etcd, &str),
-    audit: bool,
-    port: Option<u16>,
+    (port, audit): (Option<u16>, bool),
 ) -> Result<(ManagedProcess, String, String, kube::Config), Error> {
     let port = match port {
         Some(p) => p,

@@ -91,6 +91,10 @@ bench: tools ## Benchmarks: config rendering and bundle generation (criterion), 
 bench-bootstrap: tools ## 1,000 TalosConfigs through the real CABPT and through talos-capi, side by side (BENCH_CLUSTERS, BENCH_MACHINES).
 	$(CARGO) bench --locked -p talos-capi --bench bootstrap_vs_cabpt
 
+.PHONY: bench-controlplane
+bench-controlplane: tools ## TalosControlPlanes to Available (1, 10 and BENCH_CLUSTERS=100 clusters of 3): time, requests, gate reactions.
+	$(CARGO) bench --locked -p talos-capi --bench controlplane
+
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz
 fuzz: ## Run the cargo-fuzz targets (patch application, config parsing) for FUZZ_SECONDS each.

@@ -13,15 +13,9 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::{Value, json};
+use testkit::bench::{component_pid, count_requests, env_number, lines, usage};
 use testkit::process::ManagedProcess;
 use testkit::{LocalControlPlane, unique_namespace};
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn dynamic(client: &kube::Client, ns: &str, api_version: &str, kind: &str) -> Api<DynamicObject> {
     testkit::dynamic_api(client, ns, api_version, kind)
@@ -103,72 +97,6 @@ async fn wait_for(
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-/// The component under a lifeline: its child that runs `binary` (not the lifeline's own shell
-/// watcher), once the lifeline has started it.
-async fn component_pid(lifeline: u32, binary: &str) -> u32 {
-    for _ in 0..100 {
-        let children =
-            std::fs::read_to_string(format!("/proc/{lifeline}/task/{lifeline}/children"))
-                .unwrap_or_default();
-        let found = children
-            .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok())
-            .find(|pid| {
-                std::fs::read_link(format!("/proc/{pid}/exe"))
-                    .is_ok_and(|exe| exe.to_string_lossy().ends_with(binary))
-            });
-        if let Some(pid) = found {
-            return pid;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no {binary} process under lifeline {lifeline}")
-}
-
-/// (CPU seconds, peak RSS in MiB) of a running process.
-fn usage(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, r)| r.split(' ').collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let cpu = (ticks(11) + ticks(12)) / 100.0; // utime + stime, USER_HZ = 100
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    (cpu, hwm_kib / 1024.0)
-}
-
-fn count_requests(audit: &Path, from_line: usize, agent_prefix: &str) -> usize {
-    std::fs::read_to_string(audit)
-        .unwrap_or_default()
-        .lines()
-        .skip(from_line)
-        .filter(|l| {
-            serde_json::from_str::<Value>(l).is_ok_and(|e| {
-                e["userAgent"]
-                    .as_str()
-                    .is_some_and(|a| a.starts_with(agent_prefix))
-            })
-        })
-        .count()
-}
-
-fn lines(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
 }
 
 struct Figures {

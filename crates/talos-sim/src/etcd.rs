@@ -26,6 +26,8 @@ pub struct Change {
     /// Right after a removal: whether the remaining voting members on healthy nodes still had
     /// quorum (`None` for other changes).
     pub quorum_after: Option<bool>,
+    /// When it happened.
+    pub at: std::time::SystemTime,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +95,7 @@ impl Etcd {
             id,
             node: node.to_owned(),
             quorum_after: None,
+            at: std::time::SystemTime::now(),
         });
     }
 

@@ -41,6 +41,7 @@ impl Simulator {
                 clusters: Default::default(),
                 events,
                 timing,
+                requests: Default::default(),
             }),
         }
     }
@@ -118,6 +119,14 @@ impl Simulator {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Talos API calls served so far, by all nodes (a call proxied to several nodes counts once
+    /// per node).
+    pub fn requests(&self) -> u64 {
+        self.shared
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every membership change of a cluster's etcd, in order.

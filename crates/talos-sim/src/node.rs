@@ -245,6 +245,8 @@ pub struct Shared {
     pub clusters: Mutex<HashMap<String, Etcd>>,
     pub events: broadcast::Sender<SimEvent>,
     pub timing: Timing,
+    /// API calls served (each node's part of a proxied call counts once).
+    pub requests: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

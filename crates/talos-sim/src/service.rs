@@ -183,7 +183,15 @@ impl Api {
         if !maintenance && role_of(&req) < need {
             return Err(Status::permission_denied("not authorized"));
         }
-        match targets(&req) {
+        let targets = targets(&req);
+        let served = match &targets {
+            Targets::Many(ts) => ts.len() as u64,
+            _ => 1,
+        };
+        self.shared
+            .requests
+            .fetch_add(served, std::sync::atomic::Ordering::Relaxed);
+        match targets {
             Targets::Local => f(self.node.clone()).await.map(Response::new),
             Targets::One(t) => {
                 let node = self.shared.node(&t).ok_or_else(|| unreachable(&t))?;

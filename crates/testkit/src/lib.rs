@@ -14,6 +14,7 @@
 //! dropped, when a test panics, and when the test binary itself is killed.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 mod capi;
 mod controlplane;
 mod crds;
@@ -26,6 +27,7 @@ pub mod peers;
 pub mod pki;
 pub mod process;
 mod shared;
+pub mod sim_infra;
 pub mod tools;
 
 pub use capi::ClusterApiManager;

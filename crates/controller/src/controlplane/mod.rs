@@ -43,8 +43,9 @@ use status::{Counted, Report};
 pub const CONTROLLER: &str = "taloscontrolplane";
 /// CACPPT's finalizer, so that control planes it created are adopted as they are.
 pub const FINALIZER: &str = "talos.controlplane.cluster.x-k8s.io";
-/// How soon to look again while something is in progress (the Talos API has no events).
-const IN_PROGRESS: Duration = Duration::from_secs(1);
+/// How soon to look again while something is in progress (the Talos API has no events): half
+/// a second keeps the reaction to a node or member becoming healthy under a second.
+const IN_PROGRESS: Duration = Duration::from_millis(500);
 /// How often a steady control plane is checked over the Talos API.
 const RESYNC: Duration = Duration::from_secs(300);
 

@@ -2,7 +2,8 @@
 //! provisioned Cluster of the test infrastructure provider, Machines with their TalosConfigs.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test code; not every test uses every fixture
 
-pub mod sim_infra;
+#[allow(unused_imports)] // not every test binary uses it
+pub use testkit::sim_infra;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -306,47 +307,7 @@ pub async fn control_plane_cluster_at(
     replicas: i32,
     endpoint: (&str, u16),
 ) {
-    apply(
-        client,
-        ns,
-        json!({
-            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachineTemplate",
-            "metadata": {"name": name}, "spec": {"template": {"spec": {}}}
-        }),
-    )
-    .await;
-    apply(client, ns, json!({
-        "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas, "version": "v1.35.0",
-            "infrastructureTemplate": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachineTemplate", "name": name},
-            "controlPlaneConfig": {"controlplane": {
-                "generateType": "controlplane", "talosVersion": "v1.13",
-                // The simulated nodes validate as bare metal: they need an install disk.
-                "strategicPatches": ["machine:\n  install:\n    disk: /dev/sda\n"]
-            }}
-        }
-    }))
-    .await;
-    apply(
-        client,
-        ns,
-        json!({
-            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimCluster",
-            "metadata": {"name": name}, "spec": {}
-        }),
-    )
-    .await;
-    apply(client, ns, json!({
-        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-        "metadata": {"name": name},
-        "spec": {
-            "controlPlaneEndpoint": {"host": endpoint.0, "port": endpoint.1},
-            "clusterNetwork": {"pods": {"cidrBlocks": ["10.244.0.0/16"]}, "services": {"cidrBlocks": ["10.96.0.0/12"]}},
-            "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "SimCluster", "name": name},
-            "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io", "kind": "TalosControlPlane", "name": name}
-        }
-    }))
-    .await;
+    sim_infra::control_plane_cluster(client, ns, name, replicas, endpoint)
+        .await
+        .unwrap();
 }

@@ -13,12 +13,20 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use talos_sim::{NodeSpec, Simulator, Timing, loopback_address};
 
-use super::dynamic;
+fn dynamic(client: &kube::Client, ns: &str, api_version: &str, kind: &str) -> Api<DynamicObject> {
+    crate::dynamic_api(client, ns, api_version, kind)
+}
 
 /// Runs until dropped.
 pub struct SimInfra {
     pub sim: Simulator,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for SimInfra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimInfra").finish_non_exhaustive()
+    }
 }
 
 impl Drop for SimInfra {
@@ -67,18 +75,20 @@ struct Started {
     cluster: String,
 }
 
-/// SimMachine name → its node; how many nodes were ever started (each gets a new address);
-/// and the workload API servers, per Cluster.
+/// SimMachine name → its node, and the workload API servers, per Cluster.
 #[derive(Default)]
 struct Nodes {
     by_machine: BTreeMap<String, Started>,
-    started: u32,
     workloads: Option<BTreeMap<String, Workload>>,
 }
 
+/// Nodes started in this process: each gets an address of its own, whichever infrastructure
+/// (test) started it.
+static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// A workload cluster's real API server.
 struct Workload {
-    _apiserver: testkit::LocalControlPlane,
+    _apiserver: crate::LocalControlPlane,
     client: kube::Client,
 }
 
@@ -160,11 +170,11 @@ async fn serve_workloads(
         let key = machineconfig::secrets::signing_key(&key)
             .map_err(text)?
             .serialize_pem();
-        let shared = testkit::shared().await.map_err(text)?;
-        let builder = testkit::LocalControlPlane::builder()
+        let shared = crate::shared().await.map_err(text)?;
+        let builder = crate::LocalControlPlane::builder()
             .name(&name)
             .etcd(shared.etcd(), &format!("/workload/{ns}/{name}"))
-            .ca(testkit::pki::Ca::from_pem(&crt, &key).map_err(text)?)
+            .ca(crate::pki::Ca::from_pem(&crt, &key).map_err(text)?)
             .port(u16::try_from(port).map_err(text)?);
         let apiserver = builder.start().await.map_err(text)?;
         let workload_client = apiserver.client().await.map_err(text)?;
@@ -282,8 +292,8 @@ async fn pass(
         else {
             continue;
         };
-        nodes.started += 1;
-        let address = loopback_address(nodes.started);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let address = loopback_address(n);
         let spec = NodeSpec {
             address,
             port: 50000,
@@ -323,6 +333,56 @@ async fn pass(
                 }})),
             )
             .await?;
+    }
+    Ok(())
+}
+
+/// A Cluster whose control plane is a TalosControlPlane `name` of `replicas` machines cloned
+/// from SimMachineTemplate `name`, with a provisioned SimCluster, its control-plane endpoint at
+/// `endpoint` (host, port). The machines' configurations carry an install disk: the simulated
+/// nodes validate as bare metal.
+pub async fn control_plane_cluster(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    replicas: i32,
+    endpoint: (&str, u16),
+) -> Result<(), crate::Error> {
+    let infra = crate::infra::api_version();
+    let manifests = [
+        json!({
+            "apiVersion": infra, "kind": "SimMachineTemplate",
+            "metadata": {"name": name}, "spec": {"template": {"spec": {}}}
+        }),
+        json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas, "version": "v1.35.0",
+                "infrastructureTemplate": {"apiVersion": infra, "kind": "SimMachineTemplate", "name": name},
+                "controlPlaneConfig": {"controlplane": {
+                    "generateType": "controlplane", "talosVersion": "v1.13",
+                    "strategicPatches": ["machine:\n  install:\n    disk: /dev/sda\n"]
+                }}
+            }
+        }),
+        json!({
+            "apiVersion": infra, "kind": "SimCluster",
+            "metadata": {"name": name}, "spec": {}
+        }),
+        json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+            "metadata": {"name": name},
+            "spec": {
+                "controlPlaneEndpoint": {"host": endpoint.0, "port": endpoint.1},
+                "clusterNetwork": {"pods": {"cidrBlocks": ["10.244.0.0/16"]}, "services": {"cidrBlocks": ["10.96.0.0/12"]}},
+                "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "SimCluster", "name": name},
+                "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io", "kind": "TalosControlPlane", "name": name}
+            }
+        }),
+    ];
+    for manifest in &manifests {
+        crate::apply_manifest(client, ns, "sim-infra", manifest).await?;
     }
     Ok(())
 }

@@ -1,0 +1,294 @@
+//! TalosControlPlanes of 3 replicas from `kubectl apply` to Available, through `talos-capi
+//! manager` on a local control plane with the real Cluster API core and simulated Talos nodes
+//! that boot at once (the test infrastructure provider of `testkit::sim_infra`):
+//!
+//! 1. one cluster: time to Available, API requests to the management cluster (audit log, by
+//!    user agent) and to the Talos API (served by the simulator), the controller's CPU time, and
+//!    its reaction to each gate — a node coming up (→ etcd bootstrap) and a member becoming a
+//!    healthy voter (→ the next machine);
+//! 2. then 10 and BENCH_CLUSTERS (default 100) clusters at once through the same manager: time
+//!    to all Available, CPU seconds, peak RSS, requests, and the gate reactions' p50 and p99.
+//!
+//!   cargo bench -p talos-capi --bench controlplane           (make bench-controlplane)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failed run
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DynamicObject};
+use serde_json::Value;
+use talos_sim::etcd::Op;
+use talos_sim::{SimEvent, Simulator};
+use testkit::bench::{audit_events, component_pid, env_number, lines, usage};
+use testkit::process::ManagedProcess;
+use testkit::{LocalControlPlane, sim_infra, unique_namespace};
+
+fn tcps(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    testkit::dynamic_api(
+        client,
+        ns,
+        "controlplane.cluster.x-k8s.io/v1alpha3",
+        "TalosControlPlane",
+    )
+}
+
+/// Available, 3 replicas, etcd healthy.
+fn ready(tcp: &DynamicObject) -> bool {
+    let s = &tcp.data["status"];
+    let cond = |t: &str| {
+        s["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == t && c["status"] == "True"))
+    };
+    s["replicas"] == 3 && cond("Available") && cond("EtcdClusterHealthy")
+}
+
+async fn wait_ready(client: &kube::Client, ns: &str, names: &[String]) {
+    let api = tcps(client, ns);
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let list = api.list(&Default::default()).await.unwrap();
+        let done = names
+            .iter()
+            .filter(|n| {
+                list.items
+                    .iter()
+                    .any(|t| &t.metadata.name.clone().unwrap_or_default() == *n && ready(t))
+            })
+            .count();
+        if done == names.len() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {} ready after 30 minutes",
+            names.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn cluster_id(client: &kube::Client, ns: &str, cluster: &str) -> String {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(&format!("{cluster}-talos"))
+        .await
+        .unwrap();
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    machineconfig::SecretsBundle::from_cabpt_secret(&data)
+        .unwrap()
+        .cluster
+        .id
+}
+
+fn received(event: &Value) -> Option<SystemTime> {
+    let ts: k8s_openapi::jiff::Timestamp =
+        event["requestReceivedTimestamp"].as_str()?.parse().ok()?;
+    Some(SystemTime::from(ts))
+}
+
+/// Reaction times (seconds) of one cluster: node up → etcd bootstrap, and each healthy voter →
+/// the next machine created by the controller.
+fn gates(
+    sim: &Simulator,
+    id: &str,
+    node_up: &BTreeMap<String, SystemTime>,
+    creates: &[SystemTime],
+) -> (Vec<f64>, Vec<f64>) {
+    let history = sim.etcd_history(id);
+    let secs =
+        |from: SystemTime, to: SystemTime| to.duration_since(from).map_or(0.0, |d| d.as_secs_f64());
+    let mut up = Vec::new();
+    if let Some(b) = history.iter().find(|c| c.op == Op::Bootstrap)
+        && let Some(t) = node_up.get(&b.node)
+    {
+        up.push(secs(*t, b.at));
+    }
+    // A member is a healthy voter at bootstrap (the first) or at its promotion.
+    let voters: Vec<SystemTime> = history
+        .iter()
+        .filter(|c| matches!(c.op, Op::Bootstrap | Op::Promote))
+        .map(|c| c.at)
+        .collect();
+    let mut healthy = Vec::new();
+    for v in voters.iter().take(voters.len().saturating_sub(1)) {
+        if let Some(next) = creates.iter().filter(|c| *c >= v).min() {
+            healthy.push(secs(*v, *next));
+        }
+    }
+    (up, healthy)
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let i = ((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1;
+    values[i]
+}
+
+struct Phase {
+    clusters: usize,
+    seconds: f64,
+    cpu: f64,
+    rss: f64,
+    requests: usize,
+    talos: u64,
+    node_up: Vec<f64>,
+    healthy: Vec<f64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn phase(
+    cp: &LocalControlPlane,
+    client: &kube::Client,
+    ns: &str,
+    sim: &Simulator,
+    stamps: &Arc<Mutex<BTreeMap<String, SystemTime>>>,
+    pid: u32,
+    prefix: &str,
+    clusters: usize,
+) -> Phase {
+    let audit = cp.audit_log_path();
+    let offset = lines(&audit);
+    let talos0 = sim.requests();
+    let cpu0 = usage(pid).0;
+    let names: Vec<String> = (0..clusters).map(|i| format!("{prefix}-{i}")).collect();
+    let started = Instant::now();
+    join_all(
+        names
+            .iter()
+            .map(|n| sim_infra::control_plane_cluster(client, ns, n, 3, ("10.0.0.10", 6443))),
+    )
+    .await
+    .into_iter()
+    .for_each(|r| r.unwrap());
+    wait_ready(client, ns, &names).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let (cpu, rss) = usage(pid);
+    let events = audit_events(&audit, offset, "talos-capi/");
+    let mut creates_by_cluster: BTreeMap<String, Vec<SystemTime>> = BTreeMap::new();
+    for e in events.iter().filter(|e| {
+        e["verb"] == "create"
+            && e["objectRef"]["resource"] == "machines"
+            && e["stage"] == "ResponseComplete"
+    }) {
+        let name = e["objectRef"]["name"]
+            .as_str()
+            .or_else(|| e["responseObject"]["metadata"]["name"].as_str())
+            .unwrap_or_default();
+        // Machine names are `<cluster>-<5 characters>`.
+        let cluster = name
+            .rsplit_once('-')
+            .map(|(c, _)| c.to_owned())
+            .unwrap_or_default();
+        if let Some(t) = received(e) {
+            creates_by_cluster.entry(cluster).or_default().push(t);
+        }
+    }
+    let node_up = stamps.lock().unwrap().clone();
+    let (mut up, mut healthy) = (Vec::new(), Vec::new());
+    for n in &names {
+        let id = cluster_id(client, ns, n).await;
+        let (u, h) = gates(
+            sim,
+            &id,
+            &node_up,
+            creates_by_cluster
+                .get(n)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        );
+        up.extend(u);
+        healthy.extend(h);
+    }
+    Phase {
+        clusters,
+        seconds,
+        cpu: cpu - cpu0,
+        rss,
+        requests: events.len(),
+        talos: sim.requests() - talos0,
+        node_up: up,
+        healthy,
+    }
+}
+
+fn main() {
+    let clusters = env_number("BENCH_CLUSTERS", 100);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cp = LocalControlPlane::builder()
+            .name("bench-cp")
+            .cluster_api()
+            .crds(testkit::tools::repo_root().join("config/crd/bases"))
+            .audit_log()
+            .start()
+            .await
+            .unwrap();
+        let client = cp.client().await.unwrap();
+        let ns = unique_namespace(&client, "bench-cp").await.unwrap();
+        let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+        // When each node came up, stamped as the simulator announces it.
+        let stamps: Arc<Mutex<BTreeMap<String, SystemTime>>> = Arc::default();
+        let mut events = infra.sim.events();
+        let recorder = Arc::clone(&stamps);
+        tokio::spawn(async move {
+            while let Ok(e) = events.recv().await {
+                if let SimEvent::NodeUp { address, configured: true, .. } = e {
+                    recorder.lock().unwrap().entry(address).or_insert_with(SystemTime::now);
+                }
+            }
+        });
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_talos-capi"));
+        let args = vec![
+            "manager".to_owned(),
+            format!("--kubeconfig={}", cp.kubeconfig_path().display()),
+            format!("--namespace={ns}"),
+            "--log-level=warn".to_owned(),
+        ];
+        let manager = ManagedProcess::spawn("talos-capi", &binary, &args, &cp.dir().join("talos-capi-manager.log"), None).unwrap();
+        let pid = component_pid(manager.pid(), "/talos-capi").await;
+
+        let mut phases = Vec::new();
+        for (prefix, n) in [("one", 1), ("ten", 10), ("many", clusters)] {
+            let p = phase(&cp, &client, &ns, &infra.sim, &stamps, pid, prefix, n).await;
+            eprintln!("{n} clusters ready in {:.1} s", p.seconds);
+            phases.push(p);
+        }
+        println!(
+            "TalosControlPlanes of 3 replicas, Cluster API {}, simulated nodes booting in 200 ms",
+            std::env::var("CLUSTER_API_VERSION").unwrap_or_else(|_| "(versions.env)".into())
+        );
+        println!("| clusters | time to all Available | controller CPU | peak RSS | API requests (per cluster) | Talos API calls (per cluster) | node up → bootstrap p50 / p99 | healthy member → next machine p50 / p99 |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        for p in &mut phases {
+            let n = p.clusters as f64;
+            println!(
+                "| {} | {:.1} s | {:.1} s | {:.0} MiB | {} ({:.0}) | {} ({:.0}) | {:.2} s / {:.2} s | {:.2} s / {:.2} s |",
+                p.clusters,
+                p.seconds,
+                p.cpu,
+                p.rss,
+                p.requests,
+                p.requests as f64 / n,
+                p.talos,
+                p.talos as f64 / n,
+                percentile(&mut p.node_up, 0.5),
+                percentile(&mut p.node_up, 0.99),
+                percentile(&mut p.healthy, 0.5),
+                percentile(&mut p.healthy, 0.99),
+            );
+        }
+        drop(manager);
+    });
+}

@@ -72,6 +72,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Secrets bundles being generated, per cluster, with the reconciles waiting for them.
     generating: Mutex<HashMap<String, Vec<ObjectRef<DynamicObject>>>>,
+    /// Control-plane machines created or deleted that the cache does not show yet.
+    pub(crate) expectations: crate::controlplane::expectations::Expectations,
     /// Infrastructure template kinds found through discovery, by `Kind.group`.
     discovered: Mutex<HashMap<String, kube::api::ApiResource>>,
     /// Reconciles to run again (a bundle they waited for exists now).
@@ -104,6 +106,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             generating: Mutex::new(HashMap::new()),
             discovered: Mutex::new(HashMap::new()),
+            expectations: Default::default(),
             wake_tx,
             wake_rx: Mutex::new(Some(wake_rx)),
         }

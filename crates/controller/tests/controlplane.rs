@@ -223,6 +223,38 @@ async fn scales_one_to_three_over_zones_and_back_to_one_without_orphan_members()
         );
     }
 
+    // Template metadata and timeouts reach the machines in place.
+    Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"machineTemplate": {
+                "metadata": {"labels": {"team": "platform"}}, "nodeDrainTimeout": "5m"
+            }}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        &client,
+        &ns,
+        "s",
+        "template metadata on every machine",
+        async || {
+            let all = machines(&client, &ns).await;
+            all.iter()
+                .all(|m| {
+                    m.labels().get("team").map(String::as_str) == Some("platform")
+                        && m.spec
+                            .deletion
+                            .as_ref()
+                            .and_then(|d| d.node_drain_timeout_seconds)
+                            == Some(300)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+
     // Straight to one, without waiting between steps.
     scale(&client, &ns, "s", 1).await;
     let members = settled(&client, &ns, "s", &infra.sim, 1).await;

@@ -10,6 +10,7 @@
 //!    to all Available, CPU seconds, peak RSS, requests, and the gate reactions' p50 and p99.
 //!
 //!   cargo bench -p talos-capi --bench controlplane           (make bench-controlplane)
+//!   BENCH_CLUSTERS=20 BENCH_DIR=/tmp/bench-cp cargo bench …   (smaller; keep the logs)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failed run
 
 use std::collections::BTreeMap;
@@ -227,8 +228,12 @@ fn main() {
     let clusters = env_number("BENCH_CLUSTERS", 100);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let cp = LocalControlPlane::builder()
-            .name("bench-cp")
+        let mut builder = LocalControlPlane::builder().name("bench-cp");
+        // BENCH_DIR keeps the logs, including the audit log, for a closer look.
+        if let Ok(dir) = std::env::var("BENCH_DIR") {
+            builder = builder.dir(dir);
+        }
+        let cp = builder
             .cluster_api()
             .crds(testkit::tools::repo_root().join("config/crd/bases"))
             .audit_log()
@@ -290,5 +295,19 @@ fn main() {
             );
         }
         drop(manager);
+
+        // What one workload cluster's API server costs, served as the test infrastructure
+        // serves them (its own prefix on the shared etcd), idle for 10 s after it is ready.
+        let workload = LocalControlPlane::builder()
+            .name("workload")
+            .etcd(cp.etcd(), "/workload/measure")
+            .start()
+            .await
+            .unwrap();
+        let lifeline = workload.lifeline_pids()[1];
+        let apiserver = component_pid(lifeline, "/kube-apiserver").await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (_, rss) = usage(apiserver);
+        println!("One workload kube-apiserver (shared etcd, own prefix), idle: {rss:.0} MiB peak RSS");
     });
 }

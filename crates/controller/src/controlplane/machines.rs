@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use api::capi::{annotations, labels};
+use api::capi::{Machine, annotations, labels};
 use api::controlplane::v1alpha3::TalosControlPlane;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
@@ -190,6 +190,56 @@ fn deletion(tcp: &TalosControlPlane) -> Value {
         }
     }
     Value::Object(out)
+}
+
+/// What machineTemplate asks every machine to carry, kept in place without a rollout: its
+/// labels and annotations, and the deletion timeouts.
+pub fn template_fields(tcp: &TalosControlPlane) -> Value {
+    let metadata = tcp
+        .spec
+        .machine_template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref());
+    json!({
+        "metadata": {
+            "labels": metadata.and_then(|m| m.labels.clone()).unwrap_or_default(),
+            "annotations": metadata.and_then(|m| m.annotations.clone()).unwrap_or_default(),
+        },
+        "spec": {"deletion": deletion(tcp)},
+    })
+}
+
+/// Whether `machine` lacks (or differs in) any of `fields` ([`template_fields`]).
+pub fn lacks(machine: &Machine, fields: &Value) -> bool {
+    let has = |path: [&str; 2], actual: &Value| {
+        fields[path[0]][path[1]]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .any(|(k, v)| actual.get(k) != Some(v))
+    };
+    let labels = serde_json::to_value(machine.labels()).unwrap_or_default();
+    let annotations = serde_json::to_value(machine.annotations()).unwrap_or_default();
+    let deletion = serde_json::to_value(&machine.spec.deletion).unwrap_or_default();
+    has(["metadata", "labels"], &labels)
+        || has(["metadata", "annotations"], &annotations)
+        || has(["spec", "deletion"], &deletion)
+}
+
+/// Bring `machine` in step with [`template_fields`] (added or changed; a key dropped from the
+/// template stays on machines that have it).
+pub async fn sync(ctx: &Context, ns: &str, machine: &str, fields: &Value) -> Result<(), Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        ns,
+        &crate::cache::capi_resource("Machine"),
+    );
+    api.patch(machine, &PatchParams::default(), &Patch::Merge(fields))
+        .await
+        .map(drop)
+        .map_err(Error::kube(format!(
+            "updating machine {ns}/{machine} from machineTemplate"
+        )))
 }
 
 /// Create machine `name` of `tcp` in `failure_domain` (answering the remediation
@@ -436,6 +486,31 @@ mod tests {
         assert_eq!(duration_seconds("10"), None);
         assert_eq!(duration_seconds("5d"), None);
         assert_eq!(duration_seconds(""), None);
+    }
+
+    #[test]
+    fn template_metadata_and_timeouts_are_compared_key_by_key() {
+        let tcp: TalosControlPlane = serde_json::from_value(json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
+            "metadata": {"name": "cp", "namespace": "ns"},
+            "spec": {"version": "v1.33.0", "controlPlaneConfig": {"controlplane": {}},
+                "machineTemplate": {"metadata": {"labels": {"team": "a"}}, "nodeDrainTimeout": "5m"}}
+        }))
+        .expect("a TalosControlPlane");
+        let fields = template_fields(&tcp);
+        assert_eq!(fields["spec"]["deletion"]["nodeDrainTimeoutSeconds"], 300);
+        let mut m: Machine = serde_json::from_value(json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "metadata": {"name": "m", "labels": {"team": "a", "other": "x"}},
+            "spec": {"clusterName": "c", "deletion": {"nodeDrainTimeoutSeconds": 300, "nodeDeletionTimeoutSeconds": 10}}
+        }))
+        .expect("a Machine");
+        assert!(
+            !lacks(&m, &fields),
+            "extra labels and defaulted timeouts are not differences"
+        );
+        m.metadata.labels = Some([("team".to_owned(), "b".to_owned())].into());
+        assert!(lacks(&m, &fields));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! no events to offer, so while something is in progress it looks again after a second, and
 //! otherwise only on a slow resync.
 
+pub mod expectations;
 pub mod kubeconfig;
 pub mod machines;
 pub mod plan;
@@ -141,6 +142,10 @@ fn key(obj: &DynamicObject) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
+fn key_of(tcp: &TalosControlPlane) -> String {
+    format!("{}/{}", tcp.namespace().unwrap_or_default(), tcp.name_any())
+}
+
 async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.caches.ready().await;
     let started = Instant::now();
@@ -259,6 +264,10 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         return Ok(Action::await_change());
     };
 
+    // A step whose result the cache does not show yet is not followed by another.
+    if ctx.expectations.pending(&key_of(&tcp), &machines).is_some() {
+        return Ok(Action::requeue(IN_PROGRESS));
+    }
     report.certificates = Some(
         match kubeconfig::reconcile(ctx, &tcp, &cluster_name, &endpoint).await {
             Ok(outcome) => certificates(ctx, &tcp, &cluster_name, outcome).await,
@@ -317,6 +326,14 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     };
     report.last_remediation = last_remediation(&tcp, &report.view);
 
+    // Template metadata and timeouts follow in place (no rollout for them).
+    let fields = machines::template_fields(&tcp);
+    for m in machines
+        .iter()
+        .filter(|m| m.meta().deletion_timestamp.is_none() && machines::lacks(m, &fields))
+    {
+        machines::sync(ctx, &ns, &m.name_any(), &fields).await?;
+    }
     let step = plan::next_step(report.desired, report.bootstrapped, &report.view);
     let step = act(
         ctx,
@@ -461,6 +478,7 @@ async fn act(
                 remediation.as_deref(),
             )
             .await?;
+            ctx.expectations.created(&key_of(tcp), &name);
             if remediation.is_some() {
                 annotate(ctx, tcp, remediation::IN_PROGRESS, None).await?;
             }
@@ -558,6 +576,7 @@ async fn act(
         }
         Step::ScaleDown { machine } => {
             machines::delete(ctx, &ns, machine).await?;
+            ctx.expectations.deleted(&key_of(tcp), machine);
             event(
                 "MachineDeleted",
                 format!("scaling down: deleted control-plane machine {machine}"),

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use api::capi::Machine;
 use kube::{Resource, ResourceExt};
 
-/// After this long the cache is trusted again, whatever it shows.
-const PATIENCE: Duration = Duration::from_secs(30);
+/// After this long the cache is trusted again, whatever it shows (the ReplicaSet controller's
+/// expectations expire after 5 minutes too).
+const PATIENCE: Duration = Duration::from_secs(300);
 
 #[derive(Debug)]
 struct Expected {

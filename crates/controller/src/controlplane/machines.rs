@@ -438,6 +438,44 @@ impl<'a> Created<'a> {
     }
 }
 
+/// Control-plane machines of `tcp` that are not being deleted, read from the API server (not
+/// the cache): the check before a machine is created or deleted.
+pub async fn count_live(
+    ctx: &Context,
+    tcp: &TalosControlPlane,
+    cluster: &str,
+) -> Result<usize, Error> {
+    let ns = tcp.namespace().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &ns,
+        &crate::cache::capi_resource("Machine"),
+    );
+    let selector = format!(
+        "{}={cluster},{}",
+        labels::CLUSTER_NAME,
+        labels::CONTROL_PLANE
+    );
+    let list = api
+        .list_metadata(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube(format!(
+            "listing the control-plane machines of {ns}/{cluster}"
+        )))?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .filter(|m| {
+            m.metadata.owner_references.iter().flatten().any(|o| {
+                o.controller == Some(true)
+                    && o.kind == "TalosControlPlane"
+                    && o.name == tcp.name_any()
+            })
+        })
+        .count())
+}
+
 /// Take our pre-terminate hook off `machine` so Cluster API finishes deleting it.
 pub async fn release(ctx: &Context, ns: &str, machine: &str) -> Result<(), Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(

@@ -466,6 +466,15 @@ async fn act(
     };
     match &step {
         Step::CreateMachine { failure_domain } => {
+            // The cache may lag behind a busy API server: the API server has the last word on
+            // how many machines exist before one more is made.
+            let live = machines::count_live(ctx, tcp, cluster).await?;
+            if live >= usize::try_from(report.desired).unwrap_or(0) {
+                return Ok(Step::Wait {
+                    reason: "WaitingForCache",
+                    message: format!("{live} machines exist; waiting for the cache to show them"),
+                });
+            }
             let name = machines::new_name(&tcp.name_any(), entropy(tcp));
             // A replacement for a remediated machine carries that remediation (retry counting).
             let remediation = tcp.annotations().get(remediation::IN_PROGRESS).cloned();
@@ -575,6 +584,13 @@ async fn act(
             .await;
         }
         Step::ScaleDown { machine } => {
+            let live = machines::count_live(ctx, tcp, cluster).await?;
+            if live <= usize::try_from(report.desired).unwrap_or(0) {
+                return Ok(Step::Wait {
+                    reason: "WaitingForCache",
+                    message: format!("{live} machines exist; waiting for the cache to show them"),
+                });
+            }
             machines::delete(ctx, &ns, machine).await?;
             ctx.expectations.deleted(&key_of(tcp), machine);
             event(

@@ -47,6 +47,8 @@ pub const FINALIZER: &str = "talos.controlplane.cluster.x-k8s.io";
 /// How soon to look again while something is in progress (the Talos API has no events): half
 /// a second keeps the reaction to a node or member becoming healthy under a second.
 const IN_PROGRESS: Duration = Duration::from_millis(500);
+/// The longest wait between looks at a control plane while one of its nodes does not answer.
+const UNREACHABLE_MAX: Duration = Duration::from_secs(30);
 /// How often a steady control plane is checked over the Talos API.
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -348,9 +350,29 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     let settled = matches!(step, Step::Steady)
         && report.talos_problem.is_none()
         && report.view.machines.iter().all(|m| m.components_healthy);
+    // A node that does not answer is asked again less and less often (up to every 30 s), not
+    // every half second for as long as it is down.
+    let unreachable = machines.iter().any(|m| {
+        talos::address(m).is_some()
+            && observed
+                .health
+                .get(&m.name_any())
+                .is_none_or(|h| !h.reachable)
+    });
+    let backoff_key = format!("{}/unreachable", key_of(&tcp));
+    let wait = if settled {
+        RESYNC
+    } else if unreachable && matches!(step, Step::Steady | Step::Wait { .. }) {
+        ctx.backoff(&backoff_key).min(UNREACHABLE_MAX)
+    } else {
+        IN_PROGRESS
+    };
+    if !unreachable {
+        ctx.succeeded(&backoff_key);
+    }
     report.step = Some(step);
     write_status(ctx, &tcp, &report).await?;
-    Ok(Action::requeue(if settled { RESYNC } else { IN_PROGRESS }))
+    Ok(Action::requeue(wait))
 }
 
 fn counted(m: &Machine) -> Counted {

@@ -143,16 +143,35 @@ async fn control_planes_and_workers_share_one_bundle_and_machines_get_their_data
         let (_, docs) = secret_value(&client, &ns, &name).await;
         docs_by_machine.insert(worker.metadata.name.clone().unwrap(), docs);
     }
-    // The real Machine controller read our v1beta2 status.
-    for m in machines.list(&ListParams::default()).await.unwrap().items {
-        assert_eq!(
-            m.status
-                .and_then(|s| s.initialization)
-                .and_then(|i| i.bootstrap_data_secret_created),
-            Some(true),
-            "Machine {:?}",
-            m.metadata.name
-        );
+    // The real Machine controller reads our v1beta2 status (on its own schedule: wait for it).
+    let created = |m: &Machine| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.initialization.as_ref())
+            .and_then(|i| i.bootstrap_data_secret_created)
+            == Some(true)
+    };
+    let all_read = tokio::time::timeout(WAIT, async {
+        loop {
+            let list = machines.list(&ListParams::default()).await.unwrap().items;
+            if list.iter().all(created) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    if all_read.is_err() {
+        let pending: Vec<_> = machines
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|m| !created(m))
+            .map(|m| m.metadata.name)
+            .collect();
+        panic!("Machines without bootstrapDataSecretCreated: {pending:?}");
     }
 
     let first = &docs_by_machine["ha-cp-0"][0];

@@ -47,6 +47,8 @@ pub const FINALIZER: &str = "talos.controlplane.cluster.x-k8s.io";
 /// How soon to look again while something is in progress (the Talos API has no events): half
 /// a second keeps the reaction to a node or member becoming healthy under a second.
 const IN_PROGRESS: Duration = Duration::from_millis(500);
+/// How soon to look again while waiting for the first node to answer, to bootstrap etcd.
+const FIRST_NODE: Duration = Duration::from_millis(200);
 /// The longest wait between looks at a control plane while one of its nodes does not answer.
 const UNREACHABLE_MAX: Duration = Duration::from_secs(30);
 /// How often a steady control plane is checked over the Talos API.
@@ -362,6 +364,9 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     let backoff_key = format!("{}/unreachable", key_of(&tcp));
     let wait = if settled {
         RESYNC
+    } else if !report.bootstrapped {
+        // The first node is about to answer: it is asked often, so etcd starts without delay.
+        FIRST_NODE
     } else if unreachable && matches!(step, Step::Steady | Step::Wait { .. }) {
         ctx.backoff(&backoff_key).min(UNREACHABLE_MAX)
     } else {

@@ -12,6 +12,9 @@ use futures::channel::mpsc;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::ObjectRef;
 
+use kube::runtime::controller::Action;
+
+use crate::Error;
 use crate::cache::Caches;
 use crate::metrics::Metrics;
 use crate::nodes::{Grpc, TalosNodes};
@@ -161,6 +164,41 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(group_kind.to_owned(), ar);
+    }
+
+    /// Run one reconcile of `controller` for the object `key`, once the shared caches have
+    /// listed: timed and counted, and its backoff forgotten when it succeeds.
+    pub(crate) async fn reconciled(
+        &self,
+        controller: &'static str,
+        key: &str,
+        reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+    ) -> Result<Action, Error> {
+        // Reads come from the shared caches: never from one that has not listed yet.
+        self.caches.ready().await;
+        let started = std::time::Instant::now();
+        let result = reconcile.await;
+        let took = started.elapsed();
+        tracing::debug!(controller, object = %key, ok = result.is_ok(), elapsed = ?took, "reconciled");
+        self.metrics
+            .observe(controller, took, result.as_ref().err().map(Error::category));
+        if result.is_ok() {
+            self.succeeded(key);
+        }
+        result
+    }
+
+    /// After a failed reconcile: transient errors are retried with backoff per object; the
+    /// others are in status and an Event, and wait for a change to the object.
+    pub(crate) fn after_error(&self, controller: &'static str, key: &str, error: &Error) -> Action {
+        if error.is_transient() {
+            let wait = self.backoff(key);
+            tracing::warn!(controller, object = %key, error = %error, retry_in = ?wait, "transient error");
+            Action::requeue(wait)
+        } else {
+            tracing::info!(controller, object = %key, error = %error, "waiting for a change");
+            Action::await_change()
+        }
     }
 
     pub(crate) fn succeeded(&self, key: &str) {

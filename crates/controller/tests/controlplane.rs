@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use api::capi::Machine;
@@ -20,24 +19,6 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use talos_sim::Simulator;
 use talos_sim::etcd::Op;
-
-/// The cluster id Talos nodes of `cluster` carry (from its secrets bundle).
-async fn cluster_id(client: &kube::Client, ns: &str, cluster: &str) -> String {
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get(&format!("{cluster}-talos"))
-        .await
-        .unwrap();
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    machineconfig::SecretsBundle::from_cabpt_secret(&data)
-        .unwrap()
-        .cluster
-        .id
-}
 
 /// Poll `check` until it returns Some, or fail with `what` and the control plane's status.
 async fn eventually<T>(
@@ -106,7 +87,7 @@ async fn settled(
             if !healthy || status.replicas != Some(n as i32) || machines.len() != n {
                 return None;
             }
-            let id = cluster_id(client, ns, name).await;
+            let id = sim_infra::cluster_id(client, ns, name).await.unwrap();
             let members = sim.etcd_members(&id);
             (members.len() == n && members.iter().all(|(_, _, learner)| !learner))
                 .then_some(members)
@@ -119,7 +100,7 @@ async fn settled(
 /// every removal, and no member removed from a node that still runs (a removed member's node
 /// was terminated with its machine).
 async fn assert_etcd_invariants(client: &kube::Client, ns: &str, cluster: &str, sim: &Simulator) {
-    let id = cluster_id(client, ns, cluster).await;
+    let id = sim_infra::cluster_id(client, ns, cluster).await.unwrap();
     let history = sim.etcd_history(&id);
     let bootstraps = history.iter().filter(|c| c.op == Op::Bootstrap).count();
     assert_eq!(bootstraps, 1, "{history:?}");
@@ -139,6 +120,32 @@ async fn assert_etcd_invariants(client: &kube::Client, ns: &str, cluster: &str, 
         )
         .await;
     }
+}
+
+/// Wait until `gone` has left and the control plane is back to three healthy members.
+async fn replaced_and_settled(
+    client: &kube::Client,
+    ns: &str,
+    cp: &str,
+    sim: &Simulator,
+    gone: &str,
+) -> Vec<(String, u64, bool)> {
+    eventually(
+        client,
+        ns,
+        cp,
+        &format!("machine {gone} gone"),
+        async || {
+            let names: Vec<String> = machines(client, ns)
+                .await
+                .iter()
+                .map(ResourceExt::name_any)
+                .collect();
+            (!names.iter().any(|n| n == gone)).then_some(())
+        },
+    )
+    .await;
+    settled(client, ns, cp, sim, 3).await
 }
 
 async fn scale(client: &kube::Client, ns: &str, name: &str, replicas: i32) {
@@ -287,18 +294,7 @@ async fn a_deleted_machine_is_replaced_with_a_new_member() {
         .delete(&victim, &Default::default())
         .await
         .unwrap();
-    let after = eventually(&client, &ns, "r", "the machine replaced", async || {
-        let names: Vec<String> = machines(&client, &ns)
-            .await
-            .iter()
-            .map(ResourceExt::name_any)
-            .collect();
-        if names.contains(&victim) {
-            return None;
-        }
-        Some(settled(&client, &ns, "r", &infra.sim, 3).await)
-    })
-    .await;
+    let after = replaced_and_settled(&client, &ns, "r", &infra.sim, &victim).await;
     let ids = |m: &[(String, u64, bool)]| m.iter().map(|(_, id, _)| *id).collect::<Vec<_>>();
     let new: Vec<u64> = ids(&after)
         .into_iter()
@@ -521,7 +517,7 @@ async fn an_unreachable_node_keeps_its_member() {
     .await;
     // A while later the member is still there: the machine exists, it is only unreachable.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let id = cluster_id(&client, &ns, "u").await;
+    let id = sim_infra::cluster_id(&client, &ns, "u").await.unwrap();
     assert_eq!(
         member_on(&infra.sim.etcd_members(&id), &address),
         member_on(&before, &address)
@@ -590,7 +586,7 @@ async fn cacppt_237_a_restart_between_member_removal_and_machine_deletion_resume
         .delete(&victim, &Default::default())
         .await
         .unwrap();
-    let id = cluster_id(&client, &ns, "g").await;
+    let id = sim_infra::cluster_id(&client, &ns, "g").await.unwrap();
     let member = member_on(&infra.sim.etcd_members(&id), &victim_node).unwrap();
     let talosconfig = Api::<Secret>::namespaced(client.clone(), &ns)
         .get("g-talosconfig")
@@ -616,22 +612,7 @@ async fn cacppt_237_a_restart_between_member_removal_and_machine_deletion_resume
     );
 
     let _controller = start_controller(&client, &ns);
-    eventually(
-        &client,
-        &ns,
-        "g",
-        "the machine gone and replaced",
-        async || {
-            let names: Vec<String> = machines(&client, &ns)
-                .await
-                .iter()
-                .map(ResourceExt::name_any)
-                .collect();
-            (!names.contains(&victim)).then_some(())
-        },
-    )
-    .await;
-    settled(&client, &ns, "g", &infra.sim, 3).await;
+    replaced_and_settled(&client, &ns, "g", &infra.sim, &victim).await;
     assert_etcd_invariants(&client, &ns, "g", &infra.sim).await;
 }
 
@@ -709,22 +690,7 @@ async fn a_zone_outage_moves_the_replacement_to_a_surviving_zone() {
         .delete(&in_a, &Default::default())
         .await
         .unwrap();
-    eventually(
-        &client,
-        &ns,
-        "z",
-        "the machine in zone a replaced",
-        async || {
-            let names: Vec<String> = machines(&client, &ns)
-                .await
-                .iter()
-                .map(ResourceExt::name_any)
-                .collect();
-            (!names.contains(&in_a)).then_some(())
-        },
-    )
-    .await;
-    settled(&client, &ns, "z", &infra.sim, 3).await;
+    replaced_and_settled(&client, &ns, "z", &infra.sim, &in_a).await;
     let zones: Vec<String> = machines(&client, &ns)
         .await
         .iter()
@@ -768,7 +734,7 @@ async fn mark_unhealthy(client: &kube::Client, ns: &str, machine: &str) {
 
 /// The replacement of `gone` (the machine naming it in its remediation-for), once the control
 /// plane is back to three healthy members.
-async fn replaced(
+async fn replacement_of(
     client: &kube::Client,
     ns: &str,
     cp: &str,
@@ -826,7 +792,7 @@ async fn mhc_remediation_replaces_one_machine_at_a_time_within_retry_limits() {
 
     let first = machines(&client, &ns).await.remove(0).name_any();
     mark_unhealthy(&client, &ns, &first).await;
-    let second = replaced(&client, &ns, "m", &infra.sim, &first).await;
+    let second = replacement_of(&client, &ns, "m", &infra.sim, &first).await;
     assert_eq!(
         (last().await.machine, last().await.retry_count),
         (first.clone(), 0)
@@ -834,7 +800,7 @@ async fn mhc_remediation_replaces_one_machine_at_a_time_within_retry_limits() {
 
     // The replacement fails too, soon after: a retry.
     mark_unhealthy(&client, &ns, &second).await;
-    let third = replaced(&client, &ns, "m", &infra.sim, &second).await;
+    let third = replacement_of(&client, &ns, "m", &infra.sim, &second).await;
     assert_eq!(
         (last().await.machine, last().await.retry_count),
         (second.clone(), 1)

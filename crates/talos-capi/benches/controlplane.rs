@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject};
 use serde_json::Value;
 use talos_sim::etcd::Op;
@@ -71,23 +70,6 @@ async fn wait_ready(client: &kube::Client, ns: &str, names: &[String]) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn cluster_id(client: &kube::Client, ns: &str, cluster: &str) -> String {
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get(&format!("{cluster}-talos"))
-        .await
-        .unwrap();
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    machineconfig::SecretsBundle::from_cabpt_secret(&data)
-        .unwrap()
-        .cluster
-        .id
 }
 
 fn received(event: &Value) -> Option<SystemTime> {
@@ -199,7 +181,7 @@ async fn phase(
     let node_up = stamps.lock().unwrap().clone();
     let (mut up, mut healthy) = (Vec::new(), Vec::new());
     for n in &names {
-        let id = cluster_id(client, ns, n).await;
+        let id = sim_infra::cluster_id(client, ns, n).await.unwrap();
         let (u, h) = gates(
             sim,
             &id,

@@ -386,3 +386,24 @@ pub async fn control_plane_cluster(
     }
     Ok(())
 }
+
+/// The cluster id the Talos nodes of `cluster` carry, from its secrets bundle (`None` until the
+/// bundle exists, or if it cannot be read).
+pub async fn cluster_id(client: &kube::Client, ns: &str, cluster: &str) -> Option<String> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(&format!("{cluster}-talos"))
+        .await
+        .ok()??;
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    Some(
+        machineconfig::SecretsBundle::from_cabpt_secret(&data)
+            .ok()?
+            .cluster
+            .id,
+    )
+}

@@ -10,7 +10,6 @@ pub mod secrets;
 pub mod status;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use api::bootstrap::v1alpha3::{TalosConfig, TalosConfigStatus};
 use api::capi::labels;
@@ -172,32 +171,12 @@ fn key(obj: &DynamicObject) -> String {
 }
 
 async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
-    // Reads come from the shared caches: never from one that has not listed yet.
-    ctx.caches.ready().await;
-    let started = Instant::now();
-    let result = reconcile_inner(&obj, &ctx).await;
-    tracing::debug!(talosconfig = %key(&obj), ok = result.is_ok(), elapsed = ?started.elapsed(), "reconciled");
-    ctx.metrics.observe(
-        CONTROLLER,
-        started.elapsed(),
-        result.as_ref().err().map(Error::category),
-    );
-    if result.is_ok() {
-        ctx.succeeded(&key(&obj));
-    }
-    result
+    ctx.reconciled(CONTROLLER, &key(&obj), reconcile_inner(&obj, &ctx))
+        .await
 }
 
 fn error_policy(obj: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
-    if error.is_transient() {
-        let wait = ctx.backoff(&key(&obj));
-        tracing::warn!(talosconfig = %key(&obj), error = %error, retry_in = ?wait, "transient error");
-        Action::requeue(wait)
-    } else {
-        // Reported in status and as an Event; a change to the object triggers the next try.
-        tracing::info!(talosconfig = %key(&obj), error = %error, "waiting for a change");
-        Action::await_change()
-    }
+    ctx.after_error(CONTROLLER, &key(&obj), error)
 }
 
 async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, Error> {

@@ -106,18 +106,21 @@ pub async fn bundle(
             get_or_generate(ctx, ns, cluster, &name).await?
         }
     };
-    let data: BTreeMap<String, Vec<u8>> = stored
+    parse_bundle(&stored).map(Some)
+}
+
+/// The secrets bundle a `<cluster>-talos` Secret holds (ours or CABPT's keys).
+pub fn parse_bundle(secret: &Secret) -> Result<SecretsBundle, Error> {
+    let data: BTreeMap<String, Vec<u8>> = secret
         .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
         .collect();
-    SecretsBundle::from_cabpt_secret(&data)
-        .map(Some)
-        .map_err(|e| Error::InvalidSecret {
-            name,
-            reason: e.to_string(),
-        })
+    SecretsBundle::from_cabpt_secret(&data).map_err(|e| Error::InvalidSecret {
+        name: secret.name_any(),
+        reason: e.to_string(),
+    })
 }
 
 async fn get_or_generate(

@@ -11,7 +11,6 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Resource, ResourceExt};
-use machineconfig::SecretsBundle;
 use time::{Duration, OffsetDateTime};
 
 use crate::bootstrap::secrets::{CLUSTER_SECRET_TYPE, bundle_name};
@@ -112,17 +111,7 @@ pub async fn reconcile(
         }
     };
 
-    let data: BTreeMap<String, Vec<u8>> = bundle_secret
-        .data
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    let bundle = SecretsBundle::from_cabpt_secret(&data).map_err(|e| Error::InvalidSecret {
-        name: bundle_name(cluster),
-        reason: e.to_string(),
-    })?;
+    let bundle = crate::bootstrap::secrets::parse_bundle(&bundle_secret)?;
     let issued =
         machineconfig::kubeconfig::generate(cluster, &server(endpoint), &bundle, now, VALIDITY)
             .map_err(|e| Error::InvalidSecret {

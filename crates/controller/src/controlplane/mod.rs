@@ -19,7 +19,7 @@ pub mod status;
 pub mod talos;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use api::capi::{Machine, annotations, has_annotation, labels};
 use api::conditions::{ConditionType, Observation, Severity, Status, reason};
@@ -51,8 +51,9 @@ const IN_PROGRESS: Duration = Duration::from_millis(500);
 const FIRST_NODE: Duration = Duration::from_millis(200);
 /// The longest wait between looks at a control plane while one of its nodes does not answer.
 const UNREACHABLE_MAX: Duration = Duration::from_secs(30);
-/// How often a steady control plane is checked over the Talos API.
-const RESYNC: Duration = Duration::from_secs(300);
+/// How often a steady control plane is checked over the Talos API: nothing in Kubernetes
+/// announces a node whose etcd fails, so this bounds how late it is noticed.
+const RESYNC: Duration = Duration::from_secs(30);
 
 pub fn resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
@@ -151,30 +152,12 @@ fn key_of(tcp: &TalosControlPlane) -> String {
 }
 
 async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.caches.ready().await;
-    let started = Instant::now();
-    let result = reconcile_inner(&obj, &ctx).await;
-    tracing::debug!(taloscontrolplane = %key(&obj), ok = result.is_ok(), elapsed = ?started.elapsed(), "reconciled");
-    ctx.metrics.observe(
-        CONTROLLER,
-        started.elapsed(),
-        result.as_ref().err().map(Error::category),
-    );
-    if result.is_ok() {
-        ctx.succeeded(&key(&obj));
-    }
-    result
+    ctx.reconciled(CONTROLLER, &key(&obj), reconcile_inner(&obj, &ctx))
+        .await
 }
 
 fn error_policy(obj: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
-    if error.is_transient() {
-        let wait = ctx.backoff(&key(&obj));
-        tracing::warn!(taloscontrolplane = %key(&obj), error = %error, retry_in = ?wait, "transient error");
-        Action::requeue(wait)
-    } else {
-        tracing::info!(taloscontrolplane = %key(&obj), error = %error, "waiting for a change");
-        Action::await_change()
-    }
+    ctx.after_error(CONTROLLER, &key(&obj), error)
 }
 
 /// The Cluster that owns a TalosControlPlane (Cluster API sets it from controlPlaneRef).
@@ -661,6 +644,28 @@ fn entropy(tcp: &TalosControlPlane) -> u64 {
     h.finish()
 }
 
+/// Merge `metadata` into the TalosControlPlane's metadata (`what` names the change in errors).
+async fn patch_metadata(
+    ctx: &Context,
+    tcp: &TalosControlPlane,
+    metadata: serde_json::Value,
+    what: &str,
+) -> Result<(), Error> {
+    let ns = tcp.namespace().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &resource());
+    api.patch(
+        &tcp.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "metadata": metadata })),
+    )
+    .await
+    .map(drop)
+    .map_err(Error::kube(format!(
+        "updating the {what} of TalosControlPlane {ns}/{}",
+        tcp.name_any()
+    )))
+}
+
 /// Set (or with `None` remove) an annotation of the TalosControlPlane.
 async fn annotate(
     ctx: &Context,
@@ -668,20 +673,13 @@ async fn annotate(
     key: &str,
     value: Option<&str>,
 ) -> Result<(), Error> {
-    let ns = tcp.namespace().unwrap_or_default();
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &resource());
-    let patch = json!({"metadata": {"annotations": {key: value}}});
-    api.patch(
-        &tcp.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
+    patch_metadata(
+        ctx,
+        tcp,
+        json!({"annotations": {key: value}}),
+        "annotations",
     )
     .await
-    .map(drop)
-    .map_err(Error::kube(format!(
-        "annotating TalosControlPlane {ns}/{}",
-        tcp.name_any()
-    )))
 }
 
 async fn ensure_finalizer(ctx: &Context, tcp: &TalosControlPlane) -> Result<(), Error> {
@@ -699,23 +697,8 @@ async fn patch_finalizers(
     tcp: &TalosControlPlane,
     finalizers: Vec<String>,
 ) -> Result<(), Error> {
-    let ns = tcp.namespace().unwrap_or_default();
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &resource());
-    let patch = json!({"metadata": {
-        "finalizers": finalizers,
-        "resourceVersion": tcp.resource_version(),
-    }});
-    api.patch(
-        &tcp.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(drop)
-    .map_err(Error::kube(format!(
-        "updating the finalizers of TalosControlPlane {ns}/{}",
-        tcp.name_any()
-    )))
+    let metadata = json!({"finalizers": finalizers, "resourceVersion": tcp.resource_version()});
+    patch_metadata(ctx, tcp, metadata, "finalizers").await
 }
 
 /// A TalosControlPlane being deleted: once the cluster's worker machines are gone, delete every

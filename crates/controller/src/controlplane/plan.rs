@@ -163,19 +163,11 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     fn machine(i: usize, fd: &str) -> MachineView {
+        let created =
+            Timestamp::from_second(1_800_000_000 + i as i64).unwrap_or(Timestamp::UNIX_EPOCH);
         MachineView {
-            name: format!("cp-{i}"),
-            hostname: format!("cp-{i}"),
-            created: Timestamp::from_second(1_800_000_000 + i as i64)
-                .unwrap_or(Timestamp::UNIX_EPOCH),
             failure_domain: Some(fd.into()),
-            deleting: false,
-            delete_annotated: false,
-            up_to_date: true,
-            components_healthy: true,
-            cleanup_hook: true,
-            unhealthy: false,
-            remediation_for: None,
+            ..MachineView::test(&format!("cp-{i}"), created)
         }
     }
 

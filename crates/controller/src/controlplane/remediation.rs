@@ -181,19 +181,7 @@ mod tests {
 
     fn cp(n: usize) -> ControlPlane {
         let machines: Vec<MachineView> = (0..n)
-            .map(|i| MachineView {
-                name: format!("m{i}"),
-                hostname: format!("m{i}"),
-                created: at(i as i64),
-                failure_domain: None,
-                deleting: false,
-                delete_annotated: false,
-                up_to_date: true,
-                components_healthy: true,
-                cleanup_hook: true,
-                unhealthy: false,
-                remediation_for: None,
-            })
+            .map(|i| MachineView::test(&format!("m{i}"), at(i as i64)))
             .collect();
         let etcd = machines
             .iter()

@@ -38,6 +38,26 @@ pub struct MachineView {
     pub remediation_for: Option<super::remediation::Record>,
 }
 
+#[cfg(test)]
+impl MachineView {
+    /// A healthy, up-to-date machine (its hostname is its name) with our hook, for tests.
+    pub(crate) fn test(name: &str, created: Timestamp) -> MachineView {
+        MachineView {
+            name: name.into(),
+            hostname: name.into(),
+            created,
+            failure_domain: None,
+            deleting: false,
+            delete_annotated: false,
+            up_to_date: true,
+            components_healthy: true,
+            cleanup_hook: true,
+            unhealthy: false,
+            remediation_for: None,
+        }
+    }
+}
+
 /// An etcd member as the cluster reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdMember {
@@ -249,17 +269,8 @@ mod tests {
 
     fn m(name: &str, fd: &str, age: i64) -> MachineView {
         MachineView {
-            name: name.into(),
-            hostname: name.into(),
-            created: at(-age),
             failure_domain: (!fd.is_empty()).then(|| fd.into()),
-            deleting: false,
-            delete_annotated: false,
-            up_to_date: true,
-            components_healthy: true,
-            cleanup_hook: true,
-            unhealthy: false,
-            remediation_for: None,
+            ..MachineView::test(name, at(-age))
         }
     }
 

@@ -446,17 +446,8 @@ mod tests {
 
     fn view(name: &str, healthy: bool) -> MachineView {
         MachineView {
-            name: name.into(),
-            hostname: name.into(),
-            created: Timestamp::UNIX_EPOCH,
-            failure_domain: None,
-            deleting: false,
-            delete_annotated: false,
-            up_to_date: true,
             components_healthy: healthy,
-            cleanup_hook: true,
-            unhealthy: false,
-            remediation_for: None,
+            ..MachineView::test(name, Timestamp::UNIX_EPOCH)
         }
     }
 

@@ -11,7 +11,6 @@ mod error;
 pub mod metrics;
 pub mod nodes;
 pub mod report;
-pub mod rollout;
 
 pub use context::{Clock, Context, Options, SystemClock};
 pub use error::{Error, SpecError};

@@ -279,6 +279,7 @@ pub struct TalosControlPlaneSpec {
     /// Kubernetes version of the control plane, with a leading v, e.g. v1.33.2.
     #[schemars(length(min = 2, max = 64))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^v(0|[1-9][0-9]*)\\\\.(0|[1-9][0-9]*)\\\\.(0|[1-9][0-9]*)([-0-9a-zA-Z_\\\\.+]*)?$')").message("version must be a Kubernetes version with a leading v, for example v1.33.2"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('^v[0-9]+\\\\.[0-9]+\\\\.') || !oldSelf.matches('^v[0-9]+\\\\.[0-9]+\\\\.') || self.split('.')[0] != oldSelf.split('.')[0] || int(self.split('.')[1]) <= int(oldSelf.split('.')[1]) + 1").message("a Kubernetes upgrade may not skip a minor version: upgrade to the next minor version first, then to this one once that rollout is done"))]
     pub version: String,
     /// The infrastructure machine template to clone for control-plane machines (CACPPT's
     /// field). Alternative to machineTemplate.infrastructureRef.
@@ -299,6 +300,10 @@ pub struct TalosControlPlaneSpec {
     /// How machines marked unhealthy by a MachineHealthCheck are remediated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remediation_strategy: Option<RemediationStrategy>,
+    /// Replace every control-plane machine created before this time once it has passed
+    /// (KubeadmControlPlane's rolloutAfter), e.g. to renew machines without a spec change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_after: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// v1beta2 contract: `controlPlaneInitialized` once the control plane answers.

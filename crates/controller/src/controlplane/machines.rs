@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use api::bootstrap::v1alpha3::TalosConfigSpec;
 use api::capi::{Machine, annotations, labels};
 use api::controlplane::v1alpha3::TalosControlPlane;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -65,6 +66,131 @@ impl TemplateRef {
     pub fn group_kind(&self) -> String {
         format!("{}.{}", self.kind, self.group)
     }
+}
+
+/// What a machine was made from, recorded on it when it is created, to tell when it is
+/// outdated: the infrastructure template (`Kind.group/name`) and digests of that template's
+/// spec.template and of the machine's TalosConfig spec.
+pub const MADE_FROM_TEMPLATE: &str = "controlplane.cluster.x-k8s.io/infrastructure-template";
+pub const MADE_FROM_TEMPLATE_DIGEST: &str =
+    "controlplane.cluster.x-k8s.io/infrastructure-template-digest";
+pub const MADE_FROM_CONFIG_DIGEST: &str = "controlplane.cluster.x-k8s.io/talos-config-digest";
+
+/// An infrastructure template as read now.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub reference: TemplateRef,
+    pub resource: ApiResource,
+    pub object: DynamicObject,
+}
+
+impl Template {
+    /// Read the template `tcp` names.
+    pub async fn read(ctx: &Context, tcp: &TalosControlPlane) -> Result<Template, Error> {
+        let reference = TemplateRef::of(tcp).ok_or_else(|| {
+            Error::Spec(crate::SpecError::Invalid(
+                "no infrastructure template is named".into(),
+            ))
+        })?;
+        let resource = resource_of(ctx, &reference).await?;
+        let ns = reference
+            .namespace
+            .clone()
+            .unwrap_or_else(|| tcp.namespace().unwrap_or_default());
+        let object = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &resource)
+            .get_opt(&reference.name)
+            .await
+            .map_err(Error::kube(format!(
+                "reading {} {}",
+                reference.kind, reference.name
+            )))?
+            .ok_or_else(|| {
+                Error::Missing(format!(
+                    "infrastructure template {} {ns}/{} not found",
+                    reference.kind, reference.name
+                ))
+            })?;
+        Ok(Template {
+            reference,
+            resource,
+            object,
+        })
+    }
+
+    /// The digest of the template's spec.template, recorded on machines cloned from it.
+    pub fn digest(&self) -> String {
+        crate::cache::value_digest(self.object.data["spec"]["template"].to_string().as_bytes())
+    }
+}
+
+impl TemplateRef {
+    /// `Kind.group/name`, as machines record it.
+    pub fn identity(&self) -> String {
+        format!("{}/{}", self.group_kind(), self.name)
+    }
+}
+
+/// The TalosConfig spec of every control-plane machine: controlPlaneConfig.controlplane with
+/// generateType controlplane (etcd is bootstrapped over the API).
+pub fn config_spec(spec: &TalosConfigSpec) -> Result<Value, Error> {
+    let mut value = serde_json::to_value(spec).map_err(|source| Error::Decode {
+        kind: "TalosConfigSpec",
+        source,
+    })?;
+    value["generateType"] = json!("controlplane");
+    Ok(value)
+}
+
+/// The digest of a control-plane TalosConfig spec, recorded on its machine.
+pub fn config_digest(spec: &TalosConfigSpec) -> Result<String, Error> {
+    Ok(crate::cache::value_digest(
+        config_spec(spec)?.to_string().as_bytes(),
+    ))
+}
+
+/// Record on a machine made before talos-capi recorded it (by CACPPT, or an older release)
+/// the digest of its TalosConfig's spec, read once, so a later controlPlaneConfig change
+/// rolls it. A machine whose TalosConfig is gone is left alone.
+pub async fn record_config_digest(ctx: &Context, machine: &Machine) -> Result<(), Error> {
+    let ns = machine.namespace().unwrap_or_default();
+    let Some(config) = machine
+        .spec
+        .bootstrap
+        .config_ref
+        .as_ref()
+        .filter(|r| r.kind == "TalosConfig")
+    else {
+        return Ok(());
+    };
+    let api: Api<api::bootstrap::v1alpha3::TalosConfig> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(found) = api
+        .get_opt(&config.name)
+        .await
+        .map_err(Error::kube(format!(
+            "reading TalosConfig {ns}/{}",
+            config.name
+        )))?
+    else {
+        return Ok(());
+    };
+    let digest = config_digest(&found.spec)?;
+    let patch = json!({"metadata": {"annotations": {MADE_FROM_CONFIG_DIGEST: digest}}});
+    Api::<DynamicObject>::namespaced_with(
+        ctx.client.clone(),
+        &ns,
+        &crate::cache::capi_resource("Machine"),
+    )
+    .patch(
+        &machine.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(Error::kube(format!(
+        "recording the config digest of machine {ns}/{}",
+        machine.name_any()
+    )))
 }
 
 /// The API resource of `template`'s kind: from its apiVersion, or discovered (and remembered)
@@ -250,35 +376,16 @@ pub async fn sync(ctx: &Context, ns: &str, machine: &str, fields: &Value) -> Res
 pub async fn create(
     ctx: &Context,
     tcp: &TalosControlPlane,
+    template: &Template,
     cluster: &str,
     name: &str,
     failure_domain: Option<&str>,
     remediation_for: Option<&str>,
 ) -> Result<(), Error> {
     let ns = tcp.namespace().unwrap_or_default();
-    let template_ref = TemplateRef::of(tcp).ok_or_else(|| {
-        Error::Spec(crate::SpecError::Invalid(
-            "no infrastructure template is named".into(),
-        ))
-    })?;
-    let template_ar = resource_of(ctx, &template_ref).await?;
-    let template_ns = template_ref.namespace.clone().unwrap_or_else(|| ns.clone());
-    let templates: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &template_ns, &template_ar);
-    let template = templates
-        .get_opt(&template_ref.name)
-        .await
-        .map_err(Error::kube(format!(
-            "reading {} {}",
-            template_ref.kind, template_ref.name
-        )))?
-        .ok_or_else(|| {
-            Error::Missing(format!(
-                "infrastructure template {} {template_ns}/{} not found",
-                template_ref.kind, template_ref.name
-            ))
-        })?;
-    let inner = &template.data["spec"]["template"];
+    let template_ref = &template.reference;
+    let template_ar = &template.resource;
+    let inner = &template.object.data["spec"]["template"];
     let infra_kind = template_ref
         .kind
         .strip_suffix("Template")
@@ -317,13 +424,8 @@ pub async fn create(
     let mut created = Created::new(ctx, &ns);
     created.post(&infra_ar, infra).await?;
 
-    let mut config_spec = serde_json::to_value(&tcp.spec.control_plane_config.controlplane)
-        .map_err(|source| Error::Decode {
-            kind: "TalosConfigSpec",
-            source,
-        })?;
-    // Every control-plane machine gets the controlplane type; etcd is bootstrapped over the API.
-    config_spec["generateType"] = json!("controlplane");
+    let config_spec = config_spec(&tcp.spec.control_plane_config.controlplane)?;
+    let config_digest = crate::cache::value_digest(config_spec.to_string().as_bytes());
     let mut cp_labels = cluster_label.clone();
     cp_labels.insert(labels::CONTROL_PLANE.into(), String::new());
     let config_ar = super::talosconfig_resource();
@@ -354,6 +456,9 @@ pub async fn create(
         .and_then(|m| m.annotations.clone())
         .unwrap_or_default();
     machine_annotations.insert(cleanup_hook(), String::new());
+    machine_annotations.insert(MADE_FROM_TEMPLATE.into(), template_ref.identity());
+    machine_annotations.insert(MADE_FROM_TEMPLATE_DIGEST.into(), template.digest());
+    machine_annotations.insert(MADE_FROM_CONFIG_DIGEST.into(), config_digest);
     if let Some(record) = remediation_for {
         machine_annotations.insert(annotations::REMEDIATION_FOR.into(), record.to_owned());
     }
@@ -438,13 +543,9 @@ impl<'a> Created<'a> {
     }
 }
 
-/// Control-plane machines of `tcp` that are not being deleted, read from the API server (not
-/// the cache): the check before a machine is created or deleted.
-pub async fn count_live(
-    ctx: &Context,
-    tcp: &TalosControlPlane,
-    cluster: &str,
-) -> Result<usize, Error> {
+/// Control-plane machines of `tcp`, read from the API server (not the cache): the check before a
+/// machine is created or deleted.
+pub async fn count(ctx: &Context, tcp: &TalosControlPlane, cluster: &str) -> Result<Count, Error> {
     let ns = tcp.namespace().unwrap_or_default();
     let api: Api<DynamicObject> = Api::namespaced_with(
         ctx.client.clone(),
@@ -462,10 +563,9 @@ pub async fn count_live(
         .map_err(Error::kube(format!(
             "listing the control-plane machines of {ns}/{cluster}"
         )))?;
-    Ok(list
+    let ours: Vec<_> = list
         .items
         .iter()
-        .filter(|m| m.metadata.deletion_timestamp.is_none())
         .filter(|m| {
             m.metadata.owner_references.iter().flatten().any(|o| {
                 o.controller == Some(true)
@@ -473,7 +573,23 @@ pub async fn count_live(
                     && o.name == tcp.name_any()
             })
         })
-        .count())
+        .collect();
+    Ok(Count {
+        live: ours
+            .iter()
+            .filter(|m| m.metadata.deletion_timestamp.is_none())
+            .count(),
+        total: ours.len(),
+    })
+}
+
+/// Control-plane machines as the API server lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count {
+    /// Not being deleted.
+    pub live: usize,
+    /// Including those being deleted.
+    pub total: usize,
 }
 
 /// Take our pre-terminate hook off `machine` so Cluster API finishes deleting it.

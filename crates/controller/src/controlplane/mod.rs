@@ -14,6 +14,7 @@ pub mod kubeconfig;
 pub mod machines;
 pub mod plan;
 pub mod remediation;
+pub mod rollout;
 pub mod scope;
 pub mod status;
 pub mod talos;
@@ -251,6 +252,25 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         return Ok(Action::await_change());
     };
 
+    let desired = match rollout::Desired::of(&tcp.spec) {
+        Ok(d) => d,
+        Err(e) => {
+            report.gate = Some((reason::INVALID_SPEC, e.to_string()));
+            write_status(ctx, &tcp, &report).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    if let rollout::Strategy::RollingUpdate {
+        max_surge,
+        max_unavailable,
+    } = desired.strategy
+    {
+        let want = usize::try_from(desired.replicas).unwrap_or(0);
+        report.rollout_note = rollout::effective(max_surge, max_unavailable, want).note;
+    } else {
+        report.on_delete = true;
+    }
+
     // A step whose result the cache does not show yet is not followed by another.
     if ctx.expectations.pending(&key_of(&tcp), &machines).is_some() {
         return Ok(Action::requeue(IN_PROGRESS));
@@ -290,6 +310,19 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
             ..talos::Observed::default()
         },
     };
+    // What a machine made now is made from; the template is read on every reconcile, so a
+    // change of its content rolls the machines too. A template that cannot be read now judges
+    // no machine on content (and fails a creation, which says why).
+    let template = machines::Template::read(ctx, &tcp).await;
+    let now = ctx.clock.now().0;
+    let target = rollout::Target {
+        version: tcp.spec.version.clone(),
+        template: machines::TemplateRef::of(&tcp).map(|r| r.identity()),
+        template_digest: template.as_ref().ok().map(machines::Template::digest),
+        config_digest: machines::config_digest(&tcp.spec.control_plane_config.controlplane)?,
+        rollout_after: tcp.spec.rollout_after.as_ref().map(|t| t.0),
+        now,
+    };
     report.bootstrapped |= observed.members.as_ref().is_some_and(|m| !m.is_empty());
     report.talos_problem = observed.problem.clone();
     report.view = ControlPlane {
@@ -306,10 +339,13 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
                     .collect()
             })
             .unwrap_or_default(),
-        machines: machines.iter().map(|m| view(m, &tcp, &observed)).collect(),
+        machines: machines
+            .iter()
+            .map(|m| view(m, &target, &observed))
+            .collect(),
         etcd: observed.members.clone(),
         remediation: remediation::Policy::of(tcp.spec.remediation_strategy.as_ref()),
-        now: ctx.clock.now().0,
+        now,
     };
     report.last_remediation = last_remediation(&tcp, &report.view);
 
@@ -321,13 +357,24 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     {
         machines::sync(ctx, &ns, &m.name_any(), &fields).await?;
     }
-    let step = plan::next_step(report.desired, report.bootstrapped, &report.view);
+    for m in machines.iter().filter(|m| {
+        m.meta().deletion_timestamp.is_none()
+            && !m
+                .annotations()
+                .contains_key(machines::MADE_FROM_CONFIG_DIGEST)
+    }) {
+        machines::record_config_digest(ctx, m).await?;
+    }
+    let step = plan::next_step(&desired, report.bootstrapped, &report.view);
     let step = act(
         ctx,
         &tcp,
         &cluster_name,
         &machines,
-        talosconfig.as_deref(),
+        Act {
+            talosconfig: talosconfig.as_deref(),
+            template: template.ok(),
+        },
         step,
         &mut report,
     )
@@ -358,6 +405,12 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     if !unreachable {
         ctx.succeeded(&backoff_key);
     }
+    // A rolloutAfter in the future is acted on when it comes, not at the next resync.
+    let wait = match target.rollout_after.filter(|t| *t > now) {
+        Some(at) => Duration::try_from(at.duration_since(now))
+            .map_or(wait, |until| wait.min(until + Duration::from_millis(100))),
+        None => wait,
+    };
     report.step = Some(step);
     write_status(ctx, &tcp, &report).await?;
     Ok(Action::requeue(wait))
@@ -372,7 +425,23 @@ fn counted(m: &Machine) -> Counted {
     }
 }
 
-fn view(m: &Machine, tcp: &TalosControlPlane, observed: &talos::Observed) -> MachineView {
+/// What `m` was made from, as recorded on it.
+fn made(m: &Machine) -> rollout::Made {
+    let annotation = |key: &str| m.annotations().get(key).cloned();
+    rollout::Made {
+        version: m.spec.version.clone(),
+        template: annotation(machines::MADE_FROM_TEMPLATE),
+        template_digest: annotation(machines::MADE_FROM_TEMPLATE_DIGEST),
+        config_digest: annotation(machines::MADE_FROM_CONFIG_DIGEST),
+        created: m
+            .meta()
+            .creation_timestamp
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+    }
+}
+
+fn view(m: &Machine, target: &rollout::Target, observed: &talos::Observed) -> MachineView {
     MachineView {
         name: m.name_any(),
         hostname: talos::hostname(m),
@@ -384,7 +453,8 @@ fn view(m: &Machine, tcp: &TalosControlPlane, observed: &talos::Observed) -> Mac
         failure_domain: m.spec.failure_domain.clone(),
         deleting: m.meta().deletion_timestamp.is_some(),
         delete_annotated: has_annotation(m.meta(), annotations::DELETE_MACHINE),
-        up_to_date: m.spec.version.as_deref() == Some(tcp.spec.version.as_str()),
+        version: m.spec.version.clone(),
+        outdated: rollout::outdated(&made(m), target),
         components_healthy: observed
             .health
             .get(&m.name_any())
@@ -459,38 +529,57 @@ async fn certificates(
     .message(format!("admin kubeconfig in Secret {name}"))
 }
 
+/// What acting on a step may need besides the objects.
+struct Act<'a> {
+    talosconfig: Option<&'a str>,
+    /// The infrastructure template, when it could be read this reconcile.
+    template: Option<machines::Template>,
+}
+
 /// Take `step`; returns the step as it ended up (a step that cannot start yet becomes a Wait).
 async fn act(
     ctx: &Context,
     tcp: &TalosControlPlane,
     cluster: &str,
     machines: &[Machine],
-    talosconfig: Option<&str>,
+    with: Act<'_>,
     step: Step,
     report: &mut Report,
 ) -> Result<Step, Error> {
+    let talosconfig = with.talosconfig;
     let ns = tcp.namespace().unwrap_or_default();
     let by_name = |name: &str| machines.iter().find(|m| m.name_any() == name);
     let event = |reason: &'static str, note: String| async move {
         report::event(ctx, &tcp.object_ref(&()), EventType::Normal, reason, &note).await;
     };
     match &step {
-        Step::CreateMachine { failure_domain } => {
+        Step::CreateMachine {
+            failure_domain,
+            limit,
+        } => {
             // The cache may lag behind a busy API server: the API server has the last word on
             // how many machines exist before one more is made.
-            let live = machines::count_live(ctx, tcp, cluster).await?;
-            if live >= usize::try_from(report.desired).unwrap_or(0) {
+            let count = machines::count(ctx, tcp, cluster).await?;
+            if count.total >= *limit {
                 return Ok(Step::Wait {
                     reason: "WaitingForCache",
-                    message: format!("{live} machines exist; waiting for the cache to show them"),
+                    message: format!(
+                        "{} machines exist; waiting for the cache to show them",
+                        count.total
+                    ),
                 });
             }
+            let template = match with.template {
+                Some(t) => t,
+                None => machines::Template::read(ctx, tcp).await?,
+            };
             let name = machines::new_name(&tcp.name_any(), entropy(tcp));
             // A replacement for a remediated machine carries that remediation (retry counting).
             let remediation = tcp.annotations().get(remediation::IN_PROGRESS).cloned();
             machines::create(
                 ctx,
                 tcp,
+                &template,
                 cluster,
                 &name,
                 failure_domain.as_deref(),
@@ -594,18 +683,38 @@ async fn act(
             .await;
         }
         Step::ScaleDown { machine } => {
-            let live = machines::count_live(ctx, tcp, cluster).await?;
-            if live <= usize::try_from(report.desired).unwrap_or(0) {
+            // A cache that still shows a machine the API server has seen go would let one too
+            // many go.
+            let cached = machines
+                .iter()
+                .filter(|m| m.meta().deletion_timestamp.is_none())
+                .count();
+            let count = machines::count(ctx, tcp, cluster).await?;
+            if count.live < cached {
                 return Ok(Step::Wait {
                     reason: "WaitingForCache",
-                    message: format!("{live} machines exist; waiting for the cache to show them"),
+                    message: format!(
+                        "{} machines exist; waiting for the cache to show them",
+                        count.live
+                    ),
                 });
             }
             machines::delete(ctx, &ns, machine).await?;
             ctx.expectations.deleted(&key_of(tcp), machine);
+            let outdated = report
+                .view
+                .machines
+                .iter()
+                .find(|m| &m.name == machine)
+                .and_then(|m| m.outdated.clone());
             event(
                 "MachineDeleted",
-                format!("scaling down: deleted control-plane machine {machine}"),
+                match outdated {
+                    Some(why) => format!(
+                        "rolling out: deleted outdated control-plane machine {machine} ({why})"
+                    ),
+                    None => format!("scaling down: deleted control-plane machine {machine}"),
+                },
             )
             .await;
         }

@@ -2,14 +2,19 @@
 //! [`ControlPlane`]. As in KubeadmControlPlane, a reconcile takes at most one step that
 //! changes the control plane and returns; the next event brings the next step.
 
+use super::rollout::{self, Desired, version_check};
 use super::scope::{Blocked, ControlPlane};
 
 /// One step, or why none is taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Create a control-plane machine (with its TalosConfig and infrastructure), in this
-    /// failure domain when the Cluster has control-plane domains.
-    CreateMachine { failure_domain: Option<String> },
+    /// failure domain when the Cluster has control-plane domains, unless `limit` machines
+    /// (counting those being deleted) exist already.
+    CreateMachine {
+        failure_domain: Option<String>,
+        limit: usize,
+    },
     /// Bootstrap etcd on this machine's node: exactly once per cluster.
     BootstrapEtcd { machine: String },
     /// Remove an etcd member that belongs to no machine (quorum survives its removal).
@@ -24,8 +29,8 @@ pub enum Step {
     /// Remediate this unhealthy machine: record the remediation, then delete it (its member
     /// leaves through [`Step::ReleaseMachine`]); scaling up replaces it.
     Remediate { machine: String, retry_count: i32 },
-    /// Delete this machine; its etcd member leaves through [`Step::ReleaseMachine`] before
-    /// Cluster API removes its infrastructure.
+    /// Delete this machine (scale-down, or replacement in a rolling update); its etcd member
+    /// leaves through [`Step::ReleaseMachine`] before Cluster API removes its infrastructure.
     ScaleDown { machine: String },
     /// Nothing may change now; the reason and message say why, for a condition.
     Wait {
@@ -45,9 +50,10 @@ impl From<Blocked> for Step {
     }
 }
 
-/// Decide the next step towards `replicas` machines. `bootstrapped` says whether etcd was
-/// bootstrapped (the control plane is initialized).
-pub fn next_step(replicas: i32, bootstrapped: bool, cp: &ControlPlane) -> Step {
+/// Decide the next step towards `desired`. `bootstrapped` says whether etcd was bootstrapped
+/// (the control plane is initialized).
+pub fn next_step(desired: &Desired, bootstrapped: bool, cp: &ControlPlane) -> Step {
+    let replicas = desired.replicas;
     if replicas < 1 {
         return Step::Wait {
             reason: "InvalidReplicas",
@@ -69,8 +75,12 @@ pub fn next_step(replicas: i32, bootstrapped: bool, cp: &ControlPlane) -> Step {
             .iter()
             .min_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)))
         {
-            None if cp.machines.is_empty() => Step::CreateMachine {
-                failure_domain: cp.next_failure_domain(),
+            None if cp.machines.is_empty() => match version_check(desired, cp) {
+                Ok(()) => Step::CreateMachine {
+                    failure_domain: cp.next_failure_domain(),
+                    limit: 1,
+                },
+                Err(blocked) => blocked.into(),
             },
             None => Step::Wait {
                 reason: "MachineDeleting",
@@ -92,27 +102,7 @@ pub fn next_step(replicas: i32, bootstrapped: bool, cp: &ControlPlane) -> Step {
             name: orphan.name.clone(),
         };
     }
-    let want = usize::try_from(replicas).unwrap_or(usize::MAX);
-    if live.len() == want {
-        return Step::Steady;
-    }
-    if live.len() < want {
-        if let Err(blocked) = cp.preflight(None) {
-            return blocked.into();
-        }
-        return Step::CreateMachine {
-            failure_domain: cp.next_failure_domain(),
-        };
-    }
-    let Some(victim) = cp.machine_to_scale_down() else {
-        return Step::Steady;
-    };
-    if let Err(blocked) = cp.preflight(Some(&victim.name)) {
-        return blocked.into();
-    }
-    Step::ScaleDown {
-        machine: victim.name.clone(),
-    }
+    rollout::step(desired, cp)
 }
 
 /// The first machine being deleted that still holds our hook, and what its release takes: its
@@ -162,6 +152,18 @@ mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
 
+    pub(crate) fn desired(replicas: i32) -> Desired {
+        Desired {
+            replicas,
+            version: "v1.34.1".into(),
+            talos_version: None,
+            strategy: rollout::Strategy::RollingUpdate {
+                max_surge: 1,
+                max_unavailable: 0,
+            },
+        }
+    }
+
     fn machine(i: usize, fd: &str) -> MachineView {
         let created =
             Timestamp::from_second(1_800_000_000 + i as i64).unwrap_or(Timestamp::UNIX_EPOCH);
@@ -175,7 +177,7 @@ mod tests {
     fn apply(cp: &mut ControlPlane, bootstrapped: &mut bool, step: &Step) {
         let members = cp.etcd.get_or_insert_with(Vec::new);
         match step {
-            Step::CreateMachine { failure_domain } => {
+            Step::CreateMachine { failure_domain, .. } => {
                 let i = cp
                     .machines
                     .iter()
@@ -224,7 +226,7 @@ mod tests {
     fn converge(cp: &mut ControlPlane, bootstrapped: &mut bool, replicas: i32) -> Vec<Step> {
         let mut steps = Vec::new();
         for _ in 0..20 {
-            let step = next_step(replicas, *bootstrapped, cp);
+            let step = next_step(&desired(replicas), *bootstrapped, cp);
             if matches!(step, Step::Steady | Step::Wait { .. }) {
                 steps.push(step);
                 break;
@@ -257,16 +259,19 @@ mod tests {
             steps,
             [
                 Step::CreateMachine {
-                    failure_domain: Some("a".into())
+                    failure_domain: Some("a".into()),
+                    limit: 1
                 },
                 Step::BootstrapEtcd {
                     machine: "cp-0".into()
                 },
                 Step::CreateMachine {
-                    failure_domain: Some("b".into())
+                    failure_domain: Some("b".into()),
+                    limit: 3
                 },
                 Step::CreateMachine {
-                    failure_domain: Some("c".into())
+                    failure_domain: Some("c".into()),
+                    limit: 3
                 },
                 Step::Steady,
             ]
@@ -304,7 +309,7 @@ mod tests {
         assert_eq!(cp.machines.len(), 1);
         assert_eq!(cp.etcd.as_ref().map(Vec::len), Some(1));
         assert!(cp.orphan_members().is_empty());
-        let refused = next_step(0, bootstrapped, &cp);
+        let refused = next_step(&desired(0), bootstrapped, &cp);
         assert!(
             matches!(&refused, Step::Wait { reason: "InvalidReplicas", message } if message.contains("at least one")),
             "{refused:?}"
@@ -319,7 +324,7 @@ mod tests {
         // A machine vanished without leaving etcd (CACPPT #237: a crash during a graceful leave).
         cp.machines.retain(|m| m.name != "cp-2");
         assert_eq!(
-            next_step(3, bootstrapped, &cp),
+            next_step(&desired(3), bootstrapped, &cp),
             Step::RemoveOrphanMember {
                 id: 102,
                 name: "cp-2".into()
@@ -334,7 +339,7 @@ mod tests {
             },
         );
         assert!(matches!(
-            next_step(3, bootstrapped, &cp),
+            next_step(&desired(3), bootstrapped, &cp),
             Step::CreateMachine { .. }
         ));
 
@@ -345,7 +350,7 @@ mod tests {
         if let Some(members) = &mut sick.etcd {
             members[1].healthy = false;
         }
-        match next_step(1, b, &sick) {
+        match next_step(&desired(1), b, &sick) {
             Step::Wait { reason, message } => {
                 assert_eq!(reason, "EtcdMemberUnhealthy");
                 assert!(message.contains("cp-1"), "{message}");

@@ -26,8 +26,11 @@ pub struct MachineView {
     pub deleting: bool,
     /// Carries `cluster.x-k8s.io/delete-machine`.
     pub delete_annotated: bool,
-    /// Matches the desired spec (version, infrastructure, config); false means it must roll.
-    pub up_to_date: bool,
+    /// The Kubernetes version of the Machine.
+    pub version: Option<String>,
+    /// Why the machine no longer matches the desired spec (version, infrastructure template,
+    /// Talos configuration, rolloutAfter) and must be replaced; `None` when it matches.
+    pub outdated: Option<String>,
     /// apiserver, controller-manager, scheduler and etcd report healthy on the node.
     pub components_healthy: bool,
     /// Carries our pre-terminate hook: its etcd member must leave before the machine goes.
@@ -49,7 +52,8 @@ impl MachineView {
             failure_domain: None,
             deleting: false,
             delete_annotated: false,
-            up_to_date: true,
+            version: None,
+            outdated: None,
             components_healthy: true,
             cleanup_hook: true,
             unhealthy: false,
@@ -89,6 +93,13 @@ pub struct ControlPlane {
     pub now: Timestamp,
 }
 
+impl MachineView {
+    /// Matches the desired spec.
+    pub fn up_to_date(&self) -> bool {
+        self.outdated.is_none()
+    }
+}
+
 /// The members needed for quorum among `members` voting members.
 pub fn quorum(members: usize) -> usize {
     members / 2 + 1
@@ -118,7 +129,7 @@ impl ControlPlane {
         let counts = self.per_domain();
         let up_to_date = |fd: &str| {
             self.live()
-                .filter(|m| m.up_to_date && m.failure_domain.as_deref() == Some(fd))
+                .filter(|m| m.up_to_date() && m.failure_domain.as_deref() == Some(fd))
                 .count()
         };
         self.failure_domains
@@ -141,17 +152,23 @@ impl ControlPlane {
     /// with unhealthy components, then any machine. Within the first non-empty class: the
     /// failure domain with the most live machines, then the oldest machine there (ties by name).
     pub fn machine_to_scale_down(&self) -> Option<&MachineView> {
+        self.pick(|_| true)
+    }
+
+    /// The first live machine in scale-down order among those `eligible`.
+    pub fn pick(&self, eligible: impl Fn(&MachineView) -> bool) -> Option<&MachineView> {
         let classes: [&dyn Fn(&MachineView) -> bool; 6] = [
-            &|m| m.delete_annotated && !m.up_to_date,
+            &|m| m.delete_annotated && !m.up_to_date(),
             &|m| m.delete_annotated,
-            &|m| !m.up_to_date && !m.components_healthy,
-            &|m| !m.up_to_date,
+            &|m| !m.up_to_date() && !m.components_healthy,
+            &|m| !m.up_to_date(),
             &|m| !m.components_healthy,
             &|_| true,
         ];
         let counts = self.per_domain();
         classes.iter().find_map(|class| {
-            let candidates: Vec<&MachineView> = self.live().filter(|m| class(m)).collect();
+            let candidates: Vec<&MachineView> =
+                self.live().filter(|m| eligible(m) && class(m)).collect();
             let domain = candidates
                 .iter()
                 .map(|m| m.failure_domain.as_deref().unwrap_or(""))
@@ -178,6 +195,18 @@ impl ControlPlane {
                 message: format!("waiting for machine {} to finish deleting", m.name),
             });
         }
+        self.health_checks(leaving)
+    }
+
+    /// The preflight checks of a rolling-update step: as [`ControlPlane::preflight`], except
+    /// that machines being deleted are left out instead of blocking, so a rollout with
+    /// maxUnavailable above 1 can replace several machines at once. Their members still leave
+    /// one at a time, each only while quorum survives ([`ControlPlane::can_remove_member`]).
+    pub fn rollout_preflight(&self, leaving: Option<&str>) -> Result<(), Blocked> {
+        self.health_checks(leaving)
+    }
+
+    fn health_checks(&self, leaving: Option<&str>) -> Result<(), Blocked> {
         let Some(members) = &self.etcd else {
             return Err(Blocked {
                 check: "EtcdUnknown",
@@ -187,7 +216,7 @@ impl ControlPlane {
         let staying = || {
             self.machines
                 .iter()
-                .filter(move |m| Some(m.name.as_str()) != leaving)
+                .filter(move |m| !m.deleting && Some(m.name.as_str()) != leaving)
         };
         for m in staying() {
             match members.iter().find(|e| e.name == m.hostname) {
@@ -240,22 +269,40 @@ impl ControlPlane {
     /// Whether removing member `id` keeps a healthy quorum of the voting members that remain.
     /// Unknown membership or an unknown id is never safe.
     pub fn can_remove_member(&self, id: u64) -> bool {
+        self.can_remove_members(&[id])
+    }
+
+    /// Whether removing all of `ids` keeps a healthy quorum of the voting members that remain.
+    /// Learners have no vote: their removal changes nothing about quorum.
+    pub fn can_remove_members(&self, ids: &[u64]) -> bool {
         let Some(members) = &self.etcd else {
             return false;
         };
-        let Some(leaving) = members.iter().find(|e| e.id == id) else {
+        if ids.iter().any(|id| !members.iter().any(|e| e.id == *id)) {
             return false;
-        };
-        let voting: Vec<&EtcdMember> = members
-            .iter()
-            .filter(|e| !e.learner && e.id != id)
-            .collect();
-        if leaving.learner {
-            // A learner has no vote: its removal changes nothing about quorum.
+        }
+        if members.iter().all(|e| e.learner || !ids.contains(&e.id)) {
             return true;
         }
+        let voting: Vec<&EtcdMember> = members
+            .iter()
+            .filter(|e| !e.learner && !ids.contains(&e.id))
+            .collect();
         let healthy = voting.iter().filter(|e| e.healthy).count();
         !voting.is_empty() && healthy >= quorum(voting.len())
+    }
+
+    /// The etcd member of machine `m`, by hostname.
+    pub fn member_of(&self, m: &MachineView) -> Option<&EtcdMember> {
+        self.etcd.iter().flatten().find(|e| e.name == m.hostname)
+    }
+
+    /// A machine is available when it is not being deleted, its control-plane components are
+    /// healthy and its etcd member is a healthy voter.
+    pub fn available(&self, m: &MachineView) -> bool {
+        !m.deleting
+            && m.components_healthy
+            && self.member_of(m).is_some_and(|e| e.healthy && !e.learner)
     }
 }
 
@@ -359,7 +406,7 @@ mod tests {
             Some("c1")
         );
         // Outdated beats age.
-        machines[2].up_to_date = false;
+        machines[2].outdated = Some("old".into());
         assert_eq!(
             healthy(machines.clone())
                 .machine_to_scale_down()
@@ -367,7 +414,7 @@ mod tests {
             Some("b1")
         );
         // Outdated with unhealthy components beats outdated.
-        machines[3].up_to_date = false;
+        machines[3].outdated = Some("old".into());
         machines[3].components_healthy = false;
         assert_eq!(
             healthy(machines.clone())

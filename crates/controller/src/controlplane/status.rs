@@ -41,6 +41,10 @@ pub struct Report {
     pub certificates: Option<Observation>,
     /// The last remediation (in progress, or answered by a replacement).
     pub last_remediation: Option<super::remediation::Record>,
+    /// How the rolling update's bounds differ from the spec's, and why.
+    pub rollout_note: Option<String>,
+    /// The rollout strategy is OnDelete.
+    pub on_delete: bool,
 }
 
 fn semver(v: &str) -> (u64, u64, u64, String) {
@@ -72,6 +76,36 @@ pub fn versions(machines: &[Counted]) -> Vec<StatusVersion> {
             replicas: Some(n),
         })
         .collect()
+}
+
+/// RollingOut: how far a rollout is ("2 of 3 machines up to date"), what it does or waits for
+/// now, and how the spec's bounds were adjusted.
+fn rolling_out(r: &Report, outdated: usize) -> Observation {
+    if outdated == 0 {
+        return Observation::new(
+            ConditionType::RollingOut,
+            Status::False,
+            reason::NOT_ROLLING_OUT,
+        );
+    }
+    let live = r.view.machines.iter().filter(|m| !m.deleting);
+    let (total, current) = live.fold((0, 0), |(t, c), m| (t + 1, c + usize::from(m.up_to_date())));
+    let mut message = format!("{current} of {total} machines up to date");
+    match &r.step {
+        Some(Step::Wait { message: why, .. }) => message.push_str(&format!("; {why}")),
+        Some(Step::Steady) if r.on_delete => message.push_str(
+            "; rolloutStrategy OnDelete: each outdated machine is replaced once it is deleted",
+        ),
+        Some(Step::CreateMachine { .. }) => message.push_str("; creating an up-to-date machine"),
+        Some(Step::ScaleDown { machine }) => {
+            message.push_str(&format!("; deleting outdated machine {machine}"));
+        }
+        _ => {}
+    }
+    if let Some(note) = &r.rollout_note {
+        message.push_str(&format!(" ({note})"));
+    }
+    Observation::new(ConditionType::RollingOut, Status::True, reason::ROLLING_OUT).message(message)
 }
 
 fn count(n: usize) -> i32 {
@@ -342,8 +376,7 @@ pub fn status(
         .view
         .machines
         .iter()
-        .filter(|m| !m.up_to_date)
-        .map(|m| m.name.clone())
+        .filter_map(|m| m.outdated.as_ref().map(|why| format!("{} ({why})", m.name)))
         .collect();
     set(if outdated.is_empty() {
         Observation::new(
@@ -363,16 +396,7 @@ pub fn status(
         ))
         .severity(Severity::Info)
     });
-    set(if outdated.is_empty() {
-        Observation::new(
-            ConditionType::RollingOut,
-            Status::False,
-            reason::NOT_ROLLING_OUT,
-        )
-    } else {
-        Observation::new(ConditionType::RollingOut, Status::True, reason::ROLLING_OUT)
-            .message(format!("{} machines to replace", outdated.len()))
-    });
+    set(rolling_out(r, outdated.len()));
     set(scaling(r, true));
     set(scaling(r, false));
     set(remediating(r));
@@ -407,7 +431,7 @@ pub fn status(
     let total = count(r.machines.len());
     let ready = count(r.machines.iter().filter(|m| m.ready).count());
     let avail = count(r.machines.iter().filter(|m| m.available).count());
-    let up_to_date = count(r.view.machines.iter().filter(|m| m.up_to_date).count());
+    let up_to_date = count(r.view.machines.iter().filter(|m| m.up_to_date()).count());
     s.replicas = Some(total);
     s.ready_replicas = Some(ready);
     s.available_replicas = Some(avail);

@@ -826,3 +826,285 @@ async fn mhc_remediation_replaces_one_machine_at_a_time_within_retry_limits() {
     );
     assert_etcd_invariants(&client, &ns, "m", &infra.sim).await;
 }
+
+/// The most control-plane machines (deleting ones included) seen at once while it runs,
+/// sampled every 100 ms from the API server.
+struct Peak {
+    max: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Peak {
+    fn watch(client: &kube::Client, ns: &str) -> Peak {
+        let max = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (client, ns, seen) = (client.clone(), ns.to_owned(), max.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let n = machines(&client, &ns).await.len();
+                seen.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Peak { max, task }
+    }
+
+    fn get(&self) -> usize {
+        self.max.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Peak {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The fewest voting members etcd had after each change from `from` on, replayed from the
+/// simulator's own history (members join as learners and count once promoted).
+fn fewest_voters(history: &[talos_sim::etcd::Change], from: usize) -> usize {
+    let mut voters = std::collections::BTreeSet::new();
+    let mut fewest = usize::MAX;
+    for (i, change) in history.iter().enumerate() {
+        match change.op {
+            Op::Bootstrap | Op::Promote => {
+                voters.insert(change.id);
+            }
+            Op::Join => {}
+            Op::Remove => {
+                voters.remove(&change.id);
+            }
+        }
+        if i >= from {
+            fewest = fewest.min(voters.len());
+        }
+    }
+    fewest
+}
+
+/// Patch the control plane's spec.
+async fn patch_spec(client: &kube::Client, ns: &str, name: &str, spec: serde_json::Value) {
+    Api::<TalosControlPlane>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .unwrap();
+}
+
+/// Wait until every one of `n` machines runs `version` with the current spec (status
+/// upToDateReplicas, RollingOut False) and etcd has `n` healthy voters.
+async fn rolled_out(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    sim: &Simulator,
+    n: usize,
+    version: &str,
+) {
+    let api = Api::<TalosControlPlane>::namespaced(client.clone(), ns);
+    eventually(
+        client,
+        ns,
+        name,
+        &format!("{n} machines rolled out to {version}"),
+        async || {
+            let tcp = api.get(name).await.ok()?;
+            let status = tcp.status.as_ref()?;
+            let all = machines(client, ns).await;
+            (status.up_to_date_replicas == Some(n as i32)
+                && condition(&tcp, ConditionType::RollingOut)?.status == "False"
+                && all.len() == n
+                && all
+                    .iter()
+                    .all(|m| m.spec.version.as_deref() == Some(version)))
+            .then_some(())
+        },
+    )
+    .await;
+    settled(client, ns, name, sim, n).await;
+}
+
+/// The names of the control-plane machines.
+async fn machine_names(client: &kube::Client, ns: &str) -> Vec<String> {
+    machines(client, ns)
+        .await
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect()
+}
+
+#[tokio::test]
+async fn kubernetes_upgrade_with_max_surge_1_never_exceeds_four_machines_or_drops_a_member() {
+    let (client, ns, _controller) = setup("cp-roll-surge").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "u", 3).await;
+    settled(&client, &ns, "u", &infra.sim, 3).await;
+    let before = machine_names(&client, &ns).await;
+    let id = sim_infra::cluster_id(&client, &ns, "u").await.unwrap();
+    let start = infra.sim.etcd_history(&id).len();
+
+    // Skipping a minor version is refused at admission, and says what to do.
+    let api = Api::<TalosControlPlane>::namespaced(client.clone(), &ns);
+    let refused = api
+        .patch(
+            "u",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"version": "v1.37.0"}})),
+        )
+        .await
+        .expect_err("v1.35 → v1.37 skips a minor version");
+    assert!(
+        refused.to_string().contains("may not skip a minor version"),
+        "{refused}"
+    );
+
+    let peak = Peak::watch(&client, &ns);
+    patch_spec(&client, &ns, "u", json!({"version": "v1.36.0"})).await;
+    rolled_out(&client, &ns, "u", &infra.sim, 3, "v1.36.0").await;
+    let after = machine_names(&client, &ns).await;
+    assert!(
+        after.iter().all(|m| !before.contains(m)),
+        "every machine replaced: {before:?} → {after:?}"
+    );
+    assert!(
+        peak.get() <= 4,
+        "{} machines at once with maxSurge 1",
+        peak.get()
+    );
+    let history = infra.sim.etcd_history(&id);
+    assert!(
+        fewest_voters(&history, start) >= 3,
+        "a member left before its replacement joined: {history:?}"
+    );
+    assert_etcd_invariants(&client, &ns, "u", &infra.sim).await;
+}
+
+#[tokio::test]
+async fn max_surge_0_replaces_in_place_of_each_machine_and_replans_on_a_spec_change() {
+    let (client, ns, _controller) = setup("cp-roll-unavail").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "v", 3).await;
+    settled(&client, &ns, "v", &infra.sim, 3).await;
+    let id = sim_infra::cluster_id(&client, &ns, "v").await.unwrap();
+    let start = infra.sim.etcd_history(&id).len();
+
+    let peak = Peak::watch(&client, &ns);
+    patch_spec(
+        &client,
+        &ns,
+        "v",
+        json!({"version": "v1.36.0", "rolloutStrategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}}),
+    )
+    .await;
+    // Mid-rollout (one machine replaced), the Talos configuration changes: the plan starts
+    // over for every machine, the new one included.
+    let first = eventually(&client, &ns, "v", "one machine replaced", async || {
+        machines(&client, &ns)
+            .await
+            .into_iter()
+            .find(|m| m.spec.version.as_deref() == Some("v1.36.0"))
+            .map(|m| m.name_any())
+    })
+    .await;
+    patch_spec(
+        &client,
+        &ns,
+        "v",
+        json!({"controlPlaneConfig": {"controlplane": {
+            "generateType": "controlplane", "talosVersion": "v1.13",
+            "strategicPatches": ["machine:\n  install:\n    disk: /dev/sda\n", "machine:\n  sysctls:\n    vm.max_map_count: \"262144\"\n"]
+        }}}),
+    )
+    .await;
+    rolled_out(&client, &ns, "v", &infra.sim, 3, "v1.36.0").await;
+    let after = machine_names(&client, &ns).await;
+    assert!(
+        !after.contains(&first),
+        "{first} was made from the old config: {after:?}"
+    );
+    assert!(
+        peak.get() <= 3,
+        "{} machines at once with maxSurge 0",
+        peak.get()
+    );
+    let history = infra.sim.etcd_history(&id);
+    assert!(
+        fewest_voters(&history, start) >= 2,
+        "more than one member down at once: {history:?}"
+    );
+    assert_etcd_invariants(&client, &ns, "v", &infra.sim).await;
+}
+
+#[tokio::test]
+async fn five_machines_with_max_unavailable_2_replace_two_at_a_time_within_quorum() {
+    let (client, ns, _controller) = setup("cp-roll-wide").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "w", 5).await;
+    settled(&client, &ns, "w", &infra.sim, 5).await;
+    let id = sim_infra::cluster_id(&client, &ns, "w").await.unwrap();
+    let start = infra.sim.etcd_history(&id).len();
+    let peak = Peak::watch(&client, &ns);
+    patch_spec(
+        &client,
+        &ns,
+        "w",
+        json!({"version": "v1.36.0", "rolloutStrategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 2}}}),
+    )
+    .await;
+    rolled_out(&client, &ns, "w", &infra.sim, 5, "v1.36.0").await;
+    assert!(
+        peak.get() <= 5,
+        "{} machines at once with maxSurge 0",
+        peak.get()
+    );
+    let history = infra.sim.etcd_history(&id);
+    assert!(
+        fewest_voters(&history, start) >= 3,
+        "five members keep quorum with at most two down: {history:?}"
+    );
+    assert_etcd_invariants(&client, &ns, "w", &infra.sim).await;
+}
+
+#[tokio::test]
+async fn one_machine_with_max_surge_0_surges_and_says_why() {
+    let (client, ns, _controller) = setup("cp-roll-one").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "o", 1).await;
+    settled(&client, &ns, "o", &infra.sim, 1).await;
+    let id = sim_infra::cluster_id(&client, &ns, "o").await.unwrap();
+    let start = infra.sim.etcd_history(&id).len();
+    let peak = Peak::watch(&client, &ns);
+    patch_spec(
+        &client,
+        &ns,
+        "o",
+        json!({"version": "v1.36.0", "rolloutStrategy": {"rollingUpdate": {"maxSurge": 0}}}),
+    )
+    .await;
+    // One replica cannot lose its only member: the rollout surges one machine and says why.
+    let api = Api::<TalosControlPlane>::namespaced(client.clone(), &ns);
+    eventually(
+        &client,
+        &ns,
+        "o",
+        "RollingOut explains the surge",
+        async || {
+            let tcp = api.get("o").await.ok()?;
+            let c = condition(&tcp, ConditionType::RollingOut)?;
+            c.message
+                .contains("one machine is added first")
+                .then_some(())
+        },
+    )
+    .await;
+    rolled_out(&client, &ns, "o", &infra.sim, 1, "v1.36.0").await;
+    assert!(peak.get() <= 2, "{} machines at once", peak.get());
+    let history = infra.sim.etcd_history(&id);
+    assert!(
+        fewest_voters(&history, start) >= 1,
+        "the only member left before its replacement joined: {history:?}"
+    );
+    assert_etcd_invariants(&client, &ns, "o", &infra.sim).await;
+}

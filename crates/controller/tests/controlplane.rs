@@ -827,29 +827,40 @@ async fn mhc_remediation_replaces_one_machine_at_a_time_within_retry_limits() {
     assert_etcd_invariants(&client, &ns, "m", &infra.sim).await;
 }
 
-/// The most control-plane machines (deleting ones included) seen at once while it runs,
-/// sampled every 100 ms from the API server.
+/// The most control-plane machines (deleting ones included) seen at once while it runs, and
+/// every machine name seen, sampled every 100 ms from the API server.
 struct Peak {
     max: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    names: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Peak {
     fn watch(client: &kube::Client, ns: &str) -> Peak {
         let max = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (client, ns, seen) = (client.clone(), ns.to_owned(), max.clone());
+        let names = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let (client, ns, seen, named) = (client.clone(), ns.to_owned(), max.clone(), names.clone());
         let task = tokio::spawn(async move {
             loop {
-                let n = machines(&client, &ns).await.len();
-                seen.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+                let all = machines(&client, &ns).await;
+                seen.fetch_max(all.len(), std::sync::atomic::Ordering::SeqCst);
+                named
+                    .lock()
+                    .unwrap()
+                    .extend(all.iter().map(ResourceExt::name_any));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        Peak { max, task }
+        Peak { max, names, task }
     }
 
     fn get(&self) -> usize {
         self.max.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many distinct machines were seen.
+    fn machines_seen(&self) -> usize {
+        self.names.lock().unwrap().len()
     }
 }
 
@@ -1107,4 +1118,77 @@ async fn one_machine_with_max_surge_0_surges_and_says_why() {
         "the only member left before its replacement joined: {history:?}"
     );
     assert_etcd_invariants(&client, &ns, "o", &infra.sim).await;
+}
+
+#[tokio::test]
+async fn a_controller_killed_at_five_points_of_a_rollout_still_converges_without_extra_steps() {
+    let (client, ns, controller) = setup("cp-roll-restart").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "k", 3).await;
+    settled(&client, &ns, "k", &infra.sim, 3).await;
+    let id = sim_infra::cluster_id(&client, &ns, "k").await.unwrap();
+    let start = infra.sim.etcd_history(&id).len();
+    let peak = Peak::watch(&client, &ns);
+    patch_spec(&client, &ns, "k", json!({"version": "v1.36.0"})).await;
+
+    // Each point is a state of the rollout; when it is seen, the controller is killed (its
+    // task aborted wherever it is) and a fresh one, with no memory, starts a second later.
+    type Point = fn(&[Machine]) -> bool;
+    let points: [(&str, Point); 5] = [
+        ("the spec changed", |_| true),
+        ("a surge machine exists", |all| all.len() == 4),
+        ("an outdated machine is being deleted", |all| {
+            all.iter().any(|m| m.metadata.deletion_timestamp.is_some())
+        }),
+        ("two machines are up to date", |all| {
+            all.iter()
+                .filter(|m| m.spec.version.as_deref() == Some("v1.36.0"))
+                .count()
+                >= 2
+        }),
+        ("the last outdated machine is going", |all| {
+            all.iter()
+                .filter(|m| m.spec.version.as_deref() == Some("v1.36.0"))
+                .count()
+                == 3
+                && all.len() > 3
+        }),
+    ];
+    let mut controller = Some(controller);
+    for (what, reached) in points {
+        let seen = eventually(&client, &ns, "k", what, async || {
+            let all = machines(&client, &ns).await;
+            let done = all.len() == 3
+                && all
+                    .iter()
+                    .all(|m| m.spec.version.as_deref() == Some("v1.36.0"));
+            (reached(&all) || done).then_some(!done)
+        })
+        .await;
+        drop(controller.take());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        controller = Some(start_controller(&client, &ns));
+        if !seen {
+            break;
+        }
+    }
+    rolled_out(&client, &ns, "k", &infra.sim, 3, "v1.36.0").await;
+    assert_eq!(
+        peak.machines_seen(),
+        6,
+        "three machines replaced by exactly three: nothing created or deleted twice"
+    );
+    assert!(
+        peak.get() <= 4,
+        "{} machines at once with maxSurge 1",
+        peak.get()
+    );
+    let history = infra.sim.etcd_history(&id);
+    assert!(fewest_voters(&history, start) >= 3, "{history:?}");
+    assert_eq!(
+        infra.sim.etcd_members(&id).len(),
+        3,
+        "no orphan member is left"
+    );
+    assert_etcd_invariants(&client, &ns, "k", &infra.sim).await;
 }

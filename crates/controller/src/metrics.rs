@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -19,6 +20,13 @@ pub struct ErrorLabels {
     pub category: &'static str,
 }
 
+/// One object: namespace and name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
 /// The metrics every controller reports.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -27,6 +35,8 @@ pub struct Metrics {
     pub duration: Family<ControllerLabel, Histogram>,
     /// Talos API calls made to the nodes of workload clusters.
     pub talos_requests: Counter,
+    /// Rollout progress per TalosControlPlane: machines still to replace.
+    pub rollout_outdated: Family<ObjectLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -38,6 +48,7 @@ impl Default for Metrics {
                 Histogram::new(exponential_buckets(0.001, 2.0, 16))
             }),
             talos_requests: Counter::default(),
+            rollout_outdated: Family::default(),
         }
     }
 }
@@ -66,6 +77,29 @@ impl Metrics {
             "Talos API calls made to workload cluster nodes",
             self.talos_requests.clone(),
         );
+        sub.register(
+            "controlplane_outdated_machines",
+            "Control-plane machines a rollout still has to replace, per TalosControlPlane (0 when none)",
+            self.rollout_outdated.clone(),
+        );
+    }
+
+    /// Record how many machines of a control plane are outdated; `None` forgets it (deleted).
+    pub fn rollout(&self, namespace: &str, name: &str, outdated: Option<usize>) {
+        let labels = ObjectLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        match outdated {
+            Some(n) => {
+                self.rollout_outdated
+                    .get_or_create(&labels)
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            None => {
+                self.rollout_outdated.remove(&labels);
+            }
+        }
     }
 
     /// Count `n` Talos API calls.
@@ -87,5 +121,30 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap_or_default();
+        out
+    }
+
+    #[test]
+    fn rollout_progress_is_a_gauge_per_control_plane_forgotten_on_deletion() {
+        let m = Metrics::default();
+        m.rollout("ns", "cp", Some(2));
+        let line = "talos_capi_controlplane_outdated_machines{namespace=\"ns\",name=\"cp\"} 2";
+        assert!(text(&m).contains(line), "{}", text(&m));
+        m.rollout("ns", "cp", Some(0));
+        assert!(text(&m).contains(&line.replace(" 2", " 0")));
+        m.rollout("ns", "cp", None);
+        assert!(!text(&m).contains("name=\"cp\""));
     }
 }

@@ -411,6 +411,18 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
             .map_or(wait, |until| wait.min(until + Duration::from_millis(100))),
         None => wait,
     };
+    ctx.metrics.rollout(
+        &ns,
+        &tcp.name_any(),
+        Some(
+            report
+                .view
+                .machines
+                .iter()
+                .filter(|m| !m.deleting && !m.up_to_date())
+                .count(),
+        ),
+    );
     report.step = Some(step);
     write_status(ctx, &tcp, &report).await?;
     Ok(Action::requeue(wait))
@@ -837,6 +849,7 @@ async fn finalize(
         return Ok(Action::await_change());
     }
     if machines.is_empty() {
+        ctx.metrics.rollout(&ns, &tcp.name_any(), None);
         let finalizers = tcp
             .finalizers()
             .iter()

@@ -7,7 +7,10 @@
 //!    its reaction to each gate — a node coming up (→ etcd bootstrap) and a member becoming a
 //!    healthy voter (→ the next machine);
 //! 2. then 10 and BENCH_CLUSTERS (default 100) clusters at once through the same manager: time
-//!    to all Available, CPU seconds, peak RSS, requests, and the gate reactions' p50 and p99.
+//!    to all Available, CPU seconds, peak RSS, requests, and the gate reactions' p50 and p99;
+//! 3. after the 1- and 10-cluster phases, a Kubernetes rolling upgrade of those clusters
+//!    (maxSurge 1): time, controller CPU, requests, and the reaction from each new member
+//!    becoming a healthy voter to the controller's next machine create or delete.
 //!
 //!   cargo bench -p talos-capi --bench controlplane           (make bench-controlplane)
 //!   BENCH_CLUSTERS=20 BENCH_DIR=/tmp/bench-cp cargo bench …   (smaller; keep the logs)
@@ -206,6 +209,111 @@ async fn phase(
     }
 }
 
+/// A Kubernetes rolling upgrade (v1.35.0 → v1.36.0, maxSurge 1) of the clusters `names`.
+struct Rollout {
+    clusters: usize,
+    seconds: f64,
+    cpu: f64,
+    requests: usize,
+    /// Seconds from each member becoming a healthy voter to the controller's next machine
+    /// create or delete of that cluster.
+    reactions: Vec<f64>,
+}
+
+async fn rollout(
+    cp: &LocalControlPlane,
+    client: &kube::Client,
+    ns: &str,
+    sim: &Simulator,
+    pid: u32,
+    names: &[String],
+) -> Rollout {
+    let audit = cp.audit_log_path();
+    let offset = lines(&audit);
+    let cpu0 = usage(pid).0;
+    let mut ids = BTreeMap::new();
+    for n in names {
+        let id = sim_infra::cluster_id(client, ns, n).await.unwrap();
+        ids.insert(n.clone(), (sim.etcd_history(&id).len(), id));
+    }
+    let started = Instant::now();
+    let patch = serde_json::json!({"spec": {"version": "v1.36.0"}});
+    for n in names {
+        tcps(client, ns)
+            .patch(
+                n,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+    }
+    // Rolled out: every machine of every cluster at v1.36.0, three per cluster, Available.
+    let machines = testkit::dynamic_api(client, ns, "cluster.x-k8s.io/v1beta2", "Machine");
+    loop {
+        let all = machines.list(&Default::default()).await.unwrap().items;
+        let done = names.iter().all(|n| {
+            let mine: Vec<_> = all
+                .iter()
+                .filter(|m| {
+                    m.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("cluster.x-k8s.io/cluster-name"))
+                        == Some(n)
+                })
+                .collect();
+            mine.len() == 3 && mine.iter().all(|m| m.data["spec"]["version"] == "v1.36.0")
+        });
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_ready(client, ns, names).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = usage(pid).0 - cpu0;
+    let events = audit_events(&audit, offset, "talos-capi/");
+    let mut actions: BTreeMap<String, Vec<SystemTime>> = BTreeMap::new();
+    for e in events.iter().filter(|e| {
+        matches!(e["verb"].as_str(), Some("create" | "delete"))
+            && e["objectRef"]["resource"] == "machines"
+            && e["stage"] == "ResponseComplete"
+    }) {
+        let name = e["objectRef"]["name"]
+            .as_str()
+            .or_else(|| e["responseObject"]["metadata"]["name"].as_str())
+            .unwrap_or_default();
+        let cluster = name
+            .rsplit_once('-')
+            .map(|(c, _)| c.to_owned())
+            .unwrap_or_default();
+        if let Some(t) = received(e) {
+            actions.entry(cluster).or_default().push(t);
+        }
+    }
+    let mut reactions = Vec::new();
+    for (n, (from, id)) in &ids {
+        let history = sim.etcd_history(id);
+        let acts = actions.get(n).map(Vec::as_slice).unwrap_or_default();
+        for promoted in history[*from..].iter().filter(|c| c.op == Op::Promote) {
+            if let Some(next) = acts.iter().filter(|t| **t >= promoted.at).min() {
+                reactions.push(
+                    next.duration_since(promoted.at)
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                );
+            }
+        }
+    }
+    Rollout {
+        clusters: names.len(),
+        seconds,
+        cpu,
+        requests: events.len(),
+        reactions,
+    }
+}
+
 fn main() {
     let clusters = env_number("BENCH_CLUSTERS", 100);
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -247,10 +355,17 @@ fn main() {
         let pid = component_pid(manager.pid(), "/talos-capi").await;
 
         let mut phases = Vec::new();
+        let mut rollouts = Vec::new();
         for (prefix, n) in [("one", 1), ("ten", 10), ("many", clusters)] {
             let p = phase(&cp, &client, &ns, &infra.sim, &stamps, pid, prefix, n).await;
             eprintln!("{n} clusters ready in {:.1} s", p.seconds);
             phases.push(p);
+            if n <= 10 {
+                let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+                let r = rollout(&cp, &client, &ns, &infra.sim, pid, &names).await;
+                eprintln!("{n} clusters rolled out in {:.1} s", r.seconds);
+                rollouts.push(r);
+            }
         }
         println!(
             "TalosControlPlanes of 3 replicas, Cluster API {}, simulated nodes booting in 200 ms",
@@ -274,6 +389,25 @@ fn main() {
                 percentile(&mut p.node_up, 0.99),
                 percentile(&mut p.healthy, 0.5),
                 percentile(&mut p.healthy, 0.99),
+            );
+        }
+        println!();
+        println!("Kubernetes rolling upgrade v1.35.0 → v1.36.0 (maxSurge 1) of every cluster at once; CACPPT requeues every 10–20 s while it waits, so each of a 3-node rollout's 6 steps waits 10–20 s (60–120 s per rollout)");
+        println!("| clusters | time to all rolled out | controller CPU | API requests (per cluster) | healthy member → next machine p50 / p99 | sum of reactions per cluster |");
+        println!("| --- | --- | --- | --- | --- | --- |");
+        for r in &mut rollouts {
+            let n = r.clusters as f64;
+            let sum: f64 = r.reactions.iter().sum();
+            println!(
+                "| {} | {:.1} s | {:.1} s | {} ({:.0}) | {:.2} s / {:.2} s | {:.2} s |",
+                r.clusters,
+                r.seconds,
+                r.cpu,
+                r.requests,
+                r.requests as f64 / n,
+                percentile(&mut r.reactions, 0.5),
+                percentile(&mut r.reactions, 0.99),
+                sum / n,
             );
         }
         drop(manager);

@@ -1192,3 +1192,126 @@ async fn a_controller_killed_at_five_points_of_a_rollout_still_converges_without
     );
     assert_etcd_invariants(&client, &ns, "k", &infra.sim).await;
 }
+
+/// The Talos upgrade recorded on each control-plane machine, by machine name.
+async fn upgrade_markers(client: &kube::Client, ns: &str) -> Vec<(String, Option<String>)> {
+    machines(client, ns)
+        .await
+        .iter()
+        .map(|m| {
+            (
+                m.name_any(),
+                m.annotations()
+                    .get("controlplane.cluster.x-k8s.io/talos-upgrade")
+                    .cloned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn talos_upgrades_in_place_node_by_node_and_halts_on_a_rollback_until_retried() {
+    let (client, ns, _controller) = setup("cp-talos-upgrade").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "t", 3).await;
+    settled(&client, &ns, "t", &infra.sim, 3).await;
+    let mut all = machines(&client, &ns).await;
+    all.sort_by_key(|m| {
+        (
+            m.metadata.creation_timestamp.clone().map(|t| t.0),
+            m.name_any(),
+        )
+    });
+    let names: Vec<String> = all.iter().map(ResourceExt::name_any).collect();
+    let mut nodes = Vec::new();
+    for n in &names {
+        nodes.push(node_of(&client, &ns, n).await);
+    }
+    let id = sim_infra::cluster_id(&client, &ns, "t").await.unwrap();
+    let start = infra.sim.etcd_history(&id).len();
+    // The second node to upgrade fails to boot the new version and rolls back, slowly.
+    infra
+        .sim
+        .set_failures(&nodes[1], |f| {
+            f.upgrade_fails = true;
+            f.slow_boot = Duration::from_secs(2);
+        })
+        .unwrap();
+    patch_spec(
+        &client,
+        &ns,
+        "t",
+        json!({"talosUpgrade": {"image": "ghcr.io/siderolabs/installer:v1.13.1", "timeoutSeconds": 60}}),
+    )
+    .await;
+    let version = |node: &str| infra.sim.status(node).map(|(_, v)| v).unwrap_or_default();
+
+    // The first node upgrades; the second rolls back: the rollout halts, says which machine and
+    // why, and leaves the third alone.
+    let api = Api::<TalosControlPlane>::namespaced(client.clone(), &ns);
+    let halted = eventually(&client, &ns, "t", "the upgrade halted", async || {
+        let tcp = api.get("t").await.ok()?;
+        let c = condition(&tcp, ConditionType::RollingOut)?;
+        (c.status == "True" && c.message.contains("failed")).then_some(c.message)
+    })
+    .await;
+    assert!(
+        halted.contains(&names[1]) && halted.contains("rolled back"),
+        "{halted}"
+    );
+    assert!(halted.contains("1 of 3 nodes on Talos v1.13.1"), "{halted}");
+    assert_eq!(version(&nodes[0]), "v1.13.1");
+    assert_eq!(version(&nodes[1]), "v1.13.0");
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("TalosUpgradeFailed")
+                && e.type_.as_deref() == Some("Warning")
+                && e.message.as_deref().is_some_and(|m| m.contains(&names[1]))),
+        "a Warning event names the machine"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        version(&nodes[2]),
+        "v1.13.0",
+        "nothing else is touched while halted"
+    );
+
+    // Someone fixes the node and asks for another attempt by removing the marker.
+    Api::<Machine>::namespaced(client.clone(), &ns)
+        .patch(
+            &names[1],
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"controlplane.cluster.x-k8s.io/talos-upgrade": null}}})),
+        )
+        .await
+        .unwrap();
+    eventually(&client, &ns, "t", "every node on v1.13.1", async || {
+        let tcp = api.get("t").await.ok()?;
+        let done = nodes.iter().all(|n| version(n) == "v1.13.1")
+            && condition(&tcp, ConditionType::RollingOut)?.status == "False"
+            && upgrade_markers(&client, &ns)
+                .await
+                .iter()
+                .all(|(_, m)| m.is_none());
+        done.then_some(())
+    })
+    .await;
+    // In place: the same machines, the same members, none removed.
+    let mut after = machine_names(&client, &ns).await;
+    after.sort();
+    let mut before = names.clone();
+    before.sort();
+    assert_eq!(after, before, "no machine replaced");
+    let history = infra.sim.etcd_history(&id);
+    assert!(
+        history[start..].iter().all(|c| c.op != Op::Remove),
+        "no member left etcd: {history:?}"
+    );
+    settled(&client, &ns, "t", &infra.sim, 3).await;
+}

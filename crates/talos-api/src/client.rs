@@ -523,17 +523,22 @@ impl Client {
         Ok(req)
     }
 
-    async fn machine(&self) -> Result<MachineServiceClient<Channel>, Error> {
+    /// The connected channel, connecting (with failover) when there is none.
+    async fn connection(&self) -> Result<Channel, Error> {
         let mut connected = self.connected.lock().await;
-        let channel = match connected.as_ref() {
+        Ok(match connected.as_ref() {
             Some(c) => c.clone(),
             None => {
                 let c = self.channel().await?;
                 *connected = Some(c.clone());
                 c
             }
-        };
-        Ok(MachineServiceClient::new(channel).max_decoding_message_size(32 * 1024 * 1024))
+        })
+    }
+
+    async fn machine(&self) -> Result<MachineServiceClient<Channel>, Error> {
+        Ok(MachineServiceClient::new(self.connection().await?)
+            .max_decoding_message_size(32 * 1024 * 1024))
     }
 
     /// Run a call under the client's deadline, mapping the gRPC status. Returns the reply and
@@ -569,6 +574,50 @@ impl Client {
             nodes,
         )?;
         self.call(c.events(req)).await.map(|(stream, _)| stream)
+    }
+}
+
+impl Client {
+    /// LifecycleService.Upgrade of one node (`nodes` names at most one): install Talos from the
+    /// installer `image` to disk, to boot at the next reboot, following the progress stream to
+    /// its exit code. The stream has no overall deadline (an install takes minutes); each
+    /// progress message must come within the client's timeout. A non-zero exit code is
+    /// [`Error::Aborted`] with the last progress message. Talos before 1.13 answers
+    /// [`Error::Unimplemented`]: use [`Client::upgrade`] there.
+    pub async fn install_upgrade(&self, nodes: &Nodes, image: String) -> Result<(), Error> {
+        use crate::machine::lifecycle_service_client::LifecycleServiceClient;
+        use crate::machine::lifecycle_service_install_progress::Response as Progress;
+        let mut c = LifecycleServiceClient::new(self.connection().await?);
+        let mut req = self.request(
+            LifecycleServiceUpgradeRequest {
+                source: Some(InstallArtifactsSource { image_name: image }),
+                ..Default::default()
+            },
+            nodes,
+        )?;
+        req.metadata_mut().remove("grpc-timeout");
+        let (mut stream, _) = self.call(c.upgrade(req)).await?;
+        let mut last = String::new();
+        loop {
+            let next = tokio::time::timeout(self.timeout, stream.message())
+                .await
+                .map_err(|_| Error::Timeout(self.timeout))?
+                .map_err(|s| Error::from_status(&s, self.timeout, self.timeout))?;
+            match next.and_then(|m| m.progress).and_then(|p| p.response) {
+                None => {
+                    return Err(Error::Aborted(format!(
+                        "the upgrade stream ended without an exit code (last: {last:?})"
+                    )));
+                }
+                Some(Progress::Message(m)) => last = m,
+                Some(Progress::ExitCode(0)) => return Ok(()),
+                Some(Progress::ExitCode(code)) => {
+                    return Err(Error::Aborted(format!(
+                        "the installer exited with code {code}: {last}"
+                    )));
+                }
+            }
+        }
     }
 }
 

@@ -72,6 +72,7 @@ pub struct RolloutStrategy {
 /// and keep their machines, etcd data and identity, instead of being replaced.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.version) || !self.image.contains('@')").message("version is required when the image is pinned by digest: it tells upgraded nodes from the others"))]
 pub struct TalosUpgrade {
     /// The Talos installer image to upgrade to, with a tag or digest, e.g.
     /// ghcr.io/siderolabs/installer:v1.13.0 or a factory image with extensions.
@@ -92,6 +93,11 @@ pub struct TalosUpgrade {
     /// Stage the upgrade and apply it on the next reboot (talosctl upgrade --stage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<bool>,
+    /// Seconds a node may take to come back healthy on the new version before its upgrade
+    /// counts as failed and the rollout halts. Defaults to 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub timeout_seconds: Option<i32>,
 }
 
 /// How control-plane machines that a MachineHealthCheck marks unhealthy are remediated

@@ -18,6 +18,7 @@ pub mod rollout;
 pub mod scope;
 pub mod status;
 pub mod talos;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,6 +271,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     } else {
         report.on_delete = true;
     }
+    report.talos_target = desired.talos_upgrade.as_ref().map(|t| t.version.clone());
 
     // A step whose result the cache does not show yet is not followed by another.
     if ctx.expectations.pending(&key_of(&tcp), &machines).is_some() {
@@ -296,7 +298,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         .map(|v| String::from_utf8_lossy(&v.0).into_owned());
     let observed = match &talosconfig {
         Some(tc) if machines.iter().any(|m| talos::address(m).is_some()) => {
-            talos::observe(ctx, tc, &machines).await
+            talos::observe(ctx, tc, &machines, desired.talos_upgrade.is_some()).await
         }
         Some(_) => talos::Observed {
             problem: Some("no control-plane machine has an address yet".into()),
@@ -373,6 +375,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         &machines,
         Act {
             talosconfig: talosconfig.as_deref(),
+            upgrade: desired.talos_upgrade.clone(),
             template: template.ok(),
         },
         step,
@@ -392,8 +395,25 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
                 .is_none_or(|h| !h.reachable)
     });
     let backoff_key = format!("{}/unreachable", key_of(&tcp));
-    let wait = if settled {
+    // A node upgrading in place is watched closely: its reboot is seen, and its return acted on.
+    let upgrading = report
+        .view
+        .machines
+        .iter()
+        .any(|m| m.upgrade.as_ref().is_some_and(|u| u.failed.is_none()));
+    let halted = matches!(
+        step,
+        Step::Wait {
+            reason: "TalosUpgradeFailed",
+            ..
+        }
+    );
+    let wait = if settled || halted {
+        // A halted upgrade resumes on a change (the marker removed, the spec changed), or when
+        // a resync finds the node recovered.
         RESYNC
+    } else if upgrading {
+        FIRST_NODE
     } else if !report.bootstrapped {
         // The first node is about to answer: it is asked often, so etcd starts without delay.
         FIRST_NODE
@@ -478,6 +498,18 @@ fn view(m: &Machine, target: &rollout::Target, observed: &talos::Observed) -> Ma
             .annotations()
             .get(remediation::FOR)
             .and_then(|v| remediation::Record::parse(v)),
+        talos_version: observed
+            .health
+            .get(&m.name_any())
+            .and_then(|h| h.talos_version.clone()),
+        reachable: observed
+            .health
+            .get(&m.name_any())
+            .is_some_and(|h| h.reachable),
+        upgrade: m
+            .annotations()
+            .get(upgrade::MARKER)
+            .and_then(|v| upgrade::Marker::parse(v)),
     }
 }
 
@@ -544,6 +576,8 @@ async fn certificates(
 /// What acting on a step may need besides the objects.
 struct Act<'a> {
     talosconfig: Option<&'a str>,
+    /// The in-place Talos upgrade target, if any.
+    upgrade: Option<upgrade::Target>,
     /// The infrastructure template, when it could be read this reconcile.
     template: Option<machines::Template>,
 }
@@ -730,9 +764,136 @@ async fn act(
             )
             .await;
         }
+        Step::UpgradeTalos { machine } => {
+            let (Some(target), Some(tc), Some(m)) =
+                (with.upgrade.as_ref(), talosconfig, by_name(machine))
+            else {
+                return Ok(step);
+            };
+            let Some(address) = talos::address(m) else {
+                return Ok(step);
+            };
+            let view = report.view.machines.iter().find(|v| &v.name == machine);
+            // Recorded before the node is asked: a restart in between asks again.
+            let mut marker =
+                view.and_then(|v| v.upgrade.clone())
+                    .unwrap_or_else(|| upgrade::Marker {
+                        version: target.version.clone(),
+                        image: target.image.clone(),
+                        from: view
+                            .and_then(|v| v.talos_version.clone())
+                            .unwrap_or_default(),
+                        at: ctx.clock.now().0,
+                        issued: false,
+                        down: false,
+                        failed: None,
+                    });
+            if view.and_then(|v| v.upgrade.as_ref()).is_none() {
+                upgrade_marker(ctx, &ns, machine, Some(&marker)).await?;
+            }
+            talos::forfeit_leadership(ctx, tc, &address).await;
+            match talos::upgrade(ctx, tc, &address, &target.image).await {
+                Ok(()) => {
+                    marker.issued = true;
+                    upgrade_marker(ctx, &ns, machine, Some(&marker)).await?;
+                    event(
+                        "TalosUpgradeStarted",
+                        format!(
+                            "upgrading Talos on machine {machine} ({address}) from {} to {} with {}",
+                            marker.from, marker.version, marker.image
+                        ),
+                    )
+                    .await;
+                }
+                Err(talos::UpgradeError::Refused(why)) => {
+                    marker.failed = Some(why);
+                    upgrade_marker(ctx, &ns, machine, Some(&marker)).await?;
+                }
+                Err(talos::UpgradeError::Unreachable(why)) => {
+                    return Ok(Step::Wait {
+                        reason: "WaitingForNode",
+                        message: format!(
+                            "asking the node of machine {machine} to upgrade Talos: {why}"
+                        ),
+                    });
+                }
+            }
+        }
+        Step::UpgradeSeenDown { machine } => {
+            if let Some(mut marker) = marker_of(report, machine) {
+                marker.down = true;
+                upgrade_marker(ctx, &ns, machine, Some(&marker)).await?;
+            }
+        }
+        Step::UpgradeFailed { machine, why } => {
+            if let Some(mut marker) = marker_of(report, machine) {
+                marker.failed = Some(why.clone());
+                upgrade_marker(ctx, &ns, machine, Some(&marker)).await?;
+                let address = by_name(machine)
+                    .and_then(talos::address)
+                    .unwrap_or_default();
+                report::event(
+                    ctx,
+                    &tcp.object_ref(&()),
+                    EventType::Warning,
+                    "TalosUpgradeFailed",
+                    &format!(
+                        "the Talos upgrade of machine {machine} ({address}) to {} failed: {why}; the rollout halts",
+                        marker.version
+                    ),
+                )
+                .await;
+            }
+        }
+        Step::UpgradeDone { machine } => {
+            let marker = marker_of(report, machine);
+            upgrade_marker(ctx, &ns, machine, None).await?;
+            if let Some(marker) = marker {
+                event(
+                    "TalosUpgraded",
+                    format!(
+                        "machine {machine} runs Talos {} (was {})",
+                        marker.version, marker.from
+                    ),
+                )
+                .await;
+            }
+        }
+        Step::ForgetUpgrade { machine } => {
+            upgrade_marker(ctx, &ns, machine, None).await?;
+        }
         Step::Wait { .. } | Step::Steady => {}
     }
     Ok(step)
+}
+
+/// The upgrade recorded on `machine`, as observed.
+fn marker_of(report: &Report, machine: &str) -> Option<upgrade::Marker> {
+    report
+        .view
+        .machines
+        .iter()
+        .find(|v| v.name == machine)
+        .and_then(|v| v.upgrade.clone())
+}
+
+/// Record (or, with `None`, clear) the in-place upgrade on `machine`.
+async fn upgrade_marker(
+    ctx: &Context,
+    ns: &str,
+    machine: &str,
+    marker: Option<&upgrade::Marker>,
+) -> Result<(), Error> {
+    let patch = json!({"metadata": {"annotations": {
+        upgrade::MARKER: marker.map(upgrade::Marker::to_annotation),
+    }}});
+    Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &cache::capi_resource("Machine"))
+        .patch(machine, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
+        .map_err(Error::kube(format!(
+            "recording the Talos upgrade of machine {ns}/{machine}"
+        )))
 }
 
 /// Addresses of machines whose etcd is healthy (other than `except`), to send etcd calls

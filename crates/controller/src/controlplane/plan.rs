@@ -32,6 +32,17 @@ pub enum Step {
     /// Delete this machine (scale-down, or replacement in a rolling update); its etcd member
     /// leaves through [`Step::ReleaseMachine`] before Cluster API removes its infrastructure.
     ScaleDown { machine: String },
+    /// Upgrade this machine's node to the target Talos version in place: record the upgrade
+    /// on the Machine, move etcd leadership away, install and reboot.
+    UpgradeTalos { machine: String },
+    /// Record that the upgrading node was seen down (rebooting).
+    UpgradeSeenDown { machine: String },
+    /// The upgrade of this machine's node failed: record why; the rollout halts.
+    UpgradeFailed { machine: String, why: String },
+    /// The node is back, healthy, on the target version: clear the record.
+    UpgradeDone { machine: String },
+    /// The record is for another target (talosUpgrade changed): clear it.
+    ForgetUpgrade { machine: String },
     /// Nothing may change now; the reason and message say why, for a condition.
     Wait {
         reason: &'static str,
@@ -157,6 +168,7 @@ mod tests {
             replicas,
             version: "v1.34.1".into(),
             talos_version: None,
+            talos_upgrade: None,
             strategy: rollout::Strategy::RollingUpdate {
                 max_surge: 1,
                 max_unavailable: 0,
@@ -219,7 +231,7 @@ mod tests {
                 // Cluster API finishes the deletion once the hook is gone.
                 cp.machines.retain(|m| &m.name != machine);
             }
-            Step::Wait { .. } | Step::Steady => {}
+            _ => {}
         }
     }
 

@@ -33,6 +33,8 @@ pub struct Desired {
     /// The Talos version of the machines when the spec says it (talosUpgrade.version or the
     /// controlplane config's talosVersion): the Kubernetes version must be one it supports.
     pub talos_version: Option<String>,
+    /// In-place Talos upgrades (talosUpgrade), when asked for.
+    pub talos_upgrade: Option<super::upgrade::Target>,
     pub strategy: Strategy,
 }
 
@@ -60,10 +62,20 @@ impl Desired {
             })
             .or_else(|| spec.control_plane_config.controlplane.talos_version.clone())
             .filter(|v| !v.is_empty());
+        let talos_upgrade = match &spec.talos_upgrade {
+            None => None,
+            Some(u) => Some(super::upgrade::Target::of(u).ok_or_else(|| {
+                SpecError::Invalid(format!(
+                    "talosUpgrade.version is required: the image {:?} names no tag to read it from",
+                    u.image
+                ))
+            })?),
+        };
         Ok(Desired {
             replicas,
             version: spec.version.clone(),
             talos_version,
+            talos_upgrade,
             strategy,
         })
     }
@@ -265,6 +277,19 @@ pub fn outdated(made: &Made, target: &Target) -> Option<String> {
 /// The scaling or rolling-update step towards `desired`, once etcd exists and its membership
 /// has been audited.
 pub fn step(desired: &Desired, cp: &ControlPlane) -> Step {
+    match replace(desired, cp) {
+        // Machines in place are upgraded once none needs replacing.
+        Step::Steady => desired
+            .talos_upgrade
+            .as_ref()
+            .and_then(|t| super::upgrade::step(t, cp))
+            .unwrap_or(Step::Steady),
+        step => step,
+    }
+}
+
+/// The scaling or replacement step.
+fn replace(desired: &Desired, cp: &ControlPlane) -> Step {
     let want = usize::try_from(desired.replicas).unwrap_or(0);
     let live: Vec<&MachineView> = cp.machines.iter().filter(|m| !m.deleting).collect();
     let any_outdated = live.iter().any(|m| !m.up_to_date());
@@ -560,6 +585,7 @@ mod tests {
             replicas: 3,
             version: version.into(),
             talos_version: talos.map(Into::into),
+            talos_upgrade: None,
             strategy: Strategy::OnDelete,
         }
     }
@@ -794,6 +820,7 @@ mod properties {
                 replicas: replicas as i32,
                 version: "v1.34.1".into(),
                 talos_version: None,
+                talos_upgrade: None,
                 strategy: Rollout::RollingUpdate {
                     max_surge: surge,
                     max_unavailable: unavailable,
@@ -878,7 +905,7 @@ mod properties {
                     }
                 }
                 Step::RemoveOrphanMember { id, .. } => self.members().retain(|e| e.id != *id),
-                Step::BootstrapEtcd { .. } | Step::Wait { .. } | Step::Steady => {}
+                _ => {}
             }
         }
 

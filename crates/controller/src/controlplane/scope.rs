@@ -39,6 +39,12 @@ pub struct MachineView {
     pub unhealthy: bool,
     /// The remediation this machine replaced a machine for, if it did.
     pub remediation_for: Option<super::remediation::Record>,
+    /// The Talos version its node reports (asked only while talosUpgrade is set).
+    pub talos_version: Option<String>,
+    /// Its node answered the Talos API.
+    pub reachable: bool,
+    /// The in-place Talos upgrade recorded on it, if one is under way.
+    pub upgrade: Option<super::upgrade::Marker>,
 }
 
 #[cfg(test)]
@@ -58,6 +64,9 @@ impl MachineView {
             cleanup_hook: true,
             unhealthy: false,
             remediation_for: None,
+            talos_version: None,
+            reachable: true,
+            upgrade: None,
         }
     }
 }

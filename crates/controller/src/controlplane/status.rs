@@ -45,6 +45,8 @@ pub struct Report {
     pub rollout_note: Option<String>,
     /// The rollout strategy is OnDelete.
     pub on_delete: bool,
+    /// The Talos version of an in-place upgrade (talosUpgrade), when asked for.
+    pub talos_target: Option<String>,
 }
 
 fn semver(v: &str) -> (u64, u64, u64, String) {
@@ -81,16 +83,35 @@ pub fn versions(machines: &[Counted]) -> Vec<StatusVersion> {
 /// RollingOut: how far a rollout is ("2 of 3 machines up to date"), what it does or waits for
 /// now, and how the spec's bounds were adjusted.
 fn rolling_out(r: &Report, outdated: usize) -> Observation {
-    if outdated == 0 {
+    let live: Vec<_> = r.view.machines.iter().filter(|m| !m.deleting).collect();
+    let talos_done = |t: &str| {
+        live.iter()
+            .filter(|m| {
+                m.talos_version
+                    .as_deref()
+                    .is_some_and(|v| v.trim_start_matches('v') == t.trim_start_matches('v'))
+            })
+            .count()
+    };
+    let talos_pending = r
+        .talos_target
+        .as_deref()
+        .is_some_and(|t| talos_done(t) < live.len());
+    if outdated == 0 && !talos_pending {
         return Observation::new(
             ConditionType::RollingOut,
             Status::False,
             reason::NOT_ROLLING_OUT,
         );
     }
-    let live = r.view.machines.iter().filter(|m| !m.deleting);
-    let (total, current) = live.fold((0, 0), |(t, c), m| (t + 1, c + usize::from(m.up_to_date())));
-    let mut message = format!("{current} of {total} machines up to date");
+    let total = live.len();
+    let mut message = match r.talos_target.as_deref() {
+        Some(t) if outdated == 0 => format!("{} of {total} nodes on Talos {t}", talos_done(t)),
+        _ => format!(
+            "{} of {total} machines up to date",
+            live.iter().filter(|m| m.up_to_date()).count()
+        ),
+    };
     match &r.step {
         Some(Step::Wait { message: why, .. }) => message.push_str(&format!("; {why}")),
         Some(Step::Steady) if r.on_delete => message.push_str(
@@ -99,6 +120,9 @@ fn rolling_out(r: &Report, outdated: usize) -> Observation {
         Some(Step::CreateMachine { .. }) => message.push_str("; creating an up-to-date machine"),
         Some(Step::ScaleDown { machine }) => {
             message.push_str(&format!("; deleting outdated machine {machine}"));
+        }
+        Some(Step::UpgradeTalos { machine }) => {
+            message.push_str(&format!("; upgrading Talos on machine {machine}"));
         }
         _ => {}
     }

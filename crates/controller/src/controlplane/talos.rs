@@ -52,6 +52,8 @@ pub struct NodeHealth {
     pub components: bool,
     /// Why not, for conditions.
     pub problem: Option<String>,
+    /// The Talos version it reports (asked only when `versions` is asked for).
+    pub talos_version: Option<String>,
 }
 
 /// What the nodes said.
@@ -66,9 +68,14 @@ pub struct Observed {
     pub problem: Option<String>,
 }
 
-/// Ask the nodes of `machines` for the etcd member list and their services: two calls, each
-/// fanned out by one node to all of them.
-pub async fn observe(ctx: &Context, talosconfig: &str, machines: &[Machine]) -> Observed {
+/// Ask the nodes of `machines` for the etcd member list and their services (and, with
+/// `versions`, their Talos versions): each call fanned out by one node to all of them.
+pub async fn observe(
+    ctx: &Context,
+    talosconfig: &str,
+    machines: &[Machine],
+    versions: bool,
+) -> Observed {
     let targets: Vec<(String, String)> = machines
         .iter()
         .filter_map(|m| address(m).map(|a| (m.name_any(), a)))
@@ -90,8 +97,19 @@ pub async fn observe(ctx: &Context, talosconfig: &str, machines: &[Machine]) -> 
         }
     };
     let many = Nodes::Many(addresses);
-    let (members, services) =
-        futures::join!(client.etcd_member_list(&many), client.service_list(&many));
+    let asked_versions = async {
+        if versions {
+            ctx.metrics.talos_calls(1);
+            Some(client.version(&many).await)
+        } else {
+            None
+        }
+    };
+    let (members, services, talos_versions) = futures::join!(
+        client.etcd_member_list(&many),
+        client.service_list(&many),
+        asked_versions
+    );
     ctx.metrics.talos_calls(2);
 
     let mut observed = Observed::default();
@@ -118,6 +136,7 @@ pub async fn observe(ctx: &Context, talosconfig: &str, machines: &[Machine]) -> 
                         let components = etcd && healthy("kubelet") && healthy("apid");
                         NodeHealth {
                             reachable: true,
+                            talos_version: None,
                             etcd,
                             components,
                             problem: (!components).then(|| {
@@ -138,6 +157,13 @@ pub async fn observe(ctx: &Context, talosconfig: &str, machines: &[Machine]) -> 
             }
         }
         Err(e) => observed.problem = Some(format!("listing services: {e}")),
+    }
+    for reply in talos_versions.and_then(Result::ok).into_iter().flatten() {
+        if let (Some(machine), Ok(v)) = (node_of(&reply.node), reply.result)
+            && let Some(h) = observed.health.get_mut(&machine)
+        {
+            h.talos_version = v.version.map(|i| i.tag);
+        }
     }
     // Any node's view of the membership will do; the first that answers is taken.
     let replies = match members {
@@ -232,10 +258,7 @@ pub async fn bootstrap(
     let result = client
         .bootstrap(&Nodes::Endpoint)
         .await
-        .and_then(|replies| match replies.into_iter().next() {
-            Some(reply) => reply.result.map(drop),
-            None => Ok(()),
-        });
+        .and_then(first_result);
     match result {
         Ok(()) => Ok(Bootstrapped::Now),
         Err(talos_api::Error::AlreadyExists(_)) => Ok(Bootstrapped::Already),
@@ -252,6 +275,68 @@ pub async fn forfeit_leadership(ctx: &Context, talosconfig: &str, address: &str)
     ctx.metrics.talos_calls(1);
     if let Err(e) = client.etcd_forfeit_leadership(&Nodes::Endpoint).await {
         tracing::debug!(node = %address, error = %e, "forfeiting etcd leadership");
+    }
+}
+
+/// Why a node did not take an upgrade.
+#[derive(Debug)]
+pub enum UpgradeError {
+    /// The node could not be asked (try again).
+    Unreachable(String),
+    /// The node refused or the installer failed: the upgrade failed.
+    Refused(String),
+}
+
+/// Upgrade the node at `address` to the installer `image` the way `talosctl upgrade` does:
+/// LifecycleService.Upgrade (install to disk) then a reboot into it; on Talos before 1.13
+/// (Unimplemented), the legacy MachineService.Upgrade, which reboots by itself.
+pub async fn upgrade(
+    ctx: &Context,
+    talosconfig: &str,
+    address: &str,
+    image: &str,
+) -> Result<(), UpgradeError> {
+    let client = ctx
+        .nodes
+        .connect(talosconfig, vec![address.to_owned()])
+        .map_err(|e| UpgradeError::Unreachable(e.to_string()))?;
+    let classify = |e: talos_api::Error| match e {
+        talos_api::Error::InvalidArgument(_)
+        | talos_api::Error::FailedPrecondition(_)
+        | talos_api::Error::Aborted(_)
+        | talos_api::Error::PermissionDenied(_) => UpgradeError::Refused(e.to_string()),
+        other => UpgradeError::Unreachable(other.to_string()),
+    };
+    ctx.metrics.talos_calls(1);
+    match client
+        .install_upgrade(&Nodes::Endpoint, image.to_owned())
+        .await
+    {
+        Ok(()) => {
+            ctx.metrics.talos_calls(1);
+            client
+                .reboot(&Nodes::Endpoint)
+                .await
+                .and_then(first_result)
+                .map_err(classify)
+        }
+        Err(talos_api::Error::Unimplemented(_)) => {
+            ctx.metrics.talos_calls(1);
+            client
+                .upgrade(&Nodes::Endpoint, image.to_owned())
+                .await
+                .and_then(first_result)
+                .map_err(classify)
+        }
+        Err(e) => Err(classify(e)),
+    }
+}
+
+/// The outcome of a call made to one node: its part of the reply.
+fn first_result<M>(replies: Vec<talos_api::NodeResult<M>>) -> Result<(), talos_api::Error> {
+    match replies.into_iter().next() {
+        Some(reply) => reply.result.map(drop),
+        None => Ok(()),
     }
 }
 
@@ -272,10 +357,7 @@ pub async fn remove_member(
     let result = client
         .etcd_remove_member(&Nodes::Endpoint, id)
         .await
-        .and_then(|replies| match replies.into_iter().next() {
-            Some(reply) => reply.result.map(drop),
-            None => Ok(()),
-        });
+        .and_then(first_result);
     match result {
         Ok(()) | Err(talos_api::Error::NotFound(_)) => Ok(()),
         Err(e) => Err(Error::talos(action)(e)),

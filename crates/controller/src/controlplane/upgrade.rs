@@ -1,0 +1,441 @@
+//! In-place Talos OS upgrades, decided without I/O: which node upgrades next, whether one in
+//! progress succeeded or failed, and when to wait. What an upgrade needs to survive a restart
+//! of the operator lives on its Machine ([`MARKER`]); nothing is kept in memory.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::plan::Step;
+use super::scope::{ControlPlane, MachineView, quorum};
+
+/// The Machine annotation of an upgrade asked for and not finished: a JSON [`Marker`].
+/// Removing it from a machine whose upgrade failed asks for another attempt.
+pub const MARKER: &str = "controlplane.cluster.x-k8s.io/talos-upgrade";
+
+/// An upgrade of one node, as recorded on its Machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Marker {
+    /// The Talos version asked for, and the installer image.
+    pub version: String,
+    pub image: String,
+    /// The version the node ran when it was asked.
+    pub from: String,
+    /// When it was asked.
+    pub at: Timestamp,
+    /// The node accepted the upgrade (install and reboot were asked for).
+    #[serde(default)]
+    pub issued: bool,
+    /// The node was seen down since (rebooting).
+    #[serde(default)]
+    pub down: bool,
+    /// Why it failed, once it did: the rollout halts until the node recovers, the marker is
+    /// removed, or talosUpgrade changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+impl Marker {
+    pub fn parse(value: &str) -> Option<Marker> {
+        serde_json::from_str(value).ok()
+    }
+
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The Talos version the control plane should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub image: String,
+    /// v-prefixed, e.g. v1.13.1.
+    pub version: String,
+    pub max_parallel: usize,
+    pub timeout: Duration,
+}
+
+impl Target {
+    /// The target of a spec's talosUpgrade; `None` when its version cannot be told (an image
+    /// pinned by digest without a version, which admission refuses).
+    pub fn of(u: &api::controlplane::v1alpha3::TalosUpgrade) -> Option<Target> {
+        let version = u.version.clone().or_else(|| {
+            let (name, tag) = u.image.rsplit_once(':')?;
+            (!tag.contains('/') && !name.ends_with("@sha256")).then(|| tag.to_owned())
+        })?;
+        Some(Target {
+            image: u.image.clone(),
+            version,
+            max_parallel: usize::try_from(u.max_parallel.unwrap_or(1))
+                .unwrap_or(1)
+                .max(1),
+            timeout: Duration::from_secs(
+                u64::try_from(u.timeout_seconds.unwrap_or(600)).unwrap_or(600),
+            ),
+        })
+    }
+}
+
+/// Versions compare without their leading v.
+fn same_version(a: &str, b: &str) -> bool {
+    a.trim_start_matches('v') == b.trim_start_matches('v')
+}
+
+/// How many nodes may be upgrading at once: maxParallel, capped at what etcd with `n` members
+/// survives losing; one at a time with one or two members, which cannot keep quorum through a
+/// reboot whatever is done (as `talosctl upgrade` would).
+pub fn parallel(target: &Target, n: usize) -> usize {
+    target.max_parallel.min(n.saturating_sub(quorum(n))).max(1)
+}
+
+/// The next step of an in-place upgrade towards `target`, or `None` when every node runs it (or
+/// the versions are not known yet). Called once no machine needs replacing.
+pub fn step(target: &Target, cp: &ControlPlane) -> Option<Step> {
+    let live: Vec<&MachineView> = cp.machines.iter().filter(|m| !m.deleting).collect();
+    let on_target = |m: &MachineView| {
+        m.talos_version
+            .as_deref()
+            .is_some_and(|v| same_version(v, &target.version))
+    };
+    // Markers of another target (the spec changed): forgotten, and the node judged afresh.
+    if let Some(m) = live.iter().find(|m| {
+        m.upgrade
+            .as_ref()
+            .is_some_and(|u| u.version != target.version || u.image != target.image)
+    }) {
+        return Some(Step::ForgetUpgrade {
+            machine: m.name.clone(),
+        });
+    }
+    for m in &live {
+        let Some(u) = &m.upgrade else { continue };
+        if on_target(m) && cp.available(m) {
+            return Some(Step::UpgradeDone {
+                machine: m.name.clone(),
+            });
+        }
+        if let Some(why) = &u.failed {
+            return Some(Step::Wait {
+                reason: "TalosUpgradeFailed",
+                message: format!(
+                    "the Talos upgrade of machine {} to {} failed: {why}; nothing else is upgraded until it recovers: fix the node and remove the annotation {MARKER} from machine {} to try again, or change talosUpgrade",
+                    m.name, u.version, m.name
+                ),
+            });
+        }
+        if !u.issued {
+            // Asked for, but not known to have reached the node (an operator restart in
+            // between): asked again.
+            return Some(Step::UpgradeTalos {
+                machine: m.name.clone(),
+            });
+        }
+        if !m.reachable && !u.down {
+            return Some(Step::UpgradeSeenDown {
+                machine: m.name.clone(),
+            });
+        }
+        let rolled_back = u.down
+            && m.reachable
+            && m.components_healthy
+            && m.talos_version
+                .as_deref()
+                .is_some_and(|v| same_version(v, &u.from));
+        if rolled_back {
+            return Some(Step::UpgradeFailed {
+                machine: m.name.clone(),
+                why: format!(
+                    "the node rebooted and came back on {} (rolled back)",
+                    u.from
+                ),
+            });
+        }
+        let deadline = u.at + target.timeout;
+        if cp.now > deadline {
+            return Some(Step::UpgradeFailed {
+                machine: m.name.clone(),
+                why: format!(
+                    "the node was not back healthy on {} within {}s",
+                    u.version,
+                    target.timeout.as_secs()
+                ),
+            });
+        }
+    }
+    let pending: Vec<&&MachineView> = live
+        .iter()
+        .filter(|m| m.upgrade.is_none() && m.talos_version.is_some() && !on_target(m))
+        .collect();
+    let first = pending
+        .iter()
+        .min_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)))?;
+    let upgrading: Vec<&str> = live
+        .iter()
+        .filter(|m| m.upgrade.is_some())
+        .map(|m| m.name.as_str())
+        .collect();
+    let done = live.iter().filter(|m| on_target(m)).count();
+    let progress = format!("{done} of {} nodes on Talos {}", live.len(), target.version);
+    if upgrading.len() >= parallel(target, live.len()) {
+        return Some(Step::Wait {
+            reason: "TalosUpgradeInProgress",
+            message: format!(
+                "{progress}; waiting for {} to be back healthy on {}",
+                upgrading.join(", "),
+                target.version
+            ),
+        });
+    }
+    if cp.etcd.is_none() {
+        return Some(Step::Wait {
+            reason: "EtcdUnknown",
+            message: format!("{progress}; no node answered for the etcd member list"),
+        });
+    }
+    // Every node not upgrading is healthy, with a healthy voting member, before one more goes.
+    if let Some(sick) = live
+        .iter()
+        .find(|m| m.upgrade.is_none() && !cp.available(m))
+    {
+        return Some(Step::Wait {
+            reason: "WaitingForHealthyNodes",
+            message: format!(
+                "{progress}; machine {} is not healthy (etcd member and services), so no node is upgraded now",
+                sick.name
+            ),
+        });
+    }
+    Some(Step::UpgradeTalos {
+        machine: first.name.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::scope::EtcdMember;
+    use super::*;
+
+    fn target(max_parallel: usize) -> Target {
+        Target {
+            image: "ghcr.io/siderolabs/installer:v1.13.1".into(),
+            version: "v1.13.1".into(),
+            max_parallel,
+            timeout: Duration::from_secs(600),
+        }
+    }
+
+    fn cp(n: usize) -> ControlPlane {
+        let machines: Vec<MachineView> = (0..n)
+            .map(|i| MachineView {
+                talos_version: Some("v1.13.0".into()),
+                ..MachineView::test(
+                    &format!("m{i}"),
+                    Timestamp::from_second(i as i64).unwrap_or(Timestamp::UNIX_EPOCH),
+                )
+            })
+            .collect();
+        let etcd = machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| EtcdMember {
+                id: i as u64 + 1,
+                name: m.hostname.clone(),
+                healthy: true,
+                learner: false,
+            })
+            .collect();
+        ControlPlane {
+            machines,
+            etcd: Some(etcd),
+            now: Timestamp::from_second(1000).unwrap_or(Timestamp::UNIX_EPOCH),
+            ..ControlPlane::default()
+        }
+    }
+
+    fn marker(issued: bool) -> Marker {
+        Marker {
+            version: "v1.13.1".into(),
+            image: "ghcr.io/siderolabs/installer:v1.13.1".into(),
+            from: "v1.13.0".into(),
+            at: Timestamp::from_second(900).unwrap_or(Timestamp::UNIX_EPOCH),
+            issued,
+            down: false,
+            failed: None,
+        }
+    }
+
+    fn set(cp: &mut ControlPlane, i: usize, f: impl FnOnce(&mut Marker)) {
+        if let Some(u) = cp.machines[i].upgrade.as_mut() {
+            f(u);
+        }
+    }
+
+    fn upgrading(cp: &mut ControlPlane, i: usize, issued: bool) {
+        cp.machines[i].upgrade = Some(marker(issued));
+        cp.machines[i].components_healthy = false;
+        cp.machines[i].reachable = false;
+    }
+
+    #[test]
+    fn one_node_at_a_time_oldest_first_and_only_when_the_others_are_healthy() {
+        let mut c = cp(3);
+        assert_eq!(
+            step(&target(1), &c),
+            Some(Step::UpgradeTalos {
+                machine: "m0".into()
+            })
+        );
+        upgrading(&mut c, 0, true);
+        match step(&target(3), &c) {
+            Some(Step::UpgradeSeenDown { machine }) => assert_eq!(machine, "m0"),
+            other => panic!("{other:?}"),
+        }
+        set(&mut c, 0, |u| u.down = true);
+        // maxParallel 3 is capped at 1 by quorum with three members.
+        match step(&target(3), &c) {
+            Some(Step::Wait { reason, message }) => {
+                assert_eq!(reason, "TalosUpgradeInProgress");
+                assert!(
+                    message.contains("0 of 3 nodes on Talos v1.13.1"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Back on the new version and healthy: done, then the next one.
+        c.machines[0].talos_version = Some("v1.13.1".into());
+        c.machines[0].components_healthy = true;
+        c.machines[0].reachable = true;
+        assert_eq!(
+            step(&target(1), &c),
+            Some(Step::UpgradeDone {
+                machine: "m0".into()
+            })
+        );
+        c.machines[0].upgrade = None;
+        c.machines[2].components_healthy = false;
+        assert!(matches!(
+            step(&target(1), &c),
+            Some(Step::Wait { reason: "WaitingForHealthyNodes", message }) if message.contains("m2")
+        ));
+        c.machines[2].components_healthy = true;
+        assert_eq!(
+            step(&target(1), &c),
+            Some(Step::UpgradeTalos {
+                machine: "m1".into()
+            })
+        );
+        for m in &mut c.machines {
+            m.talos_version = Some("v1.13.1".into());
+        }
+        assert_eq!(step(&target(1), &c), None, "every node upgraded");
+    }
+
+    #[test]
+    fn five_nodes_upgrade_two_at_once_and_never_more_than_quorum_allows() {
+        let mut c = cp(5);
+        assert_eq!(parallel(&target(2), 5), 2);
+        assert_eq!(parallel(&target(9), 5), 2);
+        assert_eq!(parallel(&target(9), 1), 1);
+        upgrading(&mut c, 0, true);
+        set(&mut c, 0, |u| u.down = true);
+        assert_eq!(
+            step(&target(2), &c),
+            Some(Step::UpgradeTalos {
+                machine: "m1".into()
+            })
+        );
+        upgrading(&mut c, 1, true);
+        set(&mut c, 1, |u| u.down = true);
+        assert!(matches!(
+            step(&target(9), &c),
+            Some(Step::Wait {
+                reason: "TalosUpgradeInProgress",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_rollback_or_a_timeout_fails_the_upgrade_and_halts_until_cleared_or_changed() {
+        let mut c = cp(3);
+        upgrading(&mut c, 0, true);
+        // Back, healthy, on the old version after a reboot: rolled back.
+        c.machines[0].reachable = true;
+        c.machines[0].components_healthy = true;
+        set(&mut c, 0, |u| u.down = true);
+        match step(&target(1), &c) {
+            Some(Step::UpgradeFailed { machine, why }) => {
+                assert_eq!(machine, "m0");
+                assert!(why.contains("rolled back"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not seen down, but never back on the new version: the timeout fails it.
+        let mut slow = cp(3);
+        upgrading(&mut slow, 0, true);
+        slow.machines[0].reachable = true;
+        slow.now = Timestamp::from_second(2000).unwrap_or(Timestamp::UNIX_EPOCH);
+        assert!(matches!(
+            step(&target(1), &slow),
+            Some(Step::UpgradeFailed { why, .. }) if why.contains("within 600s")
+        ));
+        // Failed: everything waits, naming the machine and how to retry.
+        set(&mut c, 0, |u| u.failed = Some("rolled back".into()));
+        match step(&target(1), &c) {
+            Some(Step::Wait { reason, message }) => {
+                assert_eq!(reason, "TalosUpgradeFailed");
+                assert!(
+                    message.contains("m0") && message.contains(MARKER),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A new target forgets the marker.
+        let newer = Target {
+            version: "v1.13.2".into(),
+            image: "ghcr.io/siderolabs/installer:v1.13.2".into(),
+            ..target(1)
+        };
+        assert_eq!(
+            step(&newer, &c),
+            Some(Step::ForgetUpgrade {
+                machine: "m0".into()
+            })
+        );
+        // A marker asked for but not issued (a restart in between) is issued again.
+        let mut restarted = cp(3);
+        upgrading(&mut restarted, 1, false);
+        assert_eq!(
+            step(&target(1), &restarted),
+            Some(Step::UpgradeTalos {
+                machine: "m1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn the_target_version_comes_from_the_image_tag_unless_given() {
+        let spec = |image: &str, version: Option<&str>| api::controlplane::v1alpha3::TalosUpgrade {
+            image: image.into(),
+            version: version.map(Into::into),
+            ..Default::default()
+        };
+        let t = Target::of(&spec("ghcr.io/siderolabs/installer:v1.13.1", None));
+        assert_eq!(t.map(|t| t.version), Some("v1.13.1".into()));
+        let pinned = "factory.talos.dev/installer/abc@sha256:0123";
+        assert_eq!(Target::of(&spec(pinned, None)), None);
+        assert_eq!(
+            Target::of(&spec(pinned, Some("v1.13.1"))).map(|t| t.version),
+            Some("v1.13.1".into())
+        );
+        assert_eq!(
+            Target::of(&spec("registry:5000/installer", None)),
+            None,
+            "a registry port is not a tag"
+        );
+    }
+}

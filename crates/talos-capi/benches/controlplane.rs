@@ -81,6 +81,30 @@ fn received(event: &Value) -> Option<SystemTime> {
     Some(SystemTime::from(ts))
 }
 
+/// When the controller's `verbs` on Machines completed, per cluster (audit events).
+fn machine_writes(events: &[Value], verbs: &[&str]) -> BTreeMap<String, Vec<SystemTime>> {
+    let mut by_cluster: BTreeMap<String, Vec<SystemTime>> = BTreeMap::new();
+    for e in events.iter().filter(|e| {
+        e["verb"].as_str().is_some_and(|v| verbs.contains(&v))
+            && e["objectRef"]["resource"] == "machines"
+            && e["stage"] == "ResponseComplete"
+    }) {
+        let name = e["objectRef"]["name"]
+            .as_str()
+            .or_else(|| e["responseObject"]["metadata"]["name"].as_str())
+            .unwrap_or_default();
+        // Machine names are `<cluster>-<5 characters>`.
+        let cluster = name
+            .rsplit_once('-')
+            .map(|(c, _)| c.to_owned())
+            .unwrap_or_default();
+        if let Some(t) = received(e) {
+            by_cluster.entry(cluster).or_default().push(t);
+        }
+    }
+    by_cluster
+}
+
 /// Reaction times (seconds) of one cluster: node up → etcd bootstrap, and each healthy voter →
 /// the next machine created by the controller.
 fn gates(
@@ -162,25 +186,7 @@ async fn phase(
     let seconds = started.elapsed().as_secs_f64();
     let (cpu, rss) = usage(pid);
     let events = audit_events(&audit, offset, "talos-capi/");
-    let mut creates_by_cluster: BTreeMap<String, Vec<SystemTime>> = BTreeMap::new();
-    for e in events.iter().filter(|e| {
-        e["verb"] == "create"
-            && e["objectRef"]["resource"] == "machines"
-            && e["stage"] == "ResponseComplete"
-    }) {
-        let name = e["objectRef"]["name"]
-            .as_str()
-            .or_else(|| e["responseObject"]["metadata"]["name"].as_str())
-            .unwrap_or_default();
-        // Machine names are `<cluster>-<5 characters>`.
-        let cluster = name
-            .rsplit_once('-')
-            .map(|(c, _)| c.to_owned())
-            .unwrap_or_default();
-        if let Some(t) = received(e) {
-            creates_by_cluster.entry(cluster).or_default().push(t);
-        }
-    }
+    let creates_by_cluster = machine_writes(&events, &["create"]);
     let node_up = stamps.lock().unwrap().clone();
     let (mut up, mut healthy) = (Vec::new(), Vec::new());
     for n in &names {
@@ -274,24 +280,7 @@ async fn rollout(
     let seconds = started.elapsed().as_secs_f64();
     let cpu = usage(pid).0 - cpu0;
     let events = audit_events(&audit, offset, "talos-capi/");
-    let mut actions: BTreeMap<String, Vec<SystemTime>> = BTreeMap::new();
-    for e in events.iter().filter(|e| {
-        matches!(e["verb"].as_str(), Some("create" | "delete"))
-            && e["objectRef"]["resource"] == "machines"
-            && e["stage"] == "ResponseComplete"
-    }) {
-        let name = e["objectRef"]["name"]
-            .as_str()
-            .or_else(|| e["responseObject"]["metadata"]["name"].as_str())
-            .unwrap_or_default();
-        let cluster = name
-            .rsplit_once('-')
-            .map(|(c, _)| c.to_owned())
-            .unwrap_or_default();
-        if let Some(t) = received(e) {
-            actions.entry(cluster).or_default().push(t);
-        }
-    }
+    let actions = machine_writes(&events, &["create", "delete"]);
     let mut reactions = Vec::new();
     for (n, (from, id)) in &ids {
         let history = sim.etcd_history(id);

@@ -295,6 +295,11 @@ impl Caches {
         );
     }
 
+    /// Whether every watch has listed its objects (readiness).
+    pub fn is_ready(&self) -> bool {
+        *self.listed.borrow() >= WATCHES
+    }
+
     /// Resolves once every watch has listed its objects.
     pub async fn ready(&self) {
         let _ = self.listed.subscribe().wait_for(|n| *n >= WATCHES).await;

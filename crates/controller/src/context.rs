@@ -41,8 +41,10 @@ pub struct Options {
     /// Only objects carrying `cluster.x-k8s.io/watch-filter=<value>` (Cluster API's
     /// `--watch-filter`).
     pub watch_filter: Option<String>,
-    /// Reconciles running at once, per controller.
+    /// TalosConfig reconciles running at once.
     pub concurrency: u16,
+    /// TalosControlPlane reconciles running at once.
+    pub controlplane_concurrency: u16,
     /// The field manager and Event reporter name.
     pub manager_name: String,
     /// Also serve TalosConfigs owned by MachinePools (Cluster API's MachinePool feature).
@@ -55,6 +57,7 @@ impl Default for Options {
             namespace: None,
             watch_filter: None,
             concurrency: 10,
+            controlplane_concurrency: 10,
             manager_name: "talos-capi".into(),
             machine_pools: false,
         }

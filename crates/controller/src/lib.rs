@@ -8,8 +8,10 @@ pub mod cache;
 mod context;
 pub mod controlplane;
 mod error;
+pub mod leader;
 pub mod metrics;
 pub mod nodes;
+pub mod preflight;
 pub mod report;
 
 pub use context::{Clock, Context, Options, SystemClock};

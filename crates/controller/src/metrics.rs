@@ -37,6 +37,16 @@ pub struct Metrics {
     pub talos_requests: Counter,
     /// Rollout progress per TalosControlPlane: machines still to replace.
     pub rollout_outdated: Family<ObjectLabels, Gauge>,
+    /// 1 while this replica holds the leader Lease (or runs without leader election).
+    pub leader: Gauge,
+    /// Always 1, labelled with the build's version and the contracts it implements.
+    pub build_info: Family<BuildLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub contracts: &'static str,
 }
 
 impl Default for Metrics {
@@ -49,6 +59,8 @@ impl Default for Metrics {
             }),
             talos_requests: Counter::default(),
             rollout_outdated: Family::default(),
+            leader: Gauge::default(),
+            build_info: Family::default(),
         }
     }
 }
@@ -81,6 +93,22 @@ impl Metrics {
             "controlplane_outdated_machines",
             "Control-plane machines a rollout still has to replace, per TalosControlPlane (0 when none)",
             self.rollout_outdated.clone(),
+        );
+        sub.register(
+            "leader",
+            "1 while this replica leads (holds the leader Lease, or runs without leader election)",
+            self.leader.clone(),
+        );
+        self.build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                contracts: "v1beta1,v1beta2",
+            })
+            .set(1);
+        sub.register(
+            "build_info",
+            "The running build: version and Cluster API contracts",
+            self.build_info.clone(),
         );
     }
 

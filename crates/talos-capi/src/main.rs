@@ -36,8 +36,8 @@ enum Command {
     Gen(Box<generate::Gen>),
     /// Validate a Talos machine configuration.
     Validate(generate::ValidateArgs),
-    /// Run the controllers (TalosConfig today) against the management cluster.
-    Manager(manager::ManagerArgs),
+    /// Run the controllers (TalosConfig and TalosControlPlane) against the management cluster.
+    Manager(Box<manager::ManagerArgs>),
 }
 
 fn main() -> ExitCode {
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         Command::Crds { out_dir, docs } => crds(out_dir.as_deref(), docs.as_deref()),
         Command::Gen(g) => generate::run(*g).map_err(|generate::Failure(m)| m),
         Command::Validate(v) => generate::validate(v).map_err(|generate::Failure(m)| m),
-        Command::Manager(m) => manager::run(m),
+        Command::Manager(m) => manager::run(*m),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

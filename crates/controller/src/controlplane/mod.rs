@@ -108,7 +108,8 @@ pub fn controller(
     let lookup = Arc::clone(&ctx);
     let controller = Controller::for_stream_with(own, reader, ar)
         .with_config(
-            kube::runtime::controller::Config::default().concurrency(ctx.options.concurrency),
+            kube::runtime::controller::Config::default()
+                .concurrency(ctx.options.controlplane_concurrency),
         )
         .watches_shared_stream_with(
             machines,

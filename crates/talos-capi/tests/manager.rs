@@ -6,7 +6,7 @@
 #[path = "../../controller/tests/common/mod.rs"]
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use api::conditions::ConditionType;
@@ -251,7 +251,7 @@ async fn one_of_two_managers_leads_a_frozen_leader_is_fenced_and_sigterm_hands_o
 }
 
 /// Mutating requests by the replica `identity` received after `after`, from the audit log.
-fn late_writes(audit: &PathBuf, identity: &str, after: Timestamp) -> Vec<String> {
+fn late_writes(audit: &Path, identity: &str, after: Timestamp) -> Vec<String> {
     let agent = format!("talos-capi/{} ({identity})", env!("CARGO_PKG_VERSION"));
     audit_events(audit, 0, &agent)
         .into_iter()

@@ -82,7 +82,7 @@ pub struct ValidateArgs {
 /// A command failure: the message to print (exit code 1; clap exits 2 on usage errors).
 pub struct Failure(pub String);
 
-fn fail(message: impl std::fmt::Display) -> Failure {
+pub(crate) fn fail(message: impl std::fmt::Display) -> Failure {
     Failure(message.to_string())
 }
 
@@ -95,7 +95,7 @@ pub fn run(command: Gen) -> Result<(), Failure> {
         } => {
             let contract = Contract::parse(talos_version.as_deref().unwrap_or("")).map_err(fail)?;
             let bundle = SecretsBundle::generate(contract).map_err(fail)?;
-            write_new(&output, &bundle.to_yaml().map_err(fail)?, force)
+            write_private(&output, &bundle.to_yaml().map_err(fail)?, force)
         }
         Gen::Config(args) => gen_config(*args),
     }
@@ -105,14 +105,39 @@ fn read(path: &Path) -> Result<String, Failure> {
     std::fs::read_to_string(path).map_err(|e| fail(format!("reading {}: {e}", path.display())))
 }
 
-fn write_new(path: &Path, content: &str, force: bool) -> Result<(), Failure> {
+/// Write a file that holds secrets: mode 0600 from its creation, never through a symlink, and
+/// only over an existing file with `force`.
+pub(crate) fn write_private(path: &Path, content: &str, force: bool) -> Result<(), Failure> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.is_symlink() {
+        return Err(fail(format!(
+            "{} is a symbolic link; refusing to write through it",
+            path.display()
+        )));
+    }
     if path.exists() && !force {
         return Err(fail(format!(
             "{} already exists, use --force to overwrite",
             path.display()
         )));
     }
-    std::fs::write(path, content).map_err(|e| fail(format!("writing {}: {e}", path.display())))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
+    }
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| {
+            // An existing file keeps its mode on open: set it.
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            f.write_all(content.as_bytes())
+        });
+    written.map_err(|e| fail(format!("writing {}: {e}", path.display())))?;
     println!("Created {}", path.display());
     Ok(())
 }
@@ -190,7 +215,7 @@ fn gen_config(a: ConfigArgs) -> Result<(), Failure> {
         }
     }
     for (file, content) in outputs {
-        write_new(&a.output.join(file), &content, true)?;
+        write_private(&a.output.join(file), &content, true)?;
     }
     Ok(())
 }

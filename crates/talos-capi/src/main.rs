@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod generate;
 mod manager;
+mod render;
 
 /// Cluster API bootstrap and control-plane provider for Talos Linux.
 #[derive(Parser)]
@@ -36,6 +37,10 @@ enum Command {
     Gen(Box<generate::Gen>),
     /// Validate a Talos machine configuration.
     Validate(generate::ValidateArgs),
+    /// Preview offline the machine configurations that TalosConfigs, TalosConfigTemplates,
+    /// TalosControlPlanes and TalosControlPlaneTemplates in YAML files yield, validated as
+    /// Talos validates them (exit 1 naming each object that fails).
+    Render(render::RenderArgs),
     /// Run the controllers (TalosConfig and TalosControlPlane) against the management cluster.
     Manager(Box<manager::ManagerArgs>),
 }
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         Command::Crds { out_dir, docs } => crds(out_dir.as_deref(), docs.as_deref()),
         Command::Gen(g) => generate::run(*g).map_err(|generate::Failure(m)| m),
         Command::Validate(v) => generate::validate(v).map_err(|generate::Failure(m)| m),
+        Command::Render(r) => render::render(r).map_err(|generate::Failure(m)| m),
         Command::Manager(m) => manager::run(*m),
     };
     match result {

@@ -216,3 +216,129 @@ fn mistakes_get_messages_and_exit_codes() {
         "{e}"
     );
 }
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/render/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn render_previews_a_gitops_repository_and_talosctl_accepts_what_it_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = talos_capi(
+        dir.path(),
+        &["render", "-f", &fixture("ha.yaml"), "--out-dir", "out"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let talosctl = locate(Tool::Talosctl).unwrap();
+    for (file, vip) in [
+        ("taloscontrolplane-mi-cluster-cp.yaml", true),
+        ("talosconfigtemplate-mi-cluster-workers.yaml", false),
+    ] {
+        let path = out.join(file);
+        assert_eq!(mode(&path), 0o600, "{file} holds secrets");
+        let text = std::fs::read_to_string(&path).unwrap();
+        // The Cluster's endpoint and the control plane's Kubernetes version are rendered in.
+        assert!(text.contains("https://192.168.1.50:6443"), "{file}");
+        assert_eq!(text.contains("ip: 192.168.1.50"), vip, "{file}");
+        let v = Command::new(&talosctl)
+            .args(["validate", "--config", file, "--mode", "metal", "--strict"])
+            .current_dir(&out)
+            .output()
+            .unwrap();
+        assert!(
+            v.status.success(),
+            "talosctl validate {file}: {}",
+            stderr(&v)
+        );
+    }
+    let cp = std::fs::read_to_string(out.join("taloscontrolplane-mi-cluster-cp.yaml")).unwrap();
+    assert!(cp.contains("kube-apiserver:v1.34.1"), "{cp}");
+    assert!(cp.contains("type: controlplane"));
+
+    // Again without --force: refused, nothing changed.
+    let again = talos_capi(
+        dir.path(),
+        &["render", "-f", &fixture("ha.yaml"), "--out-dir", "out"],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("already exists, use --force"));
+
+    // Printed, one object by name.
+    let one = talos_capi(
+        dir.path(),
+        &[
+            "render",
+            "-f",
+            &fixture("ha.yaml"),
+            "--name",
+            "mi-cluster-workers",
+        ],
+    );
+    let printed = String::from_utf8_lossy(&one.stdout);
+    assert!(
+        printed.starts_with(
+            "# TalosConfigTemplate clusters/mi-cluster-workers (cluster mi-cluster)\n---\n"
+        ),
+        "{printed}"
+    );
+    assert!(printed.contains("type: worker"));
+}
+
+#[test]
+fn render_names_each_seed_object_that_talos_would_refuse_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = talos_capi(dir.path(), &["render", "-f", &fixture("seed.yaml")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.starts_with("5 of 5 objects failed:"), "{err}");
+    for expected in [
+        // Talos 1.7 is past support; the contracts rendered are listed.
+        "TalosConfig worker-node-bootstrap: unsupported Talos version \"v1.7.0\": this provider renders contracts v1.10 to v1.13",
+        "TalosConfig controlplane-config: unsupported Talos version \"v1.7.0\"",
+        // Without talosVersion the newest contract is rendered: multi-document, where Talos
+        // (and talosctl) refuse JSON 6902 patches.
+        "TalosConfig static-network: JSON6902 patches are not supported for multi-document machine configuration",
+        "TalosControlPlane cluster-control-plane: JSON6902 patches are not supported",
+        "TalosControlPlane production-control-plane: JSON6902 patches are not supported",
+    ] {
+        assert!(err.contains(expected), "{expected:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn generated_files_hold_secrets_so_they_are_private_and_never_written_through_a_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = talos_capi(dir.path(), &["gen", "secrets"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(mode(&dir.path().join("secrets.yaml")), 0o600);
+    let o = talos_capi(
+        dir.path(),
+        &[
+            "gen",
+            "config",
+            "c",
+            "https://10.0.0.1:6443",
+            "--with-secrets",
+            "secrets.yaml",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for file in ["controlplane.yaml", "worker.yaml", "talosconfig"] {
+        assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+    }
+    let target = dir.path().join("elsewhere");
+    std::os::unix::fs::symlink(&target, dir.path().join("link.yaml")).unwrap();
+    let o = talos_capi(
+        dir.path(),
+        &["gen", "secrets", "-o", "link.yaml", "--force"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
+    assert!(!target.exists(), "nothing written through the link");
+}

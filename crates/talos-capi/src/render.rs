@@ -1,0 +1,309 @@
+//! `talos-capi render`: an offline preview, for GitOps review in CI, of the machine
+//! configurations that TalosConfigs, TalosConfigTemplates, TalosControlPlanes and
+//! TalosControlPlaneTemplates in YAML files yield — rendered by the same code the manager runs,
+//! then validated as Talos validates them. Exit 1 if any object fails, naming each.
+
+use std::path::{Path, PathBuf};
+
+use api::bootstrap::v1alpha3::{GenerateType, TalosConfigSpec};
+use api::capi::{ApiEndpoint, Cluster, ClusterSpec, Machine, MachineSpec};
+use clap::Args;
+use controller::bootstrap::render::machine_config;
+use machineconfig::validate::Mode;
+use machineconfig::{Contract, SecretsBundle};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::generate::{Failure, fail};
+
+/// Per file: manifests in Git are small; anything larger is not a manifest.
+const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// Documents per file.
+const MAX_DOCUMENTS: usize = 1000;
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    /// YAML files (multi-document) or directories of *.yaml / *.yml files. Clusters,
+    /// TalosConfigs, TalosConfigTemplates, TalosControlPlanes and TalosControlPlaneTemplates are
+    /// read; other kinds are skipped.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// Render only the objects with this name.
+    #[arg(long)]
+    name: Option<String>,
+    /// The cluster's secrets bundle (`talos-capi gen secrets`, or `talosctl gen secrets`);
+    /// without it a fresh one is generated, and the configs differ from the manager's only in
+    /// their secrets.
+    #[arg(long)]
+    with_secrets: Option<PathBuf>,
+    /// For objects whose Cluster is not in the files: the cluster's name...
+    #[arg(long, default_value = "cluster")]
+    cluster_name: String,
+    /// ...and its control-plane endpoint (https://host:port).
+    #[arg(long, default_value = "https://192.0.2.1:6443")]
+    endpoint: String,
+    /// Kubernetes version of machines not made by a TalosControlPlane (Machine.spec.version).
+    #[arg(long)]
+    kubernetes_version: Option<String>,
+    /// Validation mode: metal, cloud or container.
+    #[arg(short = 'm', long, default_value = "metal")]
+    mode: Mode,
+    /// Treat unknown fields as errors in validation.
+    #[arg(long)]
+    strict: bool,
+    /// Write each configuration to `<kind>-<name>.yaml` here (mode 0600: they hold the
+    /// bundle's secrets) instead of printing them.
+    #[arg(short = 'o', long)]
+    out_dir: Option<PathBuf>,
+    /// Overwrite existing files in --out-dir.
+    #[arg(long)]
+    force: bool,
+}
+
+/// One object to render: what it is (for messages), its TalosConfig spec, the cluster it
+/// belongs to (by name, if known) and its machines' Kubernetes version.
+struct Target {
+    kind: &'static str,
+    name: String,
+    what: String,
+    spec: Result<TalosConfigSpec, String>,
+    cluster: Option<String>,
+    version: Option<String>,
+}
+
+pub fn render(args: RenderArgs) -> Result<(), Failure> {
+    let mut docs = Vec::new();
+    for path in &args.files {
+        for file in yaml_files(path)? {
+            docs.extend(documents(&file)?);
+        }
+    }
+    let clusters: Vec<Cluster> = docs
+        .iter()
+        .filter(|d| is(d, "cluster.x-k8s.io/", "Cluster"))
+        .filter_map(|d| serde_json::from_value(d.clone()).ok())
+        .collect();
+    let targets: Vec<Target> = docs
+        .iter()
+        .filter_map(target)
+        .filter(|t| args.name.as_ref().is_none_or(|n| *n == t.name))
+        .collect();
+    if targets.is_empty() {
+        return Err(fail(
+            "no TalosConfig, TalosConfigTemplate, TalosControlPlane or TalosControlPlaneTemplate found",
+        ));
+    }
+    let bundle = match &args.with_secrets {
+        Some(path) => SecretsBundle::from_yaml(&read(path)?).map_err(fail)?,
+        None => SecretsBundle::generate(Contract::NEWEST).map_err(fail)?,
+    };
+    let fallback = fallback_cluster(&args)?;
+    let mut failures = Vec::new();
+    for t in &targets {
+        let cluster = t
+            .cluster
+            .as_ref()
+            .and_then(|name| {
+                clusters
+                    .iter()
+                    .find(|c| c.metadata.name.as_deref() == Some(name))
+            })
+            .or_else(|| (clusters.len() == 1).then(|| &clusters[0]))
+            .unwrap_or(&fallback);
+        match render_one(t, cluster, &bundle, &args) {
+            Ok((yaml, warnings)) => {
+                for w in warnings {
+                    eprintln!("warning: {}: {w}", t.what);
+                }
+                match &args.out_dir {
+                    Some(dir) => {
+                        let file = dir.join(format!("{}-{}.yaml", t.kind.to_lowercase(), t.name));
+                        crate::generate::write_private(&file, &yaml, args.force)?;
+                    }
+                    None => {
+                        println!("# {} (cluster {})", t.what, name_of(cluster));
+                        println!("---\n{}", yaml.trim_end());
+                    }
+                }
+            }
+            Err(message) => failures.push(format!("{}: {message}", t.what)),
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let n = failures.len();
+    Err(fail(format!(
+        "{n} of {} object{} failed:\n{}",
+        targets.len(),
+        if targets.len() == 1 { "" } else { "s" },
+        failures
+            .iter()
+            .map(|f| format!("  * {f}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )))
+}
+
+fn name_of(cluster: &Cluster) -> &str {
+    cluster.metadata.name.as_deref().unwrap_or_default()
+}
+
+/// The Cluster assumed for objects whose own is not in the files.
+fn fallback_cluster(args: &RenderArgs) -> Result<Cluster, Failure> {
+    let endpoint = machineconfig::render::Endpoint::parse(&args.endpoint)
+        .map_err(|e| fail(format!("--endpoint {:?}: {e}", args.endpoint)))?;
+    let mut cluster = Cluster::new(&args.cluster_name, ClusterSpec::default());
+    cluster.spec.control_plane_endpoint = Some(ApiEndpoint {
+        host: endpoint.host,
+        port: i32::from(endpoint.port),
+    });
+    Ok(cluster)
+}
+
+fn render_one(
+    t: &Target,
+    cluster: &Cluster,
+    bundle: &SecretsBundle,
+    args: &RenderArgs,
+) -> Result<(String, Vec<String>), String> {
+    let spec = t.spec.as_ref().map_err(Clone::clone)?;
+    let machine = Machine::new(
+        &t.name,
+        MachineSpec {
+            cluster_name: name_of(cluster).to_owned(),
+            version: t
+                .version
+                .clone()
+                .or_else(|| args.kubernetes_version.clone()),
+            ..MachineSpec::default()
+        },
+    );
+    let yaml = machine_config(spec, &machine, cluster, name_of(cluster), bundle)
+        .map_err(|e| e.to_string())?;
+    let docs = machineconfig::render::from_yaml(&yaml).map_err(|e| e.to_string())?;
+    let report = machineconfig::validate(&docs, args.mode, args.strict);
+    if !report.is_valid() {
+        let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "Talos would refuse the rendered configuration ({} mode): {}",
+            args.mode,
+            errors.join("; ")
+        ));
+    }
+    Ok((
+        yaml,
+        report.warnings.iter().map(ToString::to_string).collect(),
+    ))
+}
+
+fn is(doc: &Value, api_version_prefix: &str, kind: &str) -> bool {
+    doc["kind"] == kind
+        && doc["apiVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with(api_version_prefix))
+}
+
+/// The object's TalosConfig spec and context, for the four kinds that carry one.
+fn target(doc: &Value) -> Option<Target> {
+    const BOOTSTRAP: &str = "bootstrap.cluster.x-k8s.io/";
+    const CONTROL_PLANE: &str = "controlplane.cluster.x-k8s.io/";
+    let meta = &doc["metadata"];
+    let name = meta["name"].as_str().unwrap_or("(unnamed)");
+    let qualified = match meta["namespace"].as_str() {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    };
+    let label = meta["labels"]["cluster.x-k8s.io/cluster-name"]
+        .as_str()
+        .map(str::to_owned);
+    let spec_at = |v: &Value| TalosConfigSpec::deserialize(v).map_err(|e| e.to_string());
+    let control_plane = |v: &Value| {
+        spec_at(v).map(|mut s| {
+            // As the manager makes every control-plane machine's TalosConfig.
+            s.generate_type = Some(GenerateType::Controlplane);
+            s
+        })
+    };
+    let version = |v: &Value| v.as_str().map(str::to_owned);
+    let (kind, spec, version) = if is(doc, BOOTSTRAP, "TalosConfig") {
+        ("TalosConfig", spec_at(&doc["spec"]), None)
+    } else if is(doc, BOOTSTRAP, "TalosConfigTemplate") {
+        (
+            "TalosConfigTemplate",
+            spec_at(&doc["spec"]["template"]["spec"]),
+            None,
+        )
+    } else if is(doc, CONTROL_PLANE, "TalosControlPlane") {
+        (
+            "TalosControlPlane",
+            control_plane(&doc["spec"]["controlPlaneConfig"]["controlplane"]),
+            version(&doc["spec"]["version"]),
+        )
+    } else if is(doc, CONTROL_PLANE, "TalosControlPlaneTemplate") {
+        (
+            "TalosControlPlaneTemplate",
+            control_plane(&doc["spec"]["template"]["spec"]["controlPlaneConfig"]["controlplane"]),
+            None,
+        )
+    } else {
+        return None;
+    };
+    Some(Target {
+        kind,
+        name: name.to_owned(),
+        what: format!("{kind} {qualified}"),
+        spec,
+        cluster: label,
+        version,
+    })
+}
+
+fn read(path: &Path) -> Result<String, Failure> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| fail(format!("reading {}: {e}", path.display())))?
+        .len();
+    if size > MAX_FILE_BYTES {
+        return Err(fail(format!(
+            "{}: {size} bytes is over the {MAX_FILE_BYTES}-byte limit for a manifest file",
+            path.display()
+        )));
+    }
+    std::fs::read_to_string(path).map_err(|e| fail(format!("reading {}: {e}", path.display())))
+}
+
+/// `path` itself, or the YAML files directly inside it (sorted).
+fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, Failure> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let entries =
+        std::fs::read_dir(path).map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Every non-empty YAML document of `path`.
+fn documents(path: &Path) -> Result<Vec<Value>, Failure> {
+    let text = read(path)?;
+    let mut docs = Vec::new();
+    for (i, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        if i >= MAX_DOCUMENTS {
+            return Err(fail(format!(
+                "{}: more than {MAX_DOCUMENTS} YAML documents",
+                path.display()
+            )));
+        }
+        let value = Value::deserialize(document)
+            .map_err(|e| fail(format!("{}: document {}: {e}", path.display(), i + 1)))?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}

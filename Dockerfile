@@ -1,11 +1,24 @@
-# The talos-capi manager image. Built in users' CI (no container engine runs on the dev machines).
-FROM rust:1.95-bookworm AS build
+# syntax=docker/dockerfile:1
+# The talos-capi manager image: a static binary on distroless (no shell, no package manager),
+# non-root, fit for a read-only root filesystem. The binary is built by `make release-binary`,
+# the same target CI runs on every change (no container engine runs on the dev machines).
+
+ARG RUST_VERSION=1.95
+FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p talos-capi
+RUN make release-binary
 
-FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/target/release/talos-capi /usr/local/bin/talos-capi
+FROM gcr.io/distroless/static-debian12:nonroot
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="talos-capi" \
+      org.opencontainers.image.description="Cluster API bootstrap and control-plane provider for Talos Linux" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/talos-capi/talos-capi" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
+COPY --from=build /src/target/release-static/talos-capi /talos-capi
 USER 65532:65532
-ENTRYPOINT ["/usr/local/bin/talos-capi"]
+ENTRYPOINT ["/talos-capi"]
+CMD ["manager"]

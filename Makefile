@@ -41,7 +41,7 @@ unit: ## Unit and integration tests (integration tests start real etcd/kube-apis
 
 .PHONY: test
 test: ## Everything CI runs, on Cluster API v1.14 then the v1.12 floor lane; the orphan check runs even after a failure.
-	@status=0; $(MAKE) --no-print-directory tools lint unit e2e test-capi-floor || status=$$?; \
+	@status=0; $(MAKE) --no-print-directory tools lint unit e2e test-capi-floor release-binary || status=$$?; \
 	  hack/no-orphans.sh || status=1; exit $$status
 
 .PHONY: test-capi-floor
@@ -99,6 +99,18 @@ FUZZ_SECONDS ?= 60
 .PHONY: fuzz
 fuzz: ## Run the cargo-fuzz targets (patch application, config parsing) for FUZZ_SECONDS each.
 	hack/fuzz.sh $(FUZZ_SECONDS)
+
+HOST_TRIPLE = $(shell rustc -vV | sed -n 's/^host: //p')
+.PHONY: release-binary
+release-binary: ## The manager image's binary, statically linked (the Dockerfile's build step): target/release-static/talos-capi.
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked -p talos-capi --target $(HOST_TRIPLE)
+	mkdir -p target/release-static
+	cp target/$(HOST_TRIPLE)/release/talos-capi target/release-static/talos-capi
+	@case "$$(ldd target/release-static/talos-capi 2>&1)" in \
+	  *"statically linked"*|*"not a dynamic executable"*) ;; \
+	  *) echo "target/release-static/talos-capi is dynamically linked:"; ldd target/release-static/talos-capi; exit 1;; esac
+	target/release-static/talos-capi version
+	@echo "target/release-static/talos-capi: static, $$(du -h target/release-static/talos-capi | cut -f1)"
 
 .PHONY: clean
 clean: down ## Remove build output (not the tool cache).

@@ -112,6 +112,10 @@ release-binary: ## The manager image's binary, statically linked (the Dockerfile
 	target/release-static/talos-capi version
 	@echo "target/release-static/talos-capi: static, $$(du -h target/release-static/talos-capi | cut -f1)"
 
+.PHONY: release-manifests
+release-manifests: ## clusterctl artifacts from the chart into config/release (components, metadata, templates; a test fails on drift).
+	hack/release-manifests.sh config/release
+
 .PHONY: clean
 clean: down ## Remove build output (not the tool cache).
 	$(CARGO) clean

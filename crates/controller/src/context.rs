@@ -49,6 +49,10 @@ pub struct Options {
     pub manager_name: String,
     /// Also serve TalosConfigs owned by MachinePools (Cluster API's MachinePool feature).
     pub machine_pools: bool,
+    /// Run the TalosConfig controller (the bootstrap provider).
+    pub bootstrap: bool,
+    /// Run the TalosControlPlane controller (the control-plane provider).
+    pub controlplane: bool,
 }
 
 impl Default for Options {
@@ -60,6 +64,8 @@ impl Default for Options {
             controlplane_concurrency: 10,
             manager_name: "talos-capi".into(),
             machine_pools: false,
+            bootstrap: true,
+            controlplane: true,
         }
     }
 }

@@ -28,18 +28,28 @@ pub async fn run(
 ) {
     let shutdown = shutdown.shared();
     // Controllers subscribe to the caches' streams before the watches start.
-    let Some(bootstrap) = bootstrap::controller(Arc::clone(&ctx), shutdown.clone()) else {
-        tracing::error!("the shared caches are already running; a Context serves one run");
+    let mut controllers: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
+    if ctx.options.bootstrap {
+        let Some(c) = bootstrap::controller(Arc::clone(&ctx), shutdown.clone()) else {
+            tracing::error!("the shared caches are already running; a Context serves one run");
+            return;
+        };
+        controllers.push(Box::pin(c));
+    }
+    if ctx.options.controlplane {
+        let Some(c) = controlplane::controller(Arc::clone(&ctx), shutdown.clone()) else {
+            tracing::error!("the shared caches are already running; a Context serves one run");
+            return;
+        };
+        controllers.push(Box::pin(c));
+    }
+    if controllers.is_empty() {
+        tracing::error!("no controller enabled: nothing to run");
         return;
-    };
-    let Some(control_plane) = controlplane::controller(Arc::clone(&ctx), shutdown.clone()) else {
-        tracing::error!("the shared caches are already running; a Context serves one run");
-        return;
-    };
+    }
     let caches = ctx.caches.run(ctx.client.clone(), ctx.options.clone());
     tokio::select! {
-        () = bootstrap => {}
-        () = control_plane => {}
+        _ = futures::future::select_all(controllers) => {}
         () = caches => {}
     }
 }

@@ -31,6 +31,15 @@ pub struct ManagerArgs {
     /// --watch-filter).
     #[arg(long)]
     watch_filter: Option<String>,
+    /// The controllers to run: bootstrap (TalosConfig), controlplane (TalosControlPlane), or
+    /// both (one process serving both providers).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "bootstrap,controlplane"
+    )]
+    controllers: Vec<Which>,
     /// TalosConfig reconciles running at once.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
     talosconfig_concurrency: u16,
@@ -77,6 +86,12 @@ pub struct ManagerArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. info or controller=debug.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log_level: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Which {
+    Bootstrap,
+    Controlplane,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -214,6 +229,8 @@ async fn manage(args: ManagerArgs) -> Result<(), String> {
         concurrency: args.talosconfig_concurrency,
         controlplane_concurrency: args.taloscontrolplane_concurrency,
         machine_pools: args.machine_pools,
+        bootstrap: args.controllers.contains(&Which::Bootstrap),
+        controlplane: args.controllers.contains(&Which::Controlplane),
         ..Options::default()
     };
     let mut ctx = Context::new(client, options);

@@ -39,7 +39,8 @@ pub struct RenderArgs {
     /// For objects whose Cluster is not in the files: the cluster's name...
     #[arg(long, default_value = "cluster")]
     cluster_name: String,
-    /// ...and its control-plane endpoint (https://host:port).
+    /// ...and its control-plane endpoint (https://host:port), also used for a Cluster whose
+    /// endpoint is set later (by its infrastructure provider or a ClusterClass patch).
     #[arg(long, default_value = "https://192.0.2.1:6443")]
     endpoint: String,
     /// Kubernetes version of machines not made by a TalosControlPlane (Machine.spec.version).
@@ -82,6 +83,7 @@ pub fn render(args: RenderArgs) -> Result<(), Failure> {
         .iter()
         .filter(|d| is(d, "cluster.x-k8s.io/", "Cluster"))
         .filter_map(|d| serde_json::from_value(d.clone()).ok())
+        .map(|c| with_infrastructure_endpoint(c, &docs))
         .collect();
     let targets: Vec<Target> = docs
         .iter()
@@ -110,6 +112,12 @@ pub fn render(args: RenderArgs) -> Result<(), Failure> {
             })
             .or_else(|| (clusters.len() == 1).then(|| &clusters[0]))
             .unwrap_or(&fallback);
+        // A Cluster whose endpoint comes later (from a ClusterClass patch, say): --endpoint.
+        let mut cluster = cluster.clone();
+        if cluster.endpoint().is_none() {
+            cluster.spec.control_plane_endpoint = fallback.spec.control_plane_endpoint.clone();
+        }
+        let cluster = &cluster;
         match render_one(t, cluster, &bundle, &args) {
             Ok((yaml, warnings)) => {
                 for w in warnings {
@@ -143,6 +151,29 @@ pub fn render(args: RenderArgs) -> Result<(), Failure> {
             .collect::<Vec<_>>()
             .join("\n")
     )))
+}
+
+/// As Cluster API does: a Cluster without a control-plane endpoint takes its infrastructure
+/// cluster's (a ProxmoxCluster's, say), when that object is in the files.
+fn with_infrastructure_endpoint(mut cluster: Cluster, docs: &[Value]) -> Cluster {
+    if cluster.endpoint().is_some() {
+        return cluster;
+    }
+    let Some(reference) = &cluster.spec.infrastructure_ref else {
+        return cluster;
+    };
+    let endpoint = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == reference.kind.as_str() && d["metadata"]["name"] == reference.name.as_str()
+        })
+        .and_then(|d| {
+            serde_json::from_value::<ApiEndpoint>(d["spec"]["controlPlaneEndpoint"].clone()).ok()
+        });
+    if let Some(endpoint) = endpoint.filter(|e| !e.host.is_empty()) {
+        cluster.spec.control_plane_endpoint = Some(endpoint);
+    }
+    cluster
 }
 
 fn name_of(cluster: &Cluster) -> &str {

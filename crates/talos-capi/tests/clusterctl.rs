@@ -297,7 +297,7 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
         let mut list = base.to_vec();
         list.push("--list-variables");
         let variables = clusterctl(&home, &list, &[]);
-        let documented = std::fs::read_to_string(&from).unwrap();
+        let documented = std::fs::read_to_string(from).unwrap();
         let header: String = documented
             .lines()
             .take_while(|l| l.starts_with('#'))

@@ -19,6 +19,10 @@ use crate::cache::Caches;
 use crate::metrics::Metrics;
 use crate::nodes::{Grpc, TalosNodes};
 
+/// How long a read infrastructure template is reused. Templates are not watched (their kinds
+/// are not known in advance); a change is seen by the first reconcile after this.
+pub(crate) const TEMPLATE_TTL: Duration = Duration::from_secs(5);
+
 /// The time source; tests may fix it.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> Time;
@@ -88,6 +92,9 @@ pub struct Context {
     pub(crate) expectations: crate::controlplane::expectations::Expectations,
     /// Infrastructure template kinds found through discovery, by `Kind.group`.
     discovered: Mutex<HashMap<String, kube::api::ApiResource>>,
+    /// Infrastructure templates read in the last [`TEMPLATE_TTL`], by
+    /// `namespace/Kind.group/name`: the reconciles of a burst share one read.
+    templates: Mutex<HashMap<String, (std::time::Instant, DynamicObject)>>,
     /// Reconciles to run again (a bundle they waited for exists now).
     wake_tx: mpsc::UnboundedSender<ObjectRef<DynamicObject>>,
     wake_rx: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<DynamicObject>>>>,
@@ -104,20 +111,26 @@ impl std::fmt::Debug for Context {
 impl Context {
     pub fn new(client: kube::Client, options: Options) -> Context {
         let (wake_tx, wake_rx) = mpsc::unbounded();
+        let metrics = Metrics::default();
+        let nodes = Grpc {
+            observer: Some(Arc::new(metrics.clone())),
+            ..Grpc::default()
+        };
         Context {
             client,
             reporter: Reporter {
                 controller: options.manager_name.clone(),
                 instance: std::env::var("POD_NAME").ok(),
             },
-            metrics: Metrics::default(),
+            metrics,
             clock: Arc::new(SystemClock),
             options,
             caches: Caches::default(),
-            nodes: Arc::new(Grpc::default()),
+            nodes: Arc::new(nodes),
             failures: Mutex::new(HashMap::new()),
             generating: Mutex::new(HashMap::new()),
             discovered: Mutex::new(HashMap::new()),
+            templates: Mutex::new(HashMap::new()),
             expectations: Default::default(),
             wake_tx,
             wake_rx: Mutex::new(Some(wake_rx)),
@@ -166,6 +179,20 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
             .get(group_kind)
             .cloned()
+    }
+
+    /// An infrastructure template read less than [`TEMPLATE_TTL`] ago.
+    pub(crate) fn recent_template(&self, key: &str) -> Option<DynamicObject> {
+        let templates = self.templates.lock().unwrap_or_else(|e| e.into_inner());
+        let (read, object) = templates.get(key)?;
+        (read.elapsed() < TEMPLATE_TTL).then(|| object.clone())
+    }
+
+    pub(crate) fn remember_template(&self, key: String, object: DynamicObject) {
+        self.templates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (std::time::Instant::now(), object));
     }
 
     pub(crate) fn remember(&self, group_kind: &str, ar: kube::api::ApiResource) {

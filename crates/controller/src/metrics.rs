@@ -33,14 +33,28 @@ pub struct Metrics {
     pub reconciles: Family<ControllerLabel, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Family<ControllerLabel, Histogram>,
-    /// Talos API calls made to the nodes of workload clusters.
-    pub talos_requests: Counter,
+    /// Talos API calls made to the nodes of workload clusters, per method and outcome (ok, or
+    /// the error's kind).
+    pub talos_requests: Family<TalosCallLabels, Counter>,
+    /// Talos API call latency, per method.
+    pub talos_duration: Family<TalosMethodLabel, Histogram>,
     /// Rollout progress per TalosControlPlane: machines still to replace.
     pub rollout_outdated: Family<ObjectLabels, Gauge>,
     /// 1 while this replica holds the leader Lease (or runs without leader election).
     pub leader: Gauge,
     /// Always 1, labelled with the build's version and the contracts it implements.
     pub build_info: Family<BuildLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TalosCallLabels {
+    pub method: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TalosMethodLabel {
+    pub method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,7 +71,10 @@ impl Default for Metrics {
             duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 16))
             }),
-            talos_requests: Counter::default(),
+            talos_requests: Family::default(),
+            talos_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
             rollout_outdated: Family::default(),
             leader: Gauge::default(),
             build_info: Family::default(),
@@ -85,9 +102,14 @@ impl Metrics {
             self.duration.clone(),
         );
         sub.register(
-            "talos_requests",
-            "Talos API calls made to workload cluster nodes",
+            "talos_api_requests",
+            "Talos API calls made to workload cluster nodes, per method and outcome",
             self.talos_requests.clone(),
+        );
+        sub.register(
+            "talos_api_request_duration_seconds",
+            "Talos API call latency, per method",
+            self.talos_duration.clone(),
         );
         sub.register(
             "controlplane_outdated_machines",
@@ -130,11 +152,6 @@ impl Metrics {
         }
     }
 
-    /// Count `n` Talos API calls.
-    pub fn talos_calls(&self, n: u64) {
-        self.talos_requests.inc_by(n);
-    }
-
     pub fn observe(&self, controller: &'static str, took: Duration, error: Option<&'static str>) {
         let label = ControllerLabel { controller };
         self.reconciles.get_or_create(&label).inc();
@@ -149,6 +166,18 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+}
+
+impl talos_api::Observer for Metrics {
+    fn observe(&self, method: &'static str, took: Duration, error: Option<&talos_api::Error>) {
+        let outcome = error.map_or("ok", talos_api::Error::kind);
+        self.talos_requests
+            .get_or_create(&TalosCallLabels { method, outcome })
+            .inc();
+        self.talos_duration
+            .get_or_create(&TalosMethodLabel { method })
+            .observe(took.as_secs_f64());
     }
 }
 
@@ -174,5 +203,23 @@ mod tests {
         assert!(text(&m).contains(&line.replace(" 2", " 0")));
         m.rollout("ns", "cp", None);
         assert!(!text(&m).contains("name=\"cp\""));
+    }
+
+    #[test]
+    fn talos_calls_are_counted_per_method_and_outcome_and_timed() {
+        use talos_api::Observer;
+        let m = Metrics::default();
+        Observer::observe(&m, "etcd_member_list", Duration::from_millis(3), None);
+        Observer::observe(&m, "etcd_member_list", Duration::from_millis(5), None);
+        let timeout = talos_api::Error::Timeout(Duration::from_secs(10));
+        Observer::observe(&m, "bootstrap", Duration::from_secs(10), Some(&timeout));
+        let out = text(&m);
+        for line in [
+            "talos_capi_talos_api_requests_total{method=\"etcd_member_list\",outcome=\"ok\"} 2",
+            "talos_capi_talos_api_requests_total{method=\"bootstrap\",outcome=\"Timeout\"} 1",
+            "talos_capi_talos_api_request_duration_seconds_count{method=\"etcd_member_list\"} 2",
+        ] {
+            assert!(out.contains(line), "{line} in {out}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! one (mTLS against the cluster's OS CA, a deadline on every call). The seam lets a test run
 //! the same controller against nodes that time out or fail, without changing the controller.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A source of Talos API clients.
@@ -21,12 +22,15 @@ pub trait TalosNodes: Send + Sync + std::fmt::Debug {
 pub struct Grpc {
     /// The deadline of every call.
     pub timeout: Duration,
+    /// Told of every call (the manager's metrics).
+    pub observer: Option<Arc<dyn talos_api::Observer>>,
 }
 
 impl Default for Grpc {
     fn default() -> Self {
         Grpc {
             timeout: Duration::from_secs(10),
+            observer: None,
         }
     }
 }
@@ -37,9 +41,13 @@ impl TalosNodes for Grpc {
         talosconfig: &str,
         endpoints: Vec<String>,
     ) -> Result<talos_api::Client, talos_api::Error> {
-        Ok(talos_api::Client::from_talosconfig(talosconfig, None)?
+        let client = talos_api::Client::from_talosconfig(talosconfig, None)?
             .with_endpoints(endpoints)
-            .with_timeout(self.timeout))
+            .with_timeout(self.timeout);
+        Ok(match &self.observer {
+            Some(o) => client.with_observer(Arc::clone(o)),
+            None => client,
+        })
     }
 }
 
@@ -57,6 +65,7 @@ mod tests {
             .expect("a talosconfig");
         let nodes = Grpc {
             timeout: Duration::from_secs(3),
+            observer: None,
         };
         let client = nodes
             .connect(&yaml, vec!["127.0.0.1:50000".into()])

@@ -83,6 +83,33 @@ pub enum Error {
     NoEndpoints,
 }
 
+impl Error {
+    /// The error's kind, for a metric label: the gRPC code, or the local failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotFound(_) => "NotFound",
+            Error::FailedPrecondition(_) => "FailedPrecondition",
+            Error::AlreadyExists(_) => "AlreadyExists",
+            Error::Unimplemented(_) => "Unimplemented",
+            Error::Unavailable(_) => "Unavailable",
+            Error::PermissionDenied(_) => "PermissionDenied",
+            Error::Unauthenticated(_) => "Unauthenticated",
+            Error::InvalidArgument(_) => "InvalidArgument",
+            Error::ResourceExhausted(_) => "ResourceExhausted",
+            Error::Aborted(_) => "Aborted",
+            Error::Timeout(_) => "Timeout",
+            Error::DeadlineExceeded(_) => "DeadlineExceeded",
+            Error::Other { .. } => "Other",
+            Error::Talosconfig(_) | Error::NoContext(_) | Error::Credential { .. } => "Talosconfig",
+            Error::InvalidEndpoint { .. } | Error::InvalidNodeName { .. } | Error::NoEndpoints => {
+                "InvalidTarget"
+            }
+            Error::Tls { .. } => "Tls",
+            Error::Connect { .. } => "Connect",
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -328,11 +355,18 @@ enum Security {
     Maintenance,
 }
 
+/// Told of every call a [`Client`] makes: the gRPC method, how long it took, and the error it
+/// ended with (metrics, say).
+pub trait Observer: Send + Sync + fmt::Debug {
+    fn observe(&self, method: &'static str, took: Duration, error: Option<&Error>);
+}
+
 /// A client for one cluster's Talos API.
 pub struct Client {
     endpoints: Vec<String>,
     security: Arc<Security>,
     timeout: Duration,
+    observer: Option<Arc<dyn Observer>>,
     /// The connection in use, reused across calls; dropped (and failed over) when the endpoint
     /// becomes unavailable.
     connected: tokio::sync::Mutex<Option<Channel>>,
@@ -412,6 +446,7 @@ impl Client {
             endpoints: ctx.endpoints.clone(),
             security: Arc::new(Security::Mutual(tls)),
             timeout: Duration::from_secs(5),
+            observer: None,
             connected: Default::default(),
         })
     }
@@ -430,6 +465,7 @@ impl Client {
             endpoints,
             security: Arc::new(Security::Maintenance),
             timeout: Duration::from_secs(5),
+            observer: None,
             connected: Default::default(),
         }
     }
@@ -445,6 +481,12 @@ impl Client {
     pub fn with_timeout(mut self, timeout: Duration) -> Client {
         self.timeout = timeout;
         self.connected = Default::default();
+        self
+    }
+
+    /// Tell `observer` of every call.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Client {
+        self.observer = Some(observer);
         self
     }
 
@@ -543,7 +585,7 @@ impl Client {
 
     /// Run a call under the client's deadline, mapping the gRPC status. Returns the reply and
     /// how long the call took.
-    async fn call<F, T>(&self, fut: F) -> Result<(T, Duration), Error>
+    async fn call<F, T>(&self, method: &'static str, fut: F) -> Result<(T, Duration), Error>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
@@ -556,6 +598,9 @@ impl Client {
         if matches!(result, Err(Error::Timeout(_) | Error::Unavailable(_))) {
             // Reconnect (and fail over) on the next call.
             *self.connected.lock().await = None;
+        }
+        if let Some(observer) = &self.observer {
+            observer.observe(method, start.elapsed(), result.as_ref().err());
         }
         result
     }
@@ -573,7 +618,9 @@ impl Client {
             },
             nodes,
         )?;
-        self.call(c.events(req)).await.map(|(stream, _)| stream)
+        self.call("events", c.events(req))
+            .await
+            .map(|(stream, _)| stream)
     }
 }
 
@@ -596,7 +643,7 @@ impl Client {
             nodes,
         )?;
         req.metadata_mut().remove("grpc-timeout");
-        let (mut stream, _) = self.call(c.upgrade(req)).await?;
+        let (mut stream, _) = self.call("lifecycle_upgrade", c.upgrade(req)).await?;
         let mut last = String::new();
         loop {
             let next = tokio::time::timeout(self.timeout, stream.message())
@@ -671,7 +718,7 @@ macro_rules! unary {
         pub async fn $name(&self, nodes: &Nodes $(, $arg: $ty)*) -> Result<Vec<NodeResult<$msg>>, Error> {
             let mut c = self.machine().await?;
             let req = self.request($req, nodes)?;
-            let (reply, elapsed) = self.call(c.$method(req)).await?;
+            let (reply, elapsed) = self.call(stringify!($method), c.$method(req)).await?;
             Ok(per_node(reply.messages, |m| m.metadata.as_ref(), self.timeout, elapsed))
         }
     };
@@ -816,7 +863,7 @@ mod tests {
     async fn a_call_that_outlives_its_deadline_names_it() {
         let client = Client::maintenance(vec![]).with_timeout(Duration::from_millis(50));
         let never = std::future::pending::<Result<tonic::Response<()>, Status>>();
-        let err = client.call(never).await.unwrap_err();
+        let err = client.call("never", never).await.unwrap_err();
         assert!(matches!(err, Error::Timeout(d) if d == Duration::from_millis(50)));
         assert_eq!(err.to_string(), "timed out after 50ms");
     }

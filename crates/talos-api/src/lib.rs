@@ -6,7 +6,8 @@ pub mod client;
 mod insecure;
 
 pub use client::{
-    AddressProblem, Client, Error, HumanDuration, NodeResult, Nodes, Source, machine_status,
+    AddressProblem, Client, Error, HumanDuration, NodeResult, Nodes, Observer, Source,
+    machine_status,
 };
 pub use machineconfig::talosconfig::{Context, TalosConfig};
 

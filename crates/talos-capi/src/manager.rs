@@ -236,6 +236,7 @@ async fn manage(args: ManagerArgs) -> Result<(), String> {
     let mut ctx = Context::new(client, options);
     ctx.nodes = Arc::new(Grpc {
         timeout: args.talos_timeout,
+        observer: Some(Arc::new(ctx.metrics.clone())),
     });
     let ctx = Arc::new(ctx);
     let mut registry = Registry::default();

@@ -4,9 +4,7 @@
 //! chart's ServiceAccount, through a whole cluster lifecycle, so a missing RBAC rule fails here.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use api::capi::Machine;
@@ -26,25 +24,9 @@ const NS: &str = "talos-capi-system";
 const WAIT: Duration = Duration::from_secs(120);
 
 fn run(tool: Tool, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut child = Command::new(locate(tool).unwrap())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let ran = testkit::process::run(&locate(tool).unwrap(), args, &[], stdin.unwrap_or_default())
         .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input
-        .write_all(stdin.unwrap_or_default().as_bytes())
-        .unwrap();
-    drop(input);
-    let o = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.success(), text)
+    (ran.ok, ran.output)
 }
 
 fn helm(args: &[&str]) -> String {
@@ -171,15 +153,15 @@ async fn the_chart_installs_upgrades_uninstalls_and_its_rbac_runs_a_cluster_life
     assert!(ok, "server-side dry-run: {out}");
 
     // Install (no --wait: no kubelet runs the Pods here), then upgrade.
-    helm(&[
-        "install",
+    let release = [
         "talos-capi",
         chart,
         "--kubeconfig",
         kubeconfig,
         "--namespace",
         NS,
-    ]);
+    ];
+    helm(&[&["install"], &release[..]].concat());
     for crd in api::all_crds() {
         testkit::wait_established(&client, &kube::ResourceExt::name_any(&crd))
             .await
@@ -188,18 +170,14 @@ async fn the_chart_installs_upgrades_uninstalls_and_its_rbac_runs_a_cluster_life
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
     let deployment = deployments.get("talos-capi").await.unwrap();
     assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(2));
-    helm(&[
-        "upgrade",
-        "talos-capi",
-        chart,
-        "--kubeconfig",
-        kubeconfig,
-        "--namespace",
-        NS,
-        "--reuse-values",
-        "--set",
-        "replicas=3",
-    ]);
+    helm(
+        &[
+            &["upgrade"],
+            &release[..],
+            &["--reuse-values", "--set", "replicas=3"],
+        ]
+        .concat(),
+    );
     let deployment = deployments.get("talos-capi").await.unwrap();
     assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(3));
 
@@ -282,6 +260,17 @@ async fn the_chart_installs_upgrades_uninstalls_and_its_rbac_runs_a_cluster_life
     )
     .await;
     manager.check_running().unwrap();
+    // Its metrics saw the lifecycle: etcd bootstrapped exactly once over the Talos API.
+    let (_, metrics) = testkit::process::http_get(metrics, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "talos_capi_talos_api_requests_total{method=\"bootstrap\",outcome=\"ok\"} 1\n"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("talos_capi_leader 1\n"), "{metrics}");
     let output = std::fs::read_to_string(&log).unwrap();
     assert!(
         !output.contains("forbidden"),

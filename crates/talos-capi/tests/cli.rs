@@ -18,6 +18,20 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The real talosctl accepts `file` (in `dir`) for bare metal, strictly.
+fn talosctl_validates(dir: &Path, file: &str) {
+    let v = Command::new(locate(Tool::Talosctl).unwrap())
+        .args(["validate", "--config", file, "--mode", "metal", "--strict"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "talosctl validate {file}: {}",
+        stderr(&v)
+    );
+}
+
 #[test]
 fn seed_walkthrough_gen_config_then_talosctl_validates() {
     let dir = tempfile::tempdir().unwrap();
@@ -26,19 +40,10 @@ fn seed_walkthrough_gen_config_then_talosctl_validates() {
         &["gen", "config", "mi-cluster", "https://192.168.1.41:6443"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let talosctl = locate(Tool::Talosctl).unwrap();
     for file in ["controlplane.yaml", "worker.yaml"] {
-        let v = Command::new(&talosctl)
-            .args(["validate", "--config", file, "--mode", "metal", "--strict"])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            v.status.success(),
-            "talosctl validate {file}: {}",
-            stderr(&v)
-        );
+        talosctl_validates(dir.path(), file);
     }
+    let talosctl = locate(Tool::Talosctl).unwrap();
     let info = Command::new(&talosctl)
         .args(["--talosconfig", "talosconfig", "config", "info"])
         .current_dir(dir.path())
@@ -235,7 +240,6 @@ fn render_previews_a_gitops_repository_and_talosctl_accepts_what_it_writes() {
         &["render", "-f", &fixture("ha.yaml"), "--out-dir", "out"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let talosctl = locate(Tool::Talosctl).unwrap();
     for (file, vip) in [
         ("taloscontrolplane-mi-cluster-cp.yaml", true),
         ("talosconfigtemplate-mi-cluster-workers.yaml", false),
@@ -246,16 +250,7 @@ fn render_previews_a_gitops_repository_and_talosctl_accepts_what_it_writes() {
         // The Cluster's endpoint and the control plane's Kubernetes version are rendered in.
         assert!(text.contains("https://192.168.1.50:6443"), "{file}");
         assert_eq!(text.contains("ip: 192.168.1.50"), vip, "{file}");
-        let v = Command::new(&talosctl)
-            .args(["validate", "--config", file, "--mode", "metal", "--strict"])
-            .current_dir(&out)
-            .output()
-            .unwrap();
-        assert!(
-            v.status.success(),
-            "talosctl validate {file}: {}",
-            stderr(&v)
-        );
+        talosctl_validates(&out, file);
     }
     let cp = std::fs::read_to_string(out.join("taloscontrolplane-mi-cluster-cp.yaml")).unwrap();
     assert!(cp.contains("kube-apiserver:v1.34.1"), "{cp}");

@@ -9,9 +9,7 @@
 //! objects around them are what gets checked.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use api::controlplane::v1alpha3::TalosControlPlane;
@@ -19,34 +17,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
 use serde_json::json;
+use testkit::process::Ran;
 use testkit::tools::{Tool, locate, repo_root};
 use testkit::{LocalControlPlane, unique_namespace};
 
 const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
 
-fn run(program: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input
-        .write_all(stdin.unwrap_or_default().as_bytes())
-        .unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+fn run(program: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Ran {
+    testkit::process::run(program, args, env, stdin.unwrap_or_default()).unwrap()
 }
 
 /// The real clusterctl with a home of its own and no version check.
@@ -55,8 +33,8 @@ fn clusterctl(home: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let mut all = vec![("HOME", home), ("CLUSTERCTL_DISABLE_VERSIONCHECK", "true")];
     all.extend_from_slice(env);
     let o = run(&locate(Tool::Clusterctl).unwrap(), args, &all, None);
-    assert!(o.status.success(), "clusterctl {args:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    assert!(o.ok, "clusterctl {args:?}: {}", o.output);
+    o.stdout
 }
 
 /// `kubectl apply --server-side` of `yaml`, retried for a minute while a webhook or a CRD is
@@ -78,13 +56,13 @@ async fn apply(kubeconfig: &str, yaml: &str, ns: Option<&str>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let o = run(&kubectl, &args, &[], Some(yaml));
-        if o.status.success() {
+        if o.ok {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "kubectl apply: {}\n{yaml}",
-            text(&o)
+            o.output
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -131,7 +109,7 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
         &[],
         None,
     );
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.ok, "{}", o.output);
     let release = root.join("config/release");
     let mut names: Vec<String> = std::fs::read_dir(fresh.path())
         .unwrap()
@@ -339,8 +317,8 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
             &[],
             None,
         );
-        assert!(rendered.status.success(), "{flavour}: {}", text(&rendered));
-        let out = String::from_utf8_lossy(&rendered.stdout);
+        assert!(rendered.ok, "{flavour}: {}", rendered.output);
+        let out = &rendered.stdout;
         assert!(out.contains("https://10.0.0.50:6443"), "{flavour}: {out}");
         assert!(out.contains("disk: /dev/sda"), "{flavour}: {out}");
         if flavour.contains("clusterclass") {

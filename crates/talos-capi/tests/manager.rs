@@ -16,10 +16,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use serde_json::json;
 use testkit::bench::{audit_events, component_pid};
-use testkit::process::{ManagedProcess, free_port};
+use testkit::process::{ManagedProcess, free_port, http_get as get};
 use testkit::tools::repo_root;
 use testkit::{LocalControlPlane, unique_namespace};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LEASE: &str = "talos-capi-manager";
 
@@ -85,20 +84,6 @@ fn signal(pid: u32, sig: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill -{sig} {pid}");
-}
-
-/// A plain HTTP GET on loopback: (status code, body).
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let code = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((code, body))
 }
 
 /// Poll `check` every 200 ms for up to `within`, or fail saying `what`.

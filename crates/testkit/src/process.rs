@@ -157,3 +157,54 @@ pub fn free_port() -> Result<u16, Error> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(Error::Port)?;
     listener.local_addr().map(|a| a.port()).map_err(Error::Port)
 }
+
+/// What a finished command said: its status, and stdout and stderr together.
+#[derive(Debug)]
+pub struct Ran {
+    pub ok: bool,
+    pub stdout: String,
+    /// stdout then stderr, for messages.
+    pub output: String,
+}
+
+/// Run `program args` to completion with `env` added and `stdin` fed to it.
+pub fn run(program: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Result<Ran, Error> {
+    use std::io::Write;
+    let what = || format!("running {}", program.display());
+    let mut child = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(Error::io(what()))?;
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.as_bytes())
+            .map_err(Error::io(what()))?;
+    }
+    let o = child.wait_with_output().map_err(Error::io(what()))?;
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    Ok(Ran {
+        ok: o.status.success(),
+        output: format!("{stdout}{}", String::from_utf8_lossy(&o.stderr)),
+        stdout,
+    })
+}
+
+/// A plain HTTP/1.1 GET on loopback `port` (a probe, /metrics): the status code and the body;
+/// `None` when nothing answers.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let code = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((code, body))
+}

@@ -75,6 +75,9 @@ pub const MADE_FROM_TEMPLATE: &str = "controlplane.cluster.x-k8s.io/infrastructu
 pub const MADE_FROM_TEMPLATE_DIGEST: &str =
     "controlplane.cluster.x-k8s.io/infrastructure-template-digest";
 pub const MADE_FROM_CONFIG_DIGEST: &str = "controlplane.cluster.x-k8s.io/talos-config-digest";
+/// [`MADE_FROM_CONFIG_DIGEST`] of an adopted machine whose TalosConfig was gone when it was
+/// looked for: nothing to compare, and nothing to read again.
+pub const UNKNOWN_DIGEST: &str = "unknown";
 
 /// An infrastructure template as read now.
 #[derive(Debug, Clone)]
@@ -97,6 +100,14 @@ impl Template {
             .namespace
             .clone()
             .unwrap_or_else(|| tcp.namespace().unwrap_or_default());
+        let key = format!("{ns}/{}", reference.identity());
+        if let Some(object) = ctx.recent_template(&key) {
+            return Ok(Template {
+                reference,
+                resource,
+                object,
+            });
+        }
         let object = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &resource)
             .get_opt(&reference.name)
             .await
@@ -110,6 +121,7 @@ impl Template {
                     reference.kind, reference.name
                 ))
             })?;
+        ctx.remember_template(key, object.clone());
         Ok(Template {
             reference,
             resource,
@@ -150,7 +162,7 @@ pub fn config_digest(spec: &TalosConfigSpec) -> Result<String, Error> {
 
 /// Record on a machine made before talos-capi recorded it (by CACPPT, or an older release)
 /// the digest of its TalosConfig's spec, read once, so a later controlPlaneConfig change
-/// rolls it. A machine whose TalosConfig is gone is left alone.
+/// rolls it. A machine whose TalosConfig is gone is marked [`UNKNOWN_DIGEST`] and left alone.
 pub async fn record_config_digest(ctx: &Context, machine: &Machine) -> Result<(), Error> {
     let ns = machine.namespace().unwrap_or_default();
     let Some(config) = machine
@@ -163,17 +175,17 @@ pub async fn record_config_digest(ctx: &Context, machine: &Machine) -> Result<()
         return Ok(());
     };
     let api: Api<api::bootstrap::v1alpha3::TalosConfig> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(found) = api
+    let found = api
         .get_opt(&config.name)
         .await
         .map_err(Error::kube(format!(
             "reading TalosConfig {ns}/{}",
             config.name
-        )))?
-    else {
-        return Ok(());
+        )))?;
+    let digest = match found {
+        Some(config) => config_digest(&config.spec)?,
+        None => UNKNOWN_DIGEST.to_owned(),
     };
-    let digest = config_digest(&found.spec)?;
     let patch = json!({"metadata": {"annotations": {MADE_FROM_CONFIG_DIGEST: digest}}});
     Api::<DynamicObject>::namespaced_with(
         ctx.client.clone(),

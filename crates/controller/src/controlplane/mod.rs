@@ -465,7 +465,8 @@ fn made(m: &Machine) -> rollout::Made {
         version: m.spec.version.clone(),
         template: annotation(machines::MADE_FROM_TEMPLATE),
         template_digest: annotation(machines::MADE_FROM_TEMPLATE_DIGEST),
-        config_digest: annotation(machines::MADE_FROM_CONFIG_DIGEST),
+        config_digest: annotation(machines::MADE_FROM_CONFIG_DIGEST)
+            .filter(|d| d != machines::UNKNOWN_DIGEST),
         created: m
             .meta()
             .creation_timestamp

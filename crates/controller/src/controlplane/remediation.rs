@@ -172,7 +172,6 @@ pub fn record(machine: &str, retry_count: i32, now: Timestamp) -> Record {
 
 #[cfg(test)]
 mod tests {
-    use super::super::scope::EtcdMember;
     use super::*;
 
     fn at(s: i64) -> Timestamp {
@@ -183,21 +182,9 @@ mod tests {
         let machines: Vec<MachineView> = (0..n)
             .map(|i| MachineView::test(&format!("m{i}"), at(i as i64)))
             .collect();
-        let etcd = machines
-            .iter()
-            .enumerate()
-            .map(|(i, m)| EtcdMember {
-                id: i as u64 + 1,
-                name: m.hostname.clone(),
-                healthy: true,
-                learner: false,
-            })
-            .collect();
         ControlPlane {
-            machines,
-            etcd: Some(etcd),
             now: at(10_000),
-            ..ControlPlane::default()
+            ..ControlPlane::test(machines)
         }
     }
 

@@ -71,6 +71,28 @@ impl MachineView {
     }
 }
 
+#[cfg(test)]
+impl ControlPlane {
+    /// Tests: `machines`, each with a healthy voting etcd member named after its host.
+    pub(crate) fn test(machines: Vec<MachineView>) -> ControlPlane {
+        let etcd = machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| EtcdMember {
+                id: i as u64 + 1,
+                name: m.hostname.clone(),
+                healthy: true,
+                learner: false,
+            })
+            .collect();
+        ControlPlane {
+            machines,
+            etcd: Some(etcd),
+            ..ControlPlane::default()
+        }
+    }
+}
+
 /// An etcd member as the cluster reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdMember {
@@ -350,16 +372,9 @@ mod tests {
     }
 
     fn healthy(machines: Vec<MachineView>) -> ControlPlane {
-        let etcd = machines
-            .iter()
-            .enumerate()
-            .map(|(i, m)| member(i as u64 + 1, &m.hostname, true))
-            .collect();
         ControlPlane {
             failure_domains: domains(&[("a", true), ("b", true), ("c", true)]),
-            machines,
-            etcd: Some(etcd),
-            ..ControlPlane::default()
+            ..ControlPlane::test(machines)
         }
     }
 

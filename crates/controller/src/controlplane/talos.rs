@@ -99,7 +99,6 @@ pub async fn observe(
     let many = Nodes::Many(addresses);
     let asked_versions = async {
         if versions {
-            ctx.metrics.talos_calls(1);
             Some(client.version(&many).await)
         } else {
             None
@@ -110,7 +109,6 @@ pub async fn observe(
         client.service_list(&many),
         asked_versions
     );
-    ctx.metrics.talos_calls(2);
 
     let mut observed = Observed::default();
     let node_of = |node: &str| {
@@ -253,7 +251,6 @@ pub async fn bootstrap(
         .nodes
         .connect(talosconfig, vec![address.to_owned()])
         .map_err(Error::talos(action.clone()))?;
-    ctx.metrics.talos_calls(1);
     // The refusal comes as the call's status, or as the node's part of a proxied reply.
     let result = client
         .bootstrap(&Nodes::Endpoint)
@@ -272,7 +269,6 @@ pub async fn forfeit_leadership(ctx: &Context, talosconfig: &str, address: &str)
     let Ok(client) = ctx.nodes.connect(talosconfig, vec![address.to_owned()]) else {
         return;
     };
-    ctx.metrics.talos_calls(1);
     if let Err(e) = client.etcd_forfeit_leadership(&Nodes::Endpoint).await {
         tracing::debug!(node = %address, error = %e, "forfeiting etcd leadership");
     }
@@ -307,27 +303,20 @@ pub async fn upgrade(
         | talos_api::Error::PermissionDenied(_) => UpgradeError::Refused(e.to_string()),
         other => UpgradeError::Unreachable(other.to_string()),
     };
-    ctx.metrics.talos_calls(1);
     match client
         .install_upgrade(&Nodes::Endpoint, image.to_owned())
         .await
     {
-        Ok(()) => {
-            ctx.metrics.talos_calls(1);
-            client
-                .reboot(&Nodes::Endpoint)
-                .await
-                .and_then(first_result)
-                .map_err(classify)
-        }
-        Err(talos_api::Error::Unimplemented(_)) => {
-            ctx.metrics.talos_calls(1);
-            client
-                .upgrade(&Nodes::Endpoint, image.to_owned())
-                .await
-                .and_then(first_result)
-                .map_err(classify)
-        }
+        Ok(()) => client
+            .reboot(&Nodes::Endpoint)
+            .await
+            .and_then(first_result)
+            .map_err(classify),
+        Err(talos_api::Error::Unimplemented(_)) => client
+            .upgrade(&Nodes::Endpoint, image.to_owned())
+            .await
+            .and_then(first_result)
+            .map_err(classify),
         Err(e) => Err(classify(e)),
     }
 }
@@ -353,7 +342,6 @@ pub async fn remove_member(
         .nodes
         .connect(talosconfig, via)
         .map_err(Error::talos(action.clone()))?;
-    ctx.metrics.talos_calls(1);
     let result = client
         .etcd_remove_member(&Nodes::Endpoint, id)
         .await

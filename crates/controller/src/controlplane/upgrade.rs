@@ -214,7 +214,6 @@ pub fn step(target: &Target, cp: &ControlPlane) -> Option<Step> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::scope::EtcdMember;
     use super::*;
 
     fn target(max_parallel: usize) -> Target {
@@ -236,21 +235,9 @@ mod tests {
                 )
             })
             .collect();
-        let etcd = machines
-            .iter()
-            .enumerate()
-            .map(|(i, m)| EtcdMember {
-                id: i as u64 + 1,
-                name: m.hostname.clone(),
-                healthy: true,
-                learner: false,
-            })
-            .collect();
         ControlPlane {
-            machines,
-            etcd: Some(etcd),
             now: Timestamp::from_second(1000).unwrap_or(Timestamp::UNIX_EPOCH),
-            ..ControlPlane::default()
+            ..ControlPlane::test(machines)
         }
     }
 

@@ -113,10 +113,11 @@ case "$tool" in
     echo "$out" ;;
   cluster-api-config)
     # Cluster API's config directory: crd/bases (CRDs), crd/patches (conversion webhook wiring)
-    # and webhook/manifests.yaml. It moved from config/ to core/config/ in v1.14.
+    # and webhook/manifests.yaml. It moved from config/ to core/config/ in v1.14. Also
+    # clusterctl-crd: clusterctl's own CRDs (its provider inventory).
     if [ -n "${CLUSTER_API_CONFIG:-}" ]; then echo "$CLUSTER_API_CONFIG"; exit 0; fi
     out="$cache/cluster-api-$CLUSTER_API_VERSION/config"
-    if [ ! -f "$out/.complete" ]; then
+    if [ ! -f "$out/.complete-2" ]; then
       need_go CLUSTER_API_CONFIG
       dir=$(go mod download -json "sigs.k8s.io/cluster-api@$CLUSTER_API_VERSION" |
         sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') || true
@@ -128,8 +129,9 @@ case "$tool" in
       cp -r "$src/crd/bases" "$out/crd/"
       [ ! -d "$src/crd/patches" ] || cp -r "$src/crd/patches" "$out/crd/"
       cp "$src/webhook/manifests.yaml" "$out/webhook/"
+      cp -r "$dir/cmd/clusterctl/config/crd/bases" "$out/clusterctl-crd"
       chmod -R u+w "$out"
-      touch "$out/.complete"
+      touch "$out/.complete-2"
     fi
     echo "$out" ;;
   helm)

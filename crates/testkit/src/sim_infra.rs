@@ -5,6 +5,7 @@
 //! and is provisioned. It is a test fixture: it polls, where a product controller would watch.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -21,6 +22,10 @@ fn dynamic(client: &kube::Client, ns: &str, api_version: &str, kind: &str) -> Ap
 pub struct SimInfra {
     pub sim: Simulator,
     task: tokio::task::JoinHandle<()>,
+    /// The nodes started and the workload API servers, kept across [`SimInfra::serve_from`].
+    state: Arc<tokio::sync::Mutex<Nodes>>,
+    ns: String,
+    domains: Vec<Value>,
 }
 
 impl std::fmt::Debug for SimInfra {
@@ -57,14 +62,46 @@ pub fn start_with(
         .iter()
         .map(|name| json!({"name": name, "controlPlane": true}))
         .collect();
+    let state = Arc::new(tokio::sync::Mutex::new(Nodes {
+        workloads: workloads.then(BTreeMap::new),
+        ..Nodes::default()
+    }));
     let task = tokio::spawn(serve(
         client.clone(),
         ns.to_owned(),
         sim.clone(),
-        domains,
-        workloads,
+        domains.clone(),
+        Arc::clone(&state),
     ));
-    SimInfra { sim, task }
+    SimInfra {
+        sim,
+        task,
+        state,
+        ns: ns.to_owned(),
+        domains,
+    }
+}
+
+impl SimInfra {
+    /// Stop serving, leaving every node and workload API server running (as an infrastructure
+    /// provider's controller does while its clusters are paused for `clusterctl move`).
+    pub fn pause(&mut self) {
+        self.task.abort();
+    }
+
+    /// Serve the same nodes from the management cluster of `client` (the target of
+    /// `clusterctl move`): its SimMachines, recreated there without status, get their nodes'
+    /// status again.
+    pub fn serve_from(&mut self, client: &kube::Client) {
+        self.task.abort();
+        self.task = tokio::spawn(serve(
+            client.clone(),
+            self.ns.clone(),
+            self.sim.clone(),
+            self.domains.clone(),
+            Arc::clone(&self.state),
+        ));
+    }
 }
 
 /// A node the infrastructure started for a SimMachine.
@@ -97,20 +134,19 @@ async fn serve(
     ns: String,
     sim: Simulator,
     domains: Vec<Value>,
-    workloads: bool,
+    state: Arc<tokio::sync::Mutex<Nodes>>,
 ) {
-    let mut nodes = Nodes {
-        workloads: workloads.then(BTreeMap::new),
-        ..Nodes::default()
-    };
     loop {
-        if let Err(e) = pass(&client, &ns, &sim, &domains, &mut nodes).await {
-            tracing::debug!(error = %e, "sim infrastructure: retrying");
-        }
-        if nodes.workloads.is_some()
-            && let Err(e) = serve_workloads(&client, &ns, &sim, &mut nodes).await
         {
-            tracing::debug!(error = %e, "sim workload clusters: retrying");
+            let mut nodes = state.lock().await;
+            if let Err(e) = pass(&client, &ns, &sim, &domains, &mut nodes).await {
+                tracing::debug!(error = %e, "sim infrastructure: retrying");
+            }
+            if nodes.workloads.is_some()
+                && let Err(e) = serve_workloads(&client, &ns, &sim, &mut nodes).await
+            {
+                tracing::debug!(error = %e, "sim workload clusters: retrying");
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -264,7 +300,14 @@ async fn pass(
     });
     for m in listed {
         let name = m.name_any();
-        if nodes.by_machine.contains_key(&name) || !live.contains(&name) {
+        if let Some(started) = nodes.by_machine.get(&name) {
+            // Recreated elsewhere (clusterctl move copies no status): report the node again.
+            if m.data["status"]["initialization"]["provisioned"] != json!(true) {
+                report_node(&sim_machines, &name, &started.address).await?;
+            }
+            continue;
+        }
+        if !live.contains(&name) {
             continue;
         }
         let Some(owner) = m
@@ -323,18 +366,28 @@ async fn pass(
                 &Patch::Merge(json!({"spec": {"providerID": format!("sim://{ns}/{owner}")}})),
             )
             .await?;
-        sim_machines
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {
-                    "initialization": {"provisioned": true},
-                    "addresses": [{"type": "InternalIP", "address": address.to_string()}],
-                }})),
-            )
-            .await?;
+        report_node(&sim_machines, &name, &address.to_string()).await?;
     }
     Ok(())
+}
+
+/// A SimMachine's status: provisioned, at its node's address.
+async fn report_node(
+    sim_machines: &Api<DynamicObject>,
+    name: &str,
+    address: &str,
+) -> Result<(), kube::Error> {
+    sim_machines
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "initialization": {"provisioned": true},
+                "addresses": [{"type": "InternalIP", "address": address}],
+            }})),
+        )
+        .await
+        .map(drop)
 }
 
 /// A Cluster whose control plane is a TalosControlPlane `name` of `replicas` machines cloned

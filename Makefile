@@ -6,7 +6,7 @@ CARGO ?= cargo
 LOCAL_CP_DIR := target/local-cp
 LOCAL_KUBECONFIG := $(LOCAL_CP_DIR)/kubeconfig
 LOCAL_CP_BIN := target/debug/local-control-plane
-TOOLS := kube-apiserver kubectl etcd cluster-api cluster-api-config clusterctl cabpt cabpt-config helm talosctl
+TOOLS := kube-apiserver kubectl etcd cluster-api cluster-api-config clusterctl cabpt cabpt-config helm talosctl hadolint
 # The Cluster API line of the floor lane (make test-capi-floor); the default lane is in versions.env.
 CLUSTER_API_FLOOR_VERSION := $(shell . hack/tools/versions.env && echo "$$CLUSTER_API_FLOOR_VERSION")
 # Test binaries of the workspace that need no outside cluster (the e2e suite needs KUBECONFIG).
@@ -25,8 +25,9 @@ fmt: ## Format the Rust code.
 	$(CARGO) fmt --all
 
 .PHONY: lint
-lint: ## cargo fmt --check, clippy with warnings denied, and shell syntax checks.
+lint: ## cargo fmt --check, clippy with warnings denied, shell syntax checks, hadolint on the Dockerfile.
 	$(CARGO) fmt --all -- --check
+	"$$(hack/tools/tool.sh hadolint)" Dockerfile
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	for f in .ci/run hack/*.sh hack/tools/*.sh; do bash -n "$$f"; done
 

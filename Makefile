@@ -29,6 +29,7 @@ lint: ## cargo fmt --check, clippy with warnings denied, shell syntax checks, ha
 	$(CARGO) fmt --all -- --check
 	"$$(hack/tools/tool.sh hadolint)" Dockerfile
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy -p talos-capi --features otlp --all-targets --locked -- -D warnings
 	for f in .ci/run hack/*.sh hack/tools/*.sh; do bash -n "$$f"; done
 
 .PHONY: crds
@@ -37,8 +38,9 @@ crds: ## Regenerate config/crd/bases, the chart's CRDs and docs/api.md from the 
 	$(CARGO) run -q --locked -p talos-capi -- crds --out-dir charts/talos-capi/crds
 
 .PHONY: unit
-unit: ## Unit and integration tests (integration tests start real etcd/kube-apiserver/Cluster API).
+unit: ## Unit and integration tests (integration tests start real etcd/kube-apiserver/Cluster API), and the OTLP build's export test.
 	$(CARGO) test $(UNIT_AND_INTEGRATION) --locked
+	$(CARGO) test --locked -p talos-capi --features otlp --test otlp
 
 .PHONY: test
 test: ## Everything CI runs, on Cluster API v1.14 then the v1.12 floor lane; the orphan check runs even after a failure.

@@ -80,6 +80,10 @@ pub struct ManagerArgs {
     /// disable).
     #[arg(long, default_value = "127.0.0.1:9440", value_parser = bind_address)]
     health_probe_bind_address: Bind,
+    /// Export tracing spans (reconciles, Talos API calls) over OTLP/gRPC to this collector,
+    /// e.g. http://otel-collector:4317 (builds with the `otlp` feature).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -154,18 +158,101 @@ struct Probes {
 }
 
 pub fn run(args: ManagerArgs) -> Result<(), String> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|e| usage_error(format!("--log-level {:?}: {e}", args.log_level)));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match args.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
-    runtime.block_on(manage(args))
+    // The OTLP exporter's gRPC channel lives on this runtime.
+    let _entered = runtime.enter();
+    let fmt = match args.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+    };
+    let (otlp, exporter) = otlp::layer(args.otlp_endpoint.as_deref())?;
+    tracing_subscriber::registry()
+        .with(otlp)
+        .with(filter)
+        .with(fmt)
+        .init();
+    let result = runtime.block_on(manage(args));
+    exporter.shutdown();
+    result
+}
+
+/// Spans exported over OTLP/gRPC, in builds with the `otlp` feature.
+#[cfg(feature = "otlp")]
+mod otlp {
+    use opentelemetry::trace::TracerProvider;
+    use opentelemetry_otlp::WithExportConfig;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::Layer;
+
+    pub type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+    /// Flushes and stops the exporter.
+    pub struct Exporter(Option<SdkTracerProvider>);
+
+    impl Exporter {
+        pub fn shutdown(self) {
+            if let Some(provider) = self.0
+                && let Err(e) = provider.shutdown()
+            {
+                eprintln!("flushing the OTLP exporter: {e}");
+            }
+        }
+    }
+
+    pub fn layer(endpoint: Option<&str>) -> Result<(Option<Boxed>, Exporter), String> {
+        let Some(endpoint) = endpoint else {
+            return Ok((None, Exporter(None)));
+        };
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build()
+            .map_err(|e| format!("--otlp-endpoint {endpoint:?}: {e}"))?;
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name("talos-capi")
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("talos-capi");
+        let layer: Boxed = Box::new(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        );
+        Ok((Some(layer), Exporter(Some(provider))))
+    }
+}
+
+/// Builds without the `otlp` feature export nothing, and say so if asked to.
+#[cfg(not(feature = "otlp"))]
+mod otlp {
+    pub type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+    pub struct Exporter;
+
+    impl Exporter {
+        pub fn shutdown(self) {}
+    }
+
+    pub fn layer(endpoint: Option<&str>) -> Result<(Option<Boxed>, Exporter), String> {
+        if endpoint.is_some() {
+            super::usage_error(
+                "--otlp-endpoint: this build has no OTLP exporter (build with --features otlp)"
+                    .into(),
+            );
+        }
+        Ok((None, Exporter))
+    }
 }
 
 async fn manage(args: ManagerArgs) -> Result<(), String> {

@@ -247,11 +247,14 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
         ("PROXMOX_TEMPLATE_ID", "100"),
     ];
     let templates = root.join("config/clusterctl/templates");
-    for flavour in [
-        "cluster-template.yaml",
-        "cluster-template-lab.yaml",
-        "cluster-template-clusterclass.yaml",
-    ] {
+    let mut flavours: Vec<String> = std::fs::read_dir(&templates)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cluster-template") && n.ends_with(".yaml"))
+        .collect();
+    flavours.sort();
+    assert_eq!(flavours.len(), 4, "{flavours:?}");
+    for flavour in &flavours {
         let from = templates.join(flavour);
         let from = from.to_str().unwrap();
         let ns = unique_namespace(&client, "flavour").await.unwrap();
@@ -307,7 +310,14 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
         std::fs::write(&file, &generated).unwrap();
         // The ClusterClass flavour's endpoint comes from its variable through a patch, so it is
         // given; the others take it from their ProxmoxCluster, as Cluster API does.
-        let mut render = vec!["render", "-f", file.to_str().unwrap()];
+        let configs = work.path().join(format!("configs-{flavour}"));
+        let mut render = vec![
+            "render",
+            "-f",
+            file.to_str().unwrap(),
+            "--out-dir",
+            configs.to_str().unwrap(),
+        ];
         if flavour.contains("clusterclass") {
             render.extend(["--endpoint", "https://10.0.0.50:6443"]);
         }
@@ -318,9 +328,28 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
             None,
         );
         assert!(rendered.ok, "{flavour}: {}", rendered.output);
-        let out = &rendered.stdout;
-        assert!(out.contains("https://10.0.0.50:6443"), "{flavour}: {out}");
-        assert!(out.contains("disk: /dev/sda"), "{flavour}: {out}");
+        // Each configuration (control plane, workers) is one the real talosctl accepts.
+        let talosctl = locate(Tool::Talosctl).unwrap();
+        let written: Vec<_> = std::fs::read_dir(&configs).unwrap().collect();
+        assert!(!written.is_empty(), "{flavour}: nothing rendered");
+        for config in written {
+            let config = config.unwrap().path();
+            let text = std::fs::read_to_string(&config).unwrap();
+            assert!(text.contains("https://10.0.0.50:6443"), "{flavour}: {text}");
+            assert!(text.contains("disk: /dev/sda"), "{flavour}: {text}");
+            let path = config.to_str().unwrap();
+            let valid = run(
+                &talosctl,
+                &["validate", "--config", path, "--mode", "metal", "--strict"],
+                &[],
+                None,
+            );
+            assert!(
+                valid.ok,
+                "{flavour}: talosctl validate {path}: {}",
+                valid.output
+            );
+        }
         if flavour.contains("clusterclass") {
             topology_made_the_control_plane(&client, &ns).await;
         }

@@ -66,7 +66,9 @@ up: $(LOCAL_CP_BIN) ## Start the local control plane in the background; kubeconf
 	@hack/local-cp.sh up $(LOCAL_CP_DIR)
 
 .PHONY: down
-down: ## Stop the local control plane started by `make up`.
+down: ## Stop the local control plane started by `make up`, and a demo left running by `make demo DEMO_ARGS=--keep`.
+	@if [ -f target/demo/demo.pid ] && kill -0 "$$(cat target/demo/demo.pid)" 2>/dev/null; then \
+	  kill "$$(cat target/demo/demo.pid)"; echo "stopped the demo (pid $$(cat target/demo/demo.pid))"; fi
 	@hack/local-cp.sh down $(LOCAL_CP_DIR)
 
 .PHONY: e2e
@@ -79,8 +81,14 @@ e2e: $(LOCAL_CP_BIN) ## Run the e2e suite against the local control plane (start
 e2e-kind: ## For users' CI: create a kind cluster, install Cluster API with clusterctl, run the e2e suite.
 	hack/e2e-kind.sh
 
+DEMO_ARGS ?=
 .PHONY: demo
-demo: tools $(LOCAL_CP_BIN) ## Local management cluster + Cluster API adopting a TalosControlPlane; the seed walkthrough on simulated Talos nodes.
+demo: tools ## The main job: talos-capi brings up the seeds' HA cluster (3 control planes, 3 workers) on simulated Talos nodes, then upgrades Kubernetes and Talos live (DEMO_ARGS=--keep leaves it running).
+	$(CARGO) build --locked -p talos-capi -p testkit --bin talos-capi --bin demo
+	target/debug/demo --talos-capi target/debug/talos-capi --dir target/demo $(DEMO_ARGS)
+
+.PHONY: walkthrough
+walkthrough: tools $(LOCAL_CP_BIN) ## The seed walkthrough by hand: talos-capi gen config, then the real talosctl's apply-config --insecure, bootstrap and etcd members on simulated nodes.
 	$(CARGO) build --locked -p talos-sim -p talos-capi
 	@hack/demo.sh $(LOCAL_CP_DIR)
 

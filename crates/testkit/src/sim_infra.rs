@@ -57,6 +57,27 @@ pub fn start_with(
     failure_domains: &[&str],
     workloads: bool,
 ) -> SimInfra {
+    start_serving(client, ns, failure_domains, workloads, None)
+}
+
+/// [`start_with`] workload API servers, which keep their data in `etcd` (the management
+/// cluster's own, say) instead of the shared control plane's.
+pub fn start_with_workloads_in(
+    client: &kube::Client,
+    ns: &str,
+    failure_domains: &[&str],
+    etcd: Arc<crate::Etcd>,
+) -> SimInfra {
+    start_serving(client, ns, failure_domains, true, Some(etcd))
+}
+
+fn start_serving(
+    client: &kube::Client,
+    ns: &str,
+    failure_domains: &[&str],
+    workloads: bool,
+    workload_etcd: Option<Arc<crate::Etcd>>,
+) -> SimInfra {
     let sim = Simulator::new(Timing::default());
     let domains: Vec<Value> = failure_domains
         .iter()
@@ -64,6 +85,7 @@ pub fn start_with(
         .collect();
     let state = Arc::new(tokio::sync::Mutex::new(Nodes {
         workloads: workloads.then(BTreeMap::new),
+        workload_etcd,
         ..Nodes::default()
     }));
     let task = tokio::spawn(serve(
@@ -117,6 +139,8 @@ struct Started {
 struct Nodes {
     by_machine: BTreeMap<String, Started>,
     workloads: Option<BTreeMap<String, Workload>>,
+    /// Where workload API servers keep their data (default: the shared control plane's etcd).
+    workload_etcd: Option<Arc<crate::Etcd>>,
 }
 
 /// Nodes started in this process: each gets an address of its own, whichever infrastructure
@@ -165,6 +189,7 @@ async fn serve_workloads(
 ) -> Result<(), String> {
     let clusters = dynamic(client, ns, "cluster.x-k8s.io/v1beta2", "Cluster");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let etcd = nodes.workload_etcd.clone();
     let Some(workloads) = nodes.workloads.as_mut() else {
         return Ok(());
     };
@@ -206,10 +231,13 @@ async fn serve_workloads(
         let key = machineconfig::secrets::signing_key(&key)
             .map_err(text)?
             .serialize_pem();
-        let shared = crate::shared().await.map_err(text)?;
+        let etcd = match &etcd {
+            Some(etcd) => Arc::clone(etcd),
+            None => crate::shared().await.map_err(text)?.etcd(),
+        };
         let builder = crate::LocalControlPlane::builder()
             .name(&name)
-            .etcd(shared.etcd(), &format!("/workload/{ns}/{name}"))
+            .etcd(etcd, &format!("/workload/{ns}/{name}"))
             .ca(crate::pki::Ca::from_pem(&crt, &key).map_err(text)?)
             .port(u16::try_from(port).map_err(text)?);
         let apiserver = builder.start().await.map_err(text)?;

@@ -1,0 +1,644 @@
+//! `make demo`: the whole product on this machine, with real components and simulated Talos
+//! nodes.
+//! 1. A local management cluster: etcd, kube-apiserver and the Cluster API core manager, with
+//!    talos-capi's CRDs.
+//! 2. `talos-capi manager` as a process, and the test infrastructure provider, which boots a
+//!    simulated Talos node per machine and gives the cluster a real workload kube-apiserver.
+//! 3. The seeds' HA topology: 3 control planes (with the Spanish walkthrough's VIP patch) and 3
+//!    workers from a MachineDeployment and a TalosConfigTemplate. Live progress, then
+//!    `kubectl get` of what was made, and the talosconfig and kubeconfig to keep using.
+//! 4. A Kubernetes rolling upgrade, then an in-place Talos upgrade, both with live progress.
+//!
+//! `--keep` leaves everything running until Ctrl-C or `make down`.
+#![forbid(unsafe_code)]
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use testkit::process::{ManagedProcess, free_port};
+use testkit::tools::{Tool, locate, repo_root};
+use testkit::{LocalControlPlane, apply_manifest, dynamic_api, sim_infra};
+
+const NS: &str = "demo";
+const CLUSTER: &str = "mi-cluster";
+const CP: &str = "mi-cluster-cp";
+const FIRST: &str = "v1.35.0";
+const NEXT: &str = "v1.36.0";
+const TALOS_NEXT: &str = "v1.13.1";
+
+#[derive(Parser)]
+#[command(about = "The talos-capi demo: an HA Talos cluster, then live upgrades")]
+struct Args {
+    /// Where the management cluster, logs, kubeconfig and talosconfig go.
+    #[arg(long, default_value = "target/demo")]
+    dir: PathBuf,
+    /// The talos-capi binary to run as the manager.
+    #[arg(long, default_value = "target/debug/talos-capi")]
+    talos_capi: PathBuf,
+    /// Keep everything running at the end, until Ctrl-C or `make down`.
+    #[arg(long)]
+    keep: bool,
+}
+
+type Failure = String;
+
+fn fail(what: &str) -> impl FnOnce(String) -> Failure + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("\ndemo failed: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let root = repo_root();
+    let dir = root.join(&args.dir);
+    let binary = root.join(&args.talos_capi);
+    if !binary.is_file() {
+        return Err(format!(
+            "{} is missing: build it with `cargo build -p talos-capi` (make demo does)",
+            binary.display()
+        ));
+    }
+    let pid_file = dir.join("demo.pid");
+    if let Ok(pid) = std::fs::read_to_string(&pid_file)
+        && Path::new(&format!("/proc/{}", pid.trim())).exists()
+    {
+        return Err(format!(
+            "a demo is already running (pid {}): `make down` stops it",
+            pid.trim()
+        ));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::write(&pid_file, std::process::id().to_string())
+        .map_err(|e| format!("writing {}: {e}", pid_file.display()))?;
+    let result = demo(&args, &dir, &binary).await;
+    let _ = std::fs::remove_file(&pid_file);
+    result
+}
+
+async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
+    let started = Instant::now();
+    step("A local management cluster: etcd, kube-apiserver and Cluster API core");
+    let _ = std::fs::remove_dir_all(dir.join("cluster"));
+    let cp = with_spinner(
+        "starting etcd, kube-apiserver and the Cluster API manager",
+        LocalControlPlane::builder()
+            .name("demo")
+            .dir(dir.join("cluster"))
+            .cluster_api()
+            .crds(repo_root().join("config/crd/bases"))
+            .start(),
+    )
+    .await
+    .map_err(|e| format!("starting the local management cluster: {e}"))?;
+    let client = cp.client().await.map_err(|e| e.to_string())?;
+    let kubeconfig = cp.kubeconfig_path();
+    println!(
+        "management cluster: {}  (kubeconfig {})",
+        cp.url(),
+        kubeconfig.display()
+    );
+    create_namespace(&client).await?;
+
+    step("talos-capi manager, and simulated Talos nodes behind a test infrastructure provider");
+    let (metrics, health) = (
+        free_port().map_err(|e| e.to_string())?,
+        free_port().map_err(|e| e.to_string())?,
+    );
+    let manager_args: Vec<String> = [
+        "manager".to_owned(),
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--namespace={NS}"),
+        format!("--metrics-bind-address=127.0.0.1:{metrics}"),
+        format!("--health-probe-bind-address=127.0.0.1:{health}"),
+    ]
+    .into();
+    let manager_log = dir.join("talos-capi-manager.log");
+    let manager = ManagedProcess::spawn("talos-capi", binary, &manager_args, &manager_log, None)
+        .map_err(|e| format!("starting the manager: {e}"))?;
+    println!(
+        "manager: pid {}, log {}, metrics http://127.0.0.1:{metrics}/metrics",
+        manager.pid(),
+        manager_log.display()
+    );
+    let infra =
+        sim_infra::start_with_workloads_in(&client, NS, &["zone-a", "zone-b", "zone-c"], cp.etcd());
+
+    step("The seeds' HA topology: 3 control planes behind an endpoint, 3 workers");
+    let port = free_port().map_err(|e| e.to_string())?;
+    for manifest in topology(port) {
+        apply_manifest(&client, NS, "demo", &manifest)
+            .await
+            .map_err(|e| format!("applying {}: {e}", manifest["kind"]))?;
+        println!(
+            "applied {} {}",
+            manifest["kind"].as_str().unwrap_or_default(),
+            manifest["metadata"]["name"].as_str().unwrap_or_default()
+        );
+    }
+    let view = View {
+        client: client.clone(),
+        sim: infra.sim.clone(),
+    };
+    progress("cluster up", Duration::from_secs(300), async || {
+        let s = view.snapshot().await;
+        let done = s.cp_running == 3 && s.workers_running == 3 && s.voters == 3 && s.etcd_healthy;
+        (done, s.line())
+    })
+    .await?;
+    manager.check_running().map_err(|e| e.to_string())?;
+
+    step("What was made");
+    kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "cluster,taloscontrolplane,machines,talosconfigs",
+            "-n",
+            NS,
+        ],
+    );
+    let talosconfig = dir.join("talosconfig");
+    let workload = dir.join(format!("{CLUSTER}.kubeconfig"));
+    write_private(
+        &talosconfig,
+        &secret(&client, &format!("{CLUSTER}-talosconfig"), "talosconfig").await?,
+    )?;
+    write_private(
+        &workload,
+        &secret(&client, &format!("{CLUSTER}-kubeconfig"), "value").await?,
+    )?;
+    let node = view.first_control_plane_address().await.unwrap_or_default();
+    println!(
+        "\ntalosconfig: {}\nkubeconfig:  {}",
+        talosconfig.display(),
+        workload.display()
+    );
+    let talosctl = locate(Tool::Talosctl).map_err(|e| e.to_string())?;
+    run_shown(
+        &talosctl,
+        &[
+            "--talosconfig",
+            &talosconfig.to_string_lossy(),
+            "-e",
+            &node,
+            "-n",
+            &node,
+            "etcd",
+            "members",
+        ],
+    );
+    kubectl(&workload, &["get", "nodes", "-o", "wide"]);
+
+    step(&format!(
+        "Kubernetes rolling upgrade {FIRST} → {NEXT} (maxSurge 1: never more than 4 control planes)"
+    ));
+    patch_control_plane(&client, json!({"version": NEXT})).await?;
+    progress("rolling upgrade", Duration::from_secs(600), async || {
+        let s = view.snapshot().await;
+        let done =
+            s.cp_on(NEXT) == 3 && s.cp_total == 3 && s.voters == 3 && s.etcd_healthy && !s.rolling;
+        (
+            done,
+            format!(
+                "{} of 3 control planes on {NEXT}; {}",
+                s.cp_on(NEXT),
+                s.line()
+            ),
+        )
+    })
+    .await?;
+
+    step(&format!(
+        "In-place Talos upgrade to {TALOS_NEXT}, node by node, over the Talos API"
+    ));
+    patch_control_plane(
+        &client,
+        json!({"talosUpgrade": {"image": format!("ghcr.io/siderolabs/installer:{TALOS_NEXT}")}}),
+    )
+    .await?;
+    progress("Talos upgrade", Duration::from_secs(600), async || {
+        let s = view.snapshot().await;
+        let upgraded = s.talos_versions.iter().filter(|v| *v == TALOS_NEXT).count();
+        let done = upgraded == 3 && s.voters == 3 && s.etcd_healthy && !s.rolling;
+        (
+            done,
+            format!(
+                "{upgraded} of 3 control-plane nodes on Talos {TALOS_NEXT}; {}",
+                s.line()
+            ),
+        )
+    })
+    .await?;
+    run_shown(
+        &talosctl,
+        &[
+            "--talosconfig",
+            &talosconfig.to_string_lossy(),
+            "-e",
+            &node,
+            "-n",
+            &node,
+            "version",
+            "--short",
+        ],
+    );
+    kubectl(
+        &kubeconfig,
+        &["get", "taloscontrolplane,machines", "-n", NS],
+    );
+    println!("\ndemo done in {:.0} s", started.elapsed().as_secs_f64());
+
+    if args.keep {
+        step("Everything keeps running (Ctrl-C or `make down` stops it)");
+        println!(
+            "kubectl --kubeconfig {} get machines -n {NS}",
+            kubeconfig.display()
+        );
+        println!("kubectl --kubeconfig {} get nodes", workload.display());
+        println!(
+            "talosctl --talosconfig {} -e {node} -n {node} etcd members",
+            talosconfig.display()
+        );
+        wait_for_stop().await;
+    }
+    drop(infra);
+    drop(manager);
+    Ok(())
+}
+
+/// What the demo watches: machines, the control plane's status, and the simulator's etcd.
+struct View {
+    client: kube::Client,
+    sim: talos_sim::Simulator,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    cp_total: usize,
+    cp_running: usize,
+    cp_versions: Vec<String>,
+    workers_running: usize,
+    workers_total: usize,
+    voters: usize,
+    etcd_healthy: bool,
+    rolling: bool,
+    talos_versions: Vec<String>,
+    waiting: String,
+}
+
+impl Snapshot {
+    fn cp_on(&self, version: &str) -> usize {
+        self.cp_versions.iter().filter(|v| *v == version).count()
+    }
+
+    fn line(&self) -> String {
+        let mut line = format!(
+            "control planes {}/{} running, workers {}/{} running, etcd {} voter(s){}",
+            self.cp_running,
+            self.cp_total,
+            self.workers_running,
+            self.workers_total,
+            self.voters,
+            if self.etcd_healthy { " healthy" } else { "" }
+        );
+        if !self.waiting.is_empty() {
+            line.push_str(&format!(" — {}", self.waiting));
+        }
+        line
+    }
+}
+
+impl View {
+    async fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot::default();
+        let machines = dynamic_api(&self.client, NS, "cluster.x-k8s.io/v1beta2", "Machine");
+        for m in machines
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
+            let running = m.data["status"]["phase"] == "Running";
+            if m.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key("cluster.x-k8s.io/control-plane"))
+            {
+                s.cp_total += 1;
+                s.cp_running += usize::from(running);
+                s.cp_versions.push(
+                    m.data["spec"]["version"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            } else {
+                s.workers_total += 1;
+                s.workers_running += usize::from(running);
+            }
+        }
+        let tcps = dynamic_api(
+            &self.client,
+            NS,
+            "controlplane.cluster.x-k8s.io/v1alpha3",
+            "TalosControlPlane",
+        );
+        if let Ok(tcp) = tcps.get(CP).await {
+            let conditions = tcp.data["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let condition = |t: &str| {
+                conditions
+                    .iter()
+                    .find(|c| c["type"] == t)
+                    .cloned()
+                    .unwrap_or(Value::Null)
+            };
+            s.etcd_healthy = condition("EtcdClusterHealthy")["status"] == "True";
+            let rolling = condition("RollingOut");
+            s.rolling = rolling["status"] == "True";
+            for t in ["RollingOut", "ScalingUp", "ScalingDown", "Available"] {
+                let c = condition(t);
+                let waiting = (t == "Available") != (c["status"] == "True");
+                if waiting && let Some(message) = c["message"].as_str().filter(|m| !m.is_empty()) {
+                    s.waiting = format!("{t}: {}", message.lines().next().unwrap_or_default());
+                    break;
+                }
+            }
+        }
+        if let Some(id) = sim_infra::cluster_id(&self.client, NS, CLUSTER).await {
+            s.voters = self
+                .sim
+                .etcd_members(&id)
+                .iter()
+                .filter(|(_, _, learner)| !learner)
+                .count();
+        }
+        for address in self.sim.nodes() {
+            if let Some((_, version)) = self.sim.status(&address) {
+                s.talos_versions.push(version);
+            }
+        }
+        s
+    }
+
+    async fn first_control_plane_address(&self) -> Option<String> {
+        let machines = dynamic_api(&self.client, NS, "cluster.x-k8s.io/v1beta2", "Machine");
+        let list = machines
+            .list(&ListParams::default().labels("cluster.x-k8s.io/control-plane"))
+            .await
+            .ok()?;
+        list.items.iter().find_map(|m| {
+            m.data["status"]["addresses"]
+                .as_array()?
+                .iter()
+                .find_map(|a| a["address"].as_str().map(str::to_owned))
+        })
+    }
+}
+
+/// The seeds' HA cluster on the test infrastructure provider, its endpoint on loopback `port`
+/// (where the provider serves its real workload kube-apiserver).
+fn topology(port: u16) -> Vec<Value> {
+    let infra = "infrastructure.cluster.x-k8s.io/v1alpha1";
+    vec![
+        json!({"apiVersion": infra, "kind": "SimCluster", "metadata": {"name": CLUSTER}, "spec": {}}),
+        json!({"apiVersion": infra, "kind": "SimMachineTemplate", "metadata": {"name": CP}, "spec": {"template": {"spec": {}}}}),
+        json!({"apiVersion": infra, "kind": "SimMachineTemplate", "metadata": {"name": "mi-cluster-workers"}, "spec": {"template": {"spec": {}}}}),
+        json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
+            "metadata": {"name": CP},
+            "spec": {
+                "replicas": 3, "version": FIRST,
+                "infrastructureTemplate": {"apiVersion": infra, "kind": "SimMachineTemplate", "name": CP},
+                "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}},
+                "controlPlaneConfig": {"controlplane": {
+                    "generateType": "controlplane", "talosVersion": "v1.13",
+                    // The Spanish walkthrough's VIP, as a strategic patch valid for Talos v1.13.
+                    "strategicPatches": ["machine:\n  install:\n    disk: /dev/sda\n  network:\n    interfaces:\n      - interface: eth0\n        dhcp: true\n        vip:\n          ip: 192.168.1.50\n"]
+                }}
+            }
+        }),
+        json!({
+            "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfigTemplate",
+            "metadata": {"name": "mi-cluster-workers"},
+            "spec": {"template": {"spec": {
+                "generateType": "worker", "talosVersion": "v1.13",
+                "strategicPatches": ["machine:\n  install:\n    disk: /dev/sda\n"]
+            }}}
+        }),
+        json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+            "metadata": {"name": CLUSTER},
+            "spec": {
+                "controlPlaneEndpoint": {"host": "127.0.0.1", "port": port},
+                "clusterNetwork": {"pods": {"cidrBlocks": ["10.244.0.0/16"]}, "services": {"cidrBlocks": ["10.96.0.0/12"]}},
+                "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "SimCluster", "name": CLUSTER},
+                "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io", "kind": "TalosControlPlane", "name": CP}
+            }
+        }),
+        json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineDeployment",
+            "metadata": {"name": "mi-cluster-workers"},
+            "spec": {
+                "clusterName": CLUSTER, "replicas": 3,
+                "selector": {"matchLabels": {"pool": "mi-cluster-workers"}},
+                "template": {
+                    "metadata": {"labels": {"pool": "mi-cluster-workers"}},
+                    "spec": {
+                        "clusterName": CLUSTER, "version": FIRST,
+                        "bootstrap": {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "TalosConfigTemplate", "name": "mi-cluster-workers"}},
+                        "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "SimMachineTemplate", "name": "mi-cluster-workers"}
+                    }
+                }
+            }
+        }),
+    ]
+}
+
+fn step(title: &str) {
+    println!("\n== {title}");
+}
+
+/// Wait for `future`, showing a spinner with the elapsed time on a terminal.
+async fn with_spinner<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    let mut future = std::pin::pin!(future);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            v = &mut future => {
+                println!("{}{what}: done in {:.1} s", if tty { "\r\x1b[2K" } else { "" }, started.elapsed().as_secs_f64());
+                return v;
+            }
+            _ = tick.tick() => if tty {
+                print!("\r\x1b[2K{} {what} ({:.0} s)", spinner(&started), started.elapsed().as_secs_f64());
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
+}
+
+fn spinner(started: &Instant) -> char {
+    ['|', '/', '-', '\\'][(started.elapsed().as_millis() / 250 % 4) as usize]
+}
+
+/// Poll `check` twice a second until it says done, showing its line live (on a terminal) or
+/// each time it changes (in a log), or fail after `limit`.
+async fn progress(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> (bool, String),
+) -> Result<(), Failure> {
+    let started = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    let mut last = String::new();
+    loop {
+        let (done, line) = check().await;
+        if tty {
+            print!(
+                "\r\x1b[2K{} {line} ({:.0} s)",
+                spinner(&started),
+                started.elapsed().as_secs_f64()
+            );
+            let _ = std::io::stdout().flush();
+        } else if line != last {
+            println!("[{:>4.0} s] {line}", started.elapsed().as_secs_f64());
+        }
+        if done {
+            println!(
+                "{}{what}: done in {:.0} s — {line}",
+                if tty { "\r\x1b[2K" } else { "" },
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            println!();
+            return Err(format!(
+                "{what}: not done within {limit:?}; last seen: {line}"
+            ));
+        }
+        last = line;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn create_namespace(client: &kube::Client) -> Result<(), Failure> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            NS,
+            &PatchParams::apply("demo"),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+            ),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| format!("creating namespace {NS}: {e}"))
+}
+
+async fn patch_control_plane(client: &kube::Client, spec: Value) -> Result<(), Failure> {
+    let api: Api<DynamicObject> = dynamic_api(
+        client,
+        NS,
+        "controlplane.cluster.x-k8s.io/v1alpha3",
+        "TalosControlPlane",
+    );
+    api.patch(
+        CP,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": spec})),
+    )
+    .await
+    .map(drop)
+    .map_err(|e| e.to_string())
+    .map_err(fail("patching the TalosControlPlane"))
+}
+
+async fn secret(client: &kube::Client, name: &str, key: &str) -> Result<String, Failure> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
+    let secret = api
+        .get(name)
+        .await
+        .map_err(|e| format!("reading Secret {name}: {e}"))?;
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        .ok_or_else(|| format!("Secret {name} has no {key}"))
+}
+
+/// Credentials: mode 0600.
+fn write_private(path: &Path, content: &str) -> Result<(), Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(content.as_bytes()))
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) {
+    match locate(Tool::Kubectl) {
+        Ok(kubectl) => {
+            let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap_or_default()];
+            all.extend_from_slice(args);
+            run_shown(&kubectl, &all);
+        }
+        Err(e) => println!("(kubectl: {e})"),
+    }
+}
+
+/// Run a command, echoing it and its output.
+fn run_shown(program: &Path, args: &[&str]) {
+    let name = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    println!("\n$ {name} {}", args.join(" "));
+    match std::process::Command::new(program).args(args).output() {
+        Ok(o) => {
+            print!("{}", String::from_utf8_lossy(&o.stdout));
+            print!("{}", String::from_utf8_lossy(&o.stderr));
+        }
+        Err(e) => println!("({name}: {e})"),
+    }
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    println!("\nstopping");
+}

@@ -243,6 +243,8 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         )
     })
     .await?;
+    // The first node was replaced by the rolling upgrade: ask one that runs now.
+    let node = view.first_control_plane_address().await.unwrap_or_default();
     run_shown(
         &talosctl,
         &[

@@ -188,19 +188,14 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         workload.display()
     );
     let talosctl = locate(Tool::Talosctl).map_err(|e| e.to_string())?;
-    run_shown(
-        &talosctl,
-        &[
-            "--talosconfig",
-            &talosconfig.to_string_lossy(),
-            "-e",
-            &node,
-            "-n",
-            &node,
-            "etcd",
-            "members",
-        ],
-    );
+    // The real talosctl, with the cluster's talosconfig, at one node.
+    let talos = |node: &str, command: &[&str]| {
+        let config = talosconfig.to_string_lossy();
+        let mut args = vec!["--talosconfig", &config, "-e", node, "-n", node];
+        args.extend_from_slice(command);
+        run_shown(&talosctl, &args);
+    };
+    talos(&node, &["etcd", "members"]);
     kubectl(&workload, &["get", "nodes", "-o", "wide"]);
 
     step(&format!(
@@ -245,19 +240,7 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
     .await?;
     // The first node was replaced by the rolling upgrade: ask one that runs now.
     let node = view.first_control_plane_address().await.unwrap_or_default();
-    run_shown(
-        &talosctl,
-        &[
-            "--talosconfig",
-            &talosconfig.to_string_lossy(),
-            "-e",
-            &node,
-            "-n",
-            &node,
-            "version",
-            "--short",
-        ],
-    );
+    talos(&node, &["version", "--short"]);
     kubectl(
         &kubeconfig,
         &["get", "taloscontrolplane,machines", "-n", NS],

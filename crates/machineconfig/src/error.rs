@@ -61,6 +61,13 @@ pub enum Error {
         #[source]
         source: serde_yaml_ng::Error,
     },
+    /// Input over a size, depth or expansion limit (see [`crate::limits`]).
+    #[error("{what}: {source}")]
+    Limit {
+        what: String,
+        #[source]
+        source: crate::limits::LimitError,
+    },
     #[error("serializing {what}: {source}")]
     Serialize {
         what: &'static str,

@@ -93,10 +93,7 @@ pub fn generate(
 /// When the client certificate of a kubeconfig (the first user's) expires: decides rotation
 /// of a kubeconfig someone else issued, CACPPT say. Errors name what is wrong, never content.
 pub fn client_certificate_not_after(yaml: &str) -> Result<OffsetDateTime, Error> {
-    let doc: serde_json::Value = serde_yaml_ng::from_str(yaml).map_err(|source| Error::Parse {
-        what: "kubeconfig".into(),
-        source,
-    })?;
+    let doc: serde_json::Value = crate::limits::from_yaml("kubeconfig", yaml)?;
     let field = "users[0].user.client-certificate-data";
     let b64 = doc["users"][0]["user"]["client-certificate-data"]
         .as_str()

@@ -6,6 +6,7 @@
 mod contract;
 mod error;
 pub mod kubeconfig;
+pub mod limits;
 pub mod model;
 pub mod patch;
 pub mod render;
@@ -15,6 +16,7 @@ pub mod validate;
 
 pub use contract::Contract;
 pub use error::{BoxError, DecodeError, EndpointProblem, Error, Problems};
+pub use limits::{LIMITS, LimitError, Limits};
 pub use patch::{Patch, PatchError};
 pub use render::{Input, MachineType, render};
 pub use secrets::SecretsBundle;

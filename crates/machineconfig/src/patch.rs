@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::limits::{self, LIMITS, LimitError, ParseError};
 use crate::{Error, Problems};
 
 /// The document kinds of Talos v1.13's multi-document configuration (besides v1alpha1).
@@ -114,6 +115,8 @@ pub enum PatchError {
     Apply(#[source] json_patch::PatchError),
     #[error("{path} is a list; the patch gives {found}")]
     NotAListField { path: String, found: &'static str },
+    #[error("{0}")]
+    Limit(#[source] LimitError),
 }
 
 /// What a JSON value is, for messages (never the value itself: patches may carry secrets).
@@ -139,8 +142,12 @@ impl Patch {
     /// Parse a patch the way talosctl does: a YAML/JSON list is a JSON patch, anything else is
     /// a strategic merge patch (one or more documents, each a mapping).
     pub fn parse(text: &str) -> Result<Patch, Error> {
-        let docs = crate::render::documents(text)
-            .map_err(|source| parse_error(PatchError::Yaml { source }))?;
+        let docs = limits::documents(text, &LIMITS).map_err(|e| {
+            parse_error(match e {
+                ParseError::Yaml(source) => PatchError::Yaml { source },
+                ParseError::Limit(limit) => PatchError::Limit(limit),
+            })
+        })?;
         let mut docs = docs.into_iter();
         match (docs.next(), docs.next()) {
             (None, _) => Err(parse_error(PatchError::Empty)),
@@ -170,6 +177,13 @@ impl Patch {
                 found: kind_of(&ops),
             }));
         };
+        if list.len() > LIMITS.operations {
+            return Err(parse_error(PatchError::Limit(LimitError::Operations {
+                count: list.len(),
+                limit: LIMITS.operations,
+            })));
+        }
+        limits::check_all(&list, &LIMITS).map_err(|e| parse_error(PatchError::Limit(e)))?;
         let mut parsed = Vec::with_capacity(list.len());
         for (index, op) in list.into_iter().enumerate() {
             check_operation(index, &op).map_err(parse_error)?;
@@ -229,7 +243,7 @@ pub fn apply(mut docs: Vec<Value>, patches: &[Patch]) -> Result<Vec<Value>, Erro
                 let [doc] = docs.as_mut_slice() else {
                     return Err(Error::JsonPatchOnMultiDocument);
                 };
-                json_patch::patch(doc, ops).map_err(|e| failed(PatchError::Apply(e)))?;
+                apply_json6902(doc, ops).map_err(failed)?;
                 // Talos decodes the patched document into its typed config (refusing what does not
                 // decode) and encodes it again, dropping empty optional fields.
                 strict_decode(doc).map_err(failed)?;
@@ -239,10 +253,29 @@ pub fn apply(mut docs: Vec<Value>, patches: &[Patch]) -> Result<Vec<Value>, Erro
                 for p in patch_docs {
                     merge_document(&mut docs, p).map_err(failed)?;
                 }
+                limits::check_all(&docs, &LIMITS).map_err(|e| failed(PatchError::Limit(e)))?;
             }
         }
     }
     Ok(docs)
+}
+
+/// Apply RFC 6902 operations one at a time, refusing the first that takes the document over the
+/// limits: a chain of `copy` operations doubles a list with each one, and a chain of `move`s can
+/// nest it deeper with each one. The document is the caller's copy, dropped on error, so there is
+/// nothing to undo.
+fn apply_json6902(doc: &mut Value, ops: &json_patch::Patch) -> Result<(), PatchError> {
+    use json_patch::PatchOperation as Op;
+    for (index, op) in ops.iter().enumerate() {
+        json_patch::patch_unsafe(doc, std::slice::from_ref(op)).map_err(|mut e| {
+            e.operation = index;
+            PatchError::Apply(e)
+        })?;
+        if matches!(op, Op::Add(_) | Op::Replace(_) | Op::Copy(_) | Op::Move(_)) {
+            limits::check(doc, &LIMITS).map_err(PatchError::Limit)?;
+        }
+    }
+    Ok(())
 }
 
 /// Talos's strict decoding of a v1alpha1 document.
@@ -473,6 +506,76 @@ mod tests {
             json!(["10.0.0.0/8"]),
             "podSubnets replace"
         );
+    }
+
+    /// The expanded size and depth of a patched document are bounded: a `copy` chain doubling a
+    /// list (2×168 MB from 1.5 KB of patch before the limit) and a `move` chain nesting a map one
+    /// level deeper per step (a stack overflow on drop before the limit) stop at the first
+    /// operation over the limit, naming it.
+    #[test]
+    fn operation_chains_that_grow_without_bound_are_refused() {
+        let base = || vec![json!({"machine": {"certSANs": ["a"]}, "cluster": {}})];
+        let refused = |ops: Vec<Value>| {
+            let patch = Patch::json6902(Value::Array(ops)).unwrap();
+            match apply(base(), &[patch]) {
+                Err(Error::Patch {
+                    index: Some(0),
+                    source: PatchError::Limit(limit),
+                }) => limit,
+                other => panic!("{other:?}"),
+            }
+        };
+        let copy =
+            json!({"op": "copy", "from": "/machine/certSANs", "path": "/machine/certSANs/-"});
+        assert_eq!(
+            refused(vec![copy; 40]),
+            LimitError::Values {
+                limit: LIMITS.values
+            }
+        );
+        let mut nest = vec![json!({"op": "add", "path": "/machine/n", "value": {}})];
+        for _ in 0..100 {
+            nest.push(json!({"op": "add", "path": "/machine/t", "value": {}}));
+            nest.push(json!({"op": "move", "from": "/machine/n", "path": "/machine/t/n"}));
+            nest.push(json!({"op": "move", "from": "/machine/t", "path": "/machine/n"}));
+        }
+        assert_eq!(
+            refused(nest),
+            LimitError::Depth {
+                limit: LIMITS.depth
+            }
+        );
+        // A failing operation is named by its own index, as when applied all at once.
+        let ops = vec![
+            json!({"op": "add", "path": "/machine/certSANs/-", "value": "b"}),
+            json!({"op": "remove", "path": "/machine/nothing"}),
+        ];
+        let e = apply(base(), &[Patch::json6902(Value::Array(ops)).unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("operation '/1'"), "{e}");
+        // Too many operations, and a value too deep, are refused when parsed.
+        let many = Value::Array(vec![
+            json!({"op": "test", "path": "/machine", "value": {}});
+            1025
+        ]);
+        assert!(matches!(
+            Patch::json6902(many),
+            Err(Error::Patch {
+                index: None,
+                source: PatchError::Limit(LimitError::Operations { count: 1025, .. })
+            })
+        ));
+        let mut deep = json!(1);
+        for _ in 0..80 {
+            deep = json!({"a": deep});
+        }
+        let e = Patch::json6902(json!([{"op": "add", "path": "/machine/x", "value": deep}]));
+        assert!(matches!(
+            e,
+            Err(Error::Patch {
+                source: PatchError::Limit(LimitError::Depth { .. }),
+                ..
+            })
+        ));
     }
 
     #[test]

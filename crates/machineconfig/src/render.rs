@@ -362,23 +362,17 @@ pub fn to_yaml(docs: &[Value]) -> Result<String, Error> {
 
 /// Parse a YAML stream of configuration documents.
 pub fn from_yaml(text: &str) -> Result<Vec<Value>, Error> {
-    documents(text).map_err(|source| Error::Parse {
-        what: "machine configuration".into(),
-        source,
+    let what = || "machine configuration".to_owned();
+    crate::limits::documents(text, &crate::limits::LIMITS).map_err(|e| match e {
+        crate::limits::ParseError::Yaml(source) => Error::Parse {
+            what: what(),
+            source,
+        },
+        crate::limits::ParseError::Limit(source) => Error::Limit {
+            what: what(),
+            source,
+        },
     })
-}
-
-/// The non-empty documents of a YAML stream; the caller says what the stream is.
-pub(crate) fn documents(text: &str) -> Result<Vec<Value>, serde_yaml_ng::Error> {
-    use serde::Deserialize;
-    let mut docs = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(text) {
-        let value = Value::deserialize(doc)?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
 }
 
 #[cfg(test)]

@@ -124,11 +124,7 @@ impl SecretsBundle {
 
     /// Parse a bundle as `talosctl gen secrets` writes it.
     pub fn from_yaml(text: &str) -> Result<SecretsBundle, Error> {
-        let bundle: SecretsBundle =
-            serde_yaml_ng::from_str(text).map_err(|source| Error::Parse {
-                what: "secrets bundle".into(),
-                source,
-            })?;
+        let bundle: SecretsBundle = crate::limits::from_yaml("secrets bundle", text)?;
         bundle.check()?;
         Ok(bundle)
     }
@@ -156,10 +152,7 @@ impl SecretsBundle {
             return SecretsBundle::from_yaml(&text("bundle")?);
         }
         let parse = |key: &str, body: String| -> Result<serde_json::Value, Error> {
-            serde_yaml_ng::from_str(&body).map_err(|source| Error::Parse {
-                what: format!("legacy Secret key {key:?}"),
-                source,
-            })
+            crate::limits::from_yaml(&format!("legacy Secret key {key:?}"), &body)
         };
         let certs = parse("certs", text("certs")?)?;
         let kube = parse("kubeSecrets", text("kubeSecrets")?)?;

@@ -137,10 +137,7 @@ impl TalosConfig {
 
     /// Parse a talosconfig as talosctl writes it (fields we do not use are ignored).
     pub fn from_yaml(text: &str) -> Result<TalosConfig, Error> {
-        serde_yaml_ng::from_str(text).map_err(|source| Error::Parse {
-            what: "talosconfig".into(),
-            source,
-        })
+        crate::limits::from_yaml("talosconfig", text)
     }
 
     /// The current context.

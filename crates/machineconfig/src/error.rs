@@ -38,6 +38,11 @@ pub enum Error {
         #[source]
         source: DecodeError,
     },
+    /// A certificate and the key stored beside it are not a pair.
+    #[error(
+        "secrets bundle: {pair}.crt and {pair}.key do not belong together (the certificate's public key is not the key's)"
+    )]
+    BundleMismatch { pair: String },
     /// A CA certificate of the bundle (OS or Kubernetes) cannot be used to sign client
     /// certificates.
     #[error("secrets bundle: unreadable {ca} CA certificate: {source}")]
@@ -150,6 +155,12 @@ pub enum DecodeError {
     Utf8(#[source] std::str::Utf8Error),
     #[error("not PEM (no -----BEGIN block)")]
     NoPemBlock,
+    #[error("not PEM (the block's -----END line is missing or names another label)")]
+    UnterminatedPem,
+    #[error("not a readable X.509 certificate")]
+    Certificate,
+    #[error("not a private key Talos can use ({label} block)")]
+    PrivateKey { label: String },
 }
 
 impl From<base64::DecodeError> for DecodeError {

@@ -244,19 +244,59 @@ impl SecretsBundle {
             ("certs.k8saggregator", &self.certs.k8saggregator),
             ("certs.os", &self.certs.os),
         ] {
-            for (part, value) in [("crt", &pair.crt), ("key", &pair.key)] {
-                check_pem(&format!("{name}.{part}"), value)?;
+            let crt = format!("{name}.crt");
+            let key = format!("{name}.key");
+            let cert_public = certificate_public_key(&crt, &check_pem(&crt, &pair.crt)?)?;
+            let key_public = private_key_public_key(&key, &check_pem(&key, &pair.key)?)?;
+            if cert_public != key_public {
+                return Err(Error::BundleMismatch {
+                    pair: name.to_owned(),
+                });
             }
         }
-        check_pem(
-            "certs.k8sserviceaccount.key",
-            &self.certs.k8sserviceaccount.key,
-        )
+        let sa = "certs.k8sserviceaccount.key";
+        private_key_public_key(sa, &check_pem(sa, &self.certs.k8sserviceaccount.key)?)?;
+        Ok(())
     }
 }
 
-/// A base64 PEM field of a bundle: present, and decodable.
-fn check_pem(field: &str, value: &str) -> Result<(), Error> {
+/// The public key of a PEM certificate (the bit string of its SubjectPublicKeyInfo).
+fn certificate_public_key(field: &str, pem: &str) -> Result<Vec<u8>, Error> {
+    let bad = || Error::BundleField {
+        field: field.to_owned(),
+        source: DecodeError::Certificate,
+    };
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| bad())?;
+    let cert = block.parse_x509().map_err(|_| bad())?;
+    Ok(cert.public_key().subject_public_key.data.to_vec())
+}
+
+/// The public key of a PEM private key in any form Talos writes (RSA PKCS#1, SEC1, PKCS#8,
+/// Ed25519), in the encoding a certificate carries it, so the two compare.
+fn private_key_public_key(field: &str, pem: &str) -> Result<Vec<u8>, Error> {
+    use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPublicKey};
+    let (label, body) = pem_block(pem).map_err(|source| Error::BundleField {
+        field: field.to_owned(),
+        source,
+    })?;
+    let bad = || Error::BundleField {
+        field: field.to_owned(),
+        source: DecodeError::PrivateKey {
+            label: label.clone(),
+        },
+    };
+    if label == "RSA PRIVATE KEY" {
+        let der = STANDARD.decode(body).map_err(|_| bad())?;
+        let key = rsa::RsaPrivateKey::from_pkcs1_der(&der).map_err(|_| bad())?;
+        let public = key.to_public_key().to_pkcs1_der().map_err(|_| bad())?;
+        return Ok(public.as_bytes().to_vec());
+    }
+    let key = signing_key(pem).map_err(|_| bad())?;
+    Ok(key.public_key_raw().to_vec())
+}
+
+/// A base64 PEM field of a bundle: present, and decodable; its PEM text.
+fn check_pem(field: &str, value: &str) -> Result<String, Error> {
     if value.trim().is_empty() {
         return Err(Error::BundleMissing {
             field: field.to_owned(),
@@ -265,8 +305,7 @@ fn check_pem(field: &str, value: &str) -> Result<(), Error> {
     decode_pem(value).map_err(|source| Error::BundleField {
         field: field.to_owned(),
         source,
-    })?;
-    Ok(())
+    })
 }
 
 fn random_bytes(rng: &mut impl RngCore) -> [u8; 32] {
@@ -395,7 +434,7 @@ pub fn signing_key(pem: &str) -> Result<KeyPair, Error> {
             source: source.into(),
         }
     }
-    let (label, body) = pem_block(pem).ok_or_else(|| bad(DecodeError::NoPemBlock))?;
+    let (label, body) = pem_block(pem).map_err(bad)?;
     let der = STANDARD
         .decode(body)
         .map_err(|e| bad(DecodeError::from(e)))?;
@@ -414,19 +453,22 @@ pub fn signing_key(pem: &str) -> Result<KeyPair, Error> {
     KeyPair::try_from(pkcs8.as_slice()).map_err(bad)
 }
 
-/// The label and base64 body of the first PEM block.
-fn pem_block(pem: &str) -> Option<(String, String)> {
-    let start = pem.find("-----BEGIN ")?;
-    let rest = &pem[start + 11..];
-    let label_end = rest.find("-----")?;
-    let label = rest[..label_end].to_owned();
-    let body_start = label_end + 5;
-    let end = rest.find("-----END ")?;
-    let body: String = rest[body_start..end]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    Some((label, body))
+/// The label and base64 body of the first PEM block, which must end with an END line of the
+/// same label.
+fn pem_block(pem: &str) -> Result<(String, String), DecodeError> {
+    let start = pem.find("-----BEGIN ").ok_or(DecodeError::NoPemBlock)?;
+    let rest = &pem[start + "-----BEGIN ".len()..];
+    let (label, rest) = rest
+        .split_once("-----")
+        .ok_or(DecodeError::UnterminatedPem)?;
+    let (body, after) = rest
+        .split_once("-----END ")
+        .ok_or(DecodeError::UnterminatedPem)?;
+    if !after.starts_with(&format!("{label}-----")) {
+        return Err(DecodeError::UnterminatedPem);
+    }
+    let body = body.chars().filter(|c| !c.is_whitespace()).collect();
+    Ok((label.to_owned(), body))
 }
 
 /// A new RSA-4096 key as the PKCS#1 PEM talosctl writes. aws-lc generates it (the bundle
@@ -584,6 +626,82 @@ mod tests {
                 .and_then(|s| s.downcast_ref::<serde_yaml_ng::Error>())
                 .is_some(),
             "{err:?}"
+        );
+    }
+
+    /// Every certificate and key of a bundle is parsed and each CA certificate must match its
+    /// key: a truncated or garbage key used to pass and yield an unbootable configuration.
+    #[test]
+    fn unusable_or_mismatched_keys_are_refused() {
+        let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+        let refused = |edit: &dyn Fn(&mut SecretsBundle)| {
+            let mut b = bundle.clone();
+            edit(&mut b);
+            let err = SecretsBundle::from_yaml(&b.to_yaml().unwrap()).unwrap_err();
+            for secret in [&b.certs.k8s.key, &b.certs.etcd.key, &b.cluster.secret] {
+                let pem = decode_pem(secret).unwrap_or_default();
+                let body = pem.lines().nth(1).unwrap_or("never matches");
+                assert!(!err.to_string().contains(body), "{err}");
+            }
+            err
+        };
+        // A Kubernetes CA key cut in half, as a copy-paste accident leaves it.
+        let err = refused(&|b| {
+            let pem = decode_pem(&b.certs.k8s.key).unwrap();
+            let lines: Vec<&str> = pem.lines().collect();
+            let cut = [&lines[..2], &lines[lines.len() - 1..]].concat().join("\n");
+            b.certs.k8s.key = b64(&cut);
+        });
+        assert!(
+            matches!(&err, Error::BundleField { field, source: DecodeError::PrivateKey { label } } if field == "certs.k8s.key" && label == "EC PRIVATE KEY"),
+            "{err:?}"
+        );
+        let err = refused(&|b| {
+            b.certs.etcd.key =
+                b64("-----BEGIN EC PRIVATE KEY-----\nZ2FyYmFnZQ==\n-----END EC PRIVATE KEY-----\n");
+        });
+        assert!(
+            matches!(&err, Error::BundleField { field, .. } if field == "certs.etcd.key"),
+            "{err:?}"
+        );
+        let err = refused(&|b| {
+            b.certs.os.crt = b64("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        });
+        assert!(
+            matches!(&err, Error::BundleField { field, source: DecodeError::Certificate } if field == "certs.os.crt"),
+            "{err:?}"
+        );
+        // Each key valid, but beside another CA's certificate.
+        let err = refused(&|b| b.certs.k8s.key = b.certs.etcd.key.clone());
+        assert!(
+            matches!(&err, Error::BundleMismatch { pair } if pair == "certs.k8s"),
+            "{err:?}"
+        );
+        let err = refused(&|b| b.certs.k8sserviceaccount.key = b.certs.etcd.crt.clone());
+        assert!(
+            matches!(&err, Error::BundleField { field, source: DecodeError::PrivateKey { label } } if field == "certs.k8sserviceaccount.key" && label == "CERTIFICATE"),
+            "{err:?}"
+        );
+    }
+
+    /// A crafted block whose END comes before its BEGIN label ends used to panic on slicing.
+    #[test]
+    fn malformed_pem_blocks_are_errors_not_panics() {
+        for pem in [
+            "-----BEGIN X-----END Y",
+            "-----BEGIN X",
+            "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            "-----BEGIN -----END -----",
+            "-----BEGIN \u{e9}-----\u{e9}-----END \u{e9}",
+        ] {
+            assert!(
+                matches!(signing_key(pem), Err(Error::CaKey { .. })),
+                "{pem:?}"
+            );
+        }
+        assert_eq!(
+            pem_block("-----BEGIN X-----END Y"),
+            Err(DecodeError::UnterminatedPem)
         );
     }
 

@@ -83,10 +83,33 @@ pub fn check_size(text: &str, limits: &Limits) -> Result<(), LimitError> {
     Ok(())
 }
 
+/// Refuse text with far more unclosed `[` and `{` than the depth limit allows, before the YAML
+/// parser sees it: the parser scans every open flow collection for each token, so 150,000 nested
+/// `{a: ` take it minutes, before any value reaches the depth check. The scan ignores quoting,
+/// so it allows 16 times the depth limit: only text that is mostly unclosed brackets trips it.
+fn check_brackets(text: &str, limits: &Limits) -> Result<(), LimitError> {
+    let allowed = limits.depth.saturating_mul(16);
+    let mut open = 0usize;
+    for byte in text.bytes() {
+        match byte {
+            b'[' | b'{' => open += 1,
+            b']' | b'}' => open = open.saturating_sub(1),
+            _ => continue,
+        }
+        if open > allowed {
+            return Err(LimitError::Depth {
+                limit: limits.depth,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The non-null documents of a YAML (or JSON) stream, within `limits`. The budget of values and
 /// text is shared by all documents of the stream.
 pub fn documents(text: &str, limits: &Limits) -> Result<Vec<Value>, ParseError> {
     check_size(text, limits).map_err(ParseError::Limit)?;
+    check_brackets(text, limits).map_err(ParseError::Limit)?;
     let budget = Budget::new(limits);
     let mut docs = Vec::new();
     for (n, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
@@ -390,6 +413,15 @@ mod tests {
         ));
         let ok = format!("{}1{}", "[".repeat(64), "]".repeat(64));
         assert_eq!(documents(&ok, &LIMITS).unwrap().len(), 1);
+        // Far deeper than the parser should ever see: refused before parsing.
+        let deepest = format!("{}x{}", "{a: ".repeat(150_000), "}".repeat(150_000));
+        assert!(matches!(
+            documents(&deepest, &LIMITS),
+            Err(ParseError::Limit(LimitError::Depth { limit: 64 }))
+        ));
+        // Brackets inside strings count, but only text that is mostly brackets trips the scan.
+        let brackets = format!("a: \"{}\"\n", "[".repeat(1000));
+        assert_eq!(documents(&brackets, &LIMITS).unwrap().len(), 1);
         let many = "a: 1\n---\n".repeat(65);
         assert!(matches!(
             documents(&many, &LIMITS),

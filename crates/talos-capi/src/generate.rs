@@ -102,7 +102,32 @@ pub fn run(command: Gen) -> Result<(), Failure> {
 }
 
 fn read(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| fail(format!("reading {}: {e}", path.display())))
+    read_limited(path, machineconfig::LIMITS.input_bytes)
+}
+
+/// A text file of at most `limit` bytes. Reads at most one byte past the limit, so a device or
+/// pipe that never ends (`/dev/urandom`) is refused as too large rather than read forever.
+pub(crate) fn read_limited(path: &Path, limit: usize) -> Result<String, Failure> {
+    use std::io::Read;
+    let failed = |e: std::io::Error| fail(format!("reading {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(failed)?;
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(failed)?;
+    if bytes.len() > limit {
+        return Err(fail(format!(
+            "{}: more than {limit} bytes; the limit is {limit} bytes",
+            path.display()
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        fail(format!(
+            "{}: not UTF-8 text ({})",
+            path.display(),
+            e.utf8_error()
+        ))
+    })
 }
 
 /// Write a file that holds secrets: mode 0600 from its creation, never through a symlink, and

@@ -9,17 +9,23 @@ use api::bootstrap::v1alpha3::{GenerateType, TalosConfigSpec};
 use api::capi::{ApiEndpoint, Cluster, ClusterSpec, Machine, MachineSpec};
 use clap::Args;
 use controller::bootstrap::render::machine_config;
+use machineconfig::limits::{LIMITS, Limits, ParseError};
 use machineconfig::validate::Mode;
 use machineconfig::{Contract, SecretsBundle};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::generate::{Failure, fail};
+use crate::generate::{Failure, fail, read_limited};
 
-/// Per file: manifests in Git are small; anything larger is not a manifest.
-const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
-/// Documents per file.
-const MAX_DOCUMENTS: usize = 1000;
+/// Per manifest file: the engine's limits, with room for many objects in one file (manifests in
+/// Git are small; anything larger is not a manifest).
+const FILE_LIMITS: Limits = Limits {
+    input_bytes: 4 * 1024 * 1024,
+    documents: 1000,
+    values: 1_000_000,
+    text_bytes: 16 * 1024 * 1024,
+    ..LIMITS
+};
 
 #[derive(Args, Debug)]
 pub struct RenderArgs {
@@ -96,7 +102,9 @@ pub fn render(args: RenderArgs) -> Result<(), Failure> {
         ));
     }
     let bundle = match &args.with_secrets {
-        Some(path) => SecretsBundle::from_yaml(&read(path)?).map_err(fail)?,
+        Some(path) => {
+            SecretsBundle::from_yaml(&read_limited(path, LIMITS.input_bytes)?).map_err(fail)?
+        }
         None => SecretsBundle::generate(Contract::NEWEST).map_err(fail)?,
     };
     let fallback = fallback_cluster(&args)?;
@@ -290,19 +298,6 @@ fn target(doc: &Value) -> Option<Target> {
     })
 }
 
-fn read(path: &Path) -> Result<String, Failure> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| fail(format!("reading {}: {e}", path.display())))?
-        .len();
-    if size > MAX_FILE_BYTES {
-        return Err(fail(format!(
-            "{}: {size} bytes is over the {MAX_FILE_BYTES}-byte limit for a manifest file",
-            path.display()
-        )));
-    }
-    std::fs::read_to_string(path).map_err(|e| fail(format!("reading {}: {e}", path.display())))
-}
-
 /// `path` itself, or the YAML files directly inside it (sorted).
 fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, Failure> {
     if !path.is_dir() {
@@ -321,20 +316,9 @@ fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, Failure> {
 
 /// Every non-empty YAML document of `path`.
 fn documents(path: &Path) -> Result<Vec<Value>, Failure> {
-    let text = read(path)?;
-    let mut docs = Vec::new();
-    for (i, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-        if i >= MAX_DOCUMENTS {
-            return Err(fail(format!(
-                "{}: more than {MAX_DOCUMENTS} YAML documents",
-                path.display()
-            )));
-        }
-        let value = Value::deserialize(document)
-            .map_err(|e| fail(format!("{}: document {}: {e}", path.display(), i + 1)))?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
+    let text = read_limited(path, FILE_LIMITS.input_bytes)?;
+    machineconfig::limits::documents(&text, &FILE_LIMITS).map_err(|e| match e {
+        ParseError::Yaml(e) => fail(format!("{}: {e}", path.display())),
+        ParseError::Limit(e) => fail(format!("{}: {e}", path.display())),
+    })
 }

@@ -1,0 +1,370 @@
+//! The bad-input corpus, through the CLI (which runs the engine the manager runs): YAML bombs,
+//! patch chains that grow without bound, endless and oversized files, broken and mismatched
+//! secrets bundles, secrets in the wrong place. Each case has its expected outcome: exit 1 with
+//! a message naming the problem. Never a panic, a hang, a signal, memory past a cap, or a secret
+//! echoed back. Each run is capped at 4 GiB of address space and 60 s.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const ENDPOINT: &str = "https://10.0.0.1:6443";
+
+/// Exit code, stderr and how long the CLI took on `args`, run in `dir` under the caps.
+fn run_capped(dir: &Path, args: &[String]) -> (Option<i32>, String, Duration) {
+    let err = dir.join("stderr");
+    let mut child = Command::new("prlimit")
+        .arg("--as=4294967296")
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_talos-capi"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{args:?} hung for 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = String::from_utf8_lossy(&std::fs::read(&err).unwrap()).into_owned();
+    (status.code(), stderr, started.elapsed())
+}
+
+fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> String {
+    std::fs::write(dir.join(name), text).unwrap();
+    format!("@{name}")
+}
+
+/// Anchors each repeating the previous one ten times over a base list: 3 KB of YAML that
+/// expands to 2×10^8 values.
+fn alias_bomb() -> String {
+    let mut text = format!("a0: &a0 [{}]\n", vec!["x"; 2000].join(","));
+    for level in 1..=8 {
+        let refs = vec![format!("*a{}", level - 1); 10].join(", ");
+        text.push_str(&format!("a{level}: &a{level} [{refs}]\n"));
+    }
+    text
+}
+
+fn json_patch(ops: &[Value]) -> String {
+    serde_json::to_string(ops).unwrap()
+}
+
+/// 40 `copy` operations, each doubling the list it copies into itself.
+fn copy_chain() -> String {
+    let copy = json!({"op": "copy", "from": "/machine/certSANs", "path": "/machine/certSANs/-"});
+    let mut ops = vec![json!({"op": "add", "path": "/machine/certSANs", "value": ["a"]})];
+    ops.extend(std::iter::repeat_n(copy, 40));
+    json_patch(&ops)
+}
+
+/// `move` operations that nest a mapping one level deeper per three operations, 20,000 deep.
+fn move_chain() -> String {
+    let mut ops = vec![json!({"op": "add", "path": "/machine/n", "value": {}})];
+    for _ in 0..300 {
+        ops.push(json!({"op": "add", "path": "/machine/t", "value": {}}));
+        ops.push(json!({"op": "move", "from": "/machine/n", "path": "/machine/t/n"}));
+        ops.push(json!({"op": "move", "from": "/machine/t", "path": "/machine/n"}));
+    }
+    json_patch(&ops)
+}
+
+/// A TalosConfig manifest for `render`, with `patches` as its spec's patch fields.
+fn talosconfig(patches: Value) -> String {
+    let mut spec = json!({"generateType": "controlplane", "talosVersion": "v1.10"});
+    spec.as_object_mut()
+        .unwrap()
+        .extend(patches.as_object().unwrap().clone());
+    serde_yaml_ng::to_string(&json!({
+        "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3",
+        "kind": "TalosConfig",
+        "metadata": {"name": "hostile", "namespace": "default"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// The secrets bundle at `dir/secrets.yaml`, edited, written as `name`.
+fn edited_bundle(dir: &Path, name: &str, edit: impl Fn(&mut Value)) -> String {
+    let text = std::fs::read_to_string(dir.join("secrets.yaml")).unwrap();
+    let mut bundle: Value = serde_yaml_ng::from_str(&text).unwrap();
+    edit(&mut bundle);
+    std::fs::write(dir.join(name), serde_yaml_ng::to_string(&bundle).unwrap()).unwrap();
+    name.to_owned()
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn pem(b64_pem: &Value) -> String {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64_pem.as_str().unwrap())
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// What must never appear in output: the bundle's tokens and secrets, and every line of every
+/// key's PEM body.
+fn secrets_of(bundle: &Value) -> Vec<String> {
+    let mut out = vec![
+        bundle["cluster"]["secret"].as_str().unwrap().to_owned(),
+        bundle["secrets"]["bootstraptoken"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        bundle["trustdinfo"]["token"].as_str().unwrap().to_owned(),
+    ];
+    for (name, pair) in bundle["certs"].as_object().unwrap() {
+        if let Some(key) = pair.get("key") {
+            let body = pem(key);
+            out.extend(
+                body.lines()
+                    .filter(|l| !l.starts_with("-----") && l.len() > 16)
+                    .map(str::to_owned),
+            );
+            assert!(!body.is_empty(), "{name}");
+        }
+    }
+    out
+}
+
+struct Case {
+    what: &'static str,
+    args: Vec<String>,
+    message: &'static str,
+}
+
+fn gen_config(extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["gen", "config", "c", ENDPOINT, "--force", "-o", "out"]
+        .map(String::from)
+        .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn validate(file: &str) -> Vec<String> {
+    ["validate", "--config", file, "--mode", "metal"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn render(file: &str) -> Vec<String> {
+    ["render", "-f", file].map(String::from).to_vec()
+}
+
+#[test]
+fn every_hostile_input_is_refused_with_a_message_never_a_crash_hang_or_leak() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (code, err, _) = run_capped(
+        dir,
+        &["gen", "secrets", "-o", "secrets.yaml"].map(String::from),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let bundle: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("secrets.yaml")).unwrap())
+            .unwrap();
+    let secrets = secrets_of(&bundle);
+
+    let bomb = alias_bomb();
+    assert!(bomb.len() < 5000);
+    write(dir, "bomb.yaml", &bomb);
+    let nested = format!("{}x{}", "{a: ".repeat(150_000), "}".repeat(150_000));
+    write(dir, "nested.yaml", &nested);
+    let under_scan = format!("{}x{}", "[".repeat(1000), "]".repeat(1000));
+    write(dir, "nested-1000.yaml", &under_scan);
+    write(dir, "documents.yaml", "machine: {}\n---\n".repeat(20_000));
+    write(
+        dir,
+        "big.yaml",
+        format!("# {}\n", "x".repeat(3 * 1024 * 1024)),
+    );
+    write(dir, "binary.yaml", [0xff, 0xfe, 0x00, 0x41]);
+    let token_value = bundle["trustdinfo"]["token"].as_str().unwrap();
+    write(
+        dir,
+        "wrong-type.yaml",
+        format!(
+            "version: v1alpha1\nmachine:\n  type: worker\n  token: {{nested: {token_value}}}\n  ca:\n    crt: {}\n    key: [{token_value}]\ncluster: {{}}\n",
+            bundle["certs"]["os"]["crt"].as_str().unwrap()
+        ),
+    );
+    write(
+        dir,
+        "tc-bomb.yaml",
+        talosconfig(json!({"strategicPatches": [bomb]})),
+    );
+    let copy: Value = serde_json::from_str(&copy_chain()).unwrap();
+    write(
+        dir,
+        "tc-copy.yaml",
+        talosconfig(json!({"configPatches": copy})),
+    );
+
+    let cut_key = edited_bundle(dir, "cut-key.yaml", |b| {
+        let key = pem(&b["certs"]["k8s"]["key"]);
+        let lines: Vec<&str> = key.lines().collect();
+        let cut = [&lines[..2], &lines[lines.len() - 1..]].concat().join("\n");
+        b["certs"]["k8s"]["key"] = json!(b64(&cut));
+    });
+    let crafted = edited_bundle(dir, "crafted-pem.yaml", |b| {
+        b["certs"]["os"]["key"] = json!(b64("-----BEGIN X-----END Y"));
+    });
+    let swapped = edited_bundle(dir, "swapped.yaml", |b| {
+        b["certs"]["k8s"]["key"] = b["certs"]["etcd"]["key"].clone();
+    });
+    let garbage = edited_bundle(dir, "garbage-key.yaml", |b| {
+        b["certs"]["etcd"]["key"] = json!(b64(
+            "-----BEGIN EC PRIVATE KEY-----\nZ2FyYmFnZSBnYXJiYWdl\n-----END EC PRIVATE KEY-----\n"
+        ));
+    });
+
+    let cases = vec![
+        Case {
+            what: "a YAML alias bomb as a machine configuration",
+            args: validate("bomb.yaml"),
+            message: "more than 100000 values once YAML aliases are expanded",
+        },
+        Case {
+            what: "a YAML alias bomb as a patch",
+            args: gen_config(&["--config-patch", "@bomb.yaml"]),
+            message: "more than 100000 values once YAML aliases are expanded",
+        },
+        Case {
+            what: "a JSON patch whose copy operations double a list",
+            args: gen_config(&["--talos-version", "v1.10", "--config-patch", &copy_chain()]),
+            message: "more than 100000 values",
+        },
+        Case {
+            what: "a JSON patch whose move operations nest a mapping 300 levels deep",
+            args: gen_config(&["--talos-version", "v1.10", "--config-patch", &move_chain()]),
+            message: "nested more than 64 levels deep",
+        },
+        Case {
+            what: "150,000 nested flow mappings",
+            args: validate("nested.yaml"),
+            message: "nested more than 64 levels deep",
+        },
+        Case {
+            what: "1,000 nested flow lists",
+            args: validate("nested-1000.yaml"),
+            message: "nested more than 64 levels deep",
+        },
+        Case {
+            what: "20,000 YAML documents",
+            args: validate("documents.yaml"),
+            message: "more than 64 YAML documents",
+        },
+        Case {
+            what: "a device that never ends",
+            args: validate("/dev/urandom"),
+            message: "the limit is 2097152 bytes",
+        },
+        Case {
+            what: "a 3 MiB patch file",
+            args: gen_config(&["--config-patch", "@big.yaml"]),
+            message: "the limit is 2097152 bytes",
+        },
+        Case {
+            what: "a patch file that is not text",
+            args: gen_config(&["--config-patch", "@binary.yaml"]),
+            message: "not UTF-8",
+        },
+        Case {
+            what: "a patch that is a bare string",
+            args: gen_config(&["--config-patch", "just some text"]),
+            message: "must be a YAML mapping",
+        },
+        Case {
+            what: "a patch with a document kind Talos does not have",
+            args: gen_config(&["--config-patch", "apiVersion: v1alpha1\nkind: Evil\n"]),
+            message: "unknown configuration document kind \"Evil\"",
+        },
+        Case {
+            what: "secrets in fields of the wrong type",
+            args: validate("wrong-type.yaml"),
+            message: "machine.token",
+        },
+        Case {
+            what: "a Kubernetes CA key cut short",
+            args: gen_config(&["--with-secrets", &cut_key]),
+            message: "certs.k8s.key: not a private key Talos can use",
+        },
+        Case {
+            what: "a PEM block whose END line names another label",
+            args: gen_config(&["--with-secrets", &crafted]),
+            message: "certs.os.key: not PEM",
+        },
+        Case {
+            what: "the etcd CA key beside the Kubernetes CA certificate",
+            args: gen_config(&["--with-secrets", &swapped]),
+            message: "certs.k8s.crt and certs.k8s.key do not belong together",
+        },
+        Case {
+            what: "a garbage etcd CA key",
+            args: gen_config(&["--with-secrets", &garbage]),
+            message: "certs.etcd.key: not a private key Talos can use",
+        },
+        Case {
+            what: "a YAML alias bomb in a TalosConfig's strategicPatches",
+            args: render("tc-bomb.yaml"),
+            message: "more than 100000 values once YAML aliases are expanded",
+        },
+        Case {
+            what: "a copy chain in a TalosConfig's configPatches",
+            args: render("tc-copy.yaml"),
+            message: "more than 100000 values",
+        },
+        Case {
+            what: "a YAML alias bomb as a manifest file",
+            args: render("bomb.yaml"),
+            message: "more than 1000000 values once YAML aliases are expanded",
+        },
+    ];
+    let mut report = Vec::new();
+    for case in &cases {
+        let (code, err, took) = run_capped(dir, &case.args);
+        report.push(format!("{:>6} ms  {}", took.as_millis(), case.what));
+        assert_eq!(code, Some(1), "{}: exit {code:?}\n{err}", case.what);
+        assert!(!err.contains("panicked"), "{}: {err}", case.what);
+        assert!(
+            err.contains(case.message),
+            "{}: expected {:?} in\n{err}",
+            case.what,
+            case.message
+        );
+        for secret in &secrets {
+            assert!(
+                !err.contains(secret.as_str()),
+                "{}: a secret in\n{err}",
+                case.what
+            );
+        }
+        assert!(
+            err.len() < 4096,
+            "{}: {} bytes of message",
+            case.what,
+            err.len()
+        );
+    }
+    eprintln!(
+        "{} hostile inputs refused (time per case, debug build):\n{}",
+        cases.len(),
+        report.join("\n")
+    );
+}

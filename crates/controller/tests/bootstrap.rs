@@ -338,6 +338,158 @@ async fn a_bad_patch_is_reported_and_the_other_configs_still_become_ready() {
     assert!(found.is_ok(), "a Warning Event names the patch failure");
 }
 
+/// Hostile TalosConfigs committed to Git: each ends in a condition naming the limit it exceeds
+/// and a Warning Event, with no bootstrap data written, while a good config beside them becomes
+/// ready. An unusable bundle Secret is reported, and left as it was.
+#[tokio::test]
+async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconciles() {
+    let (client, ns, _controller) = setup("bootstrap-hostile").await;
+    cluster(&client, &ns, "hostile", false).await;
+    let mut bomb = format!("a0: &a0 [{}]\n", vec!["x"; 2000].join(","));
+    for level in 1..=8 {
+        let refs = vec![format!("*a{}", level - 1); 10].join(", ");
+        bomb.push_str(&format!("a{level}: &a{level} [{refs}]\n"));
+    }
+    let copy = json!({"op": "copy", "from": "/machine/certSANs", "path": "/machine/certSANs/-"});
+    let mut copies = vec![json!({"op": "add", "path": "/machine/certSANs", "value": ["a"]})];
+    copies.extend(std::iter::repeat_n(copy, 40));
+    let mut deep = json!("x");
+    for _ in 0..100 {
+        deep = json!({"a": deep});
+    }
+    let cases = [
+        (
+            "bomb-0",
+            json!({"generateType": "worker", "strategicPatches": [bomb]}),
+            "more than 100000 values once YAML aliases are expanded",
+        ),
+        (
+            "copies-0",
+            json!({"generateType": "worker", "talosVersion": "v1.10", "configPatches": copies}),
+            "more than 100000 values",
+        ),
+        (
+            "deep-0",
+            json!({"generateType": "worker", "talosVersion": "v1.10",
+                   "configPatches": [{"op": "add", "path": "/machine/x", "value": deep}]}),
+            "nested more than 64 levels deep",
+        ),
+    ];
+    for (name, spec, _) in &cases {
+        machine(&client, &ns, "hostile", name, spec.clone(), false).await;
+    }
+    machine(
+        &client,
+        &ns,
+        "hostile",
+        "good-0",
+        json!({"generateType": "worker"}),
+        false,
+    )
+    .await;
+    wait_config(&client, &ns, "good-0", ConditionType::Ready, "True").await;
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    for (name, _, message) in &cases {
+        let config = wait_config_where(
+            &client,
+            &ns,
+            name,
+            ConditionType::DataSecretAvailable,
+            "False",
+            |c| c.reason == "PatchFailed",
+        )
+        .await;
+        let cond = conditions::get(
+            config.status.unwrap().conditions.as_deref().unwrap(),
+            ConditionType::DataSecretAvailable,
+        )
+        .cloned()
+        .unwrap();
+        assert!(cond.message.contains(message), "{name}: {}", cond.message);
+        assert!(cond.message.len() < 2048, "{name}: {}", cond.message);
+        let data = format!("{name}-bootstrap-data");
+        assert!(
+            secrets_api.get_opt(&data).await.unwrap().is_none(),
+            "{name}: no partial write"
+        );
+        let warned = tokio::time::timeout(WAIT, async {
+            loop {
+                let list = events.list(&ListParams::default()).await.unwrap().items;
+                if list.iter().any(|e| {
+                    e.involved_object.name.as_deref() == Some(*name)
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.message.as_deref().is_some_and(|m| m.contains(message))
+                }) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        assert!(warned.is_ok(), "{name}: a Warning Event names the limit");
+    }
+
+    // A bundle Secret whose Kubernetes CA key belongs to another CA (committed by hand, or
+    // tampered with): InvalidSecret, and the Secret is neither used nor overwritten.
+    let mut bundle =
+        machineconfig::SecretsBundle::generate(machineconfig::Contract::NEWEST).unwrap();
+    bundle.certs.k8s.key = bundle.certs.etcd.key.clone();
+    let tampered: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "tampered-talos", "labels": {"cluster.x-k8s.io/cluster-name": "tampered"}},
+        "stringData": {"bundle": bundle.to_yaml().unwrap()}
+    }))
+    .unwrap();
+    secrets_api
+        .create(&PostParams::default(), &tampered)
+        .await
+        .unwrap();
+    let before = secrets_api.get("tampered-talos").await.unwrap();
+    cluster(&client, &ns, "tampered", false).await;
+    machine(
+        &client,
+        &ns,
+        "tampered",
+        "tampered-0",
+        json!({"generateType": "controlplane"}),
+        true,
+    )
+    .await;
+    let config = wait_config_where(
+        &client,
+        &ns,
+        "tampered-0",
+        ConditionType::DataSecretAvailable,
+        "False",
+        |c| c.reason == "InvalidSecret",
+    )
+    .await;
+    let cond = conditions::get(
+        config.status.unwrap().conditions.as_deref().unwrap(),
+        ConditionType::DataSecretAvailable,
+    )
+    .cloned()
+    .unwrap();
+    assert!(
+        cond.message
+            .contains("certs.k8s.crt and certs.k8s.key do not belong together"),
+        "{}",
+        cond.message
+    );
+    let after = secrets_api.get("tampered-talos").await.unwrap();
+    assert_eq!(
+        before.data, after.data,
+        "the bundle Secret is left as it was"
+    );
+    assert!(
+        secrets_api
+            .get_opt("tampered-0-bootstrap-data")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 #[tokio::test]
 async fn pause_holds_everything_until_lifted() {
     let (client, ns, _controller) = setup("bootstrap-pause").await;

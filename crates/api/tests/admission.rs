@@ -420,3 +420,66 @@ fn checked_in_api_reference_matches_the_code() {
         "docs/api.md is stale: run `make crds`"
     );
 }
+
+/// Fields that carry a configuration or patches are bounded at admission, with messages that
+/// give the limit (the controller bounds what they expand to; see machineconfig::limits).
+#[tokio::test]
+async fn oversized_configs_and_patch_lists_are_refused_naming_the_limit() {
+    let (_, client) = control_plane().await;
+    let ns = unique_namespace(&client, "admission-size").await.unwrap();
+    let big = "#".repeat(1024 * 1024 + 1);
+    let mut tcp = tcp_manifest("too-many-patches");
+    tcp["spec"]["controlPlaneConfig"]["controlplane"]["strategicPatches"] =
+        json!(vec!["machine: {}"; 65]);
+    for (manifest, field, limit) in [
+        (
+            json!({
+                "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
+                "metadata": {"name": "too-much-data"},
+                "spec": {"generateType": "none", "data": big}
+            }),
+            "spec.data",
+            "1048576",
+        ),
+        (
+            json!({
+                "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
+                "metadata": {"name": "too-big-a-patch"},
+                "spec": {"generateType": "worker", "strategicPatches": [big]}
+            }),
+            "spec.strategicPatches[0]",
+            "1048576",
+        ),
+        (
+            tcp,
+            "spec.controlPlaneConfig.controlplane.strategicPatches",
+            "64",
+        ),
+    ] {
+        let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
+        let err = api_for(&client, &ns, &manifest)
+            .patch(
+                &name,
+                &PatchParams::apply("admission-test").force(),
+                &Patch::Apply(&manifest),
+            )
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(field) && err.contains(limit),
+            "{name}: {field} and {limit} in {}",
+            &err[..err.len().min(600)]
+        );
+        assert!(
+            err.len() < 4096,
+            "{name}: the message does not echo the value"
+        );
+    }
+    // At the limits, accepted.
+    let mut tcp = tcp_manifest("sixty-four-patches");
+    tcp["spec"]["controlPlaneConfig"]["controlplane"]["strategicPatches"] =
+        json!(vec!["machine: {}"; 64]);
+    apply(&client, &ns, &tcp).await;
+}

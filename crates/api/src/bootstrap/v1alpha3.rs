@@ -127,8 +127,10 @@ pub struct TalosConfigSpec {
     #[schemars(length(max = 64))]
     #[x_kube(validation = kube::core::Rule::new("self == '' || self.matches('^v?[0-9]+\\\\.[0-9]+(\\\\.[0-9]+)?([-+][0-9A-Za-z.+-]*)?$')").message("talosVersion must look like v1.13 or v1.13.0"))]
     pub talos_version: Option<String>,
-    /// A complete machine configuration, used when generateType is none.
+    /// A complete machine configuration, used when generateType is none. At most 1 MiB: the
+    /// bootstrap data Secret that carries it holds no more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1048576))]
     pub data: Option<String>,
     /// RFC 6902 JSON patches applied to the generated configuration, in order, before the
     /// strategic merge patches. Only valid for single-document configurations (Talos refuses
@@ -137,7 +139,10 @@ pub struct TalosConfigSpec {
     #[schemars(length(max = 512))]
     pub config_patches: Option<Vec<ConfigPatch>>,
     /// Talos strategic merge patches (YAML, possibly multi-document) applied after configPatches.
+    /// At most 64 patches of at most 1 MiB each; the provider also bounds what a patch expands
+    /// to (YAML aliases), how deep it nests and how many documents it holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(length(max = 1048576)))]
     pub strategic_patches: Option<Vec<String>>,
     /// How the machine's hostname is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]

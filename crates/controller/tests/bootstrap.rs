@@ -361,7 +361,7 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
         (
             "bomb-0",
             json!({"generateType": "worker", "strategicPatches": [bomb]}),
-            "more than 100000 values once YAML aliases are expanded",
+            "more than 100000 values, counting each use of a YAML alias in full",
         ),
         (
             "copies-0",

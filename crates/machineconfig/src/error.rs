@@ -157,6 +157,12 @@ pub enum DecodeError {
     NoPemBlock,
     #[error("not PEM (the block's -----END line is missing or names another label)")]
     UnterminatedPem,
+    #[error(
+        "not a Kubernetes bootstrap token (six and sixteen lowercase letters or digits, joined by a dot)"
+    )]
+    BootstrapToken,
+    #[error("a {bytes}-byte key, which the encryption provider does not take")]
+    KeyLength { bytes: usize },
     #[error("not a readable X.509 certificate")]
     Certificate,
     #[error("not a private key Talos can use ({label} block)")]

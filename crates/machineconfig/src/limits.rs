@@ -55,9 +55,9 @@ pub enum LimitError {
     Documents { limit: usize },
     #[error("lists and mappings nested more than {limit} levels deep")]
     Depth { limit: usize },
-    #[error("more than {limit} values once YAML aliases are expanded")]
+    #[error("more than {limit} values, counting each use of a YAML alias in full")]
     Values { limit: usize },
-    #[error("more than {limit} bytes of text once YAML aliases are expanded")]
+    #[error("more than {limit} bytes of text, counting each use of a YAML alias in full")]
     TextBytes { limit: usize },
     #[error("{count} operations is more than the limit of {limit} in one JSON patch")]
     Operations { count: usize, limit: usize },
@@ -83,23 +83,34 @@ pub fn check_size(text: &str, limits: &Limits) -> Result<(), LimitError> {
     Ok(())
 }
 
-/// Refuse text with far more unclosed `[` and `{` than the depth limit allows, before the YAML
-/// parser sees it: the parser scans every open flow collection for each token, so 150,000 nested
-/// `{a: ` take it minutes, before any value reaches the depth check. The scan ignores quoting,
-/// so it allows 16 times the depth limit: only text that is mostly unclosed brackets trips it.
-fn check_brackets(text: &str, limits: &Limits) -> Result<(), LimitError> {
-    let allowed = limits.depth.saturating_mul(16);
-    let mut open = 0usize;
-    for byte in text.bytes() {
-        match byte {
-            b'[' | b'{' => open += 1,
-            b']' | b'}' => open = open.saturating_sub(1),
-            _ => continue,
-        }
-        if open > allowed {
-            return Err(LimitError::Depth {
-                limit: limits.depth,
-            });
+/// Refuse text nested deeper than the limit before the YAML parser that builds values sees it:
+/// that parser scans every open flow collection for each token, so 150,000 nested `{a: ` take it
+/// minutes before any value reaches the depth check. A streaming parser walks the events here and
+/// stops at the first collection over the limit. Where it cannot read the text, every `[` and `{`
+/// counts as an opening, so that no quoting trick can hide nesting from this check.
+fn check_nesting(text: &str, limits: &Limits) -> Result<(), LimitError> {
+    use granit_parser::{Event, Parser};
+    let too_deep = LimitError::Depth {
+        limit: limits.depth,
+    };
+    let mut depth = 0usize;
+    for event in Parser::new_from_str(text) {
+        match event {
+            Ok((Event::SequenceStart(..) | Event::MappingStart(..), _)) => {
+                depth += 1;
+                if depth > limits.depth {
+                    return Err(too_deep);
+                }
+            }
+            Ok((Event::SequenceEnd | Event::MappingEnd, _)) => depth = depth.saturating_sub(1),
+            Ok(_) => {}
+            Err(_) => {
+                let openings = text.bytes().filter(|b| matches!(b, b'[' | b'{')).count();
+                return match openings > limits.depth.saturating_mul(16) {
+                    true => Err(too_deep),
+                    false => Ok(()),
+                };
+            }
         }
     }
     Ok(())
@@ -109,7 +120,7 @@ fn check_brackets(text: &str, limits: &Limits) -> Result<(), LimitError> {
 /// text is shared by all documents of the stream.
 pub fn documents(text: &str, limits: &Limits) -> Result<Vec<Value>, ParseError> {
     check_size(text, limits).map_err(ParseError::Limit)?;
-    check_brackets(text, limits).map_err(ParseError::Limit)?;
+    check_nesting(text, limits).map_err(ParseError::Limit)?;
     let budget = Budget::new(limits);
     let mut docs = Vec::new();
     for (n, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
@@ -419,9 +430,14 @@ mod tests {
             documents(&deepest, &LIMITS),
             Err(ParseError::Limit(LimitError::Depth { limit: 64 }))
         ));
-        // Brackets inside strings count, but only text that is mostly brackets trips the scan.
+        // Brackets inside strings are text; closing brackets inside strings hide nothing.
         let brackets = format!("a: \"{}\"\n", "[".repeat(1000));
         assert_eq!(documents(&brackets, &LIMITS).unwrap().len(), 1);
+        let quoted_closers = format!("{}x", "[']', ".repeat(100_000));
+        assert!(matches!(
+            documents(&quoted_closers, &LIMITS),
+            Err(ParseError::Limit(LimitError::Depth { limit: 64 }))
+        ));
         let many = "a: 1\n---\n".repeat(65);
         assert!(matches!(
             documents(&many, &LIMITS),

@@ -256,6 +256,37 @@ impl SecretsBundle {
         }
         let sa = "certs.k8sserviceaccount.key";
         private_key_public_key(sa, &check_pem(sa, &self.certs.k8sserviceaccount.key)?)?;
+        let invalid = |field: &str, source| Error::BundleField {
+            field: field.to_owned(),
+            source,
+        };
+        if !is_bootstrap_token(&self.secrets.bootstraptoken) {
+            return Err(invalid(
+                "secrets.bootstraptoken",
+                DecodeError::BootstrapToken,
+            ));
+        }
+        // Kubernetes's encryption providers: secretbox takes a 32-byte key, aescbc 16, 24 or 32.
+        for (field, value, sizes) in [
+            (
+                "secrets.secretboxencryptionsecret",
+                &self.secrets.secretboxencryptionsecret,
+                &[32][..],
+            ),
+            (
+                "secrets.aescbcencryptionsecret",
+                &self.secrets.aescbcencryptionsecret,
+                &[16, 24, 32][..],
+            ),
+        ] {
+            let Some(value) = value else { continue };
+            let key = STANDARD
+                .decode(value.trim())
+                .map_err(|e| invalid(field, DecodeError::from(e)))?;
+            if !sizes.contains(&key.len()) {
+                return Err(invalid(field, DecodeError::KeyLength { bytes: key.len() }));
+            }
+        }
         Ok(())
     }
 }
@@ -323,6 +354,20 @@ fn token(rng: &mut impl Rng) -> String {
             .collect()
     };
     format!("{}.{}", pick(6), pick(16))
+}
+
+/// Kubernetes's bootstrap token form, `[a-z0-9]{6}.[a-z0-9]{16}`: the API server refuses any
+/// other, and workers could never join.
+fn is_bootstrap_token(token: &str) -> bool {
+    let ok = |part: &str, len: usize| {
+        part.len() == len
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    token
+        .split_once('.')
+        .is_some_and(|(id, secret)| ok(id, 6) && ok(secret, 16))
 }
 
 pub(crate) fn b64(pem: &str) -> String {
@@ -548,7 +593,7 @@ mod tests {
             ("certs".to_owned(), certs.into_bytes()),
             (
                 "kubeSecrets".to_owned(),
-                b"bootstraptoken: abcdef.0123456789abcdef\naescbcencryptionsecret: c2VjcmV0\n"
+                b"bootstraptoken: abcdef.0123456789abcdef\naescbcencryptionsecret: MDEyMzQ1Njc4OWFiY2RlZg==\n"
                     .to_vec(),
             ),
             (
@@ -561,7 +606,7 @@ mod tests {
         assert_eq!(loaded.secrets.bootstraptoken, "abcdef.0123456789abcdef");
         assert_eq!(
             loaded.encryption_secret(),
-            ("aescbcEncryptionSecret", "c2VjcmV0")
+            ("aescbcEncryptionSecret", "MDEyMzQ1Njc4OWFiY2RlZg==")
         );
         assert_eq!(loaded.trustdinfo.token, "ghijkl.0123456789abcdef");
         assert!(!loaded.cluster.id.is_empty());
@@ -682,6 +727,49 @@ mod tests {
             matches!(&err, Error::BundleField { field, source: DecodeError::PrivateKey { label } } if field == "certs.k8sserviceaccount.key" && label == "CERTIFICATE"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn tokens_and_encryption_keys_must_have_the_shapes_kubernetes_takes() {
+        let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+        for (edit, field, source) in [
+            (
+                (|b: &mut SecretsBundle| b.secrets.bootstraptoken = "x".into())
+                    as fn(&mut SecretsBundle),
+                "secrets.bootstraptoken",
+                DecodeError::BootstrapToken,
+            ),
+            (
+                |b| b.secrets.bootstraptoken = "ABCDEF.0123456789abcdef".into(),
+                "secrets.bootstraptoken",
+                DecodeError::BootstrapToken,
+            ),
+            (
+                |b| b.secrets.secretboxencryptionsecret = Some(STANDARD.encode([0u8; 16])),
+                "secrets.secretboxencryptionsecret",
+                DecodeError::KeyLength { bytes: 16 },
+            ),
+            (
+                |b| b.secrets.secretboxencryptionsecret = Some("not base64!".into()),
+                "secrets.secretboxencryptionsecret",
+                DecodeError::Base64Character { offset: 3 },
+            ),
+            (
+                |b| b.secrets.aescbcencryptionsecret = Some(STANDARD.encode([0u8; 20])),
+                "secrets.aescbcencryptionsecret",
+                DecodeError::KeyLength { bytes: 20 },
+            ),
+        ] {
+            let mut b = bundle.clone();
+            edit(&mut b);
+            let err = SecretsBundle::from_yaml(&b.to_yaml().unwrap()).unwrap_err();
+            assert!(
+                matches!(&err, Error::BundleField { field: f, source: s } if f == field && *s == source),
+                "{err:?}"
+            );
+        }
+        assert!(is_bootstrap_token("abcdef.0123456789abcdef"));
+        assert!(!is_bootstrap_token("abcdef.0123456789abcdef.x"));
     }
 
     /// A crafted block whose END comes before its BEGIN label ends used to panic on slicing.

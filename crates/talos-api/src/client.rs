@@ -271,6 +271,12 @@ fn from_code(code: Code, message: String) -> Error {
         Code::ResourceExhausted => Error::ResourceExhausted(message),
         Code::Aborted => Error::Aborted(message),
         Code::DeadlineExceeded => Error::DeadlineExceeded(message),
+        // This client never cancels a call whose result it reads: a Cancelled it sees is the
+        // connection closing under the call (the node rebooted or went away), so it is as
+        // retryable as an unreachable node.
+        Code::Cancelled => {
+            Error::Unavailable(format!("the connection closed during the call: {message}"))
+        }
         code => Error::Other { code, message },
     }
 }
@@ -831,6 +837,12 @@ mod tests {
         // Without a known deadline, the status's message is kept.
         let e = Error::from(Status::deadline_exceeded("slow"));
         assert_eq!(e.to_string(), "deadline exceeded: slow");
+        // A call cut short by its connection closing: Unavailable, so retried.
+        let e = Error::from(Status::cancelled("operation was canceled"));
+        assert!(
+            matches!(e, Error::Unavailable(_)) && e.is_retryable(),
+            "{e:?}"
+        );
 
         // Per-node errors of a multi-node reply.
         let failed = Version {

@@ -151,29 +151,39 @@ pub(crate) fn write_private(path: &Path, content: &str, force: bool) -> Result<(
         std::fs::create_dir_all(dir)
             .map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
     }
+    // Written beside the target and renamed over it: the target is replaced whole or not at
+    // all, and a hard link to it elsewhere keeps its old content.
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let written = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
-        .open(path)
+        .open(&temporary)
         .and_then(|mut f| {
-            // An existing file keeps its mode on open: set it.
-            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-            f.write_all(content.as_bytes())
-        });
-    written.map_err(|e| fail(format!("writing {}: {e}", path.display())))?;
+            f.write_all(content.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(fail(format!("writing {}: {e}", path.display())));
+    }
     println!("Created {}", path.display());
     Ok(())
 }
 
-/// `@file` or inline text, as talosctl takes patches.
-fn load_patch(spec: &str) -> Result<Patch, Failure> {
-    let text = match spec.strip_prefix('@') {
-        Some(file) => read(Path::new(file))?,
-        None => spec.to_owned(),
+/// `@file` or inline text, as talosctl takes patches; the `n`th given to `flag`. Errors name the
+/// file, or the flag and position of an inline patch, never its text: patches carry secrets.
+fn load_patch(flag: &str, n: usize, spec: &str) -> Result<Patch, Failure> {
+    let (text, label) = match spec.strip_prefix('@') {
+        Some(file) => (read(Path::new(file))?, format!("patch {spec}")),
+        None => (spec.to_owned(), format!("inline patch {} of {flag}", n + 1)),
     };
-    Patch::parse(&text).map_err(|e| fail(format!("patch {spec:?}: {e}")))
+    Patch::parse(&text).map_err(|e| fail(format!("{label}: {e}")))
 }
 
 fn gen_config(a: ConfigArgs) -> Result<(), Failure> {
@@ -201,20 +211,27 @@ fn gen_config(a: ConfigArgs) -> Result<(), Failure> {
     let common = a
         .config_patch
         .iter()
-        .map(|p| load_patch(p))
+        .enumerate()
+        .map(|(n, p)| load_patch("--config-patch", n, p))
         .collect::<Result<Vec<_>, _>>()?;
     let mut outputs = Vec::new();
-    for (machine_type, specific, file) in [
+    for (machine_type, flag, specific, file) in [
         (
             MachineType::Controlplane,
+            "--config-patch-control-plane",
             &a.config_patch_control_plane,
             "controlplane.yaml",
         ),
-        (MachineType::Worker, &a.config_patch_worker, "worker.yaml"),
+        (
+            MachineType::Worker,
+            "--config-patch-worker",
+            &a.config_patch_worker,
+            "worker.yaml",
+        ),
     ] {
         let mut patches = common.clone();
-        for p in specific {
-            patches.push(load_patch(p)?);
+        for (n, p) in specific.iter().enumerate() {
+            patches.push(load_patch(flag, n, p)?);
         }
         let yaml = machineconfig::generate(machine_type, &input, &bundle, &patches)
             .map_err(|e| fail(format!("generating {file}: {e}")))?;

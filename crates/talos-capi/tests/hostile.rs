@@ -186,8 +186,11 @@ fn every_hostile_input_is_refused_with_a_message_never_a_crash_hang_or_leak() {
     write(dir, "bomb.yaml", &bomb);
     let nested = format!("{}x{}", "{a: ".repeat(150_000), "}".repeat(150_000));
     write(dir, "nested.yaml", &nested);
-    let under_scan = format!("{}x{}", "[".repeat(1000), "]".repeat(1000));
-    write(dir, "nested-1000.yaml", &under_scan);
+    write(
+        dir,
+        "quoted-closers.yaml",
+        format!("{}x", "[']', ".repeat(100_000)),
+    );
     write(dir, "documents.yaml", "machine: {}\n---\n".repeat(20_000));
     write(
         dir,
@@ -228,6 +231,10 @@ fn every_hostile_input_is_refused_with_a_message_never_a_crash_hang_or_leak() {
     let swapped = edited_bundle(dir, "swapped.yaml", |b| {
         b["certs"]["k8s"]["key"] = b["certs"]["etcd"]["key"].clone();
     });
+    let bad_token = edited_bundle(dir, "bad-token.yaml", |b| {
+        b["secrets"]["bootstraptoken"] = json!("x");
+    });
+    let leaky_patch = format!("machine: {{token: {token_value}, bogus: 1}}");
     let garbage = edited_bundle(dir, "garbage-key.yaml", |b| {
         b["certs"]["etcd"]["key"] = json!(b64(
             "-----BEGIN EC PRIVATE KEY-----\nZ2FyYmFnZSBnYXJiYWdl\n-----END EC PRIVATE KEY-----\n"
@@ -238,12 +245,12 @@ fn every_hostile_input_is_refused_with_a_message_never_a_crash_hang_or_leak() {
         Case {
             what: "a YAML alias bomb as a machine configuration",
             args: validate("bomb.yaml"),
-            message: "more than 100000 values once YAML aliases are expanded",
+            message: "more than 100000 values, counting each use of a YAML alias in full",
         },
         Case {
             what: "a YAML alias bomb as a patch",
             args: gen_config(&["--config-patch", "@bomb.yaml"]),
-            message: "more than 100000 values once YAML aliases are expanded",
+            message: "more than 100000 values, counting each use of a YAML alias in full",
         },
         Case {
             what: "a JSON patch whose copy operations double a list",
@@ -261,8 +268,8 @@ fn every_hostile_input_is_refused_with_a_message_never_a_crash_hang_or_leak() {
             message: "nested more than 64 levels deep",
         },
         Case {
-            what: "1,000 nested flow lists",
-            args: validate("nested-1000.yaml"),
+            what: "100,000 nested flow lists, each followed by a quoted closing bracket",
+            args: validate("quoted-closers.yaml"),
             message: "nested more than 64 levels deep",
         },
         Case {
@@ -316,6 +323,16 @@ fn every_hostile_input_is_refused_with_a_message_never_a_crash_hang_or_leak() {
             message: "certs.k8s.crt and certs.k8s.key do not belong together",
         },
         Case {
+            what: "a bootstrap token Kubernetes would refuse",
+            args: gen_config(&["--with-secrets", &bad_token]),
+            message: "secrets.bootstraptoken: not a Kubernetes bootstrap token",
+        },
+        Case {
+            what: "a failing inline patch that holds a token",
+            args: gen_config(&["--config-patch", &leaky_patch]),
+            message: "inline patch 1 of --config-patch",
+        },
+        Case {
             what: "a garbage etcd CA key",
             args: gen_config(&["--with-secrets", &garbage]),
             message: "certs.etcd.key: not a private key Talos can use",
@@ -323,7 +340,7 @@ fn every_hostile_input_is_refused_with_a_message_never_a_crash_hang_or_leak() {
         Case {
             what: "a YAML alias bomb in a TalosConfig's strategicPatches",
             args: render("tc-bomb.yaml"),
-            message: "more than 100000 values once YAML aliases are expanded",
+            message: "more than 100000 values, counting each use of a YAML alias in full",
         },
         Case {
             what: "a copy chain in a TalosConfig's configPatches",
@@ -333,7 +350,7 @@ fn every_hostile_input_is_refused_with_a_message_never_a_crash_hang_or_leak() {
         Case {
             what: "a YAML alias bomb as a manifest file",
             args: render("bomb.yaml"),
-            message: "more than 1000000 values once YAML aliases are expanded",
+            message: "more than 1000000 values, counting each use of a YAML alias in full",
         },
     ];
     let mut report = Vec::new();
@@ -367,4 +384,29 @@ fn every_hostile_input_is_refused_with_a_message_never_a_crash_hang_or_leak() {
         cases.len(),
         report.join("\n")
     );
+}
+
+/// `--force` replaces an output file whole: a hard link to it elsewhere keeps its content, and
+/// nothing is left half-written.
+#[test]
+fn force_replaces_files_and_never_writes_through_a_hard_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("out")).unwrap();
+    std::fs::write(dir.join("elsewhere.txt"), "keep me").unwrap();
+    std::fs::hard_link(dir.join("elsewhere.txt"), dir.join("out/worker.yaml")).unwrap();
+    let (code, err, _) = run_capped(dir, &gen_config(&[]));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("elsewhere.txt")).unwrap(),
+        "keep me"
+    );
+    let worker = std::fs::read_to_string(dir.join("out/worker.yaml")).unwrap();
+    assert!(worker.contains("type: worker"));
+    let left: Vec<_> = std::fs::read_dir(dir.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -50,6 +50,9 @@ pub struct Failures {
     pub etcd_unhealthy: bool,
     /// gRPC method name (e.g. "EtcdMemberList") -> the error code it returns.
     pub api_errors: HashMap<String, tonic::Code>,
+    /// gRPC method name -> how long this node stalls a call it receives before answering it (a
+    /// hung or overloaded apid; longer than a client's timeout, the call never returns in time).
+    pub stalls: HashMap<String, Duration>,
 }
 
 /// Where a simulated node listens and what it runs.

@@ -42,9 +42,16 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let api = Api { shared, node };
+    let api = Api {
+        shared,
+        node: node.clone(),
+    };
     Server::builder()
         .tls_config(tls)?
+        .layer(tower::layer::layer_fn(move |inner| Stall {
+            inner,
+            node: node.clone(),
+        }))
         .add_service(MachineServiceServer::new(api.clone()))
         .add_service(LifecycleServiceServer::new(api.clone()))
         .add_service(ImageServiceServer::new(api))
@@ -53,6 +60,46 @@ pub(crate) async fn serve(
             shutdown,
         )
         .await
+}
+
+/// Holds each call the node's [`crate::node::Failures::stalls`] name (by gRPC method) for as long
+/// as it says before handing it on: a hung or overloaded apid.
+#[derive(Clone)]
+struct Stall<S> {
+    inner: S,
+    node: Arc<Node>,
+}
+
+impl<S, B> tower::Service<tonic::codegen::http::Request<B>> for Stall<S>
+where
+    S: tower::Service<tonic::codegen::http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let method = req.uri().path().rsplit('/').next().unwrap_or_default();
+        let stall = self.node.state().failures.stalls.get(method).copied();
+        // The clone that was made ready is the one to call; a fresh clone takes its place.
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            if let Some(stall) = stall {
+                tokio::time::sleep(stall).await;
+            }
+            ready.call(req).await
+        })
+    }
 }
 
 /// A control-plane node that boots into a bootstrapped cluster joins etcd as a learner, and is
@@ -183,6 +230,7 @@ impl Api {
         if !maintenance && role_of(&req) < need {
             return Err(Status::permission_denied("not authorized"));
         }
+
         let targets = targets(&req);
         let served = match &targets {
             Targets::Many(ts) => ts.len() as u64,

@@ -1,18 +1,6 @@
-//! Any bytes as a machine configuration, a secrets bundle or a talosconfig: parse and validate
-//! without panicking.
+//! Any bytes as every kind of input the engine parses (see ../bodies.rs).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
+include!("../bodies.rs");
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Ok(docs) = machineconfig::render::from_yaml(text) {
-        for mode in [machineconfig::Mode::Metal, machineconfig::Mode::Container] {
-            let _ = machineconfig::validate(&docs, mode, true);
-        }
-    }
-    let _ = machineconfig::SecretsBundle::from_yaml(text);
-    let _ = machineconfig::talosconfig::TalosConfig::from_yaml(text);
-    let _ = machineconfig::Contract::parse(text);
-    let _ = machineconfig::render::Endpoint::parse(text);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| config_parse(data));

@@ -44,7 +44,7 @@ unit: ## Unit and integration tests (integration tests start real etcd/kube-apis
 
 .PHONY: test
 test: ## Everything CI runs, on Cluster API v1.14 then the v1.12 floor lane; the orphan check runs even after a failure.
-	@status=0; $(MAKE) --no-print-directory tools lint unit e2e test-capi-floor release-binary || status=$$?; \
+	@status=0; $(MAKE) --no-print-directory tools lint unit e2e secrets-scan test-capi-floor release-binary || status=$$?; \
 	  hack/no-orphans.sh || status=1; exit $$status
 
 .PHONY: test-capi-floor
@@ -86,6 +86,11 @@ DEMO_ARGS ?=
 demo: tools ## The main job: talos-capi brings up the seeds' HA cluster (3 control planes, 3 workers) on simulated Talos nodes, then upgrades Kubernetes and Talos live (DEMO_ARGS=--keep leaves it running).
 	$(CARGO) build --locked -p talos-capi -p testkit --bin talos-capi --bin demo
 	target/debug/demo --talos-capi target/debug/talos-capi --dir target/demo $(DEMO_ARGS)
+
+.PHONY: secrets-scan
+secrets-scan: tools ## The demo's whole run with the manager at debug level, then every secret the cluster holds searched for in its log, Events, objects and metrics (fails on any hit).
+	$(CARGO) build --locked -p talos-capi -p testkit --bin talos-capi --bin demo
+	target/debug/demo --talos-capi target/debug/talos-capi --dir target/secrets-scan --scan-secrets
 
 .PHONY: walkthrough
 walkthrough: tools $(LOCAL_CP_BIN) ## The seed walkthrough by hand: talos-capi gen config, then the real talosctl's apply-config --insecure, bootstrap and etcd members on simulated nodes.

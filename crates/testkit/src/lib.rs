@@ -26,6 +26,7 @@ mod manifest;
 pub mod peers;
 pub mod pki;
 pub mod process;
+pub mod secrets_scan;
 mod shared;
 pub mod sim_infra;
 pub mod tools;

@@ -42,6 +42,11 @@ struct Args {
     /// Keep everything running at the end, until Ctrl-C or `make down`.
     #[arg(long)]
     keep: bool,
+    /// Run the manager at debug level and, at the end, search its log, the Events, every
+    /// object's status and metadata and its metrics for every secret the cluster holds; fail
+    /// on any hit.
+    #[arg(long)]
+    scan_secrets: bool,
 }
 
 type Failure = String;
@@ -118,7 +123,7 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         free_port().map_err(|e| e.to_string())?,
         free_port().map_err(|e| e.to_string())?,
     );
-    let manager_args: Vec<String> = [
+    let mut manager_args: Vec<String> = [
         "manager".to_owned(),
         format!("--kubeconfig={}", kubeconfig.display()),
         format!("--namespace={NS}"),
@@ -126,6 +131,9 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         format!("--health-probe-bind-address=127.0.0.1:{health}"),
     ]
     .into();
+    if args.scan_secrets {
+        manager_args.push("--log-level=debug".to_owned());
+    }
     let manager_log = dir.join("talos-capi-manager.log");
     let manager = ManagedProcess::spawn("talos-capi", binary, &manager_args, &manager_log, None)
         .map_err(|e| format!("starting the manager: {e}"))?;
@@ -246,6 +254,10 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         &["get", "taloscontrolplane,machines", "-n", NS],
     );
     println!("\ndemo done in {:.0} s", started.elapsed().as_secs_f64());
+    if args.scan_secrets {
+        step("Secrets scan: the manager's debug log, Events, objects and metrics");
+        scan_secrets(&client, &manager_log, metrics, dir).await?;
+    }
 
     if args.keep {
         step("Everything keeps running (Ctrl-C or `make down` stops it)");
@@ -523,6 +535,113 @@ async fn progress(
         last = line;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Every secret of the namespace's Secrets, searched for in everything the operator emitted.
+async fn scan_secrets(
+    client: &kube::Client,
+    manager_log: &Path,
+    metrics: u16,
+    dir: &Path,
+) -> Result<(), Failure> {
+    use k8s_openapi::api::core::v1::{Event, Secret};
+    use testkit::secrets_scan::{Haystack, Needles};
+    let mut needles = Needles::default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let list = secrets
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("listing Secrets: {e}"))?;
+    let mut kinds = Vec::new();
+    for secret in &list.items {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let text = |key: &str| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        };
+        let added = if let Some(bundle) = text("bundle") {
+            needles.add_bundle(&bundle)
+        } else if let Some(config) = text("talosconfig") {
+            needles.add_talosconfig(&config)
+        } else if name.ends_with("-kubeconfig") {
+            needles.add_kubeconfig(&text("value").unwrap_or_default())
+        } else {
+            continue;
+        };
+        added.map_err(|e| format!("reading Secret {name}: {e}"))?;
+        kinds.push(name);
+    }
+    if kinds.len() < 3 {
+        return Err(format!(
+            "the scan needs the bundle, talosconfig and kubeconfig Secrets; found {kinds:?}"
+        ));
+    }
+    let mut haystacks = vec![Haystack {
+        name: "manager log".into(),
+        text: std::fs::read_to_string(manager_log)
+            .map_err(|e| format!("reading {}: {e}", manager_log.display()))?,
+    }];
+    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    let events = events
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("listing Events: {e}"))?;
+    haystacks.push(Haystack {
+        name: format!("{} Events", events.items.len()),
+        text: serde_json::to_string(&events.items).unwrap_or_default(),
+    });
+    for (api_version, kind) in [
+        ("cluster.x-k8s.io/v1beta2", "Cluster"),
+        ("cluster.x-k8s.io/v1beta2", "Machine"),
+        ("cluster.x-k8s.io/v1beta2", "MachineSet"),
+        ("cluster.x-k8s.io/v1beta2", "MachineDeployment"),
+        (
+            "controlplane.cluster.x-k8s.io/v1alpha3",
+            "TalosControlPlane",
+        ),
+        ("bootstrap.cluster.x-k8s.io/v1alpha3", "TalosConfig"),
+        ("bootstrap.cluster.x-k8s.io/v1alpha3", "TalosConfigTemplate"),
+    ] {
+        let objects = dynamic_api(client, NS, api_version, kind)
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("listing {kind}: {e}"))?;
+        haystacks.push(Haystack {
+            name: format!("{} {kind} objects", objects.items.len()),
+            text: serde_json::to_string(&objects.items).unwrap_or_default(),
+        });
+    }
+    let (_, scraped) = testkit::process::http_get(metrics, "/metrics")
+        .await
+        .ok_or("scraping the manager's metrics")?;
+    haystacks.push(Haystack {
+        name: "metrics".into(),
+        text: scraped,
+    });
+    let report = needles.scan(&haystacks);
+    let summary = format!(
+        "secrets scan: {} bytes in {} haystacks (manager debug log, Events, object status and metadata, metrics) searched for {} secrets ({} fragments) from {} Secrets: {} hits",
+        report.bytes,
+        report.haystacks,
+        report.secrets,
+        report.fragments,
+        kinds.len(),
+        report.hits.len()
+    );
+    println!("{summary}");
+    let _ = std::fs::write(dir.join("secrets-scan.txt"), format!("{summary}\n"));
+    if !report.hits.is_empty() {
+        let found: Vec<String> = report
+            .hits
+            .iter()
+            .map(|h| format!("{} in the {} at byte {}", h.secret, h.haystack, h.offset))
+            .collect();
+        return Err(format!("secrets found:\n{}", found.join("\n")));
+    }
+    Ok(())
 }
 
 async fn create_namespace(client: &kube::Client) -> Result<(), Failure> {

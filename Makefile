@@ -44,7 +44,7 @@ unit: ## Unit and integration tests (integration tests start real etcd/kube-apis
 
 .PHONY: test
 test: ## Everything CI runs, on Cluster API v1.14 then the v1.12 floor lane; the orphan check runs even after a failure.
-	@status=0; $(MAKE) --no-print-directory tools lint unit e2e secrets-scan test-capi-floor release-binary || status=$$?; \
+	@status=0; $(MAKE) --no-print-directory tools lint unit e2e e2e-faults test-capi-floor release-binary || status=$$?; \
 	  hack/no-orphans.sh || status=1; exit $$status
 
 .PHONY: test-capi-floor
@@ -87,10 +87,22 @@ demo: tools ## The main job: talos-capi brings up the seeds' HA cluster (3 contr
 	$(CARGO) build --locked -p talos-capi -p testkit --bin talos-capi --bin demo
 	target/debug/demo --talos-capi target/debug/talos-capi --dir target/demo $(DEMO_ARGS)
 
-.PHONY: secrets-scan
-secrets-scan: tools ## The demo's whole run with the manager at debug level, then every secret the cluster holds searched for in its log, Events, objects and metrics (fails on any hit).
+KILL_SEED ?= 1
+.PHONY: e2e-faults
+e2e-faults: tools ## The demo's whole run under fire (kube-apiserver killed and the manager SIGKILLed in each phase, KILL_SEED), its invariants checked, then every secret the cluster holds searched for in the manager's debug log, Events, objects and metrics.
 	$(CARGO) build --locked -p talos-capi -p testkit --bin talos-capi --bin demo
-	target/debug/demo --talos-capi target/debug/talos-capi --dir target/secrets-scan --scan-secrets
+	target/debug/demo --talos-capi target/debug/talos-capi --dir target/e2e-faults --faults --kill-seed $(KILL_SEED) --scan-secrets
+
+CHAOS_RUNS ?= 50
+.PHONY: chaos
+chaos: tools ## Not in CI: CHAOS_RUNS runs of the demo under fire, seeds 1..CHAOS_RUNS (a different kill point each); fails on the first run that does not converge.
+	$(CARGO) build --locked -p talos-capi -p testkit --bin talos-capi --bin demo
+	hack/chaos.sh $(CHAOS_RUNS)
+
+.PHONY: soak
+soak: ## Not in CI: the rollout planner's properties on ROLLOUT_CASES (default 200,000) cases each, then each fuzz target for FUZZ_SECONDS (default 600).
+	ROLLOUT_CASES=$${ROLLOUT_CASES:-200000} $(CARGO) test --locked --release -p talos-capi-controller --lib controlplane::rollout::properties
+	hack/fuzz.sh $${FUZZ_SECONDS:-600}
 
 .PHONY: walkthrough
 walkthrough: tools $(LOCAL_CP_BIN) ## The seed walkthrough by hand: talos-capi gen config, then the real talosctl's apply-config --insecure, bootstrap and etcd members on simulated nodes.

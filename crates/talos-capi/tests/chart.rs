@@ -188,6 +188,54 @@ async fn the_chart_installs_upgrades_uninstalls_and_its_rbac_runs_a_cluster_life
     let sa = pod.service_account_name.unwrap();
     let impersonated = cp.dir().join("manager-as-sa.kubeconfig");
     impersonating(&cp, NS, &sa, &impersonated);
+    // What a stolen ServiceAccount token could do (docs/security.md): what the controllers need,
+    // and nothing that deletes Secrets, reads other configuration, runs code or escalates.
+    let can_i = |verb: &str, resource: &str| {
+        let config = impersonated.to_string_lossy();
+        let mut args = vec!["--kubeconfig", &config, "auth", "can-i", verb, "-A"];
+        let sub;
+        match resource.split_once('/') {
+            Some((resource, subresource)) => {
+                sub = format!("--subresource={subresource}");
+                args.extend([resource, sub.as_str()]);
+            }
+            None => args.push(resource),
+        }
+        let (_, out) = run(Tool::Kubectl, &args, None);
+        out.trim() == "yes"
+    };
+    for (verb, resource) in [
+        ("get", "secrets"),
+        ("create", "secrets"),
+        ("update", "secrets"),
+        (
+            "patch",
+            "taloscontrolplanes.controlplane.cluster.x-k8s.io/status",
+        ),
+        ("create", "machines.cluster.x-k8s.io"),
+        ("create", "events.events.k8s.io"),
+    ] {
+        assert!(can_i(verb, resource), "the manager needs {verb} {resource}");
+    }
+    for (verb, resource) in [
+        ("delete", "secrets"),
+        ("get", "configmaps"),
+        ("create", "pods"),
+        ("create", "pods/exec"),
+        ("create", "serviceaccounts/token"),
+        ("impersonate", "serviceaccounts"),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("escalate", "clusterroles.rbac.authorization.k8s.io"),
+        ("patch", "nodes"),
+        ("delete", "namespaces"),
+        ("delete", "clusters.cluster.x-k8s.io"),
+        ("update", "customresourcedefinitions.apiextensions.k8s.io"),
+    ] {
+        assert!(
+            !can_i(verb, resource),
+            "the ServiceAccount may {verb} {resource}"
+        );
+    }
     let (health, metrics) = (free_port().unwrap(), free_port().unwrap());
     let mut args = vec![
         format!("POD_NAMESPACE={NS}"),

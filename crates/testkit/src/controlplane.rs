@@ -115,6 +115,11 @@ pub struct LocalControlPlane {
     kubeconfig: String,
     config: kube::Config,
     times: StartupTimes,
+    /// What a restarted kube-apiserver needs again: the etcd prefix, the audit flag, and whether
+    /// `dir` is temporary (removed when the first API server exits, so no restart).
+    prefix: String,
+    audit: bool,
+    temporary: bool,
 }
 
 impl LocalControlPlane {
@@ -179,6 +184,9 @@ impl LocalControlPlane {
             kubeconfig,
             config,
             times,
+            prefix,
+            audit: b.audit_log,
+            temporary,
         };
 
         let started = Instant::now();
@@ -201,6 +209,37 @@ impl LocalControlPlane {
             cp.times.cluster_api = started.elapsed();
         }
         Ok(cp)
+    }
+
+    /// Kill kube-apiserver, leave it down for `down`, and start it again on the same port, CA and
+    /// etcd: a management API server restart. Every connection and watch is cut, and requests
+    /// are refused while it is down. Clients reconnect on their own; the kubeconfig file is
+    /// rewritten (same server, a fresh admin certificate from the same CA). Only for a control
+    /// plane started with [`Builder::dir`].
+    pub async fn restart_apiserver(&mut self, down: Duration) -> Result<(), Error> {
+        if self.temporary {
+            return Err(Error::Kubeconfig(
+                "restart_apiserver needs a control plane started with Builder::dir".into(),
+            ));
+        }
+        self.apiserver.stop();
+        tokio::time::sleep(down).await;
+        let port = self.url.rsplit(':').next().and_then(|p| p.parse().ok());
+        let binary = locate(Tool::KubeApiserver)?;
+        let (apiserver, _, kubeconfig, config) = start_apiserver(
+            &binary,
+            &self.dir,
+            None,
+            &self.name,
+            &self.ca,
+            (&self.etcd, &self.prefix),
+            (port, self.audit),
+        )
+        .await?;
+        self.apiserver = apiserver;
+        self.kubeconfig = kubeconfig;
+        self.config = config;
+        Ok(())
     }
 
     /// A new client for this API server. Each caller gets its own client so that tests running

@@ -65,7 +65,11 @@ impl ManagedProcess {
         log: &Path,
         cleanup_dir: Option<&Path>,
     ) -> Result<Self, Error> {
-        let out = File::create(log).map_err(Error::io(format!("creating {}", log.display())))?;
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(Error::io(format!("creating {}", log.display())))?;
         let err = out
             .try_clone()
             .map_err(Error::io(format!("opening {}", log.display())))?;
@@ -120,6 +124,32 @@ impl ManagedProcess {
             }),
             Err(e) => Err(Error::io(format!("checking {}", self.name))(e)),
         }
+    }
+
+    /// SIGKILL the component (not its lifeline), as a crash or an OOM kill would end it, and wait
+    /// for the lifeline to see it exit.
+    pub fn kill_component(&self) -> Result<(), Error> {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid))
+            .map_err(Error::io(format!("finding the {} process", self.name)))?;
+        for child in children.split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            if comm.trim() != "sh" {
+                std::process::Command::new("kill")
+                    .args(["-KILL", child])
+                    .status()
+                    .map_err(Error::io(format!("killing {}", self.name)))?;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !matches!(locked(&self.lifeline).try_wait(), Ok(None)) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(Error::io(format!("killing {}", self.name))(
+            std::io::Error::other("still running 10 s after SIGKILL"),
+        ))
     }
 
     /// Stop the component and wait for it to exit (at most ~15 s).

@@ -47,6 +47,15 @@ struct Args {
     /// on any hit.
     #[arg(long)]
     scan_secrets: bool,
+    /// Restart the management cluster's kube-apiserver (down 5 s) during the bootstrap, the
+    /// rolling upgrade and the Talos upgrade; at the end, check that the manager never restarted,
+    /// etcd was bootstrapped once, quorum was kept, and the bundle and kubeconfig were written once.
+    #[arg(long)]
+    faults: bool,
+    /// With --faults: also SIGKILL the manager (and start it again) once per phase, at a point
+    /// drawn from this seed.
+    #[arg(long)]
+    kill_seed: Option<u64>,
 }
 
 type Failure = String;
@@ -98,7 +107,7 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
     let started = Instant::now();
     step("A local management cluster: etcd, kube-apiserver and Cluster API core");
     let _ = std::fs::remove_dir_all(dir.join("cluster"));
-    let cp = with_spinner(
+    let mut cp = with_spinner(
         "starting etcd, kube-apiserver and the Cluster API manager",
         LocalControlPlane::builder()
             .name("demo")
@@ -135,8 +144,10 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         manager_args.push("--log-level=debug".to_owned());
     }
     let manager_log = dir.join("talos-capi-manager.log");
-    let manager = ManagedProcess::spawn("talos-capi", binary, &manager_args, &manager_log, None)
-        .map_err(|e| format!("starting the manager: {e}"))?;
+    let _ = std::fs::remove_file(&manager_log);
+    let mut manager =
+        ManagedProcess::spawn("talos-capi", binary, &manager_args, &manager_log, None)
+            .map_err(|e| format!("starting the manager: {e}"))?;
     println!(
         "manager: pid {}, log {}, metrics http://127.0.0.1:{metrics}/metrics",
         manager.pid(),
@@ -161,6 +172,21 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         client: client.clone(),
         sim: infra.sim.clone(),
     };
+    let mut faults = Faults {
+        seed: args.kill_seed,
+        state: args.kill_seed,
+        manager: (binary.to_owned(), manager_args.clone(), manager_log.clone()),
+        ..Faults::default()
+    };
+    if args.faults {
+        progress("first machine", Duration::from_secs(120), async || {
+            let s = view.snapshot().await;
+            (s.cp_total >= 1, s.line())
+        })
+        .await?;
+        faults.kill_manager(&mut manager, "bootstrap", 8).await?;
+        faults.restart_apiserver(&mut cp, "bootstrap").await?;
+    }
     progress("cluster up", Duration::from_secs(300), async || {
         let s = view.snapshot().await;
         let done = s.cp_running == 3 && s.workers_running == 3 && s.voters == 3 && s.etcd_healthy;
@@ -168,6 +194,7 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
     })
     .await?;
     manager.check_running().map_err(|e| e.to_string())?;
+    let written_once = WrittenOnce::read(&client).await?;
 
     step("What was made");
     kubectl(
@@ -210,6 +237,17 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         "Kubernetes rolling upgrade {FIRST} → {NEXT} (maxSurge 1: never more than 4 control planes)"
     ));
     patch_control_plane(&client, json!({"version": NEXT})).await?;
+    if args.faults {
+        progress("surge machine", Duration::from_secs(120), async || {
+            let s = view.snapshot().await;
+            (s.cp_total > 3, s.line())
+        })
+        .await?;
+        faults
+            .kill_manager(&mut manager, "rolling upgrade", 10)
+            .await?;
+        faults.restart_apiserver(&mut cp, "rolling upgrade").await?;
+    }
     progress("rolling upgrade", Duration::from_secs(600), async || {
         let s = view.snapshot().await;
         let done =
@@ -233,6 +271,12 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         json!({"talosUpgrade": {"image": format!("ghcr.io/siderolabs/installer:{TALOS_NEXT}")}}),
     )
     .await?;
+    if args.faults {
+        faults
+            .kill_manager(&mut manager, "Talos upgrade", 3)
+            .await?;
+        faults.restart_apiserver(&mut cp, "Talos upgrade").await?;
+    }
     progress("Talos upgrade", Duration::from_secs(600), async || {
         let s = view.snapshot().await;
         let upgraded = s.talos_versions.iter().filter(|v| *v == TALOS_NEXT).count();
@@ -254,6 +298,22 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         &["get", "taloscontrolplane,machines", "-n", NS],
     );
     println!("\ndemo done in {:.0} s", started.elapsed().as_secs_f64());
+    if args.faults {
+        step("After the faults");
+        manager.check_running().map_err(|e| e.to_string())?;
+        written_once.check(&client).await?;
+        check_etcd_history(&client, &view.sim).await?;
+        println!(
+            "{} kube-apiserver restarts ({}) and {} manager kills{} survived: the manager needed no restart beyond the kills, etcd was bootstrapped once and kept quorum, the bundle and kubeconfig were written once",
+            faults.restarts.len(),
+            faults.restarts.join(", "),
+            faults.kills.len(),
+            match faults.seed {
+                Some(seed) => format!(" (seed {seed}: after {})", faults.kills.join(", ")),
+                None => String::new(),
+            }
+        );
+    }
     if args.scan_secrets {
         step("Secrets scan: the manager's debug log, Events, objects and metrics");
         scan_secrets(&client, &manager_log, metrics, dir).await?;
@@ -535,6 +595,124 @@ async fn progress(
         last = line;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The faults injected so far, and how to start the manager again after killing it.
+#[derive(Default)]
+struct Faults {
+    restarts: Vec<&'static str>,
+    kills: Vec<String>,
+    /// Kills are drawn from this seed (none without one); `state` is the sequence's position.
+    seed: Option<u64>,
+    state: Option<u64>,
+    manager: (PathBuf, Vec<String>, PathBuf),
+}
+
+impl Faults {
+    /// The next number of a xorshift sequence from the seed.
+    fn next(&mut self) -> Option<u64> {
+        let mut x = self.state?.max(1);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.state = Some(x);
+        Some(x)
+    }
+
+    /// With a seed: wait a drawn part of `within` seconds, SIGKILL the manager, start it again.
+    async fn kill_manager(
+        &mut self,
+        manager: &mut ManagedProcess,
+        during: &str,
+        within: u64,
+    ) -> Result<(), Failure> {
+        let Some(draw) = self.next() else {
+            return Ok(());
+        };
+        let after = Duration::from_millis(draw % (within * 1000));
+        tokio::time::sleep(after).await;
+        println!(
+            "fault: manager SIGKILLed {:.1} s into the {during}",
+            after.as_secs_f64()
+        );
+        manager
+            .kill_component()
+            .map_err(|e| format!("killing the manager: {e}"))?;
+        let (binary, args, log) = &self.manager;
+        *manager = ManagedProcess::spawn("talos-capi", binary, args, log, None)
+            .map_err(|e| format!("starting the manager again: {e}"))?;
+        self.kills
+            .push(format!("{:.1} s into the {during}", after.as_secs_f64()));
+        Ok(())
+    }
+
+    async fn restart_apiserver(
+        &mut self,
+        cp: &mut LocalControlPlane,
+        during: &'static str,
+    ) -> Result<(), Failure> {
+        println!("fault: kube-apiserver killed during the {during}, down for 5 s");
+        cp.restart_apiserver(Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("restarting kube-apiserver: {e}"))?;
+        println!("fault: kube-apiserver back");
+        self.restarts.push(during);
+        Ok(())
+    }
+}
+
+/// What must be written exactly once: the secrets bundle and the workload kubeconfig, read once
+/// the cluster is up and compared at the end.
+struct WrittenOnce {
+    secrets: Vec<(String, Option<String>, String)>,
+}
+
+impl WrittenOnce {
+    async fn read(client: &kube::Client) -> Result<WrittenOnce, Failure> {
+        let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
+        let mut secrets = Vec::new();
+        for name in [format!("{CLUSTER}-talos"), format!("{CLUSTER}-kubeconfig")] {
+            let secret = api
+                .get(&name)
+                .await
+                .map_err(|e| format!("reading Secret {name}: {e}"))?;
+            let data = serde_json::to_string(&secret.data).unwrap_or_default();
+            secrets.push((name, secret.metadata.uid, data));
+        }
+        Ok(WrittenOnce { secrets })
+    }
+
+    async fn check(&self, client: &kube::Client) -> Result<(), Failure> {
+        let now = WrittenOnce::read(client).await?;
+        for (before, after) in self.secrets.iter().zip(&now.secrets) {
+            if before != after {
+                return Err(format!("Secret {} was written again", before.0));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// From the simulator's etcd history: bootstrapped once, and no removal lost quorum.
+async fn check_etcd_history(
+    client: &kube::Client,
+    sim: &talos_sim::Simulator,
+) -> Result<(), Failure> {
+    let id = sim_infra::cluster_id(client, NS, CLUSTER)
+        .await
+        .ok_or("the cluster has no id")?;
+    let history = sim.etcd_history(&id);
+    let bootstraps = history
+        .iter()
+        .filter(|c| c.op == talos_sim::etcd::Op::Bootstrap)
+        .count();
+    if bootstraps != 1 {
+        return Err(format!("etcd was bootstrapped {bootstraps} times"));
+    }
+    if let Some(lost) = history.iter().find(|c| c.quorum_after == Some(false)) {
+        return Err(format!("removing member {} lost quorum", lost.id));
+    }
+    Ok(())
 }
 
 /// Every secret of the namespace's Secrets, searched for in everything the operator emitted.

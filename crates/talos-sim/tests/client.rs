@@ -14,22 +14,28 @@ use talos_sim::{NodeSpec, Phase, SimEvent, Simulator, Timing, loopback_address};
 
 static NEXT: AtomicU32 = AtomicU32::new(1000);
 
-async fn wait_configured(events: &mut tokio::sync::broadcast::Receiver<SimEvent>, n: usize) {
+/// Until `n` nodes have come up, `configured` or in maintenance.
+async fn wait_up(
+    events: &mut tokio::sync::broadcast::Receiver<SimEvent>,
+    n: usize,
+    configured: bool,
+) {
     let mut seen = std::collections::BTreeSet::new();
     tokio::time::timeout(Duration::from_secs(20), async {
         while seen.len() < n {
             if let Ok(SimEvent::NodeUp {
                 address,
-                configured: true,
+                configured: c,
                 ..
             }) = events.recv().await
+                && c == configured
             {
                 seen.insert(address);
             }
         }
     })
     .await
-    .expect("nodes come up configured");
+    .expect("nodes come up");
 }
 
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
@@ -80,6 +86,8 @@ async fn client_drives_the_simulator() {
     let input = Input::new("c", &format!("https://{}:6443", nodes[0]));
     let cp = machineconfig::generate(MachineType::Controlplane, &input, &bundle, &[]).unwrap();
     let worker = machineconfig::generate(MachineType::Worker, &input, &bundle, &[]).unwrap();
+    // The first call waits for the nodes to be up, not for key generation to take long enough.
+    wait_up(&mut events, 4, false).await;
 
     // Maintenance: server-only TLS; only the maintenance service's methods exist.
     let unavailable = Client::maintenance(vec![nodes[0].clone()])
@@ -90,7 +98,6 @@ async fn client_drives_the_simulator() {
         "{unavailable:?}"
     );
     // An invalid configuration is refused with the reason.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let m = Client::maintenance(vec![nodes[0].clone()]);
     let bad = m
         .apply_configuration(
@@ -110,7 +117,7 @@ async fn client_drives_the_simulator() {
             .await
             .unwrap();
     }
-    wait_configured(&mut events, 4).await;
+    wait_up(&mut events, 4, true).await;
 
     let admin_cfg = talosconfig::generate(
         "c",
@@ -250,10 +257,25 @@ async fn client_drives_the_simulator() {
         Err(Error::FailedPrecondition(_))
     ));
 
+    let mut reboot_events = sim.events();
     failover
         .reboot(&Nodes::One(nodes[1].clone()))
         .await
         .unwrap();
+    // The simulator sees the reboot: the node goes down, then comes back.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let mut down = false;
+        loop {
+            match reboot_events.recv().await {
+                Ok(SimEvent::NodeDown { address }) if address == nodes[1] => down = true,
+                Ok(SimEvent::NodeUp { address, .. }) if address == nodes[1] && down => return,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("NodeDown, then NodeUp");
     // The node's MachineStatusEvents record the reboot: REBOOTING, then RUNNING again.
     let rebooted = Nodes::One(nodes[1].clone());
     eventually("REBOOTING then RUNNING in the event log", async || {
@@ -303,7 +325,7 @@ async fn losing_quorum_makes_etcd_unhealthy_everywhere() {
         };
         sim.start(spec).unwrap();
     }
-    wait_configured(&mut events, 3).await;
+    wait_up(&mut events, 3, true).await;
     let cfg = talosconfig::generate(
         "q",
         &bundle,

@@ -15,7 +15,7 @@ use common::*;
 use controller::Options;
 use controller::bootstrap::secrets;
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{Event, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -279,36 +279,14 @@ async fn a_bad_patch_is_reported_and_the_other_configs_still_become_ready() {
     )
     .await;
 
-    let bad = wait_config(
+    let bad = wait_reason(
         &client,
         &ns,
         "bad-0",
         ConditionType::DataSecretAvailable,
-        "False",
+        "PatchFailed",
     )
     .await;
-    let bad = tokio::time::timeout(WAIT, async {
-        let api: Api<TalosConfig> = Api::namespaced(client.clone(), &ns);
-        let mut c = bad;
-        loop {
-            let cond = conditions::get(
-                c.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_deref())
-                    .unwrap_or_default(),
-                ConditionType::DataSecretAvailable,
-            )
-            .cloned()
-            .unwrap_or_default();
-            if cond.reason == "PatchFailed" {
-                return cond;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            c = api.get("bad-0").await.unwrap();
-        }
-    })
-    .await
-    .expect("the patch failure is the reason");
     assert!(bad.message.contains("JSON6902"), "{}", bad.message);
     wait_config(&client, &ns, "good-0", ConditionType::Ready, "True").await;
     let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -320,22 +298,7 @@ async fn a_bad_patch_is_reported_and_the_other_configs_still_become_ready() {
             .is_none(),
         "no partial write"
     );
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let found = tokio::time::timeout(WAIT, async {
-        loop {
-            let list = events.list(&ListParams::default()).await.unwrap().items;
-            if list.iter().any(|e| {
-                e.involved_object.name.as_deref() == Some("bad-0")
-                    && e.type_.as_deref() == Some("Warning")
-                    && e.reason.as_deref() == Some("PatchFailed")
-            }) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
-    assert!(found.is_ok(), "a Warning Event names the patch failure");
+    wait_warning(&client, &ns, "bad-0", "PatchFailed", |_| true).await;
 }
 
 /// Hostile TalosConfigs committed to Git: each ends in a condition naming the limit it exceeds
@@ -389,23 +352,15 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
     .await;
     wait_config(&client, &ns, "good-0", ConditionType::Ready, "True").await;
     let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     for (name, _, message) in &cases {
-        let config = wait_config_where(
+        let cond = wait_reason(
             &client,
             &ns,
             name,
             ConditionType::DataSecretAvailable,
-            "False",
-            |c| c.reason == "PatchFailed",
+            "PatchFailed",
         )
         .await;
-        let cond = conditions::get(
-            config.status.unwrap().conditions.as_deref().unwrap(),
-            ConditionType::DataSecretAvailable,
-        )
-        .cloned()
-        .unwrap();
         assert!(cond.message.contains(message), "{name}: {}", cond.message);
         assert!(cond.message.len() < 2048, "{name}: {}", cond.message);
         let data = format!("{name}-bootstrap-data");
@@ -413,21 +368,7 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
             secrets_api.get_opt(&data).await.unwrap().is_none(),
             "{name}: no partial write"
         );
-        let warned = tokio::time::timeout(WAIT, async {
-            loop {
-                let list = events.list(&ListParams::default()).await.unwrap().items;
-                if list.iter().any(|e| {
-                    e.involved_object.name.as_deref() == Some(*name)
-                        && e.type_.as_deref() == Some("Warning")
-                        && e.message.as_deref().is_some_and(|m| m.contains(message))
-                }) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-        .await;
-        assert!(warned.is_ok(), "{name}: a Warning Event names the limit");
+        wait_warning(&client, &ns, name, "PatchFailed", |m| m.contains(message)).await;
     }
 
     // A bundle Secret whose Kubernetes CA key belongs to another CA (committed by hand, or
@@ -455,21 +396,14 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
         true,
     )
     .await;
-    let config = wait_config_where(
+    let cond = wait_reason(
         &client,
         &ns,
         "tampered-0",
         ConditionType::DataSecretAvailable,
-        "False",
-        |c| c.reason == "InvalidSecret",
+        "InvalidSecret",
     )
     .await;
-    let cond = conditions::get(
-        config.status.unwrap().conditions.as_deref().unwrap(),
-        ConditionType::DataSecretAvailable,
-    )
-    .cloned()
-    .unwrap();
     assert!(
         cond.message
             .contains("certs.k8s.crt and certs.k8s.key do not belong together"),

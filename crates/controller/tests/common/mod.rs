@@ -239,6 +239,55 @@ pub async fn wait_config_where(
     }
 }
 
+/// The TalosConfig's `cond` condition once it is False with `reason`.
+pub async fn wait_reason(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    cond: ConditionType,
+    reason: &'static str,
+) -> conditions::Condition {
+    let config =
+        wait_config_where(client, ns, name, cond, "False", move |c| c.reason == reason).await;
+    config
+        .status
+        .and_then(|s| s.conditions)
+        .and_then(|cs| conditions::get(&cs, cond).cloned())
+        .expect("the condition waited for")
+}
+
+/// Until a Warning Event with `reason` is recorded on `name`, whose message satisfies `pred`.
+pub async fn wait_warning(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    pred: impl Fn(&str) -> bool,
+) {
+    use k8s_openapi::api::core::v1::Event;
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            let list = events
+                .list(&Default::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            if list.iter().any(|e| {
+                e.involved_object.name.as_deref() == Some(name)
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.reason.as_deref() == Some(reason)
+                    && e.message.as_deref().is_some_and(&pred)
+            }) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "{ns}/{name}: no Warning Event {reason}");
+}
+
 pub async fn secret_value(client: &kube::Client, ns: &str, name: &str) -> (Secret, Vec<Value>) {
     let secret = Api::<Secret>::namespaced(client.clone(), ns)
         .get(name)

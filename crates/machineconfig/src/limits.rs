@@ -433,6 +433,16 @@ mod tests {
         // Brackets inside strings are text; closing brackets inside strings hide nothing.
         let brackets = format!("a: \"{}\"\n", "[".repeat(1000));
         assert_eq!(documents(&brackets, &LIMITS).unwrap().len(), 1);
+        // Text the streaming parser cannot read: every opening bracket counts.
+        let unreadable = format!("a: b\n c: {}", "[".repeat(2000));
+        assert!(matches!(
+            documents(&unreadable, &LIMITS),
+            Err(ParseError::Limit(LimitError::Depth { limit: 64 }))
+        ));
+        assert!(matches!(
+            documents("a: b\n c: [[", &LIMITS),
+            Err(ParseError::Yaml(_))
+        ));
         let quoted_closers = format!("{}x", "[']', ".repeat(100_000));
         assert!(matches!(
             documents(&quoted_closers, &LIMITS),

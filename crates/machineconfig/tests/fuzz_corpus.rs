@@ -24,6 +24,7 @@ fn patch_apply_corpus_replays_clean_and_reaches_apply() {
     // Most seeds are patches that apply (and then fail or pass validation): the target
     // exercises apply and validate, not only the parser.
     let reaching = applied.iter().filter(|&&n| n > 0).count();
+    eprintln!("{reaching} of {} seeds reach apply", inputs.len());
     assert!(
         reaching * 2 > inputs.len(),
         "{reaching} of {} reach apply",

@@ -722,7 +722,7 @@ async fn scan_secrets(
     metrics: u16,
     dir: &Path,
 ) -> Result<(), Failure> {
-    use k8s_openapi::api::core::v1::{Event, Secret};
+    use k8s_openapi::api::core::v1::Secret;
     use testkit::secrets_scan::{Haystack, Needles};
     let mut needles = Needles::default();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
@@ -762,16 +762,8 @@ async fn scan_secrets(
         text: std::fs::read_to_string(manager_log)
             .map_err(|e| format!("reading {}: {e}", manager_log.display()))?,
     }];
-    let events: Api<Event> = Api::namespaced(client.clone(), NS);
-    let events = events
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| format!("listing Events: {e}"))?;
-    haystacks.push(Haystack {
-        name: format!("{} Events", events.items.len()),
-        text: serde_json::to_string(&events.items).unwrap_or_default(),
-    });
     for (api_version, kind) in [
+        ("v1", "Event"),
         ("cluster.x-k8s.io/v1beta2", "Cluster"),
         ("cluster.x-k8s.io/v1beta2", "Machine"),
         ("cluster.x-k8s.io/v1beta2", "MachineSet"),

@@ -117,7 +117,7 @@ pub(crate) fn read_limited(path: &Path, limit: usize) -> Result<String, Failure>
         .map_err(failed)?;
     if bytes.len() > limit {
         return Err(fail(format!(
-            "{}: more than {limit} bytes; the limit is {limit} bytes",
+            "{}: larger than the limit of {limit} bytes",
             path.display()
         )));
     }

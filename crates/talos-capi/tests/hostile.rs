@@ -280,12 +280,12 @@ fn every_hostile_input_is_refused_with_a_message_never_a_crash_hang_or_leak() {
         Case {
             what: "a device that never ends",
             args: validate("/dev/urandom"),
-            message: "the limit is 2097152 bytes",
+            message: "the limit of 2097152 bytes",
         },
         Case {
             what: "a 3 MiB patch file",
             args: gen_config(&["--config-patch", "@big.yaml"]),
-            message: "the limit is 2097152 bytes",
+            message: "the limit of 2097152 bytes",
         },
         Case {
             what: "a patch file that is not text",

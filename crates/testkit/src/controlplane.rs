@@ -211,7 +211,7 @@ impl LocalControlPlane {
         Ok(cp)
     }
 
-    /// Kill kube-apiserver, leave it down for `down`, and start it again on the same port, CA and
+    /// Stop kube-apiserver (SIGTERM), leave it down for `down`, and start it again on the same port, CA and
     /// etcd: a management API server restart. Every connection and watch is cut, and requests
     /// are refused while it is down. Clients reconnect on their own; the kubeconfig file is
     /// rewritten (same server, a fresh admin certificate from the same CA). Only for a control

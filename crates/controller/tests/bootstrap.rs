@@ -376,16 +376,7 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
     let mut bundle =
         machineconfig::SecretsBundle::generate(machineconfig::Contract::NEWEST).unwrap();
     bundle.certs.k8s.key = bundle.certs.etcd.key.clone();
-    let tampered: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "tampered-talos", "labels": {"cluster.x-k8s.io/cluster-name": "tampered"}},
-        "stringData": {"bundle": bundle.to_yaml().unwrap()}
-    }))
-    .unwrap();
-    secrets_api
-        .create(&PostParams::default(), &tampered)
-        .await
-        .unwrap();
-    let before = secrets_api.get("tampered-talos").await.unwrap();
+    let before = create_bundle_secret(&client, &ns, "tampered", &bundle).await;
     cluster(&client, &ns, "tampered", false).await;
     machine(
         &client,
@@ -480,17 +471,8 @@ async fn pause_holds_everything_until_lifted() {
 async fn a_legacy_bundle_secret_is_reused() {
     let (client, ns, _controller) = setup("bootstrap-legacy").await;
     let bundle = machineconfig::SecretsBundle::generate(machineconfig::Contract::NEWEST).unwrap();
-    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
     // What CABPT writes: the bundle under key `bundle`.
-    let existing: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "legacy-talos", "labels": {"cluster.x-k8s.io/cluster-name": "legacy"}},
-        "stringData": {"bundle": bundle.to_yaml().unwrap()}
-    }))
-    .unwrap();
-    secrets_api
-        .create(&PostParams::default(), &existing)
-        .await
-        .unwrap();
+    create_bundle_secret(&client, &ns, "legacy", &bundle).await;
     cluster(&client, &ns, "legacy", false).await;
     machine(
         &client,

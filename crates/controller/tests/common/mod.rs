@@ -239,6 +239,25 @@ pub async fn wait_config_where(
     }
 }
 
+/// The Secret `<cluster>-talos` holding `bundle` as CABPT writes it (key `bundle`), created
+/// before the cluster's first config is reconciled.
+pub async fn create_bundle_secret(
+    client: &kube::Client,
+    ns: &str,
+    cluster: &str,
+    bundle: &machineconfig::SecretsBundle,
+) -> Secret {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": format!("{cluster}-talos"), "labels": {"cluster.x-k8s.io/cluster-name": cluster}},
+        "stringData": {"bundle": bundle.to_yaml().unwrap()}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap()
+}
+
 /// The TalosConfig's `cond` condition once it is False with `reason`.
 pub async fn wait_reason(
     client: &kube::Client,

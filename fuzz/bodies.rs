@@ -16,7 +16,6 @@ fn rendered() -> &'static [Vec<Value>] {
         let bundle = SecretsBundle::generate(Contract::NEWEST).expect("a bundle");
         let mut input = Input::new("fuzz", "https://10.0.0.1:6443");
         Contract::all()
-            .into_iter()
             .map(|contract| {
                 input.contract = contract;
                 render(MachineType::Controlplane, &input, &bundle).expect("a configuration")

@@ -82,8 +82,10 @@ impl Report {
     }
 }
 
-/// Validate a configuration (all its documents). `strict` makes unknown fields errors, as
-/// `talosctl validate --strict` does.
+/// Validate a configuration (all its documents). `strict` makes unknown fields errors.
+/// (talosctl refuses unknown fields in every mode; its `--strict` turns warnings into errors.
+/// The differences between these rules and talosctl's are listed, each tested, in
+/// tests/validator_table.rs.)
 pub fn validate(docs: &[Value], mode: Mode, strict: bool) -> Report {
     let mut r = Report::default();
     let mut seen = BTreeSet::new();
@@ -665,9 +667,13 @@ fn validate_cluster(cluster: &Value, control_plane: bool, r: &mut Report) {
                     );
                 }
             }
-            other => r.error(
+            Some(other) => r.error(
                 "cluster.network.cni.name",
                 format!("unknown CNI {other:?}: use flannel, custom or none"),
+            ),
+            None => r.error(
+                "cluster.network.cni.name",
+                "the CNI needs a name: flannel, custom or none",
             ),
         }
     }

@@ -234,7 +234,7 @@ impl Error {
         if (status.code() == Code::DeadlineExceeded && ours) || transport_timeout(status) {
             return Error::Timeout(deadline);
         }
-        from_code(status.code(), status.message().to_owned())
+        Error::from(status.clone())
     }
 }
 
@@ -254,6 +254,18 @@ fn transport_timeout(status: &Status) -> bool {
 /// [`Error::from_status`] when the call's deadline is known).
 impl From<Status> for Error {
     fn from(s: Status) -> Self {
+        // A status that carries a cause was made here, from the transport failing under the call
+        // (the connection reset or closed: "h2 protocol error", "operation was canceled"); one
+        // decoded from a reply has none. The node went away mid-call: as retryable as a node
+        // that does not answer.
+        if std::error::Error::source(&s).is_some()
+            && matches!(s.code(), Code::Internal | Code::Unknown | Code::Cancelled)
+        {
+            return Error::Unavailable(format!(
+                "the connection failed during the call: {}",
+                s.message()
+            ));
+        }
         from_code(s.code(), s.message().to_owned())
     }
 }

@@ -169,8 +169,12 @@ async fn a_hung_call_times_out_a_gone_node_is_connect_and_the_client_recovers() 
     // every new connection is Connect, naming the endpoint; both retryable.
     sim.set_failures(&address, |f| f.down = true).unwrap();
     let mut gone = admin.version(&Nodes::Endpoint).await;
-    if let Err(e @ Error::Unavailable(_)) = &gone {
+    for _ in 0..5 {
+        let Err(e @ Error::Unavailable(_)) = &gone else {
+            break;
+        };
         assert!(e.is_retryable());
+        tokio::time::sleep(Duration::from_millis(100)).await;
         gone = admin.version(&Nodes::Endpoint).await;
     }
     match &gone {
@@ -272,6 +276,7 @@ async fn each_role_is_refused_exactly_what_talos_refuses_it() {
     let operator = client(&talosconfig_yaml(&bundle, "os:operator", &address));
     let reboot = call(&operator, "Reboot").await;
     assert!(reboot.is_ok(), "{reboot:?}");
-    assert_eq!(checked, 30, "role/method pairs");
+    // Reader: 4 allowed, 9 refused; operator: 4 allowed, 8 refused; admin: 4 allowed.
+    assert_eq!(checked, 29, "role/method pairs");
     drop(sim);
 }

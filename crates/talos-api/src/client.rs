@@ -230,8 +230,12 @@ impl Error {
     /// an exceeded deadline is this client's (a [`Error::Timeout`] naming it) once the deadline
     /// is up, the server's own before.
     pub fn from_status(status: &Status, deadline: Duration, elapsed: Duration) -> Error {
+        // tonic's own per-request timeout (set to the same deadline) ends a call as Cancelled,
+        // "Timeout expired", sometimes without the TimeoutExpired cause attached.
         let ours = elapsed >= deadline;
-        if (status.code() == Code::DeadlineExceeded && ours) || transport_timeout(status) {
+        if (ours && matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled))
+            || transport_timeout(status)
+        {
             return Error::Timeout(deadline);
         }
         Error::from(status.clone())
@@ -846,6 +850,12 @@ mod tests {
         assert_eq!(s.code(), Code::Cancelled);
         let e = Error::from_status(&s, five, Duration::from_millis(20));
         assert_eq!(e.to_string(), "timed out after 5s");
+        // ... at times without the cause attached: the elapsed time tells.
+        let s = Status::cancelled("Timeout expired");
+        let e = Error::from_status(&s, five, Duration::from_millis(5002));
+        assert!(matches!(e, Error::Timeout(d) if d == five), "{e:?}");
+        let e = Error::from_status(&s, five, Duration::from_millis(20));
+        assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
         // Without a known deadline, the status's message is kept.
         let e = Error::from(Status::deadline_exceeded("slow"));
         assert_eq!(e.to_string(), "deadline exceeded: slow");

@@ -74,7 +74,7 @@ fn slim_capi(obj: &mut DynamicObject) {
 }
 
 /// Bootstrap data Secrets (owned by a TalosConfig) keep only the digest of their value.
-fn slim_secret(secret: &mut Secret) {
+pub(crate) fn slim_secret(secret: &mut Secret) {
     slim_meta(&mut secret.metadata);
     let bootstrap_data = secret
         .metadata

@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::Reporter;
@@ -22,6 +23,15 @@ use crate::nodes::{Grpc, TalosNodes};
 /// How long a read infrastructure template is reused. Templates are not watched (their kinds
 /// are not known in advance); a change is seen by the first reconcile after this.
 pub(crate) const TEMPLATE_TTL: Duration = Duration::from_secs(5);
+
+/// How long a Secret this process wrote is remembered for reconciles the watch has not
+/// reached.
+const WRITTEN_TTL: Duration = Duration::from_secs(60);
+/// How long a failed bundle generation is reported before the next attempt.
+const RETRY_GENERATION: Duration = Duration::from_secs(10);
+
+/// How many parsed secrets bundles [`Context::bundle_of`] keeps (one per cluster).
+const MAX_PARSED_BUNDLES: usize = 4096;
 
 /// The time source; tests may fix it.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -95,6 +105,19 @@ pub struct Context {
     /// Infrastructure templates read in the last [`TEMPLATE_TTL`], by
     /// `namespace/Kind.group/name`: the reconciles of a burst share one read.
     templates: Mutex<HashMap<String, (std::time::Instant, DynamicObject)>>,
+    /// Parsed secrets bundles by Secret uid, with the resourceVersion they were parsed at:
+    /// a bundle is checked (every certificate and key parsed) once per change, not once per
+    /// reconcile.
+    bundles: Mutex<HashMap<String, (String, Arc<machineconfig::SecretsBundle>)>>,
+    /// Bundle generations running at once: one per core.
+    generation_slots: tokio::sync::Semaphore,
+    /// Secrets this process created or found in the last [`WRITTEN_TTL`], by
+    /// `namespace/name`, for the reconciles that run before the watch shows them (the other
+    /// configs of a cluster would otherwise each try to create its Secrets again).
+    written: Mutex<HashMap<String, (Instant, Arc<Secret>)>>,
+    /// Failed generations, by `namespace/cluster`: when, what failed, and whether it is worth
+    /// retrying; reported until [`RETRY_GENERATION`] has passed.
+    generation_failed: Mutex<HashMap<String, (Instant, String, bool)>>,
     /// Reconciles to run again (a bundle they waited for exists now).
     wake_tx: mpsc::UnboundedSender<ObjectRef<DynamicObject>>,
     wake_rx: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<DynamicObject>>>>,
@@ -129,6 +152,12 @@ impl Context {
             nodes: Arc::new(nodes),
             failures: Mutex::new(HashMap::new()),
             generating: Mutex::new(HashMap::new()),
+            bundles: Mutex::new(HashMap::new()),
+            generation_slots: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            ),
+            written: Mutex::new(HashMap::new()),
+            generation_failed: Mutex::new(HashMap::new()),
             discovered: Mutex::new(HashMap::new()),
             templates: Mutex::new(HashMap::new()),
             expectations: Default::default(),
@@ -145,23 +174,128 @@ impl Context {
         Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
     }
 
-    /// Claim the generation of `cluster`'s secrets bundle. `None`: another reconcile is
-    /// generating it, and `waiter` is reconciled again when that claim is dropped.
+    /// Claim the generation of `cluster`'s secrets bundle. Either way `waiter` is reconciled
+    /// again when the claim is dropped; `None`: another reconcile holds it.
     pub(crate) fn claim_generation(
-        &self,
+        self: &Arc<Self>,
         cluster: &str,
         waiter: ObjectRef<DynamicObject>,
-    ) -> Option<GenerationClaim<'_>> {
+    ) -> Option<GenerationClaim> {
         let mut generating = self.generating.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(waiters) = generating.get_mut(cluster) {
             waiters.push(waiter);
             return None;
         }
-        generating.insert(cluster.to_owned(), Vec::new());
+        generating.insert(cluster.to_owned(), vec![waiter]);
         Some(GenerationClaim {
-            ctx: self,
+            ctx: Arc::clone(self),
             cluster: cluster.to_owned(),
         })
+    }
+
+    /// A slot to generate a bundle in; waits while every core generates one.
+    pub(crate) async fn generation_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+        self.generation_slots
+            .acquire()
+            .await
+            .map_err(|_| Error::Missing("the manager is stopping".into()))
+    }
+
+    /// Record how a generation for `cluster` ended (a stored bundle is remembered by
+    /// [`Context::written`]).
+    pub(crate) fn generation_done(&self, cluster: &str, stored: Result<(), Error>) {
+        match stored {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(cluster, error = %e, "generating the secrets bundle failed");
+                let mut failed = self
+                    .generation_failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                failed.retain(|_, (at, ..)| at.elapsed() < RETRY_GENERATION);
+                failed.insert(
+                    cluster.to_owned(),
+                    (Instant::now(), e.to_string(), e.is_transient()),
+                );
+            }
+        }
+    }
+
+    /// A Secret as the watch last showed it, or else as this process wrote (or found) it
+    /// moments ago; a bootstrap data Secret carries the digest of its value
+    /// ([`crate::cache::VALUE_DIGEST_KEY`]).
+    pub(crate) fn secret(&self, ns: &str, name: &str) -> Option<Arc<Secret>> {
+        if let Some(cached) = self.caches.secret(ns, name) {
+            return Some(cached);
+        }
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, secret) = written.get(&format!("{ns}/{name}"))?;
+        (at.elapsed() < WRITTEN_TTL).then(|| Arc::clone(secret))
+    }
+
+    /// Remember a Secret this process created or found, until the watch shows it.
+    pub(crate) fn written(&self, mut secret: Secret) -> Arc<Secret> {
+        crate::cache::slim_secret(&mut secret);
+        let key = format!(
+            "{}/{}",
+            secret.metadata.namespace.as_deref().unwrap_or_default(),
+            secret.metadata.name.as_deref().unwrap_or_default()
+        );
+        let secret = Arc::new(secret);
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        written.retain(|_, (at, _)| at.elapsed() < WRITTEN_TTL);
+        written.insert(key, (Instant::now(), Arc::clone(&secret)));
+        secret
+    }
+
+    /// The failure of the last generation for `key` (`namespace/cluster`), until it is time
+    /// to try again.
+    pub(crate) fn generation_failure(&self, key: &str, cluster: &str) -> Result<(), Error> {
+        let failed = self
+            .generation_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match failed.get(key) {
+            Some((at, message, transient)) if at.elapsed() < RETRY_GENERATION => {
+                Err(Error::Bundle {
+                    cluster: cluster.to_owned(),
+                    message: message.clone(),
+                    transient: *transient,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The bundle `secret` holds, parsed and checked once per resourceVersion of the Secret.
+    pub(crate) fn bundle_of(
+        &self,
+        secret: &Secret,
+    ) -> Result<Arc<machineconfig::SecretsBundle>, Error> {
+        let (Some(uid), Some(version)) = (
+            secret.metadata.uid.as_ref(),
+            secret.metadata.resource_version.as_ref(),
+        ) else {
+            return crate::bootstrap::secrets::parse_bundle(secret).map(Arc::new);
+        };
+        if let Some((seen, parsed)) = self
+            .bundles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid)
+            && seen == version
+        {
+            return Ok(Arc::clone(parsed));
+        }
+        let parsed = Arc::new(crate::bootstrap::secrets::parse_bundle(secret)?);
+        let mut bundles = self.bundles.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: Secrets of deleted clusters are dropped with everything else now and then,
+        // and reparsed once when read again.
+        if bundles.len() >= MAX_PARSED_BUNDLES {
+            bundles.clear();
+        }
+        bundles.insert(uid.clone(), (version.clone(), Arc::clone(&parsed)));
+        Ok(parsed)
     }
 
     /// The stream of reconciles to run again; the first caller gets it.
@@ -247,12 +381,12 @@ impl Context {
 
 /// A claimed bundle generation; when it ends (stored, failed or cancelled) whoever waited for
 /// it is reconciled again.
-pub(crate) struct GenerationClaim<'a> {
-    ctx: &'a Context,
+pub(crate) struct GenerationClaim {
+    ctx: Arc<Context>,
     cluster: String,
 }
 
-impl Drop for GenerationClaim<'_> {
+impl Drop for GenerationClaim {
     fn drop(&mut self) {
         let waiters = self
             .ctx

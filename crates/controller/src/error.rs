@@ -61,6 +61,14 @@ pub enum Error {
     /// retried with backoff, since its creation is not watched.
     #[error("{0}")]
     Missing(String),
+    /// Generating or storing a cluster's secrets bundle failed (it runs beside the reconciles,
+    /// which report it until the next attempt).
+    #[error("the secrets bundle of cluster {cluster}: {message}")]
+    Bundle {
+        cluster: String,
+        message: String,
+        transient: bool,
+    },
     #[error("the object cannot be read as {kind}: {source}")]
     Decode {
         kind: &'static str,
@@ -89,14 +97,16 @@ impl Error {
             Error::Decode { .. } => "decode",
             Error::Talos { .. } => "talos",
             Error::Missing(_) => "missing",
+            Error::Bundle { .. } => "bundle",
         }
     }
 
     /// Transient errors are retried with backoff; the others wait for a change.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Error::Kube { .. } | Error::Talos { .. } | Error::Missing(_)
-        )
+        match self {
+            Error::Kube { .. } | Error::Talos { .. } | Error::Missing(_) => true,
+            Error::Bundle { transient, .. } => *transient,
+            Error::Spec(_) | Error::InvalidSecret { .. } | Error::Decode { .. } => false,
+        }
     }
 }

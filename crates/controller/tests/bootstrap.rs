@@ -726,3 +726,83 @@ async fn a_machine_pool_gets_its_data_only_with_machine_pools_on() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_bundle_that_cannot_be_stored_is_reported_and_stored_once_it_can() {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    let (client, ns, _controller) = setup("bootstrap-quota").await;
+    // A quota of no Secrets makes the API server refuse every Secret created in the namespace
+    // (its status is written here: no quota controller runs).
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns);
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "no-secrets"},
+        "spec": {"hard": {"count/secrets": "0"}}
+    }))
+    .unwrap();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    quotas
+        .patch_status(
+            "no-secrets",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "hard": {"count/secrets": "0"}, "used": {"count/secrets": "0"}
+            }})),
+        )
+        .await
+        .unwrap();
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    // Admission sees a new quota after a moment: until a probe is refused.
+    let probe: Secret = serde_json::from_value(json!({"metadata": {"name": "probe"}})).unwrap();
+    let mut refused = false;
+    for _ in 0..300 {
+        match secrets_api.create(&PostParams::default(), &probe).await {
+            Ok(_) => {
+                secrets_api
+                    .delete("probe", &Default::default())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused, "the quota takes effect");
+    cluster(&client, &ns, "q", false).await;
+    machine(
+        &client,
+        &ns,
+        "q",
+        "q-0",
+        json!({"generateType": "controlplane"}),
+        true,
+    )
+    .await;
+    let refused = wait_reason(
+        &client,
+        &ns,
+        "q-0",
+        ConditionType::DataSecretAvailable,
+        conditions::reason::INTERNAL_ERROR,
+    )
+    .await;
+    assert!(
+        refused
+            .message
+            .contains("the secrets bundle of cluster q: creating Secret q-talos"),
+        "{}",
+        refused.message
+    );
+    assert!(secrets_api.get_opt("q-talos").await.unwrap().is_none());
+
+    // Once Secrets can be created, the next attempt stores the bundle and the data.
+    quotas
+        .delete("no-secrets", &Default::default())
+        .await
+        .unwrap();
+    wait_config(&client, &ns, "q-0", ConditionType::Ready, "True").await;
+    assert!(secrets_api.get_opt("q-talos").await.unwrap().is_some());
+}

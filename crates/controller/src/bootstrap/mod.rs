@@ -179,7 +179,7 @@ fn error_policy(obj: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Ac
     ctx.after_error(CONTROLLER, &key(&obj), error)
 }
 
-async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_inner(obj: &DynamicObject, ctx: &Arc<Context>) -> Result<Action, Error> {
     let config: TalosConfig = match serde_json::to_value(obj).and_then(serde_json::from_value) {
         Ok(c) => c,
         Err(source) => {
@@ -230,7 +230,11 @@ fn data_available(message: String) -> Observation {
 fn failure_observation(e: &Error) -> Observation {
     let (r, severity) = match e {
         Error::Spec(spec) => (spec.reason(), Severity::Error),
-        Error::InvalidSecret { .. } => (reason::INVALID_SECRET, Severity::Error),
+        Error::InvalidSecret { .. }
+        | Error::Bundle {
+            transient: false, ..
+        } => (reason::INVALID_SECRET, Severity::Error),
+        Error::Bundle { .. } => (reason::INTERNAL_ERROR, Severity::Warning),
         Error::Kube { .. } | Error::Decode { .. } | Error::Talos { .. } | Error::Missing(_) => {
             (reason::INTERNAL_ERROR, Severity::Warning)
         }
@@ -242,7 +246,7 @@ fn failure_observation(e: &Error) -> Observation {
 
 /// Observe → gate → render → write; fills `report` as it goes.
 async fn act(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     scope: &scope::Scope,
     waiter: ObjectRef<DynamicObject>,
     report: &mut Report,

@@ -3,6 +3,7 @@
 //! guarded by resourceVersion; nothing is written twice that must be written once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use api::bootstrap::v1alpha3::TalosConfig;
 use api::capi::{Cluster, Machine, labels};
@@ -59,19 +60,24 @@ fn cluster_owner(
     Some(owner)
 }
 
-/// Create `secret` unless a Secret of that name exists; either way return what is stored, and
-/// whether it was there before.
-async fn create_if_absent(api: &Api<Secret>, secret: &Secret) -> Result<(Secret, bool), Error> {
+/// Create `secret` unless a Secret of that name exists; either way return what is stored
+/// (remembered until the watch shows it), and whether it was there before.
+async fn create_if_absent(
+    ctx: &Context,
+    api: &Api<Secret>,
+    secret: &Secret,
+) -> Result<(Arc<Secret>, bool), Error> {
     let name = secret.name_any();
-    match api.create(&PostParams::default(), secret).await {
-        Ok(created) => Ok((created, false)),
+    let (stored, existed) = match api.create(&PostParams::default(), secret).await {
+        Ok(created) => (created, false),
         Err(kube::Error::Api(e)) if e.code == 409 => api
             .get(&name)
             .await
             .map(|s| (s, true))
-            .map_err(Error::kube(format!("reading Secret {name}"))),
-        Err(e) => Err(Error::kube(format!("creating Secret {name}"))(e)),
-    }
+            .map_err(Error::kube(format!("reading Secret {name}")))?,
+        Err(e) => return Err(Error::kube(format!("creating Secret {name}"))(e)),
+    };
+    Ok((ctx.written(stored), existed))
 }
 
 fn text(secret: &Secret, key: &str) -> Option<String> {
@@ -85,28 +91,41 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
 /// The cluster's secrets bundle (`<cluster>-talos`, key `bundle`; CABPT's legacy keys are read
 /// too), generated and stored exactly once however many reconciles race for it: one
 /// generation per cluster in this process, and a create that loses to another process re-reads.
-/// `None`: another reconcile is generating it and `waiter` runs again once it is stored, so
-/// the wait holds no reconcile slot.
+///
+/// Generation (an RSA-4096 key, most of a second of CPU) runs beside the reconciles, at most
+/// one per core, and never in a reconcile slot: `None` means it is under way and `waiter` runs
+/// again once it is stored, while the slot serves clusters whose bundle exists. A failed
+/// generation is reported to the cluster's reconciles until the next attempt.
 pub async fn bundle(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     ns: &str,
     cluster: &Cluster,
     waiter: ObjectRef<DynamicObject>,
-) -> Result<Option<SecretsBundle>, Error> {
+) -> Result<Option<Arc<SecretsBundle>>, Error> {
     let cluster_name = cluster.name_any();
     let name = bundle_name(&cluster_name);
-    let stored = match ctx.caches.secret(ns, &name) {
-        Some(cached) => Secret::clone(&cached),
+    let key = format!("{ns}/{cluster_name}");
+    let stored = match ctx.secret(ns, &name) {
+        Some(stored) => stored,
         None => {
-            let key = format!("{ns}/{cluster_name}");
-            let Some(_claim) = ctx.claim_generation(&key, waiter) else {
+            ctx.generation_failure(&key, &cluster_name)?;
+            let Some(claim) = ctx.claim_generation(&key, waiter) else {
                 return Ok(None);
             };
-            // Dropping the claim (done, failed or cancelled) wakes the waiters.
-            get_or_generate(ctx, ns, cluster, &name).await?
+            let (ctx, ns, cluster) = (Arc::clone(ctx), ns.to_owned(), cluster.clone());
+            tokio::spawn(async move {
+                let stored = match ctx.generation_slot().await {
+                    Ok(_slot) => get_or_generate(&ctx, &ns, &cluster, &name).await.map(drop),
+                    Err(e) => Err(e),
+                };
+                ctx.generation_done(&key, stored);
+                // Dropping the claim wakes the waiters, the claiming reconcile among them.
+                drop(claim);
+            });
+            return Ok(None);
         }
     };
-    parse_bundle(&stored).map(Some)
+    ctx.bundle_of(&stored).map(Some)
 }
 
 /// The secrets bundle a `<cluster>-talos` Secret holds (ours or CABPT's keys).
@@ -128,14 +147,14 @@ async fn get_or_generate(
     ns: &str,
     cluster: &Cluster,
     name: &str,
-) -> Result<Secret, Error> {
+) -> Result<Arc<Secret>, Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(existing) = api
         .get_opt(name)
         .await
         .map_err(Error::kube(format!("reading Secret {name}")))?
     {
-        return Ok(existing);
+        return Ok(ctx.written(existing));
     }
     let invalid = |reason: String| Error::InvalidSecret {
         name: name.to_owned(),
@@ -157,7 +176,7 @@ async fn get_or_generate(
         )])),
         ..Secret::default()
     };
-    Ok(create_if_absent(&api, &secret).await?.0)
+    Ok(create_if_absent(ctx, &api, &secret).await?.0)
 }
 
 /// `<cluster>-ca`: the Kubernetes CA (tls.crt, tls.key), as CABPT writes it; created once.
@@ -172,7 +191,7 @@ pub async fn ca(
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     // Created once and never changed: the cache's word is enough, and a create that finds it
     // (a Secret without our label) is harmless.
-    if ctx.caches.secret(ns, &name).is_some() {
+    if ctx.secret(ns, &name).is_some() {
         return Ok(());
     }
     let pem = |b64: &str, what: &str| {
@@ -195,7 +214,7 @@ pub async fn ca(
         ])),
         ..Secret::default()
     };
-    create_if_absent(&api, &secret).await.map(drop)
+    create_if_absent(ctx, &api, &secret).await.map(drop)
 }
 
 /// The talosconfig endpoints: pinned by the Cluster annotation, else the control-plane
@@ -240,7 +259,7 @@ pub async fn talosconfig(
         name: name.clone(),
         reason,
     };
-    let mut existing = match ctx.caches.secret(ns, &name) {
+    let mut existing = match ctx.secret(ns, &name) {
         Some(cached) => Secret::clone(&cached),
         None => {
             let options = ClientOptions {
@@ -258,9 +277,9 @@ pub async fn talosconfig(
                 )])),
                 ..Secret::default()
             };
-            match create_if_absent(&api, &secret).await? {
+            match create_if_absent(ctx, &api, &secret).await? {
                 (_, false) => return Ok(()),
-                (stored, true) => stored,
+                (stored, true) => Secret::clone(&stored),
             }
         }
     };
@@ -337,9 +356,9 @@ pub async fn data(
         )])),
         ..Secret::default()
     };
-    let existing = match ctx.caches.secret(&ns, name) {
-        Some(cached) => Secret::clone(&cached),
-        None => match create_if_absent(&api, &desired).await? {
+    let existing = match ctx.secret(&ns, name) {
+        Some(cached) => cached,
+        None => match create_if_absent(ctx, &api, &desired).await? {
             (_, false) => return Ok(DataOutcome::Created),
             (stored, true) => stored,
         },
@@ -362,7 +381,7 @@ pub async fn data(
     if !ours || booted(machine) {
         return Ok(DataOutcome::Differs);
     }
-    let mut updated = existing;
+    let mut updated = Secret::clone(&existing);
     updated.data = desired.data;
     updated.metadata.managed_fields = None;
     api.replace(name, &PostParams::default(), &updated)

@@ -78,7 +78,7 @@ pub async fn reconcile(
     endpoint: &ApiEndpoint,
 ) -> Result<Outcome, Error> {
     let ns = tcp.namespace().unwrap_or_default();
-    let Some(bundle_secret) = ctx.caches.secret(&ns, &bundle_name(cluster)) else {
+    let Some(bundle_secret) = ctx.secret(&ns, &bundle_name(cluster)) else {
         return Ok(Outcome::NoBundle);
     };
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);

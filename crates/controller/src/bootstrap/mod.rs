@@ -306,13 +306,7 @@ async fn act(
         _ => Observation::new(ConditionType::ConfigUpToDate, Status::True, reason::UP_TO_DATE),
     });
 
-    let client_config = async {
-        secrets::ca(ctx, &ns, cluster, &bundle).await?;
-        let control_plane = ctx.caches.machines_of(&ns, cluster_name, true);
-        let endpoints = secrets::talosconfig_endpoints(cluster, &control_plane);
-        secrets::talosconfig(ctx, &ns, cluster, &bundle, endpoints).await
-    }
-    .await;
+    let client_config = secrets::client_secrets(ctx, &ns, cluster, &bundle).await;
     report.client_config = Some(match &client_config {
         Ok(()) => Observation::new(
             ConditionType::ClientConfigAvailable,

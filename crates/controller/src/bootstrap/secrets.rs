@@ -115,10 +115,20 @@ pub async fn bundle(
             let (ctx, ns, cluster) = (Arc::clone(ctx), ns.to_owned(), cluster.clone());
             tokio::spawn(async move {
                 let stored = match ctx.generation_slot().await {
-                    Ok(_slot) => get_or_generate(&ctx, &ns, &cluster, &name).await.map(drop),
+                    Ok(_slot) => get_or_generate(&ctx, &ns, &cluster, &name).await,
                     Err(e) => Err(e),
                 };
-                ctx.generation_done(&key, stored);
+                // The cluster's other Secrets too, before its configs run (together they would
+                // each try to create them). A failure here is the reconciles' to report.
+                if let Ok(secret) = &stored
+                    && let Err(e) = async {
+                        client_secrets(&ctx, &ns, &cluster, &*ctx.bundle_of(secret)?).await
+                    }
+                    .await
+                {
+                    tracing::debug!(cluster = %key, error = %e, "CA and talosconfig Secrets");
+                }
+                ctx.generation_done(&key, stored.map(drop));
                 // Dropping the claim wakes the waiters, the claiming reconcile among them.
                 drop(claim);
             });
@@ -126,6 +136,19 @@ pub async fn bundle(
         }
     };
     ctx.bundle_of(&stored).map(Some)
+}
+
+/// `<cluster>-ca` and `<cluster>-talosconfig` (whose endpoints follow the control plane).
+pub async fn client_secrets(
+    ctx: &Context,
+    ns: &str,
+    cluster: &Cluster,
+    bundle: &SecretsBundle,
+) -> Result<(), Error> {
+    ca(ctx, ns, cluster, bundle).await?;
+    let control_plane = ctx.caches.machines_of(ns, &cluster.name_any(), true);
+    let endpoints = talosconfig_endpoints(cluster, &control_plane);
+    talosconfig(ctx, ns, cluster, bundle, endpoints).await
 }
 
 /// The secrets bundle a `<cluster>-talos` Secret holds (ours or CABPT's keys).

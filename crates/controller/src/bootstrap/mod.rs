@@ -349,7 +349,6 @@ async fn write_status(ctx: &Context, config: &TalosConfig, report: &Report) -> R
         changed,
         ConditionType::Ready,
         status::is_error_reason,
-    )
-    .await;
+    );
     Ok(())
 }

@@ -564,8 +564,7 @@ async fn certificates(
             EventType::Normal,
             "KubeconfigIssued",
             &note,
-        )
-        .await;
+        );
     }
     Observation::new(
         ConditionType::CertificatesAvailable,
@@ -598,7 +597,7 @@ async fn act(
     let ns = tcp.namespace().unwrap_or_default();
     let by_name = |name: &str| machines.iter().find(|m| m.name_any() == name);
     let event = |reason: &'static str, note: String| async move {
-        report::event(ctx, &tcp.object_ref(&()), EventType::Normal, reason, &note).await;
+        report::event(ctx, &tcp.object_ref(&()), EventType::Normal, reason, &note);
     };
     match &step {
         Step::CreateMachine {
@@ -843,8 +842,7 @@ async fn act(
                         "the Talos upgrade of machine {machine} ({address}) to {} failed: {why}; the rollout halts",
                         marker.version
                     ),
-                )
-                .await;
+                );
             }
         }
         Step::UpgradeDone { machine } => {
@@ -1076,7 +1074,6 @@ async fn write_status(
             ]
             .contains(&r)
         },
-    )
-    .await;
+    );
     Ok(())
 }

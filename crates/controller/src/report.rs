@@ -59,7 +59,7 @@ pub fn transitions<'a>(
 /// One Event for a status change, listing the conditions that changed. It is a Warning when
 /// one of them is False for a reason `needs_person` names; its reason is that condition's, or
 /// else `headline`'s (or the first change's). Best effort: a failure is logged, not retried.
-pub fn publish(
+pub async fn publish(
     ctx: &Context,
     object: &ObjectReference,
     changed: Vec<&Condition>,
@@ -104,16 +104,22 @@ pub fn publish(
     } else {
         EventType::Normal
     };
-    event(ctx, object, type_, &lead.reason, &note);
+    event(ctx, object, type_, &lead.reason, &note).await;
 }
 
-/// How long an Event's create may take before it is given up.
-const EVENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long an Event's create may take before it is given up: an API server slow to store
+/// Events (they are most of the writes) holds a reconcile slot no longer than this.
+const EVENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Publish one Event about `object` (note cut to the 1 KiB Events allow). Best effort, and
-/// beside the reconcile: an API server slow to store Events (they are most of the writes)
-/// never holds a reconcile slot, and an Event not stored in [`EVENT_TIMEOUT`] is dropped.
-pub fn event(ctx: &Context, object: &ObjectReference, type_: EventType, reason: &str, note: &str) {
+/// Publish one Event about `object` (note cut to the 1 KiB Events allow). Best effort, within
+/// [`EVENT_TIMEOUT`].
+pub async fn event(
+    ctx: &Context,
+    object: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let event = Event {
         type_,
         reason: reason.to_owned(),
@@ -122,14 +128,11 @@ pub fn event(ctx: &Context, object: &ObjectReference, type_: EventType, reason: 
         secondary: None,
     };
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    let object = object.clone();
-    tokio::spawn(async move {
-        match tokio::time::timeout(EVENT_TIMEOUT, recorder.publish(&event, &object)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "publishing an Event"),
-            Err(_) => tracing::debug!("publishing an Event timed out"),
-        }
-    });
+    match tokio::time::timeout(EVENT_TIMEOUT, recorder.publish(&event, object)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "publishing an Event"),
+        Err(_) => tracing::debug!("publishing an Event timed out"),
+    }
 }
 
 /// Conditions of an object that does not decode: the one `set` writes.
@@ -182,6 +185,7 @@ pub async fn undecodable(
         EventType::Warning,
         conditions::reason::INVALID_SPEC,
         &message,
-    );
+    )
+    .await;
     Ok(())
 }

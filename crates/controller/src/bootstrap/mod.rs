@@ -12,7 +12,7 @@ pub mod status;
 use std::sync::Arc;
 
 use api::bootstrap::v1alpha3::{TalosConfig, TalosConfigStatus};
-use api::capi::labels;
+use api::capi::{Machine, labels};
 use api::conditions::{ConditionType, Observation, Severity, Status, reason};
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -67,7 +67,7 @@ pub fn controller(
         .watches_shared_stream_with(
             machines,
             move |machine| configs_for_machine(&machine_store, &machine),
-            cache::capi_resource("Machine"),
+            (),
         )
         .watches_shared_stream_with(
             clusters,
@@ -79,7 +79,7 @@ pub fn controller(
                     false,
                 )
             },
-            cache::capi_resource("Cluster"),
+            (),
         )
         .graceful_shutdown_on(shutdown);
     let controller = match ctx.take_wakeups() {
@@ -116,20 +116,18 @@ pub fn controller(
 /// TalosConfig of its cluster (their talosconfig endpoints follow the machine's addresses).
 fn configs_for_machine(
     store: &Store<DynamicObject>,
-    machine: &DynamicObject,
+    machine: &Machine,
 ) -> Vec<ObjectRef<DynamicObject>> {
     let ns = machine.namespace().unwrap_or_default();
-    let spec = &machine.data["spec"];
     let mut refs = Vec::new();
-    let config_ref = &spec["bootstrap"]["configRef"];
-    if config_ref["kind"] == "TalosConfig"
-        && let Some(name) = config_ref["name"].as_str()
+    if let Some(config_ref) = &machine.spec.bootstrap.config_ref
+        && config_ref.kind == "TalosConfig"
+        && !config_ref.name.is_empty()
     {
-        refs.push(ObjectRef::new_with(name, talosconfig_resource()).within(&ns));
+        refs.push(ObjectRef::new_with(&config_ref.name, talosconfig_resource()).within(&ns));
     }
-    if machine.labels().contains_key(labels::CONTROL_PLANE)
-        && let Some(cluster) = spec["clusterName"].as_str()
-    {
+    let cluster = &machine.spec.cluster_name;
+    if machine.labels().contains_key(labels::CONTROL_PLANE) && !cluster.is_empty() {
         refs.extend(configs_of_cluster(store, &ns, cluster, true));
     }
     refs
@@ -349,6 +347,7 @@ async fn write_status(ctx: &Context, config: &TalosConfig, report: &Report) -> R
         changed,
         ConditionType::Ready,
         status::is_error_reason,
-    );
+    )
+    .await;
     Ok(())
 }

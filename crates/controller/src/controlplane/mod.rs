@@ -23,7 +23,7 @@ pub mod upgrade;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::capi::{Machine, annotations, has_annotation, labels};
+use api::capi::{Cluster, Machine, annotations, has_annotation, labels};
 use api::conditions::{ConditionType, Observation, Severity, Status, reason};
 use api::controlplane::v1alpha3::TalosControlPlane;
 use futures::StreamExt;
@@ -70,16 +70,14 @@ fn own_ref(ns: &str, name: &str) -> ObjectRef<DynamicObject> {
 }
 
 /// The TalosControlPlane a Cluster names as its control plane.
-fn of_cluster(cluster: &DynamicObject) -> Option<ObjectRef<DynamicObject>> {
-    let r = &cluster.data["spec"]["controlPlaneRef"];
-    let name = r["name"]
-        .as_str()
-        .filter(|_| r["kind"] == "TalosControlPlane")?;
-    Some(own_ref(&cluster.namespace()?, name))
+fn of_cluster(cluster: &Cluster) -> Option<ObjectRef<DynamicObject>> {
+    let r = cluster.spec.control_plane_ref.as_ref()?;
+    (r.kind == "TalosControlPlane" && !r.name.is_empty())
+        .then(|| Some(own_ref(&cluster.namespace()?, &r.name)))?
 }
 
 /// The TalosControlPlane that controls a Machine.
-fn of_machine(machine: &DynamicObject) -> Option<ObjectRef<DynamicObject>> {
+fn of_machine(machine: &Machine) -> Option<ObjectRef<DynamicObject>> {
     let owner = machine
         .owner_references()
         .iter()
@@ -111,16 +109,8 @@ pub fn controller(
             kube::runtime::controller::Config::default()
                 .concurrency(ctx.options.controlplane_concurrency),
         )
-        .watches_shared_stream_with(
-            machines,
-            |m| of_machine(&m),
-            cache::capi_resource("Machine"),
-        )
-        .watches_shared_stream_with(
-            clusters,
-            |c| of_cluster(&c),
-            cache::capi_resource("Cluster"),
-        )
+        .watches_shared_stream_with(machines, |m| of_machine(&m), ())
+        .watches_shared_stream_with(clusters, |c| of_cluster(&c), ())
         // A cluster Secret (its talosconfig, bundle or kubeconfig) concerns the cluster's
         // control plane.
         .watches_shared_stream_with(
@@ -564,7 +554,8 @@ async fn certificates(
             EventType::Normal,
             "KubeconfigIssued",
             &note,
-        );
+        )
+        .await;
     }
     Observation::new(
         ConditionType::CertificatesAvailable,
@@ -597,7 +588,7 @@ async fn act(
     let ns = tcp.namespace().unwrap_or_default();
     let by_name = |name: &str| machines.iter().find(|m| m.name_any() == name);
     let event = |reason: &'static str, note: String| async move {
-        report::event(ctx, &tcp.object_ref(&()), EventType::Normal, reason, &note);
+        report::event(ctx, &tcp.object_ref(&()), EventType::Normal, reason, &note).await;
     };
     match &step {
         Step::CreateMachine {
@@ -842,7 +833,8 @@ async fn act(
                         "the Talos upgrade of machine {machine} ({address}) to {} failed: {why}; the rollout halts",
                         marker.version
                     ),
-                );
+                )
+                .await;
             }
         }
         Step::UpgradeDone { machine } => {
@@ -1074,6 +1066,7 @@ async fn write_status(
             ]
             .contains(&r)
         },
-    );
+    )
+    .await;
     Ok(())
 }

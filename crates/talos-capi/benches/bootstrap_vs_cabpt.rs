@@ -5,6 +5,7 @@
 //!
 //!   cargo bench -p talos-capi --bench bootstrap_vs_cabpt        (make bench-bootstrap)
 //!   BENCH_CLUSTERS=10 BENCH_MACHINES=10 cargo bench …            (a smaller run)
+//!   BENCH_ONLY=talos-capi cargo bench …                           (without the peer)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failed run
 
 use std::path::{Path, PathBuf};

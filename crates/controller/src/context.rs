@@ -201,35 +201,33 @@ impl Context {
             .map_err(|_| Error::Missing("the manager is stopping".into()))
     }
 
-    /// Record how a generation for `cluster` ended (a stored bundle is remembered by
+    /// Record that the generation for `cluster` failed (a stored bundle is remembered by
     /// [`Context::written`]).
-    pub(crate) fn generation_done(&self, cluster: &str, stored: Result<(), Error>) {
-        match stored {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::warn!(cluster, error = %e, "generating the secrets bundle failed");
-                let mut failed = self
-                    .generation_failed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                failed.retain(|_, (at, ..)| at.elapsed() < RETRY_GENERATION);
-                failed.insert(
-                    cluster.to_owned(),
-                    (Instant::now(), e.to_string(), e.is_transient()),
-                );
-            }
-        }
+    pub(crate) fn generation_failed(&self, cluster: &str, e: &Error) {
+        tracing::warn!(cluster, error = %e, "generating the secrets bundle failed");
+        let mut failed = self
+            .generation_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        failed.retain(|_, (at, ..)| at.elapsed() < RETRY_GENERATION);
+        failed.insert(
+            cluster.to_owned(),
+            (Instant::now(), e.to_string(), e.is_transient()),
+        );
     }
 
     /// A Secret as the watch last showed it, or else as this process wrote (or found) it
     /// moments ago; a bootstrap data Secret carries the digest of its value
     /// ([`crate::cache::VALUE_DIGEST_KEY`]).
     pub(crate) fn secret(&self, ns: &str, name: &str) -> Option<Arc<Secret>> {
+        let key = format!("{ns}/{name}");
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(cached) = self.caches.secret(ns, name) {
+            // The watch has caught up: from now on its word counts (a deletion included).
+            written.remove(&key);
             return Some(cached);
         }
-        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        let (at, secret) = written.get(&format!("{ns}/{name}"))?;
+        let (at, secret) = written.get(&key)?;
         (at.elapsed() < WRITTEN_TTL).then(|| Arc::clone(secret))
     }
 

@@ -128,7 +128,9 @@ pub async fn bundle(
                 {
                     tracing::debug!(cluster = %key, error = %e, "CA and talosconfig Secrets");
                 }
-                ctx.generation_done(&key, stored.map(drop));
+                if let Err(e) = &stored {
+                    ctx.generation_failed(&key, e);
+                }
                 // Dropping the claim wakes the waiters, the claiming reconcile among them.
                 drop(claim);
             });

@@ -30,8 +30,8 @@ const WRITTEN_TTL: Duration = Duration::from_secs(60);
 /// How long a failed bundle generation is reported before the next attempt.
 const RETRY_GENERATION: Duration = Duration::from_secs(10);
 
-/// How many parsed secrets bundles [`Context::bundle_of`] keeps (one per cluster).
-const MAX_PARSED_BUNDLES: usize = 4096;
+/// How many Secrets a [`Parsed`] keeps what it read of (one or two per cluster).
+const MAX_PARSED: usize = 4096;
 
 /// The time source; tests may fix it.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -95,6 +95,10 @@ pub struct Context {
     pub caches: Caches,
     /// How the control-plane controller reaches Talos nodes.
     pub nodes: Arc<dyn TalosNodes>,
+    /// Talos nodes that did not answer, each asked again after its own delay.
+    pub(crate) node_backoff: crate::nodes::Backoff,
+    /// The workload clusters' control-plane Nodes, watched through their kubeconfig.
+    pub(crate) workloads: crate::controlplane::workload::Workloads,
     failures: Mutex<HashMap<String, u32>>,
     /// Secrets bundles being generated, per cluster, with the reconciles waiting for them.
     generating: Mutex<HashMap<String, Vec<ObjectRef<DynamicObject>>>>,
@@ -108,7 +112,10 @@ pub struct Context {
     /// Parsed secrets bundles by Secret uid, with the resourceVersion they were parsed at:
     /// a bundle is checked (every certificate and key parsed) once per change, not once per
     /// reconcile.
-    bundles: Mutex<HashMap<String, (String, Arc<machineconfig::SecretsBundle>)>>,
+    bundles: Parsed<Arc<machineconfig::SecretsBundle>>,
+    /// When the client certificate of each `<cluster>-kubeconfig` expires, read once per
+    /// change of the Secret.
+    pub(crate) kubeconfig_expiry: Parsed<time::OffsetDateTime>,
     /// Bundle generations running at once: one per core.
     generation_slots: tokio::sync::Semaphore,
     /// Secrets this process created or found in the last [`WRITTEN_TTL`], by
@@ -131,14 +138,60 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// What was read from Secrets, by Secret uid, kept with the resourceVersion it was read at: a
+/// Secret is parsed once per change, not once per reconcile. Bounded: past [`MAX_PARSED`]
+/// entries (Secrets of deleted clusters among them) everything is dropped and read again once.
+#[derive(Debug)]
+pub(crate) struct Parsed<T> {
+    seen: Mutex<HashMap<String, (String, T)>>,
+}
+
+impl<T> Default for Parsed<T> {
+    fn default() -> Self {
+        Parsed {
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T: Clone> Parsed<T> {
+    /// What `read` makes of `secret`, from memory when this version of it was read before
+    /// (a failure is not kept: it is read again next time).
+    pub(crate) fn get<E>(
+        &self,
+        secret: &Secret,
+        read: impl FnOnce(&Secret) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let (Some(uid), Some(version)) = (
+            secret.metadata.uid.as_ref(),
+            secret.metadata.resource_version.as_ref(),
+        ) else {
+            return read(secret);
+        };
+        let lock = || self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, value)) = lock().get(uid)
+            && seen == version
+        {
+            return Ok(value.clone());
+        }
+        let value = read(secret)?;
+        let mut seen = lock();
+        if seen.len() >= MAX_PARSED {
+            seen.clear();
+        }
+        seen.insert(uid.clone(), (version.clone(), value.clone()));
+        Ok(value)
+    }
+}
+
 impl Context {
     pub fn new(client: kube::Client, options: Options) -> Context {
         let (wake_tx, wake_rx) = mpsc::unbounded();
         let metrics = Metrics::default();
-        let nodes = Grpc {
-            observer: Some(Arc::new(metrics.clone())),
-            ..Grpc::default()
-        };
+        let nodes = Grpc::new(
+            std::time::Duration::from_secs(10),
+            Some(Arc::new(metrics.clone())),
+        );
         Context {
             client,
             reporter: Reporter {
@@ -150,9 +203,12 @@ impl Context {
             options,
             caches: Caches::default(),
             nodes: Arc::new(nodes),
+            node_backoff: crate::nodes::Backoff::default(),
+            workloads: Default::default(),
             failures: Mutex::new(HashMap::new()),
             generating: Mutex::new(HashMap::new()),
-            bundles: Mutex::new(HashMap::new()),
+            bundles: Parsed::default(),
+            kubeconfig_expiry: Parsed::default(),
             generation_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             ),
@@ -270,30 +326,9 @@ impl Context {
         &self,
         secret: &Secret,
     ) -> Result<Arc<machineconfig::SecretsBundle>, Error> {
-        let (Some(uid), Some(version)) = (
-            secret.metadata.uid.as_ref(),
-            secret.metadata.resource_version.as_ref(),
-        ) else {
-            return crate::bootstrap::secrets::parse_bundle(secret).map(Arc::new);
-        };
-        if let Some((seen, parsed)) = self
-            .bundles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(uid)
-            && seen == version
-        {
-            return Ok(Arc::clone(parsed));
-        }
-        let parsed = Arc::new(crate::bootstrap::secrets::parse_bundle(secret)?);
-        let mut bundles = self.bundles.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded: Secrets of deleted clusters are dropped with everything else now and then,
-        // and reparsed once when read again.
-        if bundles.len() >= MAX_PARSED_BUNDLES {
-            bundles.clear();
-        }
-        bundles.insert(uid.clone(), (version.clone(), Arc::clone(&parsed)));
-        Ok(parsed)
+        self.bundles.get(secret, |s| {
+            crate::bootstrap::secrets::parse_bundle(s).map(Arc::new)
+        })
     }
 
     /// The stream of reconciles to run again; the first caller gets it.

@@ -378,6 +378,34 @@ async fn kubeconfig_reaches_the_workload_api_server_and_is_rotated_on_request() 
     )
     .await;
 
+    // The controller watches the workload Nodes through that kubeconfig: a Node that goes
+    // NotReady is reported, and so is its return.
+    set_node_ready(&nodes, &machine, "False").await;
+    let not_ready = wait_condition(
+        &client,
+        &ns,
+        "k",
+        ConditionType::ControlPlaneComponentsHealthy,
+        "False",
+        &format!("Nodes not Ready: {machine}"),
+    )
+    .await;
+    assert!(
+        not_ready.message.contains("KubeletNotReady"),
+        "{}",
+        not_ready.message
+    );
+    set_node_ready(&nodes, &machine, "True").await;
+    wait_condition(
+        &client,
+        &ns,
+        "k",
+        ConditionType::ControlPlaneComponentsHealthy,
+        "True",
+        "",
+    )
+    .await;
+
     Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
         .patch(
             "k",
@@ -405,6 +433,38 @@ async fn kubeconfig_reaches_the_workload_api_server_and_is_rotated_on_request() 
         nodes.list(&ListParams::default()).await.is_ok(),
         "the rotated kubeconfig works too"
     );
+    // ...and the controller follows the Nodes through the rotated one.
+    set_node_ready(&nodes, &machine, "False").await;
+    wait_condition(
+        &client,
+        &ns,
+        "k",
+        ConditionType::ControlPlaneComponentsHealthy,
+        "False",
+        &format!("Nodes not Ready: {machine}"),
+    )
+    .await;
+}
+
+/// Set the Ready condition of a workload Node, as its kubelet would.
+async fn set_node_ready(nodes: &Api<k8s_openapi::api::core::v1::Node>, name: &str, status: &str) {
+    let reason = if status == "True" {
+        "KubeletReady"
+    } else {
+        "KubeletNotReady"
+    };
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    nodes
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"status": {"conditions": [{
+                "type": "Ready", "status": status, "reason": reason,
+                "message": "set by the test", "lastHeartbeatTime": now, "lastTransitionTime": now,
+            }]}})),
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -321,10 +321,10 @@ async fn manage(args: ManagerArgs) -> Result<(), String> {
         ..Options::default()
     };
     let mut ctx = Context::new(client, options);
-    ctx.nodes = Arc::new(Grpc {
-        timeout: args.talos_timeout,
-        observer: Some(Arc::new(ctx.metrics.clone())),
-    });
+    ctx.nodes = Arc::new(Grpc::new(
+        args.talos_timeout,
+        Some(Arc::new(ctx.metrics.clone())),
+    ));
     let ctx = Arc::new(ctx);
     let mut registry = Registry::default();
     ctx.metrics.register(&mut registry);

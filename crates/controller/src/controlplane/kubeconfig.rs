@@ -41,9 +41,10 @@ pub enum Outcome {
     Current,
 }
 
-/// Why the stored kubeconfig must be issued again, if it must.
+/// Why the stored kubeconfig must be issued again, if it must: `not_after` is when its client
+/// certificate expires (or why that cannot be read).
 pub fn rotation_due(
-    stored: &str,
+    not_after: Result<OffsetDateTime, String>,
     issued_for: Option<&str>,
     requested: Option<&str>,
     now: OffsetDateTime,
@@ -51,7 +52,7 @@ pub fn rotation_due(
     if let Some(token) = requested.filter(|t| Some(*t) != issued_for) {
         return Some(format!("rotation requested ({ROTATE}={token})"));
     }
-    match machineconfig::kubeconfig::client_certificate_not_after(stored) {
+    match not_after {
         Ok(not_after) if not_after - now < RENEW_BEFORE => Some(format!(
             "its client certificate expires at {not_after}, within {} days",
             RENEW_BEFORE.whole_days()
@@ -59,6 +60,17 @@ pub fn rotation_due(
         Ok(_) => None,
         Err(e) => Some(format!("the stored kubeconfig cannot be read ({e})")),
     }
+}
+
+/// When the client certificate of the kubeconfig in `secret` expires.
+fn not_after(secret: &Secret) -> Result<OffsetDateTime, String> {
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("value"))
+        .map(|v| String::from_utf8_lossy(&v.0))
+        .unwrap_or_default();
+    machineconfig::kubeconfig::client_certificate_not_after(&value).map_err(|e| e.to_string())
 }
 
 /// The API server URL for `endpoint`.
@@ -97,14 +109,9 @@ pub async fn reconcile(
     let why = match &stored {
         None => None,
         Some(s) => {
-            let value = s
-                .data
-                .as_ref()
-                .and_then(|d| d.get("value"))
-                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-                .unwrap_or_default();
+            let not_after = ctx.kubeconfig_expiry.get(s, not_after);
             let issued_for = s.annotations().get(ROTATED_FOR).map(String::as_str);
-            match rotation_due(&value, issued_for, requested, now) {
+            match rotation_due(not_after, issued_for, requested, now) {
                 None => return Ok(Outcome::Current),
                 Some(why) => Some(why),
             }
@@ -176,18 +183,35 @@ mod tests {
             machineconfig::kubeconfig::generate("c", "https://h:6443", &bundle, now, VALIDITY)
                 .expect("a kubeconfig")
                 .yaml;
-        assert_eq!(rotation_due(&fresh, None, None, now), None);
+        let secret = |yaml: &str, version: &str| Secret {
+            metadata: ObjectMeta {
+                uid: Some("u".into()),
+                resource_version: Some(version.into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                "value".to_owned(),
+                ByteString(yaml.as_bytes().to_vec()),
+            )])),
+            ..Secret::default()
+        };
+        let expiry = crate::context::Parsed::default();
+        let fresh = || expiry.get(&secret(&fresh, "1"), not_after);
+        assert_eq!(rotation_due(fresh(), None, None, now), None);
         assert_eq!(
-            rotation_due(&fresh, Some("1"), Some("1"), now),
+            rotation_due(fresh(), Some("1"), Some("1"), now),
             None,
             "already done"
         );
-        let asked = rotation_due(&fresh, Some("1"), Some("2"), now).expect("requested");
+        let asked = rotation_due(fresh(), Some("1"), Some("2"), now).expect("requested");
         assert!(asked.contains("=2"), "{asked}");
         let later = now + VALIDITY - RENEW_BEFORE + Duration::days(1);
-        let near = rotation_due(&fresh, None, None, later).expect("near expiry");
+        let near = rotation_due(fresh(), None, None, later).expect("near expiry");
         assert!(near.contains("expires"), "{near}");
-        assert!(rotation_due("not: [a kubeconfig", None, None, now).is_some());
+        // A new version of the Secret is read again.
+        let garbage = expiry.get(&secret("not: [a kubeconfig", "2"), not_after);
+        assert!(garbage.is_err());
+        assert!(rotation_due(garbage, None, None, now).is_some());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod scope;
 pub mod status;
 pub mod talos;
 pub mod upgrade;
+pub mod workload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,6 +126,11 @@ pub fn controller(
             (),
         )
         .graceful_shutdown_on(shutdown);
+    // A workload Node's readiness changed.
+    let controller = match ctx.workloads.take_wakeups() {
+        Some(wakeups) => controller.reconcile_on(wakeups),
+        None => controller,
+    };
     Some(
         controller
             .run(reconcile, error_policy, ctx)
@@ -289,7 +295,19 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         .map(|v| String::from_utf8_lossy(&v.0).into_owned());
     let observed = match &talosconfig {
         Some(tc) if machines.iter().any(|m| talos::address(m).is_some()) => {
-            talos::observe(ctx, tc, &machines, desired.talos_upgrade.is_some()).await
+            // A node rebooting into an upgrade is asked at once, whatever its backoff.
+            let urgent: Vec<String> = machines
+                .iter()
+                .filter(|m| {
+                    m.annotations()
+                        .get(upgrade::MARKER)
+                        .and_then(|v| upgrade::Marker::parse(v))
+                        .is_some_and(|u| u.failed.is_none())
+                })
+                .map(ResourceExt::name_any)
+                .collect();
+            let versions = desired.talos_upgrade.is_some();
+            talos::observe(ctx, tc, &machines, versions, &urgent).await
         }
         Some(_) => talos::Observed {
             problem: Some("no control-plane machine has an address yet".into()),
@@ -302,6 +320,20 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
             )),
             ..talos::Observed::default()
         },
+    };
+    // The workload cluster's control-plane Nodes, once it has an API server to ask.
+    let nodes = match ctx.caches.secret(&ns, &kubeconfig::name(&cluster_name)) {
+        Some(secret) if report.bootstrapped || observed.members.is_some() => {
+            let own = own_ref(&ns, &tcp.name_any());
+            match ctx.workloads.nodes(&ns, &cluster_name, &secret, own).await {
+                Ok(nodes) => Some(nodes),
+                Err(why) => {
+                    tracing::debug!(cluster = %cluster_name, %why, "workload Nodes");
+                    None
+                }
+            }
+        }
+        _ => None,
     };
     // What a machine made now is made from; the template is read on every reconcile, so a
     // change of its content rolls the machines too. A template that cannot be read now judges
@@ -334,7 +366,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
             .unwrap_or_default(),
         machines: machines
             .iter()
-            .map(|m| view(m, &target, &observed))
+            .map(|m| view(m, &target, &observed, nodes.as_ref()))
             .collect(),
         etcd: observed.members.clone(),
         remediation: remediation::Policy::of(tcp.spec.remediation_strategy.as_ref()),
@@ -376,16 +408,24 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     let settled = matches!(step, Step::Steady)
         && report.talos_problem.is_none()
         && report.view.machines.iter().all(|m| m.components_healthy);
-    // A node that does not answer is asked again less and less often (up to every 30 s), not
-    // every half second for as long as it is down.
-    let unreachable = machines.iter().any(|m| {
-        talos::address(m).is_some()
-            && observed
+    // A node that does not answer is asked again less and less often (up to every 30 s, each
+    // node on its own backoff), not every half second for as long as it is down.
+    let checked = std::time::Instant::now();
+    let resting: Option<Duration> = machines
+        .iter()
+        .filter(|m| {
+            observed
                 .health
                 .get(&m.name_any())
                 .is_none_or(|h| !h.reachable)
-    });
-    let backoff_key = format!("{}/unreachable", key_of(&tcp));
+        })
+        .filter_map(talos::address)
+        .map(|a| {
+            ctx.node_backoff
+                .resting(&a, checked)
+                .map_or(Duration::ZERO, |r| r.left)
+        })
+        .min();
     // A node upgrading in place is watched closely: its reboot is seen, and its return acted on.
     let upgrading = report
         .view
@@ -408,14 +448,12 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     } else if !report.bootstrapped {
         // The first node is about to answer: it is asked often, so etcd starts without delay.
         FIRST_NODE
-    } else if unreachable && matches!(step, Step::Steady | Step::Wait { .. }) {
-        ctx.backoff(&backoff_key).min(UNREACHABLE_MAX)
+    } else if let Some(rest) = resting.filter(|_| matches!(step, Step::Steady | Step::Wait { .. }))
+    {
+        rest.clamp(IN_PROGRESS, UNREACHABLE_MAX)
     } else {
         IN_PROGRESS
     };
-    if !unreachable {
-        ctx.succeeded(&backoff_key);
-    }
     // A rolloutAfter in the future is acted on when it comes, not at the next resync.
     let wait = match target.rollout_after.filter(|t| *t > now) {
         Some(at) => Duration::try_from(at.duration_since(now))
@@ -465,8 +503,16 @@ fn made(m: &Machine) -> rollout::Made {
     }
 }
 
-fn view(m: &Machine, target: &rollout::Target, observed: &talos::Observed) -> MachineView {
+fn view(
+    m: &Machine,
+    target: &rollout::Target,
+    observed: &talos::Observed,
+    nodes: Option<&workload::Nodes>,
+) -> MachineView {
     MachineView {
+        node_not_ready: nodes
+            .and_then(|n| n.find(&talos::hostname(m), m.spec.provider_id.as_deref()))
+            .and_then(|n| n.why.clone().filter(|_| !n.ready)),
         name: m.name_any(),
         hostname: talos::hostname(m),
         created: m
@@ -988,6 +1034,8 @@ async fn finalize(
         return Ok(Action::await_change());
     }
     let ns = tcp.namespace().unwrap_or_default();
+    // The workload cluster goes with it: its Nodes are not watched any more.
+    ctx.workloads.forget(&ns, cluster);
     let workers = ctx
         .caches
         .machines_of(&ns, cluster, false)

@@ -45,6 +45,9 @@ pub struct MachineView {
     pub reachable: bool,
     /// The in-place Talos upgrade recorded on it, if one is under way.
     pub upgrade: Option<super::upgrade::Marker>,
+    /// Why its workload Node is not Ready; `None` when it is, or when its Node is not known
+    /// (not registered yet, or the workload cluster cannot be read).
+    pub node_not_ready: Option<String>,
 }
 
 #[cfg(test)]
@@ -67,6 +70,7 @@ impl MachineView {
             talos_version: None,
             reachable: true,
             upgrade: None,
+            node_not_ready: None,
         }
     }
 }
@@ -329,11 +333,29 @@ impl ControlPlane {
     }
 
     /// A machine is available when it is not being deleted, its control-plane components are
-    /// healthy and its etcd member is a healthy voter.
+    /// healthy, its workload Node is not known to be NotReady, and its etcd member is a healthy
+    /// voter.
     pub fn available(&self, m: &MachineView) -> bool {
-        !m.deleting
-            && m.components_healthy
-            && self.member_of(m).is_some_and(|e| e.healthy && !e.learner)
+        self.unavailable_because(m).is_none()
+    }
+
+    /// Why `m` is not available (see [`ControlPlane::available`]); `None` when it is.
+    pub fn unavailable_because(&self, m: &MachineView) -> Option<String> {
+        if m.deleting {
+            return Some("it is being deleted".into());
+        }
+        if !m.components_healthy {
+            return Some("its etcd, kubelet or apid service is not healthy".into());
+        }
+        if let Some(why) = &m.node_not_ready {
+            return Some(format!("its Node {} is not Ready: {why}", m.hostname));
+        }
+        match self.member_of(m) {
+            None => Some("it has no etcd member".into()),
+            Some(e) if !e.healthy => Some("its etcd member is not healthy".into()),
+            Some(e) if e.learner => Some("its etcd member is still a learner".into()),
+            Some(_) => None,
+        }
     }
 }
 

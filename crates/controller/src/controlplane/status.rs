@@ -348,6 +348,13 @@ pub fn status(
         .filter(|m| !m.components_healthy && !m.deleting)
         .map(|m| m.name.clone())
         .collect();
+    let nodes_not_ready: Vec<String> = r
+        .view
+        .machines
+        .iter()
+        .filter(|m| m.components_healthy && !m.deleting)
+        .filter_map(|m| Some(format!("{} ({})", m.hostname, m.node_not_ready.as_ref()?)))
+        .collect();
     set(if r.view.machines.is_empty() {
         Observation::new(
             ConditionType::ControlPlaneComponentsHealthy,
@@ -355,22 +362,29 @@ pub fn status(
             reason::NO_MACHINES,
         )
         .message("no control-plane machines yet")
-    } else if sick.is_empty() {
+    } else if sick.is_empty() && nodes_not_ready.is_empty() {
         Observation::new(
             ConditionType::ControlPlaneComponentsHealthy,
             Status::True,
             reason::HEALTHY,
         )
     } else {
+        let mut problems = Vec::new();
+        if !sick.is_empty() {
+            problems.push(format!(
+                "control-plane components not healthy on machines {}",
+                list(&sick)
+            ));
+        }
+        if !nodes_not_ready.is_empty() {
+            problems.push(format!("Nodes not Ready: {}", list(&nodes_not_ready)));
+        }
         Observation::new(
             ConditionType::ControlPlaneComponentsHealthy,
             Status::False,
             reason::NOT_HEALTHY,
         )
-        .message(format!(
-            "control-plane components not healthy on machines {}",
-            list(&sick)
-        ))
+        .message(problems.join("; "))
         .severity(Severity::Warning)
     });
     let not_ready: Vec<String> = r
@@ -589,6 +603,23 @@ mod tests {
         );
         let components = cond(&s, ConditionType::ControlPlaneComponentsHealthy);
         assert_eq!(components.status, "False");
+    }
+
+    #[test]
+    fn a_node_that_is_not_ready_makes_components_unhealthy_and_says_which() {
+        let now = Time(Timestamp::UNIX_EPOCH);
+        let mut r = report(&[true, true, true]);
+        r.view.machines[1].node_not_ready = Some("Ready is False (KubeletNotReady)".into());
+        let s = status(&TalosControlPlaneStatus::default(), &r, Some(1), &now);
+        let components = cond(&s, ConditionType::ControlPlaneComponentsHealthy);
+        assert_eq!(components.status, "False");
+        assert_eq!(
+            components.message,
+            "Nodes not Ready: m1 (Ready is False (KubeletNotReady))"
+        );
+        // etcd is not the Node: it stays healthy, and so does availability.
+        assert_eq!(cond(&s, ConditionType::EtcdClusterHealthy).status, "True");
+        assert_eq!(cond(&s, ConditionType::Available).status, "True");
     }
 
     #[test]

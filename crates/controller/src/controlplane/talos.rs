@@ -69,34 +69,58 @@ pub struct Observed {
 }
 
 /// Ask the nodes of `machines` for the etcd member list and their services (and, with
-/// `versions`, their Talos versions): each call fanned out by one node to all of them.
+/// `versions`, their Talos versions): each call fanned out by one node to all of them. A node
+/// that did not answer lately is left out until its own backoff ends (see
+/// [`crate::nodes::Backoff`]), unless its machine is in `urgent` (a node rebooting into an
+/// upgrade is watched closely).
 pub async fn observe(
     ctx: &Context,
     talosconfig: &str,
     machines: &[Machine],
     versions: bool,
+    urgent: &[String],
 ) -> Observed {
-    let targets: Vec<(String, String)> = machines
+    let mut observed = Observed::default();
+    let now = std::time::Instant::now();
+    let mut targets: Vec<(String, String)> = Vec::new();
+    for (machine, address) in machines
         .iter()
         .filter_map(|m| address(m).map(|a| (m.name_any(), a)))
-        .collect();
+    {
+        match ctx.node_backoff.resting(&address, now) {
+            Some(rest) if !urgent.contains(&machine) => {
+                observed.health.insert(
+                    machine,
+                    NodeHealth {
+                        problem: Some(format!(
+                            "the Talos API does not answer: {}; asked again in {}s",
+                            rest.problem,
+                            rest.left.as_secs_f64().ceil()
+                        )),
+                        ..NodeHealth::default()
+                    },
+                );
+            }
+            _ => targets.push((machine, address)),
+        }
+    }
     if targets.is_empty() {
-        return Observed {
-            problem: Some("no control-plane machine has an address yet".into()),
-            ..Observed::default()
-        };
+        observed.problem = Some(if observed.health.is_empty() {
+            "no control-plane machine has an address yet".into()
+        } else {
+            "no control-plane node answered lately; each is asked again after its backoff".into()
+        });
+        return observed;
     }
     let addresses: Vec<String> = targets.iter().map(|(_, a)| a.clone()).collect();
     let client = match ctx.nodes.connect(talosconfig, addresses.clone()) {
         Ok(c) => c,
         Err(e) => {
-            return Observed {
-                problem: Some(format!("the cluster's talosconfig cannot be used: {e}")),
-                ..Observed::default()
-            };
+            observed.problem = Some(format!("the cluster's talosconfig cannot be used: {e}"));
+            return observed;
         }
     };
-    let many = Nodes::Many(addresses);
+    let many = Nodes::Many(addresses.clone());
     let asked_versions = async {
         if versions {
             Some(client.version(&many).await)
@@ -110,7 +134,6 @@ pub async fn observe(
         asked_versions
     );
 
-    let mut observed = Observed::default();
     let node_of = |node: &str| {
         targets
             .iter()
@@ -146,15 +169,32 @@ pub async fn observe(
                             }),
                         }
                     }
-                    Err(e) => NodeHealth {
-                        problem: Some(format!("the Talos API does not answer: {e}")),
-                        ..NodeHealth::default()
-                    },
+                    Err(e) => {
+                        let problem = e.to_string();
+                        if e.is_retryable() {
+                            ctx.node_backoff.failed(&reply.node, now, problem.clone());
+                        }
+                        NodeHealth {
+                            problem: Some(format!("the Talos API does not answer: {problem}")),
+                            ..NodeHealth::default()
+                        }
+                    }
                 };
+                if health.reachable {
+                    ctx.node_backoff.answered(&reply.node, now);
+                }
                 observed.health.insert(machine, health);
             }
         }
-        Err(e) => observed.problem = Some(format!("listing services: {e}")),
+        Err(e) => {
+            // No node could be reached to ask: each asked one rests.
+            if e.is_retryable() {
+                for address in &addresses {
+                    ctx.node_backoff.failed(address, now, e.to_string());
+                }
+            }
+            observed.problem = Some(format!("listing services: {e}"));
+        }
     }
     for reply in talos_versions.and_then(Result::ok).into_iter().flatten() {
         if let (Some(machine), Ok(v)) = (node_of(&reply.node), reply.result)

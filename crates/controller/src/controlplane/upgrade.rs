@@ -179,10 +179,15 @@ pub fn step(target: &Target, cp: &ControlPlane) -> Option<Step> {
     let done = live.iter().filter(|m| on_target(m)).count();
     let progress = format!("{done} of {} nodes on Talos {}", live.len(), target.version);
     if upgrading.len() >= parallel(target, live.len()) {
+        let still = live
+            .iter()
+            .filter(|m| m.upgrade.is_some() && on_target(m))
+            .find_map(|m| Some(format!(" ({}: {})", m.name, cp.unavailable_because(m)?)))
+            .unwrap_or_default();
         return Some(Step::Wait {
             reason: "TalosUpgradeInProgress",
             message: format!(
-                "{progress}; waiting for {} to be back healthy on {}",
+                "{progress}; waiting for {} to be back healthy on {}{still}",
                 upgrading.join(", "),
                 target.version
             ),
@@ -195,14 +200,15 @@ pub fn step(target: &Target, cp: &ControlPlane) -> Option<Step> {
         });
     }
     // Every node not upgrading is healthy, with a healthy voting member, before one more goes.
-    if let Some(sick) = live
+    if let Some((sick, why)) = live
         .iter()
-        .find(|m| m.upgrade.is_none() && !cp.available(m))
+        .filter(|m| m.upgrade.is_none())
+        .find_map(|m| Some((m, cp.unavailable_because(m)?)))
     {
         return Some(Step::Wait {
             reason: "WaitingForHealthyNodes",
             message: format!(
-                "{progress}; machine {} is not healthy (etcd member and services), so no node is upgraded now",
+                "{progress}; machine {} is not healthy ({why}), so no node is upgraded now",
                 sick.name
             ),
         });
@@ -318,6 +324,43 @@ mod tests {
             m.talos_version = Some("v1.13.1".into());
         }
         assert_eq!(step(&target(1), &c), None, "every node upgraded");
+    }
+
+    #[test]
+    fn a_node_back_on_the_new_version_waits_for_its_workload_node_to_be_ready() {
+        let mut c = cp(3);
+        upgrading(&mut c, 0, true);
+        set(&mut c, 0, |u| u.down = true);
+        // Services and etcd are back, the kubelet has not reported Ready yet.
+        c.machines[0].talos_version = Some("v1.13.1".into());
+        c.machines[0].components_healthy = true;
+        c.machines[0].reachable = true;
+        c.machines[0].node_not_ready = Some("Ready is False (KubeletNotReady)".into());
+        match step(&target(1), &c) {
+            Some(Step::Wait { reason, message }) => {
+                assert_eq!(reason, "TalosUpgradeInProgress");
+                assert!(
+                    message.contains("its Node m0 is not Ready: Ready is False (KubeletNotReady)"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        c.machines[0].node_not_ready = None;
+        assert_eq!(
+            step(&target(1), &c),
+            Some(Step::UpgradeDone {
+                machine: "m0".into()
+            })
+        );
+        // A NotReady Node elsewhere holds the next upgrade back, and says which.
+        c.machines[0].upgrade = None;
+        c.machines[2].node_not_ready = Some("Ready is Unknown (NodeStatusUnknown)".into());
+        assert!(matches!(
+            step(&target(1), &c),
+            Some(Step::Wait { reason: "WaitingForHealthyNodes", message })
+                if message.contains("machine m2 is not healthy (its Node m2 is not Ready")
+        ));
     }
 
     #[test]

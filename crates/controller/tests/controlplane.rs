@@ -261,6 +261,45 @@ async fn scales_one_to_three_over_zones_and_back_to_one_without_orphan_members()
         },
     )
     .await;
+    // A label dropped from the template leaves the machines; one set by someone else stays.
+    let first = machines(&client, &ns).await.remove(0).name_any();
+    Api::<Machine>::namespaced(client.clone(), &ns)
+        .patch(
+            &first,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"owner": "someone-else"}}})),
+        )
+        .await
+        .unwrap();
+    Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"machineTemplate": {"metadata": {"labels": null}}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        &client,
+        &ns,
+        "s",
+        "the dropped template label gone from every machine",
+        async || {
+            let all = machines(&client, &ns).await;
+            all.iter()
+                .all(|m| !m.labels().contains_key("team"))
+                .then_some(all)
+        },
+    )
+    .await;
+    let kept = Api::<Machine>::namespaced(client.clone(), &ns)
+        .get(&first)
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.labels().get("owner").map(String::as_str),
+        Some("someone-else")
+    );
 
     // Straight to one, without waiting between steps.
     scale(&client, &ns, "s", 1).await;

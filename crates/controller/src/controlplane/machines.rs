@@ -330,26 +330,49 @@ fn deletion(tcp: &TalosControlPlane) -> Value {
     Value::Object(out)
 }
 
+/// The machineTemplate labels and annotations a machine was last given, recorded on it (JSON,
+/// `{"labels": [...], "annotations": [...]}`), so that a key dropped from the template is
+/// dropped from the machine too, and only such a key.
+pub const TEMPLATE_KEYS: &str = "controlplane.cluster.x-k8s.io/machine-template-keys";
+
+/// The label and annotation keys of machineTemplate, as [`TEMPLATE_KEYS`] records them.
+fn template_keys(metadata: Option<&api::bootstrap::v1alpha3::ObjectMetaTemplate>) -> String {
+    let keys = |m: Option<&BTreeMap<String, String>>| -> Vec<String> {
+        m.map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    };
+    json!({
+        "labels": keys(metadata.and_then(|m| m.labels.as_ref())),
+        "annotations": keys(metadata.and_then(|m| m.annotations.as_ref())),
+    })
+    .to_string()
+}
+
 /// What machineTemplate asks every machine to carry, kept in place without a rollout: its
-/// labels and annotations, and the deletion timeouts.
+/// labels and annotations (with [`TEMPLATE_KEYS`]), and the deletion timeouts.
 pub fn template_fields(tcp: &TalosControlPlane) -> Value {
     let metadata = tcp
         .spec
         .machine_template
         .as_ref()
         .and_then(|t| t.metadata.as_ref());
+    let mut annotations = metadata
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    annotations.insert(TEMPLATE_KEYS.into(), template_keys(metadata));
     json!({
         "metadata": {
             "labels": metadata.and_then(|m| m.labels.clone()).unwrap_or_default(),
-            "annotations": metadata.and_then(|m| m.annotations.clone()).unwrap_or_default(),
+            "annotations": annotations,
         },
         "spec": {"deletion": deletion(tcp)},
     })
 }
 
-/// Whether `machine` lacks (or differs in) any of `fields` ([`template_fields`]).
-pub fn lacks(machine: &Machine, fields: &Value) -> bool {
-    let has = |path: [&str; 2], actual: &Value| {
+/// The merge patch that brings `machine` in step with `fields` ([`template_fields`]): keys
+/// added or changed, and keys it was given from the template earlier that the template no
+/// longer has removed. `None` when it is in step.
+pub fn template_patch(machine: &Machine, fields: &Value) -> Option<Value> {
+    let differs = |path: [&str; 2], actual: &Value| {
         fields[path[0]][path[1]]
             .as_object()
             .into_iter()
@@ -359,20 +382,37 @@ pub fn lacks(machine: &Machine, fields: &Value) -> bool {
     let labels = serde_json::to_value(machine.labels()).unwrap_or_default();
     let annotations = serde_json::to_value(machine.annotations()).unwrap_or_default();
     let deletion = serde_json::to_value(&machine.spec.deletion).unwrap_or_default();
-    has(["metadata", "labels"], &labels)
-        || has(["metadata", "annotations"], &annotations)
-        || has(["spec", "deletion"], &deletion)
+    let mut patch = fields.clone();
+    let given: Value = machine
+        .annotations()
+        .get(TEMPLATE_KEYS)
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default();
+    let mut dropped = false;
+    for (kind, actual) in [("labels", &labels), ("annotations", &annotations)] {
+        for key in given[kind].as_array().into_iter().flatten() {
+            let Some(key) = key.as_str() else { continue };
+            if fields["metadata"][kind].get(key).is_none() && actual.get(key).is_some() {
+                patch["metadata"][kind][key] = Value::Null;
+                dropped = true;
+            }
+        }
+    }
+    (dropped
+        || differs(["metadata", "labels"], &labels)
+        || differs(["metadata", "annotations"], &annotations)
+        || differs(["spec", "deletion"], &deletion))
+    .then_some(patch)
 }
 
-/// Bring `machine` in step with [`template_fields`] (added or changed; a key dropped from the
-/// template stays on machines that have it).
-pub async fn sync(ctx: &Context, ns: &str, machine: &str, fields: &Value) -> Result<(), Error> {
+/// Apply `patch` ([`template_patch`]) to `machine`.
+pub async fn sync(ctx: &Context, ns: &str, machine: &str, patch: &Value) -> Result<(), Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(
         ctx.client.clone(),
         ns,
         &crate::cache::capi_resource("Machine"),
     );
-    api.patch(machine, &PatchParams::default(), &Patch::Merge(fields))
+    api.patch(machine, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map(drop)
         .map_err(Error::kube(format!(
@@ -468,6 +508,7 @@ pub async fn create(
         .and_then(|m| m.annotations.clone())
         .unwrap_or_default();
     machine_annotations.insert(cleanup_hook(), String::new());
+    machine_annotations.insert(TEMPLATE_KEYS.into(), template_keys(metadata));
     machine_annotations.insert(MADE_FROM_TEMPLATE.into(), template_ref.identity());
     machine_annotations.insert(MADE_FROM_TEMPLATE_DIGEST.into(), template.digest());
     machine_annotations.insert(MADE_FROM_CONFIG_DIGEST.into(), config_digest);
@@ -671,12 +712,49 @@ mod tests {
             "spec": {"clusterName": "c", "deletion": {"nodeDrainTimeoutSeconds": 300, "nodeDeletionTimeoutSeconds": 10}}
         }))
         .expect("a Machine");
-        assert!(
-            !lacks(&m, &fields),
+        // Made before keys were recorded: only the record is added.
+        let patch = template_patch(&m, &fields).expect("the record is missing");
+        assert_eq!(
+            patch["metadata"]["annotations"][TEMPLATE_KEYS],
+            r#"{"annotations":[],"labels":["team"]}"#
+        );
+        m.metadata.annotations = Some(
+            [(
+                TEMPLATE_KEYS.to_owned(),
+                r#"{"annotations":[],"labels":["team"]}"#.to_owned(),
+            )]
+            .into(),
+        );
+        assert_eq!(
+            template_patch(&m, &fields),
+            None,
             "extra labels and defaulted timeouts are not differences"
         );
-        m.metadata.labels = Some([("team".to_owned(), "b".to_owned())].into());
-        assert!(lacks(&m, &fields));
+        m.metadata
+            .labels
+            .as_mut()
+            .map(|l| l.insert("team".to_owned(), "b".to_owned()));
+        let patch = template_patch(&m, &fields).expect("a changed label");
+        assert_eq!(patch["metadata"]["labels"]["team"], "a");
+
+        // "team" leaves the template: it leaves the machine, and "other" (never from the
+        // template) stays.
+        let mut without = tcp.clone();
+        if let Some(meta) = without
+            .spec
+            .machine_template
+            .as_mut()
+            .and_then(|t| t.metadata.as_mut())
+        {
+            meta.labels = None;
+        }
+        let patch = template_patch(&m, &template_fields(&without)).expect("a dropped label");
+        assert_eq!(patch["metadata"]["labels"]["team"], Value::Null);
+        assert!(patch["metadata"]["labels"].get("other").is_none());
+        assert_eq!(
+            patch["metadata"]["annotations"][TEMPLATE_KEYS],
+            r#"{"annotations":[],"labels":[]}"#
+        );
     }
 
     #[test]

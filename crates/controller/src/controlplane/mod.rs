@@ -378,9 +378,11 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     let fields = machines::template_fields(&tcp);
     for m in machines
         .iter()
-        .filter(|m| m.meta().deletion_timestamp.is_none() && machines::lacks(m, &fields))
+        .filter(|m| m.meta().deletion_timestamp.is_none())
     {
-        machines::sync(ctx, &ns, &m.name_any(), &fields).await?;
+        if let Some(patch) = machines::template_patch(m, &fields) {
+            machines::sync(ctx, &ns, &m.name_any(), &patch).await?;
+        }
     }
     for m in machines.iter().filter(|m| {
         m.meta().deletion_timestamp.is_none()

@@ -134,6 +134,8 @@ pub struct Resting {
     pub left: Duration,
     /// Why it did not answer the last time.
     pub problem: String,
+    /// It answered before (it went away, rather than not being up yet).
+    pub answered: bool,
 }
 
 impl Backoff {
@@ -148,6 +150,7 @@ impl Backoff {
         Some(Resting {
             left: reach.until - now,
             problem: reach.problem.clone(),
+            answered: reach.answered,
         })
     }
 

@@ -1108,8 +1108,9 @@ async fn max_surge_0_replaces_in_place_of_each_machine_and_replans_on_a_spec_cha
         json!({"version": "v1.36.0", "rolloutStrategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}}),
     )
     .await;
-    // Mid-rollout (one machine replaced), the Talos configuration changes: the plan starts
-    // over for every machine, the new one included.
+    // Mid-rollout (one machine replaced), the Talos configuration changes in a way Talos
+    // applies only with a reboot: the plan starts over for every machine, the new one
+    // included.
     let first = eventually(&client, &ns, "v", "one machine replaced", async || {
         machines(&client, &ns)
             .await
@@ -1124,7 +1125,7 @@ async fn max_surge_0_replaces_in_place_of_each_machine_and_replans_on_a_spec_cha
         "v",
         json!({"controlPlaneConfig": {"controlplane": {
             "generateType": "controlplane", "talosVersion": "v1.13",
-            "strategicPatches": ["machine:\n  install:\n    disk: /dev/sda\n", "machine:\n  sysctls:\n    vm.max_map_count: \"262144\"\n"]
+            "strategicPatches": ["machine:\n  install:\n    disk: /dev/sda\n", PROXY_PATCH]
         }}}),
     )
     .await;
@@ -1145,6 +1146,129 @@ async fn max_surge_0_replaces_in_place_of_each_machine_and_replans_on_a_spec_cha
         "more than one member down at once: {history:?}"
     );
     assert_etcd_invariants(&client, &ns, "v", &infra.sim).await;
+}
+
+/// A machine.env change: Talos applies it only with a reboot.
+const PROXY_PATCH: &str = "machine:\n  env:\n    https_proxy: http://proxy.example:3128\n";
+
+/// How often each machine's node has booted, by machine name.
+async fn boots(client: &kube::Client, ns: &str, sim: &Simulator) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for m in machine_names(client, ns).await {
+        let address = node_of(client, ns, &m).await;
+        out.push((m, sim.running(&address).map_or(0, |(boots, _)| boots)));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_config_change_talos_applies_live_is_made_in_place_and_one_needing_a_reboot_replaces() {
+    let (client, ns, _controller) = setup("cp-reconfigure").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "r", 3).await;
+    settled(&client, &ns, "r", &infra.sim, 3).await;
+    let id = sim_infra::cluster_id(&client, &ns, "r").await.unwrap();
+    let history = infra.sim.etcd_history(&id).len();
+    let before = boots(&client, &ns, &infra.sim).await;
+
+    // A node label: Talos applies it live. Every node runs it, tried then confirmed one by
+    // one, with the same machines, no reboot and no etcd membership change.
+    let install = "machine:\n  install:\n    disk: /dev/sda\n";
+    let label = "machine:\n  nodeLabels:\n    example.com/tier: gold\n";
+    patch_spec(
+        &client,
+        &ns,
+        "r",
+        json!({"controlPlaneConfig": {"controlplane": {
+            "generateType": "controlplane", "talosVersion": "v1.13",
+            "strategicPatches": [install, label]
+        }}}),
+    )
+    .await;
+    let api = Api::<TalosControlPlane>::namespaced(client.clone(), &ns);
+    eventually(
+        &client,
+        &ns,
+        "r",
+        "every node runs the label, and the control plane says it is up to date",
+        async || {
+            for m in machine_names(&client, &ns).await {
+                let (_, docs) = infra.sim.running(&node_of(&client, &ns, &m).await)?;
+                let labelled = docs
+                    .iter()
+                    .any(|d| d["machine"]["nodeLabels"]["example.com/tier"] == json!("gold"));
+                if !labelled {
+                    return None;
+                }
+            }
+            let tcp = api.get("r").await.ok()?;
+            let markers = machines(&client, &ns).await.iter().any(|m| {
+                m.annotations()
+                    .contains_key("controlplane.cluster.x-k8s.io/talos-config-apply")
+            });
+            (tcp.status.as_ref()?.up_to_date_replicas == Some(3)
+                && condition(&tcp, ConditionType::MachinesUpToDate)?.status == "True"
+                && !markers)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        boots(&client, &ns, &infra.sim).await,
+        before,
+        "the same machines, none rebooted"
+    );
+    assert_eq!(
+        infra.sim.etcd_history(&id).len(),
+        history,
+        "no etcd membership change"
+    );
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let applied = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("TalosConfigApplied"))
+        .count();
+    assert_eq!(applied, 3, "one TalosConfigApplied event per machine");
+
+    // An environment variable: Talos refuses it live (its words are kept), so the machines
+    // are replaced, one at a time within quorum.
+    patch_spec(
+        &client,
+        &ns,
+        "r",
+        json!({"controlPlaneConfig": {"controlplane": {
+            "generateType": "controlplane", "talosVersion": "v1.13",
+            "strategicPatches": [install, label, PROXY_PATCH]
+        }}}),
+    )
+    .await;
+    let old: Vec<String> = before.into_iter().map(|(m, _)| m).collect();
+    eventually(&client, &ns, "r", "every machine replaced", async || {
+        let now = machine_names(&client, &ns).await;
+        (now.len() == 3 && now.iter().all(|m| !old.contains(m))).then_some(())
+    })
+    .await;
+    settled(&client, &ns, "r", &infra.sim, 3).await;
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let needs_reboot = events
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("TalosConfigNeedsReboot"))
+        .and_then(|e| e.message.clone())
+        .expect("a TalosConfigNeedsReboot event");
+    assert!(
+        needs_reboot.contains("can't be applied in immediate mode")
+            && needs_reboot.contains("machine.env.https_proxy"),
+        "{needs_reboot}"
+    );
+    assert_etcd_invariants(&client, &ns, "r", &infra.sim).await;
 }
 
 #[tokio::test]

@@ -757,6 +757,22 @@ impl Client {
             apply_configuration(ApplyConfigurationRequest { data, mode: mode as i32, ..Default::default() })
     );
     unary!(
+        /// Apply a machine configuration in TRY mode: it runs at once, without a reboot, and
+        /// the node rolls it back after `timeout` unless another configuration is applied
+        /// before (a NO_REBOOT apply of the same one confirms it). Talos refuses a change that
+        /// needs a reboot with InvalidArgument.
+        apply_configuration_try(data: Vec<u8>, timeout: Duration) -> ApplyConfiguration =
+            apply_configuration(ApplyConfigurationRequest {
+                data,
+                mode: apply_configuration_request::Mode::Try as i32,
+                try_mode_timeout: Some(prost_types::Duration {
+                    seconds: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+                    nanos: i32::try_from(timeout.subsec_nanos()).unwrap_or(0),
+                }),
+                ..Default::default()
+            })
+    );
+    unary!(
         /// Bootstrap etcd (exactly once per cluster, on one control-plane node).
         bootstrap() -> Bootstrap = bootstrap(BootstrapRequest::default())
     );

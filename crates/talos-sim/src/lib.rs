@@ -108,6 +108,19 @@ impl Simulator {
         Some((s.phase, s.version.clone()))
     }
 
+    /// How often a node has booted, and the configuration documents it runs.
+    pub fn running(&self, address: &str) -> Option<(u64, Vec<serde_json::Value>)> {
+        let node = self.shared.node(address)?;
+        let s = node.state();
+        Some((
+            s.boot_count,
+            s.config
+                .as_ref()
+                .map(|c| c.docs.clone())
+                .unwrap_or_default(),
+        ))
+    }
+
     /// etcd members (address, id, learner) of a cluster.
     pub fn etcd_members(&self, cluster_id: &str) -> Vec<(String, u64, bool)> {
         lock(&self.shared.clusters)

@@ -134,6 +134,107 @@ impl Configured {
     }
 }
 
+/// Fields of the v1alpha1 document Talos applies without a reboot (Talos's
+/// `Runtime.CanApplyImmediate`): top-level, under `machine`, and under `machine.features`.
+const IMMEDIATE_TOP: &[&str] = &["debug", "cluster"];
+const IMMEDIATE_MACHINE: &[&str] = &[
+    "ca",
+    "acceptedCAs",
+    "time",
+    "certSANs",
+    "install",
+    "network",
+    "sysfs",
+    "sysctls",
+    "logging",
+    "controlPlane",
+    "kubelet",
+    "kernel",
+    "registries",
+    "pods",
+    "seccompProfiles",
+    "nodeAnnotations",
+    "nodeLabels",
+    "nodeTaints",
+];
+const IMMEDIATE_FEATURES: &[&str] = &[
+    "kubernetesTalosAPIAccess",
+    "kubePrism",
+    "hostDNS",
+    "imageCache",
+    "nodeAddressSortAlgorithm",
+];
+
+/// Whether Talos can apply `new` over `current` without a reboot, as Talos decides it: the
+/// v1alpha1 documents must be equal once the fields it applies live are set aside (other
+/// documents apply live). `Err` carries Talos's message, naming the fields that differ.
+pub fn immediate_change(current: &[Value], new: &[Value]) -> Result<(), String> {
+    let v1 = |docs: &[Value]| {
+        docs.iter()
+            .find(|d| d.get("version").and_then(Value::as_str) == Some("v1alpha1"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let strip = |mut doc: Value| {
+        if let Some(top) = doc.as_object_mut() {
+            for k in IMMEDIATE_TOP {
+                top.remove(*k);
+            }
+            if let Some(machine) = top.get_mut("machine").and_then(Value::as_object_mut) {
+                for k in IMMEDIATE_MACHINE {
+                    machine.remove(*k);
+                }
+                if let Some(features) = machine.get_mut("features").and_then(Value::as_object_mut) {
+                    for k in IMMEDIATE_FEATURES {
+                        features.remove(*k);
+                    }
+                }
+            }
+        }
+        doc
+    };
+    let (a, b) = (strip(v1(current)), strip(v1(new)));
+    if a == b {
+        return Ok(());
+    }
+    let mut differing = Vec::new();
+    differences(&a, &b, String::new(), &mut differing);
+    Err(format!(
+        "this config change can't be applied in immediate mode\ndiff:\n{}",
+        differing.join("\n")
+    ))
+}
+
+/// The paths at which `a` and `b` differ, as `changed: machine.env.FOO`.
+fn differences(a: &Value, b: &Value, path: String, out: &mut Vec<String>) {
+    let empty = serde_json::Map::new();
+    let object = |v: &Value| match v {
+        Value::Object(o) => Some(o.clone()),
+        Value::Null => Some(empty.clone()),
+        _ => None,
+    };
+    match (object(a), object(b)) {
+        (Some(x), Some(y)) if a.is_object() || b.is_object() => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                differences(
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    sub,
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(format!("changed: {path}")),
+        _ => {}
+    }
+}
+
 /// What a boot does to a node's state (install a configuration, switch versions, wipe).
 type Transition = Box<dyn FnOnce(&mut NodeState) + Send>;
 
@@ -146,6 +247,9 @@ pub struct NodeState {
     pub staged: Option<String>,
     pub failures: Failures,
     pub boot_count: u64,
+    /// Bumped by every applied configuration: a TRY's rollback happens only if nothing was
+    /// applied since.
+    pub applied: u64,
     shutdown: Option<oneshot::Sender<()>>,
     /// What the next boot does to the state, and how long the node stays down before it.
     pending: Option<(Duration, Transition)>,
@@ -489,9 +593,50 @@ pub(crate) fn new_node(spec: NodeSpec, config: Option<Configured>) -> Node {
             staged: None,
             failures: Failures::default(),
             boot_count: 0,
+            applied: 0,
             shutdown: None,
             pending: None,
         }),
         spec,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn talos_applies_labels_live_and_reboots_for_environment_changes() {
+        let doc = |machine: Value| {
+            vec![
+                json!({"version": "v1alpha1", "machine": machine, "cluster": {"clusterName": "a"}}),
+                json!({"apiVersion": "v1alpha1", "kind": "HostnameConfig", "auto": "stable"}),
+            ]
+        };
+        let current = doc(json!({"type": "controlplane", "nodeLabels": {"a": "1"},
+            "features": {"kubePrism": {"enabled": false}}}));
+        let labels = doc(json!({"type": "controlplane", "nodeLabels": {"a": "2"},
+            "features": {"kubePrism": {"enabled": true}}}));
+        assert_eq!(immediate_change(&current, &labels), Ok(()));
+        let mut renamed = labels.clone();
+        renamed[0]["cluster"]["clusterName"] = json!("b");
+        renamed[1]["auto"] = json!("off");
+        assert_eq!(
+            immediate_change(&current, &renamed),
+            Ok(()),
+            "cluster and other documents apply live"
+        );
+        let env = doc(json!({"type": "controlplane", "env": {"HTTP_PROXY": "x"},
+            "features": {"kubePrism": {"enabled": false}}}));
+        let refused = immediate_change(&current, &env).expect_err("needs a reboot");
+        assert!(
+            refused.starts_with("this config change can't be applied in immediate mode"),
+            "{refused}"
+        );
+        assert!(
+            refused.contains("changed: machine.env.HTTP_PROXY"),
+            "{refused}"
+        );
     }
 }

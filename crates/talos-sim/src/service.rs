@@ -464,38 +464,90 @@ impl MachineService for Api {
                     Status::invalid_argument(format!("configuration validation failed: {e}"))
                 })?;
                 let maintenance = node.state().phase == Phase::Maintenance;
+                use apply_configuration_request::Mode;
+                let asked = Mode::try_from(body.mode).unwrap_or(Mode::Reboot);
+                // As Talos decides it (its ApplyConfiguration): TRY and NO_REBOOT are refused
+                // for a change that needs a reboot; AUTO picks one of the two.
+                let immediate = || match node.state().config.as_ref() {
+                    Some(current) => crate::node::immediate_change(&current.docs, &cfg.docs),
+                    None => Ok(()),
+                };
+                let mode = match asked {
+                    _ if maintenance => Mode::Reboot,
+                    Mode::Try | Mode::NoReboot => {
+                        immediate().map_err(Status::invalid_argument)?;
+                        asked
+                    }
+                    Mode::Auto if immediate().is_ok() => Mode::NoReboot,
+                    Mode::Auto => Mode::Reboot,
+                    other => other,
+                };
+                let details = match mode {
+                    Mode::Reboot => "Applied configuration with a reboot",
+                    Mode::Staged => "Staged configuration to be applied after the next reboot",
+                    _ => "Applied configuration without a reboot",
+                };
                 if body.dry_run {
                     return Ok(one::<ApplyConfigurationResponse>(ApplyConfiguration {
-                        mode_details: "Dry run: no changes".into(),
+                        mode: mode as i32,
+                        mode_details: format!("Dry run summary:\n{details} (skipped in dry-run)."),
                         ..Default::default()
                     }));
                 }
-                let mode = apply_configuration_request::Mode::try_from(body.mode)
-                    .unwrap_or(apply_configuration_request::Mode::Reboot);
-                let reboots = maintenance || mode == apply_configuration_request::Mode::Reboot;
-                if reboots {
-                    // Maintenance: install, then reboot into the configured system.
-                    let delay = if maintenance {
-                        shared.timing.boot
-                    } else {
-                        shared.timing.reboot
-                    };
-                    shared.restart(&node, Stage::Installing, delay, move |s| {
-                        s.config = Some(cfg)
-                    });
-                } else {
-                    node.state().config = Some(cfg);
+                match mode {
+                    Mode::Reboot => {
+                        // Maintenance: install, then reboot into the configured system.
+                        let delay = if maintenance {
+                            shared.timing.boot
+                        } else {
+                            shared.timing.reboot
+                        };
+                        shared.restart(&node, Stage::Installing, delay, move |s| {
+                            s.applied += 1;
+                            s.config = Some(cfg)
+                        });
+                    }
+                    Mode::Try => {
+                        // Live now, and rolled back after the timeout unless another
+                        // configuration (the confirming NO_REBOOT) is applied before.
+                        let timeout = body
+                            .try_mode_timeout
+                            .and_then(|d| {
+                                Some(
+                                    std::time::Duration::from_secs(u64::try_from(d.seconds).ok()?)
+                                        + std::time::Duration::from_nanos(
+                                            u64::try_from(d.nanos).ok()?,
+                                        ),
+                                )
+                            })
+                            .filter(|d| !d.is_zero())
+                            .unwrap_or(std::time::Duration::from_secs(60));
+                        let (previous, tried) = {
+                            let mut state = node.state();
+                            state.applied += 1;
+                            (state.config.replace(cfg), state.applied)
+                        };
+                        let node = Arc::clone(&node);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(timeout).await;
+                            let mut state = node.state();
+                            if state.applied == tried {
+                                state.applied += 1;
+                                state.config = previous;
+                            }
+                        });
+                    }
+                    _ => {
+                        let mut state = node.state();
+                        state.applied += 1;
+                        state.config = Some(cfg);
+                    }
                 }
-                let reported = if maintenance {
-                    apply_configuration_request::Mode::Reboot
-                } else {
-                    mode
-                };
                 Ok(one::<ApplyConfigurationResponse>(ApplyConfiguration {
                     metadata: None,
                     warnings: Vec::new(),
-                    mode: reported as i32,
-                    mode_details: "Applied configuration".into(),
+                    mode: mode as i32,
+                    mode_details: details.into(),
                 }))
             }
         })

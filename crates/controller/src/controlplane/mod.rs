@@ -9,10 +9,12 @@
 //! no events to offer, so while something is in progress it looks again after a second, and
 //! otherwise only on a slow resync.
 
+mod config_change;
 pub mod expectations;
 pub mod kubeconfig;
 pub mod machines;
 pub mod plan;
+pub mod reconfigure;
 pub mod remediation;
 pub mod rollout;
 pub mod scope;
@@ -340,11 +342,19 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     // no machine on content (and fails a creation, which says why).
     let template = machines::Template::read(ctx, &tcp).await;
     let now = ctx.clock.now().0;
+    let config_digest = machines::config_digest(&tcp.spec.control_plane_config.controlplane)?;
     let target = rollout::Target {
         version: tcp.spec.version.clone(),
         template: machines::TemplateRef::of(&tcp).map(|r| r.identity()),
         template_digest: template.as_ref().ok().map(machines::Template::digest),
-        config_digest: machines::config_digest(&tcp.spec.control_plane_config.controlplane)?,
+        config_needs_reboot: reconfigure::needs_reboot(
+            &machines
+                .iter()
+                .filter_map(reconfigure_marker)
+                .collect::<Vec<_>>(),
+            &config_digest,
+        ),
+        config_digest,
         rollout_after: tcp.spec.rollout_after.as_ref().map(|t| t.0),
         now,
     };
@@ -402,6 +412,8 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
             talosconfig: talosconfig.as_deref(),
             upgrade: desired.talos_upgrade.clone(),
             template: template.ok(),
+            cluster: &cluster,
+            config_digest: &target.config_digest,
         },
         step,
         &mut report,
@@ -470,7 +482,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
                 .view
                 .machines
                 .iter()
-                .filter(|m| !m.deleting && !m.up_to_date())
+                .filter(|m| !m.deleting && !m.current())
                 .count(),
         ),
     );
@@ -550,7 +562,20 @@ fn view(
             .annotations()
             .get(upgrade::MARKER)
             .and_then(|v| upgrade::Marker::parse(v)),
+        config_pending: made(m)
+            .config_digest
+            .as_ref()
+            .is_some_and(|d| *d != target.config_digest),
+        config_digest: made(m).config_digest,
+        reconfigure: reconfigure_marker(m),
     }
+}
+
+/// The in-place configuration change recorded on `m`.
+fn reconfigure_marker(m: &Machine) -> Option<reconfigure::Marker> {
+    m.annotations()
+        .get(reconfigure::MARKER)
+        .and_then(|v| reconfigure::Marker::parse(v))
 }
 
 /// The remediation in progress, else the newest one a machine answers.
@@ -620,6 +645,9 @@ struct Act<'a> {
     upgrade: Option<upgrade::Target>,
     /// The infrastructure template, when it could be read this reconcile.
     template: Option<machines::Template>,
+    cluster: &'a Cluster,
+    /// The digest of controlPlaneConfig now.
+    config_digest: &'a str,
 }
 
 /// Take `step`; returns the step as it ended up (a step that cannot start yet becomes a Wait).
@@ -902,6 +930,12 @@ async fn act(
         Step::ForgetUpgrade { machine } => {
             upgrade_marker(ctx, &ns, machine, None).await?;
         }
+        Step::TryConfig { .. }
+        | Step::ConfirmConfig { .. }
+        | Step::ConfigChangeFailed { .. }
+        | Step::ForgetConfigChange { .. } => {
+            return config_change::act(ctx, tcp, cluster, machines, &with, step, report).await;
+        }
         Step::Wait { .. } | Step::Steady => {}
     }
     Ok(step)
@@ -924,16 +958,30 @@ async fn upgrade_marker(
     machine: &str,
     marker: Option<&upgrade::Marker>,
 ) -> Result<(), Error> {
-    let patch = json!({"metadata": {"annotations": {
-        upgrade::MARKER: marker.map(upgrade::Marker::to_annotation),
-    }}});
+    annotate_machine(
+        ctx,
+        ns,
+        machine,
+        json!({upgrade::MARKER: marker.map(upgrade::Marker::to_annotation)}),
+        "recording the Talos upgrade of",
+    )
+    .await
+}
+
+/// Set (or, with null values, remove) `annotations` on `machine`; `what` is for the error.
+async fn annotate_machine(
+    ctx: &Context,
+    ns: &str,
+    machine: &str,
+    annotations: serde_json::Value,
+    what: &str,
+) -> Result<(), Error> {
+    let patch = json!({"metadata": {"annotations": annotations}});
     Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &cache::capi_resource("Machine"))
         .patch(machine, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map(drop)
-        .map_err(Error::kube(format!(
-            "recording the Talos upgrade of machine {ns}/{machine}"
-        )))
+        .map_err(Error::kube(format!("{what} machine {ns}/{machine}")))
 }
 
 /// Addresses of machines whose etcd is healthy (other than `except`), to send etcd calls

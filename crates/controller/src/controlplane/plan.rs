@@ -43,6 +43,16 @@ pub enum Step {
     UpgradeDone { machine: String },
     /// The record is for another target (talosUpgrade changed): clear it.
     ForgetUpgrade { machine: String },
+    /// Try the new configuration on this machine's node (ApplyConfiguration TRY): record it
+    /// on the Machine, then ask.
+    TryConfig { machine: String },
+    /// The node is healthy on the tried configuration: make it permanent (NO_REBOOT), record
+    /// the new digest on the Machine and clear the record.
+    ConfirmConfig { machine: String },
+    /// The tried configuration failed on this machine: record why; in-place changes halt.
+    ConfigChangeFailed { machine: String, why: String },
+    /// The record is for another configuration (controlPlaneConfig changed): clear it.
+    ForgetConfigChange { machine: String },
     /// Nothing may change now; the reason and message say why, for a condition.
     Wait {
         reason: &'static str,
@@ -173,6 +183,7 @@ mod tests {
                 max_surge: 1,
                 max_unavailable: 0,
             },
+            config_digest: None,
         }
     }
 

@@ -36,6 +36,9 @@ pub struct Desired {
     /// In-place Talos upgrades (talosUpgrade), when asked for.
     pub talos_upgrade: Option<super::upgrade::Target>,
     pub strategy: Strategy,
+    /// The digest of the machines' TalosConfig spec (controlPlaneConfig): a machine on another
+    /// one is changed in place, or replaced when Talos says the change needs a reboot.
+    pub config_digest: Option<String>,
 }
 
 impl Desired {
@@ -77,6 +80,8 @@ impl Desired {
             talos_version,
             talos_upgrade,
             strategy,
+            config_digest: super::machines::config_digest(&spec.control_plane_config.controlplane)
+                .ok(),
         })
     }
 }
@@ -234,6 +239,10 @@ pub struct Target {
     /// `None` when the template could not be read (content changes are then not judged).
     pub template_digest: Option<String>,
     pub config_digest: String,
+    /// Talos said the change to `config_digest` needs a reboot (see
+    /// [`super::reconfigure::needs_reboot`]): machines on another configuration are replaced.
+    /// Otherwise they are changed in place, and not outdated for it.
+    pub config_needs_reboot: bool,
     pub rollout_after: Option<Timestamp>,
     pub now: Timestamp,
 }
@@ -258,12 +267,15 @@ pub fn outdated(made: &Made, target: &Target) -> Option<String> {
             why.push(format!("infrastructure template {now} changed"));
         }
     }
-    if made
-        .config_digest
-        .as_ref()
-        .is_some_and(|d| *d != target.config_digest)
+    if target.config_needs_reboot
+        && made
+            .config_digest
+            .as_ref()
+            .is_some_and(|d| *d != target.config_digest)
     {
-        why.push("controlPlaneConfig changed".into());
+        why.push(
+            "controlPlaneConfig changed, and Talos applies the change only with a reboot".into(),
+        );
     }
     if let Some(after) = target.rollout_after
         && after <= target.now
@@ -280,9 +292,15 @@ pub fn step(desired: &Desired, cp: &ControlPlane) -> Step {
     match replace(desired, cp) {
         // Machines in place are upgraded once none needs replacing.
         Step::Steady => desired
-            .talos_upgrade
-            .as_ref()
-            .and_then(|t| super::upgrade::step(t, cp))
+            .config_digest
+            .as_deref()
+            .and_then(|d| super::reconfigure::step(d, cp))
+            .or_else(|| {
+                desired
+                    .talos_upgrade
+                    .as_ref()
+                    .and_then(|t| super::upgrade::step(t, cp))
+            })
             .unwrap_or(Step::Steady),
         step => step,
     }
@@ -587,6 +605,7 @@ mod tests {
             talos_version: talos.map(Into::into),
             talos_upgrade: None,
             strategy: Strategy::OnDelete,
+            config_digest: None,
         }
     }
 
@@ -633,6 +652,7 @@ mod tests {
             template: Some("MachineTemplate.infra/a".into()),
             template_digest: Some("t1".into()),
             config_digest: "c1".into(),
+            config_needs_reboot: false,
             rollout_after: None,
             now: Timestamp::from_second(200).unwrap_or(Timestamp::UNIX_EPOCH),
         };
@@ -659,12 +679,26 @@ mod tests {
             })
             .contains("changed")
         );
+        // A configuration change is made in place, unless Talos said it needs a reboot.
+        assert_eq!(
+            outdated(
+                &made,
+                &Target {
+                    config_digest: "c2".into(),
+                    ..target.clone()
+                }
+            ),
+            None
+        );
         assert!(
             why(Target {
                 config_digest: "c2".into(),
+                config_needs_reboot: true,
                 ..target.clone()
             })
-            .contains("controlPlaneConfig")
+            .contains(
+                "controlPlaneConfig changed, and Talos applies the change only with a reboot"
+            )
         );
         let after = |s| Timestamp::from_second(s).ok();
         assert!(
@@ -825,6 +859,7 @@ mod properties {
                     max_surge: surge,
                     max_unavailable: unavailable,
                 },
+                config_digest: None,
             },
             next: replicas,
         }

@@ -45,6 +45,12 @@ pub struct MachineView {
     pub reachable: bool,
     /// The in-place Talos upgrade recorded on it, if one is under way.
     pub upgrade: Option<super::upgrade::Marker>,
+    /// The digest of the configuration it runs (controlPlaneConfig), when recorded.
+    pub config_digest: Option<String>,
+    /// The in-place configuration change recorded on it, if one is under way.
+    pub reconfigure: Option<super::reconfigure::Marker>,
+    /// It runs another controlPlaneConfig than the spec's, to be changed in place.
+    pub config_pending: bool,
     /// Why its workload Node is not Ready; `None` when it is, or when its Node is not known
     /// (not registered yet, or the workload cluster cannot be read).
     pub node_not_ready: Option<String>,
@@ -70,6 +76,9 @@ impl MachineView {
             talos_version: None,
             reachable: true,
             upgrade: None,
+            config_digest: None,
+            reconfigure: None,
+            config_pending: false,
             node_not_ready: None,
         }
     }
@@ -129,9 +138,22 @@ pub struct ControlPlane {
 }
 
 impl MachineView {
-    /// Matches the desired spec.
+    /// Needs no replacement to match the desired spec.
     pub fn up_to_date(&self) -> bool {
         self.outdated.is_none()
+    }
+
+    /// Matches the desired spec: up to date, and on the spec's configuration.
+    pub fn current(&self) -> bool {
+        self.up_to_date() && !self.config_pending
+    }
+
+    /// Why it does not match the desired spec (see [`MachineView::current`]).
+    pub fn not_current(&self) -> Option<String> {
+        self.outdated.clone().or_else(|| {
+            self.config_pending
+                .then(|| "controlPlaneConfig changed, to be applied in place".to_owned())
+        })
     }
 }
 

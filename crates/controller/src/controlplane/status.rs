@@ -109,7 +109,7 @@ fn rolling_out(r: &Report, outdated: usize) -> Observation {
         Some(t) if outdated == 0 => format!("{} of {total} nodes on Talos {t}", talos_done(t)),
         _ => format!(
             "{} of {total} machines up to date",
-            live.iter().filter(|m| m.up_to_date()).count()
+            live.iter().filter(|m| m.current()).count()
         ),
     };
     match &r.step {
@@ -123,6 +123,16 @@ fn rolling_out(r: &Report, outdated: usize) -> Observation {
         }
         Some(Step::UpgradeTalos { machine }) => {
             message.push_str(&format!("; upgrading Talos on machine {machine}"));
+        }
+        Some(Step::TryConfig { machine }) => {
+            message.push_str(&format!(
+                "; trying the new configuration on machine {machine} without a reboot"
+            ));
+        }
+        Some(Step::ConfirmConfig { machine }) => {
+            message.push_str(&format!(
+                "; machine {machine} is healthy on the new configuration, confirming it"
+            ));
         }
         _ => {}
     }
@@ -414,7 +424,7 @@ pub fn status(
         .view
         .machines
         .iter()
-        .filter_map(|m| m.outdated.as_ref().map(|why| format!("{} ({why})", m.name)))
+        .filter_map(|m| m.not_current().map(|why| format!("{} ({why})", m.name)))
         .collect();
     set(if outdated.is_empty() {
         Observation::new(
@@ -469,7 +479,7 @@ pub fn status(
     let total = count(r.machines.len());
     let ready = count(r.machines.iter().filter(|m| m.ready).count());
     let avail = count(r.machines.iter().filter(|m| m.available).count());
-    let up_to_date = count(r.view.machines.iter().filter(|m| m.up_to_date()).count());
+    let up_to_date = count(r.view.machines.iter().filter(|m| m.current()).count());
     s.replicas = Some(total);
     s.ready_replicas = Some(ready);
     s.available_replicas = Some(avail);

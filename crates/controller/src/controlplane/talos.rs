@@ -70,9 +70,10 @@ pub struct Observed {
 
 /// Ask the nodes of `machines` for the etcd member list and their services (and, with
 /// `versions`, their Talos versions): each call fanned out by one node to all of them. A node
-/// that did not answer lately is left out until its own backoff ends (see
+/// that answered before and then stopped is left out until its own backoff ends (see
 /// [`crate::nodes::Backoff`]), unless its machine is in `urgent` (a node rebooting into an
-/// upgrade is watched closely).
+/// upgrade is watched closely). A node that never answered is always asked: it is booting,
+/// and its first answer is what the next step waits for.
 pub async fn observe(
     ctx: &Context,
     talosconfig: &str,
@@ -88,7 +89,7 @@ pub async fn observe(
         .filter_map(|m| address(m).map(|a| (m.name_any(), a)))
     {
         match ctx.node_backoff.resting(&address, now) {
-            Some(rest) if !urgent.contains(&machine) => {
+            Some(rest) if rest.answered && !urgent.contains(&machine) => {
                 observed.health.insert(
                     machine,
                     NodeHealth {
@@ -358,6 +359,65 @@ pub async fn upgrade(
             .and_then(first_result)
             .map_err(classify),
         Err(e) => Err(classify(e)),
+    }
+}
+
+/// How a configuration change ended on a node.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// Talos can apply it only with a reboot (its message names what differs).
+    NeedsReboot(String),
+    /// The node refused it (invalid for it, or another apply in progress).
+    Refused(String),
+    /// The node could not be asked (try again).
+    Unreachable(String),
+}
+
+/// Apply the machine configuration `data` to the node at `address` without a reboot: in TRY
+/// mode (rolled back by the node after `try_timeout` unless confirmed), or, with `try_timeout`
+/// `None`, in NO_REBOOT mode (which confirms a tried one).
+pub async fn apply_config(
+    ctx: &Context,
+    talosconfig: &str,
+    address: &str,
+    data: &str,
+    try_timeout: Option<std::time::Duration>,
+) -> Result<(), ConfigError> {
+    let client = ctx
+        .nodes
+        .connect(talosconfig, vec![address.to_owned()])
+        .map_err(|e| ConfigError::Unreachable(e.to_string()))?;
+    let data = data.as_bytes().to_vec();
+    let result = match try_timeout {
+        Some(timeout) => {
+            client
+                .apply_configuration_try(&Nodes::Endpoint, data, timeout)
+                .await
+        }
+        None => {
+            client
+                .apply_configuration(
+                    &Nodes::Endpoint,
+                    data,
+                    talos_api::machine::apply_configuration_request::Mode::NoReboot,
+                )
+                .await
+        }
+    };
+    match result.and_then(first_result) {
+        Ok(()) => Ok(()),
+        // Talos's words for it (its CanApplyImmediate).
+        Err(talos_api::Error::InvalidArgument(m))
+            if m.contains("can't be applied in immediate mode") =>
+        {
+            Err(ConfigError::NeedsReboot(m))
+        }
+        Err(
+            e @ (talos_api::Error::InvalidArgument(_)
+            | talos_api::Error::FailedPrecondition(_)
+            | talos_api::Error::PermissionDenied(_)),
+        ) => Err(ConfigError::Refused(e.to_string())),
+        Err(e) => Err(ConfigError::Unreachable(e.to_string())),
     }
 }
 

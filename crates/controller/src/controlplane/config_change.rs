@@ -1,0 +1,258 @@
+//! Acting on the steps of an in-place configuration change ([`super::reconfigure`]): render
+//! the machine's configuration as its TalosConfig would, try it on the node, confirm it, and
+//! record each outcome on the Machine.
+
+use api::bootstrap::v1alpha3::TalosConfigSpec;
+use api::capi::{Cluster, Machine};
+use api::controlplane::v1alpha3::TalosControlPlane;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::plan::Step;
+use super::reconfigure::{MARKER, Marker, TRY_TIMEOUT};
+use super::status::Report;
+use super::{Act, annotate_machine, machines, talos};
+use crate::bootstrap::secrets::bundle_name;
+use crate::{Context, Error, report};
+
+/// The longest Talos answer kept on a Machine.
+const MAX_WHY: usize = 1024;
+
+/// Take a configuration-change `step`; returns the step as it ended up.
+pub(super) async fn act(
+    ctx: &Context,
+    tcp: &TalosControlPlane,
+    cluster: &str,
+    machines: &[Machine],
+    with: &Act<'_>,
+    step: Step,
+    report: &mut Report,
+) -> Result<Step, Error> {
+    let ns = tcp.namespace().unwrap_or_default();
+    let tcp_ref = tcp.object_ref(&());
+    let event = |kind: EventType, reason: &'static str, note: String| {
+        let tcp_ref = tcp_ref.clone();
+        async move { report::event(ctx, &tcp_ref, kind, reason, &note).await }
+    };
+    let by_name = |name: &str| machines.iter().find(|m| m.name_any() == name);
+    let recorded = |name: &str| {
+        report
+            .view
+            .machines
+            .iter()
+            .find(|v| v.name == name)
+            .and_then(|v| v.reconfigure.clone())
+    };
+    let record = |machine: String, marker: Option<Marker>| {
+        let ns = ns.clone();
+        async move {
+            annotate_machine(
+                ctx,
+                &ns,
+                &machine,
+                json!({MARKER: marker.as_ref().map(Marker::to_annotation)}),
+                "recording the configuration change of",
+            )
+            .await
+        }
+    };
+    match &step {
+        Step::TryConfig { machine } => {
+            let (Some(tc), Some(m)) = (with.talosconfig, by_name(machine)) else {
+                return Ok(step);
+            };
+            let Some(address) = talos::address(m) else {
+                return Ok(step);
+            };
+            let now = ctx.clock.now().0;
+            // Recorded before the node is asked: a restart in between asks again.
+            let mut marker = match recorded(machine) {
+                Some(marker) => marker,
+                None => {
+                    let marker = Marker {
+                        digest: with.config_digest.to_owned(),
+                        at: now,
+                        tried: false,
+                        needs_reboot: None,
+                        failed: None,
+                    };
+                    record(machine.clone(), Some(marker.clone())).await?;
+                    marker
+                }
+            };
+            let data = match render(ctx, tcp, with.cluster, cluster, m) {
+                Ok(data) => data,
+                Err(why) => {
+                    marker.failed = Some(format!("its configuration cannot be rendered: {why}"));
+                    record(machine.clone(), Some(marker)).await?;
+                    return Ok(step);
+                }
+            };
+            match talos::apply_config(ctx, tc, &address, &data, Some(TRY_TIMEOUT)).await {
+                Ok(()) => {
+                    marker.tried = true;
+                    marker.at = now;
+                    record(machine.clone(), Some(marker)).await?;
+                    event(
+                        EventType::Normal,
+                        "TalosConfigTried",
+                        format!(
+                            "machine {machine} ({address}) runs the new configuration without a reboot; it is confirmed once the node is healthy, or rolled back by Talos after {}s",
+                            TRY_TIMEOUT.as_secs()
+                        ),
+                    )
+                    .await;
+                }
+                Err(talos::ConfigError::NeedsReboot(why)) => {
+                    let why = condensed(&why);
+                    event(
+                        EventType::Normal,
+                        "TalosConfigNeedsReboot",
+                        format!(
+                            "Talos applies this controlPlaneConfig change only with a reboot ({why}): the machines are replaced instead"
+                        ),
+                    )
+                    .await;
+                    marker.needs_reboot = Some(why);
+                    record(machine.clone(), Some(marker)).await?;
+                }
+                Err(talos::ConfigError::Refused(why)) => {
+                    let why = condensed(&why);
+                    event(
+                        EventType::Warning,
+                        "TalosConfigChangeFailed",
+                        format!(
+                            "the node of machine {machine} ({address}) refused the new configuration: {why}; configuration changes halt"
+                        ),
+                    )
+                    .await;
+                    marker.failed = Some(format!("the node refused it: {why}"));
+                    record(machine.clone(), Some(marker)).await?;
+                }
+                Err(talos::ConfigError::Unreachable(why)) => {
+                    return Ok(Step::Wait {
+                        reason: "WaitingForNode",
+                        message: format!(
+                            "asking the node of machine {machine} to try the new configuration: {why}"
+                        ),
+                    });
+                }
+            }
+        }
+        Step::ConfirmConfig { machine } => {
+            let (Some(tc), Some(m), Some(mut marker)) =
+                (with.talosconfig, by_name(machine), recorded(machine))
+            else {
+                return Ok(step);
+            };
+            let Some(address) = talos::address(m) else {
+                return Ok(step);
+            };
+            let confirmed = match render(ctx, tcp, with.cluster, cluster, m) {
+                Ok(data) => talos::apply_config(ctx, tc, &address, &data, None).await,
+                Err(why) => Err(talos::ConfigError::Refused(format!(
+                    "its configuration cannot be rendered: {why}"
+                ))),
+            };
+            match confirmed {
+                Ok(()) => {
+                    annotate_machine(
+                        ctx,
+                        &ns,
+                        machine,
+                        json!({
+                            MARKER: null,
+                            machines::MADE_FROM_CONFIG_DIGEST: marker.digest,
+                        }),
+                        "recording the configuration of",
+                    )
+                    .await?;
+                    event(
+                        EventType::Normal,
+                        "TalosConfigApplied",
+                        format!(
+                            "machine {machine} ({address}) runs the new configuration, applied without a reboot"
+                        ),
+                    )
+                    .await;
+                }
+                Err(talos::ConfigError::Unreachable(why)) => {
+                    return Ok(Step::Wait {
+                        reason: "WaitingForNode",
+                        message: format!(
+                            "confirming the new configuration on machine {machine}: {why}"
+                        ),
+                    });
+                }
+                Err(talos::ConfigError::NeedsReboot(why) | talos::ConfigError::Refused(why)) => {
+                    let why = condensed(&why);
+                    event(
+                        EventType::Warning,
+                        "TalosConfigChangeFailed",
+                        format!(
+                            "the node of machine {machine} ({address}) refused to keep the new configuration: {why}; configuration changes halt"
+                        ),
+                    )
+                    .await;
+                    marker.failed = Some(format!("the node refused to keep it: {why}"));
+                    record(machine.clone(), Some(marker)).await?;
+                }
+            }
+        }
+        Step::ConfigChangeFailed { machine, why } => {
+            if let Some(mut marker) = recorded(machine) {
+                marker.failed = Some(why.clone());
+                record(machine.clone(), Some(marker)).await?;
+                event(
+                    EventType::Warning,
+                    "TalosConfigChangeFailed",
+                    format!(
+                        "the configuration change of machine {machine} failed: {why}; configuration changes halt"
+                    ),
+                )
+                .await;
+            }
+        }
+        Step::ForgetConfigChange { machine } => {
+            record(machine.clone(), None).await?;
+        }
+        _ => {}
+    }
+    Ok(step)
+}
+
+/// The machine configuration `machine` gets from controlPlaneConfig now, rendered as its
+/// TalosConfig would be (the same engine, bundle and inputs).
+fn render(
+    ctx: &Context,
+    tcp: &TalosControlPlane,
+    cluster: &Cluster,
+    cluster_name: &str,
+    machine: &Machine,
+) -> Result<String, String> {
+    let ns = tcp.namespace().unwrap_or_default();
+    let secret = ctx
+        .secret(&ns, &bundle_name(cluster_name))
+        .ok_or_else(|| format!("Secret {} does not exist", bundle_name(cluster_name)))?;
+    let bundle = ctx.bundle_of(&secret).map_err(|e| e.to_string())?;
+    let spec = machines::config_spec(&tcp.spec.control_plane_config.controlplane)
+        .map_err(|e| e.to_string())?;
+    let spec: TalosConfigSpec = serde_json::from_value(spec).map_err(|e| e.to_string())?;
+    crate::bootstrap::render::machine_config(&spec, machine, cluster, cluster_name, &bundle)
+        .map_err(|e| e.to_string())
+}
+
+/// Talos's answer on one line, bounded for an annotation and an Event.
+fn condensed(why: &str) -> String {
+    let line = why
+        .split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match line.char_indices().nth(MAX_WHY) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+}

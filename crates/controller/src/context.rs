@@ -67,6 +67,9 @@ pub struct Options {
     pub bootstrap: bool,
     /// Run the TalosControlPlane controller (the control-plane provider).
     pub controlplane: bool,
+    /// How often a steady control plane's nodes are asked whether the configuration they run
+    /// still is the one controlPlaneConfig renders (a dry-run apply each); zero: never.
+    pub drift_check: std::time::Duration,
 }
 
 impl Default for Options {
@@ -80,9 +83,14 @@ impl Default for Options {
             machine_pools: false,
             bootstrap: true,
             controlplane: true,
+            drift_check: std::time::Duration::from_secs(300),
         }
     }
 }
+
+/// Machines whose node runs another configuration than their spec renders, each with the
+/// names of the fields that differ.
+pub(crate) type Drifted = Vec<(String, Vec<String>)>;
 
 /// Shared by every reconcile of every controller.
 pub struct Context {
@@ -97,6 +105,9 @@ pub struct Context {
     pub nodes: Arc<dyn TalosNodes>,
     /// Talos nodes that did not answer, each asked again after its own delay.
     pub(crate) node_backoff: crate::nodes::Backoff,
+    /// The last configuration drift check of each control plane (`namespace/name`): when, and
+    /// the machines found drifted with the fields that differ.
+    pub(crate) drift: Mutex<HashMap<String, (Instant, Drifted)>>,
     /// The workload clusters' control-plane Nodes, watched through their kubeconfig.
     pub(crate) workloads: crate::controlplane::workload::Workloads,
     failures: Mutex<HashMap<String, u32>>,
@@ -205,6 +216,7 @@ impl Context {
             nodes: Arc::new(nodes),
             node_backoff: crate::nodes::Backoff::default(),
             workloads: Default::default(),
+            drift: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             generating: Mutex::new(HashMap::new()),
             bundles: Parsed::default(),

@@ -1272,6 +1272,93 @@ async fn a_config_change_talos_applies_live_is_made_in_place_and_one_needing_a_r
 }
 
 #[tokio::test]
+async fn a_node_configuration_changed_by_hand_is_reported_and_left_alone() {
+    let (client, ns, _controller) = setup_with(
+        "cp-drift",
+        controller::Options {
+            drift_check: Duration::from_secs(1),
+            ..controller::Options::default()
+        },
+    )
+    .await;
+    let infra = sim_infra::start(&client, &ns, &["a"]);
+    control_plane_cluster(&client, &ns, "d", 1).await;
+    settled(&client, &ns, "d", &infra.sim, 1).await;
+    let machine = machine_names(&client, &ns).await.remove(0);
+    let address = node_of(&client, &ns, &machine).await;
+
+    // Someone adds a node label with talosctl (apply-config --mode no-reboot).
+    let (_, mut docs) = infra.sim.running(&address).unwrap();
+    for doc in docs.iter_mut().filter(|d| d["version"] == "v1alpha1") {
+        doc["machine"]["nodeLabels"]["by-hand"] = json!("yes");
+    }
+    let talosconfig = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("d-talosconfig")
+        .await
+        .unwrap();
+    let talosconfig =
+        String::from_utf8(talosconfig.data.unwrap()["talosconfig"].0.clone()).unwrap();
+    use controller::nodes::{Grpc, TalosNodes};
+    Grpc::default()
+        .connect(&talosconfig, vec![address.clone()])
+        .unwrap()
+        .apply_configuration(
+            &talos_api::Nodes::Endpoint,
+            machineconfig::render::to_yaml(&docs).unwrap().into_bytes(),
+            talos_api::machine::apply_configuration_request::Mode::NoReboot,
+        )
+        .await
+        .unwrap();
+
+    let drift = wait_condition(
+        &client,
+        &ns,
+        "d",
+        ConditionType::MachinesUpToDate,
+        "False",
+        "by-hand",
+    )
+    .await;
+    assert_eq!(drift.reason, "RunningConfigDiffers");
+    assert!(drift.message.contains(&machine), "{}", drift.message);
+    assert!(
+        !drift.message.contains("yes"),
+        "values never: {}",
+        drift.message
+    );
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("TalosConfigDrift")),
+        "a TalosConfigDrift event"
+    );
+    // Checked again a few times since: still reported, and the node's change is left alone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, running) = infra.sim.running(&address).unwrap();
+    assert!(
+        running
+            .iter()
+            .any(|d| d["machine"]["nodeLabels"]["by-hand"] == json!("yes")),
+        "talos-capi overwrote the node's configuration"
+    );
+    assert_eq!(machine_names(&client, &ns).await, vec![machine]);
+    wait_condition(
+        &client,
+        &ns,
+        "d",
+        ConditionType::MachinesUpToDate,
+        "False",
+        "by-hand",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn five_machines_with_max_unavailable_2_replace_two_at_a_time_within_quorum() {
     let (client, ns, _controller) = setup("cp-roll-wide").await;
     let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
@@ -1430,6 +1517,82 @@ async fn upgrade_markers(client: &kube::Client, ns: &str) -> Vec<(String, Option
             )
         })
         .collect()
+}
+
+#[tokio::test]
+async fn five_nodes_upgrade_two_at_a_time_and_a_talos_without_lifecycle_service_takes_the_legacy_call()
+ {
+    let (client, ns, _controller) = setup("cp-talos-wide").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "u", 5).await;
+    settled(&client, &ns, "u", &infra.sim, 5).await;
+    let names = machine_names(&client, &ns).await;
+    let mut nodes = Vec::new();
+    for n in &names {
+        nodes.push(node_of(&client, &ns, n).await);
+    }
+    // Talos before 1.13 has no LifecycleService; each boot takes a while, so two upgrades
+    // overlap.
+    for node in &nodes {
+        infra
+            .sim
+            .set_failures(node, |f| {
+                f.api_errors.insert(
+                    "LifecycleService.Upgrade".into(),
+                    tonic::Code::Unimplemented,
+                );
+                f.slow_boot = Duration::from_secs(1);
+            })
+            .unwrap();
+    }
+    patch_spec(
+        &client,
+        &ns,
+        "u",
+        json!({"talosUpgrade": {"image": "ghcr.io/siderolabs/installer:v1.13.1", "maxParallel": 2}}),
+    )
+    .await;
+    // Sampled while it runs: never more than two machines upgrading at once (five members
+    // keep quorum with two down).
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampler = {
+        let (client, ns, peak) = (client.clone(), ns.clone(), peak.clone());
+        tokio::spawn(async move {
+            loop {
+                let upgrading = upgrade_markers(&client, &ns)
+                    .await
+                    .iter()
+                    .filter(|(_, m)| m.is_some())
+                    .count();
+                peak.fetch_max(upgrading, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let version = |node: &str| infra.sim.status(node).map(|(_, v)| v).unwrap_or_default();
+    eventually(
+        &client,
+        &ns,
+        "u",
+        "every node on Talos v1.13.1",
+        async || {
+            let done = nodes.iter().all(|n| version(n) == "v1.13.1");
+            let markers = upgrade_markers(&client, &ns).await;
+            (done && markers.iter().all(|(_, m)| m.is_none())).then_some(())
+        },
+    )
+    .await;
+    sampler.abort();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(peak <= 2, "{peak} machines upgrading at once");
+    assert_eq!(peak, 2, "maxParallel 2 upgrades two at once");
+    assert_eq!(
+        machine_names(&client, &ns).await,
+        names,
+        "the same machines"
+    );
+    settled(&client, &ns, "u", &infra.sim, 5).await;
+    assert_etcd_invariants(&client, &ns, "u", &infra.sim).await;
 }
 
 #[tokio::test]

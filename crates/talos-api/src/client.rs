@@ -773,6 +773,18 @@ impl Client {
             })
     );
     unary!(
+        /// Ask how the node would take a machine configuration (AUTO mode, dry run): the reply
+        /// says whether it would reboot, and the difference from the configuration it runs
+        /// (`Config diff:`). Nothing changes on the node.
+        apply_configuration_dry_run(data: Vec<u8>) -> ApplyConfiguration =
+            apply_configuration(ApplyConfigurationRequest {
+                data,
+                mode: apply_configuration_request::Mode::Auto as i32,
+                dry_run: true,
+                ..Default::default()
+            })
+    );
+    unary!(
         /// Bootstrap etcd (exactly once per cluster, on one control-plane node).
         bootstrap() -> Bootstrap = bootstrap(BootstrapRequest::default())
     );

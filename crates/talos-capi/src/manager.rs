@@ -53,6 +53,10 @@ pub struct ManagerArgs {
     /// The deadline of every Talos API call to a workload cluster's nodes (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = duration)]
     talos_timeout: Duration,
+    /// How often a steady control plane's nodes are asked whether they still run the
+    /// configuration controlPlaneConfig renders (a dry-run apply per node); 0s: never.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    config_drift_interval: Duration,
     /// Elect a leader among the replicas: only the replica holding the Lease reconciles.
     #[arg(long)]
     leader_elect: bool,
@@ -318,6 +322,7 @@ async fn manage(args: ManagerArgs) -> Result<(), String> {
         machine_pools: args.machine_pools,
         bootstrap: args.controllers.contains(&Which::Bootstrap),
         controlplane: args.controllers.contains(&Which::Controlplane),
+        drift_check: args.config_drift_interval,
         ..Options::default()
     };
     let mut ctx = Context::new(client, options);

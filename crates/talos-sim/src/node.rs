@@ -205,6 +205,38 @@ pub fn immediate_change(current: &[Value], new: &[Value]) -> Result<(), String> 
     ))
 }
 
+/// What a dry-run apply of `new` over `current` reports, as Talos words it: `Config diff:`
+/// then a diff (here one `-`/`+` line per differing field, as `path: value`), or
+/// `No changes.`.
+pub fn config_diff(current: &[Value], new: &[Value]) -> String {
+    let mut lines = Vec::new();
+    for i in 0..current.len().max(new.len()) {
+        let mut paths = Vec::new();
+        let (a, b) = (
+            current.get(i).unwrap_or(&Value::Null),
+            new.get(i).unwrap_or(&Value::Null),
+        );
+        differences(a, b, String::new(), &mut paths);
+        for path in paths {
+            let path = path.trim_start_matches("changed: ");
+            let at = |v: &Value| {
+                path.split('.')
+                    .try_fold(v, |v, k| v.get(k))
+                    .filter(|v| !v.is_null())
+                    .map(|v| format!("{path}: {v}"))
+            };
+            lines.extend(at(a).map(|l| format!("-{l}")));
+            lines.extend(at(b).map(|l| format!("+{l}")));
+        }
+    }
+    let diff = if lines.is_empty() {
+        "No changes.".to_owned()
+    } else {
+        format!("--- a\n+++ b\n{}", lines.join("\n"))
+    };
+    format!("Config diff:\n\n{diff}")
+}
+
 /// The paths at which `a` and `b` differ, as `changed: machine.env.FOO`.
 fn differences(a: &Value, b: &Value, path: String, out: &mut Vec<String>) {
     let empty = serde_json::Map::new();

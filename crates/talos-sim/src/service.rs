@@ -488,9 +488,18 @@ impl MachineService for Api {
                     _ => "Applied configuration without a reboot",
                 };
                 if body.dry_run {
+                    let diff = crate::node::config_diff(
+                        node.state()
+                            .config
+                            .as_ref()
+                            .map_or(&[][..], |c| c.docs.as_slice()),
+                        &cfg.docs,
+                    );
                     return Ok(one::<ApplyConfigurationResponse>(ApplyConfiguration {
                         mode: mode as i32,
-                        mode_details: format!("Dry run summary:\n{details} (skipped in dry-run)."),
+                        mode_details: format!(
+                            "Dry run summary:\n{details} (skipped in dry-run).\n{diff}"
+                        ),
                         ..Default::default()
                     }));
                 }

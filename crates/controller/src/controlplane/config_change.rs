@@ -256,3 +256,80 @@ fn condensed(why: &str) -> String {
         None => line,
     }
 }
+
+/// Machines whose node runs another configuration than controlPlaneConfig renders for it
+/// (changed by hand, say), with the fields that differ: asked of each steady node (a dry-run
+/// apply) at most every `drift_check`, remembered in between. Nothing is applied: the drift is
+/// reported, never overwritten. A newly drifted machine gets a Warning Event.
+pub(super) async fn drift(
+    ctx: &Context,
+    tcp: &TalosControlPlane,
+    cluster: (&Cluster, &str),
+    machines: &[Machine],
+    talosconfig: &str,
+    view: &super::scope::ControlPlane,
+    digest: &str,
+) -> crate::context::Drifted {
+    let key = format!("{}/{}", tcp.namespace().unwrap_or_default(), tcp.name_any());
+    let interval = ctx.options.drift_check;
+    let remembered = ctx
+        .drift
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .cloned();
+    if let Some((at, found)) = &remembered
+        && (interval.is_zero() || at.elapsed() < interval)
+    {
+        return found.clone();
+    }
+    if interval.is_zero() {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    for m in machines {
+        let name = m.name_any();
+        let steady = view.machines.iter().any(|v| {
+            v.name == name
+                && !v.deleting
+                && v.reachable
+                && v.reconfigure.is_none()
+                && v.upgrade.is_none()
+                && v.config_digest.as_deref() == Some(digest)
+        });
+        let Some(address) = talos::address(m).filter(|_| steady) else {
+            continue;
+        };
+        let Ok(data) = render(ctx, tcp, cluster.0, cluster.1, m) else {
+            continue;
+        };
+        match talos::config_drift(ctx, talosconfig, &address, &data).await {
+            Ok(fields) if !fields.is_empty() => found.push((name, fields)),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(machine = %name, error = %e, "checking the configuration a node runs")
+            }
+        }
+    }
+    let before = remembered.map(|(_, f)| f).unwrap_or_default();
+    for (machine, fields) in &found {
+        if !before.iter().any(|(m, f)| m == machine && f == fields) {
+            report::event(
+                ctx,
+                &tcp.object_ref(&()),
+                EventType::Warning,
+                "TalosConfigDrift",
+                &format!(
+                    "machine {machine} runs a configuration that differs from what controlPlaneConfig renders for it (fields: {}); talos-capi leaves it as it is",
+                    fields.join(", ")
+                ),
+            )
+            .await;
+        }
+    }
+    ctx.drift
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, (std::time::Instant::now(), found.clone()));
+    found
+}

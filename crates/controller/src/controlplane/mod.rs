@@ -422,6 +422,18 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     let settled = matches!(step, Step::Steady)
         && report.talos_problem.is_none()
         && report.view.machines.iter().all(|m| m.components_healthy);
+    if let (true, Some(tc)) = (settled, talosconfig.as_deref()) {
+        report.drift = config_change::drift(
+            ctx,
+            &tcp,
+            (&cluster, &cluster_name),
+            &machines,
+            tc,
+            &report.view,
+            &target.config_digest,
+        )
+        .await;
+    }
     // A node that does not answer is asked again less and less often (up to every 30 s, each
     // node on its own backoff), not every half second for as long as it is down.
     let checked = std::time::Instant::now();
@@ -1086,6 +1098,10 @@ async fn finalize(
     let ns = tcp.namespace().unwrap_or_default();
     // The workload cluster goes with it: its Nodes are not watched any more.
     ctx.workloads.forget(&ns, cluster);
+    ctx.drift
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&key_of(tcp));
     let workers = ctx
         .caches
         .machines_of(&ns, cluster, false)

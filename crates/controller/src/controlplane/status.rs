@@ -47,6 +47,9 @@ pub struct Report {
     pub on_delete: bool,
     /// The Talos version of an in-place upgrade (talosUpgrade), when asked for.
     pub talos_target: Option<String>,
+    /// Machines whose node runs another configuration than controlPlaneConfig renders, with
+    /// the fields that differ.
+    pub drift: crate::context::Drifted,
 }
 
 fn semver(v: &str) -> (u64, u64, u64, String) {
@@ -426,12 +429,28 @@ pub fn status(
         .iter()
         .filter_map(|m| m.not_current().map(|why| format!("{} ({why})", m.name)))
         .collect();
-    set(if outdated.is_empty() {
+    set(if outdated.is_empty() && r.drift.is_empty() {
         Observation::new(
             ConditionType::MachinesUpToDate,
             Status::True,
             reason::UP_TO_DATE,
         )
+    } else if outdated.is_empty() {
+        let drifted: Vec<String> = r
+            .drift
+            .iter()
+            .map(|(m, fields)| format!("{m} ({})", fields.join(", ")))
+            .collect();
+        Observation::new(
+            ConditionType::MachinesUpToDate,
+            Status::False,
+            reason::RUNNING_CONFIG_DIFFERS,
+        )
+        .message(format!(
+            "the nodes of machines {} run a configuration that differs from controlPlaneConfig in these fields; it was changed outside talos-capi, which does not overwrite it: apply the spec's configuration to the node, or delete the machine to have it replaced",
+            list(&drifted)
+        ))
+        .severity(Severity::Warning)
     } else {
         Observation::new(
             ConditionType::MachinesUpToDate,

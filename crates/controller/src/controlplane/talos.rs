@@ -421,6 +421,70 @@ pub async fn apply_config(
     }
 }
 
+/// The most differing fields a drift report names.
+const MAX_DRIFT_FIELDS: usize = 10;
+
+/// The fields in which the configuration the node at `address` runs differs from `data`, as
+/// the node's dry-run apply reports them; empty when it runs exactly `data`. Only field names
+/// are taken from the diff, never values: the diff of a machine configuration carries keys
+/// and tokens.
+pub async fn config_drift(
+    ctx: &Context,
+    talosconfig: &str,
+    address: &str,
+    data: &str,
+) -> Result<Vec<String>, String> {
+    let client = ctx
+        .nodes
+        .connect(talosconfig, vec![address.to_owned()])
+        .map_err(|e| e.to_string())?;
+    let replies = client
+        .apply_configuration_dry_run(&Nodes::Endpoint, data.as_bytes().to_vec())
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply = replies
+        .into_iter()
+        .next()
+        .ok_or("the node sent no reply")?
+        .result
+        .map_err(|e| e.to_string())?;
+    Ok(diff_fields(&reply.mode_details))
+}
+
+/// The field names on the changed lines of a Talos `Config diff:`, in order, at most
+/// [`MAX_DRIFT_FIELDS`]. A line counts only when it reads `key: ...` with a plain key, so
+/// block-scalar content (certificates, manifests) is never taken.
+pub fn diff_fields(details: &str) -> Vec<String> {
+    let Some((_, diff)) = details.split_once("Config diff:") else {
+        return Vec::new();
+    };
+    let mut fields: Vec<String> = Vec::new();
+    for line in diff.lines() {
+        if line.starts_with("+++") || line.starts_with("---") {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix('+').or_else(|| line.strip_prefix('-')) else {
+            continue;
+        };
+        let Some((key, _)) = rest.split_once(':') else {
+            continue;
+        };
+        let key = key.trim().trim_start_matches("- ").trim();
+        let plain = !key.is_empty()
+            && key.len() <= 100
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c));
+        if plain && !fields.iter().any(|f| f == key) {
+            fields.push(key.to_owned());
+        }
+        if fields.len() == MAX_DRIFT_FIELDS {
+            break;
+        }
+    }
+    fields
+}
+
 /// The outcome of a call made to one node: its part of the reply.
 fn first_result<M>(replies: Vec<talos_api::NodeResult<M>>) -> Result<(), talos_api::Error> {
     match replies.into_iter().next() {
@@ -501,5 +565,20 @@ mod tests {
         assert_eq!(peer_host("https://10.0.0.2:2380"), Some("10.0.0.2"));
         assert_eq!(peer_host("https://[fd00::2]:2380"), Some("fd00::2"));
         assert_eq!(peer_host("10.0.0.3"), Some("10.0.0.3"));
+    }
+
+    #[test]
+    fn only_field_names_are_taken_from_a_config_diff() {
+        assert!(diff_fields("Dry run summary:\nApplied configuration without a reboot (skipped in dry-run).\nConfig diff:\n\nNo changes.").is_empty());
+        let talos = "Dry run summary:\nApplied configuration without a reboot (skipped in dry-run).\nConfig diff:\n\n--- a\n+++ b\n@@ -10,6 +10,8 @@\n   machine:\n+    nodeLabels:\n+      example.com/tier: gold\n-    token: abcdef.0123456789abcdef\n+    token: 123456.fedcba9876543210\n       -----BEGIN CERTIFICATE-----\n-      MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n+      data: \"a: b\"\n";
+        assert_eq!(
+            diff_fields(talos),
+            ["nodeLabels", "example.com/tier", "token", "data"]
+        );
+        let fields = diff_fields(talos).join(" ");
+        assert!(
+            !fields.contains("abcdef") && !fields.contains("MIIB"),
+            "{fields}"
+        );
     }
 }

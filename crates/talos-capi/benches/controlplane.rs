@@ -10,7 +10,10 @@
 //!    to all Available, CPU seconds, peak RSS, requests, and the gate reactions' p50 and p99;
 //! 3. after the 1- and 10-cluster phases, a Kubernetes rolling upgrade of those clusters
 //!    (maxSurge 1): time, controller CPU, requests, and the reaction from each new member
-//!    becoming a healthy voter to the controller's next machine create or delete.
+//!    becoming a healthy voter to the controller's next machine create or delete;
+//! 4. then an in-place Talos upgrade (v1.13.0 → v1.13.1) of the same clusters: time,
+//!    controller CPU, requests, Talos API calls, and the reaction from each node coming back
+//!    up to the controller's next step (the Machine patch that records it).
 //!
 //!   cargo bench -p talos-capi --bench controlplane           (make bench-controlplane)
 //!   BENCH_CLUSTERS=20 BENCH_DIR=/tmp/bench-cp cargo bench …   (smaller; keep the logs)
@@ -303,6 +306,111 @@ async fn rollout(
     }
 }
 
+/// An in-place Talos upgrade (talosUpgrade v1.13.1) of the clusters `names`.
+struct Upgrade {
+    clusters: usize,
+    seconds: f64,
+    cpu: f64,
+    requests: usize,
+    talos: u64,
+    /// Seconds from each node coming back up to the controller's next Machine patch of that
+    /// cluster.
+    reactions: Vec<f64>,
+}
+
+async fn talos_upgrade(
+    cp: &LocalControlPlane,
+    client: &kube::Client,
+    ns: &str,
+    sim: &Simulator,
+    ups: &Arc<Mutex<Vec<(String, SystemTime)>>>,
+    pid: u32,
+    names: &[String],
+) -> Upgrade {
+    let audit = cp.audit_log_path();
+    let offset = lines(&audit);
+    let cpu0 = usage(pid).0;
+    let talos0 = sim.requests();
+    let started = Instant::now();
+    let since = SystemTime::now();
+    let patch = serde_json::json!({"spec": {"talosUpgrade": {"image": "ghcr.io/siderolabs/installer:v1.13.1"}}});
+    for n in names {
+        tcps(client, ns)
+            .patch(
+                n,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+    }
+    // Upgraded: every node of every cluster on v1.13.1, no upgrade under way, Available.
+    let machines = testkit::dynamic_api(client, ns, "cluster.x-k8s.io/v1beta2", "Machine");
+    let nodes: BTreeMap<String, String> = loop {
+        let all = machines.list(&Default::default()).await.unwrap().items;
+        let mine: Vec<_> = all
+            .iter()
+            .filter(|m| {
+                m.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("cluster.x-k8s.io/cluster-name"))
+                    .is_some_and(|c| names.contains(c))
+            })
+            .collect();
+        let nodes: BTreeMap<String, String> = mine
+            .iter()
+            .filter_map(|m| {
+                let address = m.data["status"]["addresses"][0]["address"].as_str()?;
+                let cluster = m
+                    .metadata
+                    .labels
+                    .as_ref()?
+                    .get("cluster.x-k8s.io/cluster-name")?;
+                Some((address.to_owned(), cluster.clone()))
+            })
+            .collect();
+        let done = mine.len() == 3 * names.len()
+            && nodes.len() == mine.len()
+            && nodes
+                .keys()
+                .all(|a| sim.status(a).is_some_and(|(_, v)| v == "v1.13.1"))
+            && mine.iter().all(|m| {
+                m.metadata
+                    .annotations
+                    .as_ref()
+                    .is_none_or(|a| !a.contains_key("controlplane.cluster.x-k8s.io/talos-upgrade"))
+            });
+        if done {
+            break nodes;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_ready(client, ns, names).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = usage(pid).0 - cpu0;
+    let events = audit_events(&audit, offset, "talos-capi/");
+    let patches = machine_writes(&events, &["patch"]);
+    let mut reactions = Vec::new();
+    for (address, at) in ups.lock().unwrap().iter().filter(|(_, at)| *at >= since) {
+        let Some(cluster) = nodes.get(address) else {
+            continue;
+        };
+        let acts = patches.get(cluster).map(Vec::as_slice).unwrap_or_default();
+        if let Some(next) = acts.iter().filter(|t| *t >= at).min() {
+            reactions.push(next.duration_since(*at).map_or(0.0, |d| d.as_secs_f64()));
+        }
+    }
+    Upgrade {
+        clusters: names.len(),
+        seconds,
+        cpu,
+        requests: events.len(),
+        talos: sim.requests() - talos0,
+        reactions,
+    }
+}
+
 fn main() {
     let clusters = env_number("BENCH_CLUSTERS", 100);
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -322,14 +430,18 @@ fn main() {
         let client = cp.client().await.unwrap();
         let ns = unique_namespace(&client, "bench-cp").await.unwrap();
         let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
-        // When each node came up, stamped as the simulator announces it.
+        // When each node first came up, and every time a node came up, stamped as the
+        // simulator announces it.
         let stamps: Arc<Mutex<BTreeMap<String, SystemTime>>> = Arc::default();
+        let ups: Arc<Mutex<Vec<(String, SystemTime)>>> = Arc::default();
         let mut events = infra.sim.events();
-        let recorder = Arc::clone(&stamps);
+        let (recorder, every) = (Arc::clone(&stamps), Arc::clone(&ups));
         tokio::spawn(async move {
             while let Ok(e) = events.recv().await {
                 if let SimEvent::NodeUp { address, configured: true, .. } = e {
-                    recorder.lock().unwrap().entry(address).or_insert_with(SystemTime::now);
+                    let now = SystemTime::now();
+                    recorder.lock().unwrap().entry(address.clone()).or_insert(now);
+                    every.lock().unwrap().push((address, now));
                 }
             }
         });
@@ -345,6 +457,7 @@ fn main() {
 
         let mut phases = Vec::new();
         let mut rollouts = Vec::new();
+        let mut upgrades = Vec::new();
         for (prefix, n) in [("one", 1), ("ten", 10), ("many", clusters)] {
             let p = phase(&cp, &client, &ns, &infra.sim, &stamps, pid, prefix, n).await;
             eprintln!("{n} clusters ready in {:.1} s", p.seconds);
@@ -354,6 +467,9 @@ fn main() {
                 let r = rollout(&cp, &client, &ns, &infra.sim, pid, &names).await;
                 eprintln!("{n} clusters rolled out in {:.1} s", r.seconds);
                 rollouts.push(r);
+                let u = talos_upgrade(&cp, &client, &ns, &infra.sim, &ups, pid, &names).await;
+                eprintln!("{n} clusters upgraded in place in {:.1} s", u.seconds);
+                upgrades.push(u);
             }
         }
         println!(
@@ -397,6 +513,25 @@ fn main() {
                 percentile(&mut r.reactions, 0.5),
                 percentile(&mut r.reactions, 0.99),
                 sum / n,
+            );
+        }
+        println!();
+        println!("In-place Talos upgrade v1.13.0 → v1.13.1 (talosUpgrade, one node at a time) of every cluster at once; simulated nodes reboot in 200 ms");
+        println!("| clusters | time to all upgraded | controller CPU | API requests (per cluster) | Talos API calls (per cluster) | node back up → next step p50 / p99 |");
+        println!("| --- | --- | --- | --- | --- | --- |");
+        for u in &mut upgrades {
+            let n = u.clusters as f64;
+            println!(
+                "| {} | {:.1} s | {:.1} s | {} ({:.0}) | {} ({:.0}) | {:.2} s / {:.2} s |",
+                u.clusters,
+                u.seconds,
+                u.cpu,
+                u.requests,
+                u.requests as f64 / n,
+                u.talos,
+                u.talos as f64 / n,
+                percentile(&mut u.reactions, 0.5),
+                percentile(&mut u.reactions, 0.99),
             );
         }
         drop(manager);

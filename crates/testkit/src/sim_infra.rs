@@ -139,6 +139,9 @@ struct Started {
 struct Nodes {
     by_machine: BTreeMap<String, Started>,
     workloads: Option<BTreeMap<String, Workload>>,
+    /// Whether each machine's Node was last reported Ready (as a kubelet, it reports a change
+    /// of its own state, and leaves the Node alone otherwise).
+    reported_ready: BTreeMap<String, bool>,
     /// Where workload API servers keep their data (default: the shared control plane's etcd).
     workload_etcd: Option<Arc<crate::Etcd>>,
 }
@@ -250,38 +253,61 @@ async fn serve_workloads(
             },
         );
     }
-    // Every running node of a served cluster has its Node, Ready.
+    // Every node of a served cluster has its Node, with the conditions a kubelet reports:
+    // Ready while the node runs (not while it reboots), no pressure.
+    let reported_ready = &mut nodes.reported_ready;
+    reported_ready.retain(|machine, _| nodes.by_machine.contains_key(machine));
     for started in nodes.by_machine.values() {
         let Some(workload) = workloads.get(&started.cluster) else {
             continue;
         };
         let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(workload.client.clone());
-        if api.get_opt(&started.machine).await.map_err(text)?.is_some() {
+        let running = sim
+            .status(&started.address)
+            .is_some_and(|(phase, _)| phase == talos_sim::Phase::Running);
+        let ready = if running { "True" } else { "False" };
+        if reported_ready.get(&started.machine) == Some(&running) {
             continue;
         }
-        let node = json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": started.machine, "labels": {"node-role.kubernetes.io/control-plane": ""}},
-            "spec": {"providerID": format!("sim://{ns}/{}", started.machine)},
-        });
-        api.create(
-            &Default::default(),
-            &serde_json::from_value(node).map_err(text)?,
-        )
-        .await
-        .map_err(text)?;
+        if api.get_opt(&started.machine).await.map_err(text)?.is_none() {
+            let node = json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": started.machine, "labels": {"node-role.kubernetes.io/control-plane": ""}},
+                "spec": {"providerID": format!("sim://{ns}/{}", started.machine)},
+            });
+            api.create(
+                &Default::default(),
+                &serde_json::from_value(node).map_err(text)?,
+            )
+            .await
+            .map_err(text)?;
+        }
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let condition = |type_: &str, status: &str, reason: &str| {
+            json!({"type": type_, "status": status, "reason": reason, "message": "simulated",
+                "lastHeartbeatTime": now, "lastTransitionTime": now})
+        };
+        let (reason, pressure) = if running {
+            ("KubeletReady", "False")
+        } else {
+            ("KubeletNotReady", "Unknown")
+        };
         api.patch_status(
             &started.machine,
             &PatchParams::default(),
             &Patch::Merge(json!({"status": {
-                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                    "message": "simulated", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+                "conditions": [
+                    condition("Ready", ready, reason),
+                    condition("MemoryPressure", pressure, "KubeletHasSufficientMemory"),
+                    condition("DiskPressure", pressure, "KubeletHasNoDiskPressure"),
+                    condition("PIDPressure", pressure, "KubeletHasSufficientPID"),
+                ],
                 "addresses": [{"type": "InternalIP", "address": started.address}],
             }})),
         )
         .await
         .map_err(text)?;
+        reported_ready.insert(started.machine.clone(), running);
     }
     Ok(())
 }

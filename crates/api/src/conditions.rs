@@ -66,6 +66,12 @@ pub enum ConditionType {
     ScalingDown,
     Remediating,
     Deleting,
+    /// Machine (set by the TalosControlPlane controller on its machines): the machine matches
+    /// the control plane's spec.
+    UpToDate,
+    /// Machine (set by the TalosControlPlane controller on its machines): its etcd member is a
+    /// healthy voter.
+    EtcdMemberHealthy,
 }
 
 impl ConditionType {
@@ -88,6 +94,8 @@ impl ConditionType {
             ConditionType::ScalingDown => "ScalingDown",
             ConditionType::Remediating => "Remediating",
             ConditionType::Deleting => "Deleting",
+            ConditionType::UpToDate => "UpToDate",
+            ConditionType::EtcdMemberHealthy => "EtcdMemberHealthy",
         }
     }
 }

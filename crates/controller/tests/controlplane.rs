@@ -1346,7 +1346,7 @@ async fn a_node_configuration_changed_by_hand_is_reported_and_left_alone() {
             .any(|d| d["machine"]["nodeLabels"]["by-hand"] == json!("yes")),
         "talos-capi overwrote the node's configuration"
     );
-    assert_eq!(machine_names(&client, &ns).await, vec![machine]);
+    assert_eq!(machine_names(&client, &ns).await, vec![machine.clone()]);
     wait_condition(
         &client,
         &ns,
@@ -1356,6 +1356,45 @@ async fn a_node_configuration_changed_by_hand_is_reported_and_left_alone() {
         "by-hand",
     )
     .await;
+
+    // The control plane's own conditions on its machine, which Cluster API shows and counts:
+    // UpToDate and EtcdMemberHealthy, as KubeadmControlPlane sets them.
+    let machine_condition = async |type_: &str| {
+        Api::<Machine>::namespaced(client.clone(), &ns)
+            .get(&machine)
+            .await
+            .ok()?
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == type_)
+    };
+    eventually(
+        &client,
+        &ns,
+        "d",
+        "the machine's own conditions",
+        async || {
+            let up = machine_condition("UpToDate").await?;
+            let etcd = machine_condition("EtcdMemberHealthy").await?;
+            (up.status == "True" && etcd.status == "True").then_some(())
+        },
+    )
+    .await;
+    patch_spec(
+        &client,
+        &ns,
+        "d",
+        json!({"version": "v1.36.0", "rolloutStrategy": {"type": "OnDelete"}}),
+    )
+    .await;
+    let outdated = eventually(&client, &ns, "d", "the machine outdated", async || {
+        let up = machine_condition("UpToDate").await?;
+        (up.status == "False").then_some(up)
+    })
+    .await;
+    assert_eq!(outdated.reason, "NotUpToDate");
+    assert!(outdated.message.contains("v1.36.0"), "{}", outdated.message);
 }
 
 #[tokio::test]

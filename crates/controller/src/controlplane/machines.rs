@@ -420,6 +420,73 @@ pub async fn sync(ctx: &Context, ns: &str, machine: &str, patch: &Value) -> Resu
         )))
 }
 
+/// The field manager of the conditions this controller sets on its Machines.
+const CONDITIONS_MANAGER: &str = "talos-capi-machine-conditions";
+
+/// Set `observations` among `machine`'s status conditions, as KubeadmControlPlane sets its
+/// own on its machines. Server-side apply with a field manager of ours merges by condition
+/// type, so Cluster API's conditions are left alone. A condition whose status did not change
+/// keeps its lastTransitionTime, and nothing is written while they read as observed.
+pub async fn set_conditions(
+    ctx: &Context,
+    machine: &Machine,
+    observations: &[api::conditions::Observation],
+) -> Result<(), Error> {
+    let existing = machine
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let current = |o: &api::conditions::Observation| {
+        existing
+            .iter()
+            .find(|c| c.type_ == o.type_.as_str() && c.status == o.status.as_str())
+    };
+    if observations
+        .iter()
+        .all(|o| current(o).is_some_and(|c| c.reason == o.reason && c.message == o.message))
+    {
+        return Ok(());
+    }
+    let now = ctx.clock.now();
+    let conditions: Vec<Value> = observations
+        .iter()
+        .map(|o| {
+            json!({
+                "type": o.type_.as_str(),
+                "status": o.status.as_str(),
+                "reason": o.reason,
+                "message": o.message,
+                "lastTransitionTime": current(o)
+                    .and_then(|c| c.last_transition_time.clone())
+                    .unwrap_or_else(|| now.clone()),
+                "observedGeneration": machine.metadata.generation,
+            })
+        })
+        .collect();
+    let (ns, name) = (machine.namespace().unwrap_or_default(), machine.name_any());
+    let patch = json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+        "metadata": {"name": name, "namespace": ns},
+        "status": {"conditions": conditions},
+    });
+    Api::<DynamicObject>::namespaced_with(
+        ctx.client.clone(),
+        &ns,
+        &crate::cache::capi_resource("Machine"),
+    )
+    .patch_status(
+        &name,
+        &PatchParams::apply(CONDITIONS_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(Error::kube(format!(
+        "setting the conditions of machine {ns}/{name}"
+    )))
+}
+
 /// Create machine `name` of `tcp` in `failure_domain` (answering the remediation
 /// `remediation_for`, an annotation value, if it replaces a remediated machine): the
 /// infrastructure machine, the

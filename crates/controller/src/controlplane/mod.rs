@@ -402,6 +402,15 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     }) {
         machines::record_config_digest(ctx, m).await?;
     }
+    // KubeadmControlPlane's per-machine conditions: UpToDate and EtcdMemberHealthy.
+    for m in machines
+        .iter()
+        .filter(|m| m.meta().deletion_timestamp.is_none())
+    {
+        if let Some(v) = report.view.machines.iter().find(|v| v.name == m.name_any()) {
+            machines::set_conditions(ctx, m, &status::machine_conditions(v, &report.view)).await?;
+        }
+    }
     let step = plan::next_step(&desired, report.bootstrapped, &report.view);
     let step = act(
         ctx,

@@ -10,7 +10,7 @@ use api::controlplane::v1alpha3::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::plan::Step;
-use super::scope::{ControlPlane, quorum};
+use super::scope::{ControlPlane, MachineView, quorum};
 
 /// One control-plane Machine as status counts it.
 #[derive(Debug, Clone, Default)]
@@ -143,6 +143,53 @@ fn rolling_out(r: &Report, outdated: usize) -> Observation {
         message.push_str(&format!(" ({note})"));
     }
     Observation::new(ConditionType::RollingOut, Status::True, reason::ROLLING_OUT).message(message)
+}
+
+/// The conditions the control plane sets on one of its machines, as KubeadmControlPlane does
+/// (Cluster API shows UpToDate in `kubectl get machines` and counts it in the control plane's
+/// upToDateReplicas): UpToDate, and EtcdMemberHealthy.
+pub fn machine_conditions(m: &MachineView, cp: &ControlPlane) -> [Observation; 2] {
+    let up_to_date = match m.not_current() {
+        None => Observation::new(ConditionType::UpToDate, Status::True, reason::UP_TO_DATE),
+        Some(why) => Observation::new(
+            ConditionType::UpToDate,
+            Status::False,
+            reason::NOT_UP_TO_DATE,
+        )
+        .message(why),
+    };
+    let etcd = match (&cp.etcd, cp.member_of(m)) {
+        (None, _) => Observation::new(
+            ConditionType::EtcdMemberHealthy,
+            Status::Unknown,
+            reason::HEALTH_UNKNOWN,
+        )
+        .message("no node answered for the etcd member list"),
+        (Some(_), None) => Observation::new(
+            ConditionType::EtcdMemberHealthy,
+            Status::False,
+            reason::NOT_HEALTHY,
+        )
+        .message("the machine has no etcd member"),
+        (Some(_), Some(e)) if e.learner => Observation::new(
+            ConditionType::EtcdMemberHealthy,
+            Status::False,
+            reason::NOT_HEALTHY,
+        )
+        .message(format!("etcd member {:x} is still a learner", e.id)),
+        (Some(_), Some(e)) if !e.healthy => Observation::new(
+            ConditionType::EtcdMemberHealthy,
+            Status::False,
+            reason::NOT_HEALTHY,
+        )
+        .message(format!("etcd member {:x} is not healthy", e.id)),
+        (Some(_), Some(_)) => Observation::new(
+            ConditionType::EtcdMemberHealthy,
+            Status::True,
+            reason::HEALTHY,
+        ),
+    };
+    [up_to_date, etcd]
 }
 
 fn count(n: usize) -> i32 {

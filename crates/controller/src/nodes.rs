@@ -154,26 +154,13 @@ impl Backoff {
         })
     }
 
-    /// The node at `address` answered.
-    pub fn answered(&self, address: &str, now: Instant) {
-        let mut nodes = self.nodes();
-        nodes.retain(|_, r| now.duration_since(r.seen) < FORGET);
-        let reach = nodes.entry(address.to_owned()).or_insert(Reach {
-            failures: 0,
-            until: now,
-            answered: true,
-            seen: now,
-            problem: String::new(),
-        });
-        reach.failures = 0;
-        reach.until = now;
-        reach.answered = true;
-        reach.seen = now;
-    }
-
-    /// The node at `address` did not answer, because of `problem`: how long it is left alone.
-    pub fn failed(&self, address: &str, now: Instant, problem: String) -> Duration {
-        let mut nodes = self.nodes();
+    /// The record of the node at `address` (a new one if none), after forgetting nodes not
+    /// heard of for [`FORGET`].
+    fn reach<'a>(
+        nodes: &'a mut HashMap<String, Reach>,
+        address: &str,
+        now: Instant,
+    ) -> &'a mut Reach {
         nodes.retain(|_, r| now.duration_since(r.seen) < FORGET);
         let reach = nodes.entry(address.to_owned()).or_insert(Reach {
             failures: 0,
@@ -182,6 +169,23 @@ impl Backoff {
             seen: now,
             problem: String::new(),
         });
+        reach.seen = now;
+        reach
+    }
+
+    /// The node at `address` answered.
+    pub fn answered(&self, address: &str, now: Instant) {
+        let mut nodes = self.nodes();
+        let reach = Self::reach(&mut nodes, address, now);
+        reach.failures = 0;
+        reach.until = now;
+        reach.answered = true;
+    }
+
+    /// The node at `address` did not answer, because of `problem`: how long it is left alone.
+    pub fn failed(&self, address: &str, now: Instant, problem: String) -> Duration {
+        let mut nodes = self.nodes();
+        let reach = Self::reach(&mut nodes, address, now);
         reach.failures = reach.failures.saturating_add(1);
         let max = if reach.answered {
             REST_MAX
@@ -192,7 +196,6 @@ impl Backoff {
             .saturating_mul(1 << (reach.failures - 1).min(16))
             .min(max);
         reach.until = now + wait;
-        reach.seen = now;
         reach.problem = problem;
         wait
     }

@@ -420,15 +420,7 @@ async fn kubeconfig_reaches_the_workload_api_server_and_is_rotated_on_request() 
     // The controller watches the workload Nodes through that kubeconfig: a Node that goes
     // NotReady is reported, and so is its return.
     set_node_ready(&nodes, &machine, "False").await;
-    let not_ready = wait_condition(
-        &client,
-        &ns,
-        "k",
-        ConditionType::ControlPlaneComponentsHealthy,
-        "False",
-        &format!("Nodes not Ready: {machine}"),
-    )
-    .await;
+    let not_ready = node_not_ready_reported(&client, &ns, &machine).await;
     assert!(
         not_ready.message.contains("KubeletNotReady"),
         "{}",
@@ -474,15 +466,24 @@ async fn kubeconfig_reaches_the_workload_api_server_and_is_rotated_on_request() 
     );
     // ...and the controller follows the Nodes through the rotated one.
     set_node_ready(&nodes, &machine, "False").await;
+    node_not_ready_reported(&client, &ns, &machine).await;
+}
+
+/// Control plane "k" reports the Node of `machine` not Ready.
+async fn node_not_ready_reported(
+    client: &kube::Client,
+    ns: &str,
+    machine: &str,
+) -> conditions::Condition {
     wait_condition(
-        &client,
-        &ns,
+        client,
+        ns,
         "k",
         ConditionType::ControlPlaneComponentsHealthy,
         "False",
         &format!("Nodes not Ready: {machine}"),
     )
-    .await;
+    .await
 }
 
 /// Set the Ready condition of a workload Node, as its kubelet would.

@@ -78,6 +78,15 @@ async fn wait_ready(client: &kube::Client, ns: &str, names: &[String]) {
     }
 }
 
+/// The Cluster a Machine belongs to (its cluster-name label).
+fn cluster_of(machine: &DynamicObject) -> Option<&String> {
+    machine
+        .metadata
+        .labels
+        .as_ref()?
+        .get("cluster.x-k8s.io/cluster-name")
+}
+
 fn received(event: &Value) -> Option<SystemTime> {
     let ts: k8s_openapi::jiff::Timestamp =
         event["requestReceivedTimestamp"].as_str()?.parse().ok()?;
@@ -262,16 +271,7 @@ async fn rollout(
     loop {
         let all = machines.list(&Default::default()).await.unwrap().items;
         let done = names.iter().all(|n| {
-            let mine: Vec<_> = all
-                .iter()
-                .filter(|m| {
-                    m.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get("cluster.x-k8s.io/cluster-name"))
-                        == Some(n)
-                })
-                .collect();
+            let mine: Vec<_> = all.iter().filter(|m| cluster_of(m) == Some(n)).collect();
             mine.len() == 3 && mine.iter().all(|m| m.data["spec"]["version"] == "v1.36.0")
         });
         if done {
@@ -350,24 +350,13 @@ async fn talos_upgrade(
         let all = machines.list(&Default::default()).await.unwrap().items;
         let mine: Vec<_> = all
             .iter()
-            .filter(|m| {
-                m.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("cluster.x-k8s.io/cluster-name"))
-                    .is_some_and(|c| names.contains(c))
-            })
+            .filter(|m| cluster_of(m).is_some_and(|c| names.contains(c)))
             .collect();
         let nodes: BTreeMap<String, String> = mine
             .iter()
             .filter_map(|m| {
                 let address = m.data["status"]["addresses"][0]["address"].as_str()?;
-                let cluster = m
-                    .metadata
-                    .labels
-                    .as_ref()?
-                    .get("cluster.x-k8s.io/cluster-name")?;
-                Some((address.to_owned(), cluster.clone()))
+                Some((address.to_owned(), cluster_of(m)?.clone()))
             })
             .collect();
         let done = mine.len() == 3 * names.len()

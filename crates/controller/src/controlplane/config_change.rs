@@ -12,7 +12,7 @@ use serde_json::json;
 use super::plan::Step;
 use super::reconfigure::{MARKER, Marker, TRY_TIMEOUT};
 use super::status::Report;
-use super::{Act, annotate_machine, machines, talos};
+use super::{Act, Annotation, annotate_machine, machines, talos};
 use crate::bootstrap::secrets::bundle_name;
 use crate::{Context, Error, report};
 

@@ -60,6 +60,21 @@ const UNREACHABLE_MAX: Duration = Duration::from_secs(30);
 /// announces a node whose etcd fails, so this bounds how late it is noticed.
 const RESYNC: Duration = Duration::from_secs(30);
 
+/// A record the controller keeps as JSON in an annotation (an upgrade or a configuration
+/// change under way on a Machine, a remediation): what survives a restart lives on the objects.
+/// One that does not read as a record (a hand edit) is ignored.
+pub trait Annotation: serde::Serialize + serde::de::DeserializeOwned {
+    /// The record in an annotation's value; `None` when it does not read as one.
+    fn parse(value: &str) -> Option<Self> {
+        serde_json::from_str(value).ok()
+    }
+
+    /// The annotation's value.
+    fn to_annotation(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 pub fn resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
         "controlplane.cluster.x-k8s.io",

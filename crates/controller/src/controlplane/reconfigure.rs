@@ -41,15 +41,7 @@ pub struct Marker {
     pub failed: Option<String>,
 }
 
-impl Marker {
-    pub fn parse(value: &str) -> Option<Marker> {
-        serde_json::from_str(value).ok()
-    }
-
-    pub fn to_annotation(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
-}
+impl super::Annotation for Marker {}
 
 /// Whether any machine (of those `markers` are recorded on) learned from Talos that the
 /// change to `digest` needs a reboot: then every machine still on another configuration is

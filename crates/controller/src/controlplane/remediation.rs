@@ -25,16 +25,7 @@ pub struct Record {
     pub retry_count: i32,
 }
 
-impl Record {
-    /// The record in an annotation value; `None` for anything else (a hand edit is ignored).
-    pub fn parse(value: &str) -> Option<Record> {
-        serde_json::from_str(value).ok()
-    }
-
-    pub fn to_annotation(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
-}
+impl super::Annotation for Record {}
 
 /// The retry limits, with KubeadmControlPlane's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +164,7 @@ pub fn record(machine: &str, retry_count: i32, now: Timestamp) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controlplane::Annotation;
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap_or(Timestamp::UNIX_EPOCH)

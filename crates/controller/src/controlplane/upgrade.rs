@@ -37,15 +37,7 @@ pub struct Marker {
     pub failed: Option<String>,
 }
 
-impl Marker {
-    pub fn parse(value: &str) -> Option<Marker> {
-        serde_json::from_str(value).ok()
-    }
-
-    pub fn to_annotation(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
-}
+impl super::Annotation for Marker {}
 
 /// The Talos version the control plane should run.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,8 +20,10 @@ pub trait TalosNodes: Send + Sync + std::fmt::Debug {
     ) -> Result<Arc<talos_api::Client>, talos_api::Error>;
 }
 
-/// How long a client nobody asked for is kept (with its connection).
-const IDLE: Duration = Duration::from_secs(600);
+/// How long a client nobody asked for is kept (with its connection): the clients a control
+/// plane's observations use every reconcile (at least every 30 s) stay, and those of one-off
+/// calls to one node (bootstrap, an upgrade) go soon after.
+const IDLE: Duration = Duration::from_secs(60);
 
 /// Talos API clients over gRPC. A client (and the mTLS connection it holds) is kept for the
 /// same talosconfig and endpoints, so the reconciles of a control plane share one connection

@@ -348,7 +348,8 @@ fn template_keys(metadata: Option<&api::bootstrap::v1alpha3::ObjectMetaTemplate>
 }
 
 /// What machineTemplate asks every machine to carry, kept in place without a rollout: its
-/// labels and annotations (with [`TEMPLATE_KEYS`]), and the deletion timeouts.
+/// labels and annotations (with [`TEMPLATE_KEYS`]), and the deletion timeouts; and our
+/// pre-terminate hook, which a machine adopted from CACPPT lacks.
 pub fn template_fields(tcp: &TalosControlPlane) -> Value {
     let metadata = tcp
         .spec
@@ -359,6 +360,7 @@ pub fn template_fields(tcp: &TalosControlPlane) -> Value {
         .and_then(|m| m.annotations.clone())
         .unwrap_or_default();
     annotations.insert(TEMPLATE_KEYS.into(), template_keys(metadata));
+    annotations.insert(cleanup_hook(), String::new());
     json!({
         "metadata": {
             "labels": metadata.and_then(|m| m.labels.clone()).unwrap_or_default(),
@@ -779,17 +781,22 @@ mod tests {
             "spec": {"clusterName": "c", "deletion": {"nodeDrainTimeoutSeconds": 300, "nodeDeletionTimeoutSeconds": 10}}
         }))
         .expect("a Machine");
-        // Made before keys were recorded: only the record is added.
+        // Made before keys were recorded (by CACPPT, say): the record and our pre-terminate
+        // hook are added.
         let patch = template_patch(&m, &fields).expect("the record is missing");
         assert_eq!(
             patch["metadata"]["annotations"][TEMPLATE_KEYS],
             r#"{"annotations":[],"labels":["team"]}"#
         );
+        assert_eq!(patch["metadata"]["annotations"][cleanup_hook()], "");
         m.metadata.annotations = Some(
-            [(
-                TEMPLATE_KEYS.to_owned(),
-                r#"{"annotations":[],"labels":["team"]}"#.to_owned(),
-            )]
+            [
+                (
+                    TEMPLATE_KEYS.to_owned(),
+                    r#"{"annotations":[],"labels":["team"]}"#.to_owned(),
+                ),
+                (cleanup_hook(), String::new()),
+            ]
             .into(),
         );
         assert_eq!(

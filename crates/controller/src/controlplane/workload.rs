@@ -182,16 +182,10 @@ impl Workloads {
                 .filter(|w| w.from == from)
                 .map(|w| w.store.clone())
         };
+        // A new watch is not waited for: its first listing reconciles `owner` again.
         let store = match store {
             Some(store) => store,
-            None => {
-                let client = client(kubeconfig).await?;
-                let store = self.watch(&key, from, client, owner);
-                // The first list is usually quick; a cluster whose API server is not up yet
-                // is told so and looked at again on the next reconcile.
-                let _ = tokio::time::timeout(CONNECT_TIMEOUT, store.wait_until_ready()).await;
-                store
-            }
+            None => self.watch(&key, from, client(kubeconfig).await?, owner),
         };
         if store.wait_until_ready().now_or_never().is_none() {
             return Err(format!(
@@ -228,16 +222,17 @@ impl Workloads {
             })
             .reflect(writer);
         let task = tokio::spawn(async move {
-            let mut last: Option<BTreeMap<String, NodeReady>> = None;
+            // What the reconciles saw last: nothing, until the first listing.
+            let mut last: BTreeMap<String, NodeReady> = BTreeMap::new();
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
                 match event {
                     Ok(_) => {
                         let now = Nodes::of(&reader.state()).by_name;
-                        if last.as_ref().is_some_and(|l| *l != now) {
+                        if now != last {
                             let _ = wake.unbounded_send(owner.clone());
+                            last = now;
                         }
-                        last = Some(now);
                     }
                     Err(e) => {
                         tracing::debug!(%cluster, error = %e, "watching the workload cluster's Nodes");

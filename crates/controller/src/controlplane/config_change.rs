@@ -258,15 +258,16 @@ fn condensed(why: &str) -> String {
 }
 
 /// Machines whose node runs another configuration than controlPlaneConfig renders for it
-/// (changed by hand, say), with the fields that differ: asked of each steady node (a dry-run
-/// apply) at most every `drift_check`, remembered in between. Nothing is applied: the drift is
-/// reported, never overwritten. A newly drifted machine gets a Warning Event.
+/// (changed by hand, say), with the fields that differ: asked of each node of a steady
+/// control plane (a dry-run apply) at most every `drift_check`, remembered in between (and
+/// while the control plane is not steady, `talosconfig` `None`). Nothing is applied: the drift
+/// is reported, never overwritten. A newly drifted machine gets a Warning Event.
 pub(super) async fn drift(
     ctx: &Context,
     tcp: &TalosControlPlane,
     cluster: (&Cluster, &str),
     machines: &[Machine],
-    talosconfig: &str,
+    talosconfig: Option<&str>,
     view: &super::scope::ControlPlane,
     digest: &str,
 ) -> crate::context::Drifted {
@@ -278,14 +279,12 @@ pub(super) async fn drift(
         .unwrap_or_else(|e| e.into_inner())
         .get(&key)
         .cloned();
-    if let Some((at, found)) = &remembered
-        && (interval.is_zero() || at.elapsed() < interval)
-    {
-        return found.clone();
-    }
-    if interval.is_zero() {
-        return Vec::new();
-    }
+    let due = remembered
+        .as_ref()
+        .is_none_or(|(at, _)| at.elapsed() >= interval);
+    let Some(talosconfig) = talosconfig.filter(|_| due && !interval.is_zero()) else {
+        return remembered.map(|(_, found)| found).unwrap_or_default();
+    };
     let mut found = Vec::new();
     for m in machines {
         let name = m.name_any();

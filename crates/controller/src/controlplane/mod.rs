@@ -446,18 +446,16 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     let settled = matches!(step, Step::Steady)
         && report.talos_problem.is_none()
         && report.view.machines.iter().all(|m| m.components_healthy);
-    if let (true, Some(tc)) = (settled, talosconfig.as_deref()) {
-        report.drift = config_change::drift(
-            ctx,
-            &tcp,
-            (&cluster, &cluster_name),
-            &machines,
-            tc,
-            &report.view,
-            &target.config_digest,
-        )
-        .await;
-    }
+    report.drift = config_change::drift(
+        ctx,
+        &tcp,
+        (&cluster, &cluster_name),
+        &machines,
+        talosconfig.as_deref().filter(|_| settled),
+        &report.view,
+        &target.config_digest,
+    )
+    .await;
     // A node that does not answer is asked again less and less often (up to every 30 s, each
     // node on its own backoff), not every half second for as long as it is down.
     let checked = std::time::Instant::now();
@@ -559,6 +557,7 @@ fn view(
     observed: &talos::Observed,
     nodes: Option<&workload::Nodes>,
 ) -> MachineView {
+    let made = made(m);
     MachineView {
         node_not_ready: nodes
             .and_then(|n| n.find(&talos::hostname(m), m.spec.provider_id.as_deref()))
@@ -574,7 +573,7 @@ fn view(
         deleting: m.meta().deletion_timestamp.is_some(),
         delete_annotated: has_annotation(m.meta(), annotations::DELETE_MACHINE),
         version: m.spec.version.clone(),
-        outdated: rollout::outdated(&made(m), target),
+        outdated: rollout::outdated(&made, target),
         components_healthy: observed
             .health
             .get(&m.name_any())
@@ -598,11 +597,11 @@ fn view(
             .annotations()
             .get(upgrade::MARKER)
             .and_then(|v| upgrade::Marker::parse(v)),
-        config_pending: made(m)
+        config_pending: made
             .config_digest
             .as_ref()
             .is_some_and(|d| *d != target.config_digest),
-        config_digest: made(m).config_digest,
+        config_digest: made.config_digest.clone(),
         reconfigure: reconfigure_marker(m),
     }
 }

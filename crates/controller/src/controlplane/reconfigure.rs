@@ -123,24 +123,12 @@ pub fn step(digest: &str, cp: &ControlPlane) -> Option<Step> {
         .min_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)))?;
     let done = live.len() - pending.len();
     let progress = format!("{done} of {} machines on the new configuration", live.len());
-    if cp.etcd.is_none() {
-        return Some(Step::Wait {
-            reason: "EtcdUnknown",
-            message: format!("{progress}; no node answered for the etcd member list"),
-        });
-    }
-    // Every machine is healthy, with a healthy voting member, before one more changes.
-    if let Some((sick, why)) = live
-        .iter()
-        .find_map(|m| Some((m, cp.unavailable_because(m)?)))
-    {
-        return Some(Step::Wait {
-            reason: "WaitingForHealthyNodes",
-            message: format!(
-                "{progress}; machine {} is not healthy ({why}), so no configuration is changed now",
-                sick.name
-            ),
-        });
+    if let Some(wait) = cp.in_place_blocked(
+        live.iter().copied(),
+        &progress,
+        "no configuration is changed now",
+    ) {
+        return Some(wait);
     }
     Some(Step::TryConfig {
         machine: first.name.clone(),

@@ -361,6 +361,34 @@ impl ControlPlane {
         self.unavailable_because(m).is_none()
     }
 
+    /// Why no more nodes may change in place now, as a Wait step: etcd is unknown, or one of
+    /// `others` (the machines not changing already) is not available. `progress` opens the
+    /// message and `what` ends it ("so no node is upgraded now").
+    pub fn in_place_blocked<'a>(
+        &self,
+        others: impl IntoIterator<Item = &'a MachineView>,
+        progress: &str,
+        what: &str,
+    ) -> Option<super::plan::Step> {
+        if self.etcd.is_none() {
+            return Some(super::plan::Step::Wait {
+                reason: "EtcdUnknown",
+                message: format!("{progress}; no node answered for the etcd member list"),
+            });
+        }
+        // Every machine is healthy, with a healthy voting member, before one more changes.
+        let (sick, why) = others
+            .into_iter()
+            .find_map(|m| Some((m, self.unavailable_because(m)?)))?;
+        Some(super::plan::Step::Wait {
+            reason: "WaitingForHealthyNodes",
+            message: format!(
+                "{progress}; machine {} is not healthy ({why}), so {what}",
+                sick.name
+            ),
+        })
+    }
+
     /// Why `m` is not available (see [`ControlPlane::available`]); `None` when it is.
     pub fn unavailable_because(&self, m: &MachineView) -> Option<String> {
         if m.deleting {

@@ -185,25 +185,12 @@ pub fn step(target: &Target, cp: &ControlPlane) -> Option<Step> {
             ),
         });
     }
-    if cp.etcd.is_none() {
-        return Some(Step::Wait {
-            reason: "EtcdUnknown",
-            message: format!("{progress}; no node answered for the etcd member list"),
-        });
-    }
-    // Every node not upgrading is healthy, with a healthy voting member, before one more goes.
-    if let Some((sick, why)) = live
-        .iter()
-        .filter(|m| m.upgrade.is_none())
-        .find_map(|m| Some((m, cp.unavailable_because(m)?)))
-    {
-        return Some(Step::Wait {
-            reason: "WaitingForHealthyNodes",
-            message: format!(
-                "{progress}; machine {} is not healthy ({why}), so no node is upgraded now",
-                sick.name
-            ),
-        });
+    if let Some(wait) = cp.in_place_blocked(
+        live.iter().copied().filter(|m| m.upgrade.is_none()),
+        &progress,
+        "no node is upgraded now",
+    ) {
+        return Some(wait);
     }
     Some(Step::UpgradeTalos {
         machine: first.name.clone(),

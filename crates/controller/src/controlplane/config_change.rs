@@ -283,7 +283,14 @@ pub(super) async fn drift(
         .as_ref()
         .is_none_or(|(at, _)| at.elapsed() >= interval);
     let Some(talosconfig) = talosconfig.filter(|_| due && !interval.is_zero()) else {
-        return remembered.map(|(_, found)| found).unwrap_or_default();
+        // What was found still holds for machines that exist and were not changed since.
+        let mut found = remembered.map(|(_, found)| found).unwrap_or_default();
+        found.retain(|(m, _)| {
+            view.machines
+                .iter()
+                .any(|v| &v.name == m && v.config_digest.as_deref() == Some(digest))
+        });
+        return found;
     };
     let mut found = Vec::new();
     for m in machines {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use api::conditions::ConditionType;
 use common::{WAIT, cluster, machine, wait_config};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use serde_json::json;
@@ -172,6 +173,16 @@ async fn one_of_two_managers_leads_a_frozen_leader_is_fenced_and_sigterm_hands_o
     let cp_spec = json!({"generateType": "controlplane", "talosVersion": "v1.13"});
     machine(&client, &ns, "c", "m1", cp_spec.clone(), true).await;
     wait_config(&client, &ns, "m1", ConditionType::Ready, "True").await;
+    // The Event about m1 is the leader's last write for it: freezing the leader before that
+    // write arrives would leave it on the wire, and no fence can recall a request already sent.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    until("the leader's Event about m1", WAIT, async || {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("m1"))
+    })
+    .await;
 
     // Freeze the leader: the standby takes over once the lease expires, and reconciles.
     signal(leader.pid, "STOP");

@@ -19,7 +19,10 @@ case "$cmd" in
     else
       rm -f "$dir/ready"
       # setsid: the control plane outlives this shell and ignores the terminal's Ctrl-C.
-      setsid "$bin" up --dir "$dir" --crds config/crd/bases >"$dir/local-cp.log" 2>&1 </dev/null &
+      # SIM_INFRA_NAMESPACE: also serve the simulated infrastructure provider there (make e2e).
+      extra=()
+      [ -n "${SIM_INFRA_NAMESPACE:-}" ] && extra=(--sim-infra "$SIM_INFRA_NAMESPACE")
+      setsid "$bin" up --dir "$dir" --crds config/crd/bases "${extra[@]}" >"$dir/local-cp.log" 2>&1 </dev/null &
       echo $! >"$pidfile"
       for _ in $(seq 1 1800); do
         [ -f "$dir/ready" ] && break

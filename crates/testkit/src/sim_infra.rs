@@ -262,9 +262,10 @@ async fn serve_workloads(
             continue;
         };
         let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(workload.client.clone());
-        let running = sim
-            .status(&started.address)
-            .is_some_and(|(phase, _)| phase == talos_sim::Phase::Running);
+        let status = sim.status(&started.address);
+        let running = status
+            .as_ref()
+            .is_some_and(|(phase, _)| *phase == talos_sim::Phase::Running);
         let ready = if running { "True" } else { "False" };
         if reported_ready.get(&started.machine) == Some(&running) {
             continue;
@@ -303,6 +304,7 @@ async fn serve_workloads(
                     condition("PIDPressure", pressure, "KubeletHasSufficientPID"),
                 ],
                 "addresses": [{"type": "InternalIP", "address": started.address}],
+                "nodeInfo": node_info(status.map(|(_, version)| version).as_deref()),
             }})),
         )
         .await
@@ -310,6 +312,20 @@ async fn serve_workloads(
         reported_ready.insert(started.machine.clone(), running);
     }
     Ok(())
+}
+
+/// What a kubelet on Talos reports about its host; the OS image names the Talos version the
+/// node booted (kept from the last report while it is down).
+fn node_info(talos: Option<&str>) -> Value {
+    let mut info = json!({
+        "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "",
+        "containerRuntimeVersion": "containerd://2.1.0", "kubeletVersion": "",
+        "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
+    });
+    if let Some(version) = talos {
+        info["osImage"] = json!(format!("Talos ({version})"));
+    }
+    info
 }
 
 async fn pass(
@@ -352,6 +368,16 @@ async fn pass(
         }
         keep
     });
+    // A SimMachine annotated POWER_OFF loses its node for good (a host that died): the node
+    // stops answering and its Node goes NotReady, for a MachineHealthCheck to find.
+    for m in listed.iter().filter(|m| powered_off(m)) {
+        if let Some(started) = nodes.by_machine.get(&m.name_any())
+            && sim.status(&started.address).is_some()
+        {
+            tracing::info!(machine = %started.machine, "sim infrastructure: powering the node off");
+            let _ = sim.remove(&started.address);
+        }
+    }
     for m in listed {
         let name = m.name_any();
         if let Some(started) = nodes.by_machine.get(&name) {
@@ -423,6 +449,14 @@ async fn pass(
         report_node(&sim_machines, &name, &address.to_string()).await?;
     }
     Ok(())
+}
+
+/// The SimMachine annotation that powers its node off for good (`"true"`): how a test (or the
+/// e2e suite, through nothing but a kubeconfig) makes a machine fail.
+pub const POWER_OFF: &str = "infrastructure.cluster.x-k8s.io/sim-power-off";
+
+fn powered_off(m: &DynamicObject) -> bool {
+    m.annotations().get(POWER_OFF).is_some_and(|v| v == "true")
 }
 
 /// A SimMachine's status: provisioned, at its node's address.

@@ -10,18 +10,9 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind,
 use kube::runtime::conditions::is_crd_established;
 use kube::runtime::wait::{Condition, await_condition};
 use serde_json::json;
+use talos_capi_e2e::client;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-async fn client() -> kube::Client {
-    assert!(
-        std::env::var_os("KUBECONFIG").is_some(),
-        "the e2e suite needs KUBECONFIG; run it with `make e2e` (local control plane) or `make e2e-kind`"
-    );
-    kube::Client::try_default()
-        .await
-        .expect("KUBECONFIG names a reachable cluster")
-}
 
 #[tokio::test]
 async fn cluster_api_core_crds_are_established() {

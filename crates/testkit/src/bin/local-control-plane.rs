@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use testkit::LocalControlPlane;
+use testkit::{LocalControlPlane, sim_infra};
 
 #[derive(Parser)]
 #[command(about = "A local Kubernetes management cluster of real components")]
@@ -28,6 +28,19 @@ enum Command {
         /// Only etcd and kube-apiserver.
         #[arg(long)]
         no_cluster_api: bool,
+        /// Also serve the simulated infrastructure provider in this namespace (created if
+        /// absent): a simulated Talos node per SimMachine, and a real workload kube-apiserver
+        /// per bootstrapped Cluster (what `make e2e` runs the suite against).
+        #[arg(long, value_name = "NAMESPACE")]
+        sim_infra: Option<String>,
+    },
+    /// Serve the simulated infrastructure provider for the cluster of KUBECONFIG (its CRDs are
+    /// installed first), with workload kube-apiservers kept in an etcd of its own, until
+    /// SIGINT/SIGTERM. The nodes listen on loopback addresses of this host.
+    SimInfra {
+        /// The namespace served (created if absent).
+        #[arg(long, default_value = "talos-capi-e2e")]
+        namespace: String,
     },
     /// Measure startup: start and stop a control plane N times, print per-phase medians.
     Bench {
@@ -51,7 +64,9 @@ async fn main() -> ExitCode {
             dir,
             crds,
             no_cluster_api,
-        } => up(dir, crds, no_cluster_api).await,
+            sim_infra,
+        } => up(dir, crds, no_cluster_api, sim_infra).await,
+        Command::SimInfra { namespace } => serve_sim_infra(&namespace).await,
         Command::Bench { runs, cluster_api } => bench(runs, cluster_api).await,
     };
     match result {
@@ -63,7 +78,15 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn up(dir: PathBuf, crds: Vec<PathBuf>, no_cluster_api: bool) -> Result<(), testkit::Error> {
+/// Failure domains of the simulated clusters (all for control planes).
+const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+
+async fn up(
+    dir: PathBuf,
+    crds: Vec<PathBuf>,
+    no_cluster_api: bool,
+    sim_infra: Option<String>,
+) -> Result<(), testkit::Error> {
     let ready_marker = dir.join("ready");
     let _ = std::fs::remove_file(&ready_marker);
     let mut builder = LocalControlPlane::builder()
@@ -85,6 +108,20 @@ async fn up(dir: PathBuf, crds: Vec<PathBuf>, no_cluster_api: bool) -> Result<()
         t.etcd, t.apiserver, t.crds, t.cluster_api
     );
     println!("kubeconfig: {}", cp.kubeconfig_path().display());
+    let infra = match &sim_infra {
+        Some(ns) => {
+            let client = cp.client().await?;
+            ensure_namespace(&client, ns).await?;
+            println!("simulated infrastructure serving namespace {ns}");
+            Some(sim_infra::start_with_workloads_in(
+                &client,
+                ns,
+                &ZONES,
+                cp.etcd(),
+            ))
+        }
+        None => None,
+    };
     std::fs::write(&ready_marker, cp.url()).map_err(|e| testkit::Error::Io {
         context: "writing ready marker".into(),
         source: e,
@@ -105,7 +142,48 @@ async fn up(dir: PathBuf, crds: Vec<PathBuf>, no_cluster_api: bool) -> Result<()
     }
     let _ = std::fs::remove_file(&ready_marker);
     println!("stopping local control plane");
+    drop(infra);
     drop(cp);
+    Ok(())
+}
+
+async fn serve_sim_infra(ns: &str) -> Result<(), testkit::Error> {
+    let client = kube::Client::try_default().await?;
+    testkit::install_crds(&client, &testkit::infra::infrastructure_crds()?).await?;
+    ensure_namespace(&client, ns).await?;
+    let etcd = std::sync::Arc::new(testkit::Etcd::start(None).await?);
+    let infra = sim_infra::start_with_workloads_in(&client, ns, &ZONES, etcd);
+    println!("simulated infrastructure serving namespace {ns}");
+    shutdown_signal().await?;
+    drop(infra);
+    Ok(())
+}
+
+async fn shutdown_signal() -> Result<(), testkit::Error> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| testkit::Error::Io {
+            context: "installing SIGTERM handler".into(),
+            source: e,
+        })?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn ensure_namespace(client: &kube::Client, ns: &str) -> Result<(), testkit::Error> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    if api.get_opt(ns).await?.is_none() {
+        let namespace = k8s_openapi::api::core::v1::Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(ns.to_owned()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&Default::default(), &namespace).await?;
+    }
     Ok(())
 }
 

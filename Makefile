@@ -6,7 +6,7 @@ CARGO ?= cargo
 LOCAL_CP_DIR := target/local-cp
 LOCAL_KUBECONFIG := $(LOCAL_CP_DIR)/kubeconfig
 LOCAL_CP_BIN := target/debug/local-control-plane
-TOOLS := kube-apiserver kubectl etcd cluster-api cluster-api-config clusterctl cabpt cabpt-config helm talosctl hadolint
+TOOLS := kube-apiserver kubectl etcd cluster-api cluster-api-config clusterctl cabpt cabpt-config helm talosctl hadolint actionlint
 # The Cluster API line of the floor lane (make test-capi-floor); the default lane is in versions.env.
 CLUSTER_API_FLOOR_VERSION := $(shell . hack/tools/versions.env && echo "$$CLUSTER_API_FLOOR_VERSION")
 # Test binaries of the workspace that need no outside cluster (the e2e suite needs KUBECONFIG).
@@ -25,9 +25,10 @@ fmt: ## Format the Rust code.
 	$(CARGO) fmt --all
 
 .PHONY: lint
-lint: ## cargo fmt --check, clippy with warnings denied, shell syntax checks, hadolint on the Dockerfile.
+lint: ## cargo fmt --check, clippy with warnings denied, shell syntax checks, hadolint on the Dockerfiles, actionlint on the workflows.
 	$(CARGO) fmt --all -- --check
-	"$$(hack/tools/tool.sh hadolint)" Dockerfile
+	"$$(hack/tools/tool.sh hadolint)" Dockerfile tests/e2e/kind/sim.Dockerfile
+	"$$(hack/tools/tool.sh actionlint)" -shellcheck= -pyflakes= .github/workflows/*.yaml
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) clippy -p talos-capi --features otlp --all-targets --locked -- -D warnings
 	for f in .ci/run hack/*.sh hack/tools/*.sh; do bash -n "$$f"; done
@@ -77,7 +78,7 @@ e2e: $(LOCAL_CP_BIN) ## The e2e suite through a kubeconfig: the local control pl
 	@hack/e2e.sh target/e2e
 
 .PHONY: e2e-kind
-e2e-kind: ## For users' CI: create a kind cluster, install Cluster API with clusterctl, run the e2e suite.
+e2e-kind: ## For users' CI (docker, kind): the e2e suite on a kind management cluster (Cluster API by clusterctl, talos-capi by Helm, simulated infrastructure as a pod).
 	hack/e2e-kind.sh
 
 DEMO_ARGS ?=

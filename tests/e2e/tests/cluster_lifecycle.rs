@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -135,21 +135,6 @@ impl Scene {
             (done.then_some(()), line)
         })
         .await;
-    }
-
-    /// The workload cluster's client, from the kubeconfig talos-capi wrote.
-    async fn workload(&self) -> kube::Client {
-        let secret = Api::<Secret>::namespaced(self.client.clone(), &self.ns)
-            .get(&format!("{}-kubeconfig", self.cluster))
-            .await
-            .unwrap();
-        let yaml = secret.data.unwrap().remove("value").unwrap().0;
-        let kubeconfig =
-            kube::config::Kubeconfig::from_yaml(std::str::from_utf8(&yaml).unwrap()).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(config).unwrap()
     }
 }
 
@@ -356,23 +341,19 @@ async fn a_talos_cluster_lives_and_dies() {
     );
 
     println!("== upgrade Talos in place to {TALOS_NEXT}");
-    let workload = scene.workload().await;
-    let nodes: Api<Node> = Api::all(workload);
     scene
         .patch_tcp(json!({"talosUpgrade": {"image": format!("ghcr.io/siderolabs/installer:{TALOS_NEXT}")}}))
         .await;
+    // What each node's kubelet reports, as Cluster API copies it onto the Machine.
+    let os_image = format!("Talos ({TALOS_NEXT})");
     until("the Talos upgrade", STEP, async || {
         let (steady, line) = scene.steady(3).await;
-        let mut upgraded = 0;
-        for m in &rolled {
-            let image = nodes
-                .get_opt(m)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|n| n.status?.node_info.map(|i| i.os_image));
-            upgraded += usize::from(image.as_deref() == Some(&format!("Talos ({TALOS_NEXT})")));
-        }
+        let upgraded = scene
+            .control_planes()
+            .await
+            .iter()
+            .filter(|m| m.data["status"]["nodeInfo"]["osImage"] == os_image.as_str())
+            .count();
         (
             (steady && upgraded == 3).then_some(()),
             format!("{upgraded} of 3 nodes on Talos {TALOS_NEXT}; {line}"),

@@ -54,19 +54,13 @@ impl Grpc {
     pub fn kept(&self) -> usize {
         self.clients.lock().map_or(0, |c| c.len())
     }
-}
 
-impl Default for Grpc {
-    fn default() -> Self {
-        Grpc::new(Duration::from_secs(10), None)
-    }
-}
-
-impl TalosNodes for Grpc {
-    fn connect(
+    /// [`TalosNodes::connect`] at `now`: clients unused for [`IDLE`] are dropped first.
+    fn connect_at(
         &self,
         talosconfig: &str,
         endpoints: Vec<String>,
+        now: Instant,
     ) -> Result<Arc<talos_api::Client>, talos_api::Error> {
         let mut digest = Sha256::new();
         digest.update(talosconfig.as_bytes());
@@ -75,9 +69,8 @@ impl TalosNodes for Grpc {
             digest.update(endpoint.as_bytes());
         }
         let key: [u8; 32] = digest.finalize().into();
-        let now = Instant::now();
         if let Ok(mut clients) = self.clients.lock() {
-            clients.retain(|_, (used, _)| now.duration_since(*used) < IDLE);
+            clients.retain(|_, (used, _)| now.saturating_duration_since(*used) < IDLE);
             if let Some((used, client)) = clients.get_mut(&key) {
                 *used = now;
                 return Ok(Arc::clone(client));
@@ -94,6 +87,22 @@ impl TalosNodes for Grpc {
             clients.insert(key, (now, Arc::clone(&client)));
         }
         Ok(client)
+    }
+}
+
+impl Default for Grpc {
+    fn default() -> Self {
+        Grpc::new(Duration::from_secs(10), None)
+    }
+}
+
+impl TalosNodes for Grpc {
+    fn connect(
+        &self,
+        talosconfig: &str,
+        endpoints: Vec<String>,
+    ) -> Result<Arc<talos_api::Client>, talos_api::Error> {
+        self.connect_at(talosconfig, endpoints, Instant::now())
     }
 }
 
@@ -239,6 +248,31 @@ mod tests {
             .expect("a client");
         assert!(!Arc::ptr_eq(&client, &rotated));
         assert_eq!(nodes.kept(), 3);
+
+        // A client unused for a minute goes (with its connection); one in use stays.
+        let t0 = Instant::now();
+        let endpoints = || vec!["127.0.0.9:50000".to_owned()];
+        let idle = Grpc::default();
+        let first = idle.connect_at(&yaml, endpoints(), t0).expect("a client");
+        let busy = idle.connect_at(&other, endpoints(), t0).expect("a client");
+        let later = t0 + IDLE - Duration::from_secs(1);
+        let kept = idle
+            .connect_at(&other, endpoints(), later)
+            .expect("a client");
+        assert!(Arc::ptr_eq(&busy, &kept), "used within the minute: kept");
+        let after = t0 + IDLE + Duration::from_secs(1);
+        let still = idle
+            .connect_at(&other, endpoints(), after)
+            .expect("a client");
+        assert!(Arc::ptr_eq(&busy, &still), "its use renewed it");
+        assert_eq!(idle.kept(), 1, "the one unused for a minute is gone");
+        let fresh = idle
+            .connect_at(&yaml, endpoints(), after)
+            .expect("a client");
+        assert!(
+            !Arc::ptr_eq(&first, &fresh),
+            "asked again, it is a new client"
+        );
 
         let secret_looking = "context: c\ncontexts:\n  c:\n    key: c2VjcmV0LWtleS1tYXRlcmlhbA==\n";
         let err = nodes

@@ -556,7 +556,8 @@ impl Client {
                 source: Arc::new(e),
             })?
             .connect_timeout(self.timeout)
-            .timeout(self.timeout);
+            .timeout(self.timeout)
+            .tcp_nodelay(true);
         ep.connect().await.map_err(|e| Error::Connect {
             endpoint: endpoint.to_owned(),
             source: Arc::new(e),

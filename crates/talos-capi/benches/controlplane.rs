@@ -439,7 +439,11 @@ fn main() {
             "manager".to_owned(),
             format!("--kubeconfig={}", cp.kubeconfig_path().display()),
             format!("--namespace={ns}"),
-            "--log-level=warn".to_owned(),
+            // BENCH_LOG (e.g. controller=debug) for a closer look at a run, with BENCH_DIR.
+            format!(
+                "--log-level={}",
+                std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())
+            ),
         ];
         let manager = ManagedProcess::spawn("talos-capi", &binary, &args, &cp.dir().join("talos-capi-manager.log"), None).unwrap();
         let pid = component_pid(manager.pid(), "/talos-capi").await;

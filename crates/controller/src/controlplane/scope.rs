@@ -354,6 +354,16 @@ impl ControlPlane {
         self.etcd.iter().flatten().find(|e| e.name == m.hostname)
     }
 
+    /// Whether a machine that stays has an etcd member still waiting for Talos to promote it
+    /// from learner to voter: the rollout's next step waits for that promotion, which no event
+    /// announces.
+    pub fn awaiting_promotion(&self) -> bool {
+        self.machines
+            .iter()
+            .filter(|m| !m.deleting)
+            .any(|m| self.member_of(m).is_some_and(|e| e.learner))
+    }
+
     /// A machine is available when it is not being deleted, its control-plane components are
     /// healthy, its workload Node is not known to be NotReady, and its etcd member is a healthy
     /// voter.
@@ -448,6 +458,23 @@ mod tests {
             failure_domains: domains(&[("a", true), ("b", true), ("c", true)]),
             ..ControlPlane::test(machines)
         }
+    }
+
+    #[test]
+    fn a_learner_of_a_staying_machine_is_awaited_one_of_a_leaving_machine_is_not() {
+        let mut cp = healthy(vec![m("m1", "a", 3), m("m2", "b", 2), m("m3", "c", 1)]);
+        assert!(!cp.awaiting_promotion(), "three voters");
+        if let Some(e) = cp.etcd.iter_mut().flatten().find(|e| e.name == "m3") {
+            e.learner = true;
+        }
+        assert!(cp.awaiting_promotion(), "m3 joined as a learner");
+        cp.machines[2].deleting = true;
+        assert!(
+            !cp.awaiting_promotion(),
+            "m3 is going: nothing waits for it"
+        );
+        cp.etcd = None;
+        assert!(!cp.awaiting_promotion(), "members unknown");
     }
 
     #[test]

@@ -13,13 +13,15 @@ use api::conditions::ConditionType;
 use common::{WAIT, cluster, machine, wait_config};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use serde_json::json;
 use testkit::bench::{audit_events, component_pid};
 use testkit::process::{ManagedProcess, free_port, http_get as get};
 use testkit::tools::repo_root;
-use testkit::{LocalControlPlane, unique_namespace};
+use testkit::{LocalControlPlane, sim_infra, unique_namespace};
 
 const LEASE: &str = "talos-capi-manager";
 
@@ -292,4 +294,184 @@ async fn without_the_crds_the_manager_says_what_to_install_and_waits() {
         "{}",
         log_of(&m)
     );
+}
+
+/// The identity the throttled manager runs as: not in system:masters, which API Priority and
+/// Fairness exempts.
+const THROTTLED: &str = "talos-capi-throttled";
+
+/// Give `THROTTLED` cluster-admin, and a priority level of one nominal seat that neither lends
+/// nor borrows and rejects what does not fit: kube-apiserver's own API Priority and Fairness
+/// answers the manager's surplus requests 429.
+async fn throttle(client: &kube::Client) {
+    let crb: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": THROTTLED},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": THROTTLED}],
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&Default::default(), &crb)
+        .await
+        .unwrap();
+    let level: PriorityLevelConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": THROTTLED},
+        "spec": {"type": "Limited", "limited": {
+            "nominalConcurrencyShares": 1, "lendablePercent": 0, "borrowingLimitPercent": 0,
+            "limitResponse": {"type": "Reject"},
+        }},
+    }))
+    .unwrap();
+    Api::<PriorityLevelConfiguration>::all(client.clone())
+        .create(&Default::default(), &level)
+        .await
+        .unwrap();
+    let schema: FlowSchema = serde_json::from_value(json!({
+        "metadata": {"name": THROTTLED},
+        "spec": {
+            "matchingPrecedence": 100,
+            "priorityLevelConfiguration": {"name": THROTTLED},
+            "distinguisherMethod": {"type": "ByUser"},
+            "rules": [{
+                "subjects": [{"kind": "User", "user": {"name": THROTTLED}}],
+                "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"], "namespaces": ["*"], "clusterScope": true}],
+                "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+            }],
+        },
+    }))
+    .unwrap();
+    let schemas: Api<FlowSchema> = Api::all(client.clone());
+    schemas.create(&Default::default(), &schema).await.unwrap();
+    // In force once the API server's configuration controller has digested it.
+    until("the FlowSchema in force", WAIT, async || {
+        let s = schemas.get(THROTTLED).await.ok()?;
+        s.status?.conditions?.into_iter().find(|c| {
+            c.type_.as_deref() == Some("Dangling") && c.status.as_deref() == Some("False")
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn answered_with_429_storms_the_manager_converges_every_cluster_and_writes_once() {
+    const CLUSTERS: usize = 6;
+    let cp = control_plane_with_audit().await;
+    let client = cp.client().await.unwrap();
+    let ns = unique_namespace(&client, "storm").await.unwrap();
+    throttle(&client).await;
+    let kubeconfig = cp.dir().join("throttled.kubeconfig");
+    cp.write_kubeconfig_for(THROTTLED, &[], &kubeconfig)
+        .unwrap();
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    let args: Vec<String> = [
+        "manager",
+        "--namespace",
+        &ns,
+        "--kubeconfig",
+        &kubeconfig.display().to_string(),
+        "--health-probe-bind-address",
+        "0",
+        "--metrics-bind-address",
+        "0",
+        "--log-level",
+        "info,controller=debug",
+    ]
+    .map(str::to_owned)
+    .into();
+    let log = cp.dir().join("throttled-manager.log");
+    let binary = Path::new(env!("CARGO_BIN_EXE_talos-capi"));
+    let manager = ManagedProcess::spawn("talos-capi", binary, &args, &log, None).unwrap();
+    let names: Vec<String> = (0..CLUSTERS).map(|i| format!("storm-{i}")).collect();
+    for name in &names {
+        let port = free_port().unwrap();
+        sim_infra::control_plane_cluster(&client, &ns, name, 3, ("127.0.0.1", port))
+            .await
+            .unwrap();
+    }
+    let tcps = testkit::dynamic_api(
+        &client,
+        &ns,
+        "controlplane.cluster.x-k8s.io/v1alpha3",
+        "TalosControlPlane",
+    );
+    let available = |t: &kube::api::DynamicObject| {
+        let s = &t.data["status"];
+        s["readyReplicas"] == 3
+            && s["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Available" && c["status"] == "True")
+            })
+    };
+    let tail = || {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        // Leaving out the workload clients' connection errors (no workload API server runs).
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("kube_client::client::builder"))
+            .collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Err(e) = manager.check_running() {
+            panic!("the manager exited ({e}):\n{}", tail());
+        }
+        let list = tcps.list(&Default::default()).await.unwrap();
+        let up = list.items.iter().filter(|t| available(t)).count();
+        if up == CLUSTERS {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{up} of {CLUSTERS} clusters Available after 300 s; the manager's log ends:\n{}",
+            tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The storm happened: the manager's requests were answered 429, and it never needed a
+    // restart. What must be written once was written once.
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(cp.audit_log_path())
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|e: &serde_json::Value| e["user"]["username"] == THROTTLED)
+        .collect();
+    let code = |e: &serde_json::Value| e["responseStatus"]["code"].as_u64().unwrap_or(0);
+    let rejected = events.iter().filter(|e| code(e) == 429).count();
+    println!(
+        "{} requests by the manager, {rejected} answered 429",
+        events.len()
+    );
+    assert!(
+        rejected > 0,
+        "no request was throttled: the storm did not happen"
+    );
+    let created = |name: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e["verb"] == "create"
+                    && e["objectRef"]["resource"] == "secrets"
+                    && e["objectRef"]["name"] == name
+                    && code(e) == 201
+            })
+            .count()
+    };
+    for name in &names {
+        assert_eq!(created(&format!("{name}-talos")), 1, "{name}'s bundle");
+        assert_eq!(
+            created(&format!("{name}-kubeconfig")),
+            1,
+            "{name}'s kubeconfig"
+        );
+        let id = sim_infra::cluster_id(&client, &ns, name).await.unwrap();
+        let bootstraps = infra
+            .sim
+            .etcd_history(&id)
+            .iter()
+            .filter(|c| c.op == talos_sim::etcd::Op::Bootstrap)
+            .count();
+        assert_eq!(bootstraps, 1, "{name}'s etcd bootstrapped once");
+    }
 }

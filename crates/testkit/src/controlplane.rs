@@ -272,6 +272,20 @@ impl LocalControlPlane {
         write_private(path, &self.kubeconfig)
     }
 
+    /// Write a kubeconfig for another identity to `path` (0600): a client certificate for
+    /// `user` in `groups` from this API server's CA. What it may do is up to RBAC (and, outside
+    /// system:masters, API Priority and Fairness).
+    pub fn write_kubeconfig_for(
+        &self,
+        user: &str,
+        groups: &[&str],
+        path: &Path,
+    ) -> Result<(), Error> {
+        let identity = self.ca.client(user, groups)?;
+        let yaml = kubeconfig::render(&self.name, &self.url, self.ca.cert_pem(), &identity);
+        write_private(path, &yaml)
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -52,8 +52,8 @@ pub const FINALIZER: &str = "talos.controlplane.cluster.x-k8s.io";
 /// How soon to look again while something is in progress (the Talos API has no events): half
 /// a second keeps the reaction to a node or member becoming healthy under a second.
 const IN_PROGRESS: Duration = Duration::from_millis(500);
-/// How soon to look again while a new member is a learner: Talos promotes it once it has
-/// caught up (within a second or two), and the rollout's next step waits for exactly that.
+/// How soon to look again while a new member settles (a learner, or promoted and not healthy
+/// yet; see `ControlPlane::member_settling`): the rollout's next step waits for exactly that.
 const PROMOTION: Duration = Duration::from_millis(100);
 /// How soon to look again while waiting for the first node to answer, to bootstrap etcd.
 const FIRST_NODE: Duration = Duration::from_millis(200);
@@ -496,7 +496,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         RESYNC
     } else if upgrading {
         FIRST_NODE
-    } else if report.view.awaiting_promotion() {
+    } else if report.view.member_settling(now) {
         PROMOTION
     } else if !report.bootstrapped {
         // The first node is about to answer: it is asked often, so etcd starts without delay.

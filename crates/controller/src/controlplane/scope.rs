@@ -106,6 +106,10 @@ impl ControlPlane {
     }
 }
 
+/// How long after a machine's creation its etcd member is watched closely while it settles
+/// (see [`ControlPlane::member_settling`]).
+pub const SETTLING: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// An etcd member as the cluster reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdMember {
@@ -354,14 +358,21 @@ impl ControlPlane {
         self.etcd.iter().flatten().find(|e| e.name == m.hostname)
     }
 
-    /// Whether a machine that stays has an etcd member still waiting for Talos to promote it
-    /// from learner to voter: the rollout's next step waits for that promotion, which no event
-    /// announces.
-    pub fn awaiting_promotion(&self) -> bool {
+    /// Whether a new machine's etcd member is settling: it exists, and is still a learner or
+    /// not healthy yet, on a machine that stays and was created less than [`SETTLING`] before
+    /// `now`. Talos promotes a learner once it has caught up, and its etcd service turns healthy
+    /// soon after; no event announces either, and a rollout's next step waits for both. A member
+    /// still unhealthy after that is a failure, not worth looking at this often.
+    pub fn member_settling(&self, now: Timestamp) -> bool {
         self.machines
             .iter()
             .filter(|m| !m.deleting)
-            .any(|m| self.member_of(m).is_some_and(|e| e.learner))
+            .filter(|m| {
+                now.duration_since(m.created)
+                    .try_into()
+                    .is_ok_and(|age: std::time::Duration| age < SETTLING)
+            })
+            .any(|m| self.member_of(m).is_some_and(|e| e.learner || !e.healthy))
     }
 
     /// A machine is available when it is not being deleted, its control-plane components are
@@ -461,20 +472,35 @@ mod tests {
     }
 
     #[test]
-    fn a_learner_of_a_staying_machine_is_awaited_one_of_a_leaving_machine_is_not() {
+    fn a_new_member_settling_is_watched_closely_an_old_or_leaving_one_is_not() {
+        let now = at(0);
         let mut cp = healthy(vec![m("m1", "a", 3), m("m2", "b", 2), m("m3", "c", 1)]);
-        assert!(!cp.awaiting_promotion(), "three voters");
-        if let Some(e) = cp.etcd.iter_mut().flatten().find(|e| e.name == "m3") {
-            e.learner = true;
-        }
-        assert!(cp.awaiting_promotion(), "m3 joined as a learner");
+        assert!(!cp.member_settling(now), "three healthy voters");
+        let set = |cp: &mut ControlPlane, learner: bool, healthy: bool| {
+            if let Some(e) = cp.etcd.iter_mut().flatten().find(|e| e.name == "m3") {
+                e.learner = learner;
+                e.healthy = healthy;
+            }
+        };
+        set(&mut cp, true, false);
+        assert!(cp.member_settling(now), "m3 joined as a learner");
+        set(&mut cp, false, false);
+        assert!(
+            cp.member_settling(now),
+            "m3 promoted, its etcd not healthy yet"
+        );
+        let later = at(SETTLING.as_secs() as i64 + 5);
+        assert!(
+            !cp.member_settling(later),
+            "unhealthy for minutes: a failure, not settling"
+        );
         cp.machines[2].deleting = true;
         assert!(
-            !cp.awaiting_promotion(),
+            !cp.member_settling(now),
             "m3 is going: nothing waits for it"
         );
         cp.etcd = None;
-        assert!(!cp.awaiting_promotion(), "members unknown");
+        assert!(!cp.member_settling(now), "members unknown");
     }
 
     #[test]

@@ -93,8 +93,9 @@ impl Scene {
     }
 
     /// Whether the control plane is `replicas` machines, all Running, Ready, up to date and
-    /// etcd members, with etcd healthy; and a line saying what it is now.
-    async fn steady(&self, replicas: usize) -> (bool, String) {
+    /// etcd members, with etcd healthy; a line saying what it is now; and the machines it judged
+    /// (one listing, so that callers judge the same snapshot).
+    async fn steady(&self, replicas: usize) -> (bool, String, Vec<DynamicObject>) {
         let machines = self.control_planes().await;
         let tcp = self.tcp().await;
         let status = tcp
@@ -126,12 +127,12 @@ impl Scene {
             "{} control-plane machines ({running} running, {ready} ready, {current} up to date, {member} healthy etcd members), EtcdClusterHealthy {etcd}",
             machines.len()
         );
-        (done, line)
+        (done, line, machines)
     }
 
     async fn wait_steady(&self, replicas: usize, what: &str) {
         until(what, STEP, async || {
-            let (done, line) = self.steady(replicas).await;
+            let (done, line, _) = self.steady(replicas).await;
             (done.then_some(()), line)
         })
         .await;
@@ -317,8 +318,7 @@ async fn a_talos_cluster_lives_and_dies() {
     let before = names(&scene.control_planes().await);
     scene.patch_tcp(json!({"version": NEXT})).await;
     until("the rolling upgrade", STEP, async || {
-        let (steady, line) = scene.steady(3).await;
-        let machines = scene.control_planes().await;
+        let (steady, line, machines) = scene.steady(3).await;
         let on_next = machines
             .iter()
             .filter(|m| m.data["spec"]["version"] == NEXT)
@@ -347,10 +347,8 @@ async fn a_talos_cluster_lives_and_dies() {
     // What each node's kubelet reports, as Cluster API copies it onto the Machine.
     let os_image = format!("Talos ({TALOS_NEXT})");
     until("the Talos upgrade", STEP, async || {
-        let (steady, line) = scene.steady(3).await;
-        let upgraded = scene
-            .control_planes()
-            .await
+        let (steady, line, machines) = scene.steady(3).await;
+        let upgraded = machines
             .iter()
             .filter(|m| m.data["status"]["nodeInfo"]["osImage"] == os_image.as_str())
             .count();
@@ -397,8 +395,7 @@ async fn a_talos_cluster_lives_and_dies() {
         .await
         .unwrap();
     until("the remediation", STEP, async || {
-        let (steady, line) = scene.steady(3).await;
-        let machines = scene.control_planes().await;
+        let (steady, line, machines) = scene.steady(3).await;
         let gone = !names(&machines).contains(&victim.name_any());
         (
             (steady && gone).then_some(()),

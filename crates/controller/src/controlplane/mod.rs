@@ -54,7 +54,7 @@ pub const FINALIZER: &str = "talos.controlplane.cluster.x-k8s.io";
 const IN_PROGRESS: Duration = Duration::from_millis(500);
 /// How soon to look again while a new member settles (a learner, or promoted and not healthy
 /// yet; see `ControlPlane::member_settling`): the rollout's next step waits for exactly that.
-const PROMOTION: Duration = Duration::from_millis(100);
+const SETTLING_LOOK: Duration = Duration::from_millis(100);
 /// How soon to look again while waiting for the first node to answer, to bootstrap etcd.
 const FIRST_NODE: Duration = Duration::from_millis(200);
 /// The longest wait between looks at a control plane while one of its nodes does not answer.
@@ -497,7 +497,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     } else if upgrading {
         FIRST_NODE
     } else if report.view.member_settling(now) {
-        PROMOTION
+        SETTLING_LOOK
     } else if !report.bootstrapped {
         // The first node is about to answer: it is asked often, so etcd starts without delay.
         FIRST_NODE

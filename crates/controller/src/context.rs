@@ -70,6 +70,11 @@ pub struct Options {
     /// How often a steady control plane's nodes are asked whether the configuration they run
     /// still is the one controlPlaneConfig renders (a dry-run apply each); zero: never.
     pub drift_check: std::time::Duration,
+    /// How often a steady control plane's nodes are asked for etcd and service health over the
+    /// Talos API (nothing in Kubernetes announces a node whose etcd fails, so this bounds how
+    /// late that is noticed). Kubernetes changes, workload Node readiness included, reconcile
+    /// at once whatever it is.
+    pub health_check: std::time::Duration,
 }
 
 impl Default for Options {
@@ -84,6 +89,7 @@ impl Default for Options {
             bootstrap: true,
             controlplane: true,
             drift_check: std::time::Duration::from_secs(300),
+            health_check: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -806,3 +806,187 @@ async fn a_bundle_that_cannot_be_stored_is_reported_and_stored_once_it_can() {
     wait_config(&client, &ns, "q-0", ConditionType::Ready, "True").await;
     assert!(secrets_api.get_opt("q-talos").await.unwrap().is_some());
 }
+
+/// An edit reaches a machine's bootstrap data while the machine has not booted (infrastructure
+/// not provisioned, no Node). Once it has booted, the data stays what the machine booted with and
+/// the TalosConfig says that its spec now renders differently (CABPT ignored such edits
+/// silently, its issue #25).
+#[tokio::test]
+async fn an_edit_is_rendered_again_before_boot_and_only_reported_after() {
+    let (client, ns, _controller) = setup("bootstrap-edit").await;
+    cluster(&client, &ns, "edit", false).await;
+    let spec = json!({"generateType": "worker", "talosVersion": "v1.13"});
+    machine(&client, &ns, "edit", "e-0", spec, false).await;
+    wait_config(&client, &ns, "e-0", ConditionType::Ready, "True").await;
+    let (first, docs) = secret_value(&client, &ns, "e-0-bootstrap-data").await;
+    assert!(docs[0]["machine"]["install"]["disk"].is_null(), "{docs:?}");
+
+    let configs: Api<TalosConfig> = Api::namespaced(client.clone(), &ns);
+    let install_on = async |disk: &str| {
+        let patch = format!("machine:\n  install:\n    disk: {disk}\n");
+        configs
+            .patch(
+                "e-0",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"strategicPatches": [patch]}})),
+            )
+            .await
+            .unwrap();
+    };
+    let disk = async || {
+        let (secret, docs) = secret_value(&client, &ns, "e-0-bootstrap-data").await;
+        let disk = docs[0]["machine"]["install"]["disk"]
+            .as_str()
+            .map(str::to_owned);
+        (secret, docs, disk)
+    };
+
+    // Not booted: the Secret is rendered again.
+    install_on("/dev/vdb").await;
+    let rendered = tokio::time::timeout(WAIT, async {
+        loop {
+            let (secret, docs, on) = disk().await;
+            if on.as_deref() == Some("/dev/vdb") {
+                return (secret, docs);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the edit rendered into the Secret before boot");
+    assert_ne!(
+        rendered.0.metadata.resource_version,
+        first.metadata.resource_version
+    );
+    assert_eq!(
+        rendered.0.metadata.uid, first.metadata.uid,
+        "updated, not recreated"
+    );
+    talosctl_validate(&rendered.1);
+    wait_config(&client, &ns, "e-0", ConditionType::ConfigUpToDate, "True").await;
+
+    // Booted: Cluster API sees the machine's infrastructure provisioned.
+    dynamic(
+        &client,
+        &ns,
+        "infrastructure.cluster.x-k8s.io/v1alpha1",
+        "SimMachine",
+    )
+    .patch(
+        "e-0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"providerID": "sim://e-0"}})),
+    )
+    .await
+    .unwrap();
+    testkit::infra::mark_provisioned(&client, &ns, "SimMachine", "e-0")
+        .await
+        .unwrap();
+    let machines: Api<Machine> = Api::namespaced(client.clone(), &ns);
+    tokio::time::timeout(
+        WAIT,
+        kube::runtime::wait::await_condition(machines, "e-0", |m: Option<&Machine>| {
+            m.is_some_and(secrets::booted)
+        }),
+    )
+    .await
+    .expect("Cluster API marks the machine's infrastructure provisioned")
+    .unwrap();
+
+    install_on("/dev/vdc").await;
+    let differs = wait_config_where(
+        &client,
+        &ns,
+        "e-0",
+        ConditionType::ConfigUpToDate,
+        "False",
+        |c| c.reason == conditions::reason::RUNNING_CONFIG_DIFFERS,
+    )
+    .await;
+    let message = &conditions::get(
+        differs
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .as_deref()
+            .unwrap(),
+        ConditionType::ConfigUpToDate,
+    )
+    .unwrap()
+    .message;
+    assert!(message.contains("machine e-0"), "{message}");
+    wait_warning(&client, &ns, "e-0", "RunningConfigDiffers", |_| true).await;
+    let (now, _, on) = disk().await;
+    assert_eq!(
+        on.as_deref(),
+        Some("/dev/vdb"),
+        "the booted machine's data is kept"
+    );
+    assert_eq!(
+        now.metadata.resource_version,
+        rendered.0.metadata.resource_version
+    );
+}
+
+/// Clusters never share secrets: two clusters of one namespace, and a cluster of the same name
+/// in another namespace, each get their own bundle, CA and token, and each machine's data
+/// carries its own cluster's.
+#[tokio::test]
+async fn each_cluster_gets_its_own_bundle_even_under_the_same_name_elsewhere() {
+    let (client, ns, _controller) = setup("bootstrap-apart").await;
+    let other = testkit::unique_namespace(&client, "bootstrap-apart")
+        .await
+        .unwrap();
+    let _other_controller = start_controller(&client, &other);
+    let spec = json!({"generateType": "controlplane", "talosVersion": "v1.13"});
+    let placed = [(&ns, "one"), (&ns, "two"), (&other, "one")];
+    for (namespace, name) in placed {
+        cluster(&client, namespace, name, false).await;
+        machine(
+            &client,
+            namespace,
+            name,
+            &format!("{name}-0"),
+            spec.clone(),
+            true,
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    for (namespace, name) in placed {
+        let machine = format!("{name}-0");
+        wait_config(&client, namespace, &machine, ConditionType::Ready, "True").await;
+        let (_, docs) =
+            secret_value(&client, namespace, &format!("{machine}-bootstrap-data")).await;
+        let ca: Secret = Api::namespaced(client.clone(), namespace)
+            .get(&format!("{name}-ca"))
+            .await
+            .unwrap();
+        // A ByteString serializes as base64, as the machine config carries certificates.
+        let crt = serde_json::to_value(&ca.data.unwrap()["tls.crt"]).unwrap();
+        let d = &docs[0];
+        assert_eq!(
+            d["cluster"]["ca"]["crt"], crt,
+            "{namespace}/{machine}: its own cluster's CA"
+        );
+        seen.push((
+            format!("{namespace}/{name}"),
+            [
+                d["cluster"]["ca"]["crt"].clone(),
+                d["machine"]["ca"]["crt"].clone(),
+                d["machine"]["token"].clone(),
+                d["cluster"]["token"].clone(),
+                d["cluster"]["secretboxEncryptionSecret"].clone(),
+            ],
+        ));
+    }
+    for (i, (a, ours)) in seen.iter().enumerate() {
+        for (b, theirs) in &seen[i + 1..] {
+            for (x, y) in ours.iter().zip(theirs) {
+                assert!(x.is_string(), "{a}: {x}");
+                assert_ne!(x, y, "{a} and {b} share a secret");
+            }
+        }
+    }
+}

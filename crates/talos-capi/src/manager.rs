@@ -57,6 +57,10 @@ pub struct ManagerArgs {
     /// configuration controlPlaneConfig renders (a dry-run apply per node); 0s: never.
     #[arg(long, default_value = "5m", value_parser = duration)]
     config_drift_interval: Duration,
+    /// How often a steady control plane's nodes are asked for etcd and service health over the
+    /// Talos API (Kubernetes changes, workload Node readiness included, act at once anyway).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    health_check_interval: Duration,
     /// Elect a leader among the replicas: only the replica holding the Lease reconciles.
     #[arg(long)]
     leader_elect: bool,
@@ -270,6 +274,9 @@ async fn manage(args: ManagerArgs) -> Result<(), String> {
         renew_deadline: args.leader_elect_renew_deadline,
         retry_period: args.leader_elect_retry_period,
     };
+    if args.health_check_interval.is_zero() {
+        usage_error("--health-check-interval: must be more than 0s".to_owned());
+    }
     if args.leader_elect
         && let Err(m) = lease.check()
     {
@@ -323,6 +330,7 @@ async fn manage(args: ManagerArgs) -> Result<(), String> {
         bootstrap: args.controllers.contains(&Which::Bootstrap),
         controlplane: args.controllers.contains(&Which::Controlplane),
         drift_check: args.config_drift_interval,
+        health_check: args.health_check_interval,
         ..Options::default()
     };
     let mut ctx = Context::new(client, options);

@@ -337,3 +337,48 @@ fn generated_files_hold_secrets_so_they_are_private_and_never_written_through_a_
     assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
     assert!(!target.exists(), "nothing written through the link");
 }
+
+/// `talos-capi manager` refuses a bad flag before it connects anywhere: exit code 2, the first
+/// line names the flag, and the few lines there are say what it accepts.
+#[test]
+fn manager_flags_that_cannot_work_exit_2_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, [flag, accepts]) in [
+        (
+            vec!["--talos-timeout", "5x"],
+            ["--talos-timeout", "expected a duration"],
+        ),
+        (
+            vec!["--controllers", "etcd"],
+            ["--controllers", "bootstrap"],
+        ),
+        (
+            vec!["--metrics-bind-address", "nowhere"],
+            ["--metrics-bind-address", "nowhere"],
+        ),
+        (
+            vec!["--health-check-interval", "0s"],
+            ["--health-check-interval", "more than 0s"],
+        ),
+        (
+            vec!["--leader-elect", "--leader-elect-renew-deadline", "20s"],
+            ["--leader-elect-", "renew"],
+        ),
+        (
+            vec!["--talosconfig-concurrency", "0"],
+            ["--talosconfig-concurrency", "1..=1000"],
+        ),
+    ] {
+        let all: Vec<&str> = ["manager", "--kubeconfig", "/nonexistent"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let o = talos_capi(dir.path(), &all);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        let first = e.lines().next().unwrap_or_default();
+        assert!(first.contains(flag), "{args:?}: {flag} in {first:?}");
+        assert!(e.contains(accepts), "{args:?}: {accepts} in {e}");
+        assert!(e.lines().count() <= 5, "{args:?}: {e}");
+    }
+}

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use api::conditions::ConditionType;
-use common::{WAIT, cluster, machine, wait_config};
+use common::{WAIT, cluster, cluster_labelled, machine, machine_labelled, wait_config};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
@@ -35,6 +35,32 @@ struct Manager {
 }
 
 async fn manager(cp: &LocalControlPlane, ns: &str, name: &'static str) -> Manager {
+    manager_with(
+        cp,
+        ns,
+        name,
+        &[
+            "--leader-elect",
+            "--leader-election-namespace",
+            ns,
+            "--leader-elect-lease-duration",
+            "4s",
+            "--leader-elect-renew-deadline",
+            "3s",
+            "--leader-elect-retry-period",
+            "1s",
+        ],
+    )
+    .await
+}
+
+/// A manager process named `name` (its Pod name) watching `ns`, with `extra` flags.
+async fn manager_with(
+    cp: &LocalControlPlane,
+    ns: &str,
+    name: &'static str,
+    extra: &[&str],
+) -> Manager {
     let (health, metrics) = (free_port().unwrap(), free_port().unwrap());
     let mut args = vec![
         format!("POD_NAME={name}"),
@@ -45,19 +71,12 @@ async fn manager(cp: &LocalControlPlane, ns: &str, name: &'static str) -> Manage
             "manager",
             "--namespace",
             ns,
-            "--leader-elect",
-            "--leader-election-namespace",
-            ns,
-            "--leader-elect-lease-duration",
-            "4s",
-            "--leader-elect-renew-deadline",
-            "3s",
-            "--leader-elect-retry-period",
-            "1s",
             "--log-level",
             "info,controller=debug",
         ]
-        .map(str::to_owned),
+        .iter()
+        .chain(extra)
+        .map(|a| (*a).to_owned()),
     );
     args.extend([
         "--kubeconfig".to_owned(),
@@ -207,12 +226,16 @@ async fn one_of_two_managers_leads_a_frozen_leader_is_fenced_and_sigterm_hands_o
 
     // Thawed, the old leader finds its lease gone and exits without writing.
     signal(leader.pid, "CONT");
-    until(
+    let status = until(
         "the old leader exiting",
         Duration::from_secs(20),
         async || leader.process.check_running().err(),
     )
     .await;
+    assert!(
+        status.to_string().contains("exit status: 1"),
+        "a lost lease exits 1: {status}"
+    );
     assert!(
         log_of(leader).contains("leader election lost"),
         "{}",
@@ -484,5 +507,188 @@ async fn answered_with_429_storms_the_manager_converges_every_cluster_and_writes
             .filter(|c| c.op == talos_sim::etcd::Op::Bootstrap)
             .count();
         assert_eq!(bootstraps, 1, "{name}'s etcd bootstrapped once");
+    }
+}
+
+/// The counter `metric` of `controller` in a /metrics body (0 when absent).
+fn counted(body: &str, metric: &str, labels: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The providers split over two processes (`--controllers`), as the release manifests install
+/// them, both serving one shard (`--watch-filter`): each reconciles only its own kind and only
+/// labelled objects, the Secrets are watched by the cluster-name label, and the metrics count
+/// reconciles and errors by category.
+#[tokio::test]
+async fn split_providers_serve_only_their_shard_and_count_errors_by_category() {
+    const SHARD: &str = "shard-a";
+    let cp = control_plane_with_audit().await;
+    let client = cp.client().await.unwrap();
+    let ns = unique_namespace(&client, "shard").await.unwrap();
+    let for_shard = ["--watch-filter", SHARD, "--controllers"];
+    let bootstrap = manager_with(
+        &cp,
+        &ns,
+        "mgr-bootstrap",
+        &[&for_shard[..], &["bootstrap"]].concat(),
+    )
+    .await;
+    let controlplane = manager_with(
+        &cp,
+        &ns,
+        "mgr-controlplane",
+        &[&for_shard[..], &["controlplane"]].concat(),
+    )
+    .await;
+    let filter = json!({"cluster.x-k8s.io/watch-filter": SHARD});
+
+    // TalosConfigs: in the shard, a good one and one with a patch Talos refuses; outside, one.
+    cluster_labelled(&client, &ns, "in", false, filter.clone()).await;
+    cluster(&client, &ns, "out", false).await;
+    let spec = json!({"generateType": "controlplane", "talosVersion": "v1.13"});
+    machine_labelled(
+        &client,
+        &ns,
+        "in",
+        "in-0",
+        spec.clone(),
+        true,
+        filter.clone(),
+    )
+    .await;
+    let bad = json!({"generateType": "worker", "talosVersion": "v1.13",
+        "configPatches": [{"op": "add", "path": "/machine/network/hostname", "value": "x"}]});
+    machine_labelled(&client, &ns, "in", "in-bad", bad, false, filter.clone()).await;
+    machine(&client, &ns, "out", "out-0", spec, true).await;
+    // TalosControlPlanes: one labelled into the shard (with its Cluster), one not.
+    for name in ["cp-in", "cp-out"] {
+        sim_infra::control_plane_cluster(&client, &ns, name, 1, ("127.0.0.1", 6443))
+            .await
+            .unwrap();
+    }
+    for kind in [
+        ("cluster.x-k8s.io/v1beta2", "Cluster"),
+        (
+            "controlplane.cluster.x-k8s.io/v1alpha3",
+            "TalosControlPlane",
+        ),
+    ] {
+        testkit::dynamic_api(&client, &ns, kind.0, kind.1)
+            .patch(
+                "cp-in",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"metadata": {"labels": filter}})),
+            )
+            .await
+            .unwrap();
+    }
+
+    wait_config(&client, &ns, "in-0", ConditionType::Ready, "True").await;
+    common::wait_reason(
+        &client,
+        &ns,
+        "in-bad",
+        ConditionType::DataSecretAvailable,
+        "PatchFailed",
+    )
+    .await;
+    let tcps = testkit::dynamic_api(
+        &client,
+        &ns,
+        "controlplane.cluster.x-k8s.io/v1alpha3",
+        "TalosControlPlane",
+    );
+    let reconciled = |t: &kube::api::DynamicObject| t.data["status"]["conditions"].is_array();
+    until(
+        "the labelled TalosControlPlane reconciled",
+        WAIT,
+        async || tcps.get("cp-in").await.ok().filter(reconciled),
+    )
+    .await;
+
+    // Outside the shard nothing was touched, by either process.
+    let configs: Api<api::bootstrap::v1alpha3::TalosConfig> = Api::namespaced(client.clone(), &ns);
+    let out = configs.get("out-0").await.unwrap();
+    assert!(out.status.is_none(), "out of the shard: {:?}", out.status);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    assert!(secrets.get_opt("out-talos").await.unwrap().is_none());
+    let cp_out = tcps.get("cp-out").await.unwrap();
+    assert!(!reconciled(&cp_out), "{:?}", cp_out.data["status"]);
+    assert!(
+        cp_out.metadata.finalizers.is_none(),
+        "{:?}",
+        cp_out.metadata.finalizers
+    );
+
+    // Each process reconciled its own kind only, and counted the refused patch as a spec error.
+    let (_, b) = get(bootstrap.metrics, "/metrics").await.unwrap();
+    let (_, c) = get(controlplane.metrics, "/metrics").await.unwrap();
+    let reconciles = "talos_capi_reconciles_total";
+    let errors = "talos_capi_reconcile_errors_total";
+    assert!(
+        counted(&b, reconciles, "controller=\"talosconfig\"") >= 2.0,
+        "{b}"
+    );
+    assert_eq!(
+        counted(&b, reconciles, "controller=\"taloscontrolplane\""),
+        0.0,
+        "{b}"
+    );
+    assert!(
+        counted(&c, reconciles, "controller=\"taloscontrolplane\"") >= 1.0,
+        "{c}"
+    );
+    assert_eq!(
+        counted(&c, reconciles, "controller=\"talosconfig\""),
+        0.0,
+        "{c}"
+    );
+    assert!(
+        counted(&b, errors, "category=\"spec\"") >= 1.0,
+        "the refused patch, counted: {b}"
+    );
+    assert_eq!(counted(&b, errors, "category=\"kubernetes\""), 0.0, "{b}");
+
+    // Every watch is scoped in the API server, not after: Secrets by the cluster-name label (so
+    // other programs' Secrets never enter the caches), everything else by the shard's label. (The
+    // audit log holds a watch once it ends, and the list that starts it at once.)
+    let requests: Vec<(String, String)> = audit_events(&cp.audit_log_path(), 0, "talos-capi/")
+        .into_iter()
+        .filter(|e| e["verb"] == "list" || e["verb"] == "watch")
+        .filter_map(|e| {
+            let resource = e["objectRef"]["resource"].as_str()?.to_owned();
+            Some((resource, e["requestURI"].as_str()?.to_owned()))
+        })
+        .collect();
+    let shard = format!("labelSelector=cluster.x-k8s.io%2Fwatch-filter%3D{SHARD}");
+    let labelled = "labelSelector=cluster.x-k8s.io%2Fcluster-name";
+    for kind in [
+        "secrets",
+        "machines",
+        "clusters",
+        "talosconfigs",
+        "taloscontrolplanes",
+    ] {
+        let selector = if kind == "secrets" { labelled } else { &shard };
+        assert!(
+            requests
+                .iter()
+                .any(|(r, uri)| r == kind && uri.contains(selector)),
+            "no {kind} listed with {selector}: {requests:#?}"
+        );
+    }
+    for (resource, uri) in &requests {
+        let scoped = match resource.as_str() {
+            "secrets" => uri.contains(labelled),
+            // A control plane counts its own machines from the API server, by cluster.
+            "machines" => {
+                uri.contains(&shard) || uri.contains("cluster.x-k8s.io%2Fcluster-name%3D")
+            }
+            _ => uri.contains(&shard),
+        };
+        assert!(scoped, "{resource}: {uri}");
     }
 }

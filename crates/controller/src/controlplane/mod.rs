@@ -59,9 +59,6 @@ const SETTLING_LOOK: Duration = Duration::from_millis(100);
 const FIRST_NODE: Duration = Duration::from_millis(200);
 /// The longest wait between looks at a control plane while one of its nodes does not answer.
 const UNREACHABLE_MAX: Duration = Duration::from_secs(30);
-/// How often a steady control plane is checked over the Talos API: nothing in Kubernetes
-/// announces a node whose etcd fails, so this bounds how late it is noticed.
-const RESYNC: Duration = Duration::from_secs(30);
 
 /// A record the controller keeps as JSON in an annotation (an upgrade or a configuration
 /// change under way on a Machine, a remediation): what survives a restart lives on the objects.
@@ -492,8 +489,8 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     );
     let wait = if settled || halted {
         // A halted upgrade resumes on a change (the marker removed, the spec changed), or when
-        // a resync finds the node recovered.
-        RESYNC
+        // a health check finds the node recovered.
+        ctx.options.health_check
     } else if upgrading {
         FIRST_NODE
     } else if report.view.member_settling(now) {

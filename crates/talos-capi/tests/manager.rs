@@ -19,6 +19,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use serde_json::json;
 use testkit::bench::{audit_events, component_pid};
+use testkit::faults::{FaultProxy, Faults};
 use testkit::process::{ManagedProcess, free_port, http_get as get};
 use testkit::tools::repo_root;
 use testkit::{LocalControlPlane, sim_infra, unique_namespace};
@@ -375,21 +376,18 @@ async fn throttle(client: &kube::Client) {
     .await;
 }
 
-#[tokio::test]
-async fn answered_with_429_storms_the_manager_converges_every_cluster_and_writes_once() {
-    const CLUSTERS: usize = 6;
-    let cp = control_plane_with_audit().await;
-    let client = cp.client().await.unwrap();
-    let ns = unique_namespace(&client, "storm").await.unwrap();
-    throttle(&client).await;
-    let kubeconfig = cp.dir().join("throttled.kubeconfig");
-    cp.write_kubeconfig_for(THROTTLED, &[], &kubeconfig)
-        .unwrap();
-    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+/// `talos-capi manager` watching `ns` through `kubeconfig`, without probes or metrics; its log is
+/// `<cp dir>/<name>.log`.
+fn storm_manager(
+    cp: &LocalControlPlane,
+    ns: &str,
+    kubeconfig: &Path,
+    name: &str,
+) -> ManagedProcess {
     let args: Vec<String> = [
         "manager",
         "--namespace",
-        &ns,
+        ns,
         "--kubeconfig",
         &kubeconfig.display().to_string(),
         "--health-probe-bind-address",
@@ -401,19 +399,31 @@ async fn answered_with_429_storms_the_manager_converges_every_cluster_and_writes
     ]
     .map(str::to_owned)
     .into();
-    let log = cp.dir().join("throttled-manager.log");
+    let log = cp.dir().join(format!("{name}.log"));
     let binary = Path::new(env!("CARGO_BIN_EXE_talos-capi"));
-    let manager = ManagedProcess::spawn("talos-capi", binary, &args, &log, None).unwrap();
-    let names: Vec<String> = (0..CLUSTERS).map(|i| format!("storm-{i}")).collect();
+    ManagedProcess::spawn(name, binary, &args, &log, None).unwrap()
+}
+
+/// Create `clusters` control planes of 3 simulated nodes at once, and wait up to 240 s until
+/// every one is Available with its 3 members healthy, while `manager` keeps running.
+async fn storm_clusters(
+    cp: &LocalControlPlane,
+    client: &kube::Client,
+    ns: &str,
+    prefix: &str,
+    clusters: usize,
+    manager: &ManagedProcess,
+) -> Vec<String> {
+    let names: Vec<String> = (0..clusters).map(|i| format!("{prefix}-{i}")).collect();
     for name in &names {
         let port = free_port().unwrap();
-        sim_infra::control_plane_cluster(&client, &ns, name, 3, ("127.0.0.1", port))
+        sim_infra::control_plane_cluster(client, ns, name, 3, ("127.0.0.1", port))
             .await
             .unwrap();
     }
     let tcps = testkit::dynamic_api(
-        &client,
-        &ns,
+        client,
+        ns,
         "controlplane.cluster.x-k8s.io/v1alpha3",
         "TalosControlPlane",
     );
@@ -430,7 +440,7 @@ async fn answered_with_429_storms_the_manager_converges_every_cluster_and_writes
         s["replicas"] == 3 && holds("Available") && holds("EtcdClusterHealthy")
     };
     let tail = || {
-        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let log = std::fs::read_to_string(manager.log_path()).unwrap_or_default();
         // Leaving out the workload clients' connection errors (no workload API server runs).
         let lines: Vec<&str> = log
             .lines()
@@ -445,12 +455,20 @@ async fn answered_with_429_storms_the_manager_converges_every_cluster_and_writes
         }
         let list = tcps.list(&Default::default()).await.unwrap();
         let up = list.items.iter().filter(|t| available(t)).count();
-        if up == CLUSTERS {
-            break;
+        if up == clusters {
+            return names;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            // The logs outlive the control plane's directory, for whoever looks into it.
+            let keep = repo_root().join("target/test-artifacts").join(ns);
+            std::fs::create_dir_all(&keep).unwrap();
+            let _ = std::fs::copy(manager.log_path(), keep.join("manager.log"));
+            let _ = std::fs::copy(cp.audit_log_path(), keep.join("audit.log"));
+            eprintln!("logs kept in {}", keep.display());
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{up} of {CLUSTERS} clusters Available after 240 s: {:#?}\nthe manager's log ends:\n{}",
+            "{up} of {clusters} clusters Available after 240 s: {:#?}\nthe manager's log ends:\n{}",
             list.items
                 .iter()
                 .map(|t| (
@@ -462,6 +480,58 @@ async fn answered_with_429_storms_the_manager_converges_every_cluster_and_writes
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// What must be written once was: from the audit log (`events`, the manager's requests), each
+/// cluster's bundle and kubeconfig Secrets were created exactly once; from the simulator, each
+/// cluster's etcd was bootstrapped exactly once.
+async fn written_once(
+    client: &kube::Client,
+    ns: &str,
+    names: &[String],
+    events: &[serde_json::Value],
+    sim: &talos_sim::Simulator,
+) {
+    let created = |name: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e["verb"] == "create"
+                    && e["objectRef"]["resource"] == "secrets"
+                    && e["objectRef"]["name"] == name
+                    && e["responseStatus"]["code"] == 201
+            })
+            .count()
+    };
+    for name in names {
+        assert_eq!(created(&format!("{name}-talos")), 1, "{name}'s bundle");
+        assert_eq!(
+            created(&format!("{name}-kubeconfig")),
+            1,
+            "{name}'s kubeconfig"
+        );
+        let id = sim_infra::cluster_id(client, ns, name).await.unwrap();
+        let bootstraps = sim
+            .etcd_history(&id)
+            .iter()
+            .filter(|c| c.op == talos_sim::etcd::Op::Bootstrap)
+            .count();
+        assert_eq!(bootstraps, 1, "{name}'s etcd bootstrapped once");
+    }
+}
+
+#[tokio::test]
+async fn answered_with_429_storms_the_manager_converges_every_cluster_and_writes_once() {
+    let cp = control_plane_with_audit().await;
+    let client = cp.client().await.unwrap();
+    let ns = unique_namespace(&client, "storm").await.unwrap();
+    throttle(&client).await;
+    let kubeconfig = cp.dir().join("throttled.kubeconfig");
+    cp.write_kubeconfig_for(THROTTLED, &[], &kubeconfig)
+        .unwrap();
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    let manager = storm_manager(&cp, &ns, &kubeconfig, "throttled-manager");
+    let names = storm_clusters(&cp, &client, &ns, "storm", 6, &manager).await;
 
     // The storm happened: the manager's requests were answered 429, and it never needed a
     // restart. What must be written once was written once.
@@ -471,8 +541,10 @@ async fn answered_with_429_storms_the_manager_converges_every_cluster_and_writes
         .filter_map(|l| serde_json::from_str(l).ok())
         .filter(|e: &serde_json::Value| e["user"]["username"] == THROTTLED)
         .collect();
-    let code = |e: &serde_json::Value| e["responseStatus"]["code"].as_u64().unwrap_or(0);
-    let rejected = events.iter().filter(|e| code(e) == 429).count();
+    let rejected = events
+        .iter()
+        .filter(|e| e["responseStatus"]["code"] == 429)
+        .count();
     println!(
         "{} requests by the manager, {rejected} answered 429",
         events.len()
@@ -481,33 +553,52 @@ async fn answered_with_429_storms_the_manager_converges_every_cluster_and_writes
         rejected > 0,
         "no request was throttled: the storm did not happen"
     );
-    let created = |name: &str| {
-        events
-            .iter()
-            .filter(|e| {
-                e["verb"] == "create"
-                    && e["objectRef"]["resource"] == "secrets"
-                    && e["objectRef"]["name"] == name
-                    && code(e) == 201
-            })
-            .count()
-    };
-    for name in &names {
-        assert_eq!(created(&format!("{name}-talos")), 1, "{name}'s bundle");
-        assert_eq!(
-            created(&format!("{name}-kubeconfig")),
-            1,
-            "{name}'s kubeconfig"
-        );
-        let id = sim_infra::cluster_id(&client, &ns, name).await.unwrap();
-        let bootstraps = infra
-            .sim
-            .etcd_history(&id)
-            .iter()
-            .filter(|c| c.op == talos_sim::etcd::Op::Bootstrap)
-            .count();
-        assert_eq!(bootstraps, 1, "{name}'s etcd bootstrapped once");
-    }
+    written_once(&client, &ns, &names, &events, &infra.sim).await;
+}
+
+/// The management API server on a bad day, through testkit's fault proxy: a tenth of requests
+/// answered 500, a tenth of updates and patches answered 409, a tenth of writes done but
+/// answered 500 (the reply lost), and every watch cut after 5 s. The manager converges every
+/// cluster without a restart and writes nothing twice that must be written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_500s_409s_lost_replies_and_cut_watches_the_manager_converges_and_writes_once() {
+    let cp = control_plane_with_audit().await;
+    let client = cp.client().await.unwrap();
+    let ns = unique_namespace(&client, "faults").await.unwrap();
+    let proxy = FaultProxy::start(
+        cp.client().await.unwrap(),
+        Faults {
+            // FAULT_SEED=n draws other faults (the same seed, the same draws).
+            seed: std::env::var("FAULT_SEED")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1),
+            internal_error: 0.1,
+            conflict: 0.1,
+            lost_reply: 0.1,
+            cut_watches_after: Some(Duration::from_secs(5)),
+        },
+    )
+    .await
+    .unwrap();
+    let kubeconfig = cp.dir().join("faults.kubeconfig");
+    proxy.write_kubeconfig(&kubeconfig).unwrap();
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    let manager = storm_manager(&cp, &ns, &kubeconfig, "faulted-manager");
+    let names = storm_clusters(&cp, &client, &ns, "faults", 6, &manager).await;
+
+    let (forwarded, errors, conflicts, lost, cut) = proxy.counts().snapshot();
+    println!(
+        "{forwarded} requests forwarded; injected: {errors} answered 500, {conflicts} answered \
+         409, {lost} writes with their reply lost, {cut} watches cut"
+    );
+    assert!(
+        errors > 0 && conflicts > 0 && lost > 0 && cut > 0,
+        "every fault happened: {:?}",
+        proxy.counts().snapshot()
+    );
+    let events = audit_events(&cp.audit_log_path(), 0, "talos-capi/");
+    written_once(&client, &ns, &names, &events, &infra.sim).await;
 }
 
 /// The counter `metric` of `controller` in a /metrics body (0 when absent).

@@ -433,7 +433,7 @@ async fn start_apiserver(
 }
 
 /// Write a file readable only by its owner (it may hold keys).
-fn write_private(path: &Path, content: &str) -> Result<(), Error> {
+pub(crate) fn write_private(path: &Path, content: &str) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

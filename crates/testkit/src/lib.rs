@@ -20,6 +20,7 @@ mod controlplane;
 mod crds;
 mod error;
 mod etcd;
+pub mod faults;
 pub mod infra;
 mod kubeconfig;
 mod manifest;

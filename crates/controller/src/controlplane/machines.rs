@@ -543,7 +543,10 @@ pub async fn create(
         "spec": inner["spec"].clone(),
     });
     let mut created = Created::new(ctx, &ns);
-    created.post(&infra_ar, infra).await?;
+    if let Err((e, _)) = created.post(&infra_ar, infra).await {
+        created.undo().await;
+        return Err(e);
+    }
 
     let config_spec = config_spec(&tcp.spec.control_plane_config.controlplane)?;
     let config_digest = crate::cache::value_digest(config_spec.to_string().as_bytes());
@@ -561,7 +564,7 @@ pub async fn create(
         },
         "spec": config_spec,
     });
-    if let Err(e) = created.post(&config_ar, config).await {
+    if let Err((e, _)) = created.post(&config_ar, config).await {
         created.undo().await;
         return Err(e);
     }
@@ -607,14 +610,19 @@ pub async fn create(
             "deletion": deletion(tcp),
         },
     });
-    if let Err(e) = created
+    match created
         .post(&crate::cache::capi_resource("Machine"), machine)
         .await
     {
-        created.undo().await;
-        return Err(e);
+        Ok(()) => Ok(()),
+        // The Machine may exist: its infrastructure and config stay with it (if it does not,
+        // they are the TalosControlPlane's, and go with it).
+        Err((e, true)) => Err(e),
+        Err((e, false)) => {
+            created.undo().await;
+            Err(e)
+        }
     }
-    Ok(())
 }
 
 /// Objects created so far by one machine creation, to delete again if it fails.
@@ -633,25 +641,48 @@ impl<'a> Created<'a> {
         }
     }
 
-    async fn post(&mut self, ar: &ApiResource, object: Value) -> Result<(), Error> {
+    /// Create `object`. A failed reply is not always a failed write (a 500, or a connection cut,
+    /// after the API server stored it), so the API server is asked before anything is undone:
+    /// an object it holds with our owner reference counts as created. The error's flag says
+    /// whether the object may exist after all (the question went unanswered).
+    async fn post(&mut self, ar: &ApiResource, object: Value) -> Result<(), (Error, bool)> {
         let name = object["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let obj: DynamicObject =
-            serde_json::from_value(object).map_err(|source| Error::Decode {
+        let owner = object["metadata"]["ownerReferences"][0]["uid"]
+            .as_str()
+            .map(str::to_owned);
+        let obj: DynamicObject = serde_json::from_value(object).map_err(|source| {
+            let e = Error::Decode {
                 kind: "object",
                 source,
-            })?;
+            };
+            (e, false)
+        })?;
         let api: Api<DynamicObject> = Api::namespaced_with(self.ctx.client.clone(), self.ns, ar);
-        api.create(&PostParams::default(), &obj)
-            .await
-            .map_err(Error::kube(format!(
-                "creating {} {}/{name}",
-                ar.kind, self.ns
-            )))?;
-        self.objects.push((ar.clone(), name));
-        Ok(())
+        let Err(e) = api.create(&PostParams::default(), &obj).await else {
+            self.objects.push((ar.clone(), name));
+            return Ok(());
+        };
+        let e = Error::kube(format!("creating {} {}/{name}", ar.kind, self.ns))(e);
+        match api.get_opt(&name).await {
+            Ok(Some(found))
+                if found
+                    .owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == owner.as_ref()) =>
+            {
+                tracing::info!(kind = %ar.kind, name, error = %e, "created, although the reply said otherwise");
+                self.objects.push((ar.clone(), name));
+                Ok(())
+            }
+            Ok(_) => Err((e, false)),
+            Err(_) => {
+                self.objects.push((ar.clone(), name));
+                Err((e, true))
+            }
+        }
     }
 
     async fn undo(self) {

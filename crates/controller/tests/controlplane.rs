@@ -446,6 +446,91 @@ async fn machines_without_our_records_are_adopted_without_a_reboot_or_a_membersh
     );
 }
 
+/// A connection reset can take the reply of a call that did take effect. Every node here loses
+/// the reply to its first Bootstrap, member removal, leadership move and Upgrade. Asking again,
+/// the controller finds what happened instead of doing it twice: etcd is bootstrapped once,
+/// each member is removed once, and each node boots into the new Talos version once.
+#[tokio::test]
+async fn replies_lost_after_bootstrap_member_removal_and_upgrade_are_not_acted_on_twice() {
+    let (client, ns, _controller) = setup("cp-lost-reply").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    infra.sim.set_new_node_failures(|f| {
+        for method in [
+            "Bootstrap",
+            "EtcdRemoveMemberByID",
+            "EtcdLeaveCluster",
+            "EtcdForfeitLeadership",
+            "Upgrade",
+        ] {
+            f.lost_replies.insert(method.to_owned(), 1);
+        }
+    });
+    control_plane_cluster(&client, &ns, "lr", 3).await;
+    settled(&client, &ns, "lr", &infra.sim, 3).await;
+    let id = sim_infra::cluster_id(&client, &ns, "lr").await.unwrap();
+
+    // In place: each node boots once more, into the new version.
+    let before = boots(&client, &ns, &infra.sim).await;
+    patch_spec(
+        &client,
+        &ns,
+        "lr",
+        json!({"talosUpgrade": {"image": "ghcr.io/siderolabs/installer:v1.13.1", "timeoutSeconds": 60}}),
+    )
+    .await;
+    let nodes: Vec<String> = {
+        let mut out = Vec::new();
+        for (m, _) in &before {
+            out.push(node_of(&client, &ns, m).await);
+        }
+        out
+    };
+    eventually(&client, &ns, "lr", "every node on v1.13.1", async || {
+        nodes
+            .iter()
+            .all(|n| infra.sim.status(n).is_some_and(|(_, v)| v == "v1.13.1"))
+            .then_some(())
+    })
+    .await;
+    settled(&client, &ns, "lr", &infra.sim, 3).await;
+    wait_condition(&client, &ns, "lr", ConditionType::RollingOut, "False", "").await;
+    let after = boots(&client, &ns, &infra.sim).await;
+    for ((m, b), (_, a)) in before.iter().zip(&after) {
+        assert_eq!(
+            *a,
+            b + 1,
+            "{m}: booted once into the upgrade ({before:?} -> {after:?})"
+        );
+    }
+
+    // Scale down: two members leave, each removed once.
+    scale(&client, &ns, "lr", 1).await;
+    settled(&client, &ns, "lr", &infra.sim, 1).await;
+    assert_etcd_invariants(&client, &ns, "lr", &infra.sim).await;
+    let history = infra.sim.etcd_history(&id);
+    let removed: Vec<u64> = history
+        .iter()
+        .filter(|c| c.op == Op::Remove)
+        .map(|c| c.id)
+        .collect();
+    let mut distinct = removed.clone();
+    distinct.dedup();
+    assert_eq!(removed.len(), 2, "{history:?}");
+    assert_eq!(distinct, removed, "no member removed twice: {history:?}");
+
+    // The replies were lost: Bootstrap's once, a member removal's, and every node's Upgrade.
+    let lost = infra.sim.lost_replies();
+    let count = |method: &str| lost.iter().filter(|(_, m)| m == method).count();
+    assert_eq!(count("Bootstrap"), 1, "{lost:?}");
+    assert!(count("EtcdRemoveMemberByID") >= 1, "{lost:?}");
+    for node in &nodes {
+        assert!(
+            lost.contains(&(node.clone(), "Upgrade".to_owned())),
+            "{node}: {lost:?}"
+        );
+    }
+}
+
 /// A client for the workload cluster from a `<cluster>-kubeconfig` Secret.
 async fn workload_client(secret: &Secret) -> kube::Client {
     let yaml = String::from_utf8(secret.data.as_ref().unwrap()["value"].0.clone()).unwrap();
@@ -745,6 +830,69 @@ async fn an_unreachable_node_keeps_its_member() {
             .iter()
             .all(|c| c.op != Op::Remove)
     );
+}
+
+/// A node that comes back from a reboot with an expired apid certificate is refused (TLS is
+/// verified), named with the cause in the control plane's conditions, and left alone: its
+/// member stays and nothing is replaced on a guess. A good certificate (the next boot) makes it
+/// healthy again.
+#[tokio::test]
+async fn a_node_with_an_expired_certificate_is_named_with_the_cause_and_left_alone() {
+    let (client, ns, _controller) = setup("cp-expired").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "x", 3).await;
+    let before = settled(&client, &ns, "x", &infra.sim, 3).await;
+    let names = machine_names(&client, &ns).await;
+    let victim = names[0].clone();
+    let address = node_of(&client, &ns, &victim).await;
+    let power_cycle = async |expired: bool| {
+        infra
+            .sim
+            .set_failures(&address, |f| {
+                f.expired_certificate = expired;
+                f.down = true;
+            })
+            .unwrap();
+        infra
+            .sim
+            .set_failures(&address, |f| f.down = false)
+            .unwrap();
+    };
+    power_cycle(true).await;
+    let named = wait_condition(
+        &client,
+        &ns,
+        "x",
+        ConditionType::EtcdClusterHealthy,
+        "False",
+        &victim,
+    )
+    .await;
+    let said = eventually(&client, &ns, "x", "the cause named", async || {
+        let tcp = Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
+            .get("x")
+            .await
+            .ok()?;
+        let all = tcp.status?.conditions?;
+        let text: Vec<String> = all.iter().map(|c| c.message.clone()).collect();
+        let text = text.join("\n");
+        text.to_lowercase().contains("expired").then_some(text)
+    })
+    .await;
+    assert!(said.contains(&victim), "{said}\n{named:?}");
+    println!("{said}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let id = sim_infra::cluster_id(&client, &ns, "x").await.unwrap();
+    assert_eq!(
+        member_on(&infra.sim.etcd_members(&id), &address),
+        member_on(&before, &address),
+        "its member stays"
+    );
+    assert_eq!(machine_names(&client, &ns).await, names, "nothing replaced");
+
+    power_cycle(false).await;
+    let after = settled(&client, &ns, "x", &infra.sim, 3).await;
+    assert_eq!(after, before, "the same members, the same ids");
 }
 
 #[tokio::test]

@@ -42,6 +42,8 @@ impl Simulator {
                 events,
                 timing,
                 requests: Default::default(),
+                new_node_failures: Default::default(),
+                lost_replies: Default::default(),
             }),
         }
     }
@@ -57,6 +59,7 @@ impl Simulator {
             None => None,
         };
         let node = Arc::new(new_node(spec, config));
+        node.state().failures = lock(&self.shared.new_node_failures).clone();
         {
             let mut nodes = lock(&self.shared.nodes);
             if nodes.contains_key(&address) {
@@ -80,6 +83,17 @@ impl Simulator {
     /// Events: nodes up and down, clusters bootstrapped.
     pub fn events(&self) -> broadcast::Receiver<SimEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// Change the failures every node started from now on begins with (e.g. a lost reply to
+    /// the first Bootstrap, whichever node it goes to).
+    pub fn set_new_node_failures(&self, update: impl FnOnce(&mut Failures)) {
+        update(&mut lock(&self.shared.new_node_failures));
+    }
+
+    /// The replies lost so far ([`Failures::lost_replies`]), in order: node address and method.
+    pub fn lost_replies(&self) -> Vec<(String, String)> {
+        lock(&self.shared.lost_replies).clone()
     }
 
     /// Change a node's injected failures.

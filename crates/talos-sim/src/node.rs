@@ -53,6 +53,11 @@ pub struct Failures {
     /// gRPC method name -> how long this node stalls a call it receives before answering it (a
     /// hung or overloaded apid; longer than a client's timeout, the call never returns in time).
     pub stalls: HashMap<String, Duration>,
+    /// The apid certificate issued at the next boot has expired (an hour ago).
+    pub expired_certificate: bool,
+    /// gRPC method name -> how many of the next calls take effect and are then answered
+    /// Unavailable (the connection reset before the reply arrived).
+    pub lost_replies: HashMap<String, u32>,
 }
 
 /// Where a simulated node listens and what it runs.
@@ -279,6 +284,8 @@ pub struct NodeState {
     pub staged: Option<String>,
     pub failures: Failures,
     pub boot_count: u64,
+    /// The apid certificate this boot serves has expired ([`Failures::expired_certificate`]).
+    pub certificate_expired: bool,
     /// Bumped by every applied configuration: a TRY's rollback happens only if nothing was
     /// applied since.
     pub applied: u64,
@@ -386,6 +393,10 @@ pub struct Shared {
     pub timing: Timing,
     /// API calls served (each node's part of a proxied call counts once).
     pub requests: std::sync::atomic::AtomicU64,
+    /// What every node started from now on begins with.
+    pub new_node_failures: Mutex<Failures>,
+    /// Replies lost so far ([`Failures::lost_replies`]): node address and method.
+    pub lost_replies: Mutex<Vec<(String, String)>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -499,12 +510,13 @@ pub(crate) fn spawn_node(shared: Arc<Shared>, node: Arc<Node>) {
             }
             // The phase the node boots into; it is entered once the API listens.
             let (tls, phase) = {
-                let s = node.state();
+                let mut s = node.state();
                 let phase = if s.config.is_some() {
                     Phase::Running
                 } else {
                     Phase::Maintenance
                 };
+                s.certificate_expired = s.failures.expired_certificate;
                 (tls_for(&node.spec, &s), phase)
             };
             let tls = match tls {
@@ -583,8 +595,17 @@ fn tls_for(spec: &NodeSpec, state: &NodeState) -> Result<ServerTlsConfig, String
         .push(DnType::CommonName, spec.hostname.as_str());
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::hours(24);
+    (params.not_before, params.not_after) = if state.failures.expired_certificate {
+        (
+            now - time::Duration::hours(25),
+            now - time::Duration::hours(1),
+        )
+    } else {
+        (
+            now - time::Duration::hours(1),
+            now + time::Duration::hours(24),
+        )
+    };
     match &state.config {
         None => {
             let cert = params.self_signed(&key).map_err(err)?;
@@ -625,6 +646,7 @@ pub(crate) fn new_node(spec: NodeSpec, config: Option<Configured>) -> Node {
             staged: None,
             failures: Failures::default(),
             boot_count: 0,
+            certificate_expired: false,
             applied: 0,
             shutdown: None,
             pending: None,

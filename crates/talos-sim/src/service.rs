@@ -42,14 +42,16 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    let faulty_shared = shared.clone();
     let api = Api {
         shared,
         node: node.clone(),
     };
     Server::builder()
         .tls_config(tls)?
-        .layer(tower::layer::layer_fn(move |inner| Stall {
+        .layer(tower::layer::layer_fn(move |inner| Faulty {
             inner,
+            shared: faulty_shared.clone(),
             node: node.clone(),
         }))
         .add_service(MachineServiceServer::new(api.clone()))
@@ -71,17 +73,25 @@ pub(crate) async fn serve(
         .await
 }
 
-/// Holds each call the node's [`crate::node::Failures::stalls`] name (by gRPC method) for as long
-/// as it says before handing it on: a hung or overloaded apid.
+/// The failures that act on a whole call, by gRPC method: [`crate::node::Failures::stalls`]
+/// holds a call for as long as it says before handing it on (a hung or overloaded apid), and
+/// [`crate::node::Failures::lost_replies`] lets a call take effect and then answers it
+/// Unavailable, as when the connection is reset before the reply arrives.
 #[derive(Clone)]
-struct Stall<S> {
+struct Faulty<S> {
     inner: S,
+    shared: Arc<Shared>,
     node: Arc<Node>,
 }
 
-impl<S, B> tower::Service<tonic::codegen::http::Request<B>> for Stall<S>
+impl<S, B> tower::Service<tonic::codegen::http::Request<B>> for Faulty<S>
 where
-    S: tower::Service<tonic::codegen::http::Request<B>> + Clone + Send + 'static,
+    S: tower::Service<
+            tonic::codegen::http::Request<B>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+        > + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -98,7 +108,22 @@ where
 
     fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
         let method = req.uri().path().rsplit('/').next().unwrap_or_default();
-        let stall = self.node.state().failures.stalls.get(method).copied();
+        let (stall, lose) = {
+            let mut s = self.node.state();
+            let stall = s.failures.stalls.get(method).copied();
+            let lose = match s.failures.lost_replies.get_mut(method) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            };
+            (stall, lose)
+        };
+        let method = method.to_owned();
+        if lose {
+            lock(&self.shared.lost_replies).push((self.node.address(), method.clone()));
+        }
         // The clone that was made ready is the one to call; a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
@@ -106,7 +131,17 @@ where
             if let Some(stall) = stall {
                 tokio::time::sleep(stall).await;
             }
-            ready.call(req).await
+            let response = ready.call(req).await?;
+            if !lose {
+                return Ok(response);
+            }
+            // The call has taken effect (a unary reply is complete once its future is); the
+            // client learns nothing of it.
+            drop(response);
+            Ok(Status::unavailable(format!(
+                "error reading from server: read tcp: connection reset by peer (the reply to {method} was lost)"
+            ))
+            .into_http())
         })
     }
 }
@@ -251,15 +286,15 @@ impl Api {
         match targets {
             Targets::Local => f(self.node.clone()).await.map(Response::new),
             Targets::One(t) => {
-                let node = self.shared.node(&t).ok_or_else(|| unreachable(&t))?;
+                let node = self.proxied_to(&t)?;
                 f(node).await.map(Response::new)
             }
             Targets::Many(ts) => {
                 let mut out = Vec::new();
                 for t in ts {
-                    let result = match self.shared.node(&t) {
-                        Some(node) => f(node).await,
-                        None => Err(unreachable(&t)),
+                    let result = match self.proxied_to(&t) {
+                        Ok(node) => f(node).await,
+                        Err(e) => Err(e),
                     };
                     match result {
                         Ok(r) => out.extend(r.into_msgs().into_iter().map(|mut m| {
@@ -293,6 +328,25 @@ impl Api {
                 Ok(Response::new(R::from_msgs(out)))
             }
         }
+    }
+}
+
+impl Api {
+    /// The node a call is proxied to, as apid reaches it: over TLS, so a node serving an
+    /// expired certificate is refused (the node itself still answers calls made to it).
+    fn proxied_to(&self, target: &str) -> Result<Arc<Node>, Status> {
+        let node = self
+            .shared
+            .node(target)
+            .ok_or_else(|| unreachable(target))?;
+        if !Arc::ptr_eq(&node, &self.node) && node.state().certificate_expired {
+            return Err(Status::unavailable(format!(
+                "connection error: desc = \"transport: authentication handshake failed: tls: \
+                 failed to verify certificate: x509: certificate has expired or is not yet valid\" \
+                 (dialing {target}:50000)"
+            )));
+        }
+        Ok(node)
     }
 }
 

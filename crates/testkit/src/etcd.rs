@@ -1,4 +1,5 @@
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::process::{ManagedProcess, free_port};
@@ -10,12 +11,29 @@ use crate::{Error, poll_until, retry_port_race};
 #[derive(Debug)]
 pub struct Etcd {
     url: String,
-    process: ManagedProcess,
+    port: u16,
+    binary: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    /// The data directory, when this etcd keeps it across restarts (a kept `dir`); it is removed
+    /// when the `Etcd` is dropped.
+    kept_data: Option<PathBuf>,
+    process: Mutex<ManagedProcess>,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.process().stop();
+        if let Some(data) = &self.kept_data {
+            let _ = std::fs::remove_dir_all(data);
+        }
+    }
 }
 
 impl Etcd {
-    /// Start etcd and wait until it serves clients. Its data and log go under `dir` (kept), or
-    /// under a temporary directory that is removed when etcd exits.
+    /// Start etcd and wait until it serves clients. Its data and log go under `dir` (kept; the
+    /// data survives [`Etcd::restart`] and goes when this is dropped), or under a temporary
+    /// directory that is removed when etcd exits (no restart).
     pub async fn start(dir: Option<&Path>) -> Result<Self, Error> {
         let binary = locate(Tool::Etcd)?;
         let (dir, cleanup) = match dir {
@@ -43,11 +61,39 @@ impl Etcd {
             "--log-level=warn".into(),
         ];
         let log = dir.join("etcd.log");
-        let remove = if cleanup { dir } else { &data };
-        let process = ManagedProcess::spawn("etcd", binary, &args, &log, Some(remove))?;
-        let etcd = Etcd { url, process };
+        let remove = cleanup.then_some(dir);
+        let process = ManagedProcess::spawn("etcd", binary, &args, &log, remove)?;
+        let etcd = Etcd {
+            url,
+            port: client_port,
+            binary: binary.to_path_buf(),
+            args,
+            log,
+            kept_data: (!cleanup).then_some(data),
+            process: Mutex::new(process),
+        };
         etcd.wait_ready(client_port).await?;
         Ok(etcd)
+    }
+
+    fn process(&self) -> MutexGuard<'_, ManagedProcess> {
+        self.process.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stop etcd (SIGTERM), leave it down for `down`, and start it again on the same port with
+    /// the same data: a management cluster's etcd restart. Every kube-apiserver it backs loses
+    /// its storage meanwhile. Only for an etcd started with a kept `dir`.
+    pub async fn restart(&self, down: Duration) -> Result<(), Error> {
+        if self.kept_data.is_none() {
+            return Err(Error::Kubeconfig(
+                "Etcd::restart needs an etcd started with a kept dir".into(),
+            ));
+        }
+        self.process().stop();
+        tokio::time::sleep(down).await;
+        let process = ManagedProcess::spawn("etcd", &self.binary, &self.args, &self.log, None)?;
+        *self.process() = process;
+        self.wait_ready(self.port).await
     }
 
     async fn wait_ready(&self, port: u16) -> Result<(), Error> {
@@ -67,11 +113,11 @@ impl Etcd {
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.process.pid()
+        self.process().pid()
     }
 
     pub(crate) fn check_running(&self) -> Result<(), Error> {
-        self.process.check_running()
+        self.process().check_running()
     }
 
     /// The client URL, e.g. `http://127.0.0.1:40123`.

@@ -581,6 +581,10 @@ fn view(
             .health
             .get(&m.name_any())
             .is_some_and(|h| h.components),
+        node_problem: observed
+            .health
+            .get(&m.name_any())
+            .and_then(|h| h.problem.clone()),
         cleanup_hook: has_annotation(m.meta(), &machines::cleanup_hook()),
         unhealthy: condition_is(m, "HealthCheckSucceeded", "False")
             && condition_is(m, "OwnerRemediated", "False"),

@@ -33,6 +33,9 @@ pub struct MachineView {
     pub outdated: Option<String>,
     /// apiserver, controller-manager, scheduler and etcd report healthy on the node.
     pub components_healthy: bool,
+    /// What is wrong with its node as the Talos API tells it (services not healthy, or the
+    /// call's own error, e.g. a certificate that cannot be verified); `None` when nothing is.
+    pub node_problem: Option<String>,
     /// Carries our pre-terminate hook: its etcd member must leave before the machine goes.
     pub cleanup_hook: bool,
     /// A MachineHealthCheck marked it unhealthy and asks its owner to remediate it.
@@ -70,6 +73,7 @@ impl MachineView {
             version: None,
             outdated: None,
             components_healthy: true,
+            node_problem: None,
             cleanup_hook: true,
             unhealthy: false,
             remediation_for: None,
@@ -416,7 +420,11 @@ impl ControlPlane {
             return Some("it is being deleted".into());
         }
         if !m.components_healthy {
-            return Some("its etcd, kubelet or apid service is not healthy".into());
+            return Some(
+                m.node_problem
+                    .clone()
+                    .unwrap_or_else(|| "its etcd, kubelet or apid service is not healthy".into()),
+            );
         }
         if let Some(why) = &m.node_not_ready {
             return Some(format!("its Node {} is not Ready: {why}", m.hostname));

@@ -182,7 +182,11 @@ pub fn machine_conditions(m: &MachineView, cp: &ControlPlane) -> [Observation; 2
             Status::False,
             reason::NOT_HEALTHY,
         )
-        .message(format!("etcd member {:x} is not healthy", e.id)),
+        .message(format!(
+            "etcd member {:x} is not healthy{}",
+            e.id,
+            because(m)
+        )),
         (Some(_), Some(_)) => Observation::new(
             ConditionType::EtcdMemberHealthy,
             Status::True,
@@ -190,6 +194,14 @@ pub fn machine_conditions(m: &MachineView, cp: &ControlPlane) -> [Observation; 2
         ),
     };
     [up_to_date, etcd]
+}
+
+/// ": <what the node's Talos API said>", when it said something.
+fn because(m: &MachineView) -> String {
+    m.node_problem
+        .as_deref()
+        .map(|p| format!(": {p}"))
+        .unwrap_or_default()
 }
 
 fn count(n: usize) -> i32 {
@@ -235,8 +247,10 @@ fn etcd_health(r: &Report) -> Observation {
                 m.name
             )),
             Some(e) if !e.healthy => problems.push(format!(
-                "the member of machine {} ({:x}) is not healthy",
-                m.name, e.id
+                "the member of machine {} ({:x}) is not healthy{}",
+                m.name,
+                e.id,
+                because(m)
             )),
             Some(_) => {}
         }
@@ -406,7 +420,10 @@ pub fn status(
         .machines
         .iter()
         .filter(|m| !m.components_healthy && !m.deleting)
-        .map(|m| m.name.clone())
+        .map(|m| match &m.node_problem {
+            Some(p) => format!("{} ({p})", m.name),
+            None => m.name.clone(),
+        })
         .collect();
     let nodes_not_ready: Vec<String> = r
         .view

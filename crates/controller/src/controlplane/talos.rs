@@ -93,11 +93,8 @@ pub async fn observe(
                 observed.health.insert(
                     machine,
                     NodeHealth {
-                        problem: Some(format!(
-                            "the Talos API does not answer: {}; asked again in {}s",
-                            rest.problem,
-                            rest.left.as_secs_f64().ceil()
-                        )),
+                        // No countdown here: it would change the conditions at every look.
+                        problem: Some(format!("the Talos API does not answer: {}", rest.problem)),
                         ..NodeHealth::default()
                     },
                 );

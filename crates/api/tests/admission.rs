@@ -455,6 +455,26 @@ async fn oversized_configs_and_patch_lists_are_refused_naming_the_limit() {
             "spec.controlPlaneConfig.controlplane.strategicPatches",
             "64",
         ),
+        (
+            json!({
+                "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
+                "metadata": {"name": "too-many-operations"},
+                "spec": {"generateType": "worker", "configPatches":
+                    vec![json!({"op": "remove", "path": "/machine/install"}); 513]}
+            }),
+            "spec.configPatches",
+            "512",
+        ),
+        (
+            json!({
+                "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
+                "metadata": {"name": "too-long-a-path"},
+                "spec": {"generateType": "worker", "configPatches":
+                    [{"op": "remove", "path": format!("/{}", "a".repeat(1024))}]}
+            }),
+            "spec.configPatches[0].path",
+            "1024",
+        ),
     ] {
         let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
         let err = api_for(&client, &ns, &manifest)
@@ -482,4 +502,15 @@ async fn oversized_configs_and_patch_lists_are_refused_naming_the_limit() {
     tcp["spec"]["controlPlaneConfig"]["controlplane"]["strategicPatches"] =
         json!(vec!["machine: {}"; 64]);
     apply(&client, &ns, &tcp).await;
+    apply(
+        &client,
+        &ns,
+        &json!({
+            "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
+            "metadata": {"name": "at-the-limits"},
+            "spec": {"generateType": "worker", "configPatches":
+                vec![json!({"op": "remove", "path": format!("/{}", "a".repeat(1023))}); 512]}
+        }),
+    )
+    .await;
 }

@@ -245,7 +245,7 @@ impl Context {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = failures.entry(key.to_owned()).or_insert(0);
         *n = n.saturating_add(1);
-        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+        Duration::from_secs(1u64 << (*n - 1).min(9)).min(Duration::from_secs(300))
     }
 
     /// Claim the generation of `cluster`'s secrets bundle. Either way `waiter` is reconciled
@@ -450,5 +450,23 @@ impl Drop for GenerationClaim {
             // The receiver lives as long as the controller; once it is gone nobody waits.
             let _ = self.ctx.wake_tx.unbounded_send(waiter);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn transient_errors_back_off_per_object_from_1_s_doubling_to_5_min() {
+        // Never connects: a client is needed only to build the context.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
+        let client = kube::Client::try_from(config).expect("a client");
+        let ctx = Context::new(client, Options::default());
+        let waits: Vec<u64> = (0..11).map(|_| ctx.backoff("ns/a").as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(ctx.backoff("ns/b").as_secs(), 1, "each object its own");
+        ctx.succeeded("ns/a");
+        assert_eq!(ctx.backoff("ns/a").as_secs(), 1, "a success starts over");
     }
 }

@@ -368,7 +368,15 @@ fn manager_flags_that_cannot_work_exit_2_naming_the_flag() {
             vec!["--talosconfig-concurrency", "0"],
             ["--talosconfig-concurrency", "1..=1000"],
         ),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        // A build without the exporter refuses the flag rather than dropping the spans.
+        cfg!(not(feature = "otlp")).then_some((
+            vec!["--otlp-endpoint", "http://127.0.0.1:4317"],
+            ["--otlp-endpoint", "--features otlp"],
+        )),
+    ) {
         let all: Vec<&str> = ["manager", "--kubeconfig", "/nonexistent"]
             .into_iter()
             .chain(args.iter().copied())

@@ -271,3 +271,95 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
         assert_eq!(now.data, old.data);
     }
 }
+
+/// Going back to Sidero's provider: a cluster talos-capi brought up (its bundle, CA, talosconfig
+/// and data Secrets are ours) is taken over by CABPT. CABPT leaves our ready TalosConfig and every
+/// Secret as they are, and renders a new machine from our bundle: the same CAs and token.
+#[tokio::test]
+async fn a_cluster_we_brought_up_is_taken_back_by_cabpt_without_a_rewrite() {
+    let cp = shared().await.unwrap();
+    let client = cp.client().await.unwrap();
+    testkit::install_crds(&client, &api::all_crds())
+        .await
+        .unwrap();
+    let ns = unique_namespace(&client, "cabpt-back").await.unwrap();
+    let labels = json!({"cluster.x-k8s.io/watch-filter": FILTER});
+    let ours = start_controller(&client, &ns);
+    cluster_labelled(&client, &ns, "back", false, labels.clone()).await;
+    let (name, spec, _) = specs().remove(0);
+    machine_labelled(&client, &ns, "back", name, spec, true, labels.clone()).await;
+    let config = wait_ready(&client, &ns, name).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let ours_secrets = [
+        "back-talos",
+        "back-ca",
+        "back-talosconfig",
+        "cp-0-bootstrap-data",
+    ];
+    let mut before = Vec::new();
+    for s in ours_secrets {
+        before.push(secrets.get(s).await.unwrap());
+    }
+    drop(ours);
+
+    let _cabpt = testkit::peers::start_cabpt(cp, FILTER).await.unwrap();
+    let (_, worker, _) = specs().remove(1);
+    machine_labelled(&client, &ns, "back", "w-back", worker, false, labels).await;
+    let theirs = wait_ready(&client, &ns, "w-back").await;
+    let (_, cp_docs) = secret_value(&client, &ns, "cp-0-bootstrap-data").await;
+    let (_, w_docs) = secret_value(
+        &client,
+        &ns,
+        theirs.status.unwrap().data_secret_name.as_deref().unwrap(),
+    )
+    .await;
+    for path in [
+        "/cluster/ca/crt",
+        "/machine/ca/crt",
+        "/machine/token",
+        "/cluster/token",
+    ] {
+        let ours = cp_docs[0].pointer(path);
+        assert!(ours.is_some_and(Value::is_string), "{path} in our config");
+        assert_eq!(
+            w_docs[0].pointer(path),
+            ours,
+            "{path}: CABPT renders from our bundle"
+        );
+    }
+    // A while for CABPT to act on what it watches, then: the bundle, the CA and the booted
+    // data are as we wrote them. CABPT writes its talosconfig again for every config it renders
+    // (endpoints its way, a new client certificate), from the same bundle: the same OS CA.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let talosconfig_ca = |s: &Secret| -> Value {
+        let text = String::from_utf8(s.data.as_ref().unwrap()["talosconfig"].0.clone()).unwrap();
+        let doc: Value = serde_yaml_ng::from_str(&text).unwrap();
+        doc["contexts"]["back"]["ca"].clone()
+    };
+    for old in before {
+        let name = old.metadata.name.clone().unwrap();
+        let now = secrets.get(&name).await.unwrap();
+        if name == "back-talosconfig" {
+            let ca = talosconfig_ca(&old);
+            assert!(ca.is_string(), "{ca}");
+            assert_eq!(talosconfig_ca(&now), ca, "{name}: the same OS CA");
+            continue;
+        }
+        assert_eq!(
+            now.metadata.resource_version, old.metadata.resource_version,
+            "{name} is not rewritten"
+        );
+    }
+    let now = Api::<TalosConfig>::namespaced(client.clone(), &ns)
+        .get(name)
+        .await
+        .unwrap();
+    assert_eq!(
+        now.status.as_ref().and_then(|s| s.data_secret_name.clone()),
+        config
+            .status
+            .as_ref()
+            .and_then(|s| s.data_secret_name.clone())
+    );
+    assert_eq!(now.status.and_then(|s| s.ready), Some(true));
+}

@@ -882,6 +882,19 @@ async fn a_node_with_an_expired_certificate_is_named_with_the_cause_and_left_alo
     assert!(said.contains(&victim), "{said}\n{named:?}");
     println!("{said}");
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Steady: the x509 error's "current time …" does not make the conditions change at every look.
+    let again = Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
+        .get("x")
+        .await
+        .unwrap();
+    let messages: Vec<String> = again
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.message)
+        .collect();
+    assert_eq!(messages.join("\n"), said, "the conditions hold still");
     let id = sim_infra::cluster_id(&client, &ns, "x").await.unwrap();
     assert_eq!(
         member_on(&infra.sim.etcd_members(&id), &address),

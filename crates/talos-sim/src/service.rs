@@ -340,10 +340,25 @@ impl Api {
             .node(target)
             .ok_or_else(|| unreachable(target))?;
         if !Arc::ptr_eq(&node, &self.node) && node.state().certificate_expired {
+            // As Go's x509 says it, with the current time in it.
+            let now = time::OffsetDateTime::now_utc();
+            let rfc3339 = |t: time::OffsetDateTime| {
+                format!(
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                    t.year(),
+                    u8::from(t.month()),
+                    t.day(),
+                    t.hour(),
+                    t.minute(),
+                    t.second()
+                )
+            };
             return Err(Status::unavailable(format!(
                 "connection error: desc = \"transport: authentication handshake failed: tls: \
-                 failed to verify certificate: x509: certificate has expired or is not yet valid\" \
-                 (dialing {target}:50000)"
+                 failed to verify certificate: x509: certificate has expired or is not yet valid: \
+                 current time {} is after {}\" (dialing {target}:50000)",
+                rfc3339(now),
+                rfc3339(now - time::Duration::hours(1)),
             )));
         }
         Ok(node)

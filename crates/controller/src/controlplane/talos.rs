@@ -168,7 +168,7 @@ pub async fn observe(
                         }
                     }
                     Err(e) => {
-                        let problem = e.to_string();
+                        let problem = steady_text(&e.to_string());
                         if e.is_retryable() {
                             ctx.node_backoff.failed(&reply.node, now, problem.clone());
                         }
@@ -188,7 +188,8 @@ pub async fn observe(
             // No node could be reached to ask: each asked one rests.
             if e.is_retryable() {
                 for address in &addresses {
-                    ctx.node_backoff.failed(address, now, e.to_string());
+                    ctx.node_backoff
+                        .failed(address, now, steady_text(&e.to_string()));
                 }
             }
             observed.problem = Some(format!("listing services: {e}"));
@@ -255,6 +256,78 @@ pub async fn observe(
             .unwrap_or_default()
     ));
     observed
+}
+
+/// A node's error as conditions carry it: without the timestamps Go's errors embed (x509's
+/// "current time … is after …"), which would change the conditions, and write them and an
+/// Event, at every look; and at most [`MAX_PROBLEM`] characters.
+pub fn steady_text(error: &str) -> String {
+    let mut out = String::with_capacity(error.len().min(MAX_PROBLEM));
+    let mut rest = error;
+    let mut kept = 0;
+    while let Some(c) = rest.chars().next() {
+        if kept == MAX_PROBLEM {
+            out.push('…');
+            break;
+        }
+        match timestamp_at(rest) {
+            Some(len) => {
+                out.push('…');
+                rest = &rest[len..];
+            }
+            None => {
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+        kept += 1;
+    }
+    out
+}
+
+/// The longest node error conditions carry, in characters.
+pub const MAX_PROBLEM: usize = 512;
+
+/// The length of the RFC 3339 timestamp `s` starts with (2026-11-24T10:00:00Z, with a fraction
+/// or an offset), if it starts with one.
+fn timestamp_at(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let digits = |from: usize, n: usize| {
+        b.get(from..from + n)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    let date_time = digits(0, 4)
+        && at(4, b'-')
+        && digits(5, 2)
+        && at(7, b'-')
+        && digits(8, 2)
+        && (at(10, b'T') || at(10, b' '))
+        && digits(11, 2)
+        && at(13, b':')
+        && digits(14, 2)
+        && at(16, b':')
+        && digits(17, 2);
+    if !date_time {
+        return None;
+    }
+    let mut i = 19;
+    if at(i, b'.') {
+        i += 1;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+    }
+    if at(i, b'Z') {
+        i += 1;
+    } else if (at(i, b'+') || at(i, b'-'))
+        && digits(i + 1, 2)
+        && at(i + 3, b':')
+        && digits(i + 4, 2)
+    {
+        i += 6;
+    }
+    Some(i)
 }
 
 /// The host of an etcd peer URL such as `https://10.0.0.2:2380` or `https://[fd00::2]:2380`.
@@ -516,6 +589,28 @@ pub async fn remove_member(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_errors_lose_their_timestamps_and_are_bounded() {
+        let a = "x509: certificate has expired or is not yet valid: current time \
+                 2026-11-24T11:00:00Z is after 2026-11-24T10:00:00.123+01:00 (dialing 10.0.0.2)";
+        let b = a.replace("11:00:00Z", "11:00:07Z");
+        assert_eq!(steady_text(a), steady_text(&b), "the same at every look");
+        assert_eq!(
+            steady_text(a),
+            "x509: certificate has expired or is not yet valid: current time … is after … \
+             (dialing 10.0.0.2)"
+        );
+        assert_eq!(
+            steady_text("2026-11-24"),
+            "2026-11-24",
+            "a date alone stays"
+        );
+        let long = "é".repeat(2 * MAX_PROBLEM);
+        let bounded = steady_text(&long);
+        assert_eq!(bounded.chars().count(), MAX_PROBLEM + 1);
+        assert!(bounded.ends_with('…'));
+    }
     use api::capi::{MachineAddress, MachineStatus, NodeReference};
 
     fn machine(name: &str, addresses: &[(&str, &str)], node: Option<&str>) -> Machine {

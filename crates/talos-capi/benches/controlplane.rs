@@ -17,6 +17,9 @@
 //!
 //!   cargo bench -p talos-capi --bench controlplane           (make bench-controlplane)
 //!   BENCH_CLUSTERS=20 BENCH_DIR=/tmp/bench-cp cargo bench …   (smaller; keep the logs)
+//!   BENCH_FAULTS=<seed> cargo bench …                          (only the BENCH_CLUSTERS phase,
+//!       with the manager behind testkit's fault proxy: 10% of requests answered 500, 10% of
+//!       updates 409, 10% of writes done but answered 500, every watch cut after 5 s)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failed run
 
 use std::collections::BTreeMap;
@@ -30,6 +33,7 @@ use serde_json::Value;
 use talos_sim::etcd::Op;
 use talos_sim::{SimEvent, Simulator};
 use testkit::bench::{audit_events, component_pid, env_number, lines, usage};
+use testkit::faults::{FaultProxy, Faults};
 use testkit::process::ManagedProcess;
 use testkit::{LocalControlPlane, sim_infra, unique_namespace};
 
@@ -434,10 +438,36 @@ fn main() {
                 }
             }
         });
+        let seed = std::env::var("BENCH_FAULTS").ok().and_then(|s| s.parse::<u64>().ok());
+        let proxy = match seed {
+            Some(seed) => Some(
+                FaultProxy::start(
+                    cp.client().await.unwrap(),
+                    Faults {
+                        seed,
+                        internal_error: 0.1,
+                        conflict: 0.1,
+                        lost_reply: 0.1,
+                        cut_watches_after: Some(Duration::from_secs(5)),
+                    },
+                )
+                .await
+                .unwrap(),
+            ),
+            None => None,
+        };
+        let kubeconfig = match &proxy {
+            Some(proxy) => {
+                let path = cp.dir().join("faults.kubeconfig");
+                proxy.write_kubeconfig(&path).unwrap();
+                path
+            }
+            None => cp.kubeconfig_path(),
+        };
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_talos-capi"));
         let args = vec![
             "manager".to_owned(),
-            format!("--kubeconfig={}", cp.kubeconfig_path().display()),
+            format!("--kubeconfig={}", kubeconfig.display()),
             format!("--namespace={ns}"),
             // BENCH_LOG (e.g. controller=debug) for a closer look at a run, with BENCH_DIR.
             format!(
@@ -451,7 +481,12 @@ fn main() {
         let mut phases = Vec::new();
         let mut rollouts = Vec::new();
         let mut upgrades = Vec::new();
-        for (prefix, n) in [("one", 1), ("ten", 10), ("many", clusters)] {
+        let sizes: &[(&str, usize)] = if proxy.is_some() {
+            &[("many", clusters)]
+        } else {
+            &[("one", 1), ("ten", 10), ("many", clusters)]
+        };
+        for &(prefix, n) in sizes {
             let p = phase(&cp, &client, &ns, &infra.sim, &stamps, pid, prefix, n).await;
             eprintln!("{n} clusters ready in {:.1} s", p.seconds);
             phases.push(p);
@@ -528,6 +563,25 @@ fn main() {
             );
         }
         drop(manager);
+        if let Some(proxy) = &proxy {
+            let (forwarded, errors, conflicts, lost, cut) = proxy.counts().snapshot();
+            println!(
+                "Under faults (seed {}): {forwarded} requests forwarded; injected {errors} 500s, {conflicts} 409s, {lost} lost replies, {cut} watches cut",
+                seed.unwrap_or_default()
+            );
+            let mut twice = Vec::new();
+            for i in 0..clusters {
+                let name = format!("many-{i}");
+                let id = sim_infra::cluster_id(&client, &ns, &name).await.unwrap();
+                let bootstraps = infra.sim.etcd_history(&id).iter().filter(|c| c.op == Op::Bootstrap).count();
+                if bootstraps != 1 {
+                    twice.push((name, bootstraps));
+                }
+            }
+            assert!(twice.is_empty(), "etcd bootstrapped other than once: {twice:?}");
+            println!("every cluster's etcd bootstrapped exactly once");
+            return;
+        }
 
         // What one workload cluster's API server costs, served as the test infrastructure
         // serves them (its own prefix on the shared etcd), idle for 10 s after it is ready.

@@ -894,27 +894,15 @@ async fn an_edit_is_rendered_again_before_boot_and_only_reported_after() {
     .unwrap();
 
     install_on("/dev/vdc").await;
-    let differs = wait_config_where(
+    let differs = wait_reason(
         &client,
         &ns,
         "e-0",
         ConditionType::ConfigUpToDate,
-        "False",
-        |c| c.reason == conditions::reason::RUNNING_CONFIG_DIFFERS,
+        conditions::reason::RUNNING_CONFIG_DIFFERS,
     )
     .await;
-    let message = &conditions::get(
-        differs
-            .status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .as_deref()
-            .unwrap(),
-        ConditionType::ConfigUpToDate,
-    )
-    .unwrap()
-    .message;
+    let message = &differs.message;
     assert!(message.contains("machine e-0"), "{message}");
     wait_warning(&client, &ns, "e-0", "RunningConfigDiffers", |_| true).await;
     let (now, _, on) = disk().await;

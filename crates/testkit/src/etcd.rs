@@ -48,7 +48,19 @@ impl Etcd {
         let peer_port = free_port()?;
         let url = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let data: PathBuf = dir.join(format!("etcd-data-{client_port}"));
+        // A kept dir holds one etcd's data across restarts; what a killed run left is not ours.
+        let data: PathBuf = if cleanup {
+            dir.join(format!("etcd-data-{client_port}"))
+        } else {
+            let data = dir.join("etcd-data");
+            match std::fs::remove_dir_all(&data) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(format!("removing {}", data.display()))(e));
+                }
+                _ => {}
+            }
+            data
+        };
         let args = vec![
             format!("--data-dir={}", data.display()),
             format!("--listen-client-urls={url}"),

@@ -185,6 +185,21 @@ async fn the_chart_installs_upgrades_uninstalls_and_its_rbac_runs_a_cluster_life
     // else; only its listen addresses move to free loopback ports.
     let pod = deployment.spec.unwrap().template.spec.unwrap();
     let container = pod.containers.iter().find(|c| c.name == "manager").unwrap();
+    // Non-root, no privilege, no capability, a read-only root filesystem (README, docs/security.md).
+    let psc = pod.security_context.clone().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(
+        psc.seccomp_profile.map(|p| p.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+    let csc = container.security_context.clone().unwrap();
+    assert_eq!(csc.allow_privilege_escalation, Some(false));
+    assert_eq!(csc.read_only_root_filesystem, Some(true));
+    assert_eq!(csc.privileged, Some(false));
+    assert_eq!(
+        csc.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_owned()])
+    );
     let sa = pod.service_account_name.unwrap();
     let impersonated = cp.dir().join("manager-as-sa.kubeconfig");
     impersonating(&cp, NS, &sa, &impersonated);

@@ -324,6 +324,35 @@ mod tests {
     }
 
     #[test]
+    fn an_output_over_1_mib_is_refused_though_the_input_fits() {
+        let mut s = spec(GenerateType::None);
+        let big = "x".repeat(400 * 1024);
+        s.data = Some(format!(
+            "version: v1alpha1\nmachine:\n  type: worker\n  token: t\n  env:\n    A: {big}\ncluster:\n  clusterName: own\n"
+        ));
+        // Two copies of a 400 KiB value: 1.2 MiB out of 400 KiB in.
+        let copy = |to: &str| ConfigPatch {
+            op: PatchOp::Copy,
+            path: format!("/machine/env/{to}"),
+            value: None,
+            from: Some("/machine/env/A".into()),
+        };
+        s.config_patches = Some(vec![copy("B"), copy("C")]);
+        let err = machine_config(&s, &machine(), &cluster(), "c", bundle()).unwrap_err();
+        match &err {
+            SpecError::TooLarge { what, size, limit } => {
+                assert!(what.contains("rendered machine configuration"), "{err}");
+                assert!(*size > MAX_CONFIG_BYTES, "{err}");
+                assert_eq!(*limit, MAX_CONFIG_BYTES);
+            }
+            other => panic!("not refused for its size: {other}"),
+        }
+        // One copy fits.
+        s.config_patches = Some(vec![copy("B")]);
+        machine_config(&s, &machine(), &cluster(), "c", bundle()).expect("800 KiB fits");
+    }
+
+    #[test]
     fn oversized_input_is_refused_before_parsing() {
         let mut s = spec(GenerateType::Worker);
         s.strategic_patches = Some(vec!["#".repeat(MAX_INPUT_BYTES + 1)]);

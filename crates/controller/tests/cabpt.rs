@@ -363,3 +363,81 @@ async fn a_cluster_we_brought_up_is_taken_back_by_cabpt_without_a_rewrite() {
     );
     assert_eq!(now.status.and_then(|s| s.ready), Some(true));
 }
+
+/// Our CRDs replace CABPT's under the same names with objects stored: those objects stay as they
+/// are and are served. One CABPT's looser schema let in (a JSON patch operation that does not
+/// exist) cannot be read as our type: it is reported in its status and a Warning Event, and the
+/// other TalosConfigs of the namespace still become ready.
+#[tokio::test]
+async fn our_crds_replace_cabpts_over_stored_objects_and_one_we_cannot_read_is_reported() {
+    // A control plane of its own: replacing the CRDs of the shared one would disturb other tests.
+    let cp = testkit::LocalControlPlane::builder()
+        .name("crd-swap")
+        .cluster_api()
+        .start()
+        .await
+        .unwrap();
+    let client = cp.client().await.unwrap();
+    let theirs = testkit::tools::locate(testkit::tools::Tool::CabptConfig)
+        .unwrap()
+        .join("crd/bases");
+    testkit::install_crds(&client, &testkit::crds_from_dir(&theirs).unwrap())
+        .await
+        .unwrap();
+    let ns = unique_namespace(&client, "crd-swap").await.unwrap();
+    cluster(&client, &ns, "swap", false).await;
+    let (name, spec, _) = specs().remove(0);
+    machine(&client, &ns, "swap", name, spec, true).await;
+    let bogus = json!({"generateType": "worker", "talosVersion": "v1.11",
+        "configPatches": [{"op": "bogus", "path": "/machine/install"}]});
+    machine(&client, &ns, "swap", "w-bogus", bogus, false).await;
+
+    testkit::install_crds(&client, &api::all_crds())
+        .await
+        .unwrap();
+    let configs: Api<TalosConfig> = Api::namespaced(client.clone(), &ns);
+    let dynamic = Api::<kube::api::DynamicObject>::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            "bootstrap.cluster.x-k8s.io",
+            "v1alpha3",
+            "TalosConfig",
+        )),
+    );
+    let stored = dynamic.get("w-bogus").await.unwrap();
+    assert_eq!(
+        stored.data["spec"]["configPatches"][0]["op"], "bogus",
+        "stored objects stay as they are"
+    );
+    let _controller = start_controller(&client, &ns);
+    wait_config(&client, &ns, name, ConditionType::Ready, "True").await;
+    // Read as it is stored: our type cannot read it.
+    let reported = tokio::time::timeout(WAIT, async {
+        loop {
+            let o = dynamic.get("w-bogus").await.unwrap();
+            let found = o.data["status"]["conditions"].as_array().and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["type"] == "DataSecretAvailable" && c["reason"] == "InvalidSpec")
+                    .cloned()
+            });
+            if let Some(c) = found {
+                return c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the object that cannot be read is reported in its status");
+    let message = reported["message"].as_str().unwrap_or_default();
+    assert_eq!(reported["status"], "False");
+    assert!(
+        message.contains("cannot be read as a TalosConfig") && message.contains("bogus"),
+        "{message}"
+    );
+    wait_warning(&client, &ns, "w-bogus", "InvalidSpec", |_| true).await;
+    assert!(
+        configs.get("w-bogus").await.is_err(),
+        "not readable as our type"
+    );
+}

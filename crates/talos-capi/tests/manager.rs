@@ -674,7 +674,7 @@ async fn through_a_management_etcd_restart_the_manager_converges_and_writes_once
     written_once(&client, &ns, &names, &events, &infra.sim).await;
 }
 
-/// The counter `metric` of `controller` in a /metrics body (0 when absent).
+/// The sum of the `metric` series whose labels include `labels`, in a /metrics body (0 when none).
 fn counted(body: &str, metric: &str, labels: &str) -> f64 {
     body.lines()
         .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(labels))

@@ -192,7 +192,7 @@ pub async fn observe(
                         .failed(address, now, steady_text(&e.to_string()));
                 }
             }
-            observed.problem = Some(format!("listing services: {e}"));
+            observed.problem = Some(call_problem("listing services", &e));
         }
     }
     for reply in talos_versions.and_then(Result::ok).into_iter().flatten() {
@@ -206,7 +206,7 @@ pub async fn observe(
     let replies = match members {
         Ok(replies) => replies,
         Err(e) => {
-            observed.problem = Some(format!("listing etcd members: {e}"));
+            observed.problem = Some(call_problem("listing etcd members", &e));
             return observed;
         }
     };
@@ -246,7 +246,7 @@ pub async fn observe(
                 observed.problem = None;
                 return observed;
             }
-            Err(e) => last_error = Some(format!("{}: {e}", reply.node)),
+            Err(e) => last_error = Some(call_problem(&reply.node, &e)),
         }
     }
     observed.problem = Some(format!(
@@ -256,6 +256,11 @@ pub async fn observe(
             .unwrap_or_default()
     ));
     observed
+}
+
+/// A failed call's error as conditions carry it: `what: error`, made steady by [`steady_text`].
+fn call_problem(what: &str, error: &dyn std::fmt::Display) -> String {
+    steady_text(&format!("{what}: {error}"))
 }
 
 /// A node's error as conditions carry it: without the timestamps Go's errors embed (x509's
@@ -610,6 +615,24 @@ mod tests {
         let bounded = steady_text(&long);
         assert_eq!(bounded.chars().count(), MAX_PROBLEM + 1);
         assert!(bounded.ends_with('…'));
+    }
+
+    #[test]
+    fn whole_call_errors_are_steady_and_bounded_too() {
+        let at = |t: &str| {
+            call_problem(
+                "listing etcd members",
+                &format!("x509: current time {t} is after 2026-11-24T10:00:00Z"),
+            )
+        };
+        assert_eq!(at("2026-11-24T11:00:00Z"), at("2026-11-24T11:00:09Z"));
+        assert_eq!(
+            at("2026-11-24T11:00:00Z"),
+            "listing etcd members: x509: current time … is after …"
+        );
+        let long = call_problem("10.0.0.2", &"x".repeat(4 * MAX_PROBLEM));
+        assert_eq!(long.chars().count(), MAX_PROBLEM + 1);
+        assert!(long.starts_with("10.0.0.2: x"));
     }
     use api::capi::{MachineAddress, MachineStatus, NodeReference};
 

@@ -84,7 +84,10 @@ async fn settled(
             let healthy = condition(&tcp, ConditionType::EtcdClusterHealthy)?.status == "True";
             let status = tcp.status.as_ref()?;
             let machines = machines(client, ns).await;
-            if !healthy || status.replicas != Some(n as i32) || machines.len() != n {
+            // The controller reads a new node's health at its etcd peer address, so it can be
+            // healthy before Cluster API has copied that address to the Machine: wait for both.
+            let addressed = machines.iter().all(|m| !m.addresses().is_empty());
+            if !healthy || status.replicas != Some(n as i32) || machines.len() != n || !addressed {
                 return None;
             }
             let id = sim_infra::cluster_id(client, ns, name).await.unwrap();
@@ -1541,6 +1544,134 @@ async fn a_config_change_talos_applies_live_is_made_in_place_and_one_needing_a_r
         "{needs_reboot}"
     );
     assert_etcd_invariants(&client, &ns, "r", &infra.sim).await;
+}
+
+#[tokio::test]
+async fn with_config_reboot_in_place_a_change_needing_a_reboot_reboots_each_node_once_and_keeps_the_machines()
+ {
+    let (client, ns, _controller) = setup("cp-reboot").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "b", 3).await;
+    settled(&client, &ns, "b", &infra.sim, 3).await;
+    let id = sim_infra::cluster_id(&client, &ns, "b").await.unwrap();
+    let history = infra.sim.etcd_history(&id).len();
+    let before = boots(&client, &ns, &infra.sim).await;
+    let nodes: Vec<String> = {
+        let mut out = Vec::new();
+        for (m, _) in &before {
+            out.push(node_of(&client, &ns, m).await);
+        }
+        out
+    };
+    // The simulator's own record of nodes going down and up: never two of ours at once.
+    let mut sim_events = infra.sim.events();
+    let watched = nodes.clone();
+    let most_down = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = most_down.clone();
+    let watcher = tokio::spawn(async move {
+        let mut down = std::collections::BTreeSet::new();
+        loop {
+            let e = match sim_events.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            };
+            match e {
+                talos_sim::SimEvent::NodeDown { address } if watched.contains(&address) => {
+                    down.insert(address);
+                }
+                talos_sim::SimEvent::NodeUp { address, .. } => {
+                    down.remove(&address);
+                }
+                _ => {}
+            }
+            most.fetch_max(down.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+
+    // An environment variable: Talos applies it only with a reboot. With configReboot InPlace
+    // each node reboots into it in turn; no machine is replaced.
+    let install = "machine:\n  install:\n    disk: /dev/sda\n";
+    patch_spec(
+        &client,
+        &ns,
+        "b",
+        json!({
+            "rolloutStrategy": {"type": "RollingUpdate", "configReboot": "InPlace"},
+            "controlPlaneConfig": {"controlplane": {
+                "generateType": "controlplane", "talosVersion": "v1.13",
+                "strategicPatches": [install, PROXY_PATCH]
+            }}
+        }),
+    )
+    .await;
+    let api = Api::<TalosControlPlane>::namespaced(client.clone(), &ns);
+    eventually(
+        &client,
+        &ns,
+        "b",
+        "every node runs the proxy, and the control plane says it is up to date",
+        async || {
+            for address in &nodes {
+                let (_, docs) = infra.sim.running(address)?;
+                let proxied = docs.iter().any(|d| {
+                    d["machine"]["env"]["https_proxy"] == json!("http://proxy.example:3128")
+                });
+                if !proxied {
+                    return None;
+                }
+            }
+            let tcp = api.get("b").await.ok()?;
+            let markers = machines(&client, &ns).await.iter().any(|m| {
+                m.annotations()
+                    .contains_key("controlplane.cluster.x-k8s.io/talos-config-apply")
+            });
+            (tcp.status.as_ref()?.up_to_date_replicas == Some(3)
+                && condition(&tcp, ConditionType::MachinesUpToDate)?.status == "True"
+                && !markers)
+                .then_some(())
+        },
+    )
+    .await;
+    let after = boots(&client, &ns, &infra.sim).await;
+    assert_eq!(
+        after.iter().map(|(m, _)| m).collect::<Vec<_>>(),
+        before.iter().map(|(m, _)| m).collect::<Vec<_>>(),
+        "the same machines"
+    );
+    for ((m, was), (_, now)) in before.iter().zip(&after) {
+        assert_eq!(*now, was + 1, "machine {m} rebooted exactly once");
+    }
+    assert_eq!(
+        infra.sim.etcd_history(&id).len(),
+        history,
+        "no etcd membership change"
+    );
+    watcher.abort();
+    let most = most_down.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(most, 1, "one node down at a time, and a reboot seen");
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let count = |reason: &str| {
+        events
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .count()
+    };
+    assert_eq!(
+        count("TalosConfigRebooting"),
+        3,
+        "one reboot event per machine"
+    );
+    assert_eq!(
+        count("TalosConfigApplied"),
+        3,
+        "one applied event per machine"
+    );
+    assert_eq!(count("MachineDeleted"), 0, "no machine deleted");
 }
 
 #[tokio::test]

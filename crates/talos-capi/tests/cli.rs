@@ -390,3 +390,58 @@ fn manager_flags_that_cannot_work_exit_2_naming_the_flag() {
         assert!(e.lines().count() <= 5, "{args:?}: {e}");
     }
 }
+
+#[test]
+fn a_port_in_use_is_a_startup_error_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    // A kubeconfig that loads; nothing listens at its server, and nothing should be asked.
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+         clusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n\
+         users: [{name: u, user: {token: t}}]\n\
+         contexts: [{name: c, context: {cluster: c, user: u}}]\n",
+    )
+    .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for flag in ["--metrics-bind-address", "--health-probe-bind-address"] {
+        let other = if flag == "--metrics-bind-address" {
+            "--health-probe-bind-address"
+        } else {
+            "--metrics-bind-address"
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_talos-capi"))
+            .args(["manager", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args([flag, &format!("127.0.0.1:{port}"), other, "0"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded: a manager that got past the bind would wait for the API server for ever.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                let _ = child.wait();
+                panic!("{flag}: the manager did not stop on a port in use");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let o = child.wait_with_output().unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{flag}: {e}");
+        assert!(
+            e.contains(&format!("{flag} 127.0.0.1:{port}")),
+            "{flag}: names the flag and address in {e}"
+        );
+        assert!(
+            e.to_lowercase().contains("in use"),
+            "{flag}: says why in {e}"
+        );
+    }
+    drop(taken);
+}

@@ -118,8 +118,9 @@ impl Etcd {
         Some(id)
     }
 
+    /// A learner becomes a voter; a voter (a node rebooted with its member) stays as it is.
     pub fn promote(&mut self, id: u64) {
-        let Some(m) = self.members.iter_mut().find(|m| m.id == id) else {
+        let Some(m) = self.members.iter_mut().find(|m| m.id == id && m.learner) else {
             return;
         };
         m.learner = false;
@@ -198,6 +199,10 @@ mod tests {
         assert!(e.members.iter().filter(|m| m.learner).count() == 2);
         e.promote(b);
         e.promote(c);
+        let recorded = e.history.len();
+        e.promote(b);
+        assert_eq!(e.join("b", "b"), Some(b), "a rebooted member rejoins as itself");
+        assert_eq!(e.history.len(), recorded, "a voter is not promoted again");
         assert_ne!(a, b);
         assert!(e.has_quorum(&healthy(&["a", "b"])));
         assert!(!e.has_quorum(&healthy(&["a"])), "1 of 3 is no quorum");

@@ -55,6 +55,20 @@ pub struct RollingUpdate {
     pub max_unavailable: Option<IntOrString>,
 }
 
+/// What a controlPlaneConfig change that Talos can only apply with a reboot does to the
+/// machines.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ConfigReboot {
+    /// Replace the machines, as for a Kubernetes version change (within maxSurge and
+    /// maxUnavailable).
+    #[default]
+    Replace,
+    /// Keep the machines: apply the change to one node at a time with a reboot
+    /// (ApplyConfiguration REBOOT), etcd leadership moved away first, and go on once that node
+    /// is back healthy. Only while every other node is healthy, so etcd keeps quorum.
+    InPlace,
+}
+
 /// How control-plane machines are replaced.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -66,6 +80,12 @@ pub struct RolloutStrategy {
     /// Bounds for RollingUpdate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_update: Option<RollingUpdate>,
+    /// A controlPlaneConfig change Talos applies live is always made in place. One Talos
+    /// applies only with a reboot replaces the machines (Replace, the default), or reboots
+    /// them in place one at a time (InPlace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Replace"))]
+    pub config_reboot: Option<ConfigReboot>,
 }
 
 /// In-place Talos OS upgrades: nodes are upgraded over the Talos API (LifecycleService.Upgrade)

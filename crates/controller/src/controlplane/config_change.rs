@@ -75,6 +75,8 @@ pub(super) async fn act(
                         at: now,
                         tried: false,
                         needs_reboot: None,
+                        rebooting: false,
+                        down: false,
                         failed: None,
                     };
                     record(machine.clone(), Some(marker.clone())).await?;
@@ -89,7 +91,9 @@ pub(super) async fn act(
                     return Ok(step);
                 }
             };
-            match talos::apply_config(ctx, tc, &address, &data, Some(TRY_TIMEOUT)).await {
+            match talos::apply_config(ctx, tc, &address, &data, talos::ApplyMode::Try(TRY_TIMEOUT))
+                .await
+            {
                 Ok(()) => {
                     marker.tried = true;
                     marker.at = now;
@@ -106,11 +110,16 @@ pub(super) async fn act(
                 }
                 Err(talos::ConfigError::NeedsReboot(why)) => {
                     let why = condensed(&why);
+                    let then = if with.reboot_in_place {
+                        "each node reboots into it in turn (rolloutStrategy.configReboot InPlace)"
+                    } else {
+                        "the machines are replaced instead"
+                    };
                     event(
                         EventType::Normal,
                         "TalosConfigNeedsReboot",
                         format!(
-                            "Talos applies this controlPlaneConfig change only with a reboot ({why}): the machines are replaced instead"
+                            "Talos applies this controlPlaneConfig change only with a reboot ({why}): {then}"
                         ),
                     )
                     .await;
@@ -150,7 +159,9 @@ pub(super) async fn act(
                 return Ok(step);
             };
             let confirmed = match render(ctx, tcp, with.cluster, cluster, m) {
-                Ok(data) => talos::apply_config(ctx, tc, &address, &data, None).await,
+                Ok(data) => {
+                    talos::apply_config(ctx, tc, &address, &data, talos::ApplyMode::NoReboot).await
+                }
                 Err(why) => Err(talos::ConfigError::Refused(format!(
                     "its configuration cannot be rendered: {why}"
                 ))),
@@ -168,11 +179,16 @@ pub(super) async fn act(
                         "recording the configuration of",
                     )
                     .await?;
+                    let how = if marker.rebooting {
+                        "with a reboot"
+                    } else {
+                        "without a reboot"
+                    };
                     event(
                         EventType::Normal,
                         "TalosConfigApplied",
                         format!(
-                            "machine {machine} ({address}) runs the new configuration, applied without a reboot"
+                            "machine {machine} ({address}) runs the new configuration, applied {how}"
                         ),
                     )
                     .await;
@@ -198,6 +214,72 @@ pub(super) async fn act(
                     marker.failed = Some(format!("the node refused to keep it: {why}"));
                     record(machine.clone(), Some(marker)).await?;
                 }
+            }
+        }
+        Step::RebootConfig { machine } => {
+            let (Some(tc), Some(m), Some(mut marker)) =
+                (with.talosconfig, by_name(machine), recorded(machine))
+            else {
+                return Ok(step);
+            };
+            let Some(address) = talos::address(m) else {
+                return Ok(step);
+            };
+            let data = match render(ctx, tcp, with.cluster, cluster, m) {
+                Ok(data) => data,
+                Err(why) => {
+                    marker.failed = Some(format!("its configuration cannot be rendered: {why}"));
+                    record(machine.clone(), Some(marker)).await?;
+                    return Ok(step);
+                }
+            };
+            // Recorded before the node is asked, with the time the timeout runs from: a
+            // restart in between finds the node rebooting, or asks again once it is back.
+            marker.rebooting = true;
+            marker.down = false;
+            marker.at = ctx.clock.now().0;
+            record(machine.clone(), Some(marker.clone())).await?;
+            talos::forfeit_leadership(ctx, tc, &address).await;
+            match talos::apply_config(ctx, tc, &address, &data, talos::ApplyMode::Reboot).await {
+                Ok(()) => {
+                    event(
+                        EventType::Normal,
+                        "TalosConfigRebooting",
+                        format!(
+                            "machine {machine} ({address}) reboots into the new configuration; the next node follows once it is back healthy"
+                        ),
+                    )
+                    .await;
+                }
+                Err(talos::ConfigError::Unreachable(why)) => {
+                    // It may have arrived (a lost reply): the node is watched for its reboot,
+                    // and asked again only if it is still up a while later.
+                    return Ok(Step::Wait {
+                        reason: "WaitingForNode",
+                        message: format!(
+                            "asking the node of machine {machine} to reboot into the new configuration: {why}"
+                        ),
+                    });
+                }
+                Err(talos::ConfigError::NeedsReboot(why) | talos::ConfigError::Refused(why)) => {
+                    let why = condensed(&why);
+                    event(
+                        EventType::Warning,
+                        "TalosConfigChangeFailed",
+                        format!(
+                            "the node of machine {machine} ({address}) refused the new configuration: {why}; configuration changes halt"
+                        ),
+                    )
+                    .await;
+                    marker.failed = Some(format!("the node refused it: {why}"));
+                    record(machine.clone(), Some(marker)).await?;
+                }
+            }
+        }
+        Step::ConfigRebootSeenDown { machine } => {
+            if let Some(mut marker) = recorded(machine) {
+                marker.down = true;
+                record(machine.clone(), Some(marker)).await?;
             }
         }
         Step::ConfigChangeFailed { machine, why } => {
@@ -257,6 +339,16 @@ fn condensed(why: &str) -> String {
     }
 }
 
+/// Whether the nodes are asked again now: never with `interval` 0 (`--config-drift-interval
+/// 0s` turns the check off), else first at once and then `interval` after the last look.
+fn drift_due(
+    last: Option<std::time::Instant>,
+    interval: std::time::Duration,
+    now: std::time::Instant,
+) -> bool {
+    !interval.is_zero() && last.is_none_or(|at| now.duration_since(at) >= interval)
+}
+
 /// Machines whose node runs another configuration than controlPlaneConfig renders for it
 /// (changed by hand, say), with the fields that differ: asked of each node of a steady
 /// control plane (a dry-run apply) at most every `drift_check`, remembered in between (and
@@ -279,10 +371,12 @@ pub(super) async fn drift(
         .unwrap_or_else(|e| e.into_inner())
         .get(&key)
         .cloned();
-    let due = remembered
-        .as_ref()
-        .is_none_or(|(at, _)| at.elapsed() >= interval);
-    let Some(talosconfig) = talosconfig.filter(|_| due && !interval.is_zero()) else {
+    let due = drift_due(
+        remembered.as_ref().map(|(at, _)| *at),
+        interval,
+        std::time::Instant::now(),
+    );
+    let Some(talosconfig) = talosconfig.filter(|_| due) else {
         // What was found still holds for machines that exist and were not changed since.
         let mut found = remembered.map(|(_, found)| found).unwrap_or_default();
         found.retain(|(m, _)| {
@@ -338,4 +432,22 @@ pub(super) async fn drift(
         .unwrap_or_else(|e| e.into_inner())
         .insert(key, (std::time::Instant::now(), found.clone()));
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::drift_due;
+
+    #[test]
+    fn drift_is_asked_at_once_then_each_interval_and_never_with_0s() {
+        let now = Instant::now();
+        let minute = Duration::from_secs(60);
+        assert!(drift_due(None, minute, now), "the first look is at once");
+        assert!(!drift_due(Some(now), minute, now + Duration::from_secs(59)));
+        assert!(drift_due(Some(now), minute, now + minute));
+        assert!(!drift_due(None, Duration::ZERO, now), "0s turns it off");
+        assert!(!drift_due(Some(now), Duration::ZERO, now + minute * 60));
+    }
 }

@@ -312,7 +312,8 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         .map(|v| String::from_utf8_lossy(&v.0).into_owned());
     let observed = match &talosconfig {
         Some(tc) if machines.iter().any(|m| talos::address(m).is_some()) => {
-            // A node rebooting into an upgrade is asked at once, whatever its backoff.
+            // A node rebooting into an upgrade or a new configuration is asked at once,
+            // whatever its backoff.
             let urgent: Vec<String> = machines
                 .iter()
                 .filter(|m| {
@@ -320,6 +321,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
                         .get(upgrade::MARKER)
                         .and_then(|v| upgrade::Marker::parse(v))
                         .is_some_and(|u| u.failed.is_none())
+                        || reconfigure_marker(m).is_some_and(|r| r.rebooting && r.failed.is_none())
                 })
                 .map(ResourceExt::name_any)
                 .collect();
@@ -362,13 +364,14 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         version: tcp.spec.version.clone(),
         template: machines::TemplateRef::of(&tcp).map(|r| r.identity()),
         template_digest: template.as_ref().ok().map(machines::Template::digest),
-        config_needs_reboot: reconfigure::needs_reboot(
-            &machines
-                .iter()
-                .filter_map(reconfigure_marker)
-                .collect::<Vec<_>>(),
-            &config_digest,
-        ),
+        config_needs_reboot: !desired.reboot_in_place
+            && reconfigure::needs_reboot(
+                &machines
+                    .iter()
+                    .filter_map(reconfigure_marker)
+                    .collect::<Vec<_>>(),
+                &config_digest,
+            ),
         config_digest,
         rollout_after: tcp.spec.rollout_after.as_ref().map(|t| t.0),
         now,
@@ -438,6 +441,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
             template: template.ok(),
             cluster: &cluster,
             config_digest: &target.config_digest,
+            reboot_in_place: desired.reboot_in_place,
         },
         step,
         &mut report,
@@ -474,12 +478,14 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
                 .map_or(Duration::ZERO, |r| r.left)
         })
         .min();
-    // A node upgrading in place is watched closely: its reboot is seen, and its return acted on.
-    let upgrading = report
-        .view
-        .machines
-        .iter()
-        .any(|m| m.upgrade.as_ref().is_some_and(|u| u.failed.is_none()));
+    // A node upgrading or rebooting into a new configuration in place is watched closely: its
+    // reboot is seen, and its return acted on.
+    let upgrading = report.view.machines.iter().any(|m| {
+        m.upgrade.as_ref().is_some_and(|u| u.failed.is_none())
+            || m.reconfigure
+                .as_ref()
+                .is_some_and(|r| r.rebooting && r.failed.is_none())
+    });
     let halted = matches!(
         step,
         Step::Wait {
@@ -690,6 +696,8 @@ struct Act<'a> {
     cluster: &'a Cluster,
     /// The digest of controlPlaneConfig now.
     config_digest: &'a str,
+    /// rolloutStrategy.configReboot is InPlace.
+    reboot_in_place: bool,
 }
 
 /// Take `step`; returns the step as it ended up (a step that cannot start yet becomes a Wait).
@@ -973,6 +981,8 @@ async fn act(
             upgrade_marker(ctx, &ns, machine, None).await?;
         }
         Step::TryConfig { .. }
+        | Step::RebootConfig { .. }
+        | Step::ConfigRebootSeenDown { .. }
         | Step::ConfirmConfig { .. }
         | Step::ConfigChangeFailed { .. }
         | Step::ForgetConfigChange { .. } => {

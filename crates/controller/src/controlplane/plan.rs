@@ -46,9 +46,15 @@ pub enum Step {
     /// Try the new configuration on this machine's node (ApplyConfiguration TRY): record it
     /// on the Machine, then ask.
     TryConfig { machine: String },
-    /// The node is healthy on the tried configuration: make it permanent (NO_REBOOT), record
-    /// the new digest on the Machine and clear the record.
+    /// The node is healthy on the tried configuration (or back from rebooting into it): make it
+    /// permanent (NO_REBOOT), record the new digest on the Machine and clear the record.
     ConfirmConfig { machine: String },
+    /// Apply the new configuration to this machine's node with a reboot (rolloutStrategy
+    /// configReboot InPlace, once Talos said the change needs one): move etcd leadership
+    /// away, then ask, and record it on the Machine.
+    RebootConfig { machine: String },
+    /// Record that the node rebooting into its new configuration was seen down.
+    ConfigRebootSeenDown { machine: String },
     /// The tried configuration failed on this machine: record why; in-place changes halt.
     ConfigChangeFailed { machine: String, why: String },
     /// The record is for another configuration (controlPlaneConfig changed): clear it.
@@ -184,6 +190,7 @@ mod tests {
                 max_unavailable: 0,
             },
             config_digest: None,
+            reboot_in_place: false,
         }
     }
 

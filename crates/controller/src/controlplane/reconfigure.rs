@@ -2,8 +2,10 @@
 //! tried live on one node at a time (Talos's ApplyConfiguration in TRY mode, which Talos rolls
 //! back by itself after [`TRY_TIMEOUT`]), then confirmed (NO_REBOOT) once that node is healthy
 //! again. A change Talos can only apply with a reboot is refused by the TRY; the machines are
-//! then replaced instead, as for any other change. What a change needs to survive a restart of
-//! the operator lives on its Machine ([`MARKER`]).
+//! then replaced instead, as for any other change, or, with rolloutStrategy configReboot
+//! InPlace, the node is asked to apply it with a reboot, one at a time while every other node
+//! is healthy, and it is confirmed once the node was seen down and is back healthy. What a
+//! change needs to survive a restart of the operator lives on its Machine ([`MARKER`]).
 
 use std::time::Duration;
 
@@ -21,6 +23,13 @@ pub const MARKER: &str = "controlplane.cluster.x-k8s.io/talos-config-apply";
 /// be healthy again within it for the change to be confirmed.
 pub const TRY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long a node may take from being asked to reboot into its new configuration until it is
+/// back healthy, before the change counts as failed.
+pub const REBOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a node asked to reboot may still answer before it is asked again.
+pub const REBOOT_ASKED_AGAIN: Duration = Duration::from_secs(60);
+
 /// A configuration change of one node, as recorded on its Machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -35,6 +44,12 @@ pub struct Marker {
     /// Talos can apply it only with a reboot (its answer, kept): the machine is replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub needs_reboot: Option<String>,
+    /// The node was asked to apply it with a reboot (configReboot InPlace).
+    #[serde(default)]
+    pub rebooting: bool,
+    /// The rebooting node was seen down since.
+    #[serde(default)]
+    pub down: bool,
     /// Why it failed, once it did: nothing else is changed in place until the marker is
     /// removed or controlPlaneConfig changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,7 +70,7 @@ pub fn needs_reboot<'a>(markers: impl IntoIterator<Item = &'a Marker>, digest: &
 /// The next step of an in-place configuration change towards `digest`, or `None` when every
 /// machine runs it (or a Talos upgrade is under way, which goes first). Called once no machine
 /// needs replacing.
-pub fn step(digest: &str, cp: &ControlPlane) -> Option<Step> {
+pub fn step(digest: &str, reboot_in_place: bool, cp: &ControlPlane) -> Option<Step> {
     let live: Vec<&MachineView> = cp.machines.iter().filter(|m| !m.deleting).collect();
     if live.iter().any(|m| m.upgrade.is_some()) {
         return None;
@@ -69,9 +84,18 @@ pub fn step(digest: &str, cp: &ControlPlane) -> Option<Step> {
             machine: m.name.clone(),
         });
     }
+    let pending: Vec<&&MachineView> = live
+        .iter()
+        .filter(|m| m.config_digest.as_ref().is_some_and(|d| d != digest))
+        .collect();
+    let progress = format!(
+        "{} of {} machines on the new configuration",
+        live.len() - pending.len(),
+        live.len()
+    );
     for m in &live {
         let Some(r) = &m.reconfigure else { continue };
-        if r.needs_reboot.is_some() {
+        if r.needs_reboot.is_some() && !reboot_in_place {
             continue;
         }
         if let Some(why) = &r.failed {
@@ -82,6 +106,9 @@ pub fn step(digest: &str, cp: &ControlPlane) -> Option<Step> {
                     m.name, m.name
                 ),
             });
+        }
+        if r.needs_reboot.is_some() {
+            return Some(reboot_step(m, r, cp, &live, &progress));
         }
         if !r.tried {
             return Some(Step::TryConfig {
@@ -112,17 +139,10 @@ pub fn step(digest: &str, cp: &ControlPlane) -> Option<Step> {
             ),
         });
     }
-    let pending: Vec<&&MachineView> = live
-        .iter()
-        .filter(|m| {
-            m.reconfigure.is_none() && m.config_digest.as_ref().is_some_and(|d| d != digest)
-        })
-        .collect();
     let first = pending
         .iter()
+        .filter(|m| m.reconfigure.is_none())
         .min_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)))?;
-    let done = live.len() - pending.len();
-    let progress = format!("{done} of {} machines on the new configuration", live.len());
     if let Some(wait) = cp.in_place_blocked(
         live.iter().copied(),
         &progress,
@@ -133,6 +153,57 @@ pub fn step(digest: &str, cp: &ControlPlane) -> Option<Step> {
     Some(Step::TryConfig {
         machine: first.name.clone(),
     })
+}
+
+/// The next step of rebooting `m` into its new configuration (recorded in `r`).
+fn reboot_step(
+    m: &MachineView,
+    r: &Marker,
+    cp: &ControlPlane,
+    live: &[&MachineView],
+    progress: &str,
+) -> Step {
+    let machine = m.name.clone();
+    if !r.rebooting {
+        // Every other node healthy with a healthy voting member, so etcd keeps quorum.
+        let others = live.iter().copied().filter(|o| o.name != m.name);
+        return cp
+            .in_place_blocked(others, progress, "no node reboots now")
+            .unwrap_or(Step::RebootConfig { machine });
+    }
+    if !r.down {
+        if !m.reachable {
+            return Step::ConfigRebootSeenDown { machine };
+        }
+        // Still up well after it was asked: the request never arrived (its reply was lost
+        // with it), so it is asked again; a node that got it reboots within seconds.
+        if cp.now > r.at + REBOOT_ASKED_AGAIN {
+            return Step::RebootConfig { machine };
+        }
+    } else if cp.available(m) {
+        return Step::ConfirmConfig { machine };
+    }
+    if cp.now > r.at + REBOOT_TIMEOUT {
+        return Step::ConfigChangeFailed {
+            machine,
+            why: format!(
+                "the node was not back healthy within {}s of being asked to reboot into it",
+                REBOOT_TIMEOUT.as_secs()
+            ),
+        };
+    }
+    let state = if r.down {
+        cp.unavailable_because(m).unwrap_or_default()
+    } else {
+        "not seen rebooting yet".into()
+    };
+    Step::Wait {
+        reason: "TalosConfigRebootInProgress",
+        message: format!(
+            "{progress}; waiting for machine {} to reboot into it and be healthy ({state})",
+            m.name
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +233,8 @@ mod tests {
             at: at(990),
             tried,
             needs_reboot: None,
+            rebooting: false,
+            down: false,
             failed: None,
         }
     }
@@ -169,9 +242,9 @@ mod tests {
     #[test]
     fn one_machine_at_a_time_oldest_first_tried_then_confirmed_once_healthy() {
         let mut c = cp(3);
-        assert_eq!(step("old", &c), None, "nothing to change");
+        assert_eq!(step("old", false, &c), None, "nothing to change");
         assert_eq!(
-            step("new", &c),
+            step("new", false, &c),
             Some(Step::TryConfig {
                 machine: "m0".into()
             })
@@ -179,7 +252,7 @@ mod tests {
         // Recorded but not known to have reached the node (a restart in between): tried again.
         c.machines[0].reconfigure = Some(marker(false));
         assert_eq!(
-            step("new", &c),
+            step("new", false, &c),
             Some(Step::TryConfig {
                 machine: "m0".into()
             })
@@ -187,7 +260,7 @@ mod tests {
         // Tried, and the node is not healthy yet: wait, and say why.
         c.machines[0].reconfigure = Some(marker(true));
         c.machines[0].components_healthy = false;
-        match step("new", &c) {
+        match step("new", false, &c) {
             Some(Step::Wait { reason, message }) => {
                 assert_eq!(reason, "TalosConfigChangeInProgress");
                 assert!(message.contains("etcd, kubelet or apid"), "{message}");
@@ -197,7 +270,7 @@ mod tests {
         // Healthy: confirmed.
         c.machines[0].components_healthy = true;
         assert_eq!(
-            step("new", &c),
+            step("new", false, &c),
             Some(Step::ConfirmConfig {
                 machine: "m0".into()
             })
@@ -208,13 +281,13 @@ mod tests {
         c.machines[0].config_digest = Some("new".into());
         c.machines[2].node_not_ready = Some("Ready is False".into());
         assert!(matches!(
-            step("new", &c),
+            step("new", false, &c),
             Some(Step::Wait { reason: "WaitingForHealthyNodes", message })
                 if message.contains("1 of 3 machines") && message.contains("m2")
         ));
         c.machines[2].node_not_ready = None;
         assert_eq!(
-            step("new", &c),
+            step("new", false, &c),
             Some(Step::TryConfig {
                 machine: "m1".into()
             })
@@ -229,7 +302,7 @@ mod tests {
         c.machines[1].components_healthy = false;
         c.now = at(990) + TRY_TIMEOUT + Duration::from_secs(1);
         assert!(matches!(
-            step("new", &c),
+            step("new", false, &c),
             Some(Step::ConfigChangeFailed { machine, .. }) if machine == "m1"
         ));
         c.machines[1].reconfigure = Some(Marker {
@@ -237,12 +310,12 @@ mod tests {
             ..marker(true)
         });
         assert!(matches!(
-            step("new", &c),
+            step("new", false, &c),
             Some(Step::Wait { reason: "TalosConfigChangeFailed", message }) if message.contains(MARKER)
         ));
         // The spec changed again: the old record is forgotten.
         assert_eq!(
-            step("newer", &c),
+            step("newer", false, &c),
             Some(Step::ForgetConfigChange {
                 machine: "m1".into()
             })
@@ -266,6 +339,82 @@ mod tests {
             down: false,
             failed: None,
         });
-        assert_eq!(step("new", &c), None);
+        assert_eq!(step("new", false, &c), None);
+    }
+
+    #[test]
+    fn with_config_reboot_in_place_a_change_needing_a_reboot_reboots_one_healthy_node_at_a_time() {
+        let mut c = cp(3);
+        let needs = |rebooting: bool, down: bool| Marker {
+            needs_reboot: Some("machine.env changed".into()),
+            rebooting,
+            down,
+            ..marker(false)
+        };
+        c.machines[0].reconfigure = Some(needs(false, false));
+        // Without the opt-in the change is left to replacement; with it, the node reboots.
+        assert_eq!(
+            step("new", false, &c),
+            Some(Step::TryConfig {
+                machine: "m1".into()
+            }),
+            "m0 is left to the replacement path"
+        );
+        let reboot = Some(Step::RebootConfig {
+            machine: "m0".into(),
+        });
+        assert_eq!(step("new", true, &c), reboot);
+        // Not while another node is unhealthy: quorum would hang on the rebooting one.
+        c.machines[2].components_healthy = false;
+        assert!(matches!(
+            step("new", true, &c),
+            Some(Step::Wait { reason: "WaitingForHealthyNodes", message })
+                if message.contains("m2") && message.contains("no node reboots now")
+        ));
+        c.machines[2].components_healthy = true;
+        // Asked; still answering: not seen rebooting yet, so not confirmed on a guess.
+        c.machines[0].reconfigure = Some(needs(true, false));
+        assert!(matches!(
+            step("new", true, &c),
+            Some(Step::Wait { reason: "TalosConfigRebootInProgress", message })
+                if message.contains("not seen rebooting")
+        ));
+        // Still up a minute later: the request is taken as lost, and asked again.
+        c.now = at(990) + REBOOT_ASKED_AGAIN + Duration::from_secs(1);
+        assert_eq!(step("new", true, &c), reboot);
+        c.now = at(1000);
+        // Down: recorded.
+        c.machines[0].reachable = false;
+        c.machines[0].components_healthy = false;
+        assert_eq!(
+            step("new", true, &c),
+            Some(Step::ConfigRebootSeenDown {
+                machine: "m0".into()
+            })
+        );
+        // Back, but not healthy yet: wait and say why; nothing else starts.
+        c.machines[0].reconfigure = Some(needs(true, true));
+        c.machines[0].reachable = true;
+        assert!(matches!(
+            step("new", true, &c),
+            Some(Step::Wait { reason: "TalosConfigRebootInProgress", message })
+                if message.contains("m0") && message.contains("0 of 3")
+        ));
+        // Healthy: confirmed, which records the new digest.
+        c.machines[0].components_healthy = true;
+        assert_eq!(
+            step("new", true, &c),
+            Some(Step::ConfirmConfig {
+                machine: "m0".into()
+            })
+        );
+        // Not back within the timeout: failed, and in-place changes halt.
+        c.machines[0].components_healthy = false;
+        c.now = at(990) + REBOOT_TIMEOUT + Duration::from_secs(1);
+        assert!(matches!(
+            step("new", true, &c),
+            Some(Step::ConfigChangeFailed { machine, why })
+                if machine == "m0" && why.contains("600s")
+        ));
     }
 }

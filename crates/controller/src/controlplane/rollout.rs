@@ -4,7 +4,9 @@
 //! function of the spec and the observed machines and members, so a restarted operator resumes
 //! a rollout where the objects say it is.
 
-use api::controlplane::v1alpha3::{RolloutStrategy, RolloutStrategyType, TalosControlPlaneSpec};
+use api::controlplane::v1alpha3::{
+    ConfigReboot, RolloutStrategy, RolloutStrategyType, TalosControlPlaneSpec,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
@@ -39,6 +41,9 @@ pub struct Desired {
     /// The digest of the machines' TalosConfig spec (controlPlaneConfig): a machine on another
     /// one is changed in place, or replaced when Talos says the change needs a reboot.
     pub config_digest: Option<String>,
+    /// A change Talos applies only with a reboot reboots the nodes in place
+    /// (rolloutStrategy.configReboot InPlace) instead of replacing the machines.
+    pub reboot_in_place: bool,
 }
 
 impl Desired {
@@ -82,6 +87,8 @@ impl Desired {
             strategy,
             config_digest: super::machines::config_digest(&spec.control_plane_config.controlplane)
                 .ok(),
+            reboot_in_place: spec.rollout_strategy.as_ref().and_then(|s| s.config_reboot)
+                == Some(ConfigReboot::InPlace),
         })
     }
 }
@@ -294,7 +301,7 @@ pub fn step(desired: &Desired, cp: &ControlPlane) -> Step {
         Step::Steady => desired
             .config_digest
             .as_deref()
-            .and_then(|d| super::reconfigure::step(d, cp))
+            .and_then(|d| super::reconfigure::step(d, desired.reboot_in_place, cp))
             .or_else(|| {
                 desired
                     .talos_upgrade
@@ -522,6 +529,7 @@ mod tests {
                 max_surge: surge,
                 max_unavailable: unavailable,
             }),
+            config_reboot: None,
         }
     }
 
@@ -606,6 +614,7 @@ mod tests {
             talos_upgrade: None,
             strategy: Strategy::OnDelete,
             config_digest: None,
+            reboot_in_place: false,
         }
     }
 
@@ -860,6 +869,7 @@ mod properties {
                     max_unavailable: unavailable,
                 },
                 config_digest: None,
+                reboot_in_place: false,
             },
             next: replicas,
         }

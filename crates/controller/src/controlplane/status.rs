@@ -132,6 +132,11 @@ fn rolling_out(r: &Report, outdated: usize) -> Observation {
                 "; trying the new configuration on machine {machine} without a reboot"
             ));
         }
+        Some(Step::RebootConfig { machine }) => {
+            message.push_str(&format!(
+                "; rebooting machine {machine} into the new configuration"
+            ));
+        }
         Some(Step::ConfirmConfig { machine }) => {
             message.push_str(&format!(
                 "; machine {machine} is healthy on the new configuration, confirming it"

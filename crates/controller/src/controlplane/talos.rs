@@ -139,51 +139,7 @@ pub async fn observe(
             .map(|(m, _)| m.clone())
     };
     match services {
-        Ok(replies) => {
-            for reply in replies {
-                let Some(machine) = node_of(&reply.node) else {
-                    continue;
-                };
-                let health = match reply.result {
-                    Ok(list) => {
-                        let healthy = |id: &str| {
-                            list.services
-                                .iter()
-                                .any(|s| s.id == id && s.health.as_ref().is_some_and(|h| h.healthy))
-                        };
-                        let etcd = healthy("etcd");
-                        let components = etcd && healthy("kubelet") && healthy("apid");
-                        NodeHealth {
-                            reachable: true,
-                            talos_version: None,
-                            etcd,
-                            components,
-                            problem: (!components).then(|| {
-                                let sick: Vec<&str> = ["etcd", "kubelet", "apid"]
-                                    .into_iter()
-                                    .filter(|id| !healthy(id))
-                                    .collect();
-                                format!("{} not healthy", sick.join(", "))
-                            }),
-                        }
-                    }
-                    Err(e) => {
-                        let problem = steady_text(&e.to_string());
-                        if e.is_retryable() {
-                            ctx.node_backoff.failed(&reply.node, now, problem.clone());
-                        }
-                        NodeHealth {
-                            problem: Some(format!("the Talos API does not answer: {problem}")),
-                            ..NodeHealth::default()
-                        }
-                    }
-                };
-                if health.reachable {
-                    ctx.node_backoff.answered(&reply.node, now);
-                }
-                observed.health.insert(machine, health);
-            }
-        }
+        Ok(replies) => record_services(ctx, now, replies, &targets, &mut observed),
         Err(e) => {
             // No node could be reached to ask: each asked one rests.
             if e.is_retryable() {
@@ -214,34 +170,46 @@ pub async fn observe(
     for reply in replies {
         match reply.result {
             Ok(list) => {
-                let members =
-                    list.members
-                        .iter()
-                        .map(|m| {
-                            // The member's machine: by name, else by the address in its peer URLs.
-                            let owner = machines
-                                .iter()
-                                .find(|x| hostname(x) == m.hostname)
-                                .or_else(|| {
-                                    machines.iter().find(|x| {
-                                        address(x).is_some_and(|a| {
-                                            m.peer_urls
-                                                .iter()
-                                                .any(|u| peer_host(u) == Some(a.as_str()))
-                                        })
-                                    })
-                                });
-                            let healthy = owner
-                                .and_then(|x| observed.health.get(&x.name_any()))
-                                .is_some_and(|h| h.etcd);
-                            EtcdMember {
-                                id: m.id,
-                                name: owner.map(hostname).unwrap_or_else(|| m.hostname.clone()),
-                                healthy,
-                                learner: m.is_learner,
-                            }
-                        })
-                        .collect();
+                let owners: Vec<Option<&Machine>> = list
+                    .members
+                    .iter()
+                    .map(|m| owner_of(machines, &m.hostname, &m.peer_urls))
+                    .collect();
+                // A new machine's node is in etcd before Cluster API copies its address to the
+                // Machine (up to a second later, in its own time): its services are asked at
+                // the address etcd knows it by, so its health gates the next step at once.
+                let unaddressed: Vec<(String, String)> = list
+                    .members
+                    .iter()
+                    .zip(&owners)
+                    .filter_map(|(m, owner)| {
+                        let owner = (*owner)?;
+                        if address(owner).is_some() {
+                            return None;
+                        }
+                        let host = m.peer_urls.iter().find_map(|u| peer_host(u))?;
+                        Some((owner.name_any(), host.to_owned()))
+                    })
+                    .collect();
+                if !unaddressed.is_empty() {
+                    let nodes = Nodes::Many(unaddressed.iter().map(|(_, a)| a.clone()).collect());
+                    if let Ok(replies) = client.service_list(&nodes).await {
+                        record_services(ctx, now, replies, &unaddressed, &mut observed);
+                    }
+                }
+                let members = list
+                    .members
+                    .iter()
+                    .zip(owners)
+                    .map(|(m, owner)| EtcdMember {
+                        id: m.id,
+                        name: owner.map(hostname).unwrap_or_else(|| m.hostname.clone()),
+                        healthy: owner
+                            .and_then(|x| observed.health.get(&x.name_any()))
+                            .is_some_and(|h| h.etcd),
+                        learner: m.is_learner,
+                    })
+                    .collect();
                 observed.members = Some(members);
                 observed.problem = None;
                 return observed;
@@ -256,6 +224,74 @@ pub async fn observe(
             .unwrap_or_default()
     ));
     observed
+}
+
+/// The machine an etcd member runs on: by name, else by the address in its peer URLs.
+fn owner_of<'a>(machines: &'a [Machine], name: &str, peer_urls: &[String]) -> Option<&'a Machine> {
+    machines.iter().find(|x| hostname(x) == name).or_else(|| {
+        machines.iter().find(|x| {
+            address(x).is_some_and(|a| peer_urls.iter().any(|u| peer_host(u) == Some(a.as_str())))
+        })
+    })
+}
+
+/// Each node's health from its ServiceList reply, recorded under its machine's name
+/// (`targets`: machine name and the address it was asked at); a node that does not answer
+/// rests (see [`crate::nodes::Backoff`]).
+fn record_services(
+    ctx: &Context,
+    now: std::time::Instant,
+    replies: Vec<talos_api::NodeResult<talos_api::machine::ServiceList>>,
+    targets: &[(String, String)],
+    observed: &mut Observed,
+) {
+    for reply in replies {
+        let Some(machine) = targets
+            .iter()
+            .find(|(_, a)| *a == reply.node)
+            .map(|(m, _)| m.clone())
+        else {
+            continue;
+        };
+        let health = match reply.result {
+            Ok(list) => {
+                let healthy = |id: &str| {
+                    list.services
+                        .iter()
+                        .any(|s| s.id == id && s.health.as_ref().is_some_and(|h| h.healthy))
+                };
+                let etcd = healthy("etcd");
+                let components = etcd && healthy("kubelet") && healthy("apid");
+                NodeHealth {
+                    reachable: true,
+                    talos_version: None,
+                    etcd,
+                    components,
+                    problem: (!components).then(|| {
+                        let sick: Vec<&str> = ["etcd", "kubelet", "apid"]
+                            .into_iter()
+                            .filter(|id| !healthy(id))
+                            .collect();
+                        format!("{} not healthy", sick.join(", "))
+                    }),
+                }
+            }
+            Err(e) => {
+                let problem = steady_text(&e.to_string());
+                if e.is_retryable() {
+                    ctx.node_backoff.failed(&reply.node, now, problem.clone());
+                }
+                NodeHealth {
+                    problem: Some(format!("the Talos API does not answer: {problem}")),
+                    ..NodeHealth::default()
+                }
+            }
+        };
+        if health.reachable {
+            ctx.node_backoff.answered(&reply.node, now);
+        }
+        observed.health.insert(machine, health);
+    }
 }
 
 /// A failed call's error as conditions carry it: `what: error`, made steady by [`steady_text`].
@@ -448,34 +484,45 @@ pub enum ConfigError {
     Unreachable(String),
 }
 
-/// Apply the machine configuration `data` to the node at `address` without a reboot: in TRY
-/// mode (rolled back by the node after `try_timeout` unless confirmed), or, with `try_timeout`
-/// `None`, in NO_REBOOT mode (which confirms a tried one).
+/// How a configuration is applied to a node.
+#[derive(Debug, Clone, Copy)]
+pub enum ApplyMode {
+    /// Live, rolled back by the node after the timeout unless confirmed.
+    Try(std::time::Duration),
+    /// Live for good (which confirms a tried one).
+    NoReboot,
+    /// Written, then the node reboots into it.
+    Reboot,
+}
+
+/// Apply the machine configuration `data` to the node at `address` in `mode`.
 pub async fn apply_config(
     ctx: &Context,
     talosconfig: &str,
     address: &str,
     data: &str,
-    try_timeout: Option<std::time::Duration>,
+    mode: ApplyMode,
 ) -> Result<(), ConfigError> {
+    use talos_api::machine::apply_configuration_request::Mode;
     let client = ctx
         .nodes
         .connect(talosconfig, vec![address.to_owned()])
         .map_err(|e| ConfigError::Unreachable(e.to_string()))?;
     let data = data.as_bytes().to_vec();
-    let result = match try_timeout {
-        Some(timeout) => {
+    let result = match mode {
+        ApplyMode::Try(timeout) => {
             client
                 .apply_configuration_try(&Nodes::Endpoint, data, timeout)
                 .await
         }
-        None => {
+        ApplyMode::NoReboot => {
             client
-                .apply_configuration(
-                    &Nodes::Endpoint,
-                    data,
-                    talos_api::machine::apply_configuration_request::Mode::NoReboot,
-                )
+                .apply_configuration(&Nodes::Endpoint, data, Mode::NoReboot)
+                .await
+        }
+        ApplyMode::Reboot => {
+            client
+                .apply_configuration(&Nodes::Endpoint, data, Mode::Reboot)
                 .await
         }
     };

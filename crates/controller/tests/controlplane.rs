@@ -754,6 +754,59 @@ async fn pause_stops_changes_and_deletion_removes_every_machine() {
     .await;
 }
 
+#[tokio::test]
+async fn deletion_waits_for_the_worker_machines_and_only_then_removes_the_control_plane() {
+    let (client, ns, _controller) = setup("cp-delete-workers").await;
+    let infra = sim_infra::start(&client, &ns, &["a"]);
+    control_plane_cluster(&client, &ns, "w", 1).await;
+    settled(&client, &ns, "w", &infra.sim, 1).await;
+    let worker = json!({"generateType": "worker", "talosVersion": "v1.13"});
+    machine(&client, &ns, "w", "w-worker-0", worker, false).await;
+    let api = Api::<TalosControlPlane>::namespaced(client.clone(), &ns);
+    api.delete("w", &Default::default()).await.unwrap();
+    wait_condition(
+        &client,
+        &ns,
+        "w",
+        ConditionType::Deleting,
+        "True",
+        "waiting for the worker machines of Cluster w to be deleted first (1 left)",
+    )
+    .await;
+    // The workers still run on this control plane: nothing of it goes yet.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let control_planes: Vec<Machine> = machines(&client, &ns)
+        .await
+        .into_iter()
+        .filter(|m| m.labels().contains_key("cluster.x-k8s.io/control-plane"))
+        .collect();
+    assert_eq!(control_planes.len(), 1);
+    assert!(
+        control_planes[0].metadata.deletion_timestamp.is_none(),
+        "the control-plane machine is not deleted while a worker exists"
+    );
+    assert!(
+        api.get_opt("w").await.unwrap().is_some(),
+        "the finalizer holds"
+    );
+
+    Api::<Machine>::namespaced(client.clone(), &ns)
+        .delete("w-worker-0", &Default::default())
+        .await
+        .unwrap();
+    eventually(
+        &client,
+        &ns,
+        "w",
+        "the control plane and its machines gone once the worker is",
+        async || {
+            let gone = api.get_opt("w").await.ok()?.is_none();
+            (gone && machines(&client, &ns).await.is_empty()).then_some(())
+        },
+    )
+    .await;
+}
+
 /// The Talos API address of a machine's node.
 async fn node_of(client: &kube::Client, ns: &str, machine: &str) -> String {
     Api::<Machine>::namespaced(client.clone(), ns)

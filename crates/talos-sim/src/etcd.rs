@@ -201,7 +201,11 @@ mod tests {
         e.promote(c);
         let recorded = e.history.len();
         e.promote(b);
-        assert_eq!(e.join("b", "b"), Some(b), "a rebooted member rejoins as itself");
+        assert_eq!(
+            e.join("b", "b"),
+            Some(b),
+            "a rebooted member rejoins as itself"
+        );
         assert_eq!(e.history.len(), recorded, "a voter is not promoted again");
         assert_ne!(a, b);
         assert!(e.has_quorum(&healthy(&["a", "b"])));

@@ -94,13 +94,26 @@ fn of_cluster(cluster: &Cluster) -> Option<ObjectRef<DynamicObject>> {
         .then(|| Some(own_ref(&cluster.namespace()?, &r.name)))?
 }
 
-/// The TalosControlPlane that controls a Machine.
-fn of_machine(machine: &Machine) -> Option<ObjectRef<DynamicObject>> {
-    let owner = machine
+/// The TalosControlPlane that controls a Machine; for a worker Machine on its way out, its
+/// cluster's (a control plane being deleted waits for the workers to go first).
+fn of_machine(ctx: &Context, machine: &Machine) -> Option<ObjectRef<DynamicObject>> {
+    let ns = machine.namespace()?;
+    if let Some(owner) = machine
         .owner_references()
         .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "TalosControlPlane")?;
-    Some(own_ref(&machine.namespace()?, &owner.name))
+        .find(|o| o.controller == Some(true) && o.kind == "TalosControlPlane")
+    {
+        return Some(own_ref(&ns, &owner.name));
+    }
+    let leaving_worker = machine.meta().deletion_timestamp.is_some() && !machine.is_control_plane();
+    leaving_worker
+        .then(|| control_plane_of(ctx, &ns, &machine.spec.cluster_name))
+        .flatten()
+}
+
+/// The TalosControlPlane of the Cluster `cluster` in `ns`, as the cached Cluster names it.
+fn control_plane_of(ctx: &Context, ns: &str, cluster: &str) -> Option<ObjectRef<DynamicObject>> {
+    of_cluster(&ctx.caches.cluster(ns, cluster).ok()??)
 }
 
 /// The controller, subscribed to the shared caches; it runs when awaited, until `shutdown`
@@ -122,23 +135,21 @@ pub fn controller(
     )
     .applied_objects();
     let lookup = Arc::clone(&ctx);
+    let machine_lookup = Arc::clone(&ctx);
     let controller = Controller::for_stream_with(own, reader, ar)
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(ctx.options.controlplane_concurrency),
         )
-        .watches_shared_stream_with(machines, |m| of_machine(&m), ())
+        .watches_shared_stream_with(machines, move |m| of_machine(&machine_lookup, &m), ())
         .watches_shared_stream_with(clusters, |c| of_cluster(&c), ())
         // A cluster Secret (its talosconfig, bundle or kubeconfig) concerns the cluster's
         // control plane.
         .watches_shared_stream_with(
             secrets,
             move |secret| {
-                let ns = secret.namespace()?;
                 let cluster = secret.labels().get(labels::CLUSTER_NAME)?;
-                let cluster = lookup.caches.cluster(&ns, cluster).ok()??;
-                let r = cluster.spec.control_plane_ref.as_ref()?;
-                (r.kind == "TalosControlPlane").then(|| own_ref(&ns, &r.name))
+                control_plane_of(&lookup, &secret.namespace()?, cluster)
             },
             (),
         )
@@ -1150,7 +1161,7 @@ async fn finalize(
         .count();
     if workers > 0 {
         report.deleting = Some(format!(
-            "waiting for the {workers} worker machines of Cluster {cluster} to be deleted first"
+            "waiting for the worker machines of Cluster {cluster} to be deleted first ({workers} left)"
         ));
         write_status(ctx, tcp, &report).await?;
         return Ok(Action::await_change());

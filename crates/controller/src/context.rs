@@ -469,4 +469,55 @@ mod tests {
         ctx.succeeded("ns/a");
         assert_eq!(ctx.backoff("ns/a").as_secs(), 1, "a success starts over");
     }
+
+    #[test]
+    fn a_secret_is_parsed_once_per_resource_version_and_a_failure_again() {
+        let parsed: Parsed<usize> = Parsed::default();
+        let secret = |version: &str| Secret {
+            metadata: kube::api::ObjectMeta {
+                uid: Some("u1".into()),
+                resource_version: Some(version.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let reads = std::cell::Cell::new(0);
+        let read = |_: &Secret| -> Result<usize, ()> {
+            reads.set(reads.get() + 1);
+            Ok(reads.get())
+        };
+        assert_eq!(parsed.get(&secret("1"), read), Ok(1));
+        assert_eq!(parsed.get(&secret("1"), read), Ok(1), "from memory");
+        assert_eq!(reads.get(), 1);
+        assert_eq!(
+            parsed.get(&secret("2"), read),
+            Ok(2),
+            "a new version is read"
+        );
+        assert_eq!(parsed.get(&secret("3"), |_| Err::<usize, ()>(())), Err(()));
+        assert_eq!(
+            parsed.get(&secret("3"), read),
+            Ok(3),
+            "a failure is not kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn bundle_generations_run_at_most_one_per_core() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
+        let ctx = Context::new(
+            kube::Client::try_from(config).expect("a client"),
+            Options::default(),
+        );
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let mut held = Vec::new();
+        for _ in 0..cores {
+            held.push(ctx.generation_slot().await.expect("a slot"));
+        }
+        let more =
+            tokio::time::timeout(std::time::Duration::from_millis(50), ctx.generation_slot());
+        assert!(more.await.is_err(), "no slot beyond {cores}");
+        held.pop();
+        assert!(ctx.generation_slot().await.is_ok(), "one freed, one taken");
+    }
 }

@@ -457,12 +457,18 @@ impl Drop for GenerationClaim {
 mod tests {
     use super::*;
 
+    /// A context whose client never connects: one is needed only to build it.
+    fn offline() -> Context {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
+        Context::new(
+            kube::Client::try_from(config).expect("a client"),
+            Options::default(),
+        )
+    }
+
     #[tokio::test]
     async fn transient_errors_back_off_per_object_from_1_s_doubling_to_5_min() {
-        // Never connects: a client is needed only to build the context.
-        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
-        let client = kube::Client::try_from(config).expect("a client");
-        let ctx = Context::new(client, Options::default());
+        let ctx = offline();
         let waits: Vec<u64> = (0..11).map(|_| ctx.backoff("ns/a").as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
         assert_eq!(ctx.backoff("ns/b").as_secs(), 1, "each object its own");
@@ -504,11 +510,7 @@ mod tests {
 
     #[tokio::test]
     async fn bundle_generations_run_at_most_one_per_core() {
-        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
-        let ctx = Context::new(
-            kube::Client::try_from(config).expect("a client"),
-            Options::default(),
-        );
+        let ctx = offline();
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let mut held = Vec::new();
         for _ in 0..cores {

@@ -560,4 +560,40 @@ mod tests {
         assert_eq!(all.map(|a| a.to_string()).as_deref(), Some("0.0.0.0:9440"));
         assert!(bind_address("localhost").is_err());
     }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            manager: ManagerArgs,
+        }
+        let a = <Cli as clap::Parser>::try_parse_from(["talos-capi"])
+            .map(|c| c.manager)
+            .map_err(|e| e.to_string());
+        let Ok(a) = a else {
+            panic!("defaults parse: {a:?}");
+        };
+        // As client-go's and controller-runtime's leader election.
+        assert_eq!(a.leader_elect_lease_duration, Duration::from_secs(15));
+        assert_eq!(a.leader_elect_renew_deadline, Duration::from_secs(10));
+        assert_eq!(a.leader_elect_retry_period, Duration::from_secs(2));
+        assert_eq!(a.leader_election_id, "talos-capi-manager");
+        assert!(!a.leader_elect);
+        assert_eq!(a.health_check_interval, Duration::from_secs(30));
+        assert_eq!(a.config_drift_interval, Duration::from_secs(300));
+        assert_eq!(a.talos_timeout, Duration::from_secs(10));
+        assert_eq!(
+            (a.talosconfig_concurrency, a.taloscontrolplane_concurrency),
+            (10, 10)
+        );
+        assert_eq!(
+            a.controllers,
+            [Which::Bootstrap, Which::Controlplane],
+            "both providers in one process"
+        );
+        // Loopback unless asked otherwise.
+        let loopback = |b: Bind| b.0.is_some_and(|a| a.ip().is_loopback());
+        assert!(loopback(a.metrics_bind_address) && loopback(a.health_probe_bind_address));
+    }
 }

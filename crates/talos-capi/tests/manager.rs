@@ -539,11 +539,9 @@ async fn answered_with_429_storms_the_manager_converges_every_cluster_and_writes
 
     // The storm happened: the manager's requests were answered 429, and it never needed a
     // restart. What must be written once was written once.
-    let events: Vec<serde_json::Value> = std::fs::read_to_string(cp.audit_log_path())
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|e: &serde_json::Value| e["user"]["username"] == THROTTLED)
+    let events: Vec<serde_json::Value> = audit_events(&cp.audit_log_path(), 0, "talos-capi/")
+        .into_iter()
+        .filter(|e| e["user"]["username"] == THROTTLED)
         .collect();
     let rejected = events
         .iter()

@@ -61,7 +61,9 @@ pub(crate) fn slim_dynamic(obj: &mut DynamicObject) {
 const UNDECODABLE: &str = "talos-capi.internal/undecodable";
 
 /// How a watched dynamic object becomes its cached typed form.
-trait Typed: Resource<DynamicType = ()> + DeserializeOwned + Clone + Send + Sync + 'static {
+pub(crate) trait Typed:
+    Resource<DynamicType = ()> + DeserializeOwned + Clone + Send + Sync + 'static
+{
     const KIND: &'static str;
     /// The object with only `metadata`, standing in for one that does not decode.
     fn stand_in(metadata: kube::api::ObjectMeta) -> Self;
@@ -71,6 +73,17 @@ impl Typed for Machine {
     const KIND: &'static str = "Machine";
     fn stand_in(metadata: kube::api::ObjectMeta) -> Self {
         Machine {
+            metadata,
+            spec: Default::default(),
+            status: None,
+        }
+    }
+}
+
+impl Typed for api::bootstrap::v1alpha3::TalosConfig {
+    const KIND: &'static str = "TalosConfig";
+    fn stand_in(metadata: kube::api::ObjectMeta) -> Self {
+        api::bootstrap::v1alpha3::TalosConfig {
             metadata,
             spec: Default::default(),
             status: None,
@@ -105,7 +118,7 @@ fn typed<K: Typed>(mut obj: DynamicObject) -> K {
     }
 }
 
-fn typed_event<K: Typed>(event: watcher::Event<DynamicObject>) -> watcher::Event<K> {
+pub(crate) fn typed_event<K: Typed>(event: watcher::Event<DynamicObject>) -> watcher::Event<K> {
     match event {
         watcher::Event::Apply(o) => watcher::Event::Apply(typed(o)),
         watcher::Event::Delete(o) => watcher::Event::Delete(typed(o)),
@@ -116,7 +129,7 @@ fn typed_event<K: Typed>(event: watcher::Event<DynamicObject>) -> watcher::Event
 }
 
 /// A cached object as its reader gets it: the error of one that did not decode.
-fn decoded<K: Typed>(obj: &K) -> Result<K, Error> {
+pub(crate) fn decoded<K: Typed>(obj: &K) -> Result<K, Error> {
     match obj
         .meta()
         .annotations

@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::Reporter;
 
+use api::bootstrap::v1alpha3::TalosConfig;
 use futures::channel::mpsc;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::ObjectRef;
@@ -118,7 +119,7 @@ pub struct Context {
     pub(crate) workloads: crate::controlplane::workload::Workloads,
     failures: Mutex<HashMap<String, u32>>,
     /// Secrets bundles being generated, per cluster, with the reconciles waiting for them.
-    generating: Mutex<HashMap<String, Vec<ObjectRef<DynamicObject>>>>,
+    generating: Mutex<HashMap<String, Vec<ObjectRef<TalosConfig>>>>,
     /// Control-plane machines created or deleted that the cache does not show yet.
     pub(crate) expectations: crate::controlplane::expectations::Expectations,
     /// Infrastructure template kinds found through discovery, by `Kind.group`.
@@ -143,8 +144,8 @@ pub struct Context {
     /// retrying; reported until [`RETRY_GENERATION`] has passed.
     generation_failed: Mutex<HashMap<String, (Instant, String, bool)>>,
     /// Reconciles to run again (a bundle they waited for exists now).
-    wake_tx: mpsc::UnboundedSender<ObjectRef<DynamicObject>>,
-    wake_rx: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<DynamicObject>>>>,
+    wake_tx: mpsc::UnboundedSender<ObjectRef<TalosConfig>>,
+    wake_rx: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<TalosConfig>>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -253,7 +254,7 @@ impl Context {
     pub(crate) fn claim_generation(
         self: &Arc<Self>,
         cluster: &str,
-        waiter: ObjectRef<DynamicObject>,
+        waiter: ObjectRef<TalosConfig>,
     ) -> Option<GenerationClaim> {
         let mut generating = self.generating.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(waiters) = generating.get_mut(cluster) {
@@ -350,7 +351,7 @@ impl Context {
     }
 
     /// The stream of reconciles to run again; the first caller gets it.
-    pub(crate) fn take_wakeups(&self) -> Option<mpsc::UnboundedReceiver<ObjectRef<DynamicObject>>> {
+    pub(crate) fn take_wakeups(&self) -> Option<mpsc::UnboundedReceiver<ObjectRef<TalosConfig>>> {
         self.wake_rx
             .lock()
             .unwrap_or_else(|e| e.into_inner())

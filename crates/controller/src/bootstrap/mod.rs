@@ -11,10 +11,10 @@ pub mod status;
 
 use std::sync::Arc;
 
-use api::bootstrap::v1alpha3::{TalosConfig, TalosConfigStatus};
+use api::bootstrap::v1alpha3::{GenerateType, TalosConfig, TalosConfigStatus};
 use api::capi::{Machine, labels};
 use api::conditions::{ConditionType, Observation, Severity, Status, reason};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
@@ -48,15 +48,17 @@ pub fn controller(
     let machines = ctx.caches.subscribe_machines()?;
     let clusters = ctx.caches.subscribe_clusters()?;
 
-    // The controller's own store keeps TalosConfigs without their managed fields.
-    let writer = kube::runtime::reflector::store::Writer::new(ar.clone());
+    // The controller's own store keeps TalosConfigs typed, decoded once as they arrive and
+    // without their managed fields; one that does not decode is kept as its metadata and error.
+    let writer = kube::runtime::reflector::store::Writer::<TalosConfig>::default();
     let reader = writer.as_reader();
     let own = kube::runtime::reflector(
         writer,
-        kube::runtime::watcher(configs, cache::filtered(&ctx.options)).modify(cache::slim_dynamic),
+        kube::runtime::watcher(configs, cache::filtered(&ctx.options))
+            .map_ok(cache::typed_event::<TalosConfig>),
     )
     .applied_objects();
-    let controller = Controller::for_stream_with(own, reader, ar.clone()).with_config(
+    let controller = Controller::for_stream_with(own, reader, ()).with_config(
         kube::runtime::controller::Config::default().concurrency(ctx.options.concurrency),
     );
     let store = controller.store();
@@ -115,16 +117,16 @@ pub fn controller(
 /// A Machine's own TalosConfig; for a control-plane Machine also every control-plane
 /// TalosConfig of its cluster (their talosconfig endpoints follow the machine's addresses).
 fn configs_for_machine(
-    store: &Store<DynamicObject>,
+    store: &Store<TalosConfig>,
     machine: &Machine,
-) -> Vec<ObjectRef<DynamicObject>> {
+) -> Vec<ObjectRef<TalosConfig>> {
     let ns = machine.namespace().unwrap_or_default();
     let mut refs = Vec::new();
     if let Some(config_ref) = &machine.spec.bootstrap.config_ref
         && config_ref.kind == "TalosConfig"
         && !config_ref.name.is_empty()
     {
-        refs.push(ObjectRef::new_with(&config_ref.name, talosconfig_resource()).within(&ns));
+        refs.push(ObjectRef::new(&config_ref.name).within(&ns));
     }
     let cluster = &machine.spec.cluster_name;
     if machine.labels().contains_key(labels::CONTROL_PLANE) && !cluster.is_empty() {
@@ -134,20 +136,20 @@ fn configs_for_machine(
 }
 
 /// The TalosConfig a MachinePool's template boots its instances with.
-fn config_of_pool(pool: &DynamicObject) -> Option<ObjectRef<DynamicObject>> {
+fn config_of_pool(pool: &DynamicObject) -> Option<ObjectRef<TalosConfig>> {
     let config_ref = &pool.data["spec"]["template"]["spec"]["bootstrap"]["configRef"];
     let name = config_ref["name"]
         .as_str()
         .filter(|_| config_ref["kind"] == "TalosConfig")?;
-    Some(ObjectRef::new_with(name, talosconfig_resource()).within(&pool.namespace()?))
+    Some(ObjectRef::new(name).within(&pool.namespace()?))
 }
 
 fn configs_of_cluster(
-    store: &Store<DynamicObject>,
+    store: &Store<TalosConfig>,
     ns: &str,
     cluster: &str,
     control_plane_only: bool,
-) -> Vec<ObjectRef<DynamicObject>> {
+) -> Vec<ObjectRef<TalosConfig>> {
     store
         .state()
         .iter()
@@ -156,46 +158,52 @@ fn configs_of_cluster(
         .filter(|c| {
             !control_plane_only
                 || matches!(
-                    c.data["spec"]["generateType"].as_str(),
-                    Some("controlplane" | "init")
+                    c.spec.generate_type,
+                    Some(GenerateType::Controlplane | GenerateType::Init)
                 )
         })
-        .map(|c| ObjectRef::from_obj_with(c.as_ref(), talosconfig_resource()))
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
 }
 
-fn key(obj: &DynamicObject) -> String {
+fn key(obj: &TalosConfig) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(obj: Arc<TalosConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.reconciled(CONTROLLER, &key(&obj), reconcile_inner(&obj, &ctx))
         .await
 }
 
-fn error_policy(obj: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(obj: Arc<TalosConfig>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.after_error(CONTROLLER, &key(&obj), error)
 }
 
-async fn reconcile_inner(obj: &DynamicObject, ctx: &Arc<Context>) -> Result<Action, Error> {
-    let config: TalosConfig = match serde_json::to_value(obj).and_then(serde_json::from_value) {
+async fn reconcile_inner(obj: &TalosConfig, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let config = match cache::decoded(obj) {
         Ok(c) => c,
-        Err(source) => {
+        Err(Error::Decode { kind, source }) => {
             let ar = talosconfig_resource();
-            crate::report::undecodable(ctx, obj, &ar, ConditionType::DataSecretAvailable, &source)
-                .await?;
-            return Err(Error::Decode {
-                kind: "TalosConfig",
-                source,
-            });
+            let mut stand_in = DynamicObject::new(&obj.name_any(), &ar);
+            stand_in.metadata = obj.metadata.clone();
+            crate::report::undecodable(
+                ctx,
+                &stand_in,
+                &ar,
+                ConditionType::DataSecretAvailable,
+                &source,
+            )
+            .await?;
+            return Err(Error::Decode { kind, source });
         }
+        Err(e) => return Err(e),
     };
     if config.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let scope = scope::observe(ctx, config).await?;
     let mut report = Report::default();
-    let waiter = ObjectRef::from_obj_with(obj, talosconfig_resource());
+    let waiter = ObjectRef::from_obj(obj);
     let outcome = act(ctx, &scope, waiter, &mut report).await;
     match &outcome {
         // Nothing to report yet: the reconcile runs again once the bundle is stored.
@@ -246,7 +254,7 @@ fn failure_observation(e: &Error) -> Observation {
 async fn act(
     ctx: &Arc<Context>,
     scope: &scope::Scope,
-    waiter: ObjectRef<DynamicObject>,
+    waiter: ObjectRef<TalosConfig>,
     report: &mut Report,
 ) -> Result<Acted, Error> {
     let gate = plan::gate(scope);

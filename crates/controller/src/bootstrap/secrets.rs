@@ -9,7 +9,7 @@ use api::bootstrap::v1alpha3::TalosConfig;
 use api::capi::{Cluster, Machine, labels};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DynamicObject, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use machineconfig::talosconfig::ClientOptions;
@@ -100,7 +100,7 @@ pub async fn bundle(
     ctx: &Arc<Context>,
     ns: &str,
     cluster: &Cluster,
-    waiter: ObjectRef<DynamicObject>,
+    waiter: ObjectRef<TalosConfig>,
 ) -> Result<Option<Arc<SecretsBundle>>, Error> {
     let cluster_name = cluster.name_any();
     let name = bundle_name(&cluster_name);

@@ -375,14 +375,19 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         version: tcp.spec.version.clone(),
         template: machines::TemplateRef::of(&tcp).map(|r| r.identity()),
         template_digest: template.as_ref().ok().map(machines::Template::digest),
-        config_needs_reboot: !desired.reboot_in_place
-            && reconfigure::needs_reboot(
-                &machines
-                    .iter()
-                    .filter_map(reconfigure_marker)
-                    .collect::<Vec<_>>(),
-                &config_digest,
-            ),
+        config_needs_reboot: !reconfigure::reboots_in_place(
+            desired.reboot_in_place,
+            machines
+                .iter()
+                .filter(|m| m.meta().deletion_timestamp.is_none())
+                .count(),
+        ) && reconfigure::needs_reboot(
+            &machines
+                .iter()
+                .filter_map(reconfigure_marker)
+                .collect::<Vec<_>>(),
+            &config_digest,
+        ),
         config_digest,
         rollout_after: tcp.spec.rollout_after.as_ref().map(|t| t.0),
         now,

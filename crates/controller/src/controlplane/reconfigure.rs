@@ -67,6 +67,13 @@ pub fn needs_reboot<'a>(markers: impl IntoIterator<Item = &'a Marker>, digest: &
         .any(|r| r.digest == digest && r.needs_reboot.is_some())
 }
 
+/// Whether a change that needs a reboot reboots the nodes in place: when asked for
+/// (configReboot InPlace) and etcd keeps quorum with one node down, that is with 3 machines or
+/// more. One or two are replaced instead, since a surge keeps quorum where a reboot would not.
+pub fn reboots_in_place(asked: bool, machines: usize) -> bool {
+    asked && machines >= 3
+}
+
 /// The next step of an in-place configuration change towards `digest`, or `None` when every
 /// machine runs it (or a Talos upgrade is under way, which goes first). Called once no machine
 /// needs replacing.
@@ -95,7 +102,7 @@ pub fn step(digest: &str, reboot_in_place: bool, cp: &ControlPlane) -> Option<St
     );
     for m in &live {
         let Some(r) = &m.reconfigure else { continue };
-        if r.needs_reboot.is_some() && !reboot_in_place {
+        if r.needs_reboot.is_some() && !reboots_in_place(reboot_in_place, live.len()) {
             continue;
         }
         if let Some(why) = &r.failed {
@@ -364,6 +371,17 @@ mod tests {
             machine: "m0".into(),
         });
         assert_eq!(step("new", true, &c), reboot);
+        // Two machines: a reboot would lose quorum, so they are left to replacement.
+        let two = ControlPlane {
+            machines: c.machines[..2].to_vec(),
+            ..c.clone()
+        };
+        assert_eq!(
+            step("new", true, &two),
+            step("new", false, &two),
+            "as without configReboot InPlace: m0 is left to replacement"
+        );
+        assert!(!reboots_in_place(true, 2) && reboots_in_place(true, 3));
         // Not while another node is unhealthy: quorum would hang on the rebooting one.
         c.machines[2].components_healthy = false;
         assert!(matches!(

@@ -303,10 +303,12 @@ pub fn step(desired: &Desired, cp: &ControlPlane) -> Step {
             .as_deref()
             .and_then(|d| super::reconfigure::step(d, desired.reboot_in_place, cp))
             .or_else(|| {
-                desired
-                    .talos_upgrade
-                    .as_ref()
-                    .and_then(|t| super::upgrade::step(t, cp))
+                let step = super::upgrade::step(desired.talos_upgrade.as_ref()?, cp)?;
+                // The Talos version a node upgrades to must support the Kubernetes it runs.
+                Some(match (&step, version_check(desired, cp)) {
+                    (Step::UpgradeTalos { .. }, Err(blocked)) => blocked.into(),
+                    _ => step,
+                })
             })
             .unwrap_or(Step::Steady),
         step => step,
@@ -616,6 +618,38 @@ mod tests {
             config_digest: None,
             reboot_in_place: false,
         }
+    }
+
+    #[test]
+    fn an_in_place_talos_upgrade_to_a_version_that_does_not_support_the_kubernetes_is_refused() {
+        let upgrade = |tag: &str| {
+            super::super::upgrade::Target::of(&api::controlplane::v1alpha3::TalosUpgrade {
+                image: format!("ghcr.io/siderolabs/installer:{tag}"),
+                ..Default::default()
+            })
+        };
+        let mut cp = cp_at(&["v1.34.1", "v1.34.1", "v1.34.1"]);
+        for m in &mut cp.machines {
+            m.talos_version = Some("v1.12.0".into());
+        }
+        let mut cp = ControlPlane::test(cp.machines);
+        let mut want = desired("v1.34.1", Some("v1.13.0"));
+        want.talos_upgrade = upgrade("v1.13.0");
+        assert!(
+            matches!(step(&want, &cp), Step::UpgradeTalos { .. }),
+            "{:?}",
+            step(&want, &cp)
+        );
+        want.version = "v1.30.0".into();
+        for m in &mut cp.machines {
+            m.version = Some("v1.30.0".into());
+        }
+        want.talos_version = Some("v1.13.0".into());
+        assert!(
+            matches!(step(&want, &cp), Step::Wait { reason: "VersionUnsupported", ref message } if message.contains("Talos v1.13.0")),
+            "{:?}",
+            step(&want, &cp)
+        );
     }
 
     #[test]

@@ -126,6 +126,12 @@ fn rolling_out(r: &Report, outdated: usize) -> Observation {
         }
         Some(Step::UpgradeTalos { machine }) => {
             message.push_str(&format!("; upgrading Talos on machine {machine}"));
+            if r.view.machines.iter().filter(|m| !m.deleting).count() < 3 {
+                // Nothing keeps quorum through the reboot of one of one or two members.
+                message.push_str(
+                    " (with fewer than 3 etcd members, etcd is unavailable while it reboots)",
+                );
+            }
         }
         Some(Step::TryConfig { machine }) => {
             message.push_str(&format!(
@@ -736,6 +742,25 @@ mod tests {
             "{}",
             up.message
         );
+    }
+
+    #[test]
+    fn an_in_place_upgrade_of_one_or_two_members_says_etcd_is_down_meanwhile() {
+        for (n, warned) in [(1, true), (2, true), (3, false)] {
+            let mut r = report(&vec![true; n]);
+            r.talos_target = Some("v1.13.1".into());
+            r.step = Some(Step::UpgradeTalos {
+                machine: "m0".into(),
+            });
+            let o = rolling_out(&r, 0);
+            let text = format!("{o:?}");
+            assert!(text.contains("upgrading Talos on machine m0"), "{text}");
+            assert_eq!(
+                text.contains("etcd is unavailable while it reboots"),
+                warned,
+                "{n}: {text}"
+            );
+        }
     }
 
     #[test]

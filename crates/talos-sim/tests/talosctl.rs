@@ -376,3 +376,54 @@ async fn talosctl_drives_a_three_node_control_plane() {
         "{text}"
     );
 }
+
+/// The seeds' flow by hand: talosctl generates the secrets, the configs and the talosconfig; the
+/// node gets its config with apply-config --insecure; then our client, built from the
+/// talosconfig talosctl wrote, talks to it over mTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_works_from_a_talosconfig_talosctl_wrote() {
+    let c = Cluster::maintenance(1).await;
+    let a = &c.nodes[0];
+    let mut events = c.sim.events();
+    c.ok(&["gen", "secrets", "-o", "secrets.yaml"]);
+    c.ok(&[
+        "gen",
+        "config",
+        "sim",
+        &format!("https://{a}:6443"),
+        "--with-secrets",
+        "secrets.yaml",
+        "--install-disk",
+        "/dev/sda",
+        "--output-types",
+        "controlplane,talosconfig",
+        "-o",
+        ".",
+    ]);
+    c.ok(&["--talosconfig", "talosconfig", "config", "endpoint", a]);
+    c.ok(&[
+        "-e",
+        a,
+        "-n",
+        a,
+        "apply-config",
+        "--insecure",
+        "--file",
+        "controlplane.yaml",
+    ]);
+    wait_up(&mut events, &c.nodes, true).await;
+
+    let written = std::fs::read_to_string(c.dir.path().join("talosconfig")).unwrap();
+    let client = talos_api::Client::from_talosconfig(&written, None).unwrap();
+    let versions = client.version(&talos_api::Nodes::Endpoint).await.unwrap();
+    let tag = versions[0]
+        .result
+        .as_ref()
+        .unwrap()
+        .version
+        .as_ref()
+        .unwrap()
+        .tag
+        .clone();
+    assert_eq!(tag, "v1.13.0", "the node's own version, over mTLS");
+}

@@ -12,8 +12,10 @@
 //! `--keep` leaves everything running until Ctrl-C or `make down`.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -155,6 +157,29 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
     );
     let infra =
         sim_infra::start_with_workloads_in(&client, NS, &["zone-a", "zone-b", "zone-c"], cp.etcd());
+    // Every control-plane node that ever came up, from the simulator's own events: a machine
+    // deleted or created once too often shows as one node too many.
+    let booted = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let counter = {
+        let mut events = infra.sim.events();
+        let booted = Arc::clone(&booted);
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(talos_sim::SimEvent::NodeUp {
+                        address, hostname, ..
+                    }) if hostname.starts_with(&format!("{CP}-")) => {
+                        booted
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(address);
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                }
+            }
+        })
+    };
 
     step("The seeds' HA topology: 3 control planes behind an endpoint, 3 workers");
     let port = free_port().map_err(|e| e.to_string())?;
@@ -297,6 +322,9 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         &kubeconfig,
         &["get", "taloscontrolplane,machines", "-n", NS],
     );
+    if args.faults {
+        scale_under_fire(&client, &view, &mut faults, &mut manager, &mut cp).await?;
+    }
     println!("\ndemo done in {:.0} s", started.elapsed().as_secs_f64());
     if args.faults {
         step("After the faults");
@@ -318,6 +346,24 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         step("Secrets scan: the manager's debug log, Events, objects and metrics");
         scan_secrets(&client, &manager_log, metrics, dir).await?;
     }
+    if args.faults {
+        delete_under_fire(&client, &view, &mut faults, &mut manager, &mut cp).await?;
+        counter.abort();
+        // 3 at first, 3 by the rolling upgrade, 2 by the scale-up: a machine deleted or
+        // replaced once too often would have booted one more.
+        let booted = booted.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if booted != 8 {
+            return Err(format!(
+                "{booted} control-plane nodes came up over the run, where 8 machines were asked for: a machine was deleted or created once too often"
+            ));
+        }
+        manager.check_running().map_err(|e| e.to_string())?;
+        println!(
+            "deleted under fire: no Machine, cluster Secret or node left; 8 control-plane machines over the run, none deleted or created twice; {} kube-apiserver restarts and {} manager kills in all",
+            faults.restarts.len(),
+            faults.kills.len()
+        );
+    }
 
     if args.keep {
         step("Everything keeps running (Ctrl-C or `make down` stops it)");
@@ -335,6 +381,99 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
     drop(infra);
     drop(manager);
     Ok(())
+}
+
+/// Scale the control plane 3 → 5 → 3 with a manager kill and a kube-apiserver restart in each
+/// direction; then no etcd member may be left without its machine.
+async fn scale_under_fire(
+    client: &kube::Client,
+    view: &View,
+    faults: &mut Faults,
+    manager: &mut ManagedProcess,
+    cp: &mut LocalControlPlane,
+) -> Result<(), Failure> {
+    for (to, phase) in [(5, "scale-up"), (3, "scale-down")] {
+        step(&format!("Scale the control plane to {to} under fire"));
+        patch_control_plane(client, json!({"replicas": to})).await?;
+        faults.kill_manager(manager, phase, 4).await?;
+        faults.restart_apiserver(cp, phase).await?;
+        progress(phase, Duration::from_secs(300), async || {
+            let s = view.snapshot().await;
+            let done = s.cp_total == to && s.cp_running == to && s.voters == to && s.etcd_healthy;
+            (done, s.line())
+        })
+        .await?;
+    }
+    // Every member on the node of a machine that exists: none orphaned by the scale-down.
+    let id = sim_infra::cluster_id(client, NS, CLUSTER)
+        .await
+        .ok_or("the cluster has no id")?;
+    let live = view.control_plane_addresses().await;
+    let members = view.sim.etcd_members(&id);
+    if let Some((node, member, _)) = members.iter().find(|(node, ..)| !live.contains(node)) {
+        return Err(format!(
+            "etcd member {member:x} on {node} has no machine after the scale-down"
+        ));
+    }
+    Ok(())
+}
+
+/// Delete the Cluster with a manager kill and a kube-apiserver restart on the way; then nothing
+/// of it may be left: no Machine, no cluster Secret, no running node.
+async fn delete_under_fire(
+    client: &kube::Client,
+    view: &View,
+    faults: &mut Faults,
+    manager: &mut ManagedProcess,
+    cp: &mut LocalControlPlane,
+) -> Result<(), Failure> {
+    step("Delete the cluster under fire");
+    dynamic_api(client, NS, "cluster.x-k8s.io/v1beta2", "Cluster")
+        .delete(CLUSTER, &Default::default())
+        .await
+        .map(drop)
+        .map_err(|e| format!("deleting Cluster {CLUSTER}: {e}"))?;
+    faults.kill_manager(manager, "deletion", 4).await?;
+    faults.restart_apiserver(cp, "deletion").await?;
+    progress("deletion", Duration::from_secs(300), async || {
+        let s = view.snapshot().await;
+        let kept = secrets_kept(client).await;
+        let nodes = view.sim.nodes().len();
+        let done = s.cp_total == 0 && s.workers_total == 0 && kept == 0 && nodes == 0;
+        (
+            done,
+            format!(
+                "{} control planes, {} workers, {kept} cluster Secrets kept, {nodes} nodes left",
+                s.cp_total, s.workers_total
+            ),
+        )
+    })
+    .await
+}
+
+/// The cluster's Secrets that nothing would delete: without an owner, or with one that still
+/// exists. (Secrets go with their owners through the garbage collector of
+/// kube-controller-manager, which the local control plane does not run.)
+async fn secrets_kept(client: &kube::Client) -> usize {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
+    let of_cluster =
+        ListParams::default().labels(&format!("cluster.x-k8s.io/cluster-name={CLUSTER}"));
+    let Ok(list) = secrets.list(&of_cluster).await else {
+        return usize::MAX;
+    };
+    let mut kept = 0;
+    for secret in &list.items {
+        let owners = secret.metadata.owner_references.clone().unwrap_or_default();
+        let mut alive = owners.is_empty();
+        for owner in &owners {
+            let api = dynamic_api(client, NS, &owner.api_version, &owner.kind);
+            alive |= api.get_opt(&owner.name).await.map_or(true, |o| {
+                o.is_some_and(|o| o.metadata.uid.as_deref() == Some(owner.uid.as_str()))
+            });
+        }
+        kept += usize::from(alive);
+    }
+    kept
 }
 
 /// What the demo watches: machines, the control plane's status, and the simulator's etcd.
@@ -454,18 +593,22 @@ impl View {
         s
     }
 
-    async fn first_control_plane_address(&self) -> Option<String> {
+    /// The addresses of the control-plane machines that exist now.
+    async fn control_plane_addresses(&self) -> Vec<String> {
         let machines = dynamic_api(&self.client, NS, "cluster.x-k8s.io/v1beta2", "Machine");
         let list = machines
             .list(&ListParams::default().labels("cluster.x-k8s.io/control-plane"))
             .await
-            .ok()?;
-        list.items.iter().find_map(|m| {
-            m.data["status"]["addresses"]
-                .as_array()?
-                .iter()
-                .find_map(|a| a["address"].as_str().map(str::to_owned))
-        })
+            .map(|l| l.items)
+            .unwrap_or_default();
+        list.iter()
+            .filter_map(|m| m.data["status"]["addresses"][0]["address"].as_str())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    async fn first_control_plane_address(&self) -> Option<String> {
+        self.control_plane_addresses().await.into_iter().next()
     }
 }
 

@@ -410,7 +410,10 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
             .unwrap_or_default(),
         machines: machines
             .iter()
-            .map(|m| view(m, &target, &observed, nodes.as_ref()))
+            .map(|m| {
+                let talos = desired.talos_upgrade.as_ref().map(|t| t.version.as_str());
+                view(m, &target, talos, &observed, nodes.as_ref())
+            })
             .collect(),
         etcd: observed.members.clone(),
         remediation: remediation::Policy::of(tcp.spec.remediation_strategy.as_ref()),
@@ -579,6 +582,7 @@ fn made(m: &Machine) -> rollout::Made {
 fn view(
     m: &Machine,
     target: &rollout::Target,
+    talos_target: Option<&str>,
     observed: &talos::Observed,
     nodes: Option<&workload::Nodes>,
 ) -> MachineView {
@@ -632,6 +636,15 @@ fn view(
             .is_some_and(|d| *d != target.config_digest),
         config_digest: made.config_digest.clone(),
         reconfigure: reconfigure_marker(m),
+        talos_pending: talos_target.and_then(|want| {
+            let runs = observed
+                .health
+                .get(&m.name_any())?
+                .talos_version
+                .as_deref()?;
+            (runs.trim_start_matches('v') != want.trim_start_matches('v'))
+                .then(|| format!("Talos {runs} → {want}, to be upgraded in place"))
+        }),
     }
 }
 

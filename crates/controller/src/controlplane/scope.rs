@@ -54,6 +54,9 @@ pub struct MachineView {
     pub reconfigure: Option<super::reconfigure::Marker>,
     /// It runs another controlPlaneConfig than the spec's, to be changed in place.
     pub config_pending: bool,
+    /// Its node runs another Talos version than talosUpgrade asks for, to be upgraded in
+    /// place: why, for conditions.
+    pub talos_pending: Option<String>,
     /// Why its workload Node is not Ready; `None` when it is, or when its Node is not known
     /// (not registered yet, or the workload cluster cannot be read).
     pub node_not_ready: Option<String>,
@@ -83,6 +86,7 @@ impl MachineView {
             config_digest: None,
             reconfigure: None,
             config_pending: false,
+            talos_pending: None,
             node_not_ready: None,
         }
     }
@@ -151,17 +155,21 @@ impl MachineView {
         self.outdated.is_none()
     }
 
-    /// Matches the desired spec: up to date, and on the spec's configuration.
+    /// Matches the desired spec: up to date, on the spec's configuration and on the Talos
+    /// version talosUpgrade asks for.
     pub fn current(&self) -> bool {
-        self.up_to_date() && !self.config_pending
+        self.up_to_date() && !self.config_pending && self.talos_pending.is_none()
     }
 
     /// Why it does not match the desired spec (see [`MachineView::current`]).
     pub fn not_current(&self) -> Option<String> {
-        self.outdated.clone().or_else(|| {
-            self.config_pending
-                .then(|| "controlPlaneConfig changed, to be applied in place".to_owned())
-        })
+        self.outdated
+            .clone()
+            .or_else(|| {
+                self.config_pending
+                    .then(|| "controlPlaneConfig changed, to be applied in place".to_owned())
+            })
+            .or_else(|| self.talos_pending.clone())
     }
 }
 

@@ -108,8 +108,12 @@ fn rolling_out(r: &Report, outdated: usize) -> Observation {
         );
     }
     let total = live.len();
+    // Only the Talos version differs: the rollout is the in-place upgrade.
+    let replacing_or_reconfiguring = live.iter().any(|m| !m.up_to_date() || m.config_pending);
     let mut message = match r.talos_target.as_deref() {
-        Some(t) if outdated == 0 => format!("{} of {total} nodes on Talos {t}", talos_done(t)),
+        Some(t) if !replacing_or_reconfiguring => {
+            format!("{} of {total} nodes on Talos {t}", talos_done(t))
+        }
         _ => format!(
             "{} of {total} machines up to date",
             live.iter().filter(|m| m.current()).count()
@@ -761,6 +765,36 @@ mod tests {
                 "{n}: {text}"
             );
         }
+    }
+
+    #[test]
+    fn nodes_not_yet_on_the_talos_version_are_not_up_to_date() {
+        let now = Time(Timestamp::UNIX_EPOCH);
+        let mut r = report(&[true, true, true]);
+        r.talos_target = Some("v1.13.1".into());
+        for (i, m) in r.view.machines.iter_mut().enumerate() {
+            let runs = if i == 0 { "v1.13.1" } else { "v1.13.0" };
+            m.talos_version = Some(runs.into());
+            m.talos_pending =
+                (i > 0).then(|| format!("Talos {runs} → v1.13.1, to be upgraded in place"));
+        }
+        let s = status(&TalosControlPlaneStatus::default(), &r, Some(1), &now);
+        assert_eq!(s.up_to_date_replicas, Some(1));
+        let machines = cond(&s, ConditionType::MachinesUpToDate);
+        assert_eq!(machines.status, "False");
+        assert!(
+            machines.message.contains("m1 (Talos v1.13.0 → v1.13.1"),
+            "{}",
+            machines.message
+        );
+        let rolling = cond(&s, ConditionType::RollingOut);
+        assert!(
+            rolling.message.starts_with("1 of 3 nodes on Talos v1.13.1"),
+            "{}",
+            rolling.message
+        );
+        let [up_to_date, _] = machine_conditions(&r.view.machines[1], &r.view);
+        assert!(format!("{up_to_date:?}").contains("to be upgraded in place"));
     }
 
     #[test]

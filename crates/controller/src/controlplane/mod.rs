@@ -547,7 +547,13 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
                 .count(),
         ),
     );
-    tracing::debug!(taloscontrolplane = %key_of(&tcp), ?step, ?wait, "planned");
+    let unavailable: Vec<(String, String)> = report
+        .view
+        .machines
+        .iter()
+        .filter_map(|m| Some((m.name.clone(), report.view.unavailable_because(m)?)))
+        .collect();
+    tracing::debug!(taloscontrolplane = %key_of(&tcp), ?step, ?wait, ?unavailable, "planned");
     report.step = Some(step);
     write_status(ctx, &tcp, &report).await?;
     Ok(Action::requeue(wait))

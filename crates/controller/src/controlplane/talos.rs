@@ -126,11 +126,20 @@ pub async fn observe(
             None
         }
     };
-    let (members, services, talos_versions) = futures::join!(
+    let (mut members, mut services, talos_versions) = futures::join!(
         client.etcd_member_list(&many),
         client.service_list(&many),
         asked_versions
     );
+    // A call that failed as a whole did not reach the nodes: most often the endpoint it went
+    // through has just gone (a machine being deleted). The client has dropped that connection
+    // and fails over to the next endpoint, so both calls are asked once more at once.
+    if members.as_ref().is_err_and(talos_api::Error::is_retryable)
+        || services.as_ref().is_err_and(talos_api::Error::is_retryable)
+    {
+        (members, services) =
+            futures::join!(client.etcd_member_list(&many), client.service_list(&many));
+    }
 
     let node_of = |node: &str| {
         targets
@@ -141,14 +150,18 @@ pub async fn observe(
     match services {
         Ok(replies) => record_services(ctx, now, replies, &targets, &mut observed),
         Err(e) => {
-            // No node could be reached to ask: each asked one rests.
-            if e.is_retryable() {
+            // No node's health is known. Only when every endpoint refused a connection did each
+            // node fail on its own, and each rests; any other failure of the whole call says
+            // nothing of a single node. Either way nothing is planned on it: the member list
+            // is left unknown too, so the planner waits.
+            if matches!(e, talos_api::Error::Connect { .. }) {
                 for address in &addresses {
                     ctx.node_backoff
                         .failed(address, now, steady_text(&e.to_string()));
                 }
             }
             observed.problem = Some(call_problem("listing services", &e));
+            return observed;
         }
     }
     for reply in talos_versions.and_then(Result::ok).into_iter().flatten() {

@@ -57,6 +57,28 @@ pub(super) async fn act(
             .await
         }
     };
+    // The node refused the configuration (`kept`: refused to keep a tried one): say so, and
+    // record it on the Machine, which halts configuration changes.
+    let refused = |machine: &str, address: &str, mut marker: Marker, kept: bool, why: &str| {
+        let why = condensed(why);
+        let (what, it) = if kept {
+            (
+                "refused to keep the new configuration",
+                "refused to keep it",
+            )
+        } else {
+            ("refused the new configuration", "refused it")
+        };
+        let note = format!(
+            "the node of machine {machine} ({address}) {what}: {why}; configuration changes halt"
+        );
+        marker.failed = Some(format!("the node {it}: {why}"));
+        let machine = machine.to_owned();
+        async move {
+            event(EventType::Warning, "TalosConfigChangeFailed", note).await;
+            record(machine, Some(marker)).await
+        }
+    };
     match &step {
         Step::TryConfig { machine } => {
             let (Some(tc), Some(m)) = (with.talosconfig, by_name(machine)) else {
@@ -127,17 +149,7 @@ pub(super) async fn act(
                     record(machine.clone(), Some(marker)).await?;
                 }
                 Err(talos::ConfigError::Refused(why)) => {
-                    let why = condensed(&why);
-                    event(
-                        EventType::Warning,
-                        "TalosConfigChangeFailed",
-                        format!(
-                            "the node of machine {machine} ({address}) refused the new configuration: {why}; configuration changes halt"
-                        ),
-                    )
-                    .await;
-                    marker.failed = Some(format!("the node refused it: {why}"));
-                    record(machine.clone(), Some(marker)).await?;
+                    refused(machine, &address, marker, false, &why).await?;
                 }
                 Err(talos::ConfigError::Unreachable(why)) => {
                     return Ok(Step::Wait {
@@ -150,7 +162,7 @@ pub(super) async fn act(
             }
         }
         Step::ConfirmConfig { machine } => {
-            let (Some(tc), Some(m), Some(mut marker)) =
+            let (Some(tc), Some(m), Some(marker)) =
                 (with.talosconfig, by_name(machine), recorded(machine))
             else {
                 return Ok(step);
@@ -202,17 +214,7 @@ pub(super) async fn act(
                     });
                 }
                 Err(talos::ConfigError::NeedsReboot(why) | talos::ConfigError::Refused(why)) => {
-                    let why = condensed(&why);
-                    event(
-                        EventType::Warning,
-                        "TalosConfigChangeFailed",
-                        format!(
-                            "the node of machine {machine} ({address}) refused to keep the new configuration: {why}; configuration changes halt"
-                        ),
-                    )
-                    .await;
-                    marker.failed = Some(format!("the node refused to keep it: {why}"));
-                    record(machine.clone(), Some(marker)).await?;
+                    refused(machine, &address, marker, true, &why).await?;
                 }
             }
         }
@@ -262,17 +264,7 @@ pub(super) async fn act(
                     });
                 }
                 Err(talos::ConfigError::NeedsReboot(why) | talos::ConfigError::Refused(why)) => {
-                    let why = condensed(&why);
-                    event(
-                        EventType::Warning,
-                        "TalosConfigChangeFailed",
-                        format!(
-                            "the node of machine {machine} ({address}) refused the new configuration: {why}; configuration changes halt"
-                        ),
-                    )
-                    .await;
-                    marker.failed = Some(format!("the node refused it: {why}"));
-                    record(machine.clone(), Some(marker)).await?;
+                    refused(machine, &address, marker, false, &why).await?;
                 }
             }
         }

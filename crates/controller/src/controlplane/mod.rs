@@ -332,7 +332,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
                         .get(upgrade::MARKER)
                         .and_then(|v| upgrade::Marker::parse(v))
                         .is_some_and(|u| u.failed.is_none())
-                        || reconfigure_marker(m).is_some_and(|r| r.rebooting && r.failed.is_none())
+                        || reconfigure_marker(m).is_some_and(|r| r.reboot_under_way())
                 })
                 .map(ResourceExt::name_any)
                 .collect();
@@ -503,7 +503,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         m.upgrade.as_ref().is_some_and(|u| u.failed.is_none())
             || m.reconfigure
                 .as_ref()
-                .is_some_and(|r| r.rebooting && r.failed.is_none())
+                .is_some_and(reconfigure::Marker::reboot_under_way)
     });
     let halted = matches!(
         step,
@@ -547,13 +547,15 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
                 .count(),
         ),
     );
-    let unavailable: Vec<(String, String)> = report
-        .view
-        .machines
-        .iter()
-        .filter_map(|m| Some((m.name.clone(), report.view.unavailable_because(m)?)))
-        .collect();
-    tracing::debug!(taloscontrolplane = %key_of(&tcp), ?step, ?wait, ?unavailable, "planned");
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let unavailable: Vec<(&str, String)> = report
+            .view
+            .machines
+            .iter()
+            .filter_map(|m| Some((m.name.as_str(), report.view.unavailable_because(m)?)))
+            .collect();
+        tracing::debug!(taloscontrolplane = %key_of(&tcp), ?step, ?wait, ?unavailable, "planned");
+    }
     report.step = Some(step);
     write_status(ctx, &tcp, &report).await?;
     Ok(Action::requeue(wait))

@@ -58,6 +58,13 @@ pub struct Marker {
 
 impl super::Annotation for Marker {}
 
+impl Marker {
+    /// The node was asked to reboot into it, and that has not failed: it is watched closely.
+    pub fn reboot_under_way(&self) -> bool {
+        self.rebooting && self.failed.is_none()
+    }
+}
+
 /// Whether any machine (of those `markers` are recorded on) learned from Talos that the
 /// change to `digest` needs a reboot: then every machine still on another configuration is
 /// replaced.

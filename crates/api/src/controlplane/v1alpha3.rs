@@ -56,7 +56,7 @@ pub struct RollingUpdate {
 }
 
 /// What a controlPlaneConfig change that Talos can only apply with a reboot does to the
-/// machines.
+/// machines: Replace them (when unset), or reboot them InPlace one at a time.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum ConfigReboot {
     /// Replace the machines, as for a Kubernetes version change (within maxSurge and
@@ -84,7 +84,6 @@ pub struct RolloutStrategy {
     /// applies only with a reboot replaces the machines (Replace, the default), or reboots
     /// them in place one at a time (InPlace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "Replace"))]
     pub config_reboot: Option<ConfigReboot>,
 }
 

@@ -1081,6 +1081,54 @@ async fn cacppt_262_one_unhealthy_member_blocks_growth_but_not_its_own_removal()
 }
 
 #[tokio::test]
+async fn an_etcd_alarm_is_named_and_blocks_growth_until_it_clears() {
+    let (client, ns, _controller) = setup_with(
+        "cp-alarm",
+        controller::Options {
+            health_check: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "n", 3).await;
+    settled(&client, &ns, "n", &infra.sim, 3).await;
+    let full = machines(&client, &ns).await.remove(2).name_any();
+    let address = node_of(&client, &ns, &full).await;
+    // etcd's service stays healthy and the member keeps its vote: only EtcdStatus tells.
+    infra
+        .sim
+        .set_failures(&address, |f| {
+            f.etcd_errors = vec!["memberID:1 alarm:NOSPACE".into()];
+        })
+        .unwrap();
+    let etcd = wait_condition(
+        &client,
+        &ns,
+        "n",
+        ConditionType::EtcdClusterHealthy,
+        "False",
+        "alarm:NOSPACE",
+    )
+    .await;
+    assert!(etcd.message.contains(&full), "{}", etcd.message);
+    scale(&client, &ns, "n", 4).await;
+    wait_condition(&client, &ns, "n", ConditionType::ScalingUp, "True", &full).await;
+    assert_eq!(
+        machines(&client, &ns).await.len(),
+        3,
+        "no growth on an alarm"
+    );
+    // Once the alarm is disarmed, the control plane grows.
+    infra
+        .sim
+        .set_failures(&address, |f| f.etcd_errors.clear())
+        .unwrap();
+    settled(&client, &ns, "n", &infra.sim, 4).await;
+    assert_etcd_invariants(&client, &ns, "n", &infra.sim).await;
+}
+
+#[tokio::test]
 async fn a_zone_outage_moves_the_replacement_to_a_surviving_zone() {
     let (client, ns, _controller) = setup("cp-zones").await;
     let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);

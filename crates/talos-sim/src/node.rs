@@ -48,6 +48,9 @@ pub struct Failures {
     pub upgrade_fails: bool,
     /// etcd on this node reports unhealthy.
     pub etcd_unhealthy: bool,
+    /// Errors etcd on this node reports in EtcdStatus (its alarms, e.g. `NOSPACE`), while its
+    /// service's health check still passes and it keeps its vote.
+    pub etcd_errors: Vec<String>,
     /// gRPC method name (e.g. "EtcdMemberList") -> the error code it returns.
     pub api_errors: HashMap<String, tonic::Code>,
     /// gRPC method name -> how long this node stalls a call it receives before answering it (a

@@ -837,6 +837,7 @@ impl MachineService for Api {
             let shared = shared.clone();
             async move {
                 let cfg = control_plane(&guard(&node, "EtcdStatus", false)?, "EtcdStatus")?;
+                let errors = node.state().failures.etcd_errors.clone();
                 let clusters = lock(&shared.clusters);
                 let etcd = clusters
                     .get(&cfg.cluster_id)
@@ -850,6 +851,7 @@ impl MachineService for Api {
                         member_id: me.id,
                         leader: etcd.leader.unwrap_or_default(),
                         is_learner: me.learner,
+                        errors,
                         protocol_version: "3.5.0".into(),
                         storage_version: "3.5.0".into(),
                         ..Default::default()

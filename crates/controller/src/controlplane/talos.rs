@@ -126,19 +126,20 @@ pub async fn observe(
             None
         }
     };
-    let (mut members, mut services, talos_versions) = futures::join!(
+    let (mut members, (mut services, mut statuses), talos_versions) = futures::join!(
         client.etcd_member_list(&many),
-        client.service_list(&many),
+        ask_health(&client, &many),
         asked_versions
     );
     // A call that failed as a whole did not reach the nodes: most often the endpoint it went
     // through has just gone (a machine being deleted). The client has dropped that connection
-    // and fails over to the next endpoint, so both calls are asked once more at once.
+    // and fails over to the next endpoint, so the calls are asked once more at once.
     if members.as_ref().is_err_and(talos_api::Error::is_retryable)
         || services.as_ref().is_err_and(talos_api::Error::is_retryable)
+        || statuses.as_ref().is_err_and(talos_api::Error::is_retryable)
     {
-        (members, services) =
-            futures::join!(client.etcd_member_list(&many), client.service_list(&many));
+        (members, (services, statuses)) =
+            futures::join!(client.etcd_member_list(&many), ask_health(&client, &many));
     }
 
     let node_of = |node: &str| {
@@ -161,6 +162,14 @@ pub async fn observe(
                 }
             }
             observed.problem = Some(call_problem("listing services", &e));
+            return observed;
+        }
+    }
+    // What etcd itself says on each node (alarms, its leader); without it no member is judged.
+    match statuses {
+        Ok(replies) => record_etcd_status(replies, &targets, &mut observed),
+        Err(e) => {
+            observed.problem = Some(call_problem("reading etcd status", &e));
             return observed;
         }
     }
@@ -206,8 +215,9 @@ pub async fn observe(
                     .collect();
                 if !unaddressed.is_empty() {
                     let nodes = Nodes::Many(unaddressed.iter().map(|(_, a)| a.clone()).collect());
-                    if let Ok(replies) = client.service_list(&nodes).await {
-                        record_services(ctx, now, replies, &unaddressed, &mut observed);
+                    if let (Ok(services), Ok(statuses)) = ask_health(&client, &nodes).await {
+                        record_services(ctx, now, services, &unaddressed, &mut observed);
+                        record_etcd_status(statuses, &unaddressed, &mut observed);
                     }
                 }
                 let members = list
@@ -237,6 +247,55 @@ pub async fn observe(
             .unwrap_or_default()
     ));
     observed
+}
+
+type Replies<T> = Result<Vec<talos_api::NodeResult<T>>, talos_api::Error>;
+
+/// Each of `nodes`' services and etcd status, asked at once.
+async fn ask_health(
+    client: &talos_api::Client,
+    nodes: &Nodes,
+) -> (
+    Replies<talos_api::machine::ServiceList>,
+    Replies<talos_api::machine::EtcdStatus>,
+) {
+    futures::join!(client.service_list(nodes), client.etcd_status(nodes))
+}
+
+/// What etcd reports on each node whose services say etcd is healthy (`targets`: machine name
+/// and the address it was asked at), as KubeadmControlPlane judges a member: one that reports
+/// errors (an alarm such as NOSPACE or CORRUPT), knows no leader, or cannot say is not healthy,
+/// whatever its service's health check says.
+fn record_etcd_status(
+    replies: Vec<talos_api::NodeResult<talos_api::machine::EtcdStatus>>,
+    targets: &[(String, String)],
+    observed: &mut Observed,
+) {
+    for reply in replies {
+        let Some(health) = targets
+            .iter()
+            .find(|(_, a)| *a == reply.node)
+            .and_then(|(m, _)| observed.health.get_mut(m))
+            .filter(|h| h.etcd)
+        else {
+            continue;
+        };
+        let problem = match reply.result.map(|s| s.member_status) {
+            Ok(Some(s)) if !s.errors.is_empty() => {
+                format!("etcd reports errors: {}", s.errors.join("; "))
+            }
+            Ok(Some(s)) if s.leader == 0 && !s.is_learner => "etcd has no leader".to_owned(),
+            Ok(Some(_)) => continue,
+            Ok(None) => "etcd status is empty".to_owned(),
+            Err(e) => format!("etcd status: {e}"),
+        };
+        health.etcd = false;
+        health.components = false;
+        health.problem = Some(steady_text(&match health.problem.take() {
+            Some(other) => format!("{problem}; {other}"),
+            None => problem,
+        }));
+    }
 }
 
 /// The machine an etcd member runs on: by name, else by the address in its peer URLs.
@@ -654,6 +713,90 @@ pub async fn remove_member(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_with_an_alarm_no_leader_or_no_status_is_not_healthy() {
+        use talos_api::machine::{EtcdMemberStatus, EtcdStatus};
+        let healthy = NodeHealth {
+            reachable: true,
+            etcd: true,
+            components: true,
+            ..NodeHealth::default()
+        };
+        let status = |errors: &[&str], leader: u64, learner: bool| EtcdStatus {
+            metadata: None,
+            member_status: Some(EtcdMemberStatus {
+                errors: errors.iter().map(|e| (*e).to_owned()).collect(),
+                leader,
+                is_learner: learner,
+                ..EtcdMemberStatus::default()
+            }),
+        };
+        let targets: Vec<(String, String)> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ((*m).to_owned(), format!("10.0.0.{i}")))
+            .collect();
+        let mut observed = Observed::default();
+        for (m, _) in &targets {
+            observed.health.insert(m.clone(), healthy.clone());
+        }
+        // "f"'s etcd service is down already: what its status says adds nothing.
+        observed.health.insert(
+            "f".into(),
+            NodeHealth {
+                reachable: true,
+                problem: Some("etcd, kubelet, apid not healthy".into()),
+                ..NodeHealth::default()
+            },
+        );
+        let reply = |node: &str, result| talos_api::NodeResult {
+            node: node.to_owned(),
+            result,
+        };
+        record_etcd_status(
+            vec![
+                reply("10.0.0.0", Ok(status(&[], 7, false))),
+                reply(
+                    "10.0.0.1",
+                    Ok(status(&["memberID:7 alarm:NOSPACE"], 7, false)),
+                ),
+                reply("10.0.0.2", Ok(status(&[], 0, false))),
+                reply("10.0.0.3", Ok(status(&[], 0, true))),
+                reply(
+                    "10.0.0.4",
+                    Err(talos_api::Error::FailedPrecondition(
+                        "etcd is not running".into(),
+                    )),
+                ),
+                reply("10.0.0.5", Ok(status(&["alarm:CORRUPT"], 7, false))),
+            ],
+            &targets,
+            &mut observed,
+        );
+        let health = |m: &str| observed.health[m].clone();
+        assert_eq!(health("a"), healthy, "no errors, a leader: healthy");
+        assert_eq!(
+            health("d"),
+            healthy,
+            "a learner without a leader yet is still catching up"
+        );
+        for (m, says) in [
+            ("b", "etcd reports errors: memberID:7 alarm:NOSPACE"),
+            ("c", "etcd has no leader"),
+            ("e", "etcd status: "),
+        ] {
+            let h = health(m);
+            assert!(!h.etcd && !h.components && h.reachable, "{m}: {h:?}");
+            let problem = h.problem.unwrap_or_default();
+            assert!(problem.starts_with(says), "{m}: {problem}");
+        }
+        assert_eq!(
+            health("f").problem.as_deref(),
+            Some("etcd, kubelet, apid not healthy"),
+            "an etcd already known sick is not judged again"
+        );
+    }
 
     #[test]
     fn node_errors_lose_their_timestamps_and_are_bounded() {

@@ -112,6 +112,8 @@ pub struct Context {
     pub nodes: Arc<dyn TalosNodes>,
     /// Talos nodes that did not answer, each asked again after its own delay.
     pub(crate) node_backoff: crate::nodes::Backoff,
+    /// The last look at each steady control plane's nodes, until its next health check.
+    pub(crate) steady_looks: crate::controlplane::talos::SteadyLooks,
     /// The last configuration drift check of each control plane (`namespace/name`): when, and
     /// the machines found drifted with the fields that differ.
     pub(crate) drift: Mutex<HashMap<String, (Instant, Drifted)>>,
@@ -222,6 +224,7 @@ impl Context {
             caches: Caches::default(),
             nodes: Arc::new(nodes),
             node_backoff: crate::nodes::Backoff::default(),
+            steady_looks: Default::default(),
             workloads: Default::default(),
             drift: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),

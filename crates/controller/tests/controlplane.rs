@@ -665,6 +665,52 @@ async fn kubeconfig_reaches_the_workload_api_server_and_is_rotated_on_request() 
     // ...and the controller follows the Nodes through the rotated one.
     set_node_ready(&nodes, &machine, "False").await;
     node_not_ready_reported(&client, &ns, &machine).await;
+    set_node_ready(&nodes, &machine, "True").await;
+
+    // A kubeconfig whose certificate expires within 90 days (here one issued for 30) is issued
+    // again for a year, with no request, and works.
+    let bundle =
+        controller::bootstrap::secrets::parse_bundle(&secrets.get("k-talos").await.unwrap())
+            .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let aging = machineconfig::kubeconfig::generate(
+        "k",
+        &format!("https://127.0.0.1:{port}"),
+        &bundle,
+        now,
+        time::Duration::days(30),
+    )
+    .unwrap();
+    let mut stale = rotated.clone();
+    stale.data = Some(std::collections::BTreeMap::from([(
+        "value".to_owned(),
+        k8s_openapi::ByteString(aging.yaml.clone().into_bytes()),
+    )]));
+    stale.metadata.annotations = None;
+    secrets
+        .replace("k-kubeconfig", &Default::default(), &stale)
+        .await
+        .unwrap();
+    let renewed = eventually(
+        &client,
+        &ns,
+        "k",
+        "the aging kubeconfig renewed",
+        async || {
+            let s = secrets.get("k-kubeconfig").await.ok()?;
+            (value(&s) != aging.yaml).then_some(s)
+        },
+    )
+    .await;
+    let not_after =
+        machineconfig::kubeconfig::client_certificate_not_after(&value(&renewed)).unwrap();
+    assert!(
+        not_after - now > time::Duration::days(364),
+        "issued for a year: {not_after}"
+    );
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(workload_client(&renewed).await);
+    set_node_ready(&nodes, &machine, "False").await;
+    node_not_ready_reported(&client, &ns, &machine).await;
 }
 
 /// Control plane "k" reports the Node of `machine` not Ready.
@@ -1078,6 +1124,82 @@ async fn cacppt_262_one_unhealthy_member_blocks_growth_but_not_its_own_removal()
         .collect();
     assert!(!names.contains(&sick), "{names:?}");
     assert_etcd_invariants(&client, &ns, "h", &infra.sim).await;
+}
+
+/// The simulator's count of Talos API calls once it has stayed the same for 3 s.
+async fn talos_calls_at_rest(sim: &Simulator) -> u64 {
+    let mut last = sim.requests();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = sim.requests();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the Talos API calls never came to rest (last count {last})");
+}
+
+#[tokio::test]
+async fn a_steady_control_plane_asks_its_nodes_only_on_a_machine_change_or_its_health_check() {
+    let (client, ns, _controller) = setup_with(
+        "cp-steady",
+        controller::Options {
+            health_check: Duration::from_secs(3600),
+            drift_check: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "q", 3).await;
+    settled(&client, &ns, "q", &infra.sim, 3).await;
+    let at_rest = talos_calls_at_rest(&infra.sim).await;
+
+    // Events that change nothing on the nodes wake the control plane (its annotations, the
+    // kubeconfig Secret it rewrites, its own status) but ask no node: three rotations.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    for token in ["one", "two", "three"] {
+        Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
+            .patch(
+                "q",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {
+                    "talos.controlplane.cluster.x-k8s.io/rotate-kubeconfig": token
+                }}})),
+            )
+            .await
+            .unwrap();
+        eventually(&client, &ns, "q", "the kubeconfig rotated", async || {
+            let s = secrets.get("q-kubeconfig").await.ok()?;
+            (s.annotations()
+                .get("talos.controlplane.cluster.x-k8s.io/kubeconfig-rotated-for")
+                .map(String::as_str)
+                == Some(token))
+            .then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        talos_calls_at_rest(&infra.sim).await,
+        at_rest,
+        "no Talos call for changes that concern no node"
+    );
+
+    // A change of a Machine is a reason to look.
+    let machine = machines(&client, &ns).await.remove(0).name_any();
+    Api::<Machine>::namespaced(client.clone(), &ns)
+        .patch(
+            &machine,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(&client, &ns, "q", "a look at the nodes", async || {
+        (infra.sim.requests() > at_rest).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

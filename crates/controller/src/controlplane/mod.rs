@@ -321,8 +321,19 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         .secret(&ns, &talosconfig_name(&cluster_name))
         .and_then(|s| s.data.as_ref()?.get("talosconfig").cloned())
         .map(|v| String::from_utf8_lossy(&v.0).into_owned());
-    let observed = match &talosconfig {
-        Some(tc) if machines.iter().any(|m| talos::address(m).is_some()) => {
+    let looked = std::time::Instant::now();
+    let steady = talosconfig.as_deref().map(|tc| {
+        let fingerprint = talos::fingerprint(tcp.meta().generation, tc, &machines);
+        let kept =
+            ctx.steady_looks
+                .fresh(&key_of(&tcp), fingerprint, looked, ctx.options.health_check);
+        (fingerprint, kept)
+    });
+    let (fingerprint, kept) = steady.unwrap_or_default();
+    let asked = kept.is_none();
+    let observed = match (&talosconfig, kept) {
+        (_, Some(kept)) => kept,
+        (Some(tc), None) if machines.iter().any(|m| talos::address(m).is_some()) => {
             // A node rebooting into an upgrade or a new configuration is asked at once,
             // whatever its backoff.
             let urgent: Vec<String> = machines
@@ -339,11 +350,11 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
             let versions = desired.talos_upgrade.is_some();
             talos::observe(ctx, tc, &machines, versions, &urgent).await
         }
-        Some(_) => talos::Observed {
+        (Some(_), None) => talos::Observed {
             problem: Some("no control-plane machine has an address yet".into()),
             ..talos::Observed::default()
         },
-        None => talos::Observed {
+        (None, None) => talos::Observed {
             problem: Some(format!(
                 "Secret {} does not exist yet",
                 talosconfig_name(&cluster_name)
@@ -469,6 +480,13 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     let settled = matches!(step, Step::Steady)
         && report.talos_problem.is_none()
         && report.view.machines.iter().all(|m| m.components_healthy);
+    match (settled, asked) {
+        (true, true) => ctx
+            .steady_looks
+            .keep(&key_of(&tcp), fingerprint, looked, &observed),
+        (true, false) => {}
+        (false, _) => ctx.steady_looks.forget(&key_of(&tcp)),
+    }
     report.drift = config_change::drift(
         ctx,
         &tcp,
@@ -1173,6 +1191,7 @@ async fn finalize(
         return Ok(Action::await_change());
     }
     let ns = tcp.namespace().unwrap_or_default();
+    ctx.steady_looks.forget(&key_of(tcp));
     // The workload cluster goes with it: its Nodes are not watched any more.
     ctx.workloads.forget(&ns, cluster);
     ctx.drift

@@ -57,7 +57,7 @@ pub struct NodeHealth {
 }
 
 /// What the nodes said.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Observed {
     /// The etcd members, named after the machine they run on when one matches; `None` when no
     /// node answered.
@@ -66,6 +66,72 @@ pub struct Observed {
     pub health: BTreeMap<String, NodeHealth>,
     /// Why the member list is unknown.
     pub problem: Option<String>,
+}
+
+/// The last look at each steady control plane (`namespace/name`): a control plane that is
+/// steady, healthy and unchanged is not asked again before its next health check, however
+/// many events (its own status writes, Secrets, Cluster updates) wake it. Anything in progress,
+/// any problem, and any change of a Machine, the spec or the talosconfig asks the nodes.
+#[derive(Debug, Default)]
+pub struct SteadyLooks(std::sync::Mutex<std::collections::HashMap<String, SteadyLook>>);
+
+#[derive(Debug)]
+struct SteadyLook {
+    at: std::time::Instant,
+    fingerprint: u64,
+    observed: Observed,
+}
+
+/// What a steady look depends on: the control plane's generation, the talosconfig, and each
+/// machine as the cache holds it (any change of a Machine, by Cluster API or by us, counts).
+pub fn fingerprint(generation: Option<i64>, talosconfig: &str, machines: &[Machine]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    generation.hash(&mut h);
+    talosconfig.hash(&mut h);
+    for m in machines {
+        m.uid().hash(&mut h);
+        m.resource_version().hash(&mut h);
+    }
+    h.finish()
+}
+
+impl SteadyLooks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, SteadyLook>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The look kept for `key`, if it was taken less than `max_age` before `now` of the same
+    /// `fingerprint`.
+    pub fn fresh(
+        &self,
+        key: &str,
+        fingerprint: u64,
+        now: std::time::Instant,
+        max_age: std::time::Duration,
+    ) -> Option<Observed> {
+        self.lock()
+            .get(key)
+            .filter(|l| l.fingerprint == fingerprint && now.duration_since(l.at) < max_age)
+            .map(|l| l.observed.clone())
+    }
+
+    /// Keep `observed`, taken at `at`, for a control plane found steady.
+    pub fn keep(&self, key: &str, fingerprint: u64, at: std::time::Instant, observed: &Observed) {
+        self.lock().insert(
+            key.to_owned(),
+            SteadyLook {
+                at,
+                fingerprint,
+                observed: observed.clone(),
+            },
+        );
+    }
+
+    /// Forget `key`'s look: the nodes are asked at its next reconcile.
+    pub fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
 }
 
 /// Ask the nodes of `machines` for the etcd member list and their services (and, with

@@ -22,10 +22,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use crate::bootstrap::talosconfig_resource;
 use crate::{Error, Options};
 
 /// The watches [`Caches::run`] drives.
-const WATCHES: u8 = 3;
+const WATCHES: u8 = 4;
 
 /// Counts a watch's first complete list (relists after a lost watch do not count again).
 fn first_list(listed: &tokio::sync::watch::Sender<u8>) -> impl Fn() + '_ {
@@ -55,6 +56,12 @@ fn slim_meta(meta: &mut kube::api::ObjectMeta) {
 
 pub(crate) fn slim_dynamic(obj: &mut DynamicObject) {
     slim_meta(&mut obj.metadata);
+}
+
+/// What a metadata-only cache keeps: the slimmed metadata, no content.
+fn metadata_only(obj: &mut DynamicObject) {
+    slim_dynamic(obj);
+    obj.data = serde_json::Value::Object(Default::default());
 }
 
 /// Annotation on a cached object that did not decode: the error. Set only in the cache.
@@ -219,6 +226,8 @@ pub struct Caches {
     machines: Feed<Machine>,
     clusters: Feed<Cluster>,
     secrets: Feed<Secret>,
+    /// Control-plane TalosConfigs, their metadata only.
+    configs: Feed<DynamicObject>,
     /// How many watches have listed their objects; reconciles wait for all three. (A store's own
     /// `wait_until_ready` wakes only the last of several concurrent waiters.)
     listed: tokio::sync::watch::Sender<u8>,
@@ -230,6 +239,7 @@ impl Default for Caches {
             machines: Feed::new(()),
             clusters: Feed::new(()),
             secrets: Feed::new(()),
+            configs: Feed::new(talosconfig_resource()),
             listed: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -324,12 +334,20 @@ impl Caches {
         self.secrets.subscribe()
     }
 
+    pub fn subscribe_configs(&self) -> Option<mpsc::Receiver<Arc<DynamicObject>>> {
+        self.configs.subscribe()
+    }
+
     /// Run the watches until the returned future is dropped. Later calls return at once.
     pub async fn run(&self, client: kube::Client, options: Options) {
         let machine_ar = capi_resource("Machine");
         let cluster_ar = capi_resource("Cluster");
         // Only the Secrets of Cluster API clusters, never the rest of the management cluster's.
         let secret_watch = watcher::Config::default().labels(labels::CLUSTER_NAME);
+        let control_plane_watch = watcher::Config::default().labels(&match &options.watch_filter {
+            Some(value) => format!("{},{}={value}", labels::CONTROL_PLANE, labels::WATCH_FILTER),
+            None => labels::CONTROL_PLANE.to_owned(),
+        });
         let secrets: Api<Secret> = match &options.namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
@@ -357,6 +375,14 @@ impl Caches {
                 &self.secrets,
                 "secrets",
                 |event| event.modify(slim_secret),
+                first_list(&self.listed),
+            ),
+            drive(
+                dynamic_api(&client, &options, &talosconfig_resource()),
+                control_plane_watch,
+                &self.configs,
+                "control-plane talosconfigs",
+                |event| event.modify(metadata_only),
                 first_list(&self.listed),
             ),
         );
@@ -405,6 +431,17 @@ impl Caches {
             .collect();
         machines.sort_by_key(ResourceExt::name_any);
         machines
+    }
+
+    /// The control-plane TalosConfigs of `cluster` in `ns` (metadata only).
+    pub fn control_plane_configs(&self, ns: &str, cluster: &str) -> Vec<Arc<DynamicObject>> {
+        self.configs
+            .store
+            .state()
+            .into_iter()
+            .filter(|c| c.namespace().as_deref() == Some(ns))
+            .filter(|c| c.labels().get(labels::CLUSTER_NAME).map(String::as_str) == Some(cluster))
+            .collect()
     }
 
     /// A Secret carrying the cluster-name label, as last seen by the watch (a bootstrap data

@@ -76,6 +76,10 @@ pub struct Options {
     /// late that is noticed). Kubernetes changes, workload Node readiness included, reconcile
     /// at once whatever it is.
     pub health_check: std::time::Duration,
+    /// How old a control-plane TalosConfig of ours with no Machine must be before it counts as
+    /// left behind by a machine creation cut short, and is removed with its infrastructure
+    /// machine.
+    pub leftover_grace: std::time::Duration,
 }
 
 impl Default for Options {
@@ -91,6 +95,7 @@ impl Default for Options {
             controlplane: true,
             drift_check: std::time::Duration::from_secs(300),
             health_check: std::time::Duration::from_secs(30),
+            leftover_grace: std::time::Duration::from_secs(60),
         }
     }
 }

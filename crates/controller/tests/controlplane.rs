@@ -1126,6 +1126,72 @@ async fn cacppt_262_one_unhealthy_member_blocks_growth_but_not_its_own_removal()
     assert_etcd_invariants(&client, &ns, "h", &infra.sim).await;
 }
 
+#[tokio::test]
+async fn what_a_machine_creation_cut_short_left_behind_is_removed_and_nothing_else() {
+    let (client, ns, _controller) = setup_with(
+        "cp-leftover",
+        controller::Options {
+            leftover_grace: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    let infra = sim_infra::start(&client, &ns, &["a"]);
+    control_plane_cluster(&client, &ns, "l", 1).await;
+    settled(&client, &ns, "l", &infra.sim, 1).await;
+    let tcp = Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
+        .get("l")
+        .await
+        .unwrap();
+    let ours = json!([{
+        "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
+        "name": "l", "uid": tcp.metadata.uid, "controller": false,
+    }]);
+    let labels =
+        json!({"cluster.x-k8s.io/cluster-name": "l", "cluster.x-k8s.io/control-plane": ""});
+    // What a manager stopped between the TalosConfig and the Machine leaves: both of the
+    // machine's first objects, ours and controlled by nothing.
+    let infra_version = testkit::infra::api_version();
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": infra_version, "kind": "SimMachine",
+            "metadata": {"name": "l-cut", "labels": labels, "ownerReferences": ours}, "spec": {}}),
+    )
+    .await;
+    let config = |name: &str, owners: serde_json::Value| {
+        json!({"apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
+            "metadata": {"name": name, "labels": labels, "ownerReferences": owners},
+            "spec": {"generateType": "controlplane"}})
+    };
+    apply(&client, &ns, config("l-cut", ours.clone())).await;
+    // Someone else's config of the same cluster is not ours to remove.
+    apply(&client, &ns, config("l-someone-elses", json!([]))).await;
+    let configs = dynamic(
+        &client,
+        &ns,
+        "bootstrap.cluster.x-k8s.io/v1alpha3",
+        "TalosConfig",
+    );
+    let sim_machines = dynamic(&client, &ns, &infra_version, "SimMachine");
+    eventually(&client, &ns, "l", "the leftovers removed", async || {
+        let config = configs.get_opt("l-cut").await.ok()?;
+        let machine = sim_machines.get_opt("l-cut").await.ok()?;
+        (config.is_none() && machine.is_none()).then_some(())
+    })
+    .await;
+    assert!(
+        configs.get_opt("l-someone-elses").await.unwrap().is_some(),
+        "a config that is not ours stays"
+    );
+    let left = machines(&client, &ns).await;
+    assert_eq!(left.len(), 1, "the machine itself stays");
+    let own = left[0].name_any();
+    assert!(configs.get_opt(&own).await.unwrap().is_some());
+    assert!(sim_machines.get_opt(&own).await.unwrap().is_some());
+    settled(&client, &ns, "l", &infra.sim, 1).await;
+}
+
 /// The simulator's count of Talos API calls once it has stayed the same for 3 s.
 async fn talos_calls_at_rest(sim: &Simulator) -> u64 {
     let mut last = sim.requests();

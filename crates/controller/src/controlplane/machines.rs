@@ -625,6 +625,111 @@ pub async fn create(
     }
 }
 
+/// The TalosConfigs a machine creation cut short left behind: the manager stopped between the
+/// TalosConfig and its Machine, a reply that said "maybe" turned out "no", or the undo of a
+/// failed creation failed. Each is owned by `tcp`, controlled by nothing (Cluster API makes the
+/// Machine its controller), named by no Machine in `machines` (all of the cluster's), not being
+/// deleted, and older than `grace` at `now`. A creation in progress never counts: it runs in
+/// a reconcile of `tcp`, never beside one, and its Machine is awaited (expectations) before
+/// the next.
+pub fn leftovers(
+    configs: &[std::sync::Arc<DynamicObject>],
+    tcp: &TalosControlPlane,
+    machines: &[Machine],
+    now: k8s_openapi::jiff::Timestamp,
+    grace: std::time::Duration,
+) -> Vec<String> {
+    let named = |config: &str| {
+        machines.iter().any(|m| {
+            m.spec
+                .bootstrap
+                .config_ref
+                .as_ref()
+                .is_some_and(|r| r.kind == "TalosConfig" && r.name == config)
+        })
+    };
+    configs
+        .iter()
+        .filter(|c| c.meta().deletion_timestamp.is_none())
+        .filter(|c| {
+            let owners = c.owner_references();
+            owners.iter().all(|o| o.controller != Some(true))
+                && owners.iter().any(|o| {
+                    o.kind == "TalosControlPlane" && Some(&o.uid) == tcp.meta().uid.as_ref()
+                })
+        })
+        .filter(|c| {
+            c.meta().creation_timestamp.as_ref().is_some_and(|t| {
+                now.duration_since(t.0)
+                    .try_into()
+                    .is_ok_and(|age: std::time::Duration| age >= grace)
+            })
+        })
+        .map(|c| c.name_any())
+        .filter(|name| !named(name))
+        .collect()
+}
+
+/// Delete leftover `name` (see [`leftovers`]): its TalosConfig, and the infrastructure machine
+/// of the same name when `template` makes that kind and it too is ours and controlled by
+/// nothing. Each delete is conditional on the uid seen, so nothing made since is touched.
+pub async fn remove_leftover(
+    ctx: &Context,
+    tcp: &TalosControlPlane,
+    template: Option<&Template>,
+    name: &str,
+) -> Result<(), Error> {
+    let ns = tcp.namespace().unwrap_or_default();
+    let mut kinds = vec![super::talosconfig_resource()];
+    if let Some(t) = template {
+        let kind = t
+            .reference
+            .kind
+            .strip_suffix("Template")
+            .unwrap_or(&t.reference.kind);
+        kinds.insert(
+            0,
+            ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+                &t.resource.group,
+                &t.resource.version,
+                kind,
+            )),
+        );
+    }
+    for ar in kinds {
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
+        let what = format!("{} {ns}/{name}", ar.kind);
+        let Some(found) = api
+            .get_opt(name)
+            .await
+            .map_err(Error::kube(format!("reading {what}")))?
+        else {
+            continue;
+        };
+        let owners = found.owner_references();
+        let ours = owners.iter().all(|o| o.controller != Some(true))
+            && owners
+                .iter()
+                .any(|o| Some(&o.uid) == tcp.meta().uid.as_ref());
+        if !ours {
+            continue;
+        }
+        let params = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: found.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => tracing::info!(%what, "removed what a machine creation cut short left behind"),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => return Err(Error::kube(format!("deleting {what}"))(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Objects created so far by one machine creation, to delete again if it fails.
 struct Created<'a> {
     ctx: &'a Context,
@@ -780,6 +885,76 @@ pub async fn delete(ctx: &Context, ns: &str, machine: &str) -> Result<(), Error>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leftovers_are_ours_uncontrolled_unnamed_and_old_enough() {
+        let tcp: TalosControlPlane = serde_json::from_value(json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
+            "metadata": {"name": "cp", "namespace": "ns", "uid": "tcp-uid"},
+            "spec": {"version": "v1.35.0", "controlPlaneConfig": {"controlplane": {"generateType": "controlplane"}}}
+        }))
+        .unwrap();
+        let now: k8s_openapi::jiff::Timestamp = "2026-11-24T12:00:00Z".parse().unwrap();
+        let config = |name: &str, created: &str, owners: Value, deleting: bool| {
+            let mut meta = json!({"name": name, "namespace": "ns",
+                "creationTimestamp": created, "ownerReferences": owners});
+            if deleting {
+                meta["deletionTimestamp"] = json!("2026-11-24T11:59:00Z");
+            }
+            std::sync::Arc::new(
+                serde_json::from_value::<DynamicObject>(json!({
+                    "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
+                    "metadata": meta
+                }))
+                .unwrap(),
+            )
+        };
+        let ours = |controller| {
+            json!([{"apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
+                "name": "cp", "uid": "tcp-uid", "controller": controller}])
+        };
+        let old = "2026-11-24T11:58:00Z";
+        let configs = vec![
+            config("left", old, ours(false), false),
+            config("young", "2026-11-24T11:59:30Z", ours(false), false),
+            config("named", old, ours(false), false),
+            config("controlled", old, ours(true), false),
+            config("going", old, ours(false), true),
+            config(
+                "foreign",
+                old,
+                json!([{"apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
+                    "name": "cp", "uid": "an-older-cp"}]),
+                false,
+            ),
+            config(
+                "machine-controlled",
+                old,
+                json!([{"apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
+                    "name": "cp", "uid": "tcp-uid"},
+                    {"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine", "name": "m",
+                    "uid": "m-uid", "controller": true}]),
+                false,
+            ),
+        ];
+        let machine: Machine = serde_json::from_value(json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "metadata": {"name": "named", "namespace": "ns"},
+            "spec": {"clusterName": "c", "bootstrap": {"configRef": {
+                "apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "TalosConfig", "name": "named"}}}
+        }))
+        .unwrap();
+        let grace = std::time::Duration::from_secs(60);
+        assert_eq!(
+            leftovers(&configs, &tcp, std::slice::from_ref(&machine), now, grace),
+            vec!["left".to_owned()]
+        );
+        assert_eq!(
+            leftovers(&configs, &tcp, &[], now, grace),
+            vec!["left".to_owned(), "named".to_owned()],
+            "a config no Machine names is left over"
+        );
+    }
 
     #[test]
     fn names_and_durations() {

@@ -127,6 +127,7 @@ pub fn controller(
     let machines = ctx.caches.subscribe_machines()?;
     let clusters = ctx.caches.subscribe_clusters()?;
     let secrets = ctx.caches.subscribe_secrets()?;
+    let configs = ctx.caches.subscribe_configs()?;
     let writer = kube::runtime::reflector::store::Writer::new(ar.clone());
     let reader = writer.as_reader();
     let own = kube::runtime::reflector(
@@ -152,6 +153,24 @@ pub fn controller(
                 control_plane_of(&lookup, &secret.namespace()?, cluster)
             },
             (),
+        )
+        // A control-plane TalosConfig of ours that no Machine controls (yet): one a creation
+        // cut short may have left behind. (Once its Machine controls it, the Machine's own
+        // changes tell what matters.)
+        .watches_shared_stream_with(
+            configs,
+            |config| {
+                let owners = config.owner_references();
+                if owners.iter().any(|o| o.controller == Some(true)) {
+                    return None;
+                }
+                let ns = config.namespace()?;
+                owners
+                    .iter()
+                    .find(|o| o.kind == "TalosControlPlane")
+                    .map(|o| own_ref(&ns, &o.name))
+            },
+            talosconfig_resource(),
         )
         .graceful_shutdown_on(shutdown);
     // A workload Node's readiness changed.
@@ -381,6 +400,15 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     // no machine on content (and fails a creation, which says why).
     let template = machines::Template::read(ctx, &tcp).await;
     let now = ctx.clock.now().0;
+    for leftover in machines::leftovers(
+        &ctx.caches.control_plane_configs(&ns, &cluster_name),
+        &tcp,
+        &ctx.caches.machines_of(&ns, &cluster_name, false),
+        now,
+        ctx.options.leftover_grace,
+    ) {
+        machines::remove_leftover(ctx, &tcp, template.as_ref().ok(), &leftover).await?;
+    }
     let config_digest = machines::config_digest(&tcp.spec.control_plane_config.controlplane)?;
     let target = rollout::Target {
         version: tcp.spec.version.clone(),

@@ -104,6 +104,9 @@ impl Default for Options {
 /// names of the fields that differ.
 pub(crate) type Drifted = Vec<(String, Vec<String>)>;
 
+/// How often an object refused for an unusable Secret looks at it again.
+const SECRET_RECHECK: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Shared by every reconcile of every controller.
 pub struct Context {
     pub client: kube::Client,
@@ -425,6 +428,11 @@ impl Context {
             let wait = self.backoff(key);
             tracing::warn!(controller, object = %key, error = %error, retry_in = ?wait, "transient error");
             Action::requeue(wait)
+        } else if matches!(error, Error::InvalidSecret { .. }) {
+            // A Secret may be mended without an event that reaches this object (one not
+            // labelled for its cluster, or not owned by it).
+            tracing::info!(controller, object = %key, error = %error, "checking the Secret again later");
+            Action::requeue(SECRET_RECHECK)
         } else {
             tracing::info!(controller, object = %key, error = %error, "waiting for a change");
             Action::await_change()

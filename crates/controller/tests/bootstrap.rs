@@ -413,6 +413,70 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
             .unwrap()
             .is_none()
     );
+
+    // A Secret planted under a machine's bootstrap data name, owned by nothing, or of a type no
+    // bootstrap provider writes: refused, left as it was, and never named as the machine's data.
+    for (machine_name, type_, says) in [
+        ("planted-0", "Opaque", "owned by nothing"),
+        ("typed-0", "example.com/other", "of type example.com/other"),
+    ] {
+        let planted = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{machine_name}-bootstrap-data")),
+                ..Default::default()
+            },
+            type_: Some(type_.into()),
+            string_data: Some([("value".to_owned(), "not ours".to_owned())].into()),
+            ..Default::default()
+        };
+        let planted = secrets_api
+            .create(&Default::default(), &planted)
+            .await
+            .unwrap();
+        machine(
+            &client,
+            &ns,
+            "hostile",
+            machine_name,
+            json!({"generateType": "worker"}),
+            false,
+        )
+        .await;
+        let cond = wait_reason(
+            &client,
+            &ns,
+            machine_name,
+            ConditionType::DataSecretAvailable,
+            "InvalidSecret",
+        )
+        .await;
+        assert!(
+            cond.message.contains(says) && cond.message.contains("not used as bootstrap data"),
+            "{machine_name}: {}",
+            cond.message
+        );
+        assert!(
+            !cond.message.contains("not ours"),
+            "content is never quoted"
+        );
+        let after = secrets_api
+            .get(&format!("{machine_name}-bootstrap-data"))
+            .await
+            .unwrap();
+        assert_eq!(after.data, planted.data, "{machine_name}: left as it was");
+        let config = Api::<TalosConfig>::namespaced(client.clone(), &ns)
+            .get(machine_name)
+            .await
+            .unwrap();
+        assert!(
+            config
+                .status
+                .as_ref()
+                .and_then(|s| s.data_secret_name.as_ref())
+                .is_none(),
+            "{machine_name}: not named as bootstrap data"
+        );
+    }
 }
 
 #[tokio::test]

@@ -403,8 +403,27 @@ pub async fn data(
         .owner_references()
         .iter()
         .any(|o| o.kind == "TalosConfig" && Some(&o.uid) == config.metadata.uid.as_ref());
-    if !ours || booted(machine) {
+    if booted(machine) {
         return Ok(DataOutcome::Differs);
+    }
+    // Someone else's Secret under the name, or one of a type no writer of bootstrap data uses
+    // (ours is cluster.x-k8s.io/secret, CABPT's Opaque), never boots a machine with content
+    // this TalosConfig did not render.
+    let type_ = existing.type_.as_deref().unwrap_or("Opaque");
+    let usable_type = [CLUSTER_SECRET_TYPE, "Opaque"].contains(&type_);
+    if !ours || !usable_type {
+        let whose = match existing.owner_references().first() {
+            _ if !usable_type => format!("of type {type_}"),
+            Some(o) => format!("owned by {} {}", o.kind, o.name),
+            None => "owned by nothing".to_owned(),
+        };
+        return Err(Error::InvalidSecret {
+            name: name.to_owned(),
+            reason: format!(
+                "it exists, {whose}, and is not what this TalosConfig renders: it is not used as \
+                 bootstrap data (delete it; it is checked again every few minutes)"
+            ),
+        });
     }
     let mut updated = Secret::clone(&existing);
     updated.data = desired.data;

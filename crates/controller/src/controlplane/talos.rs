@@ -208,12 +208,6 @@ pub async fn observe(
             futures::join!(client.etcd_member_list(&many), ask_health(&client, &many));
     }
 
-    let node_of = |node: &str| {
-        targets
-            .iter()
-            .find(|(_, a)| a == node)
-            .map(|(m, _)| m.clone())
-    };
     match services {
         Ok(replies) => record_services(ctx, now, replies, &targets, &mut observed),
         Err(e) => {
@@ -240,7 +234,7 @@ pub async fn observe(
         }
     }
     for reply in talos_versions.and_then(Result::ok).into_iter().flatten() {
-        if let (Some(machine), Ok(v)) = (node_of(&reply.node), reply.result)
+        if let (Some(machine), Ok(v)) = (machine_at(&targets, &reply.node).cloned(), reply.result)
             && let Some(h) = observed.health.get_mut(&machine)
         {
             h.talos_version = v.version.map(|i| i.tag);
@@ -338,10 +332,8 @@ fn record_etcd_status(
     observed: &mut Observed,
 ) {
     for reply in replies {
-        let Some(health) = targets
-            .iter()
-            .find(|(_, a)| *a == reply.node)
-            .and_then(|(m, _)| observed.health.get_mut(m))
+        let Some(health) = machine_at(targets, &reply.node)
+            .and_then(|m| observed.health.get_mut(m))
             .filter(|h| h.etcd)
         else {
             continue;
@@ -364,6 +356,11 @@ fn record_etcd_status(
     }
 }
 
+/// The machine asked at `node` (`targets`: machine name and the address it was asked at).
+fn machine_at<'a>(targets: &'a [(String, String)], node: &str) -> Option<&'a String> {
+    targets.iter().find(|(_, a)| a == node).map(|(m, _)| m)
+}
+
 /// The machine an etcd member runs on: by name, else by the address in its peer URLs.
 fn owner_of<'a>(machines: &'a [Machine], name: &str, peer_urls: &[String]) -> Option<&'a Machine> {
     machines.iter().find(|x| hostname(x) == name).or_else(|| {
@@ -384,11 +381,7 @@ fn record_services(
     observed: &mut Observed,
 ) {
     for reply in replies {
-        let Some(machine) = targets
-            .iter()
-            .find(|(_, a)| *a == reply.node)
-            .map(|(m, _)| m.clone())
-        else {
+        let Some(machine) = machine_at(targets, &reply.node).cloned() else {
             continue;
         };
         let health = match reply.result {

@@ -345,7 +345,7 @@ impl Caches {
         // Only the Secrets of Cluster API clusters, never the rest of the management cluster's.
         let secret_watch = watcher::Config::default().labels(labels::CLUSTER_NAME);
         let control_plane_watch = watcher::Config::default().labels(&match &options.watch_filter {
-            Some(value) => format!("{},{}={value}", labels::CONTROL_PLANE, labels::WATCH_FILTER),
+            Some(value) => format!("{}={value},{}", labels::WATCH_FILTER, labels::CONTROL_PLANE),
             None => labels::CONTROL_PLANE.to_owned(),
         });
         let secrets: Api<Secret> = match &options.namespace {

@@ -837,7 +837,12 @@ mod tests {
 mod properties {
     use super::super::plan::{Step, next_step};
     use super::super::scope::{ControlPlane, EtcdMember, MachineView};
+    use super::super::upgrade::{Marker, Target};
     use super::{Desired, Strategy as Rollout, Timestamp, effective};
+
+    /// The Talos version every machine of the model starts on, and the in-place target.
+    const TALOS_FROM: &str = "v1.13.0";
+    const TALOS_TO: &str = "v1.13.1";
     use proptest::prelude::*;
 
     fn cases() -> u32 {
@@ -869,6 +874,12 @@ mod properties {
         Heal(usize),
         /// spec changes again (a new version): every machine is outdated.
         SpecChange,
+        /// talosUpgrade asks for an in-place upgrade to TALOS_TO, this many nodes at once.
+        TalosChange(usize),
+        /// The oldest upgrading node that is down comes back: on the target, or rolled back.
+        Boot { rolled_back: bool },
+        /// A MachineHealthCheck marks machine i unhealthy.
+        MarkUnhealthy(usize),
     }
 
     fn at(i: usize) -> Timestamp {
@@ -880,6 +891,7 @@ mod properties {
         let mut members = Vec::new();
         for (i, old) in outdated.iter().take(replicas).enumerate() {
             let mut m = MachineView::test(&format!("m{i}"), at(i));
+            m.talos_version = Some(TALOS_FROM.into());
             m.outdated = old.then(|| "Kubernetes v1.33.0 → v1.34.1".into());
             m.version = Some(if *old { "v1.33.0" } else { "v1.34.1" }.into());
             members.push(EtcdMember {
@@ -964,6 +976,7 @@ mod properties {
             match step {
                 Step::CreateMachine { .. } => {
                     let mut m = MachineView::test(&format!("m{}", self.next), at(self.next));
+                    m.talos_version = Some(TALOS_FROM.into());
                     m.components_healthy = false;
                     m.version = Some(self.desired.version.clone());
                     self.next += 1;
@@ -984,8 +997,97 @@ mod properties {
                     }
                 }
                 Step::RemoveOrphanMember { id, .. } => self.members().retain(|e| e.id != *id),
+                // The node accepts at once and goes down to install and reboot.
+                Step::UpgradeTalos { machine } => {
+                    let now = self.cp.now;
+                    let Some(m) = self.machine(machine) else {
+                        return;
+                    };
+                    m.upgrade = Some(Marker {
+                        version: TALOS_TO.into(),
+                        image: format!("ghcr.io/siderolabs/installer:{TALOS_TO}"),
+                        from: m.talos_version.clone().unwrap_or_default(),
+                        at: now,
+                        issued: true,
+                        down: false,
+                        failed: None,
+                    });
+                    m.reachable = false;
+                    let host = m.hostname.clone();
+                    self.set_health_of(&host, false);
+                }
+                Step::UpgradeSeenDown { machine } => {
+                    if let Some(u) = self.machine(machine).and_then(|m| m.upgrade.as_mut()) {
+                        u.down = true;
+                    }
+                }
+                Step::UpgradeDone { machine } | Step::ForgetUpgrade { machine } => {
+                    if let Some(m) = self.machine(machine) {
+                        m.upgrade = None;
+                    }
+                }
+                Step::UpgradeFailed { machine, why } => {
+                    if let Some(u) = self.machine(machine).and_then(|m| m.upgrade.as_mut()) {
+                        u.failed = Some(why.clone());
+                    }
+                }
                 _ => {}
             }
+        }
+
+        fn machine(&mut self, name: &str) -> Option<&mut MachineView> {
+            self.cp.machines.iter_mut().find(|m| m.name == name)
+        }
+
+        fn find(&self, name: &str) -> Result<&MachineView, TestCaseError> {
+            let found = self.cp.machines.iter().find(|m| m.name == name);
+            prop_assert!(found.is_some(), "a step for {name}, which does not exist");
+            found.ok_or_else(|| TestCaseError::fail(name.to_owned()))
+        }
+
+        fn talos_change(&mut self, max_parallel: usize) {
+            self.desired.talos_upgrade = Some(Target {
+                image: format!("ghcr.io/siderolabs/installer:{TALOS_TO}"),
+                version: TALOS_TO.into(),
+                max_parallel,
+                timeout: std::time::Duration::from_secs(600),
+            });
+        }
+
+        /// The oldest upgrading node that is down boots again: healthy, on the target (or on
+        /// the version it came from). False if none is down.
+        fn boot(&mut self, rolled_back: bool) -> bool {
+            let Some(i) = self
+                .cp
+                .machines
+                .iter()
+                .position(|m| !m.reachable && m.upgrade.as_ref().is_some_and(|u| u.issued))
+            else {
+                return false;
+            };
+            let m = &mut self.cp.machines[i];
+            m.reachable = true;
+            if !rolled_back {
+                m.talos_version = Some(TALOS_TO.into());
+            }
+            let host = m.hostname.clone();
+            self.set_health_of(&host, true);
+            true
+        }
+
+        fn mark_unhealthy(&mut self, i: usize) {
+            let n = self.cp.machines.len();
+            if n > 0 {
+                self.cp.machines[i % n].unhealthy = true;
+            }
+        }
+
+        fn upgrading(&self) -> usize {
+            self.cp
+                .machines
+                .iter()
+                .filter(|m| !m.deleting && m.upgrade.is_some())
+                .count()
         }
 
         /// World progress that needs no planner: the next joining node joins. False if none.
@@ -1037,11 +1139,16 @@ mod properties {
 
         fn set_health(&mut self, i: usize, healthy: bool) {
             let n = self.cp.machines.len();
-            if n == 0 {
-                return;
+            if n > 0 {
+                let host = self.cp.machines[i % n].hostname.clone();
+                self.set_health_of(&host, healthy);
             }
-            let host = self.cp.machines[i % n].hostname.clone();
-            self.cp.machines[i % n].components_healthy = healthy;
+        }
+
+        fn set_health_of(&mut self, host: &str, healthy: bool) {
+            for m in self.cp.machines.iter_mut().filter(|m| m.hostname == host) {
+                m.components_healthy = healthy;
+            }
             for e in self.members().iter_mut().filter(|e| e.name == host) {
                 e.healthy = healthy;
             }
@@ -1096,9 +1203,56 @@ mod properties {
                         );
                     }
                 }
+                // An in-place upgrade: never above maxParallel nodes at once, and never while a
+                // node that is not upgrading is unavailable (CACPPT never upgrades in place;
+                // `talosctl upgrade` by hand has no such guard).
+                Step::UpgradeTalos { machine } => {
+                    let target = self.desired.talos_upgrade.as_ref();
+                    let more = usize::from(self.find(machine)?.upgrade.is_none());
+                    prop_assert!(
+                        self.upgrading() + more <= target.map_or(0, |t| t.max_parallel),
+                        "{} nodes upgrading at once, maxParallel {:?}",
+                        self.upgrading() + more,
+                        target.map(|t| t.max_parallel)
+                    );
+                    for other in self
+                        .cp
+                        .machines
+                        .iter()
+                        .filter(|o| !o.deleting && o.upgrade.is_none() && &o.name != machine)
+                    {
+                        prop_assert!(
+                            self.available(other),
+                            "upgraded {machine} while {} is unavailable",
+                            other.name
+                        );
+                    }
+                }
+                // Remediation (KubeadmControlPlane's rule): one marked machine at a time, never
+                // beside another machine being deleted.
+                Step::Remediate { machine, .. } => {
+                    let m = self.find(machine)?;
+                    prop_assert!(m.unhealthy && !m.deleting, "remediated {machine}: {m:?}");
+                    prop_assert!(
+                        self.cp.machines.iter().all(|o| !o.deleting),
+                        "remediated {machine} while another machine is being deleted"
+                    );
+                }
                 _ => {}
             }
-            let had_quorum = self.healthy_quorum();
+            // The one exception, by design and stated in RollingOut: etcd of one or two voters
+            // cannot keep quorum through any node's reboot, so an in-place upgrade there
+            // reboots one node at a time (as `talosctl upgrade` would) and quorum returns with
+            // it; replacing the machine instead would boot the old Talos of the template.
+            let voters = self.cp.etcd.iter().flatten().filter(|e| !e.learner).count();
+            let reboot_below_three = matches!(step, Step::UpgradeTalos { .. }) && voters < 3;
+            if reboot_below_three {
+                prop_assert!(
+                    self.upgrading() == 0,
+                    "a second node rebooting with {voters} voters"
+                );
+            }
+            let had_quorum = self.healthy_quorum() && !reboot_below_three;
             self.apply(&step);
             // No step of ours leaves etcd without a healthy quorum.
             prop_assert!(
@@ -1118,6 +1272,9 @@ mod properties {
             1 => (0usize..8).prop_map(Event::Break),
             1 => (0usize..8).prop_map(Event::Heal),
             1 => Just(Event::SpecChange),
+            1 => (1usize..=3).prop_map(Event::TalosChange),
+            2 => any::<bool>().prop_map(|rolled_back| Event::Boot { rolled_back }),
+            1 => (0usize..8).prop_map(Event::MarkUnhealthy),
         ]
     }
 
@@ -1151,6 +1308,11 @@ mod properties {
                     Event::Break(i) => w.set_health(i, false),
                     Event::Heal(i) => w.set_health(i, true),
                     Event::SpecChange => w.spec_change(),
+                    Event::TalosChange(parallel) => w.talos_change(parallel),
+                    Event::Boot { rolled_back } => {
+                        w.boot(rolled_back);
+                    }
+                    Event::MarkUnhealthy(i) => w.mark_unhealthy(i),
                 }
             }
         }
@@ -1166,6 +1328,7 @@ mod properties {
             unavailable in 0usize..=3,
             outdated in proptest::collection::vec(any::<bool>(), 7),
             change_at in proptest::option::of(0usize..30),
+            talos_at in proptest::option::of((0usize..30, 1usize..=3)),
         ) {
             let mut w = world(replicas, surge, unavailable, &outdated);
             let mut steps = Vec::new();
@@ -1174,18 +1337,22 @@ mod properties {
                 if change_at == Some(i) {
                     w.spec_change();
                 }
+                if let Some((_, parallel)) = talos_at.filter(|(at, _)| *at == i) {
+                    w.talos_change(parallel);
+                }
                 let step = w.plan_checked()?;
                 match &step {
                     Step::Steady if w.finish() => {}
                     Step::Steady => {
-                        done = change_at.is_none_or(|c| c < i);
+                        done = change_at.is_none_or(|c| c < i)
+                            && talos_at.is_none_or(|(t, _)| t < i);
                         if done {
                             break;
                         }
                     }
                     Step::Wait { reason, message } => {
                         prop_assert!(
-                            w.finish() || w.join(),
+                            w.finish() || w.join() || w.boot(false),
                             "stuck: {reason}: {message}; machines {:?}; steps {steps:?}",
                             w.cp.machines
                         );
@@ -1196,6 +1363,15 @@ mod properties {
             }
             prop_assert!(done, "no convergence after 400 steps: {steps:?}");
             prop_assert!(w.cp.machines.iter().all(|m| m.up_to_date() && !m.deleting));
+            if talos_at.is_some() {
+                prop_assert!(
+                    w.cp.machines
+                        .iter()
+                        .all(|m| m.talos_version.as_deref() == Some(TALOS_TO) && m.upgrade.is_none()),
+                    "not every node upgraded in place: {:?}",
+                    w.cp.machines
+                );
+            }
             prop_assert_eq!(w.cp.machines.len(), replicas);
             prop_assert!(w.healthy_quorum());
         }

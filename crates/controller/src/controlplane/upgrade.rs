@@ -160,17 +160,17 @@ pub fn step(target: &Target, cp: &ControlPlane) -> Option<Step> {
         .iter()
         .filter(|m| m.upgrade.is_none() && m.talos_version.is_some() && !on_target(m))
         .collect();
-    let first = pending
-        .iter()
-        .min_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)))?;
     let upgrading: Vec<&str> = live
         .iter()
         .filter(|m| m.upgrade.is_some())
         .map(|m| m.name.as_str())
         .collect();
+    if pending.is_empty() && upgrading.is_empty() {
+        return None;
+    }
     let done = live.iter().filter(|m| on_target(m)).count();
     let progress = format!("{done} of {} nodes on Talos {}", live.len(), target.version);
-    if upgrading.len() >= parallel(target, live.len()) {
+    if upgrading.len() >= parallel(target, live.len()) || pending.is_empty() {
         let still = live
             .iter()
             .filter(|m| m.upgrade.is_some() && on_target(m))
@@ -192,6 +192,9 @@ pub fn step(target: &Target, cp: &ControlPlane) -> Option<Step> {
     ) {
         return Some(wait);
     }
+    let first = pending
+        .iter()
+        .min_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)))?;
     Some(Step::UpgradeTalos {
         machine: first.name.clone(),
     })

@@ -836,6 +836,7 @@ mod tests {
 #[cfg(test)]
 mod properties {
     use super::super::plan::{Step, next_step};
+    use super::super::reconfigure::{self, Marker as ConfigMarker};
     use super::super::scope::{ControlPlane, EtcdMember, MachineView};
     use super::super::upgrade::{Marker, Target};
     use super::{Desired, Strategy as Rollout, Timestamp, effective};
@@ -858,6 +859,10 @@ mod properties {
         cp: ControlPlane,
         desired: Desired,
         next: usize,
+        /// What Talos answers a TRY of the current controlPlaneConfig: it needs a reboot.
+        config_needs_reboot: bool,
+        /// controlPlaneConfig changes so far (the digest is `c<n>`).
+        config_changes: usize,
     }
 
     #[derive(Debug, Clone)]
@@ -880,18 +885,27 @@ mod properties {
         Boot { rolled_back: bool },
         /// A MachineHealthCheck marks machine i unhealthy.
         MarkUnhealthy(usize),
+        /// controlPlaneConfig changes; Talos applies the change live, or only with a reboot.
+        ConfigChange { needs_reboot: bool },
     }
 
     fn at(i: usize) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + i as i64).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
-    fn world(replicas: usize, surge: usize, unavailable: usize, outdated: &[bool]) -> World {
+    fn world(
+        replicas: usize,
+        surge: usize,
+        unavailable: usize,
+        outdated: &[bool],
+        reboot_in_place: bool,
+    ) -> World {
         let mut cp = ControlPlane::default();
         let mut members = Vec::new();
         for (i, old) in outdated.iter().take(replicas).enumerate() {
             let mut m = MachineView::test(&format!("m{i}"), at(i));
             m.talos_version = Some(TALOS_FROM.into());
+            m.config_digest = Some("c0".into());
             m.outdated = old.then(|| "Kubernetes v1.33.0 → v1.34.1".into());
             m.version = Some(if *old { "v1.33.0" } else { "v1.34.1" }.into());
             members.push(EtcdMember {
@@ -914,10 +928,12 @@ mod properties {
                     max_surge: surge,
                     max_unavailable: unavailable,
                 },
-                config_digest: None,
-                reboot_in_place: false,
+                config_digest: Some("c0".into()),
+                reboot_in_place,
             },
             next: replicas,
+            config_needs_reboot: false,
+            config_changes: 0,
         }
     }
 
@@ -977,6 +993,7 @@ mod properties {
                 Step::CreateMachine { .. } => {
                     let mut m = MachineView::test(&format!("m{}", self.next), at(self.next));
                     m.talos_version = Some(TALOS_FROM.into());
+                    m.config_digest = self.desired.config_digest.clone();
                     m.components_healthy = false;
                     m.version = Some(self.desired.version.clone());
                     self.next += 1;
@@ -1031,6 +1048,55 @@ mod properties {
                         u.failed = Some(why.clone());
                     }
                 }
+                // Talos takes a live change at once, or answers that it needs a reboot.
+                Step::TryConfig { machine } => {
+                    let (now, needs_reboot) = (self.cp.now, self.config_needs_reboot);
+                    let digest = self.desired.config_digest.clone().unwrap_or_default();
+                    if let Some(m) = self.machine(machine) {
+                        m.reconfigure = Some(ConfigMarker {
+                            digest,
+                            at: now,
+                            tried: !needs_reboot,
+                            needs_reboot: needs_reboot.then(|| "the kernel changes".into()),
+                            rebooting: false,
+                            down: false,
+                            failed: None,
+                        });
+                    }
+                }
+                Step::ConfirmConfig { machine } => {
+                    if let Some(m) = self.machine(machine) {
+                        m.config_digest = m.reconfigure.take().map(|r| r.digest);
+                    }
+                }
+                Step::RebootConfig { machine } => {
+                    let now = self.cp.now;
+                    let Some(m) = self.machine(machine) else {
+                        return;
+                    };
+                    if let Some(r) = m.reconfigure.as_mut() {
+                        r.rebooting = true;
+                        r.at = now;
+                    }
+                    m.reachable = false;
+                    let host = m.hostname.clone();
+                    self.set_health_of(&host, false);
+                }
+                Step::ConfigRebootSeenDown { machine } => {
+                    if let Some(r) = self.machine(machine).and_then(|m| m.reconfigure.as_mut()) {
+                        r.down = true;
+                    }
+                }
+                Step::ConfigChangeFailed { machine, why } => {
+                    if let Some(r) = self.machine(machine).and_then(|m| m.reconfigure.as_mut()) {
+                        r.failed = Some(why.clone());
+                    }
+                }
+                Step::ForgetConfigChange { machine } => {
+                    if let Some(m) = self.machine(machine) {
+                        m.reconfigure = None;
+                    }
+                }
                 _ => {}
             }
         }
@@ -1057,22 +1123,50 @@ mod properties {
         /// The oldest upgrading node that is down boots again: healthy, on the target (or on
         /// the version it came from). False if none is down.
         fn boot(&mut self, rolled_back: bool) -> bool {
-            let Some(i) = self
-                .cp
-                .machines
-                .iter()
-                .position(|m| !m.reachable && m.upgrade.as_ref().is_some_and(|u| u.issued))
-            else {
+            let Some(i) = self.cp.machines.iter().position(|m| {
+                !m.reachable
+                    && (m.upgrade.as_ref().is_some_and(|u| u.issued)
+                        || m.reconfigure.as_ref().is_some_and(|r| r.rebooting))
+            }) else {
                 return false;
             };
             let m = &mut self.cp.machines[i];
             m.reachable = true;
-            if !rolled_back {
+            if !rolled_back && m.upgrade.is_some() {
                 m.talos_version = Some(TALOS_TO.into());
             }
             let host = m.hostname.clone();
             self.set_health_of(&host, true);
             true
+        }
+
+        fn config_change(&mut self, needs_reboot: bool) {
+            self.config_changes += 1;
+            self.desired.config_digest = Some(format!("c{}", self.config_changes));
+            self.config_needs_reboot = needs_reboot;
+        }
+
+        /// What the controller's view derives from the machines' records (as `view` does): once
+        /// Talos said the change needs a reboot and the nodes do not reboot in place, every
+        /// machine on another configuration is outdated (replaced).
+        fn refresh(&mut self) {
+            let digest = self.desired.config_digest.clone().unwrap_or_default();
+            let live = self.cp.machines.iter().filter(|m| !m.deleting).count();
+            let replace = !reconfigure::reboots_in_place(self.desired.reboot_in_place, live)
+                && reconfigure::needs_reboot(
+                    self.cp
+                        .machines
+                        .iter()
+                        .filter_map(|m| m.reconfigure.as_ref()),
+                    &digest,
+                );
+            for m in &mut self.cp.machines {
+                let other = m.config_digest.as_ref().is_some_and(|d| *d != digest);
+                m.config_pending = other;
+                if replace && other && m.outdated.is_none() {
+                    m.outdated = Some("controlPlaneConfig needs a reboot".into());
+                }
+            }
         }
 
         fn mark_unhealthy(&mut self, i: usize) {
@@ -1163,6 +1257,7 @@ mod properties {
 
         /// Plan one step and check every safety property on it; returns the step.
         fn plan_checked(&mut self) -> Result<Step, TestCaseError> {
+            self.refresh();
             let step = next_step(&self.desired, true, &self.cp);
             let (surge, unavailable) = self.limits();
             let r = self.replicas();
@@ -1228,6 +1323,31 @@ mod properties {
                         );
                     }
                 }
+                // An in-place configuration change: one node at a time, only while every node
+                // is available; a reboot into it only while every other node is.
+                Step::TryConfig { machine } | Step::RebootConfig { machine } => {
+                    let trying = matches!(step, Step::TryConfig { .. });
+                    for other in self.cp.machines.iter().filter(|o| !o.deleting) {
+                        if &other.name == machine {
+                            continue;
+                        }
+                        prop_assert!(
+                            other.reconfigure.is_none(),
+                            "{step:?} while {} changes too",
+                            other.name
+                        );
+                        prop_assert!(
+                            self.available(other),
+                            "{step:?} while {} is unavailable",
+                            other.name
+                        );
+                    }
+                    let m = self.find(machine)?;
+                    prop_assert!(
+                        !trying || m.reconfigure.is_some() || self.available(m),
+                        "{step:?} on an unavailable machine"
+                    );
+                }
                 // Remediation (KubeadmControlPlane's rule): one marked machine at a time, never
                 // beside another machine being deleted.
                 Step::Remediate { machine, .. } => {
@@ -1275,6 +1395,7 @@ mod properties {
             1 => (1usize..=3).prop_map(Event::TalosChange),
             2 => any::<bool>().prop_map(|rolled_back| Event::Boot { rolled_back }),
             1 => (0usize..8).prop_map(Event::MarkUnhealthy),
+            1 => any::<bool>().prop_map(|needs_reboot| Event::ConfigChange { needs_reboot }),
         ]
     }
 
@@ -1291,9 +1412,10 @@ mod properties {
             surge in 0usize..=3,
             unavailable in 0usize..=3,
             outdated in proptest::collection::vec(any::<bool>(), 7),
+            reboot_in_place in any::<bool>(),
             events in proptest::collection::vec(event(), 1..80),
         ) {
-            let mut w = world(replicas, surge, unavailable, &outdated);
+            let mut w = world(replicas, surge, unavailable, &outdated, reboot_in_place);
             for e in events {
                 match e {
                     Event::Plan => {
@@ -1313,6 +1435,7 @@ mod properties {
                         w.boot(rolled_back);
                     }
                     Event::MarkUnhealthy(i) => w.mark_unhealthy(i),
+                    Event::ConfigChange { needs_reboot } => w.config_change(needs_reboot),
                 }
             }
         }
@@ -1329,8 +1452,10 @@ mod properties {
             outdated in proptest::collection::vec(any::<bool>(), 7),
             change_at in proptest::option::of(0usize..30),
             talos_at in proptest::option::of((0usize..30, 1usize..=3)),
+            config_at in proptest::option::of((0usize..30, any::<bool>())),
+            reboot_in_place in any::<bool>(),
         ) {
-            let mut w = world(replicas, surge, unavailable, &outdated);
+            let mut w = world(replicas, surge, unavailable, &outdated, reboot_in_place);
             let mut steps = Vec::new();
             let mut done = false;
             for i in 0..400 {
@@ -1340,12 +1465,16 @@ mod properties {
                 if let Some((_, parallel)) = talos_at.filter(|(at, _)| *at == i) {
                     w.talos_change(parallel);
                 }
+                if let Some((_, needs_reboot)) = config_at.filter(|(at, _)| *at == i) {
+                    w.config_change(needs_reboot);
+                }
                 let step = w.plan_checked()?;
                 match &step {
                     Step::Steady if w.finish() => {}
                     Step::Steady => {
                         done = change_at.is_none_or(|c| c < i)
-                            && talos_at.is_none_or(|(t, _)| t < i);
+                            && talos_at.is_none_or(|(t, _)| t < i)
+                            && config_at.is_none_or(|(c, _)| c < i);
                         if done {
                             break;
                         }
@@ -1372,6 +1501,13 @@ mod properties {
                     w.cp.machines
                 );
             }
+            prop_assert!(
+                w.cp.machines.iter().all(|m| m.config_digest == w.desired.config_digest
+                    && m.reconfigure.is_none()),
+                "not every machine on controlPlaneConfig {:?}: {:?}",
+                w.desired.config_digest,
+                w.cp.machines
+            );
             prop_assert_eq!(w.cp.machines.len(), replicas);
             prop_assert!(w.healthy_quorum());
         }

@@ -184,6 +184,11 @@ impl Backoff {
         reach
     }
 
+    /// Whether the last call to the node at `address` failed (it is probed after its rest).
+    pub fn failing(&self, address: &str) -> bool {
+        self.nodes().get(address).is_some_and(|r| r.failures > 0)
+    }
+
     /// The node at `address` answered.
     pub fn answered(&self, address: &str, now: Instant) {
         let mut nodes = self.nodes();

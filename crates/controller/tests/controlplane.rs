@@ -1192,6 +1192,65 @@ async fn what_a_machine_creation_cut_short_left_behind_is_removed_and_nothing_el
     settled(&client, &ns, "l", &infra.sim, 1).await;
 }
 
+#[tokio::test]
+async fn a_node_that_hangs_is_named_and_rested_and_nothing_is_removed_on_a_guess() {
+    let (client, ns, _controller) = setup_with(
+        "cp-hang",
+        controller::Options {
+            health_check: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "s", 3).await;
+    settled(&client, &ns, "s", &infra.sim, 3).await;
+    let cluster_id = sim_infra::cluster_id(&client, &ns, "s").await.unwrap();
+    let members = infra.sim.etcd_members(&cluster_id);
+    // Its apid takes every health question and answers none within the client's deadline.
+    let hung = machines(&client, &ns).await.remove(2).name_any();
+    let address = node_of(&client, &ns, &hung).await;
+    infra
+        .sim
+        .set_failures(&address, |f| {
+            for method in ["ServiceList", "EtcdMemberList", "EtcdStatus", "Version"] {
+                f.stalls.insert(method.into(), Duration::from_secs(3600));
+            }
+        })
+        .unwrap();
+    let named = wait_condition(
+        &client,
+        &ns,
+        "s",
+        ConditionType::EtcdClusterHealthy,
+        "False",
+        &hung,
+    )
+    .await;
+    assert!(
+        named.message.contains("does not answer") && named.message.contains("10s"),
+        "{}",
+        named.message
+    );
+    // Growing waits on it, and nothing is removed on a guess.
+    scale(&client, &ns, "s", 4).await;
+    wait_condition(&client, &ns, "s", ConditionType::ScalingUp, "True", &hung).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(machines(&client, &ns).await.len(), 3);
+    assert_eq!(
+        infra.sim.etcd_members(&cluster_id),
+        members,
+        "every member kept"
+    );
+    // Once it answers again, the control plane grows.
+    infra
+        .sim
+        .set_failures(&address, |f| f.stalls.clear())
+        .unwrap();
+    settled(&client, &ns, "s", &infra.sim, 4).await;
+    assert_etcd_invariants(&client, &ns, "s", &infra.sim).await;
+}
+
 /// The simulator's count of Talos API calls once it has stayed the same for 3 s.
 async fn talos_calls_at_rest(sim: &Simulator) -> u64 {
     let mut last = sim.requests();

@@ -389,9 +389,12 @@ pub struct Client {
     security: Arc<Security>,
     timeout: Duration,
     observer: Option<Arc<dyn Observer>>,
-    /// The connection in use, reused across calls; dropped (and failed over) when the endpoint
-    /// becomes unavailable.
-    connected: tokio::sync::Mutex<Option<Channel>>,
+    /// The connection in use, reused across calls, with the index of its endpoint; dropped
+    /// (and failed over) when the endpoint becomes unavailable.
+    connected: tokio::sync::Mutex<Option<(Channel, usize)>>,
+    /// The endpoint a new connection tries first: the one after an endpoint whose call ran out
+    /// of time (its apid may hang while it still accepts connections).
+    first: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Client {
@@ -470,6 +473,7 @@ impl Client {
             timeout: Duration::from_secs(5),
             observer: None,
             connected: Default::default(),
+            first: Default::default(),
         })
     }
 
@@ -489,6 +493,7 @@ impl Client {
             timeout: Duration::from_secs(5),
             observer: None,
             connected: Default::default(),
+            first: Default::default(),
         }
     }
 
@@ -517,11 +522,15 @@ impl Client {
         self.timeout
     }
 
-    /// A channel to the first endpoint that answers (failover in order). An endpoint that is
-    /// written wrongly fails at once; one that does not answer is skipped.
-    async fn channel(&self) -> Result<Channel, Error> {
+    /// A channel to the first endpoint that answers (failover in order, from [`Client::first`]),
+    /// with its index. An endpoint that is written wrongly fails at once; one that does not
+    /// answer is skipped.
+    async fn channel(&self) -> Result<(Channel, usize), Error> {
         let mut last = Error::NoEndpoints;
-        for endpoint in &self.endpoints {
+        let n = self.endpoints.len();
+        let first = self.first.load(std::sync::atomic::Ordering::Relaxed);
+        for index in (0..n).map(|i| (first + i) % n) {
+            let endpoint = &self.endpoints[index];
             let (host, port) = address(endpoint)?;
             let attempt = match self.security.as_ref() {
                 Security::Mutual(tls) => self.connect_mutual(endpoint, tls, &host, port).await,
@@ -530,7 +539,7 @@ impl Client {
                 }
             };
             match attempt {
-                Ok(channel) => return Ok(channel),
+                Ok(channel) => return Ok((channel, index)),
                 Err(e @ Error::Connect { .. }) => last = e,
                 Err(e) => return Err(e),
             }
@@ -592,10 +601,10 @@ impl Client {
     async fn connection(&self) -> Result<Channel, Error> {
         let mut connected = self.connected.lock().await;
         Ok(match connected.as_ref() {
-            Some(c) => c.clone(),
+            Some((c, _)) => c.clone(),
             None => {
-                let c = self.channel().await?;
-                *connected = Some(c.clone());
+                let (c, index) = self.channel().await?;
+                *connected = Some((c.clone(), index));
                 c
             }
         })
@@ -619,8 +628,14 @@ impl Client {
             Ok(Ok(r)) => Ok((r.into_inner(), start.elapsed())),
         };
         if matches!(result, Err(Error::Timeout(_) | Error::Unavailable(_))) {
-            // Reconnect (and fail over) on the next call.
-            *self.connected.lock().await = None;
+            // Reconnect (and fail over) on the next call; after a call that ran out of time,
+            // starting from the next endpoint.
+            let mut connected = self.connected.lock().await;
+            if let (Some((_, index)), Err(Error::Timeout(_))) = (connected.as_ref(), &result) {
+                self.first
+                    .store(index + 1, std::sync::atomic::Ordering::Relaxed);
+            }
+            *connected = None;
         }
         if let Some(observer) = &self.observer {
             observer.observe(method, start.elapsed(), result.as_ref().err());

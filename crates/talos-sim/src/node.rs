@@ -53,8 +53,10 @@ pub struct Failures {
     pub etcd_errors: Vec<String>,
     /// gRPC method name (e.g. "EtcdMemberList") -> the error code it returns.
     pub api_errors: HashMap<String, tonic::Code>,
-    /// gRPC method name -> how long this node stalls a call it receives before answering it (a
-    /// hung or overloaded apid; longer than a client's timeout, the call never returns in time).
+    /// gRPC method name -> how long this node stalls a call it receives, directly or proxied
+    /// through another node, before answering it (a hung or overloaded apid; longer than a
+    /// client's timeout, the call never returns in time, and neither does a call fanned out to
+    /// it with others).
     pub stalls: HashMap<String, Duration>,
     /// The apid certificate issued at the next boot has expired (an hour ago).
     pub expired_certificate: bool,

@@ -73,6 +73,10 @@ pub(crate) async fn serve(
         .await
 }
 
+/// The gRPC method a call asks for (set on each request as it arrives).
+#[derive(Clone)]
+struct Called(String);
+
 /// The failures that act on a whole call, by gRPC method: [`crate::node::Failures::stalls`]
 /// holds a call for as long as it says before handing it on (a hung or overloaded apid), and
 /// [`crate::node::Failures::lost_replies`] lets a call take effect and then answers it
@@ -106,8 +110,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
-        let method = req.uri().path().rsplit('/').next().unwrap_or_default();
+    fn call(&mut self, mut req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let method = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        // The method goes with the call, so a node it is proxied to can stall it too.
+        req.extensions_mut().insert(Called(method.clone()));
+        let method = method.as_str();
         let (stall, lose) = {
             let mut s = self.node.state();
             let stall = s.failures.stalls.get(method).copied();
@@ -276,6 +289,19 @@ impl Api {
         }
 
         let targets = targets(&req);
+        let method = req.extensions().get::<Called>().map(|c| c.0.clone());
+        // apid waits for every node it proxies to: one whose apid hangs holds up the reply.
+        let stalled = |node: &Arc<Node>| {
+            let stall = method
+                .as_ref()
+                .filter(|_| !Arc::ptr_eq(node, &self.node))
+                .and_then(|m| node.state().failures.stalls.get(m).copied());
+            async move {
+                if let Some(stall) = stall {
+                    tokio::time::sleep(stall).await;
+                }
+            }
+        };
         let served = match &targets {
             Targets::Many(ts) => ts.len() as u64,
             _ => 1,
@@ -287,13 +313,17 @@ impl Api {
             Targets::Local => f(self.node.clone()).await.map(Response::new),
             Targets::One(t) => {
                 let node = self.proxied_to(&t)?;
+                stalled(&node).await;
                 f(node).await.map(Response::new)
             }
             Targets::Many(ts) => {
                 let mut out = Vec::new();
                 for t in ts {
                     let result = match self.proxied_to(&t) {
-                        Ok(node) => f(node).await,
+                        Ok(node) => {
+                            stalled(&node).await;
+                            f(node).await
+                        }
                         Err(e) => Err(e),
                     };
                     match result {

@@ -257,6 +257,38 @@ async fn client_drives_the_simulator() {
         Err(Error::FailedPrecondition(_))
     ));
 
+    // A hung apid still accepts connections, so failover on connect does not help: a call
+    // through it runs out of time, and the next call starts from the next endpoint. A call
+    // fanned out through another node to it runs out of time too (apid waits for every node).
+    sim.set_failures(&nodes[1], |f| {
+        f.stalls.insert("Version".into(), Duration::from_secs(30));
+    })
+    .unwrap();
+    let hung = Client::from_talosconfig(&admin_cfg.to_yaml().unwrap(), None)
+        .unwrap()
+        .with_endpoints(vec![nodes[1].clone(), nodes[0].clone()])
+        .with_timeout(Duration::from_millis(500));
+    let first = hung.version(&Nodes::Endpoint).await;
+    assert!(matches!(first, Err(Error::Timeout(_))), "{first:?}");
+    let next = hung.version(&Nodes::Endpoint).await.unwrap();
+    assert_eq!(
+        next[0]
+            .result
+            .as_ref()
+            .unwrap()
+            .version
+            .as_ref()
+            .unwrap()
+            .tag,
+        "v1.13.1",
+        "answered by node 0, the next endpoint"
+    );
+    let fanned = hung
+        .version(&Nodes::Many(vec![nodes[0].clone(), nodes[1].clone()]))
+        .await;
+    assert!(matches!(fanned, Err(Error::Timeout(_))), "{fanned:?}");
+    sim.set_failures(&nodes[1], |f| f.stalls.clear()).unwrap();
+
     let mut reboot_events = sim.events();
     failover
         .reboot(&Nodes::One(nodes[1].clone()))

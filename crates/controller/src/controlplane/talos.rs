@@ -192,24 +192,45 @@ pub async fn observe(
             None
         }
     };
-    let (mut members, (mut services, mut statuses), talos_versions) = futures::join!(
-        client.etcd_member_list(&many),
-        ask_health(&client, &many),
+    // A node whose last call failed is probed on its own, so that if it still hangs, it holds
+    // up no other node's answer (apid waits for every node of a call fanned out to several).
+    let probing = addresses.iter().any(|a| ctx.node_backoff.failing(a));
+    let ((mut members, (mut services, mut statuses)), talos_versions) = futures::join!(
+        async {
+            if probing {
+                let (members, services, statuses) = node_by_node(&client, &addresses).await;
+                (members, (services, statuses))
+            } else {
+                futures::join!(client.etcd_member_list(&many), ask_health(&client, &many))
+            }
+        },
         asked_versions
     );
     // A call that failed as a whole did not reach the nodes: most often the endpoint it went
     // through has just gone (a machine being deleted). The client has dropped that connection
     // and fails over to the next endpoint, so the calls are asked once more at once.
-    if members.as_ref().is_err_and(talos_api::Error::is_retryable)
-        || services.as_ref().is_err_and(talos_api::Error::is_retryable)
-        || statuses.as_ref().is_err_and(talos_api::Error::is_retryable)
-    {
+    let failed_with = |f: fn(&talos_api::Error) -> bool| {
+        members.as_ref().is_err_and(f)
+            || services.as_ref().is_err_and(f)
+            || statuses.as_ref().is_err_and(f)
+    };
+    if failed_with(timed_out) {
+        // One node that hangs holds up a call fanned out to all of them (apid waits for every
+        // node): each node is asked on its own, so the others answer and it is named, and rests.
+        (members, services, statuses) = node_by_node(&client, &addresses).await;
+    } else if failed_with(talos_api::Error::is_retryable) {
         (members, (services, statuses)) =
             futures::join!(client.etcd_member_list(&many), ask_health(&client, &many));
     }
 
     match services {
-        Ok(replies) => record_services(ctx, now, replies, &targets, &mut observed),
+        Ok(replies) => record_services(
+            ctx,
+            std::time::Instant::now(),
+            replies,
+            &targets,
+            &mut observed,
+        ),
         Err(e) => {
             // No node's health is known. Only when every endpoint refused a connection did each
             // node fail on its own, and each rests; any other failure of the whole call says
@@ -310,6 +331,60 @@ pub async fn observe(
 }
 
 type Replies<T> = Result<Vec<talos_api::NodeResult<T>>, talos_api::Error>;
+
+/// The call did not complete within a deadline.
+fn timed_out(e: &talos_api::Error) -> bool {
+    matches!(
+        e,
+        talos_api::Error::Timeout(_) | talos_api::Error::DeadlineExceeded(_)
+    )
+}
+
+/// The member list, services and etcd status of each of `addresses`, asked of each node on its
+/// own (all at once): a node's failure, its deadline included, is its own reply.
+async fn node_by_node(
+    client: &talos_api::Client,
+    addresses: &[String],
+) -> (
+    Replies<talos_api::machine::EtcdMembers>,
+    Replies<talos_api::machine::ServiceList>,
+    Replies<talos_api::machine::EtcdStatus>,
+) {
+    // The one node asked is the node of every reply, named or not.
+    fn own<T>(node: &str, replies: Replies<T>) -> Vec<talos_api::NodeResult<T>> {
+        match replies {
+            Ok(replies) => replies
+                .into_iter()
+                .map(|r| talos_api::NodeResult {
+                    node: node.to_owned(),
+                    result: r.result,
+                })
+                .collect(),
+            Err(e) => vec![talos_api::NodeResult {
+                node: node.to_owned(),
+                result: Err(e),
+            }],
+        }
+    }
+    let asked = futures::future::join_all(addresses.iter().map(|address| async move {
+        let one = Nodes::One(address.clone());
+        let (members, (services, statuses)) =
+            futures::join!(client.etcd_member_list(&one), ask_health(client, &one));
+        (
+            own(address, members),
+            own(address, services),
+            own(address, statuses),
+        )
+    }))
+    .await;
+    let (mut members, mut services, mut statuses) = (Vec::new(), Vec::new(), Vec::new());
+    for (m, s, e) in asked {
+        members.extend(m);
+        services.extend(s);
+        statuses.extend(e);
+    }
+    (Ok(members), Ok(services), Ok(statuses))
+}
 
 /// Each of `nodes`' services and etcd status, asked at once.
 async fn ask_health(

@@ -209,8 +209,7 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
             (s.cp_total >= 1, s.line())
         })
         .await?;
-        faults.kill_manager(&mut manager, "bootstrap", 8).await?;
-        faults.restart_apiserver(&mut cp, "bootstrap").await?;
+        faults.strike(&mut manager, &mut cp, "bootstrap", 8).await?;
     }
     progress("cluster up", Duration::from_secs(300), async || {
         let s = view.snapshot().await;
@@ -269,9 +268,8 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         })
         .await?;
         faults
-            .kill_manager(&mut manager, "rolling upgrade", 10)
+            .strike(&mut manager, &mut cp, "rolling upgrade", 10)
             .await?;
-        faults.restart_apiserver(&mut cp, "rolling upgrade").await?;
     }
     progress("rolling upgrade", Duration::from_secs(600), async || {
         let s = view.snapshot().await;
@@ -298,9 +296,8 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
     .await?;
     if args.faults {
         faults
-            .kill_manager(&mut manager, "Talos upgrade", 3)
+            .strike(&mut manager, &mut cp, "Talos upgrade", 3)
             .await?;
-        faults.restart_apiserver(&mut cp, "Talos upgrade").await?;
     }
     progress("Talos upgrade", Duration::from_secs(600), async || {
         let s = view.snapshot().await;
@@ -395,8 +392,7 @@ async fn scale_under_fire(
     for (to, phase) in [(5, "scale-up"), (3, "scale-down")] {
         step(&format!("Scale the control plane to {to} under fire"));
         patch_control_plane(client, json!({"replicas": to})).await?;
-        faults.kill_manager(manager, phase, 4).await?;
-        faults.restart_apiserver(cp, phase).await?;
+        faults.strike(manager, cp, phase, 4).await?;
         progress(phase, Duration::from_secs(300), async || {
             let s = view.snapshot().await;
             let done = s.cp_total == to && s.cp_running == to && s.voters == to && s.etcd_healthy;
@@ -433,8 +429,7 @@ async fn delete_under_fire(
         .await
         .map(drop)
         .map_err(|e| format!("deleting Cluster {CLUSTER}: {e}"))?;
-    faults.kill_manager(manager, "deletion", 4).await?;
-    faults.restart_apiserver(cp, "deletion").await?;
+    faults.strike(manager, cp, "deletion", 4).await?;
     progress("deletion", Duration::from_secs(300), async || {
         let s = view.snapshot().await;
         let kept = secrets_kept(client).await;
@@ -787,6 +782,19 @@ impl Faults {
         self.kills
             .push(format!("{:.1} s into the {during}", after.as_secs_f64()));
         Ok(())
+    }
+
+    /// A manager kill (see [`Faults::kill_manager`]), then a kube-apiserver restart, during
+    /// `during`.
+    async fn strike(
+        &mut self,
+        manager: &mut ManagedProcess,
+        cp: &mut LocalControlPlane,
+        during: &'static str,
+        within: u64,
+    ) -> Result<(), Failure> {
+        self.kill_manager(manager, during, within).await?;
+        self.restart_apiserver(cp, during).await
     }
 
     async fn restart_apiserver(

@@ -1775,6 +1775,45 @@ async fn max_surge_0_replaces_in_place_of_each_machine_and_replans_on_a_spec_cha
 const PROXY_PATCH: &str = "machine:\n  env:\n    https_proxy: http://proxy.example:3128\n";
 
 /// How often each machine's node has booted, by machine name.
+/// Wait until the node at each of `nodes` runs a configuration document for which `runs`
+/// holds (`what` names it), and control plane `name` says its 3 machines are up to date with no
+/// configuration change under way.
+async fn changed_in_place(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    sim: &Simulator,
+    nodes: &[String],
+    what: &str,
+    runs: impl Fn(&serde_json::Value) -> bool,
+) {
+    let api = Api::<TalosControlPlane>::namespaced(client.clone(), ns);
+    eventually(
+        client,
+        ns,
+        name,
+        &format!("every node runs {what}, and the control plane says it is up to date"),
+        async || {
+            for address in nodes {
+                let (_, docs) = sim.running(address)?;
+                if !docs.iter().any(&runs) {
+                    return None;
+                }
+            }
+            let tcp = api.get(name).await.ok()?;
+            let markers = machines(client, ns).await.iter().any(|m| {
+                m.annotations()
+                    .contains_key("controlplane.cluster.x-k8s.io/talos-config-apply")
+            });
+            (tcp.status.as_ref()?.up_to_date_replicas == Some(3)
+                && condition(&tcp, ConditionType::MachinesUpToDate)?.status == "True"
+                && !markers)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 async fn boots(client: &kube::Client, ns: &str, sim: &Simulator) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for m in machine_names(client, ns).await {
@@ -1808,33 +1847,13 @@ async fn a_config_change_talos_applies_live_is_made_in_place_and_one_needing_a_r
         }}}),
     )
     .await;
-    let api = Api::<TalosControlPlane>::namespaced(client.clone(), &ns);
-    eventually(
-        &client,
-        &ns,
-        "r",
-        "every node runs the label, and the control plane says it is up to date",
-        async || {
-            for m in machine_names(&client, &ns).await {
-                let (_, docs) = infra.sim.running(&node_of(&client, &ns, &m).await)?;
-                let labelled = docs
-                    .iter()
-                    .any(|d| d["machine"]["nodeLabels"]["example.com/tier"] == json!("gold"));
-                if !labelled {
-                    return None;
-                }
-            }
-            let tcp = api.get("r").await.ok()?;
-            let markers = machines(&client, &ns).await.iter().any(|m| {
-                m.annotations()
-                    .contains_key("controlplane.cluster.x-k8s.io/talos-config-apply")
-            });
-            (tcp.status.as_ref()?.up_to_date_replicas == Some(3)
-                && condition(&tcp, ConditionType::MachinesUpToDate)?.status == "True"
-                && !markers)
-                .then_some(())
-        },
-    )
+    let mut nodes = Vec::new();
+    for m in machine_names(&client, &ns).await {
+        nodes.push(node_of(&client, &ns, &m).await);
+    }
+    changed_in_place(&client, &ns, "r", &infra.sim, &nodes, "the label", |d| {
+        d["machine"]["nodeLabels"]["example.com/tier"] == json!("gold")
+    })
     .await;
     assert_eq!(
         boots(&client, &ns, &infra.sim).await,
@@ -1953,33 +1972,9 @@ async fn with_config_reboot_in_place_a_change_needing_a_reboot_reboots_each_node
         }),
     )
     .await;
-    let api = Api::<TalosControlPlane>::namespaced(client.clone(), &ns);
-    eventually(
-        &client,
-        &ns,
-        "b",
-        "every node runs the proxy, and the control plane says it is up to date",
-        async || {
-            for address in &nodes {
-                let (_, docs) = infra.sim.running(address)?;
-                let proxied = docs.iter().any(|d| {
-                    d["machine"]["env"]["https_proxy"] == json!("http://proxy.example:3128")
-                });
-                if !proxied {
-                    return None;
-                }
-            }
-            let tcp = api.get("b").await.ok()?;
-            let markers = machines(&client, &ns).await.iter().any(|m| {
-                m.annotations()
-                    .contains_key("controlplane.cluster.x-k8s.io/talos-config-apply")
-            });
-            (tcp.status.as_ref()?.up_to_date_replicas == Some(3)
-                && condition(&tcp, ConditionType::MachinesUpToDate)?.status == "True"
-                && !markers)
-                .then_some(())
-        },
-    )
+    changed_in_place(&client, &ns, "b", &infra.sim, &nodes, "the proxy", |d| {
+        d["machine"]["env"]["https_proxy"] == json!("http://proxy.example:3128")
+    })
     .await;
     let after = boots(&client, &ns, &infra.sim).await;
     assert_eq!(

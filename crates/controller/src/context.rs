@@ -127,6 +127,8 @@ pub struct Context {
     pub(crate) drift: Mutex<HashMap<String, (Instant, Drifted)>>,
     /// The workload clusters' control-plane Nodes, watched through their kubeconfig.
     pub(crate) workloads: crate::controlplane::workload::Workloads,
+    /// The control planes' infrastructure machines, watched for their addresses.
+    pub(crate) infra: crate::controlplane::infra::InfraMachines,
     failures: Mutex<HashMap<String, u32>>,
     /// Secrets bundles being generated, per cluster, with the reconciles waiting for them.
     generating: Mutex<HashMap<String, Vec<ObjectRef<TalosConfig>>>>,
@@ -234,6 +236,7 @@ impl Context {
             node_backoff: crate::nodes::Backoff::default(),
             steady_looks: Default::default(),
             workloads: Default::default(),
+            infra: Default::default(),
             drift: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             generating: Mutex::new(HashMap::new()),

@@ -88,6 +88,20 @@ pub struct Template {
 }
 
 impl Template {
+    /// The kind of infrastructure machine the template makes (its kind without `Template`).
+    pub fn infra_resource(&self) -> ApiResource {
+        let kind = self
+            .reference
+            .kind
+            .strip_suffix("Template")
+            .unwrap_or(&self.reference.kind);
+        ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            &self.resource.group,
+            &self.resource.version,
+            kind,
+        ))
+    }
+
     /// Read the template `tcp` names.
     pub async fn read(ctx: &Context, tcp: &TalosControlPlane) -> Result<Template, Error> {
         let reference = TemplateRef::of(tcp).ok_or_else(|| {
@@ -507,16 +521,8 @@ pub async fn create(
     let template_ref = &template.reference;
     let template_ar = &template.resource;
     let inner = &template.object.data["spec"]["template"];
-    let infra_kind = template_ref
-        .kind
-        .strip_suffix("Template")
-        .unwrap_or(&template_ref.kind)
-        .to_owned();
-    let infra_ar = ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-        &template_ar.group,
-        &template_ar.version,
-        &infra_kind,
-    ));
+    let infra_ar = template.infra_resource();
+    let infra_kind = infra_ar.kind.clone();
     let cluster_label = BTreeMap::from([(labels::CLUSTER_NAME.to_owned(), cluster.to_owned())]);
     let inner_meta = |key: &str| -> Option<BTreeMap<String, String>> {
         serde_json::from_value(inner["metadata"][key].clone()).ok()
@@ -682,19 +688,7 @@ pub async fn remove_leftover(
     let ns = tcp.namespace().unwrap_or_default();
     let mut kinds = vec![super::talosconfig_resource()];
     if let Some(t) = template {
-        let kind = t
-            .reference
-            .kind
-            .strip_suffix("Template")
-            .unwrap_or(&t.reference.kind);
-        kinds.insert(
-            0,
-            ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-                &t.resource.group,
-                &t.resource.version,
-                kind,
-            )),
-        );
+        kinds.insert(0, t.infra_resource());
     }
     for ar in kinds {
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);

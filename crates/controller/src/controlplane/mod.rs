@@ -11,6 +11,7 @@
 
 mod config_change;
 pub mod expectations;
+pub mod infra;
 pub mod kubeconfig;
 pub mod machines;
 pub mod plan;
@@ -247,7 +248,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     let Some(cluster) = ctx.caches.cluster(&ns, &cluster_name)? else {
         return Ok(Action::await_change());
     };
-    let machines: Vec<Machine> = ctx
+    let mut machines: Vec<Machine> = ctx
         .caches
         .machines_of(&ns, &cluster_name, true)
         .into_iter()
@@ -335,6 +336,20 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         },
     );
 
+    // What a machine made now is made from; the template is read on every reconcile, so a
+    // change of its content rolls the machines too. A template that cannot be read now judges
+    // no machine on content (and fails a creation, which says why).
+    let template = machines::Template::read(ctx, &tcp).await;
+    // A new node is asked as soon as its infrastructure machine reports its address.
+    if let Ok(t) = &template {
+        ctx.infra.fill_addresses(
+            &ctx.client,
+            &ctx.options,
+            &t.infra_resource(),
+            ctx.workloads.waker(),
+            &mut machines,
+        );
+    }
     let talosconfig = ctx
         .caches
         .secret(&ns, &talosconfig_name(&cluster_name))
@@ -395,10 +410,6 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         }
         _ => None,
     };
-    // What a machine made now is made from; the template is read on every reconcile, so a
-    // change of its content rolls the machines too. A template that cannot be read now judges
-    // no machine on content (and fails a creation, which says why).
-    let template = machines::Template::read(ctx, &tcp).await;
     let now = ctx.clock.now().0;
     for leftover in machines::leftovers(
         &ctx.caches.control_plane_configs(&ns, &cluster_name),

@@ -143,6 +143,11 @@ impl Workloads {
             .take()
     }
 
+    /// Where a TalosControlPlane is sent to be reconciled at once (also by other watches).
+    pub(crate) fn waker(&self) -> &mpsc::UnboundedSender<ObjectRef<DynamicObject>> {
+        &self.wake_tx
+    }
+
     /// Workload clusters watched now.
     pub fn watched(&self) -> usize {
         self.clusters.lock().map_or(0, |c| c.len())

@@ -1,0 +1,200 @@
+//! The infrastructure machines of our control planes, watched for their addresses: a new node's
+//! address is known when its infrastructure machine reports it, not a second later when Cluster
+//! API copies it to the Machine. One watch per infrastructure kind (the kind of a control
+//! plane's machine template), label-selected to Cluster API clusters' objects and slimmed to
+//! their identity and `status.addresses`; a change of the addresses of one a TalosControlPlane
+//! owns reconciles that TalosControlPlane at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use api::capi::{Machine, MachineAddress, labels};
+use futures::StreamExt;
+use futures::channel::mpsc;
+use kube::ResourceExt;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::Options;
+
+/// One watched infrastructure kind.
+struct Watched {
+    store: Store<DynamicObject>,
+    /// Drives the watch; aborted when this is dropped.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The watched infrastructure kinds, by `apiVersion/kind`.
+#[derive(Default)]
+pub struct InfraMachines {
+    kinds: Mutex<HashMap<String, Watched>>,
+}
+
+impl std::fmt::Debug for InfraMachines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InfraMachines").finish_non_exhaustive()
+    }
+}
+
+/// The addresses an infrastructure machine reports (`status.addresses`, Cluster API's
+/// contract field); empty when it reports none yet.
+pub fn addresses(infra: &DynamicObject) -> Vec<MachineAddress> {
+    serde_json::from_value(infra.data["status"]["addresses"].clone()).unwrap_or_default()
+}
+
+/// What the store keeps of an infrastructure machine: its metadata (owners, for the wake-up)
+/// and its addresses.
+fn slim(obj: &mut DynamicObject) {
+    crate::cache::slim_dynamic(obj);
+    let addresses = obj.data["status"]["addresses"].take();
+    obj.data = serde_json::json!({"status": {"addresses": addresses}});
+}
+
+/// The TalosControlPlane that owns an infrastructure machine, as the controller's queue names it.
+fn owner(infra: &DynamicObject, tcp: &ApiResource) -> Option<ObjectRef<DynamicObject>> {
+    let ns = infra.namespace()?;
+    infra
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "TalosControlPlane")
+        .map(|o| ObjectRef::new_with(&o.name, tcp.clone()).within(&ns))
+}
+
+impl InfraMachines {
+    /// Fill in, on each of `machines` that has no address yet, the addresses its infrastructure
+    /// machine reports, when that is of kind `infra` (the kind the control plane's template
+    /// makes). The first call for a kind starts its watch; until it has listed, nothing is filled
+    /// in. `wake` is told of each TalosControlPlane whose infrastructure machines' addresses
+    /// change.
+    pub fn fill_addresses(
+        &self,
+        client: &kube::Client,
+        options: &Options,
+        infra: &ApiResource,
+        wake: &mpsc::UnboundedSender<ObjectRef<DynamicObject>>,
+        machines: &mut [Machine],
+    ) {
+        let store = self.store(client, options, infra, wake);
+        for m in machines.iter_mut().filter(|m| m.addresses().is_empty()) {
+            let reference = &m.spec.infrastructure_ref;
+            if reference.kind != infra.kind || reference.api_group != infra.group {
+                continue;
+            }
+            let Some(ns) = m.namespace() else { continue };
+            let key = ObjectRef::new_with(&reference.name, infra.clone()).within(&ns);
+            let found = store.get(&key).map(|i| addresses(&i)).unwrap_or_default();
+            if !found.is_empty() {
+                tracing::debug!(machine = %m.name_any(), "address from its infrastructure machine");
+                m.status.get_or_insert_with(Default::default).addresses = Some(found);
+            }
+        }
+    }
+
+    /// The store of kind `infra`, its watch started if it was not.
+    fn store(
+        &self,
+        client: &kube::Client,
+        options: &Options,
+        infra: &ApiResource,
+        wake: &mpsc::UnboundedSender<ObjectRef<DynamicObject>>,
+    ) -> Store<DynamicObject> {
+        let key = format!("{}/{}", infra.api_version, infra.kind);
+        let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = kinds.get(&key) {
+            return w.store.clone();
+        }
+        let writer = reflector::store::Writer::new(infra.clone());
+        let store = writer.as_reader();
+        let api = crate::cache::dynamic_api(client, options, infra);
+        let selector = match &options.watch_filter {
+            Some(value) => format!("{}={value},{}", labels::WATCH_FILTER, labels::CLUSTER_NAME),
+            None => labels::CLUSTER_NAME.to_owned(),
+        };
+        let events = watcher(api, watcher::Config::default().labels(&selector))
+            .default_backoff()
+            .modify(slim)
+            .reflect(writer)
+            .applied_objects();
+        let tcp = super::resource();
+        let wake = wake.clone();
+        let kind = key.clone();
+        let task = tokio::spawn(async move {
+            // The addresses last seen per object: only a change wakes its control plane.
+            let mut seen: BTreeMap<String, Vec<MachineAddress>> = BTreeMap::new();
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(obj) => {
+                        let now = addresses(&obj);
+                        let id =
+                            format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+                        if seen.get(&id) != Some(&now) {
+                            if let Some(owner) = owner(&obj, &tcp) {
+                                let _ = wake.unbounded_send(owner);
+                            }
+                            seen.insert(id, now);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%kind, error = %e, "watching infrastructure machines");
+                    }
+                }
+            }
+        });
+        kinds.insert(
+            key,
+            Watched {
+                store: store.clone(),
+                task,
+            },
+        );
+        store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_read_from_the_contract_field_and_kept_alone() {
+        let mut infra: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachine",
+            "metadata": {"name": "m", "namespace": "ns", "ownerReferences": [
+                {"apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane", "name": "cp", "uid": "u"}
+            ]},
+            "spec": {"providerID": "sim://m", "big": "x".repeat(1000)},
+            "status": {"ready": true, "addresses": [
+                {"type": "InternalIP", "address": "10.0.0.2"},
+                {"type": "Hostname", "address": "m"}
+            ]}
+        }))
+        .expect("an infrastructure machine");
+        slim(&mut infra);
+        assert_eq!(
+            infra.data,
+            serde_json::json!({"status": {"addresses": [
+                {"type": "InternalIP", "address": "10.0.0.2"},
+                {"type": "Hostname", "address": "m"}
+            ]}})
+        );
+        let found = addresses(&infra);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].address, "10.0.0.2");
+        let tcp = super::super::resource();
+        assert_eq!(
+            owner(&infra, &tcp),
+            Some(ObjectRef::new_with("cp", tcp.clone()).within("ns"))
+        );
+        let mut bare = infra.clone();
+        bare.data = serde_json::json!({});
+        assert!(addresses(&bare).is_empty(), "none reported yet");
+    }
+}

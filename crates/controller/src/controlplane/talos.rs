@@ -134,8 +134,10 @@ impl SteadyLooks {
     }
 }
 
-/// Ask the nodes of `machines` for the etcd member list and their services (and, with
-/// `versions`, their Talos versions): each call fanned out by one node to all of them. A node
+/// Ask the nodes of `machines` for the etcd member list, their services and etcd status (and,
+/// with `versions`, their Talos versions): each call fanned out by one node to all of them, or,
+/// when a node's last call failed or a fanned-out call ran out of time, asked of each node on
+/// its own, so that one node that hangs holds up no other's answer. A node
 /// that answered before and then stopped is left out until its own backoff ends (see
 /// [`crate::nodes::Backoff`]), unless its machine is in `urgent` (a node rebooting into an
 /// upgrade is watched closely). A node that never answered is always asked: it is booting,

@@ -414,15 +414,42 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
             .is_none()
     );
 
-    // A Secret planted under a machine's bootstrap data name, owned by nothing, or of a type no
-    // bootstrap provider writes: refused, left as it was, and never named as the machine's data.
-    for (machine_name, type_, says) in [
-        ("planted-0", "Opaque", "owned by nothing"),
-        ("typed-0", "example.com/other", "of type example.com/other"),
+    // A Secret planted under a machine's bootstrap data name, owned by nothing, owned by
+    // another object, or of a type no bootstrap provider writes: refused, left as it was, and
+    // never named as the machine's data.
+    let foreign = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &ns)
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "someone-else"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let foreign_owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: "someone-else".into(),
+        uid: foreign.metadata.uid.clone().unwrap(),
+        ..Default::default()
+    };
+    for (machine_name, type_, owners, says) in [
+        ("planted-0", "Opaque", None, "owned by nothing"),
+        (
+            "foreign-0",
+            "cluster.x-k8s.io/secret",
+            Some(vec![foreign_owner]),
+            "owned by ConfigMap someone-else",
+        ),
+        (
+            "typed-0",
+            "example.com/other",
+            None,
+            "of type example.com/other",
+        ),
     ] {
         let planted = Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(format!("{machine_name}-bootstrap-data")),
+                owner_references: owners,
                 ..Default::default()
             },
             type_: Some(type_.into()),

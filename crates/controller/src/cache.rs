@@ -34,6 +34,59 @@ fn first_list(listed: &tokio::sync::watch::Sender<u8>) -> impl Fn() + '_ {
     move || once.call_once(|| listed.send_modify(|n| *n += 1))
 }
 
+/// The first wait after a watch fails, doubled after each further failure up to
+/// [`WATCH_RETRY_MAX`].
+const WATCH_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(800);
+const WATCH_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `events` (a watch) retried after each failure with a wait that doubles from 0.8 s to 30 s
+/// (each drawn from its upper half, so that many watches of one server spread out), and starts
+/// over only once the watch lists or sees a change. kube-runtime's `default_backoff` starts over
+/// on any event, and its watcher announces each list attempt (`Event::Init`) before making it,
+/// so an API server that stays unreachable would be asked about once a second for ever.
+pub(crate) fn retried<K>(
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>>,
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> {
+    let mut failures: u32 = 0;
+    events.then(move |event| {
+        let wait = match &event {
+            Err(_) => {
+                failures = failures.saturating_add(1);
+                Some(retry_wait(failures, jitter()))
+            }
+            Ok(watcher::Event::Init) => None,
+            Ok(_) => {
+                failures = 0;
+                None
+            }
+        };
+        async move {
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait).await;
+            }
+            event
+        }
+    })
+}
+
+/// The wait after the `failures`th failure in a row, `jitter` (0 to 1) of the way through the
+/// upper half of its doubling.
+fn retry_wait(failures: u32, jitter: f64) -> std::time::Duration {
+    let full = WATCH_RETRY_FIRST
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(WATCH_RETRY_MAX);
+    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// A number from 0 to 1 that differs between watches and retries (the clock's nanoseconds):
+/// enough to spread retries, no randomness needed.
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos) / 1e9
+}
+
 /// In cached bootstrap data Secrets, the SHA-256 (hex) of `value` replaces the value itself:
 /// a thousand machines' configurations need not sit in memory to be compared.
 pub const VALUE_DIGEST_KEY: &str = "talos-capi.internal/value-sha256";
@@ -294,8 +347,7 @@ async fn drive<W, K>(
     let store = &feed.store;
     let subscribers = &subscribers;
     let listed = &listed;
-    watcher(api, config)
-        .default_backoff()
+    retried(watcher(api, config))
         .map_ok(keep)
         .reflect(writer)
         .for_each(|event| async move {
@@ -458,6 +510,52 @@ mod tests {
 
     fn dynamic(value: serde_json::Value) -> DynamicObject {
         serde_json::from_value(value).expect("a dynamic object")
+    }
+
+    #[test]
+    fn a_failing_watch_waits_twice_as_long_each_time_up_to_half_a_minute() {
+        let secs = |n, j| retry_wait(n, j).as_secs_f64();
+        assert_eq!((secs(1, 0.0), secs(1, 1.0)), (0.4, 0.8));
+        assert_eq!((secs(2, 0.0), secs(2, 1.0)), (0.8, 1.6));
+        assert_eq!((secs(6, 0.0), secs(6, 1.0)), (12.8, 25.6));
+        assert_eq!((secs(7, 0.0), secs(7, 1.0)), (15.0, 30.0), "capped");
+        assert_eq!(secs(u32::MAX, 1.0), 30.0, "no overflow");
+    }
+
+    /// The list attempts a watcher announces between failures do not start the waits over;
+    /// a listing does.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_listing_or_a_change_starts_a_failing_watch_over() {
+        use watcher::Event;
+        let fail = || Err::<Event<Secret>, _>(watcher::Error::NoResourceVersion);
+        let events = futures::stream::iter([
+            fail(),
+            Ok(Event::Init),
+            fail(),
+            Ok(Event::Init),
+            fail(),
+            Ok(Event::Init),
+            Ok(Event::InitDone),
+            fail(),
+        ]);
+        let mut waits = Vec::new();
+        let mut last = tokio::time::Instant::now();
+        let mut events = std::pin::pin!(retried(events));
+        while let Some(event) = events.next().await {
+            if event.is_err() {
+                waits.push(last.elapsed().as_secs_f64());
+            }
+            last = tokio::time::Instant::now();
+        }
+        let within = |w: f64, full: f64| w >= full / 2.0 && w <= full;
+        assert_eq!(waits.len(), 4);
+        assert!(within(waits[0], 0.8), "{waits:?}");
+        assert!(within(waits[1], 1.6), "{waits:?}");
+        assert!(within(waits[2], 3.2), "{waits:?}");
+        assert!(
+            within(waits[3], 0.8),
+            "starts over after a listing: {waits:?}"
+        );
     }
 
     #[test]

@@ -1276,7 +1276,17 @@ async fn a_steady_control_plane_asks_its_nodes_only_on_a_machine_change_or_its_h
         },
     )
     .await;
-    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    // Each new member stays a learner for 3 s: a control plane steady but for a learner is
+    // looked at again until it is promoted, not left for the hour-long health check.
+    let infra = sim_infra::start_timed(
+        &client,
+        &ns,
+        &["a", "b", "c"],
+        talos_sim::Timing {
+            promote: Duration::from_secs(3),
+            ..Default::default()
+        },
+    );
     control_plane_cluster(&client, &ns, "q", 3).await;
     settled(&client, &ns, "q", &infra.sim, 3).await;
     let at_rest = talos_calls_at_rest(&infra.sim).await;

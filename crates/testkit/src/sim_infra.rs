@@ -57,7 +57,24 @@ pub fn start_with(
     failure_domains: &[&str],
     workloads: bool,
 ) -> SimInfra {
-    start_serving(client, ns, failure_domains, workloads, None)
+    start_serving(
+        client,
+        ns,
+        failure_domains,
+        workloads,
+        None,
+        Timing::default(),
+    )
+}
+
+/// [`start`], with simulated nodes that take `timing` for their transitions.
+pub fn start_timed(
+    client: &kube::Client,
+    ns: &str,
+    failure_domains: &[&str],
+    timing: Timing,
+) -> SimInfra {
+    start_serving(client, ns, failure_domains, false, None, timing)
 }
 
 /// [`start_with`] workload API servers, which keep their data in `etcd` (the management
@@ -68,7 +85,14 @@ pub fn start_with_workloads_in(
     failure_domains: &[&str],
     etcd: Arc<crate::Etcd>,
 ) -> SimInfra {
-    start_serving(client, ns, failure_domains, true, Some(etcd))
+    start_serving(
+        client,
+        ns,
+        failure_domains,
+        true,
+        Some(etcd),
+        Timing::default(),
+    )
 }
 
 fn start_serving(
@@ -77,8 +101,9 @@ fn start_serving(
     failure_domains: &[&str],
     workloads: bool,
     workload_etcd: Option<Arc<crate::Etcd>>,
+    timing: Timing,
 ) -> SimInfra {
-    let sim = Simulator::new(Timing::default());
+    let sim = Simulator::new(timing);
     let domains: Vec<Value> = failure_domains
         .iter()
         .map(|name| json!({"name": name, "controlPlane": true}))

@@ -117,11 +117,11 @@ impl InfraMachines {
             Some(value) => format!("{}={value},{}", labels::WATCH_FILTER, labels::CLUSTER_NAME),
             None => labels::CLUSTER_NAME.to_owned(),
         };
-        let events = watcher(api, watcher::Config::default().labels(&selector))
-            .default_backoff()
-            .modify(slim)
-            .reflect(writer)
-            .applied_objects();
+        let events =
+            crate::cache::retried(watcher(api, watcher::Config::default().labels(&selector)))
+                .modify(slim)
+                .reflect(writer)
+                .applied_objects();
         let tcp = super::resource();
         let wake = wake.clone();
         let kind = key.clone();

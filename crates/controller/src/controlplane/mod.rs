@@ -516,9 +516,12 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         &mut report,
     )
     .await?;
+    // Settled: nothing to do, and every node answered with healthy components and a healthy
+    // voting member. A learner not yet promoted, or a member not yet healthy, is looked at
+    // again soon (and its look not kept), however steady the plan.
     let settled = matches!(step, Step::Steady)
         && report.talos_problem.is_none()
-        && report.view.machines.iter().all(|m| m.components_healthy);
+        && report.view.preflight(None).is_ok();
     match (settled, asked) {
         (true, true) => ctx
             .steady_looks

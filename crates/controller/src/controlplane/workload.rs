@@ -214,8 +214,7 @@ impl Workloads {
         let wake = self.wake_tx.clone();
         let reader = store.clone();
         let cluster = key.to_owned();
-        let events = watcher(api, config)
-            .default_backoff()
+        let events = crate::cache::retried(watcher(api, config))
             .modify(|node: &mut Node| {
                 // Only the Ready condition and the identity are read.
                 node.meta_mut().managed_fields = None;

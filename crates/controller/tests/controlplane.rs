@@ -39,9 +39,16 @@ async fn eventually<T>(
                 .await
                 .ok()
                 .flatten();
+            // The conditions first, a line each (what a truncated log still shows).
+            let conditions: Vec<String> = tcp
+                .iter()
+                .flat_map(|t| t.status.iter().flat_map(|s| s.conditions.iter().flatten()))
+                .map(|c| format!("  {}={} {}: {}", c.type_, c.status, c.reason, c.message))
+                .collect();
             panic!(
-                "{what}: not reached in {WAIT:?}; TalosControlPlane status: {}",
-                serde_json::to_string_pretty(&tcp.and_then(|t| t.status)).unwrap_or_default()
+                "{what}: not reached in {WAIT:?}; TalosControlPlane conditions:\n{}\nstatus: {}",
+                conditions.join("\n"),
+                serde_json::to_string(&tcp.and_then(|t| t.status)).unwrap_or_default()
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -1331,9 +1338,13 @@ async fn a_steady_control_plane_asks_its_nodes_only_on_a_machine_change_or_its_h
         )
         .await
         .unwrap();
-    eventually(&client, &ns, "q", "a look at the nodes", async || {
-        (infra.sim.requests() > at_rest).then_some(())
-    })
+    eventually(
+        &client,
+        &ns,
+        "q",
+        &format!("a look at the nodes (Talos calls {at_rest} before the change)"),
+        async || (infra.sim.requests() > at_rest).then_some(()),
+    )
     .await;
 }
 

@@ -9,7 +9,7 @@ use machineconfig::talosconfig::{self, ClientOptions};
 use machineconfig::{Contract, Input, MachineType, SecretsBundle};
 use talos_api::machine::apply_configuration_request::Mode;
 use talos_api::machine::machine_status_event::MachineStage;
-use talos_api::{Client, Error, Nodes};
+use talos_api::{Client, Error, NodeResult, Nodes};
 use talos_sim::{NodeSpec, Phase, SimEvent, Simulator, Timing, loopback_address};
 
 static NEXT: AtomicU32 = AtomicU32::new(1000);
@@ -49,6 +49,11 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 }
 
 /// Whether `node` reports its etcd service healthy.
+/// The Talos version tag in a node's Version reply.
+fn tag(reply: &NodeResult<talos_api::machine::Version>) -> &str {
+    &reply.result.as_ref().unwrap().version.as_ref().unwrap().tag
+}
+
 async fn etcd_healthy(client: &Client, node: &Nodes) -> bool {
     let services = client
         .service_list(node)
@@ -133,10 +138,7 @@ async fn client_drives_the_simulator() {
     assert_eq!(versions.len(), 4);
     for v in &versions {
         assert!(nodes.contains(&v.node));
-        assert_eq!(
-            v.result.as_ref().unwrap().version.as_ref().unwrap().tag,
-            "v1.13.0"
-        );
+        assert_eq!(tag(v), "v1.13.0");
     }
 
     let reader_cfg = talosconfig::generate(
@@ -231,10 +233,7 @@ async fn client_drives_the_simulator() {
         .with_endpoints(vec![nodes[2].clone(), nodes[0].clone()])
         .with_timeout(Duration::from_secs(2));
     let v = failover.version(&Nodes::Endpoint).await.unwrap();
-    assert_eq!(
-        v[0].result.as_ref().unwrap().version.as_ref().unwrap().tag,
-        "v1.13.1"
-    );
+    assert_eq!(tag(&v[0]), "v1.13.1");
     // The down node is an error entry of a multi-node reply, not a failed call.
     let mixed = failover
         .version(&Nodes::Many(vec![nodes[0].clone(), nodes[2].clone()]))
@@ -272,14 +271,7 @@ async fn client_drives_the_simulator() {
     assert!(matches!(first, Err(Error::Timeout(_))), "{first:?}");
     let next = hung.version(&Nodes::Endpoint).await.unwrap();
     assert_eq!(
-        next[0]
-            .result
-            .as_ref()
-            .unwrap()
-            .version
-            .as_ref()
-            .unwrap()
-            .tag,
+        tag(&next[0]),
         "v1.13.1",
         "answered by node 0, the next endpoint"
     );

@@ -57,16 +57,6 @@ fn slim(obj: &mut DynamicObject) {
     obj.data = serde_json::json!({"status": {"addresses": addresses}});
 }
 
-/// The TalosControlPlane that owns an infrastructure machine, as the controller's queue names it.
-fn owner(infra: &DynamicObject, tcp: &ApiResource) -> Option<ObjectRef<DynamicObject>> {
-    let ns = infra.namespace()?;
-    infra
-        .owner_references()
-        .iter()
-        .find(|o| o.kind == "TalosControlPlane")
-        .map(|o| ObjectRef::new_with(&o.name, tcp.clone()).within(&ns))
-}
-
 impl InfraMachines {
     /// Fill in, on each of `machines` that has no address yet, the addresses its infrastructure
     /// machine reports, when that is of kind `infra` (the kind the control plane's template
@@ -122,7 +112,6 @@ impl InfraMachines {
                 .modify(slim)
                 .reflect(writer)
                 .applied_objects();
-        let tcp = super::resource();
         let wake = wake.clone();
         let kind = key.clone();
         let task = tokio::spawn(async move {
@@ -136,7 +125,7 @@ impl InfraMachines {
                         let id =
                             format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
                         if seen.get(&id) != Some(&now) {
-                            if let Some(owner) = owner(&obj, &tcp) {
+                            if let Some(owner) = super::owning_control_plane(&obj, false) {
                                 let _ = wake.unbounded_send(owner);
                             }
                             seen.insert(id, now);
@@ -188,10 +177,14 @@ mod tests {
         let found = addresses(&infra);
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].address, "10.0.0.2");
-        let tcp = super::super::resource();
         assert_eq!(
-            owner(&infra, &tcp),
-            Some(ObjectRef::new_with("cp", tcp.clone()).within("ns"))
+            super::super::owning_control_plane(&infra, false),
+            Some(ObjectRef::new_with("cp", super::super::resource()).within("ns"))
+        );
+        assert_eq!(
+            super::super::owning_control_plane(&infra, true),
+            None,
+            "not its controller"
         );
         let mut bare = infra.clone();
         bare.data = serde_json::json!({});

@@ -88,6 +88,21 @@ fn own_ref(ns: &str, name: &str) -> ObjectRef<DynamicObject> {
     ObjectRef::new_with(name, resource()).within(ns)
 }
 
+/// The TalosControlPlane among `obj`'s owners (only as its controller, with `controller`), as
+/// the controller's queue names it.
+pub(crate) fn owning_control_plane(
+    obj: &impl Resource,
+    controller: bool,
+) -> Option<ObjectRef<DynamicObject>> {
+    let ns = obj.meta().namespace.as_deref()?;
+    obj.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "TalosControlPlane" && (!controller || o.controller == Some(true)))
+        .map(|o| own_ref(ns, &o.name))
+}
+
 /// The TalosControlPlane a Cluster names as its control plane.
 fn of_cluster(cluster: &Cluster) -> Option<ObjectRef<DynamicObject>> {
     let r = cluster.spec.control_plane_ref.as_ref()?;
@@ -98,17 +113,12 @@ fn of_cluster(cluster: &Cluster) -> Option<ObjectRef<DynamicObject>> {
 /// The TalosControlPlane that controls a Machine; for a worker Machine on its way out, its
 /// cluster's (a control plane being deleted waits for the workers to go first).
 fn of_machine(ctx: &Context, machine: &Machine) -> Option<ObjectRef<DynamicObject>> {
-    let ns = machine.namespace()?;
-    if let Some(owner) = machine
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "TalosControlPlane")
-    {
-        return Some(own_ref(&ns, &owner.name));
+    if let Some(owner) = owning_control_plane(machine, true) {
+        return Some(owner);
     }
     let leaving_worker = machine.meta().deletion_timestamp.is_some() && !machine.is_control_plane();
     leaving_worker
-        .then(|| control_plane_of(ctx, &ns, &machine.spec.cluster_name))
+        .then(|| control_plane_of(ctx, &machine.namespace()?, &machine.spec.cluster_name))
         .flatten()
 }
 
@@ -161,15 +171,11 @@ pub fn controller(
         .watches_shared_stream_with(
             configs,
             |config| {
-                let owners = config.owner_references();
-                if owners.iter().any(|o| o.controller == Some(true)) {
-                    return None;
-                }
-                let ns = config.namespace()?;
-                owners
+                let controlled = config
+                    .owner_references()
                     .iter()
-                    .find(|o| o.kind == "TalosControlPlane")
-                    .map(|o| own_ref(&ns, &o.name))
+                    .any(|o| o.controller == Some(true));
+                (!controlled).then(|| owning_control_plane(&*config, false))?
             },
             talosconfig_resource(),
         )

@@ -226,13 +226,7 @@ pub async fn observe(
     }
 
     match services {
-        Ok(replies) => record_services(
-            ctx,
-            std::time::Instant::now(),
-            replies,
-            &targets,
-            &mut observed,
-        ),
+        Ok(replies) => record_services(ctx, replies, &targets, &mut observed),
         Err(e) => {
             // No node's health is known. Only when every endpoint refused a connection did each
             // node fail on its own, and each rests; any other failure of the whole call says
@@ -299,7 +293,7 @@ pub async fn observe(
                 if !unaddressed.is_empty() {
                     let nodes = Nodes::Many(unaddressed.iter().map(|(_, a)| a.clone()).collect());
                     if let (Ok(services), Ok(statuses)) = ask_health(&client, &nodes).await {
-                        record_services(ctx, now, services, &unaddressed, &mut observed);
+                        record_services(ctx, services, &unaddressed, &mut observed);
                         record_etcd_status(statuses, &unaddressed, &mut observed);
                     }
                 }
@@ -449,14 +443,14 @@ fn owner_of<'a>(machines: &'a [Machine], name: &str, peer_urls: &[String]) -> Op
 
 /// Each node's health from its ServiceList reply, recorded under its machine's name
 /// (`targets`: machine name and the address it was asked at); a node that does not answer
-/// rests (see [`crate::nodes::Backoff`]).
+/// rests (see [`crate::nodes::Backoff`]), counted from now, when its reply came.
 fn record_services(
     ctx: &Context,
-    now: std::time::Instant,
     replies: Vec<talos_api::NodeResult<talos_api::machine::ServiceList>>,
     targets: &[(String, String)],
     observed: &mut Observed,
 ) {
+    let now = std::time::Instant::now();
     for reply in replies {
         let Some(machine) = machine_at(targets, &reply.node).cloned() else {
             continue;

@@ -125,7 +125,7 @@ bench-controlplane: tools ## TalosControlPlanes to Available (1, 10 and BENCH_CL
 
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz
-fuzz: ## Run the cargo-fuzz targets (patch application, config parsing) for FUZZ_SECONDS each.
+fuzz: ## Run the cargo-fuzz targets (patch application, config parsing, the rollout planner) for FUZZ_SECONDS each.
 	hack/fuzz.sh $(FUZZ_SECONDS)
 
 HOST_TRIPLE = $(shell rustc -vV | sed -n 's/^host: //p')

@@ -7,7 +7,7 @@ root=${TALOS_CAPI_CACHE:-$HOME/.cache/talos-capi}/cargo-fuzz
 export PATH="$root/bin:$PATH" RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --root "$root"
 cd "$(dirname "$0")/../fuzz"
-for target in patch_apply config_parse; do
+for target in patch_apply config_parse rollout_plan; do
   work="../target/fuzz-corpus/$target"
   mkdir -p "$work"
   echo "== $target for ${seconds}s"

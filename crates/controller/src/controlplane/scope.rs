@@ -409,6 +409,24 @@ impl ControlPlane {
                 message: format!("{progress}; no node answered for the etcd member list"),
             });
         }
+        // A voting member of no running machine (one being deleted without our hook, or an
+        // orphan whose removal would lose quorum) still counts for quorum: with it, one node
+        // more down could lose it.
+        let running: BTreeSet<&str> = self.live().map(|m| m.hostname.as_str()).collect();
+        if let Some(e) = self
+            .etcd
+            .iter()
+            .flatten()
+            .find(|e| !e.learner && !running.contains(e.name.as_str()))
+        {
+            return Some(super::plan::Step::Wait {
+                reason: "WaitingForHealthyNodes",
+                message: format!(
+                    "{progress}; etcd member {} ({:x}) belongs to no running machine and still votes, so {what}",
+                    e.name, e.id
+                ),
+            });
+        }
         // Every machine is healthy, with a healthy voting member, before one more changes.
         let (sick, why) = others
             .into_iter()

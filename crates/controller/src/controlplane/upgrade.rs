@@ -308,6 +308,34 @@ mod tests {
         assert_eq!(step(&target(1), &c), None, "every node upgraded");
     }
 
+    /// Found by the rollout_plan fuzz target: one replica, and a machine being deleted without
+    /// our hook whose member still votes. Rebooting the one running node would leave one
+    /// healthy voter of two.
+    #[test]
+    fn a_vote_held_by_no_running_machine_holds_the_upgrade_back() {
+        let mut c = cp(2);
+        c.machines[1].deleting = true;
+        c.machines[1].cleanup_hook = false;
+        match step(&target(2), &c) {
+            Some(Step::Wait { reason, message }) => {
+                assert_eq!(reason, "WaitingForHealthyNodes");
+                assert!(
+                    message.contains("etcd member m1 (2) belongs to no running machine"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Once its member has left, the running node is upgraded.
+        c.etcd.as_mut().unwrap().retain(|e| e.name != "m1");
+        assert_eq!(
+            step(&target(2), &c),
+            Some(Step::UpgradeTalos {
+                machine: "m0".into()
+            })
+        );
+    }
+
     #[test]
     fn a_node_back_on_the_new_version_waits_for_its_workload_node_to_be_ready() {
         let mut c = cp(3);

@@ -374,6 +374,11 @@ async fn drive<W, K>(
 }
 
 impl Caches {
+    /// The Machines store itself, for lookups outside a reconcile (a watch's own task).
+    pub fn machine_store(&self) -> Store<Machine> {
+        self.machines.store.clone()
+    }
+
     pub fn subscribe_machines(&self) -> Option<mpsc::Receiver<Arc<Machine>>> {
         self.machines.subscribe()
     }

@@ -57,21 +57,43 @@ fn slim(obj: &mut DynamicObject) {
     obj.data = serde_json::json!({"status": {"addresses": addresses}});
 }
 
+/// The TalosControlPlane an infrastructure machine serves: its owner, until Cluster API
+/// replaces that reference with the Machine's (as it does for every control plane's objects
+/// once the Machine exists); from then on, the controller of that Machine.
+fn control_plane_of(
+    infra: &DynamicObject,
+    machines: &Store<Machine>,
+) -> Option<ObjectRef<DynamicObject>> {
+    if let Some(tcp) = super::owning_control_plane(infra, false) {
+        return Some(tcp);
+    }
+    let ns = infra.namespace()?;
+    let owner = infra
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "Machine" && o.controller == Some(true))?;
+    let machine = machines.get(&ObjectRef::new(&owner.name).within(&ns))?;
+    super::owning_control_plane(&*machine, true)
+}
+
 impl InfraMachines {
     /// Fill in, on each of `machines` that has no address yet, the addresses its infrastructure
     /// machine reports, when that is of kind `infra` (the kind the control plane's template
     /// makes). The first call for a kind starts its watch; until it has listed, nothing is filled
     /// in. `wake` is told of each TalosControlPlane whose infrastructure machines' addresses
-    /// change.
+    /// change (found through `owners`, the Machines cache, once Cluster API owns them).
     pub fn fill_addresses(
         &self,
         client: &kube::Client,
         options: &Options,
         infra: &ApiResource,
-        wake: &mpsc::UnboundedSender<ObjectRef<DynamicObject>>,
+        (wake, owners): (
+            &mpsc::UnboundedSender<ObjectRef<DynamicObject>>,
+            Store<Machine>,
+        ),
         machines: &mut [Machine],
     ) {
-        let store = self.store(client, options, infra, wake);
+        let store = self.store(client, options, infra, wake, owners);
         for m in machines.iter_mut().filter(|m| m.addresses().is_empty()) {
             let reference = &m.spec.infrastructure_ref;
             if reference.kind != infra.kind || reference.api_group != infra.group {
@@ -94,6 +116,7 @@ impl InfraMachines {
         options: &Options,
         infra: &ApiResource,
         wake: &mpsc::UnboundedSender<ObjectRef<DynamicObject>>,
+        owners: Store<Machine>,
     ) -> Store<DynamicObject> {
         let key = format!("{}/{}", infra.api_version, infra.kind);
         let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,7 +148,7 @@ impl InfraMachines {
                         let id =
                             format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
                         if seen.get(&id) != Some(&now) {
-                            if let Some(owner) = super::owning_control_plane(&obj, false) {
+                            if let Some(owner) = control_plane_of(&obj, &owners) {
                                 let _ = wake.unbounded_send(owner);
                             }
                             seen.insert(id, now);
@@ -185,6 +208,39 @@ mod tests {
             super::super::owning_control_plane(&infra, true),
             None,
             "not its controller"
+        );
+        // Once Cluster API owns it through its Machine, the Machine's controller is found.
+        let (owners, mut writer) = reflector::store::<Machine>();
+        let machine: Machine = serde_json::from_value(serde_json::json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "metadata": {"name": "m", "namespace": "ns", "ownerReferences": [
+                {"apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
+                 "name": "cp", "uid": "u", "controller": true}
+            ]},
+            "spec": {"clusterName": "c"}
+        }))
+        .expect("a Machine");
+        writer.apply_watcher_event(&watcher::Event::Apply(machine));
+        let mut owned = infra.clone();
+        owned.metadata.owner_references = Some(vec![
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine", "name": "m",
+                "uid": "m-uid", "controller": true
+            }))
+            .expect("an owner reference"),
+        ]);
+        let tcp = Some(ObjectRef::new_with("cp", super::super::resource()).within("ns"));
+        assert_eq!(control_plane_of(&infra, &owners), tcp, "before Cluster API");
+        assert_eq!(
+            control_plane_of(&owned, &owners),
+            tcp,
+            "through its Machine"
+        );
+        owned.metadata.owner_references.as_mut().expect("owners")[0].name = "other".into();
+        assert_eq!(
+            control_plane_of(&owned, &owners),
+            None,
+            "a Machine not cached"
         );
         let mut bare = infra.clone();
         bare.data = serde_json::json!({});

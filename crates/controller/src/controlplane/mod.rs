@@ -352,7 +352,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
             &ctx.client,
             &ctx.options,
             &t.infra_resource(),
-            ctx.workloads.waker(),
+            (ctx.workloads.waker(), ctx.caches.machine_store()),
             &mut machines,
         );
     }

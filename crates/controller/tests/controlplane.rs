@@ -1570,10 +1570,12 @@ async fn mhc_remediation_replaces_one_machine_at_a_time_within_retry_limits() {
     assert_etcd_invariants(&client, &ns, "m", &infra.sim).await;
 }
 
-/// The most control-plane machines (deleting ones included) seen at once while it runs, and
-/// every machine name seen, sampled every 100 ms from the API server.
+/// The most control-plane machines (deleting ones included) seen at once while it runs, the
+/// most being deleted at once, and every machine name seen, sampled every 100 ms from the API
+/// server.
 struct Peak {
     max: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    deleting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     names: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -1581,12 +1583,24 @@ struct Peak {
 impl Peak {
     fn watch(client: &kube::Client, ns: &str) -> Peak {
         let max = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let deleting = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let names = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
-        let (client, ns, seen, named) = (client.clone(), ns.to_owned(), max.clone(), names.clone());
+        let (client, ns, seen, going, named) = (
+            client.clone(),
+            ns.to_owned(),
+            max.clone(),
+            deleting.clone(),
+            names.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let all = machines(&client, &ns).await;
                 seen.fetch_max(all.len(), std::sync::atomic::Ordering::SeqCst);
+                let now_deleting = all
+                    .iter()
+                    .filter(|m| m.metadata.deletion_timestamp.is_some())
+                    .count();
+                going.fetch_max(now_deleting, std::sync::atomic::Ordering::SeqCst);
                 named
                     .lock()
                     .unwrap()
@@ -1594,11 +1608,21 @@ impl Peak {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        Peak { max, names, task }
+        Peak {
+            max,
+            deleting,
+            names,
+            task,
+        }
     }
 
     fn get(&self) -> usize {
         self.max.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most machines seen being deleted at once.
+    fn deleting(&self) -> usize {
+        self.deleting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many distinct machines were seen.
@@ -2185,6 +2209,11 @@ async fn five_machines_with_max_unavailable_2_replace_two_at_a_time_within_quoru
         peak.get() <= 5,
         "{} machines at once with maxSurge 0",
         peak.get()
+    );
+    assert_eq!(
+        peak.deleting(),
+        2,
+        "maxUnavailable 2 replaces two machines at once, never three"
     );
     let history = infra.sim.etcd_history(&id);
     assert!(

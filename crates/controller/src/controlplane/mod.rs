@@ -523,11 +523,10 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     )
     .await?;
     // Settled: nothing to do, and every node answered with healthy components and a healthy
-    // voting member. A learner not yet promoted, or a member not yet healthy, is looked at
-    // again soon (and its look not kept), however steady the plan.
-    let settled = matches!(step, Step::Steady)
-        && report.talos_problem.is_none()
-        && report.view.preflight(None).is_ok();
+    // voting member; only then is the look kept. A steady plan beside a learner not yet
+    // promoted, or a member not healthy, is looked at again (below) and at any change.
+    let steady = matches!(step, Step::Steady) && report.talos_problem.is_none();
+    let settled = steady && report.view.preflight(None).is_ok();
     match (settled, asked) {
         (true, true) => ctx
             .steady_looks
@@ -592,6 +591,10 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     } else if let Some(rest) = resting.filter(|_| matches!(step, Step::Steady | Step::Wait { .. }))
     {
         rest.clamp(IN_PROGRESS, UNREACHABLE_MAX)
+    } else if steady {
+        // Nothing to do, but a member has been unhealthy for longer than a new one settles
+        // (an alarm, say): the health check looks again, as does any change.
+        ctx.options.health_check
     } else {
         IN_PROGRESS
     };

@@ -48,12 +48,12 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-/// Whether `node` reports its etcd service healthy.
 /// The Talos version tag in a node's Version reply.
 fn tag(reply: &NodeResult<talos_api::machine::Version>) -> &str {
     &reply.result.as_ref().unwrap().version.as_ref().unwrap().tag
 }
 
+/// Whether `node` reports its etcd service healthy.
 async fn etcd_healthy(client: &Client, node: &Nodes) -> bool {
     let services = client
         .service_list(node)

@@ -304,13 +304,22 @@ impl std::fmt::Debug for Caches {
     }
 }
 
+/// Objects per page of a watch's (re)list. A page is held whole, as text and decoded, while
+/// it is read: at kube-runtime's default of 500, the pages of the initial lists of 1,000
+/// Machines and TalosConfigs were 18 of the manager's 28 MiB peak heap (heaptrack, bootstrap
+/// benchmark). A smaller page costs one more request per 50 objects, only when listing.
+const LIST_PAGE: u32 = 50;
+
+/// Every watch's configuration: paged by [`LIST_PAGE`].
+pub(crate) fn paged() -> watcher::Config {
+    watcher::Config::default().page_size(LIST_PAGE)
+}
+
 /// The watch configuration for objects that `--watch-filter` shards.
 pub fn filtered(options: &Options) -> watcher::Config {
     match &options.watch_filter {
-        Some(value) => {
-            watcher::Config::default().labels(&format!("{}={value}", labels::WATCH_FILTER))
-        }
-        None => watcher::Config::default(),
+        Some(value) => paged().labels(&format!("{}={value}", labels::WATCH_FILTER)),
+        None => paged(),
     }
 }
 
@@ -400,8 +409,8 @@ impl Caches {
         let machine_ar = capi_resource("Machine");
         let cluster_ar = capi_resource("Cluster");
         // Only the Secrets of Cluster API clusters, never the rest of the management cluster's.
-        let secret_watch = watcher::Config::default().labels(labels::CLUSTER_NAME);
-        let control_plane_watch = watcher::Config::default().labels(&match &options.watch_filter {
+        let secret_watch = paged().labels(labels::CLUSTER_NAME);
+        let control_plane_watch = paged().labels(&match &options.watch_filter {
             Some(value) => format!("{}={value},{}", labels::WATCH_FILTER, labels::CONTROL_PLANE),
             None => labels::CONTROL_PLANE.to_owned(),
         });

@@ -352,7 +352,20 @@ async fn start(cp: &LocalControlPlane, provider: &str) -> ManagedProcess {
         "--log-level=warn".to_owned(),
     ];
     let log = cp.dir().join("talos-capi-manager.log");
-    ManagedProcess::spawn("talos-capi", &binary, &args, &log, None).unwrap()
+    // BENCH_WRAP runs the manager under a profiler, e.g. `heaptrack -o /tmp/manager` (its figures
+    // are then the profiler's, not the manager's alone).
+    match std::env::var("BENCH_WRAP") {
+        Ok(wrap) if !wrap.trim().is_empty() => {
+            let mut words = wrap.split_whitespace().map(str::to_owned);
+            let tool = words.next().unwrap_or_default();
+            let wrapped: Vec<String> = words
+                .chain([binary.display().to_string()])
+                .chain(args)
+                .collect();
+            ManagedProcess::spawn("talos-capi", Path::new(&tool), &wrapped, &log, None).unwrap()
+        }
+        _ => ManagedProcess::spawn("talos-capi", &binary, &args, &log, None).unwrap(),
+    }
 }
 
 fn main() {

@@ -14,26 +14,38 @@ pub fn env_number(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The component under a lifeline: its child that runs `binary` (not the lifeline's own shell
-/// watcher), once the lifeline has started it.
+/// The component under a lifeline: its descendant that runs `binary` (not the lifeline's own
+/// shell watcher, nor a profiler wrapping it), once the lifeline has started it.
 pub async fn component_pid(lifeline: u32, binary: &str) -> u32 {
-    for _ in 0..100 {
-        let children =
-            std::fs::read_to_string(format!("/proc/{lifeline}/task/{lifeline}/children"))
-                .unwrap_or_default();
-        let found = children
+    let children = |pid: u32| -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
             .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok())
-            .find(|pid| {
-                std::fs::read_link(format!("/proc/{pid}/exe"))
-                    .is_ok_and(|exe| exe.to_string_lossy().ends_with(binary))
-            });
-        if let Some(pid) = found {
-            return pid;
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    for _ in 0..100 {
+        let mut queue = children(lifeline);
+        while let Some(pid) = queue.pop() {
+            if std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe.to_string_lossy().ends_with(binary))
+            {
+                return pid;
+            }
+            queue.extend(children(pid));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("no {binary} process under lifeline {lifeline}")
+    let mut seen = Vec::new();
+    let mut queue = children(lifeline);
+    while let Some(pid) = queue.pop() {
+        seen.push(format!(
+            "{pid}: {:?}",
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+        ));
+        queue.extend(children(pid));
+    }
+    panic!("no {binary} process under lifeline {lifeline}, only {seen:?}")
 }
 
 /// (CPU seconds, peak RSS in MiB) of a running process.

@@ -130,11 +130,10 @@ impl InfraMachines {
             Some(value) => format!("{}={value},{}", labels::WATCH_FILTER, labels::CLUSTER_NAME),
             None => labels::CLUSTER_NAME.to_owned(),
         };
-        let events =
-            crate::cache::retried(watcher(api, watcher::Config::default().labels(&selector)))
-                .modify(slim)
-                .reflect(writer)
-                .applied_objects();
+        let events = crate::cache::retried(watcher(api, crate::cache::paged().labels(&selector)))
+            .modify(slim)
+            .reflect(writer)
+            .applied_objects();
         let wake = wake.clone();
         let kind = key.clone();
         let task = tokio::spawn(async move {

@@ -210,7 +210,7 @@ impl Workloads {
     ) -> Store<Node> {
         let (store, writer) = reflector::store();
         let api: Api<Node> = Api::all(client);
-        let config = watcher::Config::default().labels(CONTROL_PLANE_LABEL);
+        let config = crate::cache::paged().labels(CONTROL_PLANE_LABEL);
         let wake = self.wake_tx.clone();
         let reader = store.clone();
         let cluster = key.to_owned();

@@ -60,7 +60,7 @@ fn slim(obj: &mut DynamicObject) {
 /// The TalosControlPlane an infrastructure machine serves: its owner, until Cluster API
 /// replaces that reference with the Machine's (as it does for every control plane's objects
 /// once the Machine exists); from then on, the controller of that Machine.
-fn control_plane_of(
+fn served_control_plane(
     infra: &DynamicObject,
     machines: &Store<Machine>,
 ) -> Option<ObjectRef<DynamicObject>> {
@@ -147,7 +147,7 @@ impl InfraMachines {
                         let id =
                             format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
                         if seen.get(&id) != Some(&now) {
-                            if let Some(owner) = control_plane_of(&obj, &owners) {
+                            if let Some(owner) = served_control_plane(&obj, &owners) {
                                 let _ = wake.unbounded_send(owner);
                             }
                             seen.insert(id, now);
@@ -229,15 +229,15 @@ mod tests {
             .expect("an owner reference"),
         ]);
         let tcp = Some(ObjectRef::new_with("cp", super::super::resource()).within("ns"));
-        assert_eq!(control_plane_of(&infra, &owners), tcp, "before Cluster API");
+        assert_eq!(served_control_plane(&infra, &owners), tcp, "before Cluster API");
         assert_eq!(
-            control_plane_of(&owned, &owners),
+            served_control_plane(&owned, &owners),
             tcp,
             "through its Machine"
         );
         owned.metadata.owner_references.as_mut().expect("owners")[0].name = "other".into();
         assert_eq!(
-            control_plane_of(&owned, &owners),
+            served_control_plane(&owned, &owners),
             None,
             "a Machine not cached"
         );

@@ -229,7 +229,11 @@ mod tests {
             .expect("an owner reference"),
         ]);
         let tcp = Some(ObjectRef::new_with("cp", super::super::resource()).within("ns"));
-        assert_eq!(served_control_plane(&infra, &owners), tcp, "before Cluster API");
+        assert_eq!(
+            served_control_plane(&infra, &owners),
+            tcp,
+            "before Cluster API"
+        );
         assert_eq!(
             served_control_plane(&owned, &owners),
             tcp,

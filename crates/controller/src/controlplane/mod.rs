@@ -577,27 +577,18 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
             ..
         }
     );
-    let wait = if settled || halted {
-        // A halted upgrade resumes on a change (the marker removed, the spec changed), or when
-        // a health check finds the node recovered.
-        ctx.options.health_check
-    } else if upgrading {
-        FIRST_NODE
-    } else if report.view.member_settling(now) {
-        SETTLING_LOOK
-    } else if !report.bootstrapped {
-        // The first node is about to answer: it is asked often, so etcd starts without delay.
-        FIRST_NODE
-    } else if let Some(rest) = resting.filter(|_| matches!(step, Step::Steady | Step::Wait { .. }))
-    {
-        rest.clamp(IN_PROGRESS, UNREACHABLE_MAX)
-    } else if steady {
-        // Nothing to do, but a member has been unhealthy for longer than a new one settles
-        // (an alarm, say): the health check looks again, as does any change.
-        ctx.options.health_check
-    } else {
-        IN_PROGRESS
-    };
+    let wait = next_look(
+        Look {
+            settled,
+            halted,
+            upgrading,
+            member_settling: report.view.member_settling(now),
+            bootstrapped: report.bootstrapped,
+            resting: resting.filter(|_| matches!(step, Step::Steady | Step::Wait { .. })),
+            steady,
+        },
+        ctx.options.health_check,
+    );
     // A rolloutAfter in the future is acted on when it comes, not at the next resync.
     let wait = match target.rollout_after.filter(|t| *t > now) {
         Some(at) => Duration::try_from(at.duration_since(now))
@@ -1330,4 +1321,142 @@ async fn write_status(
     )
     .await;
     Ok(())
+}
+
+/// What decides when a control plane is looked at again (besides any change it watches).
+#[derive(Debug, Clone, Copy, Default)]
+struct Look {
+    /// Nothing to do, and every node answered healthy with a healthy voting member.
+    settled: bool,
+    /// An in-place Talos upgrade failed and the rollout halted on it.
+    halted: bool,
+    /// A node is upgrading or rebooting into a new configuration in place.
+    upgrading: bool,
+    /// A young machine's member is still a learner or not yet healthy.
+    member_settling: bool,
+    bootstrapped: bool,
+    /// The shortest rest left of a node that does not answer, while the plan waits or rests.
+    resting: Option<Duration>,
+    /// Nothing to do and every node answered (though a member may be unhealthy).
+    steady: bool,
+}
+
+/// How long until the next look, in order: a settled or halted control plane at the health
+/// check; a node upgrading in place, or the first node to bootstrap, closely; a young member
+/// at the settling look; a node that does not answer after its rest (within half a second and
+/// half a minute); a steady plan beside a long-unhealthy member at the health check; anything
+/// else in progress every half second.
+fn next_look(look: Look, health_check: Duration) -> Duration {
+    if look.settled || look.halted {
+        // A halted upgrade resumes on a change (the marker removed, the spec changed), or when
+        // a health check finds the node recovered.
+        health_check
+    } else if look.upgrading {
+        FIRST_NODE
+    } else if look.member_settling {
+        SETTLING_LOOK
+    } else if !look.bootstrapped {
+        // The first node is about to answer: it is asked often, so etcd starts without delay.
+        FIRST_NODE
+    } else if let Some(rest) = look.resting {
+        rest.clamp(IN_PROGRESS, UNREACHABLE_MAX)
+    } else if look.steady {
+        // Nothing to do, but a member has been unhealthy for longer than a new one settles
+        // (an alarm, say): the health check looks again, as does any change.
+        health_check
+    } else {
+        IN_PROGRESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEALTH_CHECK: Duration = Duration::from_secs(3600);
+
+    fn bootstrapped() -> Look {
+        Look {
+            bootstrapped: true,
+            ..Look::default()
+        }
+    }
+
+    #[test]
+    fn each_state_of_a_control_plane_is_looked_at_again_in_its_own_time() {
+        let rest = |s| Some(Duration::from_secs(s));
+        let cases = [
+            (
+                "settled",
+                Look {
+                    settled: true,
+                    steady: true,
+                    ..bootstrapped()
+                },
+                HEALTH_CHECK,
+            ),
+            (
+                "halted upgrade",
+                Look {
+                    halted: true,
+                    ..bootstrapped()
+                },
+                HEALTH_CHECK,
+            ),
+            (
+                "upgrading in place",
+                Look {
+                    upgrading: true,
+                    ..bootstrapped()
+                },
+                FIRST_NODE,
+            ),
+            (
+                "young learner beside a steady plan",
+                Look {
+                    member_settling: true,
+                    steady: true,
+                    ..bootstrapped()
+                },
+                SETTLING_LOOK,
+            ),
+            ("before the bootstrap", Look::default(), FIRST_NODE),
+            (
+                "a node resting 10 s",
+                Look {
+                    resting: rest(10),
+                    ..bootstrapped()
+                },
+                Duration::from_secs(10),
+            ),
+            (
+                "a node due now",
+                Look {
+                    resting: rest(0),
+                    ..bootstrapped()
+                },
+                IN_PROGRESS,
+            ),
+            (
+                "a node resting long",
+                Look {
+                    resting: rest(300),
+                    ..bootstrapped()
+                },
+                UNREACHABLE_MAX,
+            ),
+            (
+                "steady beside a long-unhealthy member",
+                Look {
+                    steady: true,
+                    ..bootstrapped()
+                },
+                HEALTH_CHECK,
+            ),
+            ("in progress", bootstrapped(), IN_PROGRESS),
+        ];
+        for (what, look, expected) in cases {
+            assert_eq!(next_look(look, HEALTH_CHECK), expected, "{what}: {look:?}");
+        }
+    }
 }

@@ -525,7 +525,11 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     // Settled: nothing to do, and every node answered with healthy components and a healthy
     // voting member; only then is the look kept. A steady plan beside a learner not yet
     // promoted, or a member not healthy, is looked at again (below) and at any change.
-    let steady = matches!(step, Step::Steady) && report.talos_problem.is_none();
+    // With a Talos upgrade asked for, nothing to do is known only once every running node's
+    // version was heard: a lost reply would otherwise be kept as a finished upgrade.
+    let steady = matches!(step, Step::Steady)
+        && report.talos_problem.is_none()
+        && !(desired.talos_upgrade.is_some() && upgrade::versions_unknown(&report.view));
     let settled = steady && report.view.preflight(None).is_ok();
     match (settled, asked) {
         (true, true) => ctx

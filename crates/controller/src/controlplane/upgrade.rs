@@ -200,6 +200,16 @@ pub fn step(target: &Target, cp: &ControlPlane) -> Option<Step> {
     })
 }
 
+/// Whether a running node's Talos version is missing from the last look (its reply lost, or
+/// the call that asks every node failed as a whole). [`step`] passes over such a node, so with
+/// an upgrade asked for, a plan with nothing to do is not known to be done: it is looked at
+/// again soon, never kept as a steady look.
+pub fn versions_unknown(cp: &ControlPlane) -> bool {
+    cp.machines
+        .iter()
+        .any(|m| !m.deleting && m.reachable && m.talos_version.is_none())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,5 +487,21 @@ mod tests {
             None,
             "a registry port is not a tag"
         );
+    }
+
+    #[test]
+    fn a_node_whose_version_was_not_heard_leaves_the_upgrade_unjudged() {
+        let mut c = cp(3);
+        c.machines[0].talos_version = Some("v1.13.1".into());
+        c.machines[1].talos_version = Some("v1.13.1".into());
+        assert!(!versions_unknown(&c));
+        // The reply of the one node still to upgrade is lost: no step is taken on it...
+        c.machines[2].talos_version = None;
+        assert_eq!(step(&target(1), &c), None);
+        // ...and the look says so, so that it is not kept as done.
+        assert!(versions_unknown(&c));
+        // A node that does not answer at all is judged by its backoff instead.
+        c.machines[2].reachable = false;
+        assert!(!versions_unknown(&c));
     }
 }

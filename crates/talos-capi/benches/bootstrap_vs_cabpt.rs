@@ -354,18 +354,16 @@ async fn start(cp: &LocalControlPlane, provider: &str) -> ManagedProcess {
     let log = cp.dir().join("talos-capi-manager.log");
     // BENCH_WRAP runs the manager under a profiler, e.g. `heaptrack -o /tmp/manager` (its figures
     // are then the profiler's, not the manager's alone).
-    match std::env::var("BENCH_WRAP") {
-        Ok(wrap) if !wrap.trim().is_empty() => {
-            let mut words = wrap.split_whitespace().map(str::to_owned);
-            let tool = words.next().unwrap_or_default();
-            let wrapped: Vec<String> = words
-                .chain([binary.display().to_string()])
-                .chain(args)
-                .collect();
-            ManagedProcess::spawn("talos-capi", Path::new(&tool), &wrapped, &log, None).unwrap()
+    let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace().map(str::to_owned);
+    let (program, args) = match words.next() {
+        Some(tool) => {
+            let wrapped = words.chain([binary.display().to_string()]).chain(args);
+            (PathBuf::from(tool), wrapped.collect())
         }
-        _ => ManagedProcess::spawn("talos-capi", &binary, &args, &log, None).unwrap(),
-    }
+        None => (binary, args),
+    };
+    ManagedProcess::spawn("talos-capi", &program, &args, &log, None).unwrap()
 }
 
 fn main() {

@@ -14,9 +14,8 @@ pub fn env_number(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The component under a lifeline: its descendant that runs `binary` (not the lifeline's own
-/// shell watcher, nor a profiler wrapping it), once the lifeline has started it.
-pub async fn component_pid(lifeline: u32, binary: &str) -> u32 {
+/// Every process under `pid`, with the binary it runs.
+fn descendants(pid: u32) -> Vec<(u32, String)> {
     let children = |pid: u32| -> Vec<u32> {
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
             .unwrap_or_default()
@@ -24,28 +23,34 @@ pub async fn component_pid(lifeline: u32, binary: &str) -> u32 {
             .filter_map(|p| p.parse().ok())
             .collect()
     };
+    let mut found = Vec::new();
+    let mut queue = children(pid);
+    while let Some(pid) = queue.pop() {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|exe| exe.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        found.push((pid, exe));
+        queue.extend(children(pid));
+    }
+    found
+}
+
+/// The component under a lifeline: its descendant that runs `binary` (not the lifeline's own
+/// shell watcher, nor a profiler wrapping it), once the lifeline has started it.
+pub async fn component_pid(lifeline: u32, binary: &str) -> u32 {
     for _ in 0..100 {
-        let mut queue = children(lifeline);
-        while let Some(pid) = queue.pop() {
-            if std::fs::read_link(format!("/proc/{pid}/exe"))
-                .is_ok_and(|exe| exe.to_string_lossy().ends_with(binary))
-            {
-                return pid;
-            }
-            queue.extend(children(pid));
+        if let Some((pid, _)) = descendants(lifeline)
+            .into_iter()
+            .find(|(_, exe)| exe.ends_with(binary))
+        {
+            return pid;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut seen = Vec::new();
-    let mut queue = children(lifeline);
-    while let Some(pid) = queue.pop() {
-        seen.push(format!(
-            "{pid}: {:?}",
-            std::fs::read_link(format!("/proc/{pid}/exe"))
-        ));
-        queue.extend(children(pid));
-    }
-    panic!("no {binary} process under lifeline {lifeline}, only {seen:?}")
+    panic!(
+        "no {binary} process under lifeline {lifeline}, only {:?}",
+        descendants(lifeline)
+    )
 }
 
 /// (CPU seconds, peak RSS in MiB) of a running process.

@@ -2439,8 +2439,8 @@ async fn five_nodes_upgrade_two_at_a_time_and_a_talos_without_lifecycle_service_
     for n in &names {
         nodes.push(node_of(&client, &ns, n).await);
     }
-    // Talos before 1.13 has no LifecycleService; each boot takes a while, so two upgrades
-    // overlap.
+    // Talos before 1.13 has no LifecycleService; each boot takes a while (3 s, so the two
+    // upgrades overlap even when a loaded machine slows the controller's next look).
     for node in &nodes {
         infra
             .sim
@@ -2449,7 +2449,7 @@ async fn five_nodes_upgrade_two_at_a_time_and_a_talos_without_lifecycle_service_
                     "LifecycleService.Upgrade".into(),
                     tonic::Code::Unimplemented,
                 );
-                f.slow_boot = Duration::from_secs(1);
+                f.slow_boot = Duration::from_secs(3);
             })
             .unwrap();
     }

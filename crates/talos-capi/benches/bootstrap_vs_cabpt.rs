@@ -1,7 +1,8 @@
 //! 1,000 TalosConfigs (100 clusters × 10 machines by default) through the real CABPT v0.6.12 and
 //! through `talos-capi manager`, one after the other on the same local control plane with the
-//! real Cluster API core: time until every TalosConfig is ready, CPU seconds, peak RSS and API
-//! requests (from the API server's audit log, by user agent) of each provider process.
+//! real Cluster API core (the first run's namespace removed before the second starts): time
+//! until every TalosConfig is ready, CPU seconds, peak RSS and API requests (from the API
+//! server's audit log, by user agent) of each provider process.
 //!
 //!   cargo bench -p talos-capi --bench bootstrap_vs_cabpt        (make bench-bootstrap)
 //!   BENCH_CLUSTERS=10 BENCH_MACHINES=10 cargo bench …            (a smaller run)
@@ -152,7 +153,13 @@ struct Figures {
     requests: usize,
 }
 
-async fn run(cp: &LocalControlPlane, provider: &str, clusters: usize, machines: usize) -> Figures {
+/// The figures of one provider's run, and the namespace it ran in.
+async fn run(
+    cp: &LocalControlPlane,
+    provider: &str,
+    clusters: usize,
+    machines: usize,
+) -> (Figures, String) {
     let client = cp.client().await.unwrap();
     contract_labels(&client, provider).await;
     let ns = unique_namespace(&client, &format!("bench-{provider}"))
@@ -244,12 +251,35 @@ async fn run(cp: &LocalControlPlane, provider: &str, clusters: usize, machines: 
         by_kind(&audit_events(&audit, offset, "cluster-api/"))
     );
     print_timeline(provider, &events);
-    Figures {
+    let figures = Figures {
         seconds,
         cpu,
         rss,
         requests,
+    };
+    (figures, ns)
+}
+
+/// Deletes a run's namespace and waits until it is gone (Cluster API deletes its Clusters and
+/// Machines), so the next provider's watches list only its own run's objects: the Secrets,
+/// Machines and Clusters the peer's run left would otherwise sit in its caches.
+async fn remove_namespace(cp: &LocalControlPlane, ns: &str) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let client = cp.client().await.unwrap();
+    let api = Api::<Namespace>::all(client);
+    let started = Instant::now();
+    api.delete(ns, &Default::default()).await.unwrap();
+    while api.get_opt(ns).await.unwrap().is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "namespace {ns} still there after 15 minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    eprintln!(
+        "namespace {ns} removed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// The TalosConfig CRD's contract labels as each provider ships them. CABPT v0.6.12's CRD
@@ -385,9 +415,11 @@ fn main() {
         let cabpt = if only == "talos-capi" {
             Figures::default()
         } else {
-            run(&cp, "cabpt", clusters, machines).await
+            let (figures, ns) = run(&cp, "cabpt", clusters, machines).await;
+            remove_namespace(&cp, &ns).await;
+            figures
         };
-        let ours = run(&cp, "talos-capi", clusters, machines).await;
+        let (ours, _) = run(&cp, "talos-capi", clusters, machines).await;
         println!(
             "{} TalosConfigs ({clusters} clusters × {machines} machines), Cluster API {}",
             clusters * machines,

@@ -127,7 +127,23 @@ pub(crate) trait Typed:
     const KIND: &'static str;
     /// The object with only `metadata`, standing in for one that does not decode.
     fn stand_in(metadata: kube::api::ObjectMeta) -> Self;
+    /// Drops what no controller reads, before the object is stored.
+    fn slim(&mut self) {}
 }
+
+/// The Machine conditions the controllers read, the only ones the cache keeps: Cluster API's
+/// Ready and Available, a MachineHealthCheck's HealthCheckSucceeded and OwnerRemediated, and
+/// the two the control plane sets on its machines (`status::machine_conditions`; compared with
+/// what is stored before each write, so both must be kept). Cluster API v1.14 writes nine or
+/// more conditions on every Machine, most with a message.
+pub(crate) const MACHINE_CONDITIONS_READ: [&str; 6] = [
+    "Ready",
+    "Available",
+    "HealthCheckSucceeded",
+    "OwnerRemediated",
+    "UpToDate",
+    "EtcdMemberHealthy",
+];
 
 impl Typed for Machine {
     const KIND: &'static str = "Machine";
@@ -136,6 +152,12 @@ impl Typed for Machine {
             metadata,
             spec: Default::default(),
             status: None,
+        }
+    }
+    fn slim(&mut self) {
+        if let Some(conditions) = self.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            conditions.retain(|c| MACHINE_CONDITIONS_READ.contains(&c.type_.as_str()));
+            conditions.shrink_to_fit();
         }
     }
 }
@@ -166,7 +188,10 @@ impl Typed for Cluster {
 fn typed<K: Typed>(mut obj: DynamicObject) -> K {
     slim_dynamic(&mut obj);
     match serde_json::to_value(&obj).and_then(serde_json::from_value::<K>) {
-        Ok(k) => k,
+        Ok(mut k) => {
+            k.slim();
+            k
+        }
         Err(e) => {
             let mut metadata = obj.metadata;
             metadata
@@ -606,5 +631,38 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_cached_machine_keeps_only_the_conditions_a_controller_reads() {
+        let condition = |t: &str| serde_json::json!({"type": t, "status": "True", "reason": t, "message": "a long message"});
+        let machine = dynamic(serde_json::json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "metadata": {"name": "m", "namespace": "ns"},
+            "spec": {"clusterName": "c"},
+            "status": {"conditions": [
+                condition("BootstrapConfigReady"), condition("Ready"), condition("NodeHealthy"),
+                condition("UpToDate"), condition("HealthCheckSucceeded"), condition("Deleting"),
+                condition("EtcdMemberHealthy"), condition("OwnerRemediated"), condition("Available"),
+            ]}
+        }));
+        let kept: Machine = typed(machine);
+        let types: Vec<&str> = kept
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "Ready",
+                "UpToDate",
+                "HealthCheckSucceeded",
+                "EtcdMemberHealthy",
+                "OwnerRemediated",
+                "Available"
+            ]
+        );
     }
 }

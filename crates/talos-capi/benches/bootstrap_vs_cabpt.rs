@@ -382,18 +382,18 @@ async fn start(cp: &LocalControlPlane, provider: &str) -> ManagedProcess {
         "--log-level=warn".to_owned(),
     ];
     let log = cp.dir().join("talos-capi-manager.log");
-    // BENCH_WRAP runs the manager under a profiler, e.g. `heaptrack -o /tmp/manager` (its figures
-    // are then the profiler's, not the manager's alone).
+    // The manager's environment in its image (the Dockerfile's ENV). BENCH_WRAP runs it under a
+    // profiler, e.g. `heaptrack -o /tmp/manager` (its figures are then the profiler's, not the
+    // manager's alone).
     let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
-    let mut words = wrap.split_whitespace().map(str::to_owned);
-    let (program, args) = match words.next() {
-        Some(tool) => {
-            let wrapped = words.chain([binary.display().to_string()]).chain(args);
-            (PathBuf::from(tool), wrapped.collect())
-        }
-        None => (binary, args),
-    };
-    ManagedProcess::spawn("talos-capi", &program, &args, &log, None).unwrap()
+    let args: Vec<String> = ["MALLOC_ARENA_MAX=2"]
+        .into_iter()
+        .chain(wrap.split_whitespace())
+        .map(str::to_owned)
+        .chain([binary.display().to_string()])
+        .chain(args)
+        .collect();
+    ManagedProcess::spawn("talos-capi", Path::new("env"), &args, &log, None).unwrap()
 }
 
 fn main() {

@@ -228,6 +228,10 @@ fn controlled_by(machine: &Machine, tcp: &TalosControlPlane) -> bool {
 }
 
 fn condition_is(machine: &Machine, type_: &str, status: &str) -> bool {
+    debug_assert!(
+        crate::cache::MACHINE_CONDITIONS_READ.contains(&type_),
+        "the cache drops {type_}"
+    );
     machine
         .status
         .as_ref()

@@ -793,8 +793,16 @@ mod tests {
             "{}",
             rolling.message
         );
-        let [up_to_date, _] = machine_conditions(&r.view.machines[1], &r.view);
+        let [up_to_date, etcd] = machine_conditions(&r.view.machines[1], &r.view);
         assert!(format!("{up_to_date:?}").contains("to be upgraded in place"));
+        // The cache keeps them on its Machines: a condition it dropped would read as missing
+        // and be written again on every look.
+        for set in [up_to_date, etcd] {
+            assert!(
+                crate::cache::MACHINE_CONDITIONS_READ.contains(&set.type_.as_str()),
+                "{set:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! 1,000 TalosConfigs (100 clusters × 10 machines by default) through the real CABPT v0.6.12 and
 //! through `talos-capi manager`, one after the other on the same local control plane with the
-//! real Cluster API core (the first run's namespace removed before the second starts): time
+//! real Cluster API core (the first run's objects deleted before the second starts): time
 //! until every TalosConfig is ready, CPU seconds, peak RSS and API requests (from the API
 //! server's audit log, by user agent) of each provider process.
 //!
@@ -260,24 +260,48 @@ async fn run(
     (figures, ns)
 }
 
-/// Deletes a run's namespace and waits until it is gone (Cluster API deletes its Clusters and
-/// Machines), so the next provider's watches list only its own run's objects: the Secrets,
-/// Machines and Clusters the peer's run left would otherwise sit in its caches.
-async fn remove_namespace(cp: &LocalControlPlane, ns: &str) {
-    use k8s_openapi::api::core::v1::Namespace;
+/// Deletes every object of a run's namespace and waits until they are gone (Cluster API
+/// finishes deleting its Clusters and Machines), so the next provider's watches list only its
+/// own run's objects: the peer's Secrets, Machines and Clusters would otherwise sit in its
+/// caches. (No namespace controller runs here, so the objects go one kind at a time.)
+async fn empty_namespace(cp: &LocalControlPlane, ns: &str) {
     let client = cp.client().await.unwrap();
-    let api = Api::<Namespace>::all(client);
     let started = Instant::now();
-    api.delete(ns, &Default::default()).await.unwrap();
-    while api.get_opt(ns).await.unwrap().is_some() {
-        assert!(
-            started.elapsed() < Duration::from_secs(900),
-            "namespace {ns} still there after 15 minutes"
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    let kinds = [
+        ("cluster.x-k8s.io/v1beta2", "Cluster"),
+        ("cluster.x-k8s.io/v1beta2", "Machine"),
+        ("bootstrap.cluster.x-k8s.io/v1alpha3", "TalosConfig"),
+        ("infrastructure.cluster.x-k8s.io/v1alpha1", "SimMachine"),
+        ("infrastructure.cluster.x-k8s.io/v1alpha1", "SimCluster"),
+        ("v1", "Secret"),
+    ];
+    for (api_version, kind) in kinds {
+        dynamic(&client, ns, api_version, kind)
+            .delete_collection(&Default::default(), &Default::default())
+            .await
+            .unwrap();
+    }
+    for (api_version, kind) in kinds {
+        let api = dynamic(&client, ns, api_version, kind);
+        loop {
+            let left = api
+                .list_metadata(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .len();
+            if left == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(900),
+                "{left} {kind}s still in {ns} after 15 minutes"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
     }
     eprintln!(
-        "namespace {ns} removed in {:.0} s",
+        "namespace {ns} emptied in {:.0} s",
         started.elapsed().as_secs_f64()
     );
 }
@@ -416,7 +440,7 @@ fn main() {
             Figures::default()
         } else {
             let (figures, ns) = run(&cp, "cabpt", clusters, machines).await;
-            remove_namespace(&cp, &ns).await;
+            empty_namespace(&cp, &ns).await;
             figures
         };
         let (ours, _) = run(&cp, "talos-capi", clusters, machines).await;

@@ -147,6 +147,30 @@ impl Severity {
 }
 
 /// Reasons, one constant per condition outcome, in CamelCase as metav1 requires.
+/// The most a condition message holds, in bytes. Messages echo what users wrote (a patch's
+/// path, a parse error), and the API server refuses a status whose message is over 32,768
+/// bytes (our schema) or 10,240 (Cluster API's); a longer one is cut, with a marker.
+pub const MESSAGE_LIMIT: usize = 4096;
+
+/// `text` if it fits in `limit` bytes; otherwise its start, cut at a character boundary, and a
+/// marker saying how many bytes were left out, all within `limit`.
+pub fn bounded(mut text: String, limit: usize) -> String {
+    if text.len() <= limit {
+        return text;
+    }
+    let marker = |cut: usize| format!(" … [{cut} more bytes]");
+    // The marker's own length depends on the count; the longest one fits any cut.
+    let keep = limit.saturating_sub(marker(text.len()).len());
+    let keep = (0..=keep)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let cut = text.len() - keep;
+    text.truncate(keep);
+    text.push_str(&marker(cut));
+    text
+}
+
 pub mod reason {
     // Shared.
     pub const READY: &str = "Ready";
@@ -186,6 +210,8 @@ pub mod reason {
     pub const NOT_REMEDIATING: &str = "NotRemediating";
     pub const TALOS_API_UNREACHABLE: &str = "TalosApiUnreachable";
     pub const WAITING_FOR_WORKERS: &str = "WaitingForWorkersDeletion";
+    /// The API server refused a status write (an Event's reason: the status cannot say it).
+    pub const STATUS_REFUSED: &str = "StatusRefused";
 }
 
 /// What a controller observed for one condition type.
@@ -210,8 +236,9 @@ impl Observation {
         }
     }
 
+    /// The condition's message, cut to [`MESSAGE_LIMIT`] bytes (see [`bounded`]).
     pub fn message(mut self, message: impl Into<String>) -> Self {
-        self.message = message.into();
+        self.message = bounded(message.into(), MESSAGE_LIMIT);
         self
     }
 
@@ -401,5 +428,25 @@ mod tests {
         assert!(equal_ignoring_time(&a, &b));
         set(&mut b, &obs.clone().message("different"), Some(1), &at(99));
         assert!(!equal_ignoring_time(&a, &b));
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary_with_a_marker_within_the_limit() {
+        assert_eq!(bounded("short".into(), 16), "short");
+        for text in ["x".repeat(40_000), "é".repeat(20_000), "€a".repeat(9_000)] {
+            let cut = bounded(text.clone(), MESSAGE_LIMIT);
+            assert!(cut.len() <= MESSAGE_LIMIT, "{} bytes", cut.len());
+            assert!(cut.len() > MESSAGE_LIMIT - 32, "{} bytes", cut.len());
+            let kept = cut.split(" … [").next().unwrap_or_default();
+            assert!(text.starts_with(kept));
+            assert!(
+                cut.ends_with(&format!(" … [{} more bytes]", text.len() - kept.len())),
+                "{}",
+                &cut[cut.len() - 40..]
+            );
+        }
+        let observed = Observation::new(ConditionType::Ready, Status::False, reason::INVALID_SPEC)
+            .message("m".repeat(100_000));
+        assert!(observed.message.len() <= MESSAGE_LIMIT);
     }
 }

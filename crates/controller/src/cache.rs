@@ -23,7 +23,8 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use crate::bootstrap::talosconfig_resource;
-use crate::{Error, Options};
+use crate::raw::{RawObject, map_event};
+use crate::{Error, Options, raw};
 
 /// The watches [`Caches::run`] drives.
 const WATCHES: u8 = 4;
@@ -112,9 +113,10 @@ pub(crate) fn slim_dynamic(obj: &mut DynamicObject) {
 }
 
 /// What a metadata-only cache keeps: the slimmed metadata, no content.
-fn metadata_only(obj: &mut DynamicObject) {
-    slim_dynamic(obj);
-    obj.data = serde_json::Value::Object(Default::default());
+fn metadata_only(obj: RawObject) -> DynamicObject {
+    let mut obj = obj.metadata_only();
+    slim_dynamic(&mut obj);
+    obj
 }
 
 /// Annotation on a cached object that did not decode: the error. Set only in the cache.
@@ -184,46 +186,71 @@ impl Typed for Cluster {
     }
 }
 
-/// The typed form of `obj` (its managed fields dropped), or a stand-in carrying the error.
-fn typed<K: Typed>(mut obj: DynamicObject) -> K {
-    slim_dynamic(&mut obj);
-    match serde_json::to_value(&obj).and_then(serde_json::from_value::<K>) {
+/// The typed form of `obj` (without its managed fields), or a stand-in carrying the error.
+pub(crate) fn typed<K: Typed>(obj: RawObject) -> K {
+    match obj.decode::<K>() {
         Ok(mut k) => {
+            slim_meta(k.meta_mut());
             k.slim();
             k
         }
+        Err(e) => K::stand_in(undecodable_meta(obj.metadata, &e)),
+    }
+}
+
+/// The dynamic form of `obj` (without its managed fields), or its metadata alone carrying the
+/// error.
+pub(crate) fn dynamic(obj: RawObject) -> DynamicObject {
+    match obj.dynamic() {
+        Ok(mut d) => {
+            slim_dynamic(&mut d);
+            d
+        }
         Err(e) => {
-            let mut metadata = obj.metadata;
-            metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(UNDECODABLE.to_owned(), e.to_string());
-            K::stand_in(metadata)
+            let mut stand_in = obj.metadata_only();
+            stand_in.metadata = undecodable_meta(obj.metadata, &e);
+            stand_in
         }
     }
 }
 
-pub(crate) fn typed_event<K: Typed>(event: watcher::Event<DynamicObject>) -> watcher::Event<K> {
-    match event {
-        watcher::Event::Apply(o) => watcher::Event::Apply(typed(o)),
-        watcher::Event::Delete(o) => watcher::Event::Delete(typed(o)),
-        watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitApply(o) => watcher::Event::InitApply(typed(o)),
-        watcher::Event::InitDone => watcher::Event::InitDone,
-    }
+/// The metadata of an object that does not decode, slimmed, with the error: named in the log
+/// by kind and name, never by content.
+fn undecodable_meta(
+    mut metadata: kube::api::ObjectMeta,
+    error: &serde_json::Error,
+) -> kube::api::ObjectMeta {
+    slim_meta(&mut metadata);
+    tracing::warn!(
+        object = %format!("{}/{}", metadata.namespace.as_deref().unwrap_or_default(), metadata.name.as_deref().unwrap_or_default()),
+        category = ?error.classify(),
+        line = error.line(),
+        column = error.column(),
+        "an object cannot be decoded; it is reported on itself"
+    );
+    metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(UNDECODABLE.to_owned(), error.to_string());
+    metadata
+}
+
+pub(crate) fn typed_event<K: Typed>(event: watcher::Event<RawObject>) -> watcher::Event<K> {
+    map_event(event, typed)
+}
+
+/// The decoding error a cached stand-in carries, if it is one.
+pub(crate) fn undecodable(meta: &kube::api::ObjectMeta) -> Option<serde_json::Error> {
+    let error = meta.annotations.as_ref()?.get(UNDECODABLE)?;
+    Some(<serde_json::Error as serde::de::Error>::custom(error))
 }
 
 /// A cached object as its reader gets it: the error of one that did not decode.
 pub(crate) fn decoded<K: Typed>(obj: &K) -> Result<K, Error> {
-    match obj
-        .meta()
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(UNDECODABLE))
-    {
-        Some(e) => Err(Error::Decode {
+    match undecodable(obj.meta()) {
+        Some(source) => Err(Error::Decode {
             kind: K::KIND,
-            source: <serde_json::Error as serde::de::Error>::custom(e),
+            source,
         }),
         None => Ok(obj.clone()),
     }
@@ -306,6 +333,8 @@ pub struct Caches {
     secrets: Feed<Secret>,
     /// Control-plane TalosConfigs, their metadata only.
     configs: Feed<DynamicObject>,
+    /// The watches whose last attempt failed, with the error (readiness says so).
+    failing: Arc<Mutex<std::collections::BTreeMap<&'static str, String>>>,
     /// How many watches have listed their objects; reconciles wait for all three. (A store's own
     /// `wait_until_ready` wakes only the last of several concurrent waiters.)
     listed: tokio::sync::watch::Sender<u8>,
@@ -319,6 +348,7 @@ impl Default for Caches {
             secrets: Feed::new(()),
             configs: Feed::new(talosconfig_resource()),
             listed: tokio::sync::watch::Sender::new(0),
+            failing: Arc::default(),
         }
     }
 }
@@ -360,18 +390,24 @@ pub fn dynamic_api(
     }
 }
 
-/// Watch `api` into `feed`'s store, each object turned into what the store keeps by `keep`,
+/// An Api over every watched namespace (`--namespace`) for a kind read item by item.
+pub fn raw_api(client: &kube::Client, options: &Options, ar: &ApiResource) -> Api<RawObject> {
+    match &options.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+        None => Api::all_with(client.clone(), ar),
+    }
+}
+
+/// Watch `events` into `feed`'s store, each object turned into what the store keeps by `keep`,
 /// and tell its subscribers about every change once the store holds it (after a (re)list:
 /// every object).
 async fn drive<W, K>(
-    api: Api<W>,
-    config: watcher::Config,
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<W>>>,
     feed: &Feed<K>,
     what: &'static str,
     keep: fn(watcher::Event<W>) -> watcher::Event<K>,
     listed: impl Fn(),
 ) where
-    W: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
     K: Resource + Clone + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
@@ -381,7 +417,7 @@ async fn drive<W, K>(
     let store = &feed.store;
     let subscribers = &subscribers;
     let listed = &listed;
-    retried(watcher(api, config))
+    retried(events)
         .map_ok(keep)
         .reflect(writer)
         .for_each(|event| async move {
@@ -445,35 +481,43 @@ impl Caches {
         };
         futures::join!(
             drive(
-                dynamic_api(&client, &options, &machine_ar),
-                filtered(&options),
+                self.tracked(
+                    "machines",
+                    raw::watch(raw_api(&client, &options, &machine_ar), filtered(&options)),
+                ),
                 &self.machines,
                 "machines",
                 typed_event::<Machine>,
                 first_list(&self.listed),
             ),
             drive(
-                dynamic_api(&client, &options, &cluster_ar),
-                filtered(&options),
+                self.tracked(
+                    "clusters",
+                    raw::watch(raw_api(&client, &options, &cluster_ar), filtered(&options)),
+                ),
                 &self.clusters,
                 "clusters",
                 typed_event::<Cluster>,
                 first_list(&self.listed),
             ),
             drive(
-                secrets,
-                secret_watch,
+                self.tracked("secrets", watcher(secrets, secret_watch)),
                 &self.secrets,
                 "secrets",
                 |event| event.modify(slim_secret),
                 first_list(&self.listed),
             ),
             drive(
-                dynamic_api(&client, &options, &talosconfig_resource()),
-                control_plane_watch,
+                self.tracked(
+                    "control-plane talosconfigs",
+                    raw::watch(
+                        raw_api(&client, &options, &talosconfig_resource()),
+                        control_plane_watch,
+                    ),
+                ),
                 &self.configs,
                 "control-plane talosconfigs",
-                |event| event.modify(metadata_only),
+                |event| map_event(event, metadata_only),
                 first_list(&self.listed),
             ),
         );
@@ -482,6 +526,41 @@ impl Caches {
     /// Whether every watch has listed its objects (readiness).
     pub fn is_ready(&self) -> bool {
         *self.listed.borrow() >= WATCHES
+    }
+
+    /// The watches that cannot list or watch now, each with its last error.
+    pub fn failing_watches(&self) -> Vec<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(watch, error)| format!("the {watch} watch fails: {error}"))
+            .collect()
+    }
+
+    /// `events` of the watch `what`, each failure recorded for readiness until the watch lists
+    /// or sees a change again.
+    pub(crate) fn tracked<K, S>(
+        &self,
+        what: &'static str,
+        events: S,
+    ) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + use<K, S>
+    where
+        S: futures::Stream<Item = watcher::Result<watcher::Event<K>>>,
+    {
+        let failing = Arc::clone(&self.failing);
+        events.inspect(move |event| {
+            let mut failing = failing.lock().unwrap_or_else(|e| e.into_inner());
+            match event {
+                Err(e) => {
+                    failing.insert(what, api::conditions::bounded(e.to_string(), 256));
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(_) => {
+                    failing.remove(what);
+                }
+            }
+        })
     }
 
     /// Resolves once every watch has listed its objects.
@@ -547,8 +626,8 @@ impl Caches {
 mod tests {
     use super::*;
 
-    fn dynamic(value: serde_json::Value) -> DynamicObject {
-        serde_json::from_value(value).expect("a dynamic object")
+    fn raw(value: serde_json::Value) -> RawObject {
+        serde_json::from_str(&value.to_string()).expect("an object")
     }
 
     #[test]
@@ -599,7 +678,7 @@ mod tests {
 
     #[test]
     fn machines_are_kept_typed_and_one_that_does_not_decode_keeps_its_error() {
-        let good = dynamic(serde_json::json!({
+        let good = raw(serde_json::json!({
             "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
             "metadata": {"name": "m", "namespace": "ns", "labels": {"a": "b"},
                 "managedFields": [{"manager": "x", "operation": "Update"}]},
@@ -615,7 +694,7 @@ mod tests {
         assert!(read.has_node());
         assert_eq!(read.labels().get("a").map(String::as_str), Some("b"));
 
-        let bad = dynamic(serde_json::json!({
+        let bad = raw(serde_json::json!({
             "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
             "metadata": {"name": "bad", "namespace": "ns", "labels": {"a": "b"}},
             "spec": {"clusterName": 5}
@@ -636,7 +715,7 @@ mod tests {
     #[test]
     fn a_cached_machine_keeps_only_the_conditions_a_controller_reads() {
         let condition = |t: &str| serde_json::json!({"type": t, "status": "True", "reason": t, "message": "a long message"});
-        let machine = dynamic(serde_json::json!({
+        let machine = raw(serde_json::json!({
             "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
             "metadata": {"name": "m", "namespace": "ns"},
             "spec": {"clusterName": "c"},

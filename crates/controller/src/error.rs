@@ -69,6 +69,9 @@ pub enum Error {
         message: String,
         transient: bool,
     },
+    /// The API server refused a status we wrote, for what it holds (its message bounded).
+    #[error("the status of {object} was refused: {message}")]
+    StatusRefused { object: String, message: String },
     #[error("the object cannot be read as {kind}: {source}")]
     Decode {
         kind: &'static str,
@@ -95,6 +98,7 @@ impl Error {
             Error::Spec(_) => "spec",
             Error::InvalidSecret { .. } => "secret",
             Error::Decode { .. } => "decode",
+            Error::StatusRefused { .. } => "status",
             Error::Talos { .. } => "talos",
             Error::Missing(_) => "missing",
             Error::Bundle { .. } => "bundle",
@@ -106,7 +110,10 @@ impl Error {
         match self {
             Error::Kube { .. } | Error::Talos { .. } | Error::Missing(_) => true,
             Error::Bundle { transient, .. } => *transient,
-            Error::Spec(_) | Error::InvalidSecret { .. } | Error::Decode { .. } => false,
+            Error::Spec(_)
+            | Error::InvalidSecret { .. }
+            | Error::Decode { .. }
+            | Error::StatusRefused { .. } => false,
         }
     }
 }

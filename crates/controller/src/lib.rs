@@ -12,6 +12,7 @@ pub mod leader;
 pub mod metrics;
 pub mod nodes;
 pub mod preflight;
+pub mod raw;
 pub mod report;
 
 pub use context::{Clock, Context, Options, SystemClock};
@@ -48,8 +49,22 @@ pub async fn run(
         return;
     }
     let caches = ctx.caches.run(ctx.client.clone(), ctx.options.clone());
+    // Reconciles in flight may finish after `shutdown`, but not for longer than the grace:
+    // one waiting for a cache that cannot list (or for a node that does not answer) would
+    // otherwise hold the process past its Pod's termination grace period.
+    let grace = async {
+        shutdown.clone().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the shutdown grace; stopping them");
+    };
     tokio::select! {
         _ = futures::future::select_all(controllers) => {}
         () = caches => {}
+        () = grace => {}
     }
 }
+
+/// How long reconciles in flight may run on after a shutdown is asked for. Every write is
+/// idempotent and every Talos action is recorded before it is made, so one cut short is taken
+/// up again by the next leader, as after a crash. Within the chart's 30 s termination grace.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

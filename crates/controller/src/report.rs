@@ -27,17 +27,45 @@ pub async fn apply_status(
         "kind": ar.kind,
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(&ctx.options.manager_name).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(drop)
-    .map_err(Error::kube(format!(
-        "writing the status of {} {ns}/{name}",
-        ar.kind
-    )))
+    let written = api
+        .patch_status(
+            name,
+            &PatchParams::apply(&ctx.options.manager_name).force(),
+            &Patch::Apply(&patch),
+        )
+        .await;
+    match written {
+        Ok(_) => Ok(()),
+        // Refused for what it holds (invalid, or too large): writing it again cannot help, so
+        // it is said in an Event and waits for a change, like any spec error.
+        Err(kube::Error::Api(refusal)) if matches!(refusal.code, 413 | 422) => {
+            let error = Error::StatusRefused {
+                object: format!("{} {ns}/{name}", ar.kind),
+                message: conditions::bounded(refusal.message.clone(), 512),
+            };
+            let object = ObjectReference {
+                api_version: Some(ar.api_version.clone()),
+                kind: Some(ar.kind.clone()),
+                namespace: Some(ns.to_owned()),
+                name: Some(name.to_owned()),
+                ..ObjectReference::default()
+            };
+            let note = error.to_string();
+            event(
+                ctx,
+                &object,
+                EventType::Warning,
+                conditions::reason::STATUS_REFUSED,
+                &note,
+            )
+            .await;
+            Err(error)
+        }
+        Err(e) => Err(Error::kube(format!(
+            "writing the status of {} {ns}/{name}",
+            ar.kind
+        ))(e)),
+    }
 }
 
 /// Conditions whose status or reason changed between `old` and `new`.
@@ -111,7 +139,10 @@ pub async fn publish(
 /// Events (they are most of the writes) holds a reconcile slot no longer than this.
 const EVENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Publish one Event about `object` (note cut to the 1 KiB Events allow). Best effort, within
+/// The most an Event's note holds, in bytes (the API server refuses a longer one).
+const EVENT_NOTE_LIMIT: usize = 1024;
+
+/// Publish one Event about `object` (note cut to the 1 KiB Events allow, with a marker). Best effort, within
 /// [`EVENT_TIMEOUT`].
 pub async fn event(
     ctx: &Context,
@@ -123,7 +154,7 @@ pub async fn event(
     let event = Event {
         type_,
         reason: reason.to_owned(),
-        note: Some(note.chars().take(1024).collect()),
+        note: Some(conditions::bounded(note.to_owned(), EVENT_NOTE_LIMIT)),
         action: "Reconcile".into(),
         secondary: None,
     };

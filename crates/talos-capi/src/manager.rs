@@ -502,7 +502,10 @@ fn readiness(p: &Probes) -> (StatusCode, String) {
             "ok: standing by for the leader lease\n".into(),
         );
     }
-    if p.ctx.caches.is_ready() {
+    let failing = p.ctx.caches.failing_watches();
+    if !failing.is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, failing.join("\n") + "\n")
+    } else if p.ctx.caches.is_ready() {
         (StatusCode::OK, "ok\n".into())
     } else {
         (

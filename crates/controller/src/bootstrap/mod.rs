@@ -15,7 +15,7 @@ use api::bootstrap::v1alpha3::{GenerateType, TalosConfig, TalosConfigStatus};
 use api::capi::{Machine, labels};
 use api::conditions::{ConditionType, Observation, Severity, Status, reason};
 use futures::{StreamExt, TryStreamExt};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -43,7 +43,7 @@ pub fn controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Option<impl std::future::Future<Output = ()>> {
     let ar = talosconfig_resource();
-    let configs: Api<DynamicObject> = cache::dynamic_api(&ctx.client, &ctx.options, &ar);
+    let configs = cache::raw_api(&ctx.client, &ctx.options, &ar);
     let secrets = ctx.caches.subscribe_secrets()?;
     let machines = ctx.caches.subscribe_machines()?;
     let clusters = ctx.caches.subscribe_clusters()?;
@@ -54,8 +54,11 @@ pub fn controller(
     let reader = writer.as_reader();
     let own = kube::runtime::reflector(
         writer,
-        kube::runtime::watcher(configs, cache::filtered(&ctx.options))
-            .map_ok(cache::typed_event::<TalosConfig>),
+        cache::retried(ctx.caches.tracked(
+            "talosconfigs",
+            crate::raw::watch(configs, cache::filtered(&ctx.options)),
+        ))
+        .map_ok(cache::typed_event::<TalosConfig>),
     )
     .applied_objects();
     let controller = Controller::for_stream_with(own, reader, ()).with_config(
@@ -90,15 +93,17 @@ pub fn controller(
     };
     // MachinePools are few and only watched when asked for (Cluster API's MachinePool feature).
     let controller = if ctx.options.machine_pools {
-        controller.watches_with(
-            cache::dynamic_api(
-                &ctx.client,
-                &ctx.options,
-                &cache::capi_resource("MachinePool"),
-            ),
-            cache::capi_resource("MachinePool"),
+        let pools = cache::capi_resource("MachinePool");
+        let events = crate::raw::watch(
+            cache::raw_api(&ctx.client, &ctx.options, &pools),
             cache::filtered(&ctx.options),
+        );
+        controller.watches_stream_with(
+            cache::retried(events)
+                .touched_objects()
+                .map_ok(cache::dynamic),
             |pool| config_of_pool(&pool),
+            pools,
         )
     } else {
         controller
@@ -241,9 +246,11 @@ fn failure_observation(e: &Error) -> Observation {
             transient: false, ..
         } => (reason::INVALID_SECRET, Severity::Error),
         Error::Bundle { .. } => (reason::INTERNAL_ERROR, Severity::Warning),
-        Error::Kube { .. } | Error::Decode { .. } | Error::Talos { .. } | Error::Missing(_) => {
-            (reason::INTERNAL_ERROR, Severity::Warning)
-        }
+        Error::Kube { .. }
+        | Error::Decode { .. }
+        | Error::Talos { .. }
+        | Error::Missing(_)
+        | Error::StatusRefused { .. } => (reason::INTERNAL_ERROR, Severity::Warning),
     };
     Observation::new(ConditionType::DataSecretAvailable, Status::False, r)
         .message(e.to_string())

@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use api::capi::{Machine, MachineAddress, labels};
-use futures::StreamExt;
 use futures::channel::mpsc;
+use futures::{StreamExt, TryStreamExt};
 use kube::ResourceExt;
 use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::Options;
 
@@ -51,10 +51,11 @@ pub fn addresses(infra: &DynamicObject) -> Vec<MachineAddress> {
 
 /// What the store keeps of an infrastructure machine: its metadata (owners, for the wake-up)
 /// and its addresses.
-fn slim(obj: &mut DynamicObject) {
-    crate::cache::slim_dynamic(obj);
+fn slim(obj: crate::raw::RawObject) -> DynamicObject {
+    let mut obj = crate::cache::dynamic(obj);
     let addresses = obj.data["status"]["addresses"].take();
     obj.data = serde_json::json!({"status": {"addresses": addresses}});
+    obj
 }
 
 /// The TalosControlPlane an infrastructure machine serves: its owner, until Cluster API
@@ -125,13 +126,14 @@ impl InfraMachines {
         }
         let writer = reflector::store::Writer::new(infra.clone());
         let store = writer.as_reader();
-        let api = crate::cache::dynamic_api(client, options, infra);
+        let api = crate::cache::raw_api(client, options, infra);
         let selector = match &options.watch_filter {
             Some(value) => format!("{}={value},{}", labels::WATCH_FILTER, labels::CLUSTER_NAME),
             None => labels::CLUSTER_NAME.to_owned(),
         };
-        let events = crate::cache::retried(watcher(api, crate::cache::paged().labels(&selector)))
-            .modify(slim)
+        let events = crate::raw::watch(api, crate::cache::paged().labels(&selector));
+        let events = crate::cache::retried(events)
+            .map_ok(|event| crate::raw::map_event(event, slim))
             .reflect(writer)
             .applied_objects();
         let wake = wake.clone();
@@ -176,7 +178,7 @@ mod tests {
 
     #[test]
     fn addresses_are_read_from_the_contract_field_and_kept_alone() {
-        let mut infra: DynamicObject = serde_json::from_value(serde_json::json!({
+        let raw: crate::raw::RawObject = serde_json::from_str(&serde_json::json!({
             "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachine",
             "metadata": {"name": "m", "namespace": "ns", "ownerReferences": [
                 {"apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane", "name": "cp", "uid": "u"}
@@ -186,9 +188,9 @@ mod tests {
                 {"type": "InternalIP", "address": "10.0.0.2"},
                 {"type": "Hostname", "address": "m"}
             ]}
-        }))
+        }).to_string())
         .expect("an infrastructure machine");
-        slim(&mut infra);
+        let infra = slim(raw);
         assert_eq!(
             infra.data,
             serde_json::json!({"status": {"addresses": [
@@ -219,7 +221,7 @@ mod tests {
             "spec": {"clusterName": "c"}
         }))
         .expect("a Machine");
-        writer.apply_watcher_event(&watcher::Event::Apply(machine));
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(machine));
         let mut owned = infra.clone();
         owned.metadata.owner_references = Some(vec![
             serde_json::from_value(serde_json::json!({

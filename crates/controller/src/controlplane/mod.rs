@@ -30,7 +30,7 @@ use std::time::Duration;
 use api::capi::{Cluster, Machine, annotations, has_annotation, labels};
 use api::conditions::{ConditionType, Observation, Severity, Status, reason};
 use api::controlplane::v1alpha3::TalosControlPlane;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
@@ -134,7 +134,7 @@ pub fn controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Option<impl std::future::Future<Output = ()>> {
     let ar = resource();
-    let api: Api<DynamicObject> = cache::dynamic_api(&ctx.client, &ctx.options, &ar);
+    let api = cache::raw_api(&ctx.client, &ctx.options, &ar);
     let machines = ctx.caches.subscribe_machines()?;
     let clusters = ctx.caches.subscribe_clusters()?;
     let secrets = ctx.caches.subscribe_secrets()?;
@@ -143,7 +143,11 @@ pub fn controller(
     let reader = writer.as_reader();
     let own = kube::runtime::reflector(
         writer,
-        kube::runtime::watcher(api, cache::filtered(&ctx.options)).modify(cache::slim_dynamic),
+        cache::retried(ctx.caches.tracked(
+            "taloscontrolplanes",
+            crate::raw::watch(api, cache::filtered(&ctx.options)),
+        ))
+        .map_ok(|event| crate::raw::map_event(event, cache::dynamic)),
     )
     .applied_objects();
     let lookup = Arc::clone(&ctx);
@@ -240,7 +244,11 @@ fn condition_is(machine: &Machine, type_: &str, status: &str) -> bool {
 }
 
 async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
-    let tcp: TalosControlPlane = match serde_json::to_value(obj).and_then(serde_json::from_value) {
+    let read = match cache::undecodable(&obj.metadata) {
+        Some(error) => Err(error),
+        None => serde_json::to_value(obj).and_then(serde_json::from_value),
+    };
+    let tcp: TalosControlPlane = match read {
         Ok(t) => t,
         Err(source) => {
             report::undecodable(ctx, obj, &resource(), ConditionType::Available, &source).await?;

@@ -411,7 +411,10 @@ impl Context {
         reconcile: impl std::future::Future<Output = Result<Action, Error>>,
     ) -> Result<Action, Error> {
         // Reads come from the shared caches: never from one that has not listed yet.
-        self.caches.ready().await;
+        if !self.caches.is_ready() {
+            tracing::debug!(controller, object = %key, "waiting for the caches to list");
+            self.caches.ready().await;
+        }
         let started = std::time::Instant::now();
         let result = reconcile.await;
         let took = started.elapsed();

@@ -37,6 +37,14 @@ impl RawObject {
         serde_json::from_str(&self.to_json()?)
     }
 
+    /// A top-level field other than `apiVersion`, `kind` and `metadata`, as its JSON text.
+    pub fn field(&self, name: &str) -> Option<&RawValue> {
+        self.fields
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| &**value)
+    }
+
     /// The object as a dynamic object (its fields as JSON values, depth-limited).
     pub fn dynamic(&self) -> Result<DynamicObject, serde_json::Error> {
         self.decode()

@@ -27,13 +27,17 @@ pub async fn apply_status(
         "kind": ar.kind,
         "status": status,
     });
-    let written = api
-        .patch_status(
-            name,
-            &PatchParams::apply(&ctx.options.manager_name).force(),
-            &Patch::Apply(&patch),
-        )
-        .await;
+    // The reply (the whole object) is not read: an object nested past the decoder's limit
+    // would fail its decoding after the write succeeded, and kube-client would log it whole.
+    let written = match kube::core::Request::new(api.resource_url()).patch_subresource(
+        "status",
+        name,
+        &PatchParams::apply(&ctx.options.manager_name).force(),
+        &Patch::Apply(&patch),
+    ) {
+        Ok(request) => ctx.client.request_text(request).await.map(drop),
+        Err(e) => Err(kube::Error::BuildRequest(e)),
+    };
     match written {
         Ok(_) => Ok(()),
         // Refused for what it holds (invalid, or too large): writing it again cannot help, so

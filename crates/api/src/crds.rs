@@ -35,6 +35,9 @@ fn labelled(mut crd: CustomResourceDefinition, provider: &str) -> CustomResource
             .and_then(|s| s.open_api_v3_schema.as_mut())
         {
             require_patch_values(schema);
+            if let Some(spec) = schema.properties.as_mut().and_then(|p| p.get_mut("spec")) {
+                bound_int32(spec);
+            }
         }
     }
     let labels = crd.metadata.labels.get_or_insert_with(BTreeMap::new);
@@ -86,5 +89,21 @@ fn require_patch_values(schema: &mut JSONSchemaProps) {
     }
     if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
         require_patch_values(items);
+    }
+}
+
+/// Every 32-bit integer of a spec is bounded to what its Rust type (and Go's int32) reads. The
+/// API server does not check the `int32` format: it would store 3000000000, and the object
+/// could then not be read by the controllers at all.
+fn bound_int32(schema: &mut JSONSchemaProps) {
+    if schema.type_.as_deref() == Some("integer") && schema.format.as_deref() == Some("int32") {
+        schema.minimum.get_or_insert(f64::from(i32::MIN));
+        schema.maximum.get_or_insert(f64::from(i32::MAX));
+    }
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        bound_int32(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        bound_int32(items);
     }
 }

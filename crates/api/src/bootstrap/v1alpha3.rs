@@ -124,8 +124,8 @@ pub struct TalosConfigSpec {
     /// Talos version whose configuration format (contract) to generate, e.g. v1.13 or v1.13.0.
     /// Empty means the newest contract this provider knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
-    #[x_kube(validation = kube::core::Rule::new("self == '' || self.matches('^v?[0-9]+\\\\.[0-9]+(\\\\.[0-9]+)?([-+][0-9A-Za-z.+-]*)?$')").message("talosVersion must look like v1.13 or v1.13.0"))]
+    #[schemars(length(max = 64), pattern(crate::schema::CONTRACT_VERSION))]
+    #[x_kube(validation = crate::schema::matches(crate::schema::CONTRACT_VERSION, "talosVersion must look like v1.13 or v1.13.0: numbers of at most 6 digits without leading zeros"))]
     pub talos_version: Option<String>,
     /// A complete machine configuration, used when generateType is none. At most 1 MiB: the
     /// bootstrap data Secret that carries it holds no more.

@@ -828,6 +828,216 @@ fn reads_as_our_type(object: &DynamicObject) -> Result<(), serde_json::Error> {
     }
 }
 
+/// Issue #27: objects as the Go providers store them, with unset enums written as `""`, are
+/// admitted by our CRDs, read as our types, and stay updatable. The TalosControlPlanes are
+/// exactly what CACPPT v0.5.13's defaulting webhook makes of two manifests (its `Default()`,
+/// then Go's json.Marshal): `controlPlaneConfig.init: {generateType: ""}` always, and
+/// `controlplane.generateType: ""` when the manifest left it out. CABPT's webhook accepts
+/// `hostname.source: ""`, and CACPPT's `rolloutStrategy.type: ""`.
+#[tokio::test]
+async fn objects_as_the_go_providers_store_them_are_admitted_read_and_updated() {
+    use api::bootstrap::v1alpha3::{TalosConfig, TalosConfigTemplate};
+    use api::controlplane::v1alpha3::{
+        RolloutStrategyType, TalosControlPlane, TalosControlPlaneTemplate,
+    };
+
+    let (_, client) = control_plane().await;
+    let ns = unique_namespace(&client, "go-stored").await.unwrap();
+    let infra = json!({
+        "kind": "SimMachineTemplate", "namespace": ns, "name": "c1-cp",
+        "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1"
+    });
+    let cacppt = |name: &str, control_plane_config: Value| {
+        json!({
+            "kind": "TalosControlPlane",
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3",
+            "metadata": {"name": name, "namespace": ns, "creationTimestamp": null},
+            "spec": {
+                "replicas": 3,
+                "version": "v1.33.2",
+                "infrastructureTemplate": infra,
+                "controlPlaneConfig": control_plane_config,
+                "rolloutStrategy": {"rollingUpdate": {"maxSurge": 1}, "type": "RollingUpdate"}
+            },
+            "status": {"initialized": false, "ready": false}
+        })
+    };
+    // `controlplane: {generateType: controlplane, talosVersion: v1.13}` through the webhook.
+    let with_type = cacppt(
+        "with-type",
+        json!({
+            "init": {"generateType": "", "hostname": {}},
+            "controlplane": {"talosVersion": "v1.13", "generateType": "controlplane", "hostname": {}}
+        }),
+    );
+    // `controlplane: {configPatches: [{op: remove, path: /machine/install}]}` through it.
+    let without_type = cacppt(
+        "without-type",
+        json!({
+            "init": {"generateType": "", "hostname": {}},
+            "controlplane": {
+                "generateType": "",
+                "configPatches": [{"op": "remove", "path": "/machine/install", "value": null}],
+                "hostname": {}
+            }
+        }),
+    );
+    let mut empty_rollout_type = cacppt(
+        "empty-rollout-type",
+        json!({"controlplane": {"generateType": "controlplane", "hostname": {"source": ""}}}),
+    );
+    empty_rollout_type["spec"]["rolloutStrategy"] = json!({"type": ""});
+    let template = json!({
+        "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlaneTemplate",
+        "metadata": {"name": "cc"},
+        "spec": {"template": {"spec": {
+            "controlPlaneConfig": {
+                "init": {"generateType": "", "hostname": {}},
+                "controlplane": {"generateType": "", "hostname": {"source": ""}}
+            },
+            "rolloutStrategy": {"type": ""}
+        }}}
+    });
+    let config = json!({
+        "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
+        "metadata": {"name": "w"},
+        "spec": {"generateType": "worker", "hostname": {"source": ""}}
+    });
+    let config_template = json!({
+        "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfigTemplate",
+        "metadata": {"name": "ws"},
+        "spec": {"template": {"spec": {"generateType": "worker", "hostname": {"source": ""}}}}
+    });
+
+    let mut failures = Vec::new();
+    for manifest in [
+        &with_type,
+        &without_type,
+        &empty_rollout_type,
+        &template,
+        &config,
+        &config_template,
+    ] {
+        let name = manifest["metadata"]["name"].as_str().unwrap();
+        let kind = manifest["kind"].as_str().unwrap();
+        let api = api_for(&client, &ns, manifest);
+        if let Err(e) = api
+            .patch(
+                name,
+                &PatchParams::apply("cacppt").force(),
+                &Patch::Apply(manifest),
+            )
+            .await
+        {
+            failures.push(format!("{kind}/{name}: refused: {e}"));
+            continue;
+        }
+        let label = json!({"metadata": {"labels": {"touched": "yes"}}});
+        let change = if kind.ends_with("Template") {
+            json!({"spec": {"template": {"metadata": {"labels": {"changed": "yes"}}}}})
+        } else if kind == "TalosConfig" {
+            json!({"spec": {"strategicPatches": ["machine: {}"]}})
+        } else {
+            json!({"spec": {"replicas": 5}})
+        };
+        for (what, patch) in [("a label", &label), ("a spec change", &change)] {
+            if let Err(e) = api
+                .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                failures.push(format!("{kind}/{name}: {what} refused: {e}"));
+            }
+        }
+        if !kind.ends_with("Template") {
+            let status = json!({"status": {"observedGeneration": 1}});
+            if let Err(e) = api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+            {
+                failures.push(format!("{kind}/{name}: a status write refused: {e}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Read through the typed API, as the controllers read them.
+    let tcps: Api<TalosControlPlane> = Api::namespaced(client.clone(), &ns);
+    for name in ["with-type", "without-type", "empty-rollout-type"] {
+        let tcp = tcps
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("{name} reads: {e}"));
+        let config = &tcp.spec.control_plane_config;
+        assert_eq!(
+            config.init.as_ref().and_then(|i| i.generate_type),
+            None,
+            "{name}"
+        );
+        assert_eq!(
+            tcp.spec.replicas,
+            Some(5),
+            "{name}: the spec change is stored"
+        );
+    }
+    let tcp = tcps.get("empty-rollout-type").await.unwrap();
+    assert_eq!(tcp.spec.rollout_strategy.and_then(|r| r.r#type), None);
+    let tcp = tcps.get("with-type").await.unwrap();
+    assert_eq!(
+        tcp.spec.rollout_strategy.and_then(|r| r.r#type),
+        Some(RolloutStrategyType::RollingUpdate)
+    );
+    let template = Api::<TalosControlPlaneTemplate>::namespaced(client.clone(), &ns)
+        .get("cc")
+        .await
+        .unwrap();
+    let spec = &template.spec.template.spec;
+    assert_eq!(spec.control_plane_config.controlplane.generate_type, None);
+    assert_eq!(
+        spec.control_plane_config
+            .controlplane
+            .hostname
+            .as_ref()
+            .and_then(|h| h.source),
+        None
+    );
+    let config = Api::<TalosConfig>::namespaced(client.clone(), &ns)
+        .get("w")
+        .await
+        .unwrap();
+    assert_eq!(config.spec.hostname.and_then(|h| h.source), None);
+    Api::<TalosConfigTemplate>::namespaced(client.clone(), &ns)
+        .get("ws")
+        .await
+        .unwrap();
+
+    // A standalone TalosConfig still needs a generateType: `""` there is refused, as CABPT's
+    // controller refuses it ("unknown generate type").
+    let err = apply_err(
+        &client,
+        &ns,
+        &json!({
+            "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
+            "metadata": {"name": "no-type"}, "spec": {"generateType": ""}
+        }),
+    )
+    .await;
+    assert!(err.contains("spec.generateType"), "{err}");
+}
+
+async fn apply_err(client: &kube::Client, ns: &str, manifest: &Value) -> String {
+    let name = manifest["metadata"]["name"].as_str().unwrap();
+    api_for(client, ns, manifest)
+        .patch(
+            name,
+            &PatchParams::apply("admission-test").force(),
+            &Patch::Apply(manifest),
+        )
+        .await
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string()
+}
+
 /// The rules of TalosControlPlane's spec.version that read `oldSelf` (the no-skipped-minor
 /// rule), as the code generates them.
 fn version_transition_rules() -> Vec<Value> {

@@ -89,7 +89,11 @@ pub enum HostnameSource {
 pub struct HostnameSpec {
     /// Source of the hostname: MachineName or InfrastructureName. Unset leaves the hostname to
     /// Talos (DHCP or a generated name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::de::empty_as_none"
+    )]
     pub source: Option<HostnameSource>,
 }
 
@@ -119,7 +123,11 @@ pub struct TalosConfigSpec {
     /// Which configuration to generate: controlplane, worker (join is a synonym), init
     /// (deprecated; treated as controlplane) or none (use data verbatim). Required on
     /// TalosConfig and TalosConfigTemplate; inside a TalosControlPlane the provider sets it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::de::empty_as_none"
+    )]
     pub generate_type: Option<GenerateType>,
     /// Talos version whose configuration format (contract) to generate, e.g. v1.13 or v1.13.0.
     /// Empty means the newest contract this provider knows.

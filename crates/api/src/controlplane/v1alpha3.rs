@@ -74,7 +74,11 @@ pub enum ConfigReboot {
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStrategy {
     /// RollingUpdate (default) or OnDelete.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::de::empty_as_none"
+    )]
     #[schemars(extend("default" = "RollingUpdate"))]
     pub r#type: Option<RolloutStrategyType>,
     /// Bounds for RollingUpdate.
@@ -83,7 +87,11 @@ pub struct RolloutStrategy {
     /// A controlPlaneConfig change Talos applies live is always made in place. One Talos
     /// applies only with a reboot replaces the machines (Replace, the default), or reboots
     /// them in place one at a time (InPlace).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::de::empty_as_none"
+    )]
     pub config_reboot: Option<ConfigReboot>,
 }
 

@@ -1253,3 +1253,130 @@ async fn every_admitted_number_reads_as_our_type() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A TalosControlPlane stored before spec.version had a pattern (the old rules admitted
+/// `v1.18446744073709551615.0`) stays updatable under our CRD: the pattern and the format rule
+/// ratchet on an unchanged value, and the no-skipped-minor rule does not parse what its own
+/// regex did not bound. Our TalosControlPlane CRD is copied to a probe group, beside a served
+/// version `v1alpha2` whose spec.version has neither pattern nor rules (as before): objects
+/// written through it are stored as v1alpha3 unchecked, and then updated through v1alpha3,
+/// without replacing a CRD under other tests.
+#[tokio::test]
+async fn a_version_stored_before_the_pattern_stays_updatable() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+    let (_, client) = control_plane().await;
+    let mut crd: CustomResourceDefinition = api::all_crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == "TalosControlPlane")
+        .unwrap();
+    crd.metadata.name = Some("taloscontrolplanes.probe.talos-capi.test".into());
+    crd.metadata.labels = None;
+    crd.spec.group = "probe.talos-capi.test".into();
+    let mut legacy = crd.spec.versions[0].clone();
+    legacy.name = "v1alpha2".into();
+    legacy.storage = false;
+    let version = legacy
+        .schema
+        .as_mut()
+        .and_then(|s| s.open_api_v3_schema.as_mut())
+        .and_then(|s| s.properties.as_mut()?.get_mut("spec"))
+        .and_then(|s| s.properties.as_mut()?.get_mut("version"))
+        .unwrap();
+    assert!(version.pattern.is_some() && version.x_kubernetes_validations.is_some());
+    version.pattern = None;
+    version.x_kubernetes_validations = None;
+    crd.spec.versions.push(legacy);
+    install_crds(&client, &[crd]).await.unwrap();
+    let ns = unique_namespace(&client, "version-legacy").await.unwrap();
+    let api_at = |version: &str| {
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "probe.talos-capi.test",
+            version,
+            "TalosControlPlane",
+        ));
+        Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &ar)
+    };
+    let (legacy, current) = (api_at("v1alpha2"), api_at("v1alpha3"));
+
+    let mut failures = Vec::new();
+    for (i, stored) in [
+        "v1.18446744073709551615.0",
+        "v1.9223372036854775807.0",
+        "v99999999999999999999.1.0",
+        "v01.033.0",
+        "v1.33.2_custom",
+        "v1.33.2",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("legacy-{i}");
+        let mut manifest = tcp_manifest(&name);
+        manifest["apiVersion"] = json!("probe.talos-capi.test/v1alpha2");
+        manifest["spec"]["version"] = json!(stored);
+        legacy
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(manifest).unwrap(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{stored} is stored through v1alpha2: {e}"));
+        let got = current.get(&name).await.unwrap();
+        assert_eq!(
+            got.data["spec"]["version"],
+            json!(stored),
+            "read as v1alpha3"
+        );
+
+        let status = json!({"status": {"observedGeneration": 1}});
+        let updates = [
+            (
+                "a label",
+                json!({"metadata": {"labels": {"touched": "yes"}}}),
+            ),
+            (
+                "an owner reference",
+                json!({"metadata": {"ownerReferences": [{
+                "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster", "name": "c1",
+                "uid": "5b0e6a4e-7c1b-4f7e-9a53-2f3f7b1f0c11"}]}}),
+            ),
+            ("replicas", json!({"spec": {"replicas": 5}})),
+        ];
+        for (what, patch) in &updates {
+            if let Err(e) = current
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                failures.push(format!("{stored}: {what} refused: {e}"));
+            }
+        }
+        if let Err(e) = current
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+        {
+            failures.push(format!("{stored}: a status write refused: {e}"));
+        }
+        // A new invalid value is refused by the pattern, never by a rule that broke.
+        let to = json!({"spec": {"version": "v1.18446744073709551616.0"}});
+        match current
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&to))
+            .await
+        {
+            Ok(_) => failures.push(format!("{stored}: changed to an invalid version")),
+            Err(e) if RULE_BROKE.iter().any(|w| e.to_string().contains(w)) => {
+                failures.push(format!("{stored}: a rule broke on a change: {e}"))
+            }
+            Err(_) => {}
+        }
+        // And it can be repaired.
+        let to = json!({"spec": {"version": "v1.33.3"}});
+        if let Err(e) = current
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&to))
+            .await
+        {
+            failures.push(format!("{stored}: the change to v1.33.3 was refused: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -35,6 +35,10 @@ fn labelled(mut crd: CustomResourceDefinition, provider: &str) -> CustomResource
             .and_then(|s| s.open_api_v3_schema.as_mut())
         {
             require_patch_values(schema);
+            accept_unset_enums(schema, &mut Vec::new());
+            if let Some(spec) = schema.properties.as_mut().and_then(|p| p.get_mut("spec")) {
+                bound_int32(spec);
+            }
         }
     }
     let labels = crd.metadata.labels.get_or_insert_with(BTreeMap::new);
@@ -86,5 +90,56 @@ fn require_patch_values(schema: &mut JSONSchemaProps) {
     }
     if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
         require_patch_values(items);
+    }
+}
+
+/// Enum fields where the Go providers store `""` for unset (see `crate::de`), as property-name
+/// paths (the end of the field's path). CACPPT's defaulting webhook writes
+/// `controlPlaneConfig.init: {generateType: ""}` (and `controlplane.generateType: ""` when it
+/// was omitted) into every TalosControlPlane; CABPT's webhook accepts `hostname.source: ""` and
+/// CACPPT's `rolloutStrategy.type: ""`. Their CRDs have no enums, so such objects are stored;
+/// ours take `""` there too, so that they stay updatable once our CRDs replace theirs, and the
+/// types read `""` as unset. A standalone TalosConfig still needs a generateType: there `""`
+/// is refused, as CABPT's controller refuses it.
+const UNSET_AS_EMPTY: &[&[&str]] = &[
+    &["controlPlaneConfig", "controlplane", "generateType"],
+    &["controlPlaneConfig", "init", "generateType"],
+    &["hostname", "source"],
+    &["rolloutStrategy", "type"],
+];
+
+fn accept_unset_enums(schema: &mut JSONSchemaProps, path: &mut Vec<String>) {
+    if let Some(values) = schema.enum_.as_mut() {
+        let empty = JSON("".into());
+        let at = |suffix: &[&str]| {
+            path.len() >= suffix.len() && path[path.len() - suffix.len()..].iter().eq(suffix)
+        };
+        if UNSET_AS_EMPTY.iter().any(|suffix| at(suffix)) && !values.contains(&empty) {
+            values.push(empty);
+        }
+    }
+    for (name, child) in schema.properties.iter_mut().flat_map(|p| p.iter_mut()) {
+        path.push(name.clone());
+        accept_unset_enums(child, path);
+        path.pop();
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        accept_unset_enums(items, path);
+    }
+}
+
+/// Every 32-bit integer of a spec is bounded to what its Rust type (and Go's int32) reads. The
+/// API server does not check the `int32` format: it would store 3000000000, and the object
+/// could then not be read by the controllers at all.
+fn bound_int32(schema: &mut JSONSchemaProps) {
+    if schema.type_.as_deref() == Some("integer") && schema.format.as_deref() == Some("int32") {
+        schema.minimum.get_or_insert(f64::from(i32::MIN));
+        schema.maximum.get_or_insert(f64::from(i32::MAX));
+    }
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        bound_int32(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        bound_int32(items);
     }
 }

@@ -11,6 +11,7 @@ pub mod capi;
 pub mod conditions;
 pub mod controlplane;
 pub mod crds;
+mod de;
 pub mod docs;
 mod schema;
 

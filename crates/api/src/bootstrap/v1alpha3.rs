@@ -89,7 +89,11 @@ pub enum HostnameSource {
 pub struct HostnameSpec {
     /// Source of the hostname: MachineName or InfrastructureName. Unset leaves the hostname to
     /// Talos (DHCP or a generated name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::de::empty_as_none"
+    )]
     pub source: Option<HostnameSource>,
 }
 
@@ -119,13 +123,17 @@ pub struct TalosConfigSpec {
     /// Which configuration to generate: controlplane, worker (join is a synonym), init
     /// (deprecated; treated as controlplane) or none (use data verbatim). Required on
     /// TalosConfig and TalosConfigTemplate; inside a TalosControlPlane the provider sets it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::de::empty_as_none"
+    )]
     pub generate_type: Option<GenerateType>,
     /// Talos version whose configuration format (contract) to generate, e.g. v1.13 or v1.13.0.
     /// Empty means the newest contract this provider knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
-    #[x_kube(validation = kube::core::Rule::new("self == '' || self.matches('^v?[0-9]+\\\\.[0-9]+(\\\\.[0-9]+)?([-+][0-9A-Za-z.+-]*)?$')").message("talosVersion must look like v1.13 or v1.13.0"))]
+    #[schemars(length(max = 64), pattern(crate::schema::CONTRACT_VERSION))]
+    #[x_kube(validation = crate::schema::matches(crate::schema::CONTRACT_VERSION, "talosVersion must look like v1.13 or v1.13.0: numbers of at most 6 digits without leading zeros"))]
     pub talos_version: Option<String>,
     /// A complete machine configuration, used when generateType is none. At most 1 MiB: the
     /// bootstrap data Secret that carries it holds no more.

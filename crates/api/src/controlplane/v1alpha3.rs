@@ -74,7 +74,11 @@ pub enum ConfigReboot {
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStrategy {
     /// RollingUpdate (default) or OnDelete.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::de::empty_as_none"
+    )]
     #[schemars(extend("default" = "RollingUpdate"))]
     pub r#type: Option<RolloutStrategyType>,
     /// Bounds for RollingUpdate.
@@ -83,7 +87,11 @@ pub struct RolloutStrategy {
     /// A controlPlaneConfig change Talos applies live is always made in place. One Talos
     /// applies only with a reboot replaces the machines (Replace, the default), or reboots
     /// them in place one at a time (InPlace).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::de::empty_as_none"
+    )]
     pub config_reboot: Option<ConfigReboot>,
 }
 
@@ -101,8 +109,8 @@ pub struct TalosUpgrade {
     /// The Talos version the image installs (v-prefixed), used to tell upgraded nodes from
     /// outdated ones. Defaults to the image tag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
-    #[x_kube(validation = kube::core::Rule::new("self.matches('^v[0-9]+\\\\.[0-9]+\\\\.[0-9]+([-+][0-9A-Za-z.+-]*)?$')").message("version must look like v1.13.0"))]
+    #[schemars(length(max = 64), pattern(crate::schema::RELEASE_VERSION))]
+    #[x_kube(validation = crate::schema::matches(crate::schema::RELEASE_VERSION, "version must look like v1.13.0: numbers of at most 6 digits without leading zeros"))]
     pub version: Option<String>,
     /// How many control-plane nodes may upgrade at the same time. Defaults to 1. The provider
     /// never takes down more etcd members than quorum allows, whatever this says.
@@ -173,12 +181,15 @@ pub struct ContractVersionedObjectReference {
 pub struct MachineDeletionSpec {
     /// Seconds to wait for a node drain; 0 waits forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub node_drain_timeout_seconds: Option<i32>,
     /// Seconds to wait for volumes to detach; 0 waits forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub node_volume_detach_timeout_seconds: Option<i32>,
     /// Seconds to wait before deleting the Node once the Machine is marked for deletion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub node_deletion_timeout_seconds: Option<i32>,
 }
 
@@ -302,9 +313,9 @@ pub struct TalosControlPlaneSpec {
     #[schemars(range(min = 1), extend("default" = 1))]
     pub replicas: Option<i32>,
     /// Kubernetes version of the control plane, with a leading v, e.g. v1.33.2.
-    #[schemars(length(min = 2, max = 64))]
-    #[x_kube(validation = kube::core::Rule::new("self.matches('^v(0|[1-9][0-9]*)\\\\.(0|[1-9][0-9]*)\\\\.(0|[1-9][0-9]*)([-0-9a-zA-Z_\\\\.+]*)?$')").message("version must be a Kubernetes version with a leading v, for example v1.33.2"))]
-    #[x_kube(validation = kube::core::Rule::new("!self.matches('^v[0-9]+\\\\.[0-9]+\\\\.') || !oldSelf.matches('^v[0-9]+\\\\.[0-9]+\\\\.') || self.split('.')[0] != oldSelf.split('.')[0] || int(self.split('.')[1]) <= int(oldSelf.split('.')[1]) + 1").message("a Kubernetes upgrade may not skip a minor version: upgrade to the next minor version first, then to this one once that rollout is done"))]
+    #[schemars(length(min = 2, max = 64), pattern(crate::schema::RELEASE_VERSION))]
+    #[x_kube(validation = crate::schema::matches(crate::schema::RELEASE_VERSION, "version must be a Kubernetes version with a leading v, for example v1.33.2: numbers of at most 6 digits without leading zeros"))]
+    #[x_kube(validation = crate::schema::no_skipped_minor())]
     pub version: String,
     /// The infrastructure machine template to clone for control-plane machines (CACPPT's
     /// field). Alternative to machineTemplate.infrastructureRef.

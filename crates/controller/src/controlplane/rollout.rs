@@ -196,7 +196,9 @@ pub fn version_check(desired: &Desired, cp: &ControlPlane) -> Result<(), Blocked
         if m_major != major {
             continue;
         }
-        if minor > m_minor + 1 {
+        // Saturating: a Machine's version is Cluster API's to validate, and its minor may be
+        // any u64.
+        if minor > m_minor.saturating_add(1) {
             return Err(Blocked {
                 check: "VersionSkew",
                 message: format!(
@@ -204,13 +206,13 @@ pub fn version_check(desired: &Desired, cp: &ControlPlane) -> Result<(), Blocked
                     m.name,
                     m.version.as_deref().unwrap_or_default(),
                     desired.version,
-                    m_minor + 1,
-                    m_minor + 1,
+                    m_minor.saturating_add(1),
+                    m_minor.saturating_add(1),
                     desired.version
                 ),
             });
         }
-        if minor + 1 < m_minor {
+        if minor.saturating_add(1) < m_minor {
             return Err(Blocked {
                 check: "VersionSkew",
                 message: format!(
@@ -679,6 +681,21 @@ mod tests {
         assert!(ok("v1.40.0", Some("v1.16.0"), &[]).is_ok());
         assert_eq!(supported_kubernetes("v1.9.5"), Some((27, 32)));
         assert_eq!(supported_kubernetes("v1.15.0"), Some((33, 38)));
+    }
+
+    /// A Machine's version is Cluster API's to validate (any number of digits): the preflight
+    /// compares minors at u64's maximum without overflowing.
+    #[test]
+    fn the_skew_check_is_total_on_the_largest_minor_versions() {
+        let check = |v: &str, machines: &[&str]| {
+            version_check(&desired(v, None), &cp_at(machines)).map_err(|b| b.check)
+        };
+        let max = "v1.18446744073709551615.0";
+        assert_eq!(check(max, &[max]), Ok(()));
+        assert_eq!(check("v1.33.0", &[max]), Err("VersionSkew"));
+        assert_eq!(check(max, &["v1.33.0"]), Err("VersionSkew"));
+        assert_eq!(major_minor(max), Some((1, u64::MAX)));
+        assert_eq!(major_minor("v1.18446744073709551616.0"), None);
     }
 
     #[test]

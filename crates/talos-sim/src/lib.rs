@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod etcd;
+mod files;
 mod node;
 mod service;
 

@@ -903,6 +903,54 @@ impl MachineService for Api {
         .await
     }
 
+    type ListStream = BoxStream<FileInfo>;
+
+    async fn list(&self, req: Request<ListRequest>) -> ApiResult<Self::ListStream> {
+        if self.node.state().phase != Phase::Maintenance && role_of(&req) < Role::Reader {
+            return Err(Status::permission_denied("not authorized"));
+        }
+        let listing = |target: &str| -> Result<Vec<FileInfo>, Status> {
+            let node = self.proxied_to(target)?;
+            self.listing(&node, req.get_ref())
+        };
+        let infos = match targets(&req) {
+            Targets::Local => self.listing(&self.node, req.get_ref())?,
+            Targets::One(t) => listing(&t)?,
+            // apid streams each node's entries tagged with the node, and a node's error as one
+            // message carrying it.
+            Targets::Many(ts) => ts
+                .iter()
+                .flat_map(|t| match listing(t) {
+                    Ok(infos) => infos
+                        .into_iter()
+                        .map(|mut info| {
+                            info.metadata = Some(Metadata {
+                                hostname: t.clone(),
+                                ..Metadata::default()
+                            });
+                            info
+                        })
+                        .collect(),
+                    Err(s) => vec![FileInfo {
+                        metadata: Some(Metadata {
+                            hostname: t.clone(),
+                            error: s.message().to_owned(),
+                            status: Some(talos_api::google::rpc::Status {
+                                code: s.code() as i32,
+                                message: s.message().to_owned(),
+                                details: Vec::new(),
+                            }),
+                        }),
+                        ..FileInfo::default()
+                    }],
+                })
+                .collect(),
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            infos.into_iter().map(Ok),
+        ))))
+    }
+
     async fn reboot(&self, req: Request<RebootRequest>) -> ApiResult<RebootResponse> {
         let shared = self.shared.clone();
         self.dispatch(req, Role::Operator, |node| {
@@ -1005,6 +1053,29 @@ fn schedule(f: impl FnOnce() + Send + 'static) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         f();
     });
+}
+
+impl Api {
+    /// `node`'s answer to a List call: its entries, or machined's error (gRPC Unknown, as Go's
+    /// `os` errors are).
+    fn listing(&self, node: &Node, request: &ListRequest) -> Result<Vec<FileInfo>, Status> {
+        let cfg = guard(node, "List", false)?;
+        let control_plane = cfg.as_ref().is_some_and(|c| c.control_plane);
+        let etcd_member = cfg.as_ref().is_some_and(|c| {
+            lock(&self.shared.clusters)
+                .get(&c.cluster_id)
+                .is_some_and(|e| e.member_of(&node.address()).is_some())
+        });
+        let modified = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let facts = crate::files::Facts {
+            control_plane,
+            etcd_member,
+            modified,
+        };
+        crate::files::list(facts, request).map_err(Status::unknown)
+    }
 }
 
 impl Api {

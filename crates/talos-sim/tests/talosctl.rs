@@ -427,3 +427,63 @@ async fn our_client_works_from_a_talosconfig_talosctl_wrote() {
         .clone();
     assert_eq!(tag, "v1.13.0", "the node's own version, over mTLS");
 }
+
+/// `talosctl list` (MachineService.List) over three control planes, as CACPPT lists
+/// `/var/lib/etcd/member` before it bootstraps: absent on every node until etcd has data, then
+/// present on each node whose etcd joined; a reader may list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talosctl_lists_the_etcd_data_directory_as_it_appears_on_each_node() {
+    let c = Cluster::maintenance(3).await;
+    let a = &c.nodes[0];
+    let mut events = c.sim.events();
+    let config = c.controlplane_config();
+    for n in &c.nodes {
+        c.ok(&[
+            "-e",
+            n,
+            "-n",
+            n,
+            "apply-config",
+            "--insecure",
+            "--file",
+            &config,
+        ]);
+    }
+    wait_up(&mut events, &c.nodes, true).await;
+    let tc = c.talosconfig("talosconfig", "os:admin");
+    let reader = c.talosconfig("reader", "os:reader");
+    let all = c.nodes.join(",");
+    let list = |who: &str, nodes: &str, path: &str| {
+        let out = c.talosctl(&["--talosconfig", who, "-e", a, "-n", nodes, "list", path]);
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Before the bootstrap: the etcd directory exists, its member directory on no node.
+    let (out, _) = list(&reader, a, "/var/lib/etcd");
+    assert!(out.contains(a) && out.contains(" ."), "{out}");
+    let (out, err) = list(&tc, &all, "/var/lib/etcd/member");
+    assert!(!out.contains("snap"), "{out}");
+    assert_eq!(
+        err.matches("lstat /var/lib/etcd/member: no such file or directory")
+            .count(),
+        3,
+        "{err}"
+    );
+
+    c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "bootstrap"]);
+    eventually("three etcd members", || {
+        let out = c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "etcd", "members"]);
+        member_count(&out) == 3
+    })
+    .await;
+    let (out, err) = list(&reader, &all, "/var/lib/etcd/member");
+    for n in &c.nodes {
+        let lines: Vec<&str> = out.lines().filter(|l| l.starts_with(n.as_str())).collect();
+        assert_eq!(lines.len(), 3, "., snap and wal on {n}:\n{out}\n{err}");
+        assert!(lines.iter().any(|l| l.ends_with("snap")), "{out}");
+    }
+    assert!(!err.contains("no such file"), "{err}");
+}

@@ -414,6 +414,68 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
             .is_none()
     );
 
+    // A bundle Secret whose trustd token stands where trustdinfo's mapping belongs (serde's
+    // message quoted it): the condition and the Event name the field, never the token.
+    let leaky = machineconfig::SecretsBundle::generate(machineconfig::Contract::NEWEST).unwrap();
+    let token = leaky.trustdinfo.token.clone();
+    let yaml = leaky.to_yaml().unwrap().replacen(
+        &format!("trustdinfo:\n  token: {token}\n"),
+        &format!("trustdinfo: {token}\n"),
+        1,
+    );
+    let hostile_bundle: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "leaky-talos", "labels": {"cluster.x-k8s.io/cluster-name": "leaky"}},
+        "stringData": {"bundle": yaml}
+    }))
+    .unwrap();
+    secrets_api
+        .create(&Default::default(), &hostile_bundle)
+        .await
+        .unwrap();
+    cluster(&client, &ns, "leaky", false).await;
+    machine(
+        &client,
+        &ns,
+        "leaky",
+        "leaky-0",
+        json!({"generateType": "controlplane"}),
+        true,
+    )
+    .await;
+    let cond = wait_reason(
+        &client,
+        &ns,
+        "leaky-0",
+        ConditionType::DataSecretAvailable,
+        "InvalidSecret",
+    )
+    .await;
+    assert!(
+        cond.message
+            .contains("field `trustdinfo` is a string, expected a map (line "),
+        "{}",
+        cond.message
+    );
+    assert!(!cond.message.contains(&token), "{}", cond.message);
+    wait_warning(&client, &ns, "leaky-0", "InvalidSecret", |m| {
+        m.contains("field `trustdinfo`")
+    })
+    .await;
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    for event in &events.items {
+        let text = serde_json::to_string(event).unwrap();
+        assert!(!text.contains(&token), "a secret in an Event: {text}");
+    }
+    let configs = Api::<TalosConfig>::namespaced(client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&configs.items).unwrap();
+    assert!(!text.contains(&token), "a secret in a TalosConfig");
+
     // A Secret planted under a machine's bootstrap data name, owned by nothing, owned by
     // another object, or of a type no bootstrap provider writes: refused, left as it was, and
     // never named as the machine's data.

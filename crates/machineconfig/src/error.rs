@@ -59,12 +59,13 @@ pub enum Error {
     },
     #[error("generating keys or certificates: {0}")]
     Crypto(#[source] BoxError),
-    /// YAML that does not parse or does not have the expected shape.
+    /// YAML that does not parse or does not have the expected shape. Names the field and the
+    /// position, never the content (see [`crate::parse`]).
     #[error("parsing {what}: {source}")]
     Parse {
         what: String,
         #[source]
-        source: serde_yaml_ng::Error,
+        source: crate::parse::InputError,
     },
     /// Input over a size, depth or expansion limit (see [`crate::limits`]).
     #[error("{what}: {source}")]
@@ -79,9 +80,17 @@ pub enum Error {
         #[source]
         source: serde_yaml_ng::Error,
     },
-    /// A configuration document that does not fit its typed model.
+    /// A configuration document that does not fit its typed model. Names the field, never its
+    /// content.
     #[error("{kind} document: {source}")]
     Document {
+        kind: &'static str,
+        #[source]
+        source: Box<crate::parse::ShapeError>,
+    },
+    /// A typed document that does not encode (never seen: every field encodes).
+    #[error("encoding the {kind} document: {source}")]
+    Encode {
         kind: &'static str,
         #[source]
         source: serde_json::Error,
@@ -235,15 +244,14 @@ mod tests {
 
     #[test]
     fn causes_are_kept_as_sources() {
-        let yaml = serde_yaml_ng::from_str::<u8>("[").unwrap_err();
-        let text = yaml.to_string();
+        let syntax = crate::parse::syntax(&serde_yaml_ng::from_str::<u8>("[").unwrap_err());
         let e = Error::Parse {
             what: "x".into(),
-            source: yaml,
+            source: syntax.clone().into(),
         };
-        assert_eq!(e.to_string(), format!("parsing x: {text}"));
+        assert_eq!(e.to_string(), format!("parsing x: {syntax}"));
         let source = e.source().expect("the YAML error is the source");
-        assert!(source.downcast_ref::<serde_yaml_ng::Error>().is_some());
+        assert!(source.downcast_ref::<crate::parse::InputError>().is_some());
 
         let e = Error::from(rcgen::Error::CouldNotParseKeyPair);
         assert!(

@@ -93,7 +93,7 @@ pub fn generate(
 /// When the client certificate of a kubeconfig (the first user's) expires: decides rotation
 /// of a kubeconfig someone else issued, CACPPT say. Errors name what is wrong, never content.
 pub fn client_certificate_not_after(yaml: &str) -> Result<OffsetDateTime, Error> {
-    let doc: serde_json::Value = crate::limits::from_yaml("kubeconfig", yaml)?;
+    let doc: serde_json::Value = crate::parse::from_yaml("kubeconfig", yaml)?;
     let field = "users[0].user.client-certificate-data";
     let b64 = doc["users"][0]["user"]["client-certificate-data"]
         .as_str()
@@ -167,6 +167,21 @@ mod tests {
             expires
         );
         assert!(client_certificate_not_after("users: []").is_err());
+        // A client key behind a tag that does not fit it: the YAML parser's message quoted it.
+        let key = doc["users"][0]["user"]["client-key-data"]
+            .as_str()
+            .expect("a key")
+            .to_owned();
+        let tagged = issued.yaml.replacen(&key, &format!("!!int {key}"), 1);
+        let err = client_certificate_not_after(&tagged).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("parsing kubeconfig: not valid YAML: "),
+            "{err}"
+        );
+        for text in [err.to_string(), format!("{err:?}")] {
+            assert!(!text.contains(&key[..32]), "{text}");
+        }
         assert!(
             !issued.yaml.contains(&bundle.certs.k8s.key),
             "the CA key never leaves the bundle"

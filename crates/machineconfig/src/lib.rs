@@ -8,6 +8,7 @@ mod error;
 pub mod kubeconfig;
 pub mod limits;
 pub mod model;
+pub mod parse;
 pub mod patch;
 pub mod render;
 pub mod secrets;

@@ -63,11 +63,12 @@ pub enum LimitError {
     Operations { count: usize, limit: usize },
 }
 
-/// Why a YAML stream is refused: it does not parse, or it exceeds a limit.
-#[derive(Debug, thiserror::Error)]
+/// Why a YAML stream is refused: it does not parse (the problem and where, never the parser's
+/// message, which may quote the input), or it exceeds a limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     #[error("{0}")]
-    Yaml(#[source] serde_yaml_ng::Error),
+    Yaml(#[source] crate::parse::SyntaxError),
     #[error("{0}")]
     Limit(#[source] LimitError),
 }
@@ -119,6 +120,13 @@ fn check_nesting(text: &str, limits: &Limits) -> Result<(), LimitError> {
 /// The non-null documents of a YAML (or JSON) stream, within `limits`. The budget of values and
 /// text is shared by all documents of the stream.
 pub fn documents(text: &str, limits: &Limits) -> Result<Vec<Value>, ParseError> {
+    let mut docs = stream(text, limits)?;
+    docs.retain(|doc| !doc.is_null());
+    Ok(docs)
+}
+
+/// Every document of a YAML (or JSON) stream, empty ones as null, within `limits`.
+pub(crate) fn stream(text: &str, limits: &Limits) -> Result<Vec<Value>, ParseError> {
     check_size(text, limits).map_err(ParseError::Limit)?;
     check_nesting(text, limits).map_err(ParseError::Limit)?;
     let budget = Budget::new(limits);
@@ -136,11 +144,9 @@ pub fn documents(text: &str, limits: &Limits) -> Result<Vec<Value>, ParseError> 
         .deserialize(doc)
         .map_err(|e| match budget.exceeded.get() {
             Some(limit) => ParseError::Limit(limit),
-            None => ParseError::Yaml(e),
+            None => ParseError::Yaml(crate::parse::syntax(&e)),
         })?;
-        if !value.is_null() {
-            docs.push(value);
-        }
+        docs.push(value);
     }
     Ok(docs)
 }
@@ -153,22 +159,6 @@ pub fn check_yaml(text: &str, limits: &Limits) -> Result<(), LimitError> {
         Err(ParseError::Limit(e)) => Err(e),
         Ok(_) | Err(ParseError::Yaml(_)) => Ok(()),
     }
-}
-
-/// Deserialize a typed structure from YAML (`what` names it in errors), refusing input over
-/// [`LIMITS`] first.
-pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(
-    what: &str,
-    text: &str,
-) -> Result<T, crate::Error> {
-    check_yaml(text, &LIMITS).map_err(|source| crate::Error::Limit {
-        what: what.to_owned(),
-        source,
-    })?;
-    serde_yaml_ng::from_str(text).map_err(|source| crate::Error::Parse {
-        what: what.to_owned(),
-        source,
-    })
 }
 
 /// Refuse a value that exceeds `limits`. Walks without recursion, and stops at the first value

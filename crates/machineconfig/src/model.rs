@@ -158,17 +158,17 @@ impl Document {
         let bad = |kind| move |source| Error::Document { kind, source };
         Ok(match v.get("kind").and_then(Value::as_str) {
             None => Document::V1Alpha1(Box::new(
-                serde_json::from_value(v.clone()).map_err(bad("v1alpha1"))?,
+                crate::parse::from_value(v).map_err(bad("v1alpha1"))?,
             )),
-            Some("HostnameConfig") => Document::Hostname(
-                serde_json::from_value(v.clone()).map_err(bad("HostnameConfig"))?,
-            ),
+            Some("HostnameConfig") => {
+                Document::Hostname(crate::parse::from_value(v).map_err(bad("HostnameConfig"))?)
+            }
             Some(_) => Document::Other(v.clone()),
         })
     }
 
     pub fn to_value(&self) -> Result<Value, Error> {
-        let bad = |kind| move |source| Error::Document { kind, source };
+        let bad = |kind| move |source| Error::Encode { kind, source };
         match self {
             Document::V1Alpha1(c) => serde_json::to_value(c).map_err(bad("v1alpha1")),
             Document::Hostname(h) => serde_json::to_value(h).map_err(bad("HostnameConfig")),
@@ -224,6 +224,38 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A document whose CA key sits where the CA's mapping belongs (a JSON patch can move it
+    /// there): refused naming the field, never quoting the key.
+    #[test]
+    fn documents_of_the_wrong_shape_name_the_field_never_the_value() {
+        let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+        let mut docs = render(
+            MachineType::Controlplane,
+            &Input::new("demo", "https://10.0.0.1:6443"),
+            &bundle,
+        )
+        .unwrap();
+        let key = docs[0]["machine"]["ca"]["key"].clone();
+        docs[0]["machine"]["ca"] = key.clone();
+        docs[0]["machine"]["install"]["wipe"] = docs[0]["machine"]["token"].clone();
+        let err = Document::from_value(&docs[0]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "v1alpha1 document: field `machine.ca` is a string, expected a map"
+        );
+        let key = key.as_str().unwrap();
+        for text in [err.to_string(), format!("{err:?}")] {
+            assert!(!text.contains(&key[..32]), "{text}");
+        }
+        docs[0]["machine"]["ca"] = serde_json::json!({});
+        let err = Document::from_value(&docs[0]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "v1alpha1 document: field `machine.install.wipe` is a string, expected a boolean"
+        );
+        assert!(!format!("{err} {err:?}").contains(&bundle.trustdinfo.token));
     }
 
     #[test]

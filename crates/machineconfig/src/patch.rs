@@ -77,7 +77,7 @@ pub enum PatchError {
     #[error("{source}")]
     Yaml {
         #[source]
-        source: serde_yaml_ng::Error,
+        source: crate::parse::SyntaxError,
     },
     #[error("the patch is empty")]
     Empty,
@@ -737,8 +737,29 @@ mod tests {
         let text = e.to_string();
         assert!(text.starts_with("parsing patch: "), "{text}");
         assert!(!text.contains("machine configuration"), "{text}");
+        // A token behind a tag that does not fit it: the YAML parser's message quoted it.
+        let tagged =
+            Patch::parse("machine:\n  token: !!int abcdef.0123456789abcdef\n").unwrap_err();
+        assert_eq!(
+            tagged.to_string(),
+            format!(
+                "parsing patch: not valid YAML: {} (line 2, column 10)",
+                crate::parse::UNREADABLE
+            )
+        );
+        assert!(
+            !format!("{tagged:?}").contains("0123456789abcdef"),
+            "{tagged:?}"
+        );
         let yaml = std::error::Error::source(&e).and_then(std::error::Error::source);
-        assert!(yaml.is_some_and(|s| s.downcast_ref::<serde_yaml_ng::Error>().is_some()));
+        assert_eq!(
+            yaml.and_then(|s| s.downcast_ref::<crate::parse::SyntaxError>()),
+            Some(&crate::parse::SyntaxError {
+                problem: "did not find expected node content",
+                line: Some(2),
+                column: Some(1),
+            })
+        );
     }
 
     #[test]

@@ -366,7 +366,7 @@ pub fn from_yaml(text: &str) -> Result<Vec<Value>, Error> {
     crate::limits::documents(text, &crate::limits::LIMITS).map_err(|e| match e {
         crate::limits::ParseError::Yaml(source) => Error::Parse {
             what: what(),
-            source,
+            source: source.into(),
         },
         crate::limits::ParseError::Limit(source) => Error::Limit {
             what: what(),
@@ -378,6 +378,37 @@ pub fn from_yaml(text: &str) -> Result<Vec<Value>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A machine configuration (the bootstrap data a TalosConfig may carry) whose token sits
+    /// behind a tag that does not fit it: the YAML parser's message quoted the token.
+    #[test]
+    fn unreadable_configurations_never_quote_the_value() {
+        let text = "version: v1alpha1\nmachine:\n  type: worker\n  token: !!bool abcdef.0123456789abcdef\n";
+        let err = from_yaml(text).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Parse {
+                    source: crate::parse::InputError::Syntax(crate::parse::SyntaxError {
+                        line: Some(4),
+                        column: Some(10),
+                        ..
+                    }),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("parsing machine configuration: not valid YAML: "),
+            "{err}"
+        );
+        assert!(
+            !format!("{err} {err:?}").contains("0123456789abcdef"),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn endpoints_are_checked_like_talosctl() {

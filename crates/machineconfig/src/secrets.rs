@@ -124,7 +124,7 @@ impl SecretsBundle {
 
     /// Parse a bundle as `talosctl gen secrets` writes it.
     pub fn from_yaml(text: &str) -> Result<SecretsBundle, Error> {
-        let bundle: SecretsBundle = crate::limits::from_yaml("secrets bundle", text)?;
+        let bundle: SecretsBundle = crate::parse::from_yaml("secrets bundle", text)?;
         bundle.check()?;
         Ok(bundle)
     }
@@ -152,7 +152,7 @@ impl SecretsBundle {
             return SecretsBundle::from_yaml(&text("bundle")?);
         }
         let parse = |key: &str, body: String| -> Result<serde_json::Value, Error> {
-            crate::limits::from_yaml(&format!("legacy Secret key {key:?}"), &body)
+            crate::parse::from_yaml(&format!("legacy Secret key {key:?}"), &body)
         };
         let certs = parse("certs", text("certs")?)?;
         let kube = parse("kubeSecrets", text("kubeSecrets")?)?;
@@ -668,7 +668,7 @@ mod tests {
         let err = SecretsBundle::from_yaml("cluster: [").unwrap_err();
         assert!(
             err.source()
-                .and_then(|s| s.downcast_ref::<serde_yaml_ng::Error>())
+                .and_then(|s| s.downcast_ref::<crate::parse::InputError>())
                 .is_some(),
             "{err:?}"
         );
@@ -835,6 +835,164 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    /// Every secret of `bundle`: its tokens and secrets, the base64 text of its keys and every
+    /// line of their PEM bodies.
+    fn secrets_of(bundle: &SecretsBundle) -> Vec<String> {
+        let mut out = vec![
+            bundle.cluster.secret.clone(),
+            bundle.secrets.bootstraptoken.clone(),
+            bundle.trustdinfo.token.clone(),
+        ];
+        out.extend(bundle.secrets.secretboxencryptionsecret.clone());
+        let c = &bundle.certs;
+        for key in [
+            &c.etcd.key,
+            &c.k8s.key,
+            &c.k8saggregator.key,
+            &c.k8sserviceaccount.key,
+            &c.os.key,
+        ] {
+            out.extend(
+                key.as_bytes()
+                    .chunks(32)
+                    .map(|c| String::from_utf8_lossy(c).into()),
+            );
+            let pem = decode_pem(key).unwrap();
+            out.extend(
+                pem.lines()
+                    .filter(|l| !l.starts_with("-----") && l.len() > 16)
+                    .map(str::to_owned),
+            );
+        }
+        out
+    }
+
+    fn assert_no_secret(bundle: &SecretsBundle, err: &Error) {
+        for text in [err.to_string(), format!("{err:?}")] {
+            for secret in secrets_of(bundle) {
+                assert!(!text.contains(&secret), "a secret in {text}");
+            }
+        }
+    }
+
+    /// A bundle with a value where a mapping belongs, a token in a mapping key or behind a tag,
+    /// broken YAML in the middle of a key, bytes that are not UTF-8: each is refused naming the
+    /// field, never quoting what it holds. (serde's own message quoted the value: `invalid type:
+    /// string "<token>", expected struct TrustdInfo`.)
+    #[test]
+    fn hostile_bundles_name_the_field_never_the_secret() {
+        let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+        let yaml = bundle.to_yaml().unwrap();
+        let token = &bundle.trustdinfo.token;
+        let os_key = &bundle.certs.os.key;
+        let etcd_key = &bundle.certs.etcd.key;
+        let replace = |from: &str, to: &str| {
+            assert!(yaml.contains(from), "{from}");
+            yaml.replacen(from, to, 1)
+        };
+        for (what, text, says) in [
+            (
+                "the trustd token where trustdinfo's mapping belongs",
+                replace(
+                    &format!("trustdinfo:\n  token: {token}\n"),
+                    &format!("trustdinfo: {token}\n"),
+                ),
+                "field `trustdinfo` is a string, expected a map (line ",
+            ),
+            (
+                "the OS CA key where certs.os's mapping belongs",
+                replace(
+                    &format!(
+                        "  os:\n    crt: {}\n    key: {os_key}\n",
+                        bundle.certs.os.crt
+                    ),
+                    &format!("  os: {os_key}\n"),
+                ),
+                "field `certs.os` is a string, expected a map",
+            ),
+            (
+                "the cluster secret where cluster's mapping belongs",
+                replace(
+                    &format!(
+                        "cluster:\n  id: {}\n  secret: {}\n",
+                        bundle.cluster.id, bundle.cluster.secret
+                    ),
+                    &format!("cluster: {}\n", bundle.cluster.secret),
+                ),
+                "field `cluster` is a string, expected a map",
+            ),
+            (
+                "the trustd token as a list",
+                replace(&format!("token: {token}"), &format!("token: [{token}]")),
+                "field `trustdinfo.token` is a list, expected a string",
+            ),
+            (
+                "the etcd CA key broken by a line in its middle",
+                replace(
+                    &format!("key: {etcd_key}"),
+                    &format!(
+                        "key: {}\n  - {}",
+                        &etcd_key[..etcd_key.len() / 2],
+                        &etcd_key[etcd_key.len() / 2..]
+                    ),
+                ),
+                "not valid YAML: ",
+            ),
+            (
+                "the etcd CA key in double quotes that are never closed",
+                replace(&format!("key: {etcd_key}"), &format!("key: \"{etcd_key}")),
+                "not valid YAML: found unexpected end of stream",
+            ),
+        ] {
+            let err = SecretsBundle::from_yaml(&text).unwrap_err();
+            assert!(err.to_string().contains(says), "{what}: {err}");
+            assert!(
+                matches!(err, Error::Parse { ref what, .. } if what == "secrets bundle"),
+                "{what}: {err:?}"
+            );
+            assert_no_secret(&bundle, &err);
+            // The same bundle in a CABPT Secret.
+            let secret = std::collections::BTreeMap::from([("bundle".to_owned(), text.into())]);
+            let err = SecretsBundle::from_cabpt_secret(&secret).unwrap_err();
+            assert!(err.to_string().contains(says), "{what}: {err}");
+            assert_no_secret(&bundle, &err);
+        }
+
+        // Not UTF-8, in the middle of the token.
+        let mut bytes = yaml.clone().into_bytes();
+        let at = yaml.find(token.as_str()).unwrap() + 7;
+        bytes[at] = 0xff;
+        let secret = std::collections::BTreeMap::from([("bundle".to_owned(), bytes)]);
+        let err = SecretsBundle::from_cabpt_secret(&secret).unwrap_err();
+        assert!(
+            matches!(&err, Error::BundleField { field, source: DecodeError::Utf8(_) } if field.contains("bundle")),
+            "{err:?}"
+        );
+        assert_no_secret(&bundle, &err);
+
+        // CABPT's legacy keys, with the bootstrap token behind a tag that does not fit it: the YAML
+        // parser's message quoted the token.
+        let legacy = std::collections::BTreeMap::from([
+            ("certs".to_owned(), b"os: {}\n".to_vec()),
+            (
+                "kubeSecrets".to_owned(),
+                format!("bootstraptoken: !!int {}\n", bundle.secrets.bootstraptoken).into_bytes(),
+            ),
+            (
+                "trustdInfo".to_owned(),
+                format!("token: {token}\n").into_bytes(),
+            ),
+        ]);
+        let err = SecretsBundle::from_cabpt_secret(&legacy).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("parsing legacy Secret key \"kubeSecrets\": not valid YAML: ")
+                && err.to_string().contains("(line 1, column 17)"),
+            "{err}"
+        );
+        assert_no_secret(&bundle, &err);
     }
 
     #[test]

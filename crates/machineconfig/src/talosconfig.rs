@@ -137,7 +137,7 @@ impl TalosConfig {
 
     /// Parse a talosconfig as talosctl writes it (fields we do not use are ignored).
     pub fn from_yaml(text: &str) -> Result<TalosConfig, Error> {
-        crate::limits::from_yaml("talosconfig", text)
+        crate::parse::from_yaml("talosconfig", text)
     }
 
     /// The current context.
@@ -194,6 +194,44 @@ mod tests {
         );
     }
 
+    /// A talosconfig whose client key sits where a mapping or a list belongs: refused naming
+    /// the field, never quoting the key.
+    #[test]
+    fn hostile_talosconfigs_name_the_field_never_the_key() {
+        let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+        let config = generate("demo", &bundle, &ClientOptions::default()).unwrap();
+        let key = config.contexts["demo"].key.clone();
+        let pem = config.contexts["demo"].key_pem().unwrap();
+        let body = pem.lines().nth(1).unwrap().to_owned();
+        for (text, says) in [
+            (
+                format!("context: demo\ncontexts:\n  demo: {key}\n"),
+                "parsing talosconfig: field `contexts.*` is a string, expected a map (line 3, column 9)",
+            ),
+            (
+                format!("context: demo\ncontexts:\n  demo:\n    endpoints: {key}\n"),
+                "parsing talosconfig: field `contexts.*.endpoints` is a string, expected a sequence (line 4, column 16)",
+            ),
+            (
+                format!("context: demo\ncontexts:\n  {key}: {key}\n"),
+                "parsing talosconfig: field `contexts.*` is a string",
+            ),
+            (
+                format!("context: {key}\ncontexts: {key}\n"),
+                "parsing talosconfig: field `contexts` is a string, expected a map (line 2, column 11)",
+            ),
+        ] {
+            let err = TalosConfig::from_yaml(&text).unwrap_err();
+            assert!(err.to_string().starts_with(says), "{err}");
+            for text in [err.to_string(), format!("{err:?}")] {
+                assert!(
+                    !text.contains(&key[..32]) && !text.contains(&body),
+                    "{text}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn parse_errors_keep_the_yaml_error() {
         let err = TalosConfig::from_yaml("context: [").unwrap_err();
@@ -203,7 +241,7 @@ mod tests {
         );
         assert!(
             err.source()
-                .and_then(|s| s.downcast_ref::<serde_yaml_ng::Error>())
+                .and_then(|s| s.downcast_ref::<crate::parse::InputError>())
                 .is_some()
         );
         let bad = Context {

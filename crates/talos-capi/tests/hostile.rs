@@ -118,8 +118,9 @@ fn pem(b64_pem: &Value) -> String {
     String::from_utf8(bytes).unwrap()
 }
 
-/// What must never appear in output: the bundle's tokens and secrets, and every line of every
-/// key's PEM body.
+/// What must never appear in output: the bundle's tokens and secrets, every line of every key's
+/// PEM body, and every 32 characters of the base64 text the bundle stores each key as (past its
+/// PEM header, which every key of a kind shares).
 fn secrets_of(bundle: &Value) -> Vec<String> {
     let mut out = vec![
         bundle["cluster"]["secret"].as_str().unwrap().to_owned(),
@@ -131,6 +132,13 @@ fn secrets_of(bundle: &Value) -> Vec<String> {
     ];
     for (name, pair) in bundle["certs"].as_object().unwrap() {
         if let Some(key) = pair.get("key") {
+            let stored = key.as_str().unwrap();
+            out.extend(
+                stored.as_bytes()[64..]
+                    .chunks(32)
+                    .filter(|c| c.len() == 32)
+                    .map(|c| String::from_utf8_lossy(c).into_owned()),
+            );
             let body = pem(key);
             out.extend(
                 body.lines()
@@ -235,6 +243,35 @@ fn every_hostile_input_is_refused_with_a_message_never_a_crash_hang_or_leak() {
         b["secrets"]["bootstraptoken"] = json!("x");
     });
     let leaky_patch = format!("machine: {{token: {token_value}, bogus: 1}}");
+    // Bundles with a secret where a mapping belongs (serde's message quoted it), broken in the
+    // middle of a key, or not UTF-8 in the middle of the token.
+    let scalar_trustd = edited_bundle(dir, "scalar-trustdinfo.yaml", |b| {
+        b["trustdinfo"] = b["trustdinfo"]["token"].clone();
+    });
+    let scalar_os = edited_bundle(dir, "scalar-os.yaml", |b| {
+        b["certs"]["os"] = b["certs"]["os"]["key"].clone();
+    });
+    let listed_secret = edited_bundle(dir, "listed-secret.yaml", |b| {
+        b["cluster"] = json!([b["cluster"]["secret"].clone()]);
+    });
+    let bundle_text = std::fs::read_to_string(dir.join("secrets.yaml")).unwrap();
+    let etcd_key = bundle["certs"]["etcd"]["key"].as_str().unwrap();
+    let (head, tail) = etcd_key.split_at(etcd_key.len() / 2);
+    write(
+        dir,
+        "broken-key.yaml",
+        bundle_text.replacen(etcd_key, &format!("\"{head}\n  - {tail}"), 1),
+    );
+    let mut not_utf8 = bundle_text.clone().into_bytes();
+    not_utf8[bundle_text.find(token_value).unwrap() + 7] = 0xff;
+    write(dir, "not-utf8-bundle.yaml", not_utf8);
+    write(
+        dir,
+        "tagged-token.yaml",
+        format!(
+            "version: v1alpha1\nmachine:\n  type: worker\n  token: !!int {token_value}\ncluster: {{}}\n"
+        ),
+    );
     let garbage = edited_bundle(dir, "garbage-key.yaml", |b| {
         b["certs"]["etcd"]["key"] = json!(b64(
             "-----BEGIN EC PRIVATE KEY-----\nZ2FyYmFnZSBnYXJiYWdl\n-----END EC PRIVATE KEY-----\n"
@@ -336,6 +373,45 @@ fn every_hostile_input_is_refused_with_a_message_never_a_crash_hang_or_leak() {
             what: "a garbage etcd CA key",
             args: gen_config(&["--with-secrets", &garbage]),
             message: "certs.etcd.key: not a private key Talos can use",
+        },
+        Case {
+            what: "a secrets bundle whose trustdinfo is the token",
+            args: gen_config(&["--with-secrets", &scalar_trustd]),
+            message: "parsing secrets bundle: field `trustdinfo` is a string, expected a map (line ",
+        },
+        Case {
+            what: "a secrets bundle whose certs.os is the OS CA key",
+            args: gen_config(&["--with-secrets", &scalar_os]),
+            message: "parsing secrets bundle: field `certs.os` is a string, expected a map (line ",
+        },
+        Case {
+            what: "a secrets bundle whose cluster is a list holding the cluster secret",
+            args: gen_config(&["--with-secrets", &listed_secret]),
+            message: "parsing secrets bundle: field `cluster` ",
+        },
+        Case {
+            what: "a secrets bundle broken in the middle of a key",
+            args: gen_config(&["--with-secrets", "broken-key.yaml"]),
+            message: "parsing secrets bundle: not valid YAML: ",
+        },
+        Case {
+            what: "a secrets bundle that is not UTF-8 in the middle of a token",
+            args: gen_config(&["--with-secrets", "not-utf8-bundle.yaml"]),
+            message: "not UTF-8",
+        },
+        Case {
+            what: "a hostile secrets bundle given to render",
+            args: [
+                render("tc-copy.yaml"),
+                vec!["--with-secrets".into(), scalar_trustd.clone()],
+            ]
+            .concat(),
+            message: "parsing secrets bundle: field `trustdinfo` is a string, expected a map (line ",
+        },
+        Case {
+            what: "a machine configuration with a token behind a tag that does not fit it",
+            args: validate("tagged-token.yaml"),
+            message: "parsing machine configuration: not valid YAML: ",
         },
         Case {
             what: "a YAML alias bomb in a TalosConfig's strategicPatches",

@@ -462,6 +462,39 @@ mod tests {
         m
     }
 
+    /// A `<cluster>-talos` Secret whose trustd token stands where trustdinfo's mapping belongs:
+    /// the reason (a condition's message, an Event's) names the field, never the token.
+    #[test]
+    fn a_hostile_bundle_secret_is_refused_without_quoting_it() {
+        let bundle = SecretsBundle::generate(Contract::NEWEST).expect("a bundle");
+        let token = bundle.trustdinfo.token.clone();
+        let yaml = bundle.to_yaml().expect("YAML").replacen(
+            &format!("trustdinfo:\n  token: {token}\n"),
+            &format!("trustdinfo: {token}\n"),
+            1,
+        );
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some("c-talos".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                "bundle".to_owned(),
+                ByteString(yaml.into_bytes()),
+            )])),
+            ..Secret::default()
+        };
+        let err = parse_bundle(&secret).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidSecret { name, reason } if name == "c-talos"
+                && reason.starts_with("parsing secrets bundle: field `trustdinfo` is a string, expected a map (line ")),
+            "{err}"
+        );
+        for text in [err.to_string(), format!("{err:?}")] {
+            assert!(!text.contains(&token), "{text}");
+        }
+    }
+
     #[test]
     fn endpoints_follow_control_plane_ips_unless_pinned() {
         let mut cluster = Cluster::new("c", ClusterSpec::default());

@@ -190,7 +190,10 @@ impl Workloads {
         // A new watch is not waited for: its first listing reconciles `owner` again.
         let store = match store {
             Some(store) => store,
-            None => self.watch(&key, from, client(kubeconfig).await?, owner),
+            None => {
+                let client = client(kubeconfig).await.map_err(|e| e.to_string())?;
+                self.watch(&key, from, client, owner)
+            }
         };
         if store.wait_until_ready().now_or_never().is_none() {
             return Err(format!(
@@ -257,28 +260,91 @@ impl Workloads {
     }
 }
 
+/// Why a workload cluster's kubeconfig cannot be used. Names what is wrong, never content: the
+/// kubeconfig holds a client key, and this message reaches the TalosControlPlane's conditions.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeconfigProblem {
+    #[error("Secret {name} has no key value")]
+    NoValue { name: String },
+    #[error("the kubeconfig in Secret {name} is not UTF-8")]
+    NotUtf8 { name: String },
+    #[error("the kubeconfig in Secret {name} cannot be read: {source}")]
+    Unreadable {
+        name: String,
+        #[source]
+        source: machineconfig::Error,
+    },
+    #[error("the kubeconfig in Secret {name} cannot be used: {reason}")]
+    Unusable { name: String, reason: &'static str },
+}
+
+/// What is wrong with a kubeconfig kube refuses, without kube's message: its parser's quotes
+/// the text around the error, and its base64 decoder's names a byte of the key.
+fn kubeconfig_refused(e: &kube::config::KubeconfigError) -> &'static str {
+    use kube::config::KubeconfigError as K;
+    match e {
+        K::CurrentContextNotSet => "it names no current context",
+        K::LoadContext(_) => "its current context is not among its contexts",
+        K::LoadClusterOfContext(_) => {
+            "the cluster of its current context is not among its clusters"
+        }
+        K::MissingClusterUrl => "its cluster has no server",
+        K::ParseClusterUrl(_) => "its cluster's server is not a URL",
+        K::LoadCertificateAuthority(_) | K::ParseCertificates(_) => {
+            "its certificate-authority-data cannot be read"
+        }
+        K::LoadClientCertificate(_) => "its client-certificate-data cannot be read",
+        K::LoadClientKey(_) => "its client-key-data cannot be read",
+        _ => "kube refuses it",
+    }
+}
+
 /// A client for the workload cluster from the kubeconfig in `secret` (key `value`).
-async fn client(secret: &Secret) -> Result<kube::Client, String> {
+async fn client(secret: &Secret) -> Result<kube::Client, KubeconfigProblem> {
     let name = secret.name_any();
     let value = secret
         .data
         .as_ref()
         .and_then(|d| d.get("value"))
-        .ok_or_else(|| format!("Secret {name} has no key value"))?;
+        .ok_or_else(|| KubeconfigProblem::NoValue { name: name.clone() })?;
     let yaml = std::str::from_utf8(&value.0)
-        .map_err(|_| format!("the kubeconfig in Secret {name} is not UTF-8"))?;
-    // kube's errors name the field at fault, never its content.
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(yaml)
-        .map_err(|e| format!("the kubeconfig in Secret {name} cannot be read: {e}"))?;
+        .map_err(|_| KubeconfigProblem::NotUtf8 { name: name.clone() })?;
+    let unusable = |reason| KubeconfigProblem::Unusable {
+        name: name.clone(),
+        reason,
+    };
+    // kube's parser says why in its own words, which quote the text: the engine's parser, whose
+    // errors name the field and never its content, says it instead.
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(yaml).map_err(
+            |_| match machineconfig::parse::from_yaml::<kube::config::Kubeconfig>(
+                "kubeconfig",
+                yaml,
+            ) {
+                Err(source) => KubeconfigProblem::Unreadable {
+                    name: name.clone(),
+                    source,
+                },
+                Ok(_) => unusable("kube's YAML parser cannot read it"),
+            },
+        )?;
     let mut config = kube::Config::from_custom_kubeconfig(
         kubeconfig,
         &kube::config::KubeConfigOptions::default(),
     )
     .await
-    .map_err(|e| format!("the kubeconfig in Secret {name} cannot be used: {e}"))?;
+    .map_err(|e| unusable(kubeconfig_refused(&e)))?;
     config.connect_timeout = Some(CONNECT_TIMEOUT);
-    kube::Client::try_from(config)
-        .map_err(|e| format!("the kubeconfig in Secret {name} cannot be used: {e}"))
+    kube::Client::try_from(config).map_err(|e| {
+        unusable(match &e {
+            kube::Error::InferKubeconfig(e) => kubeconfig_refused(e),
+            kube::Error::RustlsTls(_) => {
+                "its client certificate, client key or CA cannot be used for TLS"
+            }
+            kube::Error::Auth(_) => "its credentials cannot be used",
+            _ => "no client can be built from it",
+        })
+    })
 }
 
 #[cfg(test)]
@@ -297,6 +363,81 @@ mod tests {
             ]});
         }
         Arc::new(serde_json::from_value(value).expect("a Node"))
+    }
+
+    fn kubeconfig_secret(yaml: &str) -> Secret {
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("w-kubeconfig".into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                "value".to_owned(),
+                k8s_openapi::ByteString(yaml.as_bytes().to_vec()),
+            )])),
+            ..Default::default()
+        }
+    }
+
+    /// A kubeconfig whose client key sits where a mapping belongs, or cannot be decoded: the
+    /// message names the field, never the key (kube's parser quotes the text around the error).
+    #[tokio::test]
+    async fn unusable_kubeconfigs_name_the_field_never_the_key() {
+        let bundle = machineconfig::SecretsBundle::generate(machineconfig::Contract::NEWEST)
+            .expect("a bundle");
+        let issued = machineconfig::kubeconfig::generate(
+            "w",
+            "https://10.0.0.10:6443",
+            &bundle,
+            time::OffsetDateTime::now_utc(),
+            time::Duration::days(1),
+        )
+        .expect("a kubeconfig");
+        let doc: serde_json::Value = serde_yaml_ng::from_str(&issued.yaml).expect("YAML");
+        let key = doc["users"][0]["user"]["client-key-data"]
+            .as_str()
+            .expect("a key")
+            .to_owned();
+        assert!(client(&kubeconfig_secret(&issued.yaml)).await.is_ok());
+
+        let mut scalar = doc.clone();
+        scalar["users"][0]["user"] = key.clone().into();
+        let scalar = serde_yaml_ng::to_string(&scalar).expect("YAML");
+        let kube_says = kube::config::Kubeconfig::from_yaml(&scalar)
+            .map(drop)
+            .expect_err("kube refuses it")
+            .to_string();
+        // kube's message shows the line at fault, key and all.
+        assert!(kube_says.contains(&key[..32]), "{kube_says}");
+        let err = client(&kubeconfig_secret(&scalar))
+            .await
+            .map(drop)
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "the kubeconfig in Secret w-kubeconfig cannot be read: parsing kubeconfig: field \
+                 `users[0].user` is a string, expected a map (line "
+            ),
+            "{err}"
+        );
+        for text in [err.to_string(), format!("{err:?}")] {
+            assert!(!text.contains(&key[..32]), "{text}");
+        }
+
+        let mut undecodable = doc.clone();
+        let mut broken = key.clone();
+        broken.replace_range(40..41, "!");
+        undecodable["users"][0]["user"]["client-key-data"] = broken.into();
+        let undecodable = serde_yaml_ng::to_string(&undecodable).expect("YAML");
+        let err = client(&kubeconfig_secret(&undecodable))
+            .await
+            .map(drop)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the kubeconfig in Secret w-kubeconfig cannot be used: its client-key-data cannot be read"
+        );
+        assert!(!format!("{err:?}").contains(&key[..32]), "{err:?}");
     }
 
     #[test]

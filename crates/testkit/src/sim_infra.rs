@@ -157,6 +157,9 @@ struct Started {
     /// The owner Machine, whose name is the node's hostname.
     machine: String,
     cluster: String,
+    /// A control-plane Machine's node (labelled with the control-plane role, as Talos labels
+    /// it; a worker's Node has no role label).
+    control_plane: bool,
 }
 
 /// SimMachine name → its node, and the workload API servers, per Cluster.
@@ -296,9 +299,14 @@ async fn serve_workloads(
             continue;
         }
         if api.get_opt(&started.machine).await.map_err(text)?.is_none() {
+            let labels = if started.control_plane {
+                json!({"node-role.kubernetes.io/control-plane": ""})
+            } else {
+                json!({})
+            };
             let node = json!({
                 "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": started.machine, "labels": {"node-role.kubernetes.io/control-plane": ""}},
+                "metadata": {"name": started.machine, "labels": labels},
                 "spec": {"providerID": format!("sim://{ns}/{}", started.machine)},
             });
             api.create(
@@ -462,6 +470,9 @@ async fn pass(
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
+                control_plane: machine
+                    .labels()
+                    .contains_key("cluster.x-k8s.io/control-plane"),
             },
         );
         sim_machines

@@ -305,9 +305,10 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         let done = upgraded == 3 && s.voters == 3 && s.etcd_healthy && !s.rolling;
         (
             done,
+            // The counts alone: the control plane's own condition says the same "n of 3".
             format!(
                 "{upgraded} of 3 control-plane nodes on Talos {TALOS_NEXT}; {}",
-                s.line()
+                s.counts()
             ),
         )
     })
@@ -319,6 +320,19 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         &kubeconfig,
         &["get", "taloscontrolplane,machines", "-n", NS],
     );
+    step("The Cluster");
+    progress("Cluster Available", Duration::from_secs(300), async || {
+        let available = cluster_condition(&client, "Available").await;
+        (
+            available.as_deref() == Some("True"),
+            format!(
+                "Cluster {CLUSTER} Available: {}",
+                available.as_deref().unwrap_or("unknown")
+            ),
+        )
+    })
+    .await?;
+    kubectl(&kubeconfig, &["get", "cluster", "-n", NS]);
     if args.faults {
         scale_under_fire(&client, &view, &mut faults, &mut manager, &mut cp).await?;
     }
@@ -496,8 +510,9 @@ impl Snapshot {
         self.cp_versions.iter().filter(|v| *v == version).count()
     }
 
-    fn line(&self) -> String {
-        let mut line = format!(
+    /// Machines and etcd, without the condition that waits.
+    fn counts(&self) -> String {
+        format!(
             "control planes {}/{} running, workers {}/{} running, etcd {} voter(s){}",
             self.cp_running,
             self.cp_total,
@@ -505,7 +520,12 @@ impl Snapshot {
             self.workers_total,
             self.voters,
             if self.etcd_healthy { " healthy" } else { "" }
-        );
+        )
+    }
+
+    /// Machines, etcd, and the condition that waits, if any.
+    fn line(&self) -> String {
+        let mut line = self.counts();
         if !self.waiting.is_empty() {
             line.push_str(&format!(" — {}", self.waiting));
         }
@@ -996,6 +1016,18 @@ async fn patch_control_plane(client: &kube::Client, spec: Value) -> Result<(), F
     .map(drop)
     .map_err(|e| e.to_string())
     .map_err(fail("patching the TalosControlPlane"))
+}
+
+/// The status of the Cluster's condition `type_`, if it has one.
+async fn cluster_condition(client: &kube::Client, type_: &str) -> Option<String> {
+    let clusters = dynamic_api(client, NS, "cluster.x-k8s.io/v1beta2", "Cluster");
+    let cluster = clusters.get_opt(CLUSTER).await.ok()??;
+    let conditions = cluster.data["status"]["conditions"].as_array()?.clone();
+    conditions
+        .iter()
+        .find(|c| c["type"] == type_)
+        .and_then(|c| c["status"].as_str())
+        .map(str::to_owned)
 }
 
 async fn secret(client: &kube::Client, name: &str, key: &str) -> Result<String, Failure> {

@@ -11,10 +11,9 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use api::conditions::ConditionType;
-use common::{WAIT, cluster, machine, wait_config};
+use common::{WAIT, cluster, machine, until, wait_config};
 use controller::raw::RawObject;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -88,21 +87,6 @@ impl Manager {
             self.process.check_running().is_err().then_some(())
         })
         .await;
-    }
-}
-
-/// Poll `check` every 200 ms for up to `within`, or fail saying `what`.
-async fn until<T>(what: &str, within: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use api::conditions::ConditionType;
-use common::{WAIT, cluster, cluster_labelled, machine, machine_labelled, wait_config};
+use common::{WAIT, cluster, cluster_labelled, machine, machine_labelled, until, wait_config};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
@@ -107,21 +107,6 @@ fn signal(pid: u32, sig: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill -{sig} {pid}");
-}
-
-/// Poll `check` every 200 ms for up to `within`, or fail saying `what`.
-async fn until<T>(what: &str, within: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn lease(client: &kube::Client, ns: &str) -> Option<Lease> {

@@ -339,18 +339,7 @@ impl Api {
                         })),
                         Err(s) => {
                             let mut m = R::Msg::default();
-                            R::set_metadata(
-                                &mut m,
-                                Metadata {
-                                    hostname: t.clone(),
-                                    error: s.message().to_owned(),
-                                    status: Some(talos_api::google::rpc::Status {
-                                        code: s.code() as i32,
-                                        message: s.message().to_owned(),
-                                        details: Vec::new(),
-                                    }),
-                                },
-                            );
+                            R::set_metadata(&mut m, failed_on(&t, &s));
                             out.push(m);
                         }
                     }
@@ -392,6 +381,19 @@ impl Api {
             )));
         }
         Ok(node)
+    }
+}
+
+/// The metadata apid puts on a proxied node's reply in place of the reply, when the node fails.
+fn failed_on(target: &str, status: &Status) -> Metadata {
+    Metadata {
+        hostname: target.to_owned(),
+        error: status.message().to_owned(),
+        status: Some(talos_api::google::rpc::Status {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+            details: Vec::new(),
+        }),
     }
 }
 
@@ -932,15 +934,7 @@ impl MachineService for Api {
                         })
                         .collect(),
                     Err(s) => vec![FileInfo {
-                        metadata: Some(Metadata {
-                            hostname: t.clone(),
-                            error: s.message().to_owned(),
-                            status: Some(talos_api::google::rpc::Status {
-                                code: s.code() as i32,
-                                message: s.message().to_owned(),
-                                details: Vec::new(),
-                            }),
-                        }),
+                        metadata: Some(failed_on(t, &s)),
                         ..FileInfo::default()
                     }],
                 })

@@ -379,3 +379,22 @@ pub async fn control_plane_cluster_at(
         .await
         .unwrap();
 }
+
+/// Poll `check` every 200 ms for up to `within`, or fail saying `what`.
+pub async fn until<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

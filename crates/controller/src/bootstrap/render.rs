@@ -1,7 +1,7 @@
 //! Decide, without I/O: the machine configuration a TalosConfig renders to, given its Machine,
 //! its Cluster and the cluster's secrets bundle.
 
-use api::bootstrap::v1alpha3::{GenerateType, HostnameSource, TalosConfigSpec};
+use api::bootstrap::v1alpha3::{GenerateType, HostnameSource, TalosConfig, TalosConfigSpec};
 use api::capi::{Cluster, Machine};
 use machineconfig::render::DEFAULT_KUBERNETES_VERSION;
 use machineconfig::{
@@ -85,6 +85,30 @@ pub fn machine_config(
         });
     }
     Ok(text)
+}
+
+/// A digest of what the render of `config` for `machine` in `cluster` depends on: its spec (by
+/// the object's uid and generation), the render inputs taken from the Machine and the Cluster
+/// (the same [`Input`] [`machine_config`] renders with), and `bundle`, the identity of the
+/// bundle Secret's version. `None` when the object has no generation (nothing to compare).
+pub fn inputs_digest(
+    config: &TalosConfig,
+    machine: &Machine,
+    cluster: &Cluster,
+    cluster_name: &str,
+    bundle: &str,
+) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    config.metadata.uid.hash(&mut hasher);
+    config.metadata.generation?.hash(&mut hasher);
+    bundle.hash(&mut hasher);
+    if config.spec.generate_type.and_then(machine_type).is_some() {
+        // What fails here fails before any parsing: no need to remember it.
+        let input = input(&config.spec, machine, cluster, cluster_name).ok()?;
+        format!("{input:?}").hash(&mut hasher);
+    }
+    Some(hasher.finish())
 }
 
 fn input(
@@ -385,6 +409,58 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("over the render budget"), "{message}");
         assert!(!message.contains("kkkk"), "{message}");
+    }
+
+    /// What a failed render is remembered by: every input of the render, and nothing that
+    /// changes without changing the render (status, labels, the resourceVersion).
+    #[test]
+    fn the_inputs_digest_follows_the_render_inputs_only() {
+        let mut config = TalosConfig::new("c-cp-0", spec(GenerateType::Worker));
+        config.metadata.uid = Some("uid-1".into());
+        config.metadata.generation = Some(1);
+        let digest = |config: &TalosConfig, machine: &Machine, cluster: &Cluster, bundle: &str| {
+            inputs_digest(config, machine, cluster, "c", bundle)
+        };
+        let first = digest(&config, &machine(), &cluster(), "b/1");
+        assert!(first.is_some());
+
+        let mut same = config.clone();
+        same.metadata.resource_version = Some("42".into());
+        same.metadata.labels = Some([("k".to_owned(), "v".to_owned())].into());
+        same.status = Some(api::bootstrap::v1alpha3::TalosConfigStatus {
+            observed_generation: Some(1),
+            ..Default::default()
+        });
+        let mut booting = machine();
+        booting.status = Some(api::capi::MachineStatus {
+            phase: Some("Provisioning".into()),
+            ..Default::default()
+        });
+        assert_eq!(digest(&same, &booting, &cluster(), "b/1"), first);
+
+        let mut newer = config.clone();
+        newer.metadata.generation = Some(2);
+        let mut upgraded = machine();
+        upgraded.spec.version = Some("v1.36.0".into());
+        let mut renumbered = cluster();
+        renumbered.spec.cluster_network = None;
+        for (what, other) in [
+            ("generation", digest(&newer, &machine(), &cluster(), "b/1")),
+            (
+                "machine version",
+                digest(&config, &upgraded, &cluster(), "b/1"),
+            ),
+            (
+                "cluster network",
+                digest(&config, &machine(), &renumbered, "b/1"),
+            ),
+            ("bundle", digest(&config, &machine(), &cluster(), "b/2")),
+        ] {
+            assert!(other.is_some() && other != first, "{what}");
+        }
+        let mut unknown = config;
+        unknown.metadata.generation = None;
+        assert_eq!(digest(&unknown, &machine(), &cluster(), "b/1"), None);
     }
 
     #[test]

@@ -72,9 +72,9 @@ pub struct RenderLimits {
 
 /// The budget of one render: one and a half times the values and twice the text one input may
 /// hold, and ten million steps. A real configuration and its patches are a few thousand values
-/// and take tens of thousands of steps. At this budget the worst render holds about 45 MiB at
-/// its peak, so the manager's ten concurrent reconciles stay within the chart's 512 MiB limit,
-/// and takes well under a second of CPU (docs/reliability.md has the measurements).
+/// and take tens of thousands of steps. At this budget the worst render holds about 35 MB at
+/// its peak (one-entry mappings, 230 bytes a value), so the manager's ten concurrent reconciles
+/// stay within the chart's 512 MiB limit (docs/reliability.md has the measurements).
 pub const RENDER_LIMITS: RenderLimits = RenderLimits {
     values: 150_000,
     text_bytes: 8 * 1024 * 1024,

@@ -859,7 +859,7 @@ mod tests {
         );
 
         let interfaces = |prefix: &str| {
-            let items: Vec<Value> = (0..20_000)
+            let items: Vec<Value> = (0..15_000)
                 .map(|i| json!({"interface": format!("{prefix}{i}")}))
                 .collect();
             Patch::Strategic(vec![json!({"machine": {"network": {"interfaces": items}}})])

@@ -34,6 +34,51 @@ const RETRY_GENERATION: Duration = Duration::from_secs(10);
 /// How many Secrets a [`Parsed`] keeps what it read of (one or two per cluster).
 const MAX_PARSED: usize = 4096;
 
+/// How many failed renders [`FailedRenders`] keeps (one per TalosConfig that cannot render).
+const MAX_FAILED_RENDERS: usize = 4096;
+
+/// The TalosConfigs whose last render failed for a spec reason, by `namespace/name`: a digest of
+/// the inputs it failed with, and its reason and message. A reconcile with the same inputs (on
+/// the object's own status write, or a status change of its Machine or Cluster) reports the same
+/// failure without rendering again; any change of an input (the spec's generation, the Machine,
+/// the Cluster, the bundle) renders again. Bounded: past [`MAX_FAILED_RENDERS`] entries (those of
+/// deleted objects among them) everything is forgotten, and each such object renders once more.
+#[derive(Debug, Default)]
+pub(crate) struct FailedRenders {
+    failed: Mutex<HashMap<String, (u64, &'static str, String)>>,
+}
+
+impl FailedRenders {
+    /// The failure of the last render of `key`, if it had the inputs `digest`.
+    pub(crate) fn get(&self, key: &str, digest: u64) -> Option<crate::SpecError> {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        match failed.get(key) {
+            Some((seen, reason, message)) if *seen == digest => Some(crate::SpecError::Unchanged {
+                reason,
+                message: message.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Remember that the render of `key` with the inputs `digest` failed with `error`; `None`
+    /// forgets it (it rendered).
+    pub(crate) fn set(&self, key: &str, failure: Option<(u64, &crate::SpecError)>) {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        match failure {
+            Some((digest, error)) => {
+                if failed.len() >= MAX_FAILED_RENDERS && !failed.contains_key(key) {
+                    failed.clear();
+                }
+                failed.insert(key.to_owned(), (digest, error.reason(), error.to_string()));
+            }
+            None => {
+                failed.remove(key);
+            }
+        }
+    }
+}
+
 /// The time source; tests may fix it.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> Time;
@@ -130,6 +175,9 @@ pub struct Context {
     /// The control planes' infrastructure machines, watched for their addresses.
     pub(crate) infra: crate::controlplane::infra::InfraMachines,
     failures: Mutex<HashMap<String, u32>>,
+    /// TalosConfigs whose last render failed for a spec reason, not rendered again until an
+    /// input changes.
+    pub(crate) failed_renders: FailedRenders,
     /// Secrets bundles being generated, per cluster, with the reconciles waiting for them.
     generating: Mutex<HashMap<String, Vec<ObjectRef<TalosConfig>>>>,
     /// Control-plane machines created or deleted that the cache does not show yet.
@@ -239,6 +287,7 @@ impl Context {
             infra: Default::default(),
             drift: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            failed_renders: FailedRenders::default(),
             generating: Mutex::new(HashMap::new()),
             bundles: Parsed::default(),
             kubeconfig_expiry: Parsed::default(),
@@ -487,6 +536,31 @@ mod tests {
             kube::Client::try_from(config).expect("a client"),
             Options::default(),
         )
+    }
+
+    #[test]
+    fn a_failed_render_is_remembered_for_its_inputs_until_it_renders() {
+        let failed = FailedRenders::default();
+        let error = crate::SpecError::Invalid("no".into());
+        assert!(failed.get("ns/a", 1).is_none());
+        failed.set("ns/a", Some((1, &error)));
+        match failed.get("ns/a", 1) {
+            Some(crate::SpecError::Unchanged { reason, message }) => {
+                assert_eq!((reason, message.as_str()), (error.reason(), "no"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(failed.get("ns/a", 2).is_none(), "other inputs render");
+        assert!(failed.get("ns/b", 1).is_none(), "per object");
+        failed.set("ns/a", None);
+        assert!(failed.get("ns/a", 1).is_none(), "forgotten once rendered");
+        // Bounded: past the limit, everything is forgotten once.
+        for n in 0..MAX_FAILED_RENDERS {
+            failed.set(&format!("ns/{n}"), Some((1, &error)));
+        }
+        failed.set("ns/last", Some((1, &error)));
+        assert!(failed.get("ns/0", 1).is_none());
+        assert!(failed.get("ns/last", 1).is_some());
     }
 
     #[tokio::test]

@@ -21,6 +21,12 @@ pub enum SpecError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// The failure of the last render, whose inputs are unchanged since: not rendered again.
+    #[error("{message}")]
+    Unchanged {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 impl SpecError {
@@ -33,6 +39,7 @@ impl SpecError {
             | SpecError::PatchEncoding { .. } => reason::PATCH_FAILED,
             SpecError::Render(_) => reason::RENDER_FAILED,
             SpecError::TooLarge { .. } | SpecError::Invalid(_) => reason::INVALID_SPEC,
+            SpecError::Unchanged { reason: r, .. } => r,
         }
     }
 }

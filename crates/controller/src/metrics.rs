@@ -20,6 +20,13 @@ pub struct ErrorLabels {
     pub category: &'static str,
 }
 
+/// How a TalosConfig's render ended: `rendered`, `failed` (for a spec reason), or `unchanged`
+/// (not rendered: its inputs are those of a render that failed before).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RenderLabels {
+    pub outcome: &'static str,
+}
+
 /// One object: namespace and name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ObjectLabels {
@@ -33,6 +40,8 @@ pub struct Metrics {
     pub reconciles: Family<ControllerLabel, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Family<ControllerLabel, Histogram>,
+    /// Renders of TalosConfigs' machine configurations, per outcome.
+    pub renders: Family<RenderLabels, Counter>,
     /// Talos API calls made to the nodes of workload clusters, per method and outcome (ok, or
     /// the error's kind).
     pub talos_requests: Family<TalosCallLabels, Counter>,
@@ -71,6 +80,7 @@ impl Default for Metrics {
             duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 16))
             }),
+            renders: Family::default(),
             talos_requests: Family::default(),
             talos_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -100,6 +110,11 @@ impl Metrics {
             "reconcile_duration_seconds",
             "Reconcile duration, per controller",
             self.duration.clone(),
+        );
+        sub.register(
+            "renders",
+            "Machine configuration renders of TalosConfigs, per outcome: rendered, failed (for a spec reason) or unchanged (not rendered again: the inputs of a failed render)",
+            self.renders.clone(),
         );
         sub.register(
             "talos_api_requests",
@@ -132,6 +147,16 @@ impl Metrics {
             "The running build: version and Cluster API contracts",
             self.build_info.clone(),
         );
+    }
+
+    /// Count a render of a TalosConfig that ended as `outcome`.
+    pub fn rendered(&self, outcome: &'static str) {
+        self.renders.get_or_create(&RenderLabels { outcome }).inc();
+    }
+
+    /// How many renders ended as `outcome`.
+    pub fn renders(&self, outcome: &'static str) -> u64 {
+        self.renders.get_or_create(&RenderLabels { outcome }).get()
     }
 
     /// Record how many machines of a control plane are outdated; `None` forgets it (deleted).

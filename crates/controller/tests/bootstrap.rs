@@ -301,6 +301,81 @@ async fn a_bad_patch_is_reported_and_the_other_configs_still_become_ready() {
     wait_warning(&client, &ns, "bad-0", "PatchFailed", |_| true).await;
 }
 
+/// A TalosConfig whose render fails for a spec reason is rendered once: its own status write
+/// (and status changes of its Machine and Cluster) reconcile it again with the same inputs, and
+/// those reconciles report the failure without rendering again. A change to its spec renders it
+/// again.
+#[tokio::test]
+async fn a_config_that_cannot_render_is_not_rendered_again_until_its_spec_changes() {
+    let cp = testkit::shared().await.unwrap();
+    let client = cp.client().await.unwrap();
+    testkit::install_crds(&client, &api::all_crds())
+        .await
+        .unwrap();
+    let ns = testkit::unique_namespace(&client, "bootstrap-once")
+        .await
+        .unwrap();
+    let (_controller, ctx) = start_controller_context(&client, &ns, controller::Options::default());
+    cluster(&client, &ns, "once", false).await;
+    let unknown_kind = "apiVersion: v1alpha1\nkind: Evil\n";
+    machine(
+        &client,
+        &ns,
+        "once",
+        "once-0",
+        json!({"generateType": "worker", "talosVersion": "v1.13", "strategicPatches": [unknown_kind]}),
+        false,
+    )
+    .await;
+    let cond = wait_reason(
+        &client,
+        &ns,
+        "once-0",
+        ConditionType::DataSecretAvailable,
+        "PatchFailed",
+    )
+    .await;
+    assert!(cond.message.contains("\"Evil\""), "{}", cond.message);
+    // The status write that reported it is seen by the watch, and reconciles the object again.
+    tokio::time::timeout(WAIT, async {
+        while ctx.metrics.renders("unchanged") + ctx.metrics.renders("failed") < 2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the object's own status write reconciles it again");
+    assert_eq!(ctx.metrics.renders("failed"), 1, "rendered once");
+    assert!(ctx.metrics.renders("unchanged") >= 1);
+    assert_eq!(ctx.metrics.renders("rendered"), 0);
+    let configs = Api::<TalosConfig>::namespaced(client.clone(), &ns);
+    let status = configs.get("once-0").await.unwrap().status.unwrap();
+    let still = conditions::get(
+        status.conditions.as_deref().unwrap_or_default(),
+        ConditionType::DataSecretAvailable,
+    )
+    .unwrap();
+    assert_eq!(
+        (still.reason.as_str(), still.message.as_str()),
+        (cond.reason.as_str(), cond.message.as_str()),
+        "the same failure reported"
+    );
+
+    // A new spec is rendered.
+    configs
+        .patch(
+            "once-0",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"strategicPatches": ["machine: {install: {disk: /dev/vda}}"]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_config(&client, &ns, "once-0", ConditionType::Ready, "True").await;
+    assert_eq!(ctx.metrics.renders("failed"), 1);
+    assert!(ctx.metrics.renders("rendered") >= 1);
+}
+
 /// Hostile TalosConfigs committed to Git: each ends in a condition naming the limit it exceeds
 /// and a Warning Event, with no bootstrap data written, while a good config beside them becomes
 /// ready. An unusable bundle Secret is reported, and left as it was.

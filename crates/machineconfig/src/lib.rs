@@ -17,8 +17,8 @@ pub mod validate;
 
 pub use contract::Contract;
 pub use error::{BoxError, DecodeError, EndpointProblem, Error, Problems};
-pub use limits::{LIMITS, LimitError, Limits};
-pub use patch::{Patch, PatchError};
+pub use limits::{LIMITS, LimitError, Limits, RENDER_LIMITS, RenderBudget, RenderLimits};
+pub use patch::{Patch, PatchError, Patcher};
 pub use render::{Input, MachineType, render};
 pub use secrets::SecretsBundle;
 pub use validate::{Mode, Report, validate};

@@ -8,6 +8,15 @@
 //! every value it builds against a budget and stops at the first value over it. [`check`] applies
 //! the same limits to a value built elsewhere (a JSON patch's value, a document after each patch
 //! operation), walking it without recursion.
+//!
+//! The limits above are per input. One render reads many inputs (the configuration it starts
+//! from and up to 64 patches, each within those limits), so it also has a [`RenderBudget`],
+//! shared by all of them: every value parsed for the render and every value a JSON patch
+//! operation adds is counted against [`RENDER_LIMITS`], and so is every step of applying the
+//! patches (each value a merge visits, each item a keyed list merge compares, each value the
+//! checks after a patch walk). Patches are parsed and applied one at a time, so that at most one
+//! parsed patch is held at once; with the budget, what one render holds at its peak is bounded
+//! by [`RENDER_LIMITS`] whatever the number of patches.
 
 use std::cell::Cell;
 use std::fmt;
@@ -45,6 +54,33 @@ pub const LIMITS: Limits = Limits {
     operations: 1024,
 };
 
+/// What one render may spend, counted across the configuration it starts from and all of its
+/// patches together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenderLimits {
+    /// Values (scalars, lists, mappings, keys) parsed for the render, in the configuration data
+    /// and in every patch, after YAML aliases are expanded, plus the values JSON patch operations
+    /// add to the configuration.
+    pub values: usize,
+    /// Bytes of strings and keys, counted likewise.
+    pub text_bytes: usize,
+    /// Steps of applying the patches: each key and list item a strategic merge visits, each item
+    /// a keyed list merge compares or a delete directive tests, each JSON patch operation, and
+    /// each value the limit checks after a patch or operation walk.
+    pub steps: usize,
+}
+
+/// The budget of one render: one and a half times the values and twice the text one input may
+/// hold, and ten million steps. A real configuration and its patches are a few thousand values
+/// and take tens of thousands of steps. At this budget the worst render holds about 35 MB at
+/// its peak (one-entry mappings, 230 bytes a value), so the manager's ten concurrent reconciles
+/// stay within the chart's 512 MiB limit (docs/reliability.md has the measurements).
+pub const RENDER_LIMITS: RenderLimits = RenderLimits {
+    values: 150_000,
+    text_bytes: 8 * 1024 * 1024,
+    steps: 10_000_000,
+};
+
 /// Which limit an input exceeds. The message says the limit; it never quotes the input, which
 /// may hold keys and tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +97,121 @@ pub enum LimitError {
     TextBytes { limit: usize },
     #[error("{count} operations is more than the limit of {limit} in one JSON patch")]
     Operations { count: usize, limit: usize },
+    #[error(
+        "over the render budget: more than {limit} values in the configuration and all its patches together, counting each use of a YAML alias in full"
+    )]
+    RenderValues { limit: usize },
+    #[error(
+        "over the render budget: more than {limit} bytes of text in the configuration and all its patches together, counting each use of a YAML alias in full"
+    )]
+    RenderTextBytes { limit: usize },
+    #[error("over the render budget: more than {limit} steps to apply the patches")]
+    RenderSteps { limit: usize },
+}
+
+/// How much a set of values holds, as the limits count it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Size {
+    pub values: usize,
+    pub text_bytes: usize,
+}
+
+impl Size {
+    /// Whether this is over the values or text limit of `limits`.
+    pub(crate) fn over(&self, limits: &Limits) -> bool {
+        self.values > limits.values || self.text_bytes > limits.text_bytes
+    }
+
+    pub(crate) fn saturating_add(self, other: Size) -> Size {
+        Size {
+            values: self.values.saturating_add(other.values),
+            text_bytes: self.text_bytes.saturating_add(other.text_bytes),
+        }
+    }
+}
+
+/// What one render has spent of its [`RenderLimits`]: shared by the parse of the configuration
+/// it starts from, the parse of each of its patches and their application. Not shared between
+/// threads; one render runs on one.
+#[derive(Debug)]
+pub struct RenderBudget {
+    limits: RenderLimits,
+    values: Cell<usize>,
+    text: Cell<usize>,
+    steps: Cell<usize>,
+}
+
+/// What a [`RenderBudget`] has been charged so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spent {
+    pub values: usize,
+    pub text_bytes: usize,
+    pub steps: usize,
+}
+
+impl RenderBudget {
+    pub fn new(limits: RenderLimits) -> RenderBudget {
+        RenderBudget {
+            limits,
+            values: Cell::new(0),
+            text: Cell::new(0),
+            steps: Cell::new(0),
+        }
+    }
+
+    pub fn limits(&self) -> RenderLimits {
+        self.limits
+    }
+
+    pub fn spent(&self) -> Spent {
+        Spent {
+            values: self.values.get(),
+            text_bytes: self.text.get(),
+            steps: self.steps.get(),
+        }
+    }
+
+    /// Count `values` values holding `text` bytes, built for this render.
+    pub(crate) fn build(&self, values: usize, text: usize) -> Result<(), LimitError> {
+        let v = self.values.get().saturating_add(values);
+        let t = self.text.get().saturating_add(text);
+        self.values.set(v);
+        self.text.set(t);
+        if v > self.limits.values {
+            return Err(LimitError::RenderValues {
+                limit: self.limits.values,
+            });
+        }
+        if t > self.limits.text_bytes {
+            return Err(LimitError::RenderTextBytes {
+                limit: self.limits.text_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Count `n` steps of applying patches.
+    pub(crate) fn step(&self, n: usize) -> Result<(), LimitError> {
+        let s = self.steps.get().saturating_add(n);
+        self.steps.set(s);
+        if s > self.limits.steps {
+            return Err(LimitError::RenderSteps {
+                limit: self.limits.steps,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a walk of values charges to a render's budget, besides the per-input limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Charge<'a> {
+    /// Nothing (an input checked on its own).
+    Nothing,
+    /// Each value as built for the render (an input parsed for it).
+    Built(&'a RenderBudget),
+    /// Each value as a step (a check of values already counted).
+    Steps(&'a RenderBudget),
 }
 
 /// Why a YAML stream is refused: it does not parse (the problem and where, never the parser's
@@ -120,16 +271,34 @@ fn check_nesting(text: &str, limits: &Limits) -> Result<(), LimitError> {
 /// The non-null documents of a YAML (or JSON) stream, within `limits`. The budget of values and
 /// text is shared by all documents of the stream.
 pub fn documents(text: &str, limits: &Limits) -> Result<Vec<Value>, ParseError> {
-    let mut docs = stream(text, limits)?;
+    non_null(stream(text, limits, Charge::Nothing)?)
+}
+
+/// [`documents`], for one render: every value parsed is also counted against `render`'s budget
+/// (shared with the render's other inputs), and parsing stops at the first value over it.
+pub fn documents_within(
+    text: &str,
+    limits: &Limits,
+    render: &RenderBudget,
+) -> Result<Vec<Value>, ParseError> {
+    non_null(stream(text, limits, Charge::Built(render))?)
+}
+
+fn non_null(mut docs: Vec<Value>) -> Result<Vec<Value>, ParseError> {
     docs.retain(|doc| !doc.is_null());
     Ok(docs)
 }
 
-/// Every document of a YAML (or JSON) stream, empty ones as null, within `limits`.
-pub(crate) fn stream(text: &str, limits: &Limits) -> Result<Vec<Value>, ParseError> {
+/// Every document of a YAML (or JSON) stream, empty ones as null, within `limits`, each value
+/// also charged as `charge` says.
+pub(crate) fn stream(
+    text: &str,
+    limits: &Limits,
+    charge: Charge<'_>,
+) -> Result<Vec<Value>, ParseError> {
     check_size(text, limits).map_err(ParseError::Limit)?;
     check_nesting(text, limits).map_err(ParseError::Limit)?;
-    let budget = Budget::new(limits);
+    let budget = Budget::new(limits, charge);
     let mut docs = Vec::new();
     for (n, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         if n >= limits.documents {
@@ -172,7 +341,17 @@ pub fn check_all<'a>(
     values: impl IntoIterator<Item = &'a Value>,
     limits: &Limits,
 ) -> Result<(), LimitError> {
-    let budget = Budget::new(limits);
+    measure(values, limits, Charge::Nothing).map(|_| ())
+}
+
+/// [`check_all`], also charging each value walked to a render's budget as `charge` says, and
+/// returning what the values hold.
+pub(crate) fn measure<'a>(
+    values: impl IntoIterator<Item = &'a Value>,
+    limits: &Limits,
+    charge: Charge<'_>,
+) -> Result<Size, LimitError> {
+    let budget = Budget::new(limits, charge);
     let mut stack: Vec<(&Value, usize)> = values.into_iter().map(|v| (v, 0)).collect();
     while let Some((value, depth)) = stack.pop() {
         if depth > limits.depth {
@@ -196,24 +375,30 @@ pub fn check_all<'a>(
             Value::Null | Value::Bool(_) | Value::Number(_) => budget.charge(0)?,
         }
     }
-    Ok(())
+    Ok(Size {
+        values: budget.values.get(),
+        text_bytes: budget.text.get(),
+    })
 }
 
-/// What is left to spend, and the limit that was hit, if any.
-struct Budget {
+/// What is left to spend of one input's limits (and of the render's budget it is charged to),
+/// and the limit that was hit, if any.
+struct Budget<'r> {
     limits: Limits,
     values: Cell<usize>,
     text: Cell<usize>,
     exceeded: Cell<Option<LimitError>>,
+    render: Charge<'r>,
 }
 
-impl Budget {
-    fn new(limits: &Limits) -> Budget {
+impl<'r> Budget<'r> {
+    fn new(limits: &Limits, render: Charge<'r>) -> Budget<'r> {
         Budget {
             limits: *limits,
             values: Cell::new(0),
             text: Cell::new(0),
             exceeded: Cell::new(None),
+            render,
         }
     }
 
@@ -233,7 +418,12 @@ impl Budget {
                 limit: self.limits.text_bytes,
             });
         }
-        Ok(())
+        let render = match self.render {
+            Charge::Nothing => Ok(()),
+            Charge::Built(render) => render.build(1, text),
+            Charge::Steps(render) => render.step(1),
+        };
+        render.or_else(|e| self.exceed(e))
     }
 
     fn exceed(&self, e: LimitError) -> Result<(), LimitError> {
@@ -243,18 +433,18 @@ impl Budget {
 }
 
 /// Deserializes one value as `serde_json::Value` does, charging the budget for each value.
-struct Bounded<'a> {
-    budget: &'a Budget,
+struct Bounded<'a, 'r> {
+    budget: &'a Budget<'r>,
     depth: usize,
 }
 
-impl Bounded<'_> {
+impl<'r> Bounded<'_, 'r> {
     fn charge<E: de::Error>(&self, text: usize) -> Result<(), E> {
         self.budget.charge(text).map_err(E::custom)
     }
 
     /// The seed for a list item or mapping value, one level deeper.
-    fn nested<E: de::Error>(&self) -> Result<Bounded<'_>, E> {
+    fn nested<E: de::Error>(&self) -> Result<Bounded<'_, 'r>, E> {
         let depth = self.depth + 1;
         if depth > self.budget.limits.depth {
             let e = LimitError::Depth {
@@ -270,7 +460,7 @@ impl Bounded<'_> {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Bounded<'_> {
+impl<'de> DeserializeSeed<'de> for Bounded<'_, '_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
@@ -278,7 +468,7 @@ impl<'de> DeserializeSeed<'de> for Bounded<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Bounded<'_> {
+impl<'de> Visitor<'de> for Bounded<'_, '_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {

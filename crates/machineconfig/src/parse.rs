@@ -197,7 +197,7 @@ pub fn syntax(e: &serde_yaml_ng::Error) -> SyntaxError {
 /// Deserialize a typed structure from YAML (`what` names it in errors), refusing input over
 /// [`LIMITS`] first. Errors never quote the input.
 pub fn from_yaml<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, Error> {
-    let stream = match limits::stream(text, &LIMITS) {
+    let stream = match limits::stream(text, &LIMITS, limits::Charge::Nothing) {
         Err(limits::ParseError::Limit(source)) => {
             return Err(Error::Limit {
                 what: what.to_owned(),

@@ -4,7 +4,9 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::limits::{self, LIMITS, LimitError, ParseError};
+use crate::limits::{
+    self, Charge, LIMITS, LimitError, ParseError, RENDER_LIMITS, RenderBudget, Size,
+};
 use crate::{Error, Problems};
 
 /// The document kinds of Talos v1.13's multi-document configuration (besides v1alpha1).
@@ -140,9 +142,16 @@ fn parse_error(source: PatchError) -> Error {
 
 impl Patch {
     /// Parse a patch the way talosctl does: a YAML/JSON list is a JSON patch, anything else is
-    /// a strategic merge patch (one or more documents, each a mapping).
+    /// a strategic merge patch (one or more documents, each a mapping). Within a budget of its
+    /// own; [`Patch::parse_within`] parses one of a render's patches.
     pub fn parse(text: &str) -> Result<Patch, Error> {
-        let docs = limits::documents(text, &LIMITS).map_err(|e| {
+        Self::parse_within(text, &RenderBudget::new(RENDER_LIMITS))
+    }
+
+    /// [`Patch::parse`], counting what the patch expands to against `budget`, the budget of the
+    /// render it is for.
+    pub fn parse_within(text: &str, budget: &RenderBudget) -> Result<Patch, Error> {
+        let docs = limits::documents_within(text, &LIMITS, budget).map_err(|e| {
             parse_error(match e {
                 ParseError::Yaml(source) => PatchError::Yaml { source },
                 ParseError::Limit(limit) => PatchError::Limit(limit),
@@ -151,7 +160,8 @@ impl Patch {
         let mut docs = docs.into_iter();
         match (docs.next(), docs.next()) {
             (None, _) => Err(parse_error(PatchError::Empty)),
-            (Some(ops @ Value::Array(_)), None) => Self::json6902(ops),
+            // Its values are counted already, as it was parsed.
+            (Some(ops @ Value::Array(_)), None) => Self::operations(ops, Charge::Nothing),
             (Some(first), second) => {
                 let docs: Vec<Value> = [first].into_iter().chain(second).chain(docs).collect();
                 for doc in &docs {
@@ -172,6 +182,16 @@ impl Patch {
 
     /// RFC 6902 operations from a JSON value, which must be a list of `{op, path, value, from}`.
     pub fn json6902(ops: Value) -> Result<Patch, Error> {
+        Self::operations(ops, Charge::Nothing)
+    }
+
+    /// [`Patch::json6902`], counting the operations' values against `budget`, the budget of
+    /// the render they are for.
+    pub fn json6902_within(ops: Value, budget: &RenderBudget) -> Result<Patch, Error> {
+        Self::operations(ops, Charge::Built(budget))
+    }
+
+    fn operations(ops: Value, charge: Charge<'_>) -> Result<Patch, Error> {
         let Value::Array(list) = ops else {
             return Err(parse_error(PatchError::NotAList {
                 found: kind_of(&ops),
@@ -183,7 +203,7 @@ impl Patch {
                 limit: LIMITS.operations,
             })));
         }
-        limits::check_all(&list, &LIMITS).map_err(|e| parse_error(PatchError::Limit(e)))?;
+        limits::measure(&list, &LIMITS, charge).map_err(|e| parse_error(PatchError::Limit(e)))?;
         let mut parsed = Vec::with_capacity(list.len());
         for (index, op) in list.into_iter().enumerate() {
             check_operation(index, &op).map_err(parse_error)?;
@@ -231,48 +251,146 @@ fn check_kind(doc: &Value) -> Result<(), Error> {
     }
 }
 
-/// Apply `patches` in order to `docs`.
-pub fn apply(mut docs: Vec<Value>, patches: &[Patch]) -> Result<Vec<Value>, Error> {
+/// Apply `patches` in order to `docs`, within the budget of one render: what the patches hold
+/// together counts against it as if they were parsed for it. A render applies its patches with
+/// a [`Patcher`] instead, parsing each just before it is applied, so that it never holds them
+/// all at once.
+pub fn apply(docs: Vec<Value>, patches: &[Patch]) -> Result<Vec<Value>, Error> {
+    let budget = RenderBudget::new(RENDER_LIMITS);
+    let mut patcher = Patcher::new(docs, &budget)?;
     for (index, patch) in patches.iter().enumerate() {
+        patch.charge(&budget).map_err(|e| Error::Patch {
+            index: Some(index),
+            source: PatchError::Limit(e),
+        })?;
+        patcher.apply(patch.clone())?;
+    }
+    Ok(patcher.finish())
+}
+
+impl Patch {
+    /// Count what this patch holds against `budget`, as [`Patch::parse_within`] does.
+    fn charge(&self, budget: &RenderBudget) -> Result<(), LimitError> {
+        use json_patch::PatchOperation as Op;
+        let charge = Charge::Built(budget);
+        match self {
+            Patch::Strategic(docs) => limits::measure(docs, &LIMITS, charge),
+            Patch::Json6902(ops) => {
+                let values = ops.iter().filter_map(|op| match op {
+                    Op::Add(op) => Some(&op.value),
+                    Op::Replace(op) => Some(&op.value),
+                    Op::Test(op) => Some(&op.value),
+                    Op::Remove(_) | Op::Move(_) | Op::Copy(_) => None,
+                });
+                limits::measure(values, &LIMITS, charge)
+            }
+        }
+        .map(|_| ())
+    }
+}
+
+/// Patches applied one at a time to a configuration, within the budget of one render: each is
+/// applied and dropped before the next is parsed ([`Patch::parse_within`] with the same budget),
+/// so that at most one parsed patch is held at once. Patches are numbered from 0 in the order
+/// they are applied.
+#[derive(Debug)]
+pub struct Patcher<'b> {
+    docs: Vec<Value>,
+    budget: &'b RenderBudget,
+    applied: usize,
+    /// At least what `docs` hold: exact after each walk, then grown by what each strategic patch
+    /// brings (a merge moves the patch's values in, so the documents grow by at most that). The
+    /// documents are walked again only when this goes over the limits, not after every patch.
+    bound: Size,
+}
+
+impl<'b> Patcher<'b> {
+    /// Start from `docs` (rendered, or parsed within `budget`).
+    pub fn new(docs: Vec<Value>, budget: &'b RenderBudget) -> Result<Patcher<'b>, Error> {
+        let bound = limits::measure(&docs, &LIMITS, Charge::Steps(budget)).map_err(|source| {
+            Error::Limit {
+                what: "machine configuration".to_owned(),
+                source,
+            }
+        })?;
+        Ok(Patcher {
+            docs,
+            budget,
+            applied: 0,
+            bound,
+        })
+    }
+
+    /// Apply the next patch.
+    pub fn apply(&mut self, patch: Patch) -> Result<(), Error> {
+        let index = self.applied;
+        self.applied += 1;
         let failed = |source| Error::Patch {
             index: Some(index),
             source,
         };
         match patch {
             Patch::Json6902(ops) => {
-                let [doc] = docs.as_mut_slice() else {
+                let [doc] = self.docs.as_mut_slice() else {
                     return Err(Error::JsonPatchOnMultiDocument);
                 };
-                apply_json6902(doc, ops).map_err(failed)?;
+                apply_json6902(doc, &ops, self.budget, &mut self.bound).map_err(failed)?;
                 // Talos decodes the patched document into its typed config (refusing what does not
                 // decode) and encodes it again, dropping empty optional fields.
                 strict_decode(doc).map_err(failed)?;
                 drop_empty_optional_fields(doc);
             }
             Patch::Strategic(patch_docs) => {
+                let brought = limits::measure(&patch_docs, &LIMITS, Charge::Steps(self.budget))
+                    .map_err(|e| failed(PatchError::Limit(e)))?;
                 for p in patch_docs {
-                    merge_document(&mut docs, p).map_err(failed)?;
+                    merge_document(&mut self.docs, p, self.budget).map_err(failed)?;
                 }
-                limits::check_all(&docs, &LIMITS).map_err(|e| failed(PatchError::Limit(e)))?;
+                self.bound = self.bound.saturating_add(brought);
+                if self.bound.over(&LIMITS) {
+                    self.bound = limits::measure(&self.docs, &LIMITS, Charge::Steps(self.budget))
+                        .map_err(|e| failed(PatchError::Limit(e)))?;
+                }
             }
         }
+        Ok(())
     }
-    Ok(docs)
+
+    /// The patched documents.
+    pub fn finish(self) -> Vec<Value> {
+        self.docs
+    }
 }
 
 /// Apply RFC 6902 operations one at a time, refusing the first that takes the document over the
 /// limits: a chain of `copy` operations doubles a list with each one, and a chain of `move`s can
-/// nest it deeper with each one. The document is the caller's copy, dropped on error, so there is
-/// nothing to undo.
-fn apply_json6902(doc: &mut Value, ops: &json_patch::Patch) -> Result<(), PatchError> {
+/// nest it deeper with each one. What an operation adds is counted against the render's budget,
+/// as parsed values are (`bound` is the most the document has held). The document is the
+/// caller's copy, dropped on error, so there is nothing to undo.
+fn apply_json6902(
+    doc: &mut Value,
+    ops: &json_patch::Patch,
+    budget: &RenderBudget,
+    bound: &mut Size,
+) -> Result<(), PatchError> {
     use json_patch::PatchOperation as Op;
     for (index, op) in ops.iter().enumerate() {
+        budget.step(1).map_err(PatchError::Limit)?;
         json_patch::patch_unsafe(doc, std::slice::from_ref(op)).map_err(|mut e| {
             e.operation = index;
             PatchError::Apply(e)
         })?;
         if matches!(op, Op::Add(_) | Op::Replace(_) | Op::Copy(_) | Op::Move(_)) {
-            limits::check(doc, &LIMITS).map_err(PatchError::Limit)?;
+            let size = limits::measure(std::iter::once(&*doc), &LIMITS, Charge::Steps(budget))
+                .map_err(PatchError::Limit)?;
+            budget
+                .build(
+                    size.values.saturating_sub(bound.values),
+                    size.text_bytes.saturating_sub(bound.text_bytes),
+                )
+                .map_err(PatchError::Limit)?;
+            bound.values = bound.values.max(size.values);
+            bound.text_bytes = bound.text_bytes.max(size.text_bytes);
         }
     }
     Ok(())
@@ -317,10 +435,18 @@ fn is_delete(v: &Value) -> bool {
     v.get("$patch").and_then(Value::as_str) == Some("delete")
 }
 
-fn merge_document(docs: &mut Vec<Value>, patch: &Value) -> Result<(), PatchError> {
-    let id = identity(patch);
-    let position = docs.iter().position(|d| identity(d) == id);
-    if is_delete(patch) {
+fn merge_document(
+    docs: &mut Vec<Value>,
+    patch: Value,
+    budget: &RenderBudget,
+) -> Result<(), PatchError> {
+    let step = |n: usize| budget.step(n).map_err(PatchError::Limit);
+    step(docs.len())?;
+    let position = {
+        let id = identity(&patch);
+        docs.iter().position(|d| identity(d) == id)
+    };
+    if is_delete(&patch) {
         match position {
             Some(i) => {
                 docs.remove(i);
@@ -331,9 +457,9 @@ fn merge_document(docs: &mut Vec<Value>, patch: &Value) -> Result<(), PatchError
         return Ok(());
     }
     match position {
-        Some(i) => merge_value(&mut docs[i], patch, ""),
+        Some(i) => merge_value(&mut docs[i], patch, "", budget),
         None => {
-            let mut new = patch.clone();
+            let mut new = patch;
             strip_directives(&mut new);
             docs.push(new);
             Ok(())
@@ -341,13 +467,17 @@ fn merge_document(docs: &mut Vec<Value>, patch: &Value) -> Result<(), PatchError
     }
 }
 
-/// Merge `patch` into `target` (at `path`, for messages) in place.
-fn merge_value(target: &mut Value, patch: &Value, path: &str) -> Result<(), PatchError> {
+/// Merge `patch` into `target` (at `path`, for messages) in place, moving its values in.
+fn merge_value(
+    target: &mut Value,
+    patch: Value,
+    path: &str,
+    budget: &RenderBudget,
+) -> Result<(), PatchError> {
     match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => merge_map(t, p, path),
-        (t, p) => {
-            if !is_zero(p) {
-                let mut p = p.clone();
+        (Value::Object(t), Value::Object(p)) => merge_map(t, p, path, budget),
+        (t, mut p) => {
+            if !is_zero(&p) {
                 strip_directives(&mut p);
                 *t = p;
             }
@@ -358,54 +488,54 @@ fn merge_value(target: &mut Value, patch: &Value, path: &str) -> Result<(), Patc
 
 fn merge_map(
     target: &mut Map<String, Value>,
-    patch: &Map<String, Value>,
+    patch: Map<String, Value>,
     path: &str,
+    budget: &RenderBudget,
 ) -> Result<(), PatchError> {
-    for (key, pv) in patch {
+    for (key, mut pv) in patch {
+        budget.step(1).map_err(PatchError::Limit)?;
         if key == "$patch" {
             continue;
         }
-        if is_delete(pv) && pv.as_object().is_some_and(|o| o.len() == 1) {
-            target.remove(key);
+        if is_delete(&pv) && pv.as_object().is_some_and(|o| o.len() == 1) {
+            target.remove(&key);
             continue;
         }
-        let field = if path.is_empty() {
-            key.clone()
-        } else {
-            format!("{path}.{key}")
-        };
-        match target.get_mut(key) {
-            None => {
-                let mut v = pv.clone();
-                strip_directives(&mut v);
-                target.insert(key.clone(), v);
+        let field = || {
+            if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
             }
-            Some(tv)
-                if REPLACE_MAPS.contains(&key.as_str())
-                    || REPLACE_LISTS.contains(&key.as_str()) =>
-            {
-                let mut v = pv.clone();
-                strip_directives(&mut v);
-                *tv = v;
+        };
+        let replace = REPLACE_MAPS.contains(&key.as_str()) || REPLACE_LISTS.contains(&key.as_str());
+        match target.get_mut(&key) {
+            None => {
+                strip_directives(&mut pv);
+                target.insert(key, pv);
+            }
+            Some(tv) if replace => {
+                strip_directives(&mut pv);
+                *tv = pv;
             }
             Some(Value::Array(items)) => {
-                let key_field = KEYED_LISTS.iter().find(|(k, _)| k == key).map(|(_, f)| *f);
+                let key_field = KEYED_LISTS.iter().find(|(k, _)| *k == key).map(|(_, f)| *f);
                 match pv {
                     Value::Array(patch_items) => {
-                        merge_list(items, patch_items, key_field, &field)?;
+                        merge_list(items, patch_items, key_field, &field(), budget)?;
                     }
                     // The zero value: Talos leaves the list as it is.
                     Value::Null => {}
                     // Talos's typed decoding refuses a scalar or mapping where a list belongs.
                     other => {
                         return Err(PatchError::NotAListField {
-                            path: field,
-                            found: kind_of(other),
+                            path: field(),
+                            found: kind_of(&other),
                         });
                     }
                 }
             }
-            Some(tv) => merge_value(tv, pv, &field)?,
+            Some(tv) => merge_value(tv, pv, &field(), budget)?,
         }
     }
     Ok(())
@@ -413,12 +543,15 @@ fn merge_map(
 
 fn merge_list(
     items: &mut Vec<Value>,
-    patch: &[Value],
+    patch: Vec<Value>,
     key_field: Option<&str>,
     path: &str,
+    budget: &RenderBudget,
 ) -> Result<(), PatchError> {
-    for pv in patch {
-        if is_delete(pv) {
+    let step = |n: usize| budget.step(n).map_err(PatchError::Limit);
+    for mut pv in patch {
+        step(1)?;
+        if is_delete(&pv) {
             // The item's other key/value pairs select the elements to delete.
             let selector: Vec<(&String, &Value)> = pv
                 .as_object()
@@ -426,6 +559,7 @@ fn merge_list(
                 .flatten()
                 .filter(|(k, _)| *k != "$patch")
                 .collect();
+            step(items.len().saturating_mul(selector.len().max(1)))?;
             items.retain(|item| {
                 !selector
                     .iter()
@@ -433,16 +567,18 @@ fn merge_list(
             });
             continue;
         }
-        let matching = key_field.and_then(|f| {
-            let want = pv.get(f)?;
-            items.iter().position(|i| i.get(f) == Some(want))
-        });
+        let matching = match key_field.and_then(|f| Some((f, pv.get(f)?))) {
+            Some((f, want)) => {
+                step(items.len())?;
+                items.iter().position(|i| i.get(f) == Some(want))
+            }
+            None => None,
+        };
         match matching {
-            Some(i) => merge_value(&mut items[i], pv, &format!("{path}[{i}]"))?,
+            Some(i) => merge_value(&mut items[i], pv, &format!("{path}[{i}]"), budget)?,
             None => {
-                let mut v = pv.clone();
-                strip_directives(&mut v);
-                items.push(v);
+                strip_directives(&mut pv);
+                items.push(pv);
             }
         }
     }
@@ -576,6 +712,164 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A strategic patch of 2.4 KB within every per-input limit that expands, through YAML
+    /// aliases, to 89,545 values and 4.06 MB of text: one-entry mappings with 190-byte keys,
+    /// about 20 MB once parsed. A document of another kind, merged by its name: each such patch
+    /// replaces the one before rather than adding to it.
+    fn expanding() -> String {
+        let mut text = "apiVersion: v1alpha1\nkind: ExtensionServiceConfig\nname: x\n".to_owned();
+        text.push_str(&format!("a0: &a0 {{{}: {{}}}}\n", "k".repeat(190)));
+        for level in 1..=4 {
+            let refs: Vec<String> = (0..10).map(|j| format!("b{j}: *a{}", level - 1)).collect();
+            text.push_str(&format!("a{level}: &a{level} {{{}}}\n", refs.join(", ")));
+        }
+        // Enough YAML events for the parser's own bound on aliases followed (100 per event).
+        let padding: Vec<String> = (0..200).map(|j| format!("p{j}: 0")).collect();
+        text.push_str(&format!("p: {{{}}}\nx: {{c0: *a4}}\n", padding.join(", ")));
+        text
+    }
+
+    fn base() -> Vec<Value> {
+        vec![json!({"machine": {"certSANs": ["a"]}, "cluster": {}})]
+    }
+
+    fn refused_for(result: Result<Vec<Value>, Error>) -> (Option<usize>, LimitError) {
+        match result {
+            Err(Error::Patch {
+                index,
+                source: PatchError::Limit(limit),
+            }) => (index, limit),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Each patch within the per-input limits, merged into a document no larger than one of
+    /// them: the render's budget counts them all together.
+    #[test]
+    fn the_patches_of_a_render_share_one_budget() {
+        let text = expanding();
+        assert!(text.len() < 2500, "{} bytes", text.len());
+        let one = Patch::parse(&text).unwrap();
+        let merged = apply(base(), std::slice::from_ref(&one)).unwrap();
+        assert_eq!(merged.len(), 2);
+        let (index, limit) = refused_for(apply(base(), &[one.clone(), one.clone(), one]));
+        assert_eq!(index, Some(1));
+        assert_eq!(
+            limit,
+            LimitError::RenderValues {
+                limit: RENDER_LIMITS.values
+            }
+        );
+        let message = limit.to_string();
+        assert!(message.starts_with("over the render budget: more than 150000 values"));
+
+        // Parsed for one render, each as the one before is applied: the second is refused while
+        // it is parsed, as soon as the two together are over the budget.
+        let budget = RenderBudget::new(RENDER_LIMITS);
+        let mut patcher = Patcher::new(base(), &budget).unwrap();
+        patcher
+            .apply(Patch::parse_within(&text, &budget).unwrap())
+            .unwrap();
+        assert_eq!(budget.spent().values, 89_545);
+        assert_eq!(budget.spent().text_bytes, 4_058_743);
+        let err = Patch::parse_within(&text, &budget).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Patch {
+                    index: None,
+                    source: PatchError::Limit(LimitError::RenderValues { limit: 150_000 })
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            budget.spent().values,
+            RENDER_LIMITS.values + 1,
+            "stopped at once"
+        );
+        assert!(!err.to_string().contains("kkkk"), "{err}");
+
+        // Text: three patches of 3 MB each, within 4 MiB apiece, over 8 MiB together.
+        let text = format!(
+            "apiVersion: v1alpha1\nkind: ExtensionServiceConfig\nname: t\ns: &s \"{}\"\nl: {{{}}}\n",
+            "x".repeat(100_000),
+            (0..30)
+                .map(|j| format!("a{j}: *s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let budget = RenderBudget::new(RENDER_LIMITS);
+        let mut patcher = Patcher::new(base(), &budget).unwrap();
+        for _ in 0..2 {
+            patcher
+                .apply(Patch::parse_within(&text, &budget).unwrap())
+                .unwrap();
+        }
+        assert!(matches!(
+            Patch::parse_within(&text, &budget),
+            Err(Error::Patch {
+                source: PatchError::Limit(LimitError::RenderTextBytes { limit }),
+                ..
+            }) if limit == 8 * 1024 * 1024
+        ));
+        // What a JSON patch adds to the document counts too, beside its operations that still
+        // hold it: lists of 60,000 and 25,000 items, 85,000 values in the document.
+        let budget = RenderBudget::new(RENDER_LIMITS);
+        let mut patcher = Patcher::new(base(), &budget).unwrap();
+        let add = |to: &str, n: usize| json!({"op": "add", "path": to, "value": vec!["a"; n]});
+        let ops = json!([add("/machine/a", 60_000), add("/machine/b", 25_000)]);
+        let err = patcher
+            .apply(Patch::json6902_within(ops, &budget).unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Patch {
+                    index: Some(0),
+                    source: PatchError::Limit(LimitError::RenderValues { .. })
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    /// Work that grows faster than what the patches hold is bounded by the render's steps: a
+    /// JSON patch whose every operation makes the whole document be checked again, and a keyed
+    /// list merge that compares every item of the patch with every item of the list.
+    #[test]
+    fn applying_patches_is_bounded_in_steps() {
+        let steps = LimitError::RenderSteps {
+            limit: RENDER_LIMITS.steps,
+        };
+        let big = || vec![json!({"machine": {"certSANs": vec!["a"; 45_000]}})];
+        let add = json!({"op": "add", "path": "/machine/certSANs/-", "value": "b"});
+        let ops = Patch::json6902(Value::Array(vec![add; 512])).unwrap();
+        assert_eq!(refused_for(apply(big(), &[ops])), (Some(0), steps));
+        // A few such operations are fine.
+        let add = json!({"op": "add", "path": "/machine/certSANs/-", "value": "b"});
+        let ops = Patch::json6902(Value::Array(vec![add; 100])).unwrap();
+        assert_eq!(
+            apply(big(), &[ops]).unwrap()[0]["machine"]["certSANs"]
+                .as_array()
+                .map(Vec::len),
+            Some(45_100)
+        );
+
+        let interfaces = |prefix: &str| {
+            let items: Vec<Value> = (0..15_000)
+                .map(|i| json!({"interface": format!("{prefix}{i}")}))
+                .collect();
+            Patch::Strategic(vec![json!({"machine": {"network": {"interfaces": items}}})])
+        };
+        let (index, limit) = refused_for(apply(base(), &[interfaces("a"), interfaces("b")]));
+        assert_eq!((index, limit), (Some(1), steps));
+        assert_eq!(
+            limit.to_string(),
+            "over the render budget: more than 10000000 steps to apply the patches"
+        );
     }
 
     #[test]

@@ -362,8 +362,28 @@ pub fn to_yaml(docs: &[Value]) -> Result<String, Error> {
 
 /// Parse a YAML stream of configuration documents.
 pub fn from_yaml(text: &str) -> Result<Vec<Value>, Error> {
+    documents(text, |text| {
+        crate::limits::documents(text, &crate::limits::LIMITS)
+    })
+}
+
+/// [`from_yaml`], for the configuration a render starts from: what it holds counts against the
+/// render's `budget`.
+pub fn from_yaml_within(
+    text: &str,
+    budget: &crate::limits::RenderBudget,
+) -> Result<Vec<Value>, Error> {
+    documents(text, |text| {
+        crate::limits::documents_within(text, &crate::limits::LIMITS, budget)
+    })
+}
+
+fn documents(
+    text: &str,
+    parse: impl FnOnce(&str) -> Result<Vec<Value>, crate::limits::ParseError>,
+) -> Result<Vec<Value>, Error> {
     let what = || "machine configuration".to_owned();
-    crate::limits::documents(text, &crate::limits::LIMITS).map_err(|e| match e {
+    parse(text).map_err(|e| match e {
         crate::limits::ParseError::Yaml(source) => Error::Parse {
             what: what(),
             source: source.into(),

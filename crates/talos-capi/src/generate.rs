@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use machineconfig::talosconfig::{self, ClientOptions};
-use machineconfig::{Contract, Input, MachineType, Mode, Patch, SecretsBundle};
+use machineconfig::{
+    Contract, Input, MachineType, Mode, Patch, Patcher, RENDER_LIMITS, RenderBudget, SecretsBundle,
+};
 
 #[derive(Subcommand)]
 pub enum Gen {
@@ -176,14 +178,35 @@ pub(crate) fn write_private(path: &Path, content: &str, force: bool) -> Result<(
     Ok(())
 }
 
-/// `@file` or inline text, as talosctl takes patches; the `n`th given to `flag`. Errors name the
-/// file, or the flag and position of an inline patch, never its text: patches carry secrets.
-fn load_patch(flag: &str, n: usize, spec: &str) -> Result<Patch, Failure> {
-    let (text, label) = match spec.strip_prefix('@') {
+/// `@file` or inline text, as talosctl takes patches; the `n`th given to `flag`. Returns the
+/// text and how errors name it: the file, or the flag and position of an inline patch, never its
+/// text (patches carry secrets).
+fn load_patch(flag: &str, n: usize, spec: &str) -> Result<(String, String), Failure> {
+    Ok(match spec.strip_prefix('@') {
         Some(file) => (read(Path::new(file))?, format!("patch {spec}")),
         None => (spec.to_owned(), format!("inline patch {} of {flag}", n + 1)),
-    };
-    Patch::parse(&text).map_err(|e| fail(format!("{label}: {e}")))
+    })
+}
+
+/// Render `machine_type` and apply `patches` (text and label) to it, within one render's
+/// budget: each patch is parsed only once the one before is applied and dropped.
+fn generate_one(
+    machine_type: MachineType,
+    input: &Input,
+    bundle: &SecretsBundle,
+    patches: &[&(String, String)],
+    file: &str,
+) -> Result<String, Failure> {
+    let generating = |e: machineconfig::Error| fail(format!("generating {file}: {e}"));
+    let budget = RenderBudget::new(RENDER_LIMITS);
+    let docs = machineconfig::render(machine_type, input, bundle).map_err(generating)?;
+    let mut patcher = Patcher::new(docs, &budget).map_err(generating)?;
+    for (text, label) in patches {
+        let patch =
+            Patch::parse_within(text, &budget).map_err(|e| fail(format!("{label}: {e}")))?;
+        patcher.apply(patch).map_err(generating)?;
+    }
+    machineconfig::render::to_yaml(&patcher.finish()).map_err(generating)
 }
 
 fn gen_config(a: ConfigArgs) -> Result<(), Failure> {
@@ -214,27 +237,32 @@ fn gen_config(a: ConfigArgs) -> Result<(), Failure> {
         .enumerate()
         .map(|(n, p)| load_patch("--config-patch", n, p))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut outputs = Vec::new();
-    for (machine_type, flag, specific, file) in [
+    let mut specific = Vec::new();
+    for (flag, patches) in [
         (
-            MachineType::Controlplane,
             "--config-patch-control-plane",
             &a.config_patch_control_plane,
-            "controlplane.yaml",
         ),
-        (
-            MachineType::Worker,
-            "--config-patch-worker",
-            &a.config_patch_worker,
-            "worker.yaml",
-        ),
+        ("--config-patch-worker", &a.config_patch_worker),
     ] {
-        let mut patches = common.clone();
-        for (n, p) in specific.iter().enumerate() {
-            patches.push(load_patch(flag, n, p)?);
-        }
-        let yaml = machineconfig::generate(machine_type, &input, &bundle, &patches)
-            .map_err(|e| fail(format!("generating {file}: {e}")))?;
+        specific.push(
+            patches
+                .iter()
+                .enumerate()
+                .map(|(n, p)| load_patch(flag, n, p))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+    }
+    let mut outputs = Vec::new();
+    for ((machine_type, file), specific) in [
+        (MachineType::Controlplane, "controlplane.yaml"),
+        (MachineType::Worker, "worker.yaml"),
+    ]
+    .into_iter()
+    .zip(&specific)
+    {
+        let patches: Vec<&(String, String)> = common.iter().chain(specific).collect();
+        let yaml = generate_one(machine_type, &input, &bundle, &patches, file)?;
         outputs.push((file, yaml));
     }
     let talosconfig = talosconfig::generate(&a.cluster_name, &bundle, &ClientOptions::default())

@@ -15,9 +15,15 @@ const ENDPOINT: &str = "https://10.0.0.1:6443";
 
 /// Exit code, stderr and how long the CLI took on `args`, run in `dir` under the caps.
 fn run_capped(dir: &Path, args: &[String]) -> (Option<i32>, String, Duration) {
+    run_capped_at(dir, args, 4 << 30)
+}
+
+/// [`run_capped`] with `bytes` of address space (a process past it fails to allocate and
+/// aborts: exit code `None`).
+fn run_capped_at(dir: &Path, args: &[String], bytes: u64) -> (Option<i32>, String, Duration) {
     let err = dir.join("stderr");
     let mut child = Command::new("prlimit")
-        .arg("--as=4294967296")
+        .arg(format!("--as={bytes}"))
         .arg("--")
         .arg(env!("CARGO_BIN_EXE_talos-capi"))
         .args(args)
@@ -54,6 +60,27 @@ fn alias_bomb() -> String {
     for level in 1..=8 {
         let refs = vec![format!("*a{}", level - 1); 10].join(", ");
         text.push_str(&format!("a{level}: &a{level} [{refs}]\n"));
+    }
+    text
+}
+
+/// A strategic patch of 3 KB that stays under the per-input limits (100,000 values and 4 MiB of
+/// text) and expands, through YAML aliases, to 89,545 values and 4.06 MB of text: one-entry
+/// mappings with long keys, about 20 MB once parsed. A document of another kind, which Talos
+/// merges by its name, so that each such patch replaces the one before rather than growing it.
+/// With `top` false, only the anchors: 47,322 values.
+fn expanding_patch(top: bool) -> String {
+    let mut text = "apiVersion: v1alpha1\nkind: ExtensionServiceConfig\nname: hostile\n".to_owned();
+    text.push_str(&format!("a0: &a0 {{{}: {{}}}}\n", "k".repeat(190)));
+    for level in 1..=4 {
+        let refs: Vec<String> = (0..10).map(|j| format!("b{j}: *a{}", level - 1)).collect();
+        text.push_str(&format!("a{level}: &a{level} {{{}}}\n", refs.join(", ")));
+    }
+    // Enough YAML events for the parser's own bound on aliases followed (100 per event).
+    let padding: Vec<String> = (0..200).map(|j| format!("p{j}: 0")).collect();
+    text.push_str(&format!("p: {{{}}}\n", padding.join(", ")));
+    if top {
+        text.push_str("x: {c0: *a4}\n");
     }
     text
 }
@@ -459,6 +486,68 @@ fn every_hostile_input_is_refused_with_a_message_never_a_crash_hang_or_leak() {
         "{} hostile inputs refused (time per case, debug build):\n{}",
         cases.len(),
         report.join("\n")
+    );
+}
+
+/// Patches that each stay under the per-input limits but expand to 20 MB once parsed: 64 of them
+/// (as many as the CRD admits) took 1.3 GB and 16 through `gen config` 1 GB, when every patch was
+/// parsed before any was applied. Now one render has one budget for all its patches together,
+/// and holds at most one parsed patch at a time: refused, naming the render budget, within
+/// 128 MiB of address space. The most the budget admits renders within it too.
+#[test]
+fn patches_that_expand_are_bounded_per_render_not_per_patch() {
+    const CAP: u64 = 128 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (code, err, _) = run_capped(
+        dir,
+        &["gen", "secrets", "-o", "secrets.yaml"].map(String::from),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let patch = expanding_patch(true);
+    assert!(patch.len() < 3000, "{} bytes", patch.len());
+    let with_secrets = |mut args: Vec<String>| {
+        args.extend(["--with-secrets", "secrets.yaml"].map(String::from));
+        args
+    };
+
+    let budget = "over the render budget: more than 150000 values in the configuration and all its patches together";
+    write(
+        dir,
+        "tc-64.yaml",
+        talosconfig(json!({"strategicPatches": vec![patch.clone(); 64]})),
+    );
+    let expanding = write(dir, "expanding.yaml", &patch);
+    let mut sixteen = Vec::new();
+    for _ in 0..16 {
+        sixteen.extend(["--config-patch", expanding.as_str()]);
+    }
+    for (what, args) in [
+        ("64 in a TalosConfig", with_secrets(render("tc-64.yaml"))),
+        ("16 through gen config", with_secrets(gen_config(&sixteen))),
+    ] {
+        let (code, err, _) = run_capped_at(dir, &args, CAP);
+        assert_eq!(code, Some(1), "{what}: exit {code:?}\n{err}");
+        assert!(err.contains(budget), "{what}: {err}");
+        assert!(
+            !err.contains("kkkkkkkk"),
+            "{what}: the input is quoted: {err}"
+        );
+    }
+
+    // Under the budget: 137,000 values in two patches. Rendered within the cap, and refused
+    // only for what it renders to (over the 1 MiB a bootstrap data Secret holds).
+    write(
+        dir,
+        "tc-admitted.yaml",
+        talosconfig(json!({"strategicPatches": [patch, expanding_patch(false)]})),
+    );
+    let (code, err, _) = run_capped_at(dir, &with_secrets(render("tc-admitted.yaml")), CAP);
+    assert_eq!(code, Some(1), "exit {code:?}\n{err}");
+    assert!(
+        err.contains("the rendered machine configuration is")
+            && err.contains("over the limit of 1048576 bytes"),
+        "{err}"
     );
 }
 

@@ -297,8 +297,7 @@ async fn act(
     let Some(bundle) = secrets::bundle(ctx, &ns, cluster, waiter).await? else {
         return Ok(Acted::Deferred);
     };
-    let value =
-        render::machine_config(&scope.config.spec, machine, cluster, cluster_name, &bundle)?;
+    let value = render_once(ctx, scope, (machine, cluster, cluster_name), &bundle)?;
     let name = scope
         .config
         .status
@@ -339,6 +338,53 @@ async fn act(
         .severity(Severity::Warning),
     });
     client_config.map(|()| Acted::Done)
+}
+
+/// The machine configuration of `scope`'s TalosConfig; or, when its last render failed for a
+/// spec reason with the same inputs (its spec's generation, its Machine's and Cluster's render
+/// inputs, the bundle), that failure again without rendering: a reconcile on the object's own
+/// status write, or on a status change of its Machine or Cluster, does not render it again.
+fn render_once(
+    ctx: &Context,
+    scope: &scope::Scope,
+    (machine, cluster, cluster_name): (&Machine, &api::capi::Cluster, &str),
+    bundle: &machineconfig::SecretsBundle,
+) -> Result<String, crate::SpecError> {
+    let key = key(&scope.config);
+    let bundle_version = ctx
+        .secret(
+            &scope.namespace(),
+            &secrets::bundle_name(&cluster.name_any()),
+        )
+        .map(|s| {
+            format!(
+                "{}/{}",
+                s.metadata.uid.as_deref().unwrap_or_default(),
+                s.metadata.resource_version.as_deref().unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    let digest = render::inputs_digest(
+        &scope.config,
+        machine,
+        cluster,
+        cluster_name,
+        &bundle_version,
+    );
+    if let Some(failed) = digest.and_then(|d| ctx.failed_renders.get(&key, d)) {
+        ctx.metrics.rendered("unchanged");
+        return Err(failed);
+    }
+    let rendered =
+        render::machine_config(&scope.config.spec, machine, cluster, cluster_name, bundle);
+    ctx.metrics.rendered(if rendered.is_ok() {
+        "rendered"
+    } else {
+        "failed"
+    });
+    ctx.failed_renders
+        .set(&key, digest.zip(rendered.as_ref().err()));
+    rendered
 }
 
 async fn write_status(ctx: &Context, config: &TalosConfig, report: &Report) -> Result<(), Error> {

@@ -1,10 +1,12 @@
 //! Decide, without I/O: the machine configuration a TalosConfig renders to, given its Machine,
 //! its Cluster and the cluster's secrets bundle.
 
-use api::bootstrap::v1alpha3::{GenerateType, HostnameSource, TalosConfigSpec};
+use api::bootstrap::v1alpha3::{GenerateType, HostnameSource, TalosConfig, TalosConfigSpec};
 use api::capi::{Cluster, Machine};
 use machineconfig::render::DEFAULT_KUBERNETES_VERSION;
-use machineconfig::{Contract, Input, MachineType, Patch, SecretsBundle};
+use machineconfig::{
+    Contract, Input, MachineType, Patch, Patcher, RENDER_LIMITS, RenderBudget, SecretsBundle,
+};
 
 use crate::SpecError;
 
@@ -44,25 +46,37 @@ pub fn machine_config(
             limit: MAX_INPUT_BYTES,
         });
     }
-    let patches = patches(spec)?;
     let generate = spec.generate_type.ok_or_else(|| {
         SpecError::Invalid(
             "spec.generateType is required: controlplane, worker, init or none".into(),
         )
     })?;
-    let text = match machine_type(generate) {
+    // One budget for the whole render: the data it starts from and every patch together.
+    let budget = RenderBudget::new(RENDER_LIMITS);
+    let docs = match machine_type(generate) {
         Some(machine_type) => {
             let input = input(spec, machine, cluster, cluster_name)?;
-            machineconfig::generate(machine_type, &input, bundle, &patches)
-                .map_err(SpecError::Render)?
+            machineconfig::render(machine_type, &input, bundle).map_err(SpecError::Render)?
         }
         None => {
             let data = spec.data.as_deref().unwrap_or_default();
-            let docs = machineconfig::render::from_yaml(data).map_err(SpecError::Render)?;
-            let docs = machineconfig::patch::apply(docs, &patches).map_err(SpecError::Render)?;
-            machineconfig::render::to_yaml(&docs).map_err(SpecError::Render)?
+            machineconfig::render::from_yaml_within(data, &budget).map_err(SpecError::Render)?
         }
     };
+    let mut patcher = Patcher::new(docs, &budget).map_err(SpecError::Render)?;
+    // configPatches (JSON 6902) first, then strategicPatches, as CABPT applies them; each
+    // parsed only once the one before is applied and dropped.
+    if let Some(ops) = spec.config_patches.as_ref().filter(|o| !o.is_empty()) {
+        let value = serde_json::to_value(ops)
+            .map_err(|source| SpecError::PatchEncoding { index: 0, source })?;
+        let patch = Patch::json6902_within(value, &budget).map_err(SpecError::Render)?;
+        patcher.apply(patch).map_err(SpecError::Render)?;
+    }
+    for text in spec.strategic_patches.iter().flatten() {
+        let patch = Patch::parse_within(text, &budget).map_err(SpecError::Render)?;
+        patcher.apply(patch).map_err(SpecError::Render)?;
+    }
+    let text = machineconfig::render::to_yaml(&patcher.finish()).map_err(SpecError::Render)?;
     if text.len() > MAX_CONFIG_BYTES {
         return Err(SpecError::TooLarge {
             what: "the rendered machine configuration".into(),
@@ -73,18 +87,28 @@ pub fn machine_config(
     Ok(text)
 }
 
-/// configPatches (JSON 6902) first, then strategicPatches, as CABPT applies them.
-fn patches(spec: &TalosConfigSpec) -> Result<Vec<Patch>, SpecError> {
-    let mut out = Vec::new();
-    if let Some(ops) = spec.config_patches.as_ref().filter(|o| !o.is_empty()) {
-        let value = serde_json::to_value(ops)
-            .map_err(|source| SpecError::PatchEncoding { index: 0, source })?;
-        out.push(Patch::json6902(value).map_err(SpecError::Render)?);
+/// A digest of what the render of `config` for `machine` in `cluster` depends on: its spec (by
+/// the object's uid and generation), the render inputs taken from the Machine and the Cluster
+/// (the same [`Input`] [`machine_config`] renders with), and `bundle`, the identity of the
+/// bundle Secret's version. `None` when the object has no generation (nothing to compare).
+pub fn inputs_digest(
+    config: &TalosConfig,
+    machine: &Machine,
+    cluster: &Cluster,
+    cluster_name: &str,
+    bundle: &str,
+) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    config.metadata.uid.hash(&mut hasher);
+    config.metadata.generation?.hash(&mut hasher);
+    bundle.hash(&mut hasher);
+    if config.spec.generate_type.and_then(machine_type).is_some() {
+        // What fails here fails before any parsing: no need to remember it.
+        let input = input(&config.spec, machine, cluster, cluster_name).ok()?;
+        format!("{input:?}").hash(&mut hasher);
     }
-    for text in spec.strategic_patches.iter().flatten() {
-        out.push(Patch::parse(text).map_err(SpecError::Render)?);
-    }
-    Ok(out)
+    Some(hasher.finish())
 }
 
 fn input(
@@ -350,6 +374,93 @@ mod tests {
         // One copy fits.
         s.config_patches = Some(vec![copy("B")]);
         machine_config(&s, &machine(), &cluster(), "c", bundle()).expect("800 KiB fits");
+    }
+
+    /// Eight strategic patches, each within the per-patch limits, that expand through YAML
+    /// aliases to 89,545 values apiece: refused for the render's budget of all its patches
+    /// together, as a patch error that names the budget and quotes none of the input.
+    #[test]
+    fn patches_that_expand_are_refused_for_the_render_budget() {
+        let mut patch = "apiVersion: v1alpha1\nkind: ExtensionServiceConfig\nname: x\n".to_owned();
+        patch.push_str(&format!("a0: &a0 {{{}: {{}}}}\n", "k".repeat(190)));
+        for level in 1..=4 {
+            let refs: Vec<String> = (0..10).map(|j| format!("b{j}: *a{}", level - 1)).collect();
+            patch.push_str(&format!("a{level}: &a{level} {{{}}}\n", refs.join(", ")));
+        }
+        let padding: Vec<String> = (0..200).map(|j| format!("p{j}: 0")).collect();
+        patch.push_str(&format!("p: {{{}}}\nx: {{c0: *a4}}\n", padding.join(", ")));
+        let mut s = spec(GenerateType::Worker);
+        s.talos_version = Some("v1.13".into());
+        s.strategic_patches = Some(vec![patch; 8]);
+        let err = machine_config(&s, &machine(), &cluster(), "c", bundle()).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                SpecError::Render(machineconfig::Error::Patch {
+                    source: machineconfig::PatchError::Limit(
+                        machineconfig::LimitError::RenderValues { .. }
+                    ),
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.reason(), api::conditions::reason::PATCH_FAILED);
+        let message = err.to_string();
+        assert!(message.contains("over the render budget"), "{message}");
+        assert!(!message.contains("kkkk"), "{message}");
+    }
+
+    /// What a failed render is remembered by: every input of the render, and nothing that
+    /// changes without changing the render (status, labels, the resourceVersion).
+    #[test]
+    fn the_inputs_digest_follows_the_render_inputs_only() {
+        let mut config = TalosConfig::new("c-cp-0", spec(GenerateType::Worker));
+        config.metadata.uid = Some("uid-1".into());
+        config.metadata.generation = Some(1);
+        let digest = |config: &TalosConfig, machine: &Machine, cluster: &Cluster, bundle: &str| {
+            inputs_digest(config, machine, cluster, "c", bundle)
+        };
+        let first = digest(&config, &machine(), &cluster(), "b/1");
+        assert!(first.is_some());
+
+        let mut same = config.clone();
+        same.metadata.resource_version = Some("42".into());
+        same.metadata.labels = Some([("k".to_owned(), "v".to_owned())].into());
+        same.status = Some(api::bootstrap::v1alpha3::TalosConfigStatus {
+            observed_generation: Some(1),
+            ..Default::default()
+        });
+        let mut booting = machine();
+        booting.status = Some(api::capi::MachineStatus {
+            phase: Some("Provisioning".into()),
+            ..Default::default()
+        });
+        assert_eq!(digest(&same, &booting, &cluster(), "b/1"), first);
+
+        let mut newer = config.clone();
+        newer.metadata.generation = Some(2);
+        let mut upgraded = machine();
+        upgraded.spec.version = Some("v1.36.0".into());
+        let mut renumbered = cluster();
+        renumbered.spec.cluster_network = None;
+        for (what, other) in [
+            ("generation", digest(&newer, &machine(), &cluster(), "b/1")),
+            (
+                "machine version",
+                digest(&config, &upgraded, &cluster(), "b/1"),
+            ),
+            (
+                "cluster network",
+                digest(&config, &machine(), &renumbered, "b/1"),
+            ),
+            ("bundle", digest(&config, &machine(), &cluster(), "b/2")),
+        ] {
+            assert!(other.is_some() && other != first, "{what}");
+        }
+        let mut unknown = config;
+        unknown.metadata.generation = None;
+        assert_eq!(digest(&unknown, &machine(), &cluster(), "b/1"), None);
     }
 
     #[test]

@@ -59,6 +59,15 @@ pub fn start_controller(client: &kube::Client, ns: &str) -> Running {
 
 /// [`start_controller`] with other options (its namespace is always `ns`).
 pub fn start_controller_with(client: &kube::Client, ns: &str, options: Options) -> Running {
+    start_controller_context(client, ns, options).0
+}
+
+/// [`start_controller_with`], also returning the controller's context (its metrics).
+pub fn start_controller_context(
+    client: &kube::Client,
+    ns: &str,
+    options: Options,
+) -> (Running, Arc<Context>) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -72,13 +81,14 @@ pub fn start_controller_with(client: &kube::Client, ns: &str, options: Options) 
         },
     ));
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(controller::run(ctx, async move {
+    let task = tokio::spawn(controller::run(Arc::clone(&ctx), async move {
         let _ = stopped.await;
     }));
-    Running {
+    let running = Running {
         stop: Some(stop),
         task: Some(task),
-    }
+    };
+    (running, ctx)
 }
 
 pub fn dynamic(

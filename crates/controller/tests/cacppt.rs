@@ -234,4 +234,26 @@ async fn real_cacppt_and_cabpt_bring_up_three_nodes_and_roll_a_kubernetes_upgrad
         .await;
     }
     eprintln!("rolled by CACPPT in {:?}", upgrade.elapsed());
+
+    // Everything CACPPT asked of the Talos API (only CACPPT talks to the nodes here), and the
+    // simulator served every call: the machine client calls in CACPPT's controllers are LS
+    // (List) and Bootstrap, ServiceInfo and ServiceList (ServiceList), EtcdMemberList,
+    // EventsWatchV2 (Events), EtcdForfeitLeadership and EtcdLeaveCluster on scale down, and
+    // EtcdRemoveMemberByID for a member with no machine (not reached here).
+    let calls = infra.sim.calls();
+    eprintln!("Talos API calls by CACPPT: {calls:#?}");
+    let unserved: Vec<_> = calls.iter().filter(|(_, c)| c.unimplemented > 0).collect();
+    assert!(unserved.is_empty(), "unserved: {unserved:?}");
+    for method in [
+        "List",
+        "Bootstrap",
+        "ServiceList",
+        "EtcdMemberList",
+        "Events",
+        "EtcdForfeitLeadership",
+        "EtcdLeaveCluster",
+    ] {
+        let path = format!("/machine.MachineService/{method}");
+        assert!(calls.contains_key(&path), "{path} never called: {calls:?}");
+    }
 }

@@ -402,6 +402,18 @@ pub struct Shared {
     pub new_node_failures: Mutex<Failures>,
     /// Replies lost so far ([`Failures::lost_replies`]): node address and method.
     pub lost_replies: Mutex<Vec<(String, String)>>,
+    /// Calls that reached a node's endpoint, by gRPC method path.
+    pub calls: Mutex<BTreeMap<String, Calls>>,
+}
+
+/// The calls of one gRPC method that reached a node's endpoint (a call proxied to several
+/// nodes counts once): what a client asks of the Talos API, and what the simulator lacks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Calls {
+    pub received: u64,
+    /// Of those, the ones answered Unimplemented: a method (or service) the simulator does not
+    /// serve, or not in the node's current mode.
+    pub unimplemented: u64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

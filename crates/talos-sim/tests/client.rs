@@ -102,6 +102,14 @@ async fn client_drives_the_simulator() {
         matches!(unavailable, Err(Error::Unimplemented(_))),
         "{unavailable:?}"
     );
+    // The simulator counts the calls it receives by method, and the ones it could not serve.
+    assert_eq!(
+        sim.calls().get("/machine.MachineService/Bootstrap"),
+        Some(&talos_sim::Calls {
+            received: 1,
+            unimplemented: 1
+        })
+    );
     // An invalid configuration is refused with the reason.
     let m = Client::maintenance(vec![nodes[0].clone()]);
     let bad = m
@@ -135,6 +143,11 @@ async fn client_drives_the_simulator() {
     .unwrap();
     let admin = Client::from_talosconfig(&admin_cfg.to_yaml().unwrap(), None).unwrap();
     let versions = admin.version(&Nodes::Many(nodes.clone())).await.unwrap();
+    let version_calls = sim.calls()["/machine.MachineService/Version"];
+    assert!(
+        version_calls.received >= 1 && version_calls.unimplemented == 0,
+        "{version_calls:?}"
+    );
     assert_eq!(versions.len(), 4);
     for v in &versions {
         assert!(nodes.contains(&v.node));

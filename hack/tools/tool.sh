@@ -2,7 +2,7 @@
 # Locate or build one of the real components the tests and the demo run against,
 # and print the absolute path of what the caller asked for.
 #
-#   hack/tools/tool.sh kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|helm|talosctl|hadolint
+#   hack/tools/tool.sh kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|cacppt|cacppt-config|helm|talosctl|hadolint|actionlint
 #
 # CLUSTER_API_VERSION (default in versions.env) picks the Cluster API lane; each supported
 # line has its wrapper module under hack/tools/cluster-api/<line>/.
@@ -16,6 +16,7 @@
 #   TALOSCTL_BIN         talosctl binary
 #   ACTIONLINT_BIN, HADOLINT_BIN  the workflow and Dockerfile linters
 #   CABPT_BIN, CABPT_CONFIG  the CABPT peer binary and its config/ directory
+#   CACPPT_BIN, CACPPT_CONFIG  the CACPPT peer binary and its config/ directory
 #   KUBECTL_BIN          kubectl binary (default: the one on PATH, else built from k8s.io/kubernetes)
 # Built binaries are cached by tool and version under
 #   ${TALOS_CAPI_CACHE:-$HOME/.cache/talos-capi}/tools/<tool>-<version>/
@@ -160,6 +161,20 @@ case "$tool" in
       sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') || true
     [ -n "$dir" ] && [ -d "$dir/config/crd/bases" ] || die "no config/crd/bases for CABPT $CABPT_VERSION; set CABPT_CONFIG"
     echo "$dir/config" ;;
+  cacppt)
+    # Sidero's control plane provider (the peer we replace), for drop-in tests against the real one.
+    if [ -n "${CACPPT_BIN:-}" ]; then echo "$CACPPT_BIN"; exit 0; fi
+    out="$cache/cacppt-$CACPPT_VERSION/cacppt"
+    [ -x "$out" ] || go_build cacppt github.com/siderolabs/cluster-api-control-plane-provider-talos "$out" CACPPT_BIN
+    echo "$out" ;;
+  cacppt-config)
+    # CACPPT's config/ directory (its CRDs and webhook manifests), from the module cache.
+    if [ -n "${CACPPT_CONFIG:-}" ]; then echo "$CACPPT_CONFIG"; exit 0; fi
+    need_go CACPPT_CONFIG
+    dir=$(cd "$here/cacppt" && go mod download -json "github.com/siderolabs/cluster-api-control-plane-provider-talos@$CACPPT_VERSION" |
+      sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') || true
+    [ -n "$dir" ] && [ -d "$dir/config/crd/bases" ] || die "no config/crd/bases for CACPPT $CACPPT_VERSION; set CACPPT_CONFIG"
+    echo "$dir/config" ;;
   talosctl)
     if [ -n "${TALOSCTL_BIN:-}" ]; then echo "$TALOSCTL_BIN"; exit 0; fi
     out="$cache/talosctl-$TALOS_VERSION/talosctl"
@@ -195,5 +210,5 @@ PY
     fi
     echo "$out" ;;
   *)
-    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|helm|talosctl|hadolint|actionlint" ;;
+    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|cacppt|cacppt-config|helm|talosctl|hadolint|actionlint" ;;
 esac

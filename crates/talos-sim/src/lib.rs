@@ -9,11 +9,12 @@ mod files;
 mod node;
 mod service;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-pub use node::{Configured, Failures, NodeSpec, Phase, SimEvent, Stage, Timing};
+pub use node::{Calls, Configured, Failures, NodeSpec, Phase, SimEvent, Stage, Timing};
 use node::{Shared, lock, new_node, spawn_node};
 
 /// Errors starting a node.
@@ -45,6 +46,7 @@ impl Simulator {
                 requests: Default::default(),
                 new_node_failures: Default::default(),
                 lost_replies: Default::default(),
+                calls: Default::default(),
             }),
         }
     }
@@ -155,6 +157,12 @@ impl Simulator {
         self.shared
             .requests
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Talos API calls received so far by all nodes, by gRPC method path (e.g.
+    /// `/machine.MachineService/EtcdMemberList`), with how many were answered Unimplemented.
+    pub fn calls(&self) -> BTreeMap<String, Calls> {
+        lock(&self.shared.calls).clone()
     }
 
     /// Every membership change of a cluster's etcd, in order.

@@ -317,7 +317,8 @@ pub use talos_api::machine::machine_status_event::MachineStage as Stage;
 pub struct Node {
     pub spec: NodeSpec,
     state: Mutex<NodeState>,
-    /// MachineStatusEvents so far, and their live feed (MachineService.Events).
+    /// Events so far (MachineStatusEvents, SequenceEvents), and their live feed
+    /// (MachineService.Events).
     log: Mutex<Vec<talos_api::machine::Event>>,
     live: broadcast::Sender<talos_api::machine::Event>,
 }
@@ -337,12 +338,28 @@ impl Node {
                 unmet_conditions: Vec::new(),
             }),
         };
+        self.publish("MachineStatusEvent", status.encode_to_vec());
+    }
+
+    /// Record a SequenceEvent (machined's `boot`, say, starting or stopping), as machined
+    /// publishes one at each end of a sequence it runs.
+    pub fn sequence(&self, sequence: &str, action: talos_api::machine::sequence_event::Action) {
+        use prost::Message;
+        let event = talos_api::machine::SequenceEvent {
+            sequence: sequence.into(),
+            action: action as i32,
+        };
+        self.publish("SequenceEvent", event.encode_to_vec());
+    }
+
+    /// Append an event of machine message `kind` to the log and its live feed.
+    fn publish(&self, kind: &str, value: Vec<u8>) {
         let mut log = lock(&self.log);
         let event = talos_api::machine::Event {
             metadata: None,
             data: Some(prost_types::Any {
-                type_url: "talos/runtime/machine.MachineStatusEvent".into(),
-                value: status.encode_to_vec(),
+                type_url: format!("talos/runtime/machine.{kind}"),
+                value,
             }),
             id: format!("{:020}", log.len() + 1),
             actor_id: String::new(),
@@ -402,6 +419,18 @@ pub struct Shared {
     pub new_node_failures: Mutex<Failures>,
     /// Replies lost so far ([`Failures::lost_replies`]): node address and method.
     pub lost_replies: Mutex<Vec<(String, String)>>,
+    /// Calls that reached a node's endpoint, by gRPC method path.
+    pub calls: Mutex<BTreeMap<String, Calls>>,
+}
+
+/// The calls of one gRPC method that reached a node's endpoint (a call proxied to several
+/// nodes counts once): what a client asks of the Talos API, and what the simulator lacks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Calls {
+    pub received: u64,
+    /// Of those, the ones answered Unimplemented: a method (or service) the simulator does not
+    /// serve, or not in the node's current mode.
+    pub unimplemented: u64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -550,6 +579,13 @@ pub(crate) fn spawn_node(shared: Arc<Shared>, node: Arc<Node>) {
                 s.shutdown = Some(tx);
                 s.phase = phase;
             }
+            // A configured node has run machined's boot sequence by the time its API answers
+            // (CACPPT holds a scale-up while a node's boot sequence has started and not
+            // stopped); a node in maintenance mode waits for a configuration instead.
+            use talos_api::machine::sequence_event::Action;
+            if phase == Phase::Running {
+                node.sequence("boot", Action::Start);
+            }
             node.machine_status(
                 if phase == Phase::Running {
                     Stage::Running
@@ -558,6 +594,9 @@ pub(crate) fn spawn_node(shared: Arc<Shared>, node: Arc<Node>) {
                 },
                 true,
             );
+            if phase == Phase::Running {
+                node.sequence("boot", Action::Stop);
+            }
             crate::service::after_boot(&shared, &node);
             let version = node.state().version.clone();
             shared.emit(SimEvent::NodeUp {

@@ -111,6 +111,11 @@ where
     }
 
     fn call(&mut self, mut req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_owned();
+        lock(&self.shared.calls)
+            .entry(path.clone())
+            .or_default()
+            .received += 1;
         let method = req
             .uri()
             .path()
@@ -140,11 +145,21 @@ where
         // The clone that was made ready is the one to call; a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
         Box::pin(async move {
             if let Some(stall) = stall {
                 tokio::time::sleep(stall).await;
             }
             let response = ready.call(req).await?;
+            // An Unimplemented answer is trailers-only: its status is in the headers.
+            if response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                == Some((Code::Unimplemented as i32).to_string().as_str())
+            {
+                lock(&shared.calls).entry(path).or_default().unimplemented += 1;
+            }
             if !lose {
                 return Ok(response);
             }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use machineconfig::talosconfig::{self, ClientOptions};
 use machineconfig::{Contract, Input, MachineType, SecretsBundle};
 use talos_api::machine::apply_configuration_request::Mode;
-use talos_api::machine::machine_status_event::MachineStage;
 use talos_api::{Client, Error, NodeResult, Nodes};
 use talos_sim::{NodeSpec, Phase, SimEvent, Simulator, Timing, loopback_address};
 
@@ -51,6 +50,17 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 /// The Talos version tag in a node's Version reply.
 fn tag(reply: &NodeResult<talos_api::machine::Version>) -> &str {
     &reply.result.as_ref().unwrap().version.as_ref().unwrap().tag
+}
+
+/// A SequenceEvent as "<sequence> <action>", if the event is one.
+fn sequence(event: &talos_api::machine::Event) -> Option<String> {
+    use prost::Message;
+    let any = event.data.as_ref()?;
+    if !any.type_url.ends_with("machine.SequenceEvent") {
+        return None;
+    }
+    let e = talos_api::machine::SequenceEvent::decode(any.value.as_slice()).ok()?;
+    Some(format!("{} {:?}", e.sequence, e.action()))
 }
 
 /// Whether `node` reports its etcd service healthy.
@@ -102,6 +112,14 @@ async fn client_drives_the_simulator() {
         matches!(unavailable, Err(Error::Unimplemented(_))),
         "{unavailable:?}"
     );
+    // The simulator counts the calls it receives by method, and the ones it could not serve.
+    assert_eq!(
+        sim.calls().get("/machine.MachineService/Bootstrap"),
+        Some(&talos_sim::Calls {
+            received: 1,
+            unimplemented: 1
+        })
+    );
     // An invalid configuration is refused with the reason.
     let m = Client::maintenance(vec![nodes[0].clone()]);
     let bad = m
@@ -135,6 +153,11 @@ async fn client_drives_the_simulator() {
     .unwrap();
     let admin = Client::from_talosconfig(&admin_cfg.to_yaml().unwrap(), None).unwrap();
     let versions = admin.version(&Nodes::Many(nodes.clone())).await.unwrap();
+    let version_calls = sim.calls()["/machine.MachineService/Version"];
+    assert!(
+        version_calls.received >= 1 && version_calls.unimplemented == 0,
+        "{version_calls:?}"
+    );
     assert_eq!(versions.len(), 4);
     for v in &versions {
         assert!(nodes.contains(&v.node));
@@ -300,21 +323,26 @@ async fn client_drives_the_simulator() {
     })
     .await
     .expect("NodeDown, then NodeUp");
-    // The node's MachineStatusEvents record the reboot: REBOOTING, then RUNNING again.
+    // The node's events record the reboot: REBOOTING, then machined's boot sequence starting,
+    // RUNNING, and the boot sequence stopping (CACPPT waits for that stop before it scales up).
     let rebooted = Nodes::One(nodes[1].clone());
-    eventually("REBOOTING then RUNNING in the event log", async || {
-        let Ok(mut stream) = failover.events(&rebooted, -1).await else {
-            return false;
-        };
-        let mut stages = Vec::new();
-        while let Ok(Ok(Some(event))) =
-            tokio::time::timeout(Duration::from_millis(200), stream.message()).await
-        {
-            stages.extend(talos_api::machine_status(&event).map(|m| m.stage()));
-        }
-        let reboot = stages.iter().rposition(|s| *s == MachineStage::Rebooting);
-        reboot.is_some_and(|i| stages[i..].contains(&MachineStage::Running))
-    })
+    eventually(
+        "REBOOTING, boot START, RUNNING, boot STOP in the event log",
+        async || {
+            let Ok(mut stream) = failover.events(&rebooted, -1).await else {
+                return false;
+            };
+            let mut seen = Vec::new();
+            while let Ok(Ok(Some(event))) =
+                tokio::time::timeout(Duration::from_millis(200), stream.message()).await
+            {
+                seen.extend(talos_api::machine_status(&event).map(|m| format!("{:?}", m.stage())));
+                seen.extend(sequence(&event));
+            }
+            let reboot = seen.iter().rposition(|s| s == "Rebooting");
+            reboot.is_some_and(|i| seen[i + 1..] == ["boot Start", "Running", "boot Stop"])
+        },
+    )
     .await;
     failover
         .reset(&Nodes::One(nodes[3].clone()), true)

@@ -46,9 +46,14 @@ impl ClusterApiManager {
 
         let manager = retry_port_race(|| Self::start_once(cp, &binary, &dir)).await?;
         let client = cp.client().await?;
-        manager
-            .register_webhooks(&client, &config.join("webhook/manifests.yaml"), cp)
-            .await?;
+        register_webhooks(
+            &client,
+            &config.join("webhook/manifests.yaml"),
+            cp,
+            manager.webhook_port,
+            WEBHOOK_PREFIX,
+        )
+        .await?;
         manager
             .wire_conversion(&client, &config.join("crd/patches"), cp)
             .await?;
@@ -92,67 +97,6 @@ impl ClusterApiManager {
             },
         )
         .await
-    }
-
-    /// Register Cluster API's webhooks (config/webhook/manifests.yaml) with the API server,
-    /// pointing at this manager on loopback instead of at an in-cluster Service.
-    async fn register_webhooks(
-        &self,
-        client: &Client,
-        manifests: &Path,
-        cp: &LocalControlPlane,
-    ) -> Result<(), Error> {
-        let text = std::fs::read_to_string(manifests)
-            .map_err(Error::io(format!("reading {}", manifests.display())))?;
-        let ca_bundle = STANDARD.encode(cp.ca().cert_pem());
-        let params = PatchParams::apply("talos-capi-testkit").force();
-        let bad = |e: &dyn std::fmt::Display| Error::Manifest {
-            path: manifests.to_path_buf(),
-            message: e.to_string(),
-        };
-        // Parsed before the first await: the YAML deserializer is not Send.
-        let docs = serde_yaml_ng::Deserializer::from_str(&text)
-            .map(Value::deserialize)
-            .collect::<Result<Vec<Value>, _>>()
-            .map_err(|e| bad(&e))?;
-        for mut value in docs {
-            let kind = value["kind"].as_str().unwrap_or_default().to_owned();
-            let name = format!(
-                "{WEBHOOK_PREFIX}{}",
-                value["metadata"]["name"].as_str().unwrap_or_default()
-            );
-            value["metadata"] = json!({ "name": name });
-            if let Some(hooks) = value["webhooks"].as_array_mut() {
-                for hook in hooks {
-                    let path = hook["clientConfig"]["service"]["path"]
-                        .as_str()
-                        .unwrap_or("/")
-                        .to_owned();
-                    hook["clientConfig"] = json!({
-                        "url": format!("https://127.0.0.1:{}{path}", self.webhook_port),
-                        "caBundle": ca_bundle,
-                    });
-                }
-            }
-            match kind.as_str() {
-                "MutatingWebhookConfiguration" => {
-                    let obj: MutatingWebhookConfiguration =
-                        serde_json::from_value(value).map_err(|e| bad(&e))?;
-                    Api::<MutatingWebhookConfiguration>::all(client.clone())
-                        .patch(&name, &params, &Patch::Apply(&obj))
-                        .await?;
-                }
-                "ValidatingWebhookConfiguration" => {
-                    let obj: ValidatingWebhookConfiguration =
-                        serde_json::from_value(value).map_err(|e| bad(&e))?;
-                    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-                        .patch(&name, &params, &Patch::Apply(&obj))
-                        .await?;
-                }
-                _ => {}
-            }
-        }
-        Ok(())
     }
 
     /// Point the conversion of every CRD named in Cluster API's `crd/patches/webhook_in_*.yaml`
@@ -227,6 +171,69 @@ impl ClusterApiManager {
     pub fn webhook_port(&self) -> u16 {
         self.webhook_port
     }
+}
+
+/// Register a manager's webhooks (its config/webhook/manifests.yaml) with the API server,
+/// pointing at the manager on loopback port `port` instead of at an in-cluster Service, its
+/// configurations named with `prefix` (upstream providers all name theirs alike).
+pub(crate) async fn register_webhooks(
+    client: &Client,
+    manifests: &Path,
+    cp: &LocalControlPlane,
+    port: u16,
+    prefix: &str,
+) -> Result<(), Error> {
+    let text = std::fs::read_to_string(manifests)
+        .map_err(Error::io(format!("reading {}", manifests.display())))?;
+    let ca_bundle = STANDARD.encode(cp.ca().cert_pem());
+    let params = PatchParams::apply("talos-capi-testkit").force();
+    let bad = |e: &dyn std::fmt::Display| Error::Manifest {
+        path: manifests.to_path_buf(),
+        message: e.to_string(),
+    };
+    // Parsed before the first await: the YAML deserializer is not Send.
+    let docs = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(Value::deserialize)
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(|e| bad(&e))?;
+    for mut value in docs {
+        let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+        let name = format!(
+            "{prefix}{}",
+            value["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        value["metadata"] = json!({ "name": name });
+        if let Some(hooks) = value["webhooks"].as_array_mut() {
+            for hook in hooks {
+                let path = hook["clientConfig"]["service"]["path"]
+                    .as_str()
+                    .unwrap_or("/")
+                    .to_owned();
+                hook["clientConfig"] = json!({
+                    "url": format!("https://127.0.0.1:{}{path}", port),
+                    "caBundle": ca_bundle,
+                });
+            }
+        }
+        match kind.as_str() {
+            "MutatingWebhookConfiguration" => {
+                let obj: MutatingWebhookConfiguration =
+                    serde_json::from_value(value).map_err(|e| bad(&e))?;
+                Api::<MutatingWebhookConfiguration>::all(client.clone())
+                    .patch(&name, &params, &Patch::Apply(&obj))
+                    .await?;
+            }
+            "ValidatingWebhookConfiguration" => {
+                let obj: ValidatingWebhookConfiguration =
+                    serde_json::from_value(value).map_err(|e| bad(&e))?;
+                Api::<ValidatingWebhookConfiguration>::all(client.clone())
+                    .patch(&name, &params, &Patch::Apply(&obj))
+                    .await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A minimal HTTP/1.0 GET on loopback; true on a 200 answer.

@@ -1,5 +1,6 @@
 //! The real Go providers we replace, run against a [`LocalControlPlane`] as test and benchmark
-//! peers. Only CABPT (the bootstrap provider) builds from the Go module proxy here.
+//! peers: CABPT (the bootstrap provider) and CACPPT (the control plane provider), each built from
+//! its Go module.
 
 use std::time::Duration;
 
@@ -8,38 +9,67 @@ use crate::tools::{Tool, locate};
 use crate::{Error, LocalControlPlane, poll_until};
 
 /// CABPT's manager, reconciling only objects labelled `cluster.x-k8s.io/watch-filter=<filter>`
-/// (so that it shares a control plane with other tests).
+/// (so that it shares a control plane with other tests); an empty filter reconciles every
+/// object (CACPPT's TalosConfigs carry no such label).
 pub async fn start_cabpt(
     cp: &LocalControlPlane,
     watch_filter: &str,
 ) -> Result<ManagedProcess, Error> {
-    let binary = locate(Tool::Cabpt)?;
+    start_peer(cp, Tool::Cabpt, &[format!("--watch-filter={watch_filter}")])
+        .await
+        .map(|(process, _)| process)
+}
+
+/// CACPPT's manager, with its webhooks (config/webhook/manifests.yaml: TalosControlPlane
+/// defaulting, which fills in the infrastructure template's namespace, and validation)
+/// registered with the API server as a real installation has them. It has no watch filter: it
+/// reconciles every TalosControlPlane the control plane serves, so it needs a control plane of
+/// its own, with no other TalosControlPlane controller (nor CRDs but CACPPT's).
+pub async fn start_cacppt(cp: &LocalControlPlane) -> Result<ManagedProcess, Error> {
+    let (process, webhook) = start_peer(cp, Tool::Cacppt, &[]).await?;
+    let manifests = locate(Tool::CacpptConfig)?.join("webhook/manifests.yaml");
+    let client = cp.client().await?;
+    crate::capi::register_webhooks(&client, &manifests, cp, webhook, "cacppt-").await?;
+    Ok(process)
+}
+
+/// A Go provider's manager on loopback-only ports, ready once its /readyz answers (which
+/// includes its webhook server); with the port of that webhook server.
+async fn start_peer(
+    cp: &LocalControlPlane,
+    tool: Tool,
+    extra: &[String],
+) -> Result<(ManagedProcess, u16), Error> {
+    let name = tool.name();
+    let binary = locate(tool)?;
     let health = free_port()?;
     let diagnostics = free_port()?;
     let webhook = free_port()?;
-    // CABPT always starts its webhook server (which needs a certificate); its webhooks are not
-    // registered with the API server: only its reconcilers are compared.
-    let dir = cp.dir().join(format!("cabpt-{webhook}"));
+    // The manager always starts its webhook server (which needs a certificate); its webhooks
+    // are not registered with the API server: only its reconcilers run.
+    let dir = cp.dir().join(format!("{name}-{webhook}"));
     std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
     let serving = cp
         .ca()
-        .serving("cabpt-webhook", &["127.0.0.1", "localhost"])?;
+        .serving(&format!("{name}-webhook"), &["127.0.0.1", "localhost"])?;
     std::fs::write(dir.join("tls.crt"), &serving.cert_pem)
         .and_then(|()| std::fs::write(dir.join("tls.key"), &serving.key_pem))
-        .map_err(Error::io("writing CABPT's webhook serving certificate"))?;
-    let args = vec![
+        .map_err(Error::io(format!(
+            "writing {name}'s webhook serving certificate"
+        )))?;
+    let mut args = vec![
         format!("--kubeconfig={}", cp.kubeconfig_path().display()),
         format!("--webhook-port={webhook}"),
         format!("--webhook-cert-dir={}", dir.display()),
         format!("--health-addr=127.0.0.1:{health}"),
         format!("--diagnostics-address=127.0.0.1:{diagnostics}"),
         "--insecure-diagnostics".into(),
-        format!("--watch-filter={watch_filter}"),
     ];
-    let log = cp.dir().join(format!("cabpt-{health}.log"));
-    let process = ManagedProcess::spawn("cabpt", &binary, &args, &log, None)?;
+    args.extend_from_slice(extra);
+    let log = cp.dir().join(format!("{name}-{health}.log"));
+    let process = ManagedProcess::spawn(name, &binary, &args, &log, None)?;
     poll_until(
-        "CABPT /readyz",
+        &format!("{name} /readyz"),
         Duration::from_secs(60),
         Duration::from_millis(100),
         || async {
@@ -50,5 +80,5 @@ pub async fn start_cabpt(
         },
     )
     .await?;
-    Ok(process)
+    Ok((process, webhook))
 }

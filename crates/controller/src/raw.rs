@@ -230,6 +230,13 @@ async fn step(api: &Api<RawObject>, config: &watcher::Config, state: State) -> (
         }
         State::Listed(version) => match api.watch(&watch_params(config), &version).await {
             Ok(stream) => (Vec::new(), State::Watching(version, stream.boxed())),
+            // The version has expired: list again.
+            Err(kube::Error::Api(status)) if status.code == 410 => (
+                vec![Err(watcher::Error::WatchStartFailed(kube::Error::Api(
+                    status,
+                )))],
+                State::Listing(None),
+            ),
             Err(e) => (
                 vec![Err(watcher::Error::WatchStartFailed(e))],
                 State::Listed(version),
@@ -381,5 +388,42 @@ mod tests {
         let meta = object.metadata_only();
         assert_eq!(meta.metadata.name.as_deref(), Some("d"));
         assert_eq!(meta.data, serde_json::json!({}));
+    }
+
+    fn after(event: WatchEvent<RawObject>) -> (usize, String) {
+        let (events, next) = watched(event, "5".into(), futures::stream::empty().boxed());
+        let next = match next {
+            State::Listing(None) => "list".to_owned(),
+            State::Listing(Some(_)) => "next page".to_owned(),
+            State::Listed(v) => format!("watch from {v}"),
+            State::Watching(v, _) => format!("watching at {v}"),
+        };
+        (events.len(), next)
+    }
+
+    fn status(code: u16) -> Box<kube::core::Status> {
+        Box::new(kube::core::Status {
+            code,
+            ..kube::core::Status::default()
+        })
+    }
+
+    #[test]
+    fn an_expired_watch_lists_again_other_errors_watch_again_from_where_they_were() {
+        let object: RawObject = serde_json::from_str(&deep("o", 1)).expect("read");
+        assert_eq!(
+            after(WatchEvent::Modified(object.clone())),
+            (1, "watching at 7".into()),
+            "follows the object's resource version"
+        );
+        assert_eq!(
+            after(WatchEvent::Deleted(object)),
+            (1, "watching at 7".into())
+        );
+        assert_eq!(after(WatchEvent::Error(status(410))), (1, "list".into()));
+        assert_eq!(
+            after(WatchEvent::Error(status(500))),
+            (1, "watch from 5".into())
+        );
     }
 }

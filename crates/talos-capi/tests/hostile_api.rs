@@ -226,6 +226,7 @@ async fn objects_nested_past_the_decoder_limit_are_reported_on_themselves_and_bl
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     m.process.check_running().unwrap();
     let peak = m.peak_rss();
+    eprintln!("the manager's peak RSS: {} MiB", peak >> 20);
     assert!(peak < 128 << 20, "peak RSS {} MiB", peak >> 20);
     // Named in the log, never by content.
     let log = m.log();

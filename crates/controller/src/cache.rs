@@ -4,10 +4,11 @@
 //! event into its store before it hands the event to subscribers, a reconcile triggered by a
 //! change always reads that change (never an older copy from a second, slower watch).
 //!
-//! Machines and Clusters are watched as dynamic objects and decoded once, as they arrive, into
-//! their typed form (a third of the memory of the JSON form, and no decode per read). One that
-//! does not decode is kept as its metadata with the decoding error, so it costs only the
-//! reconciles that read it, never the whole watch.
+//! Machines and Clusters are watched item by item ([`crate::raw`]) and decoded once, as they
+//! arrive, into their typed form (a third of the memory of the JSON form, and no decode per
+//! read). One that does not decode (a field nested past serde_json's limit, a value of the wrong
+//! type) is kept as its metadata with the decoding error, so it costs only the reconciles that
+//! read it, never the whole watch.
 
 use std::sync::{Arc, Mutex};
 

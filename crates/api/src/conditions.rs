@@ -56,6 +56,10 @@ pub enum ConditionType {
     /// TalosControlPlane: mirrored by Cluster API to Cluster ControlPlaneAvailable.
     Available,
     Initialized,
+    /// TalosControlPlane, CACPPT's v1alpha3 condition beside `status.bootstrapped`: etcd is
+    /// bootstrapped. CACPPT sets it only while it bootstraps etcd itself, so a control plane it
+    /// takes back would never be Ready without it.
+    MachinesBootstrapped,
     CertificatesAvailable,
     EtcdClusterHealthy,
     ControlPlaneComponentsHealthy,
@@ -84,6 +88,7 @@ impl ConditionType {
             ConditionType::ConfigUpToDate => "ConfigUpToDate",
             ConditionType::Available => "Available",
             ConditionType::Initialized => "Initialized",
+            ConditionType::MachinesBootstrapped => "MachinesBootstrapped",
             ConditionType::CertificatesAvailable => "CertificatesAvailable",
             ConditionType::EtcdClusterHealthy => "EtcdClusterHealthy",
             ConditionType::ControlPlaneComponentsHealthy => "ControlPlaneComponentsHealthy",
@@ -195,6 +200,9 @@ pub mod reason {
     // TalosControlPlane.
     pub const INITIALIZED: &str = "Initialized";
     pub const NOT_INITIALIZED: &str = "NotInitialized";
+    pub const BOOTSTRAPPED: &str = "Bootstrapped";
+    /// CACPPT's reason for MachinesBootstrapped False.
+    pub const WAITING_FOR_MACHINES: &str = "WaitingForMachines";
     pub const HEALTHY: &str = "Healthy";
     pub const NOT_HEALTHY: &str = "NotHealthy";
     pub const HEALTH_UNKNOWN: &str = "HealthUnknown";

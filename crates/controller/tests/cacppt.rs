@@ -5,8 +5,13 @@
 //! itself) and rolls it to a new Kubernetes version; every assertion about etcd reads the
 //! simulator's own etcd.
 //!
-//! CACPPT has no watch filter, so this test runs on a control plane of its own, with no
-//! TalosControlPlane controller of ours beside it.
+//! Then the handovers of docs/migration.md, both ways, with the real peers: a cluster CACPPT
+//! brought up is taken over by talos-capi (no machine created or deleted, etcd and every booted
+//! machine's bootstrap data untouched, Available under us within a minute, then rolled by us),
+//! and one we brought up is taken back by CACPPT and CABPT, which roll it.
+//!
+//! CACPPT has no watch filter, so each test runs on a control plane of its own, with no
+//! TalosControlPlane controller of ours beside CACPPT.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
 
 mod common;
@@ -14,11 +19,14 @@ mod common;
 use std::time::Duration;
 
 use common::sim_infra;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use talos_sim::Simulator;
 use talos_sim::etcd::Op;
+use testkit::process::ManagedProcess;
 use testkit::tools::{Tool, locate};
 
 /// CACPPT requeues every 10 to 20 seconds while it waits (for node refs, for etcd health), so
@@ -29,10 +37,7 @@ const NAME: &str = "peer";
 
 /// The CRDs of `tool`'s config directory, with the contract labels their kustomization adds
 /// (`config/crd/kustomization.yaml`'s commonLabels): what a `clusterctl init` of them installs.
-fn peer_crds(
-    tool: Tool,
-) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
-{
+fn peer_crds(tool: Tool) -> Vec<CustomResourceDefinition> {
     let dir = locate(tool).unwrap().join("crd/bases");
     let mut crds = testkit::crds_from_dir(&dir).unwrap();
     for crd in &mut crds {
@@ -68,9 +73,21 @@ async fn eventually<T>(
     ns: &str,
     logs: &[&std::path::Path],
     what: &str,
+    check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    eventually_within(client, ns, logs, DEADLINE, what, check).await
+}
+
+/// [`eventually`] with a deadline of `within`.
+async fn eventually_within<T>(
+    client: &kube::Client,
+    ns: &str,
+    logs: &[&std::path::Path],
+    within: Duration,
+    what: &str,
     mut check: impl AsyncFnMut() -> Option<T>,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Some(v) = check().await {
             return v;
@@ -94,7 +111,7 @@ async fn eventually<T>(
                 .map(|log| format!("{}:\n{}", log.display(), testkit::process::tail(log, 40)))
                 .collect();
             panic!(
-                "{what}: not reached in {DEADLINE:?}\nmachines: {names:#?}\nTalosControlPlane status: {}\n{}",
+                "{what}: not reached in {within:?}\nmachines: {names:#?}\nTalosControlPlane status: {}\n{}",
                 serde_json::to_string_pretty(&tcp.map(|t| t.data["status"].clone()))
                     .unwrap_or_default(),
                 tails.join("\n")
@@ -156,34 +173,303 @@ async fn settled(
     .await
 }
 
+/// CABPT's and CACPPT's CRDs, as their `clusterctl init` installs them.
+fn peers_crds() -> Vec<CustomResourceDefinition> {
+    let mut crds = peer_crds(Tool::CabptConfig);
+    crds.extend(peer_crds(Tool::CacpptConfig));
+    crds
+}
+
+/// A control plane of its own with the Cluster API core and `crds`, a namespace, and simulated
+/// nodes with real workload API servers where they register their Nodes (CACPPT reads them
+/// through the kubeconfig it writes, and Cluster API sets the node refs from them).
+struct Bed {
+    infra: sim_infra::SimInfra,
+    client: kube::Client,
+    ns: String,
+    cp: testkit::LocalControlPlane,
+}
+
+impl Bed {
+    async fn start(name: &str, crds: &[CustomResourceDefinition]) -> Self {
+        let cp = testkit::LocalControlPlane::builder()
+            .name(name)
+            .cluster_api()
+            .start()
+            .await
+            .unwrap();
+        let client = cp.client().await.unwrap();
+        testkit::install_crds(&client, crds).await.unwrap();
+        let ns = testkit::unique_namespace(&client, name).await.unwrap();
+        let infra = sim_infra::start_with_workloads_in(&client, &ns, &["a", "b", "c"], cp.etcd());
+        Self {
+            infra,
+            client,
+            ns,
+            cp,
+        }
+    }
+
+    /// The Cluster and its three-machine TalosControlPlane [`NAME`] at v1.35.0.
+    async fn cluster(&self) {
+        let port = testkit::process::free_port().unwrap();
+        sim_infra::control_plane_cluster(&self.client, &self.ns, NAME, 3, ("127.0.0.1", port))
+            .await
+            .unwrap();
+    }
+}
+
+/// The real CABPT (with no watch filter: CACPPT's TalosConfigs carry no such label) and the
+/// real CACPPT, each with its webhooks registered.
+async fn start_peers(cp: &testkit::LocalControlPlane) -> (ManagedProcess, ManagedProcess) {
+    let cabpt = testkit::peers::start_cabpt_with_webhooks(cp).await.unwrap();
+    let cacppt = testkit::peers::start_cacppt(cp).await.unwrap();
+    (cabpt, cacppt)
+}
+
+/// What a handover must leave as it is: the control-plane machines, the bootstrap data each
+/// was booted with, how often each node booted, and etcd's membership history.
+#[derive(Debug, PartialEq)]
+struct Untouched {
+    machines: Vec<String>,
+    bootstrap_data: Vec<(String, Option<String>)>,
+    boots: Vec<u64>,
+    etcd_changes: usize,
+}
+
+impl Untouched {
+    async fn read(bed: &Bed) -> Self {
+        let secrets = Api::<Secret>::namespaced(bed.client.clone(), &bed.ns);
+        let mut machines = machines(&bed.client, &bed.ns).await;
+        machines.sort_by_key(ResourceExt::name_any);
+        let mut bootstrap_data = Vec::new();
+        let mut boots = Vec::new();
+        for m in &machines {
+            let data = m.data["spec"]["bootstrap"]["dataSecretName"]
+                .as_str()
+                .expect("a booted machine has its bootstrap data");
+            let version = secrets.get(data).await.unwrap().resource_version();
+            bootstrap_data.push((data.to_owned(), version));
+            let address = m.data["status"]["addresses"][0]["address"]
+                .as_str()
+                .expect("a booted machine has an address");
+            boots.push(bed.infra.sim.running(address).map_or(0, |(n, _)| n));
+        }
+        let id = sim_infra::cluster_id(&bed.client, &bed.ns, NAME)
+            .await
+            .unwrap();
+        Self {
+            machines: machines.iter().map(ResourceExt::name_any).collect(),
+            bootstrap_data,
+            boots,
+            etcd_changes: bed.infra.sim.etcd_history(&id).len(),
+        }
+    }
+}
+
+/// Wait until talos-capi manages the control plane: our own conditions (`EtcdClusterHealthy`,
+/// not CACPPT's `EtcdClusterHealthyCondition`), Available, every machine up to date with our
+/// pre-terminate hook, `n` machines at `version` with nodes, and `n` voting etcd members.
+async fn ours_settled(bed: &Bed, deadline: Duration, version: &str) -> Vec<String> {
+    let (client, ns) = (&bed.client, bed.ns.as_str());
+    let hook = controller::controlplane::machines::cleanup_hook();
+    eventually_within(
+        client,
+        ns,
+        &[],
+        deadline,
+        &format!("talos-capi reports 3 machines at {version}, Available"),
+        async || {
+            let tcp = tcp_api(client, ns).get(NAME).await.ok()?;
+            let status = &tcp.data["status"];
+            let ours = ["EtcdClusterHealthy", "Available", "MachinesUpToDate"]
+                .iter()
+                .all(|t| condition(status, t).is_some_and(|c| c["status"] == "True"));
+            let machines = machines(client, ns).await;
+            let managed = machines.len() == 3
+                && machines.iter().all(|m| {
+                    m.annotations().contains_key(&hook)
+                        && m.data["spec"]["version"] == version
+                        && m.data["status"]["nodeRef"].is_object()
+                });
+            if !(ours && managed && status["readyReplicas"] == 3) {
+                return None;
+            }
+            let id = sim_infra::cluster_id(client, ns, NAME).await?;
+            let members = bed.infra.sim.etcd_members(&id);
+            (members.len() == 3 && members.iter().all(|(_, _, learner)| !learner))
+                .then(|| machines.iter().map(ResourceExt::name_any).collect())
+        },
+    )
+    .await
+}
+
+/// Bump the Kubernetes version of the TalosControlPlane.
+async fn upgrade(bed: &Bed, version: &str) {
+    tcp_api(&bed.client, &bed.ns)
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"version": version}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Etcd was bootstrapped once and no member removal lost quorum.
+fn assert_etcd_kept(bed: &Bed, id: &str) {
+    let history = bed.infra.sim.etcd_history(id);
+    assert_eq!(
+        history.iter().filter(|c| c.op == Op::Bootstrap).count(),
+        1,
+        "etcd bootstrapped exactly once: {history:?}"
+    );
+    assert!(
+        history
+            .iter()
+            .filter(|c| c.op == Op::Remove)
+            .all(|c| c.quorum_after != Some(false)),
+        "a removal lost quorum: {history:?}"
+    );
+}
+
+/// docs/migration.md, CACPPT to talos-capi, on a cluster the real CACPPT and CABPT brought up.
+/// Step 1 stops them; their webhook configurations stay behind with nothing serving them, so
+/// the API server refuses every write of a TalosControlPlane (a user's version bump too) and of
+/// a TalosConfig (ours, for each new machine) until they are deleted: the procedure deletes
+/// them in step 1. Then our CRDs and our controller:
+/// no machine is created or deleted, no node boots again, etcd membership and every booted
+/// machine's bootstrap data stay as they are, the control plane is Available under us within a
+/// minute, and we roll a Kubernetes upgrade.
+#[tokio::test]
+async fn a_cluster_cacppt_brought_up_is_taken_over_untouched_and_rolled_by_us() {
+    let bed = Bed::start("to-ours", &peers_crds()).await;
+    let (client, ns) = (&bed.client, bed.ns.as_str());
+    let (cabpt, cacppt) = start_peers(&bed.cp).await;
+    bed.cluster().await;
+    let logs = [cacppt.log_path(), cabpt.log_path()];
+    let first = settled(client, ns, &logs, &bed.infra.sim, 3, "v1.35.0").await;
+    let before = Untouched::read(&bed).await;
+    assert_eq!(before.machines.len(), 3);
+
+    // Step 1: the Sidero providers stop.
+    drop((cabpt, cacppt));
+    let config = machines(client, ns).await[0].data["spec"]["bootstrap"]["configRef"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let configs = testkit::dynamic_api(
+        client,
+        ns,
+        "bootstrap.cluster.x-k8s.io/v1alpha3",
+        "TalosConfig",
+    );
+    let writes = [(tcp_api(client, ns), NAME), (configs, config.as_str())];
+    let edit = Patch::Merge(json!({"metadata": {"labels": {"example.com/edited": "yes"}}}));
+    let dry_run = PatchParams::default().dry_run();
+    for (api, name) in &writes {
+        let refused = api
+            .patch(name, &dry_run, &edit)
+            .await
+            .expect_err("the peer's webhooks, left with nothing behind them, refuse the write");
+        assert!(refused.to_string().contains("webhook"), "{name}: {refused}");
+    }
+    for prefix in ["cabpt-", "cacppt-"] {
+        testkit::peers::delete_webhooks(client, prefix)
+            .await
+            .unwrap();
+    }
+    for (api, name) in &writes {
+        api.patch(name, &dry_run, &edit)
+            .await
+            .expect("with the webhooks deleted, the object is writable");
+    }
+
+    // Step 2: our CRDs replace theirs, and our controller starts.
+    testkit::install_crds(client, &api::all_crds())
+        .await
+        .unwrap();
+    let _ours = common::start_controller(client, ns);
+    let adopted = ours_settled(&bed, Duration::from_secs(60), "v1.35.0").await;
+    let mut sorted = first.clone();
+    sorted.sort();
+    assert_eq!(before.machines, sorted);
+    assert_eq!(
+        Untouched::read(&bed).await,
+        before,
+        "the handover touched nothing"
+    );
+    assert_eq!(adopted.len(), 3);
+
+    // A rolling upgrade under us replaces every machine.
+    upgrade(&bed, "v1.35.1").await;
+    let rolled = ours_settled(&bed, DEADLINE, "v1.35.1").await;
+    assert!(
+        rolled.iter().all(|m| !first.contains(m)),
+        "every machine replaced: {first:?} -> {rolled:?}"
+    );
+    let id = sim_infra::cluster_id(client, ns, NAME).await.unwrap();
+    assert_etcd_kept(&bed, &id);
+}
+
+/// docs/migration.md in reverse: a cluster talos-capi brought up is taken back by the real
+/// CACPPT and CABPT. Our controller stops and our pre-terminate hook comes off the machines
+/// (CACPPT does not know it, and Cluster API would hold a machine CACPPT deletes on it forever);
+/// their CRDs and webhooks go back. CACPPT reports the control plane ready with no machine
+/// created or deleted, nothing booted again and etcd untouched, then rolls it.
+#[tokio::test]
+async fn a_cluster_we_brought_up_is_taken_back_untouched_by_cacppt_and_rolled_by_it() {
+    let bed = Bed::start("to-peers", &api::all_crds()).await;
+    let (client, ns) = (&bed.client, bed.ns.as_str());
+    let ours = common::start_controller(client, ns);
+    bed.cluster().await;
+    let first = ours_settled(&bed, DEADLINE, "v1.35.0").await;
+    let before = Untouched::read(&bed).await;
+    drop(ours);
+
+    let hook = controller::controlplane::machines::cleanup_hook();
+    let machine_api = testkit::dynamic_api(client, ns, "cluster.x-k8s.io/v1beta2", "Machine");
+    for name in &before.machines {
+        machine_api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {&hook: null}}})),
+            )
+            .await
+            .unwrap();
+    }
+    testkit::install_crds(client, &peers_crds()).await.unwrap();
+    let (cabpt, cacppt) = start_peers(&bed.cp).await;
+    let logs = [cacppt.log_path(), cabpt.log_path()];
+    settled(client, ns, &logs, &bed.infra.sim, 3, "v1.35.0").await;
+    assert_eq!(
+        Untouched::read(&bed).await,
+        before,
+        "the handover touched nothing"
+    );
+
+    upgrade(&bed, "v1.35.1").await;
+    let rolled = settled(client, ns, &logs, &bed.infra.sim, 3, "v1.35.1").await;
+    assert!(
+        rolled.iter().all(|m| !first.contains(m)),
+        "every machine replaced by CACPPT: {first:?} -> {rolled:?}"
+    );
+    let id = sim_infra::cluster_id(client, ns, NAME).await.unwrap();
+    assert_etcd_kept(&bed, &id);
+}
+
 #[tokio::test]
 async fn real_cacppt_and_cabpt_bring_up_three_nodes_and_roll_a_kubernetes_upgrade() {
     let started = std::time::Instant::now();
-    let cp = testkit::LocalControlPlane::builder()
-        .name("cacppt")
-        .cluster_api()
-        .start()
-        .await
-        .unwrap();
-    let client = cp.client().await.unwrap();
-    let mut crds = peer_crds(Tool::CabptConfig);
-    crds.extend(peer_crds(Tool::CacpptConfig));
-    testkit::install_crds(&client, &crds).await.unwrap();
-    let ns = testkit::unique_namespace(&client, "cacppt").await.unwrap();
-    // CACPPT's TalosConfigs carry no watch-filter label: CABPT reconciles them all.
-    let cabpt = testkit::peers::start_cabpt(&cp, "").await.unwrap();
-    let cacppt = testkit::peers::start_cacppt(&cp).await.unwrap();
-    // Simulated nodes, and a real workload API server where they register their Nodes (CACPPT
-    // reads them through the kubeconfig it writes, and Cluster API sets the node refs from them).
-    let infra = sim_infra::start_with_workloads_in(&client, &ns, &["a", "b", "c"], cp.etcd());
-    let port = testkit::process::free_port().unwrap();
-    sim_infra::control_plane_cluster(&client, &ns, NAME, 3, ("127.0.0.1", port))
-        .await
-        .unwrap();
+    let bed = Bed::start("cacppt", &peers_crds()).await;
+    let (client, ns, infra) = (&bed.client, &bed.ns, &bed.infra);
+    let (cabpt, cacppt) = start_peers(&bed.cp).await;
+    bed.cluster().await;
 
     let logs = [cacppt.log_path(), cabpt.log_path()];
-    let first = settled(&client, &ns, &logs, &infra.sim, 3, "v1.35.0").await;
-    let id = sim_infra::cluster_id(&client, &ns, NAME).await.unwrap();
+    let first = settled(client, ns, &logs, &infra.sim, 3, "v1.35.0").await;
+    let id = sim_infra::cluster_id(client, ns, NAME).await.unwrap();
     let history = infra.sim.etcd_history(&id);
     assert_eq!(
         history.iter().filter(|c| c.op == Op::Bootstrap).count(),
@@ -195,7 +481,7 @@ async fn real_cacppt_and_cabpt_bring_up_three_nodes_and_roll_a_kubernetes_upgrad
     // A Kubernetes upgrade: CACPPT replaces each machine (surge one, then remove the oldest,
     // which leaves etcd from itself).
     let upgrade = std::time::Instant::now();
-    tcp_api(&client, &ns)
+    tcp_api(client, ns)
         .patch(
             NAME,
             &PatchParams::default(),
@@ -203,7 +489,7 @@ async fn real_cacppt_and_cabpt_bring_up_three_nodes_and_roll_a_kubernetes_upgrad
         )
         .await
         .unwrap();
-    let second = settled(&client, &ns, &logs, &infra.sim, 3, "v1.35.1").await;
+    let second = settled(client, ns, &logs, &infra.sim, 3, "v1.35.1").await;
     assert!(
         second.iter().all(|m| !first.contains(m)),
         "every machine replaced: {first:?} -> {second:?}"
@@ -225,8 +511,8 @@ async fn real_cacppt_and_cabpt_bring_up_three_nodes_and_roll_a_kubernetes_upgrad
             "a removal lost quorum: {history:?}"
         );
         eventually(
-            &client,
-            &ns,
+            client,
+            ns,
             &logs,
             "the removed member's node terminated",
             async || (!infra.sim.nodes().contains(&change.node)).then_some(()),

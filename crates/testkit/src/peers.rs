@@ -4,6 +4,12 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams};
+
 use crate::process::{ManagedProcess, free_port};
 use crate::tools::{Tool, locate};
 use crate::{Error, LocalControlPlane, poll_until};
@@ -20,17 +26,65 @@ pub async fn start_cabpt(
         .map(|(process, _)| process)
 }
 
+/// CABPT's manager reconciling every TalosConfig, with its webhooks
+/// (config/webhook/manifests.yaml: TalosConfig validation) registered with the API server as a
+/// real installation has them. Only for a control plane of the test's own: when CABPT stops,
+/// its webhooks (`failurePolicy: Fail`) refuse every TalosConfig write until deleted.
+pub async fn start_cabpt_with_webhooks(cp: &LocalControlPlane) -> Result<ManagedProcess, Error> {
+    start_with_webhooks(cp, Tool::Cabpt, Tool::CabptConfig, "cabpt-").await
+}
+
 /// CACPPT's manager, with its webhooks (config/webhook/manifests.yaml: TalosControlPlane
 /// defaulting, which fills in the infrastructure template's namespace, and validation)
 /// registered with the API server as a real installation has them. It has no watch filter: it
 /// reconciles every TalosControlPlane the control plane serves, so it needs a control plane of
 /// its own, with no other TalosControlPlane controller (nor CRDs but CACPPT's).
 pub async fn start_cacppt(cp: &LocalControlPlane) -> Result<ManagedProcess, Error> {
-    let (process, webhook) = start_peer(cp, Tool::Cacppt, &[]).await?;
-    let manifests = locate(Tool::CacpptConfig)?.join("webhook/manifests.yaml");
+    start_with_webhooks(cp, Tool::Cacppt, Tool::CacpptConfig, "cacppt-").await
+}
+
+/// `tool`'s manager with the webhooks of `config`'s manifests registered under `prefix` (the
+/// name prefix of the provider's clusterctl installation).
+async fn start_with_webhooks(
+    cp: &LocalControlPlane,
+    tool: Tool,
+    config: Tool,
+    prefix: &str,
+) -> Result<ManagedProcess, Error> {
+    let (process, webhook) = start_peer(cp, tool, &[]).await?;
+    let manifests = locate(config)?.join("webhook/manifests.yaml");
     let client = cp.client().await?;
-    crate::capi::register_webhooks(&client, &manifests, cp, webhook, "cacppt-").await?;
+    crate::capi::register_webhooks(&client, &manifests, cp, webhook, prefix).await?;
     Ok(process)
+}
+
+/// Delete the webhook configurations whose names start with `prefix` (a provider's, as its
+/// clusterctl installation names them: `cacppt-`, `cabpt-`), as a migration does when it stops
+/// that provider.
+pub async fn delete_webhooks(client: &kube::Client, prefix: &str) -> Result<(), Error> {
+    delete_prefixed(
+        Api::<MutatingWebhookConfiguration>::all(client.clone()),
+        prefix,
+    )
+    .await?;
+    delete_prefixed(
+        Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+        prefix,
+    )
+    .await
+}
+
+async fn delete_prefixed<K>(api: Api<K>, prefix: &str) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for object in api.list(&ListParams::default()).await?.items {
+        let name = object.name_any();
+        if name.starts_with(prefix) {
+            api.delete(&name, &DeleteParams::default()).await?;
+        }
+    }
+    Ok(())
 }
 
 /// A Go provider's manager on loopback-only ports, ready once its /readyz answers (which

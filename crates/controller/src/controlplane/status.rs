@@ -237,6 +237,26 @@ fn list(names: &[String]) -> String {
     out
 }
 
+/// CACPPT's MachinesBootstrapped, with `status.bootstrapped`: what CACPPT needs to find when
+/// it takes a control plane back (it sets the condition only while bootstrapping etcd itself).
+fn machines_bootstrapped(r: &Report) -> Observation {
+    if r.bootstrapped {
+        Observation::new(
+            ConditionType::MachinesBootstrapped,
+            Status::True,
+            reason::BOOTSTRAPPED,
+        )
+        .message("etcd is bootstrapped")
+    } else {
+        Observation::new(
+            ConditionType::MachinesBootstrapped,
+            Status::False,
+            reason::WAITING_FOR_MACHINES,
+        )
+        .message("etcd is not bootstrapped yet")
+    }
+}
+
 /// etcd's health: every machine a healthy voting member and no member without a machine.
 fn etcd_health(r: &Report) -> Observation {
     let obs = |status, why: &'static str| {
@@ -429,6 +449,7 @@ pub fn status(
         )
         .message(why)
     });
+    set(machines_bootstrapped(r));
     set(etcd_health(r));
     let sick: Vec<String> = r
         .view
@@ -683,6 +704,29 @@ mod tests {
         assert_eq!(cond(&s, ConditionType::ScalingUp).status, "False");
         assert_eq!((s.replicas, s.ready_replicas), (Some(3), Some(3)));
         assert_eq!(s.version.as_deref(), Some("v1.33.1"));
+    }
+
+    /// CACPPT, taking a control plane back, finds `status.bootstrapped` and does not bootstrap
+    /// again, but it sets MachinesBootstrapped only while bootstrapping: without ours its Ready
+    /// stays False for ever.
+    #[test]
+    fn bootstrapped_comes_with_cacppts_machines_bootstrapped_condition() {
+        let now = Time(Timestamp::UNIX_EPOCH);
+        let mut r = report(&[true, true, true]);
+        let s = status(&TalosControlPlaneStatus::default(), &r, Some(1), &now);
+        assert_eq!(s.bootstrapped, Some(true));
+        let c = cond(&s, ConditionType::MachinesBootstrapped);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "Bootstrapped")
+        );
+        r.bootstrapped = false;
+        let s = status(&TalosControlPlaneStatus::default(), &r, Some(1), &now);
+        let c = cond(&s, ConditionType::MachinesBootstrapped);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "WaitingForMachines")
+        );
     }
 
     #[test]

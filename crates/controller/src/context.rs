@@ -488,6 +488,11 @@ impl Context {
             // labelled for its cluster, or not owned by it).
             tracing::info!(controller, object = %key, error = %error, "checking the Secret again later");
             Action::requeue(SECRET_RECHECK)
+        } else if matches!(error, Error::Decode { .. }) {
+            // Warned about once per object and generation where it was found
+            // (`cache::warn_undecodable`); every reconcile of it ends here.
+            tracing::debug!(controller, object = %key, error = %error, "cannot be read; waiting for a change");
+            Action::await_change()
         } else {
             tracing::info!(controller, object = %key, error = %error, "waiting for a change");
             Action::await_change()

@@ -194,6 +194,10 @@ pub struct Context {
     /// When the client certificate of each `<cluster>-kubeconfig` expires, read once per
     /// change of the Secret.
     pub(crate) kubeconfig_expiry: Parsed<time::OffsetDateTime>,
+    /// What the value of each bootstrap data Secret whose bytes differ from its render means
+    /// (`bootstrap::render::documents_digest`), by Secret uid and resourceVersion: an adopted
+    /// Secret of CABPT's is read and parsed once per change, not once per reconcile.
+    pub(crate) stored_documents: Parsed<Option<String>>,
     /// Bundle generations running at once: one per core.
     generation_slots: tokio::sync::Semaphore,
     /// Secrets this process created or found in the last [`WRITTEN_TTL`], by
@@ -233,6 +237,18 @@ impl<T> Default for Parsed<T> {
 }
 
 impl<T: Clone> Parsed<T> {
+    /// What was read from this version of `secret`, if it was.
+    pub(crate) fn known(&self, secret: &Secret) -> Option<T> {
+        let (uid, version) = (
+            secret.metadata.uid.as_ref()?,
+            secret.metadata.resource_version.as_ref()?,
+        );
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(uid)
+            .filter(|(seen, _)| seen == version)
+            .map(|(_, value)| value.clone())
+    }
+
     /// What `read` makes of `secret`, from memory when this version of it was read before
     /// (a failure is not kept: it is read again next time).
     pub(crate) fn get<E>(
@@ -291,6 +307,7 @@ impl Context {
             generating: Mutex::new(HashMap::new()),
             bundles: Parsed::default(),
             kubeconfig_expiry: Parsed::default(),
+            stored_documents: Parsed::default(),
             generation_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             ),

@@ -15,6 +15,7 @@ use kube::{Resource, ResourceExt};
 use machineconfig::talosconfig::ClientOptions;
 use machineconfig::{Contract, SecretsBundle};
 
+use super::render;
 use crate::{Context, Error, cache};
 
 /// Cluster API's Secret type for bootstrap data and kubeconfigs.
@@ -358,6 +359,32 @@ pub fn booted(machine: &Machine) -> bool {
             .unwrap_or(false)
 }
 
+/// What the value of a bootstrap data Secret means ([`render::documents_digest`]), read once
+/// per version of the Secret: the cache keeps only the digest of its bytes.
+async fn stored_documents(
+    ctx: &Context,
+    api: &Api<Secret>,
+    cached: &Secret,
+) -> Result<Option<String>, Error> {
+    if let Some(known) = ctx.stored_documents.known(cached) {
+        return Ok(known);
+    }
+    let name = cached.name_any();
+    let Some(full) = api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube(format!("reading Secret {name}")))?
+    else {
+        return Ok(None);
+    };
+    let Ok(digest) = ctx.stored_documents.get(&full, |s| {
+        Ok::<_, std::convert::Infallible>(
+            text(s, "value").and_then(|t| render::documents_digest(&t)),
+        )
+    });
+    Ok(digest)
+}
+
 /// Write `<machine>-bootstrap-data` (type cluster.x-k8s.io/secret, single key `value`,
 /// controller-owned by the TalosConfig). An existing Secret — ours or CABPT's — is reused; it is
 /// only rewritten while its machine has not booted.
@@ -388,13 +415,20 @@ pub async fn data(
             (stored, true) => stored,
         },
     };
+    // The same documents written another way (CABPT's YAML encoder) are no change.
     let unchanged = match existing
         .data
         .as_ref()
         .and_then(|d| d.get(cache::VALUE_DIGEST_KEY))
     {
-        Some(digest) => digest.0 == cache::value_digest(value.as_bytes()).into_bytes(),
-        None => text(&existing, "value").as_deref() == Some(value),
+        Some(digest) if digest.0 == cache::value_digest(value.as_bytes()).into_bytes() => true,
+        Some(_) => {
+            let stored = stored_documents(ctx, &api, &existing).await?;
+            stored.is_some() && stored == render::documents_digest(value)
+        }
+        None => {
+            text(&existing, "value").is_some_and(|stored| render::same_documents(&stored, value))
+        }
     };
     if unchanged {
         return Ok(DataOutcome::Unchanged);

@@ -79,6 +79,33 @@ impl FailedRenders {
     }
 }
 
+/// Turns, one at a time per key (a Secret that several reconciles write), in the order they are
+/// asked for. Only keys with a turn held or awaited are kept.
+#[derive(Debug, Default)]
+pub(crate) struct Turns {
+    keys: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Turns {
+    /// Wait for the turn of `key`; it ends when the guard is dropped.
+    pub(crate) async fn take(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = {
+            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            // Keys nobody holds or waits for (the map's reference is the only one) go.
+            keys.retain(|_, turn| Arc::strong_count(turn) > 1);
+            Arc::clone(keys.entry(key.to_owned()).or_default())
+        };
+        turn.lock_owned().await
+    }
+
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.retain(|_, turn| Arc::strong_count(turn) > 1);
+        keys.len()
+    }
+}
+
 /// The time source; tests may fix it.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> Time;
@@ -175,6 +202,8 @@ pub struct Context {
     /// The control planes' infrastructure machines, watched for their addresses.
     pub(crate) infra: crate::controlplane::infra::InfraMachines,
     failures: Mutex<HashMap<String, u32>>,
+    /// Writes of the endpoints of `<cluster>-talosconfig` Secrets, one at a time per Secret.
+    pub(crate) talosconfig_turns: Turns,
     /// TalosConfigs whose last render failed for a spec reason, not rendered again until an
     /// input changes.
     pub(crate) failed_renders: FailedRenders,
@@ -304,6 +333,7 @@ impl Context {
             drift: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             failed_renders: FailedRenders::default(),
+            talosconfig_turns: Turns::default(),
             generating: Mutex::new(HashMap::new()),
             bundles: Parsed::default(),
             kubeconfig_expiry: Parsed::default(),
@@ -625,6 +655,24 @@ mod tests {
             Ok(3),
             "a failure is not kept"
         );
+    }
+
+    #[tokio::test]
+    async fn turns_of_one_key_are_taken_one_at_a_time_and_unused_keys_are_dropped() {
+        use futures::FutureExt;
+        let turns = Turns::default();
+        let held = turns.take("ns/a").await;
+        assert!(
+            turns.take("ns/a").now_or_never().is_none(),
+            "a second turn of ns/a waits"
+        );
+        let other = turns.take("ns/b").now_or_never();
+        assert!(other.is_some(), "another key does not wait");
+        drop(other);
+        assert_eq!(turns.kept(), 1, "only ns/a, held, is kept");
+        drop(held);
+        assert!(turns.take("ns/a").now_or_never().is_some(), "its turn now");
+        assert_eq!(turns.kept(), 0);
     }
 
     #[tokio::test]

@@ -298,7 +298,7 @@ pub(crate) fn warn_undecodable(
         category = ?error.classify(),
         line = error.line(),
         column = error.column(),
-        "an object cannot be read as its kind; it is reported on itself (condition reason InvalidSpec, Warning Event)"
+        "an object cannot be decoded; it is reported on itself (condition reason InvalidSpec, Warning Event)"
     );
     true
 }

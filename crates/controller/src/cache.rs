@@ -195,7 +195,7 @@ pub(crate) fn typed<K: Typed>(obj: RawObject) -> K {
             k.slim();
             k
         }
-        Err(e) => K::stand_in(undecodable_meta(obj.metadata, &e)),
+        Err(e) => K::stand_in(undecodable_meta(K::KIND, obj.metadata, &e)),
     }
 }
 
@@ -209,31 +209,98 @@ pub(crate) fn dynamic(obj: RawObject) -> DynamicObject {
         }
         Err(e) => {
             let mut stand_in = obj.metadata_only();
-            stand_in.metadata = undecodable_meta(obj.metadata, &e);
+            stand_in.metadata = undecodable_meta(&obj.kind, obj.metadata, &e);
             stand_in
         }
     }
 }
 
-/// The metadata of an object that does not decode, slimmed, with the error: named in the log
-/// by kind and name, never by content.
+/// The metadata of an object that does not decode, slimmed, with the error (warned about
+/// once per generation, see [`warn_undecodable`]).
 fn undecodable_meta(
+    kind: &str,
     mut metadata: kube::api::ObjectMeta,
     error: &serde_json::Error,
 ) -> kube::api::ObjectMeta {
     slim_meta(&mut metadata);
-    tracing::warn!(
-        object = %format!("{}/{}", metadata.namespace.as_deref().unwrap_or_default(), metadata.name.as_deref().unwrap_or_default()),
-        category = ?error.classify(),
-        line = error.line(),
-        column = error.column(),
-        "an object cannot be decoded; it is reported on itself"
-    );
+    warn_undecodable(kind, &metadata, error);
     metadata
         .annotations
         .get_or_insert_with(Default::default)
         .insert(UNDECODABLE.to_owned(), error.to_string());
     metadata
+}
+
+/// How many (object, generation) pairs [`warn_undecodable`] remembers having warned about.
+const MAX_WARNED: usize = 1024;
+
+/// Keys seen, remembered in a bounded memory: past its capacity the oldest is forgotten.
+#[derive(Debug)]
+pub(crate) struct SeenOnce<K> {
+    capacity: usize,
+    order: std::collections::VecDeque<K>,
+    seen: std::collections::HashSet<K>,
+}
+
+impl<K: Clone + Eq + std::hash::Hash> SeenOnce<K> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        SeenOnce {
+            capacity: capacity.max(1),
+            order: std::collections::VecDeque::new(),
+            seen: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Whether `key` is seen for the first time (it is remembered from now on).
+    pub(crate) fn first(&mut self, key: K) -> bool {
+        if self.seen.contains(&key) {
+            return false;
+        }
+        if self.order.len() >= self.capacity
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+        self.order.push_back(key.clone());
+        self.seen.insert(key);
+        true
+    }
+}
+
+/// The objects (uid, or namespace/name without one; and generation) already warned about.
+static WARNED: std::sync::LazyLock<Mutex<SeenOnce<(String, i64)>>> =
+    std::sync::LazyLock::new(|| Mutex::new(SeenOnce::new(MAX_WARNED)));
+
+/// Warn that an object cannot be read as its kind, once per object and generation: not again
+/// on each watch event, relist or reconcile of the same spec. Named by kind and name, never by
+/// content. Whether it warned.
+pub(crate) fn warn_undecodable(
+    kind: &str,
+    metadata: &kube::api::ObjectMeta,
+    error: &serde_json::Error,
+) -> bool {
+    let object = format!(
+        "{}/{}",
+        metadata.namespace.as_deref().unwrap_or_default(),
+        metadata.name.as_deref().unwrap_or_default()
+    );
+    let key = (
+        metadata.uid.clone().unwrap_or_else(|| object.clone()),
+        metadata.generation.unwrap_or_default(),
+    );
+    if !WARNED.lock().unwrap_or_else(|e| e.into_inner()).first(key) {
+        return false;
+    }
+    tracing::warn!(
+        kind,
+        object = %object,
+        generation = metadata.generation,
+        category = ?error.classify(),
+        line = error.line(),
+        column = error.column(),
+        "an object cannot be decoded; it is reported on itself (condition reason InvalidSpec, Warning Event)"
+    );
+    true
 }
 
 pub(crate) fn typed_event<K: Typed>(event: watcher::Event<RawObject>) -> watcher::Event<K> {
@@ -711,6 +778,51 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn seen_once_remembers_a_bounded_number_of_keys_forgetting_the_oldest() {
+        let mut seen = SeenOnce::new(2);
+        assert!(seen.first("a"));
+        assert!(!seen.first("a"), "once");
+        assert!(seen.first("b"));
+        assert!(!seen.first("a") && !seen.first("b"));
+        assert!(seen.first("c"), "a third key forgets the oldest, a");
+        assert!(!seen.first("b") && !seen.first("c"));
+        assert!(seen.first("a"), "forgotten, so new again");
+        assert_eq!((seen.order.len(), seen.seen.len()), (2, 2), "bounded");
+    }
+
+    /// An object that cannot be read is warned about once per generation: not again on the
+    /// watch events, relists and reconciles that show it unchanged, again once its spec changes.
+    #[test]
+    fn an_undecodable_object_is_warned_about_once_per_generation() {
+        let uid = format!("uid-{}", std::process::id());
+        let meta = |generation| kube::api::ObjectMeta {
+            name: Some("bad".into()),
+            namespace: Some("ns".into()),
+            uid: Some(uid.clone()),
+            generation: Some(generation),
+            ..Default::default()
+        };
+        let error = <serde_json::Error as serde::de::Error>::custom("invalid type");
+        assert!(warn_undecodable("TalosControlPlane", &meta(1), &error));
+        for _ in 0..3 {
+            assert!(!warn_undecodable("TalosControlPlane", &meta(1), &error));
+        }
+        assert!(warn_undecodable("TalosControlPlane", &meta(2), &error));
+        // The cache's decoding and the reconcile's report share the memory.
+        let raw = raw(serde_json::json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "metadata": {"name": "bad", "namespace": "ns", "uid": format!("{uid}-m"), "generation": 4},
+            "spec": {"clusterName": 5}
+        }));
+        let kept: Machine = typed(raw.clone());
+        let _: Machine = typed(raw);
+        assert!(
+            !warn_undecodable("Machine", &kept.metadata, &error),
+            "warned about once, as it was cached"
+        );
     }
 
     #[test]

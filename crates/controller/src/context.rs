@@ -79,6 +79,33 @@ impl FailedRenders {
     }
 }
 
+/// Turns, one at a time per key (a Secret that several reconciles write), in the order they are
+/// asked for. Only keys with a turn held or awaited are kept.
+#[derive(Debug, Default)]
+pub(crate) struct Turns {
+    keys: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Turns {
+    /// Wait for the turn of `key`; it ends when the guard is dropped.
+    pub(crate) async fn take(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = {
+            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            // Keys nobody holds or waits for (the map's reference is the only one) go.
+            keys.retain(|_, turn| Arc::strong_count(turn) > 1);
+            Arc::clone(keys.entry(key.to_owned()).or_default())
+        };
+        turn.lock_owned().await
+    }
+
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.retain(|_, turn| Arc::strong_count(turn) > 1);
+        keys.len()
+    }
+}
+
 /// The time source; tests may fix it.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> Time;
@@ -175,6 +202,8 @@ pub struct Context {
     /// The control planes' infrastructure machines, watched for their addresses.
     pub(crate) infra: crate::controlplane::infra::InfraMachines,
     failures: Mutex<HashMap<String, u32>>,
+    /// Writes of the endpoints of `<cluster>-talosconfig` Secrets, one at a time per Secret.
+    pub(crate) talosconfig_turns: Turns,
     /// TalosConfigs whose last render failed for a spec reason, not rendered again until an
     /// input changes.
     pub(crate) failed_renders: FailedRenders,
@@ -194,6 +223,10 @@ pub struct Context {
     /// When the client certificate of each `<cluster>-kubeconfig` expires, read once per
     /// change of the Secret.
     pub(crate) kubeconfig_expiry: Parsed<time::OffsetDateTime>,
+    /// What the value of each bootstrap data Secret whose bytes differ from its render means
+    /// (`bootstrap::render::documents_digest`), by Secret uid and resourceVersion: an adopted
+    /// Secret of CABPT's is read and parsed once per change, not once per reconcile.
+    pub(crate) stored_documents: Parsed<Option<String>>,
     /// Bundle generations running at once: one per core.
     generation_slots: tokio::sync::Semaphore,
     /// Secrets this process created or found in the last [`WRITTEN_TTL`], by
@@ -233,6 +266,18 @@ impl<T> Default for Parsed<T> {
 }
 
 impl<T: Clone> Parsed<T> {
+    /// What was read from this version of `secret`, if it was.
+    pub(crate) fn known(&self, secret: &Secret) -> Option<T> {
+        let (uid, version) = (
+            secret.metadata.uid.as_ref()?,
+            secret.metadata.resource_version.as_ref()?,
+        );
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(uid)
+            .filter(|(seen, _)| seen == version)
+            .map(|(_, value)| value.clone())
+    }
+
     /// What `read` makes of `secret`, from memory when this version of it was read before
     /// (a failure is not kept: it is read again next time).
     pub(crate) fn get<E>(
@@ -288,9 +333,11 @@ impl Context {
             drift: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             failed_renders: FailedRenders::default(),
+            talosconfig_turns: Turns::default(),
             generating: Mutex::new(HashMap::new()),
             bundles: Parsed::default(),
             kubeconfig_expiry: Parsed::default(),
+            stored_documents: Parsed::default(),
             generation_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             ),
@@ -488,6 +535,11 @@ impl Context {
             // labelled for its cluster, or not owned by it).
             tracing::info!(controller, object = %key, error = %error, "checking the Secret again later");
             Action::requeue(SECRET_RECHECK)
+        } else if matches!(error, Error::Decode { .. }) {
+            // Warned about once per object and generation where it was found
+            // (`cache::warn_undecodable`); every reconcile of it ends here.
+            tracing::debug!(controller, object = %key, error = %error, "cannot be read; waiting for a change");
+            Action::await_change()
         } else {
             tracing::info!(controller, object = %key, error = %error, "waiting for a change");
             Action::await_change()
@@ -603,6 +655,24 @@ mod tests {
             Ok(3),
             "a failure is not kept"
         );
+    }
+
+    #[tokio::test]
+    async fn turns_of_one_key_are_taken_one_at_a_time_and_unused_keys_are_dropped() {
+        use futures::FutureExt;
+        let turns = Turns::default();
+        let held = turns.take("ns/a").await;
+        assert!(
+            turns.take("ns/a").now_or_never().is_none(),
+            "a second turn of ns/a waits"
+        );
+        let other = turns.take("ns/b").now_or_never();
+        assert!(other.is_some(), "another key does not wait");
+        drop(other);
+        assert_eq!(turns.kept(), 1, "only ns/a, held, is kept");
+        drop(held);
+        assert!(turns.take("ns/a").now_or_never().is_some(), "its turn now");
+        assert_eq!(turns.kept(), 0);
     }
 
     #[tokio::test]

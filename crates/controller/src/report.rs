@@ -195,6 +195,9 @@ pub async fn undecodable(
     type_: ConditionType,
     source: &serde_json::Error,
 ) -> Result<(), Error> {
+    // The log says it once per generation (a cached object that did not decode was warned
+    // about as it arrived: the same object and generation, not again).
+    crate::cache::warn_undecodable(&ar.kind, &obj.metadata, source);
     let message = format!("the object cannot be read as a {}: {source}", ar.kind);
     let observation = Observation::new(type_, Status::False, conditions::reason::INVALID_SPEC)
         .message(message.clone())

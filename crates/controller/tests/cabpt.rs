@@ -249,6 +249,7 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
             "{name}: the Secret CABPT wrote"
         );
     }
+    // The edited worker renders other documents than it booted with: said, with a Warning.
     wait_config(
         &client,
         &theirs,
@@ -257,6 +258,28 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
         "False",
     )
     .await;
+    wait_warning(&client, &theirs, "w-0", "RunningConfigDiffers", |_| true).await;
+    // The control plane's spec is unchanged: CABPT's bytes (its YAML encoder's layout) are the
+    // documents we render, so it is up to date, and nothing was said against it.
+    wait_config_where(
+        &client,
+        &theirs,
+        "cp-0",
+        ConditionType::ConfigUpToDate,
+        "True",
+        |c| c.reason == "UpToDate",
+    )
+    .await;
+    let warned = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &theirs)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("cp-0"))
+        .filter(|e| e.reason.as_deref() == Some("RunningConfigDiffers"))
+        .count();
+    assert_eq!(warned, 0, "no RunningConfigDiffers Event on cp-0");
     let api: Api<Secret> = Api::namespaced(client.clone(), &theirs);
     for old in before {
         let now = api
@@ -270,6 +293,67 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
         );
         assert_eq!(now.data, old.data);
     }
+}
+
+/// Where [`capture_cabpt_bytes`] writes, and the bootstrap controller's unit tests read.
+const FIXTURE: &str = "crates/controller/tests/fixtures/cabpt-v0.6.12";
+
+/// Writes the fixture of CABPT's exact bytes (run by hand, with the real CABPT v0.6.12):
+/// the throwaway secrets bundle, the Cluster, Machines and TalosConfig specs of [`specs`], and
+/// the value of each bootstrap data Secret CABPT wrote for them. The unit tests render the same
+/// inputs and compare (crates/controller/src/bootstrap/render.rs).
+#[tokio::test]
+#[ignore = "writes a fixture; run by hand: cargo test --test cabpt capture_cabpt_bytes -- --ignored"]
+async fn capture_cabpt_bytes() {
+    let cp = shared().await.unwrap();
+    let client = cp.client().await.unwrap();
+    testkit::install_crds(&client, &api::all_crds())
+        .await
+        .unwrap();
+    let bundle = machineconfig::SecretsBundle::generate(machineconfig::Contract::NEWEST)
+        .unwrap()
+        .to_yaml()
+        .unwrap();
+    let ns = unique_namespace(&client, "cabpt-capture").await.unwrap();
+    let _cabpt = testkit::peers::start_cabpt(cp, FILTER).await.unwrap();
+    bring_up(
+        &client,
+        &ns,
+        &bundle,
+        json!({"cluster.x-k8s.io/watch-filter": FILTER}),
+    )
+    .await;
+    let dir = testkit::tools::repo_root().join(FIXTURE);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("bundle.yaml"), &bundle).unwrap();
+    let spec_of =
+        |o: Value| json!({"metadata": {"name": o["metadata"]["name"]}, "spec": o["spec"]});
+    let cluster = dynamic(&client, &ns, "cluster.x-k8s.io/v1beta2", "Cluster")
+        .get("peer")
+        .await
+        .unwrap();
+    let mut inputs = json!({"cluster": spec_of(serde_json::to_value(cluster).unwrap())});
+    for (name, spec, _) in specs() {
+        let config = wait_ready(&client, &ns, name).await;
+        let data = config.status.unwrap().data_secret_name.unwrap();
+        let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+            .get(&data)
+            .await
+            .unwrap();
+        let value = &secret.data.unwrap()["value"].0;
+        std::fs::write(dir.join(format!("{name}.yaml")), value).unwrap();
+        let machine = dynamic(&client, &ns, "cluster.x-k8s.io/v1beta2", "Machine")
+            .get(name)
+            .await
+            .unwrap();
+        inputs["machines"][name] = spec_of(serde_json::to_value(machine).unwrap());
+        inputs["configs"][name] = spec;
+    }
+    std::fs::write(
+        dir.join("inputs.json"),
+        serde_json::to_string_pretty(&inputs).unwrap() + "\n",
+    )
+    .unwrap();
 }
 
 /// Going back to Sidero's provider: a cluster talos-capi brought up (its bundle, CA, talosconfig

@@ -87,6 +87,51 @@ pub fn machine_config(
     Ok(text)
 }
 
+/// A digest of what a machine configuration means: its documents parsed (within the parser's
+/// limits), [`canonical`], hashed. Key order, quoting, layout, comments, document separators,
+/// a trailing newline, and a key whose value is an empty mapping or null (which Talos reads as
+/// the key left out; CABPT's YAML encoder drops some that talosctl's keeps, `registries: {}`)
+/// do not change it; any value that differs does. `None` when `text` is not a YAML stream of
+/// documents.
+pub fn documents_digest(text: &str) -> Option<String> {
+    let docs = machineconfig::render::from_yaml(text).ok()?;
+    let canonical = serde_json::to_string(&canonical(serde_json::Value::Array(docs))).ok()?;
+    Some(crate::cache::value_digest(canonical.as_bytes()))
+}
+
+/// `value` with the keys of each mapping in order (whatever order the JSON map type keeps),
+/// and without the keys whose value is an empty mapping or null.
+fn canonical(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let empty = |v: &Value| v.is_null() || v.as_object().is_some_and(serde_json::Map::is_empty);
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> =
+                map.into_iter().filter(|(_, v)| !empty(v)).collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, canonical(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
+        other => other,
+    }
+}
+
+/// Whether a stored machine configuration (`stored`, say CABPT's) is the one `rendered` is,
+/// once both are parsed: the same documents, whatever their formatting. Text that does not
+/// parse is compared as it is.
+pub fn same_documents(stored: &str, rendered: &str) -> bool {
+    stored == rendered
+        || matches!(
+            (documents_digest(stored), documents_digest(rendered)),
+            (Some(a), Some(b)) if a == b
+        )
+}
+
 /// A digest of what the render of `config` for `machine` in `cluster` depends on: its spec (by
 /// the object's uid and generation), the render inputs taken from the Machine and the Cluster
 /// (the same [`Input`] [`machine_config`] renders with), and `bundle`, the identity of the
@@ -221,6 +266,83 @@ mod tests {
             talos_version: Some("v1.11".into()),
             ..TalosConfigSpec::default()
         }
+    }
+
+    /// What the real CABPT v0.6.12 rendered for two machines (its bytes as it stored them), with
+    /// the inputs and the throwaway bundle it rendered from: written by the `capture_cabpt_bytes`
+    /// test in crates/controller/tests/cabpt.rs.
+    mod cabpt {
+        pub const INPUTS: &str = include_str!("../../tests/fixtures/cabpt-v0.6.12/inputs.json");
+        pub const BUNDLE: &str = include_str!("../../tests/fixtures/cabpt-v0.6.12/bundle.yaml");
+        pub const CP_0: &str = include_str!("../../tests/fixtures/cabpt-v0.6.12/cp-0.yaml");
+        pub const W_0: &str = include_str!("../../tests/fixtures/cabpt-v0.6.12/w-0.yaml");
+    }
+
+    /// Our render of the captured inputs of machine `name`.
+    fn ours_of_cabpt_inputs(name: &str) -> String {
+        let inputs: Value = serde_json::from_str(cabpt::INPUTS).expect("inputs.json");
+        let read = |v: &Value| v.clone();
+        let cluster: Cluster = serde_json::from_value(read(&inputs["cluster"])).expect("Cluster");
+        let machine: Machine =
+            serde_json::from_value(read(&inputs["machines"][name])).expect("Machine");
+        let spec: TalosConfigSpec =
+            serde_json::from_value(read(&inputs["configs"][name])).expect("spec");
+        let bundle = SecretsBundle::from_yaml(cabpt::BUNDLE).expect("bundle");
+        machine_config(&spec, &machine, &cluster, "peer", &bundle).expect("renders")
+    }
+
+    /// CABPT's YAML encoder lays the same documents out differently (indentation, quoting, key
+    /// order): compared parsed, an adopted machine's data is what we render.
+    #[test]
+    fn cabpt_bytes_are_the_documents_we_render() {
+        for (name, theirs) in [("cp-0", cabpt::CP_0), ("w-0", cabpt::W_0)] {
+            let ours = ours_of_cabpt_inputs(name);
+            assert_ne!(theirs, ours, "{name}: the bytes differ");
+            assert!(
+                same_documents(theirs, &ours),
+                "{name}: the documents do not"
+            );
+            assert_eq!(documents_digest(theirs), documents_digest(&ours), "{name}");
+        }
+    }
+
+    /// A value that differs is a difference, however it is written.
+    #[test]
+    fn a_real_change_still_differs() {
+        let ours = ours_of_cabpt_inputs("w-0");
+        let changed = cabpt::W_0.replacen("type: worker", "type: controlplane", 1);
+        assert_ne!(changed, cabpt::W_0);
+        assert!(!same_documents(&changed, &ours));
+        let one_more = format!(
+            "{}---\napiVersion: v1alpha1\nkind: HostnameConfig\nhostname: w\n",
+            cabpt::W_0
+        );
+        assert!(!same_documents(&one_more, &ours), "a document more");
+        let quoted = cabpt::W_0.replacen("debug: false", "debug: \"false\"", 1);
+        assert!(!same_documents(&quoted, &ours), "a string is not a boolean");
+        assert!(
+            !same_documents("not: [yaml", &ours),
+            "text that does not parse"
+        );
+    }
+
+    /// Layout, key order, quoting, comments, separators, the trailing newline, and an empty
+    /// mapping or null for a key left out are no difference.
+    #[test]
+    fn formatting_is_no_difference() {
+        let a = "version: v1alpha1\nmachine:\n  type: worker\n  token: abc\n  network: {}\n---\nkind: X\nname: 'n'\n";
+        let b = "# a comment\n---\nmachine: {token: \"abc\", type: worker, registries: {}, env: null}\nversion: v1alpha1\n---\nname: n\nkind: X";
+        assert!(same_documents(a, b));
+        assert!(!same_documents(a, &b.replace("X", "Y")));
+        // A mapping that holds something is no empty mapping, nor is an empty list.
+        assert!(!same_documents(
+            a,
+            &b.replace("registries: {}", "registries: {mirrors: {}}")
+        ));
+        assert!(!same_documents(
+            a,
+            &b.replace("registries: {}", "registries: []")
+        ));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Act: the Secrets a TalosConfig needs, named, labelled and owned as CABPT's are, so that
 //! clusters CABPT built are adopted as they are. Every write is create-if-absent or an update
-//! guarded by resourceVersion; nothing is written twice that must be written once.
+//! guarded by resourceVersion, except the talosconfig's endpoints, which the reconciles of a
+//! cluster write in turns with a server-side apply; nothing is written twice that must be
+//! written once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,12 +11,13 @@ use api::bootstrap::v1alpha3::TalosConfig;
 use api::capi::{Cluster, Machine, labels};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use machineconfig::talosconfig::ClientOptions;
 use machineconfig::{Contract, SecretsBundle};
 
+use super::render;
 use crate::{Context, Error, cache};
 
 /// Cluster API's Secret type for bootstrap data and kubeconfigs.
@@ -148,9 +151,19 @@ pub async fn client_secrets(
     bundle: &SecretsBundle,
 ) -> Result<(), Error> {
     ca(ctx, ns, cluster, bundle).await?;
-    let control_plane = ctx.caches.machines_of(ns, &cluster.name_any(), true);
-    let endpoints = talosconfig_endpoints(cluster, &control_plane);
-    talosconfig(ctx, ns, cluster, bundle, endpoints).await
+    talosconfig(ctx, ns, cluster, bundle).await
+}
+
+/// The talosconfig endpoints of `cluster` as the caches show it and its control-plane Machines
+/// now (`cluster` as observed, should the cache have lost it).
+fn current_endpoints(ctx: &Context, ns: &str, cluster: &Cluster) -> Result<Vec<String>, Error> {
+    let name = cluster.name_any();
+    let now = ctx.caches.cluster(ns, &name)?;
+    let control_plane = ctx.caches.machines_of(ns, &name, true);
+    Ok(talosconfig_endpoints(
+        now.as_ref().unwrap_or(cluster),
+        &control_plane,
+    ))
 }
 
 /// The secrets bundle a `<cluster>-talos` Secret holds (ours or CABPT's keys).
@@ -269,31 +282,28 @@ pub fn talosconfig_endpoints(cluster: &Cluster, control_plane: &[Machine]) -> Ve
 }
 
 /// `<cluster>-talosconfig` (key `talosconfig`): created once with an os:admin client
-/// certificate; afterwards only its endpoints follow `endpoints`.
+/// certificate; afterwards only its endpoints follow the control plane ([`current_endpoints`]).
 pub async fn talosconfig(
     ctx: &Context,
     ns: &str,
     cluster: &Cluster,
     bundle: &SecretsBundle,
-    endpoints: Vec<String>,
 ) -> Result<(), Error> {
     let cluster_name = cluster.name_any();
     let name = talosconfig_name(&cluster_name);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let invalid = |reason: String| Error::InvalidSecret {
-        name: name.clone(),
-        reason,
-    };
-    let mut existing = match ctx.secret(ns, &name) {
-        Some(cached) => Secret::clone(&cached),
+    let existing = match ctx.secret(ns, &name) {
+        Some(cached) => cached,
         None => {
             let options = ClientOptions {
-                endpoints: endpoints.clone(),
+                endpoints: current_endpoints(ctx, ns, cluster)?,
                 ..ClientOptions::default()
             };
             let config = machineconfig::talosconfig::generate(&cluster_name, bundle, &options)
                 .and_then(|c| c.to_yaml())
-                .map_err(|e| invalid(format!("generating the talosconfig: {e}")))?;
+                .map_err(|e| {
+                    invalid_talosconfig(&name, format!("generating the talosconfig: {e}"))
+                })?;
             let secret = Secret {
                 metadata: meta(&name, ns, &cluster_name, cluster_owner(cluster)),
                 data: Some(BTreeMap::from([(
@@ -304,35 +314,77 @@ pub async fn talosconfig(
             };
             match create_if_absent(ctx, &api, &secret).await? {
                 (_, false) => return Ok(()),
-                (stored, true) => Secret::clone(&stored),
+                (stored, true) => stored,
             }
         }
     };
-    let current =
-        text(&existing, "talosconfig").ok_or_else(|| invalid("has no talosconfig key".into()))?;
-    let mut config = machineconfig::talosconfig::TalosConfig::from_yaml(&current)
-        .map_err(|e| invalid(e.to_string()))?;
-    let context = config.context.clone();
-    let Some(ctx_entry) = config.contexts.get_mut(&context) else {
-        return Err(invalid(format!("has no context {context:?}")));
-    };
-    if ctx_entry.endpoints == endpoints {
+    if with_endpoints(&existing, current_endpoints(ctx, ns, cluster)?)?.is_none() {
         return Ok(());
     }
-    ctx_entry.endpoints = endpoints;
-    let yaml = config.to_yaml().map_err(|e| invalid(e.to_string()))?;
-    existing
-        .data
-        .get_or_insert_with(BTreeMap::new)
-        .insert("talosconfig".to_owned(), ByteString(yaml.into_bytes()));
-    existing.metadata.managed_fields = None;
-    // A stale cached copy fails here with a conflict and is retried with the fresh one.
-    api.replace(&name, &PostParams::default(), &existing)
-        .await
-        .map(drop)
-        .map_err(Error::kube(format!(
-            "updating the endpoints of Secret {name}"
-        )))
+    // The reconciles of a cluster's control-plane configs all get here when an address
+    // changes. They take turns, and each reads the endpoints and the Secret again when its turn
+    // comes, so the last write carries the newest addresses; the write is a server-side apply
+    // of the one key, without a resourceVersion, so no turn conflicts with the one before
+    // (whose write the cache may not show yet: written again, it is the same).
+    let _turn = ctx.talosconfig_turns.take(&format!("{ns}/{name}")).await;
+    let existing = ctx.secret(ns, &name).unwrap_or(existing);
+    let Some(yaml) = with_endpoints(&existing, current_endpoints(ctx, ns, cluster)?)? else {
+        return Ok(());
+    };
+    let patch = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.to_owned()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            "talosconfig".to_owned(),
+            ByteString(yaml.into_bytes()),
+        )])),
+        ..Secret::default()
+    };
+    api.patch(
+        &name,
+        &PatchParams::apply(&ctx.options.manager_name).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(Error::kube(format!(
+        "updating the endpoints of Secret {name}"
+    )))
+}
+
+fn invalid_talosconfig(name: &str, reason: String) -> Error {
+    Error::InvalidSecret {
+        name: name.to_owned(),
+        reason,
+    }
+}
+
+/// The talosconfig `secret` holds with its current context's endpoints set to `endpoints`;
+/// `None` when they already are.
+fn with_endpoints(secret: &Secret, endpoints: Vec<String>) -> Result<Option<String>, Error> {
+    let name = secret.name_any();
+    let current = text(secret, "talosconfig")
+        .ok_or_else(|| invalid_talosconfig(&name, "has no talosconfig key".into()))?;
+    let mut config = machineconfig::talosconfig::TalosConfig::from_yaml(&current)
+        .map_err(|e| invalid_talosconfig(&name, e.to_string()))?;
+    let context = config.context.clone();
+    let Some(entry) = config.contexts.get_mut(&context) else {
+        return Err(invalid_talosconfig(
+            &name,
+            format!("has no context {context:?}"),
+        ));
+    };
+    if entry.endpoints == endpoints {
+        return Ok(None);
+    }
+    entry.endpoints = endpoints;
+    config
+        .to_yaml()
+        .map(Some)
+        .map_err(|e| invalid_talosconfig(&name, e.to_string()))
 }
 
 /// What happened to a machine's bootstrap data Secret.
@@ -356,6 +408,32 @@ pub fn booted(machine: &Machine) -> bool {
             .and_then(|s| s.initialization.as_ref())
             .and_then(|i| i.infrastructure_provisioned)
             .unwrap_or(false)
+}
+
+/// What the value of a bootstrap data Secret means ([`render::documents_digest`]), read once
+/// per version of the Secret: the cache keeps only the digest of its bytes.
+async fn stored_documents(
+    ctx: &Context,
+    api: &Api<Secret>,
+    cached: &Secret,
+) -> Result<Option<String>, Error> {
+    if let Some(known) = ctx.stored_documents.known(cached) {
+        return Ok(known);
+    }
+    let name = cached.name_any();
+    let Some(full) = api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube(format!("reading Secret {name}")))?
+    else {
+        return Ok(None);
+    };
+    let Ok(digest) = ctx.stored_documents.get(&full, |s| {
+        Ok::<_, std::convert::Infallible>(
+            text(s, "value").and_then(|t| render::documents_digest(&t)),
+        )
+    });
+    Ok(digest)
 }
 
 /// Write `<machine>-bootstrap-data` (type cluster.x-k8s.io/secret, single key `value`,
@@ -388,13 +466,20 @@ pub async fn data(
             (stored, true) => stored,
         },
     };
+    // The same documents written another way (CABPT's YAML encoder) are no change.
     let unchanged = match existing
         .data
         .as_ref()
         .and_then(|d| d.get(cache::VALUE_DIGEST_KEY))
     {
-        Some(digest) => digest.0 == cache::value_digest(value.as_bytes()).into_bytes(),
-        None => text(&existing, "value").as_deref() == Some(value),
+        Some(digest) if digest.0 == cache::value_digest(value.as_bytes()).into_bytes() => true,
+        Some(_) => {
+            let stored = stored_documents(ctx, &api, &existing).await?;
+            stored.is_some() && stored == render::documents_digest(value)
+        }
+        None => {
+            text(&existing, "value").is_some_and(|stored| render::same_documents(&stored, value))
+        }
     };
     if unchanged {
         return Ok(DataOutcome::Unchanged);

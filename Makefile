@@ -109,6 +109,10 @@ walkthrough: tools $(LOCAL_CP_BIN) ## The seed walkthrough by hand: talos-capi g
 	$(CARGO) build --locked -p talos-sim -p talos-capi
 	@hack/demo.sh $(LOCAL_CP_DIR)
 
+.PHONY: cabpt-fixture
+cabpt-fixture: tools ## Not in CI: capture again what the real CABPT renders (crates/controller/tests/fixtures/cabpt-v0.6.12), the bytes the adoption comparison is tested with.
+	$(CARGO) test --locked -p talos-capi-controller --test cabpt capture_cabpt_bytes -- --ignored
+
 .PHONY: bench
 bench: tools ## Benchmarks: config rendering and bundle generation (criterion), local control plane startup.
 	$(CARGO) bench --locked -p machineconfig

@@ -303,7 +303,7 @@ const FIXTURE: &str = "crates/controller/tests/fixtures/cabpt-v0.6.12";
 /// the value of each bootstrap data Secret CABPT wrote for them. The unit tests render the same
 /// inputs and compare (crates/controller/src/bootstrap/render.rs).
 #[tokio::test]
-#[ignore = "writes a fixture; run by hand: cargo test --test cabpt capture_cabpt_bytes -- --ignored"]
+#[ignore = "writes a fixture: make cabpt-fixture"]
 async fn capture_cabpt_bytes() {
     let cp = shared().await.unwrap();
     let client = cp.client().await.unwrap();

@@ -2,7 +2,7 @@
 # Locate or build one of the real components the tests and the demo run against,
 # and print the absolute path of what the caller asked for.
 #
-#   hack/tools/tool.sh kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|cacppt|cacppt-config|helm|talosctl|hadolint|actionlint
+#   hack/tools/tool.sh kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|cacppt|cacppt-config|helm|talosctl|talosctl-1.14|hadolint|actionlint
 #
 # CLUSTER_API_VERSION (default in versions.env) picks the Cluster API lane; each supported
 # line has its wrapper module under hack/tools/cluster-api/<line>/.
@@ -13,7 +13,8 @@
 #   CLUSTER_API_CONFIG   Cluster API's config/ directory (crd/bases, webhook/manifests.yaml)
 #   CLUSTERCTL_BIN       clusterctl binary (same version as the core manager)
 #   HELM_BIN             helm binary
-#   TALOSCTL_BIN         talosctl binary
+#   TALOSCTL_BIN         talosctl binary (TALOS_VERSION)
+#   TALOSCTL_114_BIN     talosctl binary of the Talos 1.14 line (TALOS_114_VERSION)
 #   ACTIONLINT_BIN, HADOLINT_BIN  the workflow and Dockerfile linters
 #   CABPT_BIN, CABPT_CONFIG  the CABPT peer binary and its config/ directory
 #   CACPPT_BIN, CACPPT_CONFIG  the CACPPT peer binary and its config/ directory
@@ -180,6 +181,12 @@ case "$tool" in
     out="$cache/talosctl-$TALOS_VERSION/talosctl"
     [ -x "$out" ] || TAGS=grpcnotrace go_build talosctl github.com/siderolabs/talos/cmd/talosctl "$out" TALOSCTL_BIN
     echo "$out" ;;
+  talosctl-1.14)
+    # talosctl of the Talos 1.14 line, beside the default one: the oracle for the 1.14 contract.
+    if [ -n "${TALOSCTL_114_BIN:-}" ]; then echo "$TALOSCTL_114_BIN"; exit 0; fi
+    out="$cache/talosctl-$TALOS_114_VERSION/talosctl"
+    [ -x "$out" ] || TAGS=grpcnotrace go_build talosctl-1.14 github.com/siderolabs/talos/cmd/talosctl "$out" TALOSCTL_114_BIN
+    echo "$out" ;;
   actionlint)
     # The GitHub workflows' linter (make lint), built from its Go module.
     if [ -n "${ACTIONLINT_BIN:-}" ]; then echo "$ACTIONLINT_BIN"; exit 0; fi
@@ -210,5 +217,5 @@ PY
     fi
     echo "$out" ;;
   *)
-    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|cacppt|cacppt-config|helm|talosctl|hadolint|actionlint" ;;
+    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|cacppt|cacppt-config|helm|talosctl|talosctl-1.14|hadolint|actionlint" ;;
 esac

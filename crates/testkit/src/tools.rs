@@ -20,6 +20,8 @@ pub enum Tool {
     CacpptConfig,
     Helm,
     Talosctl,
+    /// talosctl of the Talos 1.14 line (TALOS_114_VERSION), the oracle for the 1.14 contract.
+    Talosctl114,
     Kubectl,
 }
 
@@ -37,6 +39,7 @@ impl Tool {
             Tool::CacpptConfig => "cacppt-config",
             Tool::Helm => "helm",
             Tool::Talosctl => "talosctl",
+            Tool::Talosctl114 => "talosctl-1.14",
             Tool::Kubectl => "kubectl",
         }
     }

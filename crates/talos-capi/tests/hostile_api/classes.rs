@@ -12,6 +12,7 @@ pub const CLUSTER: &str = "c";
 
 /// Our four kinds, as a tenant writes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // the kinds' own names
 pub enum Kind {
     /// Rendered by the TalosConfig controller.
     TalosConfig,
@@ -211,147 +212,167 @@ fn sans(n: usize, len: usize) -> Vec<Value> {
     ops
 }
 
-/// Every class in every field that carries configuration, as TalosConfigSpecs.
-pub fn spec_cases() -> Vec<Case> {
-    let over = 600 << 10; // over the render's 512 KiB of input, within the CRD's 1 MiB
-    let mut cases = vec![
-        (
+/// A case of `class` in `field`.
+fn case(class: &'static str, field: &'static str, spec: Value, expect: Expect) -> Case {
+    let cut = class == "status-size";
+    Case {
+        class,
+        field,
+        spec,
+        expect,
+        cut,
+    }
+}
+
+/// Over the render's 512 KiB of input, within the CRD's 1 MiB.
+const OVER_INPUT: usize = 600 << 10;
+
+/// The classes in `configPatches` (RFC 6902 operations whose values are any JSON).
+fn config_patch_cases() -> Vec<Case> {
+    let add = |value: Value| vec![json!({"op": "add", "path": "/machine/x", "value": value})];
+    let field = "configPatches";
+    vec![
+        case(
             "depth (decoder)",
-            "configPatches",
-            json_patch(vec![
-                json!({"op": "add", "path": "/machine/x", "value": nested_value(200)}),
-            ]),
+            field,
+            json_patch(add(nested_value(200))),
             Expect::Undecodable,
         ),
-        (
+        case(
             "depth",
-            "configPatches",
-            json_patch(vec![
-                json!({"op": "add", "path": "/machine/x", "value": nested_value(100)}),
-            ]),
+            field,
+            json_patch(add(nested_value(100))),
             reported(reason::PATCH_FAILED, "nested more than 64 levels deep"),
         ),
-        (
-            "depth",
-            "strategicPatches",
-            strategic(vec![format!("machine:\n  x: {}\n", nested_text(10_000))]),
-            reported(reason::PATCH_FAILED, "nested more than 64 levels deep"),
-        ),
-        (
-            "depth",
-            "data",
-            data(format!(
-                "version: v1alpha1\nmachine:\n  x: {}\n",
-                nested_text(10_000)
-            )),
-            reported(reason::RENDER_FAILED, "nested more than 64 levels deep"),
-        ),
-        (
+        case(
             "size",
-            "configPatches",
+            field,
             json_patch(sans(480, 2200)),
             reported(
                 reason::INVALID_SPEC,
                 "the rendered machine configuration is",
             ),
         ),
-        (
-            "size",
-            "strategicPatches",
-            strategic(vec![format!("machine: {{}}\n#{}\n", "x".repeat(over))]),
-            reported(reason::INVALID_SPEC, "over the limit of 524288 bytes"),
-        ),
-        (
-            "size",
-            "data",
-            data(format!("version: v1alpha1\n#{}\n", "x".repeat(over))),
-            reported(reason::INVALID_SPEC, "over the limit of 524288 bytes"),
-        ),
-        (
+        case(
             "count",
-            "configPatches",
+            field,
             json_patch(adds(512, &json!(vec![0; 200]))),
             reported(reason::PATCH_FAILED, "more than 100000 values"),
         ),
-        (
-            "count",
-            "strategicPatches",
-            strategic(vec![format!("machine:\n  x: {}\n", zeros(150_000))]),
-            reported(reason::PATCH_FAILED, "more than 100000 values"),
-        ),
-        (
-            "count",
-            "strategicPatches",
-            strategic(vec!["machine: {}\n---\n".repeat(65)]),
-            reported(reason::PATCH_FAILED, "more than 64 YAML documents"),
-        ),
-        (
-            "count",
-            "data",
-            data(format!(
-                "version: v1alpha1\nmachine:\n  x: {}\n",
-                zeros(150_000)
-            )),
-            reported(reason::RENDER_FAILED, "more than 100000 values"),
-        ),
-        (
+        case(
             "expansion",
-            "configPatches",
+            field,
             json_patch(copy_chain()),
             reported(reason::PATCH_FAILED, "more than 100000 values"),
         ),
-        (
-            "expansion",
-            "strategicPatches",
-            strategic(vec![alias_bomb()]),
-            reported(reason::PATCH_FAILED, "counting each use of a YAML alias"),
-        ),
-        (
-            "expansion",
-            "data",
-            data(alias_bomb()),
-            reported(reason::RENDER_FAILED, "counting each use of a YAML alias"),
-        ),
-        (
-            "status-size",
-            "strategicPatches",
-            strategic(vec![format!(
-                "apiVersion: v1alpha1\nkind: {}\n",
-                "K".repeat(100_000)
-            )]),
-            reported(reason::PATCH_FAILED, "unknown configuration document kind"),
-        ),
-        (
+        case(
             "admission",
-            "configPatches",
+            field,
             json_patch(vec![
                 json!({"op": "remove", "path": "/machine/install"});
                 513
             ]),
             Expect::Refused("512"),
         ),
-        (
+    ]
+}
+
+/// The classes in `strategicPatches` (YAML text).
+fn strategic_patch_cases() -> Vec<Case> {
+    let field = "strategicPatches";
+    let one = |text: String| strategic(vec![text]);
+    vec![
+        case(
+            "depth",
+            field,
+            one(format!("machine:\n  x: {}\n", nested_text(10_000))),
+            reported(reason::PATCH_FAILED, "nested more than 64 levels deep"),
+        ),
+        case(
+            "size",
+            field,
+            one(format!("machine: {{}}\n#{}\n", "x".repeat(OVER_INPUT))),
+            reported(reason::INVALID_SPEC, "over the limit of 524288 bytes"),
+        ),
+        case(
+            "count",
+            field,
+            one(format!("machine:\n  x: {}\n", zeros(150_000))),
+            reported(reason::PATCH_FAILED, "more than 100000 values"),
+        ),
+        case(
+            "count",
+            field,
+            one("machine: {}\n---\n".repeat(65)),
+            reported(reason::PATCH_FAILED, "more than 64 YAML documents"),
+        ),
+        case(
+            "expansion",
+            field,
+            one(alias_bomb()),
+            reported(reason::PATCH_FAILED, "counting each use of a YAML alias"),
+        ),
+        case(
+            "status-size",
+            field,
+            one(format!(
+                "apiVersion: v1alpha1\nkind: {}\n",
+                "K".repeat(100_000)
+            )),
+            reported(reason::PATCH_FAILED, "unknown configuration document kind"),
+        ),
+        case(
             "admission",
-            "strategicPatches",
+            field,
             strategic(vec!["machine: {}".to_owned(); 65]),
             Expect::Refused("64"),
         ),
-        (
+    ]
+}
+
+/// The classes in `data` (a whole machine configuration, YAML text).
+fn data_cases() -> Vec<Case> {
+    let field = "data";
+    let config = |rest: String| data(format!("version: v1alpha1\n{rest}"));
+    vec![
+        case(
+            "depth",
+            field,
+            config(format!("machine:\n  x: {}\n", nested_text(10_000))),
+            reported(reason::RENDER_FAILED, "nested more than 64 levels deep"),
+        ),
+        case(
+            "size",
+            field,
+            config(format!("#{}\n", "x".repeat(OVER_INPUT))),
+            reported(reason::INVALID_SPEC, "over the limit of 524288 bytes"),
+        ),
+        case(
+            "count",
+            field,
+            config(format!("machine:\n  x: {}\n", zeros(150_000))),
+            reported(reason::RENDER_FAILED, "more than 100000 values"),
+        ),
+        case(
+            "expansion",
+            field,
+            data(alias_bomb()),
+            reported(reason::RENDER_FAILED, "counting each use of a YAML alias"),
+        ),
+        case(
             "admission",
-            "data",
+            field,
             data("#".repeat((1 << 20) + 1)),
             Expect::Refused("1048576"),
         ),
-    ];
-    cases
-        .drain(..)
-        .map(|(class, field, spec, expect)| Case {
-            class,
-            field,
-            spec,
-            expect,
-            cut: class == "status-size",
-        })
+    ]
+}
+
+/// Every class in every field that carries configuration, as TalosConfigSpecs.
+pub fn spec_cases() -> Vec<Case> {
+    [config_patch_cases(), strategic_patch_cases(), data_cases()]
+        .into_iter()
+        .flatten()
         .collect()
 }
 
@@ -377,90 +398,116 @@ pub struct SecretCase {
     pub canary: Option<String>,
 }
 
-/// The hostile shapes of the bundle (`bundle`, valid YAML of the cluster's bundle) and of a
-/// talosconfig (`talosconfig`).
-pub fn secret_cases(bundle: &str, talosconfig: &str) -> Vec<SecretCase> {
-    let doc: Value = serde_yaml_ng::from_str(bundle).expect("a bundle");
-    let token = doc["trustdinfo"]["token"]
-        .as_str()
-        .expect("a token")
-        .to_owned();
-    let key = doc["certs"]["os"]["key"]
-        .as_str()
-        .expect("a key")
-        .to_owned();
-    let scalar_token = bundle.replacen(
-        &format!("trustdinfo:\n  token: {token}\n"),
-        &format!("trustdinfo: {token}\n"),
-        1,
-    );
-    let mut scalar_key: Value = doc.clone();
-    scalar_key["certs"]["os"] = key.clone().into();
-    let tc: Value = serde_yaml_ng::from_str(talosconfig).expect("a talosconfig");
-    let context = tc["context"].as_str().expect("a context").to_owned();
-    let client_key = tc["contexts"][&context]["key"]
-        .as_str()
-        .expect("a key")
-        .to_owned();
-    let mut scalar_context = tc.clone();
-    scalar_context["contexts"][&context] = client_key.clone().into();
-    let yaml = |v: &Value| serde_yaml_ng::to_string(v).expect("YAML");
-    let case = |class, secret, text, message, canary| SecretCase {
+/// A hostile shape of a Secret, naming what its condition says.
+fn secret_case(
+    class: &'static str,
+    secret: SecretKind,
+    text: String,
+    message: &'static str,
+    canary: Option<String>,
+) -> SecretCase {
+    SecretCase {
         class,
         secret,
         text,
         message,
         canary,
-    };
+    }
+}
+
+/// The text of `key` in the YAML document `doc`, at the JSON pointer `at`.
+fn text_at(doc: &Value, at: &str) -> String {
+    doc.pointer(at)
+        .and_then(Value::as_str)
+        .expect(at)
+        .to_owned()
+}
+
+/// The hostile shapes of the bundle (`bundle`, valid YAML of a cluster's bundle): its secrets
+/// where a mapping belongs are canaries.
+fn bundle_cases(bundle: &str) -> Vec<SecretCase> {
+    let doc: Value = serde_yaml_ng::from_str(bundle).expect("a bundle");
+    let token = text_at(&doc, "/trustdinfo/token");
+    let key = text_at(&doc, "/certs/os/key");
+    let scalar_token = bundle.replacen(
+        &format!("trustdinfo:\n  token: {token}\n"),
+        &format!("trustdinfo: {token}\n"),
+        1,
+    );
+    let mut scalar_key = doc.clone();
+    scalar_key["certs"]["os"] = key.clone().into();
+    let scalar_key = serde_yaml_ng::to_string(&scalar_key).expect("YAML");
+    let kind = SecretKind::Bundle;
     vec![
-        case(
+        secret_case(
             "depth",
-            SecretKind::Bundle,
+            kind,
             format!("{bundle}x: {}\n", nested_text(10_000)),
             "nested more than 64 levels deep",
             None,
         ),
-        case(
+        secret_case(
             "count",
-            SecretKind::Bundle,
+            kind,
             format!("{bundle}x: {}\n", zeros(200_000)),
             "more than 100000 values",
             None,
         ),
-        case(
+        secret_case(
             "expansion",
-            SecretKind::Bundle,
+            kind,
             format!("{bundle}{}", alias_bomb()),
             "counting each use of a YAML alias",
             None,
         ),
-        case(
+        secret_case(
             "scalar",
-            SecretKind::Bundle,
+            kind,
             scalar_token,
             "field `trustdinfo` is a string, expected a map",
             Some(token),
         ),
-        case(
+        secret_case(
             "scalar",
-            SecretKind::Bundle,
-            yaml(&scalar_key),
+            kind,
+            scalar_key,
             "field `certs.os` is a string, expected a map",
             Some(key),
         ),
-        case(
+    ]
+}
+
+/// The hostile shapes of a talosconfig (`talosconfig`, valid YAML).
+fn talosconfig_cases(talosconfig: &str) -> Vec<SecretCase> {
+    let doc: Value = serde_yaml_ng::from_str(talosconfig).expect("a talosconfig");
+    let context = text_at(&doc, "/context");
+    let client_key = text_at(&doc, &format!("/contexts/{context}/key"));
+    let mut scalar = doc.clone();
+    scalar["contexts"][&context] = client_key.clone().into();
+    let scalar = serde_yaml_ng::to_string(&scalar).expect("YAML");
+    let kind = SecretKind::Talosconfig;
+    vec![
+        secret_case(
             "depth",
-            SecretKind::Talosconfig,
+            kind,
             format!("{talosconfig}x: {}\n", nested_text(10_000)),
             "nested more than 64 levels deep",
             None,
         ),
-        case(
+        secret_case(
             "scalar",
-            SecretKind::Talosconfig,
-            yaml(&scalar_context),
+            kind,
+            scalar,
             "is a string, expected a map",
             Some(client_key),
         ),
     ]
+}
+
+/// Every hostile shape of the Secrets a cluster's objects read.
+pub fn secret_cases(bundle: &str, talosconfig: &str) -> Vec<SecretCase> {
+    [bundle_cases(bundle), talosconfig_cases(talosconfig)]
+        .into_iter()
+        .flatten()
+        .collect()
 }

@@ -1,7 +1,10 @@
 //! Hostile objects through the API, as a tenant with write access to one namespace would make
 //! them, against `talos-capi manager` as a process on the local control plane (real
 //! kube-apiserver and Cluster API core): objects nested past the decoder's limit, present
-//! across a restart and created while the manager runs; and a watch that cannot list. For each:
+//! across a restart and created while the manager runs; the table of every hostile class in
+//! every configuration field of the four kinds and in the Secrets a cluster's objects read
+//! (hostile_api/classes.rs, placed and checked by hostile_api/table.rs), across a restart; and
+//! a watch that cannot list. For each:
 //! the manager stays up, a healthy cluster in another namespace gets its bootstrap data, the
 //! hostile object gets a condition and an Event saying what is wrong, no Secret is written for
 //! it, and SIGTERM stops the manager.

@@ -266,8 +266,13 @@ async fn healthy_cluster(client: &kube::Client, prefix: &str) {
     table::wait_condition(client, (&configs, "ok-0"), ready, 1).await;
 }
 
-/// Every case of the table placed, at most 16 at once: those the manager must report on.
-async fn place_all(client: &kube::Client, bundle: &str, talosconfig: &str) -> Vec<Placed> {
+/// Every case of the table placed, and what the manager reported checked: those it must
+/// report on, and the object each is reported on.
+async fn place_and_check_all(
+    client: &kube::Client,
+    bundle: &str,
+    talosconfig: &str,
+) -> (Vec<Placed>, Vec<(String, String)>) {
     let cases = classes::spec_cases();
     let secrets = classes::secret_cases(bundle, talosconfig);
     let spec_cases = cases
@@ -290,12 +295,24 @@ async fn place_all(client: &kube::Client, bundle: &str, talosconfig: &str) -> Ve
                 .boxed()
         })
     });
-    futures::stream::iter(spec_cases.chain(secret_cases))
-        .buffer_unordered(16)
-        .filter_map(futures::future::ready)
-        .collect()
-        .await
+    // In waves, each reported before the next is placed: the cases arrive as a tenant's
+    // objects would, not 54 at once into one Cluster API manager on a shared machine.
+    let mut jobs = spec_cases.chain(secret_cases).peekable();
+    let (mut placed, mut watched) = (Vec::new(), Vec::new());
+    while jobs.peek().is_some() {
+        let wave: Vec<Placed> = futures::stream::iter(jobs.by_ref().take(WAVE))
+            .buffer_unordered(16)
+            .filter_map(futures::future::ready)
+            .collect()
+            .await;
+        watched.extend(every_case(&wave, |p| &p.what, |p| table::check(client, p)).await);
+        placed.extend(wave);
+    }
+    (placed, watched)
 }
+
+/// How many cases are placed at once, and reported, before the next are.
+const WAVE: usize = 20;
 
 /// `check` run on every item, 8 at a time, each to its end: the failures are named together
 /// (each panic's message is printed as it happens), then the test fails.
@@ -354,10 +371,8 @@ async fn every_hostile_class_in_every_kind_and_field_is_reported_and_bounded_acr
         .unwrap();
     let bundle = bundle.to_yaml().unwrap();
     let first = manager(&cp, "mgr-classes", &cp.kubeconfig_path()).await;
-    let placed = place_all(&client, &bundle, &talosconfig).await;
+    let (placed, watched) = place_and_check_all(&client, &bundle, &talosconfig).await;
     healthy_cluster(&client, "good").await;
-    eprintln!("{} cases placed in {:?}", placed.len(), started.elapsed());
-    let watched = every_case(&placed, |p| &p.what, |p| table::check(&client, p)).await;
     first.assert_healthy().await;
     eprintln!("{} cases reported in {:?}", placed.len(), started.elapsed());
     first.terminate().await;

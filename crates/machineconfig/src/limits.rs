@@ -235,26 +235,37 @@ pub fn check_size(text: &str, limits: &Limits) -> Result<(), LimitError> {
     Ok(())
 }
 
-/// Refuse text nested deeper than the limit before the YAML parser that builds values sees it:
-/// that parser scans every open flow collection for each token, so 150,000 nested `{a: ` take it
-/// minutes before any value reaches the depth check. A streaming parser walks the events here and
-/// stops at the first collection over the limit. Where it cannot read the text, every `[` and `{`
-/// counts as an opening, so that no quoting trick can hide nesting from this check.
+/// Refuse text nested deeper than the limit, or holding more nodes than the limit of values,
+/// before the YAML parser that builds values sees it. That parser scans every open flow
+/// collection for each token, so 150,000 nested `{a: ` take it minutes before any value reaches
+/// the depth check; and it holds every event of a document before the first value is built, so
+/// a 300 KB list of 150,000 numbers held about 30 MB before the value limit stopped it. A
+/// streaming parser walks the events here and stops at the first collection over the depth
+/// limit, or at the first node (a scalar, a key included, or a collection; an alias is not
+/// counted) over the limit of values: each such node is at least one value the parse would
+/// charge, so nothing this refuses would have passed. Where it cannot read the text, every `[`
+/// and `{` counts as an opening, so that no quoting trick can hide nesting from this check.
 fn check_nesting(text: &str, limits: &Limits) -> Result<(), LimitError> {
     use granit_parser::{Event, Parser};
     let too_deep = LimitError::Depth {
         limit: limits.depth,
     };
+    let too_many = LimitError::Values {
+        limit: limits.values,
+    };
     let mut depth = 0usize;
+    let mut nodes = 0usize;
     for event in Parser::new_from_str(text) {
         match event {
             Ok((Event::SequenceStart(..) | Event::MappingStart(..), _)) => {
                 depth += 1;
+                nodes += 1;
                 if depth > limits.depth {
                     return Err(too_deep);
                 }
             }
             Ok((Event::SequenceEnd | Event::MappingEnd, _)) => depth = depth.saturating_sub(1),
+            Ok((Event::Scalar(..), _)) => nodes += 1,
             Ok(_) => {}
             Err(_) => {
                 let openings = text.bytes().filter(|b| matches!(b, b'[' | b'{')).count();
@@ -263,6 +274,9 @@ fn check_nesting(text: &str, limits: &Limits) -> Result<(), LimitError> {
                     false => Ok(()),
                 };
             }
+        }
+        if nodes > limits.values {
+            return Err(too_many);
         }
     }
     Ok(())
@@ -627,6 +641,28 @@ mod tests {
         assert!(matches!(
             documents(&quoted_closers, &LIMITS),
             Err(ParseError::Limit(LimitError::Depth { limit: 64 }))
+        ));
+        // More nodes than values, refused before a value is built; at the limit, parsed.
+        let wide = |n: usize| format!("[{}]", vec!["0"; n].join(","));
+        assert!(matches!(
+            check_nesting(&wide(100_000), &LIMITS),
+            Err(LimitError::Values { limit: 100_000 })
+        ));
+        assert_eq!(documents(&wide(99_999), &LIMITS).unwrap().len(), 1);
+        let keys = format!(
+            "{{{}}}",
+            (0..50_000)
+                .map(|i| format!("k{i}: 0"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert!(matches!(
+            check_nesting(&keys, &LIMITS),
+            Err(LimitError::Values { limit: 100_000 })
+        ));
+        assert!(matches!(
+            documents(&keys, &LIMITS),
+            Err(ParseError::Limit(LimitError::Values { limit: 100_000 }))
         ));
         let many = "a: 1\n---\n".repeat(65);
         assert!(matches!(

@@ -191,6 +191,16 @@ impl Patch {
         Self::operations(ops, Charge::Built(budget))
     }
 
+    /// Refuse operations whose values alone are over the per-input limits, with the error
+    /// [`Patch::json6902`] would give them, before they are gathered into the one list it takes
+    /// (a copy of every value). Whatever this refuses, it would refuse too: it counts the
+    /// operations' other fields and their nesting as well.
+    pub fn check_json6902_values<'a>(
+        values: impl IntoIterator<Item = &'a Value>,
+    ) -> Result<(), Error> {
+        limits::check_all(values, &LIMITS).map_err(|e| parse_error(PatchError::Limit(e)))
+    }
+
     fn operations(ops: Value, charge: Charge<'_>) -> Result<Patch, Error> {
         let Value::Array(list) = ops else {
             return Err(parse_error(PatchError::NotAList {
@@ -615,6 +625,19 @@ mod tests {
 
     fn strategic(yaml: &str) -> Patch {
         Patch::parse(yaml).unwrap()
+    }
+
+    #[test]
+    fn values_over_the_limits_are_refused_before_they_are_gathered_as_json6902_would() {
+        let ops: Vec<Value> = (0..512)
+            .map(|i| json!({"op": "add", "path": format!("/machine/x{i}"), "value": vec![0; 200]}))
+            .collect();
+        let early = Patch::check_json6902_values(ops.iter().filter_map(|o| o.get("value")))
+            .expect_err("over the values");
+        let late = Patch::json6902(Value::Array(ops)).expect_err("over the values");
+        assert_eq!(early.to_string(), late.to_string());
+        let ok = [json!({"op": "add", "path": "/machine/x", "value": [0, 1]})];
+        assert!(Patch::check_json6902_values(ok.iter().filter_map(|o| o.get("value"))).is_ok());
     }
 
     #[test]

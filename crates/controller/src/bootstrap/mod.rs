@@ -329,6 +329,15 @@ async fn act(
             "talosconfig in Secret {}",
             secrets::talosconfig_name(cluster_name)
         )),
+        // A talosconfig Secret that cannot be read is a person's to fix: said as such, with a
+        // Warning Event; anything else (the API server) is retried.
+        Err(e @ Error::InvalidSecret { .. }) => Observation::new(
+            ConditionType::ClientConfigAvailable,
+            Status::False,
+            reason::INVALID_SECRET,
+        )
+        .message(e.to_string())
+        .severity(Severity::Error),
         Err(e) => Observation::new(
             ConditionType::ClientConfigAvailable,
             Status::False,

@@ -67,6 +67,9 @@ pub fn machine_config(
     // configPatches (JSON 6902) first, then strategicPatches, as CABPT applies them; each
     // parsed only once the one before is applied and dropped.
     if let Some(ops) = spec.config_patches.as_ref().filter(|o| !o.is_empty()) {
+        // Values over the limits are refused before they are copied into one list.
+        Patch::check_json6902_values(ops.iter().filter_map(|o| o.value.as_ref()))
+            .map_err(SpecError::Render)?;
         let value = serde_json::to_value(ops)
             .map_err(|source| SpecError::PatchEncoding { index: 0, source })?;
         let patch = Patch::json6902_within(value, &budget).map_err(SpecError::Render)?;

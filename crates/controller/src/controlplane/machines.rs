@@ -9,6 +9,7 @@ use api::bootstrap::v1alpha3::TalosConfigSpec;
 use api::capi::{Machine, annotations, labels};
 use api::controlplane::v1alpha3::TalosControlPlane;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::Request;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -752,15 +753,23 @@ impl<'a> Created<'a> {
         let owner = object["metadata"]["ownerReferences"][0]["uid"]
             .as_str()
             .map(str::to_owned);
-        let obj: DynamicObject = serde_json::from_value(object).map_err(|source| {
+        let body = serde_json::to_vec(&object).map_err(|source| {
             let e = Error::Decode {
                 kind: "object",
                 source,
             };
             (e, false)
         })?;
+        drop(object);
         let api: Api<DynamicObject> = Api::namespaced_with(self.ctx.client.clone(), self.ns, ar);
-        let Err(e) = api.create(&PostParams::default(), &obj).await else {
+        // Sent as its JSON text, and the reply (the object again) is not read: a TalosConfig
+        // carries the control plane's patches, up to a MiB of values, which would otherwise be
+        // held three times more while it is created.
+        let created = match Request::new(api.resource_url()).create(&PostParams::default(), body) {
+            Ok(request) => self.ctx.client.request_text(request).await.map(drop),
+            Err(e) => Err(kube::Error::BuildRequest(e)),
+        };
+        let Err(e) = created else {
             self.objects.push((ar.clone(), name));
             return Ok(());
         };

@@ -243,10 +243,24 @@ fn condition_is(machine: &Machine, type_: &str, status: &str) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == status))
 }
 
+/// The TalosControlPlane `obj` holds, read from its fields where they are: a spec carries the
+/// control plane's patches (up to a MiB of values), which a round trip through one JSON value
+/// would copy once more on every reconcile.
+fn typed(obj: &DynamicObject) -> Result<TalosControlPlane, serde_json::Error> {
+    use serde::Deserialize;
+    let field = |name: &str| obj.data.get(name).filter(|v| !v.is_null());
+    let spec = field("spec").ok_or_else(|| serde::de::Error::missing_field("spec"))?;
+    Ok(TalosControlPlane {
+        metadata: obj.metadata.clone(),
+        spec: Deserialize::deserialize(spec)?,
+        status: field("status").map(Deserialize::deserialize).transpose()?,
+    })
+}
+
 async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
     let read = match cache::undecodable(&obj.metadata) {
         Some(error) => Err(error),
-        None => serde_json::to_value(obj).and_then(serde_json::from_value),
+        None => typed(obj),
     };
     let tcp: TalosControlPlane = match read {
         Ok(t) => t,

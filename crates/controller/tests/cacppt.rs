@@ -19,30 +19,13 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use talos_sim::Simulator;
 use talos_sim::etcd::Op;
-use testkit::tools::{Tool, locate};
+use testkit::tools::Tool;
 
 /// CACPPT requeues every 10 to 20 seconds while it waits (for node refs, for etcd health), so
 /// a bring-up takes several of its rounds.
 const DEADLINE: Duration = Duration::from_secs(300);
 
 const NAME: &str = "peer";
-
-/// The CRDs of `tool`'s config directory, with the contract labels their kustomization adds
-/// (`config/crd/kustomization.yaml`'s commonLabels): what a `clusterctl init` of them installs.
-fn peer_crds(
-    tool: Tool,
-) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
-{
-    let dir = locate(tool).unwrap().join("crd/bases");
-    let mut crds = testkit::crds_from_dir(&dir).unwrap();
-    for crd in &mut crds {
-        let labels = crd.metadata.labels.get_or_insert_with(Default::default);
-        for contract in ["v1alpha3", "v1alpha4", "v1beta1"] {
-            labels.insert(format!("cluster.x-k8s.io/{contract}"), "v1alpha3".into());
-        }
-    }
-    crds
-}
 
 fn tcp_api(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     testkit::dynamic_api(
@@ -166,8 +149,8 @@ async fn real_cacppt_and_cabpt_bring_up_three_nodes_and_roll_a_kubernetes_upgrad
         .await
         .unwrap();
     let client = cp.client().await.unwrap();
-    let mut crds = peer_crds(Tool::CabptConfig);
-    crds.extend(peer_crds(Tool::CacpptConfig));
+    let mut crds = testkit::peers::crds(Tool::CabptConfig).unwrap();
+    crds.extend(testkit::peers::crds(Tool::CacpptConfig).unwrap());
     testkit::install_crds(&client, &crds).await.unwrap();
     let ns = testkit::unique_namespace(&client, "cacppt").await.unwrap();
     // CACPPT's TalosConfigs carry no watch-filter label: CABPT reconciles them all.

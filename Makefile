@@ -124,7 +124,7 @@ bench-bootstrap: tools ## 1,000 TalosConfigs through the real CABPT and through 
 	$(CARGO) bench --locked -p talos-capi --bench bootstrap_vs_cabpt
 
 .PHONY: bench-controlplane
-bench-controlplane: tools ## TalosControlPlanes to Available (1, 10 and BENCH_CLUSTERS=100 clusters of 3): time, requests, gate reactions.
+bench-controlplane: tools ## TalosControlPlanes to Available (1, 10 and BENCH_CLUSTERS=100 clusters of 3): time, requests, gate reactions; 1 and 10 side by side with the real CACPPT + CABPT (BENCH_PEERS=only|skip).
 	$(CARGO) bench --locked -p talos-capi --bench controlplane
 
 FUZZ_SECONDS ?= 60

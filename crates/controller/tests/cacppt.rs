@@ -27,27 +27,13 @@ use serde_json::{Value, json};
 use talos_sim::Simulator;
 use talos_sim::etcd::Op;
 use testkit::process::ManagedProcess;
-use testkit::tools::{Tool, locate};
+use testkit::tools::Tool;
 
 /// CACPPT requeues every 10 to 20 seconds while it waits (for node refs, for etcd health), so
 /// a bring-up takes several of its rounds.
 const DEADLINE: Duration = Duration::from_secs(300);
 
 const NAME: &str = "peer";
-
-/// The CRDs of `tool`'s config directory, with the contract labels their kustomization adds
-/// (`config/crd/kustomization.yaml`'s commonLabels): what a `clusterctl init` of them installs.
-fn peer_crds(tool: Tool) -> Vec<CustomResourceDefinition> {
-    let dir = locate(tool).unwrap().join("crd/bases");
-    let mut crds = testkit::crds_from_dir(&dir).unwrap();
-    for crd in &mut crds {
-        let labels = crd.metadata.labels.get_or_insert_with(Default::default);
-        for contract in ["v1alpha3", "v1alpha4", "v1beta1"] {
-            labels.insert(format!("cluster.x-k8s.io/{contract}"), "v1alpha3".into());
-        }
-    }
-    crds
-}
 
 fn tcp_api(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     testkit::dynamic_api(
@@ -175,8 +161,8 @@ async fn settled(
 
 /// CABPT's and CACPPT's CRDs, as their `clusterctl init` installs them.
 fn peers_crds() -> Vec<CustomResourceDefinition> {
-    let mut crds = peer_crds(Tool::CabptConfig);
-    crds.extend(peer_crds(Tool::CacpptConfig));
+    let mut crds = testkit::peers::crds(Tool::CabptConfig).unwrap();
+    crds.extend(testkit::peers::crds(Tool::CacpptConfig).unwrap());
     crds
 }
 

@@ -13,17 +13,23 @@
 //!    becoming a healthy voter to the controller's next machine create or delete;
 //! 4. then an in-place Talos upgrade (v1.13.0 → v1.13.1) of the same clusters: time,
 //!    controller CPU, requests, Talos API calls, and the reaction from each node coming back
-//!    up to the controller's next step (the Machine patch that records it).
+//!    up to the controller's next step (the Machine patch that records it);
+//! 5. side by side with the Go providers (module `peers`): the same 1 and 10 clusters brought
+//!    up and rolled by the real CACPPT v0.5.13 + CABPT v0.6.12, then by talos-capi, each on a
+//!    control plane of its own with a workload API server per cluster: time, CPU seconds and
+//!    peak RSS of each provider process, API requests and Talos API calls, and the ratios.
 //!
 //!   cargo bench -p talos-capi --bench controlplane           (make bench-controlplane)
 //!   BENCH_CLUSTERS=20 BENCH_DIR=/tmp/bench-cp cargo bench …   (smaller; keep the logs)
+//!   BENCH_PEERS=only cargo bench …                             (only the side-by-side run)
+//!   BENCH_PEERS=skip cargo bench …                             (without it)
 //!   BENCH_FAULTS=<seed> cargo bench …                          (only the BENCH_CLUSTERS phase,
 //!       with the manager behind testkit's fault proxy: 10% of requests answered 500, 10% of
 //!       updates 409, 10% of writes done but answered 500, every watch cut after 5 s)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failed run
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,6 +42,9 @@ use testkit::bench::{audit_events, component_pid, env_number, lines, usage};
 use testkit::faults::{FaultProxy, Faults};
 use testkit::process::ManagedProcess;
 use testkit::{LocalControlPlane, sim_infra, unique_namespace};
+
+#[path = "controlplane/peers.rs"]
+mod peers;
 
 fn tcps(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     testkit::dynamic_api(
@@ -179,7 +188,7 @@ async fn phase(
     client: &kube::Client,
     ns: &str,
     sim: &Simulator,
-    stamps: &Arc<Mutex<BTreeMap<String, SystemTime>>>,
+    stamps: &FirstUp,
     pid: u32,
     prefix: &str,
     clusters: usize,
@@ -327,7 +336,7 @@ async fn talos_upgrade(
     client: &kube::Client,
     ns: &str,
     sim: &Simulator,
-    ups: &Arc<Mutex<Vec<(String, SystemTime)>>>,
+    ups: &EveryUp,
     pid: u32,
     names: &[String],
 ) -> Upgrade {
@@ -404,197 +413,300 @@ async fn talos_upgrade(
     }
 }
 
+/// `talos-capi manager` for namespace `ns`, with the environment of its image (the Dockerfile's
+/// `MALLOC_ARENA_MAX=2`); BENCH_LOG (e.g. controller=debug) for a closer look, with BENCH_DIR.
+fn start_manager(kubeconfig: &Path, ns: &str, log: &Path) -> ManagedProcess {
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_talos-capi"));
+    let args = vec![
+        "MALLOC_ARENA_MAX=2".to_owned(),
+        binary.display().to_string(),
+        "manager".to_owned(),
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--namespace={ns}"),
+        format!(
+            "--log-level={}",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())
+        ),
+    ];
+    ManagedProcess::spawn("talos-capi", Path::new("env"), &args, log, None).unwrap()
+}
+
+/// Stamps of the simulator's NodeUp events: when each node first came up, and every time a node
+/// came up, stamped as the simulator announces it.
+type FirstUp = Arc<Mutex<BTreeMap<String, SystemTime>>>;
+type EveryUp = Arc<Mutex<Vec<(String, SystemTime)>>>;
+
+fn record_node_ups(sim: &Simulator) -> (FirstUp, EveryUp) {
+    let stamps: FirstUp = Arc::default();
+    let ups: EveryUp = Arc::default();
+    let mut events = sim.events();
+    let (recorder, every) = (Arc::clone(&stamps), Arc::clone(&ups));
+    tokio::spawn(async move {
+        while let Ok(e) = events.recv().await {
+            if let SimEvent::NodeUp {
+                address,
+                configured: true,
+                ..
+            } = e
+            {
+                let now = SystemTime::now();
+                recorder
+                    .lock()
+                    .unwrap()
+                    .entry(address.clone())
+                    .or_insert(now);
+                every.lock().unwrap().push((address, now));
+            }
+        }
+    });
+    (stamps, ups)
+}
+
+/// testkit's fault proxy in front of the API server, for BENCH_FAULTS=<seed>.
+async fn fault_proxy(cp: &LocalControlPlane, seed: u64) -> FaultProxy {
+    FaultProxy::start(
+        cp.client().await.unwrap(),
+        Faults {
+            seed,
+            internal_error: 0.1,
+            conflict: 0.1,
+            lost_reply: 0.1,
+            cut_watches_after: Some(Duration::from_secs(5)),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// talos-capi alone: 1, 10 and `clusters` clusters through one manager (only `clusters`, behind
+/// the fault proxy, with a fault `seed`).
+async fn ours(clusters: usize, seed: Option<u64>) {
+    let mut builder = LocalControlPlane::builder().name("bench-cp");
+    // BENCH_DIR keeps the logs, including the audit log, for a closer look.
+    if let Ok(dir) = std::env::var("BENCH_DIR") {
+        builder = builder.dir(dir);
+    }
+    let cp = builder
+        .cluster_api()
+        .crds(testkit::tools::repo_root().join("config/crd/bases"))
+        .audit_log()
+        .start()
+        .await
+        .unwrap();
+    let client = cp.client().await.unwrap();
+    let ns = unique_namespace(&client, "bench-cp").await.unwrap();
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    let (stamps, ups) = record_node_ups(&infra.sim);
+    let proxy = match seed {
+        Some(seed) => Some(fault_proxy(&cp, seed).await),
+        None => None,
+    };
+    let kubeconfig = match &proxy {
+        Some(proxy) => {
+            let path = cp.dir().join("faults.kubeconfig");
+            proxy.write_kubeconfig(&path).unwrap();
+            path
+        }
+        None => cp.kubeconfig_path(),
+    };
+    let log = cp.dir().join("talos-capi-manager.log");
+    let manager = start_manager(&kubeconfig, &ns, &log);
+    let pid = component_pid(manager.pid(), "/talos-capi").await;
+
+    let mut phases = Vec::new();
+    let mut rollouts = Vec::new();
+    let mut upgrades = Vec::new();
+    let sizes: &[(&str, usize)] = if proxy.is_some() {
+        &[("many", clusters)]
+    } else {
+        &[("one", 1), ("ten", 10), ("many", clusters)]
+    };
+    for &(prefix, n) in sizes {
+        let p = phase(&cp, &client, &ns, &infra.sim, &stamps, pid, prefix, n).await;
+        eprintln!("{n} clusters ready in {:.1} s", p.seconds);
+        phases.push(p);
+        if n <= 10 {
+            let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+            let r = rollout(&cp, &client, &ns, &infra.sim, pid, &names).await;
+            eprintln!("{n} clusters rolled out in {:.1} s", r.seconds);
+            rollouts.push(r);
+            let u = talos_upgrade(&cp, &client, &ns, &infra.sim, &ups, pid, &names).await;
+            eprintln!("{n} clusters upgraded in place in {:.1} s", u.seconds);
+            upgrades.push(u);
+        }
+    }
+    print_phases(&mut phases);
+    print_rollouts(&mut rollouts);
+    print_upgrades(&mut upgrades);
+    drop(manager);
+    match (&proxy, seed) {
+        (Some(proxy), Some(seed)) => {
+            faults_report(proxy, seed, &client, &ns, &infra.sim, clusters).await
+        }
+        _ => workload_cost(&cp).await,
+    }
+}
+
+fn print_phases(phases: &mut [Phase]) {
+    println!(
+        "TalosControlPlanes of 3 replicas, Cluster API {}, simulated nodes booting in 200 ms",
+        std::env::var("CLUSTER_API_VERSION").unwrap_or_else(|_| "(versions.env)".into())
+    );
+    println!(
+        "| clusters | time to all Available | controller CPU | peak RSS | API requests (per cluster) | Talos API calls (per cluster) | node up → bootstrap p50 / p99 | healthy member → next machine p50 / p99 |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for p in phases {
+        let n = p.clusters as f64;
+        println!(
+            "| {} | {:.1} s | {:.1} s | {:.0} MiB | {} ({:.0}) | {} ({:.0}) | {:.2} s / {:.2} s | {:.2} s / {:.2} s |",
+            p.clusters,
+            p.seconds,
+            p.cpu,
+            p.rss,
+            p.requests,
+            p.requests as f64 / n,
+            p.talos,
+            p.talos as f64 / n,
+            percentile(&mut p.node_up, 0.5),
+            percentile(&mut p.node_up, 0.99),
+            percentile(&mut p.healthy, 0.5),
+            percentile(&mut p.healthy, 0.99),
+        );
+    }
+    println!();
+}
+
+fn print_rollouts(rollouts: &mut [Rollout]) {
+    println!(
+        "Kubernetes rolling upgrade v1.35.0 → v1.36.0 (maxSurge 1) of every cluster at once (the real CACPPT's figures: the side-by-side tables)"
+    );
+    println!(
+        "| clusters | time to all rolled out | controller CPU | API requests (per cluster) | healthy member → next machine p50 / p99 | sum of reactions per cluster |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for r in rollouts {
+        let n = r.clusters as f64;
+        let sum: f64 = r.reactions.iter().sum();
+        println!(
+            "| {} | {:.1} s | {:.1} s | {} ({:.0}) | {:.2} s / {:.2} s | {:.2} s |",
+            r.clusters,
+            r.seconds,
+            r.cpu,
+            r.requests,
+            r.requests as f64 / n,
+            percentile(&mut r.reactions, 0.5),
+            percentile(&mut r.reactions, 0.99),
+            sum / n,
+        );
+    }
+    println!();
+}
+
+fn print_upgrades(upgrades: &mut [Upgrade]) {
+    println!(
+        "In-place Talos upgrade v1.13.0 → v1.13.1 (talosUpgrade, one node at a time) of every cluster at once; simulated nodes reboot in 200 ms"
+    );
+    println!(
+        "| clusters | time to all upgraded | controller CPU | API requests (per cluster) | Talos API calls (per cluster) | node back up → next step p50 / p99 |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for u in upgrades {
+        let n = u.clusters as f64;
+        println!(
+            "| {} | {:.1} s | {:.1} s | {} ({:.0}) | {} ({:.0}) | {:.2} s / {:.2} s |",
+            u.clusters,
+            u.seconds,
+            u.cpu,
+            u.requests,
+            u.requests as f64 / n,
+            u.talos,
+            u.talos as f64 / n,
+            percentile(&mut u.reactions, 0.5),
+            percentile(&mut u.reactions, 0.99),
+        );
+    }
+    println!();
+}
+
+/// What the fault proxy injected, and that every cluster's etcd was bootstrapped once.
+async fn faults_report(
+    proxy: &FaultProxy,
+    seed: u64,
+    client: &kube::Client,
+    ns: &str,
+    sim: &Simulator,
+    clusters: usize,
+) {
+    let (forwarded, errors, conflicts, lost, cut) = proxy.counts().snapshot();
+    println!(
+        "Under faults (seed {seed}): {forwarded} requests forwarded; injected {errors} 500s, {conflicts} 409s, {lost} lost replies, {cut} watches cut"
+    );
+    let mut twice = Vec::new();
+    for i in 0..clusters {
+        let name = format!("many-{i}");
+        let id = sim_infra::cluster_id(client, ns, &name).await.unwrap();
+        let bootstraps = sim
+            .etcd_history(&id)
+            .iter()
+            .filter(|c| c.op == Op::Bootstrap)
+            .count();
+        if bootstraps != 1 {
+            twice.push((name, bootstraps));
+        }
+    }
+    assert!(
+        twice.is_empty(),
+        "etcd bootstrapped other than once: {twice:?}"
+    );
+    println!("every cluster's etcd bootstrapped exactly once");
+}
+
+/// What one workload cluster's API server costs, served as the test infrastructure serves them
+/// (its own prefix on the shared etcd), idle for 10 s after it is ready.
+async fn workload_cost(cp: &LocalControlPlane) {
+    let workload = LocalControlPlane::builder()
+        .name("workload")
+        .etcd(cp.etcd(), "/workload/measure")
+        .start()
+        .await
+        .unwrap();
+    let lifeline = workload.lifeline_pids()[1];
+    let apiserver = component_pid(lifeline, "/kube-apiserver").await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (_, rss) = usage(apiserver);
+    println!("One workload kube-apiserver (shared etcd, own prefix), idle: {rss:.0} MiB peak RSS");
+    println!();
+}
+
+/// The same 1 and 10 clusters through the real CACPPT and CABPT, then through talos-capi, each
+/// on a control plane of its own (`peers`).
+async fn side_by_side() {
+    let dir = |side: &str| {
+        std::env::var("BENCH_DIR")
+            .ok()
+            .map(|d| PathBuf::from(d).join(side))
+    };
+    let mut figures = peers::run(peers::Side::Peers, dir("cacppt")).await;
+    figures.extend(peers::run(peers::Side::TalosCapi, dir("talos-capi")).await);
+    peers::print(&figures);
+}
+
 fn main() {
     let clusters = env_number("BENCH_CLUSTERS", 100);
+    let seed = std::env::var("BENCH_FAULTS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
+    // BENCH_PEERS=only: only the side-by-side run with the Go providers; BENCH_PEERS=skip:
+    // without it (it is skipped under BENCH_FAULTS too).
+    let peers = std::env::var("BENCH_PEERS").unwrap_or_default();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let mut builder = LocalControlPlane::builder().name("bench-cp");
-        // BENCH_DIR keeps the logs, including the audit log, for a closer look.
-        if let Ok(dir) = std::env::var("BENCH_DIR") {
-            builder = builder.dir(dir);
+        if peers != "only" {
+            ours(clusters, seed).await;
         }
-        let cp = builder
-            .cluster_api()
-            .crds(testkit::tools::repo_root().join("config/crd/bases"))
-            .audit_log()
-            .start()
-            .await
-            .unwrap();
-        let client = cp.client().await.unwrap();
-        let ns = unique_namespace(&client, "bench-cp").await.unwrap();
-        let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
-        // When each node first came up, and every time a node came up, stamped as the
-        // simulator announces it.
-        let stamps: Arc<Mutex<BTreeMap<String, SystemTime>>> = Arc::default();
-        let ups: Arc<Mutex<Vec<(String, SystemTime)>>> = Arc::default();
-        let mut events = infra.sim.events();
-        let (recorder, every) = (Arc::clone(&stamps), Arc::clone(&ups));
-        tokio::spawn(async move {
-            while let Ok(e) = events.recv().await {
-                if let SimEvent::NodeUp { address, configured: true, .. } = e {
-                    let now = SystemTime::now();
-                    recorder.lock().unwrap().entry(address.clone()).or_insert(now);
-                    every.lock().unwrap().push((address, now));
-                }
-            }
-        });
-        let seed = std::env::var("BENCH_FAULTS").ok().and_then(|s| s.parse::<u64>().ok());
-        let proxy = match seed {
-            Some(seed) => Some(
-                FaultProxy::start(
-                    cp.client().await.unwrap(),
-                    Faults {
-                        seed,
-                        internal_error: 0.1,
-                        conflict: 0.1,
-                        lost_reply: 0.1,
-                        cut_watches_after: Some(Duration::from_secs(5)),
-                    },
-                )
-                .await
-                .unwrap(),
-            ),
-            None => None,
-        };
-        let kubeconfig = match &proxy {
-            Some(proxy) => {
-                let path = cp.dir().join("faults.kubeconfig");
-                proxy.write_kubeconfig(&path).unwrap();
-                path
-            }
-            None => cp.kubeconfig_path(),
-        };
-        let binary = PathBuf::from(env!("CARGO_BIN_EXE_talos-capi"));
-        let args = vec![
-            "manager".to_owned(),
-            format!("--kubeconfig={}", kubeconfig.display()),
-            format!("--namespace={ns}"),
-            // BENCH_LOG (e.g. controller=debug) for a closer look at a run, with BENCH_DIR.
-            format!(
-                "--log-level={}",
-                std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())
-            ),
-        ];
-        let manager = ManagedProcess::spawn("talos-capi", &binary, &args, &cp.dir().join("talos-capi-manager.log"), None).unwrap();
-        let pid = component_pid(manager.pid(), "/talos-capi").await;
-
-        let mut phases = Vec::new();
-        let mut rollouts = Vec::new();
-        let mut upgrades = Vec::new();
-        let sizes: &[(&str, usize)] = if proxy.is_some() {
-            &[("many", clusters)]
-        } else {
-            &[("one", 1), ("ten", 10), ("many", clusters)]
-        };
-        for &(prefix, n) in sizes {
-            let p = phase(&cp, &client, &ns, &infra.sim, &stamps, pid, prefix, n).await;
-            eprintln!("{n} clusters ready in {:.1} s", p.seconds);
-            phases.push(p);
-            if n <= 10 {
-                let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
-                let r = rollout(&cp, &client, &ns, &infra.sim, pid, &names).await;
-                eprintln!("{n} clusters rolled out in {:.1} s", r.seconds);
-                rollouts.push(r);
-                let u = talos_upgrade(&cp, &client, &ns, &infra.sim, &ups, pid, &names).await;
-                eprintln!("{n} clusters upgraded in place in {:.1} s", u.seconds);
-                upgrades.push(u);
-            }
+        if peers != "skip" && seed.is_none() {
+            side_by_side().await;
         }
-        println!(
-            "TalosControlPlanes of 3 replicas, Cluster API {}, simulated nodes booting in 200 ms",
-            std::env::var("CLUSTER_API_VERSION").unwrap_or_else(|_| "(versions.env)".into())
-        );
-        println!("| clusters | time to all Available | controller CPU | peak RSS | API requests (per cluster) | Talos API calls (per cluster) | node up → bootstrap p50 / p99 | healthy member → next machine p50 / p99 |");
-        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-        for p in &mut phases {
-            let n = p.clusters as f64;
-            println!(
-                "| {} | {:.1} s | {:.1} s | {:.0} MiB | {} ({:.0}) | {} ({:.0}) | {:.2} s / {:.2} s | {:.2} s / {:.2} s |",
-                p.clusters,
-                p.seconds,
-                p.cpu,
-                p.rss,
-                p.requests,
-                p.requests as f64 / n,
-                p.talos,
-                p.talos as f64 / n,
-                percentile(&mut p.node_up, 0.5),
-                percentile(&mut p.node_up, 0.99),
-                percentile(&mut p.healthy, 0.5),
-                percentile(&mut p.healthy, 0.99),
-            );
-        }
-        println!();
-        println!("Kubernetes rolling upgrade v1.35.0 → v1.36.0 (maxSurge 1) of every cluster at once; CACPPT requeues every 10–20 s while it waits, so each of a 3-node rollout's 6 steps waits 10–20 s (60–120 s per rollout)");
-        println!("| clusters | time to all rolled out | controller CPU | API requests (per cluster) | healthy member → next machine p50 / p99 | sum of reactions per cluster |");
-        println!("| --- | --- | --- | --- | --- | --- |");
-        for r in &mut rollouts {
-            let n = r.clusters as f64;
-            let sum: f64 = r.reactions.iter().sum();
-            println!(
-                "| {} | {:.1} s | {:.1} s | {} ({:.0}) | {:.2} s / {:.2} s | {:.2} s |",
-                r.clusters,
-                r.seconds,
-                r.cpu,
-                r.requests,
-                r.requests as f64 / n,
-                percentile(&mut r.reactions, 0.5),
-                percentile(&mut r.reactions, 0.99),
-                sum / n,
-            );
-        }
-        println!();
-        println!("In-place Talos upgrade v1.13.0 → v1.13.1 (talosUpgrade, one node at a time) of every cluster at once; simulated nodes reboot in 200 ms");
-        println!("| clusters | time to all upgraded | controller CPU | API requests (per cluster) | Talos API calls (per cluster) | node back up → next step p50 / p99 |");
-        println!("| --- | --- | --- | --- | --- | --- |");
-        for u in &mut upgrades {
-            let n = u.clusters as f64;
-            println!(
-                "| {} | {:.1} s | {:.1} s | {} ({:.0}) | {} ({:.0}) | {:.2} s / {:.2} s |",
-                u.clusters,
-                u.seconds,
-                u.cpu,
-                u.requests,
-                u.requests as f64 / n,
-                u.talos,
-                u.talos as f64 / n,
-                percentile(&mut u.reactions, 0.5),
-                percentile(&mut u.reactions, 0.99),
-            );
-        }
-        drop(manager);
-        if let Some(proxy) = &proxy {
-            let (forwarded, errors, conflicts, lost, cut) = proxy.counts().snapshot();
-            println!(
-                "Under faults (seed {}): {forwarded} requests forwarded; injected {errors} 500s, {conflicts} 409s, {lost} lost replies, {cut} watches cut",
-                seed.unwrap_or_default()
-            );
-            let mut twice = Vec::new();
-            for i in 0..clusters {
-                let name = format!("many-{i}");
-                let id = sim_infra::cluster_id(&client, &ns, &name).await.unwrap();
-                let bootstraps = infra.sim.etcd_history(&id).iter().filter(|c| c.op == Op::Bootstrap).count();
-                if bootstraps != 1 {
-                    twice.push((name, bootstraps));
-                }
-            }
-            assert!(twice.is_empty(), "etcd bootstrapped other than once: {twice:?}");
-            println!("every cluster's etcd bootstrapped exactly once");
-            return;
-        }
-
-        // What one workload cluster's API server costs, served as the test infrastructure
-        // serves them (its own prefix on the shared etcd), idle for 10 s after it is ready.
-        let workload = LocalControlPlane::builder()
-            .name("workload")
-            .etcd(cp.etcd(), "/workload/measure")
-            .start()
-            .await
-            .unwrap();
-        let lifeline = workload.lifeline_pids()[1];
-        let apiserver = component_pid(lifeline, "/kube-apiserver").await;
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let (_, rss) = usage(apiserver);
-        println!("One workload kube-apiserver (shared etcd, own prefix), idle: {rss:.0} MiB peak RSS");
     });
 }

@@ -7,12 +7,28 @@ use std::time::Duration;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 
 use crate::process::{ManagedProcess, free_port};
 use crate::tools::{Tool, locate};
 use crate::{Error, LocalControlPlane, poll_until};
+
+/// The CRDs of a peer's config directory (`tool` is [`Tool::CabptConfig`] or
+/// [`Tool::CacpptConfig`]), with the contract labels their kustomization adds
+/// (`config/crd/kustomization.yaml`'s commonLabels): what a `clusterctl init` of them installs.
+pub fn crds(tool: Tool) -> Result<Vec<CustomResourceDefinition>, Error> {
+    let dir = locate(tool)?.join("crd/bases");
+    let mut crds = crate::crds_from_dir(&dir)?;
+    for crd in &mut crds {
+        let labels = crd.metadata.labels.get_or_insert_with(Default::default);
+        for contract in ["v1alpha3", "v1alpha4", "v1beta1"] {
+            labels.insert(format!("cluster.x-k8s.io/{contract}"), "v1alpha3".into());
+        }
+    }
+    Ok(crds)
+}
 
 /// CABPT's manager, reconciling only objects labelled `cluster.x-k8s.io/watch-filter=<filter>`
 /// (so that it shares a control plane with other tests); an empty filter reconciles every

@@ -211,19 +211,17 @@ fn text(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// Start the API servers of bootstrapped clusters and keep their Nodes in step with the nodes.
-async fn serve_workloads(
+/// The Clusters with an endpoint on 127.0.0.1 whose etcd is bootstrapped and whose API server
+/// is not in `served` yet: name, endpoint port, secrets bundle.
+async fn bootstrapped_clusters(
     client: &kube::Client,
     ns: &str,
     sim: &Simulator,
-    nodes: &mut Nodes,
-) -> Result<(), String> {
+    served: &BTreeMap<String, Workload>,
+) -> Result<Vec<(String, u16, machineconfig::SecretsBundle)>, String> {
     let clusters = dynamic(client, ns, "cluster.x-k8s.io/v1beta2", "Cluster");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let etcd = nodes.workload_etcd.clone();
-    let Some(workloads) = nodes.workloads.as_mut() else {
-        return Ok(());
-    };
+    let mut found = Vec::new();
     for cluster in clusters.list(&ListParams::default()).await.map_err(text)? {
         let name = cluster.name_any();
         let endpoint = &cluster.data["spec"]["controlPlaneEndpoint"];
@@ -233,7 +231,7 @@ async fn serve_workloads(
         else {
             continue;
         };
-        if workloads.contains_key(&name) {
+        if served.contains_key(&name) {
             continue;
         }
         let Some(bundle) = secrets
@@ -254,9 +252,26 @@ async fn serve_workloads(
             .etcd_history(&bundle.cluster.id)
             .iter()
             .any(|c| c.op == talos_sim::etcd::Op::Bootstrap);
-        if !bootstrapped {
-            continue;
+        if bootstrapped {
+            found.push((name, u16::try_from(port).map_err(text)?, bundle));
         }
+    }
+    Ok(found)
+}
+
+/// Start the API servers of bootstrapped clusters and keep their Nodes in step with the nodes.
+async fn serve_workloads(
+    client: &kube::Client,
+    ns: &str,
+    sim: &Simulator,
+    nodes: &mut Nodes,
+) -> Result<(), String> {
+    let etcd = nodes.workload_etcd.clone();
+    let Some(workloads) = nodes.workloads.as_mut() else {
+        return Ok(());
+    };
+    let mut builders = Vec::new();
+    for (name, port, bundle) in bootstrapped_clusters(client, ns, sim, workloads).await? {
         let crt = machineconfig::secrets::decode_pem(&bundle.certs.k8s.crt).map_err(text)?;
         let key = machineconfig::secrets::decode_pem(&bundle.certs.k8s.key).map_err(text)?;
         let key = machineconfig::secrets::signing_key(&key)
@@ -270,17 +285,34 @@ async fn serve_workloads(
             .name(&name)
             .etcd(etcd, &format!("/workload/{ns}/{name}"))
             .ca(crate::pki::Ca::from_pem(&crt, &key).map_err(text)?)
-            .port(u16::try_from(port).map_err(text)?);
-        let apiserver = builder.start().await.map_err(text)?;
-        let workload_client = apiserver.client().await.map_err(text)?;
-        workloads.insert(
-            name,
-            Workload {
-                _apiserver: apiserver,
-                client: workload_client,
-            },
-        );
+            .port(port);
+        builders.push((name, builder));
     }
+    // Clusters bootstrapped at about the same time (a benchmark's ten) start their API servers
+    // together, not one after the other.
+    let started = futures::future::join_all(builders.into_iter().map(|(name, builder)| async {
+        let apiserver = builder.start().await.map_err(text)?;
+        let client = apiserver.client().await.map_err(text)?;
+        Ok::<_, String>((name, apiserver, client))
+    }))
+    .await;
+    // One that failed is tried again at the next pass; the others are served from now on.
+    let mut failed = Ok(());
+    for result in started {
+        match result {
+            Ok((name, apiserver, client)) => {
+                workloads.insert(
+                    name,
+                    Workload {
+                        _apiserver: apiserver,
+                        client,
+                    },
+                );
+            }
+            Err(e) => failed = Err(e),
+        }
+    }
+    failed?;
     // Every node of a served cluster has its Node, with the conditions a kubelet reports:
     // Ready while the node runs (not while it reboots), no pressure.
     let reported_ready = &mut nodes.reported_ready;

@@ -194,16 +194,39 @@ async fn serve(
     loop {
         {
             let mut nodes = state.lock().await;
-            if let Err(e) = pass(&client, &ns, &sim, &domains, &mut nodes).await {
+            let provisioned = pass(&client, &ns, &sim, &domains, &mut nodes);
+            if let Err(e) = within(PASS_LIMIT, provisioned).await {
                 tracing::debug!(error = %e, "sim infrastructure: retrying");
             }
-            if nodes.workloads.is_some()
-                && let Err(e) = serve_workloads(&client, &ns, &sim, &mut nodes).await
-            {
-                tracing::debug!(error = %e, "sim workload clusters: retrying");
+            if nodes.workloads.is_some() {
+                let served = serve_workloads(&client, &ns, &sim, &mut nodes);
+                if let Err(e) = within(WORKLOADS_LIMIT, served).await {
+                    tracing::debug!(error = %e, "sim workload clusters: retrying");
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How long one provisioning pass may take. A request on a connection that a killed
+/// kube-apiserver left behind can hang until the client's read timeout (295 s), and the
+/// infrastructure would stop with it (seen once in `make e2e-faults`); cut short, the pass is
+/// taken again from the start, as after any error.
+const PASS_LIMIT: Duration = Duration::from_secs(60);
+
+/// The same for the workload API servers' pass, which starts kube-apiservers (tens of seconds
+/// on a loaded machine).
+const WORKLOADS_LIMIT: Duration = Duration::from_secs(180);
+
+/// What `pass` did (its error as text), or an error once it took longer than `limit`.
+async fn within<E: std::fmt::Display>(
+    limit: Duration,
+    pass: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, pass).await {
+        Ok(done) => done.map_err(text),
+        Err(_) => Err(format!("the pass took longer than {limit:?}")),
     }
 }
 

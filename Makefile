@@ -39,21 +39,46 @@ crds: ## Regenerate config/crd/bases, the chart's CRDs and docs/api.md from the 
 	$(CARGO) run -q --locked -p talos-capi -- crds --out-dir charts/talos-capi/crds
 
 .PHONY: unit
-unit: ## Unit and integration tests (integration tests start real etcd/kube-apiserver/Cluster API), and the OTLP build's export test.
+unit: ## Unit and integration tests (integration tests start real etcd/kube-apiserver/Cluster API), and the OTLP build's export test, by cargo test one binary after another.
 	$(CARGO) test $(UNIT_AND_INTEGRATION) --locked
 	$(CARGO) test --locked -p talos-capi --features otlp --test otlp
 
+# make test's timings (hack/test-times.sh prints them) and how many of its jobs run at once.
+TEST_TIMES_DIR ?= target/test-times
+export TEST_TIMES_DIR
+TEST_JOBS ?= 4
+TEST_RUN = hack/test-run.py --jobs $(TEST_JOBS) --floor $(CLUSTER_API_FLOOR_VERSION) \
+  --build-json target/test-build/otlp.json --build-json target/test-build/workspace.json
+
 .PHONY: test
-test: ## Everything CI runs, on Cluster API v1.14 then the v1.12 floor lane; the orphan check runs even after a failure.
-	@status=0; $(MAKE) --no-print-directory tools lint unit e2e e2e-faults test-capi-floor release-binary || status=$$?; \
-	  hack/no-orphans.sh || status=1; exit $$status
+test: ## Everything CI runs: lint; every test binary and e2e suite on Cluster API v1.14, what can differ between lines on the v1.12 floor lane, the release binary (TEST_JOBS at a time); the orphan check runs even after a failure.
+	@rm -rf $(TEST_TIMES_DIR); status=0; \
+	  { hack/timed.sh tools $(MAKE) --no-print-directory tools tools-floor && \
+	    hack/timed.sh lint $(MAKE) --no-print-directory lint && \
+	    hack/timed.sh build $(MAKE) --no-print-directory test-build && \
+	    hack/timed.sh run $(TEST_RUN); } || status=$$?; \
+	  hack/no-orphans.sh || status=1; hack/test-times.sh; exit $$status
+
+.PHONY: test-fast
+test-fast: ## The inner loop: lint, then the unit and integration tests of the default lane (no e2e, no floor lane, no release build).
+	@rm -rf $(TEST_TIMES_DIR); status=0; \
+	  { $(MAKE) --no-print-directory lint test-build && $(TEST_RUN) --only default --no-e2e --skip-release; } || status=$$?; \
+	  hack/no-orphans.sh || status=1; hack/test-times.sh; exit $$status
+
+.PHONY: test-build
+test-build: ## Build every test binary of the workspace once (and the OTLP build's export test), their paths in target/test-build; run the doc tests.
+	@mkdir -p target/test-build
+	$(CARGO) test --locked -p talos-capi --features otlp --test otlp --no-run --message-format=json-render-diagnostics >target/test-build/otlp.json
+	$(CARGO) test --locked --workspace --no-run --message-format=json-render-diagnostics >target/test-build/workspace.json
+	$(CARGO) test --locked --workspace --doc
+
+.PHONY: tools-floor
+tools-floor: ## The floor lane's Cluster API components (CLUSTER_API_FLOOR_VERSION).
+	@CLUSTER_API_VERSION=$(CLUSTER_API_FLOOR_VERSION) $(MAKE) --no-print-directory tools
 
 .PHONY: test-capi-floor
-test-capi-floor: ## The integration and e2e tests on the Cluster API floor lane (CLUSTER_API_FLOOR_VERSION, v1.12).
-	@echo "== Cluster API floor lane: $(CLUSTER_API_FLOOR_VERSION)"
-	@started=$$(date +%s); status=0; \
-	  CLUSTER_API_VERSION=$(CLUSTER_API_FLOOR_VERSION) $(MAKE) --no-print-directory tools unit e2e || status=$$?; \
-	  echo "floor lane took $$(( $$(date +%s) - started )) s"; exit $$status
+test-capi-floor: tools-floor test-build ## The tests that can differ between Cluster API lines, on the floor lane (CLUSTER_API_FLOOR_VERSION, v1.12).
+	$(TEST_RUN) --only floor --skip-release
 
 .PHONY: no-orphans
 no-orphans: ## Fail if a component started by the tests outlived them (waits up to 15 s).

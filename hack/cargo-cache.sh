@@ -2,7 +2,9 @@
 # CI's Rust build cache (.ci/run, CI=true): a fresh clone's target/ becomes a link to a build
 # directory kept outside the repo, like the Go tools, so the dependencies (not this workspace)
 # are compiled once per toolchain and Cargo.lock. The workspace's own crates are removed from it
-# first: they are built again in every run, as on a fresh machine. Only the newest key is kept.
+# first: they are built again in every run, as on a fresh machine. The key is the toolchain and
+# the locked versions of the dependencies from registries (not the workspace's own crates); only
+# the newest key is kept.
 # A clone with a target/ of its own is left alone; an empty cache means a cold build, nothing
 # else.
 #   hack/cargo-cache.sh <repo>
@@ -11,7 +13,15 @@ repo=${1:?usage: cargo-cache.sh <repo>}
 cd "$repo"
 [ -e target ] && { echo "cargo cache: target/ exists, not linked"; exit 0; }
 root=${TALOS_CAPI_CACHE:-$HOME/.cache/talos-capi}/cargo-target
-key=$({ rustc -vV; cat Cargo.lock; } | sha256sum | cut -c1-16)
+key=$({
+  rustc -vV
+  python3 -c '
+import sys, tomllib
+lock = tomllib.load(open("Cargo.lock", "rb"))
+for p in lock["package"]:
+    if "source" in p:
+        print(p["name"], p["version"], p["source"])'
+} | sha256sum | cut -c1-16)
 cache=$root/$key
 mkdir -p "$cache"
 find "$root" -mindepth 1 -maxdepth 1 ! -name "$key" -exec rm -rf {} +

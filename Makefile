@@ -30,7 +30,9 @@ lint: ## cargo fmt --check, clippy with warnings denied, shell syntax checks, ha
 	"$$(hack/tools/tool.sh hadolint)" Dockerfile tests/e2e/kind/sim.Dockerfile
 	"$$(hack/tools/tool.sh actionlint)" -shellcheck= -pyflakes= .github/workflows/*.yaml
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	$(CARGO) clippy -p talos-capi --features otlp --all-targets --locked -- -D warnings
+# The OTLP pass keeps the workspace's feature set (--workspace), so it re-checks only talos-capi
+# and the OpenTelemetry crates; `-p talos-capi` would resolve other features and check again.
+	$(CARGO) clippy --workspace --all-targets --features talos-capi/otlp --locked -- -D warnings
 	for f in .ci/run hack/*.sh hack/tools/*.sh; do bash -n "$$f"; done
 
 .PHONY: crds
@@ -41,7 +43,7 @@ crds: ## Regenerate config/crd/bases, the chart's CRDs and docs/api.md from the 
 .PHONY: unit
 unit: ## Unit and integration tests (integration tests start real etcd/kube-apiserver/Cluster API), and the OTLP build's export test, by cargo test one binary after another.
 	$(CARGO) test $(UNIT_AND_INTEGRATION) --locked
-	$(CARGO) test --locked -p talos-capi --features otlp --test otlp
+	$(CARGO) test --locked --workspace --features talos-capi/otlp --test otlp
 
 # make test's timings (hack/test-times.sh prints them) and how many of its jobs run at once.
 TEST_TIMES_DIR ?= target/test-times
@@ -69,8 +71,9 @@ test-fast: ## The inner loop: lint, then the unit and integration tests of the d
 test-build: ## Run the OTLP build's export test, then build every test binary of the workspace once (their paths in target/test-build) and run the doc tests.
 	@mkdir -p target/test-build
 # The OTLP test runs here, not with the others: it runs target/debug/talos-capi, which the
-# workspace build below replaces with the build without the feature.
-	$(CARGO) test --locked -p talos-capi --features otlp --test otlp
+# workspace build below replaces with the build without the feature. --workspace keeps the
+# workspace's feature set, so only talos-capi and the OpenTelemetry crates build twice.
+	$(CARGO) test --locked --workspace --features talos-capi/otlp --test otlp
 	$(CARGO) test --locked --workspace --no-run --message-format=json-render-diagnostics >target/test-build/workspace.json
 	$(CARGO) test --locked --workspace --doc
 

@@ -151,11 +151,11 @@ bench: tools ## Benchmarks: config rendering and bundle generation (criterion), 
 
 .PHONY: bench-bootstrap
 bench-bootstrap: tools ## 1,000 TalosConfigs through the real CABPT and through talos-capi, side by side (BENCH_CLUSTERS, BENCH_MACHINES).
-	$(CARGO) bench --locked -p talos-capi --bench bootstrap_vs_cabpt
+	$(CARGO) bench --locked -p talos-capi-benches --bench bootstrap_vs_cabpt
 
 .PHONY: bench-controlplane
 bench-controlplane: tools ## TalosControlPlanes to Available (1, 10 and BENCH_CLUSTERS=100 clusters of 3): time, requests, gate reactions; 1 and 10 side by side with the real CACPPT + CABPT (BENCH_PEERS=only|skip).
-	$(CARGO) bench --locked -p talos-capi --bench controlplane
+	$(CARGO) bench --locked -p talos-capi-benches --bench controlplane
 
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz

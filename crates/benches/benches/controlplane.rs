@@ -19,11 +19,13 @@
 //!    control plane of its own with a workload API server per cluster: time, CPU seconds and
 //!    peak RSS of each provider process, API requests and Talos API calls, and the ratios.
 //!
-//!   cargo bench -p talos-capi --bench controlplane           (make bench-controlplane)
+//!   cargo bench -p talos-capi-benches --bench controlplane    (make bench-controlplane)
 //!   BENCH_CLUSTERS=20 BENCH_DIR=/tmp/bench-cp cargo bench …   (smaller; keep the logs)
-//!   BENCH_PEERS=only cargo bench …                             (only the side-by-side run)
-//!   BENCH_PEERS=skip cargo bench …                             (without it)
-//!   BENCH_FAULTS=<seed> cargo bench …                          (only the BENCH_CLUSTERS phase,
+//!   BENCH_PEERS=only cargo bench …                            (only the side-by-side run)
+//!   BENCH_PEERS=skip cargo bench …                            (without it)
+//!   BENCH_MANAGER=<talos-capi binary> cargo bench …           (that binary; by default
+//!       `cargo build --release -p talos-capi`'s, built first: `talos_capi_benches::manager_binary`)
+//!   BENCH_FAULTS=<seed> cargo bench …                         (only the BENCH_CLUSTERS phase,
 //!       with the manager behind testkit's fault proxy: 10% of requests answered 500, 10% of
 //!       updates 409, 10% of writes done but answered 500, every watch cut after 5 s)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failed run
@@ -416,7 +418,7 @@ async fn talos_upgrade(
 /// `talos-capi manager` for namespace `ns`, with the environment of its image (the Dockerfile's
 /// `MALLOC_ARENA_MAX=2`); BENCH_LOG (e.g. controller=debug) for a closer look, with BENCH_DIR.
 fn start_manager(kubeconfig: &Path, ns: &str, log: &Path) -> ManagedProcess {
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_talos-capi"));
+    let binary = talos_capi_benches::manager_binary();
     let args = vec![
         "MALLOC_ARENA_MAX=2".to_owned(),
         binary.display().to_string(),
@@ -693,6 +695,8 @@ async fn side_by_side() {
 }
 
 fn main() {
+    // Built (or found) before anything is timed.
+    talos_capi_benches::manager_binary();
     let clusters = env_number("BENCH_CLUSTERS", 100);
     let seed = std::env::var("BENCH_FAULTS")
         .ok()

@@ -4,12 +4,14 @@
 //! until every TalosConfig is ready, CPU seconds, peak RSS and API requests (from the API
 //! server's audit log, by user agent) of each provider process.
 //!
-//!   cargo bench -p talos-capi --bench bootstrap_vs_cabpt        (make bench-bootstrap)
-//!   BENCH_CLUSTERS=10 BENCH_MACHINES=10 cargo bench …            (a smaller run)
-//!   BENCH_ONLY=talos-capi cargo bench …                           (without the peer)
+//!   cargo bench -p talos-capi-benches --bench bootstrap_vs_cabpt   (make bench-bootstrap)
+//!   BENCH_CLUSTERS=10 BENCH_MACHINES=10 cargo bench …              (a smaller run)
+//!   BENCH_ONLY=talos-capi cargo bench …                            (without the peer)
+//!   BENCH_MANAGER=target/release-static/talos-capi cargo bench …   (that binary; by default
+//!       `cargo build --release -p talos-capi`'s, built first: `talos_capi_benches::manager_binary`)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failed run
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -398,7 +400,7 @@ async fn start(cp: &LocalControlPlane, provider: &str) -> ManagedProcess {
     if provider == "cabpt" {
         return testkit::peers::start_cabpt(cp, provider).await.unwrap();
     }
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_talos-capi"));
+    let binary = talos_capi_benches::manager_binary();
     let args = vec![
         "manager".to_owned(),
         format!("--kubeconfig={}", cp.kubeconfig_path().display()),
@@ -421,6 +423,8 @@ async fn start(cp: &LocalControlPlane, provider: &str) -> ManagedProcess {
 }
 
 fn main() {
+    // Built (or found) before anything is timed.
+    talos_capi_benches::manager_binary();
     let clusters = env_number("BENCH_CLUSTERS", 100);
     let machines = env_number("BENCH_MACHINES", 10);
     let runtime = tokio::runtime::Runtime::new().unwrap();

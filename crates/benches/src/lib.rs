@@ -29,13 +29,26 @@ pub fn manager_binary() -> &'static Path {
     })
 }
 
-fn locate() -> Result<PathBuf, String> {
+/// Why the manager binary cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    #[error("BENCH_MANAGER={} is not a file", .0.display())]
+    NotAFile(PathBuf),
+    #[error("running cargo: {0}")]
+    Cargo(#[from] std::io::Error),
+    #[error("`cargo build --release -p talos-capi` failed ({0})")]
+    BuildFailed(std::process::ExitStatus),
+    #[error("cargo reported no talos-capi executable")]
+    NoExecutable,
+}
+
+fn locate() -> Result<PathBuf, LocateError> {
     if let Some(binary) = std::env::var_os("BENCH_MANAGER") {
         let binary = PathBuf::from(binary);
         return if binary.is_file() {
             Ok(binary)
         } else {
-            Err(format!("BENCH_MANAGER={} is not a file", binary.display()))
+            Err(LocateError::NotAFile(binary))
         };
     }
     build()
@@ -43,7 +56,7 @@ fn locate() -> Result<PathBuf, String> {
 
 /// `cargo build` of the manager, with the cargo that runs the benchmark (CARGO) and the same
 /// target directory (CARGO_TARGET_DIR, inherited); the path is the one cargo reports.
-fn build() -> Result<PathBuf, String> {
+fn build() -> Result<PathBuf, LocateError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = testkit::tools::repo_root().join("Cargo.toml");
     let output = Command::new(cargo)
@@ -56,15 +69,11 @@ fn build() -> Result<PathBuf, String> {
         .arg("--manifest-path")
         .arg(&manifest)
         .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("running cargo: {e}"))?;
+        .output()?;
     if !output.status.success() {
-        return Err(format!(
-            "`cargo build --release -p talos-capi` failed ({})",
-            output.status
-        ));
+        return Err(LocateError::BuildFailed(output.status));
     }
-    executable(&output.stdout).ok_or_else(|| "cargo reported no talos-capi executable".to_owned())
+    executable(&output.stdout).ok_or(LocateError::NoExecutable)
 }
 
 /// The `talos-capi` executable among cargo's JSON messages.

@@ -497,22 +497,19 @@ async fn our_crds_replace_cabpts_over_stored_objects_and_one_we_cannot_read_is_r
     let _controller = start_controller(&client, &ns);
     wait_config(&client, &ns, name, ConditionType::Ready, "True").await;
     // Read as it is stored: our type cannot read it.
-    let reported = tokio::time::timeout(WAIT, async {
-        loop {
+    let reported = testkit::eventually(
+        "the object that cannot be read reported in its status",
+        WAIT,
+        async || {
             let o = dynamic.get("w-bogus").await.unwrap();
-            let found = o.data["status"]["conditions"].as_array().and_then(|cs| {
+            o.data["status"]["conditions"].as_array().and_then(|cs| {
                 cs.iter()
                     .find(|c| c["type"] == "DataSecretAvailable" && c["reason"] == "InvalidSpec")
                     .cloned()
-            });
-            if let Some(c) = found {
-                return c;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .expect("the object that cannot be read is reported in its status");
+            })
+        },
+    )
+    .await;
     let message = reported["message"].as_str().unwrap_or_default();
     assert_eq!(reported["status"], "False");
     assert!(

@@ -21,39 +21,30 @@ use serde_json::json;
 use talos_sim::Simulator;
 use talos_sim::etcd::Op;
 
-/// Poll `check` until it returns Some, or fail with `what` and the control plane's status.
+/// Until `check` returns Some, or fail with `what` and the control plane's status.
 async fn eventually<T>(
     client: &kube::Client,
     ns: &str,
     name: &str,
     what: &str,
-    mut check: impl AsyncFnMut() -> Option<T>,
+    check: impl AsyncFnMut() -> Option<T>,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let tcp = Api::<TalosControlPlane>::namespaced(client.clone(), ns)
-                .get_opt(name)
-                .await
-                .ok()
-                .flatten();
-            // The conditions first, a line each (what a truncated log still shows).
-            let conditions: Vec<String> = tcp
-                .iter()
-                .flat_map(|t| t.status.iter().flat_map(|s| s.conditions.iter().flatten()))
-                .map(|c| format!("  {}={} {}: {}", c.type_, c.status, c.reason, c.message))
-                .collect();
-            panic!(
-                "{what}: not reached in {WAIT:?}; TalosControlPlane conditions:\n{}\nstatus: {}",
-                conditions.join("\n"),
-                serde_json::to_string(&tcp.and_then(|t| t.status)).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let explain = async || {
+        let api = Api::<TalosControlPlane>::namespaced(client.clone(), ns);
+        let tcp = api.get_opt(name).await.ok().flatten();
+        // The conditions first, a line each (what a truncated log still shows).
+        let conditions: Vec<String> = tcp
+            .iter()
+            .flat_map(|t| t.status.iter().flat_map(|s| s.conditions.iter().flatten()))
+            .map(|c| format!("  {}={} {}: {}", c.type_, c.status, c.reason, c.message))
+            .collect();
+        format!(
+            "TalosControlPlane conditions:\n{}\nstatus: {}",
+            conditions.join("\n"),
+            serde_json::to_string(&tcp.and_then(|t| t.status)).unwrap_or_default()
+        )
+    };
+    testkit::eventually_explained(what, WAIT, check, explain).await
 }
 
 fn condition(tcp: &TalosControlPlane, t: ConditionType) -> Option<conditions::Condition> {
@@ -464,7 +455,7 @@ async fn a_three_machine_bring_up_writes_the_talosconfig_endpoints_without_a_con
         let config = machineconfig::talosconfig::TalosConfig::from_yaml(&text).ok()?;
         Some(config.contexts.get("e")?.endpoints.clone())
     };
-    let addresses = until(
+    let addresses = testkit::eventually(
         "the talosconfig's endpoints are the machines' addresses",
         WAIT,
         async || {
@@ -490,7 +481,7 @@ async fn a_three_machine_bring_up_writes_the_talosconfig_endpoints_without_a_con
         )
         .await
         .unwrap();
-    until("the pinned endpoints", WAIT, async || {
+    testkit::eventually("the pinned endpoints", WAIT, async || {
         (endpoints().await? == ["192.168.1.40", "192.168.1.41"]).then_some(())
     })
     .await;

@@ -295,26 +295,19 @@ pub async fn wait_warning(
 ) {
     use k8s_openapi::api::core::v1::Event;
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    let found = tokio::time::timeout(WAIT, async {
-        loop {
-            let list = events
-                .list(&Default::default())
-                .await
-                .map(|l| l.items)
-                .unwrap_or_default();
-            if list.iter().any(|e| {
+    let what = format!("{ns}/{name}: a Warning Event {reason}");
+    testkit::eventually(&what, WAIT, async || {
+        let list = events.list(&Default::default()).await.ok()?.items;
+        list.iter()
+            .any(|e| {
                 e.involved_object.name.as_deref() == Some(name)
                     && e.type_.as_deref() == Some("Warning")
                     && e.reason.as_deref() == Some(reason)
                     && e.message.as_deref().is_some_and(&pred)
-            }) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            })
+            .then_some(())
     })
     .await;
-    assert!(found.is_ok(), "{ns}/{name}: no Warning Event {reason}");
 }
 
 pub async fn secret_value(client: &kube::Client, ns: &str, name: &str) -> (Secret, Vec<Value>) {
@@ -388,23 +381,4 @@ pub async fn control_plane_cluster_at(
     sim_infra::control_plane_cluster(client, ns, name, replicas, endpoint)
         .await
         .unwrap();
-}
-
-/// Poll `check` every 200 ms for up to `within`, or fail saying `what`.
-pub async fn until<T>(
-    what: &str,
-    within: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

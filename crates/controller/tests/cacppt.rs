@@ -160,9 +160,10 @@ fn peers_crds() -> Vec<CustomResourceDefinition> {
     crds
 }
 
-/// A control plane of its own with the Cluster API core and `crds`, a namespace, and simulated
-/// nodes with real workload API servers where they register their Nodes (CACPPT reads them
-/// through the kubeconfig it writes, and Cluster API sets the node refs from them).
+/// A control plane of its own (CACPPT has no watch filter, and the peers' CRDs replace ours under
+/// the same names) with the Cluster API core and `crds`, a namespace, and simulated nodes with
+/// real workload API servers where they register their Nodes (CACPPT reads them through the
+/// kubeconfig it writes, and Cluster API sets the node refs from them).
 struct Bed {
     infra: sim_infra::SimInfra,
     client: kube::Client,

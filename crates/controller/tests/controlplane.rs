@@ -2920,7 +2920,8 @@ async fn cluster_secrets(client: &kube::Client, ns: &str, cluster: &str) -> Vec<
 
 #[tokio::test]
 async fn clusterctl_move_to_another_management_cluster_keeps_secrets_machines_and_members() {
-    // Source: the shared control plane; target: a second one with Cluster API core and our CRDs.
+    // Source: the shared control plane; target: a second one with Cluster API core and our CRDs
+    // (clusterctl move takes two management clusters).
     let (source, ns, source_controller) = setup("cp-move").await;
     let mut infra = sim_infra::start_with(&source, &ns, &["a", "b", "c"], true);
     let port = testkit::process::free_port().unwrap();

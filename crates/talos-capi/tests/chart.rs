@@ -90,6 +90,8 @@ async fn the_chart_installs_upgrades_uninstalls_and_its_rbac_runs_a_cluster_life
         assert!(!ok && out.contains(names), "--set {set}: {out}");
     }
 
+    // A control plane of its own: helm puts our CRDs and cluster-wide RBAC in and takes them out
+    // again, which the shared one (with our CRDs installed otherwise) must not see.
     let cp = LocalControlPlane::builder()
         .name("chart")
         .cluster_api()

@@ -150,6 +150,8 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
     std::fs::write(&config, providers).unwrap();
     let config = config.to_str().unwrap();
 
+    // A control plane of its own: `clusterctl init` installs both providers' CRDs, Deployments
+    // and cluster-wide RBAC from the release, over what the shared one has installed otherwise.
     let cp = LocalControlPlane::builder()
         .name("clusterctl")
         .cluster_api()

@@ -114,6 +114,8 @@ impl Manager {
     }
 }
 
+/// A control plane of its own: the manager here serves every namespace, and would take up the
+/// objects of the shared one's other tests.
 async fn control_plane(name: &str) -> LocalControlPlane {
     LocalControlPlane::builder()
         .name(name)

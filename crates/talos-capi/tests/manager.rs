@@ -125,6 +125,8 @@ fn log_of(m: &Manager) -> String {
     std::fs::read_to_string(m.process.log_path()).unwrap_or_default()
 }
 
+/// A control plane of its own: the tests read what the manager did from its audit log (the shared
+/// one keeps none).
 async fn control_plane_with_audit() -> LocalControlPlane {
     LocalControlPlane::builder()
         .name("manager")
@@ -276,6 +278,7 @@ fn late_writes(audit: &Path, identity: &str, after: Timestamp) -> Vec<String> {
 
 #[tokio::test]
 async fn without_the_crds_the_manager_says_what_to_install_and_waits() {
+    // A control plane of its own: one without our CRDs (the shared one has them).
     let cp = LocalControlPlane::builder()
         .name("bare")
         .start()
@@ -597,6 +600,7 @@ async fn through_500s_409s_lost_replies_and_cut_watches_the_manager_converges_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_a_management_etcd_restart_the_manager_converges_and_writes_once() {
     let dir = tempfile::tempdir().unwrap();
+    // A control plane of its own: its etcd is restarted (and its audit log read).
     let cp = LocalControlPlane::builder()
         .name("etcd-restart")
         .dir(dir.path())

@@ -66,6 +66,8 @@ async fn the_manager_exports_its_reconcile_spans_over_otlp() {
             }),
     );
 
+    // A control plane of its own, lighter than the shared one: Cluster API's CRDs without its
+    // manager (a TalosConfig that no Machine owns is all there is to reconcile).
     let cp = LocalControlPlane::builder()
         .name("otlp")
         .cluster_api_crds()

@@ -451,8 +451,8 @@ pub async fn reconciled_since(ctx: &Context, client: &kube::Client, ns: &str, na
 
 /// [`reconciled_since`] for every TalosConfig of `ns` and the TalosConfig controller of `ctx`:
 /// each round nudges them all and waits for as many reconciles to end. (Counted per controller,
-/// not per object: one object reconciled twice in a round would stand for another, which only a
-/// TalosConfig changing by itself meanwhile could do.)
+/// not per object: one object reconciled twice in a round, because it changed meanwhile, its own
+/// status write included, would stand for another. The TalosConfigs of a settled cluster do not.)
 pub async fn configs_reconciled_since(ctx: &Context, client: &kube::Client, ns: &str) {
     let api = Api::<TalosConfig>::namespaced(client.clone(), ns);
     let names: Vec<String> = api

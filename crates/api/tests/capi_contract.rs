@@ -440,17 +440,19 @@ async fn a_cluster_class_with_our_templates_stamps_out_a_talos_control_plane() {
             "TalosControlPlane",
         )),
     );
-    let tcp = tokio::time::timeout(WAIT, async {
-        loop {
-            let list = tcps.list(&Default::default()).await.unwrap().items;
-            if let Some(t) = list.into_iter().next() {
-                return t;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    })
-    .await
-    .expect("the topology controller creates a TalosControlPlane from our template");
+    let tcp = testkit::eventually(
+        "the topology controller creating a TalosControlPlane from our template",
+        WAIT,
+        async || {
+            tcps.list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .next()
+        },
+    )
+    .await;
     let spec = &tcp.data["spec"];
     assert_eq!(spec["version"], "v1.35.0");
     assert_eq!(spec["replicas"], 3);
@@ -465,23 +467,19 @@ async fn a_cluster_class_with_our_templates_stamps_out_a_talos_control_plane() {
     };
     assert_eq!(infra["kind"], "SimMachineTemplate", "{spec}");
     let mds = capi(&client, &ns, "v1beta2", "MachineDeployment");
-    let md = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(md) = mds
-                .list(&Default::default())
+    let md = testkit::eventually(
+        "the topology controller creating the MachineDeployment with our bootstrap template",
+        WAIT,
+        async || {
+            mds.list(&Default::default())
                 .await
                 .unwrap()
                 .items
                 .into_iter()
                 .next()
-            {
-                return md;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    })
-    .await
-    .expect("the topology controller creates the MachineDeployment with our bootstrap template");
+        },
+    )
+    .await;
     assert_eq!(
         md.data["spec"]["template"]["spec"]["bootstrap"]["configRef"]["kind"],
         "TalosConfigTemplate"

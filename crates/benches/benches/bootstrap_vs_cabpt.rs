@@ -285,22 +285,18 @@ async fn empty_namespace(cp: &LocalControlPlane, ns: &str) {
     }
     for (api_version, kind) in kinds {
         let api = dynamic(&client, ns, api_version, kind);
-        loop {
-            let left = api
-                .list_metadata(&Default::default())
-                .await
-                .unwrap()
-                .items
-                .len();
-            if left == 0 {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(900),
-                "{left} {kind}s still in {ns} after 15 minutes"
-            );
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
+        let left = async || {
+            let list = api.list_metadata(&Default::default()).await.unwrap();
+            list.items.len()
+        };
+        let explain = async || format!("{} left", left().await);
+        testkit::eventually_explained(
+            &format!("every {kind} gone from {ns}"),
+            Duration::from_secs(900).saturating_sub(started.elapsed()),
+            async || (left().await == 0).then_some(()),
+            explain,
+        )
+        .await;
     }
     eprintln!(
         "namespace {ns} emptied in {:.0} s",

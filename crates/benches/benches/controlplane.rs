@@ -68,29 +68,30 @@ fn ready(tcp: &DynamicObject) -> bool {
     s["replicas"] == 3 && cond("Available") && cond("EtcdClusterHealthy")
 }
 
+/// How long a bench waits for a step (a rollout of ten clusters) before it fails.
+const STEP: Duration = Duration::from_secs(1800);
+
 async fn wait_ready(client: &kube::Client, ns: &str, names: &[String]) {
     let api = tcps(client, ns);
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    loop {
+    let ready_count = async || {
         let list = api.list(&Default::default()).await.unwrap();
-        let done = names
+        names
             .iter()
             .filter(|n| {
                 list.items
                     .iter()
                     .any(|t| &t.metadata.name.clone().unwrap_or_default() == *n && ready(t))
             })
-            .count();
-        if done == names.len() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{done} of {} ready after 30 minutes",
-            names.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .count()
+    };
+    let explain = async || format!("{} ready", ready_count().await);
+    testkit::eventually_explained(
+        &format!("{} control planes ready", names.len()),
+        STEP,
+        async || (ready_count().await == names.len()).then_some(()),
+        explain,
+    )
+    .await;
 }
 
 /// The Cluster a Machine belongs to (its cluster-name label).
@@ -283,17 +284,15 @@ async fn rollout(
     }
     // Rolled out: every machine of every cluster at v1.36.0, three per cluster, Available.
     let machines = testkit::dynamic_api(client, ns, "cluster.x-k8s.io/v1beta2", "Machine");
-    loop {
+    testkit::eventually("every machine at v1.36.0", STEP, async || {
         let all = machines.list(&Default::default()).await.unwrap().items;
         let done = names.iter().all(|n| {
             let mine: Vec<_> = all.iter().filter(|m| cluster_of(m) == Some(n)).collect();
             mine.len() == 3 && mine.iter().all(|m| m.data["spec"]["version"] == "v1.36.0")
         });
-        if done {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        done.then_some(())
+    })
+    .await;
     wait_ready(client, ns, names).await;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = usage(pid).0 - cpu0;
@@ -361,7 +360,7 @@ async fn talos_upgrade(
     }
     // Upgraded: every node of every cluster on v1.13.1, no upgrade under way, Available.
     let machines = testkit::dynamic_api(client, ns, "cluster.x-k8s.io/v1beta2", "Machine");
-    let nodes: BTreeMap<String, String> = loop {
+    let upgraded = async || {
         let all = machines.list(&Default::default()).await.unwrap().items;
         let mine: Vec<_> = all
             .iter()
@@ -385,11 +384,9 @@ async fn talos_upgrade(
                     .as_ref()
                     .is_none_or(|a| !a.contains_key("controlplane.cluster.x-k8s.io/talos-upgrade"))
             });
-        if done {
-            break nodes;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        done.then_some(nodes)
     };
+    let nodes = testkit::eventually("every node on v1.13.1", STEP, upgraded).await;
     wait_ready(client, ns, names).await;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = usage(pid).0 - cpu0;

@@ -88,25 +88,23 @@ async fn control_planes_and_workers_share_one_bundle_and_machines_get_their_data
         );
     }
     let machines: Api<Machine> = Api::namespaced(client.clone(), &ns);
-    let workers = tokio::time::timeout(WAIT, async {
-        loop {
+    let workers = testkit::eventually(
+        "the MachineSet's 4 Machines getting bootstrap data through our TalosConfigs",
+        WAIT,
+        async || {
             let list = machines
                 .list(&ListParams::default().labels("pool=ha-workers"))
                 .await
                 .unwrap();
-            if list.items.len() == 4
+            let done = list.items.len() == 4
                 && list
                     .items
                     .iter()
-                    .all(|m| m.spec.bootstrap.data_secret_name.is_some())
-            {
-                return list.items;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    })
-    .await
-    .expect("the MachineSet's 4 Machines get bootstrap data through our TalosConfigs");
+                    .all(|m| m.spec.bootstrap.data_secret_name.is_some());
+            done.then_some(list.items)
+        },
+    )
+    .await;
 
     let mut docs_by_machine = BTreeMap::new();
     for config in &configs {
@@ -151,28 +149,25 @@ async fn control_planes_and_workers_share_one_bundle_and_machines_get_their_data
             .and_then(|i| i.bootstrap_data_secret_created)
             == Some(true)
     };
-    let all_read = tokio::time::timeout(WAIT, async {
-        loop {
-            let list = machines.list(&ListParams::default()).await.unwrap().items;
-            if list.iter().all(created) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    })
-    .await;
-    if all_read.is_err() {
-        let pending: Vec<_> = machines
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
+    let pending = async || {
+        let list = machines.list(&ListParams::default()).await.unwrap().items;
+        let pending: Vec<_> = list
             .into_iter()
             .filter(|m| !created(m))
             .map(|m| m.metadata.name)
             .collect();
-        panic!("Machines without bootstrapDataSecretCreated: {pending:?}");
-    }
+        format!("Machines without bootstrapDataSecretCreated: {pending:?}")
+    };
+    testkit::eventually_explained(
+        "every Machine's bootstrapDataSecretCreated",
+        WAIT,
+        async || {
+            let list = machines.list(&ListParams::default()).await.unwrap().items;
+            list.iter().all(created).then_some(())
+        },
+        pending,
+    )
+    .await;
 
     let first = &docs_by_machine["ha-cp-0"][0];
     for (machine, docs) in &docs_by_machine {
@@ -337,13 +332,14 @@ async fn a_config_that_cannot_render_is_not_rendered_again_until_its_spec_change
     .await;
     assert!(cond.message.contains("\"Evil\""), "{}", cond.message);
     // The status write that reported it is seen by the watch, and reconciles the object again.
-    tokio::time::timeout(WAIT, async {
-        while ctx.metrics.renders("unchanged") + ctx.metrics.renders("failed") < 2 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the object's own status write reconciles it again");
+    testkit::eventually(
+        "the object's own status write reconciling it again",
+        WAIT,
+        async || {
+            (ctx.metrics.renders("unchanged") + ctx.metrics.renders("failed") >= 2).then_some(())
+        },
+    )
+    .await;
     assert_eq!(ctx.metrics.renders("failed"), 1, "rendered once");
     assert!(ctx.metrics.renders("unchanged") >= 1);
     assert_eq!(ctx.metrics.renders("rendered"), 0);
@@ -743,8 +739,10 @@ async fn a_hundred_configs_of_one_cluster_create_exactly_one_bundle() {
     }))
     .await;
     let api: Api<TalosConfig> = Api::namespaced(client.clone(), &ns);
-    tokio::time::timeout(Duration::from_secs(240), async {
-        loop {
+    testkit::eventually(
+        "all 100 TalosConfigs ready",
+        Duration::from_secs(240),
+        async || {
             let ready = api
                 .list(&ListParams::default())
                 .await
@@ -753,14 +751,10 @@ async fn a_hundred_configs_of_one_cluster_create_exactly_one_bundle() {
                 .iter()
                 .filter(|c| c.status.as_ref().and_then(|s| s.ready) == Some(true))
                 .count();
-            if ready == n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    })
-    .await
-    .expect("all 100 TalosConfigs become ready");
+            (ready == n).then_some(())
+        },
+    )
+    .await;
     let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let all = secrets_api
         .list(&ListParams::default())
@@ -981,24 +975,21 @@ async fn a_bundle_that_cannot_be_stored_is_reported_and_stored_once_it_can() {
     let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
     // Admission sees a new quota after a moment: until a probe is refused.
     let probe: Secret = serde_json::from_value(json!({"metadata": {"name": "probe"}})).unwrap();
-    let mut refused = false;
-    for _ in 0..300 {
-        match secrets_api.create(&PostParams::default(), &probe).await {
-            Ok(_) => {
-                secrets_api
-                    .delete("probe", &Default::default())
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(kube::Error::Api(e)) if e.code == 403 => {
-                refused = true;
-                break;
-            }
-            Err(e) => panic!("{e}"),
+    testkit::eventually("the quota taking effect", WAIT, async || match secrets_api
+        .create(&PostParams::default(), &probe)
+        .await
+    {
+        Ok(_) => {
+            secrets_api
+                .delete("probe", &Default::default())
+                .await
+                .unwrap();
+            None
         }
-    }
-    assert!(refused, "the quota takes effect");
+        Err(kube::Error::Api(e)) if e.code == 403 => Some(()),
+        Err(e) => panic!("{e}"),
+    })
+    .await;
     cluster(&client, &ns, "q", false).await;
     machine(
         &client,
@@ -1071,17 +1062,15 @@ async fn an_edit_is_rendered_again_before_boot_and_only_reported_after() {
 
     // Not booted: the Secret is rendered again.
     install_on("/dev/vdb").await;
-    let rendered = tokio::time::timeout(WAIT, async {
-        loop {
+    let rendered = testkit::eventually(
+        "the edit rendered into the Secret before boot",
+        WAIT,
+        async || {
             let (secret, docs, on) = disk().await;
-            if on.as_deref() == Some("/dev/vdb") {
-                return (secret, docs);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .expect("the edit rendered into the Secret before boot");
+            (on.as_deref() == Some("/dev/vdb")).then_some((secret, docs))
+        },
+    )
+    .await;
     assert_ne!(
         rendered.0.metadata.resource_version,
         first.metadata.resource_version

@@ -411,10 +411,11 @@ async fn a_cluster_we_brought_up_is_taken_back_by_cabpt_without_a_rewrite() {
             "{path}: CABPT renders from our bundle"
         );
     }
-    // A while for CABPT to act on what it watches, then: the bundle, the CA and the booted
-    // data are as we wrote them. CABPT writes its talosconfig again for every config it renders
-    // (endpoints its way, a new client certificate), from the same bundle: the same OS CA.
-    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    // Once CABPT has reconciled our ready control-plane config to the end: the bundle, the CA and
+    // the booted data are as we wrote them. CABPT writes its talosconfig again in each reconcile
+    // of a ready control-plane config (endpoints its way, a new client certificate), from the
+    // same bundle: the same OS CA.
+    cabpt_reconciled(&client, &ns, name, "back-talosconfig").await;
     let talosconfig_ca = |s: &Secret| -> Value {
         let text = String::from_utf8(s.data.as_ref().unwrap()["talosconfig"].0.clone()).unwrap();
         let doc: Value = serde_yaml_ng::from_str(&text).unwrap();
@@ -446,6 +447,33 @@ async fn a_cluster_we_brought_up_is_taken_back_by_cabpt_without_a_rewrite() {
             .and_then(|s| s.data_secret_name.clone())
     );
     assert_eq!(now.status.and_then(|s| s.ready), Some(true));
+}
+
+/// Until CABPT has run a whole reconcile of the ready control-plane TalosConfig `config` (and
+/// everything such a reconcile does to the Secrets). Each of them rewrites the cluster's
+/// `talosconfig` Secret (a new client certificate), and CABPT reconciles one object at a time:
+/// after a nudge of `config` and a rewrite, a second nudge and a second rewrite mean the
+/// reconcile that made the first one had ended.
+async fn cabpt_reconciled(client: &kube::Client, ns: &str, config: &str, talosconfig: &str) {
+    let configs: Api<TalosConfig> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let revision = async || {
+        secrets
+            .get(talosconfig)
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+    };
+    for n in 1..=2 {
+        let before = revision().await;
+        nudge(&configs, config).await;
+        let what = format!("CABPT rewriting {talosconfig} after nudge {n} of {config}");
+        testkit::eventually(&what, WAIT, async || {
+            (revision().await != before).then_some(())
+        })
+        .await;
+    }
 }
 
 /// Our CRDs replace CABPT's under the same names with objects stored: those objects stay as they
@@ -497,22 +525,19 @@ async fn our_crds_replace_cabpts_over_stored_objects_and_one_we_cannot_read_is_r
     let _controller = start_controller(&client, &ns);
     wait_config(&client, &ns, name, ConditionType::Ready, "True").await;
     // Read as it is stored: our type cannot read it.
-    let reported = tokio::time::timeout(WAIT, async {
-        loop {
+    let reported = testkit::eventually(
+        "the object that cannot be read reported in its status",
+        WAIT,
+        async || {
             let o = dynamic.get("w-bogus").await.unwrap();
-            let found = o.data["status"]["conditions"].as_array().and_then(|cs| {
+            o.data["status"]["conditions"].as_array().and_then(|cs| {
                 cs.iter()
                     .find(|c| c["type"] == "DataSecretAvailable" && c["reason"] == "InvalidSpec")
                     .cloned()
-            });
-            if let Some(c) = found {
-                return c;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .expect("the object that cannot be read is reported in its status");
+            })
+        },
+    )
+    .await;
     let message = reported["message"].as_str().unwrap_or_default();
     assert_eq!(reported["status"], "False");
     assert!(

@@ -52,8 +52,8 @@ async fn machines(client: &kube::Client, ns: &str) -> Vec<DynamicObject> {
         .unwrap_or_default()
 }
 
-/// Poll `check` until it returns Some, or fail with `what`, the TalosControlPlane's status and
-/// where CACPPT's log is.
+/// Until `check` returns Some, or fail with `what`, the machines, the TalosControlPlane's status
+/// and the tails of `logs`.
 async fn eventually<T>(
     client: &kube::Client,
     ns: &str,
@@ -71,40 +71,34 @@ async fn eventually_within<T>(
     logs: &[&std::path::Path],
     within: Duration,
     what: &str,
-    mut check: impl AsyncFnMut() -> Option<T>,
+    check: impl AsyncFnMut() -> Option<T>,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let tcp = tcp_api(client, ns).get_opt(NAME).await.ok().flatten();
-            let names: Vec<String> = machines(client, ns)
-                .await
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{} version={} nodeRef={}",
-                        m.name_any(),
-                        m.data["spec"]["version"],
-                        m.data["status"]["nodeRef"]
-                    )
-                })
-                .collect();
-            let tails: Vec<String> = logs
-                .iter()
-                .map(|log| format!("{}:\n{}", log.display(), testkit::process::tail(log, 40)))
-                .collect();
-            panic!(
-                "{what}: not reached in {within:?}\nmachines: {names:#?}\nTalosControlPlane status: {}\n{}",
-                serde_json::to_string_pretty(&tcp.map(|t| t.data["status"].clone()))
-                    .unwrap_or_default(),
-                tails.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let explain = async || {
+        let tcp = tcp_api(client, ns).get_opt(NAME).await.ok().flatten();
+        let names: Vec<String> = machines(client, ns)
+            .await
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} version={} nodeRef={}",
+                    m.name_any(),
+                    m.data["spec"]["version"],
+                    m.data["status"]["nodeRef"]
+                )
+            })
+            .collect();
+        let tails: Vec<String> = logs
+            .iter()
+            .map(|log| format!("{}:\n{}", log.display(), testkit::process::tail(log, 40)))
+            .collect();
+        format!(
+            "machines: {names:#?}\nTalosControlPlane status: {}\n{}",
+            serde_json::to_string_pretty(&tcp.map(|t| t.data["status"].clone()))
+                .unwrap_or_default(),
+            tails.join("\n")
+        )
+    };
+    testkit::eventually_explained(what, within, check, explain).await
 }
 
 fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
@@ -166,9 +160,10 @@ fn peers_crds() -> Vec<CustomResourceDefinition> {
     crds
 }
 
-/// A control plane of its own with the Cluster API core and `crds`, a namespace, and simulated
-/// nodes with real workload API servers where they register their Nodes (CACPPT reads them
-/// through the kubeconfig it writes, and Cluster API sets the node refs from them).
+/// A control plane of its own (CACPPT has no watch filter, and the peers' CRDs replace ours under
+/// the same names) with the Cluster API core and `crds`, a namespace, and simulated nodes with
+/// real workload API servers where they register their Nodes (CACPPT reads them through the
+/// kubeconfig it writes, and Cluster API sets the node refs from them).
 struct Bed {
     infra: sim_infra::SimInfra,
     client: kube::Client,

@@ -21,39 +21,30 @@ use serde_json::json;
 use talos_sim::Simulator;
 use talos_sim::etcd::Op;
 
-/// Poll `check` until it returns Some, or fail with `what` and the control plane's status.
+/// Until `check` returns Some, or fail with `what` and the control plane's status.
 async fn eventually<T>(
     client: &kube::Client,
     ns: &str,
     name: &str,
     what: &str,
-    mut check: impl AsyncFnMut() -> Option<T>,
+    check: impl AsyncFnMut() -> Option<T>,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let tcp = Api::<TalosControlPlane>::namespaced(client.clone(), ns)
-                .get_opt(name)
-                .await
-                .ok()
-                .flatten();
-            // The conditions first, a line each (what a truncated log still shows).
-            let conditions: Vec<String> = tcp
-                .iter()
-                .flat_map(|t| t.status.iter().flat_map(|s| s.conditions.iter().flatten()))
-                .map(|c| format!("  {}={} {}: {}", c.type_, c.status, c.reason, c.message))
-                .collect();
-            panic!(
-                "{what}: not reached in {WAIT:?}; TalosControlPlane conditions:\n{}\nstatus: {}",
-                conditions.join("\n"),
-                serde_json::to_string(&tcp.and_then(|t| t.status)).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let explain = async || {
+        let api = Api::<TalosControlPlane>::namespaced(client.clone(), ns);
+        let tcp = api.get_opt(name).await.ok().flatten();
+        // The conditions first, a line each (what a truncated log still shows).
+        let conditions: Vec<String> = tcp
+            .iter()
+            .flat_map(|t| t.status.iter().flat_map(|s| s.conditions.iter().flatten()))
+            .map(|c| format!("  {}={} {}: {}", c.type_, c.status, c.reason, c.message))
+            .collect();
+        format!(
+            "TalosControlPlane conditions:\n{}\nstatus: {}",
+            conditions.join("\n"),
+            serde_json::to_string(&tcp.and_then(|t| t.status)).unwrap_or_default()
+        )
+    };
+    testkit::eventually_explained(what, WAIT, check, explain).await
 }
 
 fn condition(tcp: &TalosControlPlane, t: ConditionType) -> Option<conditions::Condition> {
@@ -464,7 +455,7 @@ async fn a_three_machine_bring_up_writes_the_talosconfig_endpoints_without_a_con
         let config = machineconfig::talosconfig::TalosConfig::from_yaml(&text).ok()?;
         Some(config.contexts.get("e")?.endpoints.clone())
     };
-    let addresses = until(
+    let addresses = testkit::eventually(
         "the talosconfig's endpoints are the machines' addresses",
         WAIT,
         async || {
@@ -490,7 +481,7 @@ async fn a_three_machine_bring_up_writes_the_talosconfig_endpoints_without_a_con
         )
         .await
         .unwrap();
-    until("the pinned endpoints", WAIT, async || {
+    testkit::eventually("the pinned endpoints", WAIT, async || {
         (endpoints().await? == ["192.168.1.40", "192.168.1.41"]).then_some(())
     })
     .await;
@@ -552,7 +543,7 @@ async fn machines_without_our_records_are_adopted_without_a_reboot_or_a_membersh
     let id = sim_infra::cluster_id(&client, &ns, "ad").await.unwrap();
     let history = infra.sim.etcd_history(&id).len();
 
-    let _controller = start_controller(&client, &ns);
+    let (_controller, ctx) = start_controller_context(&client, &ns, Default::default());
     let configs = Api::<api::bootstrap::v1alpha3::TalosConfig>::namespaced(client.clone(), &ns);
     for name in &names {
         let machine = eventually(&client, &ns, "ad", "records and hook back", async || {
@@ -586,8 +577,8 @@ async fn machines_without_our_records_are_adopted_without_a_reboot_or_a_membersh
         "",
     )
     .await;
-    // A while longer, for a rollout that would start late.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // A reconcile of the adopted control plane as it is now starts no rollout.
+    reconciled_since(&ctx, &client, &ns, "ad").await;
     let mut after = machine_names(&client, &ns).await;
     after.sort();
     assert_eq!(after, names, "no machine replaced");
@@ -908,7 +899,7 @@ async fn set_node_ready(nodes: &Api<k8s_openapi::api::core::v1::Node>, name: &st
 
 #[tokio::test]
 async fn pause_stops_changes_and_deletion_removes_every_machine() {
-    let (client, ns, _controller) = setup("cp-lifecycle").await;
+    let (client, ns, _controller, ctx) = setup_context("cp-lifecycle", Default::default()).await;
     let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
     control_plane_cluster(&client, &ns, "l", 1).await;
     settled(&client, &ns, "l", &infra.sim, 1).await;
@@ -926,7 +917,7 @@ async fn pause_stops_changes_and_deletion_removes_every_machine() {
     })
     .await;
     scale(&client, &ns, "l", 3).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    reconciled_since(&ctx, &client, &ns, "l").await;
     assert_eq!(
         machines(&client, &ns).await.len(),
         1,
@@ -957,7 +948,8 @@ async fn pause_stops_changes_and_deletion_removes_every_machine() {
 
 #[tokio::test]
 async fn deletion_waits_for_the_worker_machines_and_only_then_removes_the_control_plane() {
-    let (client, ns, _controller) = setup("cp-delete-workers").await;
+    let (client, ns, _controller, ctx) =
+        setup_context("cp-delete-workers", Default::default()).await;
     let infra = sim_infra::start(&client, &ns, &["a"]);
     control_plane_cluster(&client, &ns, "w", 1).await;
     settled(&client, &ns, "w", &infra.sim, 1).await;
@@ -975,7 +967,7 @@ async fn deletion_waits_for_the_worker_machines_and_only_then_removes_the_contro
     )
     .await;
     // The workers still run on this control plane: nothing of it goes yet.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    reconciled_since(&ctx, &client, &ns, "w").await;
     let control_planes: Vec<Machine> = machines(&client, &ns)
         .await
         .into_iter()
@@ -1051,7 +1043,7 @@ async fn wait_condition(
 
 #[tokio::test]
 async fn an_unreachable_node_keeps_its_member() {
-    let (client, ns, _controller) = setup("cp-unreachable").await;
+    let (client, ns, _controller, ctx) = setup_context("cp-unreachable", Default::default()).await;
     let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
     control_plane_cluster(&client, &ns, "u", 3).await;
     let before = settled(&client, &ns, "u", &infra.sim, 3).await;
@@ -1067,8 +1059,9 @@ async fn an_unreachable_node_keeps_its_member() {
         &victim,
     )
     .await;
-    // A while later the member is still there: the machine exists, it is only unreachable.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Once the controller has reconciled it unreachable, the member is still there: the
+    // machine exists, it is only unreachable.
+    reconciled_since(&ctx, &client, &ns, "u").await;
     let id = sim_infra::cluster_id(&client, &ns, "u").await.unwrap();
     assert_eq!(
         member_on(&infra.sim.etcd_members(&id), &address),
@@ -1095,7 +1088,7 @@ async fn an_unreachable_node_keeps_its_member() {
 /// healthy again.
 #[tokio::test]
 async fn a_node_with_an_expired_certificate_is_named_with_the_cause_and_left_alone() {
-    let (client, ns, _controller) = setup("cp-expired").await;
+    let (client, ns, _controller, ctx) = setup_context("cp-expired", Default::default()).await;
     let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
     control_plane_cluster(&client, &ns, "x", 3).await;
     let before = settled(&client, &ns, "x", &infra.sim, 3).await;
@@ -1138,8 +1131,14 @@ async fn a_node_with_an_expired_certificate_is_named_with_the_cause_and_left_alo
     .await;
     assert!(said.contains(&victim), "{said}\n{named:?}");
     println!("{said}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // Steady: the x509 error's "current time …" does not make the conditions change at every look.
+    // Steady: the x509 error's "current time …" does not make the conditions change at every
+    // look. The node is tried again (after its rest), and the reconcile that did so has ended.
+    let tried = infra.sim.connections(&address).unwrap();
+    eventually(&client, &ns, "x", "the node tried again", async || {
+        (infra.sim.connections(&address)? > tried).then_some(())
+    })
+    .await;
+    reconciled_since(&ctx, &client, &ns, "x").await;
     let again = Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
         .get("x")
         .await
@@ -1230,13 +1229,34 @@ async fn cacppt_237_a_restart_between_member_removal_and_machine_deletion_resume
         .etcd_remove_member(&talos_api::Nodes::Endpoint, member)
         .await
         .unwrap();
-    // Still there: our pre-terminate hook holds it.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Still there: Cluster API's deletion of it waits on our pre-terminate hook.
+    let held = eventually(
+        &client,
+        &ns,
+        "g",
+        "the deletion held by our hook",
+        async || {
+            let machine = Api::<Machine>::namespaced(client.clone(), &ns)
+                .get(&victim)
+                .await
+                .ok()?;
+            let deleting = machine
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "Deleting")?
+                .clone();
+            (deleting.status == "True" && deleting.reason == "WaitingForPreTerminateHook")
+                .then_some(deleting)
+        },
+    )
+    .await;
     assert!(
-        machines(&client, &ns)
-            .await
-            .iter()
-            .any(|m| m.name_any() == victim)
+        held.message
+            .contains(&controller::controlplane::machines::cleanup_hook()),
+        "{held:?}"
     );
 
     let _controller = start_controller(&client, &ns);
@@ -1349,7 +1369,7 @@ async fn what_a_machine_creation_cut_short_left_behind_is_removed_and_nothing_el
 
 #[tokio::test]
 async fn a_node_that_hangs_is_named_and_rested_and_nothing_is_removed_on_a_guess() {
-    let (client, ns, _controller) = setup_with(
+    let (client, ns, _controller, ctx) = setup_context(
         "cp-hang",
         controller::Options {
             health_check: Duration::from_secs(2),
@@ -1387,10 +1407,16 @@ async fn a_node_that_hangs_is_named_and_rested_and_nothing_is_removed_on_a_guess
         "{}",
         named.message
     );
-    // Growing waits on it, and nothing is removed on a guess.
+    // Growing waits on it, and nothing is removed on a guess: once it has been asked again
+    // (after a rest) and the reconcile that asked it has ended.
     scale(&client, &ns, "s", 4).await;
     wait_condition(&client, &ns, "s", ConditionType::ScalingUp, "True", &hung).await;
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    let asked = infra.sim.connections(&address).unwrap();
+    eventually(&client, &ns, "s", "the hung node asked again", async || {
+        (infra.sim.connections(&address)? > asked).then_some(())
+    })
+    .await;
+    reconciled_since(&ctx, &client, &ns, "s").await;
     assert_eq!(machines(&client, &ns).await.len(), 3);
     assert_eq!(
         infra.sim.etcd_members(&cluster_id),
@@ -1406,23 +1432,35 @@ async fn a_node_that_hangs_is_named_and_rested_and_nothing_is_removed_on_a_guess
     assert_etcd_invariants(&client, &ns, "s", &infra.sim).await;
 }
 
-/// The simulator's count of Talos API calls once it has stayed the same for 3 s.
-async fn talos_calls_at_rest(sim: &Simulator) -> u64 {
+/// The simulator's count of Talos API calls once the control plane `name` is at rest: the
+/// count did not change across a whole reconcile of it (see [`reconciled_since`]).
+async fn talos_calls_at_rest(
+    ctx: &controller::Context,
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    sim: &Simulator,
+) -> u64 {
     let mut last = sim.requests();
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let now = sim.requests();
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    panic!("the Talos API calls never came to rest (last count {last})");
+    eventually(
+        client,
+        ns,
+        name,
+        "the Talos API calls at rest",
+        async || {
+            reconciled_since(ctx, client, ns, name).await;
+            let now = sim.requests();
+            let rest = (now == last).then_some(now);
+            last = now;
+            rest
+        },
+    )
+    .await
 }
 
 #[tokio::test]
 async fn a_steady_control_plane_asks_its_nodes_only_on_a_machine_change_or_its_health_check() {
-    let (client, ns, _controller) = setup_with(
+    let (client, ns, _controller, ctx) = setup_context(
         "cp-steady",
         controller::Options {
             health_check: Duration::from_secs(3600),
@@ -1444,7 +1482,7 @@ async fn a_steady_control_plane_asks_its_nodes_only_on_a_machine_change_or_its_h
     );
     control_plane_cluster(&client, &ns, "q", 3).await;
     settled(&client, &ns, "q", &infra.sim, 3).await;
-    let at_rest = talos_calls_at_rest(&infra.sim).await;
+    let at_rest = talos_calls_at_rest(&ctx, &client, &ns, "q", &infra.sim).await;
 
     // Events that change nothing on the nodes wake the control plane (its annotations, the
     // kubeconfig Secret it rewrites, its own status) but ask no node: three rotations.
@@ -1471,7 +1509,7 @@ async fn a_steady_control_plane_asks_its_nodes_only_on_a_machine_change_or_its_h
         .await;
     }
     assert_eq!(
-        talos_calls_at_rest(&infra.sim).await,
+        talos_calls_at_rest(&ctx, &client, &ns, "q", &infra.sim).await,
         at_rest,
         "no Talos call for changes that concern no node"
     );
@@ -1658,7 +1696,7 @@ async fn replacement_of(
 
 #[tokio::test]
 async fn mhc_remediation_replaces_one_machine_at_a_time_within_retry_limits() {
-    let (client, ns, _controller) = setup("cp-remediate").await;
+    let (client, ns, _controller, ctx) = setup_context("cp-remediate", Default::default()).await;
     let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
     control_plane_cluster(&client, &ns, "m", 3).await;
     let api = Api::<TalosControlPlane>::namespaced(client.clone(), &ns);
@@ -1708,7 +1746,7 @@ async fn mhc_remediation_replaces_one_machine_at_a_time_within_retry_limits() {
         "maxRetry is 1",
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    reconciled_since(&ctx, &client, &ns, "m").await;
     assert!(
         machines(&client, &ns)
             .await
@@ -1718,8 +1756,35 @@ async fn mhc_remediation_replaces_one_machine_at_a_time_within_retry_limits() {
     assert_etcd_invariants(&client, &ns, "m", &infra.sim).await;
 }
 
-/// The most control-plane machines (deleting ones included) seen at once while it runs, and
-/// every machine name seen, sampled every 100 ms from the API server.
+/// Calls `each` with the control-plane Machines of `ns` after every change a watch delivers,
+/// from the moment this returns (their first listing done) until the handle is dropped or
+/// aborted: every state they go through, however soon the next follows it.
+async fn on_every_change(
+    client: &kube::Client,
+    ns: &str,
+    mut each: impl FnMut(&[Arc<Machine>]) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let api = Api::<Machine>::namespaced(client.clone(), ns);
+    let config = watcher::Config::default().labels("cluster.x-k8s.io/control-plane");
+    let (reader, writer) = reflector::store();
+    let listed = reader.clone();
+    let task = tokio::spawn(async move {
+        let events = watcher(api, config).default_backoff().reflect(writer);
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            if event.is_ok() {
+                each(&reader.state());
+            }
+        }
+    });
+    listed.wait_until_ready().await.unwrap();
+    task
+}
+
+/// The most control-plane machines (deleting ones included) there were at once while it runs,
+/// and every machine name seen, from every change of them a watch delivers.
 struct Peak {
     max: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     names: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
@@ -1727,21 +1792,18 @@ struct Peak {
 }
 
 impl Peak {
-    fn watch(client: &kube::Client, ns: &str) -> Peak {
+    async fn watch(client: &kube::Client, ns: &str) -> Peak {
         let max = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let names = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
-        let (client, ns, seen, named) = (client.clone(), ns.to_owned(), max.clone(), names.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let all = machines(&client, &ns).await;
-                seen.fetch_max(all.len(), std::sync::atomic::Ordering::SeqCst);
-                named
-                    .lock()
-                    .unwrap()
-                    .extend(all.iter().map(ResourceExt::name_any));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
+        let (seen, named) = (max.clone(), names.clone());
+        let task = on_every_change(client, ns, move |all| {
+            seen.fetch_max(all.len(), std::sync::atomic::Ordering::SeqCst);
+            named
+                .lock()
+                .unwrap()
+                .extend(all.iter().map(|m| m.name_any()));
+        })
+        .await;
         Peak { max, names, task }
     }
 
@@ -1958,7 +2020,7 @@ async fn kubernetes_upgrade_with_max_surge_1_never_exceeds_four_machines_or_drop
         "{refused}"
     );
 
-    let peak = Peak::watch(&client, &ns);
+    let peak = Peak::watch(&client, &ns).await;
     patch_spec(&client, &ns, "u", json!({"version": "v1.36.0"})).await;
     rolled_out(&client, &ns, "u", &infra.sim, 3, "v1.36.0").await;
     let after = machine_names(&client, &ns).await;
@@ -1988,7 +2050,7 @@ async fn max_surge_0_replaces_in_place_of_each_machine_and_replans_on_a_spec_cha
     let id = sim_infra::cluster_id(&client, &ns, "v").await.unwrap();
     let start = infra.sim.etcd_history(&id).len();
 
-    let peak = Peak::watch(&client, &ns);
+    let peak = Peak::watch(&client, &ns).await;
     patch_spec(
         &client,
         &ns,
@@ -2284,7 +2346,7 @@ async fn with_config_reboot_in_place_a_change_needing_a_reboot_reboots_each_node
 
 #[tokio::test]
 async fn a_node_configuration_changed_by_hand_is_reported_and_left_alone() {
-    let (client, ns, _controller) = setup_with(
+    let (client, ns, _controller, ctx) = setup_context(
         "cp-drift",
         controller::Options {
             drift_check: Duration::from_secs(1),
@@ -2348,8 +2410,16 @@ async fn a_node_configuration_changed_by_hand_is_reported_and_left_alone() {
             .any(|e| e.reason.as_deref() == Some("TalosConfigDrift")),
         "a TalosConfigDrift event"
     );
-    // Checked again a few times since: still reported, and the node's change is left alone.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Checked again a few times since (dry-run applies), the last check's reconcile ended:
+    // still reported, and the node's change is left alone.
+    const APPLY: &str = "/machine.MachineService/ApplyConfiguration";
+    let applies = || infra.sim.calls().get(APPLY).map_or(0, |c| c.received);
+    let checked = applies();
+    eventually(&client, &ns, "d", "two more drift checks", async || {
+        (applies() >= checked + 2).then_some(())
+    })
+    .await;
+    reconciled_since(&ctx, &client, &ns, "d").await;
     let (_, running) = infra.sim.running(&address).unwrap();
     assert!(
         running
@@ -2416,7 +2486,7 @@ async fn five_machines_with_max_unavailable_2_replace_two_at_a_time_within_quoru
     settled(&client, &ns, "w", &infra.sim, 5).await;
     let id = sim_infra::cluster_id(&client, &ns, "w").await.unwrap();
     let start = infra.sim.etcd_history(&id).len();
-    let peak = Peak::watch(&client, &ns);
+    let peak = Peak::watch(&client, &ns).await;
     let hold = HoldDeletion::start(&client, &ns, 2, "v1.36.0").await;
     patch_spec(
         &client,
@@ -2452,7 +2522,7 @@ async fn one_machine_with_max_surge_0_surges_and_says_why() {
     settled(&client, &ns, "o", &infra.sim, 1).await;
     let id = sim_infra::cluster_id(&client, &ns, "o").await.unwrap();
     let start = infra.sim.etcd_history(&id).len();
-    let peak = Peak::watch(&client, &ns);
+    let peak = Peak::watch(&client, &ns).await;
     patch_spec(
         &client,
         &ns,
@@ -2494,7 +2564,7 @@ async fn a_controller_killed_at_five_points_of_a_rollout_still_converges_without
     settled(&client, &ns, "k", &infra.sim, 3).await;
     let id = sim_infra::cluster_id(&client, &ns, "k").await.unwrap();
     let start = infra.sim.etcd_history(&id).len();
-    let peak = Peak::watch(&client, &ns);
+    let peak = Peak::watch(&client, &ns).await;
     patch_spec(&client, &ns, "k", json!({"version": "v1.36.0"})).await;
 
     // Each point is a state of the rollout; when it is seen, the controller is killed (its
@@ -2531,8 +2601,10 @@ async fn a_controller_killed_at_five_points_of_a_rollout_still_converges_without
             (reached(&all) || done).then_some(!done)
         })
         .await;
-        drop(controller.take());
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Gone for good (its task ended) before the fresh one starts.
+        if let Some(killed) = controller.take() {
+            killed.stop().await;
+        }
         controller = Some(start_controller(&client, &ns));
         if !seen {
             break;
@@ -2601,6 +2673,23 @@ async fn five_nodes_upgrade_two_at_a_time_and_a_talos_without_lifecycle_service_
             })
             .unwrap();
     }
+    // Watched while it runs: never more than two machines upgrading at once (five members
+    // keep quorum with two down).
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watching = {
+        let peak = peak.clone();
+        on_every_change(&client, &ns, move |all| {
+            let upgrading = all
+                .iter()
+                .filter(|m| {
+                    m.annotations()
+                        .contains_key("controlplane.cluster.x-k8s.io/talos-upgrade")
+                })
+                .count();
+            peak.fetch_max(upgrading, std::sync::atomic::Ordering::Relaxed);
+        })
+        .await
+    };
     patch_spec(
         &client,
         &ns,
@@ -2608,23 +2697,6 @@ async fn five_nodes_upgrade_two_at_a_time_and_a_talos_without_lifecycle_service_
         json!({"talosUpgrade": {"image": "ghcr.io/siderolabs/installer:v1.13.1", "maxParallel": 2}}),
     )
     .await;
-    // Sampled while it runs: never more than two machines upgrading at once (five members
-    // keep quorum with two down).
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let sampler = {
-        let (client, ns, peak) = (client.clone(), ns.clone(), peak.clone());
-        tokio::spawn(async move {
-            loop {
-                let upgrading = upgrade_markers(&client, &ns)
-                    .await
-                    .iter()
-                    .filter(|(_, m)| m.is_some())
-                    .count();
-                peak.fetch_max(upgrading, std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
     let version = |node: &str| infra.sim.status(node).map(|(_, v)| v).unwrap_or_default();
     eventually(
         &client,
@@ -2638,7 +2710,7 @@ async fn five_nodes_upgrade_two_at_a_time_and_a_talos_without_lifecycle_service_
         },
     )
     .await;
-    sampler.abort();
+    watching.abort();
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     assert!(peak <= 2, "{peak} machines upgrading at once");
     assert_eq!(peak, 2, "maxParallel 2 upgrades two at once");
@@ -2653,7 +2725,8 @@ async fn five_nodes_upgrade_two_at_a_time_and_a_talos_without_lifecycle_service_
 
 #[tokio::test]
 async fn talos_upgrades_in_place_node_by_node_and_halts_on_a_rollback_until_retried() {
-    let (client, ns, _controller) = setup("cp-talos-upgrade").await;
+    let (client, ns, _controller, ctx) =
+        setup_context("cp-talos-upgrade", Default::default()).await;
     let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
     control_plane_cluster(&client, &ns, "t", 3).await;
     settled(&client, &ns, "t", &infra.sim, 3).await;
@@ -2717,7 +2790,7 @@ async fn talos_upgrades_in_place_node_by_node_and_halts_on_a_rollback_until_retr
                 && e.message.as_deref().is_some_and(|m| m.contains(&names[1]))),
         "a Warning event names the machine"
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    reconciled_since(&ctx, &client, &ns, "t").await;
     assert_eq!(
         version(&nodes[2]),
         "v1.13.0",
@@ -2847,7 +2920,8 @@ async fn cluster_secrets(client: &kube::Client, ns: &str, cluster: &str) -> Vec<
 
 #[tokio::test]
 async fn clusterctl_move_to_another_management_cluster_keeps_secrets_machines_and_members() {
-    // Source: the shared control plane; target: a second one with Cluster API core and our CRDs.
+    // Source: the shared control plane; target: a second one with Cluster API core and our CRDs
+    // (clusterctl move takes two management clusters).
     let (source, ns, source_controller) = setup("cp-move").await;
     let mut infra = sim_infra::start_with(&source, &ns, &["a", "b", "c"], true);
     let port = testkit::process::free_port().unwrap();
@@ -2898,7 +2972,8 @@ async fn clusterctl_move_to_another_management_cluster_keeps_secrets_machines_an
         .unwrap();
     // Our controller runs in both management clusters, as it would; the infrastructure's
     // controller pauses during the move and then serves from the target.
-    let _target_controller = start_controller(&target, &ns);
+    let (_target_controller, target_ctx) =
+        start_controller_context(&target, &ns, Default::default());
     infra.pause();
     let scratch = tempfile::tempdir().unwrap();
     let source_kubeconfig = scratch.path().join("source.kubeconfig");
@@ -2936,8 +3011,10 @@ async fn clusterctl_move_to_another_management_cluster_keeps_secrets_machines_an
     names_after.sort();
     assert_eq!(names_after, names_before, "no machine replaced");
     assert_eq!(cluster_secrets(&target, &ns, "mv").await, secrets_before);
-    // A while longer, for anything late.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Once the target's controllers have reconciled the control plane and every TalosConfig
+    // as they are now: nothing late.
+    reconciled_since(&target_ctx, &target, &ns, "mv").await;
+    configs_reconciled_since(&target_ctx, &target, &ns).await;
     assert_eq!(
         machine_names(&target, &ns).await.len(),
         3,

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use api::capi::Machine;
 use common::*;
 use controller::nodes::{Grpc, TalosNodes};
@@ -33,15 +31,17 @@ async fn bootstrap_data_boots_a_node_the_cluster_talosconfig_reaches() {
     let machines: Api<Machine> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     // Cluster API copies the node's address to the Machine; the talosconfig follows it.
-    let (address, talosconfig) = tokio::time::timeout(WAIT, async {
-        loop {
+    let (address, talosconfig) = testkit::eventually(
+        "the Machine getting its node's address and the talosconfig following it",
+        WAIT,
+        async || {
             let address = machines
                 .get("n-cp-0")
                 .await
                 .unwrap()
                 .addresses()
                 .first()
-                .map(|a| a.address.clone());
+                .map(|a| a.address.clone())?;
             let talosconfig = secrets
                 .get_opt("n-talosconfig")
                 .await
@@ -50,17 +50,13 @@ async fn bootstrap_data_boots_a_node_the_cluster_talosconfig_reaches() {
                 .and_then(|d| {
                     d.get("talosconfig")
                         .map(|v| String::from_utf8(v.0.clone()).unwrap())
-                });
-            if let (Some(address), Some(talosconfig)) = (address, talosconfig)
-                && talosconfig.contains(&address)
-            {
-                return (address, talosconfig);
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    })
-    .await
-    .expect("the Machine gets its node's address and the talosconfig follows it");
+                })?;
+            talosconfig
+                .contains(&address)
+                .then_some((address, talosconfig))
+        },
+    )
+    .await;
     assert!(
         infra.sim.nodes().contains(&address),
         "the node runs at the Machine's address"
@@ -69,16 +65,12 @@ async fn bootstrap_data_boots_a_node_the_cluster_talosconfig_reaches() {
     let talos = Grpc::default()
         .connect(&talosconfig, vec![address.clone()])
         .unwrap();
-    let versions = tokio::time::timeout(WAIT, async {
-        loop {
-            match talos.version(&Nodes::Endpoint).await {
-                Ok(v) => return v,
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    })
-    .await
-    .expect("the node answers the cluster's talosconfig over mTLS");
+    let versions = testkit::eventually(
+        "the node answering the cluster's talosconfig over mTLS",
+        WAIT,
+        async || talos.version(&Nodes::Endpoint).await.ok(),
+    )
+    .await;
     assert_eq!(versions.len(), 1);
     let version = versions[0].result.as_ref().expect("a version");
     assert_eq!(

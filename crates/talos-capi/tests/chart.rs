@@ -57,21 +57,18 @@ fn condition_true(tcp: &TalosControlPlane, t: ConditionType) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-/// Poll `check` until true, or fail with `what` and the lines of `log` that name a refusal.
+/// Until `check` holds, or fail with `what` and the lines of `log` that name a refusal.
 async fn until(what: &str, log: &Path, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        if tokio::time::Instant::now() > deadline {
-            let refused: Vec<String> = std::fs::read_to_string(log)
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| l.contains("forbidden"))
-                .map(str::to_owned)
-                .collect();
-            panic!("{what}: not within {WAIT:?}; refusals in the manager's log: {refused:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let refusals = async || {
+        let refused: Vec<String> = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("forbidden"))
+            .map(str::to_owned)
+            .collect();
+        format!("refusals in the manager's log: {refused:#?}")
+    };
+    testkit::eventually_explained(what, WAIT, async || check().await.then_some(()), refusals).await;
 }
 
 #[tokio::test]
@@ -93,6 +90,8 @@ async fn the_chart_installs_upgrades_uninstalls_and_its_rbac_runs_a_cluster_life
         assert!(!ok && out.contains(names), "--set {set}: {out}");
     }
 
+    // A control plane of its own: helm puts our CRDs and cluster-wide RBAC in and takes them out
+    // again, which the shared one (with our CRDs installed otherwise) must not see.
     let cp = LocalControlPlane::builder()
         .name("chart")
         .cluster_api()

@@ -422,14 +422,11 @@ fn a_port_in_use_is_a_startup_error_naming_the_flag() {
             .spawn()
             .unwrap();
         // Bounded: a manager that got past the bind would wait for the API server for ever.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while child.try_wait().unwrap().is_none() {
-            if std::time::Instant::now() > deadline {
-                child.kill().unwrap();
-                let _ = child.wait();
-                panic!("{flag}: the manager did not stop on a port in use");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        let exited = testkit::process::wait_exit(&mut child, std::time::Duration::from_secs(30));
+        if exited.unwrap().is_none() {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("{flag}: the manager did not stop on a port in use");
         }
         let o = child.wait_with_output().unwrap();
         let e = stderr(&o);

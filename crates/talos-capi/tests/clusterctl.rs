@@ -53,19 +53,14 @@ async fn apply(kubeconfig: &str, yaml: &str, ns: Option<&str>) {
     if let Some(ns) = ns {
         args.extend(["--namespace", ns]);
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let mut last = String::new();
+    let applied = testkit::poll(Duration::from_secs(60), async || {
         let o = run(&kubectl, &args, &[], Some(yaml));
-        if o.ok {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "kubectl apply: {}\n{yaml}",
-            o.output
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        last = o.output;
+        o.ok.then_some(())
+    })
+    .await;
+    assert!(applied.is_some(), "kubectl apply: {last}\n{yaml}");
 }
 
 /// Stand-ins for CAPMOX's CRDs: its kinds at infrastructure.cluster.x-k8s.io/v1alpha1, any
@@ -155,6 +150,8 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
     std::fs::write(&config, providers).unwrap();
     let config = config.to_str().unwrap();
 
+    // A control plane of its own: `clusterctl init` installs both providers' CRDs, Deployments
+    // and cluster-wide RBAC from the release, over what the shared one has installed otherwise.
     let cp = LocalControlPlane::builder()
         .name("clusterctl")
         .cluster_api()
@@ -361,29 +358,27 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
 /// version and replicas.
 async fn topology_made_the_control_plane(client: &kube::Client, ns: &str) {
     let api: Api<TalosControlPlane> = Api::namespaced(client.clone(), ns);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let tcp = loop {
-        if let Some(tcp) = api.list(&Default::default()).await.unwrap().items.pop() {
-            break tcp;
+    let status = |kind: &str, name: &str| {
+        let api = testkit::dynamic_api(client, ns, "cluster.x-k8s.io/v1beta2", kind);
+        let name = name.to_owned();
+        async move {
+            let o = api.get(&name).await.ok();
+            serde_json::to_string_pretty(&o.map(|o| o.data["status"].clone())).unwrap_or_default()
         }
-        if tokio::time::Instant::now() > deadline {
-            let status = |kind: &str, name: &str| {
-                let api = testkit::dynamic_api(client, ns, "cluster.x-k8s.io/v1beta2", kind);
-                let name = name.to_owned();
-                async move {
-                    let o = api.get(&name).await.ok();
-                    serde_json::to_string_pretty(&o.map(|o| o.data["status"].clone()))
-                        .unwrap_or_default()
-                }
-            };
-            panic!(
-                "no TalosControlPlane made from the ClusterClass in {ns}; Cluster status: {}; ClusterClass status: {}",
+    };
+    let tcp = testkit::eventually_explained(
+        &format!("a TalosControlPlane made from the ClusterClass in {ns}"),
+        Duration::from_secs(90),
+        async || api.list(&Default::default()).await.unwrap().items.pop(),
+        async || {
+            format!(
+                "Cluster status: {}; ClusterClass status: {}",
                 status("Cluster", "mi-cluster").await,
                 status("ClusterClass", "talos-proxmox").await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+            )
+        },
+    )
+    .await;
     assert_eq!(tcp.spec.version, "v1.34.1");
     assert_eq!(tcp.spec.replicas, Some(3));
     let patches = tcp

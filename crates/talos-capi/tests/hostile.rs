@@ -33,16 +33,11 @@ fn run_capped_at(dir: &Path, args: &[String], bytes: u64) -> (Option<i32>, Strin
         .spawn()
         .unwrap();
     let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("{args:?} hung for 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = testkit::process::wait_exit(&mut child, Duration::from_secs(60)).unwrap()
+    else {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        panic!("{args:?} hung for 60 s");
     };
     let stderr = String::from_utf8_lossy(&std::fs::read(&err).unwrap()).into_owned();
     (status.code(), stderr, started.elapsed())

@@ -22,7 +22,7 @@ use std::path::Path;
 
 use api::conditions::ConditionType;
 use classes::Case;
-use common::{WAIT, cluster, machine, until, wait_config};
+use common::{WAIT, cluster, machine, wait_config};
 use controller::raw::RawObject;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
@@ -37,7 +37,7 @@ use testkit::bench::component_pid;
 use testkit::process::{ManagedProcess, free_port, http_get as get};
 use testkit::secrets_scan::{Haystack, Needles};
 use testkit::tools::repo_root;
-use testkit::{LocalControlPlane, unique_namespace};
+use testkit::{LocalControlPlane, eventually, unique_namespace};
 
 /// A manager process over every namespace, through `kubeconfig`.
 struct Manager {
@@ -107,13 +107,15 @@ impl Manager {
             .status()
             .unwrap();
         assert!(sent.success());
-        until("the manager to exit after SIGTERM", WAIT, async || {
+        eventually("the manager to exit after SIGTERM", WAIT, async || {
             self.process.check_running().is_err().then_some(())
         })
         .await;
     }
 }
 
+/// A control plane of its own: the manager here serves every namespace, and would take up the
+/// objects of the shared one's other tests.
 async fn control_plane(name: &str) -> LocalControlPlane {
     LocalControlPlane::builder()
         .name(name)
@@ -490,7 +492,7 @@ async fn a_watch_that_cannot_list_is_named_on_readyz_and_sigterm_still_stops_the
     let kubeconfig = cp.dir().join("restricted.kubeconfig");
     restricted_kubeconfig(&cp, &kubeconfig);
     let m = manager(&cp, "mgr-list", &kubeconfig).await;
-    let (code, body) = until("/readyz naming the failing watch", WAIT, async || {
+    let (code, body) = eventually("/readyz naming the failing watch", WAIT, async || {
         get(m.health, "/readyz")
             .await
             .filter(|(_, body)| body.contains("the machines watch fails"))
@@ -498,7 +500,7 @@ async fn a_watch_that_cannot_list_is_named_on_readyz_and_sigterm_still_stops_the
     .await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("forbidden"), "{body}");
-    until(
+    eventually(
         "the TalosConfig's reconcile to wait for the caches",
         WAIT,
         async || {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use api::conditions::ConditionType;
-use common::{WAIT, cluster, cluster_labelled, machine, machine_labelled, until, wait_config};
+use common::{WAIT, cluster, cluster_labelled, machine, machine_labelled, wait_config};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
@@ -19,6 +19,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use serde_json::json;
 use testkit::bench::{audit_events, component_pid};
+use testkit::eventually;
 use testkit::faults::{FaultProxy, Faults};
 use testkit::process::{ManagedProcess, free_port, http_get as get};
 use testkit::tools::repo_root;
@@ -124,6 +125,8 @@ fn log_of(m: &Manager) -> String {
     std::fs::read_to_string(m.process.log_path()).unwrap_or_default()
 }
 
+/// A control plane of its own: the tests read what the manager did from its audit log (the shared
+/// one keeps none).
 async fn control_plane_with_audit() -> LocalControlPlane {
     LocalControlPlane::builder()
         .name("manager")
@@ -143,7 +146,7 @@ async fn one_of_two_managers_leads_a_frozen_leader_is_fenced_and_sigterm_hands_o
     let a = manager(&cp, &ns, "mgr-a").await;
     let b = manager(&cp, &ns, "mgr-b").await;
 
-    let first = until("a leader", WAIT, async || {
+    let first = eventually("a leader", WAIT, async || {
         holder(&lease(&client, &ns).await?)
     })
     .await;
@@ -156,7 +159,7 @@ async fn one_of_two_managers_leads_a_frozen_leader_is_fenced_and_sigterm_hands_o
 
     // Probes and metrics: both replicas are ready, only one leads.
     for m in [leader, standby] {
-        until(&format!("{} ready", m.name), WAIT, async || {
+        eventually(&format!("{} ready", m.name), WAIT, async || {
             get(m.health, "/readyz").await.filter(|(c, _)| *c == 200)
         })
         .await;
@@ -183,7 +186,7 @@ async fn one_of_two_managers_leads_a_frozen_leader_is_fenced_and_sigterm_hands_o
     // The Event about m1 is the leader's last write for it: freezing the leader before that
     // write arrives would leave it on the wire, and no fence can recall a request already sent.
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    until("the leader's Event about m1", WAIT, async || {
+    eventually("the leader's Event about m1", WAIT, async || {
         let list = events.list(&Default::default()).await.ok()?;
         list.items
             .into_iter()
@@ -193,7 +196,7 @@ async fn one_of_two_managers_leads_a_frozen_leader_is_fenced_and_sigterm_hands_o
 
     // Freeze the leader: the standby takes over once the lease expires, and reconciles.
     signal(leader.pid, "STOP");
-    let taken = until(
+    let taken = eventually(
         "the standby taking over from a frozen leader",
         Duration::from_secs(30),
         async || {
@@ -212,7 +215,7 @@ async fn one_of_two_managers_leads_a_frozen_leader_is_fenced_and_sigterm_hands_o
 
     // Thawed, the old leader finds its lease gone and exits without writing.
     signal(leader.pid, "CONT");
-    let status = until(
+    let status = eventually(
         "the old leader exiting",
         Duration::from_secs(20),
         async || leader.process.check_running().err(),
@@ -237,7 +240,7 @@ async fn one_of_two_managers_leads_a_frozen_leader_is_fenced_and_sigterm_hands_o
     // SIGTERM: the leader hands the lease back before exiting, so a new replica need not wait
     // for it to expire.
     signal(standby.pid, "TERM");
-    let status = until("the leader stopping", Duration::from_secs(20), async || {
+    let status = eventually("the leader stopping", Duration::from_secs(20), async || {
         standby.process.check_running().err()
     })
     .await;
@@ -246,7 +249,7 @@ async fn one_of_two_managers_leads_a_frozen_leader_is_fenced_and_sigterm_hands_o
     assert_eq!(holder(&released).filter(|h| !h.is_empty()), None);
     assert_eq!(released.spec.unwrap().lease_duration_seconds, Some(1));
     let c = manager(&cp, &ns, "mgr-c").await;
-    until("a new replica leading", WAIT, async || {
+    eventually("a new replica leading", WAIT, async || {
         holder(&lease(&client, &ns).await?).filter(|h| h.starts_with("mgr-c_"))
     })
     .await;
@@ -275,6 +278,7 @@ fn late_writes(audit: &Path, identity: &str, after: Timestamp) -> Vec<String> {
 
 #[tokio::test]
 async fn without_the_crds_the_manager_says_what_to_install_and_waits() {
+    // A control plane of its own: one without our CRDs (the shared one has them).
     let cp = LocalControlPlane::builder()
         .name("bare")
         .start()
@@ -283,7 +287,7 @@ async fn without_the_crds_the_manager_says_what_to_install_and_waits() {
     let client = cp.client().await.unwrap();
     let ns = unique_namespace(&client, "bare").await.unwrap();
     let m = manager(&cp, &ns, "mgr-bare").await;
-    let (code, body) = until("/readyz naming what is missing", WAIT, async || {
+    let (code, body) = eventually("/readyz naming what is missing", WAIT, async || {
         get(m.health, "/readyz").await.filter(|(c, _)| *c == 503)
     })
     .await;
@@ -352,7 +356,7 @@ async fn throttle(client: &kube::Client) {
     let schemas: Api<FlowSchema> = Api::all(client.clone());
     schemas.create(&Default::default(), &schema).await.unwrap();
     // In force once the API server's configuration controller has digested it.
-    until("the FlowSchema in force", WAIT, async || {
+    eventually("the FlowSchema in force", WAIT, async || {
         let s = schemas.get(THROTTLED).await.ok()?;
         s.status?.conditions?.into_iter().find(|c| {
             c.type_.as_deref() == Some("Dangling") && c.status.as_deref() == Some("False")
@@ -433,42 +437,43 @@ async fn storm_clusters(
             .collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    loop {
+    let all_available = async || {
         if let Err(e) = manager.check_running() {
             panic!("the manager exited ({e}):\n{}", tail());
         }
         // The management cluster may be down for a moment (a fault the caller injects).
-        let Ok(list) = tcps.list(&Default::default()).await else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
-        };
-        let up = list.items.iter().filter(|t| available(t)).count();
-        if up == clusters {
-            return names;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            // The logs outlive the control plane's directory, for whoever looks into it.
-            let keep = repo_root().join("target/test-artifacts").join(ns);
-            std::fs::create_dir_all(&keep).unwrap();
-            let _ = std::fs::copy(manager.log_path(), keep.join("manager.log"));
-            let _ = std::fs::copy(cp.audit_log_path(), keep.join("audit.log"));
-            eprintln!("logs kept in {}", keep.display());
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{up} of {clusters} clusters Available after 240 s: {:#?}\nthe manager's log ends:\n{}",
-            list.items
-                .iter()
+        let list = tcps.list(&Default::default()).await.ok()?;
+        (list.items.iter().filter(|t| available(t)).count() == clusters).then_some(())
+    };
+    let explain = async || {
+        // The logs outlive the control plane's directory, for whoever looks into it.
+        let keep = repo_root().join("target/test-artifacts").join(ns);
+        std::fs::create_dir_all(&keep).unwrap();
+        let _ = std::fs::copy(manager.log_path(), keep.join("manager.log"));
+        let _ = std::fs::copy(cp.audit_log_path(), keep.join("audit.log"));
+        eprintln!("logs kept in {}", keep.display());
+        let list = tcps.list(&Default::default()).await.map(|l| l.items);
+        let list = list.unwrap_or_default();
+        format!(
+            "{} Available: {:#?}\nthe manager's log ends:\n{}",
+            list.iter().filter(|t| available(t)).count(),
+            list.iter()
                 .map(|t| (
                     t.metadata.name.clone(),
                     t.data["status"]["conditions"].clone()
                 ))
                 .collect::<Vec<_>>(),
             tail()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        )
+    };
+    testkit::eventually_explained(
+        &format!("{clusters} clusters Available"),
+        Duration::from_secs(240),
+        all_available,
+        explain,
+    )
+    .await;
+    names
 }
 
 /// What must be written once was: from the audit log (`events`, the manager's requests), each
@@ -595,6 +600,7 @@ async fn through_500s_409s_lost_replies_and_cut_watches_the_manager_converges_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_a_management_etcd_restart_the_manager_converges_and_writes_once() {
     let dir = tempfile::tempdir().unwrap();
+    // A control plane of its own: its etcd is restarted (and its audit log read).
     let cp = LocalControlPlane::builder()
         .name("etcd-restart")
         .dir(dir.path())
@@ -610,21 +616,21 @@ async fn through_a_management_etcd_restart_the_manager_converges_and_writes_once
     let manager = storm_manager(&cp, &ns, &cp.kubeconfig_path(), "etcd-restart-manager");
     let etcd = cp.etcd();
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
-    let restart = tokio::spawn(async move {
-        while secrets
-            .get_opt("etcd-0-talos")
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    // etcd goes away for 5 s once the first cluster's bundle is written.
+    let restart = async {
+        eventually("the first cluster's bundle Secret", WAIT, async || {
+            secrets.get_opt("etcd-0-talos").await.ok().flatten()
+        })
+        .await;
         etcd.restart(Duration::from_secs(5)).await.unwrap();
-    });
-    let names = storm_clusters(&cp, &client, &ns, "etcd", 6, &manager).await;
-    assert!(restart.is_finished(), "converged before etcd came back");
-    restart.await.unwrap();
+        tokio::time::Instant::now()
+    };
+    let storm = async {
+        let names = storm_clusters(&cp, &client, &ns, "etcd", 6, &manager).await;
+        (names, tokio::time::Instant::now())
+    };
+    let (restarted, (names, converged)) = tokio::join!(restart, storm);
+    assert!(restarted <= converged, "converged before etcd came back");
     let events = audit_events(&cp.audit_log_path(), 0, "talos-capi/");
     // kube-apiserver holds requests while etcd is away: the outage shows as requests that took
     // seconds (or failed), not as a manager restart.
@@ -749,7 +755,7 @@ async fn split_providers_serve_only_their_shard_and_count_errors_by_category() {
         "TalosControlPlane",
     );
     let reconciled = |t: &kube::api::DynamicObject| t.data["status"]["conditions"].is_array();
-    until(
+    eventually(
         "the labelled TalosControlPlane reconciled",
         WAIT,
         async || tcps.get("cp-in").await.ok().filter(reconciled),

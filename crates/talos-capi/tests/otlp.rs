@@ -66,6 +66,8 @@ async fn the_manager_exports_its_reconcile_spans_over_otlp() {
             }),
     );
 
+    // A control plane of its own, lighter than the shared one: Cluster API's CRDs without its
+    // manager (a TalosConfig that no Machine owns is all there is to reconcile).
     let cp = LocalControlPlane::builder()
         .name("otlp")
         .cluster_api_crds()
@@ -108,22 +110,24 @@ async fn the_manager_exports_its_reconcile_spans_over_otlp() {
     .unwrap();
 
     // The batch exporter sends every few seconds.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let seen = collector.0.lock().unwrap().clone();
-        if seen
-            .iter()
-            .any(|(service, name)| service == "talos-capi" && name == "reconciling object")
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no reconcile span exported; received {seen:?}; manager log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    testkit::eventually_explained(
+        "a reconcile span exported",
+        Duration::from_secs(60),
+        async || {
+            let seen = collector.0.lock().unwrap();
+            seen.iter()
+                .any(|(service, name)| service == "talos-capi" && name == "reconciling object")
+                .then_some(())
+        },
+        async || {
+            format!(
+                "received {:?}; manager log:\n{}",
+                collector.0.lock().unwrap(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        },
+    )
+    .await;
     manager.check_running().unwrap();
     drop(manager);
     let _ = stop.send(());

@@ -125,6 +125,13 @@ impl Simulator {
         Some((s.phase, s.version.clone()))
     }
 
+    /// TCP connections a node's apid has accepted so far, whatever came of them: every attempt
+    /// to reach it, a TLS handshake it failed included.
+    pub fn connections(&self, address: &str) -> Option<u64> {
+        let node = self.shared.node(address)?;
+        Some(node.connections.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// How often a node has booted, and the configuration documents it runs.
     pub fn running(&self, address: &str) -> Option<(u64, Vec<serde_json::Value>)> {
         let node = self.shared.node(address)?;

@@ -321,6 +321,9 @@ pub struct Node {
     /// (MachineService.Events).
     log: Mutex<Vec<talos_api::machine::Event>>,
     live: broadcast::Sender<talos_api::machine::Event>,
+    /// TCP connections its apid accepted, whatever came of them (a TLS handshake refused over
+    /// an expired certificate counts): each new attempt of a client to reach it.
+    pub(crate) connections: std::sync::atomic::AtomicU64,
 }
 
 impl Node {
@@ -683,6 +686,7 @@ pub(crate) fn new_node(spec: NodeSpec, config: Option<Configured>) -> Node {
     Node {
         log: Mutex::new(Vec::new()),
         live,
+        connections: Default::default(),
         state: Mutex::new(NodeState {
             phase,
             config,

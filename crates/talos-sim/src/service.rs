@@ -43,6 +43,7 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let faulty_shared = shared.clone();
+    let counted = node.clone();
     let api = Api {
         shared,
         node: node.clone(),
@@ -64,6 +65,9 @@ pub(crate) async fn serve(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 |accepted| {
                     accepted.inspect(|stream| {
+                        counted
+                            .connections
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let _ = stream.set_nodelay(true);
                     })
                 },

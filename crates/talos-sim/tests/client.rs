@@ -37,14 +37,12 @@ async fn wait_up(
     .expect("nodes come up");
 }
 
+/// How long a simulated cluster is given to get somewhere.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Until `check` holds, within [`WAIT`].
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..100 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
+    testkit::eventually(what, WAIT, async || check().await.then_some(())).await;
 }
 
 /// The Talos version tag in a node's Version reply.

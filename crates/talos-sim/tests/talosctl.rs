@@ -123,14 +123,12 @@ async fn wait_up(
     .expect("nodes come up");
 }
 
+/// How long a simulated cluster is given to get somewhere.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Until `check` holds, within [`WAIT`].
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
+    testkit::eventually(what, WAIT, async || check().then_some(())).await;
 }
 
 fn member_count(out: &str) -> usize {
@@ -347,13 +345,29 @@ async fn talosctl_drives_a_three_node_control_plane() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let streamed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let mut stdout = events.stdout.take().unwrap();
+        let streamed = std::sync::Arc::clone(&streamed);
+        std::thread::spawn(move || {
+            let mut chunk = [0; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut chunk) {
+                streamed.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        })
+    };
+    let text = || String::from_utf8_lossy(&streamed.lock().unwrap()).into_owned();
+    let stages = ["MAINTENANCE", "INSTALLING", "REBOOTING", "RUNNING"];
+    testkit::eventually_explained(
+        "every machine stage streamed",
+        WAIT,
+        async || stages.iter().all(|s| text().contains(s)).then_some(()),
+        async || format!("streamed so far:\n{}", text()),
+    )
+    .await;
     events.kill().unwrap();
-    let out = events.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    for stage in ["MAINTENANCE", "INSTALLING", "REBOOTING", "RUNNING"] {
-        assert!(text.contains(stage), "{stage} in:\n{text}");
-    }
+    events.wait().unwrap();
+    reader.join().unwrap();
 
     // A node that is down shows up as an error entry in a multi-node reply.
     c.sim.set_failures(n3, |f| f.down = true).unwrap();

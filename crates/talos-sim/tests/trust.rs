@@ -168,15 +168,18 @@ async fn a_hung_call_times_out_a_gone_node_is_connect_and_the_client_recovers() 
     // The only endpoint gone: the call in flight on the open connection is Unavailable, then
     // every new connection is Connect, naming the endpoint; both retryable.
     sim.set_failures(&address, |f| f.down = true).unwrap();
-    let mut gone = admin.version(&Nodes::Endpoint).await;
-    for _ in 0..5 {
-        let Err(e @ Error::Unavailable(_)) = &gone else {
-            break;
-        };
-        assert!(e.is_retryable());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        gone = admin.version(&Nodes::Endpoint).await;
-    }
+    let gone = testkit::eventually(
+        "a new connection refused",
+        Duration::from_secs(60),
+        async || match admin.version(&Nodes::Endpoint).await {
+            Err(e @ Error::Unavailable(_)) => {
+                assert!(e.is_retryable());
+                None
+            }
+            other => Some(other),
+        },
+    )
+    .await;
     match &gone {
         Err(e @ Error::Connect { endpoint, .. }) => {
             assert!(endpoint.contains(&address), "{endpoint}");
@@ -186,15 +189,12 @@ async fn a_hung_call_times_out_a_gone_node_is_connect_and_the_client_recovers() 
     }
     // Back: the same client reconnects.
     sim.set_failures(&address, |f| f.down = false).unwrap();
-    let mut recovered = false;
-    for _ in 0..50 {
-        if admin.version(&Nodes::Endpoint).await.is_ok() {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(recovered, "the client reconnects when the node is back");
+    testkit::eventually(
+        "the client reconnecting when the node is back",
+        Duration::from_secs(60),
+        async || admin.version(&Nodes::Endpoint).await.ok(),
+    )
+    .await;
 }
 
 /// Talos's machined authorization rules (siderolabs/talos,

@@ -38,19 +38,19 @@ fn descendants(pid: u32) -> Vec<(u32, String)> {
 /// The component under a lifeline: its descendant that runs `binary` (not the lifeline's own
 /// shell watcher, nor a profiler wrapping it), once the lifeline has started it.
 pub async fn component_pid(lifeline: u32, binary: &str) -> u32 {
-    for _ in 0..100 {
-        if let Some((pid, _)) = descendants(lifeline)
+    let find = || {
+        descendants(lifeline)
             .into_iter()
             .find(|(_, exe)| exe.ends_with(binary))
-        {
-            return pid;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "no {binary} process under lifeline {lifeline}, only {:?}",
-        descendants(lifeline)
+            .map(|(pid, _)| pid)
+    };
+    crate::eventually_explained(
+        &format!("a {binary} process under lifeline {lifeline}"),
+        Duration::from_secs(60),
+        async || find(),
+        async || format!("only {:?}", descendants(lifeline)),
     )
+    .await
 }
 
 /// (CPU seconds, peak RSS in MiB) of a running process.

@@ -31,6 +31,7 @@ pub mod secrets_scan;
 mod shared;
 pub mod sim_infra;
 pub mod tools;
+pub mod wait;
 
 pub use capi::ClusterApiManager;
 pub use controlplane::{Builder, LocalControlPlane};
@@ -39,8 +40,10 @@ pub use error::Error;
 pub use etcd::Etcd;
 pub use manifest::{apply_manifest, dynamic_api};
 pub use shared::{shared, unique_namespace};
+pub use wait::{eventually, eventually_explained, poll};
 
-/// Poll `check` every `every` until it returns `Ok(Some(_))` or `timeout` passes.
+/// Poll `check` every `every` until it returns `Ok(Some(_))` or `timeout` passes (at the pace
+/// and deadline of [`wait::poll`]); a component that exited ends the wait at once.
 ///
 /// Readiness of external processes has no event to watch, so polling is the honest tool here;
 /// Kubernetes objects are awaited with watches instead.
@@ -54,24 +57,21 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, Error>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let mut looks = wait::Looks::new(timeout, every);
     let mut last_err = None;
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e @ Error::ProcessExited { .. }) => return Err(e),
-            Err(e) => last_err = Some(e.to_string()),
+    while looks.next().await {
+        match looks.cut(check()).await {
+            Some(Ok(Some(v))) => return Ok(v),
+            Some(Ok(None)) | None => {}
+            Some(Err(e @ Error::ProcessExited { .. })) => return Err(e),
+            Some(Err(e)) => last_err = Some(e.to_string()),
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Error::Timeout {
-                what: what.to_owned(),
-                after: timeout,
-                last: last_err.unwrap_or_else(|| "not ready".to_owned()),
-            });
-        }
-        tokio::time::sleep(every).await;
     }
+    Err(Error::Timeout {
+        what: what.to_owned(),
+        after: timeout,
+        last: last_err.unwrap_or_else(|| "not ready".to_owned()),
+    })
 }
 
 /// Run `start` again (at most three times in all) when the component exits during startup: a

@@ -140,12 +140,11 @@ impl ManagedProcess {
                     .map_err(Error::io(format!("killing {}", self.name)))?;
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if !matches!(locked(&self.lifeline).try_wait(), Ok(None)) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !matches!(
+            wait_exit(&mut locked(&self.lifeline), Duration::from_secs(10)),
+            Ok(None)
+        ) {
+            return Ok(());
         }
         Err(Error::io(format!("killing {}", self.name))(
             std::io::Error::other("still running 10 s after SIGKILL"),
@@ -156,15 +155,29 @@ impl ManagedProcess {
     pub fn stop(&self) {
         drop(locked(&self.stdin).take());
         let mut lifeline = locked(&self.lifeline);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if !matches!(lifeline.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !matches!(wait_exit(&mut lifeline, Duration::from_secs(15)), Ok(None)) {
+            return;
         }
         let _ = lifeline.kill();
         let _ = lifeline.wait();
+    }
+}
+
+/// Wait at most `within` for `child` to exit: its status, or `None` while it still runs. (A
+/// blocking wait: for a test's own child processes, and the lifelines here.)
+pub fn wait_exit(
+    child: &mut Child,
+    within: Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -259,13 +259,14 @@ impl Step<'_> {
         // waited for.
         let deadline = started + Duration::from_secs(env_number("BENCH_PEER_DEADLINE", 600) as u64);
         let mut done = 0;
-        while Instant::now() < deadline {
-            done = self.settled(names, version, ids).await;
-            if done == names.len() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        testkit::poll(
+            deadline.saturating_duration_since(Instant::now()),
+            async || {
+                done = self.settled(names, version, ids).await;
+                (done == names.len()).then_some(())
+            },
+        )
+        .await;
         let seconds = started.elapsed().as_secs_f64();
         let stuck = if done < names.len() {
             self.stuck(names, version).await

@@ -12,7 +12,7 @@ use api::bootstrap::v1alpha3::TalosConfig;
 use api::conditions::{self, ConditionType};
 use controller::{Context, Options};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::wait::await_condition;
 use serde_json::{Value, json};
 use testkit::{shared, unique_namespace};
@@ -24,6 +24,18 @@ pub const WAIT: Duration = Duration::from_secs(90);
 pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop the controller as [`Drop`] does (wherever it is), and wait until its task has
+    /// ended: nothing of it runs after this.
+    pub async fn stop(mut self) {
+        drop(self.stop.take());
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
 }
 
 impl Drop for Running {
@@ -49,6 +61,21 @@ pub async fn setup_with(prefix: &str, options: Options) -> (kube::Client, String
     let ns = unique_namespace(&client, prefix).await.unwrap();
     let running = start_controller_with(&client, &ns, options);
     (client, ns, running)
+}
+
+/// [`setup_with`], also returning the controller's context (its metrics).
+pub async fn setup_context(
+    prefix: &str,
+    options: Options,
+) -> (kube::Client, String, Running, Arc<Context>) {
+    let cp = shared().await.unwrap();
+    let client = cp.client().await.unwrap();
+    testkit::install_crds(&client, &api::all_crds())
+        .await
+        .unwrap();
+    let ns = unique_namespace(&client, prefix).await.unwrap();
+    let (running, ctx) = start_controller_context(&client, &ns, options);
+    (client, ns, running, ctx)
 }
 
 /// Our TalosConfig controller, watching only `ns`. Its logs go to the test output
@@ -295,26 +322,19 @@ pub async fn wait_warning(
 ) {
     use k8s_openapi::api::core::v1::Event;
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    let found = tokio::time::timeout(WAIT, async {
-        loop {
-            let list = events
-                .list(&Default::default())
-                .await
-                .map(|l| l.items)
-                .unwrap_or_default();
-            if list.iter().any(|e| {
+    let what = format!("{ns}/{name}: a Warning Event {reason}");
+    testkit::eventually(&what, WAIT, async || {
+        let list = events.list(&Default::default()).await.ok()?.items;
+        list.iter()
+            .any(|e| {
                 e.involved_object.name.as_deref() == Some(name)
                     && e.type_.as_deref() == Some("Warning")
                     && e.reason.as_deref() == Some(reason)
                     && e.message.as_deref().is_some_and(&pred)
-            }) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            })
+            .then_some(())
     })
     .await;
-    assert!(found.is_ok(), "{ns}/{name}: no Warning Event {reason}");
 }
 
 pub async fn secret_value(client: &kube::Client, ns: &str, name: &str) -> (Secret, Vec<Value>) {
@@ -390,21 +410,84 @@ pub async fn control_plane_cluster_at(
         .unwrap();
 }
 
-/// Poll `check` every 200 ms for up to `within`, or fail saying `what`.
-pub async fn until<T>(
-    what: &str,
-    within: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
+/// The annotation [`nudge`] sets.
+pub const NUDGE: &str = "test.talos-capi.dev/nudge";
+
+/// Change `name` (its [`NUDGE`] annotation, to a value it never had) and nothing else: an
+/// event for whoever watches it.
+pub async fn nudge<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    static NUDGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NUDGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let patch = json!({"metadata": {"annotations": {NUDGE: format!("{}-{n}", rand_suffix())}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap_or_else(|e| panic!("nudging {name}: {e}"));
+}
+
+/// Reconciles of the controller named `controller` (e.g. [`controller::controlplane::CONTROLLER`])
+/// ended in `ctx`, successful or not.
+pub fn reconciles(ctx: &Context, controller: &'static str) -> u64 {
+    let label = controller::metrics::ControllerLabel { controller };
+    ctx.metrics.reconciles.get_or_create(&label).get()
+}
+
+/// Until the TalosControlPlane controller of `ctx` has ended a reconcile that saw `name` with
+/// every change made before this call: what a test that asserts the controller did *not* act
+/// waits for instead of a while. The controller runs every TalosControlPlane of `ctx`'s
+/// namespace (one per test here); any change to the object reconciles it, and never two
+/// reconciles of it at once (a change during one queues the next). So: nudge it and wait for a
+/// reconcile to end, then once more. The one that ends the second round started after the
+/// first round's had ended, itself after this call began: unless the controller's watch lags
+/// behind by more than a reconcile, it saw every change made before.
+pub async fn reconciled_since(ctx: &Context, client: &kube::Client, ns: &str, name: &str) {
+    use api::controlplane::v1alpha3::TalosControlPlane;
+    let api = Api::<TalosControlPlane>::namespaced(client.clone(), ns);
+    let names = [name.to_owned()];
+    nudged_and_reconciled(ctx, controller::controlplane::CONTROLLER, &api, &names).await;
+}
+
+/// [`reconciled_since`] for every TalosConfig of `ns` and the TalosConfig controller of `ctx`:
+/// each round nudges them all and waits for as many reconciles to end. (Counted per controller,
+/// not per object: one object reconciled twice in a round, because it changed meanwhile, its own
+/// status write included, would stand for another. The TalosConfigs of a settled cluster do not.)
+pub async fn configs_reconciled_since(ctx: &Context, client: &kube::Client, ns: &str) {
+    let api = Api::<TalosConfig>::namespaced(client.clone(), ns);
+    let names: Vec<String> = api
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    nudged_and_reconciled(ctx, controller::bootstrap::CONTROLLER, &api, &names).await;
+}
+
+/// Two rounds of: nudge every one of `names`, and wait until `controller` has ended as many
+/// reconciles since.
+async fn nudged_and_reconciled<K>(
+    ctx: &Context,
+    controller: &'static str,
+    api: &Api<K>,
+    names: &[String],
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for round in 1..=2 {
+        let before = reconciles(ctx, controller);
+        for name in names {
+            nudge(api, name).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
+        let what = format!(
+            "{controller}: {} reconciles ended after nudge {round} of {names:?}",
+            names.len()
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        testkit::eventually(&what, WAIT, async || {
+            (reconciles(ctx, controller) >= before + names.len() as u64).then_some(())
+        })
+        .await;
     }
 }

@@ -289,24 +289,21 @@ async fn watched(client: &kube::Client, placed: &Placed) -> (String, String) {
                 TALOSCONFIGS.api_version(),
                 TALOSCONFIGS.name(),
             );
-            let found = tokio::time::timeout(DEADLINE, async {
-                loop {
-                    let list = configs.list_metadata(&ListParams::default()).await;
-                    if let Some(name) = list.ok().and_then(|l| l.items.into_iter().next()) {
-                        return name.metadata.name.unwrap_or_default();
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                }
-            })
+            let owner = Kind::TalosControlPlane.path(&placed.ns);
+            let name = testkit::eventually_explained(
+                &format!("{}: a TalosConfig", placed.what),
+                DEADLINE,
+                async || {
+                    let list = configs.list_metadata(&ListParams::default()).await.ok()?;
+                    let config = list.items.into_iter().next()?;
+                    Some(config.metadata.name.unwrap_or_default())
+                },
+                async || {
+                    let said = conditions_of(client, &owner, CLUSTER).await;
+                    format!("the TalosControlPlane says {said:#?}")
+                },
+            )
             .await;
-            let Ok(name) = found else {
-                let owner = Kind::TalosControlPlane.path(&placed.ns);
-                let said = conditions_of(client, &owner, CLUSTER).await;
-                panic!(
-                    "{}: no TalosConfig; the TalosControlPlane says {said:#?}",
-                    placed.what
-                );
-            };
             (TALOSCONFIGS.path(&placed.ns), name)
         }
     }
@@ -334,25 +331,22 @@ async fn condition(
     generation: i64,
 ) -> Result<Value, String> {
     let mut last = Vec::new();
-    let found = tokio::time::timeout(DEADLINE, async {
-        loop {
-            last = conditions_of(client, path, name)
-                .await
-                .ok_or_else(|| "gone".to_owned())?;
-            if let Some(c) = last.iter().find(|c| {
-                c["type"] == type_
-                    && c["status"] == status
-                    && c["reason"] == reason
-                    && c["observedGeneration"].as_i64() >= Some(generation)
-                    && c["message"].as_str().is_some_and(|m| m.contains(message))
-            }) {
-                return Ok(c.clone());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        }
+    let found = testkit::poll(DEADLINE, async || {
+        last = match conditions_of(client, path, name).await {
+            Some(seen) => seen,
+            None => return Some(Err("gone".to_owned())),
+        };
+        let c = last.iter().find(|c| {
+            c["type"] == type_
+                && c["status"] == status
+                && c["reason"] == reason
+                && c["observedGeneration"].as_i64() >= Some(generation)
+                && c["message"].as_str().is_some_and(|m| m.contains(message))
+        })?;
+        Some(Ok(c.clone()))
     })
     .await;
-    found.unwrap_or_else(|_| {
+    found.unwrap_or_else(|| {
         let seen: Vec<String> = last
             .iter()
             .map(|c| c.to_string().chars().take(600).collect())

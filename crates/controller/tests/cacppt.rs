@@ -61,18 +61,6 @@ async fn eventually<T>(
     what: &str,
     check: impl AsyncFnMut() -> Option<T>,
 ) -> T {
-    eventually_within(client, ns, logs, DEADLINE, what, check).await
-}
-
-/// [`eventually`] with a deadline of `within`.
-async fn eventually_within<T>(
-    client: &kube::Client,
-    ns: &str,
-    logs: &[&std::path::Path],
-    within: Duration,
-    what: &str,
-    check: impl AsyncFnMut() -> Option<T>,
-) -> T {
     let explain = async || {
         let tcp = tcp_api(client, ns).get_opt(NAME).await.ok().flatten();
         let names: Vec<String> = machines(client, ns)
@@ -98,7 +86,7 @@ async fn eventually_within<T>(
             tails.join("\n")
         )
     };
-    testkit::eventually_explained(what, within, check, explain).await
+    testkit::eventually_explained(what, DEADLINE, check, explain).await
 }
 
 fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
@@ -251,14 +239,13 @@ impl Untouched {
 /// Wait until talos-capi manages the control plane: our own conditions (`EtcdClusterHealthy`,
 /// not CACPPT's `EtcdClusterHealthyCondition`), Available, every machine up to date with our
 /// pre-terminate hook, `n` machines at `version` with nodes, and `n` voting etcd members.
-async fn ours_settled(bed: &Bed, deadline: Duration, version: &str) -> Vec<String> {
+async fn ours_settled(bed: &Bed, version: &str) -> Vec<String> {
     let (client, ns) = (&bed.client, bed.ns.as_str());
     let hook = controller::controlplane::machines::cleanup_hook();
-    eventually_within(
+    eventually(
         client,
         ns,
         &[],
-        deadline,
         &format!("talos-capi reports 3 machines at {version}, Available"),
         async || {
             let tcp = tcp_api(client, ns).get(NAME).await.ok()?;
@@ -371,7 +358,7 @@ async fn a_cluster_cacppt_brought_up_is_taken_over_untouched_and_rolled_by_us() 
         .await
         .unwrap();
     let _ours = common::start_controller(client, ns);
-    let adopted = ours_settled(&bed, Duration::from_secs(60), "v1.35.0").await;
+    let adopted = ours_settled(&bed, "v1.35.0").await;
     let mut sorted = first.clone();
     sorted.sort();
     assert_eq!(before.machines, sorted);
@@ -384,7 +371,7 @@ async fn a_cluster_cacppt_brought_up_is_taken_over_untouched_and_rolled_by_us() 
 
     // A rolling upgrade under us replaces every machine.
     upgrade(&bed, "v1.35.1").await;
-    let rolled = ours_settled(&bed, DEADLINE, "v1.35.1").await;
+    let rolled = ours_settled(&bed, "v1.35.1").await;
     assert!(
         rolled.iter().all(|m| !first.contains(m)),
         "every machine replaced: {first:?} -> {rolled:?}"
@@ -404,7 +391,7 @@ async fn a_cluster_we_brought_up_is_taken_back_untouched_by_cacppt_and_rolled_by
     let (client, ns) = (&bed.client, bed.ns.as_str());
     let ours = common::start_controller(client, ns);
     bed.cluster().await;
-    let first = ours_settled(&bed, DEADLINE, "v1.35.0").await;
+    let first = ours_settled(&bed, "v1.35.0").await;
     let before = Untouched::read(&bed).await;
     drop(ours);
 

@@ -2257,9 +2257,22 @@ async fn with_config_reboot_in_place_a_change_needing_a_reboot_reboots_each_node
         }
         out
     };
+    // A rebooting node stays down until the controller has seen it down (its marker says so):
+    // the simulator's reboot takes 300 ms, which a loaded machine's controller can miss.
+    for node in &nodes {
+        infra
+            .sim
+            .set_failures(node, |f| f.hold_restarts = true)
+            .unwrap();
+    }
     // The simulator's own record of nodes going down and up: never two of ours at once.
     let mut sim_events = infra.sim.events();
     let watched = nodes.clone();
+    let machine_of: std::collections::BTreeMap<String, String> = nodes
+        .iter()
+        .cloned()
+        .zip(before.iter().map(|(m, _)| m.clone()))
+        .collect();
     let most_down = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let most = most_down.clone();
     let watcher = tokio::spawn(async move {
@@ -2299,10 +2312,13 @@ async fn with_config_reboot_in_place_a_change_needing_a_reboot_reboots_each_node
         }),
     )
     .await;
-    changed_in_place(&client, &ns, "b", &infra.sim, &nodes, "the proxy", |d| {
+    let changed = changed_in_place(&client, &ns, "b", &infra.sim, &nodes, "the proxy", |d| {
         d["machine"]["env"]["https_proxy"] == json!("http://proxy.example:3128")
-    })
-    .await;
+    });
+    tokio::join!(
+        changed,
+        release_when_seen_down(&client, &ns, &infra.sim, &machine_of)
+    );
     let after = boots(&client, &ns, &infra.sim).await;
     assert_eq!(
         after.iter().map(|(m, _)| m).collect::<Vec<_>>(),
@@ -2344,6 +2360,38 @@ async fn with_config_reboot_in_place_a_change_needing_a_reboot_reboots_each_node
     assert_eq!(count("MachineDeleted"), 0, "no machine deleted");
 }
 
+/// Release each held node (`hold_restarts`) of `machine_of` (node → machine) once the
+/// controller has recorded, on its machine's configuration-change marker, that it saw the
+/// rebooting node down.
+async fn release_when_seen_down(
+    client: &kube::Client,
+    ns: &str,
+    sim: &Simulator,
+    machine_of: &std::collections::BTreeMap<String, String>,
+) {
+    let machines = Api::<Machine>::namespaced(client.clone(), ns);
+    let mut held: Vec<&String> = machine_of.keys().collect();
+    while !held.is_empty() {
+        let node = testkit::eventually("the controller sees a held node down", WAIT, async || {
+            for node in &held {
+                let Ok(m) = machines.get(&machine_of[*node]).await else {
+                    continue;
+                };
+                let marker = m
+                    .annotations()
+                    .get(controller::controlplane::reconfigure::MARKER);
+                let marker = marker.and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok());
+                if marker.is_some_and(|m| m["down"] == json!(true)) {
+                    return Some(*node);
+                }
+            }
+            None
+        })
+        .await;
+        sim.set_failures(node, |f| f.hold_restarts = false).unwrap();
+        held.retain(|n| *n != node);
+    }
+}
 #[tokio::test]
 async fn a_node_configuration_changed_by_hand_is_reported_and_left_alone() {
     let (client, ns, _controller, ctx) = setup_context(

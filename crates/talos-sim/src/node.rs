@@ -63,6 +63,10 @@ pub struct Failures {
     /// gRPC method name -> how many of the next calls take effect and are then answered
     /// Unavailable (the connection reset before the reply arrived).
     pub lost_replies: HashMap<String, u32>,
+    /// A node going down (reboot, upgrade) stays down, once its downtime is over, until this is
+    /// cleared: a test holds it down until what it checks has seen it down, however slow the
+    /// machine it runs on.
+    pub hold_restarts: bool,
 }
 
 /// Where a simulated node listens and what it runs.
@@ -508,6 +512,9 @@ pub(crate) fn spawn_node(shared: Arc<Shared>, node: Arc<Node>) {
             if let Some((down_for, then)) = pending {
                 let slow = node.state().failures.slow_boot;
                 tokio::time::sleep(down_for + slow).await;
+                while node.state().failures.hold_restarts {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 let mut s = node.state();
                 then(&mut s);
                 s.boot_count += 1;

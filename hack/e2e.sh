@@ -5,7 +5,8 @@
 # the chart's RBAC (acting as its ServiceAccount), runs the suite through the kubeconfig alone,
 # and stops everything it started. On failure it collects logs and object dumps into
 # E2E_ARTIFACTS (default target/e2e-artifacts).
-#   hack/e2e.sh <dir>      (E2E_TEST_BIN: the suite's prebuilt test binary, else cargo test builds it)
+#   hack/e2e.sh <dir>      (E2E_TEST_BINS: the suite's prebuilt test binaries, else cargo test
+#                           builds and runs them)
 set -euo pipefail
 dir=${1:?usage: e2e.sh <dir>}
 ns=${E2E_NAMESPACE:-talos-capi-e2e}
@@ -61,9 +62,12 @@ trap stop EXIT
 echo "talos-capi manager: pid $manager, log $dir/manager.log"
 
 status=0
-# E2E_TEST_BIN: the suite's test binary, already built (make test builds every binary first).
-if [ -n "${E2E_TEST_BIN:-}" ]; then
-  (cd tests/e2e && KUBECONFIG=$kubeconfig E2E_NAMESPACE=$ns "$E2E_TEST_BIN" --nocapture) || status=$?
+# E2E_TEST_BINS: the suite's test binaries, already built (make test builds every binary first),
+# run one after another as cargo test would.
+if [ -n "${E2E_TEST_BINS:-}" ]; then
+  for bin in $E2E_TEST_BINS; do
+    (cd tests/e2e && KUBECONFIG=$kubeconfig E2E_NAMESPACE=$ns "$bin" --nocapture) || status=$?
+  done
 else
   KUBECONFIG=$kubeconfig E2E_NAMESPACE=$ns cargo test --locked -p talos-capi-e2e -- --nocapture || status=$?
 fi

@@ -104,11 +104,11 @@ def plan(args):
     floor_env = {"CLUSTER_API_VERSION": args.floor}
     jobs = []
     seen = set()
-    e2e_bin = None
+    e2e_bins = []
     for build_json in args.build_json:
         for package, name, exe, cwd in test_binaries(build_json):
             if package == "talos-capi-e2e":
-                e2e_bin = exe
+                e2e_bins.append(exe)
                 continue
             if (package, name, exe) in seen:
                 continue
@@ -119,10 +119,10 @@ def plan(args):
                 jobs.append(Job("floor", label, [exe], cwd, floor_env, libtest=True))
     if args.no_e2e:
         return finish(jobs, args)
-    if e2e_bin is None:
+    if not e2e_bins:
         sys.exit("the build reported no e2e test binary (package talos-capi-e2e)")
     e2e = [str(ROOT / "hack/e2e.sh")]
-    e2e_env = {"E2E_TEST_BIN": e2e_bin}
+    e2e_env = {"E2E_TEST_BINS": " ".join(e2e_bins)}
     jobs.append(Job("default", "e2e", e2e + ["target/e2e"],
                     env={**e2e_env, "E2E_ARTIFACTS": "target/e2e-artifacts"}))
     jobs.append(Job("floor", "e2e", e2e + ["target/e2e-floor"],

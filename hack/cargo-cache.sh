@@ -34,6 +34,10 @@ import json, sys
 m = json.load(sys.stdin)
 names = {p["name"] for p in m["packages"]} | {t["name"] for p in m["packages"] for t in p["targets"]}
 print("\n".join(sorted({n.replace("-", "_") for n in names} | names)))' <<<"$names")
+# Only cargo's build output is kept: what a run left beside it (logs, e2e directories, the demo)
+# goes, as it would with a fresh target/.
+find "$cache" -mindepth 1 -maxdepth 1 ! -name debug ! -name release ! -name "$(rustc -vV | sed -n 's/^host: //p')" \
+  ! -name CACHEDIR.TAG ! -name .rustc_info.json -exec rm -rf {} +
 pruned=0
 for profile in "$cache"/debug "$cache"/release "$cache"/*/release; do
   [ -d "$profile" ] || continue

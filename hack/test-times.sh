@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The timing tables of a `make test` run (docs/benchmarks.md): seconds per step, per test binary
-# and lane, and the 20 slowest tests. Reads what hack/test-timer.sh and the Makefile's step
-# timer wrote to TEST_TIMES_DIR (default target/test-times).
+# and lane, and the 20 slowest tests. Reads what hack/test-run.py and hack/timed.sh
+# wrote to TEST_TIMES_DIR (default target/test-times).
 set -euo pipefail
 dir=${1:-${TEST_TIMES_DIR:-target/test-times}}
 [ -d "$dir" ] || { echo "no timings in $dir (run make test first)" >&2; exit 1; }

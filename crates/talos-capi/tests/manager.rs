@@ -468,7 +468,7 @@ async fn storm_clusters(
     };
     testkit::eventually_explained(
         &format!("{clusters} clusters Available"),
-        Duration::from_secs(240),
+        common::WAIT * 2,
         all_available,
         explain,
     )

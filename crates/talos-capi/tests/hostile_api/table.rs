@@ -294,8 +294,15 @@ async fn watched(client: &kube::Client, placed: &Placed) -> (String, String) {
                 &format!("{}: a TalosConfig", placed.what),
                 DEADLINE,
                 async || {
+                    // The clone a Machine uses: a MachineSet that could not create its Machine
+                    // deletes the clone it made for it and makes another.
                     let list = configs.list_metadata(&ListParams::default()).await.ok()?;
-                    let config = list.items.into_iter().next()?;
+                    let used = |c: &kube::api::PartialObjectMeta<kube::api::DynamicObject>| {
+                        c.metadata.deletion_timestamp.is_none()
+                            && (c.metadata.owner_references.iter().flatten())
+                                .any(|o| o.kind == "Machine")
+                    };
+                    let config = list.items.into_iter().find(used)?;
                     Some(config.metadata.name.unwrap_or_default())
                 },
                 async || {
@@ -412,6 +419,12 @@ pub async fn no_bootstrap_data(client: &kube::Client, placed: &Placed) {
 /// Change the spec of the TalosConfig `name` (where its hostname comes from): the manager
 /// renders it again and must report it again, for the new generation.
 pub async fn respec(client: &kube::Client, placed: &Placed, (path, name): (&str, &str)) {
+    // A clone is looked up again: its MachineSet may have made another since.
+    let (path, name) = match placed.on {
+        On::Clone => watched(client, placed).await,
+        On::Object(..) => (path.to_owned(), name.to_owned()),
+    };
+    let (path, name) = (path.as_str(), name.as_str());
     let patch = json!({"spec": {"hostname": {"source": "MachineName"}}});
     let request = kube::core::Request::new(path)
         .patch(name, &Default::default(), &kube::api::Patch::Merge(&patch))

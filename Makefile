@@ -59,13 +59,13 @@ test: ## Everything CI runs: lint; every test binary and e2e suite on Cluster AP
 	    hack/timed.sh lint $(MAKE) --no-print-directory lint && \
 	    hack/timed.sh build $(MAKE) --no-print-directory test-build && \
 	    hack/timed.sh run $(TEST_RUN); } || status=$$?; \
-	  hack/no-orphans.sh || status=1; hack/test-times.sh; exit $$status
+	  hack/no-orphans.sh || status=1; hack/test-times.sh || true; exit $$status
 
 .PHONY: test-fast
 test-fast: ## The inner loop: lint, then the unit and integration tests of the default lane (no e2e, no floor lane, no release build).
 	@rm -rf $(TEST_TIMES_DIR); status=0; \
 	  { $(MAKE) --no-print-directory lint test-build && $(TEST_RUN) --only default --no-e2e --skip-release; } || status=$$?; \
-	  hack/no-orphans.sh || status=1; hack/test-times.sh; exit $$status
+	  hack/no-orphans.sh || status=1; hack/test-times.sh || true; exit $$status
 
 .PHONY: test-build
 test-build: ## Run the OTLP build's export test, then build every test binary of the workspace once (their paths in target/test-build) and run the doc tests.

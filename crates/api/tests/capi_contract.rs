@@ -440,17 +440,9 @@ async fn a_cluster_class_with_our_templates_stamps_out_a_talos_control_plane() {
             "TalosControlPlane",
         )),
     );
-    let tcp = testkit::eventually(
+    let tcp = first_created(
+        &tcps,
         "the topology controller creating a TalosControlPlane from our template",
-        WAIT,
-        async || {
-            tcps.list(&Default::default())
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .next()
-        },
     )
     .await;
     let spec = &tcp.data["spec"];
@@ -467,21 +459,26 @@ async fn a_cluster_class_with_our_templates_stamps_out_a_talos_control_plane() {
     };
     assert_eq!(infra["kind"], "SimMachineTemplate", "{spec}");
     let mds = capi(&client, &ns, "v1beta2", "MachineDeployment");
-    let md = testkit::eventually(
+    let md = first_created(
+        &mds,
         "the topology controller creating the MachineDeployment with our bootstrap template",
-        WAIT,
-        async || {
-            mds.list(&Default::default())
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .next()
-        },
     )
     .await;
     assert_eq!(
         md.data["spec"]["template"]["spec"]["bootstrap"]["configRef"]["kind"],
         "TalosConfigTemplate"
     );
+}
+
+/// The first object in `api` once there is one.
+async fn first_created(api: &Api<DynamicObject>, what: &str) -> DynamicObject {
+    testkit::eventually(what, WAIT, async || {
+        api.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
+    })
+    .await
 }

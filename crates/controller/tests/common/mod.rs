@@ -55,13 +55,7 @@ pub async fn setup(prefix: &str) -> (kube::Client, String, Running) {
 
 /// [`setup`] with a controller run with other `options`.
 pub async fn setup_with(prefix: &str, options: Options) -> (kube::Client, String, Running) {
-    let cp = shared().await.unwrap();
-    let client = cp.client().await.unwrap();
-    testkit::install_crds(&client, &api::all_crds())
-        .await
-        .unwrap();
-    let ns = unique_namespace(&client, prefix).await.unwrap();
-    let running = start_controller_with(&client, &ns, options);
+    let (client, ns, running, _) = setup_context(prefix, options).await;
     (client, ns, running)
 }
 

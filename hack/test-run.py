@@ -12,7 +12,7 @@ the floor version) runs only what can differ between Cluster API lines (FLOOR be
 Each job's output goes to <logs>/<job>.log and is printed whole when the job fails. Timings go
 to <times>/{steps,binaries,tests}.tsv (hack/test-times.sh prints them).
 
-  hack/test-run.py --jobs N --floor VERSION --build-json FILE [--build-json FILE]
+  hack/test-run.py --jobs N --floor VERSION --build-json FILE
                    [--only default|floor] [--no-e2e] [--skip-release] [--filter REGEX]
 """
 
@@ -105,21 +105,16 @@ def package_name(msg):
 def plan(args):
     floor_env = {"CLUSTER_API_VERSION": args.floor}
     jobs = []
-    seen = set()
     e2e_bins = []
-    for build_json in args.build_json:
-        for package, name, exe, cwd in test_binaries(build_json):
-            if package == "talos-capi-e2e":
-                e2e_bins.append(exe)
-                continue
-            if (package, name, exe) in seen:
-                continue
-            seen.add((package, name, exe))
-            label = f"{package}::{name}"
-            jobs.append(Job("default", label, [exe], cwd, libtest=True))
-            if (package, name) in FLOOR:
-                filters = FLOOR[(package, name)]
-                jobs.append(Job("floor", label, [exe, *filters], cwd, floor_env, libtest=True))
+    for package, name, exe, cwd in test_binaries(args.build_json):
+        if package == "talos-capi-e2e":
+            e2e_bins.append(exe)
+            continue
+        label = f"{package}::{name}"
+        jobs.append(Job("default", label, [exe], cwd, libtest=True))
+        if (package, name) in FLOOR:
+            filters = FLOOR[(package, name)]
+            jobs.append(Job("floor", label, [exe, *filters], cwd, floor_env, libtest=True))
     if args.no_e2e:
         return finish(jobs, args)
     if not e2e_bins:
@@ -206,7 +201,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--jobs", type=int, default=3)
     p.add_argument("--floor", required=True)
-    p.add_argument("--build-json", action="append", required=True)
+    p.add_argument("--build-json", required=True, help="cargo's JSON messages of the test build")
     p.add_argument("--only", choices=["default", "floor"])
     p.add_argument("--skip-release", action="store_true")
     p.add_argument("--no-e2e", action="store_true", help="test binaries only")

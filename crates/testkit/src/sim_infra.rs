@@ -167,9 +167,9 @@ struct Started {
 struct Nodes {
     by_machine: BTreeMap<String, Started>,
     workloads: Option<BTreeMap<String, Workload>>,
-    /// Whether each machine's Node was last reported Ready (as a kubelet, it reports a change
-    /// of its own state, and leaves the Node alone otherwise).
-    reported_ready: BTreeMap<String, bool>,
+    /// What each machine's Node was last reported as (as a kubelet, it reports a change of its
+    /// own state, and leaves the Node alone otherwise).
+    reported: BTreeMap<String, Reported>,
     /// Where workload API servers keep their data (default: the shared control plane's etcd).
     workload_etcd: Option<Arc<crate::Etcd>>,
 }
@@ -177,6 +177,9 @@ struct Nodes {
 /// Nodes started in this process: each gets an address of its own, whichever infrastructure
 /// (test) started it.
 static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A Node as last reported: Ready, and the Talos version it runs.
+type Reported = (bool, Option<String>);
 
 /// A workload cluster's real API server.
 struct Workload {
@@ -338,8 +341,8 @@ async fn serve_workloads(
     failed?;
     // Every node of a served cluster has its Node, with the conditions a kubelet reports:
     // Ready while the node runs (not while it reboots), no pressure.
-    let reported_ready = &mut nodes.reported_ready;
-    reported_ready.retain(|machine, _| nodes.by_machine.contains_key(machine));
+    let reported = &mut nodes.reported;
+    reported.retain(|machine, _| nodes.by_machine.contains_key(machine));
     for started in nodes.by_machine.values() {
         let Some(workload) = workloads.get(&started.cluster) else {
             continue;
@@ -350,7 +353,10 @@ async fn serve_workloads(
             .as_ref()
             .is_some_and(|(phase, _)| *phase == talos_sim::Phase::Running);
         let ready = if running { "True" } else { "False" };
-        if reported_ready.get(&started.machine) == Some(&running) {
+        // Reported again on a change of either: a reboot into another version can be over
+        // between two passes (the simulator's takes 300 ms), and the new version must show.
+        let now_seen = (running, status.as_ref().map(|(_, version)| version.clone()));
+        if reported.get(&started.machine) == Some(&now_seen) {
             continue;
         }
         if api.get_opt(&started.machine).await.map_err(text)?.is_none() {
@@ -397,7 +403,7 @@ async fn serve_workloads(
         )
         .await
         .map_err(text)?;
-        reported_ready.insert(started.machine.clone(), running);
+        reported.insert(started.machine.clone(), now_seen);
     }
     Ok(())
 }

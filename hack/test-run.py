@@ -3,8 +3,9 @@
 
 The binaries are built once beforehand (`cargo test --no-run`); this script reads cargo's JSON
 messages for their paths, so nothing here takes cargo's build lock and the jobs run side by side
-(`--jobs`, longest first). Most of a job's wall time is spent waiting on real components
-(etcd, kube-apiserver, Cluster API, simulated nodes), so two cores keep more than two jobs busy.
+(`--jobs`, longest first), so that no core idles while a job waits on real components (etcd,
+kube-apiserver, Cluster API, simulated nodes). On 2 cores the run is CPU-bound
+(docs/benchmarks.md): more jobs do not shorten it.
 
 Lanes: the default lane runs every binary. The Cluster API floor lane (CLUSTER_API_VERSION set to
 the floor version) runs only what can differ between Cluster API lines (FLOOR below).

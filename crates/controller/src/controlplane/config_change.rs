@@ -29,7 +29,6 @@ pub(super) async fn act(
     step: Step,
     report: &mut Report,
 ) -> Result<Step, Error> {
-    let ns = tcp.namespace().unwrap_or_default();
     let tcp_ref = tcp.object_ref(&());
     let event = |kind: EventType, reason: &'static str, note: String| {
         let tcp_ref = tcp_ref.clone();
@@ -44,18 +43,15 @@ pub(super) async fn act(
             .find(|v| v.name == name)
             .and_then(|v| v.reconfigure.clone())
     };
-    let record = |machine: String, marker: Option<Marker>| {
-        let ns = ns.clone();
-        async move {
-            annotate_machine(
-                ctx,
-                &ns,
-                &machine,
-                json!({MARKER: marker.as_ref().map(Marker::to_annotation)}),
-                "recording the configuration change of",
-            )
-            .await
-        }
+    let record = |machine: String, marker: Option<Marker>| async move {
+        annotate_machine(
+            ctx,
+            tcp,
+            &machine,
+            json!({MARKER: marker.as_ref().map(Marker::to_annotation)}),
+            "recording the configuration change of",
+        )
+        .await
     };
     // The node refused the configuration (`kept`: refused to keep a tried one): say so, and
     // record it on the Machine, which halts configuration changes.
@@ -182,7 +178,7 @@ pub(super) async fn act(
                 Ok(()) => {
                     annotate_machine(
                         ctx,
-                        &ns,
+                        tcp,
                         machine,
                         json!({
                             MARKER: null,

@@ -1,7 +1,8 @@
-//! Expectations (as Kubernetes' ReplicaSet controller keeps them): Machines a reconcile created
-//! or deleted that the shared cache does not show yet. Until it does, the next reconcile of that
-//! control plane takes no step, so a lagging watch (a busy API server) never makes it create a
-//! second machine for the same replica, or delete a second one.
+//! Expectations (as Kubernetes' ReplicaSet controller keeps them): Machines a reconcile created,
+//! deleted or annotated that the shared cache does not show yet. Until it does, the next
+//! reconcile of that control plane takes no step, so a lagging watch (a busy API server) never
+//! makes it create a second machine for the same replica, delete a second one, or take a step
+//! twice from a marker it already moved on (one upgrade finished, and said so, twice).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,7 +19,16 @@ const PATIENCE: Duration = Duration::from_secs(300);
 struct Expected {
     created: Vec<String>,
     deleted: Vec<String>,
+    annotated: Vec<Annotated>,
     since: Instant,
+}
+
+/// An annotation written on a machine: `value` `None` when it was removed.
+#[derive(Debug)]
+struct Annotated {
+    machine: String,
+    key: String,
+    value: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -30,6 +40,7 @@ impl Expectations {
         let e = all.entry(key.to_owned()).or_insert_with(|| Expected {
             created: Vec::new(),
             deleted: Vec::new(),
+            annotated: Vec::new(),
             since: Instant::now(),
         });
         e.since = Instant::now();
@@ -44,6 +55,20 @@ impl Expectations {
         self.record(key, |e| e.deleted.push(machine.to_owned()));
     }
 
+    /// `machine`'s annotation `key` was set to `value` (`None`: removed); the last write of an
+    /// annotation is the one awaited.
+    pub fn annotated(&self, key: &str, machine: &str, annotation: &str, value: Option<&str>) {
+        self.record(key, |e| {
+            e.annotated
+                .retain(|a| a.machine != machine || a.key != annotation);
+            e.annotated.push(Annotated {
+                machine: machine.to_owned(),
+                key: annotation.to_owned(),
+                value: value.map(str::to_owned),
+            })
+        });
+    }
+
     /// `None` when `machines` (from the cache) show every change made for `key` (and the
     /// expectation is dropped); else what is still awaited.
     pub fn pending(&self, key: &str, machines: &[Machine]) -> Option<String> {
@@ -56,11 +81,22 @@ impl Expectations {
                 .find(|m| &m.name_any() == name)
                 .is_none_or(|m| m.meta().deletion_timestamp.is_some())
         };
+        // A machine gone or going needs no annotation any more.
+        let shows = |a: &Annotated| {
+            machines
+                .iter()
+                .find(|m| m.name_any() == a.machine)
+                .is_none_or(|m| {
+                    m.meta().deletion_timestamp.is_some()
+                        || m.annotations().get(&a.key) == a.value.as_ref()
+                })
+        };
         let waiting: Vec<&String> = e
             .created
             .iter()
             .filter(|n| !seen(n))
             .chain(e.deleted.iter().filter(|n| !going(n)))
+            .chain(e.annotated.iter().filter(|a| !shows(a)).map(|a| &a.machine))
             .collect();
         if waiting.is_empty() || e.since.elapsed() > PATIENCE {
             all.remove(key);
@@ -110,5 +146,38 @@ mod tests {
         // Other control planes are not concerned.
         e.created("ns/other", "x");
         assert_eq!(e.pending("ns/cp", &[]), None);
+    }
+
+    fn annotated(name: &str, value: Option<&str>) -> Machine {
+        let mut m = machine(name, false);
+        if let Some(v) = value {
+            m.annotations_mut().insert("marker".into(), v.into());
+        }
+        m
+    }
+
+    #[test]
+    fn a_marker_written_or_removed_is_awaited_until_the_cache_shows_it() {
+        let e = Expectations::default();
+        e.annotated("ns/cp", "cp-a", "marker", None);
+        // Written twice in one step: the last value is awaited.
+        e.annotated("ns/cp", "cp-b", "marker", Some("v1"));
+        e.annotated("ns/cp", "cp-b", "marker", Some("v2"));
+        let stale = [annotated("cp-a", Some("v1")), annotated("cp-b", Some("v1"))];
+        assert!(
+            e.pending("ns/cp", &stale)
+                .is_some_and(|m| m.contains("cp-a") && m.contains("cp-b"))
+        );
+        let half = [annotated("cp-a", None), annotated("cp-b", Some("v1"))];
+        assert!(
+            e.pending("ns/cp", &half)
+                .is_some_and(|m| !m.contains("cp-a") && m.contains("cp-b"))
+        );
+        // A machine deleted meanwhile is not waited for.
+        let fresh = [annotated("cp-a", None)];
+        assert_eq!(e.pending("ns/cp", &fresh), None);
+        e.annotated("ns/cp", "cp-b", "marker", Some("v2"));
+        let fresh = [annotated("cp-a", None), annotated("cp-b", Some("v2"))];
+        assert_eq!(e.pending("ns/cp", &fresh), None);
     }
 }

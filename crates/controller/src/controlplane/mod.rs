@@ -1034,13 +1034,13 @@ async fn act(
                         failed: None,
                     });
             if view.and_then(|v| v.upgrade.as_ref()).is_none() {
-                upgrade_marker(ctx, &ns, machine, Some(&marker)).await?;
+                upgrade_marker(ctx, tcp, machine, Some(&marker)).await?;
             }
             talos::forfeit_leadership(ctx, tc, &address).await;
             match talos::upgrade(ctx, tc, &address, &target.image).await {
                 Ok(()) => {
                     marker.issued = true;
-                    upgrade_marker(ctx, &ns, machine, Some(&marker)).await?;
+                    upgrade_marker(ctx, tcp, machine, Some(&marker)).await?;
                     event(
                         "TalosUpgradeStarted",
                         format!(
@@ -1052,7 +1052,7 @@ async fn act(
                 }
                 Err(talos::UpgradeError::Refused(why)) => {
                     marker.failed = Some(why);
-                    upgrade_marker(ctx, &ns, machine, Some(&marker)).await?;
+                    upgrade_marker(ctx, tcp, machine, Some(&marker)).await?;
                 }
                 Err(talos::UpgradeError::Unreachable(why)) => {
                     return Ok(Step::Wait {
@@ -1067,13 +1067,13 @@ async fn act(
         Step::UpgradeSeenDown { machine } => {
             if let Some(mut marker) = marker_of(report, machine) {
                 marker.down = true;
-                upgrade_marker(ctx, &ns, machine, Some(&marker)).await?;
+                upgrade_marker(ctx, tcp, machine, Some(&marker)).await?;
             }
         }
         Step::UpgradeFailed { machine, why } => {
             if let Some(mut marker) = marker_of(report, machine) {
                 marker.failed = Some(why.clone());
-                upgrade_marker(ctx, &ns, machine, Some(&marker)).await?;
+                upgrade_marker(ctx, tcp, machine, Some(&marker)).await?;
                 let address = by_name(machine)
                     .and_then(talos::address)
                     .unwrap_or_default();
@@ -1092,7 +1092,7 @@ async fn act(
         }
         Step::UpgradeDone { machine } => {
             let marker = marker_of(report, machine);
-            upgrade_marker(ctx, &ns, machine, None).await?;
+            upgrade_marker(ctx, tcp, machine, None).await?;
             if let Some(marker) = marker {
                 event(
                     "TalosUpgraded",
@@ -1105,7 +1105,7 @@ async fn act(
             }
         }
         Step::ForgetUpgrade { machine } => {
-            upgrade_marker(ctx, &ns, machine, None).await?;
+            upgrade_marker(ctx, tcp, machine, None).await?;
         }
         Step::TryConfig { .. }
         | Step::RebootConfig { .. }
@@ -1133,13 +1133,13 @@ fn marker_of(report: &Report, machine: &str) -> Option<upgrade::Marker> {
 /// Record (or, with `None`, clear) the in-place upgrade on `machine`.
 async fn upgrade_marker(
     ctx: &Context,
-    ns: &str,
+    tcp: &TalosControlPlane,
     machine: &str,
     marker: Option<&upgrade::Marker>,
 ) -> Result<(), Error> {
     annotate_machine(
         ctx,
-        ns,
+        tcp,
         machine,
         json!({upgrade::MARKER: marker.map(upgrade::Marker::to_annotation)}),
         "recording the Talos upgrade of",
@@ -1147,20 +1147,35 @@ async fn upgrade_marker(
     .await
 }
 
-/// Set (or, with null values, remove) `annotations` on `machine`; `what` is for the error.
+/// Set (or, with null values, remove) `annotations` on `tcp`'s `machine`, and expect the cache
+/// to show them before the next step; `what` is for the error.
 async fn annotate_machine(
     ctx: &Context,
-    ns: &str,
+    tcp: &TalosControlPlane,
     machine: &str,
     annotations: serde_json::Value,
     what: &str,
 ) -> Result<(), Error> {
-    let patch = json!({"metadata": {"annotations": annotations}});
-    Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &cache::capi_resource("Machine"))
-        .patch(machine, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(drop)
-        .map_err(Error::kube(format!("{what} machine {ns}/{machine}")))
+    let ns = tcp.namespace().unwrap_or_default();
+    let patch = json!({"metadata": {"annotations": &annotations}});
+    Api::<DynamicObject>::namespaced_with(
+        ctx.client.clone(),
+        &ns,
+        &cache::capi_resource("Machine"),
+    )
+    .patch(machine, &PatchParams::default(), &Patch::Merge(&patch))
+    .await
+    .map_err(Error::kube(format!("{what} machine {ns}/{machine}")))?;
+    for (key, value) in annotations.as_object().into_iter().flatten() {
+        let value = match value {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        };
+        ctx.expectations
+            .annotated(&key_of(tcp), machine, key, value.as_deref());
+    }
+    Ok(())
 }
 
 /// Addresses of machines whose etcd is healthy (other than `except`), to send etcd calls

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::process::{ManagedProcess, free_port};
+use crate::process::{LIGHT_GC, ManagedProcess, free_port};
 use crate::tools::{Tool, locate};
 use crate::{Error, LocalControlPlane, poll_until, retry_port_race};
 
@@ -75,7 +75,8 @@ impl ClusterApiManager {
             "--feature-gates=ClusterTopology=true".into(),
         ];
         let log = cp.dir().join(format!("cluster-api-{webhook_port}.log"));
-        let process = ManagedProcess::spawn("cluster-api", binary, &args, &log, None)?;
+        let process =
+            ManagedProcess::spawn_with_env("cluster-api", (binary, &args), &LIGHT_GC, &log, None)?;
         let manager = ClusterApiManager {
             process,
             webhook_port,

@@ -7,7 +7,7 @@ use kube::Client;
 use crate::capi::ClusterApiManager;
 use crate::etcd::Etcd;
 use crate::pki::Ca;
-use crate::process::{ManagedProcess, free_port};
+use crate::process::{LIGHT_GC, ManagedProcess, free_port};
 use crate::tools::{Tool, locate};
 use crate::{Error, crds, kubeconfig, poll_until, retry_port_race};
 
@@ -406,7 +406,13 @@ async fn start_apiserver(
         args.push("--audit-log-mode=blocking".into());
     }
     let log = dir.join(format!("kube-apiserver-{port}.log"));
-    let process = ManagedProcess::spawn("kube-apiserver", binary, &args, &log, cleanup)?;
+    let process = ManagedProcess::spawn_with_env(
+        "kube-apiserver",
+        (binary, &args),
+        &LIGHT_GC,
+        &log,
+        cleanup,
+    )?;
 
     let kubeconfig = kubeconfig::render(name, &url, ca.cert_pem(), &admin);
     write_private(&dir.join("kubeconfig"), &kubeconfig)?;

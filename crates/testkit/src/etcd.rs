@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::process::{ManagedProcess, free_port};
+use crate::process::{LIGHT_GC, ManagedProcess, free_port};
 use crate::tools::{Tool, locate};
 use crate::{Error, poll_until, retry_port_race};
 
@@ -74,7 +74,8 @@ impl Etcd {
         ];
         let log = dir.join("etcd.log");
         let remove = cleanup.then_some(dir);
-        let process = ManagedProcess::spawn("etcd", binary, &args, &log, remove)?;
+        let process =
+            ManagedProcess::spawn_with_env("etcd", (binary, &args), &LIGHT_GC, &log, remove)?;
         let etcd = Etcd {
             url,
             port: client_port,
@@ -103,7 +104,13 @@ impl Etcd {
         }
         self.process().stop();
         tokio::time::sleep(down).await;
-        let process = ManagedProcess::spawn("etcd", &self.binary, &self.args, &self.log, None)?;
+        let process = ManagedProcess::spawn_with_env(
+            "etcd",
+            (&self.binary, &self.args),
+            &LIGHT_GC,
+            &self.log,
+            None,
+        )?;
         *self.process() = process;
         self.wait_ready(self.port).await
     }

@@ -40,6 +40,14 @@ exit $status
 /// that `hack/no-orphans.sh` finds leftovers whatever binary they run.
 pub const CHILD_MARKER: (&str, &str) = ("TALOS_CAPI_TESTKIT_CHILD", "1");
 
+/// Go's garbage collector for the harness's own Go components (etcd, kube-apiserver, the
+/// Cluster API core). A test run on 2 cores is CPU-bound, and at Go's default (GOGC=100)
+/// collection costs kube-apiserver about a quarter of its CPU (docs/benchmarks.md). GOGC=400
+/// trades memory for CPU, within a soft limit of 1 GiB per process. The peers (CABPT, CACPPT)
+/// keep Go's defaults: their memory is compared with ours. A GOGC or GOMEMLIMIT in the
+/// environment wins.
+pub const LIGHT_GC: [(&str, &str); 2] = [("GOGC", "400"), ("GOMEMLIMIT", "1GiB")];
+
 /// A running component. Dropping it stops the component and waits for it. Shared freely:
 /// every method takes `&self`.
 #[derive(Debug)]
@@ -65,6 +73,18 @@ impl ManagedProcess {
         log: &Path,
         cleanup_dir: Option<&Path>,
     ) -> Result<Self, Error> {
+        Self::spawn_with_env(name, (program, args), &[], log, cleanup_dir)
+    }
+
+    /// [`Self::spawn`], with `env` set for the component where this process's environment does
+    /// not set it.
+    pub fn spawn_with_env(
+        name: &str,
+        (program, args): (&Path, &[String]),
+        env: &[(&str, &str)],
+        log: &Path,
+        cleanup_dir: Option<&Path>,
+    ) -> Result<Self, Error> {
         let out = File::options()
             .create(true)
             .append(true)
@@ -81,6 +101,11 @@ impl ManagedProcess {
             .arg(program)
             .args(args)
             .env(CHILD_MARKER.0, CHILD_MARKER.1)
+            .envs(
+                env.iter()
+                    .filter(|(key, _)| std::env::var_os(key).is_none())
+                    .copied(),
+            )
             .stdin(Stdio::piped())
             .stdout(out)
             .stderr(err)
@@ -250,4 +275,41 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let code = response.split(' ').nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n")?.1.to_owned();
     Some((code, body))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
+    use super::*;
+
+    #[test]
+    fn a_component_gets_the_environment_given_unless_ours_sets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("env.log");
+        // PATH is set here, so the one given is not used.
+        let env = [("TALOS_CAPI_TEST_GIVEN", "given"), ("PATH", "/given")];
+        let process = ManagedProcess::spawn_with_env(
+            "env",
+            (Path::new("/usr/bin/env"), &[]),
+            &env,
+            &log,
+            None,
+        )
+        .unwrap();
+        let status = wait_exit(&mut locked(&process.lifeline), Duration::from_secs(60)).unwrap();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "env exited: {status:?}"
+        );
+        let printed = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            printed.lines().any(|l| l == "TALOS_CAPI_TEST_GIVEN=given"),
+            "{printed}"
+        );
+        assert!(!printed.lines().any(|l| l == "PATH=/given"), "{printed}");
+        assert!(
+            printed.lines().any(|l| l == "TALOS_CAPI_TESTKIT_CHILD=1"),
+            "{printed}"
+        );
+    }
 }

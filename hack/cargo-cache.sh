@@ -39,7 +39,7 @@ print("\n".join(sorted({n.replace("-", "_") for n in names} | names)))' <<<"$nam
 find "$cache" -mindepth 1 -maxdepth 1 ! -name debug ! -name release ! -name "$(rustc -vV | sed -n 's/^host: //p')" \
   ! -name CACHEDIR.TAG ! -name .rustc_info.json -exec rm -rf {} +
 pruned=0
-for profile in "$cache"/debug "$cache"/release "$cache"/*/release; do
+for profile in "$cache"/debug "$cache"/release "$cache"/*/release "$cache"/*/release-ci; do
   [ -d "$profile" ] || continue
   rm -rf "$profile/incremental"
   while read -r name; do

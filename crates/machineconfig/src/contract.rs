@@ -18,14 +18,20 @@ impl Contract {
     };
     pub const NEWEST: Contract = Contract {
         major: 1,
+        minor: 14,
+    };
+    /// The contract rendered when none is given. It stays v1.13 until the simulator and the
+    /// controllers run v1.14 end to end (issue #29); then it becomes [`Contract::NEWEST`].
+    pub const DEFAULT: Contract = Contract {
+        major: 1,
         minor: 13,
     };
 
-    /// Parse `v1.13`, `1.13`, `v1.13.0` or `v1.13.0-beta.1`; empty means [`Contract::NEWEST`].
+    /// Parse `v1.13`, `1.13`, `v1.13.0` or `v1.13.0-beta.1`; empty means [`Contract::DEFAULT`].
     pub fn parse(version: &str) -> Result<Contract, Error> {
         let v = version.trim();
         if v.is_empty() {
-            return Ok(Self::NEWEST);
+            return Ok(Self::DEFAULT);
         }
         let bare = v.strip_prefix('v').unwrap_or(v);
         let core = bare.split(['-', '+']).next().unwrap_or(bare);
@@ -57,11 +63,6 @@ impl Contract {
     pub fn all() -> impl Iterator<Item = Contract> {
         (Self::OLDEST.minor..=Self::NEWEST.minor).map(|minor| Contract { major: 1, minor })
     }
-
-    /// The installer image tag of this contract's first release.
-    pub fn installer_tag(self) -> String {
-        format!("v{}.{}.0", self.major, self.minor)
-    }
 }
 
 impl fmt::Display for Contract {
@@ -77,6 +78,9 @@ mod tests {
     #[test]
     fn parses_what_users_write() {
         for v in ["v1.13", "1.13", "v1.13.0", "v1.13.2-beta.1", ""] {
+            assert_eq!(Contract::parse(v).unwrap(), Contract::DEFAULT, "{v}");
+        }
+        for v in ["v1.14", "v1.14.1"] {
             assert_eq!(Contract::parse(v).unwrap(), Contract::NEWEST, "{v}");
         }
         assert_eq!(Contract::parse("v1.10.7").unwrap(), Contract::OLDEST);

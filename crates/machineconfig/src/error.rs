@@ -12,7 +12,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// message is complete on its own (a printer that also walks the source chain repeats it).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unsupported Talos version {0:?}: this provider renders contracts v1.10 to v1.13")]
+    #[error("unsupported Talos version {0:?}: this provider renders contracts v1.10 to v1.14")]
     UnsupportedVersion(String),
     #[error("invalid Talos version {0:?}: expected v1.13 or v1.13.0")]
     InvalidVersion(String),

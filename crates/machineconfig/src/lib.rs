@@ -7,6 +7,7 @@ mod contract;
 mod error;
 pub mod kubeconfig;
 pub mod limits;
+pub mod migrate;
 pub mod model;
 pub mod parse;
 pub mod patch;

@@ -190,6 +190,39 @@ pub fn v1alpha1(docs: &[Value]) -> Result<Option<V1Alpha1>, Error> {
     }))
 }
 
+/// The first document of `kind`.
+fn document<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
+    docs.iter()
+        .find(|d| d.get("kind").and_then(Value::as_str) == Some(kind))
+}
+
+/// A string field of the v1alpha1 document, at `path`.
+fn v1alpha1_str<'a>(docs: &'a [Value], path: &[&str]) -> Option<&'a str> {
+    let v1 = docs
+        .iter()
+        .find(|d| d.is_object() && d.get("kind").is_none())?;
+    path.iter()
+        .try_fold(v1, |v, key| v.get(key))
+        .and_then(Value::as_str)
+}
+
+/// The control plane endpoint, wherever the configuration's contract keeps it: the
+/// KubeClusterConfig document (v1.14 on), else `.cluster.controlPlane.endpoint`.
+pub fn cluster_endpoint(docs: &[Value]) -> Option<&str> {
+    document(docs, "KubeClusterConfig")
+        .and_then(|d| d.get("endpoint"))
+        .and_then(Value::as_str)
+        .or_else(|| v1alpha1_str(docs, &["cluster", "controlPlane", "endpoint"]))
+}
+
+/// The cluster id: the DiscoveryIdentityConfig document (v1.14 on), else `.cluster.id`.
+pub fn cluster_id(docs: &[Value]) -> Option<&str> {
+    document(docs, "DiscoveryIdentityConfig")
+        .and_then(|d| d.get("clusterID"))
+        .and_then(Value::as_str)
+        .or_else(|| v1alpha1_str(docs, &["cluster", "id"]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,16 +245,8 @@ mod tests {
                 }
                 let typed = v1alpha1(&docs).unwrap().unwrap();
                 assert_eq!(typed.is_control_plane(), t == MachineType::Controlplane);
-                assert_eq!(
-                    typed
-                        .cluster
-                        .unwrap()
-                        .control_plane
-                        .unwrap()
-                        .endpoint
-                        .unwrap(),
-                    "https://10.0.0.1:6443"
-                );
+                assert_eq!(cluster_endpoint(&docs), Some("https://10.0.0.1:6443"));
+                assert_eq!(cluster_id(&docs), Some(bundle.cluster.id.as_str()));
             }
         }
     }

@@ -9,8 +9,8 @@ use crate::limits::{
 };
 use crate::{Error, Problems};
 
-/// The document kinds of Talos v1.13's multi-document configuration (besides v1alpha1).
-pub const KNOWN_KINDS: &[&str] = &[
+/// Document kinds Talos v1.13.0 registers (every contract we render before v1.14 reads them).
+pub const KINDS_SINCE_1_13: &[&str] = &[
     "HostnameConfig",
     "ExtensionServiceConfig",
     "KmsgLogConfig",
@@ -41,14 +41,76 @@ pub const KNOWN_KINDS: &[&str] = &[
     "SideroLinkConfig",
     "PCIDriverRebindConfig",
     "OOMConfig",
-    "ImageCacheConfig",
     "EnvironmentConfig",
     "RegistryMirrorConfig",
     "RegistryAuthConfig",
     "RegistryTLSConfig",
-    "KubePrismConfig",
-    "SecurityConfig",
+    "BlackholeRouteConfig",
+    "ExternalVolumeConfig",
+    "HCloudVIPConfig",
+    "ImageVerificationConfig",
+    "KubeSpanConfig",
+    "Layer2VIPConfig",
+    "RoutingRuleConfig",
+    "TCPProbeConfig",
+    "VRFConfig",
+    "WireguardConfig",
 ];
+
+/// Document kinds new in Talos v1.14 (checked against talosctl v1.14.1); a v1.13 node does not
+/// read them.
+pub const KINDS_NEW_IN_1_14: &[&str] = &[
+    "BGPInstanceConfig",
+    "CRIBaseRuntimeSpecConfig",
+    "CRICustomizationConfig",
+    "ContainerConfig",
+    "DiscoveryIdentityConfig",
+    "DiscoveryServiceConfig",
+    "EtcFileConfig",
+    "FilesystemScrubConfig",
+    "FilesystemTrimConfig",
+    "HTTPProbeConfig",
+    "ImageCacheConfig",
+    "KernelModuleConfig",
+    "KubeAPIServerCAConfig",
+    "KubeAPIServerConfig",
+    "KubeAdmissionControlConfig",
+    "KubeAggregatorCAConfig",
+    "KubeAuditPolicyConfig",
+    "KubeAuthenticationConfig",
+    "KubeAuthorizerConfig",
+    "KubeClusterConfig",
+    "KubeControllerManagerConfig",
+    "KubeCoreDNSConfig",
+    "KubeCredentialProviderConfig",
+    "KubeEtcdEncryptionConfig",
+    "KubeExternalManifestConfig",
+    "KubeFlannelCNIConfig",
+    "KubeInlineManifestConfig",
+    "KubeNetworkConfig",
+    "KubeNodeConfig",
+    "KubePrismConfig",
+    "KubeProxyConfig",
+    "KubeSchedulerConfig",
+    "KubeServiceAccountConfig",
+    "KubeStaticPodConfig",
+    "KubeTalosAPIAccessConfig",
+    "KubeletConfig",
+    "LVMLogicalVolumeConfig",
+    "LVMVolumeGroupConfig",
+    "RAIDArrayConfig",
+    "SecurityProfileConfig",
+    "SysctlConfig",
+    "SysfsConfig",
+    "UdevRulesConfig",
+    "UnattendedInstallConfig",
+    "VethConfig",
+];
+
+/// Whether Talos (v1.13 or v1.14) knows the document kind `kind`.
+pub fn known_kind(kind: &str) -> bool {
+    KINDS_SINCE_1_13.contains(&kind) || KINDS_NEW_IN_1_14.contains(&kind)
+}
 
 /// List fields a strategic merge replaces instead of appending to.
 const REPLACE_LISTS: &[&str] = &["podSubnets", "serviceSubnets"];
@@ -117,6 +179,8 @@ pub enum PatchError {
     Apply(#[source] json_patch::PatchError),
     #[error("{path} is a list; the patch gives {found}")]
     NotAListField { path: String, found: &'static str },
+    #[error("patch delete: path {path:?} does not exist in the configuration")]
+    DeleteMissing { path: String },
     #[error("{0}")]
     Limit(#[source] LimitError),
 }
@@ -254,7 +318,7 @@ fn check_operation(index: usize, op: &Value) -> Result<(), PatchError> {
 fn check_kind(doc: &Value) -> Result<(), Error> {
     match doc.get("kind").and_then(Value::as_str) {
         None => Ok(()),
-        Some(kind) if KNOWN_KINDS.contains(&kind) => Ok(()),
+        Some(kind) if known_kind(kind) => Ok(()),
         Some(kind) => Err(parse_error(PatchError::UnknownKind {
             kind: kind.to_owned(),
         })),
@@ -356,6 +420,11 @@ impl<'b> Patcher<'b> {
                 for p in patch_docs {
                     merge_document(&mut self.docs, p, self.budget).map_err(failed)?;
                 }
+                // Talos merges into its typed configuration and encodes it again.
+                for doc in self.docs.iter_mut().filter(|d| d.get("kind").is_none()) {
+                    shape_check(doc).map_err(failed)?;
+                    write_zero_fields(doc);
+                }
                 self.bound = self.bound.saturating_add(brought);
                 if self.bound.over(&LIMITS) {
                     self.bound = limits::measure(&self.docs, &LIMITS, Charge::Steps(self.budget))
@@ -413,6 +482,53 @@ fn strict_decode(doc: &Value) -> Result<(), PatchError> {
         return Ok(());
     }
     Err(PatchError::Undecodable(Problems(problems)))
+}
+
+/// What Talos's typed decoding of a merged v1alpha1 document refuses: a value of the wrong
+/// shape (a string where a list belongs, say), which a merge into a section the configuration
+/// lacks leaves in place.
+fn shape_check(doc: &Value) -> Result<(), PatchError> {
+    let problems: Vec<_> = crate::validate::decode_problems(doc)
+        .into_iter()
+        .filter(|p| p.message != crate::validate::UNKNOWN_FIELD)
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(PatchError::Undecodable(Problems(problems)))
+}
+
+/// Fields without `omitempty` that Talos's encoder writes with their zero value once their
+/// section exists (observed with talosctl v1.14.1, whose v1alpha1 document lacks these sections
+/// until a patch adds them): `(section, field, zero)`.
+fn write_zero_fields(doc: &mut Value) {
+    let zero_fields: [(&[&str], &str, Value); 4] = [
+        (&["machine", "install"], "wipe", Value::Null),
+        (
+            &["cluster", "network"],
+            "dnsDomain",
+            Value::String(String::new()),
+        ),
+        (
+            &["cluster", "network"],
+            "podSubnets",
+            Value::Array(Vec::new()),
+        ),
+        (
+            &["cluster", "network"],
+            "serviceSubnets",
+            Value::Array(Vec::new()),
+        ),
+    ];
+    for (section, field, zero) in zero_fields {
+        let target = section
+            .iter()
+            .try_fold(&mut *doc, |v, key| v.get_mut(*key))
+            .and_then(Value::as_object_mut);
+        if let Some(map) = target {
+            map.entry(field).or_insert(zero);
+        }
+    }
 }
 
 /// Optional (omitempty) fields the renderer emits empty, which Talos's re-encoding drops.
@@ -521,6 +637,11 @@ fn merge_map(
         let replace = REPLACE_MAPS.contains(&key.as_str()) || REPLACE_LISTS.contains(&key.as_str());
         match target.get_mut(&key) {
             None => {
+                // Talos deletes by looking the path up: under a section the configuration
+                // lacks, the lookup fails.
+                if let Some(path) = first_delete(&pv, &field()) {
+                    return Err(PatchError::DeleteMissing { path });
+                }
                 strip_directives(&mut pv);
                 target.insert(key, pv);
             }
@@ -604,6 +725,19 @@ fn is_zero(v: &Value) -> bool {
         Value::Number(n) => n.as_f64() == Some(0.0),
         _ => false,
     }
+}
+
+/// The path of the first `$patch: delete` directive of a mapping within `v` (at `path`).
+fn first_delete(v: &Value, path: &str) -> Option<String> {
+    let map = v.as_object()?;
+    map.iter().find_map(|(key, child)| {
+        let here = format!("{path}.{key}");
+        if is_delete(child) {
+            Some(here)
+        } else {
+            first_delete(child, &here)
+        }
+    })
 }
 
 fn strip_directives(v: &mut Value) {
@@ -1079,18 +1213,45 @@ mod tests {
         );
     }
 
+    /// Talos encodes its typed configuration after a merge: a section a patch brings in gets
+    /// the fields Talos writes even when they are zero; a deletion under a section the
+    /// configuration lacks fails.
+    #[test]
+    fn a_merge_ends_as_talos_encodes_its_typed_configuration() {
+        let base = vec![json!({"machine": {"type": "worker"}, "cluster": {}})];
+        let out = apply(
+            base.clone(),
+            &[strategic("machine:\n  install:\n    disk: /dev/vda\ncluster:\n  network:\n    dnsDomain: a.b\n")],
+        )
+        .unwrap();
+        assert_eq!(
+            out[0]["machine"]["install"],
+            json!({"disk": "/dev/vda", "wipe": null})
+        );
+        assert_eq!(
+            out[0]["cluster"]["network"],
+            json!({"dnsDomain": "a.b", "podSubnets": [], "serviceSubnets": []})
+        );
+        let p = strategic("machine:\n  install:\n    diskSelector:\n      $patch: delete\n");
+        assert!(matches!(
+            apply(base.clone(), &[p]),
+            Err(Error::Patch { source: PatchError::DeleteMissing { path }, .. }) if path == "machine.install.diskSelector"
+        ));
+    }
+
     #[test]
     fn a_scalar_for_a_list_is_refused_not_ignored() {
-        let base = vec![json!({"cluster": {"extraManifests": ["a"], "network": {}}})];
-        let p = strategic("cluster:\n  extraManifests: https://example.com/b.yaml\n");
-        let err = apply(base.clone(), &[p]).unwrap_err();
+        let base = vec![json!({"cluster": {"extraManifests": ["a"]}})];
+        // Talos decodes the patch into its typed configuration first, as it would the result.
+        let err =
+            Patch::parse("cluster:\n  extraManifests: https://example.com/b.yaml\n").unwrap_err();
         assert!(
             matches!(
                 &err,
                 Error::Patch {
-                    index: Some(0),
-                    source: PatchError::NotAListField { path, found: "a string" }
-                } if path == "cluster.extraManifests"
+                    index: None,
+                    source: PatchError::Undecodable(problems)
+                } if problems.0.iter().any(|p| p.path == "cluster.extraManifests")
             ),
             "{err:?}"
         );

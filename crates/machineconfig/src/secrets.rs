@@ -93,13 +93,14 @@ redacted_debug!(
 );
 
 impl SecretsBundle {
-    /// A new bundle with fresh keys, shaped for `contract` (RSA 4096 service-account key).
+    /// A new bundle with fresh keys, shaped for `contract` (RSA 4096 service-account key). The
+    /// cluster id is base64 in the URL alphabet before v1.14 and in the standard one from v1.14
+    /// on, as `talosctl gen secrets` of each release writes it.
     pub fn generate(contract: Contract) -> Result<SecretsBundle, Error> {
-        let _ = contract; // every contract we render (>= 1.10) uses the same bundle shape
         let mut rng = rand::thread_rng();
         Ok(SecretsBundle {
             cluster: ClusterSecrets {
-                id: URL_SAFE.encode(random_bytes(&mut rng)),
+                id: cluster_id(contract, &random_bytes(&mut rng)),
                 secret: STANDARD.encode(random_bytes(&mut rng)),
             },
             secrets: Secrets {
@@ -516,6 +517,16 @@ fn pem_block(pem: &str) -> Result<(String, String), DecodeError> {
     Ok((label.to_owned(), body))
 }
 
+/// A cluster id of `bytes`: base64 in the URL alphabet before v1.14, in the standard one from
+/// v1.14 on (Talos's `ClusterIDEncoding`).
+fn cluster_id(contract: Contract, bytes: &[u8]) -> String {
+    if contract.at_least(1, 14) {
+        STANDARD.encode(bytes)
+    } else {
+        URL_SAFE.encode(bytes)
+    }
+}
+
 /// A new RSA-4096 key as the PKCS#1 PEM talosctl writes. aws-lc generates it (the bundle
 /// benchmark in docs/benchmarks.md: 0.81 s, against 2.4 s with the pure-Rust `rsa` crate); the
 /// `rsa` crate re-encodes its PKCS#8 output.
@@ -536,6 +547,13 @@ fn rsa_key() -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_id_alphabet_follows_the_contract() {
+        let bytes = [0xfb; 32];
+        assert!(cluster_id(Contract::DEFAULT, &bytes).starts_with("-_"));
+        assert!(cluster_id(Contract::NEWEST, &bytes).starts_with("+/"));
+    }
 
     #[test]
     fn generated_bundle_round_trips_and_has_talos_shapes() {

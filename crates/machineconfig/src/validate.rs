@@ -8,7 +8,9 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-use crate::patch::KNOWN_KINDS;
+use crate::patch::known_kind;
+
+pub(crate) mod multidoc;
 
 /// Where the machine runs; only metal requires an install disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +92,7 @@ pub fn validate(docs: &[Value], mode: Mode, strict: bool) -> Report {
     let mut r = Report::default();
     let mut seen = BTreeSet::new();
     let mut v1alpha1 = 0;
+    let v114 = multidoc::is_v114(docs);
     for (i, doc) in docs.iter().enumerate() {
         let Some(map) = doc.as_object() else {
             r.error(&format!("document {i}"), "must be a YAML mapping");
@@ -103,10 +106,10 @@ pub fn validate(docs: &[Value], mode: Mode, strict: bool) -> Report {
         match map.get("kind").and_then(Value::as_str) {
             None => {
                 v1alpha1 += 1;
-                validate_v1alpha1(doc, mode, strict, &mut r);
+                validate_v1alpha1(doc, mode, strict, v114, &mut r);
             }
             Some(kind) => {
-                if !KNOWN_KINDS.contains(&kind) {
+                if !known_kind(kind) {
                     r.error(kind, format!("unknown document kind {kind:?}"));
                     continue;
                 }
@@ -120,7 +123,7 @@ pub fn validate(docs: &[Value], mode: Mode, strict: bool) -> Report {
                     );
                 }
                 if kind == "HostnameConfig" {
-                    validate_hostname_config(doc, &mut r);
+                    validate_hostname_config(doc, v114, &mut r);
                     hostname_conflicts(docs, &mut r);
                 }
             }
@@ -129,6 +132,7 @@ pub fn validate(docs: &[Value], mode: Mode, strict: bool) -> Report {
     if v1alpha1 > 1 {
         r.error("v1alpha1", "duplicate v1alpha1 document");
     }
+    multidoc::validate(docs, &mut r);
     r
 }
 
@@ -252,7 +256,7 @@ const INTERFACE_FIELDS: &[&str] = &[
     "wireguard",
     "vip",
 ];
-const UNKNOWN_FIELD: &str = "unknown field";
+pub(crate) const UNKNOWN_FIELD: &str = "unknown field";
 /// Fields holding base64-encoded PEM.
 const BASE64_FIELDS: &[&[&str]] = &[
     &["machine", "ca", "crt"],
@@ -282,6 +286,8 @@ const LIST_FIELDS: &[&[&str]] = &[
     &["machine", "network", "nameservers"],
     &["cluster", "network", "podSubnets"],
     &["cluster", "network", "serviceSubnets"],
+    &["cluster", "extraManifests"],
+    &["cluster", "inlineManifests"],
 ];
 
 fn at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
@@ -365,7 +371,11 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
         .and_then(Value::as_str)
 }
 
-fn validate_v1alpha1(doc: &Value, mode: Mode, strict: bool, r: &mut Report) {
+/// The v1alpha1 document. `v114`: the configuration is written for Talos v1.14 (it holds a
+/// document kind new in v1.14), whose v1alpha1 rules leave to the new documents what moved there:
+/// the install disk is required only where `machine.install` is given, the endpoint only where
+/// `cluster.controlPlane` is, and the Kubernetes CA not at all.
+fn validate_v1alpha1(doc: &Value, mode: Mode, strict: bool, v114: bool, r: &mut Report) {
     for p in decode_problems(doc) {
         if strict || p.message != UNKNOWN_FIELD {
             r.errors.push(p);
@@ -431,18 +441,18 @@ fn validate_v1alpha1(doc: &Value, mode: Mode, strict: bool, r: &mut Report) {
             r.error("machine.ca.crt", "a trusted OS CA certificate is required");
         }
     }
-    validate_install(machine, mode, r);
+    validate_install(machine, mode, v114, r);
     validate_images(machine, r);
     validate_labels(machine, r);
     validate_network(machine, control_plane, r);
     if let Some(cluster) = cluster {
-        validate_cluster(cluster, control_plane, r);
+        validate_cluster(cluster, control_plane, v114, r);
     }
 }
 
-fn validate_install(machine: &Value, mode: Mode, r: &mut Report) {
-    let install = machine.get("install");
-    if mode == Mode::Metal {
+fn validate_install(machine: &Value, mode: Mode, v114: bool, r: &mut Report) {
+    let install = machine.get("install").filter(|i| !i.is_null());
+    if mode == Mode::Metal && (install.is_some() || !v114) {
         let has_disk = install
             .and_then(|i| i.get("disk"))
             .and_then(Value::as_str)
@@ -610,8 +620,9 @@ fn validate_network(machine: &Value, control_plane: bool, r: &mut Report) {
     }
 }
 
-fn validate_cluster(cluster: &Value, control_plane: bool, r: &mut Report) {
+fn validate_cluster(cluster: &Value, control_plane: bool, v114: bool, r: &mut Report) {
     match str_at(cluster, &["controlPlane", "endpoint"]) {
+        None if v114 && at(cluster, &["controlPlane"]).is_none_or(Value::is_null) => {}
         None | Some("") => r.error(
             "cluster.controlPlane.endpoint",
             "a control plane endpoint is required",
@@ -680,7 +691,7 @@ fn validate_cluster(cluster: &Value, control_plane: bool, r: &mut Report) {
     let ca_key = str_at(cluster, &["ca", "key"]).unwrap_or("");
     let ca_crt = str_at(cluster, &["ca", "crt"]).unwrap_or("");
     if control_plane {
-        if ca_crt.is_empty() || ca_key.is_empty() {
+        if !v114 && (ca_crt.is_empty() || ca_key.is_empty()) {
             r.error(
                 "cluster.ca",
                 "control plane machines need the Kubernetes CA certificate and key",
@@ -702,7 +713,7 @@ fn validate_cluster(cluster: &Value, control_plane: bool, r: &mut Report) {
                 "worker machines must not carry the Kubernetes CA key",
             );
         }
-        if ca_crt.is_empty() && cluster.get("acceptedCAs").is_none() {
+        if !v114 && ca_crt.is_empty() && cluster.get("acceptedCAs").is_none() {
             r.error(
                 "cluster.ca.crt",
                 "a trusted Kubernetes CA certificate is required",
@@ -783,14 +794,17 @@ pub fn parse_cidr(cidr: &str) -> Result<(IpAddr, u8), String> {
     Ok((addr, prefix))
 }
 
-fn validate_hostname_config(doc: &Value, r: &mut Report) {
+/// `v114`: Talos v1.14 accepts `auto: off` without a hostname (v1.13 reads `off` as unset).
+fn validate_hostname_config(doc: &Value, v114: bool, r: &mut Report) {
     // `off` is the zero value: Talos treats it as unset.
     let auto = doc
         .get("auto")
         .and_then(Value::as_str)
         .filter(|a| *a != "off");
     let hostname = doc.get("hostname").and_then(Value::as_str);
+    let auto_off = doc.get("auto").and_then(Value::as_str) == Some("off");
     match (auto, hostname) {
+        (None, None) if v114 && auto_off => {}
         (Some(_), Some(_)) => r.error(
             "HostnameConfig",
             "'auto' and 'hostname' cannot be set at the same time",

@@ -105,7 +105,7 @@ pub fn render(args: RenderArgs) -> Result<(), Failure> {
         Some(path) => {
             SecretsBundle::from_yaml(&read_limited(path, LIMITS.input_bytes)?).map_err(fail)?
         }
-        None => SecretsBundle::generate(Contract::NEWEST).map_err(fail)?,
+        None => SecretsBundle::generate(Contract::DEFAULT).map_err(fail)?,
     };
     let fallback = fallback_cluster(&args)?;
     let mut failures = Vec::new();
@@ -222,18 +222,24 @@ fn render_one(
         .map_err(|e| e.to_string())?;
     let docs = machineconfig::render::from_yaml(&yaml).map_err(|e| e.to_string())?;
     let report = machineconfig::validate(&docs, args.mode, args.strict);
+    // Fields the patches set that Talos v1.14 moved: said whether Talos accepts the result or not.
+    let moved = controller::bootstrap::render::moved_fields(spec);
     if !report.is_valid() {
         let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
         return Err(format!(
             "Talos would refuse the rendered configuration ({} mode): {}",
             args.mode,
-            errors.join("; ")
+            errors
+                .iter()
+                .chain(&moved)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
         ));
     }
-    Ok((
-        yaml,
-        report.warnings.iter().map(ToString::to_string).collect(),
-    ))
+    let mut warnings: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
+    warnings.extend(moved);
+    Ok((yaml, warnings))
 }
 
 fn is(doc: &Value, api_version_prefix: &str, kind: &str) -> bool {

@@ -294,7 +294,7 @@ fn render_names_each_seed_object_that_talos_would_refuse_and_why() {
     assert!(err.starts_with("5 of 5 objects failed:"), "{err}");
     for expected in [
         // Talos 1.7 is past support; the contracts rendered are listed.
-        "TalosConfig worker-node-bootstrap: unsupported Talos version \"v1.7.0\": this provider renders contracts v1.10 to v1.13",
+        "TalosConfig worker-node-bootstrap: unsupported Talos version \"v1.7.0\": this provider renders contracts v1.10 to v1.14",
         "TalosConfig controlplane-config: unsupported Talos version \"v1.7.0\"",
         // Without talosVersion the newest contract is rendered: multi-document, where Talos
         // (and talosctl) refuse JSON 6902 patches.
@@ -304,6 +304,26 @@ fn render_names_each_seed_object_that_talos_would_refuse_and_why() {
     ] {
         assert!(err.contains(expected), "{expected:?} in:\n{err}");
     }
+}
+
+/// Patches written for v1.13 on a TalosConfig moved to v1.14: each moved field is named with the
+/// document that replaced it, on the object Talos accepts (a warning) and on the one it refuses
+/// (beside the reason).
+#[test]
+fn render_names_the_fields_talos_1_14_moved_that_patches_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = talos_capi(dir.path(), &["render", "-f", &fixture("talos-1.14.yaml")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    for expected in [
+        "warning: TalosConfig default/install-disk: spec.strategicPatches[0] sets .machine.install, which Talos v1.14 moved to the UnattendedInstallConfig document",
+        "1 of 2 objects failed:",
+        "TalosConfig default/kubelet-args: Talos would refuse the rendered configuration (metal mode): machine.kubelet: kubelet config is already set in v1alpha1 config (.machine.kubelet); spec.strategicPatches[0] sets .machine.kubelet, which Talos v1.14 moved to the KubeletConfig document",
+    ] {
+        assert!(err.contains(expected), "{expected:?} in:\n{err}");
+    }
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(printed.contains("kind: KubeletConfig"), "{printed}");
 }
 
 #[test]

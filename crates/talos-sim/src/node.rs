@@ -133,11 +133,9 @@ impl Configured {
         let pem = |b64: String| machineconfig::secrets::decode_pem(&b64).ok();
         Ok(Configured {
             control_plane: v1.is_control_plane(),
-            cluster_id: v1
-                .cluster
-                .as_ref()
-                .and_then(|c| c.id.clone())
-                .unwrap_or_default(),
+            cluster_id: machineconfig::model::cluster_id(&docs)
+                .unwrap_or_default()
+                .to_owned(),
             os_ca_crt: ca
                 .crt
                 .and_then(pem)

@@ -3,7 +3,7 @@
 
 use api::bootstrap::v1alpha3::{GenerateType, HostnameSource, TalosConfig, TalosConfigSpec};
 use api::capi::{Cluster, Machine};
-use machineconfig::render::DEFAULT_KUBERNETES_VERSION;
+use machineconfig::render::Defaults;
 use machineconfig::{
     Contract, Input, MachineType, Patch, Patcher, RENDER_LIMITS, RenderBudget, SecretsBundle,
 };
@@ -90,6 +90,41 @@ pub fn machine_config(
     Ok(text)
 }
 
+/// The v1alpha1 fields `spec`'s patches set that Talos v1.14 moved into documents of their own,
+/// when `spec` renders contract v1.14 or later: one notice per field and patch, naming the patch
+/// as the spec does (`spec.configPatches`, `spec.strategicPatches[i]`). Patches that do not parse
+/// are the render's to report, not these notices'.
+pub fn moved_fields(spec: &TalosConfigSpec) -> Vec<String> {
+    let contract = Contract::parse(spec.talos_version.as_deref().unwrap_or_default());
+    if !contract.is_ok_and(|c| c.at_least(1, 14)) {
+        return Vec::new();
+    }
+    let budget = RenderBudget::new(RENDER_LIMITS);
+    let mut patches = Vec::new();
+    if let Some(ops) = spec.config_patches.as_ref().filter(|o| !o.is_empty())
+        && let Some(patch) = serde_json::to_value(ops)
+            .ok()
+            .and_then(|v| Patch::json6902_within(v, &budget).ok())
+    {
+        patches.push(("spec.configPatches".to_owned(), patch));
+    }
+    for (i, text) in spec.strategic_patches.iter().flatten().enumerate() {
+        if let Ok(patch) = Patch::parse_within(text, &budget) {
+            patches.push((format!("spec.strategicPatches[{i}]"), patch));
+        }
+    }
+    let (names, patches): (Vec<String>, Vec<Patch>) = patches.into_iter().unzip();
+    machineconfig::migrate::moved_fields(&patches)
+        .into_iter()
+        .map(|m| {
+            format!(
+                "{} sets {}, which Talos v1.14 moved to the {} document",
+                names[m.patch], m.field, m.document
+            )
+        })
+        .collect()
+}
+
 /// A digest of what a machine configuration means: its documents parsed (within the parser's
 /// limits), [`canonical`], hashed. Key order, quoting, layout, comments, document separators,
 /// a trailing newline, and a key whose value is an empty mapping or null (which Talos reads as
@@ -173,18 +208,22 @@ fn input(
     } else {
         endpoint.host.clone()
     };
-    let mut input = Input::new(cluster_name, &format!("https://{host}:{}", endpoint.port));
+    let contract = Contract::parse(spec.talos_version.as_deref().unwrap_or_default())
+        .map_err(SpecError::Render)?;
+    let mut input = Input::for_contract(
+        cluster_name,
+        &format!("https://{host}:{}", endpoint.port),
+        contract,
+    );
     // As CABPT renders: no install disk or image, which the platform (or a patch) provides.
     input.install_disk = String::new();
     input.install_image = String::new();
-    input.contract = Contract::parse(spec.talos_version.as_deref().unwrap_or_default())
-        .map_err(SpecError::Render)?;
     input.kubernetes_version = machine
         .spec
         .version
         .as_deref()
         .map(|v| v.trim_start_matches('v').to_owned())
-        .unwrap_or_else(|| DEFAULT_KUBERNETES_VERSION.to_owned());
+        .unwrap_or_else(|| Defaults::of(contract).kubernetes_version.to_owned());
     if let Some(network) = &cluster.spec.cluster_network {
         if let Some(domain) = network.service_domain.as_ref().filter(|d| !d.is_empty()) {
             input.dns_domain = domain.clone();

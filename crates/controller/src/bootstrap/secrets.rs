@@ -198,7 +198,7 @@ async fn get_or_generate(
         name: name.to_owned(),
         reason,
     };
-    let generated = tokio::task::spawn_blocking(|| SecretsBundle::generate(Contract::NEWEST))
+    let generated = tokio::task::spawn_blocking(|| SecretsBundle::generate(Contract::DEFAULT))
         .await
         .map_err(|e| invalid(format!("generating the secrets bundle stopped: {e}")))?
         .map_err(|e| invalid(format!("generating the secrets bundle: {e}")))?;

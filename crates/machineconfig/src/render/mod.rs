@@ -1,7 +1,10 @@
 //! Rendering of controlplane and worker configurations, field for field what
 //! `talosctl gen config` writes for each version contract (checked against talosctl in tests).
 
-use serde_json::{Map, Value, json};
+mod multidoc;
+mod v1alpha1;
+
+use serde_json::{Value, json};
 
 use crate::secrets::{SecretsBundle, decode_pem};
 use crate::{Contract, EndpointProblem, Error};
@@ -10,6 +13,35 @@ use crate::{Contract, EndpointProblem, Error};
 pub const DEFAULT_TALOS_VERSION: &str = "v1.13.0";
 /// The Kubernetes version talosctl v1.13 defaults to.
 pub const DEFAULT_KUBERNETES_VERSION: &str = "1.36.0";
+
+/// What `talosctl gen config` of the Talos release that introduced a contract uses when it is
+/// not told: that release, its Kubernetes version and its installer image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defaults {
+    pub talos_version: &'static str,
+    pub kubernetes_version: &'static str,
+    pub installer_image: &'static str,
+}
+
+impl Defaults {
+    pub fn of(contract: Contract) -> Defaults {
+        if contract.at_least(1, 14) {
+            // From v1.14 the installer comes from the Image Factory (the empty schematic):
+            // ghcr.io/siderolabs/installer is no longer published.
+            Defaults {
+                talos_version: "v1.14.1",
+                kubernetes_version: "1.37.0",
+                installer_image: "factory.talos.dev/metal-installer/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba:v1.14.1",
+            }
+        } else {
+            Defaults {
+                talos_version: DEFAULT_TALOS_VERSION,
+                kubernetes_version: DEFAULT_KUBERNETES_VERSION,
+                installer_image: "ghcr.io/siderolabs/installer:v1.13.0",
+            }
+        }
+    }
+}
 
 /// The role a configuration is rendered for. `init` is rendered as controlplane: the
 /// control-plane provider bootstraps etcd through the Talos API.
@@ -48,20 +80,33 @@ pub struct Input {
 }
 
 impl Input {
-    /// Defaults as `talosctl gen config <cluster> <endpoint>` uses them.
+    /// Defaults as `talosctl gen config <cluster> <endpoint>` uses them, for
+    /// [`Contract::DEFAULT`].
     pub fn new(cluster_name: &str, endpoint: &str) -> Input {
+        Input::for_contract(cluster_name, endpoint, Contract::DEFAULT)
+    }
+
+    /// Defaults as `talosctl gen config --talos-version <contract>` of the release that
+    /// introduced `contract` uses them ([`Defaults::of`]).
+    pub fn for_contract(cluster_name: &str, endpoint: &str, contract: Contract) -> Input {
+        let defaults = Defaults::of(contract);
         Input {
             cluster_name: cluster_name.to_owned(),
             endpoint: endpoint.to_owned(),
-            kubernetes_version: DEFAULT_KUBERNETES_VERSION.to_owned(),
-            contract: Contract::NEWEST,
+            kubernetes_version: defaults.kubernetes_version.to_owned(),
+            contract,
             dns_domain: "cluster.local".to_owned(),
             pod_subnets: vec!["10.244.0.0/16".to_owned()],
             service_subnets: vec!["10.96.0.0/12".to_owned()],
             install_disk: "/dev/sda".to_owned(),
-            install_image: format!("ghcr.io/siderolabs/installer:{DEFAULT_TALOS_VERSION}"),
+            install_image: defaults.installer_image.to_owned(),
             hostname: None,
         }
+    }
+
+    /// The Kubernetes version without its leading `v`.
+    fn kubernetes_version(&self) -> &str {
+        self.kubernetes_version.trim_start_matches('v')
     }
 
     fn check(&self) -> Result<Endpoint, Error> {
@@ -148,199 +193,52 @@ fn markdown_link_target(s: &str) -> Option<&str> {
     after.strip_suffix(')')
 }
 
-/// Render the configuration documents for `machine_type`: the v1alpha1 document, then (contracts
-/// v1.12 and later) a HostnameConfig document.
+/// Render the configuration documents for `machine_type`: for contracts v1.10 to v1.13 the
+/// v1alpha1 document, then (v1.12 on) a HostnameConfig document; from v1.14 the v1alpha1
+/// document's remainder and the multi-documents that replaced the rest of it.
 pub fn render(
     machine_type: MachineType,
     input: &Input,
     bundle: &SecretsBundle,
 ) -> Result<Vec<Value>, Error> {
     let endpoint = input.check()?;
-    let c = input.contract;
-    let cp = machine_type == MachineType::Controlplane;
-    let k8s = input.kubernetes_version.trim_start_matches('v');
-    // Contract gates, as talosctl v1.13 applies them.
-    let v112 = c.at_least(1, 12);
-    let v113 = c.at_least(1, 13);
-
-    let mut machine = Map::new();
-    machine.insert("type".into(), json!(machine_type.as_str()));
-    machine.insert("token".into(), json!(bundle.trustdinfo.token));
-    machine.insert(
-        "ca".into(),
-        ca(
-            &bundle.certs.os.crt,
-            cp.then_some(bundle.certs.os.key.as_str()),
-        ),
-    );
-    machine.insert("certSANs".into(), json!([]));
-    machine.insert(
-        "kubelet".into(),
-        json!({
-            "image": format!("ghcr.io/siderolabs/kubelet:v{k8s}"),
-            "defaultRuntimeSeccompProfileEnabled": true,
-            "disableManifestsDirectory": true,
-        }),
-    );
-    if !v113 {
-        machine.insert("network".into(), json!({}));
-    }
-    // Empty means "not set" (as CABPT renders for cloud platforms): the key is left out.
-    let mut install = json!({"wipe": false});
-    if !input.install_disk.is_empty() {
-        install["disk"] = json!(input.install_disk);
-    }
-    if !input.install_image.is_empty() {
-        install["image"] = json!(input.install_image);
-    }
-    if v112 {
-        install["grubUseUKICmdline"] = json!(true);
-    }
-    machine.insert("install".into(), install);
-    if !(v112 && cp) {
-        machine.insert("registries".into(), json!({}));
-    }
-    let mut features = Map::new();
-    if !v112 {
-        features.insert("rbac".into(), json!(true));
-        features.insert("stableHostname".into(), json!(true));
-        features.insert("apidCheckExtKeyUsage".into(), json!(true));
-    }
-    features.insert("diskQuotaSupport".into(), json!(true));
-    features.insert("kubePrism".into(), json!({"enabled": true, "port": 7445}));
-    features.insert(
-        "hostDNS".into(),
-        json!({"enabled": true, "forwardKubeDNSToHost": true}),
-    );
-    machine.insert("features".into(), Value::Object(features));
-    if cp {
-        machine.insert(
-            "nodeLabels".into(),
-            json!({"node.kubernetes.io/exclude-from-external-load-balancers": ""}),
-        );
-    }
-    if let (Some(hostname), false) = (&input.hostname, v112) {
-        machine
-            .entry("network")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .map(|n| n.insert("hostname".into(), json!(hostname)));
-    }
-
-    let mut cluster = Map::new();
-    cluster.insert("id".into(), json!(bundle.cluster.id));
-    cluster.insert("secret".into(), json!(bundle.cluster.secret));
-    cluster.insert("controlPlane".into(), json!({"endpoint": input.endpoint}));
-    cluster.insert("clusterName".into(), json!(input.cluster_name));
-    cluster.insert(
-        "network".into(),
-        json!({
-            "dnsDomain": input.dns_domain,
-            "podSubnets": input.pod_subnets,
-            "serviceSubnets": input.service_subnets,
-        }),
-    );
-    cluster.insert("token".into(), json!(bundle.secrets.bootstraptoken));
-    if cp {
-        let (field, secret) = bundle.encryption_secret();
-        cluster.insert(field.into(), json!(secret));
-    }
-    cluster.insert(
-        "ca".into(),
-        ca(
-            &bundle.certs.k8s.crt,
-            cp.then_some(bundle.certs.k8s.key.as_str()),
-        ),
-    );
-    if cp {
-        cluster.insert(
-            "aggregatorCA".into(),
-            json!({"crt": bundle.certs.k8saggregator.crt, "key": bundle.certs.k8saggregator.key}),
-        );
-        cluster.insert(
-            "serviceAccount".into(),
-            json!({"key": bundle.certs.k8sserviceaccount.key}),
-        );
-        let mut api_server = Map::new();
-        api_server.insert(
-            "image".into(),
-            json!(format!("registry.k8s.io/kube-apiserver:v{k8s}")),
-        );
-        if !v112 {
-            api_server.insert("certSANs".into(), json!([endpoint.host]));
-            api_server.insert("disablePodSecurityPolicy".into(), json!(true));
-        }
-        api_server.insert("admissionControl".into(), pod_security_admission());
-        api_server.insert(
-            "auditPolicy".into(),
-            json!({"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "rules": [{"level": "Metadata"}]}),
-        );
-        cluster.insert("apiServer".into(), Value::Object(api_server));
-        for (field, image) in [
-            ("controllerManager", "kube-controller-manager"),
-            ("proxy", "kube-proxy"),
-            ("scheduler", "kube-scheduler"),
-        ] {
-            cluster.insert(
-                field.into(),
-                json!({"image": format!("registry.k8s.io/{image}:v{k8s}")}),
-            );
-        }
-    }
-    cluster.insert(
-        "discovery".into(),
-        json!({"enabled": true, "registries": {"kubernetes": {"disabled": true}, "service": {}}}),
-    );
-    if cp {
-        cluster.insert(
-            "etcd".into(),
-            json!({"ca": {"crt": bundle.certs.etcd.crt, "key": bundle.certs.etcd.key}}),
-        );
-        cluster.insert("extraManifests".into(), json!([]));
-        cluster.insert("inlineManifests".into(), json!([]));
-    }
-
-    let mut docs = vec![json!({
-        "version": "v1alpha1",
-        "debug": false,
-        "persist": true,
-        "machine": Value::Object(machine),
-        "cluster": Value::Object(cluster),
-    })];
-    if v112 {
-        docs.push(match &input.hostname {
-            // Talos refuses `auto` together with `hostname`.
-            Some(h) => json!({"apiVersion": "v1alpha1", "kind": "HostnameConfig", "hostname": h}),
-            None => json!({"apiVersion": "v1alpha1", "kind": "HostnameConfig", "auto": "stable"}),
-        });
-    }
     // Fail early on a bundle whose PEM fields are unreadable, naming the field.
     decode_pem(&bundle.certs.os.crt).map_err(|source| Error::BundleField {
         field: "certs.os.crt".into(),
         source,
     })?;
-    Ok(docs)
+    if input.contract.at_least(1, 14) {
+        multidoc::render(machine_type, input, bundle)
+    } else {
+        Ok(v1alpha1::render(machine_type, input, &endpoint, bundle))
+    }
 }
 
-/// `{crt, key}`; workers get an empty key, as talosctl writes it.
-fn ca(crt: &str, key: Option<&str>) -> Value {
-    json!({"crt": crt, "key": key.unwrap_or("")})
+/// HostnameConfig: a given hostname, else a stable generated one (Talos refuses both).
+fn hostname_document(hostname: Option<&str>) -> Value {
+    match hostname {
+        Some(h) => json!({"apiVersion": "v1alpha1", "kind": "HostnameConfig", "hostname": h}),
+        None => json!({"apiVersion": "v1alpha1", "kind": "HostnameConfig", "auto": "stable"}),
+    }
 }
 
-fn pod_security_admission() -> Value {
-    json!([{
-        "name": "PodSecurity",
-        "configuration": {
-            "apiVersion": "pod-security.admission.config.k8s.io/v1alpha1",
-            "defaults": {
-                "audit": "restricted", "audit-version": "latest",
-                "enforce": "baseline", "enforce-version": "latest",
-                "warn": "restricted", "warn-version": "latest",
-            },
-            "exemptions": {"namespaces": ["kube-system"], "runtimeClasses": [], "usernames": []},
-            "kind": "PodSecurityConfiguration",
+/// The PodSecurity admission plugin's configuration Talos generates.
+fn pod_security_configuration() -> Value {
+    json!({
+        "apiVersion": "pod-security.admission.config.k8s.io/v1alpha1",
+        "defaults": {
+            "audit": "restricted", "audit-version": "latest",
+            "enforce": "baseline", "enforce-version": "latest",
+            "warn": "restricted", "warn-version": "latest",
         },
-    }])
+        "exemptions": {"namespaces": ["kube-system"], "runtimeClasses": [], "usernames": []},
+        "kind": "PodSecurityConfiguration",
+    })
+}
+
+/// The API server's audit policy Talos generates.
+fn audit_policy() -> Value {
+    json!({"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "rules": [{"level": "Metadata"}]})
 }
 
 /// Documents as one YAML stream (`---` between documents), as Talos reads it.

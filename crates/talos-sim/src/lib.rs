@@ -54,13 +54,16 @@ impl Simulator {
     /// Start a node (it boots in the background; watch [`Simulator::events`] for NodeUp).
     pub fn start(&self, spec: NodeSpec) -> Result<(), Error> {
         let address = spec.address.to_string();
-        let config = match &spec.config {
-            Some(data) => Some(Configured::parse(data).map_err(|message| Error::Config {
-                node: address.clone(),
-                message,
-            })?),
-            None => None,
-        };
+        let config =
+            match &spec.config {
+                Some(data) => Some(Configured::parse(data, &spec.version).map_err(|message| {
+                    Error::Config {
+                        node: address.clone(),
+                        message,
+                    }
+                })?),
+                None => None,
+            };
         let node = Arc::new(new_node(spec, config));
         node.state().failures = lock(&self.shared.new_node_failures).clone();
         {

@@ -109,10 +109,36 @@ impl std::fmt::Debug for Configured {
     }
 }
 
+/// Whether Talos `version` (`v1.14.1`) is release 1.`minor` or later.
+pub fn release_at_least(version: &str, minor: u32) -> bool {
+    let mut parts = version.trim_start_matches('v').split('.');
+    let number = |p: Option<&str>| p.and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+    (number(parts.next()), number(parts.next())) >= (1, minor)
+}
+
 impl Configured {
-    /// Validate and interpret a machine configuration (the checks Talos runs on apply).
-    pub fn parse(data: &str) -> Result<Configured, String> {
+    /// Validate and interpret a machine configuration (the checks a node of Talos `version`
+    /// runs on apply; before v1.14 it does not know v1.14's document kinds).
+    pub fn parse(data: &str, version: &str) -> Result<Configured, String> {
         let docs = machineconfig::render::from_yaml(data).map_err(|e| e.to_string())?;
+        if !release_at_least(version, 14)
+            && let Some(doc) = docs.iter().find(|d| {
+                d.get("kind")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| machineconfig::patch::KINDS_NEW_IN_1_14.contains(&k))
+            })
+        {
+            let field = |f: &str| {
+                doc.get(f)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let (kind, name) = (field("kind"), field("name"));
+            return Err(format!(
+                "error decoding document v1alpha1/{kind}/{name}: {kind:?} \"v1alpha1\": not registered"
+            ));
+        }
         let report = machineconfig::validate(&docs, machineconfig::Mode::Metal, false);
         if !report.is_valid() {
             let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();

@@ -482,6 +482,37 @@ fn etcd_status(e: EtcdError) -> Status {
 }
 
 /// The target Talos version of an installer image: its tag.
+/// The mode Talos applies a configuration in (its ApplyConfiguration), as it reports it. Up to
+/// v1.13: TRY and NO_REBOOT are refused for a change that needs a reboot, AUTO picks one of the
+/// two, and maintenance installs with REBOOT. From v1.14 (`live_only`): every change applies
+/// live, AUTO is NO_REBOOT, REBOOT becomes NO_REBOOT in maintenance and is refused elsewhere.
+fn apply_mode(
+    asked: apply_configuration_request::Mode,
+    maintenance: bool,
+    live_only: bool,
+    immediate: impl Fn() -> Result<(), String>,
+) -> Result<apply_configuration_request::Mode, Status> {
+    use apply_configuration_request::Mode;
+    Ok(match asked {
+        Mode::Reboot | Mode::Auto if live_only && maintenance => Mode::NoReboot,
+        Mode::Reboot if live_only => {
+            return Err(Status::unimplemented(
+                "the REBOOT mode is not supported, please use AUTO or NO_REBOOT modes instead",
+            ));
+        }
+        Mode::Auto if live_only => Mode::NoReboot,
+        _ if live_only => asked,
+        _ if maintenance => Mode::Reboot,
+        Mode::Try | Mode::NoReboot => {
+            immediate().map_err(Status::invalid_argument)?;
+            asked
+        }
+        Mode::Auto if immediate().is_ok() => Mode::NoReboot,
+        Mode::Auto => Mode::Reboot,
+        other => other,
+    })
+}
+
 fn version_of_image(image: &str) -> Option<String> {
     let name = image.split('@').next().unwrap_or(image);
     let (_, tag) = name.rsplit_once(':')?;
@@ -589,28 +620,21 @@ impl MachineService for Api {
                 guard(&node, "ApplyConfiguration", true)?;
                 let data = String::from_utf8(body.data)
                     .map_err(|_| Status::invalid_argument("configuration is not UTF-8"))?;
-                let cfg = Configured::parse(&data).map_err(|e| {
+                let version = node.state().version.clone();
+                let cfg = Configured::parse(&data, &version).map_err(|e| {
                     Status::invalid_argument(format!("configuration validation failed: {e}"))
                 })?;
                 let maintenance = node.state().phase == Phase::Maintenance;
+                // From v1.14 Talos no longer asks whether a change needs a reboot
+                // (`CanApplyImmediate` is gone): every change applies live.
+                let live_only = crate::node::release_at_least(&node.state().version, 14);
                 use apply_configuration_request::Mode;
                 let asked = Mode::try_from(body.mode).unwrap_or(Mode::Reboot);
-                // As Talos decides it (its ApplyConfiguration): TRY and NO_REBOOT are refused
-                // for a change that needs a reboot; AUTO picks one of the two.
                 let immediate = || match node.state().config.as_ref() {
                     Some(current) => crate::node::immediate_change(&current.docs, &cfg.docs),
                     None => Ok(()),
                 };
-                let mode = match asked {
-                    _ if maintenance => Mode::Reboot,
-                    Mode::Try | Mode::NoReboot => {
-                        immediate().map_err(Status::invalid_argument)?;
-                        asked
-                    }
-                    Mode::Auto if immediate().is_ok() => Mode::NoReboot,
-                    Mode::Auto => Mode::Reboot,
-                    other => other,
-                };
+                let mode = apply_mode(asked, maintenance, live_only, immediate)?;
                 let details = match mode {
                     Mode::Reboot => "Applied configuration with a reboot",
                     Mode::Staged => "Staged configuration to be applied after the next reboot",
@@ -633,14 +657,15 @@ impl MachineService for Api {
                     }));
                 }
                 match mode {
+                    _ if maintenance => {
+                        // Install, then boot into the configured system.
+                        shared.restart(&node, Stage::Installing, shared.timing.boot, move |s| {
+                            s.applied += 1;
+                            s.config = Some(cfg)
+                        });
+                    }
                     Mode::Reboot => {
-                        // Maintenance: install, then reboot into the configured system.
-                        let delay = if maintenance {
-                            shared.timing.boot
-                        } else {
-                            shared.timing.reboot
-                        };
-                        shared.restart(&node, Stage::Installing, delay, move |s| {
+                        shared.restart(&node, Stage::Installing, shared.timing.reboot, move |s| {
                             s.applied += 1;
                             s.config = Some(cfg)
                         });

@@ -437,3 +437,88 @@ async fn losing_quorum_makes_etcd_unhealthy_everywhere() {
     );
     assert!(etcd_healthy(&client, &Nodes::One(nodes[2].clone())).await);
 }
+
+/// Talos v1.14 nodes: they boot the v1.14 contract's multi-document configuration and form a
+/// cluster (its id from DiscoveryIdentityConfig), apply every later change live (a change a
+/// v1.13 node reboots for included), and refuse REBOOT mode; a v1.13 node refuses the v1.14
+/// documents, as Talos v1.13 does not know them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talos_1_14_nodes_boot_v1_14_configs_and_apply_every_change_live() {
+    let sim = Simulator::new(Timing::default());
+    let mut events = sim.events();
+    let nodes: Vec<String> = (0..4)
+        .map(|_| loopback_address(NEXT.fetch_add(1, Ordering::SeqCst)).to_string())
+        .collect();
+    let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
+    let endpoint = format!("https://{}:6443", nodes[0]);
+    let input = Input::for_contract("n", &endpoint, Contract::NEWEST);
+    let cp = machineconfig::generate(MachineType::Controlplane, &input, &bundle, &[]).unwrap();
+    for (i, address) in nodes.iter().enumerate() {
+        let spec = NodeSpec {
+            address: address.parse().unwrap(),
+            port: 50000,
+            hostname: format!("n{i}"),
+            version: if i < 3 { "v1.14.1" } else { "v1.13.0" }.into(),
+            config: None,
+        };
+        sim.start(spec).unwrap();
+    }
+    wait_up(&mut events, 4, false).await;
+    let refused = Client::maintenance(vec![nodes[3].clone()])
+        .apply_configuration(&Nodes::Endpoint, cp.clone().into_bytes(), Mode::Auto)
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::InvalidArgument(m)) if m.contains("\"DiscoveryServiceConfig\" \"v1alpha1\": not registered")),
+        "{refused:?}"
+    );
+    for n in &nodes[..3] {
+        let applied = Client::maintenance(vec![n.clone()])
+            .apply_configuration(&Nodes::Endpoint, cp.clone().into_bytes(), Mode::Reboot)
+            .await
+            .unwrap();
+        // In maintenance v1.14 takes REBOOT as NO_REBOOT.
+        assert_eq!(applied[0].result.as_ref().unwrap().mode(), Mode::NoReboot);
+    }
+    wait_up(&mut events, 3, true).await;
+    let cfg = talosconfig::generate(
+        "n",
+        &bundle,
+        &ClientOptions {
+            endpoints: vec![nodes[0].clone()],
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let client = Client::from_talosconfig(&cfg.to_yaml().unwrap(), None).unwrap();
+    let first = Nodes::One(nodes[0].clone());
+    client.bootstrap(&first).await.unwrap();
+    eventually("three voting members", async || {
+        client.etcd_member_list(&first).await.is_ok_and(|r| {
+            r[0].result
+                .as_ref()
+                .is_ok_and(|m| m.members.iter().filter(|m| !m.is_learner).count() == 3)
+        })
+    })
+    .await;
+
+    // A change of the v1alpha1 document a v1.13 node reboots for (a feature Talos does not
+    // switch live): applied live.
+    let patch = machineconfig::Patch::parse("machine:\n  features:\n    diskQuotaSupport: false\n")
+        .unwrap();
+    let new =
+        machineconfig::generate(MachineType::Controlplane, &input, &bundle, &[patch]).unwrap();
+    let applied = client
+        .apply_configuration(&first, new.clone().into_bytes(), Mode::Auto)
+        .await
+        .unwrap();
+    let reply = applied[0].result.as_ref().unwrap();
+    assert_eq!(reply.mode(), Mode::NoReboot, "{reply:?}");
+    assert_eq!(reply.mode_details, "Applied configuration without a reboot");
+    let reboot = client
+        .apply_configuration(&first, new.into_bytes(), Mode::Reboot)
+        .await;
+    assert!(
+        matches!(&reboot, Err(Error::Unimplemented(m)) if m.contains("the REBOOT mode is not supported")),
+        "{reboot:?}"
+    );
+}

@@ -53,6 +53,9 @@ pub enum ConditionType {
     ClientConfigAvailable,
     /// TalosConfig: the running machine's configuration matches the spec.
     ConfigUpToDate,
+    /// TalosConfig (contract v1.14 on): its patches set no v1alpha1 field Talos v1.14 moved into
+    /// a document of its own. Advice only: never part of Ready.
+    ConfigFieldsCurrent,
     /// TalosControlPlane: mirrored by Cluster API to Cluster ControlPlaneAvailable.
     Available,
     Initialized,
@@ -86,6 +89,7 @@ impl ConditionType {
             ConditionType::DataSecretAvailable => "DataSecretAvailable",
             ConditionType::ClientConfigAvailable => "ClientConfigAvailable",
             ConditionType::ConfigUpToDate => "ConfigUpToDate",
+            ConditionType::ConfigFieldsCurrent => "ConfigFieldsCurrent",
             ConditionType::Available => "Available",
             ConditionType::Initialized => "Initialized",
             ConditionType::MachinesBootstrapped => "MachinesBootstrapped",
@@ -197,6 +201,8 @@ pub mod reason {
     pub const INVALID_SECRET: &str = "InvalidSecret";
     pub const UP_TO_DATE: &str = "UpToDate";
     pub const RUNNING_CONFIG_DIFFERS: &str = "RunningConfigDiffers";
+    pub const FIELDS_CURRENT: &str = "FieldsCurrent";
+    pub const FIELDS_MOVED: &str = "FieldsMoved";
     // TalosControlPlane.
     pub const INITIALIZED: &str = "Initialized";
     pub const NOT_INITIALIZED: &str = "NotInitialized";

@@ -1195,3 +1195,85 @@ async fn each_cluster_gets_its_own_bundle_even_under_the_same_name_elsewhere() {
         }
     }
 }
+
+/// A TalosConfig moved to Talos v1.14 with a patch written for v1.13: its configuration is
+/// rendered (the v1.14 documents, the patch merged as Talos merges it), Ready, and
+/// ConfigFieldsCurrent False names the field and the document that replaced it; without such a
+/// patch it is True; before v1.14 it is not set.
+#[tokio::test]
+async fn a_v1_14_config_whose_patch_sets_a_moved_field_says_so_and_renders() {
+    let (client, ns, _controller) = setup("bootstrap-moved").await;
+    cluster(&client, &ns, "moved", false).await;
+    let patch =
+        "machine:\n  kubelet:\n    extraArgs:\n      rotate-server-certificates: \"true\"\n";
+    for (name, spec) in [
+        (
+            "moved-0",
+            json!({"generateType": "worker", "talosVersion": "v1.14", "strategicPatches": [patch]}),
+        ),
+        (
+            "moved-1",
+            json!({"generateType": "worker", "talosVersion": "v1.14"}),
+        ),
+        (
+            "moved-2",
+            json!({"generateType": "worker", "talosVersion": "v1.13", "strategicPatches": [patch]}),
+        ),
+    ] {
+        machine(&client, &ns, "moved", name, spec, false).await;
+    }
+    let config = wait_config_where(
+        &client,
+        &ns,
+        "moved-0",
+        ConditionType::ConfigFieldsCurrent,
+        "False",
+        |c| c.reason == "FieldsMoved",
+    )
+    .await;
+    let condition = conditions::get(
+        config
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .as_deref()
+            .unwrap(),
+        ConditionType::ConfigFieldsCurrent,
+    )
+    .unwrap()
+    .clone();
+    assert_eq!(
+        condition.message,
+        "spec.strategicPatches[0] sets .machine.kubelet, which Talos v1.14 moved to the KubeletConfig document"
+    );
+    wait_config(&client, &ns, "moved-0", ConditionType::Ready, "True").await;
+    let (_, docs) = secret_value(&client, &ns, "moved-0-bootstrap-data").await;
+    assert!(
+        docs.iter().any(|d| d["kind"] == "KubeletConfig"),
+        "{docs:?}"
+    );
+    assert_eq!(
+        docs[0]["machine"]["kubelet"]["extraArgs"]["rotate-server-certificates"],
+        "true"
+    );
+    wait_config_where(
+        &client,
+        &ns,
+        "moved-1",
+        ConditionType::ConfigFieldsCurrent,
+        "True",
+        |c| c.reason == "FieldsCurrent",
+    )
+    .await;
+    let v113 = wait_config(&client, &ns, "moved-2", ConditionType::Ready, "True").await;
+    assert!(
+        conditions::get(
+            v113.status.as_ref().unwrap().conditions.as_deref().unwrap(),
+            ConditionType::ConfigFieldsCurrent
+        )
+        .is_none(),
+        "{:?}",
+        v113.status
+    );
+}

@@ -13,6 +13,7 @@ pub struct Report {
     pub data: Option<Observation>,
     pub client_config: Option<Observation>,
     pub config_up_to_date: Option<Observation>,
+    pub fields_current: Option<Observation>,
     pub paused: Option<String>,
 }
 
@@ -44,6 +45,7 @@ pub fn status(
         &report.data,
         &report.client_config,
         &report.config_up_to_date,
+        &report.fields_current,
     ]
     .into_iter()
     .flatten()

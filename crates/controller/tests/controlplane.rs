@@ -3081,3 +3081,91 @@ async fn clusterctl_move_to_another_management_cluster_keeps_secrets_machines_an
     );
     drop(source_controller);
 }
+
+/// The installer of Talos v1.14 from the Image Factory (the empty schematic): ghcr.io's
+/// installer is no longer published from v1.14.
+const FACTORY_INSTALLER_V1_14_1: &str = "factory.talos.dev/metal-installer/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba:v1.14.1";
+
+/// Talos v1.13 → v1.14 in place with the Image Factory's installer reference, then the
+/// configuration contract moved to v1.14. The machines keep their v1.13 configuration through the
+/// upgrade (the spec did not ask for another); the contract change is a configuration change,
+/// which Talos v1.14 applies live: every node runs the v1.14 documents, with the same machines,
+/// none rebooted, one TalosConfigApplied Event each.
+#[tokio::test]
+async fn talos_1_13_to_1_14_in_place_with_a_factory_installer_then_the_v1_14_contract_applied_live()
+{
+    let (client, ns, _controller) = setup("cp-talos-114").await;
+    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    control_plane_cluster(&client, &ns, "f", 3).await;
+    settled(&client, &ns, "f", &infra.sim, 3).await;
+    let names = machine_names(&client, &ns).await;
+    let mut nodes = Vec::new();
+    for n in &names {
+        nodes.push(node_of(&client, &ns, n).await);
+    }
+    patch_spec(
+        &client,
+        &ns,
+        "f",
+        json!({"talosUpgrade": {"image": FACTORY_INSTALLER_V1_14_1}}),
+    )
+    .await;
+    let version = |node: &str| infra.sim.status(node).map(|(_, v)| v).unwrap_or_default();
+    eventually(
+        &client,
+        &ns,
+        "f",
+        "every node on Talos v1.14.1",
+        async || {
+            let done = nodes.iter().all(|n| version(n) == "v1.14.1");
+            let markers = upgrade_markers(&client, &ns).await;
+            (done && markers.iter().all(|(_, m)| m.is_none())).then_some(())
+        },
+    )
+    .await;
+    let v1alpha1_kubelet = |d: &serde_json::Value| d["machine"].get("kubelet").is_some();
+    for n in &nodes {
+        let (_, docs) = infra.sim.running(n).unwrap();
+        assert!(
+            docs.iter().any(v1alpha1_kubelet),
+            "{n} keeps the v1.13 contract"
+        );
+    }
+    let before = boots(&client, &ns, &infra.sim).await;
+    patch_spec(
+        &client,
+        &ns,
+        "f",
+        json!({"controlPlaneConfig": {"controlplane": {
+            "generateType": "controlplane", "talosVersion": "v1.14"
+        }}}),
+    )
+    .await;
+    changed_in_place(
+        &client,
+        &ns,
+        "f",
+        &infra.sim,
+        &nodes,
+        "the v1.14 documents",
+        |d| d["kind"] == "KubeletConfig",
+    )
+    .await;
+    assert_eq!(
+        boots(&client, &ns, &infra.sim).await,
+        before,
+        "the same machines, none rebooted"
+    );
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let applied = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("TalosConfigApplied"))
+        .count();
+    assert_eq!(applied, 3, "one TalosConfigApplied event per machine");
+    settled(&client, &ns, "f", &infra.sim, 3).await;
+    assert_etcd_invariants(&client, &ns, "f", &infra.sim).await;
+}

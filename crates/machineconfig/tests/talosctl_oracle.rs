@@ -236,6 +236,7 @@ fn patch_corpus_agrees_with_talosctl() {
     let cases: Vec<Case> = serde_yaml_ng::from_str(include_str!("patches.yaml")).unwrap();
     assert!(cases.len() >= 40, "{} patches", cases.len());
     let (mut agree, mut disagreements, mut valid, mut invalid) = (0, Vec::new(), 0, 0);
+    let mut per_contract = std::collections::BTreeMap::<Contract, usize>::new();
     for case in &cases {
         for (contract, oracle, secrets, bundle) in &oracles {
             let (contract, secrets) = (*contract, secrets.as_str());
@@ -265,6 +266,7 @@ fn patch_corpus_agrees_with_talosctl() {
             let (ours, theirs) = match (ours, theirs) {
                 (Err(_), Err(_)) => {
                     agree += 2;
+                    *per_contract.entry(contract).or_default() += 2;
                     invalid += 2;
                     continue;
                 }
@@ -311,11 +313,15 @@ fn patch_corpus_agrees_with_talosctl() {
                     }
                 }
                 agree += 1;
+                *per_contract.entry(contract).or_default() += 1;
             }
         }
     }
     let total = cases.len() * Contract::all().count() * TYPES.len();
     println!("talosctl agreement: {agree}/{total} cases ({valid} valid, {invalid} invalid)");
+    for (contract, n) in &per_contract {
+        println!("  {contract}: {n}/{}", cases.len() * TYPES.len());
+    }
     assert!(
         disagreements.is_empty(),
         "{} disagreements:\n{}",

@@ -101,8 +101,11 @@ pub struct RolloutStrategy {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("has(self.version) || !self.image.contains('@')").message("version is required when the image is pinned by digest: it tells upgraded nodes from the others"))]
 pub struct TalosUpgrade {
-    /// The Talos installer image to upgrade to, with a tag or digest, e.g.
-    /// ghcr.io/siderolabs/installer:v1.13.0 or a factory image with extensions.
+    /// The Talos installer image to upgrade to, with a tag or digest. From Talos v1.14 the
+    /// installer comes from the Image Factory (ghcr.io/siderolabs/installer is no longer
+    /// published): factory.talos.dev/metal-installer/<schematic id>:v1.14.1, the schematic id
+    /// naming the extensions (376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba
+    /// for none); before, ghcr.io/siderolabs/installer:v1.13.0 or a factory image.
     #[schemars(length(min = 1, max = 512))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[^\\\\s]+(:[0-9A-Za-z_.-]+|@sha256:[0-9a-f]{64})$')").message("image must name a tag or digest, for example ghcr.io/siderolabs/installer:v1.13.0"))]
     pub image: String,

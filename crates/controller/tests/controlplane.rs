@@ -2141,6 +2141,27 @@ async fn changed_in_place(
     .await;
 }
 
+/// The node address of each machine of `names`, in that order.
+async fn node_addresses(client: &kube::Client, ns: &str, names: &[String]) -> Vec<String> {
+    let mut nodes = Vec::new();
+    for n in names {
+        nodes.push(node_of(client, ns, n).await);
+    }
+    nodes
+}
+
+/// How many Events of `ns` have `reason`.
+async fn events_with_reason(client: &kube::Client, ns: &str, reason: &str) -> usize {
+    Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .count()
+}
+
 async fn boots(client: &kube::Client, ns: &str, sim: &Simulator) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for m in machine_names(client, ns).await {
@@ -2192,16 +2213,11 @@ async fn a_config_change_talos_applies_live_is_made_in_place_and_one_needing_a_r
         history,
         "no etcd membership change"
     );
-    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap();
-    let applied = events
-        .items
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some("TalosConfigApplied"))
-        .count();
-    assert_eq!(applied, 3, "one TalosConfigApplied event per machine");
+    assert_eq!(
+        events_with_reason(&client, &ns, "TalosConfigApplied").await,
+        3,
+        "one TalosConfigApplied event per machine"
+    );
 
     // An environment variable: Talos refuses it live (its words are kept), so the machines
     // are replaced, one at a time within quorum.
@@ -2695,6 +2711,30 @@ async fn upgrade_markers(client: &kube::Client, ns: &str) -> Vec<(String, Option
         .collect()
 }
 
+/// Until every one of `nodes` runs Talos `version` and no machine of `name` is marked upgrading.
+async fn all_upgraded(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    sim: &Simulator,
+    nodes: &[String],
+    version: &str,
+) {
+    let running = |node: &str| sim.status(node).map(|(_, v)| v).unwrap_or_default();
+    eventually(
+        client,
+        ns,
+        name,
+        &format!("every node on Talos {version}"),
+        async || {
+            let done = nodes.iter().all(|n| running(n) == version);
+            let markers = upgrade_markers(client, ns).await;
+            (done && markers.iter().all(|(_, m)| m.is_none())).then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn five_nodes_upgrade_two_at_a_time_and_a_talos_without_lifecycle_service_takes_the_legacy_call()
  {
@@ -2703,10 +2743,7 @@ async fn five_nodes_upgrade_two_at_a_time_and_a_talos_without_lifecycle_service_
     control_plane_cluster(&client, &ns, "u", 5).await;
     settled(&client, &ns, "u", &infra.sim, 5).await;
     let names = machine_names(&client, &ns).await;
-    let mut nodes = Vec::new();
-    for n in &names {
-        nodes.push(node_of(&client, &ns, n).await);
-    }
+    let nodes = node_addresses(&client, &ns, &names).await;
     // Talos before 1.13 has no LifecycleService; each boot takes a while (3 s, so the two
     // upgrades overlap even when a loaded machine slows the controller's next look).
     for node in &nodes {
@@ -2745,19 +2782,7 @@ async fn five_nodes_upgrade_two_at_a_time_and_a_talos_without_lifecycle_service_
         json!({"talosUpgrade": {"image": "ghcr.io/siderolabs/installer:v1.13.1", "maxParallel": 2}}),
     )
     .await;
-    let version = |node: &str| infra.sim.status(node).map(|(_, v)| v).unwrap_or_default();
-    eventually(
-        &client,
-        &ns,
-        "u",
-        "every node on Talos v1.13.1",
-        async || {
-            let done = nodes.iter().all(|n| version(n) == "v1.13.1");
-            let markers = upgrade_markers(&client, &ns).await;
-            (done && markers.iter().all(|(_, m)| m.is_none())).then_some(())
-        },
-    )
-    .await;
+    all_upgraded(&client, &ns, "u", &infra.sim, &nodes, "v1.13.1").await;
     watching.abort();
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     assert!(peak <= 2, "{peak} machines upgrading at once");
@@ -3099,10 +3124,7 @@ async fn talos_1_13_to_1_14_in_place_with_a_factory_installer_then_the_v1_14_con
     control_plane_cluster(&client, &ns, "f", 3).await;
     settled(&client, &ns, "f", &infra.sim, 3).await;
     let names = machine_names(&client, &ns).await;
-    let mut nodes = Vec::new();
-    for n in &names {
-        nodes.push(node_of(&client, &ns, n).await);
-    }
+    let nodes = node_addresses(&client, &ns, &names).await;
     patch_spec(
         &client,
         &ns,
@@ -3110,19 +3132,7 @@ async fn talos_1_13_to_1_14_in_place_with_a_factory_installer_then_the_v1_14_con
         json!({"talosUpgrade": {"image": FACTORY_INSTALLER_V1_14_1}}),
     )
     .await;
-    let version = |node: &str| infra.sim.status(node).map(|(_, v)| v).unwrap_or_default();
-    eventually(
-        &client,
-        &ns,
-        "f",
-        "every node on Talos v1.14.1",
-        async || {
-            let done = nodes.iter().all(|n| version(n) == "v1.14.1");
-            let markers = upgrade_markers(&client, &ns).await;
-            (done && markers.iter().all(|(_, m)| m.is_none())).then_some(())
-        },
-    )
-    .await;
+    all_upgraded(&client, &ns, "f", &infra.sim, &nodes, "v1.14.1").await;
     let v1alpha1_kubelet = |d: &serde_json::Value| d["machine"].get("kubelet").is_some();
     for n in &nodes {
         let (_, docs) = infra.sim.running(n).unwrap();
@@ -3156,16 +3166,11 @@ async fn talos_1_13_to_1_14_in_place_with_a_factory_installer_then_the_v1_14_con
         before,
         "the same machines, none rebooted"
     );
-    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap();
-    let applied = events
-        .items
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some("TalosConfigApplied"))
-        .count();
-    assert_eq!(applied, 3, "one TalosConfigApplied event per machine");
+    assert_eq!(
+        events_with_reason(&client, &ns, "TalosConfigApplied").await,
+        3,
+        "one TalosConfigApplied event per machine"
+    );
     settled(&client, &ns, "f", &infra.sim, 3).await;
     assert_etcd_invariants(&client, &ns, "f", &infra.sim).await;
 }

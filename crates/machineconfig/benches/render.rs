@@ -7,14 +7,12 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use machineconfig::{Contract, Input, MachineType, Patch, SecretsBundle};
 
-fn render_patch_serialize(c: &mut Criterion) {
+/// Render, patch and serialize one controlplane configuration of `contract`.
+fn bench_render(c: &mut Criterion, name: &str, contract: Contract, patches: &[&str]) {
     let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
-    let input = Input::for_contract("bench", "https://10.0.0.1:6443", Contract::DEFAULT);
-    let patches = vec![
-        Patch::parse("machine:\n  install:\n    disk: /dev/vda\n  network:\n    interfaces:\n      - interface: eth0\n        dhcp: true\n        vip:\n          ip: 10.0.0.1\n").unwrap(),
-        Patch::parse("cluster:\n  network:\n    podSubnets: [10.32.0.0/12]\n").unwrap(),
-    ];
-    c.bench_function("render+patch+serialize controlplane (v1.13)", |b| {
+    let input = Input::for_contract("bench", "https://10.0.0.1:6443", contract);
+    let patches: Vec<Patch> = patches.iter().map(|p| Patch::parse(p).unwrap()).collect();
+    c.bench_function(name, |b| {
         b.iter(|| {
             machineconfig::generate(
                 MachineType::Controlplane,
@@ -27,25 +25,29 @@ fn render_patch_serialize(c: &mut Criterion) {
     });
 }
 
+fn render_patch_serialize(c: &mut Criterion) {
+    bench_render(
+        c,
+        "render+patch+serialize controlplane (v1.13)",
+        Contract::DEFAULT,
+        &[
+            "machine:\n  install:\n    disk: /dev/vda\n  network:\n    interfaces:\n      - interface: eth0\n        dhcp: true\n        vip:\n          ip: 10.0.0.1\n",
+            "cluster:\n  network:\n    podSubnets: [10.32.0.0/12]\n",
+        ],
+    );
+}
+
 /// The same two changes, as v1.14 documents: 29 documents rendered instead of 2.
 fn render_patch_serialize_v114(c: &mut Criterion) {
-    let bundle = SecretsBundle::generate(Contract::NEWEST).unwrap();
-    let input = Input::for_contract("bench", "https://10.0.0.1:6443", Contract::NEWEST);
-    let patches = vec![
-        Patch::parse("apiVersion: v1alpha1\nkind: UnattendedInstallConfig\nprovisioning:\n  diskSelector:\n    match: disk.dev_path == \"/dev/vda\"\n").unwrap(),
-        Patch::parse("apiVersion: v1alpha1\nkind: KubeNetworkConfig\npodSubnets: [10.32.0.0/12]\n").unwrap(),
-    ];
-    c.bench_function("render+patch+serialize controlplane (v1.14)", |b| {
-        b.iter(|| {
-            machineconfig::generate(
-                MachineType::Controlplane,
-                black_box(&input),
-                &bundle,
-                &patches,
-            )
-            .unwrap()
-        })
-    });
+    bench_render(
+        c,
+        "render+patch+serialize controlplane (v1.14)",
+        Contract::NEWEST,
+        &[
+            "apiVersion: v1alpha1\nkind: UnattendedInstallConfig\nprovisioning:\n  diskSelector:\n    match: disk.dev_path == \"/dev/vda\"\n",
+            "apiVersion: v1alpha1\nkind: KubeNetworkConfig\npodSubnets: [10.32.0.0/12]\n",
+        ],
+    );
 }
 
 fn bundle_generation(c: &mut Criterion) {

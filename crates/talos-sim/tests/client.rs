@@ -353,6 +353,32 @@ async fn client_drives_the_simulator() {
     .await;
 }
 
+/// An admin client of cluster `name` through `endpoint`, once it has bootstrapped etcd there and
+/// three members vote; with that node.
+async fn bootstrap_three(name: &str, bundle: &SecretsBundle, endpoint: &str) -> (Client, Nodes) {
+    let cfg = talosconfig::generate(
+        name,
+        bundle,
+        &ClientOptions {
+            endpoints: vec![endpoint.to_owned()],
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let client = Client::from_talosconfig(&cfg.to_yaml().unwrap(), None).unwrap();
+    let first = Nodes::One(endpoint.to_owned());
+    client.bootstrap(&first).await.unwrap();
+    eventually("three voting members", async || {
+        client.etcd_member_list(&first).await.is_ok_and(|r| {
+            r[0].result
+                .as_ref()
+                .is_ok_and(|m| m.members.iter().filter(|m| !m.is_learner).count() == 3)
+        })
+    })
+    .await;
+    (client, first)
+}
+
 /// Nodes that start configured (cloud userdata), the path control-plane tests use; a cluster
 /// that loses etcd quorum reports unhealthy etcd on every node until quorum returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,26 +402,7 @@ async fn losing_quorum_makes_etcd_unhealthy_everywhere() {
         sim.start(spec).unwrap();
     }
     wait_up(&mut events, 3, true).await;
-    let cfg = talosconfig::generate(
-        "q",
-        &bundle,
-        &ClientOptions {
-            endpoints: vec![nodes[0].clone()],
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
-    let client = Client::from_talosconfig(&cfg.to_yaml().unwrap(), None).unwrap();
-    let first = Nodes::One(nodes[0].clone());
-    client.bootstrap(&first).await.unwrap();
-    eventually("three voting members", async || {
-        client.etcd_member_list(&first).await.is_ok_and(|r| {
-            r[0].result
-                .as_ref()
-                .is_ok_and(|m| m.members.iter().filter(|m| !m.is_learner).count() == 3)
-        })
-    })
-    .await;
+    let (client, first) = bootstrap_three("q", &bundle, &nodes[0]).await;
 
     assert!(etcd_healthy(&client, &first).await);
 
@@ -480,26 +487,7 @@ async fn talos_1_14_nodes_boot_v1_14_configs_and_apply_every_change_live() {
         assert_eq!(applied[0].result.as_ref().unwrap().mode(), Mode::NoReboot);
     }
     wait_up(&mut events, 3, true).await;
-    let cfg = talosconfig::generate(
-        "n",
-        &bundle,
-        &ClientOptions {
-            endpoints: vec![nodes[0].clone()],
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
-    let client = Client::from_talosconfig(&cfg.to_yaml().unwrap(), None).unwrap();
-    let first = Nodes::One(nodes[0].clone());
-    client.bootstrap(&first).await.unwrap();
-    eventually("three voting members", async || {
-        client.etcd_member_list(&first).await.is_ok_and(|r| {
-            r[0].result
-                .as_ref()
-                .is_ok_and(|m| m.members.iter().filter(|m| !m.is_learner).count() == 3)
-        })
-    })
-    .await;
+    let (client, first) = bootstrap_three("n", &bundle, &nodes[0]).await;
 
     // A change of the v1alpha1 document a v1.13 node reboots for (a feature Talos does not
     // switch live): applied live.

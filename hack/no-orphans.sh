@@ -15,11 +15,13 @@ leftovers() {
     [ "$pid" = "$$" ] && continue
     exe=$(readlink "$d/exe" 2>/dev/null) || continue
     if [[ $exe != "$cache"/* ]] &&
-      ! tr '\0' '\n' <"$d/environ" 2>/dev/null | grep -qx 'TALOS_CAPI_TESTKIT_CHILD=1'; then
+      ! tr '\0' '\n' 2>/dev/null <"$d/environ" | grep -qx 'TALOS_CAPI_TESTKIT_CHILD=1'; then
       continue
     fi
-    tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -qF "$keep" && continue
-    echo "$pid $exe $(tr '\0' ' ' <"$d/cmdline" 2>/dev/null | cut -c1-160)"
+    # A process that ends meanwhile has no cmdline left: stderr goes first, so the failed
+    # redirection says nothing.
+    tr '\0' ' ' 2>/dev/null <"$d/cmdline" | grep -qF "$keep" && continue
+    echo "$pid $exe $(tr '\0' ' ' 2>/dev/null <"$d/cmdline" | cut -c1-160)"
   done
 }
 

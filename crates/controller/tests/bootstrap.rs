@@ -1231,18 +1231,7 @@ async fn a_v1_14_config_whose_patch_sets_a_moved_field_says_so_and_renders() {
         |c| c.reason == "FieldsMoved",
     )
     .await;
-    let condition = conditions::get(
-        config
-            .status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .as_deref()
-            .unwrap(),
-        ConditionType::ConfigFieldsCurrent,
-    )
-    .unwrap()
-    .clone();
+    let condition = config_condition(&config, ConditionType::ConfigFieldsCurrent).unwrap();
     assert_eq!(
         condition.message,
         "spec.strategicPatches[0] sets .machine.kubelet, which Talos v1.14 moved to the KubeletConfig document"
@@ -1268,11 +1257,7 @@ async fn a_v1_14_config_whose_patch_sets_a_moved_field_says_so_and_renders() {
     .await;
     let v113 = wait_config(&client, &ns, "moved-2", ConditionType::Ready, "True").await;
     assert!(
-        conditions::get(
-            v113.status.as_ref().unwrap().conditions.as_deref().unwrap(),
-            ConditionType::ConfigFieldsCurrent
-        )
-        .is_none(),
+        config_condition(&v113, ConditionType::ConfigFieldsCurrent).is_none(),
         "{:?}",
         v113.status
     );

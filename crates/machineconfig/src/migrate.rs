@@ -12,11 +12,9 @@ use serde_json::Value;
 use crate::patch::Patch;
 use crate::validate::multidoc::replacement;
 
-/// A v1alpha1 field that patch `patch` sets, and the v1.14 document that replaced it.
+/// A v1alpha1 field a patch sets, and the v1.14 document that replaced it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct MovedField {
-    /// The patch's index, in the order the patches are applied.
-    pub patch: usize,
     /// `.machine.kubelet`
     pub field: String,
     /// `KubeletConfig`
@@ -27,40 +25,37 @@ impl fmt::Display for MovedField {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "patch {} sets {}, which Talos v1.14 moved to the {} document",
-            self.patch, self.field, self.document
+            "sets {}, which Talos v1.14 moved to the {} document",
+            self.field, self.document
         )
     }
 }
 
-/// Every moved v1alpha1 field that `patches` set (each once per patch), in patch order.
-pub fn moved_fields(patches: &[Patch]) -> Vec<MovedField> {
+/// Every moved v1alpha1 field `patch` sets, each once, in field order.
+pub fn moved_fields(patch: &Patch) -> Vec<MovedField> {
     let mut found = BTreeSet::new();
-    for (index, patch) in patches.iter().enumerate() {
-        let mut note = |path: &[&str]| {
-            if let Some((field, document)) = replacement(path) {
-                found.insert(MovedField {
-                    patch: index,
-                    field: format!(".{}", field.join(".")),
-                    document,
-                });
+    let mut note = |path: &[&str]| {
+        if let Some((field, document)) = replacement(path) {
+            found.insert(MovedField {
+                field: format!(".{}", field.join(".")),
+                document,
+            });
+        }
+    };
+    match patch {
+        Patch::Strategic(docs) => {
+            for doc in docs.iter().filter(|d| d.get("kind").is_none()) {
+                walk(doc, &mut Vec::new(), &mut note);
             }
-        };
-        match patch {
-            Patch::Strategic(docs) => {
-                for doc in docs.iter().filter(|d| d.get("kind").is_none()) {
-                    walk(doc, &mut Vec::new(), &mut note);
-                }
-            }
-            Patch::Json6902(ops) => {
-                for op in ops.iter() {
-                    let tokens: Vec<String> = op
-                        .path()
-                        .tokens()
-                        .map(|t| t.decoded().into_owned())
-                        .collect();
-                    note(&tokens.iter().map(String::as_str).collect::<Vec<_>>());
-                }
+        }
+        Patch::Json6902(ops) => {
+            for op in ops.iter() {
+                let tokens: Vec<String> = op
+                    .path()
+                    .tokens()
+                    .map(|t| t.decoded().into_owned())
+                    .collect();
+                note(&tokens.iter().map(String::as_str).collect::<Vec<_>>());
             }
         }
     }
@@ -87,23 +82,28 @@ mod tests {
 
     #[test]
     fn the_seeds_patches_name_the_documents_that_replaced_their_fields() {
-        let patches = [
-            Patch::parse("machine:\n  kubelet:\n    extraArgs:\n      v: '2'\n  install:\n    disk: /dev/vda\n").unwrap(),
-            Patch::parse("- op: add\n  path: /cluster/controllerManager/extraArgs\n  value: {a: b}\n").unwrap(),
-            Patch::parse("apiVersion: v1alpha1\nkind: KubeletConfig\nimage: x\n").unwrap(),
-            Patch::parse("machine:\n  certSANs: [a]\n").unwrap(),
-        ];
-        let notes: Vec<String> = moved_fields(&patches)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let notes = |text: &str| -> Vec<String> {
+            moved_fields(&Patch::parse(text).unwrap())
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
         assert_eq!(
-            notes,
+            notes(
+                "machine:\n  kubelet:\n    extraArgs:\n      v: '2'\n  install:\n    disk: /dev/vda\n"
+            ),
             [
-                "patch 0 sets .machine.install, which Talos v1.14 moved to the UnattendedInstallConfig document",
-                "patch 0 sets .machine.kubelet, which Talos v1.14 moved to the KubeletConfig document",
-                "patch 1 sets .cluster.controllerManager, which Talos v1.14 moved to the KubeControllerManagerConfig document",
+                "sets .machine.install, which Talos v1.14 moved to the UnattendedInstallConfig document",
+                "sets .machine.kubelet, which Talos v1.14 moved to the KubeletConfig document",
             ]
         );
+        assert_eq!(
+            notes("- op: add\n  path: /cluster/controllerManager/extraArgs\n  value: {a: b}\n"),
+            [
+                "sets .cluster.controllerManager, which Talos v1.14 moved to the KubeControllerManagerConfig document"
+            ]
+        );
+        assert!(notes("apiVersion: v1alpha1\nkind: KubeletConfig\nimage: x\n").is_empty());
+        assert!(notes("machine:\n  certSANs: [a]\n").is_empty());
     }
 }

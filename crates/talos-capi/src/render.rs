@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use api::bootstrap::v1alpha3::{GenerateType, TalosConfigSpec};
 use api::capi::{ApiEndpoint, Cluster, ClusterSpec, Machine, MachineSpec};
 use clap::Args;
-use controller::bootstrap::render::machine_config;
+use controller::bootstrap::render::machine_config_noting_moved_fields;
 use machineconfig::limits::{LIMITS, Limits, ParseError};
 use machineconfig::validate::Mode;
 use machineconfig::{Contract, SecretsBundle};
@@ -218,12 +218,12 @@ fn render_one(
             ..MachineSpec::default()
         },
     );
-    let yaml = machine_config(spec, &machine, cluster, name_of(cluster), bundle)
-        .map_err(|e| e.to_string())?;
+    let (yaml, moved) =
+        machine_config_noting_moved_fields(spec, &machine, cluster, name_of(cluster), bundle)
+            .map_err(|e| e.to_string())?;
     let docs = machineconfig::render::from_yaml(&yaml).map_err(|e| e.to_string())?;
     let report = machineconfig::validate(&docs, args.mode, args.strict);
     // Fields the patches set that Talos v1.14 moved: said whether Talos accepts the result or not.
-    let moved = controller::bootstrap::render::moved_fields(spec);
     if !report.is_valid() {
         let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
         return Err(format!(

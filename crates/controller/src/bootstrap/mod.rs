@@ -258,15 +258,14 @@ fn failure_observation(e: &Error) -> Observation {
 }
 
 /// For contract v1.14 on: whether the patches set v1alpha1 fields Talos v1.14 moved into
-/// documents of their own (a Warning naming each and its document; rendering goes on, as
-/// talosctl's does). Before v1.14 there is nothing to say.
-fn fields_current(spec: &TalosConfigSpec) -> Option<Observation> {
+/// documents of their own (`moved`, noted by the render: a Warning naming each and its
+/// document; rendering goes on, as talosctl's does). Before v1.14 there is nothing to say.
+fn fields_current(spec: &TalosConfigSpec, moved: Vec<String>) -> Option<Observation> {
     let contract =
         machineconfig::Contract::parse(spec.talos_version.as_deref().unwrap_or_default());
     if !contract.is_ok_and(|c| c.at_least(1, 14)) {
         return None;
     }
-    let moved = crate::bootstrap::render::moved_fields(spec);
     Some(if moved.is_empty() {
         Observation::new(
             ConditionType::ConfigFieldsCurrent,
@@ -325,7 +324,7 @@ async fn act(
     let Some(bundle) = secrets::bundle(ctx, &ns, cluster, waiter).await? else {
         return Ok(Acted::Deferred);
     };
-    let value = render_once(ctx, scope, (machine, cluster, cluster_name), &bundle)?;
+    let (value, moved) = render_once(ctx, scope, (machine, cluster, cluster_name), &bundle)?;
     let name = scope
         .config
         .status
@@ -346,7 +345,7 @@ async fn act(
         _ => Observation::new(ConditionType::ConfigUpToDate, Status::True, reason::UP_TO_DATE),
     });
 
-    report.fields_current = fields_current(&scope.config.spec);
+    report.fields_current = fields_current(&scope.config.spec, moved);
 
     let client_config = secrets::client_secrets(ctx, &ns, cluster, &bundle).await;
     report.client_config = Some(match &client_config {
@@ -388,7 +387,7 @@ fn render_once(
     scope: &scope::Scope,
     (machine, cluster, cluster_name): (&Machine, &api::capi::Cluster, &str),
     bundle: &machineconfig::SecretsBundle,
-) -> Result<String, crate::SpecError> {
+) -> Result<(String, Vec<String>), crate::SpecError> {
     let key = key(&scope.config);
     let bundle_version = ctx
         .secret(
@@ -414,8 +413,13 @@ fn render_once(
         ctx.metrics.rendered("unchanged");
         return Err(failed);
     }
-    let rendered =
-        render::machine_config(&scope.config.spec, machine, cluster, cluster_name, bundle);
+    let rendered = render::machine_config_noting_moved_fields(
+        &scope.config.spec,
+        machine,
+        cluster,
+        cluster_name,
+        bundle,
+    );
     ctx.metrics.rendered(if rendered.is_ok() {
         "rendered"
     } else {

@@ -32,6 +32,21 @@ pub fn machine_config(
     cluster_name: &str,
     bundle: &SecretsBundle,
 ) -> Result<String, SpecError> {
+    machine_config_noting_moved_fields(spec, machine, cluster, cluster_name, bundle)
+        .map(|(text, _)| text)
+}
+
+/// [`machine_config`], and, when `spec` renders contract v1.14 or later, the v1alpha1 fields
+/// its patches set that Talos v1.14 moved into documents of their own: one notice per field and
+/// patch, naming the patch as the spec does (`spec.configPatches`, `spec.strategicPatches[i]`),
+/// noted as each patch is applied.
+pub fn machine_config_noting_moved_fields(
+    spec: &TalosConfigSpec,
+    machine: &Machine,
+    cluster: &Cluster,
+    cluster_name: &str,
+    bundle: &SecretsBundle,
+) -> Result<(String, Vec<String>), SpecError> {
     let input_size = spec.data.as_ref().map_or(0, String::len)
         + spec
             .strategic_patches
@@ -64,6 +79,16 @@ pub fn machine_config(
         }
     };
     let mut patcher = Patcher::new(docs, &budget).map_err(SpecError::Render)?;
+    let noting = Contract::parse(spec.talos_version.as_deref().unwrap_or_default())
+        .is_ok_and(|c| c.at_least(1, 14));
+    let mut notes = Vec::new();
+    let mut apply = |name: &dyn Fn() -> String, patch: Patch| {
+        if noting {
+            let moved = machineconfig::migrate::moved_fields(&patch);
+            notes.extend(moved.iter().map(|m| format!("{} {m}", name())));
+        }
+        patcher.apply(patch).map_err(SpecError::Render)
+    };
     // configPatches (JSON 6902) first, then strategicPatches, as CABPT applies them; each
     // parsed only once the one before is applied and dropped.
     if let Some(ops) = spec.config_patches.as_ref().filter(|o| !o.is_empty()) {
@@ -73,11 +98,11 @@ pub fn machine_config(
         let value = serde_json::to_value(ops)
             .map_err(|source| SpecError::PatchEncoding { index: 0, source })?;
         let patch = Patch::json6902_within(value, &budget).map_err(SpecError::Render)?;
-        patcher.apply(patch).map_err(SpecError::Render)?;
+        apply(&|| "spec.configPatches".to_owned(), patch)?;
     }
-    for text in spec.strategic_patches.iter().flatten() {
+    for (i, text) in spec.strategic_patches.iter().flatten().enumerate() {
         let patch = Patch::parse_within(text, &budget).map_err(SpecError::Render)?;
-        patcher.apply(patch).map_err(SpecError::Render)?;
+        apply(&|| format!("spec.strategicPatches[{i}]"), patch)?;
     }
     let text = machineconfig::render::to_yaml(&patcher.finish()).map_err(SpecError::Render)?;
     if text.len() > MAX_CONFIG_BYTES {
@@ -87,42 +112,7 @@ pub fn machine_config(
             limit: MAX_CONFIG_BYTES,
         });
     }
-    Ok(text)
-}
-
-/// The v1alpha1 fields `spec`'s patches set that Talos v1.14 moved into documents of their own,
-/// when `spec` renders contract v1.14 or later: one notice per field and patch, naming the patch
-/// as the spec does (`spec.configPatches`, `spec.strategicPatches[i]`). Patches that do not parse
-/// are the render's to report, not these notices'.
-pub fn moved_fields(spec: &TalosConfigSpec) -> Vec<String> {
-    let contract = Contract::parse(spec.talos_version.as_deref().unwrap_or_default());
-    if !contract.is_ok_and(|c| c.at_least(1, 14)) {
-        return Vec::new();
-    }
-    let budget = RenderBudget::new(RENDER_LIMITS);
-    let mut patches = Vec::new();
-    if let Some(ops) = spec.config_patches.as_ref().filter(|o| !o.is_empty())
-        && let Some(patch) = serde_json::to_value(ops)
-            .ok()
-            .and_then(|v| Patch::json6902_within(v, &budget).ok())
-    {
-        patches.push(("spec.configPatches".to_owned(), patch));
-    }
-    for (i, text) in spec.strategic_patches.iter().flatten().enumerate() {
-        if let Ok(patch) = Patch::parse_within(text, &budget) {
-            patches.push((format!("spec.strategicPatches[{i}]"), patch));
-        }
-    }
-    let (names, patches): (Vec<String>, Vec<Patch>) = patches.into_iter().unzip();
-    machineconfig::migrate::moved_fields(&patches)
-        .into_iter()
-        .map(|m| {
-            format!(
-                "{} sets {}, which Talos v1.14 moved to the {} document",
-                names[m.patch], m.field, m.document
-            )
-        })
-        .collect()
+    Ok((text, notes))
 }
 
 /// A digest of what a machine configuration means: its documents parsed (within the parser's

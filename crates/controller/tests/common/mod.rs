@@ -230,6 +230,15 @@ pub async fn machine_labelled(
     .await;
 }
 
+/// `config`'s condition `cond`, if its status has one.
+pub fn config_condition(
+    config: &TalosConfig,
+    cond: ConditionType,
+) -> Option<conditions::Condition> {
+    let all = config.status.as_ref()?.conditions.as_deref()?;
+    conditions::get(all, cond).cloned()
+}
+
 pub async fn wait_config(
     client: &kube::Client,
     ns: &str,

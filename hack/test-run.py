@@ -126,8 +126,11 @@ def plan(args):
     e2e_env = {"E2E_TEST_BINS": " ".join(e2e_bins)}
     jobs.append(Job("default", "e2e", e2e + ["target/e2e"],
                     env={**e2e_env, "E2E_ARTIFACTS": "target/e2e-artifacts"}))
+    # The floor lane's cluster is also the Talos 1.13 lane's: it boots v1.13.0 on the v1.13
+    # contract and upgrades to v1.13.1; the default lane's runs Talos 1.14.
     jobs.append(Job("floor", "e2e", e2e + ["target/e2e-floor"],
-                    env={**e2e_env, **floor_env, "E2E_ARTIFACTS": "target/e2e-floor-artifacts"}))
+                    env={**e2e_env, **floor_env, "E2E_TALOS": "v1.13",
+                         "E2E_ARTIFACTS": "target/e2e-floor-artifacts"}))
     jobs.append(Job("default", "e2e-faults", [
         "target/debug/demo", "--talos-capi", "target/debug/talos-capi", "--dir",
         "target/e2e-faults", "--faults", "--kill-seed", os.environ.get("KILL_SEED", "1"),

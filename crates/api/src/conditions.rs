@@ -336,6 +336,14 @@ pub fn set(
     });
 }
 
+/// Drop condition `type_` from both condition lists of `status`: for a condition that only
+/// exists while it has something to say.
+pub fn remove(status: &mut impl HasConditions, type_: ConditionType) {
+    let type_ = type_.as_str();
+    status.conditions_mut().retain(|c| c.type_ != type_);
+    status.v1beta1_conditions_mut().retain(|c| c.type_ != type_);
+}
+
 fn upsert<T>(list: &mut Vec<T>, item: T, same: impl Fn(&T) -> bool) {
     match list.iter_mut().find(|c| same(c)) {
         Some(slot) => *slot = item,

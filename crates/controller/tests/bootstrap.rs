@@ -1261,4 +1261,21 @@ async fn a_v1_14_config_whose_patch_sets_a_moved_field_says_so_and_renders() {
         "{:?}",
         v113.status
     );
+    // Moved back to the v1.13 contract, moved-0 has nothing to say of the fields any more.
+    let configs: Api<TalosConfig> = Api::namespaced(client.clone(), &ns);
+    configs
+        .patch(
+            "moved-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"talosVersion": "v1.13"}})),
+        )
+        .await
+        .unwrap();
+    testkit::eventually("moved-0 without ConfigFieldsCurrent", WAIT, async || {
+        let config = configs.get("moved-0").await.ok()?;
+        config_condition(&config, ConditionType::ConfigFieldsCurrent)
+            .is_none()
+            .then_some(())
+    })
+    .await;
 }

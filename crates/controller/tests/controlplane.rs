@@ -3115,10 +3115,11 @@ const FACTORY_INSTALLER_V1_14_1: &str = "factory.talos.dev/metal-installer/37656
 /// configuration contract moved to v1.14. The machines keep their v1.13 configuration through the
 /// upgrade (the spec did not ask for another); the contract change is a configuration change,
 /// which Talos v1.14 applies live: every node runs the v1.14 documents, with the same machines,
-/// none rebooted, one TalosConfigApplied Event each.
+/// none rebooted, one TalosConfigApplied Event each. Moving the contract back to v1.13 is the same
+/// kind of change, applied live the same way.
 #[tokio::test]
-async fn talos_1_13_to_1_14_in_place_with_a_factory_installer_then_the_v1_14_contract_applied_live()
-{
+async fn talos_1_13_to_1_14_in_place_with_a_factory_installer_then_the_v1_14_contract_applied_live_and_back()
+ {
     let (client, ns, _controller) = setup("cp-talos-114").await;
     let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
     control_plane_cluster(&client, &ns, "f", 3).await;
@@ -3170,6 +3171,62 @@ async fn talos_1_13_to_1_14_in_place_with_a_factory_installer_then_the_v1_14_con
         events_with_reason(&client, &ns, "TalosConfigApplied").await,
         3,
         "one TalosConfigApplied event per machine"
+    );
+    // The control plane names the field its patch sets that Talos v1.14 moved, without blocking.
+    let tcps = Api::<TalosControlPlane>::namespaced(client.clone(), &ns);
+    let fields = |tcp: &TalosControlPlane| {
+        condition(tcp, ConditionType::ConfigFieldsCurrent)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let (status, reason, message) = fields(&tcps.get("f").await.unwrap()).unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "FieldsMoved"));
+    assert_eq!(
+        message,
+        "spec.controlPlaneConfig.controlplane.strategicPatches[0] sets .machine.install, which Talos v1.14 moved to the UnattendedInstallConfig document"
+    );
+    settled(&client, &ns, "f", &infra.sim, 3).await;
+
+    // And back: the v1.13 contract on v1.14 nodes is again a configuration change, applied live.
+    patch_spec(
+        &client,
+        &ns,
+        "f",
+        json!({"controlPlaneConfig": {"controlplane": {
+            "generateType": "controlplane", "talosVersion": "v1.13"
+        }}}),
+    )
+    .await;
+    changed_in_place(
+        &client,
+        &ns,
+        "f",
+        &infra.sim,
+        &nodes,
+        "the v1.13 document",
+        v1alpha1_kubelet,
+    )
+    .await;
+    for n in &nodes {
+        let (_, docs) = infra.sim.running(n).unwrap();
+        assert!(
+            !docs.iter().any(|d| d["kind"] == "KubeletConfig"),
+            "{n} runs no v1.14 document"
+        );
+    }
+    assert_eq!(
+        boots(&client, &ns, &infra.sim).await,
+        before,
+        "the same machines, none rebooted"
+    );
+    assert_eq!(
+        events_with_reason(&client, &ns, "TalosConfigApplied").await,
+        6,
+        "one more TalosConfigApplied event per machine"
+    );
+    assert_eq!(
+        fields(&tcps.get("f").await.unwrap()),
+        None,
+        "nothing to say of the fields before v1.14"
     );
     settled(&client, &ns, "f", &infra.sim, 3).await;
     assert_etcd_invariants(&client, &ns, "f", &infra.sim).await;

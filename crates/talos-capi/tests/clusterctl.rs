@@ -325,15 +325,26 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
             None,
         );
         assert!(rendered.ok, "{flavour}: {}", rendered.output);
-        // Each configuration (control plane, workers) is one the real talosctl accepts.
-        let talosctl = locate(Tool::Talosctl).unwrap();
+        // Written in Talos 1.14's form: no patch sets a field 1.14 moved to another document.
+        assert!(
+            !rendered.output.contains("warning"),
+            "{flavour}: {}",
+            rendered.output
+        );
+        // Each configuration (control plane, workers) is one the real talosctl of the flavours'
+        // Talos line accepts, without a warning.
+        let talosctl = locate(Tool::Talosctl114).unwrap();
         let written: Vec<_> = std::fs::read_dir(&configs).unwrap().collect();
         assert!(!written.is_empty(), "{flavour}: nothing rendered");
         for config in written {
             let config = config.unwrap().path();
             let text = std::fs::read_to_string(&config).unwrap();
             assert!(text.contains("https://10.0.0.50:6443"), "{flavour}: {text}");
-            assert!(text.contains("disk: /dev/sda"), "{flavour}: {text}");
+            assert!(
+                text.contains("kind: UnattendedInstallConfig")
+                    && text.contains(r#"match: disk.dev_path == "/dev/sda""#),
+                "{flavour}: {text}"
+            );
             let path = config.to_str().unwrap();
             let valid = run(
                 &talosctl,
@@ -342,7 +353,7 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
                 None,
             );
             assert!(
-                valid.ok,
+                valid.ok && !valid.output.contains("WARNING"),
                 "{flavour}: talosctl validate {path}: {}",
                 valid.output
             );
@@ -388,6 +399,9 @@ async fn topology_made_the_control_plane(client: &kube::Client, ns: &str) {
         .strategic_patches
         .unwrap_or_default();
     assert_eq!(patches.len(), 2, "{patches:?}");
-    assert!(patches[0].contains("disk: /dev/sda"), "{patches:?}");
+    assert!(
+        patches[0].contains(r#"disk.dev_path == "/dev/sda""#),
+        "{patches:?}"
+    );
     assert!(patches[1].contains("ip: 10.0.0.50"), "{patches:?}");
 }

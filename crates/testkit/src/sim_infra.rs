@@ -2,7 +2,9 @@
 //! namespace provisioned (with the failure domains asked for) and every SimMachine a node: once
 //! the owner Machine has bootstrap data, a simulated Talos node boots with it (as a cloud node
 //! boots from userdata) on its own loopback address, and the SimMachine reports that address
-//! and is provisioned. It is a test fixture: it polls, where a product controller would watch.
+//! and is provisioned. The node runs the Talos release its SimMachine's `spec.talosVersion` names
+//! (the machine image's), v1.13.0 when none. It is a test fixture: it polls, where a product
+//! controller would watch.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -515,7 +517,7 @@ async fn pass(
             address,
             port: 50000,
             hostname: owner.clone(),
-            version: "v1.13.0".into(),
+            version: image_version(&m),
             config: Some(config),
         };
         if let Err(e) = sim.start(spec) {
@@ -546,6 +548,26 @@ async fn pass(
         report_node(&sim_machines, &name, &address.to_string()).await?;
     }
     Ok(())
+}
+
+/// The Talos release a SimMachine's node boots when its spec names none.
+pub const DEFAULT_TALOS: &str = "v1.13.0";
+
+/// The Talos release a SimMachine's node boots, as a cloud machine boots its image's:
+/// `spec.talosVersion` (from the SimMachineTemplate) when it is a version tag such as v1.14.0,
+/// else [`DEFAULT_TALOS`].
+fn image_version(m: &DynamicObject) -> String {
+    m.data["spec"]["talosVersion"]
+        .as_str()
+        .filter(|v| {
+            v.len() <= 32
+                && v.strip_prefix('v').is_some_and(|rest| {
+                    rest.split(['.', '-'])
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+                })
+        })
+        .unwrap_or(DEFAULT_TALOS)
+        .to_owned()
 }
 
 /// The SimMachine annotation that powers its node off for good (`"true"`): how a test (or the

@@ -21,7 +21,8 @@ use talos_capi_e2e::{client, repo_root};
 
 const FIRST: &str = "v1.35.0";
 const NEXT: &str = "v1.36.0";
-const TALOS_NEXT: &str = "v1.13.1";
+/// The Image Factory's schematic with no customization.
+const EMPTY_SCHEMATIC: &str = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba";
 /// The simulated infrastructure provider's annotation that kills a machine's node for good.
 const POWER_OFF: &str = "infrastructure.cluster.x-k8s.io/sim-power-off";
 const STEP: Duration = Duration::from_secs(300);
@@ -186,8 +187,58 @@ async fn until<T>(
     }
 }
 
+/// The Talos line the cluster runs: v1.14 by default; v1.13 when `E2E_TALOS=v1.13` (`make
+/// test` runs the Cluster API floor lane's e2e so).
+struct TalosLine {
+    /// The configuration contract (talosVersion).
+    contract: &'static str,
+    /// The release the machines boot.
+    boots: &'static str,
+    /// The release they are upgraded to in place, and its installer image.
+    next: &'static str,
+    installer: String,
+}
+
+impl TalosLine {
+    fn from_env() -> Self {
+        match std::env::var("E2E_TALOS").as_deref() {
+            Ok("v1.13") => TalosLine {
+                contract: "v1.13",
+                boots: "v1.13.0",
+                next: "v1.13.1",
+                installer: "ghcr.io/siderolabs/installer:v1.13.1".into(),
+            },
+            Ok("v1.14") | Err(_) => TalosLine {
+                contract: "v1.14",
+                boots: "v1.14.0",
+                next: "v1.14.1",
+                installer: format!("factory.talos.dev/metal-installer/{EMPTY_SCHEMATIC}:v1.14.1"),
+            },
+            Ok(other) => panic!("E2E_TALOS={other}: the suite knows v1.13 and v1.14"),
+        }
+    }
+
+    /// The template's install patch in this line's form: Talos 1.13 has no
+    /// UnattendedInstallConfig document, so its machines take `.machine.install`.
+    fn adapt(&self, manifest: &mut Value) {
+        if self.contract != "v1.13" {
+            return;
+        }
+        let patches = match manifest["kind"].as_str() {
+            Some("TalosControlPlane") => {
+                &mut manifest["spec"]["controlPlaneConfig"]["controlplane"]["strategicPatches"]
+            }
+            Some("TalosConfigTemplate") => {
+                &mut manifest["spec"]["template"]["spec"]["strategicPatches"]
+            }
+            _ => return,
+        };
+        *patches = json!(["machine:\n  install:\n    disk: /dev/sda\n"]);
+    }
+}
+
 /// The manifests of the e2e template, through the real clusterctl.
-fn generate(cluster: &str, ns: &str, port: u16) -> Vec<Value> {
+fn generate(cluster: &str, ns: &str, port: u16, line: &TalosLine) -> Vec<Value> {
     let root = repo_root();
     let clusterctl = match std::env::var("CLUSTERCTL_BIN") {
         Ok(bin) => bin,
@@ -216,6 +267,8 @@ fn generate(cluster: &str, ns: &str, port: u16) -> Vec<Value> {
             "1",
         ])
         .env("CONTROL_PLANE_ENDPOINT_PORT", port.to_string())
+        .env("TALOS_VERSION", line.contract)
+        .env("TALOS_NODE_VERSION", line.boots)
         .output()
         .unwrap();
     assert!(
@@ -227,6 +280,10 @@ fn generate(cluster: &str, ns: &str, port: u16) -> Vec<Value> {
     serde_yaml_ng::Deserializer::from_str(&yaml)
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
         .filter(|v: &Value| !v.is_null())
+        .map(|mut v| {
+            line.adapt(&mut v);
+            v
+        })
         .collect()
 }
 
@@ -281,8 +338,12 @@ async fn a_talos_cluster_lives_and_dies() {
         .unwrap()
         .port();
 
-    println!("== create {cluster} from the clusterctl template");
-    for manifest in generate(&cluster, &ns, port) {
+    let talos = TalosLine::from_env();
+    println!(
+        "== create {cluster} from the clusterctl template, Talos {} (contract {})",
+        talos.boots, talos.contract
+    );
+    for manifest in generate(&cluster, &ns, port, &talos) {
         apply(&client, &ns, &manifest).await;
     }
     scene.wait_steady(3, "three control planes").await;
@@ -334,24 +395,37 @@ async fn a_talos_cluster_lives_and_dies() {
         )
     })
     .await;
-    let rolled = names(&scene.control_planes().await);
+    let rolled_machines = scene.control_planes().await;
+    let rolled = names(&rolled_machines);
     assert!(
         rolled.is_disjoint(&before),
         "every machine was replaced: {before:?} → {rolled:?}"
     );
 
-    println!("== upgrade Talos in place to {TALOS_NEXT}");
-    scene
-        .patch_tcp(json!({"talosUpgrade": {"image": format!("ghcr.io/siderolabs/installer:{TALOS_NEXT}")}}))
-        .await;
     // What each node's kubelet reports, as Cluster API copies it onto the Machine.
-    let os_image = format!("Talos ({TALOS_NEXT})");
+    let os_image = |version: &str| json!(format!("Talos ({version})"));
+    assert!(
+        rolled_machines
+            .iter()
+            .all(|m| m.data["status"]["nodeInfo"]["osImage"] == os_image(talos.boots)),
+        "every node runs Talos {} before the upgrade",
+        talos.boots
+    );
+    let next = talos.next;
+    println!(
+        "== upgrade Talos in place to {next} from {}",
+        talos.installer
+    );
+    scene
+        .patch_tcp(json!({"talosUpgrade": {"image": talos.installer}}))
+        .await;
+    let os_image = os_image(next);
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let upgraded_events = until("the Talos upgrade", STEP, async || {
         let (steady, line, machines) = scene.steady(3).await;
         let upgraded = machines
             .iter()
-            .filter(|m| m.data["status"]["nodeInfo"]["osImage"] == os_image.as_str())
+            .filter(|m| m.data["status"]["nodeInfo"]["osImage"] == os_image)
             .count();
         // The controller ends each node's upgrade once it sees the node back and healthy,
         // which can be after Cluster API copied the new osImage.
@@ -375,7 +449,7 @@ async fn a_talos_cluster_lives_and_dies() {
         (
             (steady && upgraded == 3 && in_progress == 0 && said >= 3).then_some(said),
             format!(
-                "{upgraded} of 3 nodes on Talos {TALOS_NEXT}, {in_progress} upgrades in progress, {said} TalosUpgraded Events; {line}"
+                "{upgraded} of 3 nodes on Talos {next}, {in_progress} upgrades in progress, {said} TalosUpgraded Events; {line}"
             ),
         )
     })

@@ -11,7 +11,7 @@ pub mod status;
 
 use std::sync::Arc;
 
-use api::bootstrap::v1alpha3::{GenerateType, TalosConfig, TalosConfigSpec, TalosConfigStatus};
+use api::bootstrap::v1alpha3::{GenerateType, TalosConfig, TalosConfigStatus};
 use api::capi::{Machine, labels};
 use api::conditions::{ConditionType, Observation, Severity, Status, reason};
 use futures::{StreamExt, TryStreamExt};
@@ -257,33 +257,6 @@ fn failure_observation(e: &Error) -> Observation {
         .severity(severity)
 }
 
-/// For contract v1.14 on: whether the patches set v1alpha1 fields Talos v1.14 moved into
-/// documents of their own (`moved`, noted by the render: a Warning naming each and its
-/// document; rendering goes on, as talosctl's does). Before v1.14 there is nothing to say.
-fn fields_current(spec: &TalosConfigSpec, moved: Vec<String>) -> Option<Observation> {
-    let contract =
-        machineconfig::Contract::parse(spec.talos_version.as_deref().unwrap_or_default());
-    if !contract.is_ok_and(|c| c.at_least(1, 14)) {
-        return None;
-    }
-    Some(if moved.is_empty() {
-        Observation::new(
-            ConditionType::ConfigFieldsCurrent,
-            Status::True,
-            reason::FIELDS_CURRENT,
-        )
-        .message("the patches set no field Talos v1.14 moved")
-    } else {
-        Observation::new(
-            ConditionType::ConfigFieldsCurrent,
-            Status::False,
-            reason::FIELDS_MOVED,
-        )
-        .message(moved.join("; "))
-        .severity(Severity::Warning)
-    })
-}
-
 /// Observe → gate → render → write; fills `report` as it goes.
 async fn act(
     ctx: &Arc<Context>,
@@ -345,7 +318,7 @@ async fn act(
         _ => Observation::new(ConditionType::ConfigUpToDate, Status::True, reason::UP_TO_DATE),
     });
 
-    report.fields_current = fields_current(&scope.config.spec, moved);
+    report.fields_current = status::fields_current(&scope.config.spec, moved);
 
     let client_config = secrets::client_secrets(ctx, &ns, cluster, &bundle).await;
     report.client_config = Some(match &client_config {

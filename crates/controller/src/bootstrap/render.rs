@@ -47,20 +47,7 @@ pub fn machine_config_noting_moved_fields(
     cluster_name: &str,
     bundle: &SecretsBundle,
 ) -> Result<(String, Vec<String>), SpecError> {
-    let input_size = spec.data.as_ref().map_or(0, String::len)
-        + spec
-            .strategic_patches
-            .iter()
-            .flatten()
-            .map(String::len)
-            .sum::<usize>();
-    if input_size > MAX_INPUT_BYTES {
-        return Err(SpecError::TooLarge {
-            what: "spec.data and spec.strategicPatches".into(),
-            size: input_size,
-            limit: MAX_INPUT_BYTES,
-        });
-    }
+    check_input_size(spec)?;
     let generate = spec.generate_type.ok_or_else(|| {
         SpecError::Invalid(
             "spec.generateType is required: controlplane, worker, init or none".into(),
@@ -79,31 +66,9 @@ pub fn machine_config_noting_moved_fields(
         }
     };
     let mut patcher = Patcher::new(docs, &budget).map_err(SpecError::Render)?;
-    let noting = Contract::parse(spec.talos_version.as_deref().unwrap_or_default())
-        .is_ok_and(|c| c.at_least(1, 14));
-    let mut notes = Vec::new();
-    let mut apply = |name: &dyn Fn() -> String, patch: Patch| {
-        if noting {
-            let moved = machineconfig::migrate::moved_fields(&patch);
-            notes.extend(moved.iter().map(|m| format!("{} {m}", name())));
-        }
+    let notes = each_patch(spec, &budget, |patch| {
         patcher.apply(patch).map_err(SpecError::Render)
-    };
-    // configPatches (JSON 6902) first, then strategicPatches, as CABPT applies them; each
-    // parsed only once the one before is applied and dropped.
-    if let Some(ops) = spec.config_patches.as_ref().filter(|o| !o.is_empty()) {
-        // Values over the limits are refused before they are copied into one list.
-        Patch::check_json6902_values(ops.iter().filter_map(|o| o.value.as_ref()))
-            .map_err(SpecError::Render)?;
-        let value = serde_json::to_value(ops)
-            .map_err(|source| SpecError::PatchEncoding { index: 0, source })?;
-        let patch = Patch::json6902_within(value, &budget).map_err(SpecError::Render)?;
-        apply(&|| "spec.configPatches".to_owned(), patch)?;
-    }
-    for (i, text) in spec.strategic_patches.iter().flatten().enumerate() {
-        let patch = Patch::parse_within(text, &budget).map_err(SpecError::Render)?;
-        apply(&|| format!("spec.strategicPatches[{i}]"), patch)?;
-    }
+    })?;
     let text = machineconfig::render::to_yaml(&patcher.finish()).map_err(SpecError::Render)?;
     if text.len() > MAX_CONFIG_BYTES {
         return Err(SpecError::TooLarge {
@@ -113,6 +78,66 @@ pub fn machine_config_noting_moved_fields(
         });
     }
     Ok((text, notes))
+}
+
+/// The moved-field notices of [`machine_config_noting_moved_fields`] without rendering: the
+/// patches parsed within the same limits, nothing applied. For an object that renders nothing
+/// itself (a TalosControlPlane's controlPlaneConfig).
+pub fn moved_fields(spec: &TalosConfigSpec) -> Result<Vec<String>, SpecError> {
+    check_input_size(spec)?;
+    each_patch(spec, &RenderBudget::new(RENDER_LIMITS), |_| Ok(()))
+}
+
+fn check_input_size(spec: &TalosConfigSpec) -> Result<(), SpecError> {
+    let input_size = spec.data.as_ref().map_or(0, String::len)
+        + spec
+            .strategic_patches
+            .iter()
+            .flatten()
+            .map(String::len)
+            .sum::<usize>();
+    if input_size > MAX_INPUT_BYTES {
+        return Err(SpecError::TooLarge {
+            what: "spec.data and spec.strategicPatches".into(),
+            size: input_size,
+            limit: MAX_INPUT_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Each of `spec`'s patches parsed within `budget` and handed to `apply` in CABPT's order:
+/// configPatches (JSON 6902) first, then strategicPatches, each parsed only once the one
+/// before is applied and dropped. Returns, for contract v1.14 on, the moved-field notices.
+fn each_patch(
+    spec: &TalosConfigSpec,
+    budget: &RenderBudget,
+    mut apply: impl FnMut(Patch) -> Result<(), SpecError>,
+) -> Result<Vec<String>, SpecError> {
+    let noting = Contract::parse(spec.talos_version.as_deref().unwrap_or_default())
+        .is_ok_and(|c| c.at_least(1, 14));
+    let mut notes = Vec::new();
+    let mut note_and_apply = |name: &dyn Fn() -> String, patch: Patch| {
+        if noting {
+            let moved = machineconfig::migrate::moved_fields(&patch);
+            notes.extend(moved.iter().map(|m| format!("{} {m}", name())));
+        }
+        apply(patch)
+    };
+    if let Some(ops) = spec.config_patches.as_ref().filter(|o| !o.is_empty()) {
+        // Values over the limits are refused before they are copied into one list.
+        Patch::check_json6902_values(ops.iter().filter_map(|o| o.value.as_ref()))
+            .map_err(SpecError::Render)?;
+        let value = serde_json::to_value(ops)
+            .map_err(|source| SpecError::PatchEncoding { index: 0, source })?;
+        let patch = Patch::json6902_within(value, budget).map_err(SpecError::Render)?;
+        note_and_apply(&|| "spec.configPatches".to_owned(), patch)?;
+    }
+    for (i, text) in spec.strategic_patches.iter().flatten().enumerate() {
+        let patch = Patch::parse_within(text, budget).map_err(SpecError::Render)?;
+        note_and_apply(&|| format!("spec.strategicPatches[{i}]"), patch)?;
+    }
+    Ok(notes)
 }
 
 /// A digest of what a machine configuration means: its documents parsed (within the parser's

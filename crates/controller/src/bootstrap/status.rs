@@ -1,7 +1,7 @@
 //! Report: the TalosConfig status for both contracts, from what the reconcile observed, plus an
 //! Event for every condition that changed.
 
-use api::bootstrap::v1alpha3::{BootstrapInitialization, TalosConfigStatus};
+use api::bootstrap::v1alpha3::{BootstrapInitialization, TalosConfigSpec, TalosConfigStatus};
 use api::conditions::{self, Condition, ConditionType, Observation, Severity, Status, reason};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -15,6 +15,33 @@ pub struct Report {
     pub config_up_to_date: Option<Observation>,
     pub fields_current: Option<Observation>,
     pub paused: Option<String>,
+}
+
+/// For contract v1.14 on: whether the patches set v1alpha1 fields Talos v1.14 moved into
+/// documents of their own (`moved`, noted by the render: a Warning naming each and its
+/// document; rendering goes on, as talosctl's does). Before v1.14 there is nothing to say.
+pub fn fields_current(spec: &TalosConfigSpec, moved: Vec<String>) -> Option<Observation> {
+    let contract =
+        machineconfig::Contract::parse(spec.talos_version.as_deref().unwrap_or_default());
+    if !contract.is_ok_and(|c| c.at_least(1, 14)) {
+        return None;
+    }
+    Some(if moved.is_empty() {
+        Observation::new(
+            ConditionType::ConfigFieldsCurrent,
+            Status::True,
+            reason::FIELDS_CURRENT,
+        )
+        .message("the patches set no field Talos v1.14 moved")
+    } else {
+        Observation::new(
+            ConditionType::ConfigFieldsCurrent,
+            Status::False,
+            reason::FIELDS_MOVED,
+        )
+        .message(moved.join("; "))
+        .severity(Severity::Warning)
+    })
 }
 
 /// The new status: `old` with this report applied. Conditions keep their transition times.
@@ -51,6 +78,11 @@ pub fn status(
     .flatten()
     {
         conditions::set(&mut s, observation, generation, now);
+    }
+    // Said only while the spec renders a contract it applies to: a reconcile that got as far
+    // as the data and has nothing to say of the fields drops what an earlier one said.
+    if report.data.is_some() && report.fields_current.is_none() {
+        conditions::remove(&mut s, ConditionType::ConfigFieldsCurrent);
     }
     // Ready follows DataSecretAvailable: it is what the Machine waits for.
     let data_ready = s

@@ -349,6 +349,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         report.on_delete = true;
     }
     report.talos_target = desired.talos_upgrade.as_ref().map(|t| t.version.clone());
+    report.fields_current = status::fields_current(&tcp.spec.control_plane_config.controlplane);
 
     // A step whose result the cache does not show yet is not followed by another.
     if ctx.expectations.pending(&key_of(&tcp), &machines).is_some() {

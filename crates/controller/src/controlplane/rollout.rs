@@ -677,6 +677,14 @@ mod tests {
         assert!(message.contains("v1.31 to v1.36"), "{message}");
         let (check, _) = ok("v1.30.0", Some("1.13"), &[]).err().unwrap_or_default();
         assert_eq!(check, "VersionUnsupported");
+        // Talos 1.14 runs Kubernetes 1.32 to 1.37: 1.37 (its default) is accepted, 1.31 is not.
+        assert!(ok("v1.37.0", Some("v1.14.1"), &["v1.36.2"]).is_ok());
+        assert!(ok("v1.32.0", Some("v1.14"), &[]).is_ok());
+        let (check, message) = ok("v1.31.4", Some("v1.14.1"), &[])
+            .err()
+            .unwrap_or_default();
+        assert_eq!(check, "VersionUnsupported");
+        assert!(message.contains("v1.32 to v1.37"), "{message}");
         // A Talos version the table does not know yet is not held against the spec.
         assert!(ok("v1.40.0", Some("v1.16.0"), &[]).is_ok());
         assert_eq!(supported_kubernetes("v1.9.5"), Some((27, 32)));

@@ -2,6 +2,7 @@
 //! from what a reconcile observed and decided. Conditions follow KubeadmControlPlane's, each
 //! with a reason and a message that says what a person can do.
 
+use api::bootstrap::v1alpha3::TalosConfigSpec;
 use api::conditions::{self, ConditionType, Observation, Severity, Status, reason};
 use api::controlplane::v1alpha3::{
     ControlPlaneDeprecated, ControlPlaneInitialization, ControlPlaneV1Beta1Status, StatusVersion,
@@ -11,6 +12,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::plan::Step;
 use super::scope::{ControlPlane, MachineView, quorum};
+
+/// ConfigFieldsCurrent (contract v1.14 on): what each machine's TalosConfig says of the same
+/// patches, each named where it is in the control plane's spec. Patches that do not parse say
+/// nothing here; the machines' TalosConfigs report them.
+pub fn fields_current(config: &TalosConfigSpec) -> Option<Observation> {
+    let moved = crate::bootstrap::render::moved_fields(config).ok()?;
+    let moved = moved
+        .iter()
+        .map(|n| n.replacen("spec.", "spec.controlPlaneConfig.controlplane.", 1))
+        .collect();
+    crate::bootstrap::status::fields_current(config, moved)
+}
 
 /// One control-plane Machine as status counts it.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +60,8 @@ pub struct Report {
     pub on_delete: bool,
     /// The Talos version of an in-place upgrade (talosUpgrade), when asked for.
     pub talos_target: Option<String>,
+    /// ConfigFieldsCurrent (contract v1.14 on).
+    pub fields_current: Option<Observation>,
     /// Machines whose node runs another configuration than controlPlaneConfig renders, with
     /// the fields that differ.
     pub drift: crate::context::Drifted,
@@ -570,6 +585,9 @@ pub fn status(
     if let Some(c) = &r.certificates {
         set(c.clone());
     }
+    if let Some(c) = &r.fields_current {
+        set(c.clone());
+    }
     set(if available {
         Observation::new(ConditionType::Available, Status::True, reason::AVAILABLE)
     } else {
@@ -595,6 +613,9 @@ pub fn status(
         .severity(Severity::Warning)
     });
 
+    if r.fields_current.is_none() {
+        conditions::remove(&mut s, ConditionType::ConfigFieldsCurrent);
+    }
     let total = count(r.machines.len());
     let ready = count(r.machines.iter().filter(|m| m.ready).count());
     let avail = count(r.machines.iter().filter(|m| m.available).count());

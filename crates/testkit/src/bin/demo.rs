@@ -30,7 +30,12 @@ const CLUSTER: &str = "mi-cluster";
 const CP: &str = "mi-cluster-cp";
 const FIRST: &str = "v1.35.0";
 const NEXT: &str = "v1.36.0";
-const TALOS_NEXT: &str = "v1.13.1";
+/// The Talos release the machines boot (their image's), on the v1.14 configuration contract…
+const TALOS_FIRST: &str = "v1.14.0";
+/// …and the one they are upgraded to in place, from the Image Factory's installer with no
+/// customization.
+const TALOS_NEXT: &str = "v1.14.1";
+const INSTALLER: &str = "factory.talos.dev/metal-installer/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba";
 
 #[derive(Parser)]
 #[command(about = "The talos-capi demo: an HA Talos cluster, then live upgrades")]
@@ -246,7 +251,7 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
         talosconfig.display(),
         workload.display()
     );
-    let talosctl = locate(Tool::Talosctl).map_err(|e| e.to_string())?;
+    let talosctl = locate(Tool::Talosctl114).map_err(|e| e.to_string())?;
     // The real talosctl, with the cluster's talosconfig, at one node.
     let talos = |node: &str, command: &[&str]| {
         let config = talosconfig.to_string_lossy();
@@ -291,7 +296,7 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
     ));
     patch_control_plane(
         &client,
-        json!({"talosUpgrade": {"image": format!("ghcr.io/siderolabs/installer:{TALOS_NEXT}")}}),
+        json!({"talosUpgrade": {"image": format!("{INSTALLER}:{TALOS_NEXT}")}}),
     )
     .await?;
     if args.faults {
@@ -627,14 +632,21 @@ impl View {
     }
 }
 
+/// Talos 1.14's install document: the machines' installer and disk.
+fn install_patch() -> String {
+    format!(
+        "apiVersion: v1alpha1\nkind: UnattendedInstallConfig\ninstaller:\n  image: {INSTALLER}:{TALOS_FIRST}\nprovisioning:\n  diskSelector:\n    match: disk.dev_path == \"/dev/sda\"\n"
+    )
+}
+
 /// The seeds' HA cluster on the test infrastructure provider, its endpoint on loopback `port`
 /// (where the provider serves its real workload kube-apiserver).
 fn topology(port: u16) -> Vec<Value> {
     let infra = "infrastructure.cluster.x-k8s.io/v1alpha1";
     vec![
         json!({"apiVersion": infra, "kind": "SimCluster", "metadata": {"name": CLUSTER}, "spec": {}}),
-        json!({"apiVersion": infra, "kind": "SimMachineTemplate", "metadata": {"name": CP}, "spec": {"template": {"spec": {}}}}),
-        json!({"apiVersion": infra, "kind": "SimMachineTemplate", "metadata": {"name": "mi-cluster-workers"}, "spec": {"template": {"spec": {}}}}),
+        json!({"apiVersion": infra, "kind": "SimMachineTemplate", "metadata": {"name": CP}, "spec": {"template": {"spec": {"talosVersion": TALOS_FIRST}}}}),
+        json!({"apiVersion": infra, "kind": "SimMachineTemplate", "metadata": {"name": "mi-cluster-workers"}, "spec": {"template": {"spec": {"talosVersion": TALOS_FIRST}}}}),
         json!({
             "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
             "metadata": {"name": CP},
@@ -643,9 +655,9 @@ fn topology(port: u16) -> Vec<Value> {
                 "infrastructureTemplate": {"apiVersion": infra, "kind": "SimMachineTemplate", "name": CP},
                 "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}},
                 "controlPlaneConfig": {"controlplane": {
-                    "generateType": "controlplane", "talosVersion": "v1.13",
-                    // The Spanish walkthrough's VIP, as a strategic patch valid for Talos v1.13.
-                    "strategicPatches": ["machine:\n  install:\n    disk: /dev/sda\n  network:\n    interfaces:\n      - interface: eth0\n        dhcp: true\n        vip:\n          ip: 192.168.1.50\n"]
+                    "generateType": "controlplane", "talosVersion": "v1.14",
+                    // The Spanish walkthrough's VIP, as a strategic patch valid for Talos v1.14.
+                    "strategicPatches": [format!("machine:\n  network:\n    interfaces:\n      - interface: eth0\n        dhcp: true\n        vip:\n          ip: 192.168.1.50\n---\n{}", install_patch())]
                 }}
             }
         }),
@@ -653,8 +665,8 @@ fn topology(port: u16) -> Vec<Value> {
             "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfigTemplate",
             "metadata": {"name": "mi-cluster-workers"},
             "spec": {"template": {"spec": {
-                "generateType": "worker", "talosVersion": "v1.13",
-                "strategicPatches": ["machine:\n  install:\n    disk: /dev/sda\n"]
+                "generateType": "worker", "talosVersion": "v1.14",
+                "strategicPatches": [install_patch()]
             }}}
         }),
         json!({

@@ -10,7 +10,11 @@ use serde_json::Value;
 
 use crate::patch::known_kind;
 
+mod endpoint;
+mod kinds;
 pub(crate) mod multidoc;
+mod shapes;
+mod subnets;
 
 /// Where the machine runs; only metal requires an install disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +88,10 @@ impl Report {
     }
 }
 
-/// Validate a configuration (all its documents). `strict` makes unknown fields errors.
-/// (talosctl refuses unknown fields in every mode; its `--strict` turns warnings into errors.
+/// Validate a configuration (all its documents). `strict` makes unknown fields of the v1alpha1
+/// document errors; unknown fields of the documents new in v1.14 are errors always, as talosctl
+/// has them. (talosctl refuses unknown fields in every mode; its `--strict` turns the v1alpha1
+/// document's warnings into errors.
 /// The differences between these rules and talosctl's are listed, each tested, in
 /// tests/validator_table.rs.)
 pub fn validate(docs: &[Value], mode: Mode, strict: bool) -> Report {
@@ -126,6 +132,7 @@ pub fn validate(docs: &[Value], mode: Mode, strict: bool) -> Report {
                     validate_hostname_config(doc, v114, &mut r);
                     hostname_conflicts(docs, &mut r);
                 }
+                kinds::validate(doc, kind, &mut r);
             }
         }
     }
@@ -441,6 +448,17 @@ fn validate_v1alpha1(doc: &Value, mode: Mode, strict: bool, v114: bool, r: &mut 
             r.error("machine.ca.crt", "a trusted OS CA certificate is required");
         }
     }
+    if v114
+        && machine
+            .get("baseRuntimeSpecOverrides")
+            .and_then(Value::as_object)
+            .is_some_and(|o| !o.is_empty())
+    {
+        r.warn(
+            "machine.baseRuntimeSpecOverrides",
+            ".machine.baseRuntimeSpecOverrides is deprecated; use a CRIBaseRuntimeSpecConfig document instead",
+        );
+    }
     validate_install(machine, mode, v114, r);
     validate_images(machine, r);
     validate_labels(machine, r);
@@ -634,6 +652,16 @@ fn validate_cluster(cluster: &Value, control_plane: bool, v114: bool, r: &mut Re
             );
         }
         _ => {}
+    }
+    // The legacy service account derives its issuer from the endpoint of the same document.
+    if v114
+        && at(cluster, &["serviceAccount"]).is_some_and(|s| !s.is_null())
+        && at(cluster, &["controlPlane", "endpoint"]).is_none_or(Value::is_null)
+    {
+        r.error(
+            "cluster.serviceAccount",
+            ".cluster.serviceAccount requires the cluster endpoint to be set in the same document (.cluster.controlPlane.endpoint); when the cluster endpoint is migrated to the KubeClusterConfig document, .cluster.serviceAccount should be migrated to the KubeServiceAccountConfig document as well",
+        );
     }
     if let Some(domain) = str_at(cluster, &["network", "dnsDomain"])
         && !valid_dns_name(domain)

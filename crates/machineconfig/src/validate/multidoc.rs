@@ -19,6 +19,8 @@ enum Held {
     NonEmptyList,
     /// `true`.
     True,
+    /// A non-empty mapping (Talos decodes an empty one as unset).
+    NonEmptyMap,
     /// A list holding at least one IP address (Talos's `Resolvers()` skips what does not parse).
     Addresses,
 }
@@ -88,6 +90,12 @@ const CONFLICTS: &[Conflict] = &[
         "kube-apiserver config is already set in v1alpha1 config (.cluster.apiServer)",
     ),
     Conflict {
+        kind: "KubeAPIServerConfig",
+        field: &["cluster", "controlPlane", "localAPIServerPort"],
+        held: Held::NonZero,
+        says: "kube-apiserver API port is already set in v1alpha1 config (.cluster.controlPlane.localAPIServerPort)",
+    },
+    Conflict {
         kind: "KubeEtcdEncryptionConfig",
         field: &["cluster", "secretboxEncryptionSecret"],
         held: Held::NonZero,
@@ -103,6 +111,21 @@ const CONFLICTS: &[Conflict] = &[
         "KubeNodeConfig",
         &["cluster", "allowSchedulingOnControlPlanes"],
         ".cluster.allowSchedulingOnControlPlanes is already set in v1alpha1 config",
+    ),
+    present(
+        "KubeNodeConfig",
+        &["machine", "kubelet", "skipNodeRegistration"],
+        ".machine.kubelet.skipNodeRegistration is already set in v1alpha1 config",
+    ),
+    present(
+        "KubeNodeConfig",
+        &["machine", "kubelet", "registerWithFQDN"],
+        ".machine.kubelet.registerWithFQDN is already set in v1alpha1 config",
+    ),
+    present(
+        "KubeNodeConfig",
+        &["machine", "kubelet", "nodeIP"],
+        ".machine.kubelet.nodeIP is already set in v1alpha1 config",
     ),
     present(
         "KubeNodeConfig",
@@ -205,6 +228,12 @@ const CONFLICTS: &[Conflict] = &[
         held: Held::True,
         says: ".machine.network.disableSearchDomain is already set in v1alpha1 config",
     },
+    Conflict {
+        kind: "CRIBaseRuntimeSpecConfig",
+        field: &["machine", "baseRuntimeSpecOverrides"],
+        held: Held::NonEmptyMap,
+        says: "base runtime spec overrides are already set in v1alpha1 config",
+    },
     // Only when the ResolverConfig sets hostDNS (see `validate`).
     present(
         "ResolverConfig",
@@ -267,6 +296,7 @@ fn held(v1alpha1: &Value, c: &Conflict) -> bool {
         (Some(Value::Number(n)), Held::NonZero) => n.as_f64() != Some(0.0),
         (Some(Value::Array(a)), Held::NonEmptyList) => !a.is_empty(),
         (Some(Value::Bool(b)), Held::True) => *b,
+        (Some(Value::Object(m)), Held::NonEmptyMap) => !m.is_empty(),
         (Some(Value::Array(a)), Held::Addresses) => a
             .iter()
             .filter_map(Value::as_str)

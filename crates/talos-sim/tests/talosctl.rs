@@ -26,6 +26,8 @@ struct Line {
     contract: Contract,
     /// Upgrade targets of the same line: one that boots, one that fails and rolls back.
     upgrades: [&'static str; 2],
+    /// The etcd version its nodes report in EtcdStatus.
+    etcd: &'static str,
 }
 
 const TALOS_1_13: Line = Line {
@@ -36,6 +38,7 @@ const TALOS_1_13: Line = Line {
         minor: 13,
     },
     upgrades: ["v1.13.1", "v1.13.2"],
+    etcd: "3.5.0",
 };
 
 const TALOS_1_14: Line = Line {
@@ -46,6 +49,7 @@ const TALOS_1_14: Line = Line {
         minor: 14,
     },
     upgrades: ["v1.14.2", "v1.14.3"],
+    etcd: "3.7.1",
 };
 
 struct Cluster {
@@ -297,6 +301,8 @@ async fn bootstrap_and_change_etcd_membership(c: &Cluster, tc: &str) {
         services.contains("etcd") && services.contains("Running") && services.contains("kubelet"),
         "{services}"
     );
+    let status = c.ok(&via(tc, a, a, &["etcd", "status"]));
+    assert!(status.contains(c.line.etcd), "{status}");
     c.ok(&via(tc, a, a, &["etcd", "forfeit-leadership"]));
 
     // Remove the third node's member by id, then let the second leave.

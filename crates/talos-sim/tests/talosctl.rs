@@ -134,11 +134,22 @@ impl Cluster {
     }
 
     fn controlplane_config(&self) -> String {
+        self.patched_controlplane_config("controlplane.yaml", None)
+    }
+
+    /// The control plane configuration of the line's contract, with `patch` applied if any,
+    /// written to `name`.
+    fn patched_controlplane_config(&self, name: &str, patch: Option<&str>) -> String {
         let endpoint = format!("https://{}:6443", self.nodes[0]);
         let input = Input::for_contract("sim", &endpoint, self.line.contract);
+        let patches: Vec<machineconfig::Patch> = patch
+            .map(|p| machineconfig::Patch::parse(p).unwrap())
+            .into_iter()
+            .collect();
         let yaml =
-            machineconfig::generate(MachineType::Controlplane, &input, &self.bundle, &[]).unwrap();
-        self.write("controlplane.yaml", &yaml)
+            machineconfig::generate(MachineType::Controlplane, &input, &self.bundle, &patches)
+                .unwrap();
+        self.write(name, &yaml)
     }
 }
 
@@ -580,4 +591,73 @@ async fn talosctl_1_13_lists_the_etcd_data_directory_as_it_appears_on_each_node(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn talosctl_1_14_lists_the_etcd_data_directory_as_it_appears_on_each_node() {
     lists_the_etcd_data_directory_as_it_appears_on_each_node(TALOS_1_14).await;
+}
+
+/// Talos past v1.14 keeps v1.14's apply semantics: a node reporting v1.15.0-alpha.1 applies
+/// every configuration change talosctl 1.14 sends live, in AUTO and NO_REBOOT mode alike, the
+/// changes a v1.13 node reboots for (a machine feature) or refuses without a reboot (the
+/// environment) included, without rebooting. (talosctl 1.14 no longer offers REBOOT mode; the
+/// node's refusal of it is `client.rs`'s to show.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_15_alpha_node_applies_every_change_live() {
+    let c = Cluster::maintenance(
+        Line {
+            version: "v1.15.0-alpha.1",
+            ..TALOS_1_14
+        },
+        1,
+    )
+    .await;
+    let a = &c.nodes[0];
+    let mut events = c.sim.events();
+    let config = c.controlplane_config();
+    c.ok(&[
+        "-e",
+        a,
+        "-n",
+        a,
+        "apply-config",
+        "--insecure",
+        "--file",
+        &config,
+    ]);
+    wait_up(&mut events, &c.nodes, true).await;
+    let tc = c.talosconfig("talosconfig", "os:admin");
+    let (boots, _) = c.sim.running(a).unwrap();
+
+    // Each configuration is the whole one: the second keeps the first change.
+    let feature = "machine:\n  features:\n    diskQuotaSupport: false\n";
+    let env = format!("{feature}  env:\n    HTTP_PROXY: http://proxy:3128\n");
+    let changes = [("auto", feature), ("no-reboot", env.as_str())];
+    for (i, (mode, patch)) in changes.into_iter().enumerate() {
+        let file = c.patched_controlplane_config(&format!("change-{i}.yaml"), Some(patch));
+        let o = c.talosctl(&via(
+            &tc,
+            a,
+            a,
+            &["apply-config", "--file", &file, "--mode", mode],
+        ));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "--mode {mode}: {text}");
+        assert!(
+            text.contains("Applied configuration without a reboot"),
+            "--mode {mode}: {text}"
+        );
+    }
+    let (boots_after, docs) = c.sim.running(a).unwrap();
+    assert_eq!(boots_after, boots, "no reboot");
+    assert_eq!(
+        c.sim.status(a),
+        Some((Phase::Running, "v1.15.0-alpha.1".into()))
+    );
+    let machine = &docs[0]["machine"];
+    assert_eq!(machine["features"]["diskQuotaSupport"], false, "{machine}");
+    assert_eq!(
+        machine["env"]["HTTP_PROXY"], "http://proxy:3128",
+        "{machine}"
+    );
 }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod etcd;
+pub mod etcd_http;
 mod files;
 mod node;
 mod service;

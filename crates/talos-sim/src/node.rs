@@ -98,6 +98,8 @@ pub struct Configured {
     pub cluster_id: String,
     pub os_ca_crt: String,
     pub os_ca_key: Option<String>,
+    /// The cluster's etcd CA (PEM certificate and key), on control planes.
+    pub etcd_ca: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for Configured {
@@ -157,7 +159,15 @@ impl Configured {
             .and_then(|m| m.ca.clone())
             .unwrap_or_default();
         let pem = |b64: String| machineconfig::secrets::decode_pem(&b64).ok();
+        let etcd_ca = |part: &str| {
+            docs.iter()
+                .find(|d| d.get("version").and_then(Value::as_str) == Some("v1alpha1"))
+                .and_then(|d| d.pointer(&format!("/cluster/etcd/ca/{part}")))
+                .and_then(Value::as_str)
+                .and_then(|b64| pem(b64.to_owned()))
+        };
         Ok(Configured {
+            etcd_ca: etcd_ca("crt").zip(etcd_ca("key")),
             control_plane: v1.is_control_plane(),
             cluster_id: machineconfig::model::cluster_id(&docs)
                 .unwrap_or_default()
@@ -648,9 +658,12 @@ pub(crate) fn spawn_node(shared: Arc<Shared>, node: Arc<Node>) {
                 listener,
                 std::future::pending(),
             );
+            // etcd's HTTP endpoints of a v1.14 control plane go down with the API.
+            let etcd_http = crate::etcd_http::serve(shared.clone(), node.clone());
             let served = tokio::select! {
                 r = server => r,
                 _ = rx => Ok(()),
+                () = etcd_http => Ok(()),
             };
             if let Err(e) = served {
                 tracing::warn!(node = %node.address(), "server stopped: {e}");

@@ -913,7 +913,11 @@ impl MachineService for Api {
             let shared = shared.clone();
             async move {
                 let cfg = control_plane(&guard(&node, "EtcdStatus", false)?, "EtcdStatus")?;
-                let errors = node.state().failures.etcd_errors.clone();
+                let (errors, version) = {
+                    let s = node.state();
+                    (s.failures.etcd_errors.clone(), s.version.clone())
+                };
+                let (protocol_version, storage_version) = crate::etcd_http::etcd_version(&version);
                 let clusters = lock(&shared.clusters);
                 let etcd = clusters
                     .get(&cfg.cluster_id)
@@ -928,8 +932,8 @@ impl MachineService for Api {
                         leader: etcd.leader.unwrap_or_default(),
                         is_learner: me.learner,
                         errors,
-                        protocol_version: "3.5.0".into(),
-                        storage_version: "3.5.0".into(),
+                        protocol_version: protocol_version.into(),
+                        storage_version: storage_version.into(),
                         ..Default::default()
                     }),
                 }))

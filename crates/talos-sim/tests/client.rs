@@ -510,3 +510,174 @@ async fn talos_1_14_nodes_boot_v1_14_configs_and_apply_every_change_live() {
         "{reboot:?}"
     );
 }
+
+/// Three control planes of Talos `version`, started with `contract`'s configuration and
+/// bootstrapped.
+async fn bootstrapped_etcd(
+    version: &str,
+    contract: Contract,
+) -> (Simulator, Vec<String>, SecretsBundle, Client, Nodes) {
+    let sim = Simulator::new(Timing::default());
+    let mut events = sim.events();
+    let nodes: Vec<String> = (0..3)
+        .map(|_| loopback_address(NEXT.fetch_add(1, Ordering::SeqCst)).to_string())
+        .collect();
+    let bundle = SecretsBundle::generate(contract).unwrap();
+    let input = Input::for_contract("e", &format!("https://{}:6443", nodes[0]), contract);
+    let cp = machineconfig::generate(MachineType::Controlplane, &input, &bundle, &[]).unwrap();
+    for (i, address) in nodes.iter().enumerate() {
+        let spec = NodeSpec {
+            address: address.parse().unwrap(),
+            port: 50000,
+            hostname: format!("e{i}"),
+            version: version.into(),
+            config: Some(cp.clone()),
+        };
+        sim.start(spec).unwrap();
+    }
+    wait_up(&mut events, 3, true).await;
+    // etcd does not run before the bootstrap: nothing listens on its HTTP port yet.
+    let before = etcd_http(&nodes[0], "/health", &bundle, true).await;
+    assert!(before.is_err(), "{before:?}");
+    let (client, first) = bootstrap_three("e", &bundle, &nodes[0]).await;
+    (sim, nodes, bundle, client, first)
+}
+
+/// `GET path` on etcd's HTTP port of `node` (2383), with a client certificate of the cluster's
+/// etcd CA when `with_certificate`: the status line and body.
+async fn etcd_http(
+    node: &str,
+    path: &str,
+    bundle: &SecretsBundle,
+    with_certificate: bool,
+) -> std::io::Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca_crt = machineconfig::secrets::decode_pem(&bundle.certs.etcd.crt).unwrap();
+    let ca_key = machineconfig::secrets::decode_pem(&bundle.certs.etcd.key).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_crt.as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = if with_certificate {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let signer = machineconfig::secrets::signing_key(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_crt, signer).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+        builder
+            .with_client_auth_cert(vec![cert.der().clone()], key)
+            .unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect((node, talos_sim::etcd_http::PORT)).await?;
+    let name = ServerName::IpAddress(node.parse::<std::net::IpAddr>().unwrap().into());
+    let mut tls = connector.connect(name, tcp).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await?;
+    let mut reply = String::new();
+    tls.read_to_string(&mut reply).await?;
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    Ok(format!(
+        "{}\n{body}",
+        head.lines().next().unwrap_or_default()
+    ))
+}
+
+/// The etcd version a node's EtcdStatus reports.
+async fn etcd_protocol_version(client: &Client, node: &str) -> String {
+    let status = client
+        .etcd_status(&Nodes::One(node.to_owned()))
+        .await
+        .unwrap();
+    let status = status[0].result.as_ref().unwrap();
+    status
+        .member_status
+        .as_ref()
+        .unwrap()
+        .protocol_version
+        .clone()
+}
+
+/// Talos v1.14 runs etcd 3.7 with `--listen-client-http-urls` on port 2383: once etcd runs,
+/// `/health` and `/metrics` answer there, over TLS, only to a client certificate of the
+/// cluster's etcd CA; `/health` fails on an alarm; 2379 serves no HTTP; EtcdStatus reports etcd
+/// 3.7.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talos_1_14_etcd_serves_health_and_metrics_on_their_own_port() {
+    let (sim, nodes, bundle, client, _) = bootstrapped_etcd(
+        "v1.14.1",
+        Contract {
+            major: 1,
+            minor: 14,
+        },
+    )
+    .await;
+    for n in &nodes {
+        // Each member's etcd listens once it runs.
+        eventually("etcd's HTTP port answers", async || {
+            etcd_http(n, "/health", &bundle, true).await.is_ok()
+        })
+        .await;
+        let health = etcd_http(n, "/health", &bundle, true).await.unwrap();
+        assert_eq!(
+            health,
+            "HTTP/1.1 200 OK\n{\"health\":\"true\",\"reason\":\"\"}"
+        );
+        assert_eq!(etcd_protocol_version(&client, n).await, "3.7.1");
+    }
+    let metrics = etcd_http(&nodes[1], "/metrics", &bundle, true)
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("etcd_server_has_leader 1")
+            && metrics.contains("etcd_server_version{server_version=\"3.7.1\"} 1"),
+        "{metrics}"
+    );
+    let anonymous = etcd_http(&nodes[0], "/health", &bundle, false).await;
+    assert!(anonymous.is_err(), "client-cert-auth: {anonymous:?}");
+    let grpc_only = tokio::net::TcpStream::connect((nodes[0].as_str(), 2379)).await;
+    assert!(
+        grpc_only.is_err(),
+        "no HTTP on the client port: {grpc_only:?}"
+    );
+
+    sim.set_failures(&nodes[2], |f| {
+        f.etcd_errors = vec!["memberID:1 alarm:NOSPACE".into()]
+    })
+    .unwrap();
+    let health = etcd_http(&nodes[2], "/health", &bundle, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        health,
+        "HTTP/1.1 503 Service Unavailable\n{\"health\":\"false\",\"reason\":\"ALARM NOSPACE\"}\n"
+    );
+}
+
+/// Before v1.14 a node's etcd opens no HTTP port of its own and reports the etcd version the
+/// simulator always has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talos_1_13_etcd_has_no_http_port_of_its_own() {
+    let (_sim, nodes, bundle, client, _) = bootstrapped_etcd(
+        "v1.13.0",
+        Contract {
+            major: 1,
+            minor: 13,
+        },
+    )
+    .await;
+    let health = etcd_http(&nodes[0], "/health", &bundle, true).await;
+    assert!(health.is_err(), "{health:?}");
+    assert_eq!(etcd_protocol_version(&client, &nodes[0]).await, "3.5.0");
+}

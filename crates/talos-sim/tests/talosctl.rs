@@ -1,5 +1,7 @@
-//! The real talosctl (v1.13, built by hack/tools) drives the simulator end to end: if talosctl
-//! cannot tell the simulator from Talos for these commands, neither can our client.
+//! The real talosctl drives the simulator end to end, each Talos line with its own: talosctl
+//! v1.13.0 against v1.13 nodes booted with v1.13 configurations, talosctl v1.14.1 against v1.14
+//! nodes booted with v1.14 ones (both built by hack/tools). If talosctl cannot tell the simulator
+//! from Talos for these commands, neither can our client.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
 
 use std::path::PathBuf;
@@ -10,8 +12,45 @@ use std::time::Duration;
 use machineconfig::talosconfig::{self, ClientOptions};
 use machineconfig::{Contract, Input, MachineType, SecretsBundle};
 use talos_sim::{NodeSpec, Phase, SimEvent, Simulator, Timing, loopback_address};
+use testkit::tools::Tool;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A Talos line a scenario runs against: the talosctl of that line, and nodes running it.
+#[derive(Debug, Clone, Copy)]
+struct Line {
+    talosctl: Tool,
+    /// The version the nodes boot.
+    version: &'static str,
+    /// The configuration contract of that version (what its talosctl generates).
+    contract: Contract,
+    /// Upgrade targets of the same line: one that boots, one that fails and rolls back.
+    upgrades: [&'static str; 2],
+    /// The etcd version its nodes report in EtcdStatus.
+    etcd: &'static str,
+}
+
+const TALOS_1_13: Line = Line {
+    talosctl: Tool::Talosctl,
+    version: "v1.13.0",
+    contract: Contract {
+        major: 1,
+        minor: 13,
+    },
+    upgrades: ["v1.13.1", "v1.13.2"],
+    etcd: "3.5.0",
+};
+
+const TALOS_1_14: Line = Line {
+    talosctl: Tool::Talosctl114,
+    version: "v1.14.1",
+    contract: Contract {
+        major: 1,
+        minor: 14,
+    },
+    upgrades: ["v1.14.2", "v1.14.3"],
+    etcd: "3.7.1",
+};
 
 struct Cluster {
     sim: Simulator,
@@ -19,10 +58,11 @@ struct Cluster {
     dir: tempfile::TempDir,
     talosctl: PathBuf,
     bundle: SecretsBundle,
+    line: Line,
 }
 
 impl Cluster {
-    async fn maintenance(n: usize) -> Cluster {
+    async fn maintenance(line: Line, n: usize) -> Cluster {
         let sim = Simulator::new(Timing::default());
         let mut events = sim.events();
         let mut nodes = Vec::new();
@@ -33,7 +73,7 @@ impl Cluster {
                 address,
                 port: 50000,
                 hostname: format!("node-{i}"),
-                version: "v1.13.0".into(),
+                version: line.version.into(),
                 config: None,
             };
             sim.start(spec).unwrap();
@@ -43,8 +83,9 @@ impl Cluster {
             sim,
             nodes,
             dir: tempfile::tempdir().unwrap(),
-            talosctl: testkit::tools::locate(testkit::tools::Tool::Talosctl).unwrap(),
-            bundle: SecretsBundle::generate(Contract::NEWEST).unwrap(),
+            talosctl: testkit::tools::locate(line.talosctl).unwrap(),
+            bundle: SecretsBundle::generate(line.contract).unwrap(),
+            line,
         }
     }
 
@@ -93,10 +134,22 @@ impl Cluster {
     }
 
     fn controlplane_config(&self) -> String {
-        let input = Input::new("sim", &format!("https://{}:6443", self.nodes[0]));
+        self.patched_controlplane_config("controlplane.yaml", None)
+    }
+
+    /// The control plane configuration of the line's contract, with `patch` applied if any,
+    /// written to `name`.
+    fn patched_controlplane_config(&self, name: &str, patch: Option<&str>) -> String {
+        let endpoint = format!("https://{}:6443", self.nodes[0]);
+        let input = Input::for_contract("sim", &endpoint, self.line.contract);
+        let patches: Vec<machineconfig::Patch> = patch
+            .map(|p| machineconfig::Patch::parse(p).unwrap())
+            .into_iter()
+            .collect();
         let yaml =
-            machineconfig::generate(MachineType::Controlplane, &input, &self.bundle, &[]).unwrap();
-        self.write("controlplane.yaml", &yaml)
+            machineconfig::generate(MachineType::Controlplane, &input, &self.bundle, &patches)
+                .unwrap();
+        self.write(name, &yaml)
     }
 }
 
@@ -135,15 +188,61 @@ fn member_count(out: &str) -> usize {
     out.lines().skip(1).filter(|l| !l.trim().is_empty()).count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn talosctl_drives_a_three_node_control_plane() {
-    let c = Cluster::maintenance(3).await;
-    let [a, b, n3] = [&c.nodes[0], &c.nodes[1], &c.nodes[2]];
-    let mut events = c.sim.events();
+/// `talosctl --talosconfig <tc> -e <endpoint> -n <nodes> <rest…>`.
+fn via<'a>(tc: &'a str, endpoint: &'a str, nodes: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--talosconfig", tc, "-e", endpoint, "-n", nodes];
+    args.extend_from_slice(rest);
+    args
+}
 
-    // Maintenance mode: server-only TLS, talosctl --insecure.
+/// The whole scenario of one Talos line: install, mTLS and roles, etcd, upgrades, reboot and
+/// reset, events, and a node that is down.
+async fn drive_a_three_node_control_plane(line: Line) {
+    let c = Cluster::maintenance(line, 3).await;
+    install_three_control_planes(&c).await;
+    let tc = c.talosconfig("talosconfig", "os:admin");
+    check_mtls_and_roles(&c, &tc);
+    bootstrap_and_change_etcd_membership(&c, &tc).await;
+    upgrade_then_roll_back(&c, &tc).await;
+    reboot_and_reset(&c, &tc).await;
+    stream_machine_stages(&c, &tc).await;
+    a_node_down_is_an_error_entry(&c, &tc);
+    every_call_was_served(&c);
+}
+
+/// No call talosctl made was answered Unimplemented: the simulator serves everything this
+/// talosctl asks of a node in the scenario.
+fn every_call_was_served(c: &Cluster) {
+    let calls = c.sim.calls();
+    let unserved: Vec<&String> = calls
+        .iter()
+        .filter(|(_, n)| n.unimplemented > 0)
+        .map(|(method, _)| method)
+        .collect();
+    assert!(
+        unserved.is_empty(),
+        "{:?} asked for what the simulator does not serve: {unserved:?}",
+        c.line.talosctl
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talosctl_1_13_drives_a_three_node_control_plane() {
+    drive_a_three_node_control_plane(TALOS_1_13).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talosctl_1_14_drives_a_three_node_control_plane() {
+    drive_a_three_node_control_plane(TALOS_1_14).await;
+}
+
+/// Maintenance mode: server-only TLS, talosctl --insecure; an invalid configuration is refused,
+/// a valid one installs and the nodes boot into it.
+async fn install_three_control_planes(c: &Cluster) {
+    let a = &c.nodes[0];
+    let mut events = c.sim.events();
     let out = c.ok(&["-e", a, "-n", a, "version", "--insecure"]);
-    assert!(out.contains("v1.13.0"), "{out}");
+    assert!(out.contains(c.line.version), "{out}");
     let bad = c.write(
         "bad.yaml",
         "version: v1alpha1\nmachine:\n  type: controlplane\n",
@@ -162,7 +261,6 @@ async fn talosctl_drives_a_three_node_control_plane() {
         err.contains("InvalidArgument") && err.contains("cluster"),
         "{err}"
     );
-
     let config = c.controlplane_config();
     for n in &c.nodes {
         c.ok(&[
@@ -177,108 +275,86 @@ async fn talosctl_drives_a_three_node_control_plane() {
         ]);
     }
     wait_up(&mut events, &c.nodes, true).await;
+}
 
-    // Configured: mTLS with a client certificate signed by the cluster's OS CA.
-    let tc = c.talosconfig("talosconfig", "os:admin");
-    let all = format!("{a},{b},{n3}");
-    let out = c.ok(&["--talosconfig", &tc, "-e", a, "-n", &all, "version"]);
+/// Configured: mTLS with a client certificate signed by the cluster's OS CA, fanned out over
+/// every node; a reader may read and not bootstrap.
+fn check_mtls_and_roles(c: &Cluster, tc: &str) {
+    let a = &c.nodes[0];
+    let all = c.nodes.join(",");
+    let out = c.ok(&via(tc, a, &all, &["version"]));
     assert_eq!(
         out.matches("NODE:").count(),
         3,
         "one entry per node:\n{out}"
     );
-
     let reader = c.talosconfig("reader", "os:reader");
-    let err = c.fails(&["--talosconfig", &reader, "-e", a, "-n", a, "bootstrap"]);
+    let err = c.fails(&via(&reader, a, a, &["bootstrap"]));
     assert!(err.contains("PermissionDenied"), "{err}");
-    c.ok(&["--talosconfig", &reader, "-e", a, "-n", a, "version"]);
+    c.ok(&via(&reader, a, a, &["version"]));
+}
 
-    c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "bootstrap"]);
-    let err = c.fails(&["--talosconfig", &tc, "-e", a, "-n", a, "bootstrap"]);
+/// Bootstrap once, the others join and are promoted; forfeit leadership, remove a member by id,
+/// and let another leave.
+async fn bootstrap_and_change_etcd_membership(c: &Cluster, tc: &str) {
+    let [a, b] = [&c.nodes[0], &c.nodes[1]];
+    c.ok(&via(tc, a, a, &["bootstrap"]));
+    let err = c.fails(&via(tc, a, a, &["bootstrap"]));
     assert!(err.contains("AlreadyExists"), "{err}");
 
     eventually("three promoted etcd members", || {
-        let out = c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "etcd", "members"]);
+        let out = c.ok(&via(tc, a, a, &["etcd", "members"]));
         member_count(&out) == 3 && !out.contains("true")
     })
     .await;
-    let services = c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "service"]);
+    let services = c.ok(&via(tc, a, a, &["service"]));
     assert!(
         services.contains("etcd") && services.contains("Running") && services.contains("kubelet"),
         "{services}"
     );
-
-    c.ok(&[
-        "--talosconfig",
-        &tc,
-        "-e",
-        a,
-        "-n",
-        a,
-        "etcd",
-        "forfeit-leadership",
-    ]);
+    let status = c.ok(&via(tc, a, a, &["etcd", "status"]));
+    assert!(status.contains(c.line.etcd), "{status}");
+    c.ok(&via(tc, a, a, &["etcd", "forfeit-leadership"]));
 
     // Remove the third node's member by id, then let the second leave.
-    let members = c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "etcd", "members"]);
+    let members = c.ok(&via(tc, a, a, &["etcd", "members"]));
     let id = members
         .lines()
         .find(|l| l.contains("node-2"))
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap()
         .to_owned();
-    c.ok(&[
-        "--talosconfig",
-        &tc,
-        "-e",
-        a,
-        "-n",
-        a,
-        "etcd",
-        "remove-member",
-        &id,
-    ]);
-    c.ok(&["--talosconfig", &tc, "-e", b, "-n", b, "etcd", "leave"]);
-    let members = c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "etcd", "members"]);
+    c.ok(&via(tc, a, a, &["etcd", "remove-member", &id]));
+    c.ok(&via(tc, b, b, &["etcd", "leave"]));
+    let members = c.ok(&via(tc, a, a, &["etcd", "members"]));
     assert_eq!(member_count(&members), 1, "{members}");
+}
 
-    // Upgrade through ImageService.Pull + LifecycleService.Upgrade + Reboot, as talosctl 1.13 does.
-    c.ok(&[
-        "--talosconfig",
-        &tc,
-        "-e",
-        a,
-        "-n",
-        a,
-        "upgrade",
-        "--image",
-        "ghcr.io/siderolabs/installer:v1.13.1",
-        "--wait=false",
-        "--drain=false",
-    ]);
-    eventually("node a runs v1.13.1", || {
-        c.sim.status(a) == Some((Phase::Running, "v1.13.1".into()))
+/// Upgrade through ImageService.Pull + LifecycleService.Upgrade + Reboot, as talosctl 1.13 and
+/// 1.14 do; then a failing upgrade rolls back.
+async fn upgrade_then_roll_back(c: &Cluster, tc: &str) {
+    let a = &c.nodes[0];
+    let [to, failing] = c.line.upgrades;
+    let image = |tag: &str| format!("ghcr.io/siderolabs/installer:{tag}");
+    let upgrade = |image: &str| {
+        c.ok(&via(
+            tc,
+            a,
+            a,
+            &["upgrade", "--image", image, "--wait=false", "--drain=false"],
+        ))
+    };
+    upgrade(&image(to));
+    eventually(&format!("node a runs {to}"), || {
+        c.sim.status(a) == Some((Phase::Running, to.into()))
     })
     .await;
-    let out = c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "version"]);
-    assert!(out.contains("v1.13.1"), "{out}");
+    let out = c.ok(&via(tc, a, a, &["version"]));
+    assert!(out.contains(to), "{out}");
 
-    // A failing upgrade rolls back.
     c.sim.set_failures(a, |f| f.upgrade_fails = true).unwrap();
     let mut rebooted = c.sim.events();
-    c.ok(&[
-        "--talosconfig",
-        &tc,
-        "-e",
-        a,
-        "-n",
-        a,
-        "upgrade",
-        "--image",
-        "ghcr.io/siderolabs/installer:v1.13.2",
-        "--wait=false",
-        "--drain=false",
-    ]);
+    upgrade(&image(failing));
     // Wait for the reboot into the new version, which fails and comes back on the old one.
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
@@ -291,36 +367,25 @@ async fn talosctl_drives_a_three_node_control_plane() {
     })
     .await
     .expect("node a reboots");
-    assert_eq!(c.sim.status(a), Some((Phase::Running, "v1.13.1".into())));
-    let out = c.ok(&["--talosconfig", &tc, "-e", a, "-n", a, "version"]);
-    assert!(out.contains("v1.13.1") && !out.contains("v1.13.2"), "{out}");
+    assert_eq!(c.sim.status(a), Some((Phase::Running, to.into())));
+    let out = c.ok(&via(tc, a, a, &["version"]));
+    assert!(out.contains(to) && !out.contains(failing), "{out}");
+}
 
-    c.ok(&[
-        "--talosconfig",
-        &tc,
-        "-e",
-        b,
-        "-n",
-        b,
-        "reboot",
-        "--wait=false",
-    ]);
+/// A reboot comes back running; a reset goes back to maintenance.
+async fn reboot_and_reset(c: &Cluster, tc: &str) {
+    let [b, n3] = [&c.nodes[1], &c.nodes[2]];
+    c.ok(&via(tc, b, b, &["reboot", "--wait=false"]));
     eventually("node b rebooted", || {
         c.sim.status(b).is_some_and(|(p, _)| p == Phase::Running)
     })
     .await;
-
-    c.ok(&[
-        "--talosconfig",
-        &tc,
-        "-e",
+    c.ok(&via(
+        tc,
         n3,
-        "-n",
         n3,
-        "reset",
-        "--wait=false",
-        "--graceful=false",
-    ]);
+        &["reset", "--wait=false", "--graceful=false"],
+    ));
     eventually("node 3 back in maintenance", || {
         c.sim
             .status(n3)
@@ -328,26 +393,23 @@ async fn talosctl_drives_a_three_node_control_plane() {
     })
     .await;
     c.ok(&["-e", n3, "-n", n3, "version", "--insecure"]);
+}
 
-    // `talosctl events` streams the machine stages (it runs until killed).
-    let mut events = Command::new(&c.talosctl)
-        .args([
-            "--talosconfig",
-            &tc,
-            "-e",
-            a,
-            "-n",
-            a,
-            "events",
-            "--tail",
-            "-1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+/// `talosctl events` streams the machine stages (it runs until killed).
+async fn stream_machine_stages(c: &Cluster, tc: &str) {
+    let a = &c.nodes[0];
+    // Killed however this ends, a failed wait included.
+    let mut events = Killed(
+        Command::new(&c.talosctl)
+            .args(via(tc, a, a, &["events", "--tail", "-1"]))
+            .current_dir(c.dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let streamed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let reader = {
-        let mut stdout = events.stdout.take().unwrap();
+        let mut stdout = events.0.stdout.take().unwrap();
         let streamed = std::sync::Arc::clone(&streamed);
         std::thread::spawn(move || {
             let mut chunk = [0; 4096];
@@ -365,28 +427,32 @@ async fn talosctl_drives_a_three_node_control_plane() {
         async || format!("streamed so far:\n{}", text()),
     )
     .await;
-    events.kill().unwrap();
-    events.wait().unwrap();
+    drop(events);
     reader.join().unwrap();
+}
 
-    // A node that is down shows up as an error entry in a multi-node reply.
+/// A child process, killed and reaped when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A node that is down shows up as an error entry in a multi-node reply.
+fn a_node_down_is_an_error_entry(c: &Cluster, tc: &str) {
+    let [a, n3] = [&c.nodes[0], &c.nodes[2]];
     c.sim.set_failures(n3, |f| f.down = true).unwrap();
-    let o = c.talosctl(&[
-        "--talosconfig",
-        &tc,
-        "-e",
-        a,
-        "-n",
-        &format!("{a},{n3}"),
-        "version",
-    ]);
+    let o = c.talosctl(&via(tc, a, &format!("{a},{n3}"), &["version"]));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(
-        text.contains("v1.13.1") && text.contains("connection refused"),
+        text.contains(c.line.upgrades[0]) && text.contains("connection refused"),
         "{text}"
     );
 }
@@ -394,9 +460,8 @@ async fn talosctl_drives_a_three_node_control_plane() {
 /// The seeds' flow by hand: talosctl generates the secrets, the configs and the talosconfig; the
 /// node gets its config with apply-config --insecure; then our client, built from the
 /// talosconfig talosctl wrote, talks to it over mTLS.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn our_client_works_from_a_talosconfig_talosctl_wrote() {
-    let c = Cluster::maintenance(1).await;
+async fn our_client_works_from_a_talosconfig_talosctl_wrote(line: Line) {
+    let c = Cluster::maintenance(line, 1).await;
     let a = &c.nodes[0];
     let mut events = c.sim.events();
     c.ok(&["gen", "secrets", "-o", "secrets.yaml"]);
@@ -439,15 +504,26 @@ async fn our_client_works_from_a_talosconfig_talosctl_wrote() {
         .unwrap()
         .tag
         .clone();
-    assert_eq!(tag, "v1.13.0", "the node's own version, over mTLS");
+    assert_eq!(tag, line.version, "the node's own version, over mTLS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_works_from_a_talosconfig_talosctl_1_13_wrote() {
+    our_client_works_from_a_talosconfig_talosctl_wrote(TALOS_1_13).await;
+}
+
+/// talosctl 1.14 writes the v1.14 contract's multi-document configuration, which a v1.14 node
+/// boots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_works_from_a_talosconfig_talosctl_1_14_wrote() {
+    our_client_works_from_a_talosconfig_talosctl_wrote(TALOS_1_14).await;
 }
 
 /// `talosctl list` (MachineService.List) over three control planes, as CACPPT lists
 /// `/var/lib/etcd/member` before it bootstraps: absent on every node until etcd has data, then
 /// present on each node whose etcd joined; a reader may list.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn talosctl_lists_the_etcd_data_directory_as_it_appears_on_each_node() {
-    let c = Cluster::maintenance(3).await;
+async fn lists_the_etcd_data_directory_as_it_appears_on_each_node(line: Line) {
+    let c = Cluster::maintenance(line, 3).await;
     let a = &c.nodes[0];
     let mut events = c.sim.events();
     let config = c.controlplane_config();
@@ -476,8 +552,13 @@ async fn talosctl_lists_the_etcd_data_directory_as_it_appears_on_each_node() {
     };
 
     // Before the bootstrap: the etcd directory exists, its member directory on no node.
+    // (talosctl 1.14 leaves the NODE column out of a short listing of one node.)
     let (out, _) = list(&reader, a, "/var/lib/etcd");
-    assert!(out.contains(a) && out.contains(" ."), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().next_back() == Some(".")),
+        "{out}"
+    );
     let (out, err) = list(&tc, &all, "/var/lib/etcd/member");
     assert!(!out.contains("snap"), "{out}");
     assert_eq!(
@@ -500,4 +581,83 @@ async fn talosctl_lists_the_etcd_data_directory_as_it_appears_on_each_node() {
         assert!(lines.iter().any(|l| l.ends_with("snap")), "{out}");
     }
     assert!(!err.contains("no such file"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talosctl_1_13_lists_the_etcd_data_directory_as_it_appears_on_each_node() {
+    lists_the_etcd_data_directory_as_it_appears_on_each_node(TALOS_1_13).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talosctl_1_14_lists_the_etcd_data_directory_as_it_appears_on_each_node() {
+    lists_the_etcd_data_directory_as_it_appears_on_each_node(TALOS_1_14).await;
+}
+
+/// Talos past v1.14 keeps v1.14's apply semantics: a node reporting v1.15.0-alpha.1 applies
+/// every configuration change talosctl 1.14 sends live, in AUTO and NO_REBOOT mode alike, the
+/// changes a v1.13 node reboots for (a machine feature) or refuses without a reboot (the
+/// environment) included, without rebooting. (talosctl 1.14 no longer offers REBOOT mode; the
+/// node's refusal of it is `client.rs`'s to show.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_15_alpha_node_applies_every_change_live() {
+    let c = Cluster::maintenance(
+        Line {
+            version: "v1.15.0-alpha.1",
+            ..TALOS_1_14
+        },
+        1,
+    )
+    .await;
+    let a = &c.nodes[0];
+    let mut events = c.sim.events();
+    let config = c.controlplane_config();
+    c.ok(&[
+        "-e",
+        a,
+        "-n",
+        a,
+        "apply-config",
+        "--insecure",
+        "--file",
+        &config,
+    ]);
+    wait_up(&mut events, &c.nodes, true).await;
+    let tc = c.talosconfig("talosconfig", "os:admin");
+    let (boots, _) = c.sim.running(a).unwrap();
+
+    // Each configuration is the whole one: the second keeps the first change.
+    let feature = "machine:\n  features:\n    diskQuotaSupport: false\n";
+    let env = format!("{feature}  env:\n    HTTP_PROXY: http://proxy:3128\n");
+    let changes = [("auto", feature), ("no-reboot", env.as_str())];
+    for (i, (mode, patch)) in changes.into_iter().enumerate() {
+        let file = c.patched_controlplane_config(&format!("change-{i}.yaml"), Some(patch));
+        let o = c.talosctl(&via(
+            &tc,
+            a,
+            a,
+            &["apply-config", "--file", &file, "--mode", mode],
+        ));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "--mode {mode}: {text}");
+        assert!(
+            text.contains("Applied configuration without a reboot"),
+            "--mode {mode}: {text}"
+        );
+    }
+    let (boots_after, docs) = c.sim.running(a).unwrap();
+    assert_eq!(boots_after, boots, "no reboot");
+    assert_eq!(
+        c.sim.status(a),
+        Some((Phase::Running, "v1.15.0-alpha.1".into()))
+    );
+    let machine = &docs[0]["machine"];
+    assert_eq!(machine["features"]["diskQuotaSupport"], false, "{machine}");
+    assert_eq!(
+        machine["env"]["HTTP_PROXY"], "http://proxy:3128",
+        "{machine}"
+    );
 }

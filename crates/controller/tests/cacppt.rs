@@ -52,43 +52,6 @@ async fn machines(client: &kube::Client, ns: &str) -> Vec<DynamicObject> {
         .unwrap_or_default()
 }
 
-/// Until `check` returns Some, or fail with `what`, the machines, the TalosControlPlane's status
-/// and the tails of `logs`.
-async fn eventually<T>(
-    client: &kube::Client,
-    ns: &str,
-    logs: &[&std::path::Path],
-    what: &str,
-    check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let explain = async || {
-        let tcp = tcp_api(client, ns).get_opt(NAME).await.ok().flatten();
-        let names: Vec<String> = machines(client, ns)
-            .await
-            .iter()
-            .map(|m| {
-                format!(
-                    "{} version={} nodeRef={}",
-                    m.name_any(),
-                    m.data["spec"]["version"],
-                    m.data["status"]["nodeRef"]
-                )
-            })
-            .collect();
-        let tails: Vec<String> = logs
-            .iter()
-            .map(|log| format!("{}:\n{}", log.display(), testkit::process::tail(log, 40)))
-            .collect();
-        format!(
-            "machines: {names:#?}\nTalosControlPlane status: {}\n{}",
-            serde_json::to_string_pretty(&tcp.map(|t| t.data["status"].clone()))
-                .unwrap_or_default(),
-            tails.join("\n")
-        )
-    };
-    testkit::eventually_explained(what, DEADLINE, check, explain).await
-}
-
 fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
     status["conditions"]
         .as_array()?
@@ -107,10 +70,12 @@ async fn settled(
     n: usize,
     version: &str,
 ) -> Vec<String> {
-    eventually(
+    common::eventually_logged(
         client,
         ns,
+        NAME,
         logs,
+        DEADLINE,
         &format!("{n} machines at {version}, ready, with {n} etcd members"),
         async || {
             let tcp = tcp_api(client, ns).get(NAME).await.ok()?;
@@ -242,10 +207,12 @@ impl Untouched {
 async fn ours_settled(bed: &Bed, version: &str) -> Vec<String> {
     let (client, ns) = (&bed.client, bed.ns.as_str());
     let hook = controller::controlplane::machines::cleanup_hook();
-    eventually(
+    common::eventually_logged(
         client,
         ns,
+        NAME,
         &[],
+        DEADLINE,
         &format!("talos-capi reports 3 machines at {version}, Available"),
         async || {
             let tcp = tcp_api(client, ns).get(NAME).await.ok()?;
@@ -478,10 +445,12 @@ async fn real_cacppt_and_cabpt_bring_up_three_nodes_and_roll_a_kubernetes_upgrad
             Some(false),
             "a removal lost quorum: {history:?}"
         );
-        eventually(
+        common::eventually_logged(
             client,
             ns,
+            NAME,
             &logs,
+            DEADLINE,
             "the removed member's node terminated",
             async || (!infra.sim.nodes().contains(&change.node)).then_some(()),
         )

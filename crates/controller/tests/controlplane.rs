@@ -21,32 +21,6 @@ use serde_json::json;
 use talos_sim::Simulator;
 use talos_sim::etcd::Op;
 
-/// Until `check` returns Some, or fail with `what` and the control plane's status.
-async fn eventually<T>(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    what: &str,
-    check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let explain = async || {
-        let api = Api::<TalosControlPlane>::namespaced(client.clone(), ns);
-        let tcp = api.get_opt(name).await.ok().flatten();
-        // The conditions first, a line each (what a truncated log still shows).
-        let conditions: Vec<String> = tcp
-            .iter()
-            .flat_map(|t| t.status.iter().flat_map(|s| s.conditions.iter().flatten()))
-            .map(|c| format!("  {}={} {}: {}", c.type_, c.status, c.reason, c.message))
-            .collect();
-        format!(
-            "TalosControlPlane conditions:\n{}\nstatus: {}",
-            conditions.join("\n"),
-            serde_json::to_string(&tcp.and_then(|t| t.status)).unwrap_or_default()
-        )
-    };
-    testkit::eventually_explained(what, WAIT, check, explain).await
-}
-
 fn condition(tcp: &TalosControlPlane, t: ConditionType) -> Option<conditions::Condition> {
     tcp.status
         .as_ref()

@@ -12,7 +12,8 @@ use api::bootstrap::v1alpha3::TalosConfig;
 use api::conditions::{self, ConditionType};
 use controller::{Context, Options};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::wait::await_condition;
 use serde_json::{Value, json};
 use testkit::{shared, unique_namespace};
@@ -413,6 +414,75 @@ pub async fn control_plane_cluster_at(
     sim_infra::control_plane_cluster(client, ns, name, replicas, endpoint)
         .await
         .unwrap();
+}
+
+/// Until `check` returns Some, or fail with `what` and control plane `name` of `ns` as it is
+/// then (see [`eventually_logged`]), within [`WAIT`].
+pub async fn eventually<T>(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    eventually_logged(client, ns, name, &[], WAIT, what, check).await
+}
+
+/// Until `check` returns Some, or fail once `within` has passed with `what` and the state waited
+/// on: the conditions of TalosControlPlane `name` of `ns` (ours or CACPPT's, the same kind) a
+/// line each first (what a truncated log still shows), its status, the control-plane Machines
+/// with their versions and nodeRefs, and the tails of `logs` (the components involved).
+pub async fn eventually_logged<T>(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    logs: &[&std::path::Path],
+    within: Duration,
+    what: &str,
+    check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let explain = async || {
+        let tcps = dynamic(
+            client,
+            ns,
+            "controlplane.cluster.x-k8s.io/v1alpha3",
+            "TalosControlPlane",
+        );
+        let tcp = tcps.get_opt(name).await.ok().flatten();
+        let status = tcp.map(|t| t.data["status"].clone()).unwrap_or_default();
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let conditions: Vec<String> = status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let (t, s) = (text(&c["type"]), text(&c["status"]));
+                format!("  {t}={s} {}: {}", text(&c["reason"]), text(&c["message"]))
+            })
+            .collect();
+        let machines: Vec<String> = dynamic(client, ns, "cluster.x-k8s.io/v1beta2", "Machine")
+            .list(&ListParams::default().labels("cluster.x-k8s.io/control-plane"))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .iter()
+            .map(|m| {
+                let (version, node) = (&m.data["spec"]["version"], &m.data["status"]["nodeRef"]);
+                format!("  {} version={version} nodeRef={node}", m.name_any())
+            })
+            .collect();
+        let tails: Vec<String> = logs
+            .iter()
+            .map(|log| format!("{}:\n{}", log.display(), testkit::process::tail(log, 40)))
+            .collect();
+        format!(
+            "TalosControlPlane conditions:\n{}\nstatus: {status}\nmachines:\n{}\n{}",
+            conditions.join("\n"),
+            machines.join("\n"),
+            tails.join("\n")
+        )
+    };
+    testkit::eventually_explained(what, within, check, explain).await
 }
 
 /// The annotation [`nudge`] sets.

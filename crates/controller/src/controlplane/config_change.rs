@@ -12,6 +12,7 @@ use serde_json::json;
 use super::plan::Step;
 use super::reconfigure::{MARKER, Marker, TRY_TIMEOUT};
 use super::status::Report;
+use super::wait_reason::WaitReason;
 use super::{Act, Annotation, annotate_machine, machines, talos};
 use crate::bootstrap::secrets::bundle_name;
 use crate::{Context, Error, report};
@@ -149,7 +150,7 @@ pub(super) async fn act(
                 }
                 Err(talos::ConfigError::Unreachable(why)) => {
                     return Ok(Step::Wait {
-                        reason: "WaitingForNode",
+                        reason: WaitReason::WaitingForNode,
                         message: format!(
                             "asking the node of machine {machine} to try the new configuration: {why}"
                         ),
@@ -203,7 +204,7 @@ pub(super) async fn act(
                 }
                 Err(talos::ConfigError::Unreachable(why)) => {
                     return Ok(Step::Wait {
-                        reason: "WaitingForNode",
+                        reason: WaitReason::WaitingForNode,
                         message: format!(
                             "confirming the new configuration on machine {machine}: {why}"
                         ),
@@ -253,7 +254,7 @@ pub(super) async fn act(
                     // It may have arrived (a lost reply): the node is watched for its reboot,
                     // and asked again only if it is still up a while later.
                     return Ok(Step::Wait {
-                        reason: "WaitingForNode",
+                        reason: WaitReason::WaitingForNode,
                         message: format!(
                             "asking the node of machine {machine} to reboot into the new configuration: {why}"
                         ),

@@ -22,6 +22,7 @@ pub mod scope;
 pub mod status;
 pub mod talos;
 pub mod upgrade;
+pub mod wait_reason;
 pub mod workload;
 
 use std::sync::Arc;
@@ -46,6 +47,7 @@ use crate::{Context, Error, cache, report};
 use plan::Step;
 use scope::{ControlPlane, FailureDomain, MachineView};
 use status::{Counted, Report};
+use wait_reason::WaitReason;
 
 pub const CONTROLLER: &str = "taloscontrolplane";
 /// CACPPT's finalizer, so that control planes it created are adopted as they are.
@@ -604,7 +606,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     let halted = matches!(
         step,
         Step::Wait {
-            reason: "TalosUpgradeFailed",
+            reason: WaitReason::TalosUpgradeFailed,
             ..
         }
     );
@@ -854,7 +856,7 @@ async fn act(
             let count = machines::count(ctx, tcp, cluster).await?;
             if count.total >= *limit {
                 return Ok(Step::Wait {
-                    reason: "WaitingForCache",
+                    reason: WaitReason::WaitingForCache,
                     message: format!(
                         "{} machines exist; waiting for the cache to show them",
                         count.total
@@ -898,7 +900,7 @@ async fn act(
             let address = by_name(machine).and_then(talos::address);
             let (Some(address), Some(tc)) = (address, talosconfig) else {
                 return Ok(Step::Wait {
-                    reason: "WaitingForNode",
+                    reason: WaitReason::WaitingForNode,
                     message: format!(
                         "waiting for machine {machine} to report its address and for the cluster talosconfig, to bootstrap etcd on it"
                     ),
@@ -919,7 +921,7 @@ async fn act(
                 }
                 Err(e) => {
                     return Ok(Step::Wait {
-                        reason: "WaitingForNode",
+                        reason: WaitReason::WaitingForNode,
                         message: format!("waiting for the node of machine {machine}: {e}"),
                     });
                 }
@@ -984,7 +986,7 @@ async fn act(
             let count = machines::count(ctx, tcp, cluster).await?;
             if count.live < cached {
                 return Ok(Step::Wait {
-                    reason: "WaitingForCache",
+                    reason: WaitReason::WaitingForCache,
                     message: format!(
                         "{} machines exist; waiting for the cache to show them",
                         count.live
@@ -1057,7 +1059,7 @@ async fn act(
                 }
                 Err(talos::UpgradeError::Unreachable(why)) => {
                     return Ok(Step::Wait {
-                        reason: "WaitingForNode",
+                        reason: WaitReason::WaitingForNode,
                         message: format!(
                             "asking the node of machine {machine} to upgrade Talos: {why}"
                         ),

@@ -4,6 +4,7 @@
 
 use super::rollout::{self, Desired, version_check};
 use super::scope::{Blocked, ControlPlane};
+pub use super::wait_reason::WaitReason;
 
 /// One step, or why none is taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,10 +61,7 @@ pub enum Step {
     /// The record is for another configuration (controlPlaneConfig changed): clear it.
     ForgetConfigChange { machine: String },
     /// Nothing may change now; the reason and message say why, for a condition.
-    Wait {
-        reason: &'static str,
-        message: String,
-    },
+    Wait { reason: WaitReason, message: String },
     /// The control plane has the desired shape.
     Steady,
 }
@@ -83,7 +81,7 @@ pub fn next_step(desired: &Desired, bootstrapped: bool, cp: &ControlPlane) -> St
     let replicas = desired.replicas;
     if replicas < 1 {
         return Step::Wait {
-            reason: "InvalidReplicas",
+            reason: WaitReason::InvalidReplicas,
             message: format!(
                 "refusing to scale to {replicas} replicas: a control plane keeps at least one machine"
             ),
@@ -110,7 +108,7 @@ pub fn next_step(desired: &Desired, bootstrapped: bool, cp: &ControlPlane) -> St
                 Err(blocked) => blocked.into(),
             },
             None => Step::Wait {
-                reason: "MachineDeleting",
+                reason: WaitReason::MachineDeleting,
                 message: "waiting for deleting machines to go before creating the first one".into(),
             },
             Some(first) => Step::BootstrapEtcd {
@@ -147,7 +145,7 @@ fn release_step(cp: &ControlPlane, bootstrapped: bool) -> Option<Step> {
     }
     let Some(members) = &cp.etcd else {
         return Some(Step::Wait {
-            reason: "EtcdUnknown",
+            reason: WaitReason::EtcdUnknown,
             message: format!(
                 "machine {} is being deleted; waiting for the etcd member list to remove its member first",
                 m.name
@@ -164,7 +162,7 @@ fn release_step(cp: &ControlPlane, bootstrapped: bool) -> Option<Step> {
         release(Some(member.id))
     } else {
         Step::Wait {
-            reason: "EtcdQuorumAtRisk",
+            reason: WaitReason::EtcdQuorumAtRisk,
             message: format!(
                 "machine {} is being deleted, but removing its etcd member {:x} now would lose quorum; waiting for the other members to be healthy",
                 m.name, member.id
@@ -341,7 +339,7 @@ mod tests {
         assert!(cp.orphan_members().is_empty());
         let refused = next_step(&desired(0), bootstrapped, &cp);
         assert!(
-            matches!(&refused, Step::Wait { reason: "InvalidReplicas", message } if message.contains("at least one")),
+            matches!(&refused, Step::Wait { reason: WaitReason::InvalidReplicas, message } if message.contains("at least one")),
             "{refused:?}"
         );
     }
@@ -382,7 +380,7 @@ mod tests {
         }
         match next_step(&desired(1), b, &sick) {
             Step::Wait { reason, message } => {
-                assert_eq!(reason, "EtcdMemberUnhealthy");
+                assert_eq!(reason, WaitReason::EtcdMemberUnhealthy);
                 assert!(message.contains("cp-1"), "{message}");
             }
             other => panic!("expected a wait, got {other:?}"),

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::Step;
 use super::scope::{ControlPlane, MachineView};
+use super::wait_reason::WaitReason;
 
 /// The Machine annotation of a configuration change tried on its node: a JSON [`Marker`].
 /// Removing it from a machine whose change failed asks for another attempt.
@@ -114,7 +115,7 @@ pub fn step(digest: &str, reboot_in_place: bool, cp: &ControlPlane) -> Option<St
         }
         if let Some(why) = &r.failed {
             return Some(Step::Wait {
-                reason: "TalosConfigChangeFailed",
+                reason: WaitReason::TalosConfigChangeFailed,
                 message: format!(
                     "the configuration change of machine {} failed: {why}; nothing else is changed in place until it is fixed: remove the annotation {MARKER} from machine {} to try again, or change controlPlaneConfig",
                     m.name, m.name
@@ -145,7 +146,7 @@ pub fn step(digest: &str, reboot_in_place: bool, cp: &ControlPlane) -> Option<St
             });
         }
         return Some(Step::Wait {
-            reason: "TalosConfigChangeInProgress",
+            reason: WaitReason::TalosConfigChangeInProgress,
             message: format!(
                 "waiting for machine {} to be healthy on its new configuration ({}) before it is confirmed",
                 m.name,
@@ -212,7 +213,7 @@ fn reboot_step(
         "not seen rebooting yet".into()
     };
     Step::Wait {
-        reason: "TalosConfigRebootInProgress",
+        reason: WaitReason::TalosConfigRebootInProgress,
         message: format!(
             "{progress}; waiting for machine {} to reboot into it and be healthy ({state})",
             m.name
@@ -276,7 +277,7 @@ mod tests {
         c.machines[0].components_healthy = false;
         match step("new", false, &c) {
             Some(Step::Wait { reason, message }) => {
-                assert_eq!(reason, "TalosConfigChangeInProgress");
+                assert_eq!(reason, WaitReason::TalosConfigChangeInProgress);
                 assert!(message.contains("etcd, kubelet or apid"), "{message}");
             }
             other => panic!("{other:?}"),
@@ -296,7 +297,7 @@ mod tests {
         c.machines[2].node_not_ready = Some("Ready is False".into());
         assert!(matches!(
             step("new", false, &c),
-            Some(Step::Wait { reason: "WaitingForHealthyNodes", message })
+            Some(Step::Wait { reason: WaitReason::WaitingForHealthyNodes, message })
                 if message.contains("1 of 3 machines") && message.contains("m2")
         ));
         c.machines[2].node_not_ready = None;
@@ -325,7 +326,7 @@ mod tests {
         });
         assert!(matches!(
             step("new", false, &c),
-            Some(Step::Wait { reason: "TalosConfigChangeFailed", message }) if message.contains(MARKER)
+            Some(Step::Wait { reason: WaitReason::TalosConfigChangeFailed, message }) if message.contains(MARKER)
         ));
         // The spec changed again: the old record is forgotten.
         assert_eq!(
@@ -393,7 +394,7 @@ mod tests {
         c.machines[2].components_healthy = false;
         assert!(matches!(
             step("new", true, &c),
-            Some(Step::Wait { reason: "WaitingForHealthyNodes", message })
+            Some(Step::Wait { reason: WaitReason::WaitingForHealthyNodes, message })
                 if message.contains("m2") && message.contains("no node reboots now")
         ));
         c.machines[2].components_healthy = true;
@@ -401,7 +402,7 @@ mod tests {
         c.machines[0].reconfigure = Some(needs(true, false));
         assert!(matches!(
             step("new", true, &c),
-            Some(Step::Wait { reason: "TalosConfigRebootInProgress", message })
+            Some(Step::Wait { reason: WaitReason::TalosConfigRebootInProgress, message })
                 if message.contains("not seen rebooting")
         ));
         // Still up a minute later: the request is taken as lost, and asked again.
@@ -422,7 +423,7 @@ mod tests {
         c.machines[0].reachable = true;
         assert!(matches!(
             step("new", true, &c),
-            Some(Step::Wait { reason: "TalosConfigRebootInProgress", message })
+            Some(Step::Wait { reason: WaitReason::TalosConfigRebootInProgress, message })
                 if message.contains("m0") && message.contains("0 of 3")
         ));
         // Healthy: confirmed, which records the new digest.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::Step;
 use super::scope::{ControlPlane, MachineView};
+use super::wait_reason::WaitReason;
 
 /// On the TalosControlPlane while a remediated machine awaits its replacement (KCP's name).
 pub const IN_PROGRESS: &str = "controlplane.cluster.x-k8s.io/remediation-in-progress";
@@ -60,7 +61,7 @@ impl Policy {
     }
 }
 
-fn wait(reason: &'static str, message: String) -> Option<Step> {
+fn wait(reason: WaitReason, message: String) -> Option<Step> {
     Some(Step::Wait { reason, message })
 }
 
@@ -77,7 +78,7 @@ pub fn step(cp: &ControlPlane, initialized: bool) -> Option<Step> {
     })?;
     if let Some(d) = cp.machines.iter().find(|m| m.deleting) {
         return wait(
-            "RemediationWaiting",
+            WaitReason::RemediationWaiting,
             format!(
                 "machine {} is unhealthy; waiting for machine {} to finish deleting first (one machine at a time)",
                 target.name, d.name
@@ -91,7 +92,7 @@ pub fn step(cp: &ControlPlane, initialized: bool) -> Option<Step> {
             let count = r.retry_count + 1;
             if let Some(max) = policy.max_retry.filter(|max| count > *max) {
                 return wait(
-                    "RemediationRetriesExhausted",
+                    WaitReason::RemediationRetriesExhausted,
                     format!(
                         "machine {} replaced machine {}, which was remediated {} time(s) in a row; maxRetry is {max}, so it is not remediated again: fix the cause, then delete the machine",
                         target.name,
@@ -103,7 +104,7 @@ pub fn step(cp: &ControlPlane, initialized: bool) -> Option<Step> {
             let next = r.timestamp.0 + policy.retry_period;
             if cp.now < next {
                 return wait(
-                    "RemediationRetryPeriod",
+                    WaitReason::RemediationRetryPeriod,
                     format!(
                         "machine {} is unhealthy; the last remediation was at {}, and retryPeriodSeconds allows the next at {next}",
                         target.name, r.timestamp.0
@@ -118,7 +119,7 @@ pub fn step(cp: &ControlPlane, initialized: bool) -> Option<Step> {
         let live = cp.machines.iter().filter(|m| !m.deleting).count();
         if live < 2 {
             return wait(
-                "RemediationBlocked",
+                WaitReason::RemediationBlocked,
                 format!(
                     "machine {} is unhealthy, but it is the only control-plane machine: remediating it would destroy the cluster; scale up first or replace it by hand",
                     target.name
@@ -127,7 +128,7 @@ pub fn step(cp: &ControlPlane, initialized: bool) -> Option<Step> {
         }
         let Some(members) = &cp.etcd else {
             return wait(
-                "EtcdUnknown",
+                WaitReason::EtcdUnknown,
                 format!(
                     "machine {} is unhealthy; waiting for the etcd member list to check that removing it keeps quorum",
                     target.name
@@ -138,7 +139,7 @@ pub fn step(cp: &ControlPlane, initialized: bool) -> Option<Step> {
             && !cp.can_remove_member(member.id)
         {
             return wait(
-                "EtcdQuorumAtRisk",
+                WaitReason::EtcdQuorumAtRisk,
                 format!(
                     "machine {} is unhealthy, but removing its etcd member would lose quorum; waiting for the other members to be healthy",
                     target.name
@@ -197,7 +198,7 @@ mod tests {
         assert!(matches!(
             step(&c, true),
             Some(Step::Wait {
-                reason: "RemediationWaiting",
+                reason: WaitReason::RemediationWaiting,
                 ..
             })
         ));
@@ -210,7 +211,7 @@ mod tests {
         assert!(matches!(
             step(&one, true),
             Some(Step::Wait {
-                reason: "RemediationBlocked",
+                reason: WaitReason::RemediationBlocked,
                 ..
             })
         ));
@@ -225,7 +226,7 @@ mod tests {
         assert!(matches!(
             step(&c, true),
             Some(Step::Wait {
-                reason: "EtcdQuorumAtRisk",
+                reason: WaitReason::EtcdQuorumAtRisk,
                 ..
             })
         ));
@@ -245,7 +246,7 @@ mod tests {
         assert!(matches!(
             step(&c, true),
             Some(Step::Wait {
-                reason: "RemediationRetryPeriod",
+                reason: WaitReason::RemediationRetryPeriod,
                 ..
             })
         ));
@@ -261,7 +262,7 @@ mod tests {
         c.machines[2].remediation_for = Some(record("m0", 1, at(10_000 - 120)));
         match step(&c, true) {
             Some(Step::Wait {
-                reason: "RemediationRetriesExhausted",
+                reason: WaitReason::RemediationRetriesExhausted,
                 message,
             }) => {
                 assert!(message.contains("maxRetry is 1"), "{message}");

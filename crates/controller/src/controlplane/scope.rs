@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::wait_reason::WaitReason;
 use k8s_openapi::jiff::Timestamp;
 
 /// A failure domain of the Cluster (`status.failureDomains`).
@@ -132,7 +133,7 @@ pub struct EtcdMember {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocked {
     /// A reason for conditions, e.g. `MachineDeleting`.
-    pub check: &'static str,
+    pub check: WaitReason,
     pub message: String,
 }
 
@@ -264,7 +265,7 @@ impl ControlPlane {
     pub fn preflight(&self, leaving: Option<&str>) -> Result<(), Blocked> {
         if let Some(m) = self.machines.iter().find(|m| m.deleting) {
             return Err(Blocked {
-                check: "MachineDeleting",
+                check: WaitReason::MachineDeleting,
                 message: format!("waiting for machine {} to finish deleting", m.name),
             });
         }
@@ -282,7 +283,7 @@ impl ControlPlane {
     fn health_checks(&self, leaving: Option<&str>) -> Result<(), Blocked> {
         let Some(members) = &self.etcd else {
             return Err(Blocked {
-                check: "EtcdUnknown",
+                check: WaitReason::EtcdUnknown,
                 message: "no control-plane node answered for the etcd member list".into(),
             });
         };
@@ -295,13 +296,13 @@ impl ControlPlane {
             match members.iter().find(|e| e.name == m.hostname) {
                 None => {
                     return Err(Blocked {
-                        check: "EtcdMemberMissing",
+                        check: WaitReason::EtcdMemberMissing,
                         message: format!("machine {} has no etcd member", m.name),
                     });
                 }
                 Some(e) if !e.healthy || e.learner => {
                     return Err(Blocked {
-                        check: "EtcdMemberUnhealthy",
+                        check: WaitReason::EtcdMemberUnhealthy,
                         message: format!(
                             "the etcd member of machine {} (id {:x}) is {}",
                             m.name,
@@ -319,7 +320,7 @@ impl ControlPlane {
         }
         if let Some(m) = staying().find(|m| !m.components_healthy) {
             return Err(Blocked {
-                check: "ControlPlaneComponentsUnhealthy",
+                check: WaitReason::ControlPlaneComponentsUnhealthy,
                 message: format!(
                     "the control-plane components of machine {} are not healthy",
                     m.name
@@ -405,7 +406,7 @@ impl ControlPlane {
     ) -> Option<super::plan::Step> {
         if self.etcd.is_none() {
             return Some(super::plan::Step::Wait {
-                reason: "EtcdUnknown",
+                reason: WaitReason::EtcdUnknown,
                 message: format!("{progress}; no node answered for the etcd member list"),
             });
         }
@@ -420,7 +421,7 @@ impl ControlPlane {
             .find(|e| !e.learner && !running.contains(e.name.as_str()))
         {
             return Some(super::plan::Step::Wait {
-                reason: "WaitingForHealthyNodes",
+                reason: WaitReason::WaitingForHealthyNodes,
                 message: format!(
                     "{progress}; etcd member {} ({:x}) belongs to no running machine and still votes, so {what}",
                     e.name, e.id
@@ -432,7 +433,7 @@ impl ControlPlane {
             .into_iter()
             .find_map(|m| Some((m, self.unavailable_because(m)?)))?;
         Some(super::plan::Step::Wait {
-            reason: "WaitingForHealthyNodes",
+            reason: WaitReason::WaitingForHealthyNodes,
             message: format!(
                 "{progress}; machine {} is not healthy ({why}), so {what}",
                 sick.name
@@ -631,14 +632,14 @@ mod tests {
         deleting.machines[1].deleting = true;
         assert_eq!(
             deleting.preflight(None).map_err(|b| b.check),
-            Err("MachineDeleting")
+            Err(WaitReason::MachineDeleting)
         );
 
         let mut unknown = ok.clone();
         unknown.etcd = None;
         assert_eq!(
             unknown.preflight(None).map_err(|b| b.check),
-            Err("EtcdUnknown")
+            Err(WaitReason::EtcdUnknown)
         );
 
         let mut missing = ok.clone();
@@ -648,7 +649,7 @@ mod tests {
         let blocked = missing
             .preflight(None)
             .expect_err("a machine without a member");
-        assert_eq!(blocked.check, "EtcdMemberMissing");
+        assert_eq!(blocked.check, WaitReason::EtcdMemberMissing);
         assert!(blocked.message.contains("m2"), "{}", blocked.message);
 
         let mut sick = ok.clone();
@@ -657,14 +658,14 @@ mod tests {
         }
         assert_eq!(
             sick.preflight(None).map_err(|b| b.check),
-            Err("EtcdMemberUnhealthy")
+            Err(WaitReason::EtcdMemberUnhealthy)
         );
 
         let mut components = ok;
         components.machines[2].components_healthy = false;
         assert_eq!(
             components.preflight(None).map_err(|b| b.check),
-            Err("ControlPlaneComponentsUnhealthy")
+            Err(WaitReason::ControlPlaneComponentsUnhealthy)
         );
     }
 

@@ -653,6 +653,7 @@ pub fn status(
 #[cfg(test)]
 mod tests {
     use super::super::scope::{EtcdMember, MachineView};
+    use super::super::wait_reason::WaitReason;
     use super::*;
     use k8s_openapi::jiff::Timestamp;
 
@@ -800,7 +801,7 @@ mod tests {
         let now = Time(Timestamp::UNIX_EPOCH);
         let mut r = report(&[true]);
         r.step = Some(Step::Wait {
-            reason: "EtcdMemberUnhealthy",
+            reason: WaitReason::EtcdMemberUnhealthy,
             message: "the etcd member of machine m0 is unhealthy".into(),
         });
         let s = status(&TalosControlPlaneStatus::default(), &r, Some(1), &now);

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::Step;
 use super::scope::{ControlPlane, MachineView, quorum};
+use super::wait_reason::WaitReason;
 
 /// The Machine annotation of an upgrade asked for and not finished: a JSON [`Marker`].
 /// Removing it from a machine whose upgrade failed asks for another attempt.
@@ -110,7 +111,7 @@ pub fn step(target: &Target, cp: &ControlPlane) -> Option<Step> {
         }
         if let Some(why) = &u.failed {
             return Some(Step::Wait {
-                reason: "TalosUpgradeFailed",
+                reason: WaitReason::TalosUpgradeFailed,
                 message: format!(
                     "the Talos upgrade of machine {} to {} failed: {why}; nothing else is upgraded until it recovers: fix the node and remove the annotation {MARKER} from machine {} to try again, or change talosUpgrade",
                     m.name, u.version, m.name
@@ -177,7 +178,7 @@ pub fn step(target: &Target, cp: &ControlPlane) -> Option<Step> {
             .find_map(|m| Some(format!(" ({}: {})", m.name, cp.unavailable_because(m)?)))
             .unwrap_or_default();
         return Some(Step::Wait {
-            reason: "TalosUpgradeInProgress",
+            reason: WaitReason::TalosUpgradeInProgress,
             message: format!(
                 "{progress}; waiting for {} to be back healthy on {}{still}",
                 upgrading.join(", "),
@@ -281,7 +282,7 @@ mod tests {
         // maxParallel 3 is capped at 1 by quorum with three members.
         match step(&target(3), &c) {
             Some(Step::Wait { reason, message }) => {
-                assert_eq!(reason, "TalosUpgradeInProgress");
+                assert_eq!(reason, WaitReason::TalosUpgradeInProgress);
                 assert!(
                     message.contains("0 of 3 nodes on Talos v1.13.1"),
                     "{message}"
@@ -303,7 +304,7 @@ mod tests {
         c.machines[2].components_healthy = false;
         assert!(matches!(
             step(&target(1), &c),
-            Some(Step::Wait { reason: "WaitingForHealthyNodes", message }) if message.contains("m2")
+            Some(Step::Wait { reason: WaitReason::WaitingForHealthyNodes, message }) if message.contains("m2")
         ));
         c.machines[2].components_healthy = true;
         assert_eq!(
@@ -328,7 +329,7 @@ mod tests {
         c.machines[1].cleanup_hook = false;
         match step(&target(2), &c) {
             Some(Step::Wait { reason, message }) => {
-                assert_eq!(reason, "WaitingForHealthyNodes");
+                assert_eq!(reason, WaitReason::WaitingForHealthyNodes);
                 assert!(
                     message.contains("etcd member m1 (2) belongs to no running machine"),
                     "{message}"
@@ -358,7 +359,7 @@ mod tests {
         c.machines[0].node_not_ready = Some("Ready is False (KubeletNotReady)".into());
         match step(&target(1), &c) {
             Some(Step::Wait { reason, message }) => {
-                assert_eq!(reason, "TalosUpgradeInProgress");
+                assert_eq!(reason, WaitReason::TalosUpgradeInProgress);
                 assert!(
                     message.contains("its Node m0 is not Ready: Ready is False (KubeletNotReady)"),
                     "{message}"
@@ -378,7 +379,7 @@ mod tests {
         c.machines[2].node_not_ready = Some("Ready is Unknown (NodeStatusUnknown)".into());
         assert!(matches!(
             step(&target(1), &c),
-            Some(Step::Wait { reason: "WaitingForHealthyNodes", message })
+            Some(Step::Wait { reason: WaitReason::WaitingForHealthyNodes, message })
                 if message.contains("machine m2 is not healthy (its Node m2 is not Ready")
         ));
     }
@@ -402,7 +403,7 @@ mod tests {
         assert!(matches!(
             step(&target(9), &c),
             Some(Step::Wait {
-                reason: "TalosUpgradeInProgress",
+                reason: WaitReason::TalosUpgradeInProgress,
                 ..
             })
         ));
@@ -436,7 +437,7 @@ mod tests {
         set(&mut c, 0, |u| u.failed = Some("rolled back".into()));
         match step(&target(1), &c) {
             Some(Step::Wait { reason, message }) => {
-                assert_eq!(reason, "TalosUpgradeFailed");
+                assert_eq!(reason, WaitReason::TalosUpgradeFailed);
                 assert!(
                     message.contains("m0") && message.contains(MARKER),
                     "{message}"

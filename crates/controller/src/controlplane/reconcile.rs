@@ -14,12 +14,13 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::Annotation as _;
+use super::execute::{self, Act};
 use super::plan::{self, Step};
 use super::scope::{ControlPlane, FailureDomain};
 use super::status::{self, Report};
 use super::wait_reason::WaitReason;
 use super::{
-    Act, IN_PROGRESS, Look, certificates, config_change, controlled_by, counted, ensure_finalizer,
+    IN_PROGRESS, Look, certificates, config_change, controlled_by, counted, ensure_finalizer,
     finalize, key_of, kubeconfig, last_remediation, machines, next_look, own_ref, owner_cluster,
     reconfigure, reconfigure_marker, remediation, resource, rollout, talos, typed, upgrade, view,
     workload, write_status,
@@ -73,7 +74,7 @@ pub(super) async fn reconcile(obj: &DynamicObject, ctx: &Context) -> Result<Acti
     housekeep_machines(ctx, &tcp, &machines, &report).await?;
 
     let step = plan::next_step(&desired, report.bootstrapped, &report.view);
-    let step = super::act(
+    let step = execute::act(
         ctx,
         &tcp,
         &cluster_name,

@@ -18,10 +18,12 @@ pub mod machines;
 pub mod plan;
 mod reconcile;
 pub mod reconfigure;
+pub mod records;
 pub mod remediation;
 pub mod rollout;
 pub mod scope;
 pub mod status;
+pub mod step;
 pub mod talos;
 pub mod upgrade;
 pub mod wait_reason;
@@ -43,8 +45,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-pub(crate) use crate::bootstrap::talosconfig_resource;
+pub(crate) use crate::cache::talosconfig_resource;
 use crate::{Context, Error, cache, report};
+pub use records::Annotation;
 use scope::{ControlPlane, MachineView};
 use status::{Counted, Report};
 
@@ -61,21 +64,6 @@ const SETTLING_LOOK: Duration = Duration::from_millis(100);
 const FIRST_NODE: Duration = Duration::from_millis(200);
 /// The longest wait between looks at a control plane while one of its nodes does not answer.
 const UNREACHABLE_MAX: Duration = Duration::from_secs(30);
-
-/// A record the controller keeps as JSON in an annotation (an upgrade or a configuration
-/// change under way on a Machine, a remediation): what survives a restart lives on the objects.
-/// One that does not read as a record (a hand edit) is ignored.
-pub trait Annotation: serde::Serialize + serde::de::DeserializeOwned {
-    /// The record in an annotation's value; `None` when it does not read as one.
-    fn parse(value: &str) -> Option<Self> {
-        serde_json::from_str(value).ok()
-    }
-
-    /// The annotation's value.
-    fn to_annotation(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
-}
 
 pub fn resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(

@@ -15,9 +15,10 @@ use kube::{Resource, ResourceExt};
 
 use super::Annotation as _;
 use super::execute::{self, Act};
-use super::plan::{self, Step};
+use super::plan;
 use super::scope::{ControlPlane, FailureDomain};
 use super::status::{self, Report};
+use super::step::Step;
 use super::wait_reason::WaitReason;
 use super::{
     IN_PROGRESS, Look, certificates, config_change, controlled_by, counted, ensure_finalizer,
@@ -38,12 +39,8 @@ pub(super) async fn reconcile(obj: &DynamicObject, ctx: &Context) -> Result<Acti
     let Some(cluster) = ctx.caches.cluster(&ns, &cluster_name)? else {
         return Ok(Action::await_change());
     };
-    let mut machines: Vec<Machine> = ctx
-        .caches
-        .machines_of(&ns, &cluster_name, true)
-        .into_iter()
-        .filter(|m| controlled_by(m, &tcp))
-        .collect();
+    let mut machines: Vec<Machine> = ctx.caches.machines_of(&ns, &cluster_name, true);
+    machines.retain(|m| controlled_by(m, &tcp));
     let mut report = first_report(&tcp, &cluster_name, &machines);
     if tcp.meta().deletion_timestamp.is_some() {
         return finalize(ctx, &tcp, &cluster_name, &machines, report).await;
@@ -74,23 +71,15 @@ pub(super) async fn reconcile(obj: &DynamicObject, ctx: &Context) -> Result<Acti
     housekeep_machines(ctx, &tcp, &machines, &report).await?;
 
     let step = plan::next_step(&desired, report.bootstrapped, &report.view);
-    let step = execute::act(
-        ctx,
-        &tcp,
-        &cluster_name,
-        &machines,
-        Act {
-            talosconfig: seen.talosconfig.as_deref(),
-            upgrade: desired.talos_upgrade.clone(),
-            template: seen.template.ok(),
-            cluster: &cluster,
-            config_digest: &target.config_digest,
-            reboot_in_place: desired.reboot_in_place,
-        },
-        step,
-        &mut report,
-    )
-    .await?;
+    let with = Act {
+        talosconfig: seen.talosconfig.as_deref(),
+        upgrade: desired.talos_upgrade.clone(),
+        template: seen.template.ok(),
+        cluster: &cluster,
+        config_digest: &target.config_digest,
+        reboot_in_place: desired.reboot_in_place,
+    };
+    let step = execute::act(ctx, &tcp, &cluster_name, &machines, with, step, &mut report).await?;
     let settled = remember(ctx, &tcp, &desired, &step, &report, &seen.look);
     report.drift = config_change::drift(
         ctx,

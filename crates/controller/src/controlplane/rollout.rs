@@ -10,8 +10,8 @@ use api::controlplane::v1alpha3::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
-use super::plan::Step;
 use super::scope::{Blocked, ControlPlane, MachineView, quorum};
+use super::step::Step;
 use super::wait_reason::WaitReason;
 use crate::SpecError;
 

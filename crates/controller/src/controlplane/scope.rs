@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::wait_reason::WaitReason;
-use k8s_openapi::jiff::Timestamp;
+use api::controlplane::v1alpha3::RemediationStrategy;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 /// A failure domain of the Cluster (`status.failureDomains`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,17 +43,17 @@ pub struct MachineView {
     /// A MachineHealthCheck marked it unhealthy and asks its owner to remediate it.
     pub unhealthy: bool,
     /// The remediation this machine replaced a machine for, if it did.
-    pub remediation_for: Option<super::remediation::Record>,
+    pub remediation_for: Option<super::records::Remediation>,
     /// The Talos version its node reports (asked only while talosUpgrade is set).
     pub talos_version: Option<String>,
     /// Its node answered the Talos API.
     pub reachable: bool,
     /// The in-place Talos upgrade recorded on it, if one is under way.
-    pub upgrade: Option<super::upgrade::Marker>,
+    pub upgrade: Option<super::records::Upgrade>,
     /// The digest of the configuration it runs (controlPlaneConfig), when recorded.
     pub config_digest: Option<String>,
     /// The in-place configuration change recorded on it, if one is under way.
-    pub reconfigure: Option<super::reconfigure::Marker>,
+    pub reconfigure: Option<super::records::ConfigChange>,
     /// It runs another controlPlaneConfig than the spec's, to be changed in place.
     pub config_pending: bool,
     /// Its node runs another Talos version than talosUpgrade asks for, to be upgraded in
@@ -137,6 +138,39 @@ pub struct Blocked {
     pub message: String,
 }
 
+/// The retry limits, with KubeadmControlPlane's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub max_retry: Option<i32>,
+    pub retry_period: SignedDuration,
+    pub min_healthy_period: SignedDuration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_retry: None,
+            retry_period: SignedDuration::ZERO,
+            min_healthy_period: SignedDuration::from_secs(3600),
+        }
+    }
+}
+
+impl Policy {
+    pub fn of(strategy: Option<&RemediationStrategy>) -> Policy {
+        let default = Policy::default();
+        let Some(s) = strategy else { return default };
+        let secs = |v: Option<i32>, d: SignedDuration| {
+            v.map_or(d, |s| SignedDuration::from_secs(i64::from(s.max(0))))
+        };
+        Policy {
+            max_retry: s.max_retry,
+            retry_period: secs(s.retry_period_seconds, default.retry_period),
+            min_healthy_period: secs(s.min_healthy_period_seconds, default.min_healthy_period),
+        }
+    }
+}
+
 /// The observed control plane.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ControlPlane {
@@ -145,7 +179,7 @@ pub struct ControlPlane {
     /// The etcd members, or `None` when no node answered.
     pub etcd: Option<Vec<EtcdMember>>,
     /// Remediation limits from the spec.
-    pub remediation: super::remediation::Policy,
+    pub remediation: Policy,
     /// The time of the observation.
     pub now: Timestamp,
 }
@@ -403,9 +437,9 @@ impl ControlPlane {
         others: impl IntoIterator<Item = &'a MachineView>,
         progress: &str,
         what: &str,
-    ) -> Option<super::plan::Step> {
+    ) -> Option<super::step::Step> {
         if self.etcd.is_none() {
-            return Some(super::plan::Step::Wait {
+            return Some(super::step::Step::Wait {
                 reason: WaitReason::EtcdUnknown,
                 message: format!("{progress}; no node answered for the etcd member list"),
             });
@@ -420,7 +454,7 @@ impl ControlPlane {
             .flatten()
             .find(|e| !e.learner && !running.contains(e.name.as_str()))
         {
-            return Some(super::plan::Step::Wait {
+            return Some(super::step::Step::Wait {
                 reason: WaitReason::WaitingForHealthyNodes,
                 message: format!(
                     "{progress}; etcd member {} ({:x}) belongs to no running machine and still votes, so {what}",
@@ -432,7 +466,7 @@ impl ControlPlane {
         let (sick, why) = others
             .into_iter()
             .find_map(|m| Some((m, self.unavailable_because(m)?)))?;
-        Some(super::plan::Step::Wait {
+        Some(super::step::Step::Wait {
             reason: WaitReason::WaitingForHealthyNodes,
             message: format!(
                 "{progress}; machine {} is not healthy ({why}), so {what}",

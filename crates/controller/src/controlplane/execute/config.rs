@@ -6,8 +6,8 @@ use kube::runtime::events::EventType;
 use serde_json::json;
 
 use super::super::config_change::{condensed, render};
-use super::super::plan::Step;
 use super::super::reconfigure::{MARKER, Marker, TRY_TIMEOUT};
+use super::super::step::Step;
 use super::super::{annotate_machine, machines, talos};
 use super::{Exec, Node, waiting_for_node};
 use crate::Error;

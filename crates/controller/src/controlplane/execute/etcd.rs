@@ -1,7 +1,7 @@
 //! Steps on etcd itself: bootstrap it once, remove a member no machine owns, let a machine
 //! being deleted go once its member has left.
 
-use super::super::plan::Step;
+use super::super::step::Step;
 use super::super::{healthy_addresses, machines, talos, write_status};
 use super::{Exec, waiting_for_node};
 use crate::Error;

@@ -17,8 +17,8 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::plan::Step;
 use super::status::Report;
+use super::step::Step;
 use super::wait_reason::WaitReason;
 use super::{Annotation, annotate_machine, machines, talos};
 use crate::{Context, Error, report};

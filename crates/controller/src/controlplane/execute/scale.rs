@@ -3,7 +3,7 @@
 
 use kube::{Resource, ResourceExt};
 
-use super::super::plan::Step;
+use super::super::step::Step;
 use super::super::wait_reason::WaitReason;
 use super::super::{Annotation, annotate, entropy, key_of, machines, remediation};
 use super::Exec;

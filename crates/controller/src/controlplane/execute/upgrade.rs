@@ -3,7 +3,7 @@
 
 use kube::runtime::events::EventType;
 
-use super::super::plan::Step;
+use super::super::step::Step;
 use super::super::talos;
 use super::super::upgrade::Marker;
 use super::{Exec, waiting_for_node};

@@ -226,6 +226,31 @@ pub mod reason {
     pub const WAITING_FOR_WORKERS: &str = "WaitingForWorkersDeletion";
     /// The API server refused a status write (an Event's reason: the status cannot say it).
     pub const STATUS_REFUSED: &str = "StatusRefused";
+    // Why a TalosControlPlane takes no step now (the planner's WaitReason).
+    pub const INVALID_REPLICAS: &str = "InvalidReplicas";
+    pub const MACHINE_DELETING: &str = "MachineDeleting";
+    pub const ETCD_UNKNOWN: &str = "EtcdUnknown";
+    pub const ETCD_QUORUM_AT_RISK: &str = "EtcdQuorumAtRisk";
+    pub const ETCD_MEMBER_MISSING: &str = "EtcdMemberMissing";
+    pub const ETCD_MEMBER_UNHEALTHY: &str = "EtcdMemberUnhealthy";
+    pub const CONTROL_PLANE_COMPONENTS_UNHEALTHY: &str = "ControlPlaneComponentsUnhealthy";
+    pub const WAITING_FOR_AVAILABLE_MACHINES: &str = "WaitingForAvailableMachines";
+    pub const INVALID_VERSION: &str = "InvalidVersion";
+    pub const VERSION_SKEW: &str = "VersionSkew";
+    pub const VERSION_UNSUPPORTED: &str = "VersionUnsupported";
+    pub const WAITING_FOR_DELETION: &str = "WaitingForDeletion";
+    pub const REMEDIATION_WAITING: &str = "RemediationWaiting";
+    pub const REMEDIATION_BLOCKED: &str = "RemediationBlocked";
+    pub const REMEDIATION_RETRY_PERIOD: &str = "RemediationRetryPeriod";
+    pub const REMEDIATION_RETRIES_EXHAUSTED: &str = "RemediationRetriesExhausted";
+    pub const TALOS_UPGRADE_FAILED: &str = "TalosUpgradeFailed";
+    pub const TALOS_UPGRADE_IN_PROGRESS: &str = "TalosUpgradeInProgress";
+    pub const TALOS_CONFIG_CHANGE_FAILED: &str = "TalosConfigChangeFailed";
+    pub const TALOS_CONFIG_CHANGE_IN_PROGRESS: &str = "TalosConfigChangeInProgress";
+    pub const TALOS_CONFIG_REBOOT_IN_PROGRESS: &str = "TalosConfigRebootInProgress";
+    pub const WAITING_FOR_HEALTHY_NODES: &str = "WaitingForHealthyNodes";
+    pub const WAITING_FOR_NODE: &str = "WaitingForNode";
+    pub const WAITING_FOR_CACHE: &str = "WaitingForCache";
 }
 
 /// What a controller observed for one condition type.

@@ -23,7 +23,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use crate::bootstrap::talosconfig_resource;
 use crate::raw::{RawObject, map_event};
 use crate::{Error, Options, raw};
 
@@ -348,6 +347,15 @@ const BUFFER: usize = 4096;
 
 pub fn capi_resource(kind: &str) -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(CAPI_GROUP, CAPI_VERSION, kind))
+}
+
+/// The TalosConfig kind, as both controllers and the caches read it.
+pub(crate) fn talosconfig_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "bootstrap.cluster.x-k8s.io",
+        "v1alpha3",
+        "TalosConfig",
+    ))
 }
 
 /// A watch's writer and the channels of the controllers that subscribed to it.

@@ -230,28 +230,7 @@ impl Elector {
         let settings = &self.settings;
         let duration_secs = i32::try_from(settings.lease_duration.as_secs()).unwrap_or(i32::MAX);
         let Some(current) = self.api.get_opt(&settings.name).await? else {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(settings.name.clone()),
-                    namespace: Some(settings.namespace.clone()),
-                    ..Default::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(settings.identity.clone()),
-                    lease_duration_seconds: Some(duration_secs),
-                    acquire_time: Some(now.clone()),
-                    renew_time: Some(now),
-                    lease_transitions: Some(0),
-                    ..Default::default()
-                }),
-            };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(created) => Ok(self.won(started, created)),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Follower {
-                    holder: "(another replica, just now)".into(),
-                }),
-                Err(e) => Err(e),
-            };
+            return self.create(started, now, duration_secs).await;
         };
         let version = current
             .metadata
@@ -308,6 +287,38 @@ impl Elector {
             Ok(written) => Ok(self.won(started, written)),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Follower {
                 holder: holder.unwrap_or_else(|| "(another replica, just now)".into()),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// No Lease yet: take it by creating it; a replica that created it first wins.
+    async fn create(
+        &mut self,
+        started: Instant,
+        now: MicroTime,
+        duration_secs: i32,
+    ) -> Result<Attempt, kube::Error> {
+        let settings = &self.settings;
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(settings.name.clone()),
+                namespace: Some(settings.namespace.clone()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(settings.identity.clone()),
+                lease_duration_seconds: Some(duration_secs),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(0),
+                ..Default::default()
+            }),
+        };
+        match self.api.create(&PostParams::default(), &lease).await {
+            Ok(created) => Ok(self.won(started, created)),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Follower {
+                holder: "(another replica, just now)".into(),
             }),
             Err(e) => Err(e),
         }

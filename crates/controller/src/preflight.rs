@@ -10,7 +10,7 @@ fn needed() -> Vec<(ApiResource, &'static str)> {
     const OURS: &str = "install talos-capi's CRDs: `helm install talos-capi charts/talos-capi` or `talos-capi crds | kubectl apply --server-side -f -`";
     const CAPI: &str = "install Cluster API core: `clusterctl init` (or its core-components.yaml)";
     vec![
-        (crate::bootstrap::talosconfig_resource(), OURS),
+        (crate::cache::talosconfig_resource(), OURS),
         (crate::controlplane::resource(), OURS),
         (capi_resource("Cluster"), CAPI),
         (capi_resource("Machine"), CAPI),

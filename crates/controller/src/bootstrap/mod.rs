@@ -15,7 +15,7 @@ use api::bootstrap::v1alpha3::{GenerateType, TalosConfig, TalosConfigStatus};
 use api::capi::{Machine, labels};
 use api::conditions::{ConditionType, Observation, Severity, Status, reason};
 use futures::{StreamExt, TryStreamExt};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::DynamicObject;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -28,13 +28,7 @@ use status::Report;
 
 pub const CONTROLLER: &str = "talosconfig";
 
-pub(crate) fn talosconfig_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "bootstrap.cluster.x-k8s.io",
-        "v1alpha3",
-        "TalosConfig",
-    ))
-}
+pub(crate) use crate::cache::talosconfig_resource;
 
 /// The controller, subscribed to the shared caches; it runs when awaited, until `shutdown`
 /// resolves. `None` when the caches' watches have already started.
@@ -307,48 +301,52 @@ async fn act(
     let outcome = secrets::data(ctx, &scope.config, machine, cluster_name, &name, &value).await?;
     report.data_secret_name = Some(name.clone());
     report.data = Some(data_available(format!("bootstrap data in Secret {name}")));
-    report.config_up_to_date = Some(match outcome {
-        DataOutcome::Differs => Observation::new(ConditionType::ConfigUpToDate, Status::False, reason::RUNNING_CONFIG_DIFFERS)
-            .message(format!(
-                "the spec renders a configuration that differs from Secret {name}, which machine {} has already consumed; \
-                 the running machine keeps its configuration (replace the machine, or apply the change through the control plane)",
-                machine.name_any()
-            ))
-            .severity(Severity::Warning),
-        _ => Observation::new(ConditionType::ConfigUpToDate, Status::True, reason::UP_TO_DATE),
-    });
+    report.config_up_to_date = Some(config_up_to_date(outcome, &name, machine));
 
     report.fields_current = status::fields_current(&scope.config.spec, moved);
 
     let client_config = secrets::client_secrets(ctx, &ns, cluster, &bundle).await;
-    report.client_config = Some(match &client_config {
-        Ok(()) => Observation::new(
-            ConditionType::ClientConfigAvailable,
-            Status::True,
-            reason::AVAILABLE,
+    report.client_config = Some(client_config_available(&client_config, cluster_name));
+    client_config.map(|()| Acted::Done)
+}
+
+/// ConfigUpToDate: whether the rendered configuration is what Secret `name` holds, or one its
+/// machine has already consumed differs.
+fn config_up_to_date(outcome: DataOutcome, name: &str, machine: &Machine) -> Observation {
+    match outcome {
+        DataOutcome::Differs => Observation::new(
+            ConditionType::ConfigUpToDate,
+            Status::False,
+            reason::RUNNING_CONFIG_DIFFERS,
         )
         .message(format!(
+            "the spec renders a configuration that differs from Secret {name}, which machine {} has already consumed; \
+             the running machine keeps its configuration (replace the machine, or apply the change through the control plane)",
+            machine.name_any()
+        ))
+        .severity(Severity::Warning),
+        _ => Observation::new(ConditionType::ConfigUpToDate, Status::True, reason::UP_TO_DATE),
+    }
+}
+
+/// ClientConfigAvailable. A talosconfig Secret that cannot be read is a person's to fix: said
+/// as such, with a Warning Event; anything else (the API server) is retried.
+fn client_config_available(written: &Result<(), Error>, cluster_name: &str) -> Observation {
+    let type_ = ConditionType::ClientConfigAvailable;
+    match written {
+        Ok(()) => Observation::new(type_, Status::True, reason::AVAILABLE).message(format!(
             "talosconfig in Secret {}",
             secrets::talosconfig_name(cluster_name)
         )),
-        // A talosconfig Secret that cannot be read is a person's to fix: said as such, with a
-        // Warning Event; anything else (the API server) is retried.
-        Err(e @ Error::InvalidSecret { .. }) => Observation::new(
-            ConditionType::ClientConfigAvailable,
-            Status::False,
-            reason::INVALID_SECRET,
-        )
-        .message(e.to_string())
-        .severity(Severity::Error),
-        Err(e) => Observation::new(
-            ConditionType::ClientConfigAvailable,
-            Status::False,
-            reason::NOT_AVAILABLE,
-        )
-        .message(e.to_string())
-        .severity(Severity::Warning),
-    });
-    client_config.map(|()| Acted::Done)
+        Err(e @ Error::InvalidSecret { .. }) => {
+            Observation::new(type_, Status::False, reason::INVALID_SECRET)
+                .message(e.to_string())
+                .severity(Severity::Error)
+        }
+        Err(e) => Observation::new(type_, Status::False, reason::NOT_AVAILABLE)
+            .message(e.to_string())
+            .severity(Severity::Warning),
+    }
 }
 
 /// The machine configuration of `scope`'s TalosConfig; or, when its last render failed for a

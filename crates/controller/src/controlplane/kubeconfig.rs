@@ -82,6 +82,48 @@ pub fn server(endpoint: &ApiEndpoint) -> String {
     }
 }
 
+/// The kubeconfig Secret holding `yaml`: `stored` updated (its resourceVersion kept), or a
+/// new one owned by `tcp`; the rotation `requested` is recorded as the one it answers.
+fn secret(
+    tcp: &TalosControlPlane,
+    (ns, cluster): (&str, &str),
+    stored: Option<Secret>,
+    yaml: String,
+    requested: Option<&str>,
+) -> Secret {
+    let mut secret = stored.unwrap_or_else(|| Secret {
+        metadata: ObjectMeta {
+            name: Some(name(cluster)),
+            namespace: Some(ns.to_owned()),
+            labels: Some(BTreeMap::from([(
+                labels::CLUSTER_NAME.to_owned(),
+                cluster.to_owned(),
+            )])),
+            owner_references: tcp.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: Some(CLUSTER_SECRET_TYPE.into()),
+        ..Secret::default()
+    });
+    secret.data = Some(BTreeMap::from([(
+        "value".to_owned(),
+        ByteString(yaml.into_bytes()),
+    )]));
+    let annotations = secret
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new);
+    match requested {
+        Some(token) => {
+            annotations.insert(ROTATED_FOR.into(), token.to_owned());
+        }
+        None => {
+            annotations.remove(ROTATED_FOR);
+        }
+    }
+    secret
+}
+
 /// Write `<cluster>-kubeconfig` if it is missing or due for rotation.
 pub async fn reconcile(
     ctx: &Context,
@@ -125,36 +167,7 @@ pub async fn reconcile(
                 name: bundle_name(cluster),
                 reason: e.to_string(),
             })?;
-    let mut secret = stored.clone().unwrap_or_else(|| Secret {
-        metadata: ObjectMeta {
-            name: Some(secret_name.clone()),
-            namespace: Some(ns.clone()),
-            labels: Some(BTreeMap::from([(
-                labels::CLUSTER_NAME.to_owned(),
-                cluster.to_owned(),
-            )])),
-            owner_references: tcp.controller_owner_ref(&()).map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        type_: Some(CLUSTER_SECRET_TYPE.into()),
-        ..Secret::default()
-    });
-    secret.data = Some(BTreeMap::from([(
-        "value".to_owned(),
-        ByteString(issued.yaml.into_bytes()),
-    )]));
-    let annotations = secret
-        .metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new);
-    match requested {
-        Some(token) => {
-            annotations.insert(ROTATED_FOR.into(), token.to_owned());
-        }
-        None => {
-            annotations.remove(ROTATED_FOR);
-        }
-    }
+    let secret = secret(tcp, (&ns, cluster), stored, issued.yaml, requested);
     match why {
         None => api
             .create(&PostParams::default(), &secret)

@@ -519,104 +519,29 @@ pub async fn create(
     remediation_for: Option<&str>,
 ) -> Result<(), Error> {
     let ns = tcp.namespace().unwrap_or_default();
-    let template_ref = &template.reference;
-    let template_ar = &template.resource;
-    let inner = &template.object.data["spec"]["template"];
-    let infra_ar = template.infra_resource();
-    let infra_kind = infra_ar.kind.clone();
-    let cluster_label = BTreeMap::from([(labels::CLUSTER_NAME.to_owned(), cluster.to_owned())]);
-    let inner_meta = |key: &str| -> Option<BTreeMap<String, String>> {
-        serde_json::from_value(inner["metadata"][key].clone()).ok()
+    let made = Made {
+        tcp,
+        ns: &ns,
+        name,
+        cluster,
     };
-    let mut infra_annotations = inner_meta("annotations").unwrap_or_default();
-    infra_annotations.insert(
-        annotations::CLONED_FROM_NAME.into(),
-        template_ref.name.clone(),
-    );
-    infra_annotations.insert(
-        annotations::CLONED_FROM_GROUP_KIND.into(),
-        template_ref.group_kind(),
-    );
-    let infra = json!({
-        "apiVersion": template_ar.api_version,
-        "kind": infra_kind,
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": merged(cluster_label.clone(), inner_meta("labels").as_ref()),
-            "annotations": infra_annotations,
-            "ownerReferences": [owner(tcp, false)],
-        },
-        "spec": inner["spec"].clone(),
-    });
-    let mut created = Created::new(ctx, &ns);
-    if let Err((e, _)) = created.post(&infra_ar, infra).await {
-        created.undo().await;
-        return Err(e);
-    }
-
-    let config_spec = config_spec(&tcp.spec.control_plane_config.controlplane)?;
-    let config_digest = crate::cache::value_digest(config_spec.to_string().as_bytes());
-    let mut cp_labels = cluster_label.clone();
-    cp_labels.insert(labels::CONTROL_PLANE.into(), String::new());
+    let infra_ar = template.infra_resource();
     let config_ar = super::talosconfig_resource();
-    let config = json!({
-        "apiVersion": config_ar.api_version,
-        "kind": "TalosConfig",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": cp_labels,
-            "ownerReferences": [owner(tcp, false)],
-        },
-        "spec": config_spec,
-    });
-    if let Err((e, _)) = created.post(&config_ar, config).await {
-        created.undo().await;
-        return Err(e);
+    let (config, config_digest) = made.config(&config_ar)?;
+    let mut created = Created::new(ctx, &ns);
+    for (ar, object) in [(&infra_ar, made.infra(template)), (&config_ar, config)] {
+        if let Err((e, _)) = created.post(ar, object).await {
+            created.undo().await;
+            return Err(e);
+        }
     }
-
-    let metadata = tcp
-        .spec
-        .machine_template
-        .as_ref()
-        .and_then(|t| t.metadata.as_ref());
-    let mut machine_labels = cp_labels;
-    machine_labels.insert(labels::CONTROL_PLANE_NAME.into(), tcp.name_any());
-    let mut machine_annotations = metadata
-        .and_then(|m| m.annotations.clone())
-        .unwrap_or_default();
-    machine_annotations.insert(cleanup_hook(), String::new());
-    machine_annotations.insert(TEMPLATE_KEYS.into(), template_keys(metadata));
-    machine_annotations.insert(MADE_FROM_TEMPLATE.into(), template_ref.identity());
-    machine_annotations.insert(MADE_FROM_TEMPLATE_DIGEST.into(), template.digest());
-    machine_annotations.insert(MADE_FROM_CONFIG_DIGEST.into(), config_digest);
-    if let Some(record) = remediation_for {
-        machine_annotations.insert(annotations::REMEDIATION_FOR.into(), record.to_owned());
-    }
-    let machine = json!({
-        "apiVersion": "cluster.x-k8s.io/v1beta2",
-        "kind": "Machine",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": merged(machine_labels, metadata.and_then(|m| m.labels.as_ref())),
-            "annotations": machine_annotations,
-            "ownerReferences": [owner(tcp, true)],
-        },
-        "spec": {
-            "clusterName": cluster,
-            "version": tcp.spec.version,
-            "failureDomain": failure_domain,
-            "bootstrap": {"configRef": {
-                "apiGroup": config_ar.group, "kind": "TalosConfig", "name": name,
-            }},
-            "infrastructureRef": {
-                "apiGroup": infra_ar.group, "kind": infra_kind, "name": name,
-            },
-            "deletion": deletion(tcp),
-        },
-    });
+    let machine = made.machine(
+        template,
+        (&infra_ar, &config_ar),
+        config_digest,
+        failure_domain,
+        remediation_for,
+    );
     match created
         .post(&crate::cache::capi_resource("Machine"), machine)
         .await
@@ -629,6 +554,127 @@ pub async fn create(
             created.undo().await;
             Err(e)
         }
+    }
+}
+
+/// The three objects of one new control-plane machine `name`.
+struct Made<'a> {
+    tcp: &'a TalosControlPlane,
+    ns: &'a str,
+    name: &'a str,
+    cluster: &'a str,
+}
+
+impl Made<'_> {
+    fn cluster_label(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(labels::CLUSTER_NAME.to_owned(), self.cluster.to_owned())])
+    }
+
+    fn control_plane_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.cluster_label();
+        labels.insert(labels::CONTROL_PLANE.into(), String::new());
+        labels
+    }
+
+    /// The infrastructure machine, cloned from the template's inner template.
+    fn infra(&self, template: &Template) -> Value {
+        let template_ref = &template.reference;
+        let inner = &template.object.data["spec"]["template"];
+        let inner_meta = |key: &str| -> Option<BTreeMap<String, String>> {
+            serde_json::from_value(inner["metadata"][key].clone()).ok()
+        };
+        let mut annotations = inner_meta("annotations").unwrap_or_default();
+        annotations.insert(
+            annotations::CLONED_FROM_NAME.into(),
+            template_ref.name.clone(),
+        );
+        annotations.insert(
+            annotations::CLONED_FROM_GROUP_KIND.into(),
+            template_ref.group_kind(),
+        );
+        json!({
+            "apiVersion": template.resource.api_version,
+            "kind": template.infra_resource().kind,
+            "metadata": {
+                "name": self.name,
+                "namespace": self.ns,
+                "labels": merged(self.cluster_label(), inner_meta("labels").as_ref()),
+                "annotations": annotations,
+                "ownerReferences": [owner(self.tcp, false)],
+            },
+            "spec": inner["spec"].clone(),
+        })
+    }
+
+    /// The TalosConfig, and the digest of its spec.
+    fn config(&self, config_ar: &ApiResource) -> Result<(Value, String), Error> {
+        let spec = config_spec(&self.tcp.spec.control_plane_config.controlplane)?;
+        let digest = crate::cache::value_digest(spec.to_string().as_bytes());
+        let config = json!({
+            "apiVersion": config_ar.api_version,
+            "kind": "TalosConfig",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.ns,
+                "labels": self.control_plane_labels(),
+                "ownerReferences": [owner(self.tcp, false)],
+            },
+            "spec": spec,
+        });
+        Ok((config, digest))
+    }
+
+    /// The Machine, with what it was made from recorded in its annotations.
+    fn machine(
+        &self,
+        template: &Template,
+        (infra_ar, config_ar): (&ApiResource, &ApiResource),
+        config_digest: String,
+        failure_domain: Option<&str>,
+        remediation_for: Option<&str>,
+    ) -> Value {
+        let tcp = self.tcp;
+        let metadata = tcp
+            .spec
+            .machine_template
+            .as_ref()
+            .and_then(|t| t.metadata.as_ref());
+        let mut machine_labels = self.control_plane_labels();
+        machine_labels.insert(labels::CONTROL_PLANE_NAME.into(), tcp.name_any());
+        let mut machine_annotations = metadata
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default();
+        machine_annotations.insert(cleanup_hook(), String::new());
+        machine_annotations.insert(TEMPLATE_KEYS.into(), template_keys(metadata));
+        machine_annotations.insert(MADE_FROM_TEMPLATE.into(), template.reference.identity());
+        machine_annotations.insert(MADE_FROM_TEMPLATE_DIGEST.into(), template.digest());
+        machine_annotations.insert(MADE_FROM_CONFIG_DIGEST.into(), config_digest);
+        if let Some(record) = remediation_for {
+            machine_annotations.insert(annotations::REMEDIATION_FOR.into(), record.to_owned());
+        }
+        json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2",
+            "kind": "Machine",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.ns,
+                "labels": merged(machine_labels, metadata.and_then(|m| m.labels.as_ref())),
+                "annotations": machine_annotations,
+                "ownerReferences": [owner(tcp, true)],
+            },
+            "spec": {
+                "clusterName": self.cluster,
+                "version": tcp.spec.version,
+                "failureDomain": failure_domain,
+                "bootstrap": {"configRef": {
+                    "apiGroup": config_ar.group, "kind": "TalosConfig", "name": self.name,
+                }},
+                "infrastructureRef": {
+                    "apiGroup": infra_ar.group, "kind": infra_ar.kind, "name": self.name,
+                },
+                "deletion": deletion(tcp),
+            },
+        })
     }
 }
 

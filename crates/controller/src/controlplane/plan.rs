@@ -4,69 +4,8 @@
 
 use super::rollout::{self, Desired, version_check};
 use super::scope::{Blocked, ControlPlane};
-
-/// One step, or why none is taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
-    /// Create a control-plane machine (with its TalosConfig and infrastructure), in this
-    /// failure domain when the Cluster has control-plane domains, unless `limit` machines
-    /// (counting those being deleted) exist already.
-    CreateMachine {
-        failure_domain: Option<String>,
-        limit: usize,
-    },
-    /// Bootstrap etcd on this machine's node: exactly once per cluster.
-    BootstrapEtcd { machine: String },
-    /// Remove an etcd member that belongs to no machine (quorum survives its removal).
-    RemoveOrphanMember { id: u64, name: String },
-    /// A machine being deleted still carries our pre-terminate hook: move etcd leadership away
-    /// and remove its member (when `member` is set), then release the hook so Cluster API
-    /// can finish the deletion.
-    ReleaseMachine {
-        machine: String,
-        member: Option<u64>,
-    },
-    /// Remediate this unhealthy machine: record the remediation, then delete it (its member
-    /// leaves through [`Step::ReleaseMachine`]); scaling up replaces it.
-    Remediate { machine: String, retry_count: i32 },
-    /// Delete this machine (scale-down, or replacement in a rolling update); its etcd member
-    /// leaves through [`Step::ReleaseMachine`] before Cluster API removes its infrastructure.
-    ScaleDown { machine: String },
-    /// Upgrade this machine's node to the target Talos version in place: record the upgrade
-    /// on the Machine, move etcd leadership away, install and reboot.
-    UpgradeTalos { machine: String },
-    /// Record that the upgrading node was seen down (rebooting).
-    UpgradeSeenDown { machine: String },
-    /// The upgrade of this machine's node failed: record why; the rollout halts.
-    UpgradeFailed { machine: String, why: String },
-    /// The node is back, healthy, on the target version: clear the record.
-    UpgradeDone { machine: String },
-    /// The record is for another target (talosUpgrade changed): clear it.
-    ForgetUpgrade { machine: String },
-    /// Try the new configuration on this machine's node (ApplyConfiguration TRY): record it
-    /// on the Machine, then ask.
-    TryConfig { machine: String },
-    /// The node is healthy on the tried configuration (or back from rebooting into it): make it
-    /// permanent (NO_REBOOT), record the new digest on the Machine and clear the record.
-    ConfirmConfig { machine: String },
-    /// Apply the new configuration to this machine's node with a reboot (rolloutStrategy
-    /// configReboot InPlace, once Talos said the change needs one): move etcd leadership
-    /// away, then ask, and record it on the Machine.
-    RebootConfig { machine: String },
-    /// Record that the node rebooting into its new configuration was seen down.
-    ConfigRebootSeenDown { machine: String },
-    /// The tried configuration failed on this machine: record why; in-place changes halt.
-    ConfigChangeFailed { machine: String, why: String },
-    /// The record is for another configuration (controlPlaneConfig changed): clear it.
-    ForgetConfigChange { machine: String },
-    /// Nothing may change now; the reason and message say why, for a condition.
-    Wait {
-        reason: &'static str,
-        message: String,
-    },
-    /// The control plane has the desired shape.
-    Steady,
-}
+pub use super::step::Step;
+pub use super::wait_reason::WaitReason;
 
 impl From<Blocked> for Step {
     fn from(b: Blocked) -> Step {
@@ -83,7 +22,7 @@ pub fn next_step(desired: &Desired, bootstrapped: bool, cp: &ControlPlane) -> St
     let replicas = desired.replicas;
     if replicas < 1 {
         return Step::Wait {
-            reason: "InvalidReplicas",
+            reason: WaitReason::InvalidReplicas,
             message: format!(
                 "refusing to scale to {replicas} replicas: a control plane keeps at least one machine"
             ),
@@ -110,7 +49,7 @@ pub fn next_step(desired: &Desired, bootstrapped: bool, cp: &ControlPlane) -> St
                 Err(blocked) => blocked.into(),
             },
             None => Step::Wait {
-                reason: "MachineDeleting",
+                reason: WaitReason::MachineDeleting,
                 message: "waiting for deleting machines to go before creating the first one".into(),
             },
             Some(first) => Step::BootstrapEtcd {
@@ -147,7 +86,7 @@ fn release_step(cp: &ControlPlane, bootstrapped: bool) -> Option<Step> {
     }
     let Some(members) = &cp.etcd else {
         return Some(Step::Wait {
-            reason: "EtcdUnknown",
+            reason: WaitReason::EtcdUnknown,
             message: format!(
                 "machine {} is being deleted; waiting for the etcd member list to remove its member first",
                 m.name
@@ -164,7 +103,7 @@ fn release_step(cp: &ControlPlane, bootstrapped: bool) -> Option<Step> {
         release(Some(member.id))
     } else {
         Step::Wait {
-            reason: "EtcdQuorumAtRisk",
+            reason: WaitReason::EtcdQuorumAtRisk,
             message: format!(
                 "machine {} is being deleted, but removing its etcd member {:x} now would lose quorum; waiting for the other members to be healthy",
                 m.name, member.id
@@ -341,7 +280,7 @@ mod tests {
         assert!(cp.orphan_members().is_empty());
         let refused = next_step(&desired(0), bootstrapped, &cp);
         assert!(
-            matches!(&refused, Step::Wait { reason: "InvalidReplicas", message } if message.contains("at least one")),
+            matches!(&refused, Step::Wait { reason: WaitReason::InvalidReplicas, message } if message.contains("at least one")),
             "{refused:?}"
         );
     }
@@ -382,7 +321,7 @@ mod tests {
         }
         match next_step(&desired(1), b, &sick) {
             Step::Wait { reason, message } => {
-                assert_eq!(reason, "EtcdMemberUnhealthy");
+                assert_eq!(reason, WaitReason::EtcdMemberUnhealthy);
                 assert!(message.contains("cp-1"), "{message}");
             }
             other => panic!("expected a wait, got {other:?}"),

@@ -9,15 +9,9 @@
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
-use serde::{Deserialize, Serialize};
-
-use super::plan::Step;
 use super::scope::{ControlPlane, MachineView};
-
-/// The Machine annotation of a configuration change tried on its node: a JSON [`Marker`].
-/// Removing it from a machine whose change failed asks for another attempt.
-pub const MARKER: &str = "controlplane.cluster.x-k8s.io/talos-config-apply";
+use super::step::Step;
+use super::wait_reason::WaitReason;
 
 /// How long Talos keeps a tried configuration before it rolls it back by itself: the node must
 /// be healthy again within it for the change to be confirmed.
@@ -30,38 +24,52 @@ pub const REBOOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a node asked to reboot may still answer before it is asked again.
 pub const REBOOT_ASKED_AGAIN: Duration = Duration::from_secs(60);
 
-/// A configuration change of one node, as recorded on its Machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Marker {
-    /// The digest of the controlPlaneConfig it applies.
-    pub digest: String,
-    /// When it was asked for.
-    pub at: Timestamp,
-    /// The node took it in TRY mode: it runs it, and rolls it back unless confirmed.
-    #[serde(default)]
-    pub tried: bool,
-    /// Talos can apply it only with a reboot (its answer, kept): the machine is replaced.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub needs_reboot: Option<String>,
-    /// The node was asked to apply it with a reboot (configReboot InPlace).
-    #[serde(default)]
-    pub rebooting: bool,
-    /// The rebooting node was seen down since.
-    #[serde(default)]
-    pub down: bool,
-    /// Why it failed, once it did: nothing else is changed in place until the marker is
-    /// removed or controlPlaneConfig changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failed: Option<String>,
-}
+pub use super::records::{CONFIG_CHANGE as MARKER, ConfigChange as Marker};
 
-impl super::Annotation for Marker {}
-
-impl Marker {
-    /// The node was asked to reboot into it, and that has not failed: it is watched closely.
-    pub fn reboot_under_way(&self) -> bool {
-        self.rebooting && self.failed.is_none()
+/// The next step for machine `m` under way with change `r`: halted on a failure, rebooted
+/// into it, tried, confirmed, failed on time, or waited for.
+fn follow(
+    m: &MachineView,
+    r: &Marker,
+    cp: &ControlPlane,
+    live: &[&MachineView],
+    progress: &str,
+) -> Step {
+    let machine = m.name.clone();
+    if let Some(why) = &r.failed {
+        return Step::Wait {
+            reason: WaitReason::TalosConfigChangeFailed,
+            message: format!(
+                "the configuration change of machine {} failed: {why}; nothing else is changed in place until it is fixed: remove the annotation {MARKER} from machine {} to try again, or change controlPlaneConfig",
+                m.name, m.name
+            ),
+        };
+    }
+    if r.needs_reboot.is_some() {
+        return reboot_step(m, r, cp, live, progress);
+    }
+    if !r.tried {
+        return Step::TryConfig { machine };
+    }
+    if cp.available(m) {
+        return Step::ConfirmConfig { machine };
+    }
+    if cp.now > r.at + TRY_TIMEOUT {
+        return Step::ConfigChangeFailed {
+            machine,
+            why: format!(
+                "the node was not healthy within {}s of taking it, and Talos rolled it back",
+                TRY_TIMEOUT.as_secs()
+            ),
+        };
+    }
+    Step::Wait {
+        reason: WaitReason::TalosConfigChangeInProgress,
+        message: format!(
+            "waiting for machine {} to be healthy on its new configuration ({}) before it is confirmed",
+            m.name,
+            cp.unavailable_because(m).unwrap_or_default()
+        ),
     }
 }
 
@@ -112,46 +120,7 @@ pub fn step(digest: &str, reboot_in_place: bool, cp: &ControlPlane) -> Option<St
         if r.needs_reboot.is_some() && !reboots_in_place(reboot_in_place, live.len()) {
             continue;
         }
-        if let Some(why) = &r.failed {
-            return Some(Step::Wait {
-                reason: "TalosConfigChangeFailed",
-                message: format!(
-                    "the configuration change of machine {} failed: {why}; nothing else is changed in place until it is fixed: remove the annotation {MARKER} from machine {} to try again, or change controlPlaneConfig",
-                    m.name, m.name
-                ),
-            });
-        }
-        if r.needs_reboot.is_some() {
-            return Some(reboot_step(m, r, cp, &live, &progress));
-        }
-        if !r.tried {
-            return Some(Step::TryConfig {
-                machine: m.name.clone(),
-            });
-        }
-        if cp.available(m) {
-            return Some(Step::ConfirmConfig {
-                machine: m.name.clone(),
-            });
-        }
-        let deadline = r.at + TRY_TIMEOUT;
-        if cp.now > deadline {
-            return Some(Step::ConfigChangeFailed {
-                machine: m.name.clone(),
-                why: format!(
-                    "the node was not healthy within {}s of taking it, and Talos rolled it back",
-                    TRY_TIMEOUT.as_secs()
-                ),
-            });
-        }
-        return Some(Step::Wait {
-            reason: "TalosConfigChangeInProgress",
-            message: format!(
-                "waiting for machine {} to be healthy on its new configuration ({}) before it is confirmed",
-                m.name,
-                cp.unavailable_because(m).unwrap_or_default()
-            ),
-        });
+        return Some(follow(m, r, cp, &live, &progress));
     }
     let first = pending
         .iter()
@@ -212,7 +181,7 @@ fn reboot_step(
         "not seen rebooting yet".into()
     };
     Step::Wait {
-        reason: "TalosConfigRebootInProgress",
+        reason: WaitReason::TalosConfigRebootInProgress,
         message: format!(
             "{progress}; waiting for machine {} to reboot into it and be healthy ({state})",
             m.name
@@ -223,6 +192,7 @@ fn reboot_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::jiff::Timestamp;
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + seconds).unwrap_or(Timestamp::UNIX_EPOCH)
@@ -276,7 +246,7 @@ mod tests {
         c.machines[0].components_healthy = false;
         match step("new", false, &c) {
             Some(Step::Wait { reason, message }) => {
-                assert_eq!(reason, "TalosConfigChangeInProgress");
+                assert_eq!(reason, WaitReason::TalosConfigChangeInProgress);
                 assert!(message.contains("etcd, kubelet or apid"), "{message}");
             }
             other => panic!("{other:?}"),
@@ -296,7 +266,7 @@ mod tests {
         c.machines[2].node_not_ready = Some("Ready is False".into());
         assert!(matches!(
             step("new", false, &c),
-            Some(Step::Wait { reason: "WaitingForHealthyNodes", message })
+            Some(Step::Wait { reason: WaitReason::WaitingForHealthyNodes, message })
                 if message.contains("1 of 3 machines") && message.contains("m2")
         ));
         c.machines[2].node_not_ready = None;
@@ -325,7 +295,7 @@ mod tests {
         });
         assert!(matches!(
             step("new", false, &c),
-            Some(Step::Wait { reason: "TalosConfigChangeFailed", message }) if message.contains(MARKER)
+            Some(Step::Wait { reason: WaitReason::TalosConfigChangeFailed, message }) if message.contains(MARKER)
         ));
         // The spec changed again: the old record is forgotten.
         assert_eq!(
@@ -393,7 +363,7 @@ mod tests {
         c.machines[2].components_healthy = false;
         assert!(matches!(
             step("new", true, &c),
-            Some(Step::Wait { reason: "WaitingForHealthyNodes", message })
+            Some(Step::Wait { reason: WaitReason::WaitingForHealthyNodes, message })
                 if message.contains("m2") && message.contains("no node reboots now")
         ));
         c.machines[2].components_healthy = true;
@@ -401,7 +371,7 @@ mod tests {
         c.machines[0].reconfigure = Some(needs(true, false));
         assert!(matches!(
             step("new", true, &c),
-            Some(Step::Wait { reason: "TalosConfigRebootInProgress", message })
+            Some(Step::Wait { reason: WaitReason::TalosConfigRebootInProgress, message })
                 if message.contains("not seen rebooting")
         ));
         // Still up a minute later: the request is taken as lost, and asked again.
@@ -422,7 +392,7 @@ mod tests {
         c.machines[0].reachable = true;
         assert!(matches!(
             step("new", true, &c),
-            Some(Step::Wait { reason: "TalosConfigRebootInProgress", message })
+            Some(Step::Wait { reason: WaitReason::TalosConfigRebootInProgress, message })
                 if message.contains("m0") && message.contains("0 of 3")
         ));
         // Healthy: confirmed, which records the new digest.

@@ -3,64 +3,23 @@
 //! machines (or before initialization), only when etcd keeps quorum without the machine, and
 //! within the TalosControlPlane's retry limits. Decided without I/O.
 
-use api::controlplane::v1alpha3::RemediationStrategy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use serde::{Deserialize, Serialize};
+use k8s_openapi::jiff::Timestamp;
 
-use super::plan::Step;
 use super::scope::{ControlPlane, MachineView};
+use super::step::Step;
+use super::wait_reason::WaitReason;
 
 /// On the TalosControlPlane while a remediated machine awaits its replacement (KCP's name).
 pub const IN_PROGRESS: &str = "controlplane.cluster.x-k8s.io/remediation-in-progress";
 /// On the replacement: the remediation it answers (KCP's name).
 pub use api::capi::annotations::REMEDIATION_FOR as FOR;
 
-/// One remediation, as both annotations carry it (KubeadmControlPlane's RemediationData).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Record {
-    pub machine: String,
-    pub timestamp: Time,
-    pub retry_count: i32,
-}
+pub use super::records::Remediation as Record;
 
-impl super::Annotation for Record {}
+pub use super::scope::Policy;
 
-/// The retry limits, with KubeadmControlPlane's defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    pub max_retry: Option<i32>,
-    pub retry_period: SignedDuration,
-    pub min_healthy_period: SignedDuration,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            max_retry: None,
-            retry_period: SignedDuration::ZERO,
-            min_healthy_period: SignedDuration::from_secs(3600),
-        }
-    }
-}
-
-impl Policy {
-    pub fn of(strategy: Option<&RemediationStrategy>) -> Policy {
-        let default = Policy::default();
-        let Some(s) = strategy else { return default };
-        let secs = |v: Option<i32>, d: SignedDuration| {
-            v.map_or(d, |s| SignedDuration::from_secs(i64::from(s.max(0))))
-        };
-        Policy {
-            max_retry: s.max_retry,
-            retry_period: secs(s.retry_period_seconds, default.retry_period),
-            min_healthy_period: secs(s.min_healthy_period_seconds, default.min_healthy_period),
-        }
-    }
-}
-
-fn wait(reason: &'static str, message: String) -> Option<Step> {
+fn wait(reason: WaitReason, message: String) -> Option<Step> {
     Some(Step::Wait { reason, message })
 }
 
@@ -77,79 +36,95 @@ pub fn step(cp: &ControlPlane, initialized: bool) -> Option<Step> {
     })?;
     if let Some(d) = cp.machines.iter().find(|m| m.deleting) {
         return wait(
-            "RemediationWaiting",
+            WaitReason::RemediationWaiting,
             format!(
                 "machine {} is unhealthy; waiting for machine {} to finish deleting first (one machine at a time)",
                 target.name, d.name
             ),
         );
     }
-    let policy = &cp.remediation;
-    let retry_count = match &target.remediation_for {
-        // A replacement that failed before proving itself healthy: a retry of the same problem.
-        Some(r) if cp.now < r.timestamp.0 + policy.min_healthy_period => {
-            let count = r.retry_count + 1;
-            if let Some(max) = policy.max_retry.filter(|max| count > *max) {
-                return wait(
-                    "RemediationRetriesExhausted",
-                    format!(
-                        "machine {} replaced machine {}, which was remediated {} time(s) in a row; maxRetry is {max}, so it is not remediated again: fix the cause, then delete the machine",
-                        target.name,
-                        r.machine,
-                        r.retry_count + 1
-                    ),
-                );
-            }
-            let next = r.timestamp.0 + policy.retry_period;
-            if cp.now < next {
-                return wait(
-                    "RemediationRetryPeriod",
-                    format!(
-                        "machine {} is unhealthy; the last remediation was at {}, and retryPeriodSeconds allows the next at {next}",
-                        target.name, r.timestamp.0
-                    ),
-                );
-            }
-            count
-        }
-        _ => 0,
+    let retry_count = match retry(cp, target) {
+        Ok(count) => count,
+        Err(wait) => return Some(wait),
     };
-    if initialized {
-        let live = cp.machines.iter().filter(|m| !m.deleting).count();
-        if live < 2 {
-            return wait(
-                "RemediationBlocked",
-                format!(
-                    "machine {} is unhealthy, but it is the only control-plane machine: remediating it would destroy the cluster; scale up first or replace it by hand",
-                    target.name
-                ),
-            );
-        }
-        let Some(members) = &cp.etcd else {
-            return wait(
-                "EtcdUnknown",
-                format!(
-                    "machine {} is unhealthy; waiting for the etcd member list to check that removing it keeps quorum",
-                    target.name
-                ),
-            );
-        };
-        if let Some(member) = members.iter().find(|e| e.name == target.hostname)
-            && !cp.can_remove_member(member.id)
-        {
-            return wait(
-                "EtcdQuorumAtRisk",
-                format!(
-                    "machine {} is unhealthy, but removing its etcd member would lose quorum; waiting for the other members to be healthy",
-                    target.name
-                ),
-            );
-        }
+    if initialized && let Some(wait) = keeps_quorum(cp, target) {
+        return Some(wait);
     }
     Some(Step::Remediate {
         machine: target.name.clone(),
         retry_count,
     })
+}
+
+/// The retry count of remediating `target`: 0 for a first remediation, one more for a
+/// replacement that failed before proving itself healthy; or why not now.
+fn retry(cp: &ControlPlane, target: &MachineView) -> Result<i32, Step> {
+    let policy = &cp.remediation;
+    let Some(r) = target
+        .remediation_for
+        .as_ref()
+        .filter(|r| cp.now < r.timestamp.0 + policy.min_healthy_period)
+    else {
+        return Ok(0);
+    };
+    let count = r.retry_count + 1;
+    if let Some(max) = policy.max_retry.filter(|max| count > *max) {
+        return Err(Step::Wait {
+            reason: WaitReason::RemediationRetriesExhausted,
+            message: format!(
+                "machine {} replaced machine {}, which was remediated {} time(s) in a row; maxRetry is {max}, so it is not remediated again: fix the cause, then delete the machine",
+                target.name,
+                r.machine,
+                r.retry_count + 1
+            ),
+        });
+    }
+    let next = r.timestamp.0 + policy.retry_period;
+    if cp.now < next {
+        return Err(Step::Wait {
+            reason: WaitReason::RemediationRetryPeriod,
+            message: format!(
+                "machine {} is unhealthy; the last remediation was at {}, and retryPeriodSeconds allows the next at {next}",
+                target.name, r.timestamp.0
+            ),
+        });
+    }
+    Ok(count)
+}
+
+/// Why removing `target` would break an initialized cluster, if it would: it is the only
+/// machine, the member list is unknown, or its member's removal would lose quorum.
+fn keeps_quorum(cp: &ControlPlane, target: &MachineView) -> Option<Step> {
+    let live = cp.machines.iter().filter(|m| !m.deleting).count();
+    if live < 2 {
+        return wait(
+            WaitReason::RemediationBlocked,
+            format!(
+                "machine {} is unhealthy, but it is the only control-plane machine: remediating it would destroy the cluster; scale up first or replace it by hand",
+                target.name
+            ),
+        );
+    }
+    let Some(members) = &cp.etcd else {
+        return wait(
+            WaitReason::EtcdUnknown,
+            format!(
+                "machine {} is unhealthy; waiting for the etcd member list to check that removing it keeps quorum",
+                target.name
+            ),
+        );
+    };
+    let member = members.iter().find(|e| e.name == target.hostname)?;
+    if cp.can_remove_member(member.id) {
+        return None;
+    }
+    wait(
+        WaitReason::EtcdQuorumAtRisk,
+        format!(
+            "machine {} is unhealthy, but removing its etcd member would lose quorum; waiting for the other members to be healthy",
+            target.name
+        ),
+    )
 }
 
 /// When the remediation step is due: `now`.
@@ -165,6 +140,7 @@ pub fn record(machine: &str, retry_count: i32, now: Timestamp) -> Record {
 mod tests {
     use super::*;
     use crate::controlplane::Annotation;
+    use api::controlplane::v1alpha3::RemediationStrategy;
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap_or(Timestamp::UNIX_EPOCH)
@@ -197,7 +173,7 @@ mod tests {
         assert!(matches!(
             step(&c, true),
             Some(Step::Wait {
-                reason: "RemediationWaiting",
+                reason: WaitReason::RemediationWaiting,
                 ..
             })
         ));
@@ -210,7 +186,7 @@ mod tests {
         assert!(matches!(
             step(&one, true),
             Some(Step::Wait {
-                reason: "RemediationBlocked",
+                reason: WaitReason::RemediationBlocked,
                 ..
             })
         ));
@@ -225,7 +201,7 @@ mod tests {
         assert!(matches!(
             step(&c, true),
             Some(Step::Wait {
-                reason: "EtcdQuorumAtRisk",
+                reason: WaitReason::EtcdQuorumAtRisk,
                 ..
             })
         ));
@@ -245,7 +221,7 @@ mod tests {
         assert!(matches!(
             step(&c, true),
             Some(Step::Wait {
-                reason: "RemediationRetryPeriod",
+                reason: WaitReason::RemediationRetryPeriod,
                 ..
             })
         ));
@@ -261,7 +237,7 @@ mod tests {
         c.machines[2].remediation_for = Some(record("m0", 1, at(10_000 - 120)));
         match step(&c, true) {
             Some(Step::Wait {
-                reason: "RemediationRetriesExhausted",
+                reason: WaitReason::RemediationRetriesExhausted,
                 message,
             }) => {
                 assert!(message.contains("maxRetry is 1"), "{message}");

@@ -10,8 +10,9 @@ use api::controlplane::v1alpha3::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
-use super::plan::Step;
 use super::scope::{Blocked, ControlPlane, MachineView, quorum};
+use super::step::Step;
+use super::wait_reason::WaitReason;
 use crate::SpecError;
 
 /// How outdated machines are replaced.
@@ -170,7 +171,7 @@ pub fn supported_kubernetes(talos: &str) -> Option<(u64, u64)> {
 pub fn version_check(desired: &Desired, cp: &ControlPlane) -> Result<(), Blocked> {
     let Some((major, minor)) = major_minor(&desired.version) else {
         return Err(Blocked {
-            check: "InvalidVersion",
+            check: WaitReason::InvalidVersion,
             message: format!(
                 "spec.version {:?} is not a Kubernetes version such as v1.34.1",
                 desired.version
@@ -182,7 +183,7 @@ pub fn version_check(desired: &Desired, cp: &ControlPlane) -> Result<(), Blocked
         && (major != 1 || minor < lo || minor > hi)
     {
         return Err(Blocked {
-            check: "VersionUnsupported",
+            check: WaitReason::VersionUnsupported,
             message: format!(
                 "Kubernetes {} is not supported by Talos {talos}, which supports v1.{lo} to v1.{hi}: choose a version in that range, or upgrade Talos first",
                 desired.version
@@ -200,7 +201,7 @@ pub fn version_check(desired: &Desired, cp: &ControlPlane) -> Result<(), Blocked
         // any u64.
         if minor > m_minor.saturating_add(1) {
             return Err(Blocked {
-                check: "VersionSkew",
+                check: WaitReason::VersionSkew,
                 message: format!(
                     "machine {} runs Kubernetes {}; {} would skip v{major}.{}: set spec.version to v{major}.{}.x first, then to {} once that rollout is done",
                     m.name,
@@ -214,7 +215,7 @@ pub fn version_check(desired: &Desired, cp: &ControlPlane) -> Result<(), Blocked
         }
         if minor.saturating_add(1) < m_minor {
             return Err(Blocked {
-                check: "VersionSkew",
+                check: WaitReason::VersionSkew,
                 message: format!(
                     "machine {} runs Kubernetes {}; going back to {} skips more than one minor version, which Kubernetes does not support",
                     m.name,
@@ -416,7 +417,7 @@ fn roll(desired: &Desired, cp: &ControlPlane, live: &[&MachineView], b: &Bounds)
     }
     if let Some(d) = cp.machines.iter().find(|m| m.deleting) {
         return Step::Wait {
-            reason: "WaitingForDeletion",
+            reason: WaitReason::WaitingForDeletion,
             message: format!(
                 "waiting for machine {} to finish deleting before the next machine is replaced",
                 d.name
@@ -425,7 +426,7 @@ fn roll(desired: &Desired, cp: &ControlPlane, live: &[&MachineView], b: &Bounds)
     }
     waits.pop().map_or_else(
         || Step::Wait {
-            reason: "RollingOut",
+            reason: WaitReason::RollingOut,
             message: "waiting for the rollout's next step".into(),
         },
         Step::from,
@@ -447,7 +448,7 @@ fn removal(
     let available = live.iter().filter(|m| cp.available(m)).count();
     if cp.available(victim) && available - 1 + unavailable < want {
         return Err(Blocked {
-            check: "WaitingForAvailableMachines",
+            check: WaitReason::WaitingForAvailableMachines,
             message: format!(
                 "{available} of {want} machines are available; replacing machine {} now would leave fewer than {} (maxUnavailable {unavailable})",
                 victim.name,
@@ -464,7 +465,7 @@ fn removal(
         .collect();
     if !cp.can_remove_members(&leaving) {
         return Err(Blocked {
-            check: "EtcdQuorumAtRisk",
+            check: WaitReason::EtcdQuorumAtRisk,
             message: format!(
                 "replacing machine {} now would leave etcd without a healthy quorum; waiting for the other members",
                 victim.name
@@ -648,7 +649,7 @@ mod tests {
         }
         want.talos_version = Some("v1.13.0".into());
         assert!(
-            matches!(step(&want, &cp), Step::Wait { reason: "VersionUnsupported", ref message } if message.contains("Talos v1.13.0")),
+            matches!(step(&want, &cp), Step::Wait { reason: WaitReason::VersionUnsupported, ref message } if message.contains("Talos v1.13.0")),
             "{:?}",
             step(&want, &cp)
         );
@@ -661,29 +662,25 @@ mod tests {
         };
         assert!(ok("v1.34.1", None, &["v1.33.4", "v1.34.0"]).is_ok());
         assert!(ok("v1.34.1", Some("v1.13.0"), &[]).is_ok());
-        let (check, message) = ok("v1.35.0", None, &["v1.33.4"]).err().unwrap_or_default();
-        assert_eq!(check, "VersionSkew");
+        let (check, message) = ok("v1.35.0", None, &["v1.33.4"]).err().unwrap();
+        assert_eq!(check, WaitReason::VersionSkew);
         assert!(message.contains("v1.34"), "{message}");
-        let (check, _) = ok("v1.32.0", None, &["v1.34.0"]).err().unwrap_or_default();
-        assert_eq!(check, "VersionSkew");
+        let (check, _) = ok("v1.32.0", None, &["v1.34.0"]).err().unwrap();
+        assert_eq!(check, WaitReason::VersionSkew);
         assert!(
             ok("v1.33.0", None, &["v1.34.0"]).is_ok(),
             "one minor back is allowed"
         );
-        let (check, message) = ok("v1.37.0", Some("v1.13.2"), &[])
-            .err()
-            .unwrap_or_default();
-        assert_eq!(check, "VersionUnsupported");
+        let (check, message) = ok("v1.37.0", Some("v1.13.2"), &[]).err().unwrap();
+        assert_eq!(check, WaitReason::VersionUnsupported);
         assert!(message.contains("v1.31 to v1.36"), "{message}");
-        let (check, _) = ok("v1.30.0", Some("1.13"), &[]).err().unwrap_or_default();
-        assert_eq!(check, "VersionUnsupported");
+        let (check, _) = ok("v1.30.0", Some("1.13"), &[]).err().unwrap();
+        assert_eq!(check, WaitReason::VersionUnsupported);
         // Talos 1.14 runs Kubernetes 1.32 to 1.37: 1.37 (its default) is accepted, 1.31 is not.
         assert!(ok("v1.37.0", Some("v1.14.1"), &["v1.36.2"]).is_ok());
         assert!(ok("v1.32.0", Some("v1.14"), &[]).is_ok());
-        let (check, message) = ok("v1.31.4", Some("v1.14.1"), &[])
-            .err()
-            .unwrap_or_default();
-        assert_eq!(check, "VersionUnsupported");
+        let (check, message) = ok("v1.31.4", Some("v1.14.1"), &[]).err().unwrap();
+        assert_eq!(check, WaitReason::VersionUnsupported);
         assert!(message.contains("v1.32 to v1.37"), "{message}");
         // A Talos version the table does not know yet is not held against the spec.
         assert!(ok("v1.40.0", Some("v1.16.0"), &[]).is_ok());
@@ -700,8 +697,8 @@ mod tests {
         };
         let max = "v1.18446744073709551615.0";
         assert_eq!(check(max, &[max]), Ok(()));
-        assert_eq!(check("v1.33.0", &[max]), Err("VersionSkew"));
-        assert_eq!(check(max, &["v1.33.0"]), Err("VersionSkew"));
+        assert_eq!(check("v1.33.0", &[max]), Err(WaitReason::VersionSkew));
+        assert_eq!(check(max, &["v1.33.0"]), Err(WaitReason::VersionSkew));
         assert_eq!(major_minor(max), Some((1, u64::MAX)));
         assert_eq!(major_minor("v1.18446744073709551616.0"), None);
     }

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::jiff::Timestamp;
+use super::wait_reason::WaitReason;
+use api::controlplane::v1alpha3::RemediationStrategy;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 /// A failure domain of the Cluster (`status.failureDomains`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,17 +43,17 @@ pub struct MachineView {
     /// A MachineHealthCheck marked it unhealthy and asks its owner to remediate it.
     pub unhealthy: bool,
     /// The remediation this machine replaced a machine for, if it did.
-    pub remediation_for: Option<super::remediation::Record>,
+    pub remediation_for: Option<super::records::Remediation>,
     /// The Talos version its node reports (asked only while talosUpgrade is set).
     pub talos_version: Option<String>,
     /// Its node answered the Talos API.
     pub reachable: bool,
     /// The in-place Talos upgrade recorded on it, if one is under way.
-    pub upgrade: Option<super::upgrade::Marker>,
+    pub upgrade: Option<super::records::Upgrade>,
     /// The digest of the configuration it runs (controlPlaneConfig), when recorded.
     pub config_digest: Option<String>,
     /// The in-place configuration change recorded on it, if one is under way.
-    pub reconfigure: Option<super::reconfigure::Marker>,
+    pub reconfigure: Option<super::records::ConfigChange>,
     /// It runs another controlPlaneConfig than the spec's, to be changed in place.
     pub config_pending: bool,
     /// Its node runs another Talos version than talosUpgrade asks for, to be upgraded in
@@ -132,8 +134,41 @@ pub struct EtcdMember {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocked {
     /// A reason for conditions, e.g. `MachineDeleting`.
-    pub check: &'static str,
+    pub check: WaitReason,
     pub message: String,
+}
+
+/// The retry limits, with KubeadmControlPlane's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub max_retry: Option<i32>,
+    pub retry_period: SignedDuration,
+    pub min_healthy_period: SignedDuration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_retry: None,
+            retry_period: SignedDuration::ZERO,
+            min_healthy_period: SignedDuration::from_secs(3600),
+        }
+    }
+}
+
+impl Policy {
+    pub fn of(strategy: Option<&RemediationStrategy>) -> Policy {
+        let default = Policy::default();
+        let Some(s) = strategy else { return default };
+        let secs = |v: Option<i32>, d: SignedDuration| {
+            v.map_or(d, |s| SignedDuration::from_secs(i64::from(s.max(0))))
+        };
+        Policy {
+            max_retry: s.max_retry,
+            retry_period: secs(s.retry_period_seconds, default.retry_period),
+            min_healthy_period: secs(s.min_healthy_period_seconds, default.min_healthy_period),
+        }
+    }
 }
 
 /// The observed control plane.
@@ -144,7 +179,7 @@ pub struct ControlPlane {
     /// The etcd members, or `None` when no node answered.
     pub etcd: Option<Vec<EtcdMember>>,
     /// Remediation limits from the spec.
-    pub remediation: super::remediation::Policy,
+    pub remediation: Policy,
     /// The time of the observation.
     pub now: Timestamp,
 }
@@ -264,7 +299,7 @@ impl ControlPlane {
     pub fn preflight(&self, leaving: Option<&str>) -> Result<(), Blocked> {
         if let Some(m) = self.machines.iter().find(|m| m.deleting) {
             return Err(Blocked {
-                check: "MachineDeleting",
+                check: WaitReason::MachineDeleting,
                 message: format!("waiting for machine {} to finish deleting", m.name),
             });
         }
@@ -282,7 +317,7 @@ impl ControlPlane {
     fn health_checks(&self, leaving: Option<&str>) -> Result<(), Blocked> {
         let Some(members) = &self.etcd else {
             return Err(Blocked {
-                check: "EtcdUnknown",
+                check: WaitReason::EtcdUnknown,
                 message: "no control-plane node answered for the etcd member list".into(),
             });
         };
@@ -295,13 +330,13 @@ impl ControlPlane {
             match members.iter().find(|e| e.name == m.hostname) {
                 None => {
                     return Err(Blocked {
-                        check: "EtcdMemberMissing",
+                        check: WaitReason::EtcdMemberMissing,
                         message: format!("machine {} has no etcd member", m.name),
                     });
                 }
                 Some(e) if !e.healthy || e.learner => {
                     return Err(Blocked {
-                        check: "EtcdMemberUnhealthy",
+                        check: WaitReason::EtcdMemberUnhealthy,
                         message: format!(
                             "the etcd member of machine {} (id {:x}) is {}",
                             m.name,
@@ -319,7 +354,7 @@ impl ControlPlane {
         }
         if let Some(m) = staying().find(|m| !m.components_healthy) {
             return Err(Blocked {
-                check: "ControlPlaneComponentsUnhealthy",
+                check: WaitReason::ControlPlaneComponentsUnhealthy,
                 message: format!(
                     "the control-plane components of machine {} are not healthy",
                     m.name
@@ -402,10 +437,10 @@ impl ControlPlane {
         others: impl IntoIterator<Item = &'a MachineView>,
         progress: &str,
         what: &str,
-    ) -> Option<super::plan::Step> {
+    ) -> Option<super::step::Step> {
         if self.etcd.is_none() {
-            return Some(super::plan::Step::Wait {
-                reason: "EtcdUnknown",
+            return Some(super::step::Step::Wait {
+                reason: WaitReason::EtcdUnknown,
                 message: format!("{progress}; no node answered for the etcd member list"),
             });
         }
@@ -419,8 +454,8 @@ impl ControlPlane {
             .flatten()
             .find(|e| !e.learner && !running.contains(e.name.as_str()))
         {
-            return Some(super::plan::Step::Wait {
-                reason: "WaitingForHealthyNodes",
+            return Some(super::step::Step::Wait {
+                reason: WaitReason::WaitingForHealthyNodes,
                 message: format!(
                     "{progress}; etcd member {} ({:x}) belongs to no running machine and still votes, so {what}",
                     e.name, e.id
@@ -431,8 +466,8 @@ impl ControlPlane {
         let (sick, why) = others
             .into_iter()
             .find_map(|m| Some((m, self.unavailable_because(m)?)))?;
-        Some(super::plan::Step::Wait {
-            reason: "WaitingForHealthyNodes",
+        Some(super::step::Step::Wait {
+            reason: WaitReason::WaitingForHealthyNodes,
             message: format!(
                 "{progress}; machine {} is not healthy ({why}), so {what}",
                 sick.name
@@ -631,14 +666,14 @@ mod tests {
         deleting.machines[1].deleting = true;
         assert_eq!(
             deleting.preflight(None).map_err(|b| b.check),
-            Err("MachineDeleting")
+            Err(WaitReason::MachineDeleting)
         );
 
         let mut unknown = ok.clone();
         unknown.etcd = None;
         assert_eq!(
             unknown.preflight(None).map_err(|b| b.check),
-            Err("EtcdUnknown")
+            Err(WaitReason::EtcdUnknown)
         );
 
         let mut missing = ok.clone();
@@ -648,7 +683,7 @@ mod tests {
         let blocked = missing
             .preflight(None)
             .expect_err("a machine without a member");
-        assert_eq!(blocked.check, "EtcdMemberMissing");
+        assert_eq!(blocked.check, WaitReason::EtcdMemberMissing);
         assert!(blocked.message.contains("m2"), "{}", blocked.message);
 
         let mut sick = ok.clone();
@@ -657,14 +692,14 @@ mod tests {
         }
         assert_eq!(
             sick.preflight(None).map_err(|b| b.check),
-            Err("EtcdMemberUnhealthy")
+            Err(WaitReason::EtcdMemberUnhealthy)
         );
 
         let mut components = ok;
         components.machines[2].components_healthy = false;
         assert_eq!(
             components.preflight(None).map_err(|b| b.check),
-            Err("ControlPlaneComponentsUnhealthy")
+            Err(WaitReason::ControlPlaneComponentsUnhealthy)
         );
     }
 

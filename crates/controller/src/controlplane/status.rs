@@ -10,8 +10,8 @@ use api::controlplane::v1alpha3::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::plan::Step;
 use super::scope::{ControlPlane, MachineView, quorum};
+use super::step::Step;
 
 /// ConfigFieldsCurrent (contract v1.14 on): what each machine's TalosConfig says of the same
 /// patches, each named where it is in the control plane's spec. Patches that do not parse say
@@ -396,7 +396,8 @@ fn scaling(r: &Report, up: bool) -> Observation {
     Observation::new(type_, Status::True, yes).message(message)
 }
 
-/// The status to write, from the `old` one and this reconcile's report.
+/// The status to write, from the `old` one and this reconcile's report: one function per
+/// condition, then the counts.
 pub fn status(
     old: &TalosControlPlaneStatus,
     r: &Report,
@@ -406,66 +407,99 @@ pub fn status(
     let mut s = old.clone();
     s.observed_generation = generation;
     let mut set = |o: Observation| conditions::set(&mut s, &o, generation, now);
-    set(match &r.paused {
-        Some(why) => Observation::new(ConditionType::Paused, Status::True, reason::PAUSED)
-            .message(format!("reconciliation is paused: {why}")),
-        None => Observation::new(ConditionType::Paused, Status::False, reason::NOT_PAUSED),
-    });
-    set(match &r.deleting {
-        Some(why) => Observation::new(ConditionType::Deleting, Status::True, reason::DELETING)
-            .message(why.clone()),
-        None => Observation::new(ConditionType::Deleting, Status::False, reason::NOT_DELETING),
-    });
+    set(paused(r));
+    set(deleting(r));
     if r.paused.is_some() {
         return s;
     }
     if let Some(selector) = &r.selector {
         s.selector = Some(selector.clone());
     }
-    let healthy_components: Vec<&str> = r
+    let healthy_components = r.view.machines.iter().any(|m| m.components_healthy);
+    // Initialized never goes back (the contract reads it once).
+    let initialized = old.initialized == Some(true)
+        || (r.bootstrapped && r.view.etcd.is_some() && healthy_components);
+    let available = initialized && etcd_quorum(&r.view) && healthy_components;
+    let outdated: Vec<String> = r
         .view
         .machines
         .iter()
-        .filter(|m| m.components_healthy)
-        .map(|m| m.name.as_str())
+        .filter_map(|m| m.not_current().map(|why| format!("{} ({why})", m.name)))
         .collect();
-    // Initialized never goes back (the contract reads it once).
-    let initialized = old.initialized == Some(true)
-        || (r.bootstrapped && r.view.etcd.is_some() && !healthy_components.is_empty());
-    let available = initialized && etcd_quorum(&r.view) && !healthy_components.is_empty();
 
     let mut set = |o: Observation| conditions::set(&mut s, &o, generation, now);
-    set(if initialized {
-        Observation::new(
+    set(initialized_condition(r, initialized));
+    set(machines_bootstrapped(r));
+    set(etcd_health(r));
+    set(components_healthy(r));
+    set(machines_ready(r));
+    set(machines_up_to_date(r, &outdated));
+    set(rolling_out(r, outdated.len()));
+    set(scaling(r, true));
+    set(scaling(r, false));
+    set(remediating(r));
+    if let Some(c) = &r.certificates {
+        set(c.clone());
+    }
+    if let Some(c) = &r.fields_current {
+        set(c.clone());
+    }
+    set(available_condition(r, initialized, available));
+    if r.fields_current.is_none() {
+        conditions::remove(&mut s, ConditionType::ConfigFieldsCurrent);
+    }
+    counts(&mut s, r, initialized, available);
+    s
+}
+
+fn paused(r: &Report) -> Observation {
+    match &r.paused {
+        Some(why) => Observation::new(ConditionType::Paused, Status::True, reason::PAUSED)
+            .message(format!("reconciliation is paused: {why}")),
+        None => Observation::new(ConditionType::Paused, Status::False, reason::NOT_PAUSED),
+    }
+}
+
+fn deleting(r: &Report) -> Observation {
+    match &r.deleting {
+        Some(why) => Observation::new(ConditionType::Deleting, Status::True, reason::DELETING)
+            .message(why.clone()),
+        None => Observation::new(ConditionType::Deleting, Status::False, reason::NOT_DELETING),
+    }
+}
+
+fn initialized_condition(r: &Report, initialized: bool) -> Observation {
+    if initialized {
+        return Observation::new(
             ConditionType::Initialized,
             Status::True,
             reason::INITIALIZED,
         )
-        .message("etcd is bootstrapped and the control plane answers")
-    } else {
-        let why = match (&r.gate, &r.step) {
-            (Some((_, why)), _) => why.clone(),
-            (None, Some(Step::Wait { message, .. })) => message.clone(),
-            _ if !r.bootstrapped => {
-                "waiting for the first control-plane machine to bootstrap etcd".into()
-            }
-            _ => format!(
-                "waiting for the control plane to answer{}",
-                r.talos_problem
-                    .as_deref()
-                    .map(|p| format!(": {p}"))
-                    .unwrap_or_default()
-            ),
-        };
-        Observation::new(
-            ConditionType::Initialized,
-            Status::False,
-            reason::NOT_INITIALIZED,
-        )
-        .message(why)
-    });
-    set(machines_bootstrapped(r));
-    set(etcd_health(r));
+        .message("etcd is bootstrapped and the control plane answers");
+    }
+    let why = match (&r.gate, &r.step) {
+        (Some((_, why)), _) => why.clone(),
+        (None, Some(Step::Wait { message, .. })) => message.clone(),
+        _ if !r.bootstrapped => {
+            "waiting for the first control-plane machine to bootstrap etcd".into()
+        }
+        _ => format!(
+            "waiting for the control plane to answer{}",
+            r.talos_problem
+                .as_deref()
+                .map(|p| format!(": {p}"))
+                .unwrap_or_default()
+        ),
+    };
+    Observation::new(
+        ConditionType::Initialized,
+        Status::False,
+        reason::NOT_INITIALIZED,
+    )
+    .message(why)
+}
+
+fn components_healthy(r: &Report) -> Observation {
     let sick: Vec<String> = r
         .view
         .machines
@@ -483,139 +517,99 @@ pub fn status(
         .filter(|m| m.components_healthy && !m.deleting)
         .filter_map(|m| Some(format!("{} ({})", m.hostname, m.node_not_ready.as_ref()?)))
         .collect();
-    set(if r.view.machines.is_empty() {
-        Observation::new(
-            ConditionType::ControlPlaneComponentsHealthy,
-            Status::Unknown,
-            reason::NO_MACHINES,
-        )
-        .message("no control-plane machines yet")
-    } else if sick.is_empty() && nodes_not_ready.is_empty() {
-        Observation::new(
-            ConditionType::ControlPlaneComponentsHealthy,
-            Status::True,
-            reason::HEALTHY,
-        )
-    } else {
-        let mut problems = Vec::new();
-        if !sick.is_empty() {
-            problems.push(format!(
-                "control-plane components not healthy on machines {}",
-                list(&sick)
-            ));
-        }
-        if !nodes_not_ready.is_empty() {
-            problems.push(format!("Nodes not Ready: {}", list(&nodes_not_ready)));
-        }
-        Observation::new(
-            ConditionType::ControlPlaneComponentsHealthy,
-            Status::False,
-            reason::NOT_HEALTHY,
-        )
+    let type_ = ConditionType::ControlPlaneComponentsHealthy;
+    if r.view.machines.is_empty() {
+        return Observation::new(type_, Status::Unknown, reason::NO_MACHINES)
+            .message("no control-plane machines yet");
+    }
+    if sick.is_empty() && nodes_not_ready.is_empty() {
+        return Observation::new(type_, Status::True, reason::HEALTHY);
+    }
+    let mut problems = Vec::new();
+    if !sick.is_empty() {
+        problems.push(format!(
+            "control-plane components not healthy on machines {}",
+            list(&sick)
+        ));
+    }
+    if !nodes_not_ready.is_empty() {
+        problems.push(format!("Nodes not Ready: {}", list(&nodes_not_ready)));
+    }
+    Observation::new(type_, Status::False, reason::NOT_HEALTHY)
         .message(problems.join("; "))
         .severity(Severity::Warning)
-    });
+}
+
+fn machines_ready(r: &Report) -> Observation {
     let not_ready: Vec<String> = r
         .machines
         .iter()
         .filter(|m| !m.ready)
         .map(|m| m.name.clone())
         .collect();
-    set(if r.machines.is_empty() {
-        Observation::new(
-            ConditionType::MachinesReady,
-            Status::Unknown,
-            reason::NO_MACHINES,
-        )
+    let type_ = ConditionType::MachinesReady;
+    if r.machines.is_empty() {
+        Observation::new(type_, Status::Unknown, reason::NO_MACHINES)
     } else if not_ready.is_empty() {
-        Observation::new(ConditionType::MachinesReady, Status::True, reason::READY)
+        Observation::new(type_, Status::True, reason::READY)
     } else {
-        Observation::new(
-            ConditionType::MachinesReady,
-            Status::False,
-            reason::NOT_READY,
-        )
-        .message(format!("machines {} are not Ready", list(&not_ready)))
-        .severity(Severity::Info)
-    });
-    let outdated: Vec<String> = r
-        .view
-        .machines
+        Observation::new(type_, Status::False, reason::NOT_READY)
+            .message(format!("machines {} are not Ready", list(&not_ready)))
+            .severity(Severity::Info)
+    }
+}
+
+fn machines_up_to_date(r: &Report, outdated: &[String]) -> Observation {
+    let type_ = ConditionType::MachinesUpToDate;
+    if !outdated.is_empty() {
+        return Observation::new(type_, Status::False, reason::NOT_UP_TO_DATE)
+            .message(format!("machines {} do not match the spec", list(outdated)))
+            .severity(Severity::Info);
+    }
+    if r.drift.is_empty() {
+        return Observation::new(type_, Status::True, reason::UP_TO_DATE);
+    }
+    let drifted: Vec<String> = r
+        .drift
         .iter()
-        .filter_map(|m| m.not_current().map(|why| format!("{} ({why})", m.name)))
+        .map(|(m, fields)| format!("{m} ({})", fields.join(", ")))
         .collect();
-    set(if outdated.is_empty() && r.drift.is_empty() {
-        Observation::new(
-            ConditionType::MachinesUpToDate,
-            Status::True,
-            reason::UP_TO_DATE,
-        )
-    } else if outdated.is_empty() {
-        let drifted: Vec<String> = r
-            .drift
-            .iter()
-            .map(|(m, fields)| format!("{m} ({})", fields.join(", ")))
-            .collect();
-        Observation::new(
-            ConditionType::MachinesUpToDate,
-            Status::False,
-            reason::RUNNING_CONFIG_DIFFERS,
-        )
+    Observation::new(type_, Status::False, reason::RUNNING_CONFIG_DIFFERS)
         .message(format!(
             "the nodes of machines {} run a configuration that differs from controlPlaneConfig in these fields; it was changed outside talos-capi, which does not overwrite it: apply the spec's configuration to the node, or delete the machine to have it replaced",
             list(&drifted)
         ))
         .severity(Severity::Warning)
-    } else {
-        Observation::new(
-            ConditionType::MachinesUpToDate,
-            Status::False,
-            reason::NOT_UP_TO_DATE,
-        )
-        .message(format!(
-            "machines {} do not match the spec",
-            list(&outdated)
-        ))
-        .severity(Severity::Info)
-    });
-    set(rolling_out(r, outdated.len()));
-    set(scaling(r, true));
-    set(scaling(r, false));
-    set(remediating(r));
-    if let Some(c) = &r.certificates {
-        set(c.clone());
-    }
-    if let Some(c) = &r.fields_current {
-        set(c.clone());
-    }
-    set(if available {
-        Observation::new(ConditionType::Available, Status::True, reason::AVAILABLE)
-    } else {
-        let why = if !initialized {
-            "the control plane is not initialized yet".to_owned()
-        } else if !etcd_quorum(&r.view) {
-            format!(
-                "etcd has no healthy quorum{}",
-                r.talos_problem
-                    .as_deref()
-                    .map(|p| format!(": {p}"))
-                    .unwrap_or_default()
-            )
-        } else {
-            "no control-plane machine has healthy components".to_owned()
-        };
-        Observation::new(
-            ConditionType::Available,
-            Status::False,
-            reason::NOT_AVAILABLE,
-        )
-        .message(why)
-        .severity(Severity::Warning)
-    });
+}
 
-    if r.fields_current.is_none() {
-        conditions::remove(&mut s, ConditionType::ConfigFieldsCurrent);
+fn available_condition(r: &Report, initialized: bool, available: bool) -> Observation {
+    if available {
+        return Observation::new(ConditionType::Available, Status::True, reason::AVAILABLE);
     }
+    let why = if !initialized {
+        "the control plane is not initialized yet".to_owned()
+    } else if !etcd_quorum(&r.view) {
+        format!(
+            "etcd has no healthy quorum{}",
+            r.talos_problem
+                .as_deref()
+                .map(|p| format!(": {p}"))
+                .unwrap_or_default()
+        )
+    } else {
+        "no control-plane machine has healthy components".to_owned()
+    };
+    Observation::new(
+        ConditionType::Available,
+        Status::False,
+        reason::NOT_AVAILABLE,
+    )
+    .message(why)
+    .severity(Severity::Warning)
+}
+
+/// The replica counts, versions and the contract's fields.
+fn counts(s: &mut TalosControlPlaneStatus, r: &Report, initialized: bool, available: bool) {
     let total = count(r.machines.len());
     let ready = count(r.machines.iter().filter(|m| m.ready).count());
     let avail = count(r.machines.iter().filter(|m| m.available).count());
@@ -647,12 +641,12 @@ pub fn status(
         .v1beta1
         .get_or_insert_with(ControlPlaneV1Beta1Status::default)
         .ready_replicas = Some(ready);
-    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::scope::{EtcdMember, MachineView};
+    use super::super::wait_reason::WaitReason;
     use super::*;
     use k8s_openapi::jiff::Timestamp;
 
@@ -800,7 +794,7 @@ mod tests {
         let now = Time(Timestamp::UNIX_EPOCH);
         let mut r = report(&[true]);
         r.step = Some(Step::Wait {
-            reason: "EtcdMemberUnhealthy",
+            reason: WaitReason::EtcdMemberUnhealthy,
             message: "the etcd member of machine m0 is unhealthy".into(),
         });
         let s = status(&TalosControlPlaneStatus::default(), &r, Some(1), &now);

@@ -151,7 +151,58 @@ pub async fn observe(
 ) -> Observed {
     let mut observed = Observed::default();
     let now = std::time::Instant::now();
-    let mut targets: Vec<(String, String)> = Vec::new();
+    let targets = targets(ctx, machines, urgent, now, &mut observed);
+    if targets.is_empty() {
+        observed.problem = Some(if observed.health.is_empty() {
+            "no control-plane machine has an address yet".into()
+        } else {
+            "no control-plane node answered lately; each is asked again after its backoff".into()
+        });
+        return observed;
+    }
+    let addresses: Vec<String> = targets.iter().map(|(_, a)| a.clone()).collect();
+    let client = match ctx.nodes.connect(talosconfig, addresses.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            observed.problem = Some(format!("the cluster's talosconfig cannot be used: {e}"));
+            return observed;
+        }
+    };
+    let Answers {
+        members,
+        services,
+        statuses,
+        versions,
+    } = ask(ctx, &client, &addresses, versions).await;
+    if let Err(problem) = record_health(ctx, (services, statuses), &targets, now, &mut observed) {
+        observed.problem = Some(problem);
+        return observed;
+    }
+    for reply in versions.and_then(Result::ok).into_iter().flatten() {
+        if let (Some(machine), Ok(v)) = (machine_at(&targets, &reply.node).cloned(), reply.result)
+            && let Some(h) = observed.health.get_mut(&machine)
+        {
+            h.talos_version = v.version.map(|i| i.tag);
+        }
+    }
+    // Any node's view of the membership will do; the first that answers is taken.
+    match members {
+        Ok(replies) => record_members(ctx, &client, machines, replies, &mut observed).await,
+        Err(e) => observed.problem = Some(call_problem("listing etcd members", &e)),
+    }
+    observed
+}
+
+/// The machines to ask, by name and address. A node that answered before and then stopped
+/// rests until its backoff ends (unless `urgent`), and is recorded as not answering.
+fn targets(
+    ctx: &Context,
+    machines: &[Machine],
+    urgent: &[String],
+    now: std::time::Instant,
+    observed: &mut Observed,
+) -> Vec<(String, String)> {
+    let mut targets = Vec::new();
     for (machine, address) in machines
         .iter()
         .filter_map(|m| address(m).map(|a| (m.name_any(), a)))
@@ -170,23 +221,27 @@ pub async fn observe(
             _ => targets.push((machine, address)),
         }
     }
-    if targets.is_empty() {
-        observed.problem = Some(if observed.health.is_empty() {
-            "no control-plane machine has an address yet".into()
-        } else {
-            "no control-plane node answered lately; each is asked again after its backoff".into()
-        });
-        return observed;
-    }
-    let addresses: Vec<String> = targets.iter().map(|(_, a)| a.clone()).collect();
-    let client = match ctx.nodes.connect(talosconfig, addresses.clone()) {
-        Ok(c) => c,
-        Err(e) => {
-            observed.problem = Some(format!("the cluster's talosconfig cannot be used: {e}"));
-            return observed;
-        }
-    };
-    let many = Nodes::Many(addresses.clone());
+    targets
+}
+
+/// The nodes' answers to one look.
+struct Answers {
+    members: Replies<talos_api::machine::EtcdMembers>,
+    services: Replies<talos_api::machine::ServiceList>,
+    statuses: Replies<talos_api::machine::EtcdStatus>,
+    versions: Option<Replies<talos_api::machine::Version>>,
+}
+
+/// Ask `addresses` for the member list, services and etcd status (and versions): fanned out,
+/// or node by node when one of them is failing or a fanned-out call ran out of time; a call
+/// that failed as a whole is asked once more at once.
+async fn ask(
+    ctx: &Context,
+    client: &talos_api::Client,
+    addresses: &[String],
+    versions: bool,
+) -> Answers {
+    let many = Nodes::Many(addresses.to_vec());
     let asked_versions = async {
         if versions {
             Some(client.version(&many).await)
@@ -197,13 +252,13 @@ pub async fn observe(
     // A node whose last call failed is probed on its own, so that if it still hangs, it holds
     // up no other node's answer (apid waits for every node of a call fanned out to several).
     let probing = addresses.iter().any(|a| ctx.node_backoff.failing(a));
-    let ((mut members, (mut services, mut statuses)), talos_versions) = futures::join!(
+    let ((mut members, (mut services, mut statuses)), versions) = futures::join!(
         async {
             if probing {
-                let (members, services, statuses) = node_by_node(&client, &addresses).await;
+                let (members, services, statuses) = node_by_node(client, addresses).await;
                 (members, (services, statuses))
             } else {
-                futures::join!(client.etcd_member_list(&many), ask_health(&client, &many))
+                futures::join!(client.etcd_member_list(&many), ask_health(client, &many))
             }
         },
         asked_versions
@@ -219,103 +274,114 @@ pub async fn observe(
     if failed_with(timed_out) {
         // One node that hangs holds up a call fanned out to all of them (apid waits for every
         // node): each node is asked on its own, so the others answer and it is named, and rests.
-        (members, services, statuses) = node_by_node(&client, &addresses).await;
+        (members, services, statuses) = node_by_node(client, addresses).await;
     } else if failed_with(talos_api::Error::is_retryable) {
         (members, (services, statuses)) =
-            futures::join!(client.etcd_member_list(&many), ask_health(&client, &many));
+            futures::join!(client.etcd_member_list(&many), ask_health(client, &many));
     }
+    Answers {
+        members,
+        services,
+        statuses,
+        versions,
+    }
+}
 
+/// Each node's services and etcd status into `observed`; the problem, when a call failed as
+/// a whole (nothing is then planned on any node: the member list is left unknown too).
+fn record_health(
+    ctx: &Context,
+    (services, statuses): (
+        Replies<talos_api::machine::ServiceList>,
+        Replies<talos_api::machine::EtcdStatus>,
+    ),
+    targets: &[(String, String)],
+    now: std::time::Instant,
+    observed: &mut Observed,
+) -> Result<(), String> {
     match services {
-        Ok(replies) => record_services(ctx, replies, &targets, &mut observed),
+        Ok(replies) => record_services(ctx, replies, targets, observed),
         Err(e) => {
-            // No node's health is known. Only when every endpoint refused a connection did each
-            // node fail on its own, and each rests; any other failure of the whole call says
-            // nothing of a single node. Either way nothing is planned on it: the member list
-            // is left unknown too, so the planner waits.
+            // Only when every endpoint refused a connection did each node fail on its own,
+            // and each rests; any other failure of the whole call says nothing of one node.
             if matches!(e, talos_api::Error::Connect { .. }) {
-                for address in &addresses {
+                for (_, address) in targets {
                     ctx.node_backoff
                         .failed(address, now, steady_text(&e.to_string()));
                 }
             }
-            observed.problem = Some(call_problem("listing services", &e));
-            return observed;
+            return Err(call_problem("listing services", &e));
         }
     }
     // What etcd itself says on each node (alarms, its leader); without it no member is judged.
     match statuses {
-        Ok(replies) => record_etcd_status(replies, &targets, &mut observed),
-        Err(e) => {
-            observed.problem = Some(call_problem("reading etcd status", &e));
-            return observed;
-        }
+        Ok(replies) => record_etcd_status(replies, targets, observed),
+        Err(e) => return Err(call_problem("reading etcd status", &e)),
     }
-    for reply in talos_versions.and_then(Result::ok).into_iter().flatten() {
-        if let (Some(machine), Ok(v)) = (machine_at(&targets, &reply.node).cloned(), reply.result)
-            && let Some(h) = observed.health.get_mut(&machine)
-        {
-            h.talos_version = v.version.map(|i| i.tag);
-        }
-    }
-    // Any node's view of the membership will do; the first that answers is taken.
-    let replies = match members {
-        Ok(replies) => replies,
-        Err(e) => {
-            observed.problem = Some(call_problem("listing etcd members", &e));
-            return observed;
-        }
-    };
+    Ok(())
+}
+
+/// The etcd members, from the first node that answered with the list; their health from what
+/// their nodes said. A new machine's node is in etcd before Cluster API copies its address to
+/// the Machine (up to a second later, in its own time): its services are asked at the address
+/// etcd knows it by, so its health gates the next step at once.
+async fn record_members(
+    ctx: &Context,
+    client: &talos_api::Client,
+    machines: &[Machine],
+    replies: Vec<talos_api::NodeResult<talos_api::machine::EtcdMembers>>,
+    observed: &mut Observed,
+) {
     let mut last_error = None;
     for reply in replies {
-        match reply.result {
-            Ok(list) => {
-                let owners: Vec<Option<&Machine>> = list
-                    .members
-                    .iter()
-                    .map(|m| owner_of(machines, &m.hostname, &m.peer_urls))
-                    .collect();
-                // A new machine's node is in etcd before Cluster API copies its address to the
-                // Machine (up to a second later, in its own time): its services are asked at
-                // the address etcd knows it by, so its health gates the next step at once.
-                let unaddressed: Vec<(String, String)> = list
-                    .members
-                    .iter()
-                    .zip(&owners)
-                    .filter_map(|(m, owner)| {
-                        let owner = (*owner)?;
-                        if address(owner).is_some() {
-                            return None;
-                        }
-                        let host = m.peer_urls.iter().find_map(|u| peer_host(u))?;
-                        Some((owner.name_any(), host.to_owned()))
-                    })
-                    .collect();
-                if !unaddressed.is_empty() {
-                    let nodes = Nodes::Many(unaddressed.iter().map(|(_, a)| a.clone()).collect());
-                    if let (Ok(services), Ok(statuses)) = ask_health(&client, &nodes).await {
-                        record_services(ctx, services, &unaddressed, &mut observed);
-                        record_etcd_status(statuses, &unaddressed, &mut observed);
-                    }
-                }
-                let members = list
-                    .members
-                    .iter()
-                    .zip(owners)
-                    .map(|(m, owner)| EtcdMember {
-                        id: m.id,
-                        name: owner.map(hostname).unwrap_or_else(|| m.hostname.clone()),
-                        healthy: owner
-                            .and_then(|x| observed.health.get(&x.name_any()))
-                            .is_some_and(|h| h.etcd),
-                        learner: m.is_learner,
-                    })
-                    .collect();
-                observed.members = Some(members);
-                observed.problem = None;
-                return observed;
+        let list = match reply.result {
+            Ok(list) => list,
+            Err(e) => {
+                last_error = Some(call_problem(&reply.node, &e));
+                continue;
             }
-            Err(e) => last_error = Some(call_problem(&reply.node, &e)),
+        };
+        let owners: Vec<Option<&Machine>> = list
+            .members
+            .iter()
+            .map(|m| owner_of(machines, &m.hostname, &m.peer_urls))
+            .collect();
+        let unaddressed: Vec<(String, String)> = list
+            .members
+            .iter()
+            .zip(&owners)
+            .filter_map(|(m, owner)| {
+                let owner = (*owner)?;
+                if address(owner).is_some() {
+                    return None;
+                }
+                let host = m.peer_urls.iter().find_map(|u| peer_host(u))?;
+                Some((owner.name_any(), host.to_owned()))
+            })
+            .collect();
+        if !unaddressed.is_empty() {
+            let nodes = Nodes::Many(unaddressed.iter().map(|(_, a)| a.clone()).collect());
+            if let (Ok(services), Ok(statuses)) = ask_health(client, &nodes).await {
+                record_services(ctx, services, &unaddressed, observed);
+                record_etcd_status(statuses, &unaddressed, observed);
+            }
         }
+        let members = list
+            .members
+            .iter()
+            .zip(owners)
+            .map(|(m, owner)| EtcdMember {
+                id: m.id,
+                name: owner.map(hostname).unwrap_or_else(|| m.hostname.clone()),
+                healthy: owner
+                    .and_then(|x| observed.health.get(&x.name_any()))
+                    .is_some_and(|h| h.etcd),
+                learner: m.is_learner,
+            })
+            .collect();
+        observed.members = Some(members);
+        observed.problem = None;
+        return;
     }
     observed.problem = Some(format!(
         "no control-plane node answered for the etcd member list{}",
@@ -323,7 +389,6 @@ pub async fn observe(
             .map(|e| format!(" (last: {e})"))
             .unwrap_or_default()
     ));
-    observed
 }
 
 type Replies<T> = Result<Vec<talos_api::NodeResult<T>>, talos_api::Error>;

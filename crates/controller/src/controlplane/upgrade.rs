@@ -4,40 +4,11 @@
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
-use serde::{Deserialize, Serialize};
-
-use super::plan::Step;
 use super::scope::{ControlPlane, MachineView, quorum};
+use super::step::Step;
+use super::wait_reason::WaitReason;
 
-/// The Machine annotation of an upgrade asked for and not finished: a JSON [`Marker`].
-/// Removing it from a machine whose upgrade failed asks for another attempt.
-pub const MARKER: &str = "controlplane.cluster.x-k8s.io/talos-upgrade";
-
-/// An upgrade of one node, as recorded on its Machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Marker {
-    /// The Talos version asked for, and the installer image.
-    pub version: String,
-    pub image: String,
-    /// The version the node ran when it was asked.
-    pub from: String,
-    /// When it was asked.
-    pub at: Timestamp,
-    /// The node accepted the upgrade (install and reboot were asked for).
-    #[serde(default)]
-    pub issued: bool,
-    /// The node was seen down since (rebooting).
-    #[serde(default)]
-    pub down: bool,
-    /// Why it failed, once it did: the rollout halts until the node recovers, the marker is
-    /// removed, or talosUpgrade changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failed: Option<String>,
-}
-
-impl super::Annotation for Marker {}
+pub use super::records::{UPGRADE as MARKER, Upgrade as Marker};
 
 /// The Talos version the control plane should run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,58 +73,8 @@ pub fn step(target: &Target, cp: &ControlPlane) -> Option<Step> {
         });
     }
     for m in &live {
-        let Some(u) = &m.upgrade else { continue };
-        if on_target(m) && cp.available(m) {
-            return Some(Step::UpgradeDone {
-                machine: m.name.clone(),
-            });
-        }
-        if let Some(why) = &u.failed {
-            return Some(Step::Wait {
-                reason: "TalosUpgradeFailed",
-                message: format!(
-                    "the Talos upgrade of machine {} to {} failed: {why}; nothing else is upgraded until it recovers: fix the node and remove the annotation {MARKER} from machine {} to try again, or change talosUpgrade",
-                    m.name, u.version, m.name
-                ),
-            });
-        }
-        if !u.issued {
-            // Asked for, but not known to have reached the node (an operator restart in
-            // between): asked again.
-            return Some(Step::UpgradeTalos {
-                machine: m.name.clone(),
-            });
-        }
-        if !m.reachable && !u.down {
-            return Some(Step::UpgradeSeenDown {
-                machine: m.name.clone(),
-            });
-        }
-        let rolled_back = u.down
-            && m.reachable
-            && m.components_healthy
-            && m.talos_version
-                .as_deref()
-                .is_some_and(|v| same_version(v, &u.from));
-        if rolled_back {
-            return Some(Step::UpgradeFailed {
-                machine: m.name.clone(),
-                why: format!(
-                    "the node rebooted and came back on {} (rolled back)",
-                    u.from
-                ),
-            });
-        }
-        let deadline = u.at + target.timeout;
-        if cp.now > deadline {
-            return Some(Step::UpgradeFailed {
-                machine: m.name.clone(),
-                why: format!(
-                    "the node was not back healthy on {} within {}s",
-                    u.version,
-                    target.timeout.as_secs()
-                ),
-            });
+        if let Some(step) = m.upgrade.as_ref().and_then(|u| follow(target, cp, m, u)) {
+            return Some(step);
         }
     }
     let pending: Vec<&&MachineView> = live
@@ -177,7 +98,7 @@ pub fn step(target: &Target, cp: &ControlPlane) -> Option<Step> {
             .find_map(|m| Some(format!(" ({}: {})", m.name, cp.unavailable_because(m)?)))
             .unwrap_or_default();
         return Some(Step::Wait {
-            reason: "TalosUpgradeInProgress",
+            reason: WaitReason::TalosUpgradeInProgress,
             message: format!(
                 "{progress}; waiting for {} to be back healthy on {}{still}",
                 upgrading.join(", "),
@@ -200,6 +121,54 @@ pub fn step(target: &Target, cp: &ControlPlane) -> Option<Step> {
     })
 }
 
+/// The next step for node `m` under way with upgrade `u`, if it has one: done, halted on a
+/// failure, asked again, seen down, rolled back or out of time.
+fn follow(target: &Target, cp: &ControlPlane, m: &MachineView, u: &Marker) -> Option<Step> {
+    let machine = m.name.clone();
+    let on = |version: &str| {
+        m.talos_version
+            .as_deref()
+            .is_some_and(|v| same_version(v, version))
+    };
+    if on(&target.version) && cp.available(m) {
+        return Some(Step::UpgradeDone { machine });
+    }
+    if let Some(why) = &u.failed {
+        return Some(Step::Wait {
+            reason: WaitReason::TalosUpgradeFailed,
+            message: format!(
+                "the Talos upgrade of machine {} to {} failed: {why}; nothing else is upgraded until it recovers: fix the node and remove the annotation {MARKER} from machine {} to try again, or change talosUpgrade",
+                m.name, u.version, m.name
+            ),
+        });
+    }
+    if !u.issued {
+        // Asked for, but not known to have reached the node (an operator restart in between):
+        // asked again.
+        return Some(Step::UpgradeTalos { machine });
+    }
+    if !m.reachable && !u.down {
+        return Some(Step::UpgradeSeenDown { machine });
+    }
+    if u.down && m.reachable && m.components_healthy && on(&u.from) {
+        return Some(Step::UpgradeFailed {
+            machine,
+            why: format!(
+                "the node rebooted and came back on {} (rolled back)",
+                u.from
+            ),
+        });
+    }
+    (cp.now > u.at + target.timeout).then(|| Step::UpgradeFailed {
+        machine,
+        why: format!(
+            "the node was not back healthy on {} within {}s",
+            u.version,
+            target.timeout.as_secs()
+        ),
+    })
+}
+
 /// Whether a running node's Talos version is missing from the last look (its reply lost, or
 /// the call that asks every node failed as a whole). [`step`] passes over such a node, so with
 /// an upgrade asked for, a plan with nothing to do is not known to be done: it is looked at
@@ -213,6 +182,7 @@ pub fn versions_unknown(cp: &ControlPlane) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::jiff::Timestamp;
 
     fn target(max_parallel: usize) -> Target {
         Target {
@@ -281,7 +251,7 @@ mod tests {
         // maxParallel 3 is capped at 1 by quorum with three members.
         match step(&target(3), &c) {
             Some(Step::Wait { reason, message }) => {
-                assert_eq!(reason, "TalosUpgradeInProgress");
+                assert_eq!(reason, WaitReason::TalosUpgradeInProgress);
                 assert!(
                     message.contains("0 of 3 nodes on Talos v1.13.1"),
                     "{message}"
@@ -303,7 +273,7 @@ mod tests {
         c.machines[2].components_healthy = false;
         assert!(matches!(
             step(&target(1), &c),
-            Some(Step::Wait { reason: "WaitingForHealthyNodes", message }) if message.contains("m2")
+            Some(Step::Wait { reason: WaitReason::WaitingForHealthyNodes, message }) if message.contains("m2")
         ));
         c.machines[2].components_healthy = true;
         assert_eq!(
@@ -328,7 +298,7 @@ mod tests {
         c.machines[1].cleanup_hook = false;
         match step(&target(2), &c) {
             Some(Step::Wait { reason, message }) => {
-                assert_eq!(reason, "WaitingForHealthyNodes");
+                assert_eq!(reason, WaitReason::WaitingForHealthyNodes);
                 assert!(
                     message.contains("etcd member m1 (2) belongs to no running machine"),
                     "{message}"
@@ -358,7 +328,7 @@ mod tests {
         c.machines[0].node_not_ready = Some("Ready is False (KubeletNotReady)".into());
         match step(&target(1), &c) {
             Some(Step::Wait { reason, message }) => {
-                assert_eq!(reason, "TalosUpgradeInProgress");
+                assert_eq!(reason, WaitReason::TalosUpgradeInProgress);
                 assert!(
                     message.contains("its Node m0 is not Ready: Ready is False (KubeletNotReady)"),
                     "{message}"
@@ -378,7 +348,7 @@ mod tests {
         c.machines[2].node_not_ready = Some("Ready is Unknown (NodeStatusUnknown)".into());
         assert!(matches!(
             step(&target(1), &c),
-            Some(Step::Wait { reason: "WaitingForHealthyNodes", message })
+            Some(Step::Wait { reason: WaitReason::WaitingForHealthyNodes, message })
                 if message.contains("machine m2 is not healthy (its Node m2 is not Ready")
         ));
     }
@@ -402,7 +372,7 @@ mod tests {
         assert!(matches!(
             step(&target(9), &c),
             Some(Step::Wait {
-                reason: "TalosUpgradeInProgress",
+                reason: WaitReason::TalosUpgradeInProgress,
                 ..
             })
         ));
@@ -436,7 +406,7 @@ mod tests {
         set(&mut c, 0, |u| u.failed = Some("rolled back".into()));
         match step(&target(1), &c) {
             Some(Step::Wait { reason, message }) => {
-                assert_eq!(reason, "TalosUpgradeFailed");
+                assert_eq!(reason, WaitReason::TalosUpgradeFailed);
                 assert!(
                     message.contains("m0") && message.contains(MARKER),
                     "{message}"

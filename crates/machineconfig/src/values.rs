@@ -502,6 +502,7 @@ impl Walk<'_> {
 }
 
 /// Substitute `values` into `patch` (see the module documentation), within a budget of its own.
+/// On an error the patch is left partly substituted: it is for discarding, never for rendering.
 pub fn substitute(patch: &mut Patch, values: &MachineValues) -> Result<(), ValueError> {
     substitute_within(patch, values, &RenderBudget::new(RENDER_LIMITS))
 }

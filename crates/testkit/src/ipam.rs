@@ -4,8 +4,11 @@
 //! claim goes.
 //!
 //! Its pool CRDs are installed, and its admission webhooks (pool defaulting and validation) and
-//! conversion webhook (pools' v1alpha1 ↔ v1alpha2) are wired to it on loopback, as its
-//! clusterctl installation wires them to its Service. It speaks the `ipam.cluster.x-k8s.io/v1beta2`
+//! conversion webhook (pools' v1alpha1 ↔ v1alpha2) are wired to it at 127.0.0.1, as its
+//! clusterctl installation wires them to its Service. Its probe and diagnostics endpoints bind
+//! 127.0.0.1; its webhook server, like the Cluster API core's, binds every interface: the
+//! binary has no flag for controller-runtime's webhook host. It serves TLS with a certificate of
+//! the control plane's CA, and the API server (the only client) reaches it on loopback. It speaks the `ipam.cluster.x-k8s.io/v1beta2`
 //! API of IPAddressClaim and IPAddress, which the Cluster API core's CRDs serve (as their storage
 //! version on both lines the project tests, v1.12 and v1.14).
 

@@ -6,7 +6,7 @@ CARGO ?= cargo
 LOCAL_CP_DIR := target/local-cp
 LOCAL_KUBECONFIG := $(LOCAL_CP_DIR)/kubeconfig
 LOCAL_CP_BIN := target/debug/local-control-plane
-TOOLS := kube-apiserver kubectl etcd cluster-api cluster-api-config clusterctl cabpt cabpt-config cacppt cacppt-config helm talosctl talosctl-1.14 hadolint actionlint
+TOOLS := kube-apiserver kubectl etcd cluster-api cluster-api-config clusterctl cabpt cabpt-config cacppt cacppt-config ipam-in-cluster ipam-in-cluster-config helm talosctl talosctl-1.14 hadolint actionlint
 # The Cluster API line of the floor lane (make test-capi-floor); the default lane is in versions.env.
 CLUSTER_API_FLOOR_VERSION := $(shell . hack/tools/versions.env && echo "$$CLUSTER_API_FLOOR_VERSION")
 # Test binaries of the workspace that need no outside cluster (the e2e suite needs KUBECONFIG).

@@ -48,6 +48,9 @@ FLOOR = {
     # tests (429 storms, 500s, an etcd restart, leader election) are about kube-apiserver.
     ("talos-capi", "manager"): ["without_the_crds", "split_providers"],
     ("testkit", "harness"): ["cluster_api", "clusterctl_matches_the_core_manager_version"],
+    # The in-cluster IPAM provider against the core's IPAddressClaim/IPAddress CRDs, and the
+    # per-machine value syntax through the lane's clusterctl.
+    ("testkit", "ipam"): [],
     ("testkit", "tools"): [],
 }
 

@@ -2,7 +2,7 @@
 # Locate or build one of the real components the tests and the demo run against,
 # and print the absolute path of what the caller asked for.
 #
-#   hack/tools/tool.sh kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|cacppt|cacppt-config|helm|talosctl|talosctl-1.14|hadolint|actionlint
+#   hack/tools/tool.sh kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|cacppt|cacppt-config|ipam-in-cluster|ipam-in-cluster-config|helm|talosctl|talosctl-1.14|hadolint|actionlint
 #
 # CLUSTER_API_VERSION (default in versions.env) picks the Cluster API lane; each supported
 # line has its wrapper module under hack/tools/cluster-api/<line>/.
@@ -18,6 +18,7 @@
 #   ACTIONLINT_BIN, HADOLINT_BIN  the workflow and Dockerfile linters
 #   CABPT_BIN, CABPT_CONFIG  the CABPT peer binary and its config/ directory
 #   CACPPT_BIN, CACPPT_CONFIG  the CACPPT peer binary and its config/ directory
+#   IPAM_IN_CLUSTER_BIN, IPAM_IN_CLUSTER_CONFIG  the in-cluster IPAM provider and its config/
 #   KUBECTL_BIN          kubectl binary (default: the one on PATH, else built from k8s.io/kubernetes)
 # Built binaries are cached by tool and version under
 #   ${TALOS_CAPI_CACHE:-$HOME/.cache/talos-capi}/tools/<tool>-<version>/
@@ -137,6 +138,29 @@ case "$tool" in
       touch "$out/.complete-2"
     fi
     echo "$out" ;;
+  ipam-in-cluster)
+    # The Cluster API in-cluster IPAM provider (InClusterIPPool -> IPAddress for IPAddressClaims).
+    if [ -n "${IPAM_IN_CLUSTER_BIN:-}" ]; then echo "$IPAM_IN_CLUSTER_BIN"; exit 0; fi
+    out="$cache/ipam-in-cluster-$IPAM_IN_CLUSTER_VERSION/ipam-in-cluster"
+    [ -x "$out" ] || go_build ipam-in-cluster sigs.k8s.io/cluster-api-ipam-provider-in-cluster "$out" IPAM_IN_CLUSTER_BIN
+    echo "$out" ;;
+  ipam-in-cluster-config)
+    # The in-cluster IPAM provider's config directory: crd/bases (its pool CRDs), crd/patches
+    # (conversion webhook wiring) and webhook/manifests.yaml (pool defaulting and validation).
+    if [ -n "${IPAM_IN_CLUSTER_CONFIG:-}" ]; then echo "$IPAM_IN_CLUSTER_CONFIG"; exit 0; fi
+    out="$cache/ipam-in-cluster-$IPAM_IN_CLUSTER_VERSION/config"
+    if [ ! -f "$out/.complete-1" ]; then
+      need_go IPAM_IN_CLUSTER_CONFIG
+      dir=$(cd "$here/ipam-in-cluster" && go mod download -json "sigs.k8s.io/cluster-api-ipam-provider-in-cluster@$IPAM_IN_CLUSTER_VERSION" |
+        sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') || true
+      [ -n "$dir" ] && [ -d "$dir/config/crd/bases" ] || die "no config/crd/bases for the in-cluster IPAM provider $IPAM_IN_CLUSTER_VERSION; set IPAM_IN_CLUSTER_CONFIG"
+      rm -rf "$out" && mkdir -p "$out/crd" "$out/webhook"
+      cp -r "$dir/config/crd/bases" "$dir/config/crd/patches" "$out/crd/"
+      cp "$dir/config/webhook/manifests.yaml" "$out/webhook/"
+      chmod -R u+w "$out"
+      touch "$out/.complete-1"
+    fi
+    echo "$out" ;;
   helm)
     if [ -n "${HELM_BIN:-}" ]; then echo "$HELM_BIN"; exit 0; fi
     out="$cache/helm-$HELM_VERSION/helm"
@@ -217,5 +241,5 @@ PY
     fi
     echo "$out" ;;
   *)
-    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|cacppt|cacppt-config|helm|talosctl|talosctl-1.14|hadolint|actionlint" ;;
+    die "usage: $0 kube-apiserver|kubectl|etcd|cluster-api|cluster-api-config|clusterctl|cabpt|cabpt-config|cacppt|cacppt-config|ipam-in-cluster|ipam-in-cluster-config|helm|talosctl|talosctl-1.14|hadolint|actionlint" ;;
 esac

@@ -15,6 +15,7 @@ pub mod render;
 pub mod secrets;
 pub mod talosconfig;
 pub mod validate;
+pub mod values;
 
 pub use contract::Contract;
 pub use error::{BoxError, DecodeError, EndpointProblem, Error, Problems};

@@ -54,9 +54,13 @@ impl ClusterApiManager {
             WEBHOOK_PREFIX,
         )
         .await?;
-        manager
-            .wire_conversion(&client, &config.join("crd/patches"), cp)
-            .await?;
+        wire_conversion(
+            &client,
+            &config.join("crd/patches"),
+            cp,
+            manager.webhook_port,
+        )
+        .await?;
         Ok(manager)
     }
 
@@ -98,67 +102,6 @@ impl ClusterApiManager {
             },
         )
         .await
-    }
-
-    /// Point the conversion of every CRD named in Cluster API's `crd/patches/webhook_in_*.yaml`
-    /// (the kustomize patches that upstream applies at install time) at this manager's
-    /// `/convert` endpoint, so v1beta1 and v1beta2 objects convert as in a real installation.
-    /// Lines without these patches (v1.10 serves one version) have nothing to wire.
-    async fn wire_conversion(
-        &self,
-        client: &Client,
-        patches: &Path,
-        cp: &LocalControlPlane,
-    ) -> Result<(), Error> {
-        let Ok(entries) = std::fs::read_dir(patches) else {
-            return Ok(());
-        };
-        let mut files: Vec<_> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("webhook_in_") && n.ends_with(".yaml"))
-            })
-            .collect();
-        files.sort();
-        let ca_bundle = STANDARD.encode(cp.ca().cert_pem());
-        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for path in files {
-            let text = std::fs::read_to_string(&path)
-                .map_err(Error::io(format!("reading {}", path.display())))?;
-            let patch: Value = serde_yaml_ng::from_str(&text).map_err(|e| Error::Manifest {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-            let (Some(name), Some(webhook)) = (
-                patch["metadata"]["name"].as_str(),
-                patch["spec"]["conversion"]["webhook"].as_object(),
-            ) else {
-                continue;
-            };
-            let service_path = webhook["clientConfig"]["service"]["path"]
-                .as_str()
-                .unwrap_or("/convert");
-            let review_versions = webhook
-                .get("conversionReviewVersions")
-                .cloned()
-                .unwrap_or_else(|| json!(["v1"]));
-            let conversion = json!({"spec": {"conversion": {
-                "strategy": "Webhook",
-                "webhook": {
-                    "conversionReviewVersions": review_versions,
-                    "clientConfig": {
-                        "url": format!("https://127.0.0.1:{}{service_path}", self.webhook_port),
-                        "caBundle": ca_bundle,
-                    },
-                },
-            }}});
-            api.patch(name, &PatchParams::default(), &Patch::Merge(&conversion))
-                .await?;
-        }
-        Ok(())
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -233,6 +176,68 @@ pub(crate) async fn register_webhooks(
             }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Point the conversion of every CRD named in a provider's `crd/patches/webhook_in_*.yaml` (the
+/// kustomize patches that upstream applies at install time) at that provider's `/convert`
+/// endpoint on loopback port `port`, so objects convert between the CRDs' versions as in a real
+/// installation. A provider without these patches (Cluster API v1.10 serves one version) has
+/// nothing to wire.
+pub(crate) async fn wire_conversion(
+    client: &Client,
+    patches: &Path,
+    cp: &LocalControlPlane,
+    port: u16,
+) -> Result<(), Error> {
+    let Ok(entries) = std::fs::read_dir(patches) else {
+        return Ok(());
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("webhook_in_") && n.ends_with(".yaml"))
+        })
+        .collect();
+    files.sort();
+    let ca_bundle = STANDARD.encode(cp.ca().cert_pem());
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for path in files {
+        let text = std::fs::read_to_string(&path)
+            .map_err(Error::io(format!("reading {}", path.display())))?;
+        let patch: Value = serde_yaml_ng::from_str(&text).map_err(|e| Error::Manifest {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let (Some(name), Some(webhook)) = (
+            patch["metadata"]["name"].as_str(),
+            patch["spec"]["conversion"]["webhook"].as_object(),
+        ) else {
+            continue;
+        };
+        let service_path = webhook["clientConfig"]["service"]["path"]
+            .as_str()
+            .unwrap_or("/convert");
+        let review_versions = webhook
+            .get("conversionReviewVersions")
+            .cloned()
+            .unwrap_or_else(|| json!(["v1"]));
+        let conversion = json!({"spec": {"conversion": {
+            "strategy": "Webhook",
+            "webhook": {
+                "conversionReviewVersions": review_versions,
+                "clientConfig": {
+                    "url": format!("https://127.0.0.1:{port}{service_path}"),
+                    "caBundle": ca_bundle,
+                },
+            },
+        }}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&conversion))
+            .await?;
     }
     Ok(())
 }

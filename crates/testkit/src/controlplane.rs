@@ -6,6 +6,7 @@ use kube::Client;
 
 use crate::capi::ClusterApiManager;
 use crate::etcd::Etcd;
+use crate::ipam::IpamInCluster;
 use crate::pki::Ca;
 use crate::process::{LIGHT_GC, ManagedProcess, free_port};
 use crate::tools::{Tool, locate};
@@ -22,6 +23,7 @@ pub struct Builder {
     crd_dirs: Vec<PathBuf>,
     cluster_api_crds: bool,
     cluster_api_manager: bool,
+    ipam_in_cluster: bool,
     audit_log: bool,
     ca: Option<Ca>,
     port: Option<u16>,
@@ -66,6 +68,15 @@ impl Builder {
         self
     }
 
+    /// Install the Cluster API core CRDs and the in-cluster IPAM provider's, and run the real
+    /// in-cluster IPAM provider with its webhooks (see [`IpamInCluster`]). With
+    /// [`Builder::cluster_api`], it starts after the core manager.
+    pub fn ipam_in_cluster(mut self) -> Self {
+        self.cluster_api_crds = true;
+        self.ipam_in_cluster = true;
+        self
+    }
+
     /// Write an audit log of every request (Metadata level, JSON lines) to
     /// [`LocalControlPlane::audit_log_path`], e.g. to count a controller's API requests.
     pub fn audit_log(mut self) -> Self {
@@ -98,13 +109,15 @@ pub struct StartupTimes {
     pub apiserver: Duration,
     pub crds: Duration,
     pub cluster_api: Duration,
+    pub ipam: Duration,
 }
 
 /// etcd + kube-apiserver (+ optionally the Cluster API core manager) on loopback, with its own
 /// CA and admin client certificate. Dropping it stops every process it started.
 #[derive(Debug)]
 pub struct LocalControlPlane {
-    // Field order is drop order: the manager goes before the API server, which goes before etcd.
+    // Field order is drop order: the managers go before the API server, which goes before etcd.
+    ipam: Option<IpamInCluster>,
     cluster_api: Option<ClusterApiManager>,
     apiserver: ManagedProcess,
     etcd: Arc<Etcd>,
@@ -174,6 +187,7 @@ impl LocalControlPlane {
         times.apiserver = started.elapsed();
 
         let mut cp = LocalControlPlane {
+            ipam: None,
             cluster_api: None,
             apiserver,
             etcd,
@@ -189,26 +203,52 @@ impl LocalControlPlane {
             temporary,
         };
 
+        cp.start_components(
+            b.crd_dirs,
+            b.cluster_api_crds,
+            b.cluster_api_manager,
+            b.ipam_in_cluster,
+        )
+        .await?;
+        Ok(cp)
+    }
+
+    /// Once the API server is ready: the CRDs, then the managers (the Cluster API core, then the
+    /// IPAM provider).
+    async fn start_components(
+        &mut self,
+        mut crd_dirs: Vec<PathBuf>,
+        cluster_api_crds: bool,
+        cluster_api_manager: bool,
+        ipam_in_cluster: bool,
+    ) -> Result<(), Error> {
         let started = Instant::now();
-        let mut crd_dirs = b.crd_dirs;
-        if b.cluster_api_crds {
+        if cluster_api_crds {
             crd_dirs.push(locate(Tool::ClusterApiConfig)?.join("crd/bases"));
         }
         for crd_dir in &crd_dirs {
-            cp.install_crds(crd_dir).await?;
+            self.install_crds(crd_dir).await?;
         }
-        if b.cluster_api_crds {
-            let client = cp.client().await?;
+        if cluster_api_crds {
+            let client = self.client().await?;
             crds::install_crds(&client, &crate::infra::infrastructure_crds()?).await?;
         }
-        cp.times.crds = started.elapsed();
-
-        if b.cluster_api_manager {
-            let started = Instant::now();
-            cp.cluster_api = Some(ClusterApiManager::start(&cp).await?);
-            cp.times.cluster_api = started.elapsed();
+        if ipam_in_cluster {
+            IpamInCluster::install_crds(self).await?;
         }
-        Ok(cp)
+        self.times.crds = started.elapsed();
+
+        if cluster_api_manager {
+            let started = Instant::now();
+            self.cluster_api = Some(ClusterApiManager::start(self).await?);
+            self.times.cluster_api = started.elapsed();
+        }
+        if ipam_in_cluster {
+            let started = Instant::now();
+            self.ipam = Some(IpamInCluster::start(self).await?);
+            self.times.ipam = started.elapsed();
+        }
+        Ok(())
     }
 
     /// Stop kube-apiserver (SIGTERM), leave it down for `down`, and start it again on the same port, CA and
@@ -311,6 +351,12 @@ impl LocalControlPlane {
         self.cluster_api.as_ref()
     }
 
+    /// The in-cluster IPAM provider of a control plane started with
+    /// [`Builder::ipam_in_cluster`].
+    pub fn ipam_in_cluster(&self) -> Option<&IpamInCluster> {
+        self.ipam.as_ref()
+    }
+
     pub fn startup_times(&self) -> &StartupTimes {
         &self.times
     }
@@ -323,11 +369,12 @@ impl LocalControlPlane {
     }
 
     /// Pids of the lifelines of this control plane's processes (etcd, kube-apiserver, Cluster
-    /// API manager); each component is the only child of its lifeline.
+    /// API manager, IPAM provider); each component is the only child of its lifeline.
     pub fn lifeline_pids(&self) -> Vec<u32> {
         let apiserver = self.apiserver.pid();
         let mut pids = vec![self.etcd.pid(), apiserver];
         pids.extend(self.cluster_api.as_ref().map(ClusterApiManager::pid));
+        pids.extend(self.ipam.as_ref().map(IpamInCluster::pid));
         pids
     }
 

@@ -1,5 +1,5 @@
-//! A local Kubernetes management cluster made of real components — etcd, kube-apiserver and the
-//! Cluster API core manager — for talos-capi's integration tests, e2e suite and demo.
+//! A local Kubernetes management cluster made of real components — etcd, kube-apiserver, the
+//! Cluster API core manager and optionally the in-cluster IPAM provider — for talos-capi's integration tests, e2e suite and demo.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), testkit::Error> {
@@ -22,6 +22,7 @@ mod error;
 mod etcd;
 pub mod faults;
 pub mod infra;
+mod ipam;
 mod kubeconfig;
 mod manifest;
 pub mod peers;
@@ -38,6 +39,7 @@ pub use controlplane::{Builder, LocalControlPlane};
 pub use crds::{crds_from_dir, install_crds, wait_established};
 pub use error::Error;
 pub use etcd::Etcd;
+pub use ipam::IpamInCluster;
 pub use manifest::{apply_manifest, dynamic_api};
 pub use shared::{shared, unique_namespace};
 pub use wait::{eventually, eventually_explained, poll};

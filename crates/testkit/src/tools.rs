@@ -18,6 +18,10 @@ pub enum Tool {
     CabptConfig,
     Cacppt,
     CacpptConfig,
+    /// The Cluster API in-cluster IPAM provider (IPAM_IN_CLUSTER_VERSION).
+    IpamInCluster,
+    /// Its config/ directory: crd/bases, crd/patches and webhook/manifests.yaml.
+    IpamInClusterConfig,
     Helm,
     Talosctl,
     /// talosctl of the Talos 1.14 line (TALOS_114_VERSION), the oracle for the 1.14 contract.
@@ -37,6 +41,8 @@ impl Tool {
             Tool::CabptConfig => "cabpt-config",
             Tool::Cacppt => "cacppt",
             Tool::CacpptConfig => "cacppt-config",
+            Tool::IpamInCluster => "ipam-in-cluster",
+            Tool::IpamInClusterConfig => "ipam-in-cluster-config",
             Tool::Helm => "helm",
             Tool::Talosctl => "talosctl",
             Tool::Talosctl114 => "talosctl-1.14",

@@ -25,95 +25,140 @@ const WEBHOOK_PREFIX: &str = "capi-";
 /// webhooks are registered with the API server, so Cluster API objects are defaulted and
 /// validated exactly as in a real management cluster.
 #[derive(Debug)]
-pub struct ClusterApiManager {
-    process: ManagedProcess,
-    webhook_port: u16,
-    health_port: u16,
-}
+pub struct ClusterApiManager(Manager);
+
+const CORE: ManagerSpec = ManagerSpec {
+    name: "cluster-api",
+    binary: Tool::ClusterApi,
+    config: Tool::ClusterApiConfig,
+    webhook_prefix: WEBHOOK_PREFIX,
+    health_flag: "--health-addr",
+    extra_args: &["--feature-gates=ClusterTopology=true"],
+    readyz_has_webhooks: true,
+};
 
 impl ClusterApiManager {
     pub(crate) async fn start(cp: &LocalControlPlane) -> Result<Self, Error> {
-        let binary = locate(Tool::ClusterApi)?;
-        let config = locate(Tool::ClusterApiConfig)?;
-        let dir = cp.dir().join("cluster-api");
+        Manager::start(cp, &CORE).await.map(Self)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.process.pid()
+    }
+
+    /// `Err` with the log's tail if the manager has exited.
+    pub fn check_running(&self) -> Result<(), Error> {
+        self.0.process.check_running()
+    }
+
+    pub fn webhook_port(&self) -> u16 {
+        self.0.webhook_port
+    }
+}
+
+/// How to run one controller-runtime manager of the Cluster API family (the core, a provider)
+/// beside a [`LocalControlPlane`].
+#[derive(Debug)]
+pub(crate) struct ManagerSpec {
+    /// Names its directory, serving certificate, process and log.
+    pub name: &'static str,
+    pub binary: Tool,
+    /// Its config directory: webhook/manifests.yaml and crd/patches.
+    pub config: Tool,
+    /// Prefix of its webhook configurations (as its clusterctl installation names them).
+    pub webhook_prefix: &'static str,
+    /// The flag of its health probe address.
+    pub health_flag: &'static str,
+    pub extra_args: &'static [&'static str],
+    /// Its /readyz includes the webhook server (the core's does); otherwise the webhook port
+    /// is waited for as well: webhooks registered before it listens would refuse every write.
+    pub readyz_has_webhooks: bool,
+}
+
+/// A running manager, with its webhooks served with a certificate of the control plane's CA and
+/// registered with the API server (admission and conversion), pointing at it on loopback.
+/// Dropping it stops the process.
+#[derive(Debug)]
+pub(crate) struct Manager {
+    pub process: ManagedProcess,
+    pub webhook_port: u16,
+    health_port: u16,
+}
+
+impl Manager {
+    pub(crate) async fn start(cp: &LocalControlPlane, spec: &ManagerSpec) -> Result<Self, Error> {
+        let binary = locate(spec.binary)?;
+        let config = locate(spec.config)?;
+        let dir = cp.dir().join(spec.name);
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-        let serving = cp
-            .ca()
-            .serving("cluster-api-webhook", &["127.0.0.1", "localhost"])?;
+        let serving = cp.ca().serving(
+            &format!("{}-webhook", spec.name),
+            &["127.0.0.1", "localhost"],
+        )?;
         std::fs::write(dir.join("tls.crt"), &serving.cert_pem)
             .and_then(|()| std::fs::write(dir.join("tls.key"), &serving.key_pem))
-            .map_err(Error::io("writing the webhook serving certificate"))?;
+            .map_err(Error::io(format!(
+                "writing the webhook serving certificate of {}",
+                spec.name
+            )))?;
 
-        let manager = retry_port_race(|| Self::start_once(cp, &binary, &dir)).await?;
+        let manager = retry_port_race(|| Self::start_once(cp, spec, &binary, &dir)).await?;
         let client = cp.client().await?;
-        register_webhooks(
-            &client,
-            &config.join("webhook/manifests.yaml"),
-            cp,
-            manager.webhook_port,
-            WEBHOOK_PREFIX,
-        )
-        .await?;
-        wire_conversion(
-            &client,
-            &config.join("crd/patches"),
-            cp,
-            manager.webhook_port,
-        )
-        .await?;
+        let port = manager.webhook_port;
+        let manifests = config.join("webhook/manifests.yaml");
+        register_webhooks(&client, &manifests, cp, port, spec.webhook_prefix).await?;
+        wire_conversion(&client, &config.join("crd/patches"), cp, port).await?;
         Ok(manager)
     }
 
-    async fn start_once(cp: &LocalControlPlane, binary: &Path, dir: &Path) -> Result<Self, Error> {
+    async fn start_once(
+        cp: &LocalControlPlane,
+        spec: &ManagerSpec,
+        binary: &Path,
+        dir: &Path,
+    ) -> Result<Self, Error> {
         let webhook_port = free_port()?;
         let health_port = free_port()?;
         let diagnostics_port = free_port()?;
-        let args = vec![
+        let mut args = vec![
             format!("--kubeconfig={}", cp.kubeconfig_path().display()),
             format!("--webhook-port={webhook_port}"),
             format!("--webhook-cert-dir={}", dir.display()),
-            format!("--health-addr=127.0.0.1:{health_port}"),
+            format!("{}=127.0.0.1:{health_port}", spec.health_flag),
             format!("--diagnostics-address=127.0.0.1:{diagnostics_port}"),
             "--insecure-diagnostics=true".into(),
             "--leader-elect=false".into(),
-            "--feature-gates=ClusterTopology=true".into(),
         ];
-        let log = cp.dir().join(format!("cluster-api-{webhook_port}.log"));
+        args.extend(spec.extra_args.iter().map(|a| (*a).to_owned()));
+        let log = cp.dir().join(format!("{}-{webhook_port}.log", spec.name));
         let process =
-            ManagedProcess::spawn_with_env("cluster-api", (binary, &args), &LIGHT_GC, &log, None)?;
-        let manager = ClusterApiManager {
+            ManagedProcess::spawn_with_env(spec.name, (binary, &args), &LIGHT_GC, &log, None)?;
+        let manager = Manager {
             process,
             webhook_port,
             health_port,
         };
-        manager.wait_ready().await?;
+        manager.wait_ready(spec).await?;
         Ok(manager)
     }
 
-    /// The manager's /readyz includes its webhook server, so this also waits for webhooks.
-    async fn wait_ready(&self) -> Result<(), Error> {
+    async fn wait_ready(&self, spec: &ManagerSpec) -> Result<(), Error> {
+        let (health_port, webhook_port) = (self.health_port, self.webhook_port);
         poll_until(
-            "Cluster API manager /readyz",
+            &format!("{} /readyz", spec.name),
             Duration::from_secs(60),
             Duration::from_millis(100),
-            || async {
-                self.check_running()?;
-                Ok(http_get_ok(self.health_port, "/readyz").await.then_some(()))
+            || async move {
+                self.process.check_running()?;
+                let ready = http_get_ok(health_port, "/readyz").await
+                    && (spec.readyz_has_webhooks
+                        || tokio::net::TcpStream::connect(("127.0.0.1", webhook_port))
+                            .await
+                            .is_ok());
+                Ok(ready.then_some(()))
             },
         )
         .await
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
-    pub fn check_running(&self) -> Result<(), Error> {
-        self.process.check_running()
-    }
-
-    pub fn webhook_port(&self) -> u16 {
-        self.webhook_port
     }
 }
 

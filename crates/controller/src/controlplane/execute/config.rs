@@ -195,40 +195,18 @@ pub(super) async fn reboot(x: &Exec<'_, '_>, machine: &str) -> Result<Option<Ste
     Ok(None)
 }
 
-/// The node rebooting into its new configuration was seen down.
-pub(super) async fn seen_down(x: &Exec<'_, '_>, machine: &str) -> Result<Option<Step>, Error> {
-    if let Some(mut marker) = x.recorded::<Marker>(machine) {
-        marker.down = true;
-        x.record(machine, Some(&marker)).await?;
-    }
-    Ok(None)
-}
-
 /// The tried configuration failed: recorded, which halts in-place changes.
 pub(super) async fn failed(
     x: &Exec<'_, '_>,
     machine: &str,
     why: &str,
 ) -> Result<Option<Step>, Error> {
-    if let Some(mut marker) = x.recorded::<Marker>(machine) {
-        marker.failed = Some(why.to_owned());
-        x.record(machine, Some(&marker)).await?;
-        x.event(
-            EventType::Warning,
-            "TalosConfigChangeFailed",
-            format!(
-                "the configuration change of machine {machine} failed: {why}; configuration changes halt"
-            ),
+    x.failed(machine, why, |_: &Marker| {
+        format!(
+            "the configuration change of machine {machine} failed: {why}; configuration changes halt"
         )
-        .await;
-    }
-    Ok(None)
-}
-
-/// The record is for another configuration (controlPlaneConfig changed): it goes.
-pub(super) async fn forget(x: &Exec<'_, '_>, machine: &str) -> Result<Option<Step>, Error> {
-    x.record::<Marker>(machine, None).await?;
-    Ok(None)
+    })
+    .await
 }
 
 /// The node refused the configuration (`kept`: refused to keep a tried one): say so, and

@@ -17,6 +17,8 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::records::{self, ConfigChange, Upgrade};
+use super::scope::MachineView;
 use super::status::Report;
 use super::step::Step;
 use super::wait_reason::WaitReason;
@@ -87,16 +89,16 @@ pub(super) async fn act(
         Step::RemoveOrphanMember { id, name } => etcd::remove_orphan(&x, *id, name).await?,
         Step::ReleaseMachine { machine, member } => etcd::release(&x, machine, *member).await?,
         Step::UpgradeTalos { machine } => upgrade::start(&x, machine).await?,
-        Step::UpgradeSeenDown { machine } => upgrade::seen_down(&x, machine).await?,
+        Step::UpgradeSeenDown { machine } => x.seen_down::<Upgrade>(machine).await?,
         Step::UpgradeFailed { machine, why } => upgrade::failed(&x, machine, why).await?,
         Step::UpgradeDone { machine } => upgrade::done(&x, machine).await?,
-        Step::ForgetUpgrade { machine } => upgrade::forget(&x, machine).await?,
+        Step::ForgetUpgrade { machine } => x.forget::<Upgrade>(machine).await?,
         Step::TryConfig { machine } => config::try_it(&x, machine).await?,
         Step::ConfirmConfig { machine } => config::confirm(&x, machine).await?,
         Step::RebootConfig { machine } => config::reboot(&x, machine).await?,
-        Step::ConfigRebootSeenDown { machine } => config::seen_down(&x, machine).await?,
+        Step::ConfigRebootSeenDown { machine } => x.seen_down::<ConfigChange>(machine).await?,
         Step::ConfigChangeFailed { machine, why } => config::failed(&x, machine, why).await?,
-        Step::ForgetConfigChange { machine } => config::forget(&x, machine).await?,
+        Step::ForgetConfigChange { machine } => x.forget::<ConfigChange>(machine).await?,
         Step::Wait { .. } | Step::Steady => None,
     };
     Ok(waited.unwrap_or(step))
@@ -126,14 +128,46 @@ impl<'a> Exec<'a, '_> {
         })
     }
 
+    /// Machine `name` as the model sees it.
+    fn view(&self, name: &str) -> Option<&MachineView> {
+        self.report.view.machines.iter().find(|v| v.name == name)
+    }
+
     /// What is recorded on machine `name` of record `R`, as observed.
     fn recorded<R: Record>(&self, name: &str) -> Option<R> {
-        self.report
-            .view
-            .machines
-            .iter()
-            .find(|v| v.name == name)
-            .and_then(R::of_view)
+        self.view(name).and_then(R::of_view)
+    }
+
+    /// The node of `machine`, under change `R`, was seen down (rebooting).
+    async fn seen_down<R: Record>(&self, machine: &str) -> Result<Option<Step>, Error> {
+        if let Some(mut record) = self.recorded::<R>(machine) {
+            record.seen_down();
+            self.record(machine, Some(&record)).await?;
+        }
+        Ok(None)
+    }
+
+    /// Change `R` of `machine` failed for `why`: recorded, which halts the changes of its
+    /// kind, and said in a Warning Event (`note`, from the record).
+    async fn failed<R: Record>(
+        &self,
+        machine: &str,
+        why: &str,
+        note: impl FnOnce(&R) -> String,
+    ) -> Result<Option<Step>, Error> {
+        if let Some(mut record) = self.recorded::<R>(machine) {
+            record.failed(why.to_owned());
+            self.record(machine, Some(&record)).await?;
+            self.event(EventType::Warning, R::FAILED, note(&record))
+                .await;
+        }
+        Ok(None)
+    }
+
+    /// The record `R` on `machine` goes.
+    async fn forget<R: Record>(&self, machine: &str) -> Result<Option<Step>, Error> {
+        self.record::<R>(machine, None).await?;
+        Ok(None)
     }
 
     /// Record (or, with `None`, remove) `record` on machine `name`.
@@ -166,21 +200,39 @@ trait Record: Annotation + Clone {
     const ANNOTATION: &'static str;
     /// For the error when it cannot be written: "<WHAT> machine ns/name".
     const WHAT: &'static str;
-    fn of_view(view: &super::scope::MachineView) -> Option<Self>;
+    /// The reason of the Event that says it failed.
+    const FAILED: &'static str;
+    fn of_view(view: &MachineView) -> Option<Self>;
+    fn seen_down(&mut self);
+    fn failed(&mut self, why: String);
 }
 
-impl Record for super::upgrade::Marker {
-    const ANNOTATION: &'static str = super::upgrade::MARKER;
+impl Record for Upgrade {
+    const ANNOTATION: &'static str = records::UPGRADE;
     const WHAT: &'static str = "recording the Talos upgrade of";
-    fn of_view(view: &super::scope::MachineView) -> Option<Self> {
+    const FAILED: &'static str = "TalosUpgradeFailed";
+    fn of_view(view: &MachineView) -> Option<Self> {
         view.upgrade.clone()
+    }
+    fn seen_down(&mut self) {
+        self.down = true;
+    }
+    fn failed(&mut self, why: String) {
+        self.failed = Some(why);
     }
 }
 
-impl Record for super::reconfigure::Marker {
-    const ANNOTATION: &'static str = super::reconfigure::MARKER;
+impl Record for ConfigChange {
+    const ANNOTATION: &'static str = records::CONFIG_CHANGE;
     const WHAT: &'static str = "recording the configuration change of";
-    fn of_view(view: &super::scope::MachineView) -> Option<Self> {
+    const FAILED: &'static str = "TalosConfigChangeFailed";
+    fn of_view(view: &MachineView) -> Option<Self> {
         view.reconfigure.clone()
+    }
+    fn seen_down(&mut self) {
+        self.down = true;
+    }
+    fn failed(&mut self, why: String) {
+        self.failed = Some(why);
     }
 }

@@ -70,13 +70,7 @@ pub(super) async fn down(x: &Exec<'_, '_>, machine: &str) -> Result<Option<Step>
     }
     machines::delete(ctx, &tcp.namespace().unwrap_or_default(), machine).await?;
     ctx.expectations.deleted(&key_of(tcp), machine);
-    let outdated = x
-        .report
-        .view
-        .machines
-        .iter()
-        .find(|m| m.name == machine)
-        .and_then(|m| m.outdated.clone());
+    let outdated = x.view(machine).and_then(|m| m.outdated.clone());
     let note = match outdated {
         Some(why) => {
             format!("rolling out: deleted outdated control-plane machine {machine} ({why})")

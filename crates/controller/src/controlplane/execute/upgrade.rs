@@ -1,8 +1,6 @@
 //! The steps of an in-place Talos upgrade, node by node: record it on the Machine, ask the
 //! node, and follow it down and back up.
 
-use kube::runtime::events::EventType;
-
 use super::super::step::Step;
 use super::super::talos;
 use super::super::upgrade::Marker;
@@ -20,13 +18,7 @@ pub(super) async fn start(x: &Exec<'_, '_>, machine: &str) -> Result<Option<Step
     let mut marker = match &recorded {
         Some(marker) => marker.clone(),
         None => {
-            let from = x
-                .report
-                .view
-                .machines
-                .iter()
-                .find(|v| v.name == machine)
-                .and_then(|v| v.talos_version.clone());
+            let from = x.view(machine).and_then(|v| v.talos_version.clone());
             let marker = Marker {
                 version: target.version.clone(),
                 image: target.image.clone(),
@@ -67,39 +59,23 @@ pub(super) async fn start(x: &Exec<'_, '_>, machine: &str) -> Result<Option<Step
     Ok(None)
 }
 
-/// The upgrading node was seen down (rebooting).
-pub(super) async fn seen_down(x: &Exec<'_, '_>, machine: &str) -> Result<Option<Step>, Error> {
-    if let Some(mut marker) = x.recorded::<Marker>(machine) {
-        marker.down = true;
-        x.record(machine, Some(&marker)).await?;
-    }
-    Ok(None)
-}
-
 /// The upgrade failed: recorded, which halts the rollout.
 pub(super) async fn failed(
     x: &Exec<'_, '_>,
     machine: &str,
     why: &str,
 ) -> Result<Option<Step>, Error> {
-    if let Some(mut marker) = x.recorded::<Marker>(machine) {
-        marker.failed = Some(why.to_owned());
-        x.record(machine, Some(&marker)).await?;
-        let address = x
-            .machine(machine)
-            .and_then(talos::address)
-            .unwrap_or_default();
-        x.event(
-            EventType::Warning,
-            "TalosUpgradeFailed",
-            format!(
-                "the Talos upgrade of machine {machine} ({address}) to {} failed: {why}; the rollout halts",
-                marker.version
-            ),
+    let address = x
+        .machine(machine)
+        .and_then(talos::address)
+        .unwrap_or_default();
+    x.failed(machine, why, |marker: &Marker| {
+        format!(
+            "the Talos upgrade of machine {machine} ({address}) to {} failed: {why}; the rollout halts",
+            marker.version
         )
-        .await;
-    }
-    Ok(None)
+    })
+    .await
 }
 
 /// The node is back, healthy, on the target version: the record goes.
@@ -116,11 +92,5 @@ pub(super) async fn done(x: &Exec<'_, '_>, machine: &str) -> Result<Option<Step>
         )
         .await;
     }
-    Ok(None)
-}
-
-/// The record is for another target (talosUpgrade changed): it goes.
-pub(super) async fn forget(x: &Exec<'_, '_>, machine: &str) -> Result<Option<Step>, Error> {
-    x.record::<Marker>(machine, None).await?;
     Ok(None)
 }

@@ -39,23 +39,44 @@ pub struct LeaseSettings {
     pub retry_period: Duration,
 }
 
+/// Lease settings client-go would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseSettingsError {
+    #[error("the lease duration must be at least 1s")]
+    LeaseTooShort,
+    #[error(
+        "the renew deadline ({renew_deadline:?}) must be shorter than the lease duration ({lease_duration:?})"
+    )]
+    RenewDeadline {
+        renew_deadline: Duration,
+        lease_duration: Duration,
+    },
+    #[error(
+        "the retry period ({retry_period:?}) must be above zero and shorter than the renew deadline ({renew_deadline:?})"
+    )]
+    RetryPeriod {
+        retry_period: Duration,
+        renew_deadline: Duration,
+    },
+}
+
 impl LeaseSettings {
     /// The constraints client-go enforces: retry < renew deadline < lease duration.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), LeaseSettingsError> {
         if self.lease_duration < Duration::from_secs(1) {
-            return Err("the lease duration must be at least 1s".into());
+            return Err(LeaseSettingsError::LeaseTooShort);
         }
         if self.renew_deadline >= self.lease_duration {
-            return Err(format!(
-                "the renew deadline ({:?}) must be shorter than the lease duration ({:?})",
-                self.renew_deadline, self.lease_duration
-            ));
+            return Err(LeaseSettingsError::RenewDeadline {
+                renew_deadline: self.renew_deadline,
+                lease_duration: self.lease_duration,
+            });
         }
         if self.retry_period.is_zero() || self.retry_period >= self.renew_deadline {
-            return Err(format!(
-                "the retry period ({:?}) must be above zero and shorter than the renew deadline ({:?})",
-                self.retry_period, self.renew_deadline
-            ));
+            return Err(LeaseSettingsError::RetryPeriod {
+                retry_period: self.retry_period,
+                renew_deadline: self.renew_deadline,
+            });
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use kube::{Resource, ResourceExt};
 
 use super::{machines, talos};
 use crate::bootstrap::secrets::bundle_name;
-use crate::{Context, report};
+use crate::{Context, Error, report};
 
 /// The longest Talos answer kept on a Machine.
 const MAX_WHY: usize = 1024;
@@ -23,17 +23,27 @@ pub(super) fn render(
     cluster: &Cluster,
     cluster_name: &str,
     machine: &Machine,
-) -> Result<String, String> {
+) -> Result<String, Error> {
     let ns = tcp.namespace().unwrap_or_default();
-    let secret = ctx
-        .secret(&ns, &bundle_name(cluster_name))
-        .ok_or_else(|| format!("Secret {} does not exist", bundle_name(cluster_name)))?;
-    let bundle = ctx.bundle_of(&secret).map_err(|e| e.to_string())?;
-    let spec = machines::config_spec(&tcp.spec.control_plane_config.controlplane)
-        .map_err(|e| e.to_string())?;
-    let spec: TalosConfigSpec = serde_json::from_value(spec).map_err(|e| e.to_string())?;
-    crate::bootstrap::render::machine_config(&spec, machine, cluster, cluster_name, &bundle)
-        .map_err(|e| e.to_string())
+    let secret = ctx.secret(&ns, &bundle_name(cluster_name)).ok_or_else(|| {
+        Error::Missing(format!(
+            "Secret {} does not exist",
+            bundle_name(cluster_name)
+        ))
+    })?;
+    let bundle = ctx.bundle_of(&secret)?;
+    let spec = machines::config_spec(&tcp.spec.control_plane_config.controlplane)?;
+    let spec: TalosConfigSpec = serde_json::from_value(spec).map_err(|source| Error::Decode {
+        kind: "TalosConfigSpec",
+        source,
+    })?;
+    Ok(crate::bootstrap::render::machine_config(
+        &spec,
+        machine,
+        cluster,
+        cluster_name,
+        &bundle,
+    )?)
 }
 
 /// Talos's answer on one line, bounded for an annotation and an Event.

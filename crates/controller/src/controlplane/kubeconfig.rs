@@ -44,7 +44,7 @@ pub enum Outcome {
 /// Why the stored kubeconfig must be issued again, if it must: `not_after` is when its client
 /// certificate expires (or why that cannot be read).
 pub fn rotation_due(
-    not_after: Result<OffsetDateTime, String>,
+    not_after: Result<OffsetDateTime, machineconfig::Error>,
     issued_for: Option<&str>,
     requested: Option<&str>,
     now: OffsetDateTime,
@@ -63,14 +63,14 @@ pub fn rotation_due(
 }
 
 /// When the client certificate of the kubeconfig in `secret` expires.
-fn not_after(secret: &Secret) -> Result<OffsetDateTime, String> {
+fn not_after(secret: &Secret) -> Result<OffsetDateTime, machineconfig::Error> {
     let value = secret
         .data
         .as_ref()
         .and_then(|d| d.get("value"))
         .map(|v| String::from_utf8_lossy(&v.0))
         .unwrap_or_default();
-    machineconfig::kubeconfig::client_certificate_not_after(&value).map_err(|e| e.to_string())
+    machineconfig::kubeconfig::client_certificate_not_after(&value)
 }
 
 /// The API server URL for `endpoint`.

@@ -174,7 +174,7 @@ pub async fn observe(
         statuses,
         versions,
     } = ask(ctx, &client, &addresses, versions).await;
-    if let Err(problem) = record_health(ctx, (services, statuses), &targets, now, &mut observed) {
+    if let Some(problem) = record_health(ctx, (services, statuses), &targets, now, &mut observed) {
         observed.problem = Some(problem);
         return observed;
     }
@@ -298,7 +298,7 @@ fn record_health(
     targets: &[(String, String)],
     now: std::time::Instant,
     observed: &mut Observed,
-) -> Result<(), String> {
+) -> Option<String> {
     match services {
         Ok(replies) => record_services(ctx, replies, targets, observed),
         Err(e) => {
@@ -310,15 +310,15 @@ fn record_health(
                         .failed(address, now, steady_text(&e.to_string()));
                 }
             }
-            return Err(call_problem("listing services", &e));
+            return Some(call_problem("listing services", &e));
         }
     }
     // What etcd itself says on each node (alarms, its leader); without it no member is judged.
     match statuses {
         Ok(replies) => record_etcd_status(replies, targets, observed),
-        Err(e) => return Err(call_problem("reading etcd status", &e)),
+        Err(e) => return Some(call_problem("reading etcd status", &e)),
     }
-    Ok(())
+    None
 }
 
 /// The etcd members, from the first node that answered with the list; their health from what

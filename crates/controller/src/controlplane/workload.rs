@@ -173,7 +173,7 @@ impl Workloads {
         cluster: &str,
         kubeconfig: &Secret,
         owner: ObjectRef<DynamicObject>,
-    ) -> Result<Nodes, String> {
+    ) -> Result<Nodes, KubeconfigProblem> {
         let key = format!("{ns}/{cluster}");
         let from = format!(
             "{}/{}",
@@ -191,15 +191,14 @@ impl Workloads {
         let store = match store {
             Some(store) => store,
             None => {
-                let client = client(kubeconfig).await.map_err(|e| e.to_string())?;
+                let client = client(kubeconfig).await?;
                 self.watch(&key, from, client, owner)
             }
         };
         if store.wait_until_ready().now_or_never().is_none() {
-            return Err(format!(
-                "the Nodes of the workload cluster are not listed yet (through Secret {})",
-                kubeconfig.name_any()
-            ));
+            return Err(KubeconfigProblem::NotListedYet {
+                name: kubeconfig.name_any(),
+            });
         }
         Ok(Nodes::of(&store.state()))
     }
@@ -260,7 +259,8 @@ impl Workloads {
     }
 }
 
-/// Why a workload cluster's kubeconfig cannot be used. Names what is wrong, never content: the
+/// Why a workload cluster's Nodes are not known (yet), most often because its kubeconfig cannot
+/// be used. Names what is wrong, never content: the
 /// kubeconfig holds a client key, and this message reaches the TalosControlPlane's conditions.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeconfigProblem {
@@ -276,6 +276,8 @@ pub enum KubeconfigProblem {
     },
     #[error("the kubeconfig in Secret {name} cannot be used: {reason}")]
     Unusable { name: String, reason: &'static str },
+    #[error("the Nodes of the workload cluster are not listed yet (through Secret {name})")]
+    NotListedYet { name: String },
 }
 
 /// What is wrong with a kubeconfig kube refuses, without kube's message: its parser's quotes

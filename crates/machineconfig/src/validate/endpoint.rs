@@ -12,13 +12,28 @@ pub(super) enum EndpointProblem {
     Invalid(&'static str),
 }
 
+/// Why Go's `url.Parse` refuses a URL, in its words.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum UrlError {
+    #[error("missing protocol scheme")]
+    MissingScheme,
+    #[error("missing ']' in host")]
+    MissingBracket,
+    #[error("invalid port {0:?} after host")]
+    InvalidPort(String),
+    #[error("net/url: invalid control character in URL")]
+    ControlCharacter,
+    #[error("first path segment in URL cannot contain colon")]
+    ColonInFirstSegment,
+}
+
 /// The scheme of `url` and what follows it, as Go's `getScheme` splits them.
-fn split_scheme(url: &str) -> Result<(&str, &str), String> {
+fn split_scheme(url: &str) -> Result<(&str, &str), UrlError> {
     for (i, c) in url.char_indices() {
         match c {
             'a'..='z' | 'A'..='Z' => {}
             '0'..='9' | '+' | '-' | '.' if i > 0 => {}
-            ':' if i == 0 => return Err("missing protocol scheme".to_owned()),
+            ':' if i == 0 => return Err(UrlError::MissingScheme),
             ':' => return Ok((&url[..i], &url[i + 1..])),
             _ => break,
         }
@@ -33,22 +48,22 @@ fn valid_optional_port(port: &str) -> bool {
 }
 
 /// The host and port of an authority (user information removed), as Go's `parseHost` checks it.
-fn host_and_port(authority: &str) -> Result<(&str, &str), String> {
+fn host_and_port(authority: &str) -> Result<(&str, &str), UrlError> {
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     if let Some(rest) = host.strip_prefix('[') {
         let Some(close) = rest.find(']') else {
-            return Err("missing ']' in host".to_owned());
+            return Err(UrlError::MissingBracket);
         };
         let after = &rest[close + 1..];
         if !after.is_empty() && !valid_optional_port(after) {
-            return Err(format!("invalid port {after:?} after host"));
+            return Err(UrlError::InvalidPort(after.to_owned()));
         }
         return Ok((&rest[..close], after.strip_prefix(':').unwrap_or("")));
     }
     // Go checks from the first ':', so an unbracketed IPv6 address is refused.
     match host.find(':') {
         Some(i) if !valid_optional_port(&host[i..]) => {
-            Err(format!("invalid port {:?} after host", &host[i..]))
+            Err(UrlError::InvalidPort(host[i..].to_owned()))
         }
         Some(i) => Ok((&host[..i], &host[i + 1..])),
         None => Ok((host, "")),
@@ -56,10 +71,10 @@ fn host_and_port(authority: &str) -> Result<(&str, &str), String> {
 }
 
 /// The host name and port Go's `url.Parse` finds in `url`, or its error.
-fn parse(url: &str) -> Result<(&str, &str), String> {
+fn parse(url: &str) -> Result<(&str, &str), UrlError> {
     let url = url.split_once('#').map_or(url, |(u, _)| u);
     if url.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        return Err("net/url: invalid control character in URL".to_owned());
+        return Err(UrlError::ControlCharacter);
     }
     let (scheme, rest) = split_scheme(url)?;
     let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
@@ -69,7 +84,7 @@ fn parse(url: &str) -> Result<(&str, &str), String> {
     }
     let first_segment = rest.split('/').next().unwrap_or("");
     if scheme.is_empty() && first_segment.contains(':') {
-        return Err("first path segment in URL cannot contain colon".to_owned());
+        return Err(UrlError::ColonInFirstSegment);
     }
     Ok(("", ""))
 }

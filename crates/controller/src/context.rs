@@ -1,4 +1,7 @@
-//! What every reconcile shares: the client, the Event reporter, metrics, a clock and options.
+//! What both controllers share: the client, the Event reporter, metrics, a clock, options, the
+//! watch caches, the Talos connections and the per-object backoff (and, for now, the TalosConfig
+//! controller's bundle generations and render memory). The TalosControlPlane controller keeps
+//! its own state in [`crate::controlplane::state::Ctx`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +14,6 @@ use kube::runtime::events::Reporter;
 
 use api::bootstrap::v1alpha3::TalosConfig;
 use futures::channel::mpsc;
-use kube::api::DynamicObject;
 use kube::runtime::reflector::ObjectRef;
 
 use kube::runtime::controller::Action;
@@ -20,10 +22,6 @@ use crate::Error;
 use crate::cache::Caches;
 use crate::metrics::Metrics;
 use crate::nodes::{Grpc, TalosNodes};
-
-/// How long a read infrastructure template is reused. Templates are not watched (their kinds
-/// are not known in advance); a change is seen by the first reconcile after this.
-pub(crate) const TEMPLATE_TTL: Duration = Duration::from_secs(5);
 
 /// How long a Secret this process wrote is remembered for reconciles the watch has not
 /// reached.
@@ -172,10 +170,6 @@ impl Default for Options {
     }
 }
 
-/// Machines whose node runs another configuration than their spec renders, each with the
-/// names of the fields that differ.
-pub(crate) type Drifted = Vec<(String, Vec<String>)>;
-
 /// How often an object refused for an unusable Secret looks at it again.
 const SECRET_RECHECK: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -190,17 +184,6 @@ pub struct Context {
     pub caches: Caches,
     /// How the control-plane controller reaches Talos nodes.
     pub nodes: Arc<dyn TalosNodes>,
-    /// Talos nodes that did not answer, each asked again after its own delay.
-    pub(crate) node_backoff: crate::nodes::Backoff,
-    /// The last look at each steady control plane's nodes, until its next health check.
-    pub(crate) steady_looks: crate::controlplane::talos::SteadyLooks,
-    /// The last configuration drift check of each control plane (`namespace/name`): when, and
-    /// the machines found drifted with the fields that differ.
-    pub(crate) drift: Mutex<HashMap<String, (Instant, Drifted)>>,
-    /// The workload clusters' control-plane Nodes, watched through their kubeconfig.
-    pub(crate) workloads: crate::controlplane::workload::Workloads,
-    /// The control planes' infrastructure machines, watched for their addresses.
-    pub(crate) infra: crate::controlplane::infra::InfraMachines,
     failures: Mutex<HashMap<String, u32>>,
     /// Writes of the endpoints of `<cluster>-talosconfig` Secrets, one at a time per Secret.
     pub(crate) talosconfig_turns: Turns,
@@ -209,20 +192,10 @@ pub struct Context {
     pub(crate) failed_renders: FailedRenders,
     /// Secrets bundles being generated, per cluster, with the reconciles waiting for them.
     generating: Mutex<HashMap<String, Vec<ObjectRef<TalosConfig>>>>,
-    /// Control-plane machines created or deleted that the cache does not show yet.
-    pub(crate) expectations: crate::controlplane::expectations::Expectations,
-    /// Infrastructure template kinds found through discovery, by `Kind.group`.
-    discovered: Mutex<HashMap<String, kube::api::ApiResource>>,
-    /// Infrastructure templates read in the last [`TEMPLATE_TTL`], by
-    /// `namespace/Kind.group/name`: the reconciles of a burst share one read.
-    templates: Mutex<HashMap<String, (std::time::Instant, DynamicObject)>>,
     /// Parsed secrets bundles by Secret uid, with the resourceVersion they were parsed at:
     /// a bundle is checked (every certificate and key parsed) once per change, not once per
     /// reconcile.
     bundles: Parsed<Arc<machineconfig::SecretsBundle>>,
-    /// When the client certificate of each `<cluster>-kubeconfig` expires, read once per
-    /// change of the Secret.
-    pub(crate) kubeconfig_expiry: Parsed<time::OffsetDateTime>,
     /// What the value of each bootstrap data Secret whose bytes differ from its render means
     /// (`bootstrap::render::documents_digest`), by Secret uid and resourceVersion: an adopted
     /// Secret of CABPT's is read and parsed once per change, not once per reconcile.
@@ -253,7 +226,7 @@ impl std::fmt::Debug for Context {
 /// Secret is parsed once per change, not once per reconcile. Bounded: past [`MAX_PARSED`]
 /// entries (Secrets of deleted clusters among them) everything is dropped and read again once.
 #[derive(Debug)]
-pub(crate) struct Parsed<T> {
+pub struct Parsed<T> {
     seen: Mutex<HashMap<String, (String, T)>>,
 }
 
@@ -326,26 +299,17 @@ impl Context {
             options,
             caches: Caches::default(),
             nodes: Arc::new(nodes),
-            node_backoff: crate::nodes::Backoff::default(),
-            steady_looks: Default::default(),
-            workloads: Default::default(),
-            infra: Default::default(),
-            drift: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             failed_renders: FailedRenders::default(),
             talosconfig_turns: Turns::default(),
             generating: Mutex::new(HashMap::new()),
             bundles: Parsed::default(),
-            kubeconfig_expiry: Parsed::default(),
             stored_documents: Parsed::default(),
             generation_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             ),
             written: Mutex::new(HashMap::new()),
             generation_failed: Mutex::new(HashMap::new()),
-            discovered: Mutex::new(HashMap::new()),
-            templates: Mutex::new(HashMap::new()),
-            expectations: Default::default(),
             wake_tx,
             wake_rx: Mutex::new(Some(wake_rx)),
         }
@@ -466,36 +430,6 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-    }
-
-    /// A kind found through discovery earlier.
-    pub(crate) fn discovered(&self, group_kind: &str) -> Option<kube::api::ApiResource> {
-        self.discovered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(group_kind)
-            .cloned()
-    }
-
-    /// An infrastructure template read less than [`TEMPLATE_TTL`] ago.
-    pub(crate) fn recent_template(&self, key: &str) -> Option<DynamicObject> {
-        let templates = self.templates.lock().unwrap_or_else(|e| e.into_inner());
-        let (read, object) = templates.get(key)?;
-        (read.elapsed() < TEMPLATE_TTL).then(|| object.clone())
-    }
-
-    pub(crate) fn remember_template(&self, key: String, object: DynamicObject) {
-        self.templates
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, (std::time::Instant::now(), object));
-    }
-
-    pub(crate) fn remember(&self, group_kind: &str, ar: kube::api::ApiResource) {
-        self.discovered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(group_kind.to_owned(), ar);
     }
 
     /// Run one reconcile of `controller` for the object `key`, once the shared caches have

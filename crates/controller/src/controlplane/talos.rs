@@ -10,6 +10,7 @@ use kube::ResourceExt;
 use talos_api::Nodes;
 
 use super::scope::EtcdMember;
+use super::state::Ctx;
 use crate::{Context, Error};
 
 /// The address the Talos API of `machine`'s node is reached at: the first InternalIP, else
@@ -143,7 +144,7 @@ impl SteadyLooks {
 /// upgrade is watched closely). A node that never answered is always asked: it is booting,
 /// and its first answer is what the next step waits for.
 pub async fn observe(
-    ctx: &Context,
+    ctx: &Ctx,
     talosconfig: &str,
     machines: &[Machine],
     versions: bool,
@@ -196,7 +197,7 @@ pub async fn observe(
 /// The machines to ask, by name and address. A node that answered before and then stopped
 /// rests until its backoff ends (unless `urgent`), and is recorded as not answering.
 fn targets(
-    ctx: &Context,
+    ctx: &Ctx,
     machines: &[Machine],
     urgent: &[String],
     now: std::time::Instant,
@@ -236,7 +237,7 @@ struct Answers {
 /// or node by node when one of them is failing or a fanned-out call ran out of time; a call
 /// that failed as a whole is asked once more at once.
 async fn ask(
-    ctx: &Context,
+    ctx: &Ctx,
     client: &talos_api::Client,
     addresses: &[String],
     versions: bool,
@@ -290,7 +291,7 @@ async fn ask(
 /// Each node's services and etcd status into `observed`; the problem, when a call failed as
 /// a whole (nothing is then planned on any node: the member list is left unknown too).
 fn record_health(
-    ctx: &Context,
+    ctx: &Ctx,
     (services, statuses): (
         Replies<talos_api::machine::ServiceList>,
         Replies<talos_api::machine::EtcdStatus>,
@@ -326,7 +327,7 @@ fn record_health(
 /// the Machine (up to a second later, in its own time): its services are asked at the address
 /// etcd knows it by, so its health gates the next step at once.
 async fn record_members(
-    ctx: &Context,
+    ctx: &Ctx,
     client: &talos_api::Client,
     machines: &[Machine],
     replies: Vec<talos_api::NodeResult<talos_api::machine::EtcdMembers>>,
@@ -510,7 +511,7 @@ fn owner_of<'a>(machines: &'a [Machine], name: &str, peer_urls: &[String]) -> Op
 /// (`targets`: machine name and the address it was asked at); a node that does not answer
 /// rests (see [`crate::nodes::Backoff`]), counted from now, when its reply came.
 fn record_services(
-    ctx: &Context,
+    ctx: &Ctx,
     replies: Vec<talos_api::NodeResult<talos_api::machine::ServiceList>>,
     targets: &[(String, String)],
     observed: &mut Observed,

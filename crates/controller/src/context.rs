@@ -183,6 +183,20 @@ impl<T: Clone> Parsed<T> {
     }
 }
 
+/// The secrets bundle a `<cluster>-talos` Secret holds (ours or CABPT's keys).
+pub fn parse_bundle(secret: &Secret) -> Result<machineconfig::SecretsBundle, Error> {
+    let data: std::collections::BTreeMap<String, Vec<u8>> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    machineconfig::SecretsBundle::from_cabpt_secret(&data).map_err(|e| Error::InvalidSecret {
+        name: kube::ResourceExt::name_any(secret),
+        reason: e.to_string(),
+    })
+}
+
 impl Context {
     pub fn new(client: kube::Client, options: Options) -> Context {
         let metrics = Metrics::default();
@@ -250,9 +264,7 @@ impl Context {
         &self,
         secret: &Secret,
     ) -> Result<Arc<machineconfig::SecretsBundle>, Error> {
-        self.bundles.get(secret, |s| {
-            crate::bootstrap::secrets::parse_bundle(s).map(Arc::new)
-        })
+        self.bundles.get(secret, |s| parse_bundle(s).map(Arc::new))
     }
 
     /// Run one reconcile of `controller` for the object `key`, once the shared caches have

@@ -167,19 +167,7 @@ fn current_endpoints(ctx: &Ctx, ns: &str, cluster: &Cluster) -> Result<Vec<Strin
     ))
 }
 
-/// The secrets bundle a `<cluster>-talos` Secret holds (ours or CABPT's keys).
-pub fn parse_bundle(secret: &Secret) -> Result<SecretsBundle, Error> {
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
-    SecretsBundle::from_cabpt_secret(&data).map_err(|e| Error::InvalidSecret {
-        name: secret.name_any(),
-        reason: e.to_string(),
-    })
-}
+pub use crate::context::parse_bundle;
 
 async fn get_or_generate(
     ctx: &Ctx,

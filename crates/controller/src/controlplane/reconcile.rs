@@ -328,7 +328,7 @@ async fn look(
                 .map(ResourceExt::name_any)
                 .collect();
             let versions = desired.talos_upgrade.is_some();
-            talos::observe(ctx, tc, machines, versions, &urgent).await
+            talos::observe(ctx, &ctx.node_backoff, tc, machines, versions, &urgent).await
         }
         (Some(_), None) => talos::Observed {
             problem: Some("no control-plane machine has an address yet".into()),

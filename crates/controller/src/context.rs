@@ -1,4 +1,7 @@
-//! What every reconcile shares: the client, the Event reporter, metrics, a clock and options.
+//! What both controllers share: the client, the Event reporter, metrics, a clock, options, the
+//! watch caches, the Talos connections, Secrets written moments ago, parsed bundles and the
+//! per-object backoff. Each controller keeps its own state beside it
+//! ([`crate::bootstrap::state::Ctx`], [`crate::controlplane::state::Ctx`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,11 +12,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::Reporter;
 
-use api::bootstrap::v1alpha3::TalosConfig;
-use futures::channel::mpsc;
-use kube::api::DynamicObject;
-use kube::runtime::reflector::ObjectRef;
-
 use kube::runtime::controller::Action;
 
 use crate::Error;
@@ -21,90 +19,12 @@ use crate::cache::Caches;
 use crate::metrics::Metrics;
 use crate::nodes::{Grpc, TalosNodes};
 
-/// How long a read infrastructure template is reused. Templates are not watched (their kinds
-/// are not known in advance); a change is seen by the first reconcile after this.
-pub(crate) const TEMPLATE_TTL: Duration = Duration::from_secs(5);
-
 /// How long a Secret this process wrote is remembered for reconciles the watch has not
 /// reached.
 const WRITTEN_TTL: Duration = Duration::from_secs(60);
-/// How long a failed bundle generation is reported before the next attempt.
-const RETRY_GENERATION: Duration = Duration::from_secs(10);
 
 /// How many Secrets a [`Parsed`] keeps what it read of (one or two per cluster).
 const MAX_PARSED: usize = 4096;
-
-/// How many failed renders [`FailedRenders`] keeps (one per TalosConfig that cannot render).
-const MAX_FAILED_RENDERS: usize = 4096;
-
-/// The TalosConfigs whose last render failed for a spec reason, by `namespace/name`: a digest of
-/// the inputs it failed with, and its reason and message. A reconcile with the same inputs (on
-/// the object's own status write, or a status change of its Machine or Cluster) reports the same
-/// failure without rendering again; any change of an input (the spec's generation, the Machine,
-/// the Cluster, the bundle) renders again. Bounded: past [`MAX_FAILED_RENDERS`] entries (those of
-/// deleted objects among them) everything is forgotten, and each such object renders once more.
-#[derive(Debug, Default)]
-pub(crate) struct FailedRenders {
-    failed: Mutex<HashMap<String, (u64, &'static str, String)>>,
-}
-
-impl FailedRenders {
-    /// The failure of the last render of `key`, if it had the inputs `digest`.
-    pub(crate) fn get(&self, key: &str, digest: u64) -> Option<crate::SpecError> {
-        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        match failed.get(key) {
-            Some((seen, reason, message)) if *seen == digest => Some(crate::SpecError::Unchanged {
-                reason,
-                message: message.clone(),
-            }),
-            _ => None,
-        }
-    }
-
-    /// Remember that the render of `key` with the inputs `digest` failed with `error`; `None`
-    /// forgets it (it rendered).
-    pub(crate) fn set(&self, key: &str, failure: Option<(u64, &crate::SpecError)>) {
-        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        match failure {
-            Some((digest, error)) => {
-                if failed.len() >= MAX_FAILED_RENDERS && !failed.contains_key(key) {
-                    failed.clear();
-                }
-                failed.insert(key.to_owned(), (digest, error.reason(), error.to_string()));
-            }
-            None => {
-                failed.remove(key);
-            }
-        }
-    }
-}
-
-/// Turns, one at a time per key (a Secret that several reconciles write), in the order they are
-/// asked for. Only keys with a turn held or awaited are kept.
-#[derive(Debug, Default)]
-pub(crate) struct Turns {
-    keys: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl Turns {
-    /// Wait for the turn of `key`; it ends when the guard is dropped.
-    pub(crate) async fn take(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let turn = {
-            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-            // Keys nobody holds or waits for (the map's reference is the only one) go.
-            keys.retain(|_, turn| Arc::strong_count(turn) > 1);
-            Arc::clone(keys.entry(key.to_owned()).or_default())
-        };
-        turn.lock_owned().await
-    }
-
-    #[cfg(test)]
-    fn kept(&self) -> usize {
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        keys.retain(|_, turn| Arc::strong_count(turn) > 1);
-        keys.len()
-    }
-}
 
 /// The time source; tests may fix it.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -172,10 +92,6 @@ impl Default for Options {
     }
 }
 
-/// Machines whose node runs another configuration than their spec renders, each with the
-/// names of the fields that differ.
-pub(crate) type Drifted = Vec<(String, Vec<String>)>;
-
 /// How often an object refused for an unusable Secret looks at it again.
 const SECRET_RECHECK: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -190,55 +106,15 @@ pub struct Context {
     pub caches: Caches,
     /// How the control-plane controller reaches Talos nodes.
     pub nodes: Arc<dyn TalosNodes>,
-    /// Talos nodes that did not answer, each asked again after its own delay.
-    pub(crate) node_backoff: crate::nodes::Backoff,
-    /// The last look at each steady control plane's nodes, until its next health check.
-    pub(crate) steady_looks: crate::controlplane::talos::SteadyLooks,
-    /// The last configuration drift check of each control plane (`namespace/name`): when, and
-    /// the machines found drifted with the fields that differ.
-    pub(crate) drift: Mutex<HashMap<String, (Instant, Drifted)>>,
-    /// The workload clusters' control-plane Nodes, watched through their kubeconfig.
-    pub(crate) workloads: crate::controlplane::workload::Workloads,
-    /// The control planes' infrastructure machines, watched for their addresses.
-    pub(crate) infra: crate::controlplane::infra::InfraMachines,
     failures: Mutex<HashMap<String, u32>>,
-    /// Writes of the endpoints of `<cluster>-talosconfig` Secrets, one at a time per Secret.
-    pub(crate) talosconfig_turns: Turns,
-    /// TalosConfigs whose last render failed for a spec reason, not rendered again until an
-    /// input changes.
-    pub(crate) failed_renders: FailedRenders,
-    /// Secrets bundles being generated, per cluster, with the reconciles waiting for them.
-    generating: Mutex<HashMap<String, Vec<ObjectRef<TalosConfig>>>>,
-    /// Control-plane machines created or deleted that the cache does not show yet.
-    pub(crate) expectations: crate::controlplane::expectations::Expectations,
-    /// Infrastructure template kinds found through discovery, by `Kind.group`.
-    discovered: Mutex<HashMap<String, kube::api::ApiResource>>,
-    /// Infrastructure templates read in the last [`TEMPLATE_TTL`], by
-    /// `namespace/Kind.group/name`: the reconciles of a burst share one read.
-    templates: Mutex<HashMap<String, (std::time::Instant, DynamicObject)>>,
     /// Parsed secrets bundles by Secret uid, with the resourceVersion they were parsed at:
     /// a bundle is checked (every certificate and key parsed) once per change, not once per
     /// reconcile.
     bundles: Parsed<Arc<machineconfig::SecretsBundle>>,
-    /// When the client certificate of each `<cluster>-kubeconfig` expires, read once per
-    /// change of the Secret.
-    pub(crate) kubeconfig_expiry: Parsed<time::OffsetDateTime>,
-    /// What the value of each bootstrap data Secret whose bytes differ from its render means
-    /// (`bootstrap::render::documents_digest`), by Secret uid and resourceVersion: an adopted
-    /// Secret of CABPT's is read and parsed once per change, not once per reconcile.
-    pub(crate) stored_documents: Parsed<Option<String>>,
-    /// Bundle generations running at once: one per core.
-    generation_slots: tokio::sync::Semaphore,
     /// Secrets this process created or found in the last [`WRITTEN_TTL`], by
     /// `namespace/name`, for the reconciles that run before the watch shows them (the other
     /// configs of a cluster would otherwise each try to create its Secrets again).
     written: Mutex<HashMap<String, (Instant, Arc<Secret>)>>,
-    /// Failed generations, by `namespace/cluster`: when, what failed, and whether it is worth
-    /// retrying; reported until [`RETRY_GENERATION`] has passed.
-    generation_failed: Mutex<HashMap<String, (Instant, String, bool)>>,
-    /// Reconciles to run again (a bundle they waited for exists now).
-    wake_tx: mpsc::UnboundedSender<ObjectRef<TalosConfig>>,
-    wake_rx: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<TalosConfig>>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -253,7 +129,7 @@ impl std::fmt::Debug for Context {
 /// Secret is parsed once per change, not once per reconcile. Bounded: past [`MAX_PARSED`]
 /// entries (Secrets of deleted clusters among them) everything is dropped and read again once.
 #[derive(Debug)]
-pub(crate) struct Parsed<T> {
+pub struct Parsed<T> {
     seen: Mutex<HashMap<String, (String, T)>>,
 }
 
@@ -307,9 +183,22 @@ impl<T: Clone> Parsed<T> {
     }
 }
 
+/// The secrets bundle a `<cluster>-talos` Secret holds (ours or CABPT's keys).
+pub fn parse_bundle(secret: &Secret) -> Result<machineconfig::SecretsBundle, Error> {
+    let data: std::collections::BTreeMap<String, Vec<u8>> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    machineconfig::SecretsBundle::from_cabpt_secret(&data).map_err(|e| Error::InvalidSecret {
+        name: kube::ResourceExt::name_any(secret),
+        reason: e.to_string(),
+    })
+}
+
 impl Context {
     pub fn new(client: kube::Client, options: Options) -> Context {
-        let (wake_tx, wake_rx) = mpsc::unbounded();
         let metrics = Metrics::default();
         let nodes = Grpc::new(
             std::time::Duration::from_secs(10),
@@ -326,28 +215,9 @@ impl Context {
             options,
             caches: Caches::default(),
             nodes: Arc::new(nodes),
-            node_backoff: crate::nodes::Backoff::default(),
-            steady_looks: Default::default(),
-            workloads: Default::default(),
-            infra: Default::default(),
-            drift: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
-            failed_renders: FailedRenders::default(),
-            talosconfig_turns: Turns::default(),
-            generating: Mutex::new(HashMap::new()),
             bundles: Parsed::default(),
-            kubeconfig_expiry: Parsed::default(),
-            stored_documents: Parsed::default(),
-            generation_slots: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-            ),
             written: Mutex::new(HashMap::new()),
-            generation_failed: Mutex::new(HashMap::new()),
-            discovered: Mutex::new(HashMap::new()),
-            templates: Mutex::new(HashMap::new()),
-            expectations: Default::default(),
-            wake_tx,
-            wake_rx: Mutex::new(Some(wake_rx)),
         }
     }
 
@@ -357,48 +227,6 @@ impl Context {
         let n = failures.entry(key.to_owned()).or_insert(0);
         *n = n.saturating_add(1);
         Duration::from_secs(1u64 << (*n - 1).min(9)).min(Duration::from_secs(300))
-    }
-
-    /// Claim the generation of `cluster`'s secrets bundle. Either way `waiter` is reconciled
-    /// again when the claim is dropped; `None`: another reconcile holds it.
-    pub(crate) fn claim_generation(
-        self: &Arc<Self>,
-        cluster: &str,
-        waiter: ObjectRef<TalosConfig>,
-    ) -> Option<GenerationClaim> {
-        let mut generating = self.generating.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(waiters) = generating.get_mut(cluster) {
-            waiters.push(waiter);
-            return None;
-        }
-        generating.insert(cluster.to_owned(), vec![waiter]);
-        Some(GenerationClaim {
-            ctx: Arc::clone(self),
-            cluster: cluster.to_owned(),
-        })
-    }
-
-    /// A slot to generate a bundle in; waits while every core generates one.
-    pub(crate) async fn generation_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
-        self.generation_slots
-            .acquire()
-            .await
-            .map_err(|_| Error::Missing("the manager is stopping".into()))
-    }
-
-    /// Record that the generation for `cluster` failed (a stored bundle is remembered by
-    /// [`Context::written`]).
-    pub(crate) fn generation_failed(&self, cluster: &str, e: &Error) {
-        tracing::warn!(cluster, error = %e, "generating the secrets bundle failed");
-        let mut failed = self
-            .generation_failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        failed.retain(|_, (at, ..)| at.elapsed() < RETRY_GENERATION);
-        failed.insert(
-            cluster.to_owned(),
-            (Instant::now(), e.to_string(), e.is_transient()),
-        );
     }
 
     /// A Secret as the watch last showed it, or else as this process wrote (or found) it
@@ -431,71 +259,12 @@ impl Context {
         secret
     }
 
-    /// The failure of the last generation for `key` (`namespace/cluster`), until it is time
-    /// to try again.
-    pub(crate) fn generation_failure(&self, key: &str, cluster: &str) -> Result<(), Error> {
-        let failed = self
-            .generation_failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match failed.get(key) {
-            Some((at, message, transient)) if at.elapsed() < RETRY_GENERATION => {
-                Err(Error::Bundle {
-                    cluster: cluster.to_owned(),
-                    message: message.clone(),
-                    transient: *transient,
-                })
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// The bundle `secret` holds, parsed and checked once per resourceVersion of the Secret.
     pub(crate) fn bundle_of(
         &self,
         secret: &Secret,
     ) -> Result<Arc<machineconfig::SecretsBundle>, Error> {
-        self.bundles.get(secret, |s| {
-            crate::bootstrap::secrets::parse_bundle(s).map(Arc::new)
-        })
-    }
-
-    /// The stream of reconciles to run again; the first caller gets it.
-    pub(crate) fn take_wakeups(&self) -> Option<mpsc::UnboundedReceiver<ObjectRef<TalosConfig>>> {
-        self.wake_rx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-    }
-
-    /// A kind found through discovery earlier.
-    pub(crate) fn discovered(&self, group_kind: &str) -> Option<kube::api::ApiResource> {
-        self.discovered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(group_kind)
-            .cloned()
-    }
-
-    /// An infrastructure template read less than [`TEMPLATE_TTL`] ago.
-    pub(crate) fn recent_template(&self, key: &str) -> Option<DynamicObject> {
-        let templates = self.templates.lock().unwrap_or_else(|e| e.into_inner());
-        let (read, object) = templates.get(key)?;
-        (read.elapsed() < TEMPLATE_TTL).then(|| object.clone())
-    }
-
-    pub(crate) fn remember_template(&self, key: String, object: DynamicObject) {
-        self.templates
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, (std::time::Instant::now(), object));
-    }
-
-    pub(crate) fn remember(&self, group_kind: &str, ar: kube::api::ApiResource) {
-        self.discovered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(group_kind.to_owned(), ar);
+        self.bundles.get(secret, |s| parse_bundle(s).map(Arc::new))
     }
 
     /// Run one reconcile of `controller` for the object `key`, once the shared caches have
@@ -554,29 +323,6 @@ impl Context {
     }
 }
 
-/// A claimed bundle generation; when it ends (stored, failed or cancelled) whoever waited for
-/// it is reconciled again.
-pub(crate) struct GenerationClaim {
-    ctx: Arc<Context>,
-    cluster: String,
-}
-
-impl Drop for GenerationClaim {
-    fn drop(&mut self) {
-        let waiters = self
-            .ctx
-            .generating
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.cluster)
-            .unwrap_or_default();
-        for waiter in waiters {
-            // The receiver lives as long as the controller; once it is gone nobody waits.
-            let _ = self.ctx.wake_tx.unbounded_send(waiter);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,31 +334,6 @@ mod tests {
             kube::Client::try_from(config).expect("a client"),
             Options::default(),
         )
-    }
-
-    #[test]
-    fn a_failed_render_is_remembered_for_its_inputs_until_it_renders() {
-        let failed = FailedRenders::default();
-        let error = crate::SpecError::Invalid("no".into());
-        assert!(failed.get("ns/a", 1).is_none());
-        failed.set("ns/a", Some((1, &error)));
-        match failed.get("ns/a", 1) {
-            Some(crate::SpecError::Unchanged { reason, message }) => {
-                assert_eq!((reason, message.as_str()), (error.reason(), "no"));
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(failed.get("ns/a", 2).is_none(), "other inputs render");
-        assert!(failed.get("ns/b", 1).is_none(), "per object");
-        failed.set("ns/a", None);
-        assert!(failed.get("ns/a", 1).is_none(), "forgotten once rendered");
-        // Bounded: past the limit, everything is forgotten once.
-        for n in 0..MAX_FAILED_RENDERS {
-            failed.set(&format!("ns/{n}"), Some((1, &error)));
-        }
-        failed.set("ns/last", Some((1, &error)));
-        assert!(failed.get("ns/0", 1).is_none());
-        assert!(failed.get("ns/last", 1).is_some());
     }
 
     #[tokio::test]
@@ -655,38 +376,5 @@ mod tests {
             Ok(3),
             "a failure is not kept"
         );
-    }
-
-    #[tokio::test]
-    async fn turns_of_one_key_are_taken_one_at_a_time_and_unused_keys_are_dropped() {
-        use futures::FutureExt;
-        let turns = Turns::default();
-        let held = turns.take("ns/a").await;
-        assert!(
-            turns.take("ns/a").now_or_never().is_none(),
-            "a second turn of ns/a waits"
-        );
-        let other = turns.take("ns/b").now_or_never();
-        assert!(other.is_some(), "another key does not wait");
-        drop(other);
-        assert_eq!(turns.kept(), 1, "only ns/a, held, is kept");
-        drop(held);
-        assert!(turns.take("ns/a").now_or_never().is_some(), "its turn now");
-        assert_eq!(turns.kept(), 0);
-    }
-
-    #[tokio::test]
-    async fn bundle_generations_run_at_most_one_per_core() {
-        let ctx = offline();
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let mut held = Vec::new();
-        for _ in 0..cores {
-            held.push(ctx.generation_slot().await.expect("a slot"));
-        }
-        let more =
-            tokio::time::timeout(std::time::Duration::from_millis(50), ctx.generation_slot());
-        assert!(more.await.is_err(), "no slot beyond {cores}");
-        held.pop();
-        assert!(ctx.generation_slot().await.is_ok(), "one freed, one taken");
     }
 }

@@ -7,6 +7,7 @@ pub mod plan;
 pub mod render;
 pub mod scope;
 pub mod secrets;
+pub mod state;
 pub mod status;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use kube::{Resource, ResourceExt};
 use crate::{Context, Error, cache, report};
 use plan::Gate;
 use secrets::DataOutcome;
+use state::Ctx;
 use status::Report;
 
 pub const CONTROLLER: &str = "talosconfig";
@@ -33,9 +35,10 @@ pub(crate) use crate::cache::talosconfig_resource;
 /// The controller, subscribed to the shared caches; it runs when awaited, until `shutdown`
 /// resolves. `None` when the caches' watches have already started.
 pub fn controller(
-    ctx: Arc<Context>,
+    shared: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Option<impl std::future::Future<Output = ()>> {
+    let ctx = Arc::new(Ctx::new(shared));
     let ar = talosconfig_resource();
     let configs = cache::raw_api(&ctx.client, &ctx.options, &ar);
     let secrets = ctx.caches.subscribe_secrets()?;
@@ -58,9 +61,7 @@ pub fn controller(
     let controller = Controller::for_stream_with(own, reader, ()).with_config(
         kube::runtime::controller::Config::default().concurrency(ctx.options.concurrency),
     );
-    let store = controller.store();
-    let machine_store = store.clone();
-    let cluster_store = store.clone();
+    let (machine_store, cluster_store) = (controller.store(), controller.store());
     let controller = controller
         .owns_shared_stream(secrets)
         .watches_shared_stream_with(
@@ -169,16 +170,16 @@ fn key(obj: &TalosConfig) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-async fn reconcile(obj: Arc<TalosConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(obj: Arc<TalosConfig>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     ctx.reconciled(CONTROLLER, &key(&obj), reconcile_inner(&obj, &ctx))
         .await
 }
 
-fn error_policy(obj: Arc<TalosConfig>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(obj: Arc<TalosConfig>, error: &Error, ctx: Arc<Ctx>) -> Action {
     ctx.after_error(CONTROLLER, &key(&obj), error)
 }
 
-async fn reconcile_inner(obj: &TalosConfig, ctx: &Arc<Context>) -> Result<Action, Error> {
+async fn reconcile_inner(obj: &TalosConfig, ctx: &Arc<Ctx>) -> Result<Action, Error> {
     let config = match cache::decoded(obj) {
         Ok(c) => c,
         Err(Error::Decode { kind, source }) => {
@@ -253,7 +254,7 @@ fn failure_observation(e: &Error) -> Observation {
 
 /// Observe → gate → render → write; fills `report` as it goes.
 async fn act(
-    ctx: &Arc<Context>,
+    ctx: &Arc<Ctx>,
     scope: &scope::Scope,
     waiter: ObjectRef<TalosConfig>,
     report: &mut Report,
@@ -354,7 +355,7 @@ fn client_config_available(written: &Result<(), Error>, cluster_name: &str) -> O
 /// inputs, the bundle), that failure again without rendering: a reconcile on the object's own
 /// status write, or on a status change of its Machine or Cluster, does not render it again.
 fn render_once(
-    ctx: &Context,
+    ctx: &Ctx,
     scope: &scope::Scope,
     (machine, cluster, cluster_name): (&Machine, &api::capi::Cluster, &str),
     bundle: &machineconfig::SecretsBundle,
@@ -401,7 +402,7 @@ fn render_once(
     rendered
 }
 
-async fn write_status(ctx: &Context, config: &TalosConfig, report: &Report) -> Result<(), Error> {
+async fn write_status(ctx: &Ctx, config: &TalosConfig, report: &Report) -> Result<(), Error> {
     let old = config.status.clone().unwrap_or_default();
     let now = ctx.clock.now();
     let new: TalosConfigStatus = status::status(&old, report, config.meta().generation, &now);

@@ -5,8 +5,9 @@ use api::capi::{Cluster, GROUP as CAPI_GROUP, Machine, MachineSpec, labels};
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject};
 
+use super::state::Ctx;
+use crate::Error;
 use crate::cache::capi_resource;
-use crate::{Context, Error};
 
 /// What one reconcile knows about the world.
 #[derive(Debug, Clone)]
@@ -59,7 +60,7 @@ pub fn pool_as_machine(pool: &DynamicObject) -> Machine {
 
 /// Machines come from the shared caches, which the triggering change has already reached; a
 /// MachinePool (rarer, and only with `--machine-pools`) is read from the API server.
-pub async fn observe(ctx: &Context, config: TalosConfig) -> Result<Scope, Error> {
+pub async fn observe(ctx: &Ctx, config: TalosConfig) -> Result<Scope, Error> {
     let ns = config.namespace().unwrap_or_default();
     let mut unsupported_pool = None;
     let machine = match (owner(&config, "Machine"), owner(&config, "MachinePool")) {

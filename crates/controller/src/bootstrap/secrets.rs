@@ -18,7 +18,8 @@ use machineconfig::talosconfig::ClientOptions;
 use machineconfig::{Contract, SecretsBundle};
 
 use super::render;
-use crate::{Context, Error, cache};
+use super::state::Ctx;
+use crate::{Error, cache};
 
 /// Cluster API's Secret type for bootstrap data and kubeconfigs.
 pub const CLUSTER_SECRET_TYPE: &str = "cluster.x-k8s.io/secret";
@@ -66,7 +67,7 @@ fn cluster_owner(
 /// Create `secret` unless a Secret of that name exists; either way return what is stored
 /// (remembered until the watch shows it), and whether it was there before.
 async fn create_if_absent(
-    ctx: &Context,
+    ctx: &Ctx,
     api: &Api<Secret>,
     secret: &Secret,
 ) -> Result<(Arc<Secret>, bool), Error> {
@@ -100,7 +101,7 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
 /// again once it is stored, while the slot serves clusters whose bundle exists. A failed
 /// generation is reported to the cluster's reconciles until the next attempt.
 pub async fn bundle(
-    ctx: &Arc<Context>,
+    ctx: &Arc<Ctx>,
     ns: &str,
     cluster: &Cluster,
     waiter: ObjectRef<TalosConfig>,
@@ -145,7 +146,7 @@ pub async fn bundle(
 
 /// `<cluster>-ca` and `<cluster>-talosconfig` (whose endpoints follow the control plane).
 pub async fn client_secrets(
-    ctx: &Context,
+    ctx: &Ctx,
     ns: &str,
     cluster: &Cluster,
     bundle: &SecretsBundle,
@@ -156,7 +157,7 @@ pub async fn client_secrets(
 
 /// The talosconfig endpoints of `cluster` as the caches show it and its control-plane Machines
 /// now (`cluster` as observed, should the cache have lost it).
-fn current_endpoints(ctx: &Context, ns: &str, cluster: &Cluster) -> Result<Vec<String>, Error> {
+fn current_endpoints(ctx: &Ctx, ns: &str, cluster: &Cluster) -> Result<Vec<String>, Error> {
     let name = cluster.name_any();
     let now = ctx.caches.cluster(ns, &name)?;
     let control_plane = ctx.caches.machines_of(ns, &name, true);
@@ -166,22 +167,10 @@ fn current_endpoints(ctx: &Context, ns: &str, cluster: &Cluster) -> Result<Vec<S
     ))
 }
 
-/// The secrets bundle a `<cluster>-talos` Secret holds (ours or CABPT's keys).
-pub fn parse_bundle(secret: &Secret) -> Result<SecretsBundle, Error> {
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
-    SecretsBundle::from_cabpt_secret(&data).map_err(|e| Error::InvalidSecret {
-        name: secret.name_any(),
-        reason: e.to_string(),
-    })
-}
+pub use crate::context::parse_bundle;
 
 async fn get_or_generate(
-    ctx: &Context,
+    ctx: &Ctx,
     ns: &str,
     cluster: &Cluster,
     name: &str,
@@ -219,7 +208,7 @@ async fn get_or_generate(
 
 /// `<cluster>-ca`: the Kubernetes CA (tls.crt, tls.key), as CABPT writes it; created once.
 pub async fn ca(
-    ctx: &Context,
+    ctx: &Ctx,
     ns: &str,
     cluster: &Cluster,
     bundle: &SecretsBundle,
@@ -284,7 +273,7 @@ pub fn talosconfig_endpoints(cluster: &Cluster, control_plane: &[Machine]) -> Ve
 /// `<cluster>-talosconfig` (key `talosconfig`): created once with an os:admin client
 /// certificate; afterwards only its endpoints follow the control plane ([`current_endpoints`]).
 pub async fn talosconfig(
-    ctx: &Context,
+    ctx: &Ctx,
     ns: &str,
     cluster: &Cluster,
     bundle: &SecretsBundle,
@@ -413,7 +402,7 @@ pub fn booted(machine: &Machine) -> bool {
 /// What the value of a bootstrap data Secret means ([`render::documents_digest`]), read once
 /// per version of the Secret: the cache keeps only the digest of its bytes.
 async fn stored_documents(
-    ctx: &Context,
+    ctx: &Ctx,
     api: &Api<Secret>,
     cached: &Secret,
 ) -> Result<Option<String>, Error> {
@@ -440,7 +429,7 @@ async fn stored_documents(
 /// controller-owned by the TalosConfig). An existing Secret — ours or CABPT's — is reused; it is
 /// only rewritten while its machine has not booted.
 pub async fn data(
-    ctx: &Context,
+    ctx: &Ctx,
     config: &TalosConfig,
     machine: &Machine,
     cluster: &str,

@@ -8,9 +8,10 @@ use api::controlplane::v1alpha3::TalosControlPlane;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
+use super::state::Ctx;
 use super::{machines, talos};
 use crate::bootstrap::secrets::bundle_name;
-use crate::{Context, Error, report};
+use crate::{Error, report};
 
 /// The longest Talos answer kept on a Machine.
 const MAX_WHY: usize = 1024;
@@ -18,7 +19,7 @@ const MAX_WHY: usize = 1024;
 /// The machine configuration `machine` gets from controlPlaneConfig now, rendered as its
 /// TalosConfig would be (the same engine, bundle and inputs).
 pub(super) fn render(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     cluster: &Cluster,
     cluster_name: &str,
@@ -76,14 +77,14 @@ fn drift_due(
 /// while the control plane is not steady, `talosconfig` `None`). Nothing is applied: the drift
 /// is reported, never overwritten. A newly drifted machine gets a Warning Event.
 pub(super) async fn drift(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     cluster: (&Cluster, &str),
     machines: &[Machine],
     talosconfig: Option<&str>,
     view: &super::scope::ControlPlane,
     digest: &str,
-) -> crate::context::Drifted {
+) -> super::state::Drifted {
     let key = format!("{}/{}", tcp.namespace().unwrap_or_default(), tcp.name_any());
     let interval = ctx.options.drift_check;
     let remembered = ctx

@@ -13,8 +13,9 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Resource, ResourceExt};
 use time::{Duration, OffsetDateTime};
 
+use super::state::Ctx;
+use crate::Error;
 use crate::bootstrap::secrets::{CLUSTER_SECRET_TYPE, bundle_name};
-use crate::{Context, Error};
 
 /// Set this annotation on a TalosControlPlane to a new value (a date, say) to have the
 /// kubeconfig issued again now, e.g. after it leaked.
@@ -126,7 +127,7 @@ fn secret(
 
 /// Write `<cluster>-kubeconfig` if it is missing or due for rotation.
 pub async fn reconcile(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     cluster: &str,
     endpoint: &ApiEndpoint,

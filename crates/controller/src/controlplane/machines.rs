@@ -13,7 +13,8 @@ use kube::core::Request;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::{Context, Error};
+use super::state::Ctx;
+use crate::Error;
 
 /// Our pre-terminate hook on every control-plane Machine: Cluster API keeps the machine's
 /// infrastructure until we removed its etcd member and took the hook off.
@@ -104,7 +105,7 @@ impl Template {
     }
 
     /// Read the template `tcp` names.
-    pub async fn read(ctx: &Context, tcp: &TalosControlPlane) -> Result<Template, Error> {
+    pub async fn read(ctx: &Ctx, tcp: &TalosControlPlane) -> Result<Template, Error> {
         let reference = TemplateRef::of(tcp).ok_or_else(|| {
             Error::Spec(crate::SpecError::Invalid(
                 "no infrastructure template is named".into(),
@@ -178,7 +179,7 @@ pub fn config_digest(spec: &TalosConfigSpec) -> Result<String, Error> {
 /// Record on a machine made before talos-capi recorded it (by CACPPT, or an older release)
 /// the digest of its TalosConfig's spec, read once, so a later controlPlaneConfig change
 /// rolls it. A machine whose TalosConfig is gone is marked [`UNKNOWN_DIGEST`] and left alone.
-pub async fn record_config_digest(ctx: &Context, machine: &Machine) -> Result<(), Error> {
+pub async fn record_config_digest(ctx: &Ctx, machine: &Machine) -> Result<(), Error> {
     let ns = machine.namespace().unwrap_or_default();
     let Some(config) = machine
         .spec
@@ -222,7 +223,7 @@ pub async fn record_config_digest(ctx: &Context, machine: &Machine) -> Result<()
 
 /// The API resource of `template`'s kind: from its apiVersion, or discovered (and remembered)
 /// from its group.
-async fn resource_of(ctx: &Context, template: &TemplateRef) -> Result<ApiResource, Error> {
+async fn resource_of(ctx: &Ctx, template: &TemplateRef) -> Result<ApiResource, Error> {
     if let Some(av) = template.api_version.as_deref().filter(|v| v.contains('/')) {
         let (group, version) = av.split_once('/').unwrap_or_default();
         return Ok(ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
@@ -423,7 +424,7 @@ pub fn template_patch(machine: &Machine, fields: &Value) -> Option<Value> {
 }
 
 /// Apply `patch` ([`template_patch`]) to `machine`.
-pub async fn sync(ctx: &Context, ns: &str, machine: &str, patch: &Value) -> Result<(), Error> {
+pub async fn sync(ctx: &Ctx, ns: &str, machine: &str, patch: &Value) -> Result<(), Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(
         ctx.client.clone(),
         ns,
@@ -445,7 +446,7 @@ const CONDITIONS_MANAGER: &str = "talos-capi-machine-conditions";
 /// type, so Cluster API's conditions are left alone. A condition whose status did not change
 /// keeps its lastTransitionTime, and nothing is written while they read as observed.
 pub async fn set_conditions(
-    ctx: &Context,
+    ctx: &Ctx,
     machine: &Machine,
     observations: &[api::conditions::Observation],
 ) -> Result<(), Error> {
@@ -510,7 +511,7 @@ pub async fn set_conditions(
 /// TalosConfig, then the Machine. If the Machine cannot be created, the first two are deleted
 /// again (best effort), so a failed creation leaves nothing behind for long.
 pub async fn create(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     template: &Template,
     cluster: &str,
@@ -727,7 +728,7 @@ pub fn leftovers(
 /// of the same name when `template` makes that kind and it too is ours and controlled by
 /// nothing. Each delete is conditional on the uid seen, so nothing made since is touched.
 pub async fn remove_leftover(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     template: Option<&Template>,
     name: &str,
@@ -773,13 +774,13 @@ pub async fn remove_leftover(
 
 /// Objects created so far by one machine creation, to delete again if it fails.
 struct Created<'a> {
-    ctx: &'a Context,
+    ctx: &'a Ctx,
     ns: &'a str,
     objects: Vec<(ApiResource, String)>,
 }
 
 impl<'a> Created<'a> {
-    fn new(ctx: &'a Context, ns: &'a str) -> Self {
+    fn new(ctx: &'a Ctx, ns: &'a str) -> Self {
         Created {
             ctx,
             ns,
@@ -852,7 +853,7 @@ impl<'a> Created<'a> {
 
 /// Control-plane machines of `tcp`, read from the API server (not the cache): the check before a
 /// machine is created or deleted.
-pub async fn count(ctx: &Context, tcp: &TalosControlPlane, cluster: &str) -> Result<Count, Error> {
+pub async fn count(ctx: &Ctx, tcp: &TalosControlPlane, cluster: &str) -> Result<Count, Error> {
     let ns = tcp.namespace().unwrap_or_default();
     let api: Api<DynamicObject> = Api::namespaced_with(
         ctx.client.clone(),
@@ -900,7 +901,7 @@ pub struct Count {
 }
 
 /// Take our pre-terminate hook off `machine` so Cluster API finishes deleting it.
-pub async fn release(ctx: &Context, ns: &str, machine: &str) -> Result<(), Error> {
+pub async fn release(ctx: &Ctx, ns: &str, machine: &str) -> Result<(), Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(
         ctx.client.clone(),
         ns,
@@ -918,7 +919,7 @@ pub async fn release(ctx: &Context, ns: &str, machine: &str) -> Result<(), Error
 }
 
 /// Delete `machine` (Cluster API drains and deletes its node and infrastructure).
-pub async fn delete(ctx: &Context, ns: &str, machine: &str) -> Result<(), Error> {
+pub async fn delete(ctx: &Ctx, ns: &str, machine: &str) -> Result<(), Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(
         ctx.client.clone(),
         ns,

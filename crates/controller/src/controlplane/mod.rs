@@ -22,6 +22,7 @@ pub mod records;
 pub mod remediation;
 pub mod rollout;
 pub mod scope;
+pub mod state;
 pub mod status;
 pub mod step;
 pub mod talos;
@@ -49,6 +50,7 @@ pub(crate) use crate::cache::talosconfig_resource;
 use crate::{Context, Error, cache, report};
 pub use records::Annotation;
 use scope::{ControlPlane, MachineView};
+use state::Ctx;
 use status::{Counted, Report};
 
 pub const CONTROLLER: &str = "taloscontrolplane";
@@ -101,7 +103,7 @@ fn of_cluster(cluster: &Cluster) -> Option<ObjectRef<DynamicObject>> {
 
 /// The TalosControlPlane that controls a Machine; for a worker Machine on its way out, its
 /// cluster's (a control plane being deleted waits for the workers to go first).
-fn of_machine(ctx: &Context, machine: &Machine) -> Option<ObjectRef<DynamicObject>> {
+fn of_machine(ctx: &Ctx, machine: &Machine) -> Option<ObjectRef<DynamicObject>> {
     if let Some(owner) = owning_control_plane(machine, true) {
         return Some(owner);
     }
@@ -112,16 +114,17 @@ fn of_machine(ctx: &Context, machine: &Machine) -> Option<ObjectRef<DynamicObjec
 }
 
 /// The TalosControlPlane of the Cluster `cluster` in `ns`, as the cached Cluster names it.
-fn control_plane_of(ctx: &Context, ns: &str, cluster: &str) -> Option<ObjectRef<DynamicObject>> {
+fn control_plane_of(ctx: &Ctx, ns: &str, cluster: &str) -> Option<ObjectRef<DynamicObject>> {
     of_cluster(&ctx.caches.cluster(ns, cluster).ok()??)
 }
 
 /// The controller, subscribed to the shared caches; it runs when awaited, until `shutdown`
 /// resolves. `None` when the caches' watches have already started.
 pub fn controller(
-    ctx: Arc<Context>,
+    shared: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Option<impl std::future::Future<Output = ()>> {
+    let ctx = Arc::new(Ctx::new(shared));
     let ar = resource();
     let api = cache::raw_api(&ctx.client, &ctx.options, &ar);
     let machines = ctx.caches.subscribe_machines()?;
@@ -197,12 +200,12 @@ fn key_of(tcp: &TalosControlPlane) -> String {
     format!("{}/{}", tcp.namespace().unwrap_or_default(), tcp.name_any())
 }
 
-async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     ctx.reconciled(CONTROLLER, &key(&obj), reconcile::reconcile(&obj, &ctx))
         .await
 }
 
-fn error_policy(obj: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(obj: Arc<DynamicObject>, error: &Error, ctx: Arc<Ctx>) -> Action {
     ctx.after_error(CONTROLLER, &key(&obj), error)
 }
 
@@ -364,7 +367,7 @@ fn last_remediation(tcp: &TalosControlPlane, view: &ControlPlane) -> Option<reme
 /// The CertificatesAvailable condition for a kubeconfig outcome, with an Event when it was
 /// (re)issued.
 async fn certificates(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     cluster: &str,
     outcome: kubeconfig::Outcome,
@@ -411,7 +414,7 @@ async fn certificates(
 /// Set (or, with null values, remove) `annotations` on `tcp`'s `machine`, and expect the cache
 /// to show them before the next step; `what` is for the error.
 async fn annotate_machine(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     machine: &str,
     annotations: serde_json::Value,
@@ -471,7 +474,7 @@ fn entropy(tcp: &TalosControlPlane) -> u64 {
 
 /// Merge `metadata` into the TalosControlPlane's metadata (`what` names the change in errors).
 async fn patch_metadata(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     metadata: serde_json::Value,
     what: &str,
@@ -493,7 +496,7 @@ async fn patch_metadata(
 
 /// Set (or with `None` remove) an annotation of the TalosControlPlane.
 async fn annotate(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     key: &str,
     value: Option<&str>,
@@ -507,7 +510,7 @@ async fn annotate(
     .await
 }
 
-async fn ensure_finalizer(ctx: &Context, tcp: &TalosControlPlane) -> Result<(), Error> {
+async fn ensure_finalizer(ctx: &Ctx, tcp: &TalosControlPlane) -> Result<(), Error> {
     if tcp.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(());
     }
@@ -518,7 +521,7 @@ async fn ensure_finalizer(ctx: &Context, tcp: &TalosControlPlane) -> Result<(), 
 
 /// Set the finalizers, guarded by resourceVersion.
 async fn patch_finalizers(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     finalizers: Vec<String>,
 ) -> Result<(), Error> {
@@ -529,7 +532,7 @@ async fn patch_finalizers(
 /// A TalosControlPlane being deleted: once the cluster's worker machines are gone, delete every
 /// control-plane machine (releasing our hooks: etcd goes with the cluster), then let go.
 async fn finalize(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     cluster: &str,
     machines: &[Machine],
@@ -588,11 +591,7 @@ async fn finalize(
     Ok(Action::await_change())
 }
 
-async fn write_status(
-    ctx: &Context,
-    tcp: &TalosControlPlane,
-    report: &Report,
-) -> Result<(), Error> {
+async fn write_status(ctx: &Ctx, tcp: &TalosControlPlane, report: &Report) -> Result<(), Error> {
     let old = tcp.status.clone().unwrap_or_default();
     let new = status::status(&old, report, tcp.meta().generation, &ctx.clock.now());
     if api::conditions::equal_ignoring_time(&old, &new) {

@@ -17,6 +17,7 @@ use super::Annotation as _;
 use super::execute::{self, Act};
 use super::plan;
 use super::scope::{ControlPlane, FailureDomain};
+use super::state::Ctx;
 use super::status::{self, Report};
 use super::step::Step;
 use super::wait_reason::WaitReason;
@@ -27,9 +28,9 @@ use super::{
     workload, write_status,
 };
 use crate::bootstrap::secrets::talosconfig_name;
-use crate::{Context, Error, cache, report};
+use crate::{Error, cache, report};
 
-pub(super) async fn reconcile(obj: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
+pub(super) async fn reconcile(obj: &DynamicObject, ctx: &Ctx) -> Result<Action, Error> {
     let tcp = read(ctx, obj).await?;
     // Until Cluster API links it to its Cluster there is nothing to do (and nothing to say).
     let Some(cluster_name) = owner_cluster(&tcp) else {
@@ -107,7 +108,7 @@ pub(super) async fn reconcile(obj: &DynamicObject, ctx: &Context) -> Result<Acti
 }
 
 /// The TalosControlPlane in `obj`; one that does not decode says so on its status.
-async fn read(ctx: &Context, obj: &DynamicObject) -> Result<TalosControlPlane, Error> {
+async fn read(ctx: &Ctx, obj: &DynamicObject) -> Result<TalosControlPlane, Error> {
     let read = match cache::undecodable(&obj.metadata) {
         Some(error) => Err(error),
         None => typed(obj),
@@ -194,7 +195,7 @@ fn gate(
 /// Housekeeping: the workload cluster's kubeconfig Secret, made or renewed; its state for
 /// CertificatesAvailable.
 async fn housekeep_kubeconfig(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     cluster_name: &str,
     endpoint: &Endpoint,
@@ -237,7 +238,7 @@ struct Seen {
 /// Observe: the infrastructure template and the machines' addresses, the Talos API (or the
 /// kept steady look), and the workload cluster's Nodes.
 async fn observe(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     cluster_name: &str,
     desired: &rollout::Desired,
@@ -293,7 +294,7 @@ async fn observe(
 
 /// The nodes' answers: a steady look kept while nothing changed, else asked now.
 async fn look(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     cluster_name: &str,
     desired: &rollout::Desired,
@@ -327,7 +328,7 @@ async fn look(
                 .map(ResourceExt::name_any)
                 .collect();
             let versions = desired.talos_upgrade.is_some();
-            talos::observe(ctx, tc, machines, versions, &urgent).await
+            talos::observe(ctx, &ctx.node_backoff, tc, machines, versions, &urgent).await
         }
         (Some(_), None) => talos::Observed {
             problem: Some("no control-plane machine has an address yet".into()),
@@ -352,7 +353,7 @@ async fn look(
 /// Housekeeping: control-plane TalosConfigs and infrastructure machines no Machine owns any
 /// more, removed once their grace has passed.
 async fn housekeep_leftovers(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     cluster_name: &str,
     seen: &Seen,
@@ -440,7 +441,7 @@ fn model(
 /// rollout for them), the configuration digest each was made from is recorded, and
 /// KubeadmControlPlane's per-machine conditions (UpToDate, EtcdMemberHealthy) are set.
 async fn housekeep_machines(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     machines: &[Machine],
     report: &Report,
@@ -485,7 +486,7 @@ struct Settled {
 /// for, nothing to do is known only once every running node's version was heard: a lost reply
 /// would otherwise be kept as a finished upgrade.
 fn remember(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     desired: &rollout::Desired,
     step: &Step,
@@ -509,7 +510,7 @@ fn remember(
 
 /// When to look again.
 fn requeue(
-    ctx: &Context,
+    ctx: &Ctx,
     step: &Step,
     report: &Report,
     machines: &[Machine],
@@ -572,7 +573,7 @@ fn requeue(
 }
 
 /// The rollout metric, and the plan in the debug log.
-fn trace(ctx: &Context, tcp: &TalosControlPlane, step: &Step, wait: Duration, report: &Report) {
+fn trace(ctx: &Ctx, tcp: &TalosControlPlane, step: &Step, wait: Duration, report: &Report) {
     let ns = tcp.namespace().unwrap_or_default();
     let outdated = report
         .view

@@ -64,7 +64,7 @@ pub struct Report {
     pub fields_current: Option<Observation>,
     /// Machines whose node runs another configuration than controlPlaneConfig renders, with
     /// the fields that differ.
-    pub drift: crate::context::Drifted,
+    pub drift: super::state::Drifted,
 }
 
 fn semver(v: &str) -> (u64, u64, u64, String) {

@@ -10,6 +10,7 @@ use kube::ResourceExt;
 use talos_api::Nodes;
 
 use super::scope::EtcdMember;
+use crate::nodes::Backoff;
 use crate::{Context, Error};
 
 /// The address the Talos API of `machine`'s node is reached at: the first InternalIP, else
@@ -144,6 +145,7 @@ impl SteadyLooks {
 /// and its first answer is what the next step waits for.
 pub async fn observe(
     ctx: &Context,
+    backoff: &Backoff,
     talosconfig: &str,
     machines: &[Machine],
     versions: bool,
@@ -151,7 +153,7 @@ pub async fn observe(
 ) -> Observed {
     let mut observed = Observed::default();
     let now = std::time::Instant::now();
-    let targets = targets(ctx, machines, urgent, now, &mut observed);
+    let targets = targets(backoff, machines, urgent, now, &mut observed);
     if targets.is_empty() {
         observed.problem = Some(if observed.health.is_empty() {
             "no control-plane machine has an address yet".into()
@@ -173,8 +175,10 @@ pub async fn observe(
         services,
         statuses,
         versions,
-    } = ask(ctx, &client, &addresses, versions).await;
-    if let Some(problem) = record_health(ctx, (services, statuses), &targets, now, &mut observed) {
+    } = ask(backoff, &client, &addresses, versions).await;
+    if let Some(problem) =
+        record_health(backoff, (services, statuses), &targets, now, &mut observed)
+    {
         observed.problem = Some(problem);
         return observed;
     }
@@ -187,7 +191,7 @@ pub async fn observe(
     }
     // Any node's view of the membership will do; the first that answers is taken.
     match members {
-        Ok(replies) => record_members(ctx, &client, machines, replies, &mut observed).await,
+        Ok(replies) => record_members(backoff, &client, machines, replies, &mut observed).await,
         Err(e) => observed.problem = Some(call_problem("listing etcd members", &e)),
     }
     observed
@@ -196,7 +200,7 @@ pub async fn observe(
 /// The machines to ask, by name and address. A node that answered before and then stopped
 /// rests until its backoff ends (unless `urgent`), and is recorded as not answering.
 fn targets(
-    ctx: &Context,
+    backoff: &Backoff,
     machines: &[Machine],
     urgent: &[String],
     now: std::time::Instant,
@@ -207,7 +211,7 @@ fn targets(
         .iter()
         .filter_map(|m| address(m).map(|a| (m.name_any(), a)))
     {
-        match ctx.node_backoff.resting(&address, now) {
+        match backoff.resting(&address, now) {
             Some(rest) if rest.answered && !urgent.contains(&machine) => {
                 observed.health.insert(
                     machine,
@@ -236,7 +240,7 @@ struct Answers {
 /// or node by node when one of them is failing or a fanned-out call ran out of time; a call
 /// that failed as a whole is asked once more at once.
 async fn ask(
-    ctx: &Context,
+    backoff: &Backoff,
     client: &talos_api::Client,
     addresses: &[String],
     versions: bool,
@@ -251,7 +255,7 @@ async fn ask(
     };
     // A node whose last call failed is probed on its own, so that if it still hangs, it holds
     // up no other node's answer (apid waits for every node of a call fanned out to several).
-    let probing = addresses.iter().any(|a| ctx.node_backoff.failing(a));
+    let probing = addresses.iter().any(|a| backoff.failing(a));
     let ((mut members, (mut services, mut statuses)), versions) = futures::join!(
         async {
             if probing {
@@ -290,7 +294,7 @@ async fn ask(
 /// Each node's services and etcd status into `observed`; the problem, when a call failed as
 /// a whole (nothing is then planned on any node: the member list is left unknown too).
 fn record_health(
-    ctx: &Context,
+    backoff: &Backoff,
     (services, statuses): (
         Replies<talos_api::machine::ServiceList>,
         Replies<talos_api::machine::EtcdStatus>,
@@ -300,14 +304,13 @@ fn record_health(
     observed: &mut Observed,
 ) -> Option<String> {
     match services {
-        Ok(replies) => record_services(ctx, replies, targets, observed),
+        Ok(replies) => record_services(backoff, replies, targets, observed),
         Err(e) => {
             // Only when every endpoint refused a connection did each node fail on its own,
             // and each rests; any other failure of the whole call says nothing of one node.
             if matches!(e, talos_api::Error::Connect { .. }) {
                 for (_, address) in targets {
-                    ctx.node_backoff
-                        .failed(address, now, steady_text(&e.to_string()));
+                    backoff.failed(address, now, steady_text(&e.to_string()));
                 }
             }
             return Some(call_problem("listing services", &e));
@@ -326,7 +329,7 @@ fn record_health(
 /// the Machine (up to a second later, in its own time): its services are asked at the address
 /// etcd knows it by, so its health gates the next step at once.
 async fn record_members(
-    ctx: &Context,
+    backoff: &Backoff,
     client: &talos_api::Client,
     machines: &[Machine],
     replies: Vec<talos_api::NodeResult<talos_api::machine::EtcdMembers>>,
@@ -362,7 +365,7 @@ async fn record_members(
         if !unaddressed.is_empty() {
             let nodes = Nodes::Many(unaddressed.iter().map(|(_, a)| a.clone()).collect());
             if let (Ok(services), Ok(statuses)) = ask_health(client, &nodes).await {
-                record_services(ctx, services, &unaddressed, observed);
+                record_services(backoff, services, &unaddressed, observed);
                 record_etcd_status(statuses, &unaddressed, observed);
             }
         }
@@ -510,7 +513,7 @@ fn owner_of<'a>(machines: &'a [Machine], name: &str, peer_urls: &[String]) -> Op
 /// (`targets`: machine name and the address it was asked at); a node that does not answer
 /// rests (see [`crate::nodes::Backoff`]), counted from now, when its reply came.
 fn record_services(
-    ctx: &Context,
+    backoff: &Backoff,
     replies: Vec<talos_api::NodeResult<talos_api::machine::ServiceList>>,
     targets: &[(String, String)],
     observed: &mut Observed,
@@ -546,7 +549,7 @@ fn record_services(
             Err(e) => {
                 let problem = steady_text(&e.to_string());
                 if e.is_retryable() {
-                    ctx.node_backoff.failed(&reply.node, now, problem.clone());
+                    backoff.failed(&reply.node, now, problem.clone());
                 }
                 NodeHealth {
                     problem: Some(format!("the Talos API does not answer: {problem}")),
@@ -555,7 +558,7 @@ fn record_services(
             }
         };
         if health.reachable {
-            ctx.node_backoff.answered(&reply.node, now);
+            backoff.answered(&reply.node, now);
         }
         observed.health.insert(machine, health);
     }

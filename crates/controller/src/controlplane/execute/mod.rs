@@ -19,11 +19,12 @@ use serde_json::json;
 
 use super::records::{self, ConfigChange, Upgrade};
 use super::scope::MachineView;
+use super::state::Ctx;
 use super::status::Report;
 use super::step::Step;
 use super::wait_reason::WaitReason;
 use super::{Annotation, annotate_machine, machines, talos};
-use crate::{Context, Error, report};
+use crate::{Error, report};
 
 /// What the steps act with, besides the control plane and its machines.
 pub(super) struct Act<'a> {
@@ -42,7 +43,7 @@ pub(super) struct Act<'a> {
 /// One step's execution: the control plane, its machines, what they act with, and the report
 /// the step's outcome goes into.
 struct Exec<'a, 'r> {
-    ctx: &'a Context,
+    ctx: &'a Ctx,
     tcp: &'a TalosControlPlane,
     cluster: &'a str,
     machines: &'a [Machine],
@@ -59,7 +60,7 @@ struct Node<'a> {
 
 /// Take `step`; returns the step as it ended up.
 pub(super) async fn act(
-    ctx: &Context,
+    ctx: &Ctx,
     tcp: &TalosControlPlane,
     cluster: &str,
     machines: &[Machine],

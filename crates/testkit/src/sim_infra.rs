@@ -477,9 +477,17 @@ async fn pass(
     for m in listed {
         let name = m.name_any();
         if let Some(started) = nodes.by_machine.get(&name) {
-            // Recreated elsewhere (clusterctl move copies no status): report the node again.
-            if m.data["status"]["initialization"]["provisioned"] != json!(true) {
-                report_node(&sim_machines, &name, &started.address).await?;
+            // Recreated elsewhere (clusterctl move copies no status), or a report cut short (the
+            // API server went away between starting the node and reporting it): again.
+            if m.data["status"]["initialization"]["provisioned"] != json!(true)
+                || m.data["spec"]["providerID"].as_str().is_none()
+            {
+                report_node(
+                    &sim_machines,
+                    (&name, ns, &started.machine),
+                    &started.address,
+                )
+                .await?;
             }
             continue;
         }
@@ -538,14 +546,7 @@ async fn pass(
                     .contains_key("cluster.x-k8s.io/control-plane"),
             },
         );
-        sim_machines
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"providerID": format!("sim://{ns}/{owner}")}})),
-            )
-            .await?;
-        report_node(&sim_machines, &name, &address.to_string()).await?;
+        report_node(&sim_machines, (&name, ns, &owner), &address.to_string()).await?;
     }
     Ok(())
 }
@@ -578,12 +579,20 @@ fn powered_off(m: &DynamicObject) -> bool {
     m.annotations().get(POWER_OFF).is_some_and(|v| v == "true")
 }
 
-/// A SimMachine's status: provisioned, at its node's address.
+/// A SimMachine's provider ID (`sim://<ns>/<machine>`, its owner Machine's name) and status:
+/// provisioned, at its node's address.
 async fn report_node(
     sim_machines: &Api<DynamicObject>,
-    name: &str,
+    (name, ns, machine): (&str, &str, &str),
     address: &str,
 ) -> Result<(), kube::Error> {
+    sim_machines
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"providerID": format!("sim://{ns}/{machine}")}})),
+        )
+        .await?;
     sim_machines
         .patch_status(
             name,

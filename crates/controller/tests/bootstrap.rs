@@ -17,17 +17,27 @@ use controller::bootstrap::secrets;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn control_planes_and_workers_share_one_bundle_and_machines_get_their_data() {
     let (client, ns, _controller) = setup("bootstrap-ha").await;
-    cluster(&client, &ns, "ha", false).await;
+    ha_cluster_with_a_worker_deployment(&client, &ns).await;
+    let (configs, machines, workers) = wait_for_everyones_data(&client, &ns).await;
+    let docs_by_machine = data_secrets_by_machine(&client, &ns, configs, workers).await;
+    wait_every_machine_sees_its_data(&machines).await;
+    one_cluster_in_every_machines_data(docs_by_machine);
+    one_bundle_and_a_talosconfig(&client, &ns).await;
+}
+
+/// Creates cluster `ha`, three control plane Machines and a MachineDeployment of four workers.
+async fn ha_cluster_with_a_worker_deployment(client: &kube::Client, ns: &str) {
+    cluster(client, ns, "ha", false).await;
     let cp_spec = json!({"generateType": "controlplane", "talosVersion": "v1.13", "hostname": {"source": "MachineName"}});
     for i in 0..3 {
         machine(
-            &client,
-            &ns,
+            client,
+            ns,
             "ha",
             &format!("ha-cp-{i}"),
             cp_spec.clone(),
@@ -38,8 +48,8 @@ async fn control_planes_and_workers_share_one_bundle_and_machines_get_their_data
     // Workers through a MachineDeployment and a TalosConfigTemplate: the real MachineSet
     // controller stamps out Machines and TalosConfigs from the templates.
     apply(
-        &client,
-        &ns,
+        client,
+        ns,
         json!({
             "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfigTemplate",
             "metadata": {"name": "ha-workers"},
@@ -48,15 +58,15 @@ async fn control_planes_and_workers_share_one_bundle_and_machines_get_their_data
     )
     .await;
     apply(
-        &client,
-        &ns,
+        client,
+        ns,
         json!({
             "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "SimMachineTemplate",
             "metadata": {"name": "ha-workers"}, "spec": {"template": {"spec": {}}}
         }),
     )
     .await;
-    apply(&client, &ns, json!({
+    apply(client, ns, json!({
         "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineDeployment",
         "metadata": {"name": "ha-workers"},
         "spec": {
@@ -73,13 +83,19 @@ async fn control_planes_and_workers_share_one_bundle_and_machines_get_their_data
         }
     }))
     .await;
+}
 
+/// Waits for the control plane configs to be ready and the workers to have bootstrap data.
+async fn wait_for_everyones_data(
+    client: &kube::Client,
+    ns: &str,
+) -> (Vec<TalosConfig>, Api<Machine>, Vec<Machine>) {
     let mut configs = Vec::new();
     for i in 0..3 {
         configs.push(
             wait_config(
-                &client,
-                &ns,
+                client,
+                ns,
                 &format!("ha-cp-{i}"),
                 ConditionType::Ready,
                 "True",
@@ -87,7 +103,7 @@ async fn control_planes_and_workers_share_one_bundle_and_machines_get_their_data
             .await,
         );
     }
-    let machines: Api<Machine> = Api::namespaced(client.clone(), &ns);
+    let machines: Api<Machine> = Api::namespaced(client.clone(), ns);
     let workers = testkit::eventually(
         "the MachineSet's 4 Machines getting bootstrap data through our TalosConfigs",
         WAIT,
@@ -105,7 +121,16 @@ async fn control_planes_and_workers_share_one_bundle_and_machines_get_their_data
         },
     )
     .await;
+    (configs, machines, workers)
+}
 
+/// Checks the control planes' data Secrets and reads every machine's documents.
+async fn data_secrets_by_machine(
+    client: &kube::Client,
+    ns: &str,
+    configs: Vec<TalosConfig>,
+    workers: Vec<Machine>,
+) -> BTreeMap<String, Vec<Value>> {
     let mut docs_by_machine = BTreeMap::new();
     for config in &configs {
         let status = config.status.as_ref().unwrap();
@@ -118,7 +143,7 @@ async fn control_planes_and_workers_share_one_bundle_and_machines_get_their_data
             Some(true)
         );
         let name = status.data_secret_name.clone().unwrap();
-        let (secret, docs) = secret_value(&client, &ns, &name).await;
+        let (secret, docs) = secret_value(client, ns, &name).await;
         assert_eq!(secret.type_.as_deref(), Some("cluster.x-k8s.io/secret"));
         assert_eq!(
             secret.data.as_ref().map(BTreeMap::len),
@@ -138,9 +163,14 @@ async fn control_planes_and_workers_share_one_bundle_and_machines_get_their_data
     }
     for worker in &workers {
         let name = worker.spec.bootstrap.data_secret_name.clone().unwrap();
-        let (_, docs) = secret_value(&client, &ns, &name).await;
+        let (_, docs) = secret_value(client, ns, &name).await;
         docs_by_machine.insert(worker.metadata.name.clone().unwrap(), docs);
     }
+    docs_by_machine
+}
+
+/// Waits for the real Machine controller to report every Machine's bootstrap data created.
+async fn wait_every_machine_sees_its_data(machines: &Api<Machine>) {
     // The real Machine controller reads our v1beta2 status (on its own schedule: wait for it).
     let created = |m: &Machine| {
         m.status
@@ -168,7 +198,10 @@ async fn control_planes_and_workers_share_one_bundle_and_machines_get_their_data
         pending,
     )
     .await;
+}
 
+/// Checks every machine's documents carry one cluster's CA, token and network, by role.
+fn one_cluster_in_every_machines_data(docs_by_machine: BTreeMap<String, Vec<Value>>) {
     let first = &docs_by_machine["ha-cp-0"][0];
     for (machine, docs) in &docs_by_machine {
         let d = &docs[0];
@@ -215,8 +248,11 @@ async fn control_planes_and_workers_share_one_bundle_and_machines_get_their_data
         }
         talosctl_validate(docs);
     }
+}
 
-    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+/// Checks the cluster has one bundle Secret, a CA Secret and a talosconfig for its context.
+async fn one_bundle_and_a_talosconfig(client: &kube::Client, ns: &str) {
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let bundles = secrets_api
         .list(&ListParams::default().labels("cluster.x-k8s.io/cluster-name=ha"))
         .await
@@ -378,7 +414,20 @@ async fn a_config_that_cannot_render_is_not_rendered_again_until_its_spec_change
 #[tokio::test]
 async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconciles() {
     let (client, ns, _controller) = setup("bootstrap-hostile").await;
-    cluster(&client, &ns, "hostile", false).await;
+    let secrets_api = hostile_configs_are_refused(&client, &ns).await;
+    tampered_bundle_is_left_as_it_was(&client, &ns, &secrets_api).await;
+    leaky_bundle_never_names_its_token(&client, &ns, &secrets_api).await;
+    // A Secret planted under a machine's bootstrap data name, owned by nothing, owned by
+    // another object, or of a type no bootstrap provider writes: refused, left as it was, and
+    // never named as the machine's data.
+    let foreign_owner = a_foreign_owner(&client, &ns).await;
+    planted_data_secrets_are_refused(&client, &ns, &secrets_api, foreign_owner).await;
+}
+
+/// Creates configs that exceed the limits beside a good one: the good one becomes ready, each
+/// hostile one a condition and a Warning Event with no data written.
+async fn hostile_configs_are_refused(client: &kube::Client, ns: &str) -> Api<Secret> {
+    cluster(client, ns, "hostile", false).await;
     let mut bomb = format!("a0: &a0 [{}]\n", vec!["x"; 2000].join(","));
     for level in 1..=8 {
         let refs = vec![format!("*a{}", level - 1); 10].join(", ");
@@ -410,23 +459,23 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
         ),
     ];
     for (name, spec, _) in &cases {
-        machine(&client, &ns, "hostile", name, spec.clone(), false).await;
+        machine(client, ns, "hostile", name, spec.clone(), false).await;
     }
     machine(
-        &client,
-        &ns,
+        client,
+        ns,
         "hostile",
         "good-0",
         json!({"generateType": "worker"}),
         false,
     )
     .await;
-    wait_config(&client, &ns, "good-0", ConditionType::Ready, "True").await;
-    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    wait_config(client, ns, "good-0", ConditionType::Ready, "True").await;
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), ns);
     for (name, _, message) in &cases {
         let cond = wait_reason(
-            &client,
-            &ns,
+            client,
+            ns,
             name,
             ConditionType::DataSecretAvailable,
             "PatchFailed",
@@ -439,19 +488,27 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
             secrets_api.get_opt(&data).await.unwrap().is_none(),
             "{name}: no partial write"
         );
-        wait_warning(&client, &ns, name, "PatchFailed", |m| m.contains(message)).await;
+        wait_warning(client, ns, name, "PatchFailed", |m| m.contains(message)).await;
     }
+    secrets_api
+}
 
+/// A bundle Secret whose Kubernetes CA key belongs to another CA is reported and left as it was.
+async fn tampered_bundle_is_left_as_it_was(
+    client: &kube::Client,
+    ns: &str,
+    secrets_api: &Api<Secret>,
+) {
     // A bundle Secret whose Kubernetes CA key belongs to another CA (committed by hand, or
     // tampered with): InvalidSecret, and the Secret is neither used nor overwritten.
     let mut bundle =
         machineconfig::SecretsBundle::generate(machineconfig::Contract::NEWEST).unwrap();
     bundle.certs.k8s.key = bundle.certs.etcd.key.clone();
-    let before = create_bundle_secret(&client, &ns, "tampered", &bundle).await;
-    cluster(&client, &ns, "tampered", false).await;
+    let before = create_bundle_secret(client, ns, "tampered", &bundle).await;
+    cluster(client, ns, "tampered", false).await;
     machine(
-        &client,
-        &ns,
+        client,
+        ns,
         "tampered",
         "tampered-0",
         json!({"generateType": "controlplane"}),
@@ -459,8 +516,8 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
     )
     .await;
     let cond = wait_reason(
-        &client,
-        &ns,
+        client,
+        ns,
         "tampered-0",
         ConditionType::DataSecretAvailable,
         "InvalidSecret",
@@ -484,7 +541,14 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
             .unwrap()
             .is_none()
     );
+}
 
+/// A bundle Secret with a misplaced trustd token is reported without quoting the token.
+async fn leaky_bundle_never_names_its_token(
+    client: &kube::Client,
+    ns: &str,
+    secrets_api: &Api<Secret>,
+) {
     // A bundle Secret whose trustd token stands where trustdinfo's mapping belongs (serde's
     // message quoted it): the condition and the Event name the field, never the token.
     let leaky = machineconfig::SecretsBundle::generate(machineconfig::Contract::NEWEST).unwrap();
@@ -503,10 +567,10 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
         .create(&Default::default(), &hostile_bundle)
         .await
         .unwrap();
-    cluster(&client, &ns, "leaky", false).await;
+    cluster(client, ns, "leaky", false).await;
     machine(
-        &client,
-        &ns,
+        client,
+        ns,
         "leaky",
         "leaky-0",
         json!({"generateType": "controlplane"}),
@@ -514,8 +578,8 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
     )
     .await;
     let cond = wait_reason(
-        &client,
-        &ns,
+        client,
+        ns,
         "leaky-0",
         ConditionType::DataSecretAvailable,
         "InvalidSecret",
@@ -528,11 +592,11 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
         cond.message
     );
     assert!(!cond.message.contains(&token), "{}", cond.message);
-    wait_warning(&client, &ns, "leaky-0", "InvalidSecret", |m| {
+    wait_warning(client, ns, "leaky-0", "InvalidSecret", |m| {
         m.contains("field `trustdinfo`")
     })
     .await;
-    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), ns)
         .list(&Default::default())
         .await
         .unwrap();
@@ -540,30 +604,43 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
         let text = serde_json::to_string(event).unwrap();
         assert!(!text.contains(&token), "a secret in an Event: {text}");
     }
-    let configs = Api::<TalosConfig>::namespaced(client.clone(), &ns)
+    let configs = Api::<TalosConfig>::namespaced(client.clone(), ns)
         .list(&Default::default())
         .await
         .unwrap();
     let text = serde_json::to_string(&configs.items).unwrap();
     assert!(!text.contains(&token), "a secret in a TalosConfig");
+}
 
-    // A Secret planted under a machine's bootstrap data name, owned by nothing, owned by
-    // another object, or of a type no bootstrap provider writes: refused, left as it was, and
-    // never named as the machine's data.
-    let foreign = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &ns)
+/// Creates a ConfigMap and returns an owner reference to it.
+async fn a_foreign_owner(
+    client: &kube::Client,
+    ns: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+    let foreign = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
         .create(
             &Default::default(),
             &serde_json::from_value(json!({"metadata": {"name": "someone-else"}})).unwrap(),
         )
         .await
         .unwrap();
-    let foreign_owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
         api_version: "v1".into(),
         kind: "ConfigMap".into(),
         name: "someone-else".into(),
         uid: foreign.metadata.uid.clone().unwrap(),
         ..Default::default()
-    };
+    }
+}
+
+/// Plants data Secrets owned by nothing, by another object or of another type: each refused.
+async fn planted_data_secrets_are_refused(
+    client: &kube::Client,
+    ns: &str,
+    secrets_api: &Api<Secret>,
+    foreign_owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) {
     for (machine_name, type_, owners, says) in [
         ("planted-0", "Opaque", None, "owned by nothing"),
         (
@@ -594,8 +671,8 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
             .await
             .unwrap();
         machine(
-            &client,
-            &ns,
+            client,
+            ns,
             "hostile",
             machine_name,
             json!({"generateType": "worker"}),
@@ -603,8 +680,8 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
         )
         .await;
         let cond = wait_reason(
-            &client,
-            &ns,
+            client,
+            ns,
             machine_name,
             ConditionType::DataSecretAvailable,
             "InvalidSecret",
@@ -624,7 +701,7 @@ async fn hostile_configs_and_bundles_become_conditions_and_the_rest_still_reconc
             .await
             .unwrap();
         assert_eq!(after.data, planted.data, "{machine_name}: left as it was");
-        let config = Api::<TalosConfig>::namespaced(client.clone(), &ns)
+        let config = Api::<TalosConfig>::namespaced(client.clone(), ns)
             .get(machine_name)
             .await
             .unwrap();
@@ -784,7 +861,13 @@ async fn a_hundred_configs_of_one_cluster_create_exactly_one_bundle() {
 #[tokio::test]
 async fn strategic_patches_add_and_delete_and_generate_type_none_patches_given_data() {
     let (client, ns, _controller) = setup("bootstrap-patches").await;
-    cluster(&client, &ns, "p", false).await;
+    let (secret, docs) = patches_add_and_delete(&client, &ns).await;
+    generate_type_none_patches_given_data(&client, &ns, secret, docs).await;
+}
+
+/// Renders a worker's strategic patches: a map entry added, an earlier addition deleted.
+async fn patches_add_and_delete(client: &kube::Client, ns: &str) -> (Secret, Vec<Value>) {
+    cluster(client, ns, "p", false).await;
     let spec = json!({
         "generateType": "worker", "talosVersion": "v1.13",
         "strategicPatches": [
@@ -793,9 +876,9 @@ async fn strategic_patches_add_and_delete_and_generate_type_none_patches_given_d
             "machine:\n  network:\n    $patch: delete\n"
         ]
     });
-    machine(&client, &ns, "p", "p-w", spec, false).await;
-    wait_config(&client, &ns, "p-w", ConditionType::Ready, "True").await;
-    let (secret, docs) = secret_value(&client, &ns, "p-w-bootstrap-data").await;
+    machine(client, ns, "p", "p-w", spec, false).await;
+    wait_config(client, ns, "p-w", ConditionType::Ready, "True").await;
+    let (secret, docs) = secret_value(client, ns, "p-w-bootstrap-data").await;
     assert_eq!(
         docs[0]["machine"]["nodeLabels"]["tier"], "edge",
         "a patch adds a map entry"
@@ -811,12 +894,21 @@ async fn strategic_patches_add_and_delete_and_generate_type_none_patches_given_d
         "a patch adds a document"
     );
     talosctl_validate(&docs);
+    (secret, docs)
+}
 
+/// A generateType none config gets the given data with its patches applied, nothing else.
+async fn generate_type_none_patches_given_data(
+    client: &kube::Client,
+    ns: &str,
+    secret: Secret,
+    docs: Vec<Value>,
+) {
     // generateType none: the given data, with the patches applied to it.
     let given = String::from_utf8(secret.data.unwrap()["value"].0.clone()).unwrap();
     machine(
-        &client,
-        &ns,
+        client,
+        ns,
         "p",
         "p-none",
         json!({
@@ -828,8 +920,8 @@ async fn strategic_patches_add_and_delete_and_generate_type_none_patches_given_d
     .await;
     // As in Talos, a JSON 6902 patch cannot apply to a multi-document configuration.
     wait_config_where(
-        &client,
-        &ns,
+        client,
+        ns,
         "p-none",
         ConditionType::DataSecretAvailable,
         "False",
@@ -841,8 +933,8 @@ async fn strategic_patches_add_and_delete_and_generate_type_none_patches_given_d
     )
     .await;
     dynamic(
-        &client,
-        &ns,
+        client,
+        ns,
         "bootstrap.cluster.x-k8s.io/v1alpha3",
         "TalosConfig",
     )
@@ -856,8 +948,8 @@ async fn strategic_patches_add_and_delete_and_generate_type_none_patches_given_d
     )
     .await
     .unwrap();
-    wait_config(&client, &ns, "p-none", ConditionType::Ready, "True").await;
-    let (_, none_docs) = secret_value(&client, &ns, "p-none-bootstrap-data").await;
+    wait_config(client, ns, "p-none", ConditionType::Ready, "True").await;
+    let (_, none_docs) = secret_value(client, ns, "p-none-bootstrap-data").await;
     let mut expected = docs.clone();
     expected[0]["machine"]["nodeLabels"]["pool"] = json!("given");
     assert_eq!(
@@ -877,19 +969,26 @@ async fn a_machine_pool_gets_its_data_only_with_machine_pools_on() {
             },
         )
         .await;
-        cluster(&client, &ns, "mp", false).await;
-        apply(
-            &client,
-            &ns,
-            json!({
-                "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
-                "metadata": {"name": "mp-0", "labels": {"cluster.x-k8s.io/cluster-name": "mp"}},
-                "spec": {"generateType": "worker", "talosVersion": "v1.13"}
-            }),
-        )
-        .await;
-        let pools = dynamic(&client, &ns, "cluster.x-k8s.io/v1beta2", "MachinePool");
-        let pool: kube::api::DynamicObject = serde_json::from_value(json!({
+        config_owned_by_a_machine_pool(&client, &ns).await;
+        pool_data_only_when_enabled(&client, &ns, enabled).await;
+    }
+}
+
+/// Creates a TalosConfig and a MachinePool made its owner, as Cluster API does.
+async fn config_owned_by_a_machine_pool(client: &kube::Client, ns: &str) {
+    cluster(client, ns, "mp", false).await;
+    apply(
+        client,
+        ns,
+        json!({
+            "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfig",
+            "metadata": {"name": "mp-0", "labels": {"cluster.x-k8s.io/cluster-name": "mp"}},
+            "spec": {"generateType": "worker", "talosVersion": "v1.13"}
+        }),
+    )
+    .await;
+    let pools = dynamic(client, ns, "cluster.x-k8s.io/v1beta2", "MachinePool");
+    let pool: kube::api::DynamicObject = serde_json::from_value(json!({
             "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachinePool",
             "metadata": {"name": "mp"},
             "spec": {
@@ -902,50 +1001,53 @@ async fn a_machine_pool_gets_its_data_only_with_machine_pools_on() {
             }
         }))
         .unwrap();
-        let pool = pools.create(&PostParams::default(), &pool).await.unwrap();
-        // Cluster API's MachinePool controller makes the pool the config's owner.
-        dynamic(
-            &client,
-            &ns,
-            "bootstrap.cluster.x-k8s.io/v1alpha3",
-            "TalosConfig",
-        )
-        .patch(
+    let pool = pools.create(&PostParams::default(), &pool).await.unwrap();
+    // Cluster API's MachinePool controller makes the pool the config's owner.
+    dynamic(
+        client,
+        ns,
+        "bootstrap.cluster.x-k8s.io/v1alpha3",
+        "TalosConfig",
+    )
+    .patch(
+        "mp-0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"ownerReferences": [{
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachinePool",
+            "name": "mp", "uid": pool.metadata.uid, "controller": true
+        }]}})),
+    )
+    .await
+    .unwrap();
+}
+
+/// With machine pools on the config gets its data; without, it waits and names the flag.
+async fn pool_data_only_when_enabled(client: &kube::Client, ns: &str, enabled: bool) {
+    if enabled {
+        let config = wait_config(client, ns, "mp-0", ConditionType::Ready, "True").await;
+        assert_eq!(
+            config.status.unwrap().data_secret_name.as_deref(),
+            Some("mp-bootstrap-data")
+        );
+        let (_, docs) = secret_value(client, ns, "mp-bootstrap-data").await;
+        // The pool template's Kubernetes version (a worker config has no apiServer).
+        assert_eq!(
+            docs[0]["machine"]["kubelet"]["image"]
+                .as_str()
+                .and_then(|i| i.rsplit(':').next()),
+            Some("v1.34.2")
+        );
+    } else {
+        // Without the flag the config waits and says which flag serves it.
+        wait_config_where(
+            client,
+            ns,
             "mp-0",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"ownerReferences": [{
-                "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachinePool",
-                "name": "mp", "uid": pool.metadata.uid, "controller": true
-            }]}})),
+            ConditionType::DataSecretAvailable,
+            "False",
+            |c| c.reason == "WaitingForOwner" && c.message.contains("--machine-pools"),
         )
-        .await
-        .unwrap();
-        if enabled {
-            let config = wait_config(&client, &ns, "mp-0", ConditionType::Ready, "True").await;
-            assert_eq!(
-                config.status.unwrap().data_secret_name.as_deref(),
-                Some("mp-bootstrap-data")
-            );
-            let (_, docs) = secret_value(&client, &ns, "mp-bootstrap-data").await;
-            // The pool template's Kubernetes version (a worker config has no apiServer).
-            assert_eq!(
-                docs[0]["machine"]["kubelet"]["image"]
-                    .as_str()
-                    .and_then(|i| i.rsplit(':').next()),
-                Some("v1.34.2")
-            );
-        } else {
-            // Without the flag the config waits and says which flag serves it.
-            wait_config_where(
-                &client,
-                &ns,
-                "mp-0",
-                ConditionType::DataSecretAvailable,
-                "False",
-                |c| c.reason == "WaitingForOwner" && c.message.contains("--machine-pools"),
-            )
-            .await;
-        }
+        .await;
     }
 }
 
@@ -1033,12 +1135,7 @@ async fn a_bundle_that_cannot_be_stored_is_reported_and_stored_once_it_can() {
 #[tokio::test]
 async fn an_edit_is_rendered_again_before_boot_and_only_reported_after() {
     let (client, ns, _controller) = setup("bootstrap-edit").await;
-    cluster(&client, &ns, "edit", false).await;
-    let spec = json!({"generateType": "worker", "talosVersion": "v1.13"});
-    machine(&client, &ns, "edit", "e-0", spec, false).await;
-    wait_config(&client, &ns, "e-0", ConditionType::Ready, "True").await;
-    let (first, docs) = secret_value(&client, &ns, "e-0-bootstrap-data").await;
-    assert!(docs[0]["machine"]["install"]["disk"].is_null(), "{docs:?}");
+    let first = first_render(&client, &ns).await;
 
     let configs: Api<TalosConfig> = Api::namespaced(client.clone(), &ns);
     let install_on = async |disk: &str| {
@@ -1060,6 +1157,30 @@ async fn an_edit_is_rendered_again_before_boot_and_only_reported_after() {
         (secret, docs, disk)
     };
 
+    let rendered = rendered_again_before_boot(&client, &ns, &install_on, &disk, &first).await;
+    boot(&client, &ns).await;
+    an_edit_after_boot_is_only_reported(&client, &ns, &install_on, &disk, rendered).await;
+}
+
+/// Renders a worker's data, without an install disk.
+async fn first_render(client: &kube::Client, ns: &str) -> Secret {
+    cluster(client, ns, "edit", false).await;
+    let spec = json!({"generateType": "worker", "talosVersion": "v1.13"});
+    machine(client, ns, "edit", "e-0", spec, false).await;
+    wait_config(client, ns, "e-0", ConditionType::Ready, "True").await;
+    let (first, docs) = secret_value(client, ns, "e-0-bootstrap-data").await;
+    assert!(docs[0]["machine"]["install"]["disk"].is_null(), "{docs:?}");
+    first
+}
+
+/// Before boot, an edit renders the Secret again, updated in place.
+async fn rendered_again_before_boot(
+    client: &kube::Client,
+    ns: &str,
+    install_on: &impl AsyncFn(&str),
+    disk: &impl AsyncFn() -> (Secret, Vec<Value>, Option<String>),
+    first: &Secret,
+) -> (Secret, Vec<Value>) {
     // Not booted: the Secret is rendered again.
     install_on("/dev/vdb").await;
     let rendered = testkit::eventually(
@@ -1080,12 +1201,16 @@ async fn an_edit_is_rendered_again_before_boot_and_only_reported_after() {
         "updated, not recreated"
     );
     talosctl_validate(&rendered.1);
-    wait_config(&client, &ns, "e-0", ConditionType::ConfigUpToDate, "True").await;
+    wait_config(client, ns, "e-0", ConditionType::ConfigUpToDate, "True").await;
+    rendered
+}
 
+/// Marks the machine's infrastructure provisioned and waits for Cluster API to see it booted.
+async fn boot(client: &kube::Client, ns: &str) {
     // Booted: Cluster API sees the machine's infrastructure provisioned.
     dynamic(
-        &client,
-        &ns,
+        client,
+        ns,
         "infrastructure.cluster.x-k8s.io/v1alpha1",
         "SimMachine",
     )
@@ -1096,10 +1221,10 @@ async fn an_edit_is_rendered_again_before_boot_and_only_reported_after() {
     )
     .await
     .unwrap();
-    testkit::infra::mark_provisioned(&client, &ns, "SimMachine", "e-0")
+    testkit::infra::mark_provisioned(client, ns, "SimMachine", "e-0")
         .await
         .unwrap();
-    let machines: Api<Machine> = Api::namespaced(client.clone(), &ns);
+    let machines: Api<Machine> = Api::namespaced(client.clone(), ns);
     tokio::time::timeout(
         WAIT,
         kube::runtime::wait::await_condition(machines, "e-0", |m: Option<&Machine>| {
@@ -1109,11 +1234,20 @@ async fn an_edit_is_rendered_again_before_boot_and_only_reported_after() {
     .await
     .expect("Cluster API marks the machine's infrastructure provisioned")
     .unwrap();
+}
 
+/// After boot, an edit is reported and the data the machine booted with is kept.
+async fn an_edit_after_boot_is_only_reported(
+    client: &kube::Client,
+    ns: &str,
+    install_on: &impl AsyncFn(&str),
+    disk: &impl AsyncFn() -> (Secret, Vec<Value>, Option<String>),
+    rendered: (Secret, Vec<Value>),
+) {
     install_on("/dev/vdc").await;
     let differs = wait_reason(
-        &client,
-        &ns,
+        client,
+        ns,
         "e-0",
         ConditionType::ConfigUpToDate,
         conditions::reason::RUNNING_CONFIG_DIFFERS,
@@ -1121,7 +1255,7 @@ async fn an_edit_is_rendered_again_before_boot_and_only_reported_after() {
     .await;
     let message = &differs.message;
     assert!(message.contains("machine e-0"), "{message}");
-    wait_warning(&client, &ns, "e-0", "RunningConfigDiffers", |_| true).await;
+    wait_warning(client, ns, "e-0", "RunningConfigDiffers", |_| true).await;
     let (now, _, on) = disk().await;
     assert_eq!(
         on.as_deref(),

@@ -120,12 +120,26 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
     .await;
     bring_up(&client, &ours, &bundle, json!({})).await;
 
+    same_documents_from_both(&client, &theirs, &ours).await;
+
+    // Adoption: CABPT stops, the machines have booted (their infrastructure is provisioned),
+    // and our controller takes over the namespace CABPT reconciled.
+    let before = booted_and_edited_once_cabpt_stops(&client, &theirs, cabpt).await;
+    wait_infrastructure_provisioned(&client, &theirs).await;
+    let _adopting = start_controller(&client, &theirs);
+    adopted_configs_report_cabpts_secrets(&client, &theirs).await;
+    only_the_edited_worker_is_said_to_differ(&client, &theirs).await;
+    no_booted_secret_is_rewritten(&client, &theirs, before).await;
+}
+
+/// Each machine's bootstrap documents are the same from CABPT and from us.
+async fn same_documents_from_both(client: &kube::Client, theirs: &str, ours: &str) {
     for (name, _, _) in specs() {
-        let a = wait_ready(&client, &theirs, name).await;
-        let b = wait_ready(&client, &ours, name).await;
+        let a = wait_ready(client, theirs, name).await;
+        let b = wait_ready(client, ours, name).await;
         let (_, theirs_docs) = secret_value(
-            &client,
-            &theirs,
+            client,
+            theirs,
             a.status
                 .as_ref()
                 .unwrap()
@@ -135,8 +149,8 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
         )
         .await;
         let (_, ours_docs) = secret_value(
-            &client,
-            &ours,
+            client,
+            ours,
             b.status
                 .as_ref()
                 .unwrap()
@@ -153,11 +167,17 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
             differences.join("\n")
         );
     }
+}
 
-    // Adoption: CABPT stops, the machines have booted (their infrastructure is provisioned),
-    // and our controller takes over the namespace CABPT reconciled.
+/// Stops CABPT, marks the machines booted and edits the worker after boot; returns the data
+/// Secrets CABPT wrote.
+async fn booted_and_edited_once_cabpt_stops(
+    client: &kube::Client,
+    theirs: &str,
+    cabpt: testkit::process::ManagedProcess,
+) -> Vec<Secret> {
     let before: Vec<Secret> = {
-        let api: Api<Secret> = Api::namespaced(client.clone(), &theirs);
+        let api: Api<Secret> = Api::namespaced(client.clone(), theirs);
         let mut v = Vec::new();
         for (name, _, _) in specs() {
             v.push(api.get(&format!("{name}-bootstrap-data")).await.unwrap());
@@ -167,8 +187,8 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
     drop(cabpt);
     for (name, _, _) in specs() {
         dynamic(
-            &client,
-            &theirs,
+            client,
+            theirs,
             "infrastructure.cluster.x-k8s.io/v1alpha1",
             "SimMachine",
         )
@@ -179,14 +199,14 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
         )
         .await
         .unwrap();
-        testkit::infra::mark_provisioned(&client, &theirs, "SimMachine", name)
+        testkit::infra::mark_provisioned(client, theirs, "SimMachine", name)
             .await
             .unwrap();
     }
     // An edit after boot must not reach the booted machine.
     dynamic(
-        &client,
-        &theirs,
+        client,
+        theirs,
         "bootstrap.cluster.x-k8s.io/v1alpha3",
         "TalosConfig",
     )
@@ -199,8 +219,13 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
     )
     .await
     .unwrap();
+    before
+}
+
+/// Waits for Cluster API to see every machine's infrastructure provisioned.
+async fn wait_infrastructure_provisioned(client: &kube::Client, theirs: &str) {
     // Cluster API sees the provisioned infrastructure before we take over.
-    let machines: Api<api::capi::Machine> = Api::namespaced(client.clone(), &theirs);
+    let machines: Api<api::capi::Machine> = Api::namespaced(client.clone(), theirs);
     for (name, _, _) in specs() {
         tokio::time::timeout(
             WAIT,
@@ -215,8 +240,11 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
         .expect("Cluster API marks the machine's infrastructure provisioned")
         .unwrap();
     }
-    let _adopting = start_controller(&client, &theirs);
-    let configs: Api<TalosConfig> = Api::namespaced(client.clone(), &theirs);
+}
+
+/// Our controller reports each config ready with the data Secret CABPT wrote.
+async fn adopted_configs_report_cabpts_secrets(client: &kube::Client, theirs: &str) {
+    let configs: Api<TalosConfig> = Api::namespaced(client.clone(), theirs);
     for (name, _, _) in specs() {
         // CABPT wrote ready and a v1beta1 Ready; ours adds the v1beta2 contract's fields.
         let c = tokio::time::timeout(
@@ -249,28 +277,32 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
             "{name}: the Secret CABPT wrote"
         );
     }
+}
+
+/// The edited worker is said to differ, with a Warning; the control plane is up to date.
+async fn only_the_edited_worker_is_said_to_differ(client: &kube::Client, theirs: &str) {
     // The edited worker renders other documents than it booted with: said, with a Warning.
     wait_config(
-        &client,
-        &theirs,
+        client,
+        theirs,
         "w-0",
         ConditionType::ConfigUpToDate,
         "False",
     )
     .await;
-    wait_warning(&client, &theirs, "w-0", "RunningConfigDiffers", |_| true).await;
+    wait_warning(client, theirs, "w-0", "RunningConfigDiffers", |_| true).await;
     // The control plane's spec is unchanged: CABPT's bytes (its YAML encoder's layout) are the
     // documents we render, so it is up to date, and nothing was said against it.
     wait_config_where(
-        &client,
-        &theirs,
+        client,
+        theirs,
         "cp-0",
         ConditionType::ConfigUpToDate,
         "True",
         |c| c.reason == "UpToDate",
     )
     .await;
-    let warned = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &theirs)
+    let warned = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), theirs)
         .list(&Default::default())
         .await
         .unwrap()
@@ -280,7 +312,11 @@ async fn same_inputs_same_documents_and_a_cabpt_cluster_is_adopted() {
         .filter(|e| e.reason.as_deref() == Some("RunningConfigDiffers"))
         .count();
     assert_eq!(warned, 0, "no RunningConfigDiffers Event on cp-0");
-    let api: Api<Secret> = Api::namespaced(client.clone(), &theirs);
+}
+
+/// No data Secret CABPT wrote is rewritten.
+async fn no_booted_secret_is_rewritten(client: &kube::Client, theirs: &str, before: Vec<Secret>) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), theirs);
     for old in before {
         let now = api
             .get(old.metadata.name.as_deref().unwrap())
@@ -368,12 +404,26 @@ async fn a_cluster_we_brought_up_is_taken_back_by_cabpt_without_a_rewrite() {
         .unwrap();
     let ns = unique_namespace(&client, "cabpt-back").await.unwrap();
     let labels = json!({"cluster.x-k8s.io/watch-filter": FILTER});
-    let ours = start_controller(&client, &ns);
-    cluster_labelled(&client, &ns, "back", false, labels.clone()).await;
+    let (name, config, secrets, before) = our_cluster_up(&client, &ns, &labels).await;
+
+    let _cabpt = testkit::peers::start_cabpt(cp, FILTER).await.unwrap();
+    cabpt_renders_from_our_bundle(&client, &ns, labels).await;
+    cabpt_rewrites_nothing_of_ours(&client, &ns, name, &config, &secrets, before).await;
+}
+
+/// Brings a control plane machine up with our controller, then stops it; returns the machine's
+/// name, its config, the Secrets API and our Secrets as they were.
+async fn our_cluster_up(
+    client: &kube::Client,
+    ns: &str,
+    labels: &Value,
+) -> (&'static str, TalosConfig, Api<Secret>, Vec<Secret>) {
+    let ours = start_controller(client, ns);
+    cluster_labelled(client, ns, "back", false, labels.clone()).await;
     let (name, spec, _) = specs().remove(0);
-    machine_labelled(&client, &ns, "back", name, spec, true, labels.clone()).await;
-    let config = wait_ready(&client, &ns, name).await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    machine_labelled(client, ns, "back", name, spec, true, labels.clone()).await;
+    let config = wait_ready(client, ns, name).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let ours_secrets = [
         "back-talos",
         "back-ca",
@@ -385,15 +435,18 @@ async fn a_cluster_we_brought_up_is_taken_back_by_cabpt_without_a_rewrite() {
         before.push(secrets.get(s).await.unwrap());
     }
     drop(ours);
+    (name, config, secrets, before)
+}
 
-    let _cabpt = testkit::peers::start_cabpt(cp, FILTER).await.unwrap();
+/// CABPT renders a new worker from our bundle: the same CAs and tokens.
+async fn cabpt_renders_from_our_bundle(client: &kube::Client, ns: &str, labels: Value) {
     let (_, worker, _) = specs().remove(1);
-    machine_labelled(&client, &ns, "back", "w-back", worker, false, labels).await;
-    let theirs = wait_ready(&client, &ns, "w-back").await;
-    let (_, cp_docs) = secret_value(&client, &ns, "cp-0-bootstrap-data").await;
+    machine_labelled(client, ns, "back", "w-back", worker, false, labels).await;
+    let theirs = wait_ready(client, ns, "w-back").await;
+    let (_, cp_docs) = secret_value(client, ns, "cp-0-bootstrap-data").await;
     let (_, w_docs) = secret_value(
-        &client,
-        &ns,
+        client,
+        ns,
         theirs.status.unwrap().data_secret_name.as_deref().unwrap(),
     )
     .await;
@@ -411,11 +464,22 @@ async fn a_cluster_we_brought_up_is_taken_back_by_cabpt_without_a_rewrite() {
             "{path}: CABPT renders from our bundle"
         );
     }
+}
+
+/// Once CABPT has reconciled our control-plane config, our Secrets and config are as we wrote.
+async fn cabpt_rewrites_nothing_of_ours(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    config: &TalosConfig,
+    secrets: &Api<Secret>,
+    before: Vec<Secret>,
+) {
     // Once CABPT has reconciled our ready control-plane config to the end: the bundle, the CA and
     // the booted data are as we wrote them. CABPT writes its talosconfig again in each reconcile
     // of a ready control-plane config (endpoints its way, a new client certificate), from the
     // same bundle: the same OS CA.
-    cabpt_reconciled(&client, &ns, name, "back-talosconfig").await;
+    cabpt_reconciled(client, ns, name, "back-talosconfig").await;
     let talosconfig_ca = |s: &Secret| -> Value {
         let text = String::from_utf8(s.data.as_ref().unwrap()["talosconfig"].0.clone()).unwrap();
         let doc: Value = serde_yaml_ng::from_str(&text).unwrap();
@@ -435,7 +499,7 @@ async fn a_cluster_we_brought_up_is_taken_back_by_cabpt_without_a_rewrite() {
             "{name} is not rewritten"
         );
     }
-    let now = Api::<TalosConfig>::namespaced(client.clone(), &ns)
+    let now = Api::<TalosConfig>::namespaced(client.clone(), ns)
         .get(name)
         .await
         .unwrap();

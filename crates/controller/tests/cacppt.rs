@@ -413,6 +413,19 @@ async fn real_cacppt_and_cabpt_bring_up_three_nodes_and_roll_a_kubernetes_upgrad
     );
     eprintln!("brought up by CACPPT in {:?}", started.elapsed());
 
+    rolled_by_cacppt(client, ns, &logs, infra, &first, &id).await;
+    every_talos_call_served(infra);
+}
+
+/// Rolls a Kubernetes upgrade: CACPPT replaces each machine, each leaving etcd with quorum.
+async fn rolled_by_cacppt(
+    client: &kube::Client,
+    ns: &str,
+    logs: &[&std::path::Path],
+    infra: &sim_infra::SimInfra,
+    first: &[String],
+    id: &str,
+) {
     // A Kubernetes upgrade: CACPPT replaces each machine (surge one, then remove the oldest,
     // which leaves etcd from itself).
     let upgrade = std::time::Instant::now();
@@ -424,12 +437,12 @@ async fn real_cacppt_and_cabpt_bring_up_three_nodes_and_roll_a_kubernetes_upgrad
         )
         .await
         .unwrap();
-    let second = settled(client, ns, &logs, &infra.sim, 3, "v1.35.1").await;
+    let second = settled(client, ns, logs, &infra.sim, 3, "v1.35.1").await;
     assert!(
         second.iter().all(|m| !first.contains(m)),
         "every machine replaced: {first:?} -> {second:?}"
     );
-    let history = infra.sim.etcd_history(&id);
+    let history = infra.sim.etcd_history(id);
     assert_eq!(
         history.iter().filter(|c| c.op == Op::Bootstrap).count(),
         1,
@@ -449,7 +462,7 @@ async fn real_cacppt_and_cabpt_bring_up_three_nodes_and_roll_a_kubernetes_upgrad
             client,
             ns,
             NAME,
-            &logs,
+            logs,
             DEADLINE,
             "the removed member's node terminated",
             async || (!infra.sim.nodes().contains(&change.node)).then_some(()),
@@ -457,7 +470,10 @@ async fn real_cacppt_and_cabpt_bring_up_three_nodes_and_roll_a_kubernetes_upgrad
         .await;
     }
     eprintln!("rolled by CACPPT in {:?}", upgrade.elapsed());
+}
 
+/// Every Talos API call CACPPT made was served, and each expected method was called.
+fn every_talos_call_served(infra: &sim_infra::SimInfra) {
     // Everything CACPPT asked of the Talos API (only CACPPT talks to the nodes here), and the
     // simulator served every call: the machine client calls in CACPPT's controllers are LS
     // (List) and Bootstrap, ServiceInfo and ServiceList (ServiceList), EtcdMemberList,

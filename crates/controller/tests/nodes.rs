@@ -15,21 +15,38 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use serde_json::json;
 use talos_api::Nodes;
+use testkit::sim_infra::SimInfra;
 
 #[tokio::test]
 async fn bootstrap_data_boots_a_node_the_cluster_talosconfig_reaches() {
     let (client, ns, _controller) = setup("nodes").await;
     let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
-    cluster(&client, &ns, "n", false).await;
+    control_plane_machine(&client, &ns).await;
+    let (address, talosconfig) =
+        node_reached_with_the_cluster_talosconfig(&client, &ns, &infra).await;
+    racing_bootstraps_create_etcd_once(&client, &talosconfig, &address).await;
+}
+
+/// Creates cluster `n` and a control plane machine whose data installs to /dev/sda.
+async fn control_plane_machine(client: &kube::Client, ns: &str) {
+    cluster(client, ns, "n", false).await;
     // The simulated node validates as bare metal (the seeds' platform): it needs an install disk.
     let spec = json!({
         "generateType": "controlplane", "talosVersion": "v1.13", "hostname": {"source": "MachineName"},
         "strategicPatches": ["machine:\n  install:\n    disk: /dev/sda\n"]
     });
-    machine(&client, &ns, "n", "n-cp-0", spec, true).await;
+    machine(client, ns, "n", "n-cp-0", spec, true).await;
+}
 
-    let machines: Api<Machine> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+/// Waits for the Machine's address in the talosconfig, and for the node there to answer over
+/// mTLS, booted; returns the address and the talosconfig.
+async fn node_reached_with_the_cluster_talosconfig(
+    client: &kube::Client,
+    ns: &str,
+    infra: &SimInfra,
+) -> (String, String) {
+    let machines: Api<Machine> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     // Cluster API copies the node's address to the Machine; the talosconfig follows it.
     let (address, talosconfig) = testkit::eventually(
         "the Machine getting its node's address and the talosconfig following it",
@@ -82,13 +99,20 @@ async fn bootstrap_data_boots_a_node_the_cluster_talosconfig_reaches() {
         Some(talos_sim::Phase::Running),
         "booted with the Machine's configuration, not into maintenance"
     );
+    (address, talosconfig)
+}
 
+/// Racing bootstrap calls create etcd once; every other call learns it exists.
+async fn racing_bootstraps_create_etcd_once(
+    client: &kube::Client,
+    talosconfig: &str,
+    address: &str,
+) {
     // Racing bootstrap calls (two managers during a leader hand-over, say): etcd is created
     // once, every other call learns that it exists, and none fails.
     let ctx = controller::Context::new(client.clone(), controller::Options::default());
-    let calls = (0..8).map(|_| {
-        controller::controlplane::talos::bootstrap(&ctx, &talosconfig, "n-cp-0", &address)
-    });
+    let calls = (0..8)
+        .map(|_| controller::controlplane::talos::bootstrap(&ctx, talosconfig, "n-cp-0", address));
     let outcomes = futures::future::join_all(calls).await;
     let now = outcomes
         .iter()

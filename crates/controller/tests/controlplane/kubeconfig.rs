@@ -28,15 +28,36 @@ async fn kubeconfig_reaches_the_workload_api_server_and_is_rotated_on_request() 
     .await;
     // The workload cluster gets a real kube-apiserver at its endpoint, under its own CA.
     let infra = sim_infra::start_with(&client, &ns, &["a"], true);
+    let (port, machine, secrets, first, value) = first_kubeconfig(&client, &ns, &infra).await;
+    let nodes = workload_nodes_linked_to_machines(&client, &ns, &machine, &first).await;
+    node_readiness_followed(&client, &ns, &nodes, &machine).await;
+    let rotated = rotated_on_request(&client, &ns, &secrets, &first, &value, &machine).await;
+    aging_kubeconfig_renewed(&client, &ns, port, &secrets, rotated, &value, &machine).await;
+}
+
+/// Brings control plane "k" up with its endpoint at a free port and checks its first kubeconfig
+/// names that endpoint; returns the port, the machine, the Secrets API, the kubeconfig Secret
+/// and how to read a kubeconfig Secret's value.
+async fn first_kubeconfig(
+    client: &kube::Client,
+    ns: &str,
+    infra: &sim_infra::SimInfra,
+) -> (
+    u16,
+    String,
+    Api<Secret>,
+    Secret,
+    impl Fn(&Secret) -> String + use<>,
+) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    control_plane_cluster_at(&client, &ns, "k", 1, ("127.0.0.1", port)).await;
-    settled(&client, &ns, "k", &infra.sim, 1).await;
-    let machine = machines(&client, &ns).await.remove(0).name_any();
-    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    control_plane_cluster_at(client, ns, "k", 1, ("127.0.0.1", port)).await;
+    settled(client, ns, "k", &infra.sim, 1).await;
+    let machine = machines(client, ns).await.remove(0).name_any();
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
     let first = secrets.get("k-kubeconfig").await.unwrap();
     assert_eq!(first.type_.as_deref(), Some("cluster.x-k8s.io/secret"));
     let value =
@@ -46,13 +67,23 @@ async fn kubeconfig_reaches_the_workload_api_server_and_is_rotated_on_request() 
         doc["clusters"][0]["cluster"]["server"],
         format!("https://127.0.0.1:{port}")
     );
+    (port, machine, secrets, first, value)
+}
 
+/// Our kubeconfig lists the workload Nodes, and Cluster API links the Machine to its Node;
+/// returns the workload Nodes API.
+async fn workload_nodes_linked_to_machines(
+    client: &kube::Client,
+    ns: &str,
+    machine: &String,
+    first: &Secret,
+) -> Api<k8s_openapi::api::core::v1::Node> {
     // Our kubeconfig lists the workload Nodes, and Cluster API, through the same Secret, links
     // the Machine to its Node.
-    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(workload_client(&first).await);
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(workload_client(first).await);
     eventually(
-        &client,
-        &ns,
+        client,
+        ns,
         "k",
         "the node registered in the workload cluster",
         async || {
@@ -64,47 +95,67 @@ async fn kubeconfig_reaches_the_workload_api_server_and_is_rotated_on_request() 
                 .iter()
                 .map(ResourceExt::name_any)
                 .collect();
-            names.contains(&machine).then_some(())
+            names.contains(machine).then_some(())
         },
     )
     .await;
     eventually(
-        &client,
-        &ns,
+        client,
+        ns,
         "k",
         "Cluster API sets the Machine's nodeRef",
         async || {
-            let m = Api::<Machine>::namespaced(client.clone(), &ns)
-                .get(&machine)
+            let m = Api::<Machine>::namespaced(client.clone(), ns)
+                .get(machine)
                 .await
                 .ok()?;
             m.has_node().then_some(())
         },
     )
     .await;
+    nodes
+}
 
+/// A Node going NotReady is reported through the watch, and so is its return.
+async fn node_readiness_followed(
+    client: &kube::Client,
+    ns: &str,
+    nodes: &Api<k8s_openapi::api::core::v1::Node>,
+    machine: &str,
+) {
     // The controller watches the workload Nodes through that kubeconfig: a Node that goes
     // NotReady is reported, and so is its return, each within WAIT and far inside the hour
     // between health checks.
-    set_node_ready(&nodes, &machine, "False").await;
-    let not_ready = node_not_ready_reported(&client, &ns, &machine).await;
+    set_node_ready(nodes, machine, "False").await;
+    let not_ready = node_not_ready_reported(client, ns, machine).await;
     assert!(
         not_ready.message.contains("KubeletNotReady"),
         "{}",
         not_ready.message
     );
-    set_node_ready(&nodes, &machine, "True").await;
+    set_node_ready(nodes, machine, "True").await;
     wait_condition(
-        &client,
-        &ns,
+        client,
+        ns,
         "k",
         ConditionType::ControlPlaneComponentsHealthy,
         "True",
         "",
     )
     .await;
+}
 
-    Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
+/// The kubeconfig is rotated on request, works, and the Nodes are followed through it; returns
+/// the rotated Secret.
+async fn rotated_on_request(
+    client: &kube::Client,
+    ns: &str,
+    secrets: &Api<Secret>,
+    first: &Secret,
+    value: &impl Fn(&Secret) -> String,
+    machine: &str,
+) -> Secret {
+    Api::<TalosControlPlane>::namespaced(client.clone(), ns)
         .patch(
             "k",
             &PatchParams::default(),
@@ -114,9 +165,9 @@ async fn kubeconfig_reaches_the_workload_api_server_and_is_rotated_on_request() 
         )
         .await
         .unwrap();
-    let rotated = eventually(&client, &ns, "k", "the kubeconfig rotated", async || {
+    let rotated = eventually(client, ns, "k", "the kubeconfig rotated", async || {
         let s = secrets.get("k-kubeconfig").await.ok()?;
-        (value(&s) != value(&first)).then_some(s)
+        (value(&s) != value(first)).then_some(s)
     })
     .await;
     assert_eq!(
@@ -132,10 +183,22 @@ async fn kubeconfig_reaches_the_workload_api_server_and_is_rotated_on_request() 
         "the rotated kubeconfig works too"
     );
     // ...and the controller follows the Nodes through the rotated one.
-    set_node_ready(&nodes, &machine, "False").await;
-    node_not_ready_reported(&client, &ns, &machine).await;
-    set_node_ready(&nodes, &machine, "True").await;
+    set_node_ready(&nodes, machine, "False").await;
+    node_not_ready_reported(client, ns, machine).await;
+    set_node_ready(&nodes, machine, "True").await;
+    rotated
+}
 
+/// A kubeconfig expiring within 90 days is issued again for a year, with no request, and works.
+async fn aging_kubeconfig_renewed(
+    client: &kube::Client,
+    ns: &str,
+    port: u16,
+    secrets: &Api<Secret>,
+    rotated: Secret,
+    value: &impl Fn(&Secret) -> String,
+    machine: &str,
+) {
     // A kubeconfig whose certificate expires within 90 days (here one issued for 30) is issued
     // again for a year, with no request, and works.
     let bundle =
@@ -161,8 +224,8 @@ async fn kubeconfig_reaches_the_workload_api_server_and_is_rotated_on_request() 
         .await
         .unwrap();
     let renewed = eventually(
-        &client,
-        &ns,
+        client,
+        ns,
         "k",
         "the aging kubeconfig renewed",
         async || {
@@ -178,8 +241,8 @@ async fn kubeconfig_reaches_the_workload_api_server_and_is_rotated_on_request() 
         "issued for a year: {not_after}"
     );
     let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(workload_client(&renewed).await);
-    set_node_ready(&nodes, &machine, "False").await;
-    node_not_ready_reported(&client, &ns, &machine).await;
+    set_node_ready(&nodes, machine, "False").await;
+    node_not_ready_reported(client, ns, machine).await;
 }
 
 /// Control plane "k" reports the Node of `machine` not Ready.

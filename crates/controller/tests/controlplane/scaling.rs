@@ -6,10 +6,22 @@ use super::*;
 async fn scales_one_to_three_over_zones_and_back_to_one_without_orphan_members() {
     let (client, ns, _controller) = setup("cp-scale").await;
     let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
-    control_plane_cluster(&client, &ns, "s", 1).await;
-    settled(&client, &ns, "s", &infra.sim, 1).await;
+    one_machine_up_and_available(&client, &ns, &infra).await;
+    three_over_zones_from_the_template(&client, &ns, &infra).await;
+    template_metadata_reaches_the_machines_in_place(&client, &ns).await;
+    straight_to_one_and_zero_refused(&client, &ns, &infra).await;
+}
 
-    let tcp = Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
+/// Brings control plane "s" up with one machine: initialized, Available, with our finalizer.
+async fn one_machine_up_and_available(
+    client: &kube::Client,
+    ns: &str,
+    infra: &sim_infra::SimInfra,
+) {
+    control_plane_cluster(client, ns, "s", 1).await;
+    settled(client, ns, "s", &infra.sim, 1).await;
+
+    let tcp = Api::<TalosControlPlane>::namespaced(client.clone(), ns)
         .get("s")
         .await
         .unwrap();
@@ -36,10 +48,17 @@ async fn scales_one_to_three_over_zones_and_back_to_one_without_orphan_members()
             .iter()
             .any(|f| f == "talos.controlplane.cluster.x-k8s.io")
     );
+}
 
-    scale(&client, &ns, "s", 3).await;
-    settled(&client, &ns, "s", &infra.sim, 3).await;
-    let mut zones: Vec<String> = machines(&client, &ns)
+/// Scales to three: one machine per failure domain, each cloned from the template.
+async fn three_over_zones_from_the_template(
+    client: &kube::Client,
+    ns: &str,
+    infra: &sim_infra::SimInfra,
+) {
+    scale(client, ns, "s", 3).await;
+    settled(client, ns, "s", &infra.sim, 3).await;
+    let mut zones: Vec<String> = machines(client, ns)
         .await
         .iter()
         .filter_map(|m| m.spec.failure_domain.clone())
@@ -47,10 +66,10 @@ async fn scales_one_to_three_over_zones_and_back_to_one_without_orphan_members()
     zones.sort();
     assert_eq!(zones, ["a", "b", "c"], "one machine per failure domain");
     // Each machine got its infrastructure cloned from the template, and its own TalosConfig.
-    for m in machines(&client, &ns).await {
+    for m in machines(client, ns).await {
         let infra_machine = dynamic(
-            &client,
-            &ns,
+            client,
+            ns,
             "infrastructure.cluster.x-k8s.io/v1alpha1",
             "SimMachine",
         )
@@ -72,9 +91,13 @@ async fn scales_one_to_three_over_zones_and_back_to_one_without_orphan_members()
             Some("s")
         );
     }
+}
 
+/// Template labels and timeouts reach the machines in place; a dropped label leaves them, one
+/// set by someone else stays.
+async fn template_metadata_reaches_the_machines_in_place(client: &kube::Client, ns: &str) {
     // Template metadata and timeouts reach the machines in place.
-    Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
+    Api::<TalosControlPlane>::namespaced(client.clone(), ns)
         .patch(
             "s",
             &PatchParams::default(),
@@ -85,12 +108,12 @@ async fn scales_one_to_three_over_zones_and_back_to_one_without_orphan_members()
         .await
         .unwrap();
     eventually(
-        &client,
-        &ns,
+        client,
+        ns,
         "s",
         "template metadata on every machine",
         async || {
-            let all = machines(&client, &ns).await;
+            let all = machines(client, ns).await;
             all.iter()
                 .all(|m| {
                     m.labels().get("team").map(String::as_str) == Some("platform")
@@ -105,8 +128,8 @@ async fn scales_one_to_three_over_zones_and_back_to_one_without_orphan_members()
     )
     .await;
     // A label dropped from the template leaves the machines; one set by someone else stays.
-    let first = machines(&client, &ns).await.remove(0).name_any();
-    Api::<Machine>::namespaced(client.clone(), &ns)
+    let first = machines(client, ns).await.remove(0).name_any();
+    Api::<Machine>::namespaced(client.clone(), ns)
         .patch(
             &first,
             &PatchParams::default(),
@@ -114,7 +137,7 @@ async fn scales_one_to_three_over_zones_and_back_to_one_without_orphan_members()
         )
         .await
         .unwrap();
-    Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
+    Api::<TalosControlPlane>::namespaced(client.clone(), ns)
         .patch(
             "s",
             &PatchParams::default(),
@@ -123,19 +146,19 @@ async fn scales_one_to_three_over_zones_and_back_to_one_without_orphan_members()
         .await
         .unwrap();
     eventually(
-        &client,
-        &ns,
+        client,
+        ns,
         "s",
         "the dropped template label gone from every machine",
         async || {
-            let all = machines(&client, &ns).await;
+            let all = machines(client, ns).await;
             all.iter()
                 .all(|m| !m.labels().contains_key("team"))
                 .then_some(all)
         },
     )
     .await;
-    let kept = Api::<Machine>::namespaced(client.clone(), &ns)
+    let kept = Api::<Machine>::namespaced(client.clone(), ns)
         .get(&first)
         .await
         .unwrap();
@@ -143,18 +166,25 @@ async fn scales_one_to_three_over_zones_and_back_to_one_without_orphan_members()
         kept.labels().get("owner").map(String::as_str),
         Some("someone-else")
     );
+}
 
+/// Scales straight to one with no orphan members; zero replicas is refused at admission.
+async fn straight_to_one_and_zero_refused(
+    client: &kube::Client,
+    ns: &str,
+    infra: &sim_infra::SimInfra,
+) {
     // Straight to one, without waiting between steps.
-    scale(&client, &ns, "s", 1).await;
-    let members = settled(&client, &ns, "s", &infra.sim, 1).await;
-    let survivor = machines(&client, &ns).await;
+    scale(client, ns, "s", 1).await;
+    let members = settled(client, ns, "s", &infra.sim, 1).await;
+    let survivor = machines(client, ns).await;
     assert_eq!(survivor.len(), 1);
     assert_eq!(members.len(), 1, "no orphan members: {members:?}");
 
-    assert_etcd_invariants(&client, &ns, "s", &infra.sim).await;
+    assert_etcd_invariants(client, ns, "s", &infra.sim).await;
 
     // Zero replicas is refused at admission, with a message that says why.
-    let refused = Api::<TalosControlPlane>::namespaced(client.clone(), &ns)
+    let refused = Api::<TalosControlPlane>::namespaced(client.clone(), ns)
         .patch(
             "s",
             &PatchParams::default(),

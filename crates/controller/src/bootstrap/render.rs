@@ -82,10 +82,20 @@ pub fn machine_config_noting_moved_fields(
 
 /// The moved-field notices of [`machine_config_noting_moved_fields`] without rendering: the
 /// patches parsed within the same limits, nothing applied. For an object that renders nothing
-/// itself (a TalosControlPlane's controlPlaneConfig).
+/// itself (a TalosControlPlane's controlPlaneConfig). Before contract v1.14 there is nothing to
+/// note, and nothing is parsed.
 pub fn moved_fields(spec: &TalosConfigSpec) -> Result<Vec<String>, SpecError> {
+    if !notes_moved_fields(spec) {
+        return Ok(Vec::new());
+    }
     check_input_size(spec)?;
     each_patch(spec, &RenderBudget::new(RENDER_LIMITS), |_| Ok(()))
+}
+
+/// Whether `spec` renders contract v1.14 or later, whose moved fields are noted.
+fn notes_moved_fields(spec: &TalosConfigSpec) -> bool {
+    Contract::parse(spec.talos_version.as_deref().unwrap_or_default())
+        .is_ok_and(|c| c.at_least(1, 14))
 }
 
 fn check_input_size(spec: &TalosConfigSpec) -> Result<(), SpecError> {
@@ -114,8 +124,7 @@ fn each_patch(
     budget: &RenderBudget,
     mut apply: impl FnMut(Patch) -> Result<(), SpecError>,
 ) -> Result<Vec<String>, SpecError> {
-    let noting = Contract::parse(spec.talos_version.as_deref().unwrap_or_default())
-        .is_ok_and(|c| c.at_least(1, 14));
+    let noting = notes_moved_fields(spec);
     let mut notes = Vec::new();
     let mut note_and_apply = |name: &dyn Fn() -> String, patch: Patch| {
         if noting {

@@ -203,6 +203,12 @@ pub mod reason {
     pub const RUNNING_CONFIG_DIFFERS: &str = "RunningConfigDiffers";
     pub const FIELDS_CURRENT: &str = "FieldsCurrent";
     pub const FIELDS_MOVED: &str = "FieldsMoved";
+    /// A patch names a per-machine value that is unknown, or that the machine does not have.
+    pub const VALUE_UNRESOLVED: &str = "ValueUnresolved";
+    /// An IPAddressClaim of the machine is not bound yet (`message` names pool and claim).
+    pub const WAITING_FOR_IP_ADDRESS: &str = "WaitingForIPAddress";
+    /// The pool a claim waits on has no free address.
+    pub const POOL_EXHAUSTED: &str = "PoolExhausted";
     // TalosControlPlane.
     pub const INITIALIZED: &str = "Initialized";
     pub const NOT_INITIALIZED: &str = "NotInitialized";

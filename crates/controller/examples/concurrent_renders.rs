@@ -80,7 +80,8 @@ fn main() {
             std::thread::spawn(move || {
                 let (spec, machine, cluster, bundle) = &*shared;
                 start.wait();
-                machine_config(spec, machine, cluster, "c", bundle).map(|c| c.len())
+                machine_config(spec, machine, cluster, "c", bundle, &Default::default())
+                    .map(|c| c.len())
             })
         })
         .collect();

@@ -21,6 +21,13 @@ pub enum SpecError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// A patch's per-machine values (`((machine.name))`, `((ipam.<pool>.address))`, …).
+    #[error("{patch}: {source}")]
+    Values {
+        patch: String,
+        #[source]
+        source: machineconfig::values::ValueError,
+    },
     /// The failure of the last render, whose inputs are unchanged since: not rendered again.
     #[error("{message}")]
     Unchanged {
@@ -39,6 +46,7 @@ impl SpecError {
             | SpecError::PatchEncoding { .. } => reason::PATCH_FAILED,
             SpecError::Render(_) => reason::RENDER_FAILED,
             SpecError::TooLarge { .. } | SpecError::Invalid(_) => reason::INVALID_SPEC,
+            SpecError::Values { .. } => reason::VALUE_UNRESOLVED,
             SpecError::Unchanged { reason: r, .. } => r,
         }
     }

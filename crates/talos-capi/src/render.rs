@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use api::bootstrap::v1alpha3::{GenerateType, TalosConfigSpec};
 use api::capi::{ApiEndpoint, Cluster, ClusterSpec, Machine, MachineSpec};
 use clap::Args;
-use controller::bootstrap::render::machine_config_noting_moved_fields;
+use controller::bootstrap::render::{machine_config_noting_moved_fields, machine_values};
 use machineconfig::limits::{LIMITS, Limits, ParseError};
 use machineconfig::validate::Mode;
 use machineconfig::{Contract, SecretsBundle};
@@ -218,9 +218,16 @@ fn render_one(
             ..MachineSpec::default()
         },
     );
-    let (yaml, moved) =
-        machine_config_noting_moved_fields(spec, &machine, cluster, name_of(cluster), bundle)
-            .map_err(|e| e.to_string())?;
+    let values = machine_values(&machine, name_of(cluster), Default::default());
+    let (yaml, moved) = machine_config_noting_moved_fields(
+        spec,
+        &machine,
+        cluster,
+        name_of(cluster),
+        bundle,
+        &values,
+    )
+    .map_err(|e| e.to_string())?;
     let docs = machineconfig::render::from_yaml(&yaml).map_err(|e| e.to_string())?;
     let report = machineconfig::validate(&docs, args.mode, args.strict);
     // Fields the patches set that Talos v1.14 moved: said whether Talos accepts the result or not.

@@ -155,6 +155,32 @@ pub struct TalosConfigSpec {
     /// How the machine's hostname is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<HostnameSpec>,
+    /// IP address pools (Cluster API IPAM) to claim one address from each, per machine. The
+    /// bootstrap data is written once every claim is bound, and the patches use the address as
+    /// `((ipam.<pool name>.address))`, `((ipam.<pool name>.prefix))` and
+    /// `((ipam.<pool name>.gateway))` (docs/ipam.md). A claim lives as long as its machine and is
+    /// released once the machine's infrastructure is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(p, self.exists_one(q, q.name == p.name))").message("each pool may be named once: patches tell pools apart by name"))]
+    pub addresses_from_pools: Option<Vec<PoolReference>>,
+}
+
+/// An IP address pool of a Cluster API IPAM provider, in the TalosConfig's namespace (an
+/// InClusterIPPool of `ipam.cluster.x-k8s.io`, say).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolReference {
+    /// The pool's API group, e.g. ipam.cluster.x-k8s.io.
+    #[schemars(length(min = 1, max = 253))]
+    pub api_group: String,
+    /// The pool's kind, e.g. InClusterIPPool or GlobalInClusterIPPool.
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    /// The pool's name: lowercase letters, digits and '-', starting with a letter (it is also
+    /// the `<pool name>` of the values patches use, where a '.' could not be told apart).
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
 }
 
 /// Observed state of a TalosConfig, for both Cluster API contracts.

@@ -292,7 +292,14 @@ async fn act(
     let Some(bundle) = secrets::bundle(ctx, &ns, cluster, waiter).await? else {
         return Ok(Acted::Deferred);
     };
-    let (value, moved) = render_once(ctx, scope, (machine, cluster, cluster_name), &bundle)?;
+    let values = render::machine_values(machine, cluster_name, Default::default());
+    let (value, moved) = render_once(
+        ctx,
+        scope,
+        (machine, cluster, cluster_name),
+        &bundle,
+        &values,
+    )?;
     let name = scope
         .config
         .status
@@ -359,6 +366,7 @@ fn render_once(
     scope: &scope::Scope,
     (machine, cluster, cluster_name): (&Machine, &api::capi::Cluster, &str),
     bundle: &machineconfig::SecretsBundle,
+    values: &machineconfig::values::MachineValues,
 ) -> Result<(String, Vec<String>), crate::SpecError> {
     let key = key(&scope.config);
     let bundle_version = ctx
@@ -376,9 +384,8 @@ fn render_once(
         .unwrap_or_default();
     let digest = render::inputs_digest(
         &scope.config,
-        machine,
-        cluster,
-        cluster_name,
+        (machine, cluster, cluster_name),
+        values,
         &bundle_version,
     );
     if let Some(failed) = digest.and_then(|d| ctx.failed_renders.get(&key, d)) {
@@ -391,6 +398,7 @@ fn render_once(
         cluster,
         cluster_name,
         bundle,
+        values,
     );
     ctx.metrics.rendered(if rendered.is_ok() {
         "rendered"

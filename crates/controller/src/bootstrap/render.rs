@@ -4,6 +4,7 @@
 use api::bootstrap::v1alpha3::{GenerateType, HostnameSource, TalosConfig, TalosConfigSpec};
 use api::capi::{Cluster, Machine};
 use machineconfig::render::Defaults;
+use machineconfig::values::MachineValues;
 use machineconfig::{
     Contract, Input, MachineType, Patch, Patcher, RENDER_LIMITS, RenderBudget, SecretsBundle,
 };
@@ -24,16 +25,35 @@ pub fn machine_type(generate: GenerateType) -> Option<MachineType> {
     }
 }
 
-/// The configuration for `spec`, owned by `machine` in `cluster`.
+/// The configuration for `spec`, owned by `machine` in `cluster`, its patches given the
+/// machine's `values`.
 pub fn machine_config(
     spec: &TalosConfigSpec,
     machine: &Machine,
     cluster: &Cluster,
     cluster_name: &str,
     bundle: &SecretsBundle,
+    values: &MachineValues,
 ) -> Result<String, SpecError> {
-    machine_config_noting_moved_fields(spec, machine, cluster, cluster_name, bundle)
+    machine_config_noting_moved_fields(spec, machine, cluster, cluster_name, bundle, values)
         .map(|(text, _)| text)
+}
+
+/// The per-machine values of `machine` in cluster `cluster_name`, with the addresses of its
+/// `pools` (the pools its spec names, bound or not).
+pub fn machine_values(
+    machine: &Machine,
+    cluster_name: &str,
+    pools: std::collections::BTreeMap<String, machineconfig::values::Pool>,
+) -> MachineValues {
+    let named = |n: &str| Some(n.to_owned()).filter(|n| !n.is_empty());
+    MachineValues {
+        machine_name: machine.metadata.name.as_deref().and_then(named),
+        infrastructure_machine_name: named(&machine.spec.infrastructure_ref.name),
+        failure_domain: machine.spec.failure_domain.as_deref().and_then(named),
+        cluster_name: named(cluster_name),
+        pools,
+    }
 }
 
 /// [`machine_config`], and, when `spec` renders contract v1.14 or later, the v1alpha1 fields
@@ -46,6 +66,7 @@ pub fn machine_config_noting_moved_fields(
     cluster: &Cluster,
     cluster_name: &str,
     bundle: &SecretsBundle,
+    values: &MachineValues,
 ) -> Result<(String, Vec<String>), SpecError> {
     check_input_size(spec)?;
     let generate = spec.generate_type.ok_or_else(|| {
@@ -66,7 +87,7 @@ pub fn machine_config_noting_moved_fields(
         }
     };
     let mut patcher = Patcher::new(docs, &budget).map_err(SpecError::Render)?;
-    let notes = each_patch(spec, &budget, |patch| {
+    let notes = each_patch(spec, &budget, Some(values), |patch| {
         patcher.apply(patch).map_err(SpecError::Render)
     })?;
     let text = machineconfig::render::to_yaml(&patcher.finish()).map_err(SpecError::Render)?;
@@ -89,7 +110,7 @@ pub fn moved_fields(spec: &TalosConfigSpec) -> Result<Vec<String>, SpecError> {
         return Ok(Vec::new());
     }
     check_input_size(spec)?;
-    each_patch(spec, &RenderBudget::new(RENDER_LIMITS), |_| Ok(()))
+    each_patch(spec, &RenderBudget::new(RENDER_LIMITS), None, |_| Ok(()))
 }
 
 /// Whether `spec` renders contract v1.14 or later, whose moved fields are noted.
@@ -116,17 +137,27 @@ fn check_input_size(spec: &TalosConfigSpec) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Each of `spec`'s patches parsed within `budget` and handed to `apply` in CABPT's order:
-/// configPatches (JSON 6902) first, then strategicPatches, each parsed only once the one
-/// before is applied and dropped. Returns, for contract v1.14 on, the moved-field notices.
+/// Each of `spec`'s patches parsed within `budget`, given `values` (when rendering), and
+/// handed to `apply` in CABPT's order: configPatches (JSON 6902) first, then
+/// strategicPatches, each parsed only once the one before is applied and dropped. Returns, for
+/// contract v1.14 on, the moved-field notices.
 fn each_patch(
     spec: &TalosConfigSpec,
     budget: &RenderBudget,
+    values: Option<&MachineValues>,
     mut apply: impl FnMut(Patch) -> Result<(), SpecError>,
 ) -> Result<Vec<String>, SpecError> {
     let noting = notes_moved_fields(spec);
     let mut notes = Vec::new();
-    let mut note_and_apply = |name: &dyn Fn() -> String, patch: Patch| {
+    let mut note_and_apply = |name: &dyn Fn() -> String, mut patch: Patch| {
+        if let Some(values) = values {
+            machineconfig::values::substitute_within(&mut patch, values, budget).map_err(
+                |source| SpecError::Values {
+                    patch: name(),
+                    source,
+                },
+            )?;
+        }
         if noting {
             let moved = machineconfig::migrate::moved_fields(&patch);
             notes.extend(moved.iter().map(|m| format!("{} {m}", name())));
@@ -196,13 +227,13 @@ pub fn same_documents(stored: &str, rendered: &str) -> bool {
 
 /// A digest of what the render of `config` for `machine` in `cluster` depends on: its spec (by
 /// the object's uid and generation), the render inputs taken from the Machine and the Cluster
-/// (the same [`Input`] [`machine_config`] renders with), and `bundle`, the identity of the
-/// bundle Secret's version. `None` when the object has no generation (nothing to compare).
+/// (the same [`Input`] [`machine_config`] renders with), the machine's per-machine `values`,
+/// and `bundle`, the identity of the bundle Secret's version. `None` when the object has no
+/// generation (nothing to compare).
 pub fn inputs_digest(
     config: &TalosConfig,
-    machine: &Machine,
-    cluster: &Cluster,
-    cluster_name: &str,
+    (machine, cluster, cluster_name): (&Machine, &Cluster, &str),
+    values: &MachineValues,
     bundle: &str,
 ) -> Option<u64> {
     use std::hash::{Hash, Hasher};
@@ -210,6 +241,7 @@ pub fn inputs_digest(
     config.metadata.uid.hash(&mut hasher);
     config.metadata.generation?.hash(&mut hasher);
     bundle.hash(&mut hasher);
+    format!("{values:?}").hash(&mut hasher);
     if config.spec.generate_type.and_then(machine_type).is_some() {
         // What fails here fails before any parsing: no need to remember it.
         let input = input(&config.spec, machine, cluster, cluster_name).ok()?;
@@ -354,7 +386,15 @@ mod tests {
         let spec: TalosConfigSpec =
             serde_json::from_value(read(&inputs["configs"][name])).expect("spec");
         let bundle = SecretsBundle::from_yaml(cabpt::BUNDLE).expect("bundle");
-        machine_config(&spec, &machine, &cluster, "peer", &bundle).expect("renders")
+        machine_config(
+            &spec,
+            &machine,
+            &cluster,
+            "peer",
+            &bundle,
+            &MachineValues::default(),
+        )
+        .expect("renders")
     }
 
     /// CABPT's YAML encoder lays the same documents out differently (indentation, quoting, key
@@ -419,6 +459,7 @@ mod tests {
             &cluster(),
             "c",
             bundle(),
+            &MachineValues::default(),
         )
         .expect("renders");
         let d = &docs(&text)[0];
@@ -453,6 +494,7 @@ mod tests {
             &cluster(),
             "c",
             bundle(),
+            &MachineValues::default(),
         )
         .expect("renders");
         let d = &docs(&text)[0];
@@ -482,7 +524,15 @@ mod tests {
             s.hostname = Some(HostnameSpec {
                 source: Some(source),
             });
-            let text = machine_config(&s, &machine(), &cluster(), "c", bundle()).expect("renders");
+            let text = machine_config(
+                &s,
+                &machine(),
+                &cluster(),
+                "c",
+                bundle(),
+                &MachineValues::default(),
+            )
+            .expect("renders");
             assert!(
                 docs(&text)
                     .iter()
@@ -505,7 +555,15 @@ mod tests {
         s.strategic_patches = Some(vec![
             "machine:\n  install:\n    disk: /dev/nvme0n1\n".into(),
         ]);
-        let text = machine_config(&s, &machine(), &cluster(), "c", bundle()).expect("renders");
+        let text = machine_config(
+            &s,
+            &machine(),
+            &cluster(),
+            "c",
+            bundle(),
+            &MachineValues::default(),
+        )
+        .expect("renders");
         assert_eq!(docs(&text)[0]["machine"]["install"]["disk"], "/dev/nvme0n1");
     }
 
@@ -519,7 +577,15 @@ mod tests {
             value: Some("x".into()),
             from: None,
         }]);
-        let err = machine_config(&s, &machine(), &cluster(), "c", bundle()).unwrap_err();
+        let err = machine_config(
+            &s,
+            &machine(),
+            &cluster(),
+            "c",
+            bundle(),
+            &MachineValues::default(),
+        )
+        .unwrap_err();
         assert_eq!(err.reason(), api::conditions::reason::PATCH_FAILED);
         assert!(err.to_string().contains("JSON6902"), "{err}");
     }
@@ -529,7 +595,15 @@ mod tests {
         let mut s = spec(GenerateType::None);
         s.data = Some("version: v1alpha1\nmachine:\n  type: worker\n  token: t\ncluster:\n  clusterName: own\n".into());
         s.strategic_patches = Some(vec!["machine:\n  install:\n    disk: /dev/vdb\n".into()]);
-        let text = machine_config(&s, &machine(), &cluster(), "c", bundle()).expect("renders");
+        let text = machine_config(
+            &s,
+            &machine(),
+            &cluster(),
+            "c",
+            bundle(),
+            &MachineValues::default(),
+        )
+        .expect("renders");
         let d = &docs(&text)[0];
         assert_eq!(d["cluster"]["clusterName"], "own");
         assert_eq!(d["machine"]["install"]["disk"], "/dev/vdb");
@@ -550,7 +624,15 @@ mod tests {
             from: Some("/machine/env/A".into()),
         };
         s.config_patches = Some(vec![copy("B"), copy("C")]);
-        let err = machine_config(&s, &machine(), &cluster(), "c", bundle()).unwrap_err();
+        let err = machine_config(
+            &s,
+            &machine(),
+            &cluster(),
+            "c",
+            bundle(),
+            &MachineValues::default(),
+        )
+        .unwrap_err();
         match &err {
             SpecError::TooLarge { what, size, limit } => {
                 assert!(what.contains("rendered machine configuration"), "{err}");
@@ -561,7 +643,15 @@ mod tests {
         }
         // One copy fits.
         s.config_patches = Some(vec![copy("B")]);
-        machine_config(&s, &machine(), &cluster(), "c", bundle()).expect("800 KiB fits");
+        machine_config(
+            &s,
+            &machine(),
+            &cluster(),
+            "c",
+            bundle(),
+            &MachineValues::default(),
+        )
+        .expect("800 KiB fits");
     }
 
     /// Eight strategic patches, each within the per-patch limits, that expand through YAML
@@ -580,7 +670,15 @@ mod tests {
         let mut s = spec(GenerateType::Worker);
         s.talos_version = Some("v1.13".into());
         s.strategic_patches = Some(vec![patch; 8]);
-        let err = machine_config(&s, &machine(), &cluster(), "c", bundle()).unwrap_err();
+        let err = machine_config(
+            &s,
+            &machine(),
+            &cluster(),
+            "c",
+            bundle(),
+            &MachineValues::default(),
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 &err,
@@ -607,7 +705,12 @@ mod tests {
         config.metadata.uid = Some("uid-1".into());
         config.metadata.generation = Some(1);
         let digest = |config: &TalosConfig, machine: &Machine, cluster: &Cluster, bundle: &str| {
-            inputs_digest(config, machine, cluster, "c", bundle)
+            inputs_digest(
+                config,
+                (machine, cluster, "c"),
+                &MachineValues::default(),
+                bundle,
+            )
         };
         let first = digest(&config, &machine(), &cluster(), "b/1");
         assert!(first.is_some());
@@ -655,7 +758,15 @@ mod tests {
     fn oversized_input_is_refused_before_parsing() {
         let mut s = spec(GenerateType::Worker);
         s.strategic_patches = Some(vec!["#".repeat(MAX_INPUT_BYTES + 1)]);
-        let err = machine_config(&s, &machine(), &cluster(), "c", bundle()).unwrap_err();
+        let err = machine_config(
+            &s,
+            &machine(),
+            &cluster(),
+            "c",
+            bundle(),
+            &MachineValues::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, SpecError::TooLarge { .. }), "{err}");
     }
 }

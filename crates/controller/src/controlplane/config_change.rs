@@ -38,12 +38,15 @@ pub(super) fn render(
         kind: "TalosConfigSpec",
         source,
     })?;
+    let values =
+        crate::bootstrap::render::machine_values(machine, cluster_name, Default::default());
     Ok(crate::bootstrap::render::machine_config(
         &spec,
         machine,
         cluster,
         cluster_name,
         &bundle,
+        &values,
     )?)
 }
 

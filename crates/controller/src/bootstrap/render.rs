@@ -154,7 +154,7 @@ fn each_patch(
             machineconfig::values::substitute_within(&mut patch, values, budget).map_err(
                 |source| SpecError::Values {
                     patch: name(),
-                    source,
+                    source: Box::new(source),
                 },
             )?;
         }

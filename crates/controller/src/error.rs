@@ -21,12 +21,13 @@ pub enum SpecError {
     },
     #[error("{0}")]
     Invalid(String),
-    /// A patch's per-machine values (`((machine.name))`, `((ipam.<pool>.address))`, …).
+    /// A patch's per-machine values (`((machine.name))`, `((ipam.<pool>.address))`, …); boxed,
+    /// as it is large and rare, so that every `Result` of this error stays small.
     #[error("{patch}: {source}")]
     Values {
         patch: String,
         #[source]
-        source: machineconfig::values::ValueError,
+        source: Box<machineconfig::values::ValueError>,
     },
     /// The failure of the last render, whose inputs are unchanged since: not rendered again.
     #[error("{message}")]

@@ -153,7 +153,7 @@ fn each_patch(
             machineconfig::values::substitute_within(&mut patch, values, budget).map_err(
                 |source| SpecError::Values {
                     patch: name(),
-                    source,
+                    source: Box::new(source),
                 },
             )?;
         }
@@ -207,7 +207,7 @@ pub fn unresolved_values(
             machineconfig::values::unresolved(&patch, values, &budget).map_err(|source| {
                 SpecError::Values {
                     patch: name(),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
         found.extend(refused.into_iter().map(|e| (name(), e)));

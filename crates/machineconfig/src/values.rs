@@ -30,7 +30,9 @@
 //! `path` or `from`, is refused. A reference to an unknown value, or to a value the machine
 //! does not have yet (a pool whose claim is not bound, a machine without failure domain), is
 //! an error naming the value and where in the patch it appears; nothing is ever rendered with
-//! a reference left in it. Substituted text is not searched again.
+//! a reference left in it. Substituted text is not searched again. [`unresolved`] lists every
+//! reference a substitution would refuse, not only the first, for a caller that names them all
+//! at once (`talos-capi render`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -365,6 +367,9 @@ struct Walk<'a> {
     /// Where the walk is, as [`Location`] without its pointer.
     place: Place,
     pointer: String,
+    /// When listing ([`unresolved`]): the references refused so far, the walk going on past
+    /// each; otherwise the walk stops at the first.
+    refused: Option<Vec<ValueError>>,
 }
 
 #[derive(Clone, Copy)]
@@ -383,6 +388,17 @@ impl Walk<'_> {
                 field,
                 pointer,
             },
+        }
+    }
+
+    /// Stop at `err`, or, when listing, note it and go on.
+    fn refuse(&mut self, err: ValueError) -> Result<(), ValueError> {
+        match &mut self.refused {
+            Some(refused) => {
+                refused.push(err);
+                Ok(())
+            }
+            None => Err(err),
         }
     }
 
@@ -426,10 +442,10 @@ impl Walk<'_> {
             let len = self.pointer.len();
             push_segment(&mut self.pointer, key);
             if let Some(name) = first_reference(key) {
-                return Err(ValueError::NotInValue {
+                self.refuse(ValueError::NotInValue {
                     name: name.to_owned(),
                     at: self.at(),
-                });
+                })?;
             }
             self.value(item, depth + 1)?;
             self.pointer.truncate(len);
@@ -467,18 +483,21 @@ impl Walk<'_> {
                 limit: MAX_SUBSTITUTIONS,
             });
         }
-        match self.values.lookup(name) {
-            Ok(Some(resolved)) => Ok(resolved),
-            Ok(None) => Err(ValueError::Unknown {
+        let refused = match self.values.lookup(name) {
+            Ok(Some(resolved)) => return Ok(resolved),
+            Ok(None) => ValueError::Unknown {
                 name: name.to_owned(),
                 at: self.at(),
-            }),
-            Err(missing) => Err(ValueError::NotKnownYet {
+            },
+            Err(missing) => ValueError::NotKnownYet {
                 name: name.to_owned(),
                 at: self.at(),
                 missing,
-            }),
-        }
+            },
+        };
+        self.refuse(refused)?;
+        // Listing: the walk goes on with the reference as nothing.
+        Ok(Resolved::Text(String::new()))
     }
 
     /// Move to `field` of the current JSON patch operation.
@@ -493,7 +512,7 @@ impl Walk<'_> {
         self.field(field);
         match first_reference(pointer) {
             None => Ok(()),
-            Some(name) => Err(ValueError::NotInValue {
+            Some(name) => self.refuse(ValueError::NotInValue {
                 name: name.to_owned(),
                 at: self.at(),
             }),
@@ -520,7 +539,35 @@ pub fn substitute_within(
         substitutions: 0,
         place: Place::Document(0),
         pointer: String::new(),
+        refused: None,
     };
+    walk_patch(&mut walk, patch)
+}
+
+/// Every reference in `patch` that [`substitute`] would refuse with `values`, in the order it
+/// meets them, rather than only the first: unknown values, values not known yet, references in
+/// keys or JSON pointers (the first of each key or pointer). Empty when every reference
+/// resolves. `Err` when the walk itself cannot go on: more than [`MAX_SUBSTITUTIONS`]
+/// references, or a limit of the render's (`budget`).
+pub fn unresolved(
+    patch: &Patch,
+    values: &MachineValues,
+    budget: &RenderBudget,
+) -> Result<Vec<ValueError>, ValueError> {
+    let mut walk = Walk {
+        values,
+        budget,
+        substitutions: 0,
+        place: Place::Document(0),
+        pointer: String::new(),
+        refused: Some(Vec::new()),
+    };
+    // The walk substitutes as it goes: a copy, thrown away.
+    walk_patch(&mut walk, &mut patch.clone())?;
+    Ok(walk.refused.unwrap_or_default())
+}
+
+fn walk_patch(walk: &mut Walk<'_>, patch: &mut Patch) -> Result<(), ValueError> {
     match patch {
         Patch::Strategic(docs) => {
             for (index, doc) in docs.iter_mut().enumerate() {
@@ -531,7 +578,7 @@ pub fn substitute_within(
         Patch::Json6902(ops) => {
             for (index, op) in ops.0.iter_mut().enumerate() {
                 walk.place = Place::Operation(index, "path");
-                operation(&mut walk, op)?;
+                operation(walk, op)?;
             }
         }
     }
@@ -802,6 +849,86 @@ mod tests {
             err.to_string()
                 .contains("pool \"storage\" is not allocated yet"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn unresolved_lists_every_refused_reference_and_leaves_the_patch_alone() {
+        let yaml = "machine:\n  network:\n    hostname: ((machine.name))\n  nodeLabels:\n    a: ((ipam.storage.address))\n    b/((cluster.name)): x-((machine.nope))\n    c: ((ipam.storage.address))-((ipam.flat.gateway))\n";
+        let patch = Patch::parse(yaml).unwrap();
+        let before = patch.clone();
+        let budget = RenderBudget::new(RENDER_LIMITS);
+        let refused = unresolved(&patch, &values(), &budget).unwrap();
+        assert_eq!(patch, before);
+        let pending = |pointer: &str| ValueError::NotKnownYet {
+            name: "ipam.storage.address".into(),
+            at: at(0, pointer),
+            missing: Missing::Pending {
+                pool: "storage".into(),
+            },
+        };
+        assert_eq!(
+            refused,
+            vec![
+                pending("/machine/nodeLabels/a"),
+                ValueError::NotInValue {
+                    name: "cluster.name".into(),
+                    at: at(0, "/machine/nodeLabels/b~1((cluster.name))"),
+                },
+                ValueError::Unknown {
+                    name: "machine.nope".into(),
+                    at: at(0, "/machine/nodeLabels/b~1((cluster.name))"),
+                },
+                pending("/machine/nodeLabels/c"),
+                ValueError::NotKnownYet {
+                    name: "ipam.flat.gateway".into(),
+                    at: at(0, "/machine/nodeLabels/c"),
+                    missing: Missing::NoGateway {
+                        pool: "flat".into(),
+                    },
+                },
+            ]
+        );
+        let ops = json!([
+            {"op": "add", "path": "/machine/((machine.name))", "value": "((machine.failureDomain))"},
+            {"op": "copy", "from": "/a/((x.y))", "path": "/b"},
+        ]);
+        let patch = Patch::json6902(ops).unwrap();
+        let no_domain = MachineValues {
+            failure_domain: None,
+            ..values()
+        };
+        let names: Vec<String> = unresolved(&patch, &no_domain, &budget)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(
+            names[0].contains("((machine.name)) at operation 0's path"),
+            "{names:?}"
+        );
+        assert!(
+            names[1].contains("((machine.failureDomain)) at operation 0's value"),
+            "{names:?}"
+        );
+        assert!(
+            names[2].contains("((x.y)) at operation 1's from"),
+            "{names:?}"
+        );
+
+        assert_eq!(
+            unresolved(&Patch::parse(TEMPLATE).unwrap(), &values(), &budget),
+            Ok(vec![])
+        );
+        let many = Patch::Strategic(vec![
+            json!({"x": vec!["((machine.nope))"; MAX_SUBSTITUTIONS + 1]}),
+        ]);
+        assert_eq!(
+            unresolved(&many, &values(), &budget),
+            Err(ValueError::TooManySubstitutions {
+                limit: MAX_SUBSTITUTIONS
+            })
         );
     }
 

@@ -2,6 +2,9 @@
 //! configurations that TalosConfigs, TalosConfigTemplates, TalosControlPlanes and
 //! TalosControlPlaneTemplates in YAML files yield — rendered by the same code the manager runs,
 //! then validated as Talos validates them. Exit 1 if any object fails, naming each.
+//!
+//! The per-machine values patches reference (`((ipam.nodes.address))`, …) come from
+//! `--value` / `--values`, or placeholders with `--placeholders` (see [`values`]).
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +19,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::generate::{Failure, fail, read_limited};
+
+mod values;
+
+use values::Given;
 
 /// Per manifest file: the engine's limits, with room for many objects in one file (manifests in
 /// Git are small; anything larger is not a manifest).
@@ -65,6 +72,20 @@ pub struct RenderArgs {
     /// Overwrite existing files in --out-dir.
     #[arg(long)]
     force: bool,
+    /// A per-machine value patches reference, as NAME=VALUE (repeatable): machine.name,
+    /// infrastructureMachine.name, machine.failureDomain, cluster.name, and for each pool of
+    /// addressesFromPools ipam.<pool>.address and ipam.<pool>.prefix (both needed) and
+    /// ipam.<pool>.gateway. Over --values.
+    #[arg(long = "value", value_name = "NAME=VALUE")]
+    value: Vec<String>,
+    /// A YAML file mapping value names (as --value takes them) to values.
+    #[arg(long = "values", value_name = "FILE")]
+    values_file: Option<PathBuf>,
+    /// Fill in values neither given nor known offline with placeholders (named on stderr):
+    /// the machine's name for infrastructureMachine.name, placeholder-failure-domain, and
+    /// addresses from 192.0.2.0/24 (192.0.2.10 on, one per pool; prefix 24, gateway 192.0.2.1).
+    #[arg(long)]
+    placeholders: bool,
 }
 
 /// One object to render: what it is (for messages), its TalosConfig spec, the cluster it
@@ -101,6 +122,8 @@ pub fn render(args: RenderArgs) -> Result<(), Failure> {
             "no TalosConfig, TalosConfigTemplate, TalosControlPlane or TalosControlPlaneTemplate found",
         ));
     }
+    let given = given_values(&args)?;
+    warn_of_pools_no_object_names(&given, &targets);
     let bundle = match &args.with_secrets {
         Some(path) => {
             SecretsBundle::from_yaml(&read_limited(path, LIMITS.input_bytes)?).map_err(fail)?
@@ -110,38 +133,9 @@ pub fn render(args: RenderArgs) -> Result<(), Failure> {
     let fallback = fallback_cluster(&args)?;
     let mut failures = Vec::new();
     for t in &targets {
-        let cluster = t
-            .cluster
-            .as_ref()
-            .and_then(|name| {
-                clusters
-                    .iter()
-                    .find(|c| c.metadata.name.as_deref() == Some(name))
-            })
-            .or_else(|| (clusters.len() == 1).then(|| &clusters[0]))
-            .unwrap_or(&fallback);
-        // A Cluster whose endpoint comes later (from a ClusterClass patch, say): --endpoint.
-        let mut cluster = cluster.clone();
-        if cluster.endpoint().is_none() {
-            cluster.spec.control_plane_endpoint = fallback.spec.control_plane_endpoint.clone();
-        }
-        let cluster = &cluster;
-        match render_one(t, cluster, &bundle, &args) {
-            Ok((yaml, warnings)) => {
-                for w in warnings {
-                    eprintln!("warning: {}: {w}", t.what);
-                }
-                match &args.out_dir {
-                    Some(dir) => {
-                        let file = dir.join(format!("{}-{}.yaml", t.kind.to_lowercase(), t.name));
-                        crate::generate::write_private(&file, &yaml, args.force)?;
-                    }
-                    None => {
-                        println!("# {} (cluster {})", t.what, name_of(cluster));
-                        println!("---\n{}", yaml.trim_end());
-                    }
-                }
-            }
+        let cluster = cluster_of(t, &clusters, &fallback);
+        match render_one(t, &cluster, &bundle, &args, &given) {
+            Ok(rendered) => write(t, &cluster, rendered, &args)?,
             Err(message) => failures.push(format!("{}: {message}", t.what)),
         }
     }
@@ -159,6 +153,88 @@ pub fn render(args: RenderArgs) -> Result<(), Failure> {
             .collect::<Vec<_>>()
             .join("\n")
     )))
+}
+
+/// The values of --values, then --value over them.
+fn given_values(args: &RenderArgs) -> Result<Given, Failure> {
+    let text = match &args.values_file {
+        Some(path) => Some((path, read_limited(path, LIMITS.input_bytes)?)),
+        None => None,
+    };
+    let file = text
+        .as_ref()
+        .map(|(path, text)| (path.as_path(), text.as_str()));
+    Given::parse(file, &args.value).map_err(fail)
+}
+
+/// A pool given that no object names in addressesFromPools is likely a typo.
+fn warn_of_pools_no_object_names(given: &Given, targets: &[Target]) {
+    for pool in given.pools() {
+        let named = targets.iter().any(|t| {
+            t.spec.as_ref().is_ok_and(|s| {
+                s.addresses_from_pools
+                    .iter()
+                    .flatten()
+                    .any(|p| p.name == pool)
+            })
+        });
+        if !named {
+            eprintln!(
+                "warning: values are given for pool {pool:?}, which no object names in addressesFromPools"
+            );
+        }
+    }
+}
+
+/// The Cluster `t` belongs to: its own if in the files, the only one in the files, or the
+/// fallback; with --endpoint for one whose endpoint comes later (from a ClusterClass patch, say).
+fn cluster_of(t: &Target, clusters: &[Cluster], fallback: &Cluster) -> Cluster {
+    let cluster = t
+        .cluster
+        .as_ref()
+        .and_then(|name| {
+            clusters
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(name))
+        })
+        .or_else(|| (clusters.len() == 1).then(|| &clusters[0]))
+        .unwrap_or(fallback);
+    let mut cluster = cluster.clone();
+    if cluster.endpoint().is_none() {
+        cluster.spec.control_plane_endpoint = fallback.spec.control_plane_endpoint.clone();
+    }
+    cluster
+}
+
+/// Report `rendered`'s warnings and placeholders on stderr, and print or write its
+/// configuration.
+fn write(
+    t: &Target,
+    cluster: &Cluster,
+    rendered: Rendered,
+    args: &RenderArgs,
+) -> Result<(), Failure> {
+    if !rendered.placeholders.is_empty() {
+        eprintln!(
+            "placeholders: {}: {}",
+            t.what,
+            rendered.placeholders.join(", ")
+        );
+    }
+    for w in rendered.warnings {
+        eprintln!("warning: {}: {w}", t.what);
+    }
+    match &args.out_dir {
+        Some(dir) => {
+            let file = dir.join(format!("{}-{}.yaml", t.kind.to_lowercase(), t.name));
+            crate::generate::write_private(&file, &rendered.yaml, args.force)?;
+        }
+        None => {
+            println!("# {} (cluster {})", t.what, name_of(cluster));
+            println!("---\n{}", rendered.yaml.trim_end());
+        }
+    }
+    Ok(())
 }
 
 /// As Cluster API does: a Cluster without a control-plane endpoint takes its infrastructure
@@ -200,12 +276,21 @@ fn fallback_cluster(args: &RenderArgs) -> Result<Cluster, Failure> {
     Ok(cluster)
 }
 
+/// One object's configuration, what Talos (or the moved fields) warn of, and the placeholders
+/// it was rendered with.
+struct Rendered {
+    yaml: String,
+    warnings: Vec<String>,
+    placeholders: Vec<String>,
+}
+
 fn render_one(
     t: &Target,
     cluster: &Cluster,
     bundle: &SecretsBundle,
     args: &RenderArgs,
-) -> Result<(String, Vec<String>), String> {
+    given: &Given,
+) -> Result<Rendered, String> {
     let spec = t.spec.as_ref().map_err(Clone::clone)?;
     let machine = Machine::new(
         &t.name,
@@ -218,7 +303,9 @@ fn render_one(
             ..MachineSpec::default()
         },
     );
-    let values = machine_values(&machine, name_of(cluster), Default::default());
+    let base = machine_values(&machine, name_of(cluster), Default::default());
+    let (values, placeholders) =
+        values::resolve(spec, base, given, args.placeholders).map_err(|e| e.to_string())?;
     let (yaml, moved) = machine_config_noting_moved_fields(
         spec,
         &machine,
@@ -246,7 +333,11 @@ fn render_one(
     }
     let mut warnings: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
     warnings.extend(moved);
-    Ok((yaml, warnings))
+    Ok(Rendered {
+        yaml,
+        warnings,
+        placeholders,
+    })
 }
 
 fn is(doc: &Value, api_version_prefix: &str, kind: &str) -> bool {

@@ -1,4 +1,4 @@
-//! The `gen` and `validate` commands as a shell user runs them.
+//! The `gen`, `validate` and `render` commands as a shell user runs them.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
 
 use std::path::Path;
@@ -324,6 +324,244 @@ fn render_names_the_fields_talos_1_14_moved_that_patches_set() {
     }
     let printed = String::from_utf8_lossy(&o.stdout);
     assert!(printed.contains("kind: KubeletConfig"), "{printed}");
+}
+
+/// The real talosctl v1.14 accepts `path` for bare metal, strictly, without a warning.
+fn talosctl_1_14_validates(path: &Path) {
+    let v = Command::new(locate(Tool::Talosctl114).unwrap())
+        .args(["validate", "--config", path.to_str().unwrap()])
+        .args(["--mode", "metal", "--strict"])
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&v.stdout), stderr(&v));
+    assert!(
+        v.status.success() && !said.contains("WARNING"),
+        "talosctl validate {}: {said}",
+        path.display()
+    );
+}
+
+/// `talos-capi render` of the static-addresses fixture with `extra` arguments, into `dir/out`:
+/// its output, and the documents written (none when it fails).
+fn render_static(dir: &Path, extra: &[&str]) -> (Output, Vec<serde_json::Value>) {
+    let fixture = fixture("static-addresses.yaml");
+    let mut args = vec!["render", "-f", &fixture, "--out-dir", "out", "--force"];
+    args.extend_from_slice(extra);
+    let o = talos_capi(dir, &args);
+    let path = dir.join("out/talosconfigtemplate-static-workers.yaml");
+    let docs = match std::fs::read_to_string(&path) {
+        Ok(text) if o.status.success() => {
+            assert!(
+                !text.contains("(("),
+                "a reference rendered as written: {text}"
+            );
+            talosctl_1_14_validates(&path);
+            machineconfig::render::from_yaml(&text).unwrap()
+        }
+        _ => Vec::new(),
+    };
+    (o, docs)
+}
+
+fn env_of(docs: &[serde_json::Value]) -> &serde_json::Value {
+    &docs[0]["machine"]["env"]
+}
+
+/// The LinkConfig's addresses and its route's gateway.
+fn link_of(docs: &[serde_json::Value]) -> (Vec<&str>, &str) {
+    let link = docs
+        .iter()
+        .find(|d| d["kind"] == "LinkConfig")
+        .expect("a LinkConfig");
+    let addresses = link["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["address"].as_str().unwrap())
+        .collect();
+    (addresses, link["routes"][0]["gateway"].as_str().unwrap())
+}
+
+#[test]
+fn render_takes_per_machine_values_from_flags_and_a_file_the_flags_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pools = [
+        "--value",
+        "ipam.nodes.address=10.5.0.12",
+        "--value",
+        "ipam.nodes.prefix=24",
+        "--value",
+        "ipam.nodes.gateway=10.5.0.1",
+        "--value",
+        "ipam.storage.address=fd00:5::12",
+        "--value",
+        "ipam.storage.prefix=64",
+        "--value",
+        "machine.failureDomain=fd-1",
+        "--value",
+        "infrastructureMachine.name=vm-17",
+    ];
+    let (o, docs) = render_static(dir.path(), &pools);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        link_of(&docs),
+        (vec!["10.5.0.12/24", "fd00:5::12/64"], "10.5.0.1")
+    );
+    let env = env_of(&docs);
+    assert_eq!(env["ZONE"], "fd-1");
+    assert_eq!(env["VM"], "vm-17");
+    assert_eq!(
+        env["CLUSTER"], "static",
+        "the Cluster's name, from the files"
+    );
+    assert!(!stderr(&o).contains("placeholder"), "{}", stderr(&o));
+
+    // A file of the same names: numbers and strings; text that looks like YAML stays a string.
+    std::fs::write(
+        dir.path().join("values.yaml"),
+        "ipam.nodes.address: 10.6.0.7\nipam.nodes.prefix: 16\nipam.nodes.gateway: 10.6.0.1\nipam.storage.address: 10.7.0.7\nipam.storage.prefix: 24\nmachine.failureDomain: \"a: b\\n- c\"\ninfrastructureMachine.name: '{vm: 1}'\n",
+    )
+    .unwrap();
+    let (o, docs) = render_static(dir.path(), &["--values", "values.yaml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        link_of(&docs),
+        (vec!["10.6.0.7/16", "10.7.0.7/24"], "10.6.0.1")
+    );
+    assert_eq!(env_of(&docs)["ZONE"], "a: b\n- c");
+    assert_eq!(env_of(&docs)["VM"], "{vm: 1}");
+
+    // Flags over the file, the same text from a flag a string too.
+    let (o, docs) = render_static(
+        dir.path(),
+        &[
+            "--values",
+            "values.yaml",
+            "--value",
+            "ipam.nodes.address=10.6.0.99",
+            "--value",
+            "machine.failureDomain=x: y\n- z",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(link_of(&docs).0[0], "10.6.0.99/16");
+    assert_eq!(env_of(&docs)["ZONE"], "x: y\n- z");
+    assert_eq!(env_of(&docs)["VM"], "{vm: 1}");
+}
+
+#[test]
+fn render_fills_placeholders_for_what_is_not_given_and_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, docs) = render_static(
+        dir.path(),
+        &[
+            "--placeholders",
+            "--value",
+            "ipam.storage.address=10.7.0.7",
+            "--value",
+            "ipam.storage.prefix=24",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The first pool of addressesFromPools gets the first documentation address; the pool given
+    // keeps its address.
+    assert_eq!(
+        link_of(&docs),
+        (vec!["192.0.2.10/24", "10.7.0.7/24"], "192.0.2.1")
+    );
+    let env = env_of(&docs);
+    assert_eq!(env["ZONE"], "placeholder-failure-domain");
+    assert_eq!(
+        env["VM"], "static-workers",
+        "the machine's (the object's) name"
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("placeholders: TalosConfigTemplate default/static-workers: ((infrastructureMachine.name)) = static-workers, ((machine.failureDomain)) = placeholder-failure-domain, ((ipam.nodes.address)) = 192.0.2.10, ((ipam.nodes.prefix)) = 24"),
+        "{err}"
+    );
+    assert!(err.contains("((ipam.nodes.gateway)) = 192.0.2.1"), "{err}");
+    assert!(
+        !err.contains("ipam.storage"),
+        "given, not a placeholder: {err}"
+    );
+
+    // With no pool given, a distinct address per pool.
+    let (o, docs) = render_static(dir.path(), &["--placeholders"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(link_of(&docs).0, ["192.0.2.10/24", "192.0.2.11/24"]);
+}
+
+#[test]
+fn render_fails_naming_every_value_it_cannot_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, docs) = render_static(
+        dir.path(),
+        &[
+            "--value",
+            "ipam.nodes.address=10.5.0.12",
+            "--value",
+            "ipam.nodes.prefix=24",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(docs.is_empty());
+    assert!(o.stdout.is_empty());
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("1 of 1 object failed:\n  * TalosConfigTemplate default/static-workers: unresolved per-machine values (give values with --value NAME=VALUE or --values FILE, or fill in placeholders with --placeholders):\n"),
+        "{err}"
+    );
+    for expected in [
+        "- ((machine.failureDomain)) is not given (spec.strategicPatches[0], document 0, /machine/env/ZONE)",
+        "- ((infrastructureMachine.name)) is not given (spec.strategicPatches[0], document 0, /machine/env/VM)",
+        "- ((ipam.storage.address)) is not given (spec.strategicPatches[0], document 2, /addresses/1/address)",
+        "- ((ipam.storage.prefix)) is not given (spec.strategicPatches[0], document 2, /addresses/1/address)",
+        "- ((ipam.nodes.gateway)) (spec.strategicPatches[0], document 2, /routes/0/gateway): the address given for pool \"nodes\" has no gateway (ipam.nodes.gateway)",
+    ] {
+        assert!(err.contains(expected), "{expected:?} in:\n{err}");
+    }
+    assert!(!err.contains("((ipam.nodes.address))"), "given: {err}");
+
+    // Names are checked before anything renders; so is a pool's address.
+    for (args, expected) in [
+        (
+            &["--value", "ipam.nodes.hostname=x"][..],
+            "--value: unknown value \"ipam.nodes.hostname\" (values: machine.name, infrastructureMachine.name, machine.failureDomain, cluster.name, ipam.<pool>.address, ipam.<pool>.prefix, ipam.<pool>.gateway)",
+        ),
+        (
+            &["--value", "machine.failureDomain"][..],
+            "--value \"machine.failureDomain\": expected NAME=VALUE",
+        ),
+        (
+            &["--value", "ipam.nodes.address=10.5.0.12"][..],
+            "ipam.nodes.prefix is not given: an address needs ipam.nodes.address and ipam.nodes.prefix",
+        ),
+        (
+            &[
+                "--value",
+                "ipam.nodes.address=10.5.0.300",
+                "--value",
+                "ipam.nodes.prefix=24",
+            ][..],
+            "ipam.nodes: address \"10.5.0.300\" is not an IP address",
+        ),
+        (&["--values", "missing.yaml"][..], "reading missing.yaml"),
+    ] {
+        let (o, docs) = render_static(dir.path(), args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(docs.is_empty());
+        let err = stderr(&o);
+        assert!(err.starts_with(expected), "{expected:?} in:\n{err}");
+    }
+    std::fs::write(dir.path().join("values.yaml"), "machine.zone: a\n").unwrap();
+    let (o, _) = render_static(dir.path(), &["--values", "values.yaml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with("values.yaml: unknown value \"machine.zone\""),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -1,15 +1,17 @@
 //! The clusterctl artifacts with the real clusterctl (built from the same Cluster API version as
 //! the core) and the local control plane: config/release is what `make release-manifests`
 //! makes; both providers' components come out of a local clusterctl repository and apply;
-//! every flavour renders with its documented variables, applies to the real API server (Cluster
-//! API's webhooks included), and yields machine configurations that Talos accepts.
+//! every flavour renders with its documented variables, leaves per-machine value references
+//! (`((ipam.nodes.address))`) as written, applies to the real API server (Cluster API's and the
+//! in-cluster IPAM provider's webhooks included), and yields machine configurations that Talos
+//! accepts (the static-addresses flavour's with the values `talos-capi render` is given).
 //!
 //! Cluster API Provider Proxmox, which the flavours use, is not served by the Go module proxy:
 //! stand-in CRDs that keep any field serve its kinds, so that the Cluster API and talos-capi
 //! objects around them are what gets checked.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use api::controlplane::v1alpha3::TalosControlPlane;
@@ -96,7 +98,56 @@ fn proxmox_stand_ins() -> Vec<CustomResourceDefinition> {
 #[tokio::test]
 async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_artifacts() {
     let root = repo_root();
-    // config/release is exactly what `make release-manifests` makes from the chart.
+    let release = release_is_fresh(&root);
+    let work = tempfile::tempdir().unwrap();
+    let (home, config) = local_repository(work.path(), &release);
+    let config = config.to_str().unwrap();
+
+    // A control plane of its own: `clusterctl init` installs both providers' CRDs, Deployments
+    // and cluster-wide RBAC from the release, over what the shared one has installed otherwise.
+    // The in-cluster IPAM provider (with its webhooks) serves the pool of the static flavour.
+    let cp = LocalControlPlane::builder()
+        .name("clusterctl")
+        .cluster_api()
+        .ipam_in_cluster()
+        .start()
+        .await
+        .unwrap();
+    let client = cp.client().await.unwrap();
+    let installed = Installed {
+        client: client.clone(),
+        kubeconfig: cp.kubeconfig_path().to_str().unwrap().to_owned(),
+        home,
+        config: config.to_owned(),
+        work: work.path().to_owned(),
+    };
+    providers_install(&installed).await;
+    for crd in api::all_crds() {
+        testkit::wait_established(&client, &kube::ResourceExt::name_any(&crd))
+            .await
+            .unwrap();
+    }
+
+    // Every flavour: its variables documented, generated, applied, and rendered to configs Talos
+    // accepts.
+    testkit::install_crds(&client, &proxmox_stand_ins())
+        .await
+        .unwrap();
+    let templates = root.join("config/clusterctl/templates");
+    let mut flavours: Vec<String> = std::fs::read_dir(&templates)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cluster-template") && n.ends_with(".yaml"))
+        .collect();
+    flavours.sort();
+    assert_eq!(flavours.len(), 5, "{flavours:?}");
+    for flavour in &flavours {
+        flavour_generates_applies_and_renders(&installed, &templates.join(flavour)).await;
+    }
+}
+
+/// config/release is exactly what `make release-manifests` makes from the chart.
+fn release_is_fresh(root: &Path) -> PathBuf {
     let fresh = tempfile::tempdir().unwrap();
     let o = run(
         &root.join("hack/release-manifests.sh"),
@@ -111,6 +162,10 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
+    assert!(
+        names.contains(&"cluster-template-proxmox-static.yaml".to_owned()),
+        "{names:?}"
+    );
     for name in &names {
         assert_eq!(
             std::fs::read_to_string(release.join(name)).unwrap_or_default(),
@@ -118,10 +173,13 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
             "config/release/{name} is stale: run `make release-manifests`"
         );
     }
+    release
+}
 
-    // A local clusterctl repository with both providers.
-    let work = tempfile::tempdir().unwrap();
-    let home = work.path().join("home");
+/// A local clusterctl repository with both providers, under `work`: clusterctl's home and
+/// its configuration file.
+fn local_repository(work: &Path, release: &Path) -> (PathBuf, PathBuf) {
+    let home = work.join("home");
     std::fs::create_dir_all(&home).unwrap();
     let mut providers = String::from("providers:\n");
     for (dir, file, kind) in [
@@ -136,7 +194,7 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
             "ControlPlaneProvider",
         ),
     ] {
-        let version_dir = work.path().join("repo").join(dir).join(VERSION);
+        let version_dir = work.join("repo").join(dir).join(VERSION);
         std::fs::create_dir_all(&version_dir).unwrap();
         for f in [file, "metadata.yaml"] {
             std::fs::copy(release.join(f), version_dir.join(f)).unwrap();
@@ -146,22 +204,23 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
             version_dir.join(file).display()
         ));
     }
-    let config = work.path().join("clusterctl.yaml");
+    let config = work.join("clusterctl.yaml");
     std::fs::write(&config, providers).unwrap();
-    let config = config.to_str().unwrap();
+    (home, config)
+}
 
-    // A control plane of its own: `clusterctl init` installs both providers' CRDs, Deployments
-    // and cluster-wide RBAC from the release, over what the shared one has installed otherwise.
-    let cp = LocalControlPlane::builder()
-        .name("clusterctl")
-        .cluster_api()
-        .start()
-        .await
-        .unwrap();
-    let kubeconfig = cp.kubeconfig_path();
-    let kubeconfig = kubeconfig.to_str().unwrap();
-    let client = cp.client().await.unwrap();
+/// The management cluster the flavours go to, and the clusterctl that serves them.
+struct Installed {
+    client: kube::Client,
+    kubeconfig: String,
+    home: PathBuf,
+    config: String,
+    work: PathBuf,
+}
 
+/// Both providers' components, described and generated by clusterctl from the repository,
+/// applied: each Deployment runs its controller with the log level clusterctl substituted.
+async fn providers_install(at: &Installed) {
     let talos = format!("talos:{VERSION}");
     for (flag, namespace, deployment, controller) in [
         (
@@ -177,31 +236,16 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
             "controlplane",
         ),
     ] {
-        let described = clusterctl(
-            &home,
-            &[
-                "generate",
-                "provider",
-                flag,
-                &talos,
-                "--config",
-                config,
-                "--describe",
-            ],
-            &[],
-        );
+        let generate = ["generate", "provider", flag, &talos, "--config", &at.config];
+        let described = clusterctl(&at.home, &[&generate[..], &["--describe"]].concat(), &[]);
         assert!(described.contains("TALOS_CAPI_LOG_LEVEL"), "{described}");
         assert!(
             described.contains("ghcr.io/talos-capi/talos-capi:0.1.0"),
             "{described}"
         );
-        let components = clusterctl(
-            &home,
-            &["generate", "provider", flag, &talos, "--config", config],
-            &[("TALOS_CAPI_LOG_LEVEL", "debug")],
-        );
-        apply(kubeconfig, &components, None).await;
-        let deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
+        let components = clusterctl(&at.home, &generate, &[("TALOS_CAPI_LOG_LEVEL", "debug")]);
+        apply(&at.kubeconfig, &components, None).await;
+        let deployment = Api::<Deployment>::namespaced(at.client.clone(), namespace)
             .get(deployment)
             .await
             .unwrap();
@@ -225,142 +269,235 @@ async fn clusterctl_serves_both_providers_and_every_flavour_from_the_release_art
         );
         assert!(args.contains(&"--log-level=debug".to_owned()), "{args:?}");
     }
-    for crd in api::all_crds() {
-        testkit::wait_established(&client, &kube::ResourceExt::name_any(&crd))
-            .await
-            .unwrap();
-    }
+}
 
-    // Every flavour: its variables documented, generated, applied, and rendered to configs Talos
-    // accepts.
-    testkit::install_crds(&client, &proxmox_stand_ins())
-        .await
-        .unwrap();
-    let env = [
-        ("CONTROL_PLANE_ENDPOINT_IP", "10.0.0.50"),
-        ("NODE_IP_RANGES", "[10.0.0.10-10.0.0.49]"),
-        ("GATEWAY", "10.0.0.1"),
-        ("PROXMOX_SOURCE_NODE", "pve1"),
-        ("PROXMOX_TEMPLATE_ID", "100"),
+/// The variables every flavour is generated with.
+const ENV: [(&str, &str); 5] = [
+    ("CONTROL_PLANE_ENDPOINT_IP", "10.0.0.50"),
+    ("NODE_IP_RANGES", "[10.0.0.10-10.0.0.49]"),
+    ("GATEWAY", "10.0.0.1"),
+    ("PROXMOX_SOURCE_NODE", "pve1"),
+    ("PROXMOX_TEMPLATE_ID", "100"),
+];
+
+/// What a flavour needs beyond [`ENV`] and `talos-capi render -f`, and what each of its
+/// configurations must then hold.
+struct Extra {
+    env: Vec<(&'static str, &'static str)>,
+    render: Vec<&'static str>,
+    holds: Vec<&'static str>,
+}
+
+fn extra(flavour: &str) -> Extra {
+    let mut extra = Extra {
+        env: Vec::new(),
+        render: Vec::new(),
+        holds: Vec::new(),
+    };
+    // The ClusterClass flavour's endpoint comes from its variable through a patch, so it is
+    // given; the others take it from their ProxmoxCluster, as Cluster API does.
+    if flavour.contains("clusterclass") {
+        extra.render = vec!["--endpoint", "https://10.0.0.50:6443"];
+    }
+    // The static flavour: its pool's gateway, an installer image (it has no default), and the
+    // address of a machine, given as talos-capi would have it from the pool.
+    if flavour.contains("static") {
+        extra.env = vec![
+            ("NODE_GATEWAY", "10.0.0.1"),
+            (
+                "INSTALLER_IMAGE",
+                "images.invalid/nocloud-installer:v1.14.1",
+            ),
+        ];
+        extra.render = vec![
+            "--value",
+            "ipam.nodes.address=10.0.0.12",
+            "--value",
+            "ipam.nodes.prefix=24",
+            "--value",
+            "ipam.nodes.gateway=10.0.0.1",
+        ];
+        extra.holds = vec![
+            "- address: 10.0.0.12/24",
+            "- gateway: 10.0.0.1",
+            "- 10.0.0.12/32",
+        ];
+    }
+    extra
+}
+
+/// One flavour: its variables documented in its header, generated by clusterctl with every
+/// per-machine value reference left as written, applied, and rendered to configurations the real
+/// talosctl of the flavours' Talos line accepts without a warning.
+async fn flavour_generates_applies_and_renders(at: &Installed, from: &Path) {
+    let flavour = from.file_name().unwrap().to_str().unwrap();
+    let extra = extra(flavour);
+    let ns = unique_namespace(&at.client, "flavour").await.unwrap();
+    let from = from.to_str().unwrap();
+    let base = [
+        "generate",
+        "cluster",
+        "mi-cluster",
+        "--from",
+        from,
+        "--config",
+        &at.config,
+        "--target-namespace",
+        &ns,
+        "--kubernetes-version",
+        "v1.34.1",
+        "--control-plane-machine-count",
+        "3",
+        "--worker-machine-count",
+        "2",
     ];
-    let templates = root.join("config/clusterctl/templates");
-    let mut flavours: Vec<String> = std::fs::read_dir(&templates)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("cluster-template") && n.ends_with(".yaml"))
-        .collect();
-    flavours.sort();
-    assert_eq!(flavours.len(), 4, "{flavours:?}");
-    for flavour in &flavours {
-        let from = templates.join(flavour);
-        let from = from.to_str().unwrap();
-        let ns = unique_namespace(&client, "flavour").await.unwrap();
-        let base = [
-            "generate",
-            "cluster",
-            "mi-cluster",
-            "--from",
-            from,
-            "--config",
-            config,
-            "--target-namespace",
-            &ns,
-            "--kubernetes-version",
-            "v1.34.1",
-            "--control-plane-machine-count",
-            "3",
-            "--worker-machine-count",
-            "2",
-        ];
-        let mut list = base.to_vec();
-        list.push("--list-variables");
-        let variables = clusterctl(&home, &list, &[]);
-        let documented = std::fs::read_to_string(from).unwrap();
-        let header: String = documented
-            .lines()
-            .take_while(|l| l.starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n");
-        for var in variables
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("- "))
-            .map(|l| l.split_whitespace().next().unwrap_or_default())
-            .filter(|v| {
-                !matches!(
-                    *v,
-                    "CLUSTER_NAME"
-                        | "NAMESPACE"
-                        | "KUBERNETES_VERSION"
-                        | "CONTROL_PLANE_MACHINE_COUNT"
-                        | "WORKER_MACHINE_COUNT"
-                )
-            })
-        {
-            assert!(
-                header.contains(var),
-                "{flavour}: {var} is not documented in its header"
-            );
+    variables_are_documented(at, &base, from);
+    let env: Vec<(&str, &str)> = ENV.iter().copied().chain(extra.env.clone()).collect();
+    let generated = clusterctl(&at.home, &base, &env);
+    let written = std::fs::read_to_string(from).unwrap();
+    assert_eq!(
+        references(&generated),
+        references(&written),
+        "{flavour}: clusterctl leaves every ((…)) reference as written"
+    );
+    if flavour.contains("static") {
+        assert_eq!(references(&written).len(), 9, "{flavour}");
+    }
+    apply(&at.kubeconfig, &generated, Some(&ns)).await;
+    if flavour.contains("static") {
+        pool_is_served(&at.client, &ns).await;
+    }
+    let file = at.work.join(format!("generated-{flavour}"));
+    std::fs::write(&file, &generated).unwrap();
+    let configs = at.work.join(format!("configs-{flavour}"));
+    let mut render = vec![
+        "render",
+        "-f",
+        file.to_str().unwrap(),
+        "--out-dir",
+        configs.to_str().unwrap(),
+    ];
+    render.extend(&extra.render);
+    let rendered = run(
+        Path::new(env!("CARGO_BIN_EXE_talos-capi")),
+        &render,
+        &[],
+        None,
+    );
+    assert!(rendered.ok, "{flavour}: {}", rendered.output);
+    // Written in Talos 1.14's form: no patch sets a field 1.14 moved to another document.
+    assert!(
+        !rendered.output.contains("warning"),
+        "{flavour}: {}",
+        rendered.output
+    );
+    configs_are_valid(flavour, &configs, &extra.holds);
+    if flavour.contains("clusterclass") {
+        topology_made_the_control_plane(&at.client, &ns).await;
+    }
+}
+
+/// Every variable clusterctl lists for the flavour (beyond those its flags give) is named in
+/// the flavour's header.
+fn variables_are_documented(at: &Installed, base: &[&str], from: &str) {
+    let mut list = base.to_vec();
+    list.push("--list-variables");
+    let variables = clusterctl(&at.home, &list, &[]);
+    let documented = std::fs::read_to_string(from).unwrap();
+    let header: String = documented
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for var in variables
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .map(|l| l.split_whitespace().next().unwrap_or_default())
+        .filter(|v| {
+            !matches!(
+                *v,
+                "CLUSTER_NAME"
+                    | "NAMESPACE"
+                    | "KUBERNETES_VERSION"
+                    | "CONTROL_PLANE_MACHINE_COUNT"
+                    | "WORKER_MACHINE_COUNT"
+            )
+        })
+    {
+        assert!(
+            header.contains(var),
+            "{from}: {var} is not documented in its header"
+        );
+    }
+}
+
+/// The per-machine value references (`((…))`) of a YAML stream, outside the comment block it
+/// starts with (a flavour's header), sorted.
+fn references(yaml: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in yaml.lines().skip_while(|l| l.starts_with('#')) {
+        let mut rest = line;
+        while let Some(start) = rest.find("((") {
+            let Some(len) = rest[start..].find("))") else {
+                break;
+            };
+            found.push(rest[start..start + len + 2].to_owned());
+            rest = &rest[start + len + 2..];
         }
-        let generated = clusterctl(&home, &base, &env);
-        apply(kubeconfig, &generated, Some(&ns)).await;
-        let file = work.path().join(format!("generated-{flavour}"));
-        std::fs::write(&file, &generated).unwrap();
-        // The ClusterClass flavour's endpoint comes from its variable through a patch, so it is
-        // given; the others take it from their ProxmoxCluster, as Cluster API does.
-        let configs = work.path().join(format!("configs-{flavour}"));
-        let mut render = vec![
-            "render",
-            "-f",
-            file.to_str().unwrap(),
-            "--out-dir",
-            configs.to_str().unwrap(),
-        ];
-        if flavour.contains("clusterclass") {
-            render.extend(["--endpoint", "https://10.0.0.50:6443"]);
+    }
+    found.sort();
+    found
+}
+
+/// The static flavour's InClusterIPPool, accepted by the provider's webhooks, counts the
+/// addresses of NODE_IP_RANGES.
+async fn pool_is_served(client: &kube::Client, ns: &str) {
+    let pools = testkit::dynamic_api(
+        client,
+        ns,
+        "ipam.cluster.x-k8s.io/v1alpha2",
+        "InClusterIPPool",
+    );
+    let total = testkit::poll(Duration::from_secs(60), async || {
+        let pool = pools.get("nodes").await.ok()?;
+        pool.data["status"]["ipAddresses"]["total"].as_i64()
+    })
+    .await;
+    assert_eq!(total, Some(40), "the pool nodes in {ns}");
+}
+
+/// Each configuration written to `configs` (control plane, workers) is one the real talosctl
+/// v1.14 accepts without a warning, with the endpoint, the install disk, and what `holds`
+/// lists, and no reference left.
+fn configs_are_valid(flavour: &str, configs: &Path, holds: &[&str]) {
+    let talosctl = locate(Tool::Talosctl114).unwrap();
+    let written: Vec<_> = std::fs::read_dir(configs).unwrap().collect();
+    assert!(!written.is_empty(), "{flavour}: nothing rendered");
+    for config in written {
+        let config = config.unwrap().path();
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(text.contains("https://10.0.0.50:6443"), "{flavour}: {text}");
+        assert!(
+            text.contains("kind: UnattendedInstallConfig")
+                && text.contains(r#"match: disk.dev_path == "/dev/sda""#),
+            "{flavour}: {text}"
+        );
+        assert!(!text.contains("(("), "{flavour}: {text}");
+        for held in holds {
+            assert!(text.contains(held), "{flavour}: {held:?} in {text}");
         }
-        let rendered = run(
-            Path::new(env!("CARGO_BIN_EXE_talos-capi")),
-            &render,
+        let path = config.to_str().unwrap();
+        let valid = run(
+            &talosctl,
+            &["validate", "--config", path, "--mode", "metal", "--strict"],
             &[],
             None,
         );
-        assert!(rendered.ok, "{flavour}: {}", rendered.output);
-        // Written in Talos 1.14's form: no patch sets a field 1.14 moved to another document.
         assert!(
-            !rendered.output.contains("warning"),
-            "{flavour}: {}",
-            rendered.output
+            valid.ok && !valid.output.contains("WARNING"),
+            "{flavour}: talosctl validate {path}: {}",
+            valid.output
         );
-        // Each configuration (control plane, workers) is one the real talosctl of the flavours'
-        // Talos line accepts, without a warning.
-        let talosctl = locate(Tool::Talosctl114).unwrap();
-        let written: Vec<_> = std::fs::read_dir(&configs).unwrap().collect();
-        assert!(!written.is_empty(), "{flavour}: nothing rendered");
-        for config in written {
-            let config = config.unwrap().path();
-            let text = std::fs::read_to_string(&config).unwrap();
-            assert!(text.contains("https://10.0.0.50:6443"), "{flavour}: {text}");
-            assert!(
-                text.contains("kind: UnattendedInstallConfig")
-                    && text.contains(r#"match: disk.dev_path == "/dev/sda""#),
-                "{flavour}: {text}"
-            );
-            let path = config.to_str().unwrap();
-            let valid = run(
-                &talosctl,
-                &["validate", "--config", path, "--mode", "metal", "--strict"],
-                &[],
-                None,
-            );
-            assert!(
-                valid.ok && !valid.output.contains("WARNING"),
-                "{flavour}: talosctl validate {path}: {}",
-                valid.output
-            );
-        }
-        if flavour.contains("clusterclass") {
-            topology_made_the_control_plane(&client, &ns).await;
-        }
     }
 }
 

@@ -138,9 +138,8 @@ fn check_input_size(spec: &TalosConfigSpec) -> Result<(), SpecError> {
 }
 
 /// Each of `spec`'s patches parsed within `budget`, given `values` (when rendering), and
-/// handed to `apply` in CABPT's order: configPatches (JSON 6902) first, then
-/// strategicPatches, each parsed only once the one before is applied and dropped. Returns, for
-/// contract v1.14 on, the moved-field notices.
+/// handed to `apply` in CABPT's order (see [`parsed_patches`]). Returns, for contract v1.14 on,
+/// the moved-field notices.
 fn each_patch(
     spec: &TalosConfigSpec,
     budget: &RenderBudget,
@@ -149,7 +148,7 @@ fn each_patch(
 ) -> Result<Vec<String>, SpecError> {
     let noting = notes_moved_fields(spec);
     let mut notes = Vec::new();
-    let mut note_and_apply = |name: &dyn Fn() -> String, mut patch: Patch| {
+    parsed_patches(spec, budget, |name, mut patch| {
         if let Some(values) = values {
             machineconfig::values::substitute_within(&mut patch, values, budget).map_err(
                 |source| SpecError::Values {
@@ -163,7 +162,19 @@ fn each_patch(
             notes.extend(moved.iter().map(|m| format!("{} {m}", name())));
         }
         apply(patch)
-    };
+    })?;
+    Ok(notes)
+}
+
+/// Each of `spec`'s patches parsed within `budget` and handed to `each`, with its name as the
+/// spec names it (`spec.configPatches`, `spec.strategicPatches[i]`), in CABPT's order:
+/// configPatches (JSON 6902) first, then strategicPatches, each parsed only once the one
+/// before is handled and dropped.
+fn parsed_patches(
+    spec: &TalosConfigSpec,
+    budget: &RenderBudget,
+    mut each: impl FnMut(&dyn Fn() -> String, Patch) -> Result<(), SpecError>,
+) -> Result<(), SpecError> {
     if let Some(ops) = spec.config_patches.as_ref().filter(|o| !o.is_empty()) {
         // Values over the limits are refused before they are copied into one list.
         Patch::check_json6902_values(ops.iter().filter_map(|o| o.value.as_ref()))
@@ -171,13 +182,38 @@ fn each_patch(
         let value = serde_json::to_value(ops)
             .map_err(|source| SpecError::PatchEncoding { index: 0, source })?;
         let patch = Patch::json6902_within(value, budget).map_err(SpecError::Render)?;
-        note_and_apply(&|| "spec.configPatches".to_owned(), patch)?;
+        each(&|| "spec.configPatches".to_owned(), patch)?;
     }
     for (i, text) in spec.strategic_patches.iter().flatten().enumerate() {
         let patch = Patch::parse_within(text, budget).map_err(SpecError::Render)?;
-        note_and_apply(&|| format!("spec.strategicPatches[{i}]"), patch)?;
+        each(&|| format!("spec.strategicPatches[{i}]"), patch)?;
     }
-    Ok(notes)
+    Ok(())
+}
+
+/// Every per-machine value reference in `spec`'s patches that `values` cannot resolve, with
+/// the name of the patch it is in, in the patches' order: all that a render would refuse, where
+/// the render stops at the first (an offline preview names them all at once). `Err` when a
+/// patch cannot be parsed or walked at all.
+pub fn unresolved_values(
+    spec: &TalosConfigSpec,
+    values: &MachineValues,
+) -> Result<Vec<(String, machineconfig::values::ValueError)>, SpecError> {
+    check_input_size(spec)?;
+    let budget = RenderBudget::new(RENDER_LIMITS);
+    let mut found = Vec::new();
+    parsed_patches(spec, &budget, |name, patch| {
+        let refused =
+            machineconfig::values::unresolved(&patch, values, &budget).map_err(|source| {
+                SpecError::Values {
+                    patch: name(),
+                    source: Box::new(source),
+                }
+            })?;
+        found.extend(refused.into_iter().map(|e| (name(), e)));
+        Ok(())
+    })?;
+    Ok(found)
 }
 
 /// A digest of what a machine configuration means: its documents parsed (within the parser's
@@ -752,6 +788,53 @@ mod tests {
         let mut unknown = config;
         unknown.metadata.generation = None;
         assert_eq!(digest(&unknown, &machine(), &cluster(), "b/1"), None);
+    }
+
+    #[test]
+    fn unresolved_values_names_every_one_with_its_patch_where_the_render_stops_at_the_first() {
+        use machineconfig::values::ValueError;
+        let mut s = spec(GenerateType::Worker);
+        s.talos_version = Some("v1.14".into());
+        s.strategic_patches = Some(vec![
+            "machine:\n  nodeLabels:\n    zone: ((machine.failureDomain))\n".into(),
+            "apiVersion: v1alpha1\nkind: HostnameConfig\nhostname: ((machine.name))-((ipam.nodes.address))\n".into(),
+        ]);
+        let values = machine_values(&machine(), "c", Default::default());
+        let found = unresolved_values(&s, &values).expect("parses");
+        let named: Vec<(&str, &str)> = found
+            .iter()
+            .map(|(patch, e)| match e {
+                ValueError::NotKnownYet { name, .. } | ValueError::Unknown { name, .. } => {
+                    (patch.as_str(), name.as_str())
+                }
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("spec.strategicPatches[0]", "machine.failureDomain"),
+                ("spec.strategicPatches[1]", "ipam.nodes.address"),
+            ]
+        );
+        let err = machine_config(&s, &machine(), &cluster(), "c", bundle(), &values).unwrap_err();
+        assert!(
+            matches!(&err, SpecError::Values { patch, .. } if patch == "spec.strategicPatches[0]"),
+            "{err}"
+        );
+
+        let mut given = values;
+        given.failure_domain = Some("fd-1".into());
+        given.pools.insert(
+            "nodes".into(),
+            machineconfig::values::Pool::Bound(
+                machineconfig::values::PoolAddress::new("10.5.0.12", 24, None).expect("address"),
+            ),
+        );
+        assert!(unresolved_values(&s, &given).expect("parses").is_empty());
+        let text =
+            machine_config(&s, &machine(), &cluster(), "c", bundle(), &given).expect("renders");
+        assert!(text.contains("hostname: c-cp-0-10.5.0.12"), "{text}");
     }
 
     #[test]

@@ -42,6 +42,8 @@ FLOOR = {
     ("talos-capi-controller", "cabpt"): [],
     ("talos-capi-controller", "cacppt"): [],
     ("talos-capi-controller", "controlplane"): [],
+    # Claims against the core's IPAddressClaim/IPAddress and the in-cluster IPAM provider.
+    ("talos-capi-controller", "ipam"): [],
     ("talos-capi", "chart"): [],
     ("talos-capi", "clusterctl"): [],
     # The manager's discovery of the core's CRDs and its watch-filter sharding; its fault
@@ -66,6 +68,7 @@ WEIGHTS = {
     "hostile_api": 150,
     "manager": 150,
     "bootstrap": 150,
+    "ipam": 150,
     "cabpt": 150,
     "clusterctl": 100,
     "chart": 100,

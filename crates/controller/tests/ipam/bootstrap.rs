@@ -173,3 +173,36 @@ async fn injection_stays_a_string(client: &kube::Client, ns: &str) {
     );
     assert_eq!(config.name_any(), "y-0");
 }
+
+/// A paused Cluster's TalosConfigs claim nothing; unpaused, they claim and render.
+#[tokio::test]
+async fn pausing_stops_claiming() {
+    let (client, ns, _controller) = setup("ipam-pause").await;
+    cluster(&client, &ns, "c", true).await;
+    pool(&client, &ns, "nodes", 30, 39).await;
+    machine(
+        &client,
+        &ns,
+        "c",
+        "p-0",
+        worker_spec(&[address_patch("nodes")]),
+        false,
+    )
+    .await;
+    wait_config(&client, &ns, "p-0", ConditionType::Paused, "True").await;
+    assert_eq!(
+        claims_and_addresses(&client, &ns).await,
+        (0, 0),
+        "no claim while paused"
+    );
+    Api::<api::capi::Cluster>::namespaced(client.clone(), &ns)
+        .patch(
+            "c",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"paused": false}})),
+        )
+        .await
+        .unwrap();
+    wait_config(&client, &ns, "p-0", ConditionType::Ready, "True").await;
+    assert_eq!(claims_and_addresses(&client, &ns).await, (1, 1));
+}

@@ -1,13 +1,26 @@
 //! A test infrastructure provider over simulated Talos nodes. It makes every SimCluster of a
 //! namespace provisioned (with the failure domains asked for) and every SimMachine a node: once
 //! the owner Machine has bootstrap data, a simulated Talos node boots with it (as a cloud node
-//! boots from userdata) on its own loopback address, and the SimMachine reports that address
-//! and is provisioned. The node runs the Talos release its SimMachine's `spec.talosVersion` names
-//! (the machine image's), v1.13.0 when none. It is a test fixture: it polls, where a product
+//! boots from userdata), serving the Talos API on port 50000 of a loopback address, and the
+//! SimMachine reports that address (`status.addresses`, which the Machine copies) and is
+//! provisioned. The node runs the Talos release its SimMachine's `spec.talosVersion` names (the
+//! machine image's), v1.13.0 when none. It is a test fixture: it polls, where a product
 //! controller would watch.
+//!
+//! The address: as a real Talos node takes the static address its configuration gives a link,
+//! a node takes the first IPv4 address in 127.0.0.0/8 that its configuration assigns (a
+//! v1alpha1 interface or VLAN, or a link document of the multi-document network configuration:
+//! [`static_address`] says which fields count). A configuration that assigns none gets an
+//! address of its own ([`talos_sim::loopback_address`], a different one per node). A node whose
+//! address is already held (by another node of this simulator, or by a listener on its port:
+//! another process's node) does not start: the conflict is logged as a warning, and the node is
+//! tried again on the next passes, at the same address, until it is free. No other address is
+//! ever picked for it.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -15,6 +28,9 @@ use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use talos_sim::{NodeSpec, Simulator, Timing, loopback_address};
+
+mod static_address;
+pub use static_address::static_address;
 
 fn dynamic(client: &kube::Client, ns: &str, api_version: &str, kind: &str) -> Api<DynamicObject> {
     crate::dynamic_api(client, ns, api_version, kind)
@@ -138,6 +154,12 @@ impl SimInfra {
         self.task.abort();
     }
 
+    /// SimMachines whose node does not start because its address is held by another node, and
+    /// that address (as of the last provisioning pass).
+    pub async fn address_conflicts(&self) -> BTreeMap<String, IpAddr> {
+        self.state.lock().await.conflicts.clone()
+    }
+
     /// Serve the same nodes from the management cluster of `client` (the target of
     /// `clusterctl move`): its SimMachines, recreated there without status, get their nodes'
     /// status again.
@@ -174,11 +196,30 @@ struct Nodes {
     reported: BTreeMap<String, Reported>,
     /// Where workload API servers keep their data (default: the shared control plane's etcd).
     workload_etcd: Option<Arc<crate::Etcd>>,
+    /// SimMachines whose node waits for its address to be free, and that address (each
+    /// conflict is warned about once).
+    conflicts: BTreeMap<String, IpAddr>,
+}
+
+impl Nodes {
+    /// SimMachine `name`'s node cannot start: `holder` holds its `address`.
+    fn conflict(&mut self, name: &str, address: IpAddr, holder: &str) {
+        if self.conflicts.insert(name.to_owned(), address) == Some(address) {
+            tracing::debug!(sim_machine = name, %address, holder, "sim infrastructure: address still in use");
+        } else {
+            tracing::warn!(
+                sim_machine = name,
+                %address,
+                holder,
+                "sim infrastructure: address conflict: the node's address is in use; not starting it until the address is free"
+            );
+        }
+    }
 }
 
 /// Nodes started in this process: each gets an address of its own, whichever infrastructure
 /// (test) started it.
-static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static STARTED: AtomicU32 = AtomicU32::new(0);
 
 /// A Node as last reported: Ready, and the Talos version it runs.
 type Reported = (bool, Option<String>);
@@ -432,25 +473,14 @@ async fn pass(
     nodes: &mut Nodes,
 ) -> Result<(), kube::Error> {
     let infra = "infrastructure.cluster.x-k8s.io/v1alpha1";
-    let clusters = dynamic(client, ns, infra, "SimCluster");
-    for c in clusters.list(&ListParams::default()).await? {
-        if c.data["status"]["initialization"]["provisioned"] != json!(true) {
-            clusters
-                .patch_status(
-                    &c.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {
-                        "initialization": {"provisioned": true},
-                        "failureDomains": domains,
-                    }})),
-                )
-                .await?;
-        }
-    }
-    let sim_machines = dynamic(client, ns, infra, "SimMachine");
-    let machines: Api<DynamicObject> = dynamic(client, ns, "cluster.x-k8s.io/v1beta2", "Machine");
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let listed = sim_machines.list(&ListParams::default()).await?;
+    provision_clusters(&dynamic(client, ns, infra, "SimCluster"), domains).await?;
+    let apis = Apis {
+        ns,
+        sim_machines: dynamic(client, ns, infra, "SimMachine"),
+        machines: dynamic(client, ns, "cluster.x-k8s.io/v1beta2", "Machine"),
+        secrets: Api::namespaced(client.clone(), ns),
+    };
+    let listed = apis.sim_machines.list(&ListParams::default()).await?;
     // A SimMachine that is gone or going takes its node with it (the instance is terminated).
     let live: Vec<String> = listed
         .iter()
@@ -464,6 +494,7 @@ async fn pass(
         }
         keep
     });
+    nodes.conflicts.retain(|name, _| live.contains(name));
     // A SimMachine annotated POWER_OFF loses its node for good (a host that died): the node
     // stops answering and its Node goes NotReady, for a MachineHealthCheck to find.
     for m in listed.iter().filter(|m| powered_off(m)) {
@@ -482,73 +513,163 @@ async fn pass(
             if m.data["status"]["initialization"]["provisioned"] != json!(true)
                 || m.data["spec"]["providerID"].as_str().is_none()
             {
-                report_node(
-                    &sim_machines,
-                    (&name, ns, &started.machine),
-                    &started.address,
-                )
-                .await?;
+                let who = (name.as_str(), ns, started.machine.as_str());
+                report_node(&apis.sim_machines, who, &started.address).await?;
             }
             continue;
         }
-        if !live.contains(&name) {
-            continue;
+        if live.contains(&name) {
+            boot(&apis, sim, nodes, &m).await?;
         }
-        let Some(owner) = m
-            .owner_references()
-            .iter()
-            .find(|o| o.kind == "Machine")
-            .map(|o| o.name.clone())
-        else {
-            continue;
-        };
-        let Some(machine) = machines.get_opt(&owner).await? else {
-            continue;
-        };
-        let Some(data_name) = machine.data["spec"]["bootstrap"]["dataSecretName"].as_str() else {
-            continue;
-        };
-        let Some(secret) = secrets.get_opt(data_name).await? else {
-            continue;
-        };
-        let Some(config) = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get("value"))
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-        else {
-            continue;
-        };
-        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let address = loopback_address(n);
-        let spec = NodeSpec {
-            address,
-            port: 50000,
-            hostname: owner.clone(),
-            version: image_version(&m),
-            config: Some(config),
-        };
-        if let Err(e) = sim.start(spec) {
-            tracing::warn!(machine = %owner, error = %e, "sim infrastructure: the node did not start");
-            continue;
-        }
-        nodes.by_machine.insert(
-            name.clone(),
-            Started {
-                address: address.to_string(),
-                machine: owner.clone(),
-                cluster: machine.data["spec"]["clusterName"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                control_plane: machine
-                    .labels()
-                    .contains_key("cluster.x-k8s.io/control-plane"),
-            },
-        );
-        report_node(&sim_machines, (&name, ns, &owner), &address.to_string()).await?;
     }
     Ok(())
+}
+
+/// Every SimCluster provisioned, with the failure domains.
+async fn provision_clusters(
+    clusters: &Api<DynamicObject>,
+    domains: &[Value],
+) -> Result<(), kube::Error> {
+    for c in clusters.list(&ListParams::default()).await? {
+        if c.data["status"]["initialization"]["provisioned"] != json!(true) {
+            clusters
+                .patch_status(
+                    &c.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {
+                        "initialization": {"provisioned": true},
+                        "failureDomains": domains,
+                    }})),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The APIs of a provisioning pass, in its namespace.
+struct Apis<'a> {
+    ns: &'a str,
+    sim_machines: Api<DynamicObject>,
+    machines: Api<DynamicObject>,
+    secrets: Api<Secret>,
+}
+
+/// The Talos API's port on every node.
+const TALOS_API_PORT: u16 = 50000;
+
+/// Boot the node of SimMachine `m` once its owner Machine has bootstrap data, at the static
+/// address its configuration names (else an address of its own), and report it. A node whose
+/// address another node holds does not start (an address conflict); it is tried again on the
+/// next pass.
+async fn boot(
+    apis: &Apis<'_>,
+    sim: &Simulator,
+    nodes: &mut Nodes,
+    m: &DynamicObject,
+) -> Result<(), kube::Error> {
+    let name = m.name_any();
+    let Some((owner, machine, config)) = bootstrap_data(apis, m).await? else {
+        return Ok(());
+    };
+    let address = match static_address(&config) {
+        Some(address) => IpAddr::V4(address),
+        None => loopback_address(STARTED.fetch_add(1, Ordering::Relaxed) + 1),
+    };
+    if let Some(holder) = holder_of(sim, nodes, address) {
+        nodes.conflict(&name, address, &holder);
+        return Ok(());
+    }
+    let spec = NodeSpec {
+        address,
+        port: TALOS_API_PORT,
+        hostname: owner.clone(),
+        version: image_version(m),
+        config: Some(config),
+    };
+    match sim.start(spec) {
+        Ok(()) => {}
+        Err(talos_sim::Error::Duplicate(_)) => {
+            nodes.conflict(&name, address, "another simulated node");
+            return Ok(());
+        }
+        Err(e) => {
+            tracing::warn!(machine = %owner, error = %e, "sim infrastructure: the node did not start");
+            return Ok(());
+        }
+    }
+    nodes.conflicts.remove(&name);
+    nodes.by_machine.insert(
+        name.clone(),
+        Started {
+            address: address.to_string(),
+            machine: owner.clone(),
+            cluster: machine.data["spec"]["clusterName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            control_plane: machine
+                .labels()
+                .contains_key("cluster.x-k8s.io/control-plane"),
+        },
+    );
+    report_node(
+        &apis.sim_machines,
+        (&name, apis.ns, &owner),
+        &address.to_string(),
+    )
+    .await
+}
+
+/// SimMachine `m`'s owner Machine (its name and object) and the machine configuration in its
+/// bootstrap data Secret, once it has them.
+async fn bootstrap_data(
+    apis: &Apis<'_>,
+    m: &DynamicObject,
+) -> Result<Option<(String, DynamicObject, String)>, kube::Error> {
+    let Some(owner) = m
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "Machine")
+        .map(|o| o.name.clone())
+    else {
+        return Ok(None);
+    };
+    let Some(machine) = apis.machines.get_opt(&owner).await? else {
+        return Ok(None);
+    };
+    let Some(data_name) = machine.data["spec"]["bootstrap"]["dataSecretName"].as_str() else {
+        return Ok(None);
+    };
+    let Some(secret) = apis.secrets.get_opt(data_name).await? else {
+        return Ok(None);
+    };
+    let config = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("value"))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok());
+    Ok(config.map(|config| (owner, machine, config)))
+}
+
+/// What holds `address` already, if anything does: a node of this simulator (named by its
+/// machine), or a listener on its Talos API port (another process's simulated node).
+fn holder_of(sim: &Simulator, nodes: &Nodes, address: IpAddr) -> Option<String> {
+    let text = address.to_string();
+    if sim.nodes().contains(&text) {
+        let machine = nodes
+            .by_machine
+            .values()
+            .find(|s| s.address == text)
+            .map_or("a simulated node", |s| s.machine.as_str());
+        return Some(format!("the node of {machine}"));
+    }
+    match std::net::TcpListener::bind((address, TALOS_API_PORT)) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            Some(format!("another listener on port {TALOS_API_PORT}"))
+        }
+        _ => None,
+    }
 }
 
 /// The Talos release a SimMachine's node boots when its spec names none.

@@ -8,6 +8,7 @@ pub mod cache;
 mod context;
 pub mod controlplane;
 mod error;
+pub mod ipam;
 pub mod leader;
 pub mod metrics;
 pub mod nodes;

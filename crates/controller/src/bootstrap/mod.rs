@@ -3,6 +3,7 @@
 //! for both Cluster API contracts. Event-driven: it reacts to its TalosConfigs, their Secrets,
 //! their Machines and their Clusters, never to a timer.
 
+mod addresses;
 pub mod plan;
 pub mod render;
 pub mod scope;
@@ -103,6 +104,20 @@ pub fn controller(
     } else {
         controller
     };
+    // The claims of TalosConfigs that name IPAM pools: one bound to an address renders its
+    // TalosConfig.
+    let claims = crate::ipam::claim_resource();
+    let events = crate::raw::watch(
+        cache::raw_api(&ctx.client, &ctx.options, &claims),
+        crate::ipam::watched(&ctx.options),
+    );
+    let controller = controller.watches_stream_with(
+        cache::retried(events)
+            .touched_objects()
+            .map_ok(cache::dynamic),
+        |claim| config_of_claim(&claim),
+        claims,
+    );
     Some(
         controller
             .run(reconcile, error_policy, ctx)
@@ -142,6 +157,15 @@ fn config_of_pool(pool: &DynamicObject) -> Option<ObjectRef<TalosConfig>> {
         .as_str()
         .filter(|_| config_ref["kind"] == "TalosConfig")?;
     Some(ObjectRef::new(name).within(&pool.namespace()?))
+}
+
+/// The TalosConfig that made an IPAddressClaim.
+fn config_of_claim(claim: &DynamicObject) -> Option<ObjectRef<TalosConfig>> {
+    let owner = claim
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "TalosConfig" && o.controller == Some(true))?;
+    Some(ObjectRef::new(&owner.name).within(&claim.namespace()?))
 }
 
 fn configs_of_cluster(
@@ -198,10 +222,10 @@ async fn reconcile_inner(obj: &TalosConfig, ctx: &Arc<Ctx>) -> Result<Action, Er
         }
         Err(e) => return Err(e),
     };
-    if config.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let scope = scope::observe(ctx, config).await?;
+    if scope.config.meta().deletion_timestamp.is_some() {
+        return addresses::finalize(ctx, &scope).await;
+    }
     let mut report = Report::default();
     let waiter = ObjectRef::from_obj(obj);
     let outcome = act(ctx, &scope, waiter, &mut report).await;
@@ -288,11 +312,14 @@ async fn act(
                 )));
             }
         };
+    let Some(pools) = addresses::claimed(ctx, scope, cluster_name, report).await? else {
+        return Ok(Acted::Done);
+    };
     let ns = scope.namespace();
     let Some(bundle) = secrets::bundle(ctx, &ns, cluster, waiter).await? else {
         return Ok(Acted::Deferred);
     };
-    let values = render::machine_values(machine, cluster_name, Default::default());
+    let values = render::machine_values(machine, cluster_name, pools);
     let (value, moved) = render_once(
         ctx,
         scope,

@@ -124,6 +124,8 @@ pub fn is_error_reason(r: &str) -> bool {
         reason::INVALID_SECRET,
         reason::INTERNAL_ERROR,
         reason::RUNNING_CONFIG_DIFFERS,
+        reason::VALUE_UNRESOLVED,
+        reason::POOL_EXHAUSTED,
     ]
     .contains(&r)
 }

@@ -17,8 +17,9 @@ use crate::{Error, report};
 const MAX_WHY: usize = 1024;
 
 /// The machine configuration `machine` gets from controlPlaneConfig now, rendered as its
-/// TalosConfig would be (the same engine, bundle and inputs).
-pub(super) fn render(
+/// TalosConfig would be (the same engine, bundle and inputs), with the addresses its
+/// TalosConfig claimed when the machine was made: a machine keeps its addresses.
+pub(super) async fn render(
     ctx: &Ctx,
     tcp: &TalosControlPlane,
     cluster: &Cluster,
@@ -38,8 +39,14 @@ pub(super) fn render(
         kind: "TalosConfigSpec",
         source,
     })?;
-    let values =
-        crate::bootstrap::render::machine_values(machine, cluster_name, Default::default());
+    let pools = match &machine.spec.bootstrap.config_ref {
+        Some(config) if spec.addresses_from_pools.is_some() => {
+            let pools = spec.addresses_from_pools.as_deref().unwrap_or_default();
+            crate::ipam::bound(&ctx.client, &ns, &config.name, pools).await?
+        }
+        _ => Default::default(),
+    };
+    let values = crate::bootstrap::render::machine_values(machine, cluster_name, pools);
     Ok(crate::bootstrap::render::machine_config(
         &spec,
         machine,
@@ -125,7 +132,7 @@ pub(super) async fn drift(
         let Some(address) = talos::address(m).filter(|_| steady) else {
             continue;
         };
-        let Ok(data) = render(ctx, tcp, cluster.0, cluster.1, m) else {
+        let Ok(data) = render(ctx, tcp, cluster.0, cluster.1, m).await else {
             continue;
         };
         match talos::config_drift(ctx, talosconfig, &address, &data).await {

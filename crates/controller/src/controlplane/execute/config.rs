@@ -23,7 +23,7 @@ async fn rendered<'a>(
     let Some(node) = x.node(machine) else {
         return Ok(None);
     };
-    match render(x.ctx, x.tcp, x.with.cluster, x.cluster, node.machine) {
+    match render(x.ctx, x.tcp, x.with.cluster, x.cluster, node.machine).await {
         Ok(data) => Ok(Some((node, data))),
         Err(why) => {
             marker.failed = Some(format!("its configuration cannot be rendered: {why}"));
@@ -111,7 +111,7 @@ pub(super) async fn confirm(x: &Exec<'_, '_>, machine: &str) -> Result<Option<St
         return Ok(None);
     };
     let address = node.address.as_str();
-    let confirmed = match render(x.ctx, x.tcp, x.with.cluster, x.cluster, node.machine) {
+    let confirmed = match render(x.ctx, x.tcp, x.with.cluster, x.cluster, node.machine).await {
         Ok(data) => {
             let mode = talos::ApplyMode::NoReboot;
             talos::apply_config(x.ctx, node.talosconfig, address, &data, mode).await

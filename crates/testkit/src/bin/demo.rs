@@ -135,6 +135,7 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
     create_namespace(&client).await?;
     step("talos-capi manager, and simulated Talos nodes behind a test infrastructure provider");
     let (manager, manager_args, metrics) = start_manager(args, &cp, dir, binary)?;
+    log_infrastructure(dir)?;
     let infra =
         sim_infra::start_with_workloads_in(&client, NS, &["zone-a", "zone-b", "zone-c"], cp.etcd());
     let (counter, booted) = count_control_plane_boots(&infra.sim);
@@ -259,6 +260,23 @@ fn start_manager(
         manager_log.display()
     );
     Ok((manager, manager_args, metrics))
+}
+
+/// The log of the test infrastructure provider and its simulated nodes (a node powered off, an
+/// address conflict…): `infrastructure.log` in the demo's directory, at `RUST_LOG` if set.
+fn log_infrastructure(dir: &Path) -> Result<(), Failure> {
+    let path = dir.join("infrastructure.log");
+    let file =
+        std::fs::File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("testkit=info,talos_sim=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(Mutex::new(file))
+        .try_init();
+    println!("infrastructure (simulated nodes): log {}", path.display());
+    Ok(())
 }
 
 /// The machines whose control-plane node ever came up (by hostname, the Machine's name), from

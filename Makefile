@@ -113,7 +113,7 @@ e2e-kind: ## For users' CI (docker, kind): the e2e suite on a kind management cl
 
 DEMO_ARGS ?=
 .PHONY: demo
-demo: tools ## The main job: talos-capi brings up the seeds' HA cluster (3 control planes, 3 workers) on simulated Talos nodes, then upgrades Kubernetes and Talos live (DEMO_ARGS=--keep leaves it running).
+demo: tools ## The main job: talos-capi brings up the seeds' HA cluster (3 control planes, 3 workers) on simulated Talos nodes, then upgrades Kubernetes and Talos live (DEMO_ARGS=--keep leaves it running; --static-addresses takes node addresses from Cluster API IPAM).
 	$(CARGO) build --locked -p talos-capi -p testkit --bin talos-capi --bin demo
 	target/debug/demo --talos-capi target/debug/talos-capi --dir target/demo $(DEMO_ARGS)
 

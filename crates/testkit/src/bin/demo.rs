@@ -10,6 +10,18 @@
 //! 4. A Kubernetes rolling upgrade, then an in-place Talos upgrade, both with live progress.
 //!
 //! `--keep` leaves everything running until Ctrl-C or `make down`.
+//!
+//! `--static-addresses` (`make demo DEMO_ARGS=--static-addresses`; docs/ipam.md): the same
+//! topology with static node addresses from Cluster API IPAM. The management cluster also runs
+//! the real in-cluster IPAM provider; an InClusterIPPool `nodes` hands out 127.250.0.10–.29
+//! (second octet 250: `talos_sim::loopback_address` uses 20–219); the control planes'
+//! `controlPlaneConfig` and the workers' TalosConfigTemplate name it in `addressesFromPools`,
+//! and a patch sets eth0 to `((ipam.nodes.address))/((ipam.nodes.prefix))` (a Talos 1.14
+//! LinkConfig; the control planes' VIP becomes a Layer2VIPConfig). Each simulated node takes
+//! its address from its configuration, as a real Talos node would. After the bring-up and
+//! again after the upgrades, the demo checks that every Machine's address is an IPAddress of
+//! the pool, that the talosconfig's endpoints are the control planes' addresses, and that the
+//! real talosctl reaches every node at its address.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
@@ -63,6 +75,12 @@ struct Args {
     /// drawn from this seed.
     #[arg(long)]
     kill_seed: Option<u64>,
+    /// Static node addresses from Cluster API IPAM: the real in-cluster IPAM provider runs, an
+    /// InClusterIPPool `nodes` hands out 127.250.0.10-127.250.0.29, and every machine's
+    /// configuration sets eth0 to its address from the pool; checked on every Machine, the
+    /// talosconfig endpoints and the real talosctl.
+    #[arg(long)]
+    static_addresses: bool,
 }
 
 type Failure = String;
@@ -112,36 +130,118 @@ async fn run(args: Args) -> Result<(), Failure> {
 
 async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
     let started = Instant::now();
-    step("A local management cluster: etcd, kube-apiserver and Cluster API core");
+    let cp = management_cluster(args, dir).await?;
+    let client = cp.client().await.map_err(|e| e.to_string())?;
+    create_namespace(&client).await?;
+    step("talos-capi manager, and simulated Talos nodes behind a test infrastructure provider");
+    let (manager, manager_args, metrics) = start_manager(args, &cp, dir, binary)?;
+    log_infrastructure(dir)?;
+    let infra =
+        sim_infra::start_with_workloads_in(&client, NS, &["zone-a", "zone-b", "zone-c"], cp.etcd());
+    let (counter, booted) = count_control_plane_boots(&infra.sim);
+    let mut d = Demo {
+        args,
+        dir: dir.to_owned(),
+        kubeconfig: cp.kubeconfig_path(),
+        talosconfig: dir.join("talosconfig"),
+        workload: dir.join(format!("{CLUSTER}.kubeconfig")),
+        view: View {
+            client: client.clone(),
+            sim: infra.sim.clone(),
+        },
+        faults: Faults {
+            seed: args.kill_seed,
+            state: args.kill_seed,
+            manager: (binary.to_owned(), manager_args, dir.join(MANAGER_LOG)),
+            ..Faults::default()
+        },
+        client,
+        cp,
+        manager,
+        metrics,
+    };
+    d.bring_up().await?;
+    let written_once = WrittenOnce::read(&d.client).await?;
+    d.what_was_made().await?;
+    d.upgrades().await?;
+    if args.faults {
+        scale_under_fire(&d.client, &d.view, &mut d.faults, &mut d.manager, &mut d.cp).await?;
+    }
+    println!("\ndemo done in {:.0} s", started.elapsed().as_secs_f64());
+    if args.faults {
+        d.after_the_faults(&written_once).await?;
+    }
+    if args.scan_secrets {
+        step("Secrets scan: the manager's debug log, Events, objects and metrics");
+        let log = d.dir.join(MANAGER_LOG);
+        scan_secrets(&d.client, &log, d.metrics, &d.dir).await?;
+    }
+    if args.faults {
+        d.delete_under_fire(counter, &booted).await?;
+    }
+    if args.keep {
+        d.keep().await;
+    }
+    drop(infra);
+    drop(d);
+    Ok(())
+}
+
+/// The manager's log, in the demo's directory.
+const MANAGER_LOG: &str = "talos-capi-manager.log";
+
+/// Step 1: the local management cluster (with the in-cluster IPAM provider for
+/// `--static-addresses`).
+async fn management_cluster(args: &Args, dir: &Path) -> Result<LocalControlPlane, Failure> {
+    step(if args.static_addresses {
+        "A local management cluster: etcd, kube-apiserver, Cluster API core and the in-cluster IPAM provider"
+    } else {
+        "A local management cluster: etcd, kube-apiserver and Cluster API core"
+    });
     let _ = std::fs::remove_dir_all(dir.join("cluster"));
-    let mut cp = with_spinner(
+    let mut builder = LocalControlPlane::builder()
+        .name("demo")
+        .dir(dir.join("cluster"))
+        .cluster_api()
+        .crds(repo_root().join("config/crd/bases"));
+    if args.static_addresses {
+        builder = builder.ipam_in_cluster();
+    }
+    let cp = with_spinner(
         "starting etcd, kube-apiserver and the Cluster API manager",
-        LocalControlPlane::builder()
-            .name("demo")
-            .dir(dir.join("cluster"))
-            .cluster_api()
-            .crds(repo_root().join("config/crd/bases"))
-            .start(),
+        builder.start(),
     )
     .await
     .map_err(|e| format!("starting the local management cluster: {e}"))?;
-    let client = cp.client().await.map_err(|e| e.to_string())?;
-    let kubeconfig = cp.kubeconfig_path();
     println!(
         "management cluster: {}  (kubeconfig {})",
         cp.url(),
-        kubeconfig.display()
+        cp.kubeconfig_path().display()
     );
-    create_namespace(&client).await?;
+    if let Some(ipam) = cp.ipam_in_cluster() {
+        println!(
+            "in-cluster IPAM provider: log {}",
+            ipam.log_path().display()
+        );
+    }
+    Ok(cp)
+}
 
-    step("talos-capi manager, and simulated Talos nodes behind a test infrastructure provider");
+/// `talos-capi manager` against the management cluster: the process, its arguments (to start
+/// it again after a kill) and its metrics port.
+fn start_manager(
+    args: &Args,
+    cp: &LocalControlPlane,
+    dir: &Path,
+    binary: &Path,
+) -> Result<(ManagedProcess, Vec<String>, u16), Failure> {
     let (metrics, health) = (
         free_port().map_err(|e| e.to_string())?,
         free_port().map_err(|e| e.to_string())?,
     );
     let mut manager_args: Vec<String> = [
         "manager".to_owned(),
-        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--kubeconfig={}", cp.kubeconfig_path().display()),
         format!("--namespace={NS}"),
         format!("--metrics-bind-address=127.0.0.1:{metrics}"),
         format!("--health-probe-bind-address=127.0.0.1:{health}"),
@@ -150,203 +250,272 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
     if args.scan_secrets {
         manager_args.push("--log-level=debug".to_owned());
     }
-    let manager_log = dir.join("talos-capi-manager.log");
+    let manager_log = dir.join(MANAGER_LOG);
     let _ = std::fs::remove_file(&manager_log);
-    let mut manager =
-        ManagedProcess::spawn("talos-capi", binary, &manager_args, &manager_log, None)
-            .map_err(|e| format!("starting the manager: {e}"))?;
+    let manager = ManagedProcess::spawn("talos-capi", binary, &manager_args, &manager_log, None)
+        .map_err(|e| format!("starting the manager: {e}"))?;
     println!(
         "manager: pid {}, log {}, metrics http://127.0.0.1:{metrics}/metrics",
         manager.pid(),
         manager_log.display()
     );
-    let infra =
-        sim_infra::start_with_workloads_in(&client, NS, &["zone-a", "zone-b", "zone-c"], cp.etcd());
-    // Every control-plane node that ever came up, from the simulator's own events: a machine
-    // deleted or created once too often shows as one node too many.
-    let booted = Arc::new(Mutex::new(BTreeSet::<String>::new()));
-    let counter = {
-        let mut events = infra.sim.events();
-        let booted = Arc::clone(&booted);
-        tokio::spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(talos_sim::SimEvent::NodeUp {
-                        address, hostname, ..
-                    }) if hostname.starts_with(&format!("{CP}-")) => {
-                        booted
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(address);
-                    }
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => return,
-                }
-            }
-        })
-    };
+    Ok((manager, manager_args, metrics))
+}
 
-    step("The seeds' HA topology: 3 control planes behind an endpoint, 3 workers");
-    let port = free_port().map_err(|e| e.to_string())?;
-    for manifest in topology(port) {
-        apply_manifest(&client, NS, "demo", &manifest)
-            .await
-            .map_err(|e| format!("applying {}: {e}", manifest["kind"]))?;
-        println!(
-            "applied {} {}",
-            manifest["kind"].as_str().unwrap_or_default(),
-            manifest["metadata"]["name"].as_str().unwrap_or_default()
-        );
-    }
-    let view = View {
-        client: client.clone(),
-        sim: infra.sim.clone(),
-    };
-    let mut faults = Faults {
-        seed: args.kill_seed,
-        state: args.kill_seed,
-        manager: (binary.to_owned(), manager_args.clone(), manager_log.clone()),
-        ..Faults::default()
-    };
-    if args.faults {
-        progress("first machine", Duration::from_secs(120), async || {
+/// The log of the test infrastructure provider and its simulated nodes (a node powered off, an
+/// address conflict…): `infrastructure.log` in the demo's directory, at `RUST_LOG` if set.
+fn log_infrastructure(dir: &Path) -> Result<(), Failure> {
+    let path = dir.join("infrastructure.log");
+    let file =
+        std::fs::File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("testkit=info,talos_sim=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(Mutex::new(file))
+        .try_init();
+    println!("infrastructure (simulated nodes): log {}", path.display());
+    Ok(())
+}
+
+/// The machines whose control-plane node ever came up (by hostname, the Machine's name), from
+/// the simulator's own events: a machine deleted or created once too often shows as one too
+/// many. (Not by address: with static addresses, a machine may take over a freed one.)
+fn count_control_plane_boots(
+    sim: &talos_sim::Simulator,
+) -> (tokio::task::JoinHandle<()>, Arc<Mutex<BTreeSet<String>>>) {
+    let booted = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let mut events = sim.events();
+    let seen = Arc::clone(&booted);
+    let counter = tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(talos_sim::SimEvent::NodeUp { hostname, .. })
+                    if hostname.starts_with(&format!("{CP}-")) =>
+                {
+                    seen.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(hostname);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    (counter, booted)
+}
+
+/// The demo's running parts.
+struct Demo<'a> {
+    args: &'a Args,
+    dir: PathBuf,
+    client: kube::Client,
+    cp: LocalControlPlane,
+    manager: ManagedProcess,
+    metrics: u16,
+    view: View,
+    faults: Faults,
+    kubeconfig: PathBuf,
+    talosconfig: PathBuf,
+    /// The workload cluster's kubeconfig.
+    workload: PathBuf,
+}
+
+impl Demo<'_> {
+    /// Step 3: the topology applied, and every machine running.
+    async fn bring_up(&mut self) -> Result<(), Failure> {
+        step(if self.args.static_addresses {
+            "The seeds' HA topology: 3 control planes behind an endpoint, 3 workers, static addresses from an InClusterIPPool"
+        } else {
+            "The seeds' HA topology: 3 control planes behind an endpoint, 3 workers"
+        });
+        let port = free_port().map_err(|e| e.to_string())?;
+        let mut manifests = Vec::new();
+        if self.args.static_addresses {
+            manifests.push(static_addresses::pool());
+        }
+        manifests.extend(topology(port, self.args.static_addresses));
+        for manifest in manifests {
+            apply_manifest(&self.client, NS, "demo", &manifest)
+                .await
+                .map_err(|e| format!("applying {}: {e}", manifest["kind"]))?;
+            println!(
+                "applied {} {}",
+                manifest["kind"].as_str().unwrap_or_default(),
+                manifest["metadata"]["name"].as_str().unwrap_or_default()
+            );
+        }
+        let view = &self.view;
+        if self.args.faults {
+            progress("first machine", Duration::from_secs(120), async || {
+                let s = view.snapshot().await;
+                (s.cp_total >= 1, s.line())
+            })
+            .await?;
+            let (manager, cp) = (&mut self.manager, &mut self.cp);
+            self.faults.strike(manager, cp, "bootstrap", 8).await?;
+        }
+        progress("cluster up", Duration::from_secs(300), async || {
             let s = view.snapshot().await;
-            (s.cp_total >= 1, s.line())
+            let done =
+                s.cp_running == 3 && s.workers_running == 3 && s.voters == 3 && s.etcd_healthy;
+            (done, s.line())
         })
         .await?;
-        faults.strike(&mut manager, &mut cp, "bootstrap", 8).await?;
+        self.manager.check_running().map_err(|e| e.to_string())
     }
-    progress("cluster up", Duration::from_secs(300), async || {
-        let s = view.snapshot().await;
-        let done = s.cp_running == 3 && s.workers_running == 3 && s.voters == 3 && s.etcd_healthy;
-        (done, s.line())
-    })
-    .await?;
-    manager.check_running().map_err(|e| e.to_string())?;
-    let written_once = WrittenOnce::read(&client).await?;
 
-    step("What was made");
-    kubectl(
-        &kubeconfig,
-        &[
-            "get",
-            "cluster,taloscontrolplane,machines,talosconfigs",
-            "-n",
-            NS,
-        ],
-    );
-    let talosconfig = dir.join("talosconfig");
-    let workload = dir.join(format!("{CLUSTER}.kubeconfig"));
-    write_private(
-        &talosconfig,
-        &secret(&client, &format!("{CLUSTER}-talosconfig"), "talosconfig").await?,
-    )?;
-    write_private(
-        &workload,
-        &secret(&client, &format!("{CLUSTER}-kubeconfig"), "value").await?,
-    )?;
-    let node = view.first_control_plane_address().await.unwrap_or_default();
-    println!(
-        "\ntalosconfig: {}\nkubeconfig:  {}",
-        talosconfig.display(),
-        workload.display()
-    );
-    let talosctl = locate(Tool::Talosctl114).map_err(|e| e.to_string())?;
-    // The real talosctl, with the cluster's talosconfig, at one node.
-    let talos = |node: &str, command: &[&str]| {
-        let config = talosconfig.to_string_lossy();
+    /// Step 4: what was made, the credentials written, the real talosctl and kubectl with them
+    /// (and with `--static-addresses`, every node at its address from the pool).
+    async fn what_was_made(&self) -> Result<(), Failure> {
+        step("What was made");
+        kubectl(
+            &self.kubeconfig,
+            &[
+                "get",
+                "cluster,taloscontrolplane,machines,talosconfigs",
+                "-n",
+                NS,
+            ],
+        );
+        let talosconfig = secret(
+            &self.client,
+            &format!("{CLUSTER}-talosconfig"),
+            "talosconfig",
+        )
+        .await?;
+        write_private(&self.talosconfig, &talosconfig)?;
+        let kubeconfig = secret(&self.client, &format!("{CLUSTER}-kubeconfig"), "value").await?;
+        write_private(&self.workload, &kubeconfig)?;
+        println!(
+            "\ntalosconfig: {}\nkubeconfig:  {}",
+            self.talosconfig.display(),
+            self.workload.display()
+        );
+        let node = self.view.first_control_plane_address().await;
+        self.talos(&node.unwrap_or_default(), &["etcd", "members"])?;
+        kubectl(&self.workload, &["get", "nodes", "-o", "wide"]);
+        if self.args.static_addresses {
+            static_addresses::check(self).await?;
+        }
+        Ok(())
+    }
+
+    /// The real talosctl, with the cluster's talosconfig, at one node.
+    fn talos(&self, node: &str, command: &[&str]) -> Result<(), Failure> {
+        let talosctl = locate(Tool::Talosctl114).map_err(|e| e.to_string())?;
+        let config = self.talosconfig.to_string_lossy();
         let mut args = vec!["--talosconfig", &config, "-e", node, "-n", node];
         args.extend_from_slice(command);
         run_shown(&talosctl, &args);
-    };
-    talos(&node, &["etcd", "members"]);
-    kubectl(&workload, &["get", "nodes", "-o", "wide"]);
+        Ok(())
+    }
 
-    step(&format!(
-        "Kubernetes rolling upgrade {FIRST} → {NEXT} (maxSurge 1: never more than 4 control planes)"
-    ));
-    patch_control_plane(&client, json!({"version": NEXT})).await?;
-    if args.faults {
-        progress("surge machine", Duration::from_secs(120), async || {
-            let s = view.snapshot().await;
-            (s.cp_total > 3, s.line())
+    /// Steps 5 and 6: a Kubernetes rolling upgrade, an in-place Talos upgrade, then the Cluster
+    /// Available.
+    async fn upgrades(&mut self) -> Result<(), Failure> {
+        self.rolling_upgrade().await?;
+        self.talos_upgrade().await?;
+        // The first node was replaced by the rolling upgrade: ask one that runs now.
+        let node = self.view.first_control_plane_address().await;
+        self.talos(&node.unwrap_or_default(), &["version", "--short"])?;
+        kubectl(
+            &self.kubeconfig,
+            &["get", "taloscontrolplane,machines", "-n", NS],
+        );
+        if self.args.static_addresses {
+            // The machines the rolling upgrade made have theirs from the pool too.
+            static_addresses::check(self).await?;
+        }
+        step("The Cluster");
+        let client = &self.client;
+        progress("Cluster Available", Duration::from_secs(300), async || {
+            let available = cluster_condition(client, "Available").await;
+            (
+                available.as_deref() == Some("True"),
+                format!(
+                    "Cluster {CLUSTER} Available: {}",
+                    available.as_deref().unwrap_or("unknown")
+                ),
+            )
         })
         .await?;
-        faults
-            .strike(&mut manager, &mut cp, "rolling upgrade", 10)
-            .await?;
+        kubectl(&self.kubeconfig, &["get", "cluster", "-n", NS]);
+        Ok(())
     }
-    progress("rolling upgrade", Duration::from_secs(600), async || {
-        let s = view.snapshot().await;
-        let done =
-            s.cp_on(NEXT) == 3 && s.cp_total == 3 && s.voters == 3 && s.etcd_healthy && !s.rolling;
-        (
-            done,
-            format!(
-                "{} of 3 control planes on {NEXT}; {}",
-                s.cp_on(NEXT),
-                s.line()
-            ),
-        )
-    })
-    .await?;
 
-    step(&format!(
-        "In-place Talos upgrade to {TALOS_NEXT}, node by node, over the Talos API"
-    ));
-    patch_control_plane(
-        &client,
-        json!({"talosUpgrade": {"image": format!("{INSTALLER}:{TALOS_NEXT}")}}),
-    )
-    .await?;
-    if args.faults {
-        faults
-            .strike(&mut manager, &mut cp, "Talos upgrade", 3)
+    async fn rolling_upgrade(&mut self) -> Result<(), Failure> {
+        step(&format!(
+            "Kubernetes rolling upgrade {FIRST} → {NEXT} (maxSurge 1: never more than 4 control planes)"
+        ));
+        patch_control_plane(&self.client, json!({"version": NEXT})).await?;
+        let view = &self.view;
+        if self.args.faults {
+            progress("surge machine", Duration::from_secs(120), async || {
+                let s = view.snapshot().await;
+                (s.cp_total > 3, s.line())
+            })
             .await?;
+            let (manager, cp) = (&mut self.manager, &mut self.cp);
+            self.faults
+                .strike(manager, cp, "rolling upgrade", 10)
+                .await?;
+        }
+        progress("rolling upgrade", Duration::from_secs(600), async || {
+            let s = view.snapshot().await;
+            let done = s.cp_on(NEXT) == 3
+                && s.cp_total == 3
+                && s.voters == 3
+                && s.etcd_healthy
+                && !s.rolling;
+            (
+                done,
+                format!(
+                    "{} of 3 control planes on {NEXT}; {}",
+                    s.cp_on(NEXT),
+                    s.line()
+                ),
+            )
+        })
+        .await
     }
-    progress("Talos upgrade", Duration::from_secs(600), async || {
-        let s = view.snapshot().await;
-        let upgraded = s.talos_versions.iter().filter(|v| *v == TALOS_NEXT).count();
-        let done = upgraded == 3 && s.voters == 3 && s.etcd_healthy && !s.rolling;
-        (
-            done,
-            // The counts alone: the control plane's own condition says the same "n of 3".
-            format!(
-                "{upgraded} of 3 control-plane nodes on Talos {TALOS_NEXT}; {}",
-                s.counts()
-            ),
-        )
-    })
-    .await?;
-    // The first node was replaced by the rolling upgrade: ask one that runs now.
-    let node = view.first_control_plane_address().await.unwrap_or_default();
-    talos(&node, &["version", "--short"]);
-    kubectl(
-        &kubeconfig,
-        &["get", "taloscontrolplane,machines", "-n", NS],
-    );
-    step("The Cluster");
-    progress("Cluster Available", Duration::from_secs(300), async || {
-        let available = cluster_condition(&client, "Available").await;
-        (
-            available.as_deref() == Some("True"),
-            format!(
-                "Cluster {CLUSTER} Available: {}",
-                available.as_deref().unwrap_or("unknown")
-            ),
-        )
-    })
-    .await?;
-    kubectl(&kubeconfig, &["get", "cluster", "-n", NS]);
-    if args.faults {
-        scale_under_fire(&client, &view, &mut faults, &mut manager, &mut cp).await?;
+
+    async fn talos_upgrade(&mut self) -> Result<(), Failure> {
+        step(&format!(
+            "In-place Talos upgrade to {TALOS_NEXT}, node by node, over the Talos API"
+        ));
+        let image = format!("{INSTALLER}:{TALOS_NEXT}");
+        patch_control_plane(&self.client, json!({"talosUpgrade": {"image": image}})).await?;
+        if self.args.faults {
+            let (manager, cp) = (&mut self.manager, &mut self.cp);
+            self.faults.strike(manager, cp, "Talos upgrade", 3).await?;
+        }
+        let view = &self.view;
+        progress("Talos upgrade", Duration::from_secs(600), async || {
+            let s = view.snapshot().await;
+            let upgraded = s.talos_versions.iter().filter(|v| *v == TALOS_NEXT).count();
+            let done = upgraded == 3 && s.voters == 3 && s.etcd_healthy && !s.rolling;
+            (
+                done,
+                // The counts alone: the control plane's own condition says the same "n of 3".
+                format!(
+                    "{upgraded} of 3 control-plane nodes on Talos {TALOS_NEXT}; {}",
+                    s.counts()
+                ),
+            )
+        })
+        .await
     }
-    println!("\ndemo done in {:.0} s", started.elapsed().as_secs_f64());
-    if args.faults {
+
+    /// With `--faults`: the manager still runs, etcd was bootstrapped once and kept quorum, the
+    /// bundle and kubeconfig were written once.
+    async fn after_the_faults(&self, written_once: &WrittenOnce) -> Result<(), Failure> {
         step("After the faults");
-        manager.check_running().map_err(|e| e.to_string())?;
-        written_once.check(&client).await?;
-        check_etcd_history(&client, &view.sim).await?;
+        self.manager.check_running().map_err(|e| e.to_string())?;
+        written_once.check(&self.client).await?;
+        check_etcd_history(&self.client, &self.view.sim).await?;
+        let faults = &self.faults;
         println!(
             "{} kube-apiserver restarts ({}) and {} manager kills{} survived: the manager needed no restart beyond the kills, etcd was bootstrapped once and kept quorum, the bundle and kubeconfig were written once",
             faults.restarts.len(),
@@ -357,46 +526,55 @@ async fn demo(args: &Args, dir: &Path, binary: &Path) -> Result<(), Failure> {
                 None => String::new(),
             }
         );
+        Ok(())
     }
-    if args.scan_secrets {
-        step("Secrets scan: the manager's debug log, Events, objects and metrics");
-        scan_secrets(&client, &manager_log, metrics, dir).await?;
-    }
-    if args.faults {
-        delete_under_fire(&client, &view, &mut faults, &mut manager, &mut cp).await?;
+
+    /// With `--faults`: the Cluster deleted under fire, and no machine booted once too often.
+    async fn delete_under_fire(
+        &mut self,
+        counter: tokio::task::JoinHandle<()>,
+        booted: &Mutex<BTreeSet<String>>,
+    ) -> Result<(), Failure> {
+        let (client, view) = (&self.client, &self.view);
+        let (faults, manager, cp) = (&mut self.faults, &mut self.manager, &mut self.cp);
+        delete_under_fire(client, view, faults, manager, cp).await?;
         counter.abort();
         // 3 at first, 3 by the rolling upgrade, 2 by the scale-up: a machine deleted or
         // replaced once too often would have booted one more.
         let booted = booted.lock().unwrap_or_else(|e| e.into_inner()).len();
         if booted != 8 {
             return Err(format!(
-                "{booted} control-plane nodes came up over the run, where 8 machines were asked for: a machine was deleted or created once too often"
+                "{booted} control-plane machines' nodes came up over the run, where 8 machines were asked for: a machine was deleted or created once too often"
             ));
         }
-        manager.check_running().map_err(|e| e.to_string())?;
+        self.manager.check_running().map_err(|e| e.to_string())?;
         println!(
             "deleted under fire: no Machine, cluster Secret or node left; 8 control-plane machines over the run, none deleted or created twice; {} kube-apiserver restarts and {} manager kills in all",
-            faults.restarts.len(),
-            faults.kills.len()
+            self.faults.restarts.len(),
+            self.faults.kills.len()
         );
+        Ok(())
     }
 
-    if args.keep {
+    /// With `--keep`: what to run against it, then wait for Ctrl-C or `make down`.
+    async fn keep(&self) {
         step("Everything keeps running (Ctrl-C or `make down` stops it)");
+        let node = self
+            .view
+            .first_control_plane_address()
+            .await
+            .unwrap_or_default();
         println!(
             "kubectl --kubeconfig {} get machines -n {NS}",
-            kubeconfig.display()
+            self.kubeconfig.display()
         );
-        println!("kubectl --kubeconfig {} get nodes", workload.display());
+        println!("kubectl --kubeconfig {} get nodes", self.workload.display());
         println!(
             "talosctl --talosconfig {} -e {node} -n {node} etcd members",
-            talosconfig.display()
+            self.talosconfig.display()
         );
         wait_for_stop().await;
     }
-    drop(infra);
-    drop(manager);
-    Ok(())
 }
 
 /// Scale the control plane 3 → 5 → 3 with a manager kill and a kube-apiserver restart in each
@@ -632,6 +810,42 @@ impl View {
     }
 }
 
+/// The TalosConfig specs of the control planes and of the workers (Talos contract v1.14).
+fn configs(static_addresses: bool) -> (Value, Value) {
+    let install = install_patch();
+    if !static_addresses {
+        return (
+            json!({
+                "generateType": "controlplane", "talosVersion": "v1.14",
+                // The Spanish walkthrough's VIP, as a strategic patch valid for Talos v1.14.
+                "strategicPatches": [format!("machine:\n  network:\n    interfaces:\n      - interface: eth0\n        dhcp: true\n        vip:\n          ip: 192.168.1.50\n---\n{install}")]
+            }),
+            json!({
+                "generateType": "worker", "talosVersion": "v1.14",
+                "strategicPatches": [install]
+            }),
+        );
+    }
+    // eth0 at the machine's address from the pool, in Talos 1.14's documents: the same VIP on
+    // the control planes as a Layer2VIPConfig (eth0 has a static address, not DHCP).
+    let (link, pools) = (
+        static_addresses::link_patch(),
+        json!([static_addresses::reference()]),
+    );
+    (
+        json!({
+            "generateType": "controlplane", "talosVersion": "v1.14",
+            "addressesFromPools": pools,
+            "strategicPatches": [format!("{link}---\napiVersion: v1alpha1\nkind: Layer2VIPConfig\nname: 192.168.1.50\nlink: eth0\n---\n{install}")]
+        }),
+        json!({
+            "generateType": "worker", "talosVersion": "v1.14",
+            "addressesFromPools": pools,
+            "strategicPatches": [format!("{link}---\n{install}")]
+        }),
+    )
+}
+
 /// Talos 1.14's install document: the machines' installer and disk.
 fn install_patch() -> String {
     format!(
@@ -640,9 +854,11 @@ fn install_patch() -> String {
 }
 
 /// The seeds' HA cluster on the test infrastructure provider, its endpoint on loopback `port`
-/// (where the provider serves its real workload kube-apiserver).
-fn topology(port: u16) -> Vec<Value> {
+/// (where the provider serves its real workload kube-apiserver); with `static_addresses`, its
+/// machines' addresses from [`static_addresses::POOL`].
+fn topology(port: u16, static_addresses: bool) -> Vec<Value> {
     let infra = "infrastructure.cluster.x-k8s.io/v1alpha1";
+    let (control_plane_config, worker_config) = configs(static_addresses);
     vec![
         json!({"apiVersion": infra, "kind": "SimCluster", "metadata": {"name": CLUSTER}, "spec": {}}),
         json!({"apiVersion": infra, "kind": "SimMachineTemplate", "metadata": {"name": CP}, "spec": {"template": {"spec": {"talosVersion": TALOS_FIRST}}}}),
@@ -654,20 +870,13 @@ fn topology(port: u16) -> Vec<Value> {
                 "replicas": 3, "version": FIRST,
                 "infrastructureTemplate": {"apiVersion": infra, "kind": "SimMachineTemplate", "name": CP},
                 "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}},
-                "controlPlaneConfig": {"controlplane": {
-                    "generateType": "controlplane", "talosVersion": "v1.14",
-                    // The Spanish walkthrough's VIP, as a strategic patch valid for Talos v1.14.
-                    "strategicPatches": [format!("machine:\n  network:\n    interfaces:\n      - interface: eth0\n        dhcp: true\n        vip:\n          ip: 192.168.1.50\n---\n{}", install_patch())]
-                }}
+                "controlPlaneConfig": {"controlplane": control_plane_config}
             }
         }),
         json!({
             "apiVersion": "bootstrap.cluster.x-k8s.io/v1alpha3", "kind": "TalosConfigTemplate",
             "metadata": {"name": "mi-cluster-workers"},
-            "spec": {"template": {"spec": {
-                "generateType": "worker", "talosVersion": "v1.14",
-                "strategicPatches": [install_patch()]
-            }}}
+            "spec": {"template": {"spec": worker_config}}
         }),
         json!({
             "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
@@ -1082,6 +1291,11 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) {
 
 /// Run a command, echoing it and its output.
 fn run_shown(program: &Path, args: &[&str]) {
+    run_captured(program, args);
+}
+
+/// [`run_shown`], and whether the command succeeded, with its standard output.
+fn run_captured(program: &Path, args: &[&str]) -> (bool, String) {
     let name = program
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -1089,10 +1303,15 @@ fn run_shown(program: &Path, args: &[&str]) {
     println!("\n$ {name} {}", args.join(" "));
     match std::process::Command::new(program).args(args).output() {
         Ok(o) => {
-            print!("{}", String::from_utf8_lossy(&o.stdout));
+            let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+            print!("{stdout}");
             print!("{}", String::from_utf8_lossy(&o.stderr));
+            (o.status.success(), stdout)
         }
-        Err(e) => println!("({name}: {e})"),
+        Err(e) => {
+            println!("({name}: {e})");
+            (false, String::new())
+        }
     }
 }
 
@@ -1110,4 +1329,237 @@ async fn wait_for_stop() {
         }
     }
     println!("\nstopping");
+}
+
+/// `--static-addresses`: node addresses from Cluster API IPAM (the in-cluster provider's
+/// InClusterIPPool [`POOL`]), and the checks that the nodes took them.
+mod static_addresses {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    use kube::api::ListParams;
+    use serde_json::{Value, json};
+    use testkit::dynamic_api;
+    use testkit::tools::{Tool, locate};
+
+    use super::{CLUSTER, Demo, Failure, NS, progress, secret, write_private};
+
+    /// The pool's name, as the patches reference it (`((ipam.nodes.address))`).
+    pub const POOL: &str = "nodes";
+    const IPAM: &str = "ipam.cluster.x-k8s.io";
+    /// The pool's range: 20 addresses, for the 6 machines, the 3 the rolling upgrade adds and
+    /// the 2 of `--faults`' scale-up, should no address be freed on the way. Second octet 250:
+    /// `talos_sim::loopback_address` gives 127.<20–219>.x.y.
+    const RANGE: (Ipv4Addr, Ipv4Addr) = (
+        Ipv4Addr::new(127, 250, 0, 10),
+        Ipv4Addr::new(127, 250, 0, 29),
+    );
+    const GATEWAY: &str = "127.250.0.1";
+
+    /// The InClusterIPPool.
+    pub fn pool() -> Value {
+        json!({
+            "apiVersion": format!("{IPAM}/v1alpha2"), "kind": "InClusterIPPool",
+            "metadata": {"name": POOL},
+            "spec": {"addresses": [format!("{}-{}", RANGE.0, RANGE.1)], "prefix": 24, "gateway": GATEWAY},
+        })
+    }
+
+    /// The pool, as `addressesFromPools` names it.
+    pub fn reference() -> Value {
+        json!({"apiGroup": IPAM, "kind": "InClusterIPPool", "name": POOL})
+    }
+
+    /// eth0 at the machine's address from the pool, with the default route through the pool's
+    /// gateway (Talos 1.14's LinkConfig; docs/ipam.md).
+    pub fn link_patch() -> String {
+        format!(
+            "apiVersion: v1alpha1\nkind: LinkConfig\nname: eth0\nup: true\naddresses:\n  - address: ((ipam.{POOL}.address))/((ipam.{POOL}.prefix))\nroutes:\n  - gateway: ((ipam.{POOL}.gateway))\n"
+        )
+    }
+
+    /// What was observed: each Machine's address, the pool's IPAddresses, the talosconfig's
+    /// endpoints.
+    #[derive(Default)]
+    struct Seen {
+        /// Machine name → (control plane, address).
+        machines: BTreeMap<String, (bool, Option<String>)>,
+        /// Address → IPAddress name, for the pool's IPAddresses.
+        allocated: BTreeMap<String, String>,
+        endpoints: BTreeSet<String>,
+    }
+
+    impl Seen {
+        async fn read(client: &kube::Client) -> Seen {
+            let mut seen = Seen::default();
+            let machines = dynamic_api(client, NS, "cluster.x-k8s.io/v1beta2", "Machine");
+            for m in machines
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+            {
+                let cp = m
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key("cluster.x-k8s.io/control-plane"));
+                let address = m.data["status"]["addresses"][0]["address"]
+                    .as_str()
+                    .map(str::to_owned);
+                seen.machines
+                    .insert(m.metadata.name.unwrap_or_default(), (cp, address));
+            }
+            let addresses = dynamic_api(client, NS, &format!("{IPAM}/v1beta2"), "IPAddress");
+            for a in addresses
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+            {
+                let spec = &a.data["spec"];
+                if spec["poolRef"]["name"] == POOL
+                    && let Some(address) = spec["address"].as_str()
+                {
+                    seen.allocated
+                        .insert(address.to_owned(), a.metadata.name.unwrap_or_default());
+                }
+            }
+            if let Ok(config) =
+                secret(client, &format!("{CLUSTER}-talosconfig"), "talosconfig").await
+            {
+                seen.endpoints = endpoints(&config);
+            }
+            seen
+        }
+
+        /// What is not as it should be yet, if anything.
+        fn wrong(&self) -> Option<String> {
+            let mut used = BTreeSet::new();
+            for (name, (_, address)) in &self.machines {
+                let Some(address) = address else {
+                    return Some(format!("Machine {name} has no address yet"));
+                };
+                if !in_range(address) || !self.allocated.contains_key(address) {
+                    return Some(format!(
+                        "Machine {name} is at {address}, not an address of pool {POOL}"
+                    ));
+                }
+                if !used.insert(address) {
+                    return Some(format!("two Machines at {address}"));
+                }
+            }
+            let cps: BTreeSet<String> = self
+                .machines
+                .values()
+                .filter(|(cp, _)| *cp)
+                .filter_map(|(_, a)| a.clone())
+                .collect();
+            if self.endpoints != cps {
+                return Some(format!(
+                    "talosconfig endpoints {:?}, control planes at {cps:?}",
+                    self.endpoints
+                ));
+            }
+            None
+        }
+    }
+
+    fn in_range(address: &str) -> bool {
+        address
+            .parse::<Ipv4Addr>()
+            .is_ok_and(|a| (RANGE.0..=RANGE.1).contains(&a))
+    }
+
+    /// The endpoints of a talosconfig's current context.
+    fn endpoints(talosconfig: &str) -> BTreeSet<String> {
+        let Ok(config) = serde_yaml_ng::from_str::<Value>(talosconfig) else {
+            return BTreeSet::new();
+        };
+        let context = config["context"].as_str().unwrap_or_default();
+        config["contexts"][context]["endpoints"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every Machine at its own address of the pool, the talosconfig's endpoints at the
+    /// control planes' addresses, and the real talosctl, through those endpoints, answered by
+    /// every node at its address.
+    pub async fn check(d: &Demo<'_>) -> Result<(), Failure> {
+        super::step(&format!(
+            "Static addresses from pool {POOL} ({}-{})",
+            RANGE.0, RANGE.1
+        ));
+        let client = &d.client;
+        progress("static addresses", Duration::from_secs(120), async || {
+            let seen = Seen::read(client).await;
+            match seen.wrong() {
+                None => (
+                    true,
+                    format!(
+                        "{} Machines at addresses of pool {POOL}; talosconfig endpoints {:?}",
+                        seen.machines.len(),
+                        seen.endpoints
+                    ),
+                ),
+                Some(wrong) => (false, wrong),
+            }
+        })
+        .await?;
+        let seen = Seen::read(client).await;
+        println!("{:<34} {:<14} IPAddress", "Machine", "address");
+        for (name, (_, address)) in &seen.machines {
+            let address = address.as_deref().unwrap_or_default();
+            let claim = seen
+                .allocated
+                .get(address)
+                .map(String::as_str)
+                .unwrap_or_default();
+            println!("{name:<34} {address:<14} {claim}");
+        }
+        // The talosconfig as it is now: its endpoints follow the control planes' addresses.
+        let talosconfig = secret(client, &format!("{CLUSTER}-talosconfig"), "talosconfig").await?;
+        write_private(&d.talosconfig, &talosconfig)?;
+        let addresses: BTreeSet<String> = seen
+            .machines
+            .values()
+            .filter_map(|(_, a)| a.clone())
+            .collect();
+        talosctl_reaches(&d.talosconfig, &addresses)
+    }
+
+    /// The real talosctl, through the talosconfig's endpoints, asks every node its version:
+    /// each answers (`NODE: <address>`) at its address.
+    fn talosctl_reaches(
+        talosconfig: &std::path::Path,
+        addresses: &BTreeSet<String>,
+    ) -> Result<(), Failure> {
+        let talosctl = locate(Tool::Talosctl114).map_err(|e| e.to_string())?;
+        let nodes = addresses.iter().cloned().collect::<Vec<_>>().join(",");
+        let config = talosconfig.to_string_lossy();
+        let args = ["--talosconfig", &config, "-n", &nodes, "version", "--short"];
+        let (ok, out) = super::run_captured(&talosctl, &args);
+        let answered: BTreeSet<String> = out
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("NODE:"))
+            .map(|a| a.trim().to_owned())
+            .collect();
+        if !ok || &answered != addresses {
+            return Err(format!(
+                "talosctl reached {answered:?}, where the nodes are at {addresses:?}"
+            ));
+        }
+        println!(
+            "talosctl reached all {} nodes at their addresses from pool {POOL}",
+            answered.len()
+        );
+        Ok(())
+    }
 }

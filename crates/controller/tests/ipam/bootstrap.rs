@@ -180,15 +180,10 @@ async fn pausing_stops_claiming() {
     let (client, ns, _controller) = setup("ipam-pause").await;
     cluster(&client, &ns, "c", true).await;
     pool(&client, &ns, "nodes", 30, 39).await;
-    machine(
-        &client,
-        &ns,
-        "c",
-        "p-0",
-        worker_spec(&[address_patch("nodes")]),
-        false,
-    )
-    .await;
+    // Cluster API does not adopt objects of a paused Cluster; the label names it.
+    let label = json!({"cluster.x-k8s.io/cluster-name": "c"});
+    let spec = worker_spec(&[address_patch("nodes")]);
+    machine_labelled(&client, &ns, "c", "p-0", spec, false, label).await;
     wait_config(&client, &ns, "p-0", ConditionType::Paused, "True").await;
     assert_eq!(
         claims_and_addresses(&client, &ns).await,

@@ -394,6 +394,18 @@ mod tests {
         machineconfig::render::from_yaml(text).expect("rendered YAML parses")
     }
 
+    /// `spec` rendered for [`machine`] of cluster "c", with no per-machine values.
+    fn render_for_a_machine(spec: &TalosConfigSpec) -> Result<String, SpecError> {
+        machine_config(
+            spec,
+            &machine(),
+            &cluster(),
+            "c",
+            bundle(),
+            &MachineValues::default(),
+        )
+    }
+
     fn spec(generate: GenerateType) -> TalosConfigSpec {
         TalosConfigSpec {
             generate_type: Some(generate),
@@ -489,15 +501,7 @@ mod tests {
 
     #[test]
     fn cluster_network_version_and_endpoint_propagate() {
-        let text = machine_config(
-            &spec(GenerateType::Controlplane),
-            &machine(),
-            &cluster(),
-            "c",
-            bundle(),
-            &MachineValues::default(),
-        )
-        .expect("renders");
+        let text = render_for_a_machine(&spec(GenerateType::Controlplane)).expect("renders");
         let d = &docs(&text)[0];
         assert_eq!(
             d["cluster"]["controlPlane"]["endpoint"],
@@ -524,15 +528,7 @@ mod tests {
 
     #[test]
     fn workers_carry_no_ca_keys() {
-        let text = machine_config(
-            &spec(GenerateType::Worker),
-            &machine(),
-            &cluster(),
-            "c",
-            bundle(),
-            &MachineValues::default(),
-        )
-        .expect("renders");
+        let text = render_for_a_machine(&spec(GenerateType::Worker)).expect("renders");
         let d = &docs(&text)[0];
         assert_eq!(d["machine"]["type"], "worker");
         assert!(
@@ -560,15 +556,7 @@ mod tests {
             s.hostname = Some(HostnameSpec {
                 source: Some(source),
             });
-            let text = machine_config(
-                &s,
-                &machine(),
-                &cluster(),
-                "c",
-                bundle(),
-                &MachineValues::default(),
-            )
-            .expect("renders");
+            let text = render_for_a_machine(&s).expect("renders");
             assert!(
                 docs(&text)
                     .iter()
@@ -591,15 +579,7 @@ mod tests {
         s.strategic_patches = Some(vec![
             "machine:\n  install:\n    disk: /dev/nvme0n1\n".into(),
         ]);
-        let text = machine_config(
-            &s,
-            &machine(),
-            &cluster(),
-            "c",
-            bundle(),
-            &MachineValues::default(),
-        )
-        .expect("renders");
+        let text = render_for_a_machine(&s).expect("renders");
         assert_eq!(docs(&text)[0]["machine"]["install"]["disk"], "/dev/nvme0n1");
     }
 
@@ -613,15 +593,7 @@ mod tests {
             value: Some("x".into()),
             from: None,
         }]);
-        let err = machine_config(
-            &s,
-            &machine(),
-            &cluster(),
-            "c",
-            bundle(),
-            &MachineValues::default(),
-        )
-        .unwrap_err();
+        let err = render_for_a_machine(&s).unwrap_err();
         assert_eq!(err.reason(), api::conditions::reason::PATCH_FAILED);
         assert!(err.to_string().contains("JSON6902"), "{err}");
     }
@@ -631,15 +603,7 @@ mod tests {
         let mut s = spec(GenerateType::None);
         s.data = Some("version: v1alpha1\nmachine:\n  type: worker\n  token: t\ncluster:\n  clusterName: own\n".into());
         s.strategic_patches = Some(vec!["machine:\n  install:\n    disk: /dev/vdb\n".into()]);
-        let text = machine_config(
-            &s,
-            &machine(),
-            &cluster(),
-            "c",
-            bundle(),
-            &MachineValues::default(),
-        )
-        .expect("renders");
+        let text = render_for_a_machine(&s).expect("renders");
         let d = &docs(&text)[0];
         assert_eq!(d["cluster"]["clusterName"], "own");
         assert_eq!(d["machine"]["install"]["disk"], "/dev/vdb");
@@ -660,15 +624,7 @@ mod tests {
             from: Some("/machine/env/A".into()),
         };
         s.config_patches = Some(vec![copy("B"), copy("C")]);
-        let err = machine_config(
-            &s,
-            &machine(),
-            &cluster(),
-            "c",
-            bundle(),
-            &MachineValues::default(),
-        )
-        .unwrap_err();
+        let err = render_for_a_machine(&s).unwrap_err();
         match &err {
             SpecError::TooLarge { what, size, limit } => {
                 assert!(what.contains("rendered machine configuration"), "{err}");
@@ -679,15 +635,7 @@ mod tests {
         }
         // One copy fits.
         s.config_patches = Some(vec![copy("B")]);
-        machine_config(
-            &s,
-            &machine(),
-            &cluster(),
-            "c",
-            bundle(),
-            &MachineValues::default(),
-        )
-        .expect("800 KiB fits");
+        render_for_a_machine(&s).expect("800 KiB fits");
     }
 
     /// Eight strategic patches, each within the per-patch limits, that expand through YAML
@@ -706,15 +654,7 @@ mod tests {
         let mut s = spec(GenerateType::Worker);
         s.talos_version = Some("v1.13".into());
         s.strategic_patches = Some(vec![patch; 8]);
-        let err = machine_config(
-            &s,
-            &machine(),
-            &cluster(),
-            "c",
-            bundle(),
-            &MachineValues::default(),
-        )
-        .unwrap_err();
+        let err = render_for_a_machine(&s).unwrap_err();
         assert!(
             matches!(
                 &err,
@@ -841,15 +781,7 @@ mod tests {
     fn oversized_input_is_refused_before_parsing() {
         let mut s = spec(GenerateType::Worker);
         s.strategic_patches = Some(vec!["#".repeat(MAX_INPUT_BYTES + 1)]);
-        let err = machine_config(
-            &s,
-            &machine(),
-            &cluster(),
-            "c",
-            bundle(),
-            &MachineValues::default(),
-        )
-        .unwrap_err();
+        let err = render_for_a_machine(&s).unwrap_err();
         assert!(matches!(err, SpecError::TooLarge { .. }), "{err}");
     }
 }

@@ -5,6 +5,8 @@
 #[allow(unused_imports)] // not every test binary uses it
 pub use testkit::sim_infra;
 
+pub mod clusterctl;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,93 +1,7 @@
 //! `clusterctl move` to another management cluster.
 
 use super::*;
-
-/// clusterctl's inventory in a management cluster: its Provider CRD and one Provider per
-/// provider installed (Cluster API core, ours, the test infrastructure), and every CRD labelled
-/// for clusterctl's move discovery, as `clusterctl init` leaves them.
-async fn clusterctl_inventory(client: &kube::Client) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let config = testkit::tools::locate(testkit::tools::Tool::ClusterApiConfig).unwrap();
-    let inventory = testkit::crds_from_dir(&config.join("clusterctl-crd")).unwrap();
-    testkit::install_crds(client, &inventory).await.unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in crds.list(&ListParams::default()).await.unwrap() {
-        crds.patch(
-            &crd.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"clusterctl.cluster.x-k8s.io": ""}}})),
-        )
-        .await
-        .unwrap();
-    }
-    for (name, provider, kind, ns, version) in [
-        (
-            "cluster-api",
-            "cluster-api",
-            "CoreProvider",
-            "capi-system",
-            "v1.14.2",
-        ),
-        (
-            "bootstrap-talos",
-            "talos",
-            "BootstrapProvider",
-            "talos-capi-bootstrap-system",
-            "v0.1.0",
-        ),
-        (
-            "control-plane-talos",
-            "talos",
-            "ControlPlaneProvider",
-            "talos-capi-control-plane-system",
-            "v0.1.0",
-        ),
-        (
-            "infrastructure-sim",
-            "sim",
-            "InfrastructureProvider",
-            "sim-system",
-            "v0.1.0",
-        ),
-    ] {
-        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-        namespaces
-            .patch(
-                ns,
-                &PatchParams::apply("move-test"),
-                &Patch::Apply(
-                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-                ),
-            )
-            .await
-            .unwrap();
-        apply(
-            client,
-            ns,
-            json!({
-                "apiVersion": "clusterctl.cluster.x-k8s.io/v1alpha3", "kind": "Provider",
-                "metadata": {"name": name, "labels": {
-                    "cluster.x-k8s.io/provider": name, "clusterctl.cluster.x-k8s.io": ""}},
-                "providerName": provider, "type": kind, "version": version
-            }),
-        )
-        .await;
-    }
-}
-
-/// The data of every Secret of the cluster, by name.
-async fn cluster_secrets(client: &kube::Client, ns: &str, cluster: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Api::<Secret>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("cluster.x-k8s.io/cluster-name={cluster}")))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|s| (s.name_any(), serde_json::to_string(&s.data).unwrap()))
-        .collect();
-    out.sort();
-    out
-}
+use common::clusterctl::{self, cluster_secrets};
 
 #[tokio::test]
 async fn clusterctl_move_to_another_management_cluster_keeps_secrets_machines_and_members() {
@@ -98,12 +12,13 @@ async fn clusterctl_move_to_another_management_cluster_keeps_secrets_machines_an
     let (id, history_before, names_before, secrets_before) =
         settled_and_linked(&source, &ns, &infra).await;
 
-    let (target_cp, target) = a_target_management_cluster(&source, &ns).await;
+    let (target_cp, target) = clusterctl::target_management_cluster(&source, &ns, false).await;
     // Our controller runs in both management clusters, as it would; the infrastructure's
     // controller pauses during the move and then serves from the target.
     let (_target_controller, target_ctx) =
         start_controller_context(&target, &ns, Default::default());
-    clusterctl_move(&ns, &mut infra, &target_cp, &target).await;
+    let source_cp = testkit::shared().await.unwrap();
+    clusterctl::clusterctl_move(source_cp, &ns, &mut infra, &target_cp, &target).await;
 
     the_same_machines_and_secrets_in_the_target(
         &target,
@@ -162,73 +77,6 @@ async fn settled_and_linked(
     let secrets_before = cluster_secrets(source, ns, "mv").await;
     assert!(secrets_before.len() >= 4, "{secrets_before:?}");
     (id, history_before, names_before, secrets_before)
-}
-
-/// Starts a second management cluster with Cluster API core, our CRDs, clusterctl's inventory
-/// and the namespace; returns it and its client.
-async fn a_target_management_cluster(
-    source: &kube::Client,
-    ns: &str,
-) -> (testkit::LocalControlPlane, kube::Client) {
-    let target_cp = testkit::LocalControlPlane::builder()
-        .name("move-target")
-        .cluster_api()
-        .crds(testkit::tools::repo_root().join("config/crd/bases"))
-        .start()
-        .await
-        .unwrap();
-    let target = target_cp.client().await.unwrap();
-    clusterctl_inventory(source).await;
-    clusterctl_inventory(&target).await;
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(target.clone());
-    namespaces
-        .create(
-            &Default::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    (target_cp, target)
-}
-
-/// Pauses the infrastructure, runs clusterctl move, and serves the infrastructure from the
-/// target.
-async fn clusterctl_move(
-    ns: &str,
-    infra: &mut sim_infra::SimInfra,
-    target_cp: &testkit::LocalControlPlane,
-    target: &kube::Client,
-) {
-    infra.pause();
-    let scratch = tempfile::tempdir().unwrap();
-    let source_kubeconfig = scratch.path().join("source.kubeconfig");
-    testkit::shared()
-        .await
-        .unwrap()
-        .write_kubeconfig(&source_kubeconfig)
-        .unwrap();
-    let clusterctl = testkit::tools::locate(testkit::tools::Tool::Clusterctl).unwrap();
-    let home = scratch.path().join("home");
-    let moved = testkit::process::run(
-        &clusterctl,
-        &[
-            "move",
-            "--kubeconfig",
-            source_kubeconfig.to_str().unwrap(),
-            "--to-kubeconfig",
-            target_cp.kubeconfig_path().to_str().unwrap(),
-            "--namespace",
-            ns,
-        ],
-        &[
-            ("HOME", home.to_str().unwrap()),
-            ("CLUSTERCTL_DISABLE_VERSIONCHECK", "true"),
-        ],
-        "",
-    )
-    .unwrap();
-    assert!(moved.ok, "clusterctl move: {}", moved.output);
-    infra.serve_from(target);
 }
 
 /// In the target: the same machines, healthy members, and not one Secret written anew.

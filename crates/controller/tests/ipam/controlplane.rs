@@ -20,7 +20,8 @@ async fn machines_take_pool_addresses_through_scaling_rollouts_and_deletion() {
     let (client, ns, _controller) = setup("ipam-cp").await;
     let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
     pool(&client, &ns, "nodes", 10, 19).await;
-    cluster_from_pool(&client, &ns, "ip").await;
+    cluster_from_pool(&client, &ns, "ip", ("192.168.1.100", 6443)).await;
+    workers_from_pool(&client, &ns, "ip").await;
     addressed(&client, &ns, 3, 3).await;
     talosconfig_follows_the_control_planes(&client, &ns).await;
 
@@ -48,14 +49,24 @@ async fn machines_take_pool_addresses_through_scaling_rollouts_and_deletion() {
     released_down_to(&client, &ns, 0, 10).await;
 }
 
-/// Cluster `name`: its control plane of 3 and a MachineDeployment of 3 workers, all naming pool
-/// `nodes` and setting their address from it.
-async fn cluster_from_pool(client: &kube::Client, ns: &str, name: &str) {
-    let infra = "infrastructure.cluster.x-k8s.io/v1alpha1";
-    let patches = json!([
+/// The patches of every machine: its install disk, and its address from pool `nodes`.
+fn patches() -> Value {
+    json!([
         "machine:\n  install:\n    disk: /dev/sda\n",
         address_patch("nodes")
-    ]);
+    ])
+}
+
+/// Cluster `name` with its control-plane endpoint at `endpoint` (host, port): its control plane
+/// of 3, naming pool `nodes` and setting their address from it.
+pub(super) async fn cluster_from_pool(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    endpoint: (&str, u16),
+) {
+    let infra = "infrastructure.cluster.x-k8s.io/v1alpha1";
+    let patches = patches();
     apply(
         client,
         ns,
@@ -91,13 +102,19 @@ async fn cluster_from_pool(client: &kube::Client, ns: &str, name: &str) {
         "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
         "metadata": {"name": name},
         "spec": {
-            "controlPlaneEndpoint": {"host": "192.168.1.100", "port": 6443},
+            "controlPlaneEndpoint": {"host": endpoint.0, "port": endpoint.1},
             "clusterNetwork": {"pods": {"cidrBlocks": ["10.244.0.0/16"]}, "services": {"cidrBlocks": ["10.96.0.0/12"]}},
             "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "SimCluster", "name": name},
             "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io", "kind": "TalosControlPlane", "name": name}
         }
     }))
     .await;
+}
+
+/// A MachineDeployment of 3 workers of cluster `name`, naming pool `nodes` and setting their
+/// address from it.
+async fn workers_from_pool(client: &kube::Client, ns: &str, name: &str) {
+    let patches = patches();
     let workers = format!("{name}-workers");
     apply(
         client,
@@ -148,7 +165,7 @@ fn is_control_plane(m: &Machine) -> bool {
 /// Until `control_planes` and `workers` machines run, each at the address its claim is bound to
 /// (its Machine's, reported by its node's infrastructure), all different, and the control plane
 /// reports them ready. Returns machine → address.
-async fn addressed(
+pub(super) async fn addressed(
     client: &kube::Client,
     ns: &str,
     control_planes: usize,

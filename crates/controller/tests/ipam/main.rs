@@ -13,6 +13,7 @@ mod common;
 
 mod bootstrap;
 mod controlplane;
+mod move_;
 
 use std::collections::BTreeMap;
 

@@ -31,7 +31,7 @@ pub const CLAIM_LABEL: &str = "bootstrap.cluster.x-k8s.io/talosconfig-claim";
 /// The watch of the claims TalosConfigs make: by their label, sharded by `--watch-filter`.
 pub fn watched(options: &crate::Options) -> kube::runtime::watcher::Config {
     let selector = match &options.watch_filter {
-        Some(value) => format!("{CLAIM_LABEL},{}={value}", labels::WATCH_FILTER),
+        Some(value) => format!("{}={value},{CLAIM_LABEL}", labels::WATCH_FILTER),
         None => CLAIM_LABEL.to_owned(),
     };
     crate::cache::paged().labels(&selector)

@@ -824,6 +824,7 @@ async fn split_providers_serve_only_their_shard_and_count_errors_by_category() {
         "clusters",
         "talosconfigs",
         "taloscontrolplanes",
+        "ipaddressclaims",
     ] {
         let selector = if kind == "secrets" { labelled } else { &shard };
         assert!(

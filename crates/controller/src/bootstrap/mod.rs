@@ -90,34 +90,17 @@ pub fn controller(
     // MachinePools are few and only watched when asked for (Cluster API's MachinePool feature).
     let controller = if ctx.options.machine_pools {
         let pools = cache::capi_resource("MachinePool");
-        let events = crate::raw::watch(
-            cache::raw_api(&ctx.client, &ctx.options, &pools),
-            cache::filtered(&ctx.options),
-        );
-        controller.watches_stream_with(
-            cache::retried(events)
-                .touched_objects()
-                .map_ok(cache::dynamic),
-            |pool| config_of_pool(&pool),
-            pools,
-        )
+        let changes = changes(&ctx, &pools, cache::filtered(&ctx.options));
+        controller.watches_stream_with(changes, |pool| config_of_pool(&pool), pools)
     } else {
         controller
     };
     // The claims of TalosConfigs that name IPAM pools: one bound to an address renders its
     // TalosConfig.
     let claims = crate::ipam::claim_resource();
-    let events = crate::raw::watch(
-        cache::raw_api(&ctx.client, &ctx.options, &claims),
-        crate::ipam::watched(&ctx.options),
-    );
-    let controller = controller.watches_stream_with(
-        cache::retried(events)
-            .touched_objects()
-            .map_ok(cache::dynamic),
-        |claim| config_of_claim(&claim),
-        claims,
-    );
+    let changes = changes(&ctx, &claims, crate::ipam::watched(&ctx.options));
+    let controller =
+        controller.watches_stream_with(changes, |claim| config_of_claim(&claim), claims);
     Some(
         controller
             .run(reconcile, error_policy, ctx)
@@ -157,6 +140,18 @@ fn config_of_pool(pool: &DynamicObject) -> Option<ObjectRef<TalosConfig>> {
         .as_str()
         .filter(|_| config_ref["kind"] == "TalosConfig")?;
     Some(ObjectRef::new(name).within(&pool.namespace()?))
+}
+
+/// The objects of kind `ar` that `watched` selects, as they change.
+fn changes(
+    ctx: &Ctx,
+    ar: &kube::api::ApiResource,
+    watched: kube::runtime::watcher::Config,
+) -> impl futures::Stream<Item = Result<DynamicObject, kube::runtime::watcher::Error>> + use<> {
+    let events = crate::raw::watch(cache::raw_api(&ctx.client, &ctx.options, ar), watched);
+    cache::retried(events)
+        .touched_objects()
+        .map_ok(cache::dynamic)
 }
 
 /// The TalosConfig that made an IPAddressClaim.

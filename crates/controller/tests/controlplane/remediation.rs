@@ -2,38 +2,6 @@
 
 use super::*;
 
-/// What a MachineHealthCheck does to a machine it finds unhealthy: HealthCheckSucceeded False,
-/// and OwnerRemediated False to ask the control plane to remediate it.
-async fn mark_unhealthy(client: &kube::Client, ns: &str, machine: &str) {
-    let api = dynamic(client, ns, "cluster.x-k8s.io/v1beta2", "Machine");
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let condition = |t: &str, reason: &str| {
-        json!({
-            "type": t, "status": "False", "reason": reason, "lastTransitionTime": now,
-            "message": "set by the test as a MachineHealthCheck would",
-        })
-    };
-    for _ in 0..10 {
-        let mut m = api.get(machine).await.unwrap();
-        let mut conditions = m.data["status"]["conditions"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        conditions.push(condition("HealthCheckSucceeded", "UnhealthyNode"));
-        conditions.push(condition("OwnerRemediated", "WaitingForRemediation"));
-        m.data["status"]["conditions"] = json!(conditions);
-        // A conflict with Cluster API's own status writes: read again and retry.
-        if api
-            .replace_status(machine, &Default::default(), &m)
-            .await
-            .is_ok()
-        {
-            return;
-        }
-    }
-    panic!("could not mark machine {machine} unhealthy");
-}
-
 /// The replacement of `gone` (the machine naming it in its remediation-for), once the control
 /// plane is back to three healthy members.
 async fn replacement_of(

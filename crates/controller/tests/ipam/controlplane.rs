@@ -13,8 +13,8 @@ use super::*;
 /// Three control planes and three workers from one pool of ten addresses: every machine's node
 /// serves at the address its claim is bound to, and the talosconfig's endpoints are the control
 /// planes' addresses. Scale 3 → 5 → 3; a rolling update with maxSurge 1, then one with
-/// maxSurge 0, never hands a machine's address to another while it exists; deleting the
-/// cluster releases every claim.
+/// maxSurge 0, then a remediation, never hands a machine's address to another while it exists;
+/// deleting the cluster releases every claim.
 #[tokio::test]
 async fn machines_take_pool_addresses_through_scaling_rollouts_and_deletion() {
     let (client, ns, _controller) = setup("ipam-cp").await;
@@ -36,6 +36,8 @@ async fn machines_take_pool_addresses_through_scaling_rollouts_and_deletion() {
         roll(&client, &ns, &infra, max_surge).await;
         released_down_to(&client, &ns, 6, 4).await;
     }
+    remediated(&client, &ns).await;
+    released_down_to(&client, &ns, 6, 4).await;
     assert_eq!(*violations.lock().unwrap(), Vec::<String>::new());
 
     Api::<DynamicObject>::namespaced_with(
@@ -293,6 +295,24 @@ async fn roll(client: &kube::Client, ns: &str, _infra: &sim_infra::SimInfra, max
             .await
             .ok()?;
         (cps.items.len() == 3 && cps.iter().all(|m| !before.contains(&m.name_any()))).then_some(now)
+    })
+    .await;
+}
+
+/// A control-plane machine marked unhealthy (as a MachineHealthCheck marks it) is replaced, as in
+/// a rollout: until the replacement runs at its own claimed address.
+async fn remediated(client: &kube::Client, ns: &str) {
+    let before = addressed(client, ns, 3, 3).await;
+    let cps = Api::<Machine>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("cluster.x-k8s.io/control-plane"))
+        .await
+        .unwrap();
+    let sick = cps.items[0].name_any();
+    mark_unhealthy(client, ns, &sick).await;
+    let what = format!("machine {sick} remediated and replaced");
+    eventually(client, ns, "ip", &what, async || {
+        let now = addressed(client, ns, 3, 3).await;
+        (!now.contains_key(&sick) && now.len() == before.len()).then_some(())
     })
     .await;
 }

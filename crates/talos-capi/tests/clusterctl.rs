@@ -299,16 +299,10 @@ fn extra(flavour: &str) -> Extra {
     if flavour.contains("clusterclass") {
         extra.render = vec!["--endpoint", "https://10.0.0.50:6443"];
     }
-    // The static flavour: its pool's gateway, an installer image (it has no default), and the
-    // address of a machine, given as talos-capi would have it from the pool.
+    // The static flavour: its pool's gateway, and the address of a machine, given as
+    // talos-capi would have it from the pool.
     if flavour.contains("static") {
-        extra.env = vec![
-            ("NODE_GATEWAY", "10.0.0.1"),
-            (
-                "INSTALLER_IMAGE",
-                "images.invalid/nocloud-installer:v1.14.1",
-            ),
-        ];
+        extra.env = vec![("NODE_GATEWAY", "10.0.0.1")];
         extra.render = vec![
             "--value",
             "ipam.nodes.address=10.0.0.12",

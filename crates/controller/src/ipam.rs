@@ -298,12 +298,19 @@ pub async fn still_running(
         return Ok(None);
     }
     let ns = machine.namespace().unwrap_or_default();
-    let group = kube::discovery::group(client, &infra.api_group)
-        .await
-        .map_err(Error::kube(format!(
-            "discovering API group {}",
-            infra.api_group
-        )))?;
+    let group = match kube::discovery::group(client, &infra.api_group).await {
+        Ok(group) => group,
+        // No such API group (a hand-written reference, say): there is no such machine.
+        Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))) => {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(Error::kube(format!(
+                "discovering API group {}",
+                infra.api_group
+            ))(e));
+        }
+    };
     let Some((ar, _)) = group.recommended_kind(&infra.kind) else {
         return Ok(None);
     };

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use api::bootstrap::v1alpha3::TalosConfig;
 use api::capi::annotations;
-use api::conditions::{ConditionType, Observation, Status};
+use api::conditions::{ConditionType, Observation, Status, reason};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -66,7 +66,17 @@ pub(super) async fn finalize(ctx: &Ctx, scope: &Scope) -> Result<Action, Error> 
         return Ok(Action::await_change());
     }
     if let Some(waiting) = ipam::still_running(&ctx.client, scope.machine.as_ref()).await? {
-        tracing::debug!(talosconfig = %config.name_any(), "{waiting}");
+        let deleting = Observation::new(
+            ConditionType::Deleting,
+            Status::True,
+            reason::WAITING_FOR_DELETION,
+        )
+        .message(waiting);
+        let report = Report {
+            deleting: Some(deleting),
+            ..Report::default()
+        };
+        super::write_status(ctx, config, &report).await?;
         return Ok(Action::requeue(RELEASE_RECHECK));
     }
     ipam::release(&ctx.client, config).await?;

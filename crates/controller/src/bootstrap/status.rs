@@ -15,6 +15,8 @@ pub struct Report {
     pub config_up_to_date: Option<Observation>,
     pub fields_current: Option<Observation>,
     pub paused: Option<String>,
+    /// Being deleted, and what it waits for first.
+    pub deleting: Option<Observation>,
 }
 
 /// For contract v1.14 on: whether the patches set v1alpha1 fields Talos v1.14 moved into
@@ -73,6 +75,7 @@ pub fn status(
         &report.client_config,
         &report.config_up_to_date,
         &report.fields_current,
+        &report.deleting,
     ]
     .into_iter()
     .flatten()

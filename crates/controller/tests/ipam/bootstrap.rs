@@ -201,3 +201,50 @@ async fn pausing_stops_claiming() {
     wait_config(&client, &ns, "p-0", ConditionType::Ready, "True").await;
     assert_eq!(claims_and_addresses(&client, &ns).await, (1, 1));
 }
+
+/// A TalosConfig deleted by hand while its machine's infrastructure machine exists keeps its
+/// claim, saying why, until that machine is gone; then the claim and its address go.
+#[tokio::test]
+async fn a_talosconfig_deleted_by_hand_keeps_its_claim_while_its_machine_runs() {
+    let (client, ns, _controller) = setup("ipam-held").await;
+    cluster(&client, &ns, "c", false).await;
+    pool(&client, &ns, "nodes", 40, 49).await;
+    let spec = worker_spec(&[address_patch("nodes")]);
+    machine(&client, &ns, "c", "h-0", spec, false).await;
+    wait_config(&client, &ns, "h-0", ConditionType::Ready, "True").await;
+
+    Api::<api::bootstrap::v1alpha3::TalosConfig>::namespaced(client.clone(), &ns)
+        .delete("h-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let held = wait_config_where(&client, &ns, "h-0", ConditionType::Deleting, "True", |c| {
+        c.reason == reason::WAITING_FOR_DELETION
+    })
+    .await;
+    let message = config_condition(&held, ConditionType::Deleting)
+        .map(|c| c.message)
+        .unwrap_or_default();
+    assert!(message.contains("SimMachine h-0"), "{message}");
+    let claim = ipam_api(&client, &ns, "IPAddressClaim")
+        .get("h-0-nodes")
+        .await
+        .unwrap();
+    assert!(
+        claim.metadata.deletion_timestamp.is_none(),
+        "the claim is kept while the infrastructure machine exists"
+    );
+
+    dynamic(
+        &client,
+        &ns,
+        "infrastructure.cluster.x-k8s.io/v1alpha1",
+        "SimMachine",
+    )
+    .delete("h-0", &DeleteParams::default())
+    .await
+    .unwrap();
+    testkit::eventually("the claim and its address released", WAIT, async || {
+        (claims_and_addresses(&client, &ns).await == (0, 0)).then_some(())
+    })
+    .await;
+}

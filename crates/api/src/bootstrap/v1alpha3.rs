@@ -198,7 +198,7 @@ pub struct TalosConfigStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Conditions (metav1.Condition): Ready, DataSecretAvailable, ClientConfigAvailable,
-    /// ConfigUpToDate, ConfigFieldsCurrent (contract v1.14 on), Paused. Cluster API mirrors Ready to the Machine's BootstrapConfigReady.
+    /// ConfigUpToDate, ConfigFieldsCurrent (contract v1.14 on), Paused, Deleting (while its IPAM claims wait for the machine). Cluster API mirrors Ready to the Machine's BootstrapConfigReady.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     pub conditions: Option<Vec<Condition>>,

@@ -27,7 +27,8 @@ use testkit::{LocalControlPlane, sim_infra, unique_namespace};
 
 const LEASE: &str = "talos-capi-manager";
 
-/// A manager process named `name` (its Pod name) with short lease terms (4 s / 3 s / 1 s).
+/// A manager process named `name` (its Pod name) with short lease terms (10 s / 8 s / 1 s): short enough for a
+/// takeover in seconds, long enough that a leader on a loaded machine still renews in time.
 struct Manager {
     name: &'static str,
     process: ManagedProcess,
@@ -46,9 +47,9 @@ async fn manager(cp: &LocalControlPlane, ns: &str, name: &'static str) -> Manage
             "--leader-election-namespace",
             ns,
             "--leader-elect-lease-duration",
-            "4s",
+            "10s",
             "--leader-elect-renew-deadline",
-            "3s",
+            "8s",
             "--leader-elect-retry-period",
             "1s",
         ],
@@ -198,7 +199,7 @@ async fn one_of_two_managers_leads_a_frozen_leader_is_fenced_and_sigterm_hands_o
     signal(leader.pid, "STOP");
     let taken = eventually(
         "the standby taking over from a frozen leader",
-        Duration::from_secs(30),
+        WAIT,
         async || {
             let l = lease(&client, &ns).await?;
             holder(&l)
@@ -217,7 +218,7 @@ async fn one_of_two_managers_leads_a_frozen_leader_is_fenced_and_sigterm_hands_o
     signal(leader.pid, "CONT");
     let status = eventually(
         "the old leader exiting",
-        Duration::from_secs(20),
+        WAIT,
         async || leader.process.check_running().err(),
     )
     .await;
@@ -240,7 +241,7 @@ async fn one_of_two_managers_leads_a_frozen_leader_is_fenced_and_sigterm_hands_o
     // SIGTERM: the leader hands the lease back before exiting, so a new replica need not wait
     // for it to expire.
     signal(standby.pid, "TERM");
-    let status = eventually("the leader stopping", Duration::from_secs(20), async || {
+    let status = eventually("the leader stopping", WAIT, async || {
         standby.process.check_running().err()
     })
     .await;

@@ -44,6 +44,9 @@ impl Etcd {
     }
 
     async fn start_once(binary: &Path, dir: &Path, cleanup: bool) -> Result<Self, Error> {
+        // An attempt that lost the port race took a temporary `dir` with it (its lifeline
+        // removes it on exit), so each attempt makes sure it is there.
+        std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         let client_port = free_port()?;
         let peer_port = free_port()?;
         let url = format!("http://127.0.0.1:{client_port}");
@@ -142,5 +145,27 @@ impl Etcd {
     /// The client URL, e.g. `http://127.0.0.1:40123`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A retry after a lost port race finds the temporary directory removed by the failed
+    /// attempt's lifeline, and still starts.
+    #[tokio::test]
+    async fn an_attempt_after_a_failed_one_starts_in_a_removed_temporary_dir() {
+        let dir = crate::temp_dir("talos-capi-etcd-").unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+        let etcd = Etcd::start_once(&locate(Tool::Etcd).unwrap(), &dir, true)
+            .await
+            .unwrap();
+        assert!(etcd.check_running().is_ok());
+        drop(etcd);
+        assert!(
+            !dir.exists(),
+            "the lifeline removes the directory when etcd exits"
+        );
     }
 }

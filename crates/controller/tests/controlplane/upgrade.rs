@@ -162,7 +162,7 @@ async fn settled_with_a_node_that_rolls_back(
         client,
         ns,
         "t",
-        json!({"talosUpgrade": {"image": "ghcr.io/siderolabs/installer:v1.13.1", "timeoutSeconds": 60}}),
+        json!({"talosUpgrade": {"image": "ghcr.io/siderolabs/installer:v1.13.1", "timeoutSeconds": 900}}),
     )
     .await;
     (names, nodes, id, start)

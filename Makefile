@@ -33,6 +33,8 @@ lint: ## cargo fmt --check, clippy with warnings denied, shell syntax checks, ha
 # The OTLP pass keeps the workspace's feature set (--workspace), so it re-checks only talos-capi
 # and the OpenTelemetry crates; `-p talos-capi` would resolve other features and check again.
 	$(CARGO) clippy --workspace --all-targets --features talos-capi/otlp --locked -- -D warnings
+# The API crate alone, as a tool that depends only on it builds it (kube without its client).
+	$(CARGO) check -p talos-capi-api --lib --locked
 	for f in .ci/run hack/*.sh hack/tools/*.sh; do bash -n "$$f"; done
 
 .PHONY: crds

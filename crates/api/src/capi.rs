@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 
@@ -202,7 +202,7 @@ impl Cluster {
 }
 
 /// Whether `meta` carries annotation `key` (any value).
-pub fn has_annotation(meta: &kube::api::ObjectMeta, key: &str) -> bool {
+pub fn has_annotation(meta: &ObjectMeta, key: &str) -> bool {
     meta.annotations
         .as_ref()
         .is_some_and(|a| a.contains_key(key))

@@ -216,11 +216,9 @@ async fn one_of_two_managers_leads_a_frozen_leader_is_fenced_and_sigterm_hands_o
 
     // Thawed, the old leader finds its lease gone and exits without writing.
     signal(leader.pid, "CONT");
-    let status = eventually(
-        "the old leader exiting",
-        WAIT,
-        async || leader.process.check_running().err(),
-    )
+    let status = eventually("the old leader exiting", WAIT, async || {
+        leader.process.check_running().err()
+    })
     .await;
     assert!(
         status.to_string().contains("exit status: 1"),

@@ -738,6 +738,21 @@ pub async fn control_plane_cluster(
     replicas: i32,
     endpoint: (&str, u16),
 ) -> Result<(), crate::Error> {
+    let config = json!({
+        "generateType": "controlplane", "talosVersion": "v1.13",
+        "strategicPatches": ["machine:\n  install:\n    disk: /dev/sda\n"]
+    });
+    control_plane_cluster_with(client, ns, name, (replicas, endpoint), config).await
+}
+
+/// [`control_plane_cluster`] with `config` as the control plane's `controlPlaneConfig.controlplane`.
+pub async fn control_plane_cluster_with(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    (replicas, endpoint): (i32, (&str, u16)),
+    config: serde_json::Value,
+) -> Result<(), crate::Error> {
     let infra = crate::infra::api_version();
     let manifests = [
         json!({
@@ -750,10 +765,7 @@ pub async fn control_plane_cluster(
             "spec": {
                 "replicas": replicas, "version": "v1.35.0",
                 "infrastructureTemplate": {"apiVersion": infra, "kind": "SimMachineTemplate", "name": name},
-                "controlPlaneConfig": {"controlplane": {
-                    "generateType": "controlplane", "talosVersion": "v1.13",
-                    "strategicPatches": ["machine:\n  install:\n    disk: /dev/sda\n"]
-                }}
+                "controlPlaneConfig": {"controlplane": config}
             }
         }),
         json!({

@@ -18,7 +18,7 @@ use super::*;
 #[tokio::test]
 async fn machines_take_pool_addresses_through_scaling_rollouts_and_deletion() {
     let (client, ns, _controller) = setup("ipam-cp").await;
-    let infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
+    let _infra = sim_infra::start(&client, &ns, &["a", "b", "c"]);
     pool(&client, &ns, "nodes", 10, 19).await;
     cluster_from_pool(&client, &ns, "ip", ("192.168.1.100", 6443)).await;
     workers_from_pool(&client, &ns, "ip").await;
@@ -33,7 +33,7 @@ async fn machines_take_pool_addresses_through_scaling_rollouts_and_deletion() {
     released_down_to(&client, &ns, 6, 4).await;
 
     for max_surge in [1, 0] {
-        roll(&client, &ns, &infra, max_surge).await;
+        roll(&client, &ns, max_surge).await;
         released_down_to(&client, &ns, 6, 4).await;
     }
     remediated(&client, &ns).await;
@@ -67,50 +67,14 @@ pub(super) async fn cluster_from_pool(
     name: &str,
     endpoint: (&str, u16),
 ) {
-    let infra = "infrastructure.cluster.x-k8s.io/v1alpha1";
-    let patches = patches();
-    apply(
-        client,
-        ns,
-        json!({
-            "apiVersion": infra, "kind": "SimMachineTemplate",
-            "metadata": {"name": name}, "spec": {"template": {"spec": {}}}
-        }),
-    )
-    .await;
-    apply(client, ns, json!({
-        "apiVersion": "controlplane.cluster.x-k8s.io/v1alpha3", "kind": "TalosControlPlane",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 3, "version": "v1.35.0",
-            "infrastructureTemplate": {"apiVersion": infra, "kind": "SimMachineTemplate", "name": name},
-            "controlPlaneConfig": {"controlplane": {
-                "generateType": "controlplane", "talosVersion": "v1.13",
-                "addressesFromPools": [pool_ref("nodes")],
-                "strategicPatches": patches,
-            }}
-        }
-    }))
-    .await;
-    apply(
-        client,
-        ns,
-        json!({
-            "apiVersion": infra, "kind": "SimCluster", "metadata": {"name": name}, "spec": {}
-        }),
-    )
-    .await;
-    apply(client, ns, json!({
-        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-        "metadata": {"name": name},
-        "spec": {
-            "controlPlaneEndpoint": {"host": endpoint.0, "port": endpoint.1},
-            "clusterNetwork": {"pods": {"cidrBlocks": ["10.244.0.0/16"]}, "services": {"cidrBlocks": ["10.96.0.0/12"]}},
-            "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "SimCluster", "name": name},
-            "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io", "kind": "TalosControlPlane", "name": name}
-        }
-    }))
-    .await;
+    let config = json!({
+        "generateType": "controlplane", "talosVersion": "v1.13",
+        "addressesFromPools": [pool_ref("nodes")],
+        "strategicPatches": patches(),
+    });
+    sim_infra::control_plane_cluster_with(client, ns, name, (3, endpoint), config)
+        .await
+        .unwrap();
 }
 
 /// A MachineDeployment of 3 workers of cluster `name`, naming pool `nodes` and setting their
@@ -273,7 +237,7 @@ async fn released_down_to(client: &kube::Client, ns: &str, claims: usize, free_l
 
 /// Replace every control-plane machine (rolloutAfter now) with `max_surge`, until the three
 /// new ones run at their addresses.
-async fn roll(client: &kube::Client, ns: &str, _infra: &sim_infra::SimInfra, max_surge: i32) {
+async fn roll(client: &kube::Client, ns: &str, max_surge: i32) {
     let before: Vec<String> = addressed(client, ns, 3, 3).await.into_keys().collect();
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     Api::<TalosControlPlane>::namespaced(client.clone(), ns)

@@ -77,8 +77,11 @@ pub const MADE_FROM_TEMPLATE: &str = "controlplane.cluster.x-k8s.io/infrastructu
 pub const MADE_FROM_TEMPLATE_DIGEST: &str =
     "controlplane.cluster.x-k8s.io/infrastructure-template-digest";
 pub const MADE_FROM_CONFIG_DIGEST: &str = "controlplane.cluster.x-k8s.io/talos-config-digest";
-/// [`MADE_FROM_CONFIG_DIGEST`] of an adopted machine whose TalosConfig was gone when it was
-/// looked for: nothing to compare, and nothing to read again.
+/// The address pools a machine's TalosConfig claims from (see [`pools_key`]), recorded when it
+/// is made: its addresses are claimed then, so a change of pools replaces the machine.
+pub const MADE_WITH_POOLS: &str = "controlplane.cluster.x-k8s.io/address-pools";
+/// [`MADE_FROM_CONFIG_DIGEST`] or [`MADE_WITH_POOLS`] of an adopted machine whose TalosConfig
+/// was gone when it was looked for: nothing to compare, and nothing to read again.
 pub const UNKNOWN_DIGEST: &str = "unknown";
 
 /// An infrastructure template as read now.
@@ -176,9 +179,30 @@ pub fn config_digest(spec: &TalosConfigSpec) -> Result<String, Error> {
     ))
 }
 
-/// Record on a machine made before talos-capi recorded it (by CACPPT, or an older release)
-/// the digest of its TalosConfig's spec, read once, so a later controlPlaneConfig change
-/// rolls it. A machine whose TalosConfig is gone is marked [`UNKNOWN_DIGEST`] and left alone.
+/// The pools `spec` claims addresses from, as [`MADE_WITH_POOLS`] records them: each
+/// `Kind.group/name`, in order, comma-separated ("" for none).
+pub fn pools_key(spec: &TalosConfigSpec) -> String {
+    spec.addresses_from_pools
+        .iter()
+        .flatten()
+        .map(|p| format!("{}.{}/{}", p.kind, p.api_group, p.name))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Whether `machine` lacks a record [`record_config_digest`] makes.
+pub fn unrecorded(machine: &Machine) -> bool {
+    let annotations = machine.annotations();
+    !(annotations.contains_key(MADE_FROM_CONFIG_DIGEST)
+        && annotations.contains_key(MADE_WITH_POOLS))
+}
+
+/// Record on a machine made before talos-capi recorded them (by CACPPT, or an older release)
+/// the digest of its TalosConfig's spec and the pools it claims from, read once, so a later
+/// controlPlaneConfig change rolls it. A digest already recorded is kept (an in-place change
+/// moves it on, and the TalosConfig does not), and the pools a TalosConfig claims from never
+/// change. What a machine whose TalosConfig is gone lacks is marked [`UNKNOWN_DIGEST`], and
+/// not judged.
 pub async fn record_config_digest(ctx: &Ctx, machine: &Machine) -> Result<(), Error> {
     let ns = machine.namespace().unwrap_or_default();
     let Some(config) = machine
@@ -198,11 +222,21 @@ pub async fn record_config_digest(ctx: &Ctx, machine: &Machine) -> Result<(), Er
             "reading TalosConfig {ns}/{}",
             config.name
         )))?;
-    let digest = match found {
-        Some(config) => config_digest(&config.spec)?,
-        None => UNKNOWN_DIGEST.to_owned(),
+    let recorded = machine.annotations().get(MADE_FROM_CONFIG_DIGEST);
+    let annotations = match found {
+        Some(config) => json!({
+            MADE_FROM_CONFIG_DIGEST: match recorded {
+                Some(digest) => digest.clone(),
+                None => config_digest(&config.spec)?,
+            },
+            MADE_WITH_POOLS: pools_key(&config.spec),
+        }),
+        None => json!({
+            MADE_FROM_CONFIG_DIGEST: recorded.map_or(UNKNOWN_DIGEST, String::as_str),
+            MADE_WITH_POOLS: UNKNOWN_DIGEST,
+        }),
     };
-    let patch = json!({"metadata": {"annotations": {MADE_FROM_CONFIG_DIGEST: digest}}});
+    let patch = json!({"metadata": {"annotations": annotations}});
     Api::<DynamicObject>::namespaced_with(
         ctx.client.clone(),
         &ns,
@@ -650,6 +684,10 @@ impl Made<'_> {
         machine_annotations.insert(MADE_FROM_TEMPLATE.into(), template.reference.identity());
         machine_annotations.insert(MADE_FROM_TEMPLATE_DIGEST.into(), template.digest());
         machine_annotations.insert(MADE_FROM_CONFIG_DIGEST.into(), config_digest);
+        machine_annotations.insert(
+            MADE_WITH_POOLS.into(),
+            pools_key(&tcp.spec.control_plane_config.controlplane),
+        );
         if let Some(record) = remediation_for {
             machine_annotations.insert(annotations::REMEDIATION_FOR.into(), record.to_owned());
         }

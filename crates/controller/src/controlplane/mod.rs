@@ -267,6 +267,7 @@ fn made(m: &Machine) -> rollout::Made {
         template_digest: annotation(machines::MADE_FROM_TEMPLATE_DIGEST),
         config_digest: annotation(machines::MADE_FROM_CONFIG_DIGEST)
             .filter(|d| d != machines::UNKNOWN_DIGEST),
+        pools: annotation(machines::MADE_WITH_POOLS).filter(|p| p != machines::UNKNOWN_DIGEST),
         created: m
             .meta()
             .creation_timestamp
@@ -283,6 +284,7 @@ fn view(
     nodes: Option<&workload::Nodes>,
 ) -> MachineView {
     let made = made(m);
+    let other_pools = made.pools.as_ref().is_some_and(|p| *p != target.pools);
     MachineView {
         node_not_ready: nodes
             .and_then(|n| n.find(&talos::hostname(m), m.spec.provider_id.as_deref()))
@@ -326,11 +328,14 @@ fn view(
             .annotations()
             .get(upgrade::MARKER)
             .and_then(|v| upgrade::Marker::parse(v)),
-        config_pending: made
-            .config_digest
-            .as_ref()
-            .is_some_and(|d| *d != target.config_digest),
-        config_digest: made.config_digest.clone(),
+        // A machine on other pools is replaced, not changed in place: it has no claim to
+        // render the new configuration with.
+        config_pending: !other_pools
+            && made
+                .config_digest
+                .as_ref()
+                .is_some_and(|d| *d != target.config_digest),
+        config_digest: made.config_digest.clone().filter(|_| !other_pools),
         reconfigure: reconfigure_marker(m),
         talos_pending: talos_target.and_then(|want| {
             let runs = observed

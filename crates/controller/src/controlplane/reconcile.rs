@@ -393,6 +393,7 @@ fn target(
         config_needs_reboot: !reconfigure::reboots_in_place(desired.reboot_in_place, live)
             && reconfigure::needs_reboot(&markers, &config_digest),
         config_digest,
+        pools: machines::pools_key(&tcp.spec.control_plane_config.controlplane),
         rollout_after: tcp.spec.rollout_after.as_ref().map(|t| t.0),
         now,
     })
@@ -458,10 +459,7 @@ async fn housekeep_machines(
             machines::sync(ctx, &ns, &m.name_any(), &patch).await?;
         }
     }
-    for m in live().filter(|m| {
-        !m.annotations()
-            .contains_key(machines::MADE_FROM_CONFIG_DIGEST)
-    }) {
+    for m in live().filter(|m| machines::unrecorded(m)) {
         machines::record_config_digest(ctx, m).await?;
     }
     for m in live() {

@@ -238,6 +238,8 @@ pub struct Made {
     pub template_digest: Option<String>,
     /// Digest of its TalosConfig spec.
     pub config_digest: Option<String>,
+    /// The address pools its TalosConfig claims from (`machines::pools_key`).
+    pub pools: Option<String>,
     pub created: Timestamp,
 }
 
@@ -253,6 +255,9 @@ pub struct Target {
     /// [`super::reconfigure::needs_reboot`]): machines on another configuration are replaced.
     /// Otherwise they are changed in place, and not outdated for it.
     pub config_needs_reboot: bool,
+    /// The address pools a machine made now claims from: a machine claims its addresses when it
+    /// is made, so one recorded with other pools is replaced (never changed in place).
+    pub pools: String,
     pub rollout_after: Option<Timestamp>,
     pub now: Timestamp,
 }
@@ -286,6 +291,17 @@ pub fn outdated(made: &Made, target: &Target) -> Option<String> {
         why.push(
             "controlPlaneConfig changed, and Talos applies the change only with a reboot".into(),
         );
+    }
+    if let Some(was) = made.pools.as_ref().filter(|p| **p != target.pools) {
+        let named = |p: &str| match p {
+            "" => "none".to_owned(),
+            p => p.to_owned(),
+        };
+        why.push(format!(
+            "addressesFromPools {} → {}, and addresses are claimed when a machine is made",
+            named(was),
+            named(&target.pools)
+        ));
     }
     if let Some(after) = target.rollout_after
         && after <= target.now
@@ -710,6 +726,7 @@ mod tests {
             template: Some("MachineTemplate.infra/a".into()),
             template_digest: Some("t1".into()),
             config_digest: Some("c1".into()),
+            pools: Some("InClusterIPPool.ipam.cluster.x-k8s.io/nodes".into()),
             created: Timestamp::from_second(100).unwrap_or(Timestamp::UNIX_EPOCH),
         };
         let target = Target {
@@ -718,6 +735,7 @@ mod tests {
             template_digest: Some("t1".into()),
             config_digest: "c1".into(),
             config_needs_reboot: false,
+            pools: "InClusterIPPool.ipam.cluster.x-k8s.io/nodes".into(),
             rollout_after: None,
             now: Timestamp::from_second(200).unwrap_or(Timestamp::UNIX_EPOCH),
         };
@@ -765,6 +783,15 @@ mod tests {
                 "controlPlaneConfig changed, and Talos applies the change only with a reboot"
             )
         );
+        // Other pools: the machine has no claim on the new one, so it is replaced.
+        assert!(
+            why(Target {
+                config_digest: "c2".into(),
+                pools: String::new(),
+                ..target.clone()
+            })
+            .contains("addressesFromPools InClusterIPPool.ipam.cluster.x-k8s.io/nodes → none")
+        );
         let after = |s| Timestamp::from_second(s).ok();
         assert!(
             why(Target {
@@ -810,6 +837,7 @@ mod tests {
             template: None,
             template_digest: None,
             config_digest: None,
+            pools: None,
             ..made.clone()
         };
         assert_eq!(
@@ -818,6 +846,7 @@ mod tests {
                 &Target {
                     config_digest: "c2".into(),
                     template: Some("X.y/z".into()),
+                    pools: "InClusterIPPool.ipam.cluster.x-k8s.io/other".into(),
                     ..target
                 }
             ),

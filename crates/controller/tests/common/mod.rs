@@ -276,9 +276,18 @@ pub async fn wait_config_where(
         Ok(Ok(Some(config))) => config,
         _ => {
             let last = api.get_opt(name).await.ok().flatten();
+            // Cluster API's view of the Machine of the same name (the tests' convention): what
+            // it waits for, when it sets no owner on the TalosConfig.
+            let machine = dynamic(client, ns, "cluster.x-k8s.io/v1beta2", "Machine")
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .map(|m| json!({"metadata": m.metadata, "status": m.data["status"]}));
             panic!(
-                "TalosConfig {ns}/{name}: {cond} did not become {status}; last seen: {}",
-                serde_json::to_string_pretty(&last).unwrap_or_default()
+                "TalosConfig {ns}/{name}: {cond} did not become {status}; last seen: {}\nMachine {name}: {}",
+                serde_json::to_string_pretty(&last).unwrap_or_default(),
+                serde_json::to_string_pretty(&machine).unwrap_or_default()
             )
         }
     }

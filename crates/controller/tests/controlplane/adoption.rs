@@ -40,6 +40,7 @@ async fn settled_then_our_records_stripped(
         m::MADE_FROM_TEMPLATE.to_owned(),
         m::MADE_FROM_TEMPLATE_DIGEST.to_owned(),
         m::MADE_FROM_CONFIG_DIGEST.to_owned(),
+        m::MADE_WITH_POOLS.to_owned(),
         m::TEMPLATE_KEYS.to_owned(),
         cleanup_hook(),
     ];
@@ -87,6 +88,7 @@ async fn records_and_hook_back(
             let annotations = machine.annotations();
             [
                 m::MADE_FROM_CONFIG_DIGEST.to_owned(),
+                m::MADE_WITH_POOLS.to_owned(),
                 m::TEMPLATE_KEYS.to_owned(),
                 cleanup_hook(),
             ]

@@ -13,8 +13,8 @@ use super::*;
 /// Three control planes and three workers from one pool of ten addresses: every machine's node
 /// serves at the address its claim is bound to, and the talosconfig's endpoints are the control
 /// planes' addresses. Scale 3 → 5 → 3; a rolling update with maxSurge 1, then one with
-/// maxSurge 0, then a remediation, never hands a machine's address to another while it exists;
-/// deleting the cluster releases every claim.
+/// maxSurge 0, then a remediation, then naming a second pool, never hands a machine's address
+/// to another while it exists; deleting the cluster releases every claim.
 #[tokio::test]
 async fn machines_take_pool_addresses_through_scaling_rollouts_and_deletion() {
     let (client, ns, _controller) = setup("ipam-cp").await;
@@ -38,6 +38,8 @@ async fn machines_take_pool_addresses_through_scaling_rollouts_and_deletion() {
     }
     remediated(&client, &ns).await;
     released_down_to(&client, &ns, 6, 4).await;
+    another_pool_rolls_the_control_plane(&client, &ns).await;
+    released_down_to(&client, &ns, 9, 4).await;
     assert_eq!(*violations.lock().unwrap(), Vec::<String>::new());
 
     Api::<DynamicObject>::namespaced_with(
@@ -260,6 +262,46 @@ async fn roll(client: &kube::Client, ns: &str, max_surge: i32) {
             .ok()?;
         (cps.items.len() == 3 && cps.iter().all(|m| !before.contains(&m.name_any()))).then_some(now)
     })
+    .await;
+}
+
+/// Naming a second pool replaces every control-plane machine (a machine claims its addresses
+/// when it is made; none is changed in place without its claim), and each new one claims from
+/// both pools.
+async fn another_pool_rolls_the_control_plane(client: &kube::Client, ns: &str) {
+    let before: Vec<String> = addressed(client, ns, 3, 3).await.into_keys().collect();
+    pool(client, ns, "spare", 30, 39).await;
+    Api::<TalosControlPlane>::namespaced(client.clone(), ns)
+        .patch(
+            "ip",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"controlPlaneConfig": {"controlplane": {
+                "addressesFromPools": [pool_ref("nodes"), pool_ref("spare")],
+            }}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        client,
+        ns,
+        "ip",
+        "every control plane replaced, claiming from both pools",
+        async || {
+            addressed(client, ns, 3, 3).await;
+            let claims = bound_claims(client, ns).await;
+            let cps = Api::<Machine>::namespaced(client.clone(), ns)
+                .list(&ListParams::default().labels("cluster.x-k8s.io/control-plane"))
+                .await
+                .ok()?;
+            let replaced = cps.items.len() == 3
+                && cps.iter().all(|m| {
+                    let config = m.spec.bootstrap.config_ref.as_ref().map(|c| c.name.clone());
+                    !before.contains(&m.name_any())
+                        && config.is_some_and(|c| claims.contains_key(&format!("{c}-spare")))
+                });
+            replaced.then_some(())
+        },
+    )
     .await;
 }
 

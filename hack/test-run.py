@@ -64,6 +64,7 @@ WEIGHTS = {
     "controlplane": 900,
     "cacppt": 600,
     "e2e-faults": 420,
+    "demo-static-addresses": 120,
     "e2e": 300,
     "hostile_api": 150,
     "manager": 150,
@@ -141,6 +142,11 @@ def plan(args):
         "target/debug/demo", "--talos-capi", "target/debug/talos-capi", "--dir",
         "target/e2e-faults", "--faults", "--kill-seed", os.environ.get("KILL_SEED", "1"),
         "--scan-secrets"]))
+    # The demo with every node's address from Cluster API IPAM (docs/ipam.md): it checks the
+    # addresses, the talosconfig endpoints and talosctl at each node itself, and fails otherwise.
+    jobs.append(Job("default", "demo-static-addresses", [
+        "target/debug/demo", "--talos-capi", "target/debug/talos-capi", "--dir",
+        "target/demo-static-addresses", "--static-addresses"]))
     if not args.skip_release:
         jobs.append(Job("default", "release-binary", ["make", "--no-print-directory", "release-binary",
                                                            "RELEASE_PROFILE=release-ci"]))

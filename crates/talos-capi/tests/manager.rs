@@ -27,8 +27,9 @@ use testkit::{LocalControlPlane, sim_infra, unique_namespace};
 
 const LEASE: &str = "talos-capi-manager";
 
-/// A manager process named `name` (its Pod name) with short lease terms (10 s / 8 s / 1 s): short enough for a
-/// takeover in seconds, long enough that a leader on a loaded machine still renews in time.
+/// A manager process named `name` (its Pod name) with short lease terms (10 s / 8 s / 1 s):
+/// short enough for a takeover in seconds, long enough that a leader on a loaded machine still
+/// renews in time.
 struct Manager {
     name: &'static str,
     process: ManagedProcess,

@@ -240,68 +240,62 @@ async fn released_down_to(client: &kube::Client, ns: &str, claims: usize, free_l
 /// Replace every control-plane machine (rolloutAfter now) with `max_surge`, until the three
 /// new ones run at their addresses.
 async fn roll(client: &kube::Client, ns: &str, max_surge: i32) {
-    let before: Vec<String> = addressed(client, ns, 3, 3).await.into_keys().collect();
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    Api::<TalosControlPlane>::namespaced(client.clone(), ns)
-        .patch(
-            "ip",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {
-                "rolloutAfter": now,
-                "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": max_surge}},
-            }})),
-        )
-        .await
-        .unwrap();
+    let spec = json!({
+        "rolloutAfter": now,
+        "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": max_surge}},
+    });
     let what = format!("every control plane replaced with maxSurge {max_surge}");
-    eventually(client, ns, "ip", &what, async || {
-        let now = addressed(client, ns, 3, 3).await;
-        let cps = Api::<Machine>::namespaced(client.clone(), ns)
-            .list(&ListParams::default().labels("cluster.x-k8s.io/control-plane"))
-            .await
-            .ok()?;
-        (cps.items.len() == 3 && cps.iter().all(|m| !before.contains(&m.name_any()))).then_some(now)
-    })
-    .await;
+    replaced_after(client, ns, spec, &what, |_, _| true).await;
 }
 
 /// Naming a second pool replaces every control-plane machine (a machine claims its addresses
 /// when it is made; none is changed in place without its claim), and each new one claims from
 /// both pools.
 async fn another_pool_rolls_the_control_plane(client: &kube::Client, ns: &str) {
-    let before: Vec<String> = addressed(client, ns, 3, 3).await.into_keys().collect();
     pool(client, ns, "spare", 30, 39).await;
+    let spec = json!({"controlPlaneConfig": {"controlplane": {
+        "addressesFromPools": [pool_ref("nodes"), pool_ref("spare")],
+    }}});
+    let what = "every control plane replaced, claiming from both pools";
+    replaced_after(client, ns, spec, what, |m, claims| {
+        let config = m.spec.bootstrap.config_ref.as_ref();
+        config.is_some_and(|c| claims.contains_key(&format!("{}-spare", c.name)))
+    })
+    .await;
+}
+
+/// Merge `spec` into TalosControlPlane `ip`'s spec, until all three control-plane machines are
+/// new ones at their addresses, each satisfying `new` (given the bound claims).
+async fn replaced_after(
+    client: &kube::Client,
+    ns: &str,
+    spec: Value,
+    what: &str,
+    new: impl Fn(&Machine, &BTreeMap<String, String>) -> bool,
+) {
+    let before: Vec<String> = addressed(client, ns, 3, 3).await.into_keys().collect();
     Api::<TalosControlPlane>::namespaced(client.clone(), ns)
         .patch(
             "ip",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"controlPlaneConfig": {"controlplane": {
-                "addressesFromPools": [pool_ref("nodes"), pool_ref("spare")],
-            }}}})),
+            &Patch::Merge(json!({ "spec": spec })),
         )
         .await
         .unwrap();
-    eventually(
-        client,
-        ns,
-        "ip",
-        "every control plane replaced, claiming from both pools",
-        async || {
-            addressed(client, ns, 3, 3).await;
-            let claims = bound_claims(client, ns).await;
-            let cps = Api::<Machine>::namespaced(client.clone(), ns)
-                .list(&ListParams::default().labels("cluster.x-k8s.io/control-plane"))
-                .await
-                .ok()?;
-            let replaced = cps.items.len() == 3
-                && cps.iter().all(|m| {
-                    let config = m.spec.bootstrap.config_ref.as_ref().map(|c| c.name.clone());
-                    !before.contains(&m.name_any())
-                        && config.is_some_and(|c| claims.contains_key(&format!("{c}-spare")))
-                });
-            replaced.then_some(())
-        },
-    )
+    eventually(client, ns, "ip", what, async || {
+        addressed(client, ns, 3, 3).await;
+        let claims = bound_claims(client, ns).await;
+        let cps = Api::<Machine>::namespaced(client.clone(), ns)
+            .list(&ListParams::default().labels("cluster.x-k8s.io/control-plane"))
+            .await
+            .ok()?;
+        let replaced = cps.items.len() == 3
+            && cps
+                .iter()
+                .all(|m| !before.contains(&m.name_any()) && new(m, &claims));
+        replaced.then_some(())
+    })
     .await;
 }
 

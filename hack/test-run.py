@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOOR = {
     ("talos-capi-api", "capi_contract"): [],
     ("talos-capi-controller", "bootstrap"): [],
+    ("talos-capi-controller", "bootstrap_scale"): [],
     ("talos-capi-controller", "cabpt"): [],
     ("talos-capi-controller", "cacppt"): [],
     ("talos-capi-controller", "controlplane"): [],
@@ -69,6 +70,7 @@ WEIGHTS = {
     "hostile_api": 150,
     "manager": 150,
     "bootstrap": 150,
+    "bootstrap_scale": 120,
     "ipam": 150,
     "cabpt": 150,
     "clusterctl": 100,

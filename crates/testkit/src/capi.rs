@@ -54,6 +54,11 @@ impl ClusterApiManager {
     pub fn webhook_port(&self) -> u16 {
         self.0.webhook_port
     }
+
+    /// The manager's log (klog text, one line per record).
+    pub fn log_path(&self) -> &Path {
+        self.0.process.log_path()
+    }
 }
 
 /// How to run one controller-runtime manager of the Cluster API family (the core, a provider)

@@ -276,21 +276,50 @@ pub async fn wait_config_where(
         Ok(Ok(Some(config))) => config,
         _ => {
             let last = api.get_opt(name).await.ok().flatten();
-            // Cluster API's view of the Machine of the same name (the tests' convention): what
-            // it waits for, when it sets no owner on the TalosConfig.
-            let machine = dynamic(client, ns, "cluster.x-k8s.io/v1beta2", "Machine")
-                .get_opt(name)
-                .await
-                .ok()
-                .flatten()
-                .map(|m| json!({"metadata": m.metadata, "status": m.data["status"]}));
+            let machine = capi_view_of_machine(client, ns, name).await;
             panic!(
-                "TalosConfig {ns}/{name}: {cond} did not become {status}; last seen: {}\nMachine {name}: {}",
-                serde_json::to_string_pretty(&last).unwrap_or_default(),
-                serde_json::to_string_pretty(&machine).unwrap_or_default()
+                "TalosConfig {ns}/{name}: {cond} did not become {status}.\n{machine}\nTalosConfig (owners, status): {}",
+                last.map(
+                    |c| json!({"ownerReferences": c.metadata.owner_references, "status": c.status})
+                )
+                .unwrap_or_default()
             )
         }
     }
+}
+
+/// Cluster API's view of the Machine named like a TalosConfig (the tests' convention), for a
+/// wait that failed: the Machine's owners and conditions, and the core's log lines about it
+/// (its reconcile errors say why it set no owner on the TalosConfig).
+async fn capi_view_of_machine(client: &kube::Client, ns: &str, name: &str) -> String {
+    let machine = dynamic(client, ns, "cluster.x-k8s.io/v1beta2", "Machine")
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .map(|m| {
+            json!({
+                "ownerReferences": m.metadata.owner_references,
+                "finalizers": m.metadata.finalizers,
+                "conditions": m.data["status"]["conditions"],
+            })
+        })
+        .unwrap_or_default();
+    let key = format!("Machine=\"{ns}/{name}\"");
+    let log = shared()
+        .await
+        .ok()
+        .and_then(|cp| cp.cluster_api())
+        .and_then(|capi| std::fs::read_to_string(capi.log_path()).ok())
+        .unwrap_or_default();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&key)).collect();
+    let last = &lines[lines.len().saturating_sub(12)..];
+    format!(
+        "Machine {name}: {machine}\nCluster API's last {} of {} log lines about it:\n{}",
+        last.len(),
+        lines.len(),
+        last.join("\n")
+    )
 }
 
 /// The Secret `<cluster>-talos` holding `bundle` as CABPT writes it (key `bundle`), created

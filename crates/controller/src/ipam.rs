@@ -121,7 +121,7 @@ pub async fn claim(
                 exhausted |= free == Some(0);
                 waiting.push(pending_message(pool, &name, free));
             }
-            Err(problem) => waiting.push(problem),
+            Err(problem) => waiting.push(problem.to_string()),
         }
     }
     Ok(if waiting.is_empty() {
@@ -226,13 +226,25 @@ fn owned_by(claim: &DynamicObject, config: &TalosConfig) -> bool {
         .any(|o| o.kind == "TalosConfig" && Some(o.uid.as_str()) == uid)
 }
 
-/// The address bound to `claim`: `Ok(None)` while it has none, `Err` (a message) when the
-/// IPAddress it names is missing or unusable.
+/// Why the IPAddress a claim is bound to cannot be used (a message for the waiting condition).
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error("IPAddressClaim {claim} names IPAddress {address}, which does not exist")]
+    Missing { claim: String, address: String },
+    #[error("IPAddress {address} cannot be used: {source}")]
+    Invalid {
+        address: String,
+        source: machineconfig::values::AddressError,
+    },
+}
+
+/// The address bound to `claim`: `Ok(None)` while it has none, [`Unusable`] when the IPAddress
+/// it names is missing or unusable.
 async fn address(
     client: &kube::Client,
     ns: &str,
     claim: &DynamicObject,
-) -> Result<Result<Option<PoolAddress>, String>, Error> {
+) -> Result<Result<Option<PoolAddress>, Unusable>, Error> {
     let Some(name) = claim.data["status"]["addressRef"]["name"]
         .as_str()
         .filter(|n| !n.is_empty())
@@ -246,14 +258,17 @@ async fn address(
         .await
         .map_err(Error::kube(format!("reading IPAddress {ns}/{name}")))?
     else {
-        return Ok(Err(format!(
-            "IPAddressClaim {} names IPAddress {name}, which does not exist",
-            claim.name_any()
-        )));
+        return Ok(Err(Unusable::Missing {
+            claim: claim.name_any(),
+            address: name.to_owned(),
+        }));
     };
     Ok(pool_address(&ip.data["spec"])
         .map(Some)
-        .map_err(|e| format!("IPAddress {name} cannot be used: {e}")))
+        .map_err(|source| Unusable::Invalid {
+            address: name.to_owned(),
+            source,
+        }))
 }
 
 /// An IPAddress's spec as the values' [`PoolAddress`].

@@ -24,16 +24,19 @@ pub enum Mode {
     Container,
 }
 
+/// A mode [`Mode`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown mode {0:?}: use metal, cloud or container")]
+pub struct UnknownMode(pub String);
+
 impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Mode, String> {
+    type Err = UnknownMode;
+    fn from_str(s: &str) -> Result<Mode, UnknownMode> {
         match s {
             "metal" => Ok(Mode::Metal),
             "cloud" => Ok(Mode::Cloud),
             "container" => Ok(Mode::Container),
-            other => Err(format!(
-                "unknown mode {other:?}: use metal, cloud or container"
-            )),
+            other => Err(UnknownMode(other.to_owned())),
         }
     }
 }
@@ -682,7 +685,7 @@ fn validate_cluster(cluster: &Value, control_plane: bool, v114: bool, r: &mut Re
         {
             // Talos's validator accepts this; Kubernetes will not start with it.
             if let Err(reason) = parse_cidr(s.as_str().unwrap_or("")) {
-                r.warn(&format!("cluster.network.{field}[{i}]"), reason);
+                r.warn(&format!("cluster.network.{field}[{i}]"), reason.to_string());
             }
         }
     }
@@ -805,20 +808,36 @@ fn valid_endpoint_url(url: &str) -> bool {
     !host.is_empty() && (host.parse::<IpAddr>().is_ok() || valid_dns_name(host))
 }
 
+/// What is wrong with an `address/prefix`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?} is not a CIDR (expected 10.244.0.0/16)")]
+    NoPrefix(String),
+    #[error("{cidr:?}: {addr:?} is not an IP address")]
+    Address { cidr: String, addr: String },
+    #[error("{cidr:?}: prefix must be 0 to {max}")]
+    Prefix { cidr: String, max: u8 },
+}
+
 /// Parse `address/prefix`, explaining what is wrong.
-pub fn parse_cidr(cidr: &str) -> Result<(IpAddr, u8), String> {
+pub fn parse_cidr(cidr: &str) -> Result<(IpAddr, u8), CidrError> {
     let (addr, prefix) = cidr
         .split_once('/')
-        .ok_or_else(|| format!("{cidr:?} is not a CIDR (expected 10.244.0.0/16)"))?;
-    let addr: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{cidr:?}: {addr:?} is not an IP address"))?;
+        .ok_or_else(|| CidrError::NoPrefix(cidr.to_owned()))?;
+    let addr: IpAddr = addr.parse().map_err(|_| CidrError::Address {
+        cidr: cidr.to_owned(),
+        addr: addr.to_owned(),
+    })?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
-    let prefix: u8 = prefix
-        .parse()
-        .ok()
-        .filter(|p| *p <= max)
-        .ok_or_else(|| format!("{cidr:?}: prefix must be 0 to {max}"))?;
+    let prefix: u8 =
+        prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| CidrError::Prefix {
+                cidr: cidr.to_owned(),
+                max,
+            })?;
     Ok((addr, prefix))
 }
 

@@ -125,12 +125,17 @@ fn wanted(types: &[i32], entry: &Entry) -> bool {
             })
 }
 
+/// A listing's root that is not on the node (machined's error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("lstat {0}: no such file or directory")]
+pub(crate) struct NoSuchFile(String);
+
 /// The listing `request` gets from a node with `facts`, or the error machined returns.
-pub(crate) fn list(facts: Facts, request: &ListRequest) -> Result<Vec<FileInfo>, String> {
+pub(crate) fn list(facts: Facts, request: &ListRequest) -> Result<Vec<FileInfo>, NoSuchFile> {
     let tree = tree(facts);
     let root = normalized(&request.root);
     let Some(top) = tree.get(root.as_str()) else {
-        return Err(format!("lstat {root}: no such file or directory"));
+        return Err(NoSuchFile(root));
     };
     // Recursion off lists the root's entries; on, with depth 0, everything.
     let max_depth: i64 = match (request.recurse, request.recursion_depth) {
@@ -194,7 +199,7 @@ mod tests {
         }
     }
 
-    fn names(result: Result<Vec<FileInfo>, String>) -> Vec<String> {
+    fn names(result: Result<Vec<FileInfo>, NoSuchFile>) -> Vec<String> {
         result
             .unwrap_or_default()
             .into_iter()
@@ -215,8 +220,8 @@ mod tests {
     fn the_member_directory_exists_only_once_the_nodes_etcd_has_data() {
         let member = request("/var/lib/etcd/member", false, 0);
         assert_eq!(
-            list(facts(true, false), &member),
-            Err("lstat /var/lib/etcd/member: no such file or directory".into())
+            list(facts(true, false), &member).map_err(|e| e.to_string()),
+            Err("lstat /var/lib/etcd/member: no such file or directory".to_owned())
         );
         assert_eq!(
             names(list(facts(true, true), &member)),

@@ -23,8 +23,12 @@ use node::{Shared, lock, new_node, spawn_node};
 pub enum Error {
     #[error("node {0} already exists")]
     Duplicate(String),
-    #[error("invalid configuration for node {node}: {message}")]
-    Config { node: String, message: String },
+    #[error("invalid configuration for node {node}: {reason}")]
+    Config {
+        node: String,
+        #[source]
+        reason: node::ConfigRefused,
+    },
     #[error("no node {0}")]
     NoSuchNode(String),
 }
@@ -57,10 +61,10 @@ impl Simulator {
         let address = spec.address.to_string();
         let config =
             match &spec.config {
-                Some(data) => Some(Configured::parse(data, &spec.version).map_err(|message| {
+                Some(data) => Some(Configured::parse(data, &spec.version).map_err(|reason| {
                     Error::Config {
                         node: address.clone(),
-                        message,
+                        reason,
                     }
                 })?),
                 None => None,

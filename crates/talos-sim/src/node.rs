@@ -118,11 +118,28 @@ pub fn release_at_least(version: &str, minor: u32) -> bool {
     (number(parts.next()), number(parts.next())) >= (1, minor)
 }
 
+/// Why a node refuses a machine configuration, in Talos's words where Talos has them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigRefused {
+    #[error(transparent)]
+    Decode(#[from] machineconfig::Error),
+    #[error(
+        "error decoding document v1alpha1/{kind}/{name}: {kind:?} \"v1alpha1\": not registered"
+    )]
+    NotRegistered { kind: String, name: String },
+    #[error("{} error(s) occurred: {}", .0.len(), .0.join("; "))]
+    Invalid(Vec<String>),
+    #[error("no v1alpha1 document")]
+    NoV1alpha1,
+    #[error("machine.ca.crt is not a certificate")]
+    NoOsCa,
+}
+
 impl Configured {
     /// Validate and interpret a machine configuration (the checks a node of Talos `version`
     /// runs on apply; before v1.14 it does not know v1.14's document kinds).
-    pub fn parse(data: &str, version: &str) -> Result<Configured, String> {
-        let docs = machineconfig::render::from_yaml(data).map_err(|e| e.to_string())?;
+    pub fn parse(data: &str, version: &str) -> Result<Configured, ConfigRefused> {
+        let docs = machineconfig::render::from_yaml(data)?;
         if !release_at_least(version, 14)
             && let Some(doc) = docs.iter().find(|d| {
                 d.get("kind")
@@ -136,23 +153,17 @@ impl Configured {
                     .unwrap_or_default()
                     .to_owned()
             };
-            let (kind, name) = (field("kind"), field("name"));
-            return Err(format!(
-                "error decoding document v1alpha1/{kind}/{name}: {kind:?} \"v1alpha1\": not registered"
-            ));
+            return Err(ConfigRefused::NotRegistered {
+                kind: field("kind"),
+                name: field("name"),
+            });
         }
         let report = machineconfig::validate(&docs, machineconfig::Mode::Metal, false);
         if !report.is_valid() {
-            let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
-            return Err(format!(
-                "{} error(s) occurred: {}",
-                errors.len(),
-                errors.join("; ")
-            ));
+            let errors = report.errors.iter().map(ToString::to_string).collect();
+            return Err(ConfigRefused::Invalid(errors));
         }
-        let v1 = machineconfig::model::v1alpha1(&docs)
-            .map_err(|e| e.to_string())?
-            .ok_or("no v1alpha1 document")?;
+        let v1 = machineconfig::model::v1alpha1(&docs)?.ok_or(ConfigRefused::NoV1alpha1)?;
         let ca = v1
             .machine
             .as_ref()
@@ -172,10 +183,7 @@ impl Configured {
             cluster_id: machineconfig::model::cluster_id(&docs)
                 .unwrap_or_default()
                 .to_owned(),
-            os_ca_crt: ca
-                .crt
-                .and_then(pem)
-                .ok_or("machine.ca.crt is not a certificate")?,
+            os_ca_crt: ca.crt.and_then(pem).ok_or(ConfigRefused::NoOsCa)?,
             os_ca_key: ca.key.filter(|k| !k.is_empty()).and_then(pem),
             docs,
         })
@@ -215,8 +223,8 @@ const IMMEDIATE_FEATURES: &[&str] = &[
 
 /// Whether Talos can apply `new` over `current` without a reboot, as Talos decides it: the
 /// v1alpha1 documents must be equal once the fields it applies live are set aside (other
-/// documents apply live). `Err` carries Talos's message, naming the fields that differ.
-pub fn immediate_change(current: &[Value], new: &[Value]) -> Result<(), String> {
+/// documents apply live). `Err` names the fields that differ.
+pub fn immediate_change(current: &[Value], new: &[Value]) -> Result<(), NeedsReboot> {
     let v1 = |docs: &[Value]| {
         docs.iter()
             .find(|d| d.get("version").and_then(Value::as_str) == Some("v1alpha1"))
@@ -247,11 +255,14 @@ pub fn immediate_change(current: &[Value], new: &[Value]) -> Result<(), String> 
     }
     let mut differing = Vec::new();
     differences(&a, &b, String::new(), &mut differing);
-    Err(format!(
-        "this config change can't be applied in immediate mode\ndiff:\n{}",
-        differing.join("\n")
-    ))
+    Err(NeedsReboot(differing))
 }
+
+/// A change Talos applies only with a reboot: the differing fields, one `changed: path` each
+/// (its message is Talos's).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this config change can't be applied in immediate mode\ndiff:\n{}", .0.join("\n"))]
+pub struct NeedsReboot(pub Vec<String>);
 
 /// What a dry-run apply of `new` over `current` reports, as Talos words it: `Config diff:`
 /// then a diff (here one `-`/`+` line per differing field, as `path: value`), or
@@ -672,12 +683,22 @@ pub(crate) fn spawn_node(shared: Arc<Shared>, node: Arc<Node>) {
     });
 }
 
+/// Why a node has no TLS material to serve with.
+#[derive(Debug, thiserror::Error)]
+enum TlsError {
+    #[error(transparent)]
+    Certificate(#[from] rcgen::Error),
+    #[error("workers need the cluster's OS CA (simulated trustd)")]
+    NoOsCaKey,
+    #[error(transparent)]
+    OsCaKey(#[from] machineconfig::Error),
+}
+
 /// Maintenance: a per-boot self-signed certificate, no client certificates. Configured: an apid
 /// certificate signed by the cluster's OS CA, client certificates required and verified.
-fn tls_for(spec: &NodeSpec, state: &NodeState) -> Result<ServerTlsConfig, String> {
-    let err = |e: rcgen::Error| e.to_string();
-    let key = KeyPair::generate().map_err(err)?;
-    let mut params = CertificateParams::new(vec![spec.hostname.clone()]).map_err(err)?;
+fn tls_for(spec: &NodeSpec, state: &NodeState) -> Result<ServerTlsConfig, TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![spec.hostname.clone()])?;
     params
         .subject_alt_names
         .push(SanType::IpAddress(spec.address));
@@ -699,20 +720,17 @@ fn tls_for(spec: &NodeSpec, state: &NodeState) -> Result<ServerTlsConfig, String
     };
     match &state.config {
         None => {
-            let cert = params.self_signed(&key).map_err(err)?;
+            let cert = params.self_signed(&key)?;
             Ok(
                 ServerTlsConfig::new()
                     .identity(Identity::from_pem(cert.pem(), key.serialize_pem())),
             )
         }
         Some(c) => {
-            let ca_key = c
-                .os_ca_key
-                .clone()
-                .ok_or("workers need the cluster's OS CA (simulated trustd)")?;
-            let ca_key = machineconfig::secrets::signing_key(&ca_key).map_err(|e| e.to_string())?;
-            let issuer = Issuer::from_ca_cert_pem(&c.os_ca_crt, ca_key).map_err(err)?;
-            let cert = params.signed_by(&key, &issuer).map_err(err)?;
+            let ca_key = c.os_ca_key.clone().ok_or(TlsError::NoOsCaKey)?;
+            let ca_key = machineconfig::secrets::signing_key(&ca_key)?;
+            let issuer = Issuer::from_ca_cert_pem(&c.os_ca_crt, ca_key)?;
+            let cert = params.signed_by(&key, &issuer)?;
             Ok(ServerTlsConfig::new()
                 .identity(Identity::from_pem(cert.pem(), key.serialize_pem()))
                 .client_ca_root(Certificate::from_pem(&c.os_ca_crt)))
@@ -775,7 +793,9 @@ mod tests {
         );
         let env = doc(json!({"type": "controlplane", "env": {"HTTP_PROXY": "x"},
             "features": {"kubePrism": {"enabled": false}}}));
-        let refused = immediate_change(&current, &env).expect_err("needs a reboot");
+        let refused = immediate_change(&current, &env)
+            .expect_err("needs a reboot")
+            .to_string();
         assert!(
             refused.starts_with("this config change can't be applied in immediate mode"),
             "{refused}"

@@ -490,7 +490,7 @@ fn apply_mode(
     asked: apply_configuration_request::Mode,
     maintenance: bool,
     live_only: bool,
-    immediate: impl Fn() -> Result<(), String>,
+    immediate: impl Fn() -> Result<(), crate::node::NeedsReboot>,
 ) -> Result<apply_configuration_request::Mode, Status> {
     use apply_configuration_request::Mode;
     Ok(match asked {
@@ -504,7 +504,7 @@ fn apply_mode(
         _ if live_only => asked,
         _ if maintenance => Mode::Reboot,
         Mode::Try | Mode::NoReboot => {
-            immediate().map_err(Status::invalid_argument)?;
+            immediate().map_err(|e| Status::invalid_argument(e.to_string()))?;
             asked
         }
         Mode::Auto if immediate().is_ok() => Mode::NoReboot,
@@ -1116,7 +1116,7 @@ impl Api {
             etcd_member,
             modified,
         };
-        crate::files::list(facts, request).map_err(Status::unknown)
+        crate::files::list(facts, request).map_err(|e| Status::unknown(e.to_string()))
     }
 }
 

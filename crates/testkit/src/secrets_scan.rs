@@ -12,6 +12,25 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
+/// Why the secrets of a bundle, talosconfig or kubeconfig could not be taken. The parser's own
+/// message is kept as the source only, as it may quote the text.
+#[derive(Debug, thiserror::Error)]
+pub enum NeedleError {
+    #[error("the {what} is not YAML")]
+    Yaml {
+        what: &'static str,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("the bundle has no certs")]
+    NoCerts,
+}
+
+/// `yaml` parsed, as the `what` it should be.
+fn parse(what: &'static str, yaml: &str) -> Result<Value, NeedleError> {
+    serde_yaml_ng::from_str(yaml).map_err(|source| NeedleError::Yaml { what, source })
+}
+
 /// Text the operator emitted, named for the report.
 #[derive(Debug)]
 pub struct Haystack {
@@ -86,8 +105,8 @@ impl Needles {
     }
 
     /// The secrets of a Talos secrets bundle (YAML, as `<cluster>-talos` holds it).
-    pub fn add_bundle(&mut self, yaml: &str) -> Result<(), String> {
-        let bundle: Value = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
+    pub fn add_bundle(&mut self, yaml: &str) -> Result<(), NeedleError> {
+        let bundle = parse("bundle", yaml)?;
         for (what, pointer) in [
             ("bundle cluster.secret", "/cluster/secret"),
             ("bundle bootstrap token", "/secrets/bootstraptoken"),
@@ -105,7 +124,7 @@ impl Needles {
         let certs = bundle
             .get("certs")
             .and_then(Value::as_object)
-            .ok_or("the bundle has no certs")?;
+            .ok_or(NeedleError::NoCerts)?;
         for (name, pair) in certs {
             if let Some(key) = pair.get("key").and_then(Value::as_str) {
                 self.add_key(&format!("bundle certs.{name}.key"), key);
@@ -115,8 +134,8 @@ impl Needles {
     }
 
     /// The client keys of a talosconfig.
-    pub fn add_talosconfig(&mut self, yaml: &str) -> Result<(), String> {
-        let config: Value = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
+    pub fn add_talosconfig(&mut self, yaml: &str) -> Result<(), NeedleError> {
+        let config = parse("talosconfig", yaml)?;
         for (name, context) in config["contexts"].as_object().into_iter().flatten() {
             if let Some(key) = context.get("key").and_then(Value::as_str) {
                 self.add_key(&format!("talosconfig {name} key"), key);
@@ -126,8 +145,8 @@ impl Needles {
     }
 
     /// The client keys and tokens of a kubeconfig.
-    pub fn add_kubeconfig(&mut self, yaml: &str) -> Result<(), String> {
-        let config: Value = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
+    pub fn add_kubeconfig(&mut self, yaml: &str) -> Result<(), NeedleError> {
+        let config = parse("kubeconfig", yaml)?;
         for user in config["users"].as_array().into_iter().flatten() {
             if let Some(key) = user["user"]["client-key-data"].as_str() {
                 self.add_key("kubeconfig client key", key);

@@ -265,19 +265,34 @@ const PASS_LIMIT: Duration = Duration::from_secs(60);
 /// on a loaded machine).
 const WORKLOADS_LIMIT: Duration = Duration::from_secs(180);
 
-/// What `pass` did (its error as text), or an error once it took longer than `limit`.
-async fn within<E: std::fmt::Display>(
-    limit: Duration,
-    pass: impl std::future::Future<Output = Result<(), E>>,
-) -> Result<(), String> {
-    match tokio::time::timeout(limit, pass).await {
-        Ok(done) => done.map_err(text),
-        Err(_) => Err(format!("the pass took longer than {limit:?}")),
-    }
+/// Why a pass stopped (it is taken again from the start).
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Harness(#[from] crate::Error),
+    #[error(transparent)]
+    Bundle(#[from] machineconfig::Error),
+    #[error("the cluster CA: {0}")]
+    Pem(#[from] machineconfig::DecodeError),
+    #[error("a Node: {0}")]
+    Node(#[from] serde_json::Error),
+    #[error("endpoint port {0} is out of range")]
+    Port(u64),
+    #[error("the pass took longer than {0:?}")]
+    TooLong(Duration),
 }
 
-fn text(e: impl std::fmt::Display) -> String {
-    e.to_string()
+/// What `pass` did, or an error once it took longer than `limit`.
+async fn within<E: Into<PassError>>(
+    limit: Duration,
+    pass: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), PassError> {
+    match tokio::time::timeout(limit, pass).await {
+        Ok(done) => done.map_err(Into::into),
+        Err(_) => Err(PassError::TooLong(limit)),
+    }
 }
 
 /// The Clusters with an endpoint on 127.0.0.1 whose etcd is bootstrapped and whose API server
@@ -287,11 +302,11 @@ async fn bootstrapped_clusters(
     ns: &str,
     sim: &Simulator,
     served: &BTreeMap<String, Workload>,
-) -> Result<Vec<(String, u16, machineconfig::SecretsBundle)>, String> {
+) -> Result<Vec<(String, u16, machineconfig::SecretsBundle)>, PassError> {
     let clusters = dynamic(client, ns, "cluster.x-k8s.io/v1beta2", "Cluster");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut found = Vec::new();
-    for cluster in clusters.list(&ListParams::default()).await.map_err(text)? {
+    for cluster in clusters.list(&ListParams::default()).await? {
         let name = cluster.name_any();
         let endpoint = &cluster.data["spec"]["controlPlaneEndpoint"];
         let Some(port) = endpoint["port"]
@@ -303,11 +318,7 @@ async fn bootstrapped_clusters(
         if served.contains_key(&name) {
             continue;
         }
-        let Some(bundle) = secrets
-            .get_opt(&format!("{name}-talos"))
-            .await
-            .map_err(text)?
-        else {
+        let Some(bundle) = secrets.get_opt(&format!("{name}-talos")).await? else {
             continue;
         };
         let data: BTreeMap<String, Vec<u8>> = bundle
@@ -316,13 +327,14 @@ async fn bootstrapped_clusters(
             .into_iter()
             .map(|(k, v)| (k, v.0))
             .collect();
-        let bundle = machineconfig::SecretsBundle::from_cabpt_secret(&data).map_err(text)?;
+        let bundle = machineconfig::SecretsBundle::from_cabpt_secret(&data)?;
         let bootstrapped = sim
             .etcd_history(&bundle.cluster.id)
             .iter()
             .any(|c| c.op == talos_sim::etcd::Op::Bootstrap);
         if bootstrapped {
-            found.push((name, u16::try_from(port).map_err(text)?, bundle));
+            let port = u16::try_from(port).map_err(|_| PassError::Port(port))?;
+            found.push((name, port, bundle));
         }
     }
     Ok(found)
@@ -334,35 +346,33 @@ async fn serve_workloads(
     ns: &str,
     sim: &Simulator,
     nodes: &mut Nodes,
-) -> Result<(), String> {
+) -> Result<(), PassError> {
     let etcd = nodes.workload_etcd.clone();
     let Some(workloads) = nodes.workloads.as_mut() else {
         return Ok(());
     };
     let mut builders = Vec::new();
     for (name, port, bundle) in bootstrapped_clusters(client, ns, sim, workloads).await? {
-        let crt = machineconfig::secrets::decode_pem(&bundle.certs.k8s.crt).map_err(text)?;
-        let key = machineconfig::secrets::decode_pem(&bundle.certs.k8s.key).map_err(text)?;
-        let key = machineconfig::secrets::signing_key(&key)
-            .map_err(text)?
-            .serialize_pem();
+        let crt = machineconfig::secrets::decode_pem(&bundle.certs.k8s.crt)?;
+        let key = machineconfig::secrets::decode_pem(&bundle.certs.k8s.key)?;
+        let key = machineconfig::secrets::signing_key(&key)?.serialize_pem();
         let etcd = match &etcd {
             Some(etcd) => Arc::clone(etcd),
-            None => crate::shared().await.map_err(text)?.etcd(),
+            None => crate::shared().await?.etcd(),
         };
         let builder = crate::LocalControlPlane::builder()
             .name(&name)
             .etcd(etcd, &format!("/workload/{ns}/{name}"))
-            .ca(crate::pki::Ca::from_pem(&crt, &key).map_err(text)?)
+            .ca(crate::pki::Ca::from_pem(&crt, &key)?)
             .port(port);
         builders.push((name, builder));
     }
     // Clusters bootstrapped at about the same time (a benchmark's ten) start their API servers
     // together, not one after the other.
     let started = futures::future::join_all(builders.into_iter().map(|(name, builder)| async {
-        let apiserver = builder.start().await.map_err(text)?;
-        let client = apiserver.client().await.map_err(text)?;
-        Ok::<_, String>((name, apiserver, client))
+        let apiserver = builder.start().await?;
+        let client = apiserver.client().await?;
+        Ok::<_, PassError>((name, apiserver, client))
     }))
     .await;
     // One that failed is tried again at the next pass; the others are served from now on.
@@ -402,7 +412,7 @@ async fn serve_workloads(
         if reported.get(&started.machine) == Some(&now_seen) {
             continue;
         }
-        if api.get_opt(&started.machine).await.map_err(text)?.is_none() {
+        if api.get_opt(&started.machine).await?.is_none() {
             let labels = if started.control_plane {
                 json!({"node-role.kubernetes.io/control-plane": ""})
             } else {
@@ -413,12 +423,8 @@ async fn serve_workloads(
                 "metadata": {"name": started.machine, "labels": labels},
                 "spec": {"providerID": format!("sim://{ns}/{}", started.machine)},
             });
-            api.create(
-                &Default::default(),
-                &serde_json::from_value(node).map_err(text)?,
-            )
-            .await
-            .map_err(text)?;
+            api.create(&Default::default(), &serde_json::from_value(node)?)
+                .await?;
         }
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         let condition = |type_: &str, status: &str, reason: &str| {
@@ -444,8 +450,7 @@ async fn serve_workloads(
                 "nodeInfo": node_info(status.map(|(_, version)| version).as_deref()),
             }})),
         )
-        .await
-        .map_err(text)?;
+        .await?;
         reported.insert(started.machine.clone(), now_seen);
     }
     Ok(())

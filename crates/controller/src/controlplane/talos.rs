@@ -816,6 +816,15 @@ pub async fn apply_config(
 /// The most differing fields a drift report names.
 const MAX_DRIFT_FIELDS: usize = 10;
 
+/// Why the configuration a node runs could not be compared with what it should run.
+#[derive(Debug, thiserror::Error)]
+pub enum DriftError {
+    #[error(transparent)]
+    Talos(#[from] talos_api::Error),
+    #[error("the node sent no reply")]
+    NoReply,
+}
+
 /// The fields in which the configuration the node at `address` runs differs from `data`, as
 /// the node's dry-run apply reports them; empty when it runs exactly `data`. Only field names
 /// are taken from the diff, never values: the diff of a machine configuration carries keys
@@ -825,21 +834,16 @@ pub async fn config_drift(
     talosconfig: &str,
     address: &str,
     data: &str,
-) -> Result<Vec<String>, String> {
-    let client = ctx
-        .nodes
-        .connect(talosconfig, vec![address.to_owned()])
-        .map_err(|e| e.to_string())?;
+) -> Result<Vec<String>, DriftError> {
+    let client = ctx.nodes.connect(talosconfig, vec![address.to_owned()])?;
     let replies = client
         .apply_configuration_dry_run(&Nodes::Endpoint, data.as_bytes().to_vec())
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let reply = replies
         .into_iter()
         .next()
-        .ok_or("the node sent no reply")?
-        .result
-        .map_err(|e| e.to_string())?;
+        .ok_or(DriftError::NoReply)?
+        .result?;
     Ok(diff_fields(&reply.mode_details))
 }
 

@@ -119,7 +119,7 @@ impl Input {
             return Err(input("cluster name", "", "must not be empty"));
         }
         for cidr in self.pod_subnets.iter().chain(&self.service_subnets) {
-            crate::validate::parse_cidr(cidr).map_err(|r| input("CIDR", cidr, &r))?;
+            crate::validate::parse_cidr(cidr).map_err(|r| input("CIDR", cidr, &r.to_string()))?;
         }
         let k8s = self.kubernetes_version.trim_start_matches('v');
         if k8s.split('.').count() != 3 || k8s.split('.').any(|p| p.is_empty()) {

@@ -60,8 +60,9 @@ async fn five_nodes_upgrade_two_at_a_time_and_a_talos_without_lifecycle_service_
     settled(&client, &ns, "u", &infra.sim, 5).await;
     let names = machine_names(&client, &ns).await;
     let nodes = node_addresses(&client, &ns, &names).await;
-    // Talos before 1.13 has no LifecycleService; each boot takes a while (3 s, so the two
-    // upgrades overlap even when a loaded machine slows the controller's next look).
+    // Talos before 1.13 has no LifecycleService. An upgraded node stays down until released,
+    // so the first upgrade is still on when the controller starts the second, however slow
+    // the machine (a 3 s boot was not enough in CI).
     for node in &nodes {
         infra
             .sim
@@ -70,7 +71,7 @@ async fn five_nodes_upgrade_two_at_a_time_and_a_talos_without_lifecycle_service_
                     "LifecycleService.Upgrade".into(),
                     tonic::Code::Unimplemented,
                 );
-                f.slow_boot = Duration::from_secs(3);
+                f.hold_restarts = true;
             })
             .unwrap();
     }
@@ -98,6 +99,23 @@ async fn five_nodes_upgrade_two_at_a_time_and_a_talos_without_lifecycle_service_
         json!({"talosUpgrade": {"image": "ghcr.io/siderolabs/installer:v1.13.1", "maxParallel": 2}}),
     )
     .await;
+    eventually(
+        &client,
+        &ns,
+        "u",
+        "two machines upgrading at once",
+        async || {
+            let markers = upgrade_markers(&client, &ns).await;
+            (markers.iter().filter(|(_, m)| m.is_some()).count() == 2).then_some(())
+        },
+    )
+    .await;
+    for node in &nodes {
+        infra
+            .sim
+            .set_failures(node, |f| f.hold_restarts = false)
+            .unwrap();
+    }
     all_upgraded(&client, &ns, "u", &infra.sim, &nodes, "v1.13.1").await;
     watching.abort();
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);

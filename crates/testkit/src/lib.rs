@@ -41,7 +41,7 @@ pub use error::Error;
 pub use etcd::Etcd;
 pub use ipam::IpamInCluster;
 pub use manifest::{apply_manifest, dynamic_api};
-pub use shared::{shared, unique_namespace};
+pub use shared::{shared, shared_if_started, unique_namespace};
 pub use wait::{eventually, eventually_explained, poll};
 
 /// Poll `check` every `every` until it returns `Ok(Some(_))` or `timeout` passes (at the pace

@@ -24,6 +24,12 @@ pub async fn shared() -> Result<&'static LocalControlPlane, Error> {
         .await
 }
 
+/// The shared control plane if a test of this binary has started it (never starts it): for a
+/// diagnostic that must not start one, in a test that may run on a control plane of its own.
+pub fn shared_if_started() -> Option<&'static LocalControlPlane> {
+    SHARED.get()
+}
+
 /// Create a namespace named `<prefix>-<random suffix>` and return its name.
 pub async fn unique_namespace(client: &kube::Client, prefix: &str) -> Result<String, Error> {
     let ns = Namespace {

@@ -289,8 +289,9 @@ pub async fn wait_config_where(
 }
 
 /// Cluster API's view of the Machine named like a TalosConfig (the tests' convention), for a
-/// wait that failed: the Machine's owners and conditions, and the core's log lines about it
-/// (its reconcile errors say why it set no owner on the TalosConfig).
+/// wait that failed: the Machine's owners and conditions, and the shared core's log lines about
+/// it (its reconcile errors say why it set no owner on the TalosConfig; none when the test runs
+/// on a control plane of its own, whose namespaces the shared core never sees).
 async fn capi_view_of_machine(client: &kube::Client, ns: &str, name: &str) -> String {
     let machine = dynamic(client, ns, "cluster.x-k8s.io/v1beta2", "Machine")
         .get_opt(name)
@@ -306,9 +307,7 @@ async fn capi_view_of_machine(client: &kube::Client, ns: &str, name: &str) -> St
         })
         .unwrap_or_default();
     let key = format!("Machine=\"{ns}/{name}\"");
-    let log = shared()
-        .await
-        .ok()
+    let log = testkit::shared_if_started()
         .and_then(|cp| cp.cluster_api())
         .and_then(|capi| std::fs::read_to_string(capi.log_path()).ok())
         .unwrap_or_default();
